@@ -1,0 +1,1 @@
+"""rdr-agent: backs a host up to the appliance and restores from it."""

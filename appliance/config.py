@@ -1,0 +1,145 @@
+"""Appliance configuration: TOML, typed sections, defaults that run without any file.
+
+Validation names the offending key (``server.listen``) so a technician editing the file on a
+customer site knows what to fix; unknown keys are errors, because a typo silently ignored is a
+setting silently not applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the key."""
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    #: LAN listeners, "host:port" ("[::1]:8443" for IPv6).
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8443"])
+    #: Provisioned certificate and key (PEM). Empty: a self-signed pair under the data dir.
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: Largest JSON request body (known-chunk batches, commits).
+    max_json_bytes: int = 32 * 1024 * 1024
+    #: Seconds in-flight requests get to finish on shutdown.
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass(slots=True)
+class StoreConfig:
+    path: str = "./rdr-data"
+    #: An open session unused this long may be taken over by a new backup of its host.
+    session_lease_seconds: float = 60.0
+    #: Threads for disk and CPU work (hashing, zstd, fsync) off the event loop.
+    workers: int = 4
+
+
+@dataclass(slots=True)
+class ApplianceConfig:
+    serial: str = "unprovisioned"
+    timezone: str = "America/New_York"
+
+
+@dataclass(slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    appliance: ApplianceConfig = field(default_factory=ApplianceConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.store.path).expanduser().resolve()
+
+
+def _check_type(value: object, hint: object, key: str) -> object:
+    if hint is float and type(value) is int:
+        return float(value)
+    if typing.get_origin(hint) is list:
+        (inner,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(hint, type) or type(value) is not hint:
+        name = getattr(hint, "__name__", str(hint))
+        raise ConfigError(f"{key}: expected {name}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _load_section(cls: type, raw: object, prefix: str) -> object:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}: expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"unknown key {prefix}.{key}")
+    kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def parse_listen(addr: str, key: str = "server.listen") -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+def validate(cfg: Config) -> Config:
+    if not cfg.server.listen:
+        raise ConfigError("server.listen: at least one address is needed")
+    for addr in cfg.server.listen:
+        parse_listen(addr)
+    if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
+        raise ConfigError("server.tls_cert and server.tls_key must be set together")
+    if cfg.server.max_json_bytes < 64 * 1024:
+        raise ConfigError("server.max_json_bytes: must be at least 65536")
+    if cfg.server.shutdown_grace_seconds < 0:
+        raise ConfigError("server.shutdown_grace_seconds: must not be negative")
+    if not cfg.store.path:
+        raise ConfigError("store.path: must not be empty")
+    if cfg.store.session_lease_seconds <= 0:
+        raise ConfigError("store.session_lease_seconds: must be positive")
+    if not 1 <= cfg.store.workers <= 64:
+        raise ConfigError("store.workers: must be between 1 and 64")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(cfg.appliance.timezone)
+    except (KeyError, ValueError, OSError):
+        raise ConfigError(f"appliance.timezone: unknown time zone {cfg.appliance.timezone!r}"
+                          ) from None
+    return cfg
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Load a TOML file, or the embedded default when `path` is None."""
+    if path is None:
+        return validate(Config())
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {exc}") from None
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in sections:
+            raise ConfigError(f"unknown section [{key}]")
+        kwargs[key] = _load_section(hints[key], value, key)
+    cfg = Config(**kwargs)
+    base = Path(path).resolve().parent
+    if not Path(cfg.store.path).expanduser().is_absolute():
+        cfg.store.path = str(base / cfg.store.path)
+    return validate(cfg)

@@ -1,0 +1,121 @@
+"""Composition root: builds every service from the config, wires them explicitly, runs them.
+
+Lifecycle (in the manner of an explicit core state machine): ``start`` recovers the store,
+prepares TLS, opens the listeners; ``stop`` stops accepting, lets in-flight requests finish
+within the grace period, makes written chunks durable and closes the index. Open backup
+sessions are left open in the index, so agents resume them after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .config import Config, parse_listen
+from .ingest.api import IngestApi
+from .store.datastore import Datastore
+from .web import tls
+from .web.errors import error_middleware
+
+log = logging.getLogger("rdr.daemon")
+
+
+@dataclass(slots=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    fingerprint: str
+
+
+def ensure_tls(cfg: Config) -> TlsFiles:
+    """The provisioned certificate, or a self-signed one created once under the data dir."""
+    if cfg.server.tls_cert:
+        cert, key = Path(cfg.server.tls_cert), Path(cfg.server.tls_key)
+    else:
+        cert = cfg.data_dir / "tls" / "cert.pem"
+        key = cfg.data_dir / "tls" / "key.pem"
+        if not (cert.exists() and key.exists()):
+            tls.create_self_signed(cert, key, cfg.appliance.serial)
+            log.info("created a self-signed TLS certificate at %s", cert)
+    return TlsFiles(cert, key, tls.fingerprint(cert))
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.pool = ThreadPoolExecutor(max_workers=cfg.store.workers,
+                                       thread_name_prefix="rdr-work")
+        self.store: Datastore | None = None
+        self.tls: TlsFiles | None = None
+        self._runner: web.AppRunner | None = None
+        self.addresses: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tls = await loop.run_in_executor(self.pool, ensure_tls, self.cfg)
+        log.info("TLS certificate SHA-256 fingerprint: %s", self.tls.fingerprint)
+        self.store = await loop.run_in_executor(
+            self.pool, lambda: Datastore(self.cfg.data_dir, self.cfg.store.session_lease_seconds))
+        recovered = await loop.run_in_executor(self.pool, self.store.recover)
+        log.info("store at %s ready: %s", self.cfg.data_dir, recovered)
+
+        ingest = IngestApi(self.store, self.pool, max_json_bytes=self.cfg.server.max_json_bytes,
+                           appliance_serial=self.cfg.appliance.serial)
+        app = web.Application(middlewares=[error_middleware])
+        app.router.add_get("/healthz", self._healthz)
+        app.add_subapp("/api/v1", ingest.app())
+
+        ctx = tls.server_context(self.tls.cert, self.tls.key)
+        self._runner = web.AppRunner(app, access_log=None,
+                                     shutdown_timeout=self.cfg.server.shutdown_grace_seconds)
+        await self._runner.setup()
+        for addr in self.cfg.server.listen:
+            host, port = parse_listen(addr)
+            site = web.TCPSite(self._runner, host, port, ssl_context=ctx, reuse_address=True)
+            await site.start()
+            for sock in site._server.sockets:  # noqa: SLF001 - actual bound port (port 0)
+                self.addresses.append(sock.getsockname()[:2])
+        log.info("rdr %s serving on %s", __version__,
+                 ", ".join(f"https://{h}:{p}" for h, p in self.addresses))
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        loop = asyncio.get_running_loop()
+        if self.store is not None:
+            await loop.run_in_executor(self.pool, self.store.chunks.sync)
+            await loop.run_in_executor(self.pool, self.store.close)
+            self.store = None
+        self.pool.shutdown(wait=True)
+        log.info("stopped cleanly")
+
+
+async def serve(cfg: Config) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly."""
+    daemon = Daemon(cfg)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await daemon.start()
+        await stopping.wait()
+        log.info("shutting down")
+    finally:
+        await daemon.stop()
+
+
+__all__ = ["Daemon", "TlsFiles", "ensure_tls", "serve", "ssl"]

@@ -1,0 +1,1 @@
+"""LAN backup API for agents."""

@@ -1,0 +1,205 @@
+"""LAN backup API for agents (``/api/v1``), documented in ``appliance/ingest/openapi.yaml``.
+
+Handlers only translate HTTP to datastore calls; every disk or CPU step runs in the daemon's
+bounded thread pool so the event loop keeps serving the other agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from .. import __version__
+from ..store.catalog import CatalogError
+from ..store.chunkfile import MAX_FILE_SIZE, is_chunk_id
+from ..store.datastore import CommitRequest, Datastore
+from ..store.manifest import StreamRef
+from ..store.snapshots import is_snapshot_id
+from ..web.auth import host_auth_middleware
+from ..web.errors import ApiError, error_middleware
+
+T = TypeVar("T")
+MAX_KNOWN_BATCH = 10_000
+
+
+class IngestApi:
+    def __init__(self, store: Datastore, pool: Executor, *, max_json_bytes: int,
+                 appliance_serial: str) -> None:
+        self.store = store
+        self.pool = pool
+        self.max_json_bytes = max_json_bytes
+        self.serial = appliance_serial
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(fn, *args))
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[error_middleware, host_auth_middleware(self._lookup)],
+            client_max_size=self.max_json_bytes)
+        r = app.router
+        r.add_get("/whoami", self.whoami)
+        r.add_post("/sessions", self.open_session)
+        r.add_post("/sessions/{sid}/known", self.known)
+        r.add_put("/sessions/{sid}/chunks/{cid}", self.put_chunk)
+        r.add_post("/sessions/{sid}/heartbeat", self.heartbeat)
+        r.add_post("/sessions/{sid}/commit", self.commit)
+        r.add_delete("/sessions/{sid}", self.abort)
+        r.add_get("/snapshots", self.list_snapshots)
+        r.add_get("/snapshots/{snap}", self.get_snapshot)
+        r.add_get("/snapshots/{snap}/chunks/{cid}", self.get_chunk)
+        return app
+
+    async def _lookup(self, token: str) -> str | None:
+        return await self.run(self.store.index.host_for_token, token)
+
+    async def _json(self, request: web.Request) -> dict:
+        if request.content_length is not None and request.content_length > self.max_json_bytes:
+            raise ApiError(413, "payload_too_large",
+                           f"request body exceeds {self.max_json_bytes} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, "payload_too_large",
+                           f"request body exceeds {self.max_json_bytes} bytes") from None
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_json", "request body must be a JSON object")
+        return body
+
+    # --- handlers -----------------------------------------------------------------------
+    async def whoami(self, request: web.Request) -> web.Response:
+        return web.json_response({"host": request["host"], "appliance": self.serial,
+                                  "version": __version__})
+
+    async def open_session(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        resume = body.get("resume")
+        if resume is not None and not isinstance(resume, str):
+            raise ApiError(400, "bad_field", "field 'resume' must be a session id string")
+        sid, resumed = await self.run(self.store.open_session, request["host"], resume)
+        return web.json_response({"session": sid, "resumed": resumed,
+                                  "lease_seconds": self.store.session_lease},
+                                 status=200 if resumed else 201)
+
+    async def known(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        ids = body.get("chunks")
+        if not isinstance(ids, list) or not all(is_chunk_id(c) for c in ids):
+            raise ApiError(400, "bad_field", "field 'chunks' must be a list of chunk ids")
+        if len(ids) > MAX_KNOWN_BATCH:
+            raise ApiError(413, "payload_too_large",
+                           f"field 'chunks' holds more than {MAX_KNOWN_BATCH} ids")
+        missing = await self.run(self.store.known, request["host"], request.match_info["sid"],
+                                 ids)
+        return web.json_response({"missing": missing})
+
+    async def put_chunk(self, request: web.Request) -> web.Response:
+        cid = request.match_info["cid"]
+        if not is_chunk_id(cid):
+            raise ApiError(400, "bad_chunk_id", "chunk id must be 64 lowercase hex digits")
+        if request.content_length is not None and request.content_length > MAX_FILE_SIZE:
+            raise ApiError(413, "payload_too_large", f"a chunk file is at most {MAX_FILE_SIZE} "
+                           "bytes")
+        # Read at most one chunk's worth, failing as soon as the stream runs over: a chunk is
+        # bounded (4 MiB), so the body is gathered and verified in one pool call.
+        buf = bytearray()
+        async for piece in request.content.iter_any():
+            buf += piece
+            if len(buf) > MAX_FILE_SIZE:
+                raise ApiError(413, "payload_too_large",
+                               f"a chunk file is at most {MAX_FILE_SIZE} bytes")
+        created = await self.run(self.store.put_chunk, request["host"],
+                                 request.match_info["sid"], cid, buf)
+        return web.json_response({"stored": created}, status=201 if created else 200)
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        await self.run(self.store.touch, request["host"], request.match_info["sid"])
+        return web.Response(status=204)
+
+    async def commit(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        req = _parse_commit(body)
+        manifest = await self.run(self.store.commit, request["host"], request.match_info["sid"],
+                                  req)
+        return web.json_response({
+            "snapshot": manifest.snapshot, "host": manifest.host,
+            "received_at": manifest.received_at, "logical_size": manifest.logical_size,
+            "file_count": manifest.file_count, "dir_count": manifest.dir_count,
+            "chunk_count": manifest.chunk_count, "new_bytes": manifest.new_bytes,
+            "unreadable_count": manifest.unreadable_count}, status=201)
+
+    async def abort(self, request: web.Request) -> web.Response:
+        await self.run(self.store.abort_session, request["host"], request.match_info["sid"])
+        return web.Response(status=204)
+
+    async def list_snapshots(self, request: web.Request) -> web.Response:
+        rows = await self.run(self.store.index.snapshots, request["host"])
+        return web.json_response({"host": request["host"],
+                                  "snapshots": [r.to_json() for r in rows]})
+
+    def _snap(self, request: web.Request) -> str:
+        snap = request.match_info["snap"]
+        if snap != "latest" and not is_snapshot_id(snap):
+            raise ApiError(404, "no_such_snapshot", f"no snapshot {snap!r}")
+        return snap
+
+    async def get_snapshot(self, request: web.Request) -> web.Response:
+        host = request["host"]
+        row = await self.run(self.store.resolve_snapshot, host, self._snap(request))
+        manifest = await self.run(self.store.snapshots.manifest, host, row.snapshot)
+        return web.json_response({"snapshot": row.to_json(),
+                                  "manifest": json.loads(manifest.to_json())})
+
+    async def get_chunk(self, request: web.Request) -> web.StreamResponse:
+        host = request["host"]
+        row = await self.run(self.store.resolve_snapshot, host, self._snap(request))
+        path = await self.run(self.store.snapshot_chunk_path, host, row.snapshot,
+                              request.match_info["cid"])
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
+                                               "Cache-Control": "private, max-age=31536000"})
+
+
+def _parse_commit(body: dict) -> CommitRequest:
+    def stream(name: str) -> StreamRef:
+        try:
+            return StreamRef.from_json(body.get(name), name)
+        except CatalogError as exc:
+            raise ApiError(400, "bad_field", f"field {exc}") from None
+
+    allowed = {"catalog", "dirindex", "agent_version", "source", "unreadable",
+               "unreadable_count"}
+    extra = set(body) - allowed
+    if extra:
+        raise ApiError(400, "bad_field", f"unknown field {sorted(extra)[0]!r}")
+    version = body.get("agent_version", "")
+    if not isinstance(version, str) or len(version) > 100:
+        raise ApiError(400, "bad_field", "field 'agent_version' must be a short string")
+    source = body.get("source", [])
+    if not (isinstance(source, list) and all(isinstance(s, str) for s in source)):
+        raise ApiError(400, "bad_field", "field 'source' must be a list of strings")
+    unreadable = body.get("unreadable", [])
+    if not (isinstance(unreadable, list) and all(
+            isinstance(u, dict) and isinstance(u.get("path"), str)
+            and isinstance(u.get("error"), str) and set(u) <= {"path", "error"}
+            for u in unreadable)):
+        raise ApiError(400, "bad_field",
+                       "field 'unreadable' must be a list of {path, error} objects")
+    count = body.get("unreadable_count", len(unreadable))
+    if type(count) is not int or count < 0:
+        raise ApiError(400, "bad_field", "field 'unreadable_count' must be a non-negative int")
+    return CommitRequest(catalog=stream("catalog"), dirindex=stream("dirindex"),
+                         agent_version=version, source=source, unreadable=unreadable,
+                         unreadable_count=count)

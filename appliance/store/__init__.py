@@ -1,0 +1,1 @@
+"""Storage engine: chunks, catalogs, manifests, SQLite index. Synchronous, no web framework."""

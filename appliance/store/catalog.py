@@ -1,0 +1,424 @@
+"""Snapshot catalog: the file tree of one snapshot, as two byte streams stored as chunks.
+
+The *catalog stream* is a sequence of directory blocks in depth-first pre-order with children
+sorted by name bytes (which is also the order of directory paths compared component by
+component). Each block is a header line ``{"d": PATH, "n": COUNT}`` followed by COUNT entry
+lines, one JSON object each. The *directory index stream* has one line per block,
+``[PATH, OFFSET, LENGTH, COUNT]``, so one directory of a million-file snapshot is listed by
+reading a few index lines and one range of the catalog, never the rest.
+
+Why these choices: both streams are produced and consumed strictly in order (the agent writes
+them while it walks, restore and the next backup read them while they walk), so memory stays
+flat; and the order is the same as a sorted walk, so an unchanged directory yields identical
+bytes, which content-defined chunking turns into identical, deduplicated catalog chunks.
+
+Paths are bytes relative to the snapshot root (``b""``), components joined by ``/``. Byte
+strings that are valid UTF-8 are stored as JSON strings, others as ``{"b64": ...}``, so names
+that are not UTF-8 survive a round trip exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .chunkfile import MAX_PLAIN_SIZE, is_chunk_id
+
+# Entry types.
+FILE = "f"
+DIR = "d"
+SYMLINK = "l"
+HARDLINK = "h"  # a further name of a file stored earlier in catalog order
+FIFO = "p"
+CHARDEV = "c"
+BLOCKDEV = "b"
+TYPES = frozenset((FILE, DIR, SYMLINK, HARDLINK, FIFO, CHARDEV, BLOCKDEV))
+
+MAX_NAME = 4096
+MAX_LINE = 1 << 24
+
+
+class CatalogError(ValueError):
+    """The catalog is malformed; the message says where."""
+
+
+@dataclass(slots=True)
+class Range:
+    """`length` bytes at `offset` of the plaintext of chunk `chunk` (whose size is `chunk_size`)."""
+
+    chunk: str
+    offset: int
+    length: int
+    chunk_size: int
+
+
+@dataclass(slots=True)
+class Entry:
+    name: bytes
+    type: str
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    size: int = 0
+    ranges: list[Range] = field(default_factory=list)
+    link: bytes | None = None  # symlink target, or hardlink's first path
+    xattrs: list[tuple[bytes, bytes]] | None = None
+    ino: int = 0
+    ctime_ns: int = 0
+    rdev: int = 0
+
+
+# --- byte string <-> JSON ---------------------------------------------------------------------
+
+
+def enc_bytes(value: bytes) -> str | dict[str, str]:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+def dec_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8", "strict")
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise CatalogError(f"{what}: invalid base64") from None
+    raise CatalogError(f"{what}: expected a string or {{'b64': ...}}")
+
+
+def split_path(path: bytes) -> list[bytes]:
+    """Components of a catalog path, rejecting anything that could leave the snapshot root."""
+    if path == b"":
+        return []
+    parts = path.split(b"/")
+    for part in parts:
+        check_name(part)
+    return parts
+
+
+def check_name(name: bytes) -> None:
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise CatalogError(f"invalid name {name!r}")
+    if len(name) > MAX_NAME:
+        raise CatalogError("name too long")
+
+
+def join_path(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+def path_key(path: bytes) -> tuple[bytes, ...]:
+    """Sort key for directory paths: component-wise, matching a depth-first sorted walk."""
+    return tuple(path.split(b"/")) if path else ()
+
+
+# --- entries ------------------------------------------------------------------------------------
+
+
+def encode_entry(e: Entry) -> dict:
+    d: dict = {"n": enc_bytes(e.name), "t": e.type, "m": e.mode, "u": e.uid, "g": e.gid,
+               "mt": e.mtime_ns}
+    if e.type in (FILE, HARDLINK):
+        d["s"] = e.size
+        d["r"] = [[r.chunk, r.offset, r.length, r.chunk_size] for r in e.ranges]
+        d["ino"] = e.ino
+        d["ct"] = e.ctime_ns
+    if e.link is not None:
+        d["l"] = enc_bytes(e.link)
+    if e.xattrs:
+        d["x"] = [[enc_bytes(k), base64.b64encode(v).decode("ascii")] for k, v in e.xattrs]
+    if e.rdev:
+        d["rd"] = e.rdev
+    return d
+
+
+def _int(d: dict, key: str, default: int | None = None, lo: int = 0, hi: int = (1 << 63) - 1,
+         ) -> int:
+    v = d.get(key, default)
+    if v is None:
+        raise CatalogError(f"entry lacks {key!r}")
+    if type(v) is not int or not lo <= v <= hi:
+        raise CatalogError(f"entry field {key!r} is not an integer in range")
+    return v
+
+
+def decode_entry(d: object) -> Entry:
+    if not isinstance(d, dict):
+        raise CatalogError("entry is not an object")
+    name = dec_bytes(d.get("n"), "entry name")
+    check_name(name)
+    typ = d.get("t")
+    if typ not in TYPES:
+        raise CatalogError(f"entry {name!r} has unknown type {typ!r}")
+    e = Entry(name=name, type=typ, mode=_int(d, "m", hi=0o7777), uid=_int(d, "u", hi=2**32 - 1),
+              gid=_int(d, "g", hi=2**32 - 1), mtime_ns=_int(d, "mt", lo=-(2**63)))
+    if typ in (FILE, HARDLINK):
+        e.size = _int(d, "s")
+        e.ino = _int(d, "ino", 0)
+        e.ctime_ns = _int(d, "ct", 0, lo=-(2**63))
+        raw = d.get("r")
+        if not isinstance(raw, list):
+            raise CatalogError(f"entry {name!r} has no ranges list")
+        total = 0
+        for r in raw:
+            if not (isinstance(r, list) and len(r) == 4 and is_chunk_id(r[0])
+                    and all(type(x) is int for x in r[1:])):
+                raise CatalogError(f"entry {name!r} has a malformed range")
+            _, off, length, csize = r
+            if not (0 <= off and 0 < length and off + length <= csize <= MAX_PLAIN_SIZE):
+                raise CatalogError(f"entry {name!r} has a range outside its chunk")
+            e.ranges.append(Range(r[0], off, length, csize))
+            total += length
+        if total != e.size:
+            raise CatalogError(f"entry {name!r}: ranges cover {total} bytes, size is {e.size}")
+    if "l" in d:
+        e.link = dec_bytes(d["l"], "link target")
+        if b"\0" in e.link or not e.link:
+            raise CatalogError(f"entry {name!r} has an invalid link target")
+    if typ in (SYMLINK, HARDLINK) and e.link is None:
+        raise CatalogError(f"entry {name!r} lacks its link target")
+    if "x" in d:
+        xs = d["x"]
+        if not isinstance(xs, list):
+            raise CatalogError(f"entry {name!r} has malformed xattrs")
+        e.xattrs = []
+        for x in xs:
+            if not (isinstance(x, list) and len(x) == 2 and isinstance(x[1], str)):
+                raise CatalogError(f"entry {name!r} has a malformed xattr")
+            try:
+                value = base64.b64decode(x[1], validate=True)
+            except (binascii.Error, ValueError):
+                raise CatalogError(f"entry {name!r} has a malformed xattr value") from None
+            e.xattrs.append((dec_bytes(x[0], "xattr name"), value))
+    if typ in (CHARDEV, BLOCKDEV):
+        e.rdev = _int(d, "rd", 0)
+    return e
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+class CatalogWriter:
+    """Serialises directory blocks, in order, into the catalog and index sinks.
+
+    The caller hands blocks in depth-first sorted order; the writer checks that order (a
+    mistake here would make a catalog that later readers reject) and tracks offsets for the
+    index. Sinks receive bytes; the agent feeds them to content-defined chunkers.
+    """
+
+    def __init__(self, catalog_sink: Callable[[bytes], None],
+                 index_sink: Callable[[bytes], None]) -> None:
+        self._cat = catalog_sink
+        self._idx = index_sink
+        self._offset = 0
+        self._last_key: tuple[bytes, ...] | None = None
+        self.entries = 0
+        self.blocks = 0
+
+    def add_block(self, path: bytes, entries: list[Entry]) -> None:
+        key = path_key(path)
+        if self._last_key is not None and key <= self._last_key:
+            raise CatalogError(f"directory {path!r} is out of order")
+        self._last_key = key
+        parts = [_dumps({"d": enc_bytes(path), "n": len(entries)})]
+        prev: bytes | None = None
+        for e in entries:
+            if prev is not None and e.name <= prev:
+                raise CatalogError(f"entries of {path!r} are not sorted and unique")
+            prev = e.name
+            parts.append(_dumps(encode_entry(e)))
+        data = b"".join(parts)
+        self._cat(data)
+        self._idx(_dumps([enc_bytes(path), self._offset, len(data), len(entries)]))
+        self._offset += len(data)
+        self.entries += len(entries)
+        self.blocks += 1
+
+    @property
+    def size(self) -> int:
+        return self._offset
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def iter_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Split a stream of byte pieces (chunk plaintexts) into lines without joining it whole."""
+    rest = b""
+    for piece in pieces:
+        if not piece:
+            continue
+        buf = rest + piece if rest else piece
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            yield buf[start:nl]
+            start = nl + 1
+        rest = buf[start:]
+        if len(rest) > MAX_LINE:
+            raise CatalogError("catalog line too long")
+    if rest:
+        raise CatalogError("catalog stream does not end with a newline")
+
+
+def _loads(line: bytes) -> object:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        raise CatalogError("catalog line is not valid JSON") from None
+
+
+def iter_blocks_sized(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[Entry], int]]:
+    """Decode catalog blocks in order: (directory path, its entries, the block's byte length)."""
+    lines = iter_lines(pieces)
+    for line in lines:
+        nbytes = len(line) + 1
+        head = _loads(line)
+        if not (isinstance(head, dict) and set(head) == {"d", "n"} and type(head["n"]) is int
+                and head["n"] >= 0):
+            raise CatalogError("expected a directory block header")
+        path = dec_bytes(head["d"], "directory path")
+        split_path(path)
+        entries = []
+        for _ in range(head["n"]):
+            try:
+                line = next(lines)
+            except StopIteration:
+                raise CatalogError(f"block {path!r} is truncated") from None
+            nbytes += len(line) + 1
+            entries.append(decode_entry(_loads(line)))
+        yield path, entries, nbytes
+
+
+def iter_blocks(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[Entry]]]:
+    """Decode catalog blocks in order: (directory path, its entries)."""
+    for path, entries, _ in iter_blocks_sized(pieces):
+        yield path, entries
+
+
+def decode_block(data: bytes) -> tuple[bytes, list[Entry]]:
+    """Decode exactly one block (a range read through the directory index)."""
+    blocks = list(iter_blocks([data]))
+    if len(blocks) != 1:
+        raise CatalogError("index range does not hold exactly one block")
+    return blocks[0]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRecord:
+    path: bytes
+    offset: int
+    length: int
+    count: int
+
+
+def iter_index(pieces: Iterable[bytes]) -> Iterator[IndexRecord]:
+    for line in iter_lines(pieces):
+        rec = _loads(line)
+        if not (isinstance(rec, list) and len(rec) == 4
+                and all(type(x) is int and x >= 0 for x in rec[1:])):
+            raise CatalogError("malformed directory index line")
+        path = dec_bytes(rec[0], "index path")
+        split_path(path)
+        yield IndexRecord(path, rec[1], rec[2], rec[3])
+
+
+@dataclass(slots=True)
+class CatalogSummary:
+    """What the appliance learns from validating a catalog at commit."""
+
+    chunks: set[str] = field(default_factory=set)
+    logical_size: int = 0
+    files: int = 0
+    dirs: int = 0
+    entries: int = 0
+
+
+def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes]) -> CatalogSummary:
+    """Check a whole catalog and its directory index, collecting what a commit needs to know.
+
+    Enforces the invariants readers rely on: blocks in depth-first sorted order, each block a
+    directory declared in an earlier block (only the root has none), every declared directory
+    has a block, names sorted and unique, hardlinks pointing at an earlier file, and an index
+    line for every block with its exact offset and length.
+    """
+    summary = CatalogSummary()
+    last: tuple[bytes, ...] | None = None
+    pending_dirs: set[bytes] = set()
+    files_seen: set[bytes] = set()
+    index = iter_index(index_pieces)
+    offset = 0
+    for path, entries, nbytes in iter_blocks_sized(pieces):
+        rec = next(index, None)
+        if rec != IndexRecord(path, offset, nbytes, len(entries)):
+            raise CatalogError(f"directory index does not match the catalog at {path!r}")
+        offset += nbytes
+        key = path_key(path)
+        if last is None:
+            if path != b"":
+                raise CatalogError("the first block must be the root directory")
+        else:
+            if key <= last:
+                raise CatalogError(f"directory {path!r} is out of order")
+            if path not in pending_dirs:
+                raise CatalogError(f"block {path!r} is not a directory of its parent")
+            pending_dirs.discard(path)
+        last = key
+        prev: bytes | None = None
+        for e in entries:
+            if prev is not None and e.name <= prev:
+                raise CatalogError(f"entries of {path!r} are not sorted and unique")
+            prev = e.name
+            full = join_path(path, e.name)
+            summary.entries += 1
+            if e.type == DIR:
+                pending_dirs.add(full)
+                summary.dirs += 1
+            elif e.type == FILE:
+                files_seen.add(full)
+                summary.files += 1
+                summary.logical_size += e.size
+            elif e.type == HARDLINK:
+                if e.link not in files_seen:
+                    raise CatalogError(f"hardlink {full!r} points at no earlier file")
+                summary.files += 1
+            for r in e.ranges:
+                summary.chunks.add(r.chunk)
+    if last is None:
+        raise CatalogError("catalog has no root block")
+    if next(index, None) is not None:
+        raise CatalogError("directory index has lines beyond the catalog")
+    if pending_dirs:
+        raise CatalogError(f"directory {min(pending_dirs)!r} has no block")
+    return summary
+
+
+def locate(chunks: list[tuple[str, int]], offset: int, length: int,
+           ) -> list[tuple[str, int, int]]:
+    """Map a byte range of a chunked stream to (chunk id, start, end) slices of its chunks."""
+    out = []
+    pos = 0
+    end = offset + length
+    for cid, size in chunks:
+        nxt = pos + size
+        if nxt > offset and pos < end:
+            out.append((cid, max(offset, pos) - pos, min(end, nxt) - pos))
+        if nxt >= end:
+            break
+        pos = nxt
+    if sum(b - a for _, a, b in out) != length:
+        raise CatalogError("range lies outside the stream")
+    return out

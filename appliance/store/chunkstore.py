@@ -1,0 +1,146 @@
+"""Content-addressed chunk files on the data disk: ``chunks/<first 4 hex>/<id>``.
+
+Chunks are written without fsync and made durable in one `syncfs` at commit. A `.dirty` marker
+(created durably before the first unsynced write, removed after a sync) tells the next start
+that a power cut may have left torn chunk files; `recover` then re-verifies just the chunk files
+written since the marker, so a resumed session never trusts a chunk that did not survive.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .chunkfile import ChunkDecoder, ChunkError, is_chunk_id
+from .fsutil import fsync_dir, syncfs, write_durable
+
+
+class ChunkStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / ".tmp"
+        self.quarantine = root / ".quarantine"
+        self._dirty_marker = root / ".dirty"
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._gen = 0  # puts started, to tell whether a sync covered all of them
+        self._inflight = 0
+        root.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(exist_ok=True)
+
+    # --- paths and lookups ---
+    def path(self, cid: str) -> Path:
+        return self.root / cid[:4] / cid
+
+    def has(self, cid: str) -> bool:
+        return os.path.exists(self.path(cid))
+
+    def missing(self, ids: Iterable[str]) -> list[str]:
+        return [cid for cid in ids if not os.path.exists(self.path(cid))]
+
+    def size_of(self, cid: str) -> int:
+        return os.stat(self.path(cid)).st_size
+
+    def read(self, cid: str) -> bytes:
+        with open(self.path(cid), "rb") as f:
+            return f.read()
+
+    def _decoder(self) -> ChunkDecoder:
+        dec = getattr(self._local, "dec", None)
+        if dec is None:
+            dec = self._local.dec = ChunkDecoder()
+        return dec
+
+    def read_plain(self, cid: str) -> bytes:
+        """Read, verify and decode a chunk: any damage raises ChunkError, never wrong bytes."""
+        return self._decoder().decode(self.read(cid), cid)
+
+    def iter_ids(self) -> Iterator[str]:
+        with os.scandir(self.root) as top:
+            for d in top:
+                if len(d.name) != 4 or not d.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(d.path) as inner:
+                    for f in inner:
+                        if is_chunk_id(f.name):
+                            yield f.name
+
+    # --- writing ---
+    def put(self, cid: str, data: bytes | bytearray | memoryview) -> bool:
+        """Verify a chunk file against its id and store it. Returns False if it was already
+        present (uploads are idempotent). Raises ChunkError, storing nothing, on a mismatch."""
+        self._decoder().decode(data, cid)
+        target = self.path(cid)
+        if os.path.exists(target):
+            return False
+        with self._lock:
+            if not self._dirty:
+                write_durable(self._dirty_marker, str(time.time()).encode())
+                fsync_dir(self.root)
+                self._dirty = True
+            self._gen += 1
+            self._inflight += 1
+        try:
+            tmp = self.tmp / f"{cid}.{threading.get_ident()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.rename(tmp, target)
+            except FileNotFoundError:
+                target.parent.mkdir(exist_ok=True)
+                os.rename(tmp, target)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+        return True
+
+    def sync(self) -> None:
+        """Make every chunk whose put has returned durable (one syncfs). The dirty marker is
+        cleared only if no put started or was running meanwhile, so it never hides a chunk
+        that the sync did not cover."""
+        with self._lock:
+            gen, quiet = self._gen, self._inflight == 0
+        syncfs(self.root)
+        with self._lock:
+            if self._dirty and quiet and gen == self._gen and self._inflight == 0:
+                self._dirty_marker.unlink(missing_ok=True)
+                self._dirty = False
+
+    def recover(self) -> list[str]:
+        """After an unclean stop, re-verify chunk files written since the last sync and remove
+        the torn ones. Returns the ids removed."""
+        try:
+            since = float(self._dirty_marker.read_text()) - 2.0
+        except (FileNotFoundError, ValueError):
+            since = None
+        removed: list[str] = []
+        for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+        if since is None and not self._dirty_marker.exists():
+            return removed
+        dec = self._decoder()
+        with os.scandir(self.root) as top:
+            for d in top:
+                if len(d.name) != 4 or not d.is_dir(follow_symlinks=False):
+                    continue
+                if since is not None and d.stat().st_mtime < since:
+                    continue
+                with os.scandir(d.path) as inner:
+                    for f in inner:
+                        if not is_chunk_id(f.name):
+                            continue
+                        if since is not None and f.stat().st_mtime < since:
+                            continue
+                        try:
+                            with open(f.path, "rb") as fh:
+                                dec.decode(fh.read(), f.name)
+                        except (ChunkError, OSError):
+                            os.unlink(f.path)
+                            removed.append(f.name)
+        syncfs(self.root)
+        self._dirty_marker.unlink(missing_ok=True)
+        return removed

@@ -1,0 +1,242 @@
+"""The datastore: chunk store, snapshot directories and SQLite index behind one API.
+
+Everything here is synchronous and framework-free; the daemon calls it from a bounded thread
+pool, the CLI calls it directly. Backup sessions live here too because their rules (one open
+session per host, resume after a crash, commit only when every referenced chunk is present
+and durable) are storage rules, not HTTP ones.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .catalog import CatalogError, validate
+from .chunkfile import ChunkError, is_chunk_id
+from .chunkstore import ChunkStore
+from .errors import Conflict, NotFound, StoreError, Unprocessable
+from .index import Index, SessionRow, SnapshotRow
+from .manifest import Manifest, StreamRef
+from .snapshots import SnapshotStore, next_snapshot_id
+
+MAX_UNREADABLE_LISTED = 1000
+
+
+@dataclass(slots=True)
+class CommitRequest:
+    catalog: StreamRef
+    dirindex: StreamRef
+    agent_version: str = ""
+    source: list[str] = field(default_factory=list)
+    unreadable: list[dict] = field(default_factory=list)
+    unreadable_count: int = 0
+
+
+@dataclass(slots=True)
+class _Live:
+    """In-memory state of an open session: when it was last used and what it added."""
+
+    last_seen: float
+    chunks_new: int = 0
+    bytes_new: int = 0
+    committing: bool = False
+
+
+class Datastore:
+    def __init__(self, root: Path, session_lease: float = 60.0) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.chunks = ChunkStore(root / "chunks")
+        self.snapshots = SnapshotStore(root / "snapshots")
+        self.index = Index(root / "index.sqlite")
+        self.session_lease = session_lease
+        self._live: dict[str, _Live] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.index.close()
+
+    # --- start-up -------------------------------------------------------------------------
+    def recover(self) -> dict:
+        """Bring the index in line with the files after any stop, clean or not."""
+        torn = self.chunks.recover()
+        added, dropped = self.reconcile()
+        return {"torn_chunks_removed": len(torn), "snapshots_indexed": added,
+                "snapshots_dropped": dropped}
+
+    def reconcile(self) -> tuple[int, int]:
+        """Make the snapshot table match the snapshot directories (the files are the truth)."""
+        on_disk = set(self.snapshots.scan())
+        in_db = {(r.host, r.snapshot) for r in self.index.snapshots()}
+        added = 0
+        for host, snap in sorted(on_disk - in_db):
+            m = self.snapshots.load_for_reconcile(host, snap)
+            if m is None:
+                continue
+            if not self.index.host_exists(host):
+                continue
+            self.index.add_snapshot(_row_from_manifest(m), session=m.session or None)
+            added += 1
+        for host, snap in in_db - on_disk:
+            self.index.remove_snapshot(host, snap)
+        return added, len(in_db - on_disk)
+
+    # --- sessions -------------------------------------------------------------------------
+    def open_session(self, host: str, resume: str | None = None) -> tuple[str, bool]:
+        """Open a backup session for `host`, or resume its open one.
+
+        An open session is resumed when the caller names it, or when nobody has used it for
+        the lease period (its agent died); otherwise a second backup of the same host is a
+        conflict. Chunks a session already stored stay in the store either way.
+        """
+        with self._lock:
+            existing = self.index.open_session(host)
+            now = time.monotonic()
+            if existing is not None:
+                live = self._live.get(existing.id)
+                stale = live is None or now - live.last_seen > self.session_lease
+                if resume == existing.id or stale:
+                    if live is None:
+                        live = self._live[existing.id] = _Live(now)
+                    if live.committing:
+                        raise Conflict("session_busy", "the open session is committing")
+                    live.last_seen = now
+                    return existing.id, True
+                raise Conflict("session_busy",
+                               f"host {host!r} already has a backup running; wait for it, or"
+                               f" resume it after {int(self.session_lease)} s of inactivity",
+                               session=existing.id)
+            sid = secrets.token_hex(16)
+            self.index.create_session(sid, host)
+            self._live[sid] = _Live(now)
+            return sid, False
+
+    def _session(self, host: str, sid: str) -> tuple[SessionRow, _Live]:
+        row = self.index.session(sid)
+        if row is None or row.host != host:
+            raise NotFound("no_such_session", f"no session {sid!r} for this host")
+        if row.state != "open":
+            raise Conflict("session_closed", f"session {sid!r} is {row.state}")
+        with self._lock:
+            live = self._live.get(sid)
+            if live is None:
+                live = self._live[sid] = _Live(time.monotonic())
+            live.last_seen = time.monotonic()
+        return row, live
+
+    def touch(self, host: str, sid: str) -> None:
+        self._session(host, sid)
+
+    def known(self, host: str, sid: str, ids: Iterable[str]) -> list[str]:
+        """Which of `ids` the store lacks (the agent uploads exactly those)."""
+        self._session(host, sid)
+        return self.chunks.missing(ids)
+
+    def put_chunk(self, host: str, sid: str, cid: str, data: bytes | bytearray) -> bool:
+        _, live = self._session(host, sid)
+        if not is_chunk_id(cid):
+            raise StoreError("bad_chunk_id", "chunk id must be 64 lowercase hex digits")
+        try:
+            created = self.chunks.put(cid, data)
+        except ChunkError as exc:
+            raise Unprocessable("chunk_mismatch", f"chunk {cid} rejected: {exc}") from None
+        if created:
+            with self._lock:
+                live.chunks_new += 1
+                live.bytes_new += len(data)
+        return created
+
+    def abort_session(self, host: str, sid: str) -> None:
+        self._session(host, sid)
+        self.index.close_session(sid, "aborted")
+        with self._lock:
+            self._live.pop(sid, None)
+
+    def commit(self, host: str, sid: str, req: CommitRequest) -> Manifest:
+        """Validate the catalog, check every referenced chunk, make them durable, then publish
+        the snapshot atomically. On any refusal the session stays open for a retry."""
+        row, live = self._session(host, sid)
+        with self._lock:
+            if live.committing:
+                raise Conflict("session_busy", "this session is already committing")
+            live.committing = True
+        try:
+            return self._commit(host, row, live, req)
+        finally:
+            with self._lock:
+                live.committing = False
+
+    def _commit(self, host: str, row: SessionRow, live: _Live, req: CommitRequest) -> Manifest:
+        stream_ids = [c for c, _ in req.catalog.chunks] + [c for c, _ in req.dirindex.chunks]
+        missing = self.chunks.missing(dict.fromkeys(stream_ids))
+        if missing:
+            raise Unprocessable("missing_chunks", f"{len(missing)} referenced chunks are missing",
+                                missing=missing[:1000])
+        try:
+            summary = validate(self._stream(req.catalog), self._stream(req.dirindex))
+        except (CatalogError, ChunkError) as exc:
+            raise Unprocessable("bad_catalog", f"catalog rejected: {exc}") from None
+        missing = self.chunks.missing(summary.chunks)
+        if missing:
+            raise Unprocessable("missing_chunks", f"{len(missing)} referenced chunks are missing",
+                                missing=missing[:1000])
+        all_ids = summary.chunks | set(stream_ids)
+        self.chunks.sync()
+        latest = self.index.snapshots(host)
+        now = datetime.now(UTC)
+        snap = next_snapshot_id(now, latest[-1].snapshot if latest else None)
+        manifest = Manifest(
+            host=host, snapshot=snap, received_at=now.isoformat(),
+            started_at=datetime.fromtimestamp(row.created_at, UTC).isoformat(),
+            catalog=req.catalog, dirindex=req.dirindex, logical_size=summary.logical_size,
+            file_count=summary.files, dir_count=summary.dirs, entry_count=summary.entries,
+            chunk_count=len(all_ids), new_bytes=live.bytes_new + row.bytes_new,
+            agent_version=req.agent_version, session=row.id, source=req.source,
+            unreadable=req.unreadable[:MAX_UNREADABLE_LISTED],
+            unreadable_count=max(req.unreadable_count, len(req.unreadable)))
+        self.snapshots.write(manifest, all_ids)
+        self.index.add_snapshot(_row_from_manifest(manifest), session=row.id)
+        with self._lock:
+            self._live.pop(row.id, None)
+        return manifest
+
+    def _stream(self, ref: StreamRef) -> Iterator[bytes]:
+        for cid, size in ref.chunks:
+            plain = self.chunks.read_plain(cid)
+            if len(plain) != size:
+                raise CatalogError(f"stream chunk {cid} holds {len(plain)} bytes, not {size}")
+            yield plain
+
+    # --- reading --------------------------------------------------------------------------
+    def resolve_snapshot(self, host: str, snap: str) -> SnapshotRow:
+        if snap == "latest":
+            rows = self.index.snapshots(host)
+            if not rows:
+                raise NotFound("no_such_snapshot", f"host {host!r} has no snapshots")
+            return rows[-1]
+        row = self.index.snapshot(host, snap)
+        if row is None:
+            raise NotFound("no_such_snapshot", f"host {host!r} has no snapshot {snap!r}")
+        return row
+
+    def snapshot_chunk_path(self, host: str, snap: str, cid: str) -> Path:
+        """Path of a chunk the snapshot references; any other chunk is 'not found', so a host
+        can read only what its own snapshots hold."""
+        if not is_chunk_id(cid) or cid not in self.snapshots.chunk_index(host, snap):
+            raise NotFound("no_such_chunk", f"snapshot {snap} has no chunk {cid}")
+        return self.chunks.path(cid)
+
+
+def _row_from_manifest(m: Manifest) -> SnapshotRow:
+    return SnapshotRow(
+        host=m.host, snapshot=m.snapshot,
+        received_at=datetime.fromisoformat(m.received_at).timestamp(),
+        started_at=datetime.fromisoformat(m.started_at).timestamp(),
+        logical_size=m.logical_size, file_count=m.file_count, dir_count=m.dir_count,
+        chunk_count=m.chunk_count, new_bytes=m.new_bytes, unreadable_count=m.unreadable_count,
+        agent_version=m.agent_version, replicated_at=None, protected=False)

@@ -1,0 +1,257 @@
+"""SQLite index and ledger (WAL): hosts, hashed tokens, sessions, snapshots.
+
+It is an index, not the source of truth for backups: every snapshot row can be rebuilt from the
+manifests on disk (`Datastore.reconcile`). One connection per process, serialised by a lock,
+because the daemon calls it from a thread pool and SQLite objects must not be used
+concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import Conflict, NotFound, StoreError
+
+SCHEMA_VERSION = 1
+HOST_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+TOKEN_PREFIX = "rdr_"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    token_id TEXT UNIQUE NOT NULL,
+    token_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL REFERENCES hosts(name),
+    state TEXT NOT NULL CHECK (state IN ('open', 'committed', 'aborted')),
+    created_at REAL NOT NULL,
+    closed_at REAL,
+    chunks_new INTEGER NOT NULL DEFAULT 0,
+    bytes_new INTEGER NOT NULL DEFAULT 0,
+    snapshot TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_open_session_per_host
+    ON sessions(host) WHERE state = 'open';
+CREATE TABLE IF NOT EXISTS snapshots (
+    host TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    started_at REAL NOT NULL,
+    logical_size INTEGER NOT NULL,
+    file_count INTEGER NOT NULL,
+    dir_count INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL,
+    new_bytes INTEGER NOT NULL,
+    unreadable_count INTEGER NOT NULL,
+    agent_version TEXT NOT NULL,
+    replicated_at REAL,
+    protected INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (host, snapshot)
+);
+"""
+
+
+def validate_host_name(name: str) -> str:
+    if not HOST_RE.match(name):
+        raise StoreError("bad_host_name",
+                         f"invalid host name {name!r}: use 1-63 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def _hash_secret(secret: str) -> bytes:
+    # Tokens carry 256 random bits, so a fast hash is as strong as a slow one here.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    host: str
+    snapshot: str
+    received_at: float
+    started_at: float
+    logical_size: int
+    file_count: int
+    dir_count: int
+    chunk_count: int
+    new_bytes: int
+    unreadable_count: int
+    agent_version: str
+    replicated_at: float | None
+    protected: bool
+
+    def to_json(self) -> dict:
+        from datetime import UTC, datetime
+
+        d = {k: getattr(self, k) for k in self.__slots__}
+        d["received_at"] = datetime.fromtimestamp(self.received_at, UTC).isoformat()
+        d["started_at"] = datetime.fromtimestamp(self.started_at, UTC).isoformat()
+        d["replicated"] = self.replicated_at is not None
+        d["protected"] = bool(self.protected)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: str
+    host: str
+    state: str
+    created_at: float
+    closed_at: float | None
+    chunks_new: int
+    bytes_new: int
+    snapshot: str | None
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- hosts and tokens ---
+    def add_host(self, name: str) -> str:
+        """Register a host and return its token; only the token's hash is kept."""
+        validate_host_name(name)
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        try:
+            with self.tx() as db:
+                db.execute("INSERT INTO hosts VALUES (?, ?, ?, ?)",
+                           (name, time.time(), token_id, _hash_secret(secret)))
+        except sqlite3.IntegrityError:
+            raise Conflict("host_exists", f"host {name!r} already exists") from None
+        return f"{TOKEN_PREFIX}{token_id}_{secret}"
+
+    def rotate_token(self, name: str) -> str:
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        with self.tx() as db:
+            cur = db.execute("UPDATE hosts SET token_id = ?, token_hash = ? WHERE name = ?",
+                             (token_id, _hash_secret(secret), name))
+            if cur.rowcount == 0:
+                raise NotFound("no_such_host", f"no host named {name!r}")
+        return f"{TOKEN_PREFIX}{token_id}_{secret}"
+
+    def host_for_token(self, token: str) -> str | None:
+        """The host a bearer token belongs to, or None. Constant-time in the secret."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) < len(TOKEN_PREFIX) + 18:
+            return None
+        token_id = token[len(TOKEN_PREFIX):len(TOKEN_PREFIX) + 16]
+        if token[len(TOKEN_PREFIX) + 16] != "_":
+            return None
+        secret = token[len(TOKEN_PREFIX) + 17:]
+        rows = self._q("SELECT name, token_hash FROM hosts WHERE token_id = ?", (token_id,))
+        expected = rows[0][1] if rows else b"\0" * 32
+        ok = hmac.compare_digest(_hash_secret(secret), expected)
+        return rows[0][0] if rows and ok else None
+
+    def hosts(self) -> list[dict]:
+        rows = self._q("""
+            SELECT h.name, h.created_at, COUNT(s.snapshot), MAX(s.received_at)
+            FROM hosts h LEFT JOIN snapshots s ON s.host = h.name
+            GROUP BY h.name ORDER BY h.name""")
+        return [{"name": n, "created_at": c, "snapshots": k, "last_backup": last}
+                for n, c, k, last in rows]
+
+    def host_exists(self, name: str) -> bool:
+        return bool(self._q("SELECT 1 FROM hosts WHERE name = ?", (name,)))
+
+    # --- sessions ---
+    def create_session(self, sid: str, host: str) -> None:
+        try:
+            with self.tx() as db:
+                db.execute("INSERT INTO sessions (id, host, state, created_at) "
+                           "VALUES (?, ?, 'open', ?)", (sid, host, time.time()))
+        except sqlite3.IntegrityError:
+            raise Conflict("session_open", f"host {host!r} already has an open session") from None
+
+    def open_session(self, host: str) -> SessionRow | None:
+        rows = self._q("SELECT * FROM sessions WHERE host = ? AND state = 'open'", (host,))
+        return SessionRow(*rows[0]) if rows else None
+
+    def open_sessions(self) -> list[SessionRow]:
+        return [SessionRow(*r) for r in self._q("SELECT * FROM sessions WHERE state = 'open'")]
+
+    def session(self, sid: str) -> SessionRow | None:
+        rows = self._q("SELECT * FROM sessions WHERE id = ?", (sid,))
+        return SessionRow(*rows[0]) if rows else None
+
+    def add_session_bytes(self, sid: str, chunks: int, nbytes: int) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE sessions SET chunks_new = chunks_new + ?, bytes_new = bytes_new + ?"
+                       " WHERE id = ?", (chunks, nbytes, sid))
+
+    def close_session(self, sid: str, state: str, snapshot: str | None = None) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE sessions SET state = ?, closed_at = ?, snapshot = ? "
+                       "WHERE id = ? AND state = 'open'", (state, time.time(), snapshot, sid))
+
+    # --- snapshots ---
+    def add_snapshot(self, row: SnapshotRow, session: str | None = None) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO snapshots VALUES "
+                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (row.host, row.snapshot, row.received_at, row.started_at,
+                        row.logical_size, row.file_count, row.dir_count, row.chunk_count,
+                        row.new_bytes, row.unreadable_count, row.agent_version,
+                        row.replicated_at, int(row.protected)))
+            if session is not None:
+                db.execute("UPDATE sessions SET state = 'committed', closed_at = ?, snapshot = ?"
+                           " WHERE id = ?", (time.time(), row.snapshot, session))
+
+    def remove_snapshot(self, host: str, snapshot: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM snapshots WHERE host = ? AND snapshot = ?", (host, snapshot))
+
+    def snapshots(self, host: str | None = None) -> list[SnapshotRow]:
+        if host is None:
+            rows = self._q("SELECT * FROM snapshots ORDER BY host, snapshot")
+        else:
+            rows = self._q("SELECT * FROM snapshots WHERE host = ? ORDER BY snapshot", (host,))
+        return [SnapshotRow(*r) for r in rows]
+
+    def snapshot(self, host: str, snapshot: str) -> SnapshotRow | None:
+        rows = self._q("SELECT * FROM snapshots WHERE host = ? AND snapshot = ?",
+                       (host, snapshot))
+        return SnapshotRow(*rows[0]) if rows else None

@@ -1,0 +1,138 @@
+"""Snapshot manifest (``manifest.json``) and chunk list (``chunks.idx``).
+
+The manifest names everything needed to read a snapshot: its catalog and directory-index
+streams as lists of (chunk id, plaintext size). ``chunks.idx`` lists, sorted and binary, every
+chunk the snapshot references (data, catalog, index) so GC marks and restore permission checks
+read one compact file instead of decoding the catalog.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import mmap
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .catalog import CatalogError
+from .chunkfile import MAX_PLAIN_SIZE, is_chunk_id
+
+FORMAT = 1
+IDX_MAGIC = b"RDRI\x01\x00\x00\x00"
+
+
+@dataclass(slots=True)
+class StreamRef:
+    chunks: list[tuple[str, int]]
+
+    @property
+    def size(self) -> int:
+        return sum(s for _, s in self.chunks)
+
+    def to_json(self) -> dict:
+        return {"chunks": [[c, s] for c, s in self.chunks], "size": self.size}
+
+    @classmethod
+    def from_json(cls, value: object, what: str) -> StreamRef:
+        if not isinstance(value, dict) or not isinstance(value.get("chunks"), list):
+            raise CatalogError(f"{what}: expected {{'chunks': [[id, size], ...]}}")
+        out = []
+        for item in value["chunks"]:
+            if not (isinstance(item, list) and len(item) == 2 and is_chunk_id(item[0])
+                    and type(item[1]) is int and 0 < item[1] <= MAX_PLAIN_SIZE):
+                raise CatalogError(f"{what}: malformed chunk reference")
+            out.append((item[0], item[1]))
+        if not out:
+            raise CatalogError(f"{what}: empty stream")
+        return cls(out)
+
+
+@dataclass(slots=True)
+class Manifest:
+    host: str
+    snapshot: str
+    received_at: str
+    started_at: str
+    catalog: StreamRef
+    dirindex: StreamRef
+    logical_size: int
+    file_count: int
+    dir_count: int
+    entry_count: int
+    chunk_count: int
+    new_bytes: int
+    agent_version: str
+    session: str
+    source: list[str] = field(default_factory=list)
+    unreadable: list[dict] = field(default_factory=list)
+    unreadable_count: int = 0
+    format: int = FORMAT
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["catalog"] = self.catalog.to_json()
+        d["dirindex"] = self.dirindex.to_json()
+        return json.dumps(d, indent=1, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        d = json.loads(data)
+        if d.get("format") != FORMAT:
+            raise CatalogError(f"unsupported manifest format {d.get('format')!r}")
+        d["catalog"] = StreamRef.from_json(d["catalog"], "catalog")
+        d["dirindex"] = StreamRef.from_json(d["dirindex"], "dirindex")
+        return cls(**d)
+
+
+def write_chunk_index(path: Path, ids: set[str]) -> None:
+    data = IDX_MAGIC + b"".join(bytes.fromhex(c) for c in sorted(ids))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ChunkIndex:
+    """Read-only view of a ``chunks.idx``: membership by binary search over an mmap."""
+
+    class _Keys:
+        def __init__(self, mm: mmap.mmap | bytes, n: int) -> None:
+            self.mm, self.n = mm, n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int) -> bytes:
+            o = len(IDX_MAGIC) + 32 * i
+            return self.mm[o:o + 32]
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < len(IDX_MAGIC) or (size - len(IDX_MAGIC)) % 32:
+                raise CatalogError(f"{path} is not a chunk index")
+            self._mm: mmap.mmap | bytes = (
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > len(IDX_MAGIC)
+                else IDX_MAGIC)
+        if self._mm[:len(IDX_MAGIC)] != IDX_MAGIC:
+            raise CatalogError(f"{path} has a bad magic number")
+        self._keys = self._Keys(self._mm, (size - len(IDX_MAGIC)) // 32)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, cid: str) -> bool:
+        key = bytes.fromhex(cid)
+        i = bisect.bisect_left(self._keys, key)
+        return i < len(self._keys) and self._keys[i] == key
+
+    def __iter__(self):
+        for i in range(len(self._keys)):
+            yield self._keys[i].hex()
+
+    def close(self) -> None:
+        if isinstance(self._mm, mmap.mmap):
+            self._mm.close()
