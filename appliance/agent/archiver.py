@@ -1,0 +1,617 @@
+"""The backup pipeline: walk, chunk, deduplicate, upload, commit.
+
+Shape: one producer thread walks the tree in catalog order, merges it with the parent
+snapshot's catalog (an unchanged file -- same size, mtime, ctime, inode -- keeps its ranges
+without being read), reads changed files (large ones through FastCDC, small ones into bundles)
+and writes catalog blocks as soon as their chunks are hashed. A pool of encoder threads hashes
+and compresses chunks in parallel and hands them to the event loop, where the uploader asks the
+appliance in batches which chunks it lacks and uploads those, several at a time. Queues are
+bounded everywhere, so memory stays flat and a slow LAN slows reading rather than filling RAM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import stat
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..store.catalog import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    CatalogWriter,
+    Entry,
+    Range,
+    iter_blocks,
+    join_path,
+    path_key,
+)
+from ..store.chunkfile import ChunkEncoder, EncodedChunk
+from .catalog_cache import CatalogCache
+from .chunker import SMALL_FILE, Bundle, StreamCutter, new_cdc
+from .client import ApplianceClient, ApplianceError
+from .walker import Child, Walker
+
+log = logging.getLogger("rdr.agent.backup")
+
+#: Re-bundle the live small files of a bundle whose parent-snapshot use fell below this share.
+REBUNDLE_BELOW = 0.5
+MAX_UNREADABLE_SENT = 1000
+
+
+class Cancelled(Exception):
+    """The upload side failed or was interrupted; the producer stops."""
+
+
+@dataclass(slots=True)
+class BackupStats:
+    """Counters shared by the producer thread, the encoders and the uploader (GIL-atomic
+    increments are enough for progress figures)."""
+
+    files: int = 0
+    dirs: int = 0
+    other: int = 0
+    files_read: int = 0
+    files_unchanged: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    bytes_unchanged: int = 0
+    chunks_new: int = 0
+    bytes_new: int = 0
+    chunks_known: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    excluded: int = 0
+
+
+@dataclass(slots=True)
+class BackupResult:
+    snapshot: str
+    host: str
+    stats: BackupStats
+    duration: float
+    resumed: bool
+
+    def to_json(self) -> dict:
+        s = self.stats
+        return {"snapshot": self.snapshot, "host": self.host, "files": s.files, "dirs": s.dirs,
+                "other": s.other, "files_read": s.files_read,
+                "files_unchanged": s.files_unchanged, "bytes_total": s.bytes_total,
+                "bytes_read": s.bytes_read, "bytes_new": s.bytes_new,
+                "chunks_new": s.chunks_new, "chunks_known": s.chunks_known,
+                "excluded": s.excluded, "duration_seconds": round(self.duration, 3),
+                "resumed_session": self.resumed,
+                "unreadable": [{"path": p, "error": e} for p, e in s.unreadable]}
+
+
+# --- parent snapshot -------------------------------------------------------------------------
+
+
+class ParentCatalog:
+    """The parent snapshot's catalog, read forward in step with the walk."""
+
+    def __init__(self, blocks: Iterator[tuple[bytes, list[Entry]]] | None) -> None:
+        self._it = blocks
+        self._cur: tuple[bytes, list[Entry]] | None = None
+        self._advance()
+
+    def _advance(self) -> None:
+        self._cur = next(self._it, None) if self._it is not None else None
+
+    def lookup(self, path: bytes) -> dict[bytes, Entry]:
+        key = path_key(path)
+        while self._cur is not None and path_key(self._cur[0]) < key:
+            self._advance()
+        if self._cur is not None and self._cur[0] == path:
+            entries = {e.name: e for e in self._cur[1]}
+            self._advance()
+            return entries
+        return {}
+
+
+def low_use_bundles(blocks: Iterator[tuple[bytes, list[Entry]]]) -> set[str]:
+    """Chunks of the parent whose bytes are mostly no longer referenced (deleted or changed
+    small files): their surviving files get re-bundled so dead bytes can be collected."""
+    used: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for _, entries in blocks:
+        for e in entries:
+            if e.type != FILE:
+                continue
+            for r in e.ranges:
+                used[r.chunk] = used.get(r.chunk, 0) + r.length
+                size[r.chunk] = r.chunk_size
+    return {c for c, u in used.items() if u < size[c] * REBUNDLE_BELOW}
+
+
+# --- producer --------------------------------------------------------------------------------
+
+
+class _Pending:
+    """A range whose chunk id is not known yet: a chunk being encoded, or an open bundle."""
+
+    __slots__ = ("length", "offset", "size", "src")
+
+    def __init__(self, src: Future | Bundle, offset: int, length: int, size: int) -> None:
+        self.src, self.offset, self.length, self.size = src, offset, length, size
+
+
+class Producer:
+    """Runs in one thread: walk, read, chunk, write the catalog. Chunks go out via `emit`."""
+
+    MAX_PENDING_BLOCKS = 512
+    MAX_ENCODES_IN_FLIGHT = 16
+
+    def __init__(self, stats: BackupStats, emit: Callable[[EncodedChunk], None],
+                 encoders: ThreadPoolExecutor, parent: ParentCatalog, low_use: set[str],
+                 stop: threading.Event) -> None:
+        self.stats = stats
+        self.emit = emit
+        self.encoders = encoders
+        self.parent = parent
+        self.low_use = low_use
+        self.stop = stop
+        self._enc_local = threading.local()
+        self._slots = threading.Semaphore(self.MAX_ENCODES_IN_FLIGHT)
+        self._bundle = Bundle()
+        # Blocks waiting for their chunk ids: (path, entries, file ranges, hardlinks).
+        self._pending: deque[tuple[bytes, list[Entry], list[tuple[Entry, list]],
+                                   list[tuple[Entry, Entry]]]] = deque()
+        self._links: dict[tuple[int, int], tuple[bytes, Entry]] = {}
+        self._cdc = new_cdc()
+        self.catalog_futures: list[Future] = []
+        self.index_futures: list[Future] = []
+        self._cat_cut = StreamCutter()
+        self._idx_cut = StreamCutter()
+        self._writer = CatalogWriter(self._cat_sink, self._idx_sink)
+
+    # --- encoding ---
+    def _encode_job(self, plain: bytes) -> EncodedChunk:
+        try:
+            enc = getattr(self._enc_local, "enc", None)
+            if enc is None:
+                enc = self._enc_local.enc = ChunkEncoder()
+            chunk = enc.encode(plain)
+            self.emit(chunk)
+            return chunk
+        finally:
+            self._slots.release()
+
+    def _submit(self, plain: bytes) -> Future:
+        while not self._slots.acquire(timeout=0.5):
+            if self.stop.is_set():
+                raise Cancelled
+        return self.encoders.submit(self._encode_job, plain)
+
+    def _cat_sink(self, data: bytes) -> None:
+        for piece in self._cat_cut.feed(data):
+            self.catalog_futures.append(self._submit(piece))
+
+    def _idx_sink(self, data: bytes) -> None:
+        for piece in self._idx_cut.feed(data):
+            self.index_futures.append(self._submit(piece))
+
+    # --- the walk ---
+    def run_tree(self, walker: Walker) -> None:
+        for cpath, children in walker.blocks():
+            if self.stop.is_set():
+                raise Cancelled
+            previous = self.parent.lookup(cpath)
+            entries: list[Entry] = []
+            pendings: list[tuple[Entry, list]] = []
+            links: list[tuple[Entry, Entry]] = []
+            for child in children:
+                e = self._entry(cpath, child, previous.get(child.name), pendings, links)
+                if e is not None:
+                    entries.append(e)
+            self._queue_block(cpath, entries, pendings, links)
+        self.stats.excluded = walker.excluded
+
+    def run_stdin(self, name: bytes, stream: io.RawIOBase | io.BufferedIOBase) -> None:
+        now = time.time_ns()
+        e = Entry(name=name, type=FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(),
+                  mtime_ns=now, ctime_ns=now)
+        pend: list = []
+        e.size = self._read_stream(stream, pend)
+        self.stats.files += 1
+        self.stats.files_read += 1
+        self.stats.bytes_total += e.size
+        self._queue_block(b"", [e], [(e, pend)], [])
+
+    def _entry(self, cpath: bytes, child: Child, prev: Entry | None,
+               pendings: list[tuple[Entry, list]], links: list[tuple[Entry, Entry]],
+               ) -> Entry | None:
+        st = child.st
+        mode = st.st_mode
+        e = Entry(name=child.name, type=FILE, mode=stat.S_IMODE(mode), uid=st.st_uid,
+                  gid=st.st_gid, mtime_ns=st.st_mtime_ns)
+        if stat.S_ISREG(mode):
+            e.size, e.ino, e.ctime_ns = st.st_size, st.st_ino, st.st_ctime_ns
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self._links:
+                # A further name of a file stored earlier: its data comes from the first name
+                # (whose block is written before or together with this one).
+                e.type, e.link = HARDLINK, self._links[key][0]
+                links.append((e, self._links[key][1]))
+                self.stats.files += 1
+                return e
+            pend = self._file_ranges(child, e, prev)
+            if pend is None:
+                return None
+            pendings.append((e, pend))
+            if st.st_nlink > 1:
+                self._links[key] = (join_path(cpath, child.name), e)
+            self.stats.files += 1
+            self.stats.bytes_total += e.size
+        elif stat.S_ISDIR(mode):
+            e.type = DIR
+            self.stats.dirs += 1
+        elif stat.S_ISLNK(mode):
+            e.type = SYMLINK
+            try:
+                e.link = os.readlink(child.path)
+            except OSError as exc:
+                self._unreadable(child.path, exc)
+                return None
+            self.stats.other += 1
+        elif stat.S_ISFIFO(mode):
+            e.type = FIFO
+            self.stats.other += 1
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            e.type = CHARDEV if stat.S_ISCHR(mode) else BLOCKDEV
+            e.rdev = st.st_rdev
+            self.stats.other += 1
+        else:
+            return None  # sockets and doors cannot be restored meaningfully
+        e.xattrs = _xattrs(child.path)
+        return e
+
+    def _unreadable(self, path: bytes, exc: OSError) -> None:
+        self.stats.unreadable.append((os.fsdecode(path), exc.strerror or str(exc)))
+
+    def _file_ranges(self, child: Child, e: Entry, prev: Entry | None) -> list | None:
+        """Pending ranges of a regular file: the parent's when unchanged, else read now."""
+        if (prev is not None and prev.type in (FILE, HARDLINK) and prev.size == e.size
+                and prev.mtime_ns == e.mtime_ns and prev.ctime_ns == e.ctime_ns
+                and prev.ino == e.ino and not any(r.chunk in self.low_use for r in prev.ranges)):
+            self.stats.files_unchanged += 1
+            self.stats.bytes_unchanged += e.size
+            return [r for r in prev.ranges]
+        try:
+            fd = _open_for_read(child.path)
+        except OSError as exc:
+            self._unreadable(child.path, exc)
+            return None
+        pend: list = []
+        try:
+            with io.FileIO(fd, "rb", closefd=True) as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(0, "no longer a regular file")
+                if e.size < SMALL_FILE:
+                    data = f.read(SMALL_FILE)
+                    extra = f.read(1) if len(data) == SMALL_FILE else b""
+                    if not extra:
+                        if data:
+                            off = self._bundle.add(data)
+                            pend.append(_Pending(self._bundle, off, len(data), 0))
+                            if self._bundle.full:
+                                self._seal_bundle()
+                        e.size = len(data)
+                        self.stats.files_read += 1
+                        self.stats.bytes_read += e.size
+                        return pend
+                    f.seek(0)  # it grew past the small-file limit while we looked
+                e.size = self._read_stream(f, pend)
+        except OSError as exc:
+            self._unreadable(child.path, exc)
+            return None
+        self.stats.files_read += 1
+        return pend
+
+    def _read_stream(self, stream: io.RawIOBase | io.BufferedIOBase, pend: list) -> int:
+        total = 0
+        for c in self._cdc.cut_stream(stream):
+            plain = bytes(c.data)  # the cutter reuses its buffer; the encoder runs in parallel
+            pend.append(_Pending(self._submit(plain), 0, len(plain), len(plain)))
+            total += len(plain)
+            self.stats.bytes_read += len(plain)
+            if self.stop.is_set():
+                raise Cancelled
+        return total
+
+    def _seal_bundle(self) -> None:
+        b = self._bundle
+        if b.sealed or not b.buf:
+            return
+        b.sealed = True
+        b.future = self._submit(bytes(b.buf))
+        b.buf = bytearray()
+        self._bundle = Bundle()
+
+    # --- catalog blocks ---
+    def _queue_block(self, path: bytes, entries: list[Entry],
+                     pendings: list[tuple[Entry, list]], links: list[tuple[Entry, Entry]],
+                     ) -> None:
+        self._pending.append((path, entries, pendings, links))
+        self._flush(force=len(self._pending) > self.MAX_PENDING_BLOCKS)
+
+    def _ready(self, pendings: list[tuple[Entry, list]], force: bool) -> bool:
+        for _, pend in pendings:
+            for p in pend:
+                if isinstance(p, _Pending):
+                    src = p.src
+                    if isinstance(src, Bundle):
+                        if not src.sealed:
+                            if not force:
+                                return False
+                            self._seal_bundle()
+                        src = src.future
+                    if not force and not src.done():
+                        return False
+        return True
+
+    def _flush(self, force: bool) -> None:
+        while self._pending:
+            path, entries, pendings, links = self._pending[0]
+            if not self._ready(pendings, force):
+                return
+            for e, pend in pendings:
+                e.ranges = [self._resolve(p) for p in pend]
+            for e, first in links:
+                e.ranges, e.size = first.ranges, first.size
+            self._writer.add_block(path, entries)
+            self._pending.popleft()
+
+    def _resolve(self, p: _Pending | Range) -> Range:
+        if isinstance(p, Range):
+            return p
+        src = p.src
+        chunk = (src.future if isinstance(src, Bundle) else src).result()
+        return Range(chunk.id, p.offset, p.length, chunk.plain_size)
+
+    def finish(self) -> tuple[list[EncodedChunk], list[EncodedChunk]]:
+        """Seal what is open, write the remaining blocks, cut the catalog streams' tails."""
+        self._seal_bundle()
+        self._flush(force=True)
+        for piece in self._cat_cut.finish():
+            self.catalog_futures.append(self._submit(piece))
+        for piece in self._idx_cut.finish():
+            self.index_futures.append(self._submit(piece))
+        return ([f.result() for f in self.catalog_futures],
+                [f.result() for f in self.index_futures])
+
+
+def _open_for_read(path: bytes) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
+    try:
+        return os.open(path, flags)
+    except PermissionError:
+        if flags & getattr(os, "O_NOATIME", 0):  # O_NOATIME needs ownership; retry without
+            return os.open(path, flags & ~os.O_NOATIME)
+        raise
+
+
+def _xattrs(path: bytes) -> list[tuple[bytes, bytes]] | None:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return None
+    out = []
+    for name in sorted(names):
+        with contextlib.suppress(OSError):
+            out.append((name.encode("utf-8", "surrogateescape"),
+                        os.getxattr(path, name, follow_symlinks=False)))
+    return out or None
+
+
+# --- the async side --------------------------------------------------------------------------
+
+
+class Archiver:
+    """Runs one backup against the appliance."""
+
+    def __init__(self, client: ApplianceClient, state_dir: Path, *, uploads: int = 4,
+                 encoders: int | None = None,
+                 on_progress: Callable[[BackupStats], None] | None = None) -> None:
+        self.client = client
+        self.state_dir = state_dir
+        self.uploads = uploads
+        self.encoders = encoders or max(2, os.cpu_count() or 2)
+        self.on_progress = on_progress
+        self.stats = BackupStats()
+
+    def _session_file(self, host: str) -> Path:
+        return self.state_dir / f"session-{host}.json"
+
+    async def backup(self, sources: list[bytes] | None = None, *, excludes: list[str] | None = None,
+                     one_file_system: bool = False, stdin_name: bytes | None = None,
+                     stdin: io.RawIOBase | io.BufferedIOBase | None = None) -> BackupResult:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        me = await self.client.whoami()
+        host = me["host"]
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cache = CatalogCache(self.state_dir / "catalog-cache" / host)
+
+        parent_chunks: list[tuple[str, int]] | None = None
+        if stdin_name is None:
+            try:
+                parent = await self.client.snapshot("latest")
+                parent_chunks = [(c, s) for c, s in parent["manifest"]["catalog"]["chunks"]]
+                await cache.fetch(self.client, parent["manifest"]["snapshot"], parent_chunks)
+            except ApplianceError as exc:
+                if exc.status != 404:
+                    raise
+
+        sid, resumed = await self._open_session(host)
+        stop = threading.Event()
+        queue: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(maxsize=64)
+
+        def emit(chunk: EncodedChunk) -> None:
+            fut = asyncio.run_coroutine_threadsafe(queue.put(chunk), loop)
+            while True:
+                try:
+                    fut.result(timeout=0.5)
+                    return
+                except TimeoutError:
+                    if stop.is_set():
+                        fut.cancel()
+                        raise Cancelled from None
+
+        pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
+
+        def produce() -> tuple[list[EncodedChunk], list[EncodedChunk]]:
+            low_use: set[str] = set()
+            parent_blocks = None
+            if parent_chunks is not None:
+                low_use = low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
+                parent_blocks = iter_blocks(cache.pieces(parent_chunks))
+            producer = Producer(self.stats, emit, pool, ParentCatalog(parent_blocks), low_use,
+                                stop)
+            if stdin_name is not None:
+                producer.run_stdin(stdin_name, stdin if stdin is not None else sys.stdin.buffer)
+            else:
+                walker = Walker(sources or [], excludes, one_file_system,
+                                on_error=lambda p, m: self.stats.unreadable.append(
+                                    (os.fsdecode(p), m)))
+                producer.run_tree(walker)
+            return producer.finish()
+
+        uploader = asyncio.create_task(self._upload(sid, queue))
+        beat = asyncio.create_task(self._heartbeat(sid))
+        try:
+            produced = loop.run_in_executor(None, produce)
+            try:
+                cat, idx = await asyncio.shield(produced)
+            except BaseException:
+                stop.set()
+                with contextlib.suppress(BaseException):
+                    await produced
+                raise
+            await queue.put(None)
+            await uploader
+        except BaseException:
+            stop.set()
+            uploader.cancel()
+            with contextlib.suppress(BaseException):
+                await uploader
+            raise
+        finally:
+            beat.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+        unreadable = self.stats.unreadable
+        body = {
+            "catalog": {"chunks": [[c.id, c.plain_size] for c in cat]},
+            "dirindex": {"chunks": [[c.id, c.plain_size] for c in idx]},
+            "agent_version": __version__,
+            "source": [os.fsdecode(s) for s in (sources or [])] or
+                      ([f"stdin:{os.fsdecode(stdin_name)}"] if stdin_name else []),
+            "unreadable": [{"path": p, "error": e} for p, e in unreadable[:MAX_UNREADABLE_SENT]],
+            "unreadable_count": len(unreadable),
+        }
+        result = await self.client.commit(sid, body)
+        self._session_file(host).unlink(missing_ok=True)
+        await loop.run_in_executor(None, self._refresh_cache, cache, cat + idx, cat)
+        return BackupResult(result["snapshot"], host, self.stats, time.monotonic() - started,
+                            resumed)
+
+    @staticmethod
+    def _refresh_cache(cache: CatalogCache, chunks: list[EncodedChunk],
+                       catalog: list[EncodedChunk]) -> None:
+        """Keep exactly the new catalog's chunks, so the next backup needs no download."""
+        for c in catalog:
+            p = cache.path(c.id)
+            if not p.exists():
+                p.write_bytes(c.data)
+        cache.keep_only({c.id for c in catalog})
+
+    async def _open_session(self, host: str) -> tuple[str, bool]:
+        """Open a session, resuming the one an interrupted run of this agent left open."""
+        import json
+
+        path = self._session_file(host)
+        resume = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            resume = json.loads(path.read_text())["session"]
+        info = await self.client.open_session(resume)
+        sid = info["session"]
+        path.write_text(json.dumps({"session": sid, "url": self.client.ep.url}))
+        self.lease = float(info.get("lease_seconds", 60))
+        return sid, bool(info.get("resumed"))
+
+    async def _heartbeat(self, sid: str) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self.lease / 4))
+            with contextlib.suppress(Exception):
+                await self.client.heartbeat(sid)
+
+    async def _upload(self, sid: str, queue: asyncio.Queue[EncodedChunk | None]) -> None:
+        """Ask which chunks the appliance lacks, in batches, and upload those, several at once."""
+        seen: set[str] = set()
+        slots = asyncio.Semaphore(self.uploads)
+        tasks: set[asyncio.Task] = set()
+        failure: list[BaseException] = []
+
+        async def put(chunk: EncodedChunk) -> None:
+            try:
+                if await self.client.put_chunk(sid, chunk.id, chunk.data):
+                    self.stats.chunks_new += 1
+                    self.stats.bytes_new += len(chunk.data)
+                else:
+                    self.stats.chunks_known += 1
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                slots.release()
+
+        done = False
+        while not done:
+            if failure:
+                raise failure[0]
+            item = await queue.get()
+            batch: list[EncodedChunk] = []
+            while True:
+                if item is None:
+                    done = True
+                    break
+                if item.id not in seen:
+                    seen.add(item.id)
+                    batch.append(item)
+                if len(batch) >= 256 or queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch:
+                missing = set(await self.client.known_missing(sid, [c.id for c in batch]))
+                for chunk in batch:
+                    if chunk.id not in missing:
+                        self.stats.chunks_known += 1
+                        continue
+                    await slots.acquire()
+                    if failure:
+                        slots.release()
+                        raise failure[0]
+                    t = asyncio.create_task(put(chunk))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+            if self.on_progress is not None:
+                self.on_progress(self.stats)
+        if tasks:
+            await asyncio.gather(*tasks)
+        if failure:
+            raise failure[0]

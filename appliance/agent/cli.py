@@ -1,0 +1,213 @@
+"""`rdr-agent`: back up this host to the appliance, list its snapshots, restore.
+
+Exit codes: 0 success; 1 error (one line on stderr); 3 finished, but some files could not be
+read (backup) or written (restore) -- they are listed in the summary; 130 interrupted (the
+backup session stays open on the appliance and the next run resumes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .. import __version__
+from ..store.catalog import CatalogError
+from ..store.chunkfile import ChunkError
+from .archiver import Archiver, BackupResult, BackupStats
+from .catalog_cache import CatalogCache
+from .client import ApplianceClient, ApplianceError, ConnectError
+from .progress import ProgressBar, human
+from .settings import AgentSettings, SettingsError, resolve
+from .walker import Walker
+
+EXIT_PARTIAL = 3
+
+
+def _scan_total(sources: list[bytes], excludes: list[str], one_fs: bool,
+                bar: ProgressBar) -> None:
+    """Count the bytes to back up, in the background, so the bar can show a percentage."""
+    import stat
+
+    total = 0
+    for _, children in Walker(sources, excludes, one_fs).blocks():
+        for c in children:
+            if stat.S_ISREG(c.st.st_mode):
+                total += c.st.st_size
+    bar.total_bytes = total
+
+
+def print_backup_summary(res: BackupResult) -> None:
+    s = res.stats
+    print(f"snapshot {res.snapshot} of {res.host} committed"
+          f"{' (resumed an interrupted session)' if res.resumed else ''}")
+    print(f"  files {s.files}, dirs {s.dirs}, other {s.other}, {human(s.bytes_total)} in all")
+    print(f"  read {human(s.bytes_read)} from {s.files_read} files, "
+          f"{s.files_unchanged} files unchanged (not read)")
+    print(f"  new {human(s.bytes_new)} in {s.chunks_new} chunks, "
+          f"{s.chunks_known} chunks already on the appliance")
+    print(f"  duration {res.duration:.1f} s")
+    if s.unreadable:
+        print(f"  {len(s.unreadable)} files could not be read and are NOT in this backup:")
+        for path, err in s.unreadable[:50]:
+            print(f"    {path}: {err}")
+        if len(s.unreadable) > 50:
+            print(f"    ... and {len(s.unreadable) - 50} more (see --json)")
+
+
+async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
+    if args.stdin:
+        if not args.name or args.paths:
+            raise SettingsError("--stdin needs --name NAME and no paths")
+        name = os.fsencode(args.name)
+        if b"/" in name or name in (b".", b".."):
+            raise SettingsError("--name must be a plain file name")
+    elif not args.paths:
+        raise SettingsError("give at least one path to back up (or --stdin --name NAME)")
+    sources = [os.fsencode(os.path.abspath(p)) for p in args.paths]
+    for src in sources:
+        if not os.path.lexists(src):
+            raise SettingsError(f"{os.fsdecode(src)} does not exist")
+
+    bar = ProgressBar("backup", enabled=None if not args.json else False)
+    if bar.enabled and not args.stdin:
+        threading.Thread(target=_scan_total, args=(sources, args.exclude, args.one_file_system,
+                                                  bar), daemon=True).start()
+
+    def progress(s: BackupStats) -> None:
+        bar.update(s.bytes_read + s.bytes_unchanged, lambda: (
+            f"{s.files} files, {human(s.bytes_read)} read, {human(s.bytes_new)} new"))
+
+    async with ApplianceClient(st.endpoint) as client:
+        archiver = Archiver(client, st.state_dir, on_progress=progress)
+        try:
+            if args.stdin:
+                res = await archiver.backup(stdin_name=name)
+            else:
+                res = await archiver.backup(sources, excludes=args.exclude,
+                                            one_file_system=args.one_file_system)
+        finally:
+            bar.close()
+    if args.json:
+        print(json.dumps(res.to_json(), indent=1))
+    else:
+        print_backup_summary(res)
+    return EXIT_PARTIAL if res.stats.unreadable else 0
+
+
+async def cmd_snapshots(args: argparse.Namespace, st: AgentSettings) -> int:
+    async with ApplianceClient(st.endpoint) as client:
+        snaps = await client.snapshots()
+    if args.json:
+        print(json.dumps(snaps, indent=1))
+        return 0
+    print(f"{'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10}  SOURCE")
+    for s in snaps:
+        print(f"{s['snapshot']:22} {s['file_count']:>9} {human(s['logical_size']):>10}")
+    return 0
+
+
+async def cmd_restore(args: argparse.Namespace, st: AgentSettings) -> int:
+    from .restorer import restore_snapshot
+
+    target = Path(args.to)
+    target.mkdir(parents=True, exist_ok=True)
+    include = [os.fsencode(os.path.normpath(p)).lstrip(b"/") for p in args.paths] or None
+    if include and any(p in (b"", b".") for p in include):
+        include = None
+    bar = ProgressBar("restore", enabled=None if not args.json else False)
+    pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="rdr-restore")
+    try:
+        async with ApplianceClient(st.endpoint) as client:
+            me = await client.whoami()
+            cache = CatalogCache(st.state_dir / "catalog-cache" / me["host"])
+            summary = await restore_snapshot(
+                client, args.snapshot, target, include, cache, pool,
+                on_progress=lambda files, nbytes: bar.update(
+                    nbytes, lambda: f"{files} files, {human(nbytes)}"))
+    finally:
+        bar.close()
+        pool.shutdown(wait=True)
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=1))
+    else:
+        print(f"restored {summary.files} files, {summary.dirs} dirs, {summary.symlinks} "
+              f"symlinks, {human(summary.bytes_written)} to {target} in "
+              f"{summary.duration:.1f} s")
+        if summary.errors:
+            print(f"  {len(summary.errors)} entries could not be restored:")
+            for path, err in summary.errors[:50]:
+                print(f"    {path}: {err}")
+    return EXIT_PARTIAL if summary.errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rdr-agent", description="Back up this host to the RDR "
+                                "appliance and restore from it")
+    p.add_argument("--version", action="version", version=f"rdr-agent {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("appliance")
+    g.add_argument("--url", help="appliance URL, e.g. https://appliance:8443 ($RDR_URL)")
+    g.add_argument("--token", help="this host's token ($RDR_TOKEN)")
+    g.add_argument("--fingerprint", help="pinned SHA-256 of the appliance certificate "
+                   "($RDR_FINGERPRINT)")
+    g.add_argument("--ca", help="CA file to verify the appliance certificate ($RDR_CA)")
+    g.add_argument("--config", help="agent TOML config file ($RDR_AGENT_CONFIG)")
+    g.add_argument("--state-dir", help="where the agent keeps its caches ($RDR_STATE_DIR)")
+    common.add_argument("--json", action="store_true", help="print the summary as JSON")
+    common.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("backup", parents=[common], help="back up paths or stdin")
+    b.add_argument("paths", nargs="*", metavar="PATH")
+    b.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip names (or, with a '/', absolute paths) matching GLOB; repeatable")
+    b.add_argument("--one-file-system", action="store_true",
+                   help="do not cross into other mounted filesystems")
+    b.add_argument("--stdin", action="store_true", help="back up standard input as one file")
+    b.add_argument("--name", help="file name for --stdin, e.g. db.sql")
+    b.set_defaults(run=cmd_backup)
+
+    s = sub.add_parser("snapshots", parents=[common], help="list this host's snapshots")
+    s.set_defaults(run=cmd_snapshots)
+
+    r = sub.add_parser("restore", parents=[common], help="restore a snapshot")
+    r.add_argument("snapshot", help="snapshot id, or 'latest'")
+    r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these paths")
+    r.add_argument("--to", required=True, metavar="DIR", help="directory to restore into")
+    r.set_defaults(run=cmd_restore)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="rdr-agent: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        settings = resolve({"url": args.url, "token": args.token,
+                            "fingerprint": args.fingerprint, "ca": args.ca,
+                            "state_dir": args.state_dir}, args.config)
+        return asyncio.run(args.run(args, settings))
+    except ApplianceError as exc:
+        print(f"rdr-agent: error: the appliance refused: {exc.message} ({exc.status} "
+              f"{exc.code})", file=sys.stderr)
+    except (SettingsError, ConnectError, CatalogError, ChunkError, ValueError) as exc:
+        print(f"rdr-agent: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"rdr-agent: error: {exc.strerror or exc}"
+              f"{': ' + os.fsdecode(exc.filename) if exc.filename else ''}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("rdr-agent: interrupted; the next backup resumes where this one stopped",
+              file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

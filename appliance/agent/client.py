@@ -1,0 +1,164 @@
+"""The agent's connection to the appliance: TLS (pinned fingerprint or CA), bearer token,
+JSON errors turned into `ApplianceError`, and retries with backoff for idempotent calls so a
+blip on the LAN does not fail a night's backup."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+
+log = logging.getLogger("rdr.agent.client")
+T = TypeVar("T")
+
+
+class ApplianceError(Exception):
+    """The appliance refused a request; `code` is its machine-readable reason."""
+
+    def __init__(self, status: int, code: str, message: str, body: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.body = status, code, message, body or {}
+
+
+class ConnectError(Exception):
+    """The appliance could not be reached (after retries)."""
+
+
+@dataclass(slots=True)
+class Endpoint:
+    url: str
+    token: str
+    fingerprint: str | None = None  # SHA-256 of the server certificate, hex (colons allowed)
+    ca_file: str | None = None
+
+
+def ssl_for(ep: Endpoint) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+    if ep.fingerprint:
+        digest = bytes.fromhex(ep.fingerprint.replace(":", "").strip())
+        if len(digest) != hashlib.sha256().digest_size:
+            raise ValueError("the certificate fingerprint must be a SHA-256 digest (64 hex)")
+        return aiohttp.Fingerprint(digest)
+    ctx = ssl.create_default_context(cafile=ep.ca_file) if ep.ca_file else \
+        ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+_TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError, asyncio.TimeoutError)
+
+
+class ApplianceClient:
+    def __init__(self, ep: Endpoint, *, connections: int = 8, retries: int = 5) -> None:
+        self.ep = ep
+        self.base = ep.url.rstrip("/") + "/api/v1"
+        self.retries = retries
+        self._ssl = ssl_for(ep)
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, ssl=self._ssl),
+            headers={"Authorization": f"Bearer {ep.token}"},
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=300),
+        )
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def __aenter__(self) -> ApplianceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _retry(self, fn: Callable[[], Awaitable[T]], idempotent: bool) -> T:
+        delay = 0.5
+        for attempt in range(self.retries + 1):
+            try:
+                return await fn()
+            except ApplianceError as exc:
+                if not idempotent or exc.status < 500 or exc.status == 507 \
+                        or attempt == self.retries:
+                    raise
+                log.warning("appliance answered %s (%s); retrying", exc.status, exc.code)
+            except _TRANSIENT as exc:
+                if attempt == self.retries:
+                    raise ConnectError(f"cannot reach the appliance at {self.ep.url}: "
+                                       f"{exc or type(exc).__name__}") from None
+                if not idempotent and attempt > 0:
+                    raise ConnectError(f"lost the appliance at {self.ep.url}: {exc}") from None
+                log.warning("appliance unreachable (%s); retrying", exc or type(exc).__name__)
+            await asyncio.sleep(delay * (0.75 + random.random() / 2))
+            delay = min(delay * 2, 15)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _check(resp: aiohttp.ClientResponse) -> None:
+        if resp.status < 400:
+            return
+        try:
+            body = await resp.json(content_type=None)
+            code, message = body.get("error", "error"), body.get("message", resp.reason)
+        except (ValueError, aiohttp.ContentTypeError, AttributeError):
+            body, code, message = None, "http_error", f"HTTP {resp.status} {resp.reason}"
+        raise ApplianceError(resp.status, code, message, body)
+
+    async def _json(self, method: str, path: str, body: Any = None, *,
+                    idempotent: bool = True) -> Any:
+        async def call() -> Any:
+            async with self._http.request(method, self.base + path, json=body) as resp:
+                await self._check(resp)
+                if resp.status == 204:
+                    return None
+                return await resp.json()
+
+        return await self._retry(call, idempotent)
+
+    # --- API ---
+    async def whoami(self) -> dict:
+        return await self._json("GET", "/whoami")
+
+    async def open_session(self, resume: str | None = None) -> dict:
+        return await self._json("POST", "/sessions", {"resume": resume} if resume else {},
+                                idempotent=False)
+
+    async def known_missing(self, sid: str, ids: list[str]) -> list[str]:
+        return (await self._json("POST", f"/sessions/{sid}/known", {"chunks": ids}))["missing"]
+
+    async def put_chunk(self, sid: str, cid: str, data: bytes) -> bool:
+        async def call() -> bool:
+            async with self._http.put(f"{self.base}/sessions/{sid}/chunks/{cid}", data=data,
+                                      headers={"Content-Type": "application/octet-stream"}
+                                      ) as resp:
+                await self._check(resp)
+                return resp.status == 201
+
+        return await self._retry(call, True)
+
+    async def heartbeat(self, sid: str) -> None:
+        await self._json("POST", f"/sessions/{sid}/heartbeat")
+
+    async def commit(self, sid: str, body: dict) -> dict:
+        return await self._json("POST", f"/sessions/{sid}/commit", body, idempotent=False)
+
+    async def abort(self, sid: str) -> None:
+        await self._json("DELETE", f"/sessions/{sid}")
+
+    async def snapshots(self) -> list[dict]:
+        return (await self._json("GET", "/snapshots"))["snapshots"]
+
+    async def snapshot(self, snap: str) -> dict:
+        """{"snapshot": row, "manifest": manifest} of `snap` (an id or "latest")."""
+        return await self._json("GET", f"/snapshots/{snap}")
+
+    async def get_chunk(self, snap: str, cid: str) -> bytes:
+        async def call() -> bytes:
+            async with self._http.get(f"{self.base}/snapshots/{snap}/chunks/{cid}") as resp:
+                await self._check(resp)
+                return await resp.read()
+
+        return await self._retry(call, True)

@@ -1,0 +1,78 @@
+"""Where the agent finds its appliance: flags, then environment, then a config file.
+
+Environment: RDR_URL, RDR_TOKEN, RDR_FINGERPRINT, RDR_CA, RDR_STATE_DIR. Config file (TOML,
+keys url, token, fingerprint, ca, state_dir): --config, $RDR_AGENT_CONFIG,
+~/.config/rdr-agent/agent.toml or /etc/rdr-agent/agent.toml.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .client import Endpoint
+
+KEYS = ("url", "token", "fingerprint", "ca", "state_dir")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class AgentSettings:
+    endpoint: Endpoint
+    state_dir: Path
+
+
+def _config_file(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("RDR_AGENT_CONFIG")
+    if env:
+        return Path(env)
+    for p in (Path.home() / ".config/rdr-agent/agent.toml", Path("/etc/rdr-agent/agent.toml")):
+        if p.exists():
+            return p
+    return None
+
+
+def resolve(flags: dict[str, str | None], config: str | None = None) -> AgentSettings:
+    values: dict[str, str] = {}
+    path = _config_file(config)
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise SettingsError(f"agent config {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"agent config {path} is not valid TOML: {exc}") from None
+        for key, value in raw.items():
+            if key not in KEYS:
+                raise SettingsError(f"agent config {path}: unknown key {key!r}")
+            if not isinstance(value, str):
+                raise SettingsError(f"agent config {path}: {key} must be a string")
+            values[key] = value
+    for key in KEYS:
+        env = os.environ.get(f"RDR_{key.upper()}")
+        if env:
+            values[key] = env
+        if flags.get(key):
+            values[key] = flags[key]  # type: ignore[assignment]
+    if not values.get("url"):
+        raise SettingsError("no appliance URL: pass --url, set RDR_URL or a config file")
+    if not values.get("url", "").startswith("https://"):
+        raise SettingsError("the appliance URL must start with https://")
+    if not values.get("token"):
+        raise SettingsError("no host token: pass --token, set RDR_TOKEN or a config file")
+    fp = values.get("fingerprint")
+    if fp and len(fp.replace(":", "")) != 64:
+        raise SettingsError("the certificate fingerprint must be 64 hex digits (SHA-256)")
+    state = values.get("state_dir") or (
+        "/var/lib/rdr-agent" if os.geteuid() == 0 else
+        str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "rdr-agent"))
+    return AgentSettings(Endpoint(values["url"], values["token"], fp, values.get("ca")),
+                         Path(state))

@@ -1,0 +1,119 @@
+"""Walking the source paths in catalog order (depth-first, children sorted by name bytes).
+
+Walking in exactly the order the catalog stores directories lets the archiver write the
+catalog as it goes and merge with the parent snapshot's catalog in one forward pass, so memory
+stays flat for any tree size. Several source paths form one tree: their ancestors appear as
+directories holding only the selected children.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..store.catalog import join_path
+
+FULL = None  # selection marker: the whole subtree below this node
+
+
+@dataclass(slots=True)
+class Child:
+    name: bytes
+    path: bytes  # absolute filesystem path
+    st: os.stat_result
+
+
+def build_selection(sources: list[bytes]) -> dict | None:
+    """A trie of the source paths; a node that is FULL (None) is backed up entirely."""
+    root: dict = {}
+    for src in sources:
+        parts = [p for p in os.path.abspath(src).split(b"/") if p]
+        if not parts:
+            return FULL
+        node = root
+        for i, part in enumerate(parts):
+            if node.get(part, {}) is FULL:
+                break  # an ancestor is already selected whole
+            if i == len(parts) - 1:
+                node[part] = FULL
+            else:
+                node = node.setdefault(part, {})
+    return root
+
+
+class Excluder:
+    """Glob excludes: a pattern with a '/' matches the absolute path, others the name."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        path_pats = [fnmatch.translate(p) for p in patterns if "/" in p]
+        name_pats = [fnmatch.translate(p) for p in patterns if "/" not in p]
+        self._path = re.compile("|".join(path_pats)) if path_pats else None
+        self._name = re.compile("|".join(name_pats)) if name_pats else None
+
+    def __call__(self, name: bytes, path: bytes) -> bool:
+        if self._name is not None and self._name.match(os.fsdecode(name)):
+            return True
+        return self._path is not None and self._path.match(os.fsdecode(path)) is not None
+
+
+class Walker:
+    def __init__(self, sources: list[bytes], excludes: list[str] | None = None,
+                 one_file_system: bool = False,
+                 on_error: Callable[[bytes, str], None] | None = None) -> None:
+        self.selection = build_selection(sources)
+        self.exclude = Excluder(excludes or [])
+        self.one_fs = one_file_system
+        self.on_error = on_error or (lambda path, msg: None)
+        self.excluded = 0
+
+    def blocks(self) -> Iterator[tuple[bytes, list[Child]]]:
+        """(catalog directory path, its children sorted by name) in catalog order."""
+        root_dev = os.lstat(b"/").st_dev if self.selection is FULL else None
+        stack: list[tuple[bytes, dict | None, int | None]] = [(b"", self.selection, root_dev)]
+        while stack:
+            cpath, sel, dev = stack.pop()
+            children = self._children(cpath, sel)
+            yield cpath, children
+            for child in reversed(children):
+                if not stat.S_ISDIR(child.st.st_mode):
+                    continue
+                sub = FULL if sel is FULL else sel[child.name]
+                sub_dev = dev
+                if sub is FULL:
+                    if sel is not FULL:
+                        sub_dev = child.st.st_dev  # a source root: its own filesystem
+                    elif self.one_fs and dev is not None and child.st.st_dev != dev:
+                        stack.append((join_path(cpath, child.name), {}, dev))  # mount point
+                        continue
+                stack.append((join_path(cpath, child.name), sub, sub_dev))
+
+    def _children(self, cpath: bytes, sel: dict | None) -> list[Child]:
+        fs_dir = b"/" + cpath
+        out: list[Child] = []
+        if sel is FULL:
+            try:
+                with os.scandir(fs_dir) as it:
+                    for de in it:
+                        full = os.path.join(fs_dir, de.name)
+                        if self.exclude(de.name, full):
+                            self.excluded += 1
+                            continue
+                        try:
+                            out.append(Child(de.name, full, de.stat(follow_symlinks=False)))
+                        except OSError as exc:
+                            self.on_error(full, exc.strerror or str(exc))
+            except OSError as exc:
+                self.on_error(fs_dir, exc.strerror or str(exc))
+        else:
+            for name in sel:
+                full = os.path.join(fs_dir, name)
+                try:
+                    out.append(Child(name, full, os.lstat(full)))
+                except OSError as exc:
+                    self.on_error(full, exc.strerror or str(exc))
+        out.sort(key=lambda c: c.name)
+        return out
