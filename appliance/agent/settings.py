@@ -34,7 +34,7 @@ def _config_file(explicit: str | None) -> Path | None:
     if env:
         return Path(env)
     for p in (Path.home() / ".config/rdr-agent/agent.toml", Path("/etc/rdr-agent/agent.toml")):
-        if p.exists():
+        if os.path.exists(p):  # False, not an error, when a parent is unreadable
             return p
     return None
 

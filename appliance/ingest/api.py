@@ -21,7 +21,7 @@ from ..store.chunkfile import MAX_FILE_SIZE, is_chunk_id
 from ..store.datastore import CommitRequest, Datastore
 from ..store.manifest import StreamRef
 from ..store.snapshots import is_snapshot_id
-from ..web.auth import host_auth_middleware
+from ..web.auth import HOST, host_auth_middleware
 from ..web.errors import ApiError, error_middleware
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ class IngestApi:
 
     # --- handlers -----------------------------------------------------------------------
     async def whoami(self, request: web.Request) -> web.Response:
-        return web.json_response({"host": request["host"], "appliance": self.serial,
+        return web.json_response({"host": request[HOST], "appliance": self.serial,
                                   "version": __version__})
 
     async def open_session(self, request: web.Request) -> web.Response:
@@ -89,7 +89,7 @@ class IngestApi:
         resume = body.get("resume")
         if resume is not None and not isinstance(resume, str):
             raise ApiError(400, "bad_field", "field 'resume' must be a session id string")
-        sid, resumed = await self.run(self.store.open_session, request["host"], resume)
+        sid, resumed = await self.run(self.store.open_session, request[HOST], resume)
         return web.json_response({"session": sid, "resumed": resumed,
                                   "lease_seconds": self.store.session_lease},
                                  status=200 if resumed else 201)
@@ -102,7 +102,7 @@ class IngestApi:
         if len(ids) > MAX_KNOWN_BATCH:
             raise ApiError(413, "payload_too_large",
                            f"field 'chunks' holds more than {MAX_KNOWN_BATCH} ids")
-        missing = await self.run(self.store.known, request["host"], request.match_info["sid"],
+        missing = await self.run(self.store.known, request[HOST], request.match_info["sid"],
                                  ids)
         return web.json_response({"missing": missing})
 
@@ -121,18 +121,18 @@ class IngestApi:
             if len(buf) > MAX_FILE_SIZE:
                 raise ApiError(413, "payload_too_large",
                                f"a chunk file is at most {MAX_FILE_SIZE} bytes")
-        created = await self.run(self.store.put_chunk, request["host"],
+        created = await self.run(self.store.put_chunk, request[HOST],
                                  request.match_info["sid"], cid, buf)
         return web.json_response({"stored": created}, status=201 if created else 200)
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        await self.run(self.store.touch, request["host"], request.match_info["sid"])
+        await self.run(self.store.touch, request[HOST], request.match_info["sid"])
         return web.Response(status=204)
 
     async def commit(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         req = _parse_commit(body)
-        manifest = await self.run(self.store.commit, request["host"], request.match_info["sid"],
+        manifest = await self.run(self.store.commit, request[HOST], request.match_info["sid"],
                                   req)
         return web.json_response({
             "snapshot": manifest.snapshot, "host": manifest.host,
@@ -142,12 +142,12 @@ class IngestApi:
             "unreadable_count": manifest.unreadable_count}, status=201)
 
     async def abort(self, request: web.Request) -> web.Response:
-        await self.run(self.store.abort_session, request["host"], request.match_info["sid"])
+        await self.run(self.store.abort_session, request[HOST], request.match_info["sid"])
         return web.Response(status=204)
 
     async def list_snapshots(self, request: web.Request) -> web.Response:
-        rows = await self.run(self.store.index.snapshots, request["host"])
-        return web.json_response({"host": request["host"],
+        rows = await self.run(self.store.index.snapshots, request[HOST])
+        return web.json_response({"host": request[HOST],
                                   "snapshots": [r.to_json() for r in rows]})
 
     def _snap(self, request: web.Request) -> str:
@@ -157,14 +157,14 @@ class IngestApi:
         return snap
 
     async def get_snapshot(self, request: web.Request) -> web.Response:
-        host = request["host"]
+        host = request[HOST]
         row = await self.run(self.store.resolve_snapshot, host, self._snap(request))
         manifest = await self.run(self.store.snapshots.manifest, host, row.snapshot)
         return web.json_response({"snapshot": row.to_json(),
                                   "manifest": json.loads(manifest.to_json())})
 
     async def get_chunk(self, request: web.Request) -> web.StreamResponse:
-        host = request["host"]
+        host = request[HOST]
         row = await self.run(self.store.resolve_snapshot, host, self._snap(request))
         path = await self.run(self.store.snapshot_chunk_path, host, row.snapshot,
                               request.match_info["cid"])

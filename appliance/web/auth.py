@@ -8,7 +8,8 @@ from aiohttp import web
 
 from .errors import ApiError
 
-HOST_KEY = web.AppKey("host", str)
+#: The authenticated host of a request.
+HOST = web.RequestKey("host", str)
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -30,7 +31,7 @@ def host_auth_middleware(lookup: Callable[[str], Awaitable[str | None]]):
         host = await lookup(token) if token else None
         if host is None:
             raise ApiError(401, "unauthorized", "missing or invalid bearer token")
-        request["host"] = host
+        request[HOST] = host
         return await handler(request)
 
     return middleware

@@ -1,0 +1,73 @@
+"""Shared fixtures: a real appliance daemon (TLS on loopback, port 0) and agent clients."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from appliance.agent.client import ApplianceClient, Endpoint
+from appliance.config import Config, ServerConfig, StoreConfig
+from appliance.daemon import Daemon
+from appliance.store.datastore import Datastore
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Appliance:
+    daemon: Daemon
+    url: str
+    fingerprint: str
+    data_dir: Path
+
+    @property
+    def store(self) -> Datastore:
+        assert self.daemon.store is not None
+        return self.daemon.store
+
+    def add_host(self, name: str) -> str:
+        return self.store.index.add_host(name)
+
+    def endpoint(self, token: str) -> Endpoint:
+        return Endpoint(self.url, token, self.fingerprint)
+
+    def client(self, token: str) -> ApplianceClient:
+        return ApplianceClient(self.endpoint(token), retries=1)
+
+    def env(self, token: str, state_dir: Path) -> dict[str, str]:
+        """Environment for running the rdr-agent command against this appliance."""
+        env = dict(os.environ)
+        env.update(RDR_URL=self.url, RDR_TOKEN=token, RDR_FINGERPRINT=self.fingerprint,
+                   RDR_STATE_DIR=str(state_dir))
+        return env
+
+
+def make_config(data_dir: Path, **store: object) -> Config:
+    return Config(server=ServerConfig(listen=["127.0.0.1:0"], shutdown_grace_seconds=2.0),
+                  store=StoreConfig(path=str(data_dir), **store))
+
+
+@pytest.fixture
+async def appliance(tmp_path: Path) -> AsyncIterator[Appliance]:
+    data = tmp_path / "appliance"
+    daemon = Daemon(make_config(data))
+    await daemon.start()
+    host, port = daemon.addresses[0]
+    assert daemon.tls is not None
+    try:
+        yield Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint, data)
+    finally:
+        await daemon.stop()
+
+
+def agent_cmd() -> list[str]:
+    return [str(BIN / "rdr-agent")]
+
+
+def rdr_cmd() -> list[str]:
+    return [str(BIN / "rdr")]

@@ -1,0 +1,130 @@
+"""Catalog format: round trips, and refusal of every structural lie a client could tell."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from appliance.store.catalog import (
+    DIR,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    CatalogError,
+    CatalogWriter,
+    Entry,
+    Range,
+    decode_block,
+    iter_blocks,
+    iter_index,
+    locate,
+    validate,
+)
+
+CID = "ab" * 32
+CID2 = "cd" * 32
+
+
+def write(blocks: list[tuple[bytes, list[Entry]]]) -> tuple[bytes, bytes]:
+    cat, idx = bytearray(), bytearray()
+    w = CatalogWriter(cat.extend, idx.extend)
+    for path, entries in blocks:
+        w.add_block(path, entries)
+    return bytes(cat), bytes(idx)
+
+
+def sample() -> list[tuple[bytes, list[Entry]]]:
+    return [
+        (b"", [Entry(b"caf\xe9", DIR, 0o755), Entry(b"etc", DIR, 0o755)]),
+        (b"caf\xe9", [Entry(b"a", FILE, 0o644, size=5, ranges=[Range(CID, 0, 5, 10)],
+                           xattrs=[(b"user.k", b"\x00\xff")]),
+                     Entry(b"b", HARDLINK, 0o644, size=5, ranges=[Range(CID, 0, 5, 10)],
+                           link=b"caf\xe9/a"),
+                     Entry(b"l", SYMLINK, 0o777, link=b"../\xff")]),
+        (b"etc", [Entry(b"z", FILE, 0o600, mtime_ns=-5, size=0)]),
+    ]
+
+
+def test_round_trip_keeps_bytes_exactly() -> None:
+    cat, idx = write(sample())
+    assert list(iter_blocks([cat])) == sample()
+    # Split the stream at every odd boundary: lines spanning chunks must decode the same.
+    pieces = [cat[i:i + 7] for i in range(0, len(cat), 7)]
+    assert list(iter_blocks(pieces)) == sample()
+    summary = validate([cat], [idx])
+    assert summary.chunks == {CID}
+    assert (summary.files, summary.dirs, summary.logical_size) == (3, 2, 5)
+
+
+def test_index_gives_one_directory_without_reading_the_rest() -> None:
+    cat, idx = write(sample())
+    recs = {r.path: r for r in iter_index([idx])}
+    r = recs[b"etc"]
+    path, entries = decode_block(cat[r.offset:r.offset + r.length])
+    assert path == b"etc" and [e.name for e in entries] == [b"z"]
+    chunks = [(CID, 10), (CID2, len(cat) - 10)]
+    assert locate(chunks, 8, 4) == [(CID, 8, 10), (CID2, 0, 2)]
+
+
+def test_writer_refuses_out_of_order_blocks_and_names() -> None:
+    w = CatalogWriter(lambda b: None, lambda b: None)
+    w.add_block(b"", [Entry(b"b", DIR), Entry(b"c", DIR)])
+    with pytest.raises(CatalogError):
+        w.add_block(b"", [])
+    w.add_block(b"c", [])
+    with pytest.raises(CatalogError):
+        w.add_block(b"b", [])
+    with pytest.raises(CatalogError):
+        CatalogWriter(lambda b: None, lambda b: None).add_block(
+            b"", [Entry(b"b", DIR), Entry(b"a", DIR)])
+
+
+@pytest.mark.parametrize("blocks", [
+    [(b"", [Entry(b"d", DIR)])],                                   # directory without block
+    [(b"", []), (b"x", [])],                                       # block of undeclared dir
+    [(b"", [Entry(b"h", HARDLINK, size=5, ranges=[Range(CID, 0, 5, 5)], link=b"nope")])],
+    [(b"x", [])],                                                  # no root block first
+])
+def test_validate_refuses_inconsistent_trees(blocks) -> None:
+    cat, idx = bytearray(), bytearray()
+    for path, entries in blocks:  # bypass the writer's own checks
+        lines = [json.dumps({"d": path.decode(), "n": len(entries)}).encode() + b"\n"]
+        from appliance.store.catalog import encode_entry
+
+        lines += [json.dumps(encode_entry(e)).encode() + b"\n" for e in entries]
+        data = b"".join(lines)
+        idx += json.dumps([path.decode(), len(cat), len(data), len(entries)]).encode() + b"\n"
+        cat += data
+    with pytest.raises(CatalogError):
+        validate([bytes(cat)], [bytes(idx)])
+
+
+@pytest.mark.parametrize("line", [
+    b'{"n":"..","t":"f","m":0,"u":0,"g":0,"mt":0,"s":0,"r":[]}',
+    b'{"n":"a/b","t":"f","m":0,"u":0,"g":0,"mt":0,"s":0,"r":[]}',
+    b'{"n":"","t":"d","m":0,"u":0,"g":0,"mt":0}',
+    b'{"n":"a","t":"q","m":0,"u":0,"g":0,"mt":0}',
+    b'{"n":"a","t":"f","m":0,"u":0,"g":0,"mt":0,"s":9,"r":[["' + CID.encode() + b'",0,5,5]]}',
+    b'{"n":"a","t":"f","m":0,"u":0,"g":0,"mt":0,"s":5,"r":[["' + CID.encode() + b'",3,5,5]]}',
+    b'{"n":"a","t":"f","m":99999,"u":0,"g":0,"mt":0,"s":0,"r":[]}',
+    b'{"n":"a","t":"l","m":0,"u":0,"g":0,"mt":0}',
+    b'{"n":{"b64":"!!"},"t":"d","m":0,"u":0,"g":0,"mt":0}',
+    b'not json',
+    b'[1,2]',
+])
+def test_hostile_entries_are_refused(line: bytes) -> None:
+    cat = b'{"d":"","n":1}\n' + line + b"\n"
+    with pytest.raises(CatalogError):
+        list(iter_blocks([cat]))
+
+
+def test_index_must_match_catalog() -> None:
+    cat, idx = write(sample())
+    bad = idx.replace(b'"etc",', b'"etc2",')
+    with pytest.raises(CatalogError):
+        validate([cat], [bad])
+    with pytest.raises(CatalogError):
+        validate([cat], [idx + b'["zzz",0,0,0]\n'])
+    with pytest.raises(CatalogError):
+        validate([cat[:-1]], [idx])

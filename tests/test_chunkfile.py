@@ -1,0 +1,80 @@
+"""Chunk file format: what the appliance accepts and what it refuses before storing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import zstandard
+
+from appliance.store.chunkfile import (
+    FLAG_ZSTD,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_PLAIN_SIZE,
+    ChunkDecoder,
+    ChunkEncoder,
+    ChunkError,
+    chunk_id,
+)
+
+
+def header(flags: int) -> bytes:
+    return MAGIC + bytes((1, flags, 0, 0))
+
+
+def test_round_trip_compressible_and_incompressible() -> None:
+    enc, dec = ChunkEncoder(), ChunkDecoder()
+    text = b"the same line again\n" * 5000
+    noise = os.urandom(300_000)
+    for plain, zstd in ((text, True), (noise, False), (b"", False)):
+        c = enc.encode(plain)
+        assert c.id == chunk_id(plain)
+        assert c.plain_size == len(plain)
+        assert bool(c.data[5] & FLAG_ZSTD) is zstd
+        assert dec.decode(c.data, c.id) == plain
+    assert len(enc.encode(text).data) < len(text) // 10
+
+
+def test_wrong_id_is_refused() -> None:
+    c = ChunkEncoder().encode(b"payload" * 100)
+    with pytest.raises(ChunkError, match="does not match"):
+        ChunkDecoder().decode(c.data, chunk_id(b"other"))
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda d: d[:HEADER_SIZE - 1],                     # shorter than the header
+    lambda d: b"XXXX" + d[4:],                         # bad magic
+    lambda d: d[:4] + b"\x09" + d[5:],                 # unknown version
+    lambda d: d[:5] + b"\x80" + d[6:],                 # unknown flag
+    lambda d: d[:-3],                                  # truncated frame
+    lambda d: d + b"trailing",                         # bytes after the frame
+    lambda d: d[:HEADER_SIZE] + b"not zstd at all",    # garbage payload
+])
+def test_malformed_files_are_refused(mangle) -> None:
+    c = ChunkEncoder().encode(b"compressible " * 1000)
+    with pytest.raises(ChunkError):
+        ChunkDecoder().decode(mangle(c.data), c.id)
+
+
+def test_decompression_bomb_is_refused_without_inflating() -> None:
+    # A small frame that declares (and would expand to) more than the chunk limit.
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (MAX_PLAIN_SIZE + 1))
+    assert len(bomb) < 4096
+    with pytest.raises(ChunkError, match="maximum"):
+        ChunkDecoder().decode(header(FLAG_ZSTD) + bomb)
+
+
+def test_frame_without_declared_size_is_refused() -> None:
+    cctx = zstandard.ZstdCompressor(write_content_size=False)
+    obj = cctx.compressobj()
+    frame = obj.compress(b"x" * 1000) + obj.flush()
+    with pytest.raises(ChunkError, match="declare"):
+        ChunkDecoder().decode(header(FLAG_ZSTD) + frame)
+
+
+def test_oversized_plaintext_is_refused_by_encoder_and_decoder() -> None:
+    with pytest.raises(ChunkError):
+        ChunkEncoder().encode(b"\0" * (MAX_PLAIN_SIZE + 1))
+    with pytest.raises(ChunkError):
+        ChunkDecoder().decode(header(0) + b"\0" * (MAX_PLAIN_SIZE + 1))
