@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +81,7 @@ class Daemon:
             host, port = parse_listen(addr)
             site = web.TCPSite(self._runner, host, port, ssl_context=ctx, reuse_address=True)
             await site.start()
-            for sock in site._server.sockets:  # noqa: SLF001 - actual bound port (port 0)
+            for sock in site._server.sockets:
                 self.addresses.append(sock.getsockname()[:2])
         log.info("rdr %s serving on %s", __version__,
                  ", ".join(f"https://{h}:{p}" for h, p in self.addresses))
@@ -116,6 +115,3 @@ async def serve(cfg: Config) -> None:
         log.info("shutting down")
     finally:
         await daemon.stop()
-
-
-__all__ = ["Daemon", "TlsFiles", "ensure_tls", "serve", "ssl"]

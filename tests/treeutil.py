@@ -32,7 +32,7 @@ def make_tree(root: Path, seed: int = 1, big_mb: int = 5) -> Path:
     _write(j(r, b"one-byte"), b"x")
     _write(j(r, b"docs/readme.txt"), b"hello, appliance\n" * 100)
     _write(j(r, b"docs/deep/er/still/note.md"), b"# deep\n")
-    _write(j(r, b"docs/caf\xe9.txt"), "not utf-8 name".encode())
+    _write(j(r, b"docs/caf\xe9.txt"), b"not utf-8 name")
     _write(j(r, b"\xff\xfe-latin/\xe9t\xe9"), b"latin-1 named file in a latin-1 dir")
     _write(j(r, b"bin/tool"), rng.randbytes(300_000), 0o755)
     _write(j(r, b"bin/setuid"), b"#!/bin/sh\n", 0o4755)

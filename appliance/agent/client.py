@@ -51,6 +51,8 @@ def ssl_for(ep: Endpoint) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
     return ctx
 
 
+_TLS_FAILURES = (aiohttp.ServerFingerprintMismatch, aiohttp.ClientConnectorCertificateError,
+                 aiohttp.ClientSSLError)
 _TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError, asyncio.TimeoutError)
 
 
@@ -85,6 +87,9 @@ class ApplianceClient:
                         or attempt == self.retries:
                     raise
                 log.warning("appliance answered %s (%s); retrying", exc.status, exc.code)
+            except _TLS_FAILURES as exc:
+                raise ConnectError(f"the appliance at {self.ep.url} failed TLS verification "
+                                   f"(wrong --fingerprint or --ca?): {exc}") from None
             except _TRANSIENT as exc:
                 if attempt == self.retries:
                     raise ConnectError(f"cannot reach the appliance at {self.ep.url}: "

@@ -172,7 +172,7 @@ def decode_entry(d: object) -> Entry:
                     and all(type(x) is int for x in r[1:])):
                 raise CatalogError(f"entry {name!r} has a malformed range")
             _, off, length, csize = r
-            if not (0 <= off and 0 < length and off + length <= csize <= MAX_PLAIN_SIZE):
+            if not (off >= 0 and length > 0 and off + length <= csize <= MAX_PLAIN_SIZE):
                 raise CatalogError(f"entry {name!r} has a range outside its chunk")
             e.ranges.append(Range(r[0], off, length, csize))
             total += length
