@@ -50,7 +50,7 @@ class _Live:
 class Datastore:
     def __init__(self, root: Path, session_lease: float = 60.0) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.chunks = ChunkStore(root / "chunks")
         self.snapshots = SnapshotStore(root / "snapshots")
         self.index = Index(root / "index.sqlite")

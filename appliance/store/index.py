@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import sqlite3
@@ -119,6 +120,9 @@ class SessionRow:
 class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Token hashes live here: readable by the appliance's service user only.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                    timeout=30.0)
         self._lock = threading.RLock()

@@ -1,0 +1,805 @@
+"""Restore: write a snapshot's tree (or selected parts of it) below a target directory.
+
+Three stages overlap so neither the network nor the disk waits for the other: a planner walks
+the catalog (a synchronous stream read from local files) in a pool thread and cuts it into
+batches of operations; the event loop fetches each batch's chunks concurrently; a pool thread
+writes the whole batch in one call while the next batch is planned and fetched.
+
+Safety: the catalog is not trusted even though the appliance validated it. Every name is
+checked again and every filesystem call is relative to a directory fd that was opened with
+O_NOFOLLOW from the target's fd, so neither a symlink named by the catalog nor one already
+lying in the target is ever followed, and nothing is written outside the target.
+
+Directory metadata is applied last, deepest first: creating children changes a directory's
+mtime, and a read-only directory mode would stop its children from being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ..store import catalog
+from ..store.catalog import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    CatalogError,
+    Entry,
+    Range,
+    check_name,
+    join_path,
+    path_key,
+    split_path,
+)
+from ..store.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
+from .client import ApplianceError
+
+if TYPE_CHECKING:
+    from .catalog_cache import CatalogCache
+    from .client import ApplianceClient
+
+log = logging.getLogger("rdr.agent.restorer")
+
+#: A write batch closes once it holds this many files, this many chunk bytes or this many ops.
+BATCH_FILES = 64
+BATCH_BYTES = 32 * 2**20
+BATCH_OPS = 1024
+#: Open directory fds kept between operations.
+DIR_FDS = 128
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a fifo that lies where a file goes fails (ENXIO) instead of hanging.
+_FILE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+               | os.O_NONBLOCK)
+_XATTR_IGNORABLE = frozenset((errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM))
+_PRIVILEGED_XATTRS = (b"trusted.", b"security.")
+#: What a strange entry can make the os functions raise (bad values, not bad luck).
+_ENTRY_ERRORS = (OSError, ValueError, OverflowError)
+#: Appliance answers that concern one chunk only (the file fails, the restore goes on).
+_CHUNK_STATUSES = frozenset((404, 410, 422))
+
+
+@dataclass
+class RestoreSummary:
+    """What a restore did; per-entry problems are listed here instead of aborting it."""
+
+    files: int = 0  # regular files written (incl. hardlinks)
+    dirs: int = 0
+    symlinks: int = 0
+    special: int = 0  # fifos, device nodes
+    bytes_written: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    duration: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"files": self.files, "dirs": self.dirs, "symlinks": self.symlinks,
+                "special": self.special, "bytes_written": self.bytes_written,
+                "errors": [{"path": p, "error": m} for p, m in self.errors],
+                "error_count": len(self.errors), "duration": round(self.duration, 3)}
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "surrogateescape")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# --- chunk sources ------------------------------------------------------------------------------
+
+
+class ChunkSource(Protocol):
+    async def plain(self, cid: str) -> bytes:
+        """The verified plaintext of data chunk `cid`."""
+        ...
+
+
+class RemoteChunks:
+    """Chunks of snapshot `snap` from the appliance, verified in `pool`, with an LRU cache.
+
+    Bundle chunks hold many small files that land in different batches, so plaintexts are
+    kept (up to `cache_bytes`) and each chunk is fetched once; a request for a chunk that is
+    already on its way waits for that download instead of starting another.
+    """
+
+    def __init__(self, client: ApplianceClient, snap: str, pool: Executor,
+                 cache_bytes: int = 256 * 2**20, concurrency: int = 8) -> None:
+        self._client = client
+        self._snap = snap
+        self._pool = pool
+        self._cache_bytes = cache_bytes
+        self._lru: OrderedDict[str, bytes] = OrderedDict()
+        self._cached = 0
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._sem = asyncio.Semaphore(concurrency)
+        self._local = threading.local()
+        self.fetched = 0  # downloads made (for statistics and tests)
+
+    async def plain(self, cid: str) -> bytes:
+        data = self._lru.get(cid)
+        if data is not None:
+            self._lru.move_to_end(cid)
+            return data
+        fut = self._inflight.get(cid)
+        if fut is None:
+            fut = asyncio.ensure_future(self._load(cid))
+            self._inflight[cid] = fut
+            fut.add_done_callback(partial(self._landed, cid))
+        # shield: one waiter giving up must not cancel the download for the others
+        return await asyncio.shield(fut)
+
+    async def _load(self, cid: str) -> bytes:
+        if not is_chunk_id(cid):
+            raise ChunkError(f"malformed chunk id {cid!r}")
+        async with self._sem:
+            data = await self._client.get_chunk(self._snap, cid)
+        self.fetched += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._decode, data, cid)
+
+    def _decode(self, data: bytes, cid: str) -> bytes:
+        dec = getattr(self._local, "dec", None)
+        if dec is None:
+            dec = self._local.dec = ChunkDecoder()
+        return dec.decode(data, cid)
+
+    def _landed(self, cid: str, fut: asyncio.Future[bytes]) -> None:
+        self._inflight.pop(cid, None)
+        if fut.cancelled() or fut.exception() is not None:  # exception() marks it retrieved
+            return
+        data = fut.result()
+        if len(data) > self._cache_bytes or cid in self._lru:
+            return
+        self._lru[cid] = data
+        self._cached += len(data)
+        while self._cached > self._cache_bytes:
+            _, old = self._lru.popitem(last=False)
+            self._cached -= len(old)
+
+
+# --- operations and batches ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Op:
+    """One thing to create. File data comes as slices (`ranges` from file offset `offset`)."""
+
+    parent: bytes
+    entry: Entry
+    job: int = 0
+    offset: int = 0
+    ranges: list[Range] = field(default_factory=list)
+    first: bool = True
+    last: bool = True
+    link_only: bool = False  # a hardlink to be made with link(); data only if that fails
+
+    @property
+    def path(self) -> bytes:
+        return join_path(self.parent, self.entry.name)
+
+
+def _data_op(parent: bytes, e: Entry, job: int) -> _Op:
+    return _Op(parent, e, job=job, ranges=e.ranges)
+
+
+class _Batcher:
+    """Cuts a stream of ops into write batches; large files are split into slices."""
+
+    def __init__(self, ops: Iterator[_Op]) -> None:
+        self._ops = ops
+        self._carry: _Op | None = None
+
+    def next_batch(self) -> tuple[list[_Op], list[str]] | None:
+        ops: list[_Op] = []
+        chunks: dict[str, None] = {}
+        nbytes = nfiles = 0
+        while len(ops) < BATCH_OPS and nfiles < BATCH_FILES and nbytes < BATCH_BYTES:
+            op = self._carry if self._carry is not None else next(self._ops, None)
+            self._carry = None
+            if op is None:
+                break
+            if op.entry.type in (FILE, HARDLINK):
+                if op.first:
+                    nfiles += 1
+                rs = op.ranges
+                i = 0
+                while i < len(rs):
+                    r = rs[i]
+                    if r.chunk not in chunks:
+                        if nbytes >= BATCH_BYTES and (ops or i):
+                            break
+                        chunks[r.chunk] = None
+                        nbytes += r.chunk_size
+                    i += 1
+                if i < len(rs):
+                    if i == 0:
+                        self._carry = op
+                        break
+                    done = sum(r.length for r in rs[:i])
+                    ops.append(_Op(op.parent, op.entry, op.job, op.offset, rs[:i], op.first,
+                                   False))
+                    self._carry = _Op(op.parent, op.entry, op.job, op.offset + done, rs[i:],
+                                      False, op.last)
+                    break
+            ops.append(op)
+        return (ops, list(chunks)) if ops else None
+
+
+class _Filter:
+    """The include list: which catalog paths are selected, which are only ancestors."""
+
+    def __init__(self, include: list[bytes] | None, errors: list[tuple[str, str]]) -> None:
+        self.all = include is None
+        self.paths: list[bytes] = []
+        for raw in include or ():
+            inc = raw.strip(b"/")
+            if not inc:
+                self.all = True
+                continue
+            try:
+                split_path(inc)
+            except CatalogError as exc:
+                errors.append((_show(raw), f"invalid include path: {exc}"))
+                continue
+            self.paths.append(inc)
+        self.wanted = set(self.paths)
+        self.matched: set[bytes] = set()
+
+    def selected(self, path: bytes) -> bool:
+        return self.all or any(path == i or path.startswith(i + b"/") for i in self.paths)
+
+    def ancestor(self, path: bytes) -> bool:
+        prefix = path + b"/" if path else b""
+        return not self.all and any(i.startswith(prefix) for i in self.paths)
+
+
+def _earlier(src: bytes, parent: bytes, name: bytes) -> bool:
+    """Is catalog path `src` before entry `name` of block `parent` in catalog order?"""
+    sp, _, sn = src.rpartition(b"/")
+    return (path_key(sp), sn) < (path_key(parent), name)
+
+
+class _Planner:
+    """Turns the catalog blocks into ops (runs in pool threads: the blocks read local files)."""
+
+    def __init__(self, blocks: Iterator[tuple[bytes, list[Entry]]], flt: _Filter,
+                 errors: list[tuple[str, str]], jobs: Iterator[int],
+                 bad_dirs: set[bytes]) -> None:
+        self._blocks = blocks
+        self._flt = flt
+        self._errors = errors
+        self._jobs = jobs
+        self._bad_dirs = bad_dirs
+
+    def ops(self) -> Iterator[_Op]:
+        flt, err = self._flt, self._errors.append
+        pending = {b""}  # directories restored whose block has not come yet
+        while True:
+            try:
+                block = next(self._blocks, None)
+            except ValueError as exc:  # CatalogError, ChunkError of a cached catalog chunk
+                err(("", f"catalog is unreadable, restore stopped early: {exc}"))
+                break
+            if block is None:
+                break
+            path, entries = block
+            if path not in pending:
+                if flt.selected(path) or flt.ancestor(path):
+                    if path.rpartition(b"/")[0] not in self._bad_dirs:
+                        err((_show(path), "block is not a directory of the snapshot; skipped"))
+                    self._bad_dirs.add(path)
+                continue
+            pending.discard(path)
+            whole = flt.selected(path)
+            for e in entries:
+                full = join_path(path, e.name)
+                try:
+                    check_name(e.name)
+                except CatalogError as exc:
+                    err((_show(full), str(exc)))
+                    continue
+                if not whole and not flt.selected(full) and not (
+                        e.type == DIR and flt.ancestor(full)):
+                    continue
+                if full in flt.wanted:
+                    flt.matched.add(full)
+                if e.type == DIR:
+                    pending.add(full)
+                    yield _Op(path, e)
+                elif e.type == FILE:
+                    yield _data_op(path, e, next(self._jobs))
+                elif e.type == HARDLINK:
+                    op = self._hardlink(path, e, full)
+                    if op is not None:
+                        yield op
+                elif e.type in (SYMLINK, FIFO, CHARDEV, BLOCKDEV):
+                    yield _Op(path, e)
+                else:
+                    err((_show(full), f"unknown entry type {e.type!r}"))
+        for inc in flt.paths:
+            if inc not in flt.matched:
+                err((_show(inc), "not found in the snapshot"))
+
+    def _hardlink(self, path: bytes, e: Entry, full: bytes) -> _Op | None:
+        src = e.link
+        try:
+            if not src:
+                raise CatalogError("hardlink has no target")
+            split_path(src)
+        except CatalogError as exc:
+            self._errors.append((_show(full), f"invalid hardlink target: {exc}"))
+            return None
+        op = _data_op(path, e, next(self._jobs))
+        op.link_only = self._flt.selected(src) and _earlier(src, path, e.name)
+        if op.link_only:
+            op.ranges = []
+        return op
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+class _Dirs:
+    """Open directory fds by catalog path, opened component by component with O_NOFOLLOW.
+
+    Fds evicted from the LRU are closed only between operations, so an fd fetched for the
+    current operation stays valid while it runs.
+    """
+
+    def __init__(self, root_fd: int, size: int = DIR_FDS) -> None:
+        self.root = root_fd
+        self._size = max(size, 2)
+        self._lru: OrderedDict[bytes, int] = OrderedDict()
+        self._evicted: list[int] = []
+
+    def get(self, path: bytes, create: bool = True) -> int:
+        if not path:
+            return self.root
+        fd = self._lru.get(path)
+        if fd is not None:
+            self._lru.move_to_end(path)
+            return fd
+        parts = split_path(path)
+        i = len(parts) - 1
+        fd = self.root
+        while i > 0:
+            cached = self._lru.get(b"/".join(parts[:i]))
+            if cached is not None:
+                fd = cached
+                break
+            i -= 1
+        for j in range(i, len(parts)):
+            fd = self._open(fd, parts[j], create)
+            self._lru[b"/".join(parts[:j + 1])] = fd
+            if len(self._lru) > self._size:
+                self._evicted.append(self._lru.popitem(last=False)[1])
+        return fd
+
+    @staticmethod
+    def _open(parent: int, name: bytes, create: bool) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=parent)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+
+    def release(self) -> None:
+        while self._evicted:
+            os.close(self._evicted.pop())
+
+    def close(self) -> None:
+        self.release()
+        while self._lru:
+            os.close(self._lru.popitem()[1])
+
+
+def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, pos)
+        data = data[n:]
+        pos += n
+
+
+class _Writer:
+    """Applies batches of ops in order; used by one pool thread at a time."""
+
+    def __init__(self, root_fd: int, summary: RestoreSummary, jobs: Iterator[int],
+                 bad_dirs: set[bytes], on_progress: Callable[[int, int], None] | None) -> None:
+        self.summary = summary
+        self.is_root = os.geteuid() == 0
+        self.dirs = _Dirs(root_fd)
+        self.dir_meta: list[tuple[bytes, Entry]] = []
+        self.open: dict[int, int] = {}  # job -> fd of a file whose later slices are to come
+        self.failed_jobs: set[int] = set()
+        self.failed_files: set[bytes] = set()
+        self.bad_dirs = bad_dirs  # directories whose contents are not restored
+        self.fallback: list[_Op] = []  # hardlinks that could not be linked: write their data
+        self._jobs = jobs
+        self._on_progress = on_progress
+
+    def _error(self, path: bytes, message: str) -> None:
+        self.summary.errors.append((_show(path), message))
+
+    # -- batches --
+
+    def apply(self, ops: list[_Op], plains: dict[str, bytes | BaseException]) -> None:
+        for op in ops:
+            try:
+                self._apply(op, plains)
+            finally:
+                self.dirs.release()
+        if self._on_progress is not None:
+            self._on_progress(self.summary.files, self.summary.bytes_written)
+
+    def _apply(self, op: _Op, plains: dict[str, bytes | BaseException]) -> None:
+        t = op.entry.type
+        if t == FILE or (t == HARDLINK and not op.link_only):
+            self._file(op, plains)
+            return
+        pfd = self._parent(op)
+        if pfd is None:
+            return
+        e, full = op.entry, op.path
+        try:
+            if t == DIR:
+                self._dir(pfd, e, full)
+            elif t == HARDLINK:
+                self._hardlink(pfd, op)
+            elif t == SYMLINK:
+                self._symlink(pfd, e, full)
+            else:
+                self._special(pfd, e, full)
+        except _ENTRY_ERRORS as exc:
+            self._error(full, f"cannot create: {_why(exc)}")
+            if t == DIR:
+                self.bad_dirs.add(full)
+
+    def _parent(self, op: _Op) -> int | None:
+        """The parent's fd, or None (error noted once per directory) if it is unusable."""
+        if op.parent not in self.bad_dirs:
+            try:
+                return self.dirs.get(op.parent)
+            except _ENTRY_ERRORS as exc:
+                self.bad_dirs.add(op.parent)
+                self._error(op.parent, f"cannot open directory: {_why(exc)}")
+        if op.entry.type == DIR:
+            self.bad_dirs.add(op.path)
+        return None
+
+    # -- entry kinds --
+
+    def _dir(self, pfd: int, e: Entry, full: bytes) -> None:
+        existed = False
+        try:
+            os.mkdir(e.name, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            existed = True
+        fd = self.dirs.get(full)
+        if existed and not self.is_root:
+            # a read-only directory left by an earlier restore must take children again
+            st = os.fstat(fd)
+            if st.st_mode & 0o700 != 0o700 and st.st_uid == os.geteuid():
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+        self.dir_meta.append((full, e))
+        self.summary.dirs += 1
+
+    def _file(self, op: _Op, plains: dict[str, bytes | BaseException]) -> None:
+        e, full = op.entry, op.path
+        if op.job in self.failed_jobs:
+            if op.last:
+                self.failed_jobs.discard(op.job)
+            return
+        views = []
+        for r in op.ranges:
+            p = plains.get(r.chunk)
+            if p is None:
+                p = ChunkError("not fetched")
+            if isinstance(p, BaseException):
+                self._fail(op, f"chunk {r.chunk[:16]}: {_why(p)}")
+                return
+            if len(p) != r.chunk_size or r.offset + r.length > len(p):
+                self._fail(op, f"chunk {r.chunk[:16]} has {len(p)} bytes, catalog says "
+                               f"{r.chunk_size}")
+                return
+            views.append(memoryview(p)[r.offset:r.offset + r.length])
+        if op.first:
+            pfd = self._parent(op)
+            if pfd is None:
+                self._fail(op, None)
+                return
+            try:
+                try:
+                    fd = os.open(e.name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                except PermissionError:
+                    # a read-only file (of an earlier restore, say): replace it instead
+                    os.unlink(e.name, dir_fd=pfd)
+                    fd = os.open(e.name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+            except _ENTRY_ERRORS as exc:
+                self._fail(op, f"cannot create: {_why(exc)}")
+                return
+        else:
+            fd = self.open.pop(op.job)
+        try:
+            if op.first and not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EEXIST, "something other than a file is in the way")
+            pos = op.offset
+            for v in views:
+                _pwrite_all(fd, v, pos)
+                pos += len(v)
+                self.summary.bytes_written += len(v)
+            if not op.last:
+                self.open[op.job] = fd
+                fd = -1
+                return
+            self.summary.files += 1
+            self._meta_fd(fd, e, full)
+        except _ENTRY_ERRORS as exc:
+            self._fail(op, f"cannot write: {_why(exc)}")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _fail(self, op: _Op, message: str | None) -> None:
+        if message is not None:
+            if not op.first:
+                message += " (file left incomplete)"
+            self._error(op.path, message)
+        self.failed_files.add(op.path)
+        fd = self.open.pop(op.job, None)
+        if fd is not None:
+            os.close(fd)
+        if not op.last:
+            self.failed_jobs.add(op.job)
+
+    def _hardlink(self, pfd: int, op: _Op) -> None:
+        e, src = op.entry, op.entry.link or b""
+        sparent, _, sname = src.rpartition(b"/")
+        if src not in self.failed_files and sparent not in self.bad_dirs:
+            try:
+                sfd = self.dirs.get(sparent, create=False)
+                self._replacing(pfd, e.name, lambda: os.link(
+                    sname, e.name, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False))
+                st = os.stat(e.name, dir_fd=pfd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_size == e.size:
+                    self.summary.files += 1
+                    return
+                os.unlink(e.name, dir_fd=pfd)  # linked to something that is not that file
+            except _ENTRY_ERRORS:
+                pass
+        self.fallback.append(_data_op(op.parent, e, next(self._jobs)))
+
+    def _symlink(self, pfd: int, e: Entry, full: bytes) -> None:
+        if not e.link or b"\0" in e.link:
+            raise OSError(errno.EINVAL, "invalid symlink target")
+        link = e.link
+        self._replacing(pfd, e.name, lambda: os.symlink(link, e.name, dir_fd=pfd))
+        self.summary.symlinks += 1
+        self._meta_nofollow(pfd, e, full, chmod=False)
+
+    def _special(self, pfd: int, e: Entry, full: bytes) -> None:
+        if e.type == FIFO:
+            self._replacing(pfd, e.name, lambda: os.mkfifo(e.name, 0o600, dir_fd=pfd))
+        else:
+            if not self.is_root:
+                self._error(full, "device nodes can only be restored as root")
+                return
+            kind = stat.S_IFCHR if e.type == CHARDEV else stat.S_IFBLK
+            self._replacing(pfd, e.name,
+                            lambda: os.mknod(e.name, kind | 0o600, e.rdev, dir_fd=pfd))
+        self.summary.special += 1
+        self._meta_nofollow(pfd, e, full, chmod=True)
+
+    @staticmethod
+    def _replacing(pfd: int, name: bytes, create: Callable[[], None]) -> None:
+        """Create, replacing a non-directory that is already there (never following it)."""
+        try:
+            create()
+        except FileExistsError:
+            if stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
+                raise
+            os.unlink(name, dir_fd=pfd)
+            create()
+
+    # -- metadata --
+
+    def _meta_fd(self, fd: int, e: Entry, full: bytes) -> None:
+        """Owner, mode, xattrs, mtime of an open file or directory, in the order that keeps
+        them (chown clears setuid, so chmod follows it; mtime goes last)."""
+        try:
+            if self.is_root:
+                os.fchown(fd, e.uid, e.gid)
+            os.fchmod(fd, stat.S_IMODE(e.mode))
+            self._xattrs(fd, e, full, symlink=False)
+            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        except _ENTRY_ERRORS as exc:
+            self._error(full, f"cannot set metadata: {_why(exc)}")
+
+    def _meta_nofollow(self, pfd: int, e: Entry, full: bytes, chmod: bool) -> None:
+        try:
+            if self.is_root:
+                os.chown(e.name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+            if chmod:
+                os.chmod(e.name, stat.S_IMODE(e.mode), dir_fd=pfd, follow_symlinks=False)
+            if e.xattrs:
+                # setxattr takes no dir fd; the /proc link resolves to the directory itself
+                self._xattrs(b"/proc/self/fd/%d/%s" % (pfd, e.name), e, full,
+                             symlink=e.type == SYMLINK)
+            os.utime(e.name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        except (*_ENTRY_ERRORS, NotImplementedError) as exc:
+            self._error(full, f"cannot set metadata: {_why(exc)}")
+
+    def _xattrs(self, target: int | bytes, e: Entry, full: bytes, symlink: bool) -> None:
+        for name, value in e.xattrs or ():
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
+            except _ENTRY_ERRORS as exc:
+                if getattr(exc, "errno", None) in _XATTR_IGNORABLE and (
+                        symlink or (not self.is_root and name.startswith(_PRIVILEGED_XATTRS))):
+                    continue  # not ours to set, or user.* on a symlink: Linux forbids it
+                self._error(full, f"cannot set xattr {_show(name)}: {_why(exc)}")
+
+    def finish(self) -> None:
+        """Directory metadata, deepest first (reverse pre-order puts children first)."""
+        for path, e in reversed(self.dir_meta):
+            try:
+                fd = self.dirs.get(path, create=False)
+            except _ENTRY_ERRORS as exc:
+                self._error(path, f"cannot set metadata: {_why(exc)}")
+                continue
+            finally:
+                self.dirs.release()
+            self._meta_fd(fd, e, path)
+        self.dir_meta.clear()
+        if self._on_progress is not None:
+            self._on_progress(self.summary.files, self.summary.bytes_written)
+
+    def close(self) -> None:
+        for fd in self.open.values():
+            os.close(fd)
+        self.open.clear()
+        self.dirs.close()
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+async def _fetch(source: ChunkSource, cids: list[str]) -> dict[str, bytes | BaseException]:
+    """Plaintexts of a batch's chunks; a bad or missing chunk becomes its exception (the
+    files using it fail), anything else (appliance unreachable, ...) is raised."""
+
+    async def one(cid: str) -> bytes | BaseException:
+        try:
+            return await source.plain(cid)
+        except ChunkError as exc:
+            return exc
+        except ApplianceError as exc:
+            if exc.status in _CHUNK_STATUSES:
+                return exc
+            raise
+
+    tasks = [asyncio.ensure_future(one(c)) for c in cids]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await _settle(*tasks)
+        raise
+    return dict(zip(cids, results, strict=True))
+
+
+async def _settle(*futs: asyncio.Future | None) -> None:
+    """Wait for pool work still running (it may use fds about to be closed)."""
+    live = [f for f in futs if f is not None]
+    if live:
+        await asyncio.wait(live)
+        for f in live:
+            if not f.cancelled():
+                f.exception()
+
+
+async def _pipeline(batcher: _Batcher, writer: _Writer, source: ChunkSource,
+                    pool: Executor) -> None:
+    """Plan batch n+2 and fetch batch n+1 while batch n is written."""
+    loop = asyncio.get_running_loop()
+    plan: asyncio.Future | None = loop.run_in_executor(pool, batcher.next_batch)
+    writing: asyncio.Future | None = None
+    try:
+        while True:
+            assert plan is not None
+            batch = await plan
+            plan = None
+            if batch is None:
+                break
+            plan = loop.run_in_executor(pool, batcher.next_batch)
+            ops, cids = batch
+            plains = await _fetch(source, cids)
+            if writing is not None:
+                w, writing = writing, None
+                await w
+            writing = loop.run_in_executor(pool, writer.apply, ops, plains)
+        if writing is not None:
+            w, writing = writing, None
+            await w
+    finally:
+        await _settle(plan, writing)
+
+
+def _open_target(target: Path) -> int:
+    target.mkdir(parents=True, exist_ok=True)
+    return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+async def restore_blocks(blocks: Iterator[tuple[bytes, list[Entry]]], source: ChunkSource,
+                         target: Path, include: list[bytes] | None, pool: Executor,
+                         on_progress: Callable[[int, int], None] | None = None,
+                         ) -> RestoreSummary:
+    """Restore catalog `blocks` below `target` (catalog paths kept in full).
+
+    Per-entry problems become `errors` in the summary; only fatal ones raise (the target
+    cannot be opened, the appliance cannot be reached).
+    """
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    summary = RestoreSummary()
+    root_fd = await loop.run_in_executor(pool, _open_target, target)
+    jobs = itertools.count(1)  # thread-safe enough: next() on count is atomic in CPython
+    bad_dirs: set[bytes] = set()
+    flt = _Filter(include, summary.errors)
+    planner = _Planner(iter(blocks), flt, summary.errors, jobs, bad_dirs)
+    writer = _Writer(root_fd, summary, jobs, bad_dirs, on_progress)
+    try:
+        await _pipeline(_Batcher(planner.ops()), writer, source, pool)
+        if writer.fallback:
+            fallback, writer.fallback = writer.fallback, []
+            await _pipeline(_Batcher(iter(fallback)), writer, source, pool)
+        await loop.run_in_executor(pool, writer.finish)
+    finally:
+        await loop.run_in_executor(pool, writer.close)
+        os.close(root_fd)
+    summary.duration = time.monotonic() - started
+    if summary.errors:
+        log.warning("restore to %s finished with %d errors", target, len(summary.errors))
+    return summary
+
+
+async def restore_snapshot(client: ApplianceClient, snap: str, target: Path,
+                           include: list[bytes] | None, cache: CatalogCache, pool: Executor,
+                           on_progress: Callable[[int, int], None] | None = None,
+                           ) -> RestoreSummary:
+    """Restore snapshot `snap` (an id or "latest") from the appliance below `target`."""
+    m = (await client.snapshot(snap))["manifest"]
+    real_id = m["snapshot"]
+    chunks: list[tuple[str, int]] = [(c, s) for c, s in m["catalog"]["chunks"]]
+    await cache.fetch(client, real_id, chunks)
+    blocks = catalog.iter_blocks(cache.pieces(chunks))
+    source = RemoteChunks(client, real_id, pool)
+    return await restore_blocks(blocks, source, target, include, pool, on_progress)

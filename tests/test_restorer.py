@@ -1,0 +1,557 @@
+"""Restorer: fidelity of every entry kind, include filters, and that no catalog, however
+malicious, makes it write outside the target."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from appliance.agent import restorer
+from appliance.agent.catalog_cache import CatalogCache
+from appliance.agent.client import ConnectError
+from appliance.agent.restorer import RemoteChunks, RestoreSummary, restore_blocks, restore_snapshot
+from appliance.store.catalog import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    SYMLINK,
+    CatalogWriter,
+    Entry,
+    Range,
+)
+from appliance.store.chunkfile import ChunkEncoder, ChunkError, chunk_id
+
+ROOT = os.geteuid() == 0
+UID, GID = (1234, 5678) if ROOT else (os.getuid(), os.getgid())
+T0 = 1_600_000_000_123_456_789  # an mtime with nanoseconds
+
+Block = tuple[bytes, list[Entry]]
+
+
+class FakeSource:
+    """In-memory ChunkSource; ids listed in `bad` fail verification."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, bytes] = {}
+        self.bad: set[str] = set()
+        self.calls: Counter[str] = Counter()
+
+    def add(self, data: bytes) -> str:
+        cid = chunk_id(data)
+        self.chunks[cid] = data
+        return cid
+
+    def ranges(self, *pieces: bytes) -> list[Range]:
+        """One chunk per piece, each used whole."""
+        return [Range(self.add(p), 0, len(p), len(p)) for p in pieces]
+
+    async def plain(self, cid: str) -> bytes:
+        self.calls[cid] += 1
+        await asyncio.sleep(0)
+        if cid in self.bad:
+            raise ChunkError("chunk content does not match its id")
+        return self.chunks[cid]
+
+
+def ent(name: bytes, typ: str, mode: int | None = None, mtime: int = T0, **kw: object,
+        ) -> Entry:
+    if mode is None:
+        mode = 0o755 if typ == DIR else 0o644
+    e = Entry(name=name, type=typ, mode=mode, uid=UID, gid=GID, mtime_ns=mtime, **kw)
+    if e.ranges and not e.size:
+        e.size = sum(r.length for r in e.ranges)
+    return e
+
+
+def filee(src: FakeSource, name: bytes, data: bytes, **kw: object) -> Entry:
+    return ent(name, FILE, ranges=src.ranges(data) if data else [], **kw)
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(4) as p:
+        yield p
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory next to the target that a restore must never touch."""
+    d = tmp_path / "outside"
+    d.mkdir()
+    (d / "victim").write_bytes(b"precious")
+    return d
+
+
+def listing(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    out: dict[str, tuple[int, bytes | None]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            st = p.lstat()
+            data = p.read_bytes() if stat.S_ISREG(st.st_mode) else None
+            out[str(p.relative_to(root))] = (st.st_mode, data)
+    return out
+
+
+async def run(blocks: list[Block], src: FakeSource, target: Path, pool: ThreadPoolExecutor,
+              include: list[bytes] | None = None) -> RestoreSummary:
+    return await restore_blocks(iter(blocks), src, target, include, pool)
+
+
+def xattrs_supported(d: Path) -> bool:
+    probe = d / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, b"user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+# --- fidelity -----------------------------------------------------------------------------------
+
+
+async def test_every_entry_kind(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    src = FakeSource()
+    bundle = b"AAAA" + b"bbbbbbbb" + b"cc"
+    bid = src.add(bundle)
+    parts = [os.urandom(1000), os.urandom(2000), os.urandom(3)]
+    big = b"".join(parts)
+    a_ranges = [Range(bid, 0, 4, len(bundle))]
+    blocks: list[Block] = [
+        (b"", [
+            filee(src, b"caf\xe9", b"not utf-8 name"),
+            ent(b"d", DIR, 0o750, T0 + 1),
+            filee(src, b"empty", b"", mtime=T0 + 2),
+            ent(b"emptydir", DIR, 0o711, T0 + 3),
+            ent(b"fifo", FIFO, 0o640, T0 + 4),
+            ent(b"link", SYMLINK, 0o777, T0 + 5, link=b"d/sub/big"),
+            ent(b"null", CHARDEV, 0o666, T0 + 6, rdev=os.makedev(1, 3)),
+            ent(b"ro", DIR, 0o555, T0 + 7),
+            filee(src, b"suid", b"#!/bin/sh\n", mode=0o4755),
+        ]),
+        (b"d", [
+            ent(b"a.txt", FILE, ranges=a_ranges),
+            ent(b"b.txt", FILE, ranges=[Range(bid, 4, 8, len(bundle))]),
+            ent(b"c.txt", FILE, ranges=[Range(bid, 12, 2, len(bundle))]),
+            ent(b"hard", HARDLINK, link=b"d/a.txt", ranges=list(a_ranges)),
+            ent(b"sub", DIR, 0o700, T0 + 8),
+        ]),
+        (b"d/sub", [
+            filee(src, b"big", b"", mtime=T0 + 9, xattrs=[(b"user.test", b"hello")]),
+            filee(src, b"secret", b"s3cret", mode=0o600),
+        ]),
+        (b"emptydir", []),
+        (b"ro", [
+            filee(src, b"child", b"in a read-only dir", mode=0o444),
+            ent(b"hl2", HARDLINK, link=b"d/a.txt", ranges=list(a_ranges)),
+        ]),
+    ]
+    bigent = blocks[2][1][0]
+    bigent.ranges = src.ranges(*parts)
+    bigent.size = len(big)
+    target = tmp_path / "t"
+    progress: list[tuple[int, int]] = []
+    summary = await restore_blocks(iter(blocks), src, target, None, pool,
+                                   lambda f, b: progress.append((f, b)))
+
+    device_errors = [e for e in summary.errors if e[0] == "null"]
+    assert [e for e in summary.errors if e[0] != "null"] == []
+    t = target
+    assert (t / os.fsdecode(b"caf\xe9")).read_bytes() == b"not utf-8 name"
+    assert set(os.listdir(os.fsencode(t))) == {b"caf\xe9", b"d", b"empty", b"emptydir", b"fifo",
+                                               b"link", b"ro", b"suid"} | (
+        set() if device_errors else {b"null"})
+    assert (t / "d/a.txt").read_bytes() == b"AAAA"
+    assert (t / "d/b.txt").read_bytes() == b"bbbbbbbb"
+    assert (t / "d/c.txt").read_bytes() == b"cc"
+    assert (t / "d/hard").read_bytes() == b"AAAA"
+    assert (t / "d/sub/big").read_bytes() == big
+    assert (t / "d/sub/secret").read_bytes() == b"s3cret"
+    assert (t / "empty").read_bytes() == b""
+    assert os.listdir(t / "emptydir") == []
+    assert os.readlink(t / "link") == "d/sub/big"
+    assert (t / "ro/child").read_bytes() == b"in a read-only dir"
+
+    a = (t / "d/a.txt").lstat()
+    assert a.st_nlink == 3
+    assert (t / "d/hard").lstat().st_ino == a.st_ino == (t / "ro/hl2").lstat().st_ino
+
+    def check(rel: str, fmt: int, mode: int, mtime: int) -> None:
+        st = (t / rel).lstat()
+        assert stat.S_IFMT(st.st_mode) == fmt, rel
+        if fmt != stat.S_IFLNK:
+            assert stat.S_IMODE(st.st_mode) == mode, rel
+        assert st.st_mtime_ns == mtime, rel
+        assert (st.st_uid, st.st_gid) == (UID, GID), rel
+
+    check("d", stat.S_IFDIR, 0o750, T0 + 1)
+    check("empty", stat.S_IFREG, 0o644, T0 + 2)
+    check("emptydir", stat.S_IFDIR, 0o711, T0 + 3)
+    check("fifo", stat.S_IFIFO, 0o640, T0 + 4)
+    check("link", stat.S_IFLNK, 0o777, T0 + 5)
+    check("ro", stat.S_IFDIR, 0o555, T0 + 7)
+    check("d/sub", stat.S_IFDIR, 0o700, T0 + 8)
+    check("d/sub/big", stat.S_IFREG, 0o644, T0 + 9)
+    check("d/sub/secret", stat.S_IFREG, 0o600, T0)
+    check("suid", stat.S_IFREG, 0o4755, T0)
+    check("ro/child", stat.S_IFREG, 0o444, T0)
+    if xattrs_supported(tmp_path):
+        assert os.getxattr(t / "d/sub/big", b"user.test") == b"hello"
+    if ROOT and not device_errors:
+        st = (t / "null").lstat()
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+        assert st.st_mtime_ns == T0 + 6
+    else:
+        assert len(device_errors) == 1 and not os.path.lexists(t / "null")
+
+    assert summary.files == 11  # 9 regular files + 2 hardlinks
+    assert summary.dirs == 4
+    assert summary.symlinks == 1
+    assert summary.special == (1 if device_errors else 2)
+    assert summary.bytes_written == len(big) + 14 + 4 + 8 + 2 + 6 + 18 + 10  # links: no data
+    assert bid in src.calls  # the bundle chunk serves three files
+    assert progress and progress[-1] == (summary.files, summary.bytes_written)
+    assert summary.to_json()["files"] == 11
+
+
+async def test_large_file_sliced_across_batches(tmp_path: Path, pool: ThreadPoolExecutor,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(restorer, "BATCH_BYTES", 1)  # one chunk per batch
+    monkeypatch.setattr(restorer, "BATCH_FILES", 2)
+    src = FakeSource()
+    parts = [bytes([i]) * (1000 + i) for i in range(7)]
+    big = ent(b"big", FILE, mode=0o4750, ranges=src.ranges(*parts))
+    blocks: list[Block] = [(b"", [
+        filee(src, b"a", b"first"),
+        big,
+        ent(b"c", HARDLINK, link=b"big", ranges=list(big.ranges)),
+        filee(src, b"d", b"after"),
+    ])]
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t/big").write_bytes(b"x" * 100_000)  # longer old content is truncated
+    s = await run(blocks, src, tmp_path / "t", pool)
+    assert s.errors == []
+    assert (tmp_path / "t/big").read_bytes() == b"".join(parts)
+    st = (tmp_path / "t/big").lstat()
+    assert stat.S_IMODE(st.st_mode) == 0o4750 and st.st_mtime_ns == T0 and st.st_nlink == 2
+    assert (tmp_path / "t/a").read_bytes() == b"first"
+    assert (tmp_path / "t/d").read_bytes() == b"after"
+
+
+async def test_include_selects_subtree_and_ancestors(tmp_path: Path,
+                                                     pool: ThreadPoolExecutor) -> None:
+    src = FakeSource()
+    blocks: list[Block] = [
+        (b"", [ent(b"etc", DIR), ent(b"home", DIR, 0o751, T0 + 1)]),
+        (b"etc", [filee(src, b"passwd", b"root:x:0:0")]),
+        (b"home", [ent(b"u", DIR, 0o700, T0 + 2), ent(b"v", DIR)]),
+        (b"home/u", [filee(src, b"other.txt", b"no"), ent(b"proj", DIR, 0o755, T0 + 3)]),
+        (b"home/u/proj", [
+            filee(src, b"file.txt", b"yes"),
+            ent(b"hl", HARDLINK, link=b"etc/passwd", ranges=src.ranges(b"root:x:0:0")),
+            ent(b"sub", DIR),
+        ]),
+        (b"home/u/proj/sub", [filee(src, b"deep", b"deep")]),
+        (b"home/v", [filee(src, b"x", b"no")]),
+    ]
+    t = tmp_path / "t"
+    s = await run(blocks, src, t, pool, include=[b"home/u/proj", b"nope/x", b"home/../etc"])
+    assert sorted(p for p, _ in s.errors) == ["home/../etc", "nope/x"]
+    assert (t / "home/u/proj/file.txt").read_bytes() == b"yes"
+    assert (t / "home/u/proj/sub/deep").read_bytes() == b"deep"
+    # the first name of the hardlink was not selected: its data is written instead
+    assert (t / "home/u/proj/hl").read_bytes() == b"root:x:0:0"
+    assert sorted(os.listdir(t)) == ["home"]
+    assert sorted(os.listdir(t / "home")) == ["u"]
+    assert sorted(os.listdir(t / "home/u")) == ["proj"]
+    assert (t / "home").lstat().st_mtime_ns == T0 + 1
+    assert stat.S_IMODE((t / "home/u").lstat().st_mode) == 0o700
+    assert s.files == 3 and s.dirs == 4
+
+    t2 = tmp_path / "t2"
+    s = await run(blocks, src, t2, pool, include=[b"home/u/proj/file.txt", b"home/v/"])
+    assert s.errors == []
+    assert listing(t2).keys() == {"home", "home/u", "home/u/proj", "home/u/proj/file.txt",
+                                  "home/v", "home/v/x"}
+
+
+# --- errors that must not stop the restore ------------------------------------------------------
+
+
+async def test_bad_chunk_fails_only_its_files(tmp_path: Path, pool: ThreadPoolExecutor,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    src = FakeSource()
+    good = filee(src, b"good", b"fine")
+    bad = filee(src, b"bad", b"corrupt")
+    src.bad.add(bad.ranges[0].chunk)
+    sliced = ent(b"sliced", FILE, ranges=src.ranges(b"one", b"two", b"three"))
+    src.bad.add(sliced.ranges[1].chunk)
+    blocks: list[Block] = [(b"", [
+        bad,
+        ent(b"bad2", HARDLINK, link=b"bad", ranges=list(bad.ranges)),
+        good,
+        sliced,
+        filee(src, b"z", b"last"),
+    ])]
+    monkeypatch.setattr(restorer, "BATCH_BYTES", 1)
+    t = tmp_path / "t"
+    s = await run(blocks, src, t, pool)
+    errs = dict(s.errors)
+    assert set(errs) == {"bad", "bad2", "sliced"}
+    assert "does not match" in errs["bad"]
+    assert "incomplete" in errs["sliced"]
+    assert not (t / "bad").exists() and not (t / "bad2").exists()
+    assert (t / "good").read_bytes() == b"fine"
+    assert (t / "z").read_bytes() == b"last"
+    assert s.files == 2
+
+
+async def test_existing_content(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    src = FakeSource()
+    t = tmp_path / "t"
+    (t / "dir_in_the_way").mkdir(parents=True)
+    (t / "old").write_bytes(b"a much longer previous content")
+    (t / "sl").symlink_to("somewhere")
+    blocks: list[Block] = [(b"", [
+        filee(src, b"dir_in_the_way", b"data"),
+        filee(src, b"old", b"new"),
+        ent(b"sl", SYMLINK, link=b"elsewhere"),
+        filee(src, b"z", b"z"),
+    ])]
+    s = await run(blocks, src, t, pool)
+    assert [p for p, _ in s.errors] == ["dir_in_the_way"]
+    assert (t / "dir_in_the_way").is_dir()
+    assert (t / "old").read_bytes() == b"new"
+    assert os.readlink(t / "sl") == "elsewhere"
+    assert (t / "z").read_bytes() == b"z"
+
+
+async def test_restore_twice_into_same_target(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    src = FakeSource()
+    data = src.ranges(b"shared")
+    blocks: list[Block] = [
+        (b"", [ent(b"fifo", FIFO), ent(b"ro", DIR, 0o555), ent(b"sl", SYMLINK, link=b"ro")]),
+        (b"ro", [
+            ent(b"a", FILE, 0o4711, ranges=data),
+            ent(b"b", HARDLINK, link=b"ro/a", ranges=list(data)),
+            ent(b"sub", DIR, 0o500),
+        ]),
+        (b"ro/sub", [filee(src, b"f", b"inner", mode=0o400)]),
+    ]
+    t = tmp_path / "t"
+    for _ in range(2):
+        s = await run(blocks, src, t, pool)
+        assert s.errors == []
+        assert (s.files, s.dirs, s.symlinks, s.special) == (3, 2, 1, 1)
+    assert (t / "ro/b").lstat().st_nlink == 2 and (t / "ro/b").read_bytes() == b"shared"
+    assert stat.S_IMODE((t / "ro/a").lstat().st_mode) == 0o4711
+    assert stat.S_IMODE((t / "ro/sub").lstat().st_mode) == 0o500
+    assert (t / "ro/sub/f").read_bytes() == b"inner"
+
+
+async def test_strange_values_are_entry_errors(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    src = FakeSource()
+    blocks: list[Block] = [(b"", [
+        filee(src, b"a", b"data", xattrs=[(b"user.bad\0name", b"v")]),
+        ent(b"b", SYMLINK, link=b"with\0nul"),
+        ent(b"c", "?"),
+        filee(src, b"d", b"fine"),
+    ])]
+    s = await run(blocks, src, tmp_path / "t", pool)
+    assert {p for p, _ in s.errors} == {"a", "b", "c"}
+    assert (tmp_path / "t/a").read_bytes() == b"data"
+    assert (tmp_path / "t/d").read_bytes() == b"fine"
+
+
+async def test_unreachable_appliance_raises_and_closes_fds(tmp_path: Path,
+                                                           pool: ThreadPoolExecutor) -> None:
+    class Down(FakeSource):
+        async def plain(self, cid: str) -> bytes:
+            raise ConnectError("cannot reach the appliance")
+
+    src = Down()
+    blocks: list[Block] = [(b"", [ent(b"d", DIR), filee(src, b"z", b"x")]),
+                           (b"d", [filee(src, b"b", b"y")])]
+    fds = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(ConnectError):
+        await run(blocks, src, tmp_path / "t", pool)
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+
+
+# --- malicious catalogs -------------------------------------------------------------------------
+
+
+async def test_bad_names_write_nothing_outside(tmp_path: Path, outside: Path,
+                                               pool: ThreadPoolExecutor) -> None:
+    src = FakeSource()
+    blocks: list[Block] = [
+        (b"", [
+            filee(src, b"", b"empty name"),
+            ent(b"..", DIR),
+            filee(src, b"../outside/victim", b"owned"),
+            filee(src, b"a/b", b"slash"),
+            filee(src, b".", b"dot"),
+            filee(src, b"nul\0", b"nul"),
+            filee(src, b"ok", b"ok"),
+        ]),
+        (b"..", [filee(src, b"escaped", b"owned")]),
+        (b"../outside", [filee(src, b"victim", b"owned")]),
+    ]
+    before, around = listing(outside), sorted(os.listdir(tmp_path))
+    s = await run(blocks, src, tmp_path / "t", pool)
+    assert listing(outside) == before
+    assert sorted(os.listdir(tmp_path)) == sorted([*around, "t"])
+    assert os.listdir(tmp_path / "t") == ["ok"]
+    # one error per bad name, one for the bogus block (its sub-block is skipped with it)
+    assert [p for p, _ in s.errors] == ["", "..", "../outside/victim", "a/b", ".", "nul\0", ".."]
+    assert s.files == 1
+
+
+async def test_symlink_then_block_below_it(tmp_path: Path, outside: Path,
+                                           pool: ThreadPoolExecutor) -> None:
+    src = FakeSource()
+    blocks: list[Block] = [
+        (b"", [
+            ent(b"evil", SYMLINK, link=os.fsencode(outside)),
+            ent(b"evil", DIR),  # a duplicate name claiming a directory is there
+            ent(b"evil2", SYMLINK, link=os.fsencode(outside)),
+        ]),
+        (b"evil", [filee(src, b"pwned", b"owned"), ent(b"sub", DIR)]),
+        (b"evil/sub", [filee(src, b"pwned", b"owned")]),
+        (b"evil2", [filee(src, b"victim", b"owned")]),
+    ]
+    before = listing(outside)
+    s = await run(blocks, src, tmp_path / "t", pool)
+    assert listing(outside) == before
+    assert os.readlink(tmp_path / "t/evil") == str(outside)  # stored verbatim, never followed
+    paths = {p for p, _ in s.errors}
+    assert {"evil", "evil2"} <= paths
+    assert s.files == 0
+
+
+async def test_hardlinks_pointing_outside(tmp_path: Path, outside: Path,
+                                          pool: ThreadPoolExecutor) -> None:
+    src = FakeSource()
+    victim = outside / "victim"
+    data = src.ranges(b"hardlinked data")
+    blocks: list[Block] = [(b"", [
+        ent(b"a", HARDLINK, link=b"../../etc/passwd", ranges=list(data)),
+        ent(b"b", HARDLINK, link=os.fsencode(victim), ranges=list(data)),
+        ent(b"c", HARDLINK, link=b"../outside/victim", ranges=list(data)),
+        ent(b"d", SYMLINK, link=os.fsencode(victim)),
+        ent(b"e", HARDLINK, link=b"d", ranges=list(data)),  # the link must not follow d
+    ])]
+    before = listing(outside)
+    s = await run(blocks, src, tmp_path / "t", pool)
+    assert listing(outside) == before
+    assert victim.lstat().st_nlink == 1
+    assert {p for p, _ in s.errors} == {"a", "b", "c"}
+    assert not any((tmp_path / "t" / n).exists() for n in "abc")
+    assert (tmp_path / "t/e").read_bytes() == b"hardlinked data"
+    assert (tmp_path / "t/e").lstat().st_nlink == 1
+
+
+async def test_planted_symlinks_in_target(tmp_path: Path, outside: Path,
+                                          pool: ThreadPoolExecutor) -> None:
+    src = FakeSource()
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "victim").symlink_to(outside / "victim")  # where a file will be written
+    (t / "dir").symlink_to(outside)  # where a directory will be created
+    blocks: list[Block] = [
+        (b"", [
+            ent(b"dir", DIR, 0o777),
+            ent(b"fifo", FIFO),
+            filee(src, b"victim", b"owned", mode=0o777),
+        ]),
+        (b"dir", [filee(src, b"victim", b"owned"), ent(b"sub", DIR)]),
+        (b"dir/sub", [filee(src, b"x", b"owned")]),
+    ]
+    (t / "fifo").symlink_to(outside / "fifo")
+    before = listing(outside)
+    outside_mode = outside.stat().st_mode
+    s = await run(blocks, src, t, pool)
+    assert listing(outside) == before
+    assert outside.stat().st_mode == outside_mode
+    assert {p for p, _ in s.errors} == {"dir", "victim"}
+    assert stat.S_ISFIFO((t / "fifo").lstat().st_mode)  # a symlink is replaced, not followed
+
+
+# --- remote chunks and the snapshot glue --------------------------------------------------------
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.gets: Counter[str] = Counter()
+        self.manifest: dict = {}
+
+    def put(self, plain: bytes) -> str:
+        enc = ChunkEncoder().encode(plain)
+        self.files[enc.id] = enc.data
+        return enc.id
+
+    async def get_chunk(self, snap: str, cid: str) -> bytes:
+        assert snap == "snap-1"
+        self.gets[cid] += 1
+        await asyncio.sleep(0)
+        return self.files[cid]
+
+    async def snapshot(self, snap: str) -> dict:
+        assert snap == "latest"
+        return {"snapshot": {"id": "snap-1"}, "manifest": self.manifest}
+
+
+async def test_remote_chunks_dedup_cache_and_verify(pool: ThreadPoolExecutor) -> None:
+    client = FakeClient()
+    a, b = client.put(b"a" * 1000), client.put(b"b" * 1000)
+    rc = RemoteChunks(client, "snap-1", pool, cache_bytes=1500)  # type: ignore[arg-type]
+    got = await asyncio.gather(*(rc.plain(a) for _ in range(10)))
+    assert got == [b"a" * 1000] * 10 and client.gets[a] == 1
+    assert await rc.plain(a) == b"a" * 1000 and client.gets[a] == 1  # cached
+    await rc.plain(b)  # evicts a (the cache holds one chunk)
+    await rc.plain(a)
+    assert client.gets[a] == 2
+    client.files[b] = client.files[a]  # the appliance serves wrong content
+    rc2 = RemoteChunks(client, "snap-1", pool)  # type: ignore[arg-type]
+    with pytest.raises(ChunkError):
+        await rc2.plain(b)
+
+
+async def test_restore_snapshot_end_to_end(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    client = FakeClient()
+    shared = b"0123456789"
+    cid = client.put(shared)
+    cat: list[bytes] = []
+    w = CatalogWriter(cat.append, lambda _: None)
+    w.add_block(b"", [
+        ent(b"a", FILE, ranges=[Range(cid, 0, 4, 10)]),
+        ent(b"b", FILE, ranges=[Range(cid, 4, 6, 10)]),
+        ent(b"dev", BLOCKDEV, rdev=os.makedev(7, 0)),
+        ent(b"s", DIR),
+    ])
+    w.add_block(b"s", [ent(b"h", HARDLINK, link=b"a", ranges=[Range(cid, 0, 4, 10)])])
+    plain = b"".join(cat)
+    client.manifest = {"snapshot": "snap-1",
+                       "catalog": {"chunks": [[client.put(plain), len(plain)]]}}
+    t = tmp_path / "t"
+    s = await restore_snapshot(client, "latest", t, [b"a", b"b", b"s"],  # type: ignore[arg-type]
+                               CatalogCache(tmp_path / "cache"), pool)
+    assert s.errors == []
+    assert (t / "a").read_bytes() == b"0123" and (t / "b").read_bytes() == b"456789"
+    assert (t / "s/h").lstat().st_ino == (t / "a").lstat().st_ino
+    assert not (t / "dev").exists()
+    assert client.gets[cid] == 1
