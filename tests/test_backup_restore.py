@@ -284,3 +284,31 @@ async def test_killed_agent_leaves_no_partial_snapshot(appliance: Appliance,
     assert_same_tree(src, restored_root(tmp_path / "out", src))
     assert all(stat.S_ISREG(p.stat().st_mode) for p in restored_root(tmp_path / "out", src)
                .iterdir())
+
+
+async def test_bundles_with_mostly_dead_bytes_are_rebuilt(appliance: Appliance,
+                                                          tmp_path: Path) -> None:
+    """After most small files of a bundle are deleted, the survivors are re-read into a new
+    bundle (one backup later), so the old bundle's dead bytes can be collected."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(9)
+    for i in range(100):
+        (src / f"f{i:03d}").write_bytes(rng.randbytes(8000))
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, first, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0 and first["files_read"] == 100, err
+    for i in range(20, 100):
+        (src / f"f{i:03d}").unlink()
+    rc, second, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0 and second["files_read"] == 0, err  # the parent still used its bundle fully
+    rc, third, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    assert third["files_read"] == 20 and third["files_unchanged"] == 0
+    rc, fourth, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0 and fourth["files_read"] == 0, err  # the new bundle is fully used
+    rc, _, err = await agent(appliance, token, state, "restore", "latest", "--to",
+                             str(tmp_path / "out"))
+    assert rc == 0, err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))

@@ -166,3 +166,20 @@ async def test_progress_bar_on_a_terminal(appliance: Appliance, tmp_path: Path) 
     assert proc.returncode == 0
     assert b"backup" in screen and b"%" in screen
     assert "committed" in out.decode()
+
+
+async def test_agent_reads_its_config_file(appliance: Appliance, tmp_path: Path) -> None:
+    token = appliance.add_host("web01")
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'url = "{appliance.url}"\ntoken = "{token}"\n'
+                    f'fingerprint = "{appliance.fingerprint}"\n'
+                    f'state_dir = "{tmp_path / "state"}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RDR_")}
+    rc, out, err = await run(agent_cmd() + ["snapshots", "--config", str(conf)], env)
+    assert rc == 0, err
+    env["RDR_AGENT_CONFIG"] = str(conf)
+    rc, out, err = await run(agent_cmd() + ["snapshots", "--json"], env)
+    assert rc == 0 and out.strip() == "[]", err
+    conf.write_text('url = "https://x"\ntokn = "typo"\n')
+    rc, _, err = await run(agent_cmd() + ["snapshots"], env)
+    assert "tokn" in one_line_error(rc, err)

@@ -107,9 +107,10 @@ async def cmd_snapshots(args: argparse.Namespace, st: AgentSettings) -> int:
     if args.json:
         print(json.dumps(snaps, indent=1))
         return 0
-    print(f"{'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10}  SOURCE")
+    print(f"{'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10}  REPLICATED")
     for s in snaps:
-        print(f"{s['snapshot']:22} {s['file_count']:>9} {human(s['logical_size']):>10}")
+        print(f"{s['snapshot']:22} {s['file_count']:>9} {human(s['logical_size']):>10}  "
+              f"{'yes' if s['replicated'] else 'no'}")
     return 0
 
 
