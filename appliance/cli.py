@@ -18,14 +18,7 @@ from . import __version__
 from .config import Config, ConfigError, load
 from .store.datastore import Datastore
 from .store.errors import StoreError
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+from .textfmt import human_bytes
 
 
 def _ts(t: float | None) -> str:
@@ -88,7 +81,7 @@ class Cli:
         print(f"{'HOST':20} {'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10} {'NEW':>10}  REPLICATED")
         for r in rows:
             print(f"{r.host:20} {r.snapshot:22} {r.file_count:>9} "
-                  f"{_human_bytes(r.logical_size):>10} {_human_bytes(r.new_bytes):>10}  "
+                  f"{human_bytes(r.logical_size):>10} {human_bytes(r.new_bytes):>10}  "
                   f"{'yes' if r.replicated_at else 'no'}")
         return 0
 

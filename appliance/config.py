@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .tomlfile import read_toml
 
 
 class ConfigError(ValueError):
@@ -124,13 +125,7 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     """Load a TOML file, or the embedded default when `path` is None."""
     if path is None:
         return validate(Config())
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "config file", ConfigError)
     sections = {f.name: f.type for f in dataclasses.fields(Config)}
     hints = typing.get_type_hints(Config)
     kwargs = {}

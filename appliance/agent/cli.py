@@ -20,10 +20,11 @@ from pathlib import Path
 from .. import __version__
 from ..store.catalog import CatalogError
 from ..store.chunkfile import ChunkError
+from ..textfmt import human_bytes as human
 from .archiver import Archiver, BackupResult, BackupStats
 from .catalog_cache import CatalogCache
 from .client import ApplianceClient, ApplianceError, ConnectError
-from .progress import ProgressBar, human
+from .progress import ProgressBar
 from .settings import AgentSettings, SettingsError, resolve
 from .walker import Walker
 

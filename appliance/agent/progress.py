@@ -7,13 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+from ..textfmt import human_bytes as human
 
 
 class ProgressBar:

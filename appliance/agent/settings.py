@@ -8,10 +8,10 @@ keys url, token, fingerprint, ca, state_dir): --config, $RDR_AGENT_CONFIG,
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..tomlfile import read_toml
 from .client import Endpoint
 
 KEYS = ("url", "token", "fingerprint", "ca", "state_dir")
@@ -43,13 +43,7 @@ def resolve(flags: dict[str, str | None], config: str | None = None) -> AgentSet
     values: dict[str, str] = {}
     path = _config_file(config)
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise SettingsError(f"agent config {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"agent config {path} is not valid TOML: {exc}") from None
+        raw = read_toml(path, "agent config", SettingsError)
         for key, value in raw.items():
             if key not in KEYS:
                 raise SettingsError(f"agent config {path}: unknown key {key!r}")

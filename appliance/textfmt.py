@@ -1,0 +1,12 @@
+"""Formatting figures for people (CLI tables, progress, summaries)."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: float) -> str:
+    """Decimal units, as the contract counts GB (10^9 bytes)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
