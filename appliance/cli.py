@@ -15,9 +15,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from . import __version__
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, load, maintenance_settings
 from .store.datastore import Datastore
 from .store.errors import StoreError
+from .store.jobs import Progress
+from .store.maintenance import Maintenance
+from .store.rebuild import rebuild_index
 from .textfmt import human_bytes
 
 
@@ -34,7 +37,28 @@ class Cli:
         if not create and not (self.cfg.data_dir / "index.sqlite").exists():
             raise ConfigError(f"no appliance data at {self.cfg.data_dir}; run 'rdr serve' or "
                               "'rdr hosts add' first, or pass --config")
-        return Datastore(self.cfg.data_dir, self.cfg.store.session_lease_seconds)
+        return Datastore(self.cfg.data_dir, self.cfg.store.session_lease_seconds,
+                         self.cfg.store.reserve_mb * 1024 * 1024)
+
+    def maintenance(self, store: Datastore) -> Maintenance:
+        return Maintenance(store, maintenance_settings(self.cfg))
+
+    @staticmethod
+    def echo(kind: str) -> Progress | None:
+        """Progress on stderr when it is a terminal (the job history records it anyway)."""
+        if not sys.stderr.isatty():
+            return None
+
+        def show(fraction: float, message: str) -> None:
+            sys.stderr.write(f"\r{kind}: {fraction * 100:5.1f}% {message}"[:120].ljust(120))
+            sys.stderr.flush()
+
+        return show
+
+    @staticmethod
+    def end_echo() -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + " " * 120 + "\r")
 
     # --- commands ---
     def serve(self) -> int:
@@ -46,10 +70,32 @@ class Cli:
     def hosts_add(self) -> int:
         store = self.open_store(create=True)
         try:
-            token = store.index.add_host(self.args.name)
+            token = store.add_host(self.args.name)
         finally:
             store.close()
         print(f"host {self.args.name} added; its token (shown once, store it on the host):")
+        print(token)
+        return 0
+
+    def hosts_set(self) -> int:
+        store = self.open_store()
+        try:
+            if self.args.policy is not None:
+                store.set_policy(self.args.name, self.args.policy or None)
+            rec = store.index.host_record(self.args.name)
+        finally:
+            store.close()
+        policy = rec["policy"] or f"{self.cfg.retention.policy} (default)"
+        print(f"host {rec['name']}: retention {policy}")
+        return 0
+
+    def hosts_token(self) -> int:
+        store = self.open_store()
+        try:
+            token = store.rotate_token(self.args.name)
+        finally:
+            store.close()
+        print(f"new token for {self.args.name} (the old one no longer works):")
         print(token)
         return 0
 
@@ -62,9 +108,10 @@ class Cli:
         if self.args.json:
             print(json.dumps(hosts, indent=1))
             return 0
-        print(f"{'HOST':24} {'SNAPSHOTS':>9}  LAST BACKUP")
+        print(f"{'HOST':24} {'SNAPSHOTS':>9}  {'RETENTION':10} LAST BACKUP")
         for h in hosts:
-            print(f"{h['name']:24} {h['snapshots']:>9}  {_ts(h['last_backup'])}")
+            print(f"{h['name']:24} {h['snapshots']:>9}  "
+                  f"{h['policy'] or self.cfg.retention.policy:10} {_ts(h['last_backup'])}")
         return 0
 
     def snapshots(self) -> int:
@@ -82,7 +129,100 @@ class Cli:
         for r in rows:
             print(f"{r.host:20} {r.snapshot:22} {r.file_count:>9} "
                   f"{human_bytes(r.logical_size):>10} {human_bytes(r.new_bytes):>10}  "
-                  f"{'yes' if r.replicated_at else 'no'}")
+                  f"{'yes' if r.replicated_at else 'no'}{'  protected' if r.protected else ''}")
+        return 0
+
+    def protect(self) -> int:
+        store = self.open_store()
+        try:
+            store.protect(self.args.host, self.args.snapshot, not self.args.off)
+        finally:
+            store.close()
+        print(f"{self.args.host}/{self.args.snapshot}: "
+              f"{'no longer protected' if self.args.off else 'protected from prune'}")
+        return 0
+
+    def prune(self) -> int:
+        store = self.open_store()
+        try:
+            decisions = self.maintenance(store).prune(
+                [self.args.host] if self.args.host else None, self.args.dry_run,
+                self.args.force, self.echo("prune"))
+        finally:
+            self.end_echo()
+            store.close()
+        if self.args.force:
+            print("rdr: warning: --force removes snapshots not yet replicated to the data "
+                  "center", file=sys.stderr)
+        if self.args.json:
+            print(json.dumps([d.to_json() for d in decisions], indent=1))
+            return 0
+        verb = "would remove" if self.args.dry_run else "removed"
+        for d in decisions:
+            print(f"{'keep  ' if d.keep else 'REMOVE'} {d.host:20} {d.snapshot:22} {d.reason}")
+        gone = sum(not d.keep for d in decisions)
+        print(f"{verb} {gone} of {len(decisions)} snapshots")
+        return 0
+
+    def gc(self) -> int:
+        store = self.open_store()
+        try:
+            res = self.maintenance(store).gc(self.args.dry_run, self.echo("gc"))
+        finally:
+            self.end_echo()
+            store.close()
+        if self.args.json:
+            print(json.dumps(res.to_json(), indent=1))
+            return 0
+        verb = "would free" if res.dry_run else "freed"
+        young = f", {res.chunks_too_young} too recent to collect" if res.chunks_too_young else ""
+        print(f"{verb} {human_bytes(res.bytes_removed)} in {res.chunks_removed} chunks; "
+              f"{res.live_chunks} chunks in use by {res.snapshots} snapshots{young}")
+        return 0
+
+    def verify(self) -> int:
+        store = self.open_store()
+        try:
+            res = self.maintenance(store).verify(self.args.sample, self.args.rate,
+                                                 self.echo("verify"))
+        finally:
+            self.end_echo()
+            store.close()
+        if self.args.json:
+            print(json.dumps(res.to_json(), indent=1))
+        else:
+            print(f"checked {res.chunks_checked} of {res.chunks_total} chunks "
+                  f"({human_bytes(res.bytes_checked)}) and {res.snapshots_checked} snapshots")
+            for cid in res.damaged:
+                print(f"  damaged chunk {cid}: quarantined")
+            for a in res.affected:
+                print(f"  affected snapshot {a['host']}/{a['snapshot']}: {a['reason']}")
+            print("OK: all checked data is intact" if res.ok else
+                  "PROBLEMS FOUND: the next backup of each affected host re-sends what it "
+                  "still has")
+        return 0 if res.ok else 3
+
+    def rebuild_index(self) -> int:
+        res = rebuild_index(self.cfg.data_dir)
+        print(f"index rebuilt: {res['hosts']} hosts, {res['snapshots']} snapshots"
+              f"{'; old index kept at ' + res['old_index'] if res['old_index'] else ''}")
+        for name in res["hosts_without_record"]:
+            print(f"  host {name} had no record: issue it a token with 'rdr hosts token {name}'")
+        return 0
+
+    def jobs(self) -> int:
+        store = self.open_store()
+        try:
+            rows = store.index.jobs(self.args.kind, self.args.limit)
+        finally:
+            store.close()
+        if self.args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        print(f"{'ID':>5} {'KIND':14} {'STARTED':21} {'STATE':12} MESSAGE")
+        for j in rows:
+            print(f"{j['id']:>5} {j['kind']:14} {_ts(j['started_at']):21} {j['state']:12} "
+                  f"{j['message']}")
         return 0
 
 
@@ -102,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     a = hsub.add_parser("add", parents=[common], help="register a host and print its token")
     a.add_argument("name")
     a.set_defaults(run=Cli.hosts_add)
+    hs = hsub.add_parser("set", parents=[common], help="change a host's settings")
+    hs.add_argument("name")
+    hs.add_argument("--policy", help="retention D-W-M (8-5-4, 30-0-0, 7-0-0); '' = default")
+    hs.set_defaults(run=Cli.hosts_set)
+    ht = hsub.add_parser("token", parents=[common], help="issue a new token (revokes the old)")
+    ht.add_argument("name")
+    ht.set_defaults(run=Cli.hosts_token)
     lst = hsub.add_parser("list", parents=[common], help="list hosts")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(run=Cli.hosts_list)
@@ -110,7 +257,67 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("host", nargs="?")
     sn.add_argument("--json", action="store_true")
     sn.set_defaults(run=Cli.snapshots)
+
+    pr = sub.add_parser("protect", parents=[common], help="protect a snapshot from prune")
+    pr.add_argument("host")
+    pr.add_argument("snapshot")
+    pr.add_argument("--off", action="store_true", help="remove the protection")
+    pr.set_defaults(run=Cli.protect)
+
+    pn = sub.add_parser("prune", parents=[common], help="apply retention, explaining each "
+                        "decision")
+    pn.add_argument("--host")
+    pn.add_argument("--dry-run", action="store_true")
+    pn.add_argument("--force", action="store_true",
+                    help="also remove snapshots not yet replicated to the data center")
+    pn.add_argument("--json", action="store_true")
+    pn.set_defaults(run=Cli.prune)
+
+    g = sub.add_parser("gc", parents=[common], help="delete chunks no snapshot references")
+    g.add_argument("--dry-run", action="store_true")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(run=Cli.gc)
+
+    v = sub.add_parser("verify", parents=[common], help="re-read chunks and check snapshots")
+    v.add_argument("--sample", type=_percent, default=100.0, metavar="PERCENT",
+                   help="check this share of the chunks (default all)")
+    v.add_argument("--rate", type=_positive, default=None, metavar="MB/s",
+                   help="read at most this fast")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(run=Cli.verify)
+
+    st = sub.add_parser("store", help="store administration")
+    ssub = st.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    rb = ssub.add_parser("rebuild-index", parents=[common],
+                         help="rebuild the SQLite index from the files (daemon stopped)")
+    rb.set_defaults(run=Cli.rebuild_index)
+
+    jb = sub.add_parser("jobs", parents=[common], help="history of maintenance jobs")
+    jb.add_argument("--kind")
+    jb.add_argument("--limit", type=int, default=50)
+    jb.add_argument("--json", action="store_true")
+    jb.set_defaults(run=Cli.jobs)
     return p
+
+
+def _percent(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < v <= 100:
+        raise argparse.ArgumentTypeError("must be in (0, 100]")
+    return v
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .store.maintenance import MaintenanceSettings
 from .tomlfile import read_toml
 
 
@@ -40,6 +41,30 @@ class StoreConfig:
     session_lease_seconds: float = 60.0
     #: Threads for disk and CPU work (hashing, zstd, fsync) off the event loop.
     workers: int = 4
+    #: Space kept in reserve so prune and GC work on a full disk; new backups are refused
+    #: (507) once free space falls to it.
+    reserve_mb: int = 64
+
+
+@dataclass(slots=True)
+class RetentionConfig:
+    #: Default schedule for hosts without their own ("D-W-M": 8-5-4, 30-0-0, 7-0-0).
+    policy: str = "8-5-4"
+
+
+@dataclass(slots=True)
+class MaintenanceConfig:
+    """How often the daemon runs each job (hours; 0 turns the schedule off)."""
+
+    prune_interval_hours: float = 24.0
+    gc_interval_hours: float = 24.0
+    #: Unreferenced chunks younger than this are left for the next run.
+    gc_grace_minutes: float = 60.0
+    #: Open sessions older than this whose agent is gone are aborted by GC.
+    stale_session_hours: float = 72.0
+    verify_interval_hours: float = 24.0
+    verify_sample_percent: float = 10.0
+    verify_rate_mb: float = 50.0
 
 
 @dataclass(slots=True)
@@ -53,6 +78,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     appliance: ApplianceConfig = field(default_factory=ApplianceConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -111,6 +138,23 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("store.session_lease_seconds: must be positive")
     if not 1 <= cfg.store.workers <= 64:
         raise ConfigError("store.workers: must be between 1 and 64")
+    if cfg.store.reserve_mb < 0:
+        raise ConfigError("store.reserve_mb: must not be negative")
+    from .store.retention import Policy
+
+    try:
+        Policy.parse(cfg.retention.policy)
+    except ValueError as exc:
+        raise ConfigError(f"retention.policy: {exc}") from None
+    m = cfg.maintenance
+    for key in ("prune_interval_hours", "gc_interval_hours", "gc_grace_minutes",
+                "stale_session_hours", "verify_interval_hours"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"maintenance.{key}: must not be negative")
+    if not 0 < m.verify_sample_percent <= 100:
+        raise ConfigError("maintenance.verify_sample_percent: must be in (0, 100]")
+    if m.verify_rate_mb <= 0:
+        raise ConfigError("maintenance.verify_rate_mb: must be positive")
     try:
         from zoneinfo import ZoneInfo
 
@@ -138,3 +182,13 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     if not Path(cfg.store.path).expanduser().is_absolute():
         cfg.store.path = str(base / cfg.store.path)
     return validate(cfg)
+
+
+def maintenance_settings(cfg: Config) -> MaintenanceSettings:
+    """What the maintenance jobs need from the config, in the store's own terms."""
+    m = cfg.maintenance
+    return MaintenanceSettings(
+        default_policy=cfg.retention.policy, timezone=cfg.appliance.timezone,
+        replication_required=False,  # nothing to wait for until replication is configured
+        gc_grace_seconds=m.gc_grace_minutes * 60,
+        stale_session_seconds=m.stale_session_hours * 3600)

@@ -9,6 +9,7 @@ sessions are left open in the index, so agents resume them after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +19,12 @@ from pathlib import Path
 from aiohttp import web
 
 from . import __version__
-from .config import Config, parse_listen
+from .config import Config, maintenance_settings, parse_listen
 from .ingest.api import IngestApi
+from .scheduler import MaintenanceScheduler
 from .store.datastore import Datastore
+from .store.lock import HeldLock
+from .store.maintenance import Maintenance
 from .web import tls
 from .web.errors import error_middleware
 
@@ -55,17 +59,28 @@ class Daemon:
         self.store: Datastore | None = None
         self.tls: TlsFiles | None = None
         self._runner: web.AppRunner | None = None
+        self._claim: HeldLock | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.scheduler: MaintenanceScheduler | None = None
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._claim = HeldLock(self.cfg.data_dir / "daemon.lock",
+                               f"another rdr serve is running on {self.cfg.data_dir}")
         self.tls = await loop.run_in_executor(self.pool, ensure_tls, self.cfg)
         log.info("TLS certificate SHA-256 fingerprint: %s", self.tls.fingerprint)
         self.store = await loop.run_in_executor(
-            self.pool, lambda: Datastore(self.cfg.data_dir, self.cfg.store.session_lease_seconds))
+            self.pool, lambda: Datastore(self.cfg.data_dir, self.cfg.store.session_lease_seconds,
+                                         self.cfg.store.reserve_mb * 1024 * 1024))
         recovered = await loop.run_in_executor(self.pool, self.store.recover)
+        if not await loop.run_in_executor(self.pool, self.store.reserve.ensure):
+            log.warning("data disk too full to keep %d MiB in reserve", self.cfg.store.reserve_mb)
         log.info("store at %s ready: %s", self.cfg.data_dir, recovered)
+        self.scheduler = MaintenanceScheduler(
+            Maintenance(self.store, maintenance_settings(self.cfg)), self.cfg.maintenance,
+            self.pool)
 
         ingest = IngestApi(self.store, self.pool, max_json_bytes=self.cfg.server.max_json_bytes,
                            appliance_serial=self.cfg.appliance.serial)
@@ -85,11 +100,18 @@ class Daemon:
                 self.addresses.append(sock.getsockname()[:2])
         log.info("rdr %s serving on %s", __version__,
                  ", ".join(f"https://{h}:{p}" for h, p in self.addresses))
+        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="maintenance"))
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__})
 
     async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -99,6 +121,8 @@ class Daemon:
             await loop.run_in_executor(self.pool, self.store.close)
             self.store = None
         self.pool.shutdown(wait=True)
+        if self._claim is not None:
+            self._claim.release()
         log.info("stopped cleanly")
 
 

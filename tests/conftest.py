@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.agent.client import ApplianceClient, Endpoint
-from appliance.config import Config, ServerConfig, StoreConfig
+from appliance.config import Config, MaintenanceConfig, ServerConfig, StoreConfig
 from appliance.daemon import Daemon
 from appliance.store.datastore import Datastore
 
@@ -31,7 +31,7 @@ class Appliance:
         return self.daemon.store
 
     def add_host(self, name: str) -> str:
-        return self.store.index.add_host(name)
+        return self.store.add_host(name)
 
     def endpoint(self, token: str) -> Endpoint:
         return Endpoint(self.url, token, self.fingerprint)
@@ -48,8 +48,12 @@ class Appliance:
 
 
 def make_config(data_dir: Path, **store: object) -> Config:
+    """A test appliance: loopback port 0, and no scheduled maintenance (tests run jobs
+    explicitly, so nothing runs behind their back)."""
     return Config(server=ServerConfig(listen=["127.0.0.1:0"], shutdown_grace_seconds=2.0),
-                  store=StoreConfig(path=str(data_dir), **store))
+                  store=StoreConfig(path=str(data_dir), **store),
+                  maintenance=MaintenanceConfig(prune_interval_hours=0, gc_interval_hours=0,
+                                                verify_interval_hours=0))
 
 
 @pytest.fixture

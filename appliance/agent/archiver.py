@@ -449,10 +449,12 @@ class Archiver:
         cache = CatalogCache(self.state_dir / "catalog-cache" / host)
 
         parent_chunks: list[tuple[str, int]] | None = None
+        damaged: set[str] = set()
         if stdin_name is None:
             try:
                 parent = await self.client.snapshot("latest")
                 parent_chunks = [(c, s) for c, s in parent["manifest"]["catalog"]["chunks"]]
+                damaged = set(parent.get("damaged_chunks", []))
                 await cache.fetch(self.client, parent["manifest"]["snapshot"], parent_chunks)
             except ApplianceError as exc:
                 if exc.status != 404:
@@ -476,10 +478,11 @@ class Archiver:
         pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
 
         def produce() -> tuple[list[EncodedChunk], list[EncodedChunk]]:
-            low_use: set[str] = set()
+            # Files whose parent ranges use a damaged or mostly dead chunk are read again.
+            low_use: set[str] = set(damaged)
             parent_blocks = None
             if parent_chunks is not None:
-                low_use = low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
+                low_use |= low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
                 parent_blocks = iter_blocks(cache.pieces(parent_chunks))
             producer = Producer(self.stats, emit, pool, ParentCatalog(parent_blocks), low_use,
                                 stop)

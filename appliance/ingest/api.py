@@ -160,8 +160,10 @@ class IngestApi:
         host = request[HOST]
         row = await self.run(self.store.resolve_snapshot, host, self._snap(request))
         manifest = await self.run(self.store.snapshots.manifest, host, row.snapshot)
+        damaged = await self.run(self.store.damaged_in, host, row.snapshot)
         return web.json_response({"snapshot": row.to_json(),
-                                  "manifest": json.loads(manifest.to_json())})
+                                  "manifest": json.loads(manifest.to_json()),
+                                  "damaged_chunks": damaged})
 
     async def get_chunk(self, request: web.Request) -> web.StreamResponse:
         host = request[HOST]

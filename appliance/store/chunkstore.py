@@ -8,6 +8,7 @@ written since the marker, so a resumed session never trusts a chunk that did not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -41,6 +42,24 @@ class ChunkStore:
 
     def missing(self, ids: Iterable[str]) -> list[str]:
         return [cid for cid in ids if not os.path.exists(self.path(cid))]
+
+    def touch_missing(self, ids: Iterable[str]) -> list[str]:
+        """Mark existing chunks as in use now and return the absent ones.
+
+        GC never deletes a chunk touched after its cutoff, so every path that decides to rely
+        on an existing chunk (known-chunk query, commit) goes through here."""
+        missing = []
+        for cid in ids:
+            try:
+                os.utime(self.path(cid))
+            except FileNotFoundError:
+                missing.append(cid)
+        return missing
+
+    def quarantine_chunk(self, cid: str) -> None:
+        self.quarantine.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path(cid), self.quarantine / cid)
 
     def size_of(self, cid: str) -> int:
         return os.stat(self.path(cid)).st_size

@@ -8,10 +8,11 @@ and durable) are storage rules, not HTTP ones.
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +21,13 @@ from .catalog import CatalogError, validate
 from .chunkfile import ChunkError, is_chunk_id
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unprocessable
+from .fsutil import atomic_write
 from .index import Index, SessionRow, SnapshotRow
+from .lock import exclusive
 from .manifest import Manifest, StreamRef
+from .retention import Policy
 from .snapshots import SnapshotStore, next_snapshot_id
+from .space import Reserve
 
 MAX_UNREADABLE_LISTED = 1000
 
@@ -48,15 +53,23 @@ class _Live:
 
 
 class Datastore:
-    def __init__(self, root: Path, session_lease: float = 60.0) -> None:
+    def __init__(self, root: Path, session_lease: float = 60.0,
+                 reserve_bytes: int = 64 * 1024 * 1024,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.root = root
+        self.clock = clock  # receive times come from here (a fake clock in tests)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.chunks = ChunkStore(root / "chunks")
         self.snapshots = SnapshotStore(root / "snapshots")
         self.index = Index(root / "index.sqlite")
+        self.hosts_dir = root / "hosts"
+        self.hosts_dir.mkdir(mode=0o700, exist_ok=True)
+        self.reserve = Reserve(root / "reserve", reserve_bytes)
         self.session_lease = session_lease
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
+        self._damaged = self.index.damaged()
+        self._commit_lock = root / "commit.lock"
 
     def close(self) -> None:
         self.index.close()
@@ -80,11 +93,50 @@ class Datastore:
                 continue
             if not self.index.host_exists(host):
                 continue
-            self.index.add_snapshot(_row_from_manifest(m), session=m.session or None)
+            row = _row_from_manifest(m)
+            if (self.snapshots.dir(host, snap) / "protected").exists():
+                row = SnapshotRow(**{**{k: getattr(row, k) for k in row.__slots__},
+                                     "protected": True})
+            self.index.add_snapshot(row, session=m.session or None)
             added += 1
         for host, snap in in_db - on_disk:
             self.index.remove_snapshot(host, snap)
         return added, len(in_db - on_disk)
+
+    # --- hosts ----------------------------------------------------------------------------
+    def add_host(self, name: str) -> str:
+        token = self.index.add_host(name)
+        self._write_host_file(name)
+        return token
+
+    def rotate_token(self, name: str) -> str:
+        token = self.index.rotate_token(name)
+        self._write_host_file(name)
+        return token
+
+    def set_policy(self, name: str, policy: str | None) -> None:
+        if policy is not None:
+            try:
+                policy = str(Policy.parse(policy))
+            except ValueError as exc:
+                raise StoreError("bad_policy", str(exc)) from None
+        self.index.set_policy(name, policy)
+        self._write_host_file(name)
+
+    def _write_host_file(self, name: str) -> None:
+        """Mirror what only the index knows about a host (token hash, policy) to a file, so
+        `rebuild-index` can restore hosts without issuing new tokens."""
+        rec = self.index.host_record(name)
+        atomic_write(self.hosts_dir / f"{name}.json", json.dumps(rec).encode(), 0o600)
+
+    def host_files(self) -> list[dict]:
+        out = []
+        for p in sorted(self.hosts_dir.glob("*.json")):
+            try:
+                out.append(json.loads(p.read_bytes()))
+            except ValueError:
+                continue
+        return out
 
     # --- sessions -------------------------------------------------------------------------
     def open_session(self, host: str, resume: str | None = None) -> tuple[str, bool]:
@@ -94,6 +146,7 @@ class Datastore:
         the lease period (its agent died); otherwise a second backup of the same host is a
         conflict. Chunks a session already stored stay in the store either way.
         """
+        self.reserve.check_room("a new backup")
         with self._lock:
             existing = self.index.open_session(host)
             now = time.monotonic()
@@ -135,7 +188,7 @@ class Datastore:
     def known(self, host: str, sid: str, ids: Iterable[str]) -> list[str]:
         """Which of `ids` the store lacks (the agent uploads exactly those)."""
         self._session(host, sid)
-        return self.chunks.missing(ids)
+        return self.chunks.touch_missing(ids)
 
     def put_chunk(self, host: str, sid: str, cid: str, data: bytes | bytearray) -> bool:
         _, live = self._session(host, sid)
@@ -149,7 +202,26 @@ class Datastore:
             with self._lock:
                 live.chunks_new += 1
                 live.bytes_new += len(data)
+                healed = cid in self._damaged
+                self._damaged.discard(cid)
+            if healed:
+                self.index.clear_damaged(cid)
         return created
+
+    def abort_stale_sessions(self, age: float) -> int:
+        """Abort sessions opened more than `age` seconds ago and idle now: their agents are
+        gone, and an open session holds back garbage collection."""
+        now = time.time()
+        n = 0
+        for s in self.index.open_sessions():
+            live = self._live.get(s.id)
+            busy = live is not None and time.monotonic() - live.last_seen < self.session_lease
+            if now - s.created_at > age and not busy:
+                self.index.close_session(s.id, "aborted")
+                with self._lock:
+                    self._live.pop(s.id, None)
+                n += 1
+        return n
 
     def abort_session(self, host: str, sid: str) -> None:
         self._session(host, sid)
@@ -178,17 +250,25 @@ class Datastore:
             raise Unprocessable("missing_chunks", f"{len(missing)} referenced chunks are missing",
                                 missing=missing[:1000])
         try:
-            summary = validate(self._stream(req.catalog), self._stream(req.dirindex))
+            summary = validate(self.stream(req.catalog), self.stream(req.dirindex))
         except (CatalogError, ChunkError) as exc:
             raise Unprocessable("bad_catalog", f"catalog rejected: {exc}") from None
-        missing = self.chunks.missing(summary.chunks)
-        if missing:
-            raise Unprocessable("missing_chunks", f"{len(missing)} referenced chunks are missing",
-                                missing=missing[:1000])
         all_ids = summary.chunks | set(stream_ids)
+        # From the final check until the snapshot is published, GC may not delete: the check
+        # touches every referenced chunk, and GC re-checks mtimes under the same lock.
+        with exclusive(self._commit_lock):
+            missing = self.chunks.touch_missing(all_ids)
+            if missing:
+                raise Unprocessable("missing_chunks",
+                                    f"{len(missing)} referenced chunks are missing",
+                                    missing=sorted(missing)[:1000])
+            return self._publish(host, row, live, req, summary, all_ids)
+
+    def _publish(self, host: str, row: SessionRow, live: _Live, req: CommitRequest,
+                 summary, all_ids: set[str]) -> Manifest:
         self.chunks.sync()
         latest = self.index.snapshots(host)
-        now = datetime.now(UTC)
+        now = self.clock()
         snap = next_snapshot_id(now, latest[-1].snapshot if latest else None)
         manifest = Manifest(
             host=host, snapshot=snap, received_at=now.isoformat(),
@@ -205,12 +285,42 @@ class Datastore:
             self._live.pop(row.id, None)
         return manifest
 
-    def _stream(self, ref: StreamRef) -> Iterator[bytes]:
+    def stream(self, ref: StreamRef) -> Iterator[bytes]:
         for cid, size in ref.chunks:
             plain = self.chunks.read_plain(cid)
             if len(plain) != size:
                 raise CatalogError(f"stream chunk {cid} holds {len(plain)} bytes, not {size}")
             yield plain
+
+    # --- maintenance ----------------------------------------------------------------------
+    def remove_snapshot(self, host: str, snap: str) -> None:
+        """Delete a snapshot: directory first (the truth), then its index row."""
+        self.snapshots.remove(host, snap)
+        self.index.remove_snapshot(host, snap)
+
+    def protect(self, host: str, snap: str, protected: bool) -> None:
+        self.index.set_protected(host, snap, protected)
+        marker = self.snapshots.dir(host, snap) / "protected"
+        if protected:
+            atomic_write(marker, b"")
+        else:
+            marker.unlink(missing_ok=True)
+
+    def quarantine_chunk(self, cid: str, reason: str) -> None:
+        self.chunks.quarantine_chunk(cid)
+        self.index.add_damaged(cid, reason)
+        with self._lock:
+            self._damaged.add(cid)
+
+    def damaged_in(self, host: str, snap: str) -> list[str]:
+        """Damaged (quarantined) chunks this snapshot references: the agent re-reads the
+        files that used them, which heals the store on the next backup."""
+        with self._lock:
+            damaged = list(self._damaged)
+        if not damaged:
+            return []
+        idx = self.snapshots.chunk_index(host, snap)
+        return sorted(c for c in damaged if c in idx)
 
     # --- reading --------------------------------------------------------------------------
     def resolve_snapshot(self, host: str, snap: str) -> SnapshotRow:

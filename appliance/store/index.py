@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import Conflict, NotFound, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HOST_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 TOKEN_PREFIX = "rdr_"
 
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS hosts (
     name TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
     token_id TEXT UNIQUE NOT NULL,
-    token_hash BLOB NOT NULL
+    token_hash BLOB NOT NULL,
+    policy TEXT
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -47,6 +48,21 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_open_session_per_host
     ON sessions(host) WHERE state = 'open';
+CREATE TABLE IF NOT EXISTS damaged_chunks (
+    id TEXT PRIMARY KEY,
+    found_at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'interrupted')),
+    progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    result TEXT
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     host TEXT NOT NULL,
     snapshot TEXT NOT NULL,
@@ -133,6 +149,23 @@ class Index:
             self._db.executescript(_SCHEMA)
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                              (str(SCHEMA_VERSION),))
+            self._migrate()
+            # Jobs that were running when the process died did not finish.
+            self._db.execute("UPDATE jobs SET state = 'interrupted', finished_at = ? "
+                             "WHERE state = 'running'", (time.time(),))
+
+    def _migrate(self) -> None:
+        """Upgrade an index written by an older release, one version at a time."""
+        (version,) = self._db.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(version)
+        if version > SCHEMA_VERSION:
+            raise StoreError("index_too_new", f"{self.path} was written by a newer release "
+                             f"(schema {version}); upgrade the appliance software")
+        if version < 2:
+            self._db.execute("ALTER TABLE hosts ADD COLUMN policy TEXT")
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                         (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         with self._lock:
@@ -161,7 +194,8 @@ class Index:
         secret = secrets.token_urlsafe(32)
         try:
             with self.tx() as db:
-                db.execute("INSERT INTO hosts VALUES (?, ?, ?, ?)",
+                db.execute("INSERT INTO hosts (name, created_at, token_id, token_hash) "
+                           "VALUES (?, ?, ?, ?)",
                            (name, time.time(), token_id, _hash_secret(secret)))
         except sqlite3.IntegrityError:
             raise Conflict("host_exists", f"host {name!r} already exists") from None
@@ -176,6 +210,39 @@ class Index:
             if cur.rowcount == 0:
                 raise NotFound("no_such_host", f"no host named {name!r}")
         return f"{TOKEN_PREFIX}{token_id}_{secret}"
+
+    def host_record(self, name: str) -> dict:
+        """Everything about a host that cannot be derived from its snapshots (for the
+        self-describing host files the index is rebuilt from)."""
+        rows = self._q("SELECT name, created_at, token_id, token_hash, policy FROM hosts "
+                       "WHERE name = ?", (name,))
+        if not rows:
+            raise NotFound("no_such_host", f"no host named {name!r}")
+        n, created, tid, thash, policy = rows[0]
+        return {"name": n, "created_at": created, "token_id": tid, "token_hash": thash.hex(),
+                "policy": policy}
+
+    def restore_host(self, rec: dict) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO hosts (name, created_at, token_id, token_hash, "
+                       "policy) VALUES (?, ?, ?, ?, ?)",
+                       (rec["name"], rec["created_at"], rec["token_id"],
+                        bytes.fromhex(rec["token_hash"]), rec.get("policy")))
+
+    def set_policy(self, name: str, policy: str | None) -> None:
+        with self.tx() as db:
+            cur = db.execute("UPDATE hosts SET policy = ? WHERE name = ?", (policy, name))
+            if cur.rowcount == 0:
+                raise NotFound("no_such_host", f"no host named {name!r}")
+
+    def host_policy(self, name: str) -> str | None:
+        rows = self._q("SELECT policy FROM hosts WHERE name = ?", (name,))
+        if not rows:
+            raise NotFound("no_such_host", f"no host named {name!r}")
+        return rows[0][0]
+
+    def host_names(self) -> list[str]:
+        return [r[0] for r in self._q("SELECT name FROM hosts ORDER BY name")]
 
     def host_for_token(self, token: str) -> str | None:
         """The host a bearer token belongs to, or None. Constant-time in the secret."""
@@ -192,11 +259,11 @@ class Index:
 
     def hosts(self) -> list[dict]:
         rows = self._q("""
-            SELECT h.name, h.created_at, COUNT(s.snapshot), MAX(s.received_at)
+            SELECT h.name, h.created_at, h.policy, COUNT(s.snapshot), MAX(s.received_at)
             FROM hosts h LEFT JOIN snapshots s ON s.host = h.name
             GROUP BY h.name ORDER BY h.name""")
-        return [{"name": n, "created_at": c, "snapshots": k, "last_backup": last}
-                for n, c, k, last in rows]
+        return [{"name": n, "created_at": c, "policy": p, "snapshots": k, "last_backup": last}
+                for n, c, p, k, last in rows]
 
     def host_exists(self, name: str) -> bool:
         return bool(self._q("SELECT 1 FROM hosts WHERE name = ?", (name,)))
@@ -244,6 +311,13 @@ class Index:
                 db.execute("UPDATE sessions SET state = 'committed', closed_at = ?, snapshot = ?"
                            " WHERE id = ?", (time.time(), row.snapshot, session))
 
+    def set_protected(self, host: str, snapshot: str, protected: bool) -> None:
+        with self.tx() as db:
+            cur = db.execute("UPDATE snapshots SET protected = ? WHERE host = ? AND snapshot = ?",
+                             (int(protected), host, snapshot))
+            if cur.rowcount == 0:
+                raise NotFound("no_such_snapshot", f"host {host!r} has no snapshot {snapshot!r}")
+
     def remove_snapshot(self, host: str, snapshot: str) -> None:
         with self.tx() as db:
             db.execute("DELETE FROM snapshots WHERE host = ? AND snapshot = ?", (host, snapshot))
@@ -259,3 +333,51 @@ class Index:
         rows = self._q("SELECT * FROM snapshots WHERE host = ? AND snapshot = ?",
                        (host, snapshot))
         return SnapshotRow(*rows[0]) if rows else None
+
+    # --- damaged chunks (quarantined by verify until uploaded again) ---
+    def add_damaged(self, cid: str, reason: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO damaged_chunks VALUES (?, ?, ?)",
+                       (cid, time.time(), reason))
+
+    def clear_damaged(self, cid: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM damaged_chunks WHERE id = ?", (cid,))
+
+    def damaged(self) -> set[str]:
+        return {r[0] for r in self._q("SELECT id FROM damaged_chunks")}
+
+    # --- job history ---
+    def start_job(self, kind: str) -> int:
+        with self.tx() as db:
+            cur = db.execute("INSERT INTO jobs (kind, started_at, state) VALUES (?, ?, 'running')",
+                             (kind, time.time()))
+            return int(cur.lastrowid)
+
+    def job_progress(self, job: int, progress: float, message: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE jobs SET progress = ?, message = ? WHERE id = ?",
+                       (progress, message, job))
+
+    def finish_job(self, job: int, state: str, message: str, result: str | None) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE jobs SET state = ?, finished_at = ?, message = ?, result = ?, "
+                       "progress = CASE WHEN ? = 'done' THEN 1.0 ELSE progress END WHERE id = ?",
+                       (state, time.time(), message, result, state, job))
+
+    def jobs(self, kind: str | None = None, limit: int = 50) -> list[dict]:
+        sql = "SELECT id, kind, started_at, finished_at, state, progress, message, result " \
+              "FROM jobs"
+        args: tuple = ()
+        if kind is not None:
+            sql += " WHERE kind = ?"
+            args = (kind,)
+        rows = self._q(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        keys = ("id", "kind", "started_at", "finished_at", "state", "progress", "message",
+                "result")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def last_finished(self, kind: str) -> float | None:
+        rows = self._q("SELECT MAX(finished_at) FROM jobs WHERE kind = ? AND state = 'done'",
+                       (kind,))
+        return rows[0][0]

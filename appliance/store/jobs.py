@@ -1,0 +1,61 @@
+"""Long jobs (prune, gc, verify, rebuild) report progress and leave a record in the history.
+
+A job is a context manager around the work: the row says 'running' while it runs, 'done' or
+'failed' with its result after, and 'interrupted' if the process died (the index marks those
+at the next start), so an operator can always tell what happened to last night's GC.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from .index import Index
+
+log = logging.getLogger("rdr.jobs")
+
+Progress = Callable[[float, str], None]
+
+
+class Job:
+    #: Progress is written to the index at most this often (seconds).
+    WRITE_EVERY = 1.0
+
+    def __init__(self, index: Index, kind: str, echo: Progress | None = None) -> None:
+        self.index = index
+        self.kind = kind
+        self.echo = echo
+        self.id = 0
+        self.result: dict | None = None
+        self.message = ""
+        self._last_write = 0.0
+
+    def __enter__(self) -> Job:
+        self.id = self.index.start_job(self.kind)
+        log.info("%s job %d started", self.kind, self.id)
+        return self
+
+    def progress(self, fraction: float, message: str) -> None:
+        if self.echo is not None:
+            self.echo(fraction, message)
+        now = time.monotonic()
+        if now - self._last_write >= self.WRITE_EVERY:
+            self._last_write = now
+            self.index.job_progress(self.id, round(min(max(fraction, 0.0), 1.0), 4), message)
+
+    def done(self, result: dict, message: str) -> None:
+        self.result, self.message = result, message
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None:
+            self.index.finish_job(self.id, "done", self.message,
+                                  json.dumps(self.result) if self.result is not None else None)
+            log.info("%s job %d done: %s", self.kind, self.id, self.message)
+        else:
+            msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            self.index.finish_job(self.id, "failed", msg, None)
+            log.warning("%s job %d failed: %s", self.kind, self.id, msg)

@@ -1,0 +1,91 @@
+"""Maintenance jobs with their preconditions, shared by the daemon's scheduler and the CLI.
+
+Each job takes the maintenance lock (one prune, GC, verify or rebuild at a time, in any
+process), frees the reserved space first when the disk is full (the reason it exists), runs
+inside a recorded `Job`, and re-creates the reserve afterwards when there is room again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .datastore import Datastore
+from .errors import NotFound
+from .gc import GarbageCollector, GcResult
+from .jobs import Job, Progress
+from .lock import exclusive
+from .prune import Decision, Pruner
+from .space import free_bytes
+from .verify import Verifier, VerifyResult
+
+
+@dataclass(slots=True)
+class MaintenanceSettings:
+    default_policy: str = "8-5-4"
+    timezone: str = "America/New_York"
+    replication_required: bool = False
+    gc_grace_seconds: float = 3600.0
+    stale_session_seconds: float = 72 * 3600.0
+
+
+class Maintenance:
+    def __init__(self, store: Datastore, settings: MaintenanceSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    @contextmanager
+    def _job(self, kind: str, echo: Progress | None) -> Iterator[Job]:
+        with exclusive(self.store.root / "maintenance.lock", wait=False,
+                       busy="another prune, gc, verify or rebuild is running"):
+            reserve = self.store.reserve
+            if free_bytes(self.store.root) < 2 * reserve.size:
+                reserve.release()
+            try:
+                with Job(self.store.index, kind, echo) as job:
+                    yield job
+            finally:
+                reserve.ensure()
+
+    def pruner(self) -> Pruner:
+        s = self.settings
+        return Pruner(self.store, default_policy=s.default_policy, tz=s.timezone,
+                      replication_required=s.replication_required)
+
+    def prune(self, hosts: list[str] | None = None, dry_run: bool = False, force: bool = False,
+              echo: Progress | None = None) -> list[Decision]:
+        for h in hosts or []:
+            if not self.store.index.host_exists(h):
+                raise NotFound("no_such_host", f"no host named {h!r}")
+        with self._job("prune-dry-run" if dry_run else "prune", echo) as job:
+            decisions = self.pruner().run(job, hosts, dry_run=dry_run, force=force)
+            removed = [d for d in decisions if not d.keep]
+            job.done({"removed": [d.to_json() for d in removed], "kept": sum(
+                d.keep for d in decisions)},
+                f"{'would remove' if dry_run else 'removed'} {len(removed)} of "
+                f"{len(decisions)} snapshots")
+        return decisions
+
+    def gc(self, dry_run: bool = False, echo: Progress | None = None) -> GcResult:
+        s = self.settings
+        with self._job("gc-dry-run" if dry_run else "gc", echo) as job:
+            res = GarbageCollector(self.store, grace=s.gc_grace_seconds,
+                                   stale_session_age=s.stale_session_seconds).run(job, dry_run)
+            job.done(res.to_json(), f"{'would free' if dry_run else 'freed'} "
+                     f"{res.bytes_removed} bytes in {res.chunks_removed} chunks")
+        return res
+
+    def verify(self, sample_percent: float = 100.0, rate_mb: float | None = None,
+               echo: Progress | None = None) -> VerifyResult:
+        with self._job("verify", echo) as job:
+            res = Verifier(self.store).run(job, sample_percent, rate_mb)
+            job.done(res.to_json(), "all checked data is intact" if res.ok else
+                     f"{len(res.damaged)} damaged chunks quarantined, {len(res.missing)} "
+                     f"missing, {len(res.affected)} snapshots affected")
+        return res
+
+
+def schedule_due(last_done: float | None, interval: float, now: float) -> bool:
+    return interval > 0 and (last_done is None or now - last_done >= interval)
+
