@@ -103,8 +103,8 @@ class ChunkStore:
                 self._dirty = True
             self._gen += 1
             self._inflight += 1
+        tmp = self.tmp / f"{cid}.{threading.get_ident()}"
         try:
-            tmp = self.tmp / f"{cid}.{threading.get_ident()}"
             with open(tmp, "wb") as f:
                 f.write(data)
             try:
@@ -112,6 +112,9 @@ class ChunkStore:
             except FileNotFoundError:
                 target.parent.mkdir(exist_ok=True)
                 os.rename(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not also leak partial files
+            raise
         finally:
             with self._lock:
                 self._inflight -= 1

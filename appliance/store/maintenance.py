@@ -36,17 +36,21 @@ class Maintenance:
         self.settings = settings
 
     @contextmanager
-    def _job(self, kind: str, echo: Progress | None) -> Iterator[Job]:
+    def _job(self, kind: str, echo: Progress | None, frees_space: bool = False,
+             ) -> Iterator[Job]:
+        """Run a job under the maintenance lock. Only jobs that free space (prune, gc) may
+        use the reserve: anything else would let new backups eat it."""
         with exclusive(self.store.root / "maintenance.lock", wait=False,
                        busy="another prune, gc, verify or rebuild is running"):
             reserve = self.store.reserve
-            if free_bytes(self.store.root) < 2 * reserve.size:
+            if frees_space and free_bytes(self.store.root) < 2 * reserve.size:
                 reserve.release()
             try:
                 with Job(self.store.index, kind, echo) as job:
                     yield job
             finally:
-                reserve.ensure()
+                if frees_space:
+                    reserve.ensure()
 
     def pruner(self) -> Pruner:
         s = self.settings
@@ -58,7 +62,7 @@ class Maintenance:
         for h in hosts or []:
             if not self.store.index.host_exists(h):
                 raise NotFound("no_such_host", f"no host named {h!r}")
-        with self._job("prune-dry-run" if dry_run else "prune", echo) as job:
+        with self._job("prune-dry-run" if dry_run else "prune", echo, not dry_run) as job:
             decisions = self.pruner().run(job, hosts, dry_run=dry_run, force=force)
             removed = [d for d in decisions if not d.keep]
             job.done({"removed": [d.to_json() for d in removed], "kept": sum(
@@ -69,7 +73,7 @@ class Maintenance:
 
     def gc(self, dry_run: bool = False, echo: Progress | None = None) -> GcResult:
         s = self.settings
-        with self._job("gc-dry-run" if dry_run else "gc", echo) as job:
+        with self._job("gc-dry-run" if dry_run else "gc", echo, not dry_run) as job:
             res = GarbageCollector(self.store, grace=s.gc_grace_seconds,
                                    stale_session_age=s.stale_session_seconds).run(job, dry_run)
             job.done(res.to_json(), f"{'would free' if dry_run else 'freed'} "
