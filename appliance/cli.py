@@ -213,7 +213,7 @@ class Cli:
     def jobs(self) -> int:
         store = self.open_store()
         try:
-            rows = store.index.jobs(self.args.kind, self.args.limit)
+            rows = store.jobs(self.args.kind, self.args.limit)
         finally:
             store.close()
         if self.args.json:

@@ -101,8 +101,8 @@ gc_grace_minutes = 0
         assert rc == 1, (out, err)
         assert "full" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
         rc, out, err = await admin("snapshots", "--json")
-        assert [s["snapshot"] for s in json.loads(out)][0] == first
-        assert len(json.loads(out)) == 2
+        listed = [s["snapshot"] for s in json.loads(out)]
+        assert len(listed) == 2 and listed[0] == first
         rc, out, err = await admin("verify", "--json")
         assert rc == 0 and json.loads(out)["ok"], out  # what was committed is intact
         # A new session is refused outright while the disk is this full.

@@ -49,9 +49,10 @@ class ChunkStore:
         GC never deletes a chunk touched after its cutoff, so every path that decides to rely
         on an existing chunk (known-chunk query, commit) goes through here."""
         missing = []
+        now = time.time()  # explicit: the kernel's own stamp can lag time.time() by a tick
         for cid in ids:
             try:
-                os.utime(self.path(cid))
+                os.utime(self.path(cid), (now, now))
             except FileNotFoundError:
                 missing.append(cid)
         return missing
@@ -107,6 +108,8 @@ class ChunkStore:
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
+            now = time.time()  # GC compares mtimes with time.time(), so stamp with it too
+            os.utime(tmp, (now, now))
             try:
                 os.rename(tmp, target)
             except FileNotFoundError:

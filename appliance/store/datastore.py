@@ -23,7 +23,7 @@ from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unprocessable
 from .fsutil import atomic_write
 from .index import Index, SessionRow, SnapshotRow
-from .lock import exclusive
+from .lock import exclusive, is_held
 from .manifest import Manifest, StreamRef
 from .retention import Policy
 from .snapshots import SnapshotStore, next_snapshot_id
@@ -68,7 +68,6 @@ class Datastore:
         self.session_lease = session_lease
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
-        self._damaged = self.index.damaged()
         self._commit_lock = root / "commit.lock"
 
     def close(self) -> None:
@@ -78,13 +77,16 @@ class Datastore:
     def recover(self) -> dict:
         """Bring the index in line with the files after any stop, clean or not."""
         torn = self.chunks.recover()
-        added, dropped = self.reconcile()
+        added, dropped = self.reconcile(clean=True)
         return {"torn_chunks_removed": len(torn), "snapshots_indexed": added,
                 "snapshots_dropped": dropped}
 
-    def reconcile(self) -> tuple[int, int]:
-        """Make the snapshot table match the snapshot directories (the files are the truth)."""
-        on_disk = set(self.snapshots.scan())
+    def reconcile(self, clean: bool = False) -> tuple[int, int]:
+        """Make the snapshot table match the snapshot directories (the files are the truth).
+
+        `clean` removes leftovers of interrupted writes; only safe when no commit can be
+        running (start-up, offline rebuild)."""
+        on_disk = set(self.snapshots.scan(clean=clean))
         in_db = {(r.host, r.snapshot) for r in self.index.snapshots()}
         added = 0
         for host, snap in sorted(on_disk - in_db):
@@ -202,10 +204,7 @@ class Datastore:
             with self._lock:
                 live.chunks_new += 1
                 live.bytes_new += len(data)
-                healed = cid in self._damaged
-                self._damaged.discard(cid)
-            if healed:
-                self.index.clear_damaged(cid)
+            self.index.clear_damaged(cid)  # a quarantined chunk uploaded again is healed
         return created
 
     def abort_stale_sessions(self, age: float) -> int:
@@ -309,18 +308,22 @@ class Datastore:
     def quarantine_chunk(self, cid: str, reason: str) -> None:
         self.chunks.quarantine_chunk(cid)
         self.index.add_damaged(cid, reason)
-        with self._lock:
-            self._damaged.add(cid)
 
     def damaged_in(self, host: str, snap: str) -> list[str]:
         """Damaged (quarantined) chunks this snapshot references: the agent re-reads the
         files that used them, which heals the store on the next backup."""
-        with self._lock:
-            damaged = list(self._damaged)
+        damaged = self.index.damaged()  # from SQLite: `rdr verify` may run in another process
         if not damaged:
             return []
         idx = self.snapshots.chunk_index(host, snap)
         return sorted(c for c in damaged if c in idx)
+
+    def jobs(self, kind: str | None = None, limit: int = 50) -> list[dict]:
+        """Job history; rows left 'running' by a process that died are marked interrupted
+        first (a job only runs while its process holds the maintenance lock)."""
+        if not is_held(self.root / "maintenance.lock"):
+            self.index.mark_interrupted()
+        return self.index.jobs(kind, limit)
 
     # --- reading --------------------------------------------------------------------------
     def resolve_snapshot(self, host: str, snap: str) -> SnapshotRow:

@@ -150,9 +150,6 @@ class Index:
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                              (str(SCHEMA_VERSION),))
             self._migrate()
-            # Jobs that were running when the process died did not finish.
-            self._db.execute("UPDATE jobs SET state = 'interrupted', finished_at = ? "
-                             "WHERE state = 'running'", (time.time(),))
 
     def _migrate(self) -> None:
         """Upgrade an index written by an older release, one version at a time."""
@@ -341,8 +338,10 @@ class Index:
                        (cid, time.time(), reason))
 
     def clear_damaged(self, cid: str) -> None:
-        with self.tx() as db:
-            db.execute("DELETE FROM damaged_chunks WHERE id = ?", (cid,))
+        # A read first: uploads call this for every new chunk, and a write costs an fsync.
+        if self._q("SELECT 1 FROM damaged_chunks WHERE id = ?", (cid,)):
+            with self.tx() as db:
+                db.execute("DELETE FROM damaged_chunks WHERE id = ?", (cid,))
 
     def damaged(self) -> set[str]:
         return {r[0] for r in self._q("SELECT id FROM damaged_chunks")}
@@ -353,6 +352,12 @@ class Index:
             cur = db.execute("INSERT INTO jobs (kind, started_at, state) VALUES (?, ?, 'running')",
                              (kind, time.time()))
             return int(cur.lastrowid)
+
+    def mark_interrupted(self) -> int:
+        """Jobs still 'running' whose process died; call only when none can be running."""
+        with self.tx() as db:
+            return db.execute("UPDATE jobs SET state = 'interrupted', finished_at = ? "
+                              "WHERE state = 'running'", (time.time(),)).rowcount
 
     def job_progress(self, job: int, progress: float, message: str) -> None:
         with self.tx() as db:

@@ -42,6 +42,7 @@ class Maintenance:
         use the reserve: anything else would let new backups eat it."""
         with exclusive(self.store.root / "maintenance.lock", wait=False,
                        busy="another prune, gc, verify or rebuild is running"):
+            self.store.index.mark_interrupted()  # we hold the lock: nothing else runs
             reserve = self.store.reserve
             if frees_space and free_bytes(self.store.root) < 2 * reserve.size:
                 reserve.release()

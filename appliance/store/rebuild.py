@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from .chunkfile import is_chunk_id
 from .datastore import Datastore
 from .errors import Conflict
 from .lock import exclusive, is_held
@@ -38,8 +39,14 @@ def rebuild_index(root: Path) -> dict:
             orphans = sorted(on_disk_hosts - {r["name"] for r in hosts})
             for name in orphans:  # snapshots survive; the host needs a new token
                 store.add_host(name)
-            added, _ = store.reconcile()
+            added, _ = store.reconcile(clean=True)
+            quarantined = sorted(p.name for p in store.chunks.quarantine.glob("*")
+                                 if is_chunk_id(p.name)) if store.chunks.quarantine.exists() \
+                else []
+            for cid in quarantined:  # so agents are told to re-send them
+                store.index.add_damaged(cid, "quarantined before the index was rebuilt")
             return {"hosts": len(hosts), "hosts_without_record": orphans,
-                    "snapshots": added, "old_index": str(backup) if backup else None}
+                    "snapshots": added, "damaged_chunks": len(quarantined),
+                    "old_index": str(backup) if backup else None}
         finally:
             store.close()

@@ -108,8 +108,9 @@ class SnapshotStore:
         fsync_dir(d.parent)
         shutil.rmtree(gone)
 
-    def scan(self) -> Iterator[tuple[str, str]]:
-        """Every complete snapshot on disk, removing leftovers of interrupted writes."""
+    def scan(self, clean: bool = False) -> Iterator[tuple[str, str]]:
+        """Every complete snapshot on disk. With `clean`, also remove leftovers of interrupted
+        writes -- only when no commit or removal can be in progress (at start-up)."""
         if not self.root.exists():
             return
         for host_dir in sorted(self.root.iterdir()):
@@ -117,7 +118,8 @@ class SnapshotStore:
                 continue
             for d in sorted(host_dir.iterdir()):
                 if d.name.startswith(".tmp-"):
-                    shutil.rmtree(d, ignore_errors=True)
+                    if clean:
+                        shutil.rmtree(d, ignore_errors=True)
                 elif is_snapshot_id(d.name) and (d / "manifest.json").exists():
                     yield host_dir.name, d.name
 
