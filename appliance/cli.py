@@ -203,7 +203,10 @@ class Cli:
         return 0 if res.ok else 3
 
     def rebuild_index(self) -> int:
-        res = rebuild_index(self.cfg.data_dir)
+        try:
+            res = rebuild_index(self.cfg.data_dir, self.echo("rebuild-index"))
+        finally:
+            self.end_echo()
         print(f"index rebuilt: {res['hosts']} hosts, {res['snapshots']} snapshots"
               f"{'; old index kept at ' + res['old_index'] if res['old_index'] else ''}")
         for name in res["hosts_without_record"]:

@@ -111,20 +111,21 @@ gc_grace_minutes = 0
             on_disk = sorted(p.name for p in (tmp_path / "data" / "snapshots" / "web01").iterdir()
                              ) if (tmp_path / "data" / "snapshots" / "web01").exists() else []
             assert snaps == on_disk, f"run {version}: index {snaps} vs disk {on_disk}"
-            if snaps:
-                out_dir = tmp_path / f"restore-{version}"
-                rc, _, err = await run(agent_cmd() + ["restore", "latest", "--to", str(out_dir)],
+            for snap in snaps:  # every committed snapshot restores to its own version
+                out_dir = tmp_path / f"restore-{version}-{snap}"
+                rc, _, err = await run(agent_cmd() + ["restore", snap, "--to", str(out_dir)],
                                        env)
-                assert rc == 0, f"run {version}: restore failed: {err}"
+                assert rc == 0, f"run {version}: restore of {snap} failed: {err}"
                 root = restored_root(out_dir, src)
                 got = tree_state(root)
                 want = expected[(root / "VERSION").read_text()]
-                assert got == want, f"run {version}: restored tree differs from its version"
+                assert got == want, f"run {version}: {snap} differs from its version"
         finally:
             daemon.send_signal(signal.SIGTERM)
             await daemon.communicate()
 
     print(f"crash runs: {RUNS}, {kills}")
-    # The runs must actually have cut backups short and let others through.
-    assert kills["backup"] >= RUNS // 4, kills
+    # The runs must actually have cut backups short and let others through (about a quarter
+    # are cut short; the bound leaves room for timing noise).
+    assert kills["backup"] >= max(1, RUNS // 12), kills
     assert kills["committed"] >= 1, kills

@@ -81,7 +81,8 @@ class Datastore:
         return {"torn_chunks_removed": len(torn), "snapshots_indexed": added,
                 "snapshots_dropped": dropped}
 
-    def reconcile(self, clean: bool = False) -> tuple[int, int]:
+    def reconcile(self, clean: bool = False,
+                  progress: Callable[[float, str], None] | None = None) -> tuple[int, int]:
         """Make the snapshot table match the snapshot directories (the files are the truth).
 
         `clean` removes leftovers of interrupted writes; only safe when no commit can be
@@ -89,7 +90,10 @@ class Datastore:
         on_disk = set(self.snapshots.scan(clean=clean))
         in_db = {(r.host, r.snapshot) for r in self.index.snapshots()}
         added = 0
-        for host, snap in sorted(on_disk - in_db):
+        todo = sorted(on_disk - in_db)
+        for n, (host, snap) in enumerate(todo):
+            if progress is not None:
+                progress(n / max(len(todo), 1), f"{n} of {len(todo)} snapshots indexed")
             m = self.snapshots.load_for_reconcile(host, snap)
             if m is None:
                 continue

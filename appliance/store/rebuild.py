@@ -14,10 +14,11 @@ from pathlib import Path
 from .chunkfile import is_chunk_id
 from .datastore import Datastore
 from .errors import Conflict
+from .jobs import Job, Progress
 from .lock import exclusive, is_held
 
 
-def rebuild_index(root: Path) -> dict:
+def rebuild_index(root: Path, echo: Progress | None = None) -> dict:
     if is_held(root / "daemon.lock"):
         raise Conflict("daemon_running", "stop the appliance daemon before rebuilding its index")
     with exclusive(root / "maintenance.lock", wait=False,
@@ -32,21 +33,26 @@ def rebuild_index(root: Path) -> dict:
                     os.replace(p, backup / p.name)
         store = Datastore(root)
         try:
-            hosts = store.host_files()
-            for rec in hosts:
-                store.index.restore_host(rec)
-            on_disk_hosts = {h for h, _ in store.snapshots.scan()}
-            orphans = sorted(on_disk_hosts - {r["name"] for r in hosts})
-            for name in orphans:  # snapshots survive; the host needs a new token
-                store.add_host(name)
-            added, _ = store.reconcile(clean=True)
-            quarantined = sorted(p.name for p in store.chunks.quarantine.glob("*")
-                                 if is_chunk_id(p.name)) if store.chunks.quarantine.exists() \
-                else []
-            for cid in quarantined:  # so agents are told to re-send them
-                store.index.add_damaged(cid, "quarantined before the index was rebuilt")
-            return {"hosts": len(hosts), "hosts_without_record": orphans,
-                    "snapshots": added, "damaged_chunks": len(quarantined),
-                    "old_index": str(backup) if backup else None}
+            with Job(store.index, "rebuild-index", echo) as job:
+                hosts = store.host_files()
+                for rec in hosts:
+                    store.index.restore_host(rec)
+                job.progress(0.05, f"{len(hosts)} hosts restored")
+                on_disk_hosts = {h for h, _ in store.snapshots.scan()}
+                orphans = sorted(on_disk_hosts - {r["name"] for r in hosts})
+                for name in orphans:  # snapshots survive; the host needs a new token
+                    store.add_host(name)
+                added, _ = store.reconcile(clean=True, progress=lambda f, m: job.progress(
+                    0.05 + 0.9 * f, m))
+                quarantined = sorted(p.name for p in store.chunks.quarantine.glob("*")
+                                     if is_chunk_id(p.name)) \
+                    if store.chunks.quarantine.exists() else []
+                for cid in quarantined:  # so agents are told to re-send them
+                    store.index.add_damaged(cid, "quarantined before the index was rebuilt")
+                result = {"hosts": len(hosts), "hosts_without_record": orphans,
+                          "snapshots": added, "damaged_chunks": len(quarantined),
+                          "old_index": str(backup) if backup else None}
+                job.done(result, f"{len(hosts)} hosts and {added} snapshots re-indexed")
+            return result
         finally:
             store.close()
