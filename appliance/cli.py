@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import logging
 import os
@@ -14,8 +15,9 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from . import __version__
-from .config import Config, ConfigError, load, maintenance_settings
+from . import __version__, wiring
+from .capacity.windows import parse_window_start
+from .config import Config, ConfigError, load
 from .store.datastore import Datastore
 from .store.errors import StoreError
 from .store.jobs import Progress
@@ -28,6 +30,32 @@ def _ts(t: float | None) -> str:
     return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def print_usage(rep: dict) -> None:
+    """The monthly report as an admin reads it."""
+    bw, disk, net = rep["backup_windows"], rep["disk"], rep["network"]
+    print(f"usage for {rep['month']} ({rep['timezone']})")
+    print(f"  capacity {rep['capacity_gb']:.1f} GB; data disk {disk['used_percent']:.1f}% used "
+          f"({disk['level']})")
+    print(f"  protected {rep['protected_gb']:.3f} GB; billable {rep['billable_gb']:.3f} GB "
+          f"(tier {rep['tier']}; 50% minimum use "
+          f"{'APPLIED' if rep['minimum_use_applied'] else 'not applied'})")
+    print(f"  early termination: {'FLAGGED' if rep['early_termination_flag'] else 'no'} "
+          f"({rep['commitment_months']}-month commitment)")
+    rate = "-" if bw["success_rate"] is None else f"{bw['success_rate'] * 100:.1f}%"
+    print(f"  backup windows: {bw['successful']}/{bw['scheduled']} = {rate} "
+          f"(service level {bw['service_level'] * 100:.0f}%)")
+    r = rep["restores"]
+    worst = "-" if r["max_start_seconds"] is None else f"{r['max_start_seconds']:.1f} s"
+    print(f"  restores: {r['count']}, slowest start {worst}, over 30 min: {r['over_30_minutes']}")
+    verdict = {True: "meets", False: "FALLS SHORT of", None: "not measured against"}[net["ok"]]
+    print(f"  link {verdict} the requirement ({net['required_kbps']:.0f} kbit/s, 200 ms)")
+    print(f"  {'HOST':20} {'PROTECTED GB':>12} {'WINDOW':>6} {'BACKUPS':>9}  MISSED")
+    for h in rep["hosts"]:
+        print(f"  {h['host']:20} {h['protected_gb']:>12.3f} {h['window_start']:>6} "
+              f"{h['successful_backups']:>4}/{h['scheduled_backups']:<4}  "
+              f"{', '.join(h['missed_days']) or '-'}")
+
+
 class Cli:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -37,11 +65,10 @@ class Cli:
         if not create and not (self.cfg.data_dir / "index.sqlite").exists():
             raise ConfigError(f"no appliance data at {self.cfg.data_dir}; run 'rdr serve' or "
                               "'rdr hosts add' first, or pass --config")
-        return Datastore(self.cfg.data_dir, self.cfg.store.session_lease_seconds,
-                         self.cfg.store.reserve_mb * 1024 * 1024)
+        return wiring.open_store(self.cfg)
 
     def maintenance(self, store: Datastore) -> Maintenance:
-        return Maintenance(store, maintenance_settings(self.cfg))
+        return wiring.maintenance(self.cfg, store)
 
     @staticmethod
     def echo(kind: str) -> Progress | None:
@@ -78,15 +105,85 @@ class Cli:
         return 0
 
     def hosts_set(self) -> int:
+        window = None
+        if self.args.window:
+            try:
+                window = parse_window_start(self.args.window).strftime("%H:%M")
+            except ValueError as exc:
+                raise ConfigError(f"--window: {exc}") from None
         store = self.open_store()
         try:
             if self.args.policy is not None:
                 store.set_policy(self.args.name, self.args.policy or None)
+            if self.args.window is not None:
+                store.set_window(self.args.name, window)
             rec = store.index.host_record(self.args.name)
         finally:
             store.close()
         policy = rec["policy"] or f"{self.cfg.retention.policy} (default)"
-        print(f"host {rec['name']}: retention {policy}")
+        start = rec["window_start"] or f"{self.cfg.contract.default_window} (default)"
+        print(f"host {rec['name']}: retention {policy}, backup window from {start} "
+              f"{self.cfg.appliance.timezone} for 12 hours")
+        return 0
+
+    def usage(self) -> int:
+        store = self.open_store()
+        try:
+            try:
+                rep = wiring.capacity(self.cfg, store).report(self.args.month)
+            except ValueError as exc:
+                raise ConfigError(f"--month: {exc}") from None
+        finally:
+            store.close()
+        if self.args.json:
+            print(json.dumps(rep, indent=1))
+        elif self.args.csv:
+            w = csv.writer(sys.stdout)
+            w.writerow(["month", "host", "max_logical_bytes", "protected_gb",
+                        "scheduled_backups", "successful_backups", "success_rate",
+                        "missed_days"])
+            for h in rep["hosts"]:
+                w.writerow([rep["month"], h["host"], h["max_logical_bytes"], h["protected_gb"],
+                            h["scheduled_backups"], h["successful_backups"],
+                            "" if h["success_rate"] is None else f"{h['success_rate']:.4f}",
+                            " ".join(h["missed_days"])])
+            w.writerow([rep["month"], "TOTAL", "", rep["protected_gb"], "", "", "", ""])
+            floor = "applied" if rep["minimum_use_applied"] else "not applied"
+            early = "FLAGGED" if rep["early_termination_flag"] else "no"
+            w.writerow([rep["month"], "BILLABLE", "", rep["billable_gb"], "", "", "",
+                        f"tier {rep['tier']}; minimum use {floor}; early termination {early}"])
+        else:
+            print_usage(rep)
+        return 0
+
+    def tokens_add(self) -> int:
+        store = self.open_store(create=True)
+        try:
+            token = store.index.add_api_token(self.args.name)
+        finally:
+            store.close()
+        print(f"admin API token {self.args.name} (shown once; appliance-wide reports, no host "
+              "data):")
+        print(token)
+        return 0
+
+    def tokens_list(self) -> int:
+        store = self.open_store()
+        try:
+            rows = store.index.api_tokens()
+        finally:
+            store.close()
+        for t in rows:
+            print(f"{t['name']:24} created {_ts(t['created_at'])}")
+        return 0
+
+    def tokens_revoke(self) -> int:
+        store = self.open_store()
+        try:
+            store.index.revoke_api_token(self.args.name)
+        finally:
+            store.close()
+        print(f"admin API token {self.args.name} revoked")
         return 0
 
     def hosts_token(self) -> int:
@@ -248,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     hs = hsub.add_parser("set", parents=[common], help="change a host's settings")
     hs.add_argument("name")
     hs.add_argument("--policy", help="retention D-W-M (8-5-4, 30-0-0, 7-0-0); '' = default")
+    hs.add_argument("--window", help="backup window start HH:MM (17:00 or 01:00 usually; "
+                    "12 hours long); '' = default")
     hs.set_defaults(run=Cli.hosts_set)
     ht = hsub.add_parser("token", parents=[common], help="issue a new token (revokes the old)")
     ht.add_argument("name")
@@ -294,6 +393,25 @@ def build_parser() -> argparse.ArgumentParser:
     rb = ssub.add_parser("rebuild-index", parents=[common],
                          help="rebuild the SQLite index from the files (daemon stopped)")
     rb.set_defaults(run=Cli.rebuild_index)
+
+    us = sub.add_parser("usage", parents=[common], help="monthly usage, billing and service "
+                        "levels")
+    us.add_argument("--month", help="YYYY-MM (default: this month)")
+    fmt = us.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    us.set_defaults(run=Cli.usage)
+
+    tk = sub.add_parser("tokens", help="admin API tokens (for the provider's tools)")
+    tsub = tk.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    ta = tsub.add_parser("add", parents=[common], help="create a token and print it once")
+    ta.add_argument("name")
+    ta.set_defaults(run=Cli.tokens_add)
+    tl = tsub.add_parser("list", parents=[common], help="list tokens")
+    tl.set_defaults(run=Cli.tokens_list)
+    tr = tsub.add_parser("revoke", parents=[common], help="revoke a token")
+    tr.add_argument("name")
+    tr.set_defaults(run=Cli.tokens_revoke)
 
     jb = sub.add_parser("jobs", parents=[common], help="history of maintenance jobs")
     jb.add_argument("--kind")

@@ -13,7 +13,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .store.maintenance import MaintenanceSettings
 from .tomlfile import read_toml
 
 
@@ -74,12 +73,40 @@ class ApplianceConfig:
 
 
 @dataclass(slots=True)
+class CapacityConfig:
+    #: Installed (contracted) capacity in GB (10^9 bytes); 0 = the data disk's size.
+    installed_gb: float = 0.0
+    #: Warning levels and the hard level, in percent of the data disk.
+    warn_percent: list[float] = field(default_factory=lambda: [80.0, 90.0])
+    hard_percent: float = 95.0
+    #: Hours between usage samples (kept for 36 months).
+    sample_interval_hours: float = 24.0
+
+
+@dataclass(slots=True)
+class ContractConfig:
+    commitment_months: int = 12
+    #: Daily backup window start (appliance time zone), 12 hours long; per host overridable.
+    default_window: str = "17:00"
+
+
+@dataclass(slots=True)
+class DatacenterConfig:
+    #: "host:port" probed with a TCP connect for the round-trip time; empty = no probe.
+    probe: str = ""
+    probe_interval_seconds: float = 300.0
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     appliance: ApplianceConfig = field(default_factory=ApplianceConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    capacity: CapacityConfig = field(default_factory=CapacityConfig)
+    contract: ContractConfig = field(default_factory=ContractConfig)
+    datacenter: DatacenterConfig = field(default_factory=DatacenterConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -155,6 +182,28 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("maintenance.verify_sample_percent: must be in (0, 100]")
     if m.verify_rate_mb <= 0:
         raise ConfigError("maintenance.verify_rate_mb: must be positive")
+    c = cfg.capacity
+    if c.installed_gb < 0:
+        raise ConfigError("capacity.installed_gb: must not be negative")
+    if not 0 < c.hard_percent <= 100:
+        raise ConfigError("capacity.hard_percent: must be in (0, 100]")
+    if any(not 0 < w < c.hard_percent for w in c.warn_percent):
+        raise ConfigError("capacity.warn_percent: each level must be between 0 and "
+                          "capacity.hard_percent")
+    if c.sample_interval_hours < 0:
+        raise ConfigError("capacity.sample_interval_hours: must not be negative")
+    if cfg.contract.commitment_months not in (12, 36):
+        raise ConfigError("contract.commitment_months: must be 12 or 36")
+    from .capacity.windows import parse_window_start
+
+    try:
+        parse_window_start(cfg.contract.default_window)
+    except ValueError as exc:
+        raise ConfigError(f"contract.default_window: {exc}") from None
+    if cfg.datacenter.probe:
+        parse_listen(cfg.datacenter.probe, "datacenter.probe")
+    if cfg.datacenter.probe_interval_seconds <= 0:
+        raise ConfigError("datacenter.probe_interval_seconds: must be positive")
     try:
         from zoneinfo import ZoneInfo
 
@@ -183,12 +232,3 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         cfg.store.path = str(base / cfg.store.path)
     return validate(cfg)
 
-
-def maintenance_settings(cfg: Config) -> MaintenanceSettings:
-    """What the maintenance jobs need from the config, in the store's own terms."""
-    m = cfg.maintenance
-    return MaintenanceSettings(
-        default_policy=cfg.retention.policy, timezone=cfg.appliance.timezone,
-        replication_required=False,  # nothing to wait for until replication is configured
-        gc_grace_seconds=m.gc_grace_minutes * 60,
-        stale_session_seconds=m.stale_session_hours * 3600)

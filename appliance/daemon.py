@@ -18,13 +18,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import __version__
-from .config import Config, maintenance_settings, parse_listen
+from . import __version__, wiring
+from .capacity.network import LinkProbe
+from .capacity.service import CapacityService
+from .config import Config, parse_listen
 from .ingest.api import IngestApi
-from .scheduler import MaintenanceScheduler
+from .scheduler import Scheduler
 from .store.datastore import Datastore
 from .store.lock import HeldLock
-from .store.maintenance import Maintenance
 from .web import tls
 from .web.errors import error_middleware
 
@@ -61,7 +62,9 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._claim: HeldLock | None = None
         self._tasks: list[asyncio.Task] = []
-        self.scheduler: MaintenanceScheduler | None = None
+        self.scheduler: Scheduler | None = None
+        self.capacity: CapacityService | None = None
+        self.probe: LinkProbe | None = None
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
@@ -71,19 +74,24 @@ class Daemon:
                                f"another rdr serve is running on {self.cfg.data_dir}")
         self.tls = await loop.run_in_executor(self.pool, ensure_tls, self.cfg)
         log.info("TLS certificate SHA-256 fingerprint: %s", self.tls.fingerprint)
-        self.store = await loop.run_in_executor(
-            self.pool, lambda: Datastore(self.cfg.data_dir, self.cfg.store.session_lease_seconds,
-                                         self.cfg.store.reserve_mb * 1024 * 1024))
+        self.store = await loop.run_in_executor(self.pool, wiring.open_store, self.cfg)
         recovered = await loop.run_in_executor(self.pool, self.store.recover)
         if not await loop.run_in_executor(self.pool, self.store.reserve.ensure):
             log.warning("data disk too full to keep %d MiB in reserve", self.cfg.store.reserve_mb)
         log.info("store at %s ready: %s", self.cfg.data_dir, recovered)
-        self.scheduler = MaintenanceScheduler(
-            Maintenance(self.store, maintenance_settings(self.cfg)), self.cfg.maintenance,
+        maintenance = wiring.maintenance(self.cfg, self.store)
+        self.capacity = wiring.capacity(self.cfg, self.store)
+        self.scheduler = Scheduler(
+            self.store.index, wiring.periodic_jobs(self.cfg, maintenance, self.capacity),
             self.pool)
+        if self.cfg.datacenter.probe:
+            host, port = parse_listen(self.cfg.datacenter.probe, "datacenter.probe")
+            self.probe = LinkProbe(host, port, self.cfg.datacenter.probe_interval_seconds,
+                                   self.store.index.add_link_sample)
 
         ingest = IngestApi(self.store, self.pool, max_json_bytes=self.cfg.server.max_json_bytes,
-                           appliance_serial=self.cfg.appliance.serial)
+                           appliance_serial=self.cfg.appliance.serial,
+                           usage_report=self.capacity.report)
         app = web.Application(middlewares=[error_middleware])
         app.router.add_get("/healthz", self._healthz)
         app.add_subapp("/api/v1", ingest.app())
@@ -100,7 +108,9 @@ class Daemon:
                 self.addresses.append(sock.getsockname()[:2])
         log.info("rdr %s serving on %s", __version__,
                  ", ".join(f"https://{h}:{p}" for h, p in self.addresses))
-        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="maintenance"))
+        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        if self.probe is not None:
+            self._tasks.append(asyncio.create_task(self.probe.run(), name="link-probe"))
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__})

@@ -22,8 +22,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from appliance.config import MaintenanceConfig
-from appliance.scheduler import MaintenanceScheduler
+from appliance import wiring
+from appliance.config import Config, MaintenanceConfig
+from appliance.scheduler import Scheduler
 from appliance.store import prune, snapshots
 from appliance.store.catalog import FILE, CatalogWriter, Entry, Range, iter_blocks
 from appliance.store.chunkfile import ChunkEncoder, chunk_id
@@ -37,6 +38,7 @@ from appliance.store.manifest import Manifest, StreamRef
 from appliance.store.rebuild import rebuild_index
 from appliance.store.retention import REMOVE, plan
 from appliance.store.verify import Verifier
+from appliance.wiring import periodic_jobs
 
 from .conftest import Appliance, rdr_cmd
 from .test_backup_restore import agent
@@ -850,7 +852,11 @@ async def test_scheduler_runs_due_jobs(tmp_path: Path) -> None:
             try:
                 st.add_host("web01")
                 commit_files(st, "web01", {b"f": data(50)})
-                sched = MaintenanceScheduler(maint(st), cfg, pool)
+                m = maint(st)
+                jobs = [j for j in periodic_jobs(Config(maintenance=cfg), m,
+                                                 wiring.capacity(Config(), st))
+                        if j.kind != "usage-sample"]
+                sched = Scheduler(st.index, jobs, pool)
                 assert await sched.run_due() == first, name
                 assert await sched.run_due() == [], name
                 assert sorted(j["kind"] for j in st.index.jobs()) == sorted(first)

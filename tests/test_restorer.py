@@ -498,6 +498,7 @@ class FakeClient:
         self.files: dict[str, bytes] = {}
         self.gets: Counter[str] = Counter()
         self.manifest: dict = {}
+        self.started = False
 
     def put(self, plain: bytes) -> str:
         enc = ChunkEncoder().encode(plain)
@@ -510,8 +511,13 @@ class FakeClient:
         await asyncio.sleep(0)
         return self.files[cid]
 
-    async def snapshot(self, snap: str) -> dict:
+    async def start_restore(self, snap: str) -> dict:
         assert snap == "latest"
+        self.started = True
+        return {"restore": 1, "snapshot": "snap-1"}
+
+    async def snapshot(self, snap: str) -> dict:
+        assert snap == "snap-1" and self.started  # the restore was announced first
         return {"snapshot": {"id": "snap-1"}, "manifest": self.manifest}
 
 

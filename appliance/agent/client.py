@@ -61,6 +61,7 @@ class ApplianceClient:
         self.ep = ep
         self.base = ep.url.rstrip("/") + "/api/v1"
         self.retries = retries
+        self.restore_id: int | None = None
         self._ssl = ssl_for(ep)
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, ssl=self._ssl),
@@ -160,9 +161,18 @@ class ApplianceClient:
         """{"snapshot": row, "manifest": manifest} of `snap` (an id or "latest")."""
         return await self._json("GET", f"/snapshots/{snap}")
 
+    async def start_restore(self, snap: str) -> dict:
+        """Tell the appliance a restore starts (it records the start latency)."""
+        info = await self._json("POST", "/restores", {"snapshot": snap}, idempotent=False)
+        self.restore_id = info["restore"]
+        return info
+
     async def get_chunk(self, snap: str, cid: str) -> bytes:
+        headers = {"X-RDR-Restore": str(self.restore_id)} if self.restore_id else None
+
         async def call() -> bytes:
-            async with self._http.get(f"{self.base}/snapshots/{snap}/chunks/{cid}") as resp:
+            async with self._http.get(f"{self.base}/snapshots/{snap}/chunks/{cid}",
+                                      headers=headers) as resp:
                 await self._check(resp)
                 return await resp.read()
 

@@ -796,8 +796,9 @@ async def restore_snapshot(client: ApplianceClient, snap: str, target: Path,
                            on_progress: Callable[[int, int], None] | None = None,
                            ) -> RestoreSummary:
     """Restore snapshot `snap` (an id or "latest") from the appliance below `target`."""
-    m = (await client.snapshot(snap))["manifest"]
-    real_id = m["snapshot"]
+    # Announce the restore first: the appliance measures request-to-first-byte from here.
+    real_id = (await client.start_restore(snap))["snapshot"]
+    m = (await client.snapshot(real_id))["manifest"]
     chunks: list[tuple[str, int]] = [(c, s) for c, s in m["catalog"]["chunks"]]
     await cache.fetch(client, real_id, chunks)
     blocks = catalog.iter_blocks(cache.pieces(chunks))

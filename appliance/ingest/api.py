@@ -21,7 +21,7 @@ from ..store.chunkfile import MAX_FILE_SIZE, is_chunk_id
 from ..store.datastore import CommitRequest, Datastore
 from ..store.manifest import StreamRef
 from ..store.snapshots import is_snapshot_id
-from ..web.auth import HOST, host_auth_middleware
+from ..web.auth import ADMIN, HOST, auth_middleware, require_admin, require_host
 from ..web.errors import ApiError, error_middleware
 
 T = TypeVar("T")
@@ -30,11 +30,13 @@ MAX_KNOWN_BATCH = 10_000
 
 class IngestApi:
     def __init__(self, store: Datastore, pool: Executor, *, max_json_bytes: int,
-                 appliance_serial: str) -> None:
+                 appliance_serial: str,
+                 usage_report: Callable[[str | None], dict] | None = None) -> None:
         self.store = store
         self.pool = pool
         self.max_json_bytes = max_json_bytes
         self.serial = appliance_serial
+        self.usage_report = usage_report
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -42,7 +44,7 @@ class IngestApi:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[error_middleware, host_auth_middleware(self._lookup)],
+            middlewares=[error_middleware, auth_middleware(self._lookup)],
             client_max_size=self.max_json_bytes)
         r = app.router
         r.add_get("/whoami", self.whoami)
@@ -55,10 +57,20 @@ class IngestApi:
         r.add_get("/snapshots", self.list_snapshots)
         r.add_get("/snapshots/{snap}", self.get_snapshot)
         r.add_get("/snapshots/{snap}/chunks/{cid}", self.get_chunk)
+        r.add_post("/restores", self.start_restore)
+        r.add_get("/usage", self.usage)
         return app
 
-    async def _lookup(self, token: str) -> str | None:
-        return await self.run(self.store.index.host_for_token, token)
+    async def _lookup(self, token: str) -> tuple[str, str] | None:
+        def find() -> tuple[str, str] | None:
+            idx = self.store.index
+            host = idx.host_for_token(token)
+            if host is not None:
+                return "host", host
+            admin = idx.admin_for_token(token)
+            return ("admin", admin) if admin is not None else None
+
+        return await self.run(find)
 
     async def _json(self, request: web.Request) -> dict:
         if request.content_length is not None and request.content_length > self.max_json_bytes:
@@ -81,15 +93,15 @@ class IngestApi:
 
     # --- handlers -----------------------------------------------------------------------
     async def whoami(self, request: web.Request) -> web.Response:
-        return web.json_response({"host": request[HOST], "appliance": self.serial,
-                                  "version": __version__})
+        return web.json_response({"host": request[HOST], "admin": request[ADMIN],
+                                  "appliance": self.serial, "version": __version__})
 
     async def open_session(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         resume = body.get("resume")
         if resume is not None and not isinstance(resume, str):
             raise ApiError(400, "bad_field", "field 'resume' must be a session id string")
-        sid, resumed = await self.run(self.store.open_session, request[HOST], resume)
+        sid, resumed = await self.run(self.store.open_session, require_host(request), resume)
         return web.json_response({"session": sid, "resumed": resumed,
                                   "lease_seconds": self.store.session_lease},
                                  status=200 if resumed else 201)
@@ -102,7 +114,7 @@ class IngestApi:
         if len(ids) > MAX_KNOWN_BATCH:
             raise ApiError(413, "payload_too_large",
                            f"field 'chunks' holds more than {MAX_KNOWN_BATCH} ids")
-        missing = await self.run(self.store.known, request[HOST], request.match_info["sid"],
+        missing = await self.run(self.store.known, require_host(request), request.match_info["sid"],
                                  ids)
         return web.json_response({"missing": missing})
 
@@ -121,19 +133,19 @@ class IngestApi:
             if len(buf) > MAX_FILE_SIZE:
                 raise ApiError(413, "payload_too_large",
                                f"a chunk file is at most {MAX_FILE_SIZE} bytes")
-        created = await self.run(self.store.put_chunk, request[HOST],
+        created = await self.run(self.store.put_chunk, require_host(request),
                                  request.match_info["sid"], cid, buf)
         return web.json_response({"stored": created}, status=201 if created else 200)
 
     async def heartbeat(self, request: web.Request) -> web.Response:
-        await self.run(self.store.touch, request[HOST], request.match_info["sid"])
+        await self.run(self.store.touch, require_host(request), request.match_info["sid"])
         return web.Response(status=204)
 
     async def commit(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         req = _parse_commit(body)
-        manifest = await self.run(self.store.commit, request[HOST], request.match_info["sid"],
-                                  req)
+        manifest = await self.run(self.store.commit, require_host(request),
+                                  request.match_info["sid"], req)
         return web.json_response({
             "snapshot": manifest.snapshot, "host": manifest.host,
             "received_at": manifest.received_at, "logical_size": manifest.logical_size,
@@ -142,12 +154,12 @@ class IngestApi:
             "unreadable_count": manifest.unreadable_count}, status=201)
 
     async def abort(self, request: web.Request) -> web.Response:
-        await self.run(self.store.abort_session, request[HOST], request.match_info["sid"])
+        await self.run(self.store.abort_session, require_host(request), request.match_info["sid"])
         return web.Response(status=204)
 
     async def list_snapshots(self, request: web.Request) -> web.Response:
-        rows = await self.run(self.store.index.snapshots, request[HOST])
-        return web.json_response({"host": request[HOST],
+        rows = await self.run(self.store.index.snapshots, require_host(request))
+        return web.json_response({"host": require_host(request),
                                   "snapshots": [r.to_json() for r in rows]})
 
     def _snap(self, request: web.Request) -> str:
@@ -157,7 +169,7 @@ class IngestApi:
         return snap
 
     async def get_snapshot(self, request: web.Request) -> web.Response:
-        host = request[HOST]
+        host = require_host(request)
         row = await self.run(self.store.resolve_snapshot, host, self._snap(request))
         manifest = await self.run(self.store.snapshots.manifest, host, row.snapshot)
         damaged = await self.run(self.store.damaged_in, host, row.snapshot)
@@ -166,12 +178,40 @@ class IngestApi:
                                   "damaged_chunks": damaged})
 
     async def get_chunk(self, request: web.Request) -> web.StreamResponse:
-        host = request[HOST]
+        host = require_host(request)
         row = await self.run(self.store.resolve_snapshot, host, self._snap(request))
         path = await self.run(self.store.snapshot_chunk_path, host, row.snapshot,
                               request.match_info["cid"])
+        rid = request.headers.get("X-RDR-Restore", "")
+        if rid.isdigit():  # the first byte of a restore: its start latency is recorded
+            await self.run(self.store.index.restore_first_byte, int(rid), host)
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
                                                "Cache-Control": "private, max-age=31536000"})
+
+    async def start_restore(self, request: web.Request) -> web.Response:
+        """A restore begins: the request time is recorded, and the first chunk served with
+        the returned id in X-RDR-Restore records the start latency (service level: 30 min)."""
+        host = require_host(request)
+        body = await self._json(request)
+        snap = body.get("snapshot")
+        if not isinstance(snap, str):
+            raise ApiError(400, "bad_field", "field 'snapshot' must be a snapshot id string")
+        if snap != "latest" and not is_snapshot_id(snap):
+            raise ApiError(404, "no_such_snapshot", f"no snapshot {snap!r}")
+        row = await self.run(self.store.resolve_snapshot, host, snap)
+        rid = await self.run(self.store.index.start_restore, host, row.snapshot, "agent")
+        return web.json_response({"restore": rid, "snapshot": row.snapshot}, status=201)
+
+    async def usage(self, request: web.Request) -> web.Response:
+        require_admin(request)
+        month = request.query.get("month") or None
+        if self.usage_report is None:
+            raise ApiError(404, "not_found", "usage reporting is not enabled")
+        try:
+            report = await self.run(self.usage_report, month)
+        except ValueError as exc:
+            raise ApiError(400, "bad_field", f"month: {exc}") from None
+        return web.json_response(report)
 
 
 def _parse_commit(body: dict) -> CommitRequest:

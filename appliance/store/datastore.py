@@ -55,9 +55,13 @@ class _Live:
 class Datastore:
     def __init__(self, root: Path, session_lease: float = 60.0,
                  reserve_bytes: int = 64 * 1024 * 1024,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 admit: Callable[[], None] | None = None) -> None:
         self.root = root
         self.clock = clock  # receive times come from here (a fake clock in tests)
+        #: Capacity policy for new sessions (the watermarks), wired by the daemon; raises
+        #: InsufficientStorage to refuse.
+        self.admit = admit
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.chunks = ChunkStore(root / "chunks")
         self.snapshots = SnapshotStore(root / "snapshots")
@@ -120,6 +124,11 @@ class Datastore:
         self._write_host_file(name)
         return token
 
+    def set_window(self, name: str, start: str | None) -> None:
+        """`start` is an already validated "HH:MM" (None = the appliance default)."""
+        self.index.set_window(name, start)
+        self._write_host_file(name)
+
     def set_policy(self, name: str, policy: str | None) -> None:
         if policy is not None:
             try:
@@ -170,6 +179,8 @@ class Datastore:
                                f"host {host!r} already has a backup running; wait for it, or"
                                f" resume it after {int(self.session_lease)} s of inactivity",
                                session=existing.id)
+            if self.admit is not None:
+                self.admit()  # a new backup; resumed ones above are running ones and finish
             sid = secrets.token_hex(16)
             self.index.create_session(sid, host)
             self._live[sid] = _Live(now)

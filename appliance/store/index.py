@@ -23,9 +23,10 @@ from pathlib import Path
 
 from .errors import Conflict, NotFound, StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HOST_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 TOKEN_PREFIX = "rdr_"
+ADMIN_TOKEN_PREFIX = "rdra_"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS hosts (
     created_at REAL NOT NULL,
     token_id TEXT UNIQUE NOT NULL,
     token_hash BLOB NOT NULL,
-    policy TEXT
+    policy TEXT,
+    window_start TEXT
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -48,6 +50,42 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_open_session_per_host
     ON sessions(host) WHERE state = 'open';
+CREATE TABLE IF NOT EXISTS backup_ledger (
+    host TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    started_at REAL NOT NULL,
+    logical_size INTEGER NOT NULL,
+    file_count INTEGER NOT NULL,
+    new_bytes INTEGER NOT NULL,
+    PRIMARY KEY (host, snapshot)
+);
+CREATE INDEX IF NOT EXISTS backup_ledger_time ON backup_ledger(received_at);
+CREATE TABLE IF NOT EXISTS restores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    via TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    first_byte_at REAL
+);
+CREATE TABLE IF NOT EXISTS usage_samples (
+    day TEXT PRIMARY KEY,
+    taken_at REAL NOT NULL,
+    sample TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS link_samples (
+    taken_at REAL NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('rtt_ms', 'throughput_kbps')),
+    value REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS link_samples_time ON link_samples(kind, taken_at);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    token_id TEXT UNIQUE NOT NULL,
+    token_hash BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS damaged_chunks (
     id TEXT PRIMARY KEY,
     found_at REAL NOT NULL,
@@ -161,6 +199,8 @@ class Index:
                              f"(schema {version}); upgrade the appliance software")
         if version < 2:
             self._db.execute("ALTER TABLE hosts ADD COLUMN policy TEXT")
+        if version < 3:
+            self._db.execute("ALTER TABLE hosts ADD COLUMN window_start TEXT")
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
 
@@ -208,23 +248,36 @@ class Index:
                 raise NotFound("no_such_host", f"no host named {name!r}")
         return f"{TOKEN_PREFIX}{token_id}_{secret}"
 
+    def set_window(self, name: str, start: str | None) -> None:
+        with self.tx() as db:
+            cur = db.execute("UPDATE hosts SET window_start = ? WHERE name = ?", (start, name))
+            if cur.rowcount == 0:
+                raise NotFound("no_such_host", f"no host named {name!r}")
+
+    def host_settings(self) -> list[dict]:
+        """Per-host contract settings (NULL = the appliance default) and registration time."""
+        rows = self._q("SELECT name, created_at, policy, window_start FROM hosts ORDER BY name")
+        return [{"name": n, "created_at": c, "policy": p, "window_start": w}
+                for n, c, p, w in rows]
+
     def host_record(self, name: str) -> dict:
         """Everything about a host that cannot be derived from its snapshots (for the
         self-describing host files the index is rebuilt from)."""
-        rows = self._q("SELECT name, created_at, token_id, token_hash, policy FROM hosts "
-                       "WHERE name = ?", (name,))
+        rows = self._q("SELECT name, created_at, token_id, token_hash, policy, window_start "
+                       "FROM hosts WHERE name = ?", (name,))
         if not rows:
             raise NotFound("no_such_host", f"no host named {name!r}")
-        n, created, tid, thash, policy = rows[0]
+        n, created, tid, thash, policy, window = rows[0]
         return {"name": n, "created_at": created, "token_id": tid, "token_hash": thash.hex(),
-                "policy": policy}
+                "policy": policy, "window_start": window}
 
     def restore_host(self, rec: dict) -> None:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO hosts (name, created_at, token_id, token_hash, "
-                       "policy) VALUES (?, ?, ?, ?, ?)",
+                       "policy, window_start) VALUES (?, ?, ?, ?, ?, ?)",
                        (rec["name"], rec["created_at"], rec["token_id"],
-                        bytes.fromhex(rec["token_hash"]), rec.get("policy")))
+                        bytes.fromhex(rec["token_hash"]), rec.get("policy"),
+                        rec.get("window_start")))
 
     def set_policy(self, name: str, policy: str | None) -> None:
         with self.tx() as db:
@@ -243,16 +296,44 @@ class Index:
 
     def host_for_token(self, token: str) -> str | None:
         """The host a bearer token belongs to, or None. Constant-time in the secret."""
-        if not token.startswith(TOKEN_PREFIX) or len(token) < len(TOKEN_PREFIX) + 18:
+        return self._check_token(token, TOKEN_PREFIX, "hosts")
+
+    def admin_for_token(self, token: str) -> str | None:
+        """The name of the admin API token, or None (appliance-wide endpoints)."""
+        return self._check_token(token, ADMIN_TOKEN_PREFIX, "api_tokens")
+
+    def _check_token(self, token: str, prefix: str, table: str) -> str | None:
+        if not token.startswith(prefix) or len(token) < len(prefix) + 18:
             return None
-        token_id = token[len(TOKEN_PREFIX):len(TOKEN_PREFIX) + 16]
-        if token[len(TOKEN_PREFIX) + 16] != "_":
+        token_id = token[len(prefix):len(prefix) + 16]
+        if token[len(prefix) + 16] != "_":
             return None
-        secret = token[len(TOKEN_PREFIX) + 17:]
-        rows = self._q("SELECT name, token_hash FROM hosts WHERE token_id = ?", (token_id,))
+        secret = token[len(prefix) + 17:]
+        rows = self._q(f"SELECT name, token_hash FROM {table} WHERE token_id = ?", (token_id,))
         expected = rows[0][1] if rows else b"\0" * 32
         ok = hmac.compare_digest(_hash_secret(secret), expected)
         return rows[0][0] if rows and ok else None
+
+    def add_api_token(self, name: str) -> str:
+        validate_host_name(name)
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        try:
+            with self.tx() as db:
+                db.execute("INSERT INTO api_tokens VALUES (?, ?, ?, ?)",
+                           (name, time.time(), token_id, _hash_secret(secret)))
+        except sqlite3.IntegrityError:
+            raise Conflict("token_exists", f"an API token named {name!r} exists") from None
+        return f"{ADMIN_TOKEN_PREFIX}{token_id}_{secret}"
+
+    def revoke_api_token(self, name: str) -> None:
+        with self.tx() as db:
+            if db.execute("DELETE FROM api_tokens WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFound("no_such_token", f"no API token named {name!r}")
+
+    def api_tokens(self) -> list[dict]:
+        return [{"name": n, "created_at": c} for n, c in
+                self._q("SELECT name, created_at FROM api_tokens ORDER BY name")]
 
     def hosts(self) -> list[dict]:
         rows = self._q("""
@@ -307,6 +388,10 @@ class Index:
             if session is not None:
                 db.execute("UPDATE sessions SET state = 'committed', closed_at = ?, snapshot = ?"
                            " WHERE id = ?", (time.time(), row.snapshot, session))
+            # The ledger outlives pruning: billing needs each month's largest backup.
+            db.execute("INSERT OR IGNORE INTO backup_ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (row.host, row.snapshot, row.received_at, row.started_at,
+                        row.logical_size, row.file_count, row.new_bytes))
 
     def set_protected(self, host: str, snapshot: str, protected: bool) -> None:
         with self.tx() as db:
@@ -330,6 +415,63 @@ class Index:
         rows = self._q("SELECT * FROM snapshots WHERE host = ? AND snapshot = ?",
                        (host, snapshot))
         return SnapshotRow(*rows[0]) if rows else None
+
+    # --- ledger: backups, restores, usage and link samples ---
+    def ledger(self, since: float, until: float, host: str | None = None) -> list[dict]:
+        sql = ("SELECT host, snapshot, received_at, started_at, logical_size, file_count, "
+               "new_bytes FROM backup_ledger WHERE received_at >= ? AND received_at < ?")
+        args: tuple = (since, until)
+        if host is not None:
+            sql += " AND host = ?"
+            args += (host,)
+        keys = ("host", "snapshot", "received_at", "started_at", "logical_size", "file_count",
+                "new_bytes")
+        return [dict(zip(keys, r, strict=True)) for r in self._q(sql + " ORDER BY received_at",
+                                                                 args)]
+
+    def start_restore(self, host: str, snapshot: str, via: str) -> int:
+        with self.tx() as db:
+            return int(db.execute("INSERT INTO restores (host, snapshot, via, requested_at) "
+                                  "VALUES (?, ?, ?, ?)",
+                                  (host, snapshot, via, time.time())).lastrowid)
+
+    def restore_first_byte(self, rid: int, host: str) -> float | None:
+        """Record the first byte of a restore once; returns its start latency (seconds)."""
+        with self.tx() as db:
+            row = db.execute("SELECT requested_at, first_byte_at FROM restores "
+                             "WHERE id = ? AND host = ?", (rid, host)).fetchone()
+            if row is None or row[1] is not None:
+                return None
+            now = time.time()
+            db.execute("UPDATE restores SET first_byte_at = ? WHERE id = ?", (now, rid))
+            return now - row[0]
+
+    def restores(self, since: float = 0.0) -> list[dict]:
+        keys = ("id", "host", "snapshot", "via", "requested_at", "first_byte_at")
+        return [dict(zip(keys, r, strict=True)) for r in self._q(
+            "SELECT id, host, snapshot, via, requested_at, first_byte_at FROM restores "
+            "WHERE requested_at >= ? ORDER BY id", (since,))]
+
+    def put_usage_sample(self, day: str, sample: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO usage_samples VALUES (?, ?, ?)",
+                       (day, time.time(), sample))
+
+    def trim_usage_samples(self, before_day: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM usage_samples WHERE day < ?", (before_day,))
+
+    def usage_samples(self, since_day: str = "") -> list[tuple[str, str]]:
+        return [(d, s) for d, s in self._q(
+            "SELECT day, sample FROM usage_samples WHERE day >= ? ORDER BY day", (since_day,))]
+
+    def add_link_sample(self, kind: str, value: float) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO link_samples VALUES (?, ?, ?)", (time.time(), kind, value))
+
+    def link_samples(self, kind: str, since: float) -> list[float]:
+        return [v for (v,) in self._q("SELECT value FROM link_samples WHERE kind = ? AND "
+                                      "taken_at >= ? ORDER BY taken_at", (kind, since))]
 
     # --- damaged chunks (quarantined by verify until uploaded again) ---
     def add_damaged(self, cid: str, reason: str) -> None:

@@ -1,0 +1,1 @@
+"""Capacity, billing and service-level accounting."""
