@@ -47,8 +47,14 @@ def print_usage(rep: dict) -> None:
     r = rep["restores"]
     worst = "-" if r["max_start_seconds"] is None else f"{r['max_start_seconds']:.1f} s"
     print(f"  restores: {r['count']}, slowest start {worst}, over 30 min: {r['over_30_minutes']}")
-    verdict = {True: "meets", False: "FALLS SHORT of", None: "not measured against"}[net["ok"]]
-    print(f"  link {verdict} the requirement ({net['required_kbps']:.0f} kbit/s, 200 ms)")
+    def check(ok: bool | None, measured: float | None, unit: str) -> str:
+        if ok is None:
+            return "not measured yet"
+        return f"{measured:.1f} {unit} ({'ok' if ok else 'FALLS SHORT'})"
+
+    print(f"  link to the data center (needs {net['required_kbps']:.0f} kbit/s and <= 200 ms):"
+          f" throughput {check(net['meets_throughput'], net['throughput_kbps'], 'kbit/s')},"
+          f" latency {check(net['meets_latency'], net['rtt_ms'], 'ms')}")
     print(f"  {'HOST':20} {'PROTECTED GB':>12} {'WINDOW':>6} {'BACKUPS':>9}  MISSED")
     for h in rep["hosts"]:
         print(f"  {h['host']:20} {h['protected_gb']:>12.3f} {h['window_start']:>6} "

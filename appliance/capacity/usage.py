@@ -87,8 +87,9 @@ def scan(store: Datastore) -> StoreUsage:
             hu.logical_latest = rows[-1].logical_size
             hu.logical_all = sum(r.logical_size for r in rows)
             res.logical_all += hu.logical_all
-            streams[host] = merged_ids(iter(store.snapshots.chunk_index(host, r.snapshot))
-                                       for r in rows)
+            # A list, not a generator: merged_ids runs later, after `host` has moved on.
+            indexes = [store.snapshots.chunk_index(host, r.snapshot) for r in rows]
+            streams[host] = merged_ids(iter(ix) for ix in indexes)
     heads = {h: next(s, None) for h, s in streams.items()}
     for shard in shard_dirs(store.chunks.root):
         with os.scandir(store.chunks.root / shard) as it:
