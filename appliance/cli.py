@@ -13,11 +13,20 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 from . import __version__, wiring
 from .capacity.windows import parse_window_start
 from .config import Config, ConfigError, load
+from .replication.crypto import DecryptError
+from .replication.crypto import KeyError_ as ReplicationKeyError
+from .replication.dc import DcError, checkpoints, dc_restore, dc_verify
+from .replication.engine import PassResult
+from .replication.status import replication_status
+from .replication.targets import TargetError
+from .replication.tunnel import route_present
 from .store.datastore import Datastore
 from .store.errors import StoreError
 from .store.jobs import Progress
@@ -161,6 +170,164 @@ class Cli:
         else:
             print_usage(rep)
         return 0
+
+    # --- replication ---
+    def _need_replication(self) -> None:
+        if not self.cfg.replication.enabled:
+            raise ConfigError("replication is off in this configuration ([replication] "
+                              "enabled = false)")
+
+    def replicate(self) -> int:
+        self._need_replication()
+        store = self.open_store()
+        pool = ThreadPoolExecutor(self.cfg.store.workers, thread_name_prefix="rdr-work")
+
+        async def go() -> PassResult:
+            target = wiring.replication_target(self.cfg)
+            try:
+                tunnel = None
+                if self.cfg.replication.tunnel_subnet:
+                    subnet = self.cfg.replication.tunnel_subnet
+                    tunnel = lambda: route_present(subnet)  # noqa: E731
+                rep = wiring.replicator(self.cfg, store, pool, target, tunnel)
+                return await rep.run_pass(wait=self.args.wait)
+            finally:
+                await target.close()
+
+        try:
+            res = asyncio.run(go())
+        finally:
+            pool.shutdown()
+            store.close()
+        if self.args.json:
+            print(json.dumps(res.to_json(), indent=1))
+        elif res.paused:
+            print(f"replication did not run: {res.paused}")
+        else:
+            print(f"replicated {res.snapshots_replicated} snapshots: {res.objects_sent} objects "
+                  f"({human_bytes(res.bytes_sent)}) sent, {res.objects_skipped} already at the "
+                  f"data center; removed {res.snapshots_removed_at_dc} pruned snapshots and "
+                  f"{res.chunks_removed_at_dc} unreferenced chunks there")
+        return 0 if not res.paused or "another replication" in res.paused else 3
+
+    def replication_status(self) -> int:
+        store = self.open_store()
+        try:
+            st = replication_status(store, self.cfg)
+        finally:
+            store.close()
+        if self.args.json:
+            print(json.dumps(st, indent=1))
+            return 0
+        lag = st["lag"]
+        print(f"replication {'on' if st['enabled'] else 'OFF'} to {st['target']}")
+        behind = "-" if lag["seconds"] is None else f"{lag['seconds']:.0f} s"
+        print(f"  lag: {lag['snapshots']} snapshots, {human_bytes(lag['bytes'])}, {behind}")
+        cp = st["last_checkpoint"]
+        print(f"  last checkpoint: {'-' if cp is None else cp['host'] + '/' + cp['snapshot']}")
+        t = st["tunnel"]
+        print(f"  tunnel: {t['state']}, {t['outages_24h']} outages in 24 h")
+        if st["last_error"]:
+            print(f"  last error: {st['last_error']['error']}")
+        return 0
+
+    def _dc_access(self) -> tuple:
+        """Target and cipher from the config or flags: all the DC tools need."""
+        r = self.cfg.replication
+        for flag in ("endpoint", "bucket", "access_key", "secret_key"):
+            v = getattr(self.args, flag, None)
+            if v:
+                setattr(r, flag, v)
+                r.target = "s3"
+        if getattr(self.args, "directory", None):
+            r.target, r.directory = "dir", self.args.directory
+        if getattr(self.args, "key_file", None):
+            r.key_file = self.args.key_file
+        if r.target == "s3" and not (r.endpoint and r.bucket and r.access_key and r.secret_key):
+            raise ConfigError("data center access needs --endpoint, --bucket, --access-key and "
+                              "--secret-key (or a config with [replication] target = 's3')")
+        if not r.key_file and not (self.cfg.data_dir / "replication.key").exists():
+            raise ConfigError("the data key is needed: --key-file (the escrowed key)")
+        return wiring.replication_target(self.cfg, limited=False), \
+            wiring.replication_cipher(self.cfg)
+
+    def dc_snapshots(self) -> int:
+        target, cipher = self._dc_access()
+
+        async def go() -> list[dict]:
+            try:
+                return await checkpoints(target, cipher)
+            finally:
+                await target.close()
+
+        cps = asyncio.run(go())
+        if self.args.json:
+            print(json.dumps(cps, indent=1))
+            return 0
+        print(f"{'HOST':20} {'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10}")
+        for c in cps:
+            print(f"{c['host']:20} {c['snapshot']:22} {c['file_count']:>9} "
+                  f"{human_bytes(c['logical_size']):>10}")
+        return 0
+
+    def dc_verify(self) -> int:
+        target, cipher = self._dc_access()
+        store = self.open_store()
+
+        async def go():
+            try:
+                return await dc_verify(store, target, cipher, self.args.deep)
+            finally:
+                await target.close()
+
+        try:
+            res = asyncio.run(go())
+        finally:
+            store.close()
+        if self.args.json:
+            print(json.dumps(res.to_json(), indent=1))
+        else:
+            print(f"data center: {res.snapshots_checked} replicated snapshots and "
+                  f"{res.chunks_expected} chunks checked"
+                  f"{f' ({res.chunks_checked} downloaded and verified)' if self.args.deep else ''}")
+            for label, items in (("missing snapshot", res.missing_snapshots),
+                                 ("damaged snapshot", res.bad_snapshots),
+                                 ("missing chunk", res.missing_chunks),
+                                 ("damaged chunk", res.bad_chunks)):
+                for item in items[:50]:
+                    print(f"  {label}: {item}")
+            print("OK: the data center holds everything replicated" if res.ok else
+                  "PROBLEMS FOUND at the data center")
+        return 0 if res.ok else 3
+
+    def dc_restore(self) -> int:
+        target, cipher = self._dc_access()
+        to = Path(self.args.to)
+        to.mkdir(parents=True, exist_ok=True)
+        include = [os.fsencode(os.path.normpath(p)).lstrip(b"/") for p in self.args.paths] \
+            or None
+        pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="rdr-dc")
+
+        async def go():
+            try:
+                return await dc_restore(target, cipher, self.args.host, self.args.snapshot, to,
+                                        include, pool)
+            finally:
+                await target.close()
+
+        try:
+            cp, summary = asyncio.run(go())
+        finally:
+            pool.shutdown()
+        if self.args.json:
+            print(json.dumps({"snapshot": cp["snapshot"], **summary.to_json()}, indent=1))
+        else:
+            print(f"restored {self.args.host}/{cp['snapshot']} from the data center: "
+                  f"{summary.files} files, {summary.dirs} dirs, "
+                  f"{human_bytes(summary.bytes_written)} to {to}")
+            for path, err in summary.errors[:50]:
+                print(f"  not restored: {path}: {err}")
+        return 3 if summary.errors else 0
 
     def tokens_add(self) -> int:
         store = self.open_store(create=True)
@@ -408,6 +575,43 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true")
     us.set_defaults(run=Cli.usage)
 
+    rp = sub.add_parser("replicate", parents=[common], help="replicate to the data center now")
+    rp.add_argument("--wait", action="store_true",
+                    help="if a pass is running (e.g. in the daemon), wait for it, then run")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(run=Cli.replicate)
+    rs = sub.add_parser("replication", help="replication state")
+    rsub = rs.add_subparsers(dest="replication_command", required=True, metavar="ACTION")
+    rst = rsub.add_parser("status", parents=[common], help="lag, last checkpoint, tunnel")
+    rst.add_argument("--json", action="store_true")
+    rst.set_defaults(run=Cli.replication_status)
+
+    dc = sub.add_parser("dc", help="data-center side tools (need only the bucket and key)")
+    dcsub = dc.add_subparsers(dest="dc_command", required=True, metavar="ACTION")
+    access = argparse.ArgumentParser(add_help=False)
+    g = access.add_argument_group("data center access (default: the config's [replication])")
+    g.add_argument("--endpoint")
+    g.add_argument("--bucket")
+    g.add_argument("--access-key", dest="access_key")
+    g.add_argument("--secret-key", dest="secret_key")
+    g.add_argument("--directory", help="a local directory copy instead of S3")
+    g.add_argument("--key-file", dest="key_file", help="the appliance's (escrowed) data key")
+    ds = dcsub.add_parser("snapshots", parents=[common, access], help="snapshots held there")
+    ds.add_argument("--json", action="store_true")
+    ds.set_defaults(run=Cli.dc_snapshots)
+    dv = dcsub.add_parser("verify", parents=[common, access], help="compare with this store")
+    dv.add_argument("--deep", action="store_true", help="download and check every chunk")
+    dv.add_argument("--json", action="store_true")
+    dv.set_defaults(run=Cli.dc_verify)
+    dr = dcsub.add_parser("restore", parents=[common, access],
+                          help="restore a snapshot from the data center alone")
+    dr.add_argument("--host", required=True)
+    dr.add_argument("--snapshot", default="latest")
+    dr.add_argument("paths", nargs="*", metavar="PATH")
+    dr.add_argument("--to", required=True, metavar="DIR")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(run=Cli.dc_restore)
+
     tk = sub.add_parser("tokens", help="admin API tokens (for the provider's tools)")
     tsub = tk.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
     ta = tsub.add_parser("add", parents=[common], help="create a token and print it once")
@@ -455,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[Cli], int] = args.run
     try:
         return run(Cli(args))
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, TargetError, DcError, ReplicationKeyError,
+            DecryptError) as exc:
         print(f"rdr: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -98,6 +98,34 @@ class DatacenterConfig:
 
 
 @dataclass(slots=True)
+class ReplicationConfig:
+    """Replication to the data center. The embedded default replicates to a local directory
+    standing in for the data center, with a key generated at first start."""
+
+    enabled: bool = True
+    #: "dir" (a local directory) or "s3" (the data center's S3 store through the tunnel).
+    target: str = "dir"
+    directory: str = "./rdr-dc"
+    endpoint: str = ""
+    bucket: str = "rdr"
+    access_key: str = ""
+    secret_key: str = ""
+    region: str = "us-east-1"
+    #: The per-appliance data key (64 hex digits, 0600); empty = <data dir>/replication.key.
+    key_file: str = ""
+    concurrency: int = 4
+    #: Upload limit in kbit/s (0 = none), and per time-of-day overrides "HH:MM-HH:MM=KBITS".
+    bandwidth_kbps: float = 0.0
+    bandwidth_schedule: list[str] = field(default_factory=list)
+    #: Only replicate inside this daily window "HH:MM-HH:MM" (empty = any time).
+    window: str = ""
+    interval_seconds: float = 300.0
+    #: Watch the IPsec tunnel: its remote subnet's route in table 220 must exist to send.
+    tunnel_subnet: str = ""
+    vici_socket: str = ""
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -107,6 +135,7 @@ class Config:
     capacity: CapacityConfig = field(default_factory=CapacityConfig)
     contract: ContractConfig = field(default_factory=ContractConfig)
     datacenter: DatacenterConfig = field(default_factory=DatacenterConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -204,6 +233,37 @@ def validate(cfg: Config) -> Config:
         parse_listen(cfg.datacenter.probe, "datacenter.probe")
     if cfg.datacenter.probe_interval_seconds <= 0:
         raise ConfigError("datacenter.probe_interval_seconds: must be positive")
+    r = cfg.replication
+    if r.target not in ("dir", "s3"):
+        raise ConfigError("replication.target: must be 'dir' or 's3'")
+    if r.enabled and r.target == "s3":
+        for key in ("endpoint", "bucket", "access_key", "secret_key"):
+            if not getattr(r, key):
+                raise ConfigError(f"replication.{key}: required when replication.target = 's3'")
+        if not r.endpoint.startswith(("http://", "https://")):
+            raise ConfigError("replication.endpoint: must be an http:// or https:// URL")
+    if not 1 <= r.concurrency <= 64:
+        raise ConfigError("replication.concurrency: must be between 1 and 64")
+    if r.bandwidth_kbps < 0:
+        raise ConfigError("replication.bandwidth_kbps: must not be negative")
+    from .replication.targets import parse_schedule
+
+    try:
+        parse_schedule(r.bandwidth_schedule)
+        if r.window:
+            parse_schedule([r.window + "=0"])
+    except ValueError as exc:
+        key = "replication.window" if r.window and "=" not in r.window else \
+            "replication.bandwidth_schedule"
+        raise ConfigError(f"{key}: {exc}") from None
+    if r.tunnel_subnet:
+        import ipaddress
+
+        try:
+            ipaddress.ip_network(r.tunnel_subnet)
+        except ValueError:
+            raise ConfigError("replication.tunnel_subnet: not a network like 10.2.0.0/16"
+                              ) from None
     try:
         from zoneinfo import ZoneInfo
 
@@ -230,5 +290,7 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     base = Path(path).resolve().parent
     if not Path(cfg.store.path).expanduser().is_absolute():
         cfg.store.path = str(base / cfg.store.path)
+    if not Path(cfg.replication.directory).expanduser().is_absolute():
+        cfg.replication.directory = str(base / cfg.replication.directory)
     return validate(cfg)
 

@@ -23,6 +23,8 @@ from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
 from .ingest.api import IngestApi
+from .replication.engine import Replicator
+from .replication.tunnel import TunnelWatch
 from .scheduler import Scheduler
 from .store.datastore import Datastore
 from .store.lock import HeldLock
@@ -65,6 +67,9 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.capacity: CapacityService | None = None
         self.probe: LinkProbe | None = None
+        self.replicator: Replicator | None = None
+        self.tunnel: TunnelWatch | None = None
+        self.replicate_now = asyncio.Event()
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
@@ -81,8 +86,24 @@ class Daemon:
         log.info("store at %s ready: %s", self.cfg.data_dir, recovered)
         maintenance = wiring.maintenance(self.cfg, self.store)
         self.capacity = wiring.capacity(self.cfg, self.store)
+        heal = None
+        if self.cfg.replication.enabled:
+            rcfg = self.cfg.replication
+            if rcfg.tunnel_subnet:
+                self.tunnel = TunnelWatch(rcfg.tunnel_subnet, self.store.index.add_tunnel_event)
+            self.replicator = await loop.run_in_executor(
+                self.pool, lambda: wiring.replicator(
+                    self.cfg, self.store, self.pool, wiring.replication_target(self.cfg),
+                    self.tunnel.is_up if self.tunnel else None))
+            replicator = self.replicator
+
+            def heal(cid: str) -> bytes | None:
+                """From a worker thread (verify): a good copy from the data center."""
+                fut = asyncio.run_coroutine_threadsafe(replicator.fetch_chunk(cid), loop)
+                return fut.result(timeout=300)
+
         self.scheduler = Scheduler(
-            self.store.index, wiring.periodic_jobs(self.cfg, maintenance, self.capacity),
+            self.store.index, wiring.periodic_jobs(self.cfg, maintenance, self.capacity, heal),
             self.pool)
         if self.cfg.datacenter.probe:
             host, port = parse_listen(self.cfg.datacenter.probe, "datacenter.probe")
@@ -91,7 +112,8 @@ class Daemon:
 
         ingest = IngestApi(self.store, self.pool, max_json_bytes=self.cfg.server.max_json_bytes,
                            appliance_serial=self.cfg.appliance.serial,
-                           usage_report=self.capacity.report)
+                           usage_report=self.capacity.report,
+                           on_commit=self.replicate_now.set)
         app = web.Application(middlewares=[error_middleware])
         app.router.add_get("/healthz", self._healthz)
         app.add_subapp("/api/v1", ingest.app())
@@ -111,6 +133,21 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         if self.probe is not None:
             self._tasks.append(asyncio.create_task(self.probe.run(), name="link-probe"))
+        if self.tunnel is not None:
+            self._tasks.append(asyncio.create_task(self._watch_tunnel(), name="tunnel"))
+        if self.replicator is not None:
+            self.replicate_now.set()  # catch up at start
+            self._tasks.append(asyncio.create_task(self.replicator.run_forever(
+                self.replicate_now, self.cfg.replication.interval_seconds), name="replication"))
+
+    async def _watch_tunnel(self) -> None:
+        """Poll the tunnel; when it comes back, replication resumes at once."""
+        assert self.tunnel is not None
+        while True:
+            was = self.tunnel.up
+            if await self.tunnel.poll() and not was:
+                self.replicate_now.set()
+            await asyncio.sleep(self.tunnel.interval)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__})
@@ -125,6 +162,9 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.replicator is not None:
+            await self.replicator.target.close()
+            self.replicator = None
         loop = asyncio.get_running_loop()
         if self.store is not None:
             await loop.run_in_executor(self.pool, self.store.chunks.sync)

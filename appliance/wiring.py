@@ -3,9 +3,22 @@ from the config in exactly one place, so both run the same rules."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
+from .replication.crypto import ObjectCipher, load_or_create_key
+from .replication.engine import Replicator
+from .replication.targets import (
+    DirTarget,
+    RateLimitedTarget,
+    RetryingTarget,
+    S3Target,
+    Target,
+)
 from .scheduler import Periodic
 from .store.datastore import Datastore
 from .store.maintenance import Maintenance, MaintenanceSettings
@@ -16,7 +29,8 @@ def maintenance_settings(cfg: Config) -> MaintenanceSettings:
     m = cfg.maintenance
     return MaintenanceSettings(
         default_policy=cfg.retention.policy, timezone=cfg.appliance.timezone,
-        replication_required=False,  # nothing to wait for until replication is configured
+        # With replication on, prune keeps what the data center does not have yet.
+        replication_required=cfg.replication.enabled,
         gc_grace_seconds=m.gc_grace_minutes * 60,
         stale_session_seconds=m.stale_session_hours * 3600)
 
@@ -42,12 +56,43 @@ def capacity(cfg: Config, store: Datastore) -> CapacityService:
                            commitment_months=cfg.contract.commitment_months)
 
 
-def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService) -> list[Periodic]:
+def replication_cipher(cfg: Config) -> ObjectCipher:
+    """The data key: provisioned (key_file, must exist) or, on the embedded default, made
+    at first start under the data directory (0600)."""
+    r = cfg.replication
+    path = Path(r.key_file) if r.key_file else cfg.data_dir / "replication.key"
+    return ObjectCipher(load_or_create_key(path, create=not r.key_file))
+
+
+def replication_target(cfg: Config, limited: bool = True) -> Target:
+    r = cfg.replication
+    inner: Target
+    if r.target == "s3":
+        inner = S3Target(r.endpoint, r.bucket, r.access_key, r.secret_key, r.region,
+                         connections=r.concurrency + 2)
+    else:
+        inner = DirTarget(Path(r.directory).expanduser())
+    if limited and (r.bandwidth_kbps > 0 or r.bandwidth_schedule):
+        inner = RateLimitedTarget(inner, r.bandwidth_kbps, r.bandwidth_schedule,
+                                  cfg.appliance.timezone)
+    return RetryingTarget(inner)
+
+
+def replicator(cfg: Config, store: Datastore, pool: Executor, target: Target,
+               tunnel_up: Callable[[], bool] | None = None) -> Replicator:
+    r = cfg.replication
+    return Replicator(store, target, replication_cipher(cfg), pool,
+                      concurrency=r.concurrency, window=r.window,
+                      timezone=cfg.appliance.timezone, tunnel_up=tunnel_up)
+
+
+def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
+                  heal: Callable[[str], bytes | None] | None = None) -> list[Periodic]:
     m = cfg.maintenance
     return [
         Periodic("prune", m.prune_interval_hours * 3600, maint.prune),
         Periodic("gc", m.gc_interval_hours * 3600, maint.gc),
         Periodic("verify", m.verify_interval_hours * 3600,
-                 lambda: maint.verify(m.verify_sample_percent, m.verify_rate_mb)),
+                 lambda: maint.verify(m.verify_sample_percent, m.verify_rate_mb, heal=heal)),
         Periodic("usage-sample", cfg.capacity.sample_interval_hours * 3600, cap.take_sample),
     ]

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from appliance.agent.client import ApplianceClient, Endpoint
-from appliance.config import Config, MaintenanceConfig, ServerConfig, StoreConfig
+from appliance.config import (
+    CapacityConfig,
+    Config,
+    MaintenanceConfig,
+    ReplicationConfig,
+    ServerConfig,
+    StoreConfig,
+)
 from appliance.daemon import Daemon
 from appliance.store.datastore import Datastore
 
@@ -53,7 +60,9 @@ def make_config(data_dir: Path, **store: object) -> Config:
     return Config(server=ServerConfig(listen=["127.0.0.1:0"], shutdown_grace_seconds=2.0),
                   store=StoreConfig(path=str(data_dir), **store),
                   maintenance=MaintenanceConfig(prune_interval_hours=0, gc_interval_hours=0,
-                                                verify_interval_hours=0))
+                                                verify_interval_hours=0),
+                  replication=ReplicationConfig(enabled=False),
+                  capacity=CapacityConfig(sample_interval_hours=0))
 
 
 @pytest.fixture

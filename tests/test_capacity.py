@@ -330,6 +330,8 @@ reserve_mb = 0
 [capacity]
 warn_percent = [30.0, 40.0]
 hard_percent = 50.0
+[replication]
+enabled = false
 [maintenance]
 prune_interval_hours = 0
 gc_interval_hours = 0

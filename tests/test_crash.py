@@ -57,6 +57,8 @@ path = "data"
 reserve_mb = 0
 [retention]
 policy = "1-0-0"
+[replication]
+enabled = false
 [maintenance]
 prune_interval_hours = 0
 gc_interval_hours = 0

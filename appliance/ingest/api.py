@@ -31,12 +31,14 @@ MAX_KNOWN_BATCH = 10_000
 class IngestApi:
     def __init__(self, store: Datastore, pool: Executor, *, max_json_bytes: int,
                  appliance_serial: str,
-                 usage_report: Callable[[str | None], dict] | None = None) -> None:
+                 usage_report: Callable[[str | None], dict] | None = None,
+                 on_commit: Callable[[], None] | None = None) -> None:
         self.store = store
         self.pool = pool
         self.max_json_bytes = max_json_bytes
         self.serial = appliance_serial
         self.usage_report = usage_report
+        self.on_commit = on_commit
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -146,6 +148,8 @@ class IngestApi:
         req = _parse_commit(body)
         manifest = await self.run(self.store.commit, require_host(request),
                                   request.match_info["sid"], req)
+        if self.on_commit is not None:
+            self.on_commit()  # e.g. replicate the new snapshot now
         return web.json_response({
             "snapshot": manifest.snapshot, "host": manifest.host,
             "received_at": manifest.received_at, "logical_size": manifest.logical_size,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import Conflict, NotFound, StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 HOST_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 TOKEN_PREFIX = "rdr_"
 ADMIN_TOKEN_PREFIX = "rdra_"
@@ -86,6 +86,21 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     token_id TEXT UNIQUE NOT NULL,
     token_hash BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dc_chunks (
+    id TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    uploaded_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dc_deletes (
+    host TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    PRIMARY KEY (host, snapshot)
+);
+CREATE TABLE IF NOT EXISTS tunnel_events (
+    at REAL NOT NULL,
+    up INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS damaged_chunks (
     id TEXT PRIMARY KEY,
     found_at REAL NOT NULL,
@@ -402,7 +417,20 @@ class Index:
 
     def remove_snapshot(self, host: str, snapshot: str) -> None:
         with self.tx() as db:
+            row = db.execute("SELECT replicated_at FROM snapshots WHERE host = ? AND "
+                             "snapshot = ?", (host, snapshot)).fetchone()
+            if row is not None and row[0] is not None:
+                # Replicated: the data center copy goes too, on the next replication pass.
+                db.execute("INSERT OR IGNORE INTO dc_deletes VALUES (?, ?)", (host, snapshot))
             db.execute("DELETE FROM snapshots WHERE host = ? AND snapshot = ?", (host, snapshot))
+
+    def dc_deletes(self) -> list[tuple[str, str]]:
+        return [(h, s) for h, s in self._q("SELECT host, snapshot FROM dc_deletes")]
+
+    def dc_deleted(self, host: str, snapshot: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM dc_deletes WHERE host = ? AND snapshot = ?",
+                       (host, snapshot))
 
     def snapshots(self, host: str | None = None) -> list[SnapshotRow]:
         if host is None:
@@ -472,6 +500,54 @@ class Index:
     def link_samples(self, kind: str, since: float) -> list[float]:
         return [v for (v,) in self._q("SELECT value FROM link_samples WHERE kind = ? AND "
                                       "taken_at >= ? ORDER BY taken_at", (kind, since))]
+
+    # --- replication state ---
+    def dc_missing(self, ids: list[str]) -> list[str]:
+        """Which of `ids` the data center does not hold yet (as far as this index knows)."""
+        have: set[str] = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            marks = ",".join("?" * len(part))
+            have.update(r[0] for r in self._q(
+                f"SELECT id FROM dc_chunks WHERE id IN ({marks})", tuple(part)))
+        return [c for c in ids if c not in have]
+
+    def dc_add(self, cid: str, size: int) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO dc_chunks VALUES (?, ?, ?)",
+                       (cid, size, time.time()))
+
+    def dc_remove(self, ids: list[str]) -> None:
+        with self.tx() as db:
+            db.executemany("DELETE FROM dc_chunks WHERE id = ?", [(c,) for c in ids])
+
+    def dc_chunk_ids(self) -> list[str]:
+        return [r[0] for r in self._q("SELECT id FROM dc_chunks ORDER BY id")]
+
+    def dc_stats(self) -> tuple[int, int]:
+        n, size = self._q("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM dc_chunks")[0]
+        return n, size
+
+    def set_replicated(self, host: str, snapshot: str, at: float | None) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE snapshots SET replicated_at = ? WHERE host = ? AND snapshot = ?",
+                       (at, host, snapshot))
+
+    def add_tunnel_event(self, up: bool) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO tunnel_events VALUES (?, ?)", (time.time(), int(up)))
+
+    def tunnel_events(self, since: float = 0.0) -> list[tuple[float, bool]]:
+        return [(a, bool(u)) for a, u in self._q(
+            "SELECT at, up FROM tunnel_events WHERE at >= ? ORDER BY at", (since,))]
+
+    def kv_set(self, key: str, value: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+
+    def kv_get(self, key: str) -> str | None:
+        rows = self._q("SELECT value FROM kv WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     # --- damaged chunks (quarantined by verify until uploaded again) ---
     def add_damaged(self, cid: str, reason: str) -> None:

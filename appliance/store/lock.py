@@ -36,10 +36,10 @@ def exclusive(path: Path, *, wait: bool = True, busy: str = "busy") -> Iterator[
 class HeldLock:
     """A lock held for an object's lifetime (the daemon's claim on its data directory)."""
 
-    def __init__(self, path: Path, busy: str) -> None:
+    def __init__(self, path: Path, busy: str, wait: bool = False) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
             os.close(self._fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):

@@ -7,7 +7,7 @@ inside a recorded `Job`, and re-creates the reserve afterwards when there is roo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -82,12 +82,15 @@ class Maintenance:
         return res
 
     def verify(self, sample_percent: float = 100.0, rate_mb: float | None = None,
-               echo: Progress | None = None) -> VerifyResult:
+               echo: Progress | None = None,
+               heal: Callable[[str], bytes | None] | None = None) -> VerifyResult:
         with self._job("verify", echo) as job:
-            res = Verifier(self.store).run(job, sample_percent, rate_mb)
-            job.done(res.to_json(), "all checked data is intact" if res.ok else
+            res = Verifier(self.store, heal).run(job, sample_percent, rate_mb)
+            healed = f"; {len(res.healed)} damaged chunks restored from the data center" \
+                if res.healed else ""
+            job.done(res.to_json(), ("all checked data is intact" if res.ok else
                      f"{len(res.damaged)} damaged chunks quarantined, {len(res.missing)} "
-                     f"missing, {len(res.affected)} snapshots affected")
+                     f"missing, {len(res.affected)} snapshots affected") + healed)
         return res
 
 

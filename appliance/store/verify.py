@@ -10,15 +10,19 @@ referenced chunk present, catalog and directory index valid.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from .catalog import CatalogError, validate
 from .chunkfile import ChunkDecoder, ChunkError, is_chunk_id
 from .gc import merged_ids, shard_dirs
 from .jobs import Job
+
+log = logging.getLogger("rdr.verify")
 
 
 @dataclass(slots=True)
@@ -28,6 +32,7 @@ class VerifyResult:
     chunks_checked: int = 0
     bytes_checked: int = 0
     damaged: list[str] = field(default_factory=list)
+    healed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     snapshots_checked: int = 0
     affected: list[dict] = field(default_factory=list)
@@ -41,8 +46,10 @@ class VerifyResult:
 
 
 class Verifier:
-    def __init__(self, store) -> None:
+    def __init__(self, store, heal: Callable[[str], bytes | None] | None = None) -> None:
         self.store = store  # a Datastore
+        #: Fetches a good copy of a chunk file (from the data center) for self-healing.
+        self.heal = heal
 
     def run(self, job: Job, sample_percent: float = 100.0, rate_mb: float | None = None,
             seed: int | None = None) -> VerifyResult:
@@ -74,13 +81,31 @@ class Verifier:
                     dec.decode(data, cid)
                 except ChunkError as exc:
                     self.store.quarantine_chunk(cid, str(exc))
-                    res.damaged.append(cid)
+                    if self._healed(cid):
+                        res.healed.append(cid)
+                    else:
+                        res.damaged.append(cid)
                 if rate_mb:
                     ahead = res.bytes_checked / (rate_mb * 1e6) - (time.monotonic() - start)
                     if ahead > 0:
                         time.sleep(ahead)
             job.progress(0.8 * (i + 1) / max(len(shards), 1),
                          f"{res.chunks_checked} chunks checked, {len(res.damaged)} damaged")
+
+    def _healed(self, cid: str) -> bool:
+        """Put back a verified copy of a damaged chunk, when the data center has one."""
+        if self.heal is None:
+            return False
+        try:
+            good = self.heal(cid)
+        except Exception as exc:  # the data center may be unreachable: still quarantined
+            log.warning("could not fetch chunk %s from the data center: %s", cid, exc)
+            return False
+        if good is None:
+            return False
+        self.store.chunks.put(cid, good)  # verifies again before storing
+        self.store.index.clear_damaged(cid)
+        return True
 
     def _snapshots(self, job: Job, res: VerifyResult) -> None:
         st = self.store

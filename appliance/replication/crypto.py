@@ -1,0 +1,95 @@
+"""Encryption of everything that leaves the appliance, and names that leak nothing.
+
+One per-appliance data key (32 random bytes, from provisioning or generated at first start,
+stored 0600) is expanded with HKDF into an AES-256-GCM key and an HMAC key. Object names are
+HMAC-SHA256 of what they stand for, so the data center cannot tell chunk ids, host names or
+dates; the name is also the GCM associated data, so an object moved to another name does not
+decrypt. The provider escrows the data key: with it and the bucket, any replicated snapshot
+can be restored without the appliance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+MAGIC = b"RDRE\x01"
+NONCE = 12
+TAG = 16
+OVERHEAD = len(MAGIC) + NONCE + TAG
+
+
+class KeyError_(ValueError):
+    """The data key file is missing or malformed."""
+
+
+class DecryptError(ValueError):
+    """An object does not decrypt under this key and name (wrong key, tampered, misplaced)."""
+
+
+def load_or_create_key(path: Path, create: bool) -> bytes:
+    try:
+        raw = path.read_bytes().strip()
+    except FileNotFoundError:
+        if not create:
+            raise KeyError_(f"replication key {path} does not exist") from None
+        key = secrets.token_bytes(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.hex().encode() + b"\n")
+        return key
+    try:
+        key = bytes.fromhex(raw.decode())
+    except ValueError:
+        raise KeyError_(f"replication key {path} is not 64 hex digits") from None
+    if len(key) != 32:
+        raise KeyError_(f"replication key {path} is not 64 hex digits")
+    return key
+
+
+def _derive(key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
+
+
+class ObjectCipher:
+    def __init__(self, data_key: bytes) -> None:
+        self._aead = AESGCM(_derive(data_key, b"rdr replication aes-256-gcm v1"))
+        self._name_key = _derive(data_key, b"rdr replication object names v1")
+        self._local = threading.local()
+
+    def name(self, kind: str, ident: str) -> str:
+        """The object name for (kind, ident): a keyed hash, hex."""
+        mac = hmac.new(self._name_key, f"{kind}\0{ident}".encode(), hashlib.sha256).hexdigest()
+        return f"{kind[0]}/{mac}"
+
+    def seal(self, name: str, plain: bytes | bytearray | memoryview) -> bytes:
+        nonce = secrets.token_bytes(NONCE)
+        out = bytearray(OVERHEAD + len(plain))
+        out[:len(MAGIC)] = MAGIC
+        out[len(MAGIC):len(MAGIC) + NONCE] = nonce
+        body = memoryview(out)[len(MAGIC) + NONCE:]
+        if hasattr(self._aead, "encrypt_into"):  # writes in place: no intermediate copy
+            self._aead.encrypt_into(nonce, plain, name.encode(), body)
+        else:  # older cryptography
+            body[:] = self._aead.encrypt(nonce, bytes(plain), name.encode())
+        return bytes(out)
+
+    def open(self, name: str, blob: bytes) -> bytes:
+        if len(blob) < OVERHEAD or blob[:len(MAGIC)] != MAGIC:
+            raise DecryptError(f"object {name} is not an RDR encrypted object")
+        nonce = blob[len(MAGIC):len(MAGIC) + NONCE]
+        try:
+            return self._aead.decrypt(nonce, blob[len(MAGIC) + NONCE:], name.encode())
+        except InvalidTag:
+            raise DecryptError(f"object {name} does not decrypt with this key (wrong key, "
+                               "or tampered)") from None

@@ -1,0 +1,50 @@
+"""Replication state as an operator asks for it: how far behind, since when, and why."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ..config import Config
+from ..store.datastore import Datastore
+
+
+def replication_status(store: Datastore, cfg: Config) -> dict:
+    idx = store.index
+    pending = [r for r in idx.snapshots() if r.replicated_at is None]
+    oldest = min((r.received_at for r in pending), default=None)
+    # Bytes still to send: chunk files of pending snapshots the data center lacks.
+    todo: set[str] = set()
+    for r in pending:
+        ids = list(store.snapshots.chunk_index(r.host, r.snapshot))
+        todo.update(idx.dc_missing(ids))
+    pending_bytes = 0
+    for cid in todo:
+        try:
+            pending_bytes += store.chunks.size_of(cid)
+        except FileNotFoundError:
+            continue
+    now = time.time()
+    events = idx.tunnel_events(now - 86400)
+    last = idx.tunnel_events()[-1:] if cfg.replication.tunnel_subnet else []
+    n, size = idx.dc_stats()
+
+    def kv(key: str) -> dict | None:
+        raw = idx.kv_get(key)
+        return json.loads(raw) if raw else None
+
+    r = cfg.replication
+    return {
+        "enabled": r.enabled,
+        "target": (r.endpoint + "/" + r.bucket) if r.target == "s3" else r.directory,
+        "lag": {"snapshots": len(pending), "bytes": pending_bytes,
+                "seconds": None if oldest is None else now - oldest},
+        "last_checkpoint": kv("replication.last_checkpoint"),
+        "last_pass": kv("replication.last_pass"),
+        "last_error": kv("replication.last_error"),
+        "data_center": {"chunks": n, "bytes": size},
+        "tunnel": {"watched": bool(r.tunnel_subnet),
+                   "state": "not watched" if not r.tunnel_subnet else
+                   ("unknown" if not last else ("up" if last[0][1] else "down")),
+                   "outages_24h": sum(1 for _, up in events if not up)},
+    }

@@ -1,0 +1,318 @@
+"""Where replicated objects go: the data center's S3 store, or a local directory.
+
+A target only moves opaque, already encrypted bytes. Retry and bandwidth limits are
+decorators around any target (as restic layers its backends), so the engine stays one
+straight loop and each concern is tested on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+log = logging.getLogger("rdr.replication")
+
+
+class TargetError(Exception):
+    """The data center refused or could not be reached; `transient` says whether to retry."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class NotFoundAtTarget(TargetError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"object {name} is not at the data center", False)
+
+
+class Target(Protocol):
+    async def put(self, name: str, data: bytes) -> None: ...
+    async def get(self, name: str) -> bytes: ...
+    async def exists(self, name: str) -> bool: ...
+    def list(self, prefix: str) -> AsyncIterator[str]: ...
+    async def delete(self, name: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class DirTarget:
+    """A local directory standing in for the data center (the embedded default)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        if ".." in name.split("/") or name.startswith("/"):
+            raise TargetError(f"bad object name {name!r}", False)
+        return self.root / name
+
+    async def put(self, name: str, data: bytes) -> None:
+        def write() -> None:
+            p = self._path(name)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, p)
+
+        await asyncio.to_thread(write)
+
+    async def get(self, name: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self._path(name).read_bytes)
+        except FileNotFoundError:
+            raise NotFoundAtTarget(name) from None
+
+    async def exists(self, name: str) -> bool:
+        return await asyncio.to_thread(self._path(name).exists)
+
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        names = await asyncio.to_thread(
+            lambda: sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                           if p.is_file() and not p.name.startswith(".")) if base.exists()
+            else [])
+        for n in names:
+            yield n
+
+    async def delete(self, name: str) -> None:
+        await asyncio.to_thread(lambda: self._path(name).unlink(missing_ok=True))
+
+    async def close(self) -> None:
+        return None
+
+
+class S3Target:
+    """The data center's S3-compatible store (Ceph RGW, MinIO; Swift s3api in tests)."""
+
+    def __init__(self, endpoint: str, bucket: str, access_key: str, secret_key: str,
+                 region: str = "us-east-1", connections: int = 8) -> None:
+        self.endpoint, self.bucket = endpoint, bucket
+        self._creds = (access_key, secret_key)
+        self.region = region
+        self.connections = connections
+        self._client = None
+        self._ctx = None
+
+    async def _c(self):
+        if self._client is None:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import get_session
+
+            cfg = AioConfig(signature_version="s3v4", s3={"addressing_style": "path"},
+                            retries={"max_attempts": 1}, connect_timeout=10, read_timeout=120,
+                            max_pool_connections=self.connections,
+                            request_checksum_calculation="when_required",
+                            response_checksum_validation="when_required")
+            self._ctx = get_session().create_client(
+                "s3", endpoint_url=self.endpoint, region_name=self.region,
+                aws_access_key_id=self._creds[0], aws_secret_access_key=self._creds[1],
+                config=cfg)
+            self._client = await self._ctx.__aenter__()
+        return self._client
+
+    def _error(self, exc: Exception, name: str) -> TargetError:
+        from botocore.exceptions import ClientError, EndpointConnectionError
+
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return NotFoundAtTarget(name)
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+                return TargetError(f"the data center refused the credentials ({code}): check "
+                                   "the replication access key and secret", False)
+            if code == "NoSuchBucket":
+                return TargetError(f"bucket {self.bucket!r} does not exist at the data center",
+                                   False)
+            return TargetError(f"data center error {code or status} on {name}",
+                               status >= 500 or status in (0, 408, 429))
+        if isinstance(exc, EndpointConnectionError | OSError | asyncio.TimeoutError):
+            return TargetError(f"cannot reach the data center at {self.endpoint}: {exc}", True)
+        return TargetError(f"data center request failed: {exc}", True)
+
+    async def _call(self, name: str, fn: Callable):
+        try:
+            return await fn(await self._c())
+        except TargetError:
+            raise
+        except Exception as exc:  # botocore raises many unrelated types
+            raise self._error(exc, name) from None
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self._call(name, lambda c: c.put_object(Bucket=self.bucket, Key=name, Body=data))
+
+    async def get(self, name: str) -> bytes:
+        async def fn(c):
+            resp = await c.get_object(Bucket=self.bucket, Key=name)
+            async with resp["Body"] as body:
+                return await body.read()
+
+        return await self._call(name, fn)
+
+    async def exists(self, name: str) -> bool:
+        try:
+            await self._call(name, lambda c: c.head_object(Bucket=self.bucket, Key=name))
+            return True
+        except NotFoundAtTarget:
+            return False
+
+    async def ensure_bucket(self) -> None:
+        async def fn(c):
+            try:
+                await c.head_bucket(Bucket=self.bucket)
+            except Exception:
+                await c.create_bucket(Bucket=self.bucket)
+
+        await self._call(self.bucket, fn)
+
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        client = await self._c()
+        paginator = client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"]
+        except Exception as exc:
+            raise self._error(exc, prefix) from None
+
+    async def delete(self, name: str) -> None:
+        await self._call(name, lambda c: c.delete_object(Bucket=self.bucket, Key=name))
+
+    async def close(self) -> None:
+        if self._ctx is not None:
+            with contextlib.suppress(Exception):
+                await self._ctx.__aexit__(None, None, None)
+            self._client = self._ctx = None
+
+
+class RetryingTarget:
+    """Retries transient failures with capped exponential backoff; permanent ones at once."""
+
+    def __init__(self, inner: Target, attempts: int = 6, base_delay: float = 0.5,
+                 max_delay: float = 30.0) -> None:
+        self.inner, self.attempts = inner, attempts
+        self.base_delay, self.max_delay = base_delay, max_delay
+
+    async def _retry(self, fn: Callable):
+        delay = self.base_delay
+        for attempt in range(self.attempts):
+            try:
+                return await fn()
+            except TargetError as exc:
+                if not exc.transient or attempt == self.attempts - 1:
+                    raise
+                log.warning("data center: %s; retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay * (0.75 + random.random() / 2))
+            delay = min(delay * 2, self.max_delay)
+        raise AssertionError("unreachable")
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self._retry(lambda: self.inner.put(name, data))
+
+    async def get(self, name: str) -> bytes:
+        return await self._retry(lambda: self.inner.get(name))
+
+    async def exists(self, name: str) -> bool:
+        return await self._retry(lambda: self.inner.exists(name))
+
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        async for n in self.inner.list(prefix):
+            yield n
+
+    async def delete(self, name: str) -> None:
+        await self._retry(lambda: self.inner.delete(name))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def parse_schedule(entries: list[str]) -> list[tuple[int, int, float]]:
+    """["08:00-18:00=2000", "18:00-08:00=0"] -> [(start min, end min, kbit/s)]; 0 =
+    unlimited. Ranges may wrap midnight."""
+    out = []
+    for e in entries:
+        try:
+            span, rate = e.split("=")
+            a, b = span.split("-")
+            ha, ma = (int(x) for x in a.split(":"))
+            hb, mb = (int(x) for x in b.split(":"))
+            kbps = float(rate)
+            if not (0 <= ha < 24 and 0 <= ma < 60 and 0 <= hb < 24 and 0 <= mb < 60
+                    and kbps >= 0):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"bad bandwidth schedule entry {e!r}: use HH:MM-HH:MM=KBITS"
+                             ) from None
+        out.append((ha * 60 + ma, hb * 60 + mb, kbps))
+    return out
+
+
+def in_span(minute: int, start: int, end: int) -> bool:
+    return start <= minute < end if start < end else (minute >= start or minute < end)
+
+
+class RateLimitedTarget:
+    """Token-bucket limit on upload bandwidth, with a time-of-day schedule (the customer's
+    link is shared: e.g. 2 Mbit/s in office hours, unlimited at night)."""
+
+    def __init__(self, inner: Target, default_kbps: float, schedule: list[str], tz: str,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], datetime] | None = None) -> None:
+        self.inner = inner
+        self.default_kbps = default_kbps
+        self.schedule = parse_schedule(schedule)
+        self.zone = ZoneInfo(tz)
+        self.clock = clock
+        self.wall = wall or (lambda: datetime.now(self.zone))
+        self._lock = asyncio.Lock()
+        self._next_free = 0.0  # monotonic time the link is free again
+
+    def current_kbps(self) -> float:
+        now = self.wall().astimezone(self.zone)
+        minute = now.hour * 60 + now.minute
+        for start, end, kbps in self.schedule:
+            if in_span(minute, start, end):
+                return kbps
+        return self.default_kbps
+
+    async def _pace(self, nbytes: int) -> None:
+        kbps = self.current_kbps()
+        if kbps <= 0:
+            return
+        async with self._lock:
+            now = self.clock()
+            start = max(now, self._next_free)
+            self._next_free = start + nbytes * 8 / (kbps * 1000)
+            wait = start - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self._pace(len(data))
+        await self.inner.put(name, data)
+
+    async def get(self, name: str) -> bytes:
+        return await self.inner.get(name)
+
+    async def exists(self, name: str) -> bool:
+        return await self.inner.exists(name)
+
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        async for n in self.inner.list(prefix):
+            yield n
+
+    async def delete(self, name: str) -> None:
+        await self.inner.delete(name)
+
+    async def close(self) -> None:
+        await self.inner.close()
