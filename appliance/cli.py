@@ -654,8 +654,10 @@ def _positive(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s", stream=sys.stderr)
+    # The daemon logs; admin commands say one thing at the end (their result or one error).
+    logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.ERROR,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
     run: Callable[[Cli], int] = args.run
     try:
         return run(Cli(args))

@@ -114,6 +114,8 @@ class ReplicationConfig:
     #: The per-appliance data key (64 hex digits, 0600); empty = <data dir>/replication.key.
     key_file: str = ""
     concurrency: int = 4
+    #: Attempts per request on transient errors (outages are waited out by the next pass).
+    retries: int = 6
     #: Upload limit in kbit/s (0 = none), and per time-of-day overrides "HH:MM-HH:MM=KBITS".
     bandwidth_kbps: float = 0.0
     bandwidth_schedule: list[str] = field(default_factory=list)
@@ -244,6 +246,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError("replication.endpoint: must be an http:// or https:// URL")
     if not 1 <= r.concurrency <= 64:
         raise ConfigError("replication.concurrency: must be between 1 and 64")
+    if not 1 <= r.retries <= 20:
+        raise ConfigError("replication.retries: must be between 1 and 20")
     if r.bandwidth_kbps < 0:
         raise ConfigError("replication.bandwidth_kbps: must not be negative")
     from .replication.targets import parse_schedule

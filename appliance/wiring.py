@@ -75,7 +75,7 @@ def replication_target(cfg: Config, limited: bool = True) -> Target:
     if limited and (r.bandwidth_kbps > 0 or r.bandwidth_schedule):
         inner = RateLimitedTarget(inner, r.bandwidth_kbps, r.bandwidth_schedule,
                                   cfg.appliance.timezone)
-    return RetryingTarget(inner)
+    return RetryingTarget(inner, attempts=r.retries)
 
 
 def replicator(cfg: Config, store: Datastore, pool: Executor, target: Target,

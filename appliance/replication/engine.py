@@ -115,10 +115,22 @@ class Replicator:
         finally:
             held.release()
 
+    async def _settle_inflight(self) -> None:
+        """Uploads a previous run started but did not record: ask the data center."""
+        st = self.store
+        for cid in await self._run(st.index.dc_inflight):
+            if await self.target.exists(chunk_name(self.cipher, cid)):
+                size = await self._run(st.chunks.size_of, cid)
+                await self._run(st.index.dc_add, cid, size + 33)  # + encryption overhead
+            else:
+                await self._run(st.index.dc_abandon, cid)
+
     async def _pass(self) -> PassResult:
         res = PassResult()
         try:
             self._check()
+            await self.target.prepare()
+            await self._settle_inflight()
             pending = [r for r in await self._run(self.store.index.snapshots)
                        if r.replicated_at is None]
             pending.sort(key=lambda r: (r.received_at, r.host, r.snapshot))
@@ -149,6 +161,7 @@ class Replicator:
             async with slots:
                 self._check()
                 blob = await self._run(self._sealed_chunk, cid)
+                await self._run(st.index.dc_begin, cid)
                 await self.target.put(chunk_name(self.cipher, cid), blob)
                 await self._run(st.index.dc_add, cid, len(blob))
                 res.objects_sent += 1

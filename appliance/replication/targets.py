@@ -36,6 +36,7 @@ class NotFoundAtTarget(TargetError):
 
 
 class Target(Protocol):
+    async def prepare(self) -> None: ...
     async def put(self, name: str, data: bytes) -> None: ...
     async def get(self, name: str) -> bytes: ...
     async def exists(self, name: str) -> bool: ...
@@ -50,6 +51,9 @@ class DirTarget:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+
+    async def prepare(self) -> None:
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
         if ".." in name.split("/") or name.startswith("/"):
@@ -128,7 +132,9 @@ class S3Target:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if code in ("NoSuchKey", "404", "NotFound"):
                 return NotFoundAtTarget(name)
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+            # A HEAD answer has no body: its code is just the status.
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied") \
+                    or status == 403:
                 return TargetError(f"the data center refused the credentials ({code}): check "
                                    "the replication access key and secret", False)
             if code == "NoSuchBucket":
@@ -166,11 +172,17 @@ class S3Target:
         except NotFoundAtTarget:
             return False
 
-    async def ensure_bucket(self) -> None:
+    async def prepare(self) -> None:
+        """Check credentials and the bucket (created if the provider has not yet)."""
+        from botocore.exceptions import ClientError
+
         async def fn(c):
             try:
                 await c.head_bucket(Bucket=self.bucket)
-            except Exception:
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if status != 404:
+                    raise
                 await c.create_bucket(Bucket=self.bucket)
 
         await self._call(self.bucket, fn)
@@ -202,6 +214,9 @@ class RetryingTarget:
                  max_delay: float = 30.0) -> None:
         self.inner, self.attempts = inner, attempts
         self.base_delay, self.max_delay = base_delay, max_delay
+
+    async def prepare(self) -> None:
+        await self._retry(self.inner.prepare)
 
     async def _retry(self, fn: Callable):
         delay = self.base_delay
@@ -284,6 +299,9 @@ class RateLimitedTarget:
             if in_span(minute, start, end):
                 return kbps
         return self.default_kbps
+
+    async def prepare(self) -> None:
+        await self.inner.prepare()
 
     async def _pace(self, nbytes: int) -> None:
         kbps = self.current_kbps()

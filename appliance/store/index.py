@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS dc_chunks (
     size INTEGER NOT NULL,
     uploaded_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dc_inflight (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS dc_deletes (
     host TEXT NOT NULL,
     snapshot TEXT NOT NULL,
@@ -516,6 +517,20 @@ class Index:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO dc_chunks VALUES (?, ?, ?)",
                        (cid, size, time.time()))
+            db.execute("DELETE FROM dc_inflight WHERE id = ?", (cid,))
+
+    def dc_begin(self, cid: str) -> None:
+        """An upload starts: if the process dies before dc_add, the next pass asks the data
+        center whether it arrived instead of sending it again."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO dc_inflight VALUES (?)", (cid,))
+
+    def dc_inflight(self) -> list[str]:
+        return [r[0] for r in self._q("SELECT id FROM dc_inflight")]
+
+    def dc_abandon(self, cid: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM dc_inflight WHERE id = ?", (cid,))
 
     def dc_remove(self, ids: list[str]) -> None:
         with self.tx() as db:

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop harness: a virtual rig or a real appliance."""
