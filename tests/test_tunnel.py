@@ -37,6 +37,7 @@ pytestmark = [
 CUT_SECONDS = 30.0
 MARKER = b"PLAINTEXT-MARKER-3b7e1f0c-"
 PAYLOAD = MARKER * (1024 * 1024 // len(MARKER) + 1)  # ~1 MB that is easy to spot on the wire
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 BLOCKED = (errno.EACCES, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EPERM)
 
 
@@ -131,7 +132,7 @@ class Capture:
             self._sock = tunnel.socket(ns, socket.AF_PACKET, socket.SOCK_RAW,
                                        socket.htons(0x0003))  # ETH_P_ALL
             with contextlib.suppress(OSError):  # root may exceed rmem_max: drop fewer frames
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, 16 << 20)
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
             self._sock.bind((iface, 0))
             self._sock.settimeout(0.2)
             self._stop = threading.Event()
