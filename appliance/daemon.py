@@ -145,8 +145,11 @@ class Daemon:
         assert self.tunnel is not None
         while True:
             was = self.tunnel.up
-            if await self.tunnel.poll() and not was:
+            up = await self.tunnel.poll()
+            if up and not was:
                 self.replicate_now.set()
+            elif was and not up and self.replicator is not None:
+                self.replicator.interrupt()
             await asyncio.sleep(self.tunnel.interval)
 
     async def _healthz(self, request: web.Request) -> web.Response:

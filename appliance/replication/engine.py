@@ -81,6 +81,7 @@ class Replicator:
         self.sent_objects = 0
         self.sent_bytes = 0
         self.last_error: str | None = None
+        self._current: asyncio.Task | None = None
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -248,15 +249,27 @@ class Replicator:
         return data
 
     # --- the service loop ---
+    def interrupt(self) -> bool:
+        """Abandon the running pass (the tunnel dropped): its in-flight uploads would sit on
+        dead TCP connections that resume only after a long back-off; the next pass starts on
+        fresh connections and settles them by asking the data center."""
+        if self._current is not None and not self._current.done():
+            self._current.cancel()
+            return True
+        return False
+
     async def run_forever(self, trigger: asyncio.Event, interval: float) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(trigger.wait(), timeout=interval)
             trigger.clear()
+            self._current = asyncio.create_task(self.run_pass())
             try:
-                await self.run_pass()
+                await self._current
             except asyncio.CancelledError:
-                raise
+                if asyncio.current_task().cancelling():  # the service itself is stopping
+                    raise
+                log.info("replication pass interrupted; it resumes when the tunnel is back")
             except Exception as exc:
                 self.last_error = str(exc)
                 log.warning("replication pass failed: %s", exc)
