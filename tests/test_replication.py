@@ -311,3 +311,11 @@ async def test_cli_replicate_status_and_dc_tools(tmp_path: Path) -> None:
     rc, out, err = await run(rdr_cmd() + ["dc", "restore", "--host", "nohost", "--to",
                                           str(tmp_path / "out"), *args])
     assert rc == 1 and "no snapshot" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_route_check_works_inside_a_running_event_loop() -> None:
+    """`rdr replicate` checks the tunnel route from its event loop's thread."""
+    from appliance.replication.tunnel import route_present
+
+    assert route_present("127.0.0.0/8", table=255) in (True, False)  # local table
+    assert route_present("203.0.113.0/24") is False

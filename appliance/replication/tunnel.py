@@ -20,6 +20,19 @@ TABLE = 220
 
 
 def route_present(subnet: str, table: int = TABLE) -> bool:
+    """Whether table `table` routes `subnet`. Callable from any thread: pyroute2's
+    synchronous API runs an event loop of its own, which cannot nest in a running one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _route_present(subnet, table)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as one:
+        return one.submit(_route_present, subnet, table).result()
+
+
+def _route_present(subnet: str, table: int) -> bool:
     from pyroute2 import IPRoute
 
     want = ipaddress.ip_network(subnet)

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of the appliance (run with `python -m benchmarks NAME`)."""
