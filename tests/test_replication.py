@@ -74,6 +74,8 @@ async def test_incremental_second_pass_sends_only_new_objects(store, pool, tmp_p
     assert all(r.replicated_at for r in store.index.snapshots())
     assert (store.snapshots.dir("web01", store.index.snapshots()[0].snapshot)
             / "replicated").exists()
+    # A transfer of over 1 MB leaves a throughput sample for the link requirement.
+    assert len(store.index.link_samples("throughput_kbps", 0)) == 1
     target.puts.clear()
     again = files(5, 1)
     again[b"f0"] = b"changed" * 1000

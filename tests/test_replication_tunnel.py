@@ -80,6 +80,7 @@ access_key = "{s3.access_key}"
 secret_key = "{s3.secret_key}"
 region = "{s3.region}"
 tunnel_subnet = "{plan.dc_subnet}"
+vici_socket = "{tunnel.vici_socket('appliance')}"
 bandwidth_kbps = 40000
 interval_seconds = 5
 """)
@@ -123,6 +124,14 @@ interval_seconds = 5
                                 "--config", str(cfg), capture_output=True, text=True)
             status = json.loads(st_out.stdout)
             assert status["lag"]["snapshots"] == 0 and status["tunnel"]["outages_24h"] >= 1
+            sas = status["tunnel"]["security_associations"]
+            assert sas and sas[0]["state"] == "ESTABLISHED", sas
+            assert sas[0]["children"][0]["bytes_out"] > 0
+            # Replication's transfers are the link's throughput samples (usage report).
+            with sqlite3.connect(db) as conn:
+                kbps = [v for (v,) in conn.execute(
+                    "SELECT value FROM link_samples WHERE kind = 'throughput_kbps'")]
+            assert kbps and all(v > 0 for v in kbps)
             # Nothing readable crossed the WAN: no payload, no S3 request, no inner address.
             assert esp_in_udp(frames) > 1000
             inner = {plan.appliance_inner.split("/")[0], dc_ip}

@@ -7,6 +7,7 @@ import time
 
 from ..config import Config
 from ..store.datastore import Datastore
+from .tunnel import sa_summary
 
 
 def replication_status(store: Datastore, cfg: Config) -> dict:
@@ -46,5 +47,8 @@ def replication_status(store: Datastore, cfg: Config) -> dict:
         "tunnel": {"watched": bool(r.tunnel_subnet),
                    "state": "not watched" if not r.tunnel_subnet else
                    ("unknown" if not last else ("up" if last[0][1] else "down")),
-                   "outages_24h": sum(1 for _, up in events if not up)},
+                   "outages_24h": sum(1 for _, up in events if not up),
+                   # strongSwan's own view (IKE and CHILD SAs, byte counters) over VICI
+                   "security_associations": sa_summary(r.vici_socket) if r.vici_socket
+                   else None},
     }
