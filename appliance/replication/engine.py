@@ -57,6 +57,7 @@ class PassResult:
     snapshots_removed_at_dc: int = 0
     chunks_removed_at_dc: int = 0
     paused: str | None = None
+    seconds: float = 0.0  # wall time of the pass
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -128,6 +129,7 @@ class Replicator:
 
     async def _pass(self) -> PassResult:
         res = PassResult()
+        started = time.monotonic()
         try:
             self._check()
             await self.target.prepare()
@@ -145,6 +147,7 @@ class Replicator:
         except Paused as p:
             res.paused = str(p)
             log.info("replication paused: %s", p)
+        res.seconds = round(time.monotonic() - started, 3)
         await self._run(self.store.index.kv_set, "replication.last_pass",
                         json.dumps({"at": time.time(), **res.to_json()}))
         return res
