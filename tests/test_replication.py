@@ -321,3 +321,20 @@ async def test_route_check_works_inside_a_running_event_loop() -> None:
 
     assert route_present("127.0.0.0/8", table=255) in (True, False)  # local table
     assert route_present("203.0.113.0/24") is False
+
+
+async def test_rebuilt_index_remembers_what_was_replicated(store, pool, tmp_path) -> None:
+    """The replicated marker lets rebuild-index restore the prune guard's knowledge."""
+    from appliance.store.rebuild import rebuild_index
+
+    commit_files(store, "web01", {b"f": b"x" * 1000})
+    await replicator(store, DirTarget(tmp_path / "dc"), pool).run_pass()
+    before = store.index.snapshots()[0].replicated_at
+    store.close()
+    rebuild_index(tmp_path / "data")
+    st = Datastore(tmp_path / "data", reserve_bytes=0)
+    try:
+        assert st.index.snapshots()[0].replicated_at == pytest.approx(before)
+    finally:
+        st.close()
+    store.close = lambda: None  # already closed

@@ -104,9 +104,16 @@ class Datastore:
             if not self.index.host_exists(host):
                 continue
             row = _row_from_manifest(m)
-            if (self.snapshots.dir(host, snap) / "protected").exists():
-                row = SnapshotRow(**{**{k: getattr(row, k) for k in row.__slots__},
-                                     "protected": True})
+            d = self.snapshots.dir(host, snap)
+            marks: dict = {}
+            if (d / "protected").exists():
+                marks["protected"] = True
+            try:  # written by replication once the data center's checkpoint verified
+                marks["replicated_at"] = float((d / "replicated").read_text())
+            except (FileNotFoundError, ValueError):
+                pass
+            if marks:
+                row = SnapshotRow(**{**{k: getattr(row, k) for k in row.__slots__}, **marks})
             self.index.add_snapshot(row, session=m.session or None)
             added += 1
         for host, snap in in_db - on_disk:
