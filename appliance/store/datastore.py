@@ -8,6 +8,7 @@ and durable) are storage rules, not HTTP ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
@@ -108,10 +109,9 @@ class Datastore:
             marks: dict = {}
             if (d / "protected").exists():
                 marks["protected"] = True
-            try:  # written by replication once the data center's checkpoint verified
+            # Written by replication once the data center's checkpoint verified.
+            with contextlib.suppress(FileNotFoundError, ValueError):
                 marks["replicated_at"] = float((d / "replicated").read_text())
-            except (FileNotFoundError, ValueError):
-                pass
             if marks:
                 row = SnapshotRow(**{**{k: getattr(row, k) for k in row.__slots__}, **marks})
             self.index.add_snapshot(row, session=m.session or None)
