@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +83,14 @@ class Cli:
                               "'rdr hosts add' first, or pass --config")
         return wiring.open_store(self.cfg)
 
+    @contextlib.contextmanager
+    def stored(self, create: bool = False) -> Iterator[Datastore]:
+        store = self.open_store(create)
+        try:
+            yield store
+        finally:
+            store.close()
+
     def maintenance(self, store: Datastore) -> Maintenance:
         return wiring.maintenance(self.cfg, store)
 
@@ -110,11 +119,8 @@ class Cli:
         return 0
 
     def hosts_add(self) -> int:
-        store = self.open_store(create=True)
-        try:
+        with self.stored(create=True) as store:
             token = store.add_host(self.args.name)
-        finally:
-            store.close()
         print(f"host {self.args.name} added; its token (shown once, store it on the host):")
         print(token)
         return 0
@@ -126,15 +132,12 @@ class Cli:
                 window = parse_window_start(self.args.window).strftime("%H:%M")
             except ValueError as exc:
                 raise ConfigError(f"--window: {exc}") from None
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             if self.args.policy is not None:
                 store.set_policy(self.args.name, self.args.policy or None)
             if self.args.window is not None:
                 store.set_window(self.args.name, window)
             rec = store.index.host_record(self.args.name)
-        finally:
-            store.close()
         policy = rec["policy"] or f"{self.cfg.retention.policy} (default)"
         start = rec["window_start"] or f"{self.cfg.contract.default_window} (default)"
         print(f"host {rec['name']}: retention {policy}, backup window from {start} "
@@ -142,14 +145,11 @@ class Cli:
         return 0
 
     def usage(self) -> int:
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             try:
                 rep = wiring.capacity(self.cfg, store).report(self.args.month)
             except ValueError as exc:
                 raise ConfigError(f"--month: {exc}") from None
-        finally:
-            store.close()
         if self.args.json:
             print(json.dumps(rep, indent=1))
         elif self.args.csv:
@@ -211,11 +211,8 @@ class Cli:
         return 0 if not res.paused or "another replication" in res.paused else 3
 
     def replication_status(self) -> int:
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             st = replication_status(store, self.cfg)
-        finally:
-            store.close()
         if self.args.json:
             print(json.dumps(st, indent=1))
             return 0
@@ -330,51 +327,36 @@ class Cli:
         return 3 if summary.errors else 0
 
     def tokens_add(self) -> int:
-        store = self.open_store(create=True)
-        try:
+        with self.stored(create=True) as store:
             token = store.index.add_api_token(self.args.name)
-        finally:
-            store.close()
         print(f"admin API token {self.args.name} (shown once; appliance-wide reports, no host "
               "data):")
         print(token)
         return 0
 
     def tokens_list(self) -> int:
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             rows = store.index.api_tokens()
-        finally:
-            store.close()
         for t in rows:
             print(f"{t['name']:24} created {_ts(t['created_at'])}")
         return 0
 
     def tokens_revoke(self) -> int:
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             store.index.revoke_api_token(self.args.name)
-        finally:
-            store.close()
         print(f"admin API token {self.args.name} revoked")
         return 0
 
     def hosts_token(self) -> int:
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             token = store.rotate_token(self.args.name)
-        finally:
-            store.close()
         print(f"new token for {self.args.name} (the old one no longer works):")
         print(token)
         return 0
 
     def hosts_list(self) -> int:
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             hosts = store.index.hosts()
-        finally:
-            store.close()
         if self.args.json:
             print(json.dumps(hosts, indent=1))
             return 0
@@ -385,13 +367,10 @@ class Cli:
         return 0
 
     def snapshots(self) -> int:
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             if self.args.host and not store.index.host_exists(self.args.host):
                 raise StoreError("no_such_host", f"no host named {self.args.host!r}")
             rows = store.index.snapshots(self.args.host)
-        finally:
-            store.close()
         if self.args.json:
             print(json.dumps([r.to_json() for r in rows], indent=1))
             return 0
@@ -403,24 +382,20 @@ class Cli:
         return 0
 
     def protect(self) -> int:
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             store.protect(self.args.host, self.args.snapshot, not self.args.off)
-        finally:
-            store.close()
         print(f"{self.args.host}/{self.args.snapshot}: "
               f"{'no longer protected' if self.args.off else 'protected from prune'}")
         return 0
 
     def prune(self) -> int:
-        store = self.open_store()
-        try:
-            decisions = self.maintenance(store).prune(
-                [self.args.host] if self.args.host else None, self.args.dry_run,
-                self.args.force, self.echo("prune"))
-        finally:
-            self.end_echo()
-            store.close()
+        with self.stored() as store:
+            try:
+                decisions = self.maintenance(store).prune(
+                    [self.args.host] if self.args.host else None, self.args.dry_run,
+                    self.args.force, self.echo("prune"))
+            finally:
+                self.end_echo()
         if self.args.force:
             print("rdr: warning: --force removes snapshots not yet replicated to the data "
                   "center", file=sys.stderr)
@@ -435,12 +410,11 @@ class Cli:
         return 0
 
     def gc(self) -> int:
-        store = self.open_store()
-        try:
-            res = self.maintenance(store).gc(self.args.dry_run, self.echo("gc"))
-        finally:
-            self.end_echo()
-            store.close()
+        with self.stored() as store:
+            try:
+                res = self.maintenance(store).gc(self.args.dry_run, self.echo("gc"))
+            finally:
+                self.end_echo()
         if self.args.json:
             print(json.dumps(res.to_json(), indent=1))
             return 0
@@ -451,13 +425,12 @@ class Cli:
         return 0
 
     def verify(self) -> int:
-        store = self.open_store()
-        try:
-            res = self.maintenance(store).verify(self.args.sample, self.args.rate,
-                                                 self.echo("verify"))
-        finally:
-            self.end_echo()
-            store.close()
+        with self.stored() as store:
+            try:
+                res = self.maintenance(store).verify(self.args.sample, self.args.rate,
+                                                     self.echo("verify"))
+            finally:
+                self.end_echo()
         if self.args.json:
             print(json.dumps(res.to_json(), indent=1))
         else:
@@ -484,11 +457,8 @@ class Cli:
         return 0
 
     def jobs(self) -> int:
-        store = self.open_store()
-        try:
+        with self.stored() as store:
             rows = store.jobs(self.args.kind, self.args.limit)
-        finally:
-            store.close()
         if self.args.json:
             print(json.dumps(rows, indent=1))
             return 0
