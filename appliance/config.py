@@ -128,6 +128,16 @@ class ReplicationConfig:
 
 
 @dataclass(slots=True)
+class HealthConfig:
+    #: /metrics needs an admin API token (Prometheus: `authorization: credentials`).
+    metrics_require_token: bool = True
+    #: Interfaces whose link state is watched (empty = every non-loopback one).
+    interfaces: list[str] = field(default_factory=list)
+    #: Watch the data disk (pyudev); off only for tests on filesystems without a device.
+    watch_disks: bool = True
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -138,6 +148,7 @@ class Config:
     contract: ContractConfig = field(default_factory=ContractConfig)
     datacenter: DatacenterConfig = field(default_factory=DatacenterConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -11,25 +11,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import __version__, wiring
 from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
+from .health.metrics import ApplianceCollector, LiveState
+from .health.systemd import Notifier
 from .ingest.api import IngestApi
 from .replication.engine import Replicator
+from .replication.status import replication_status
 from .replication.tunnel import TunnelWatch
 from .scheduler import Scheduler
 from .store.datastore import Datastore
+from .store.errors import Unavailable
 from .store.lock import HeldLock
 from .web import tls
-from .web.errors import error_middleware
+from .web.auth import bearer_token
+from .web.errors import ApiError, error_middleware
 
 log = logging.getLogger("rdr.daemon")
 
@@ -70,6 +77,9 @@ class Daemon:
         self.replicator: Replicator | None = None
         self.tunnel: TunnelWatch | None = None
         self.replicate_now = asyncio.Event()
+        self.live = LiveState(serial=cfg.appliance.serial)
+        self.notifier = Notifier()
+        self.registry: CollectorRegistry | None = None
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
@@ -114,8 +124,35 @@ class Daemon:
                            appliance_serial=self.cfg.appliance.serial,
                            usage_report=self.capacity.report,
                            on_commit=self.replicate_now.set)
+        self.live.replication_enabled = self.replicator is not None
+        if self.replicator is not None:
+            rep = self.replicator
+            self.live.replication_sent_bytes = lambda: rep.sent_bytes
+        if self.tunnel is not None:
+            tun = self.tunnel
+            self.live.tunnel_up = lambda: tun.up
+        self.registry = CollectorRegistry(auto_describe=False)
+        store, cfg = self.store, self.cfg
+        self.registry.register(ApplianceCollector(
+            store, self.capacity, self.live,
+            (lambda: replication_status(store, cfg)) if self.replicator else None))
+        admission = self.store.admit
+
+        def admit() -> None:
+            """New sessions: refused while degraded (503), then by the watermarks (507)."""
+            if self.live.degraded:
+                raise Unavailable("degraded", "the appliance is degraded: "
+                                  + "; ".join(self.live.degraded.values())
+                                  + ". New backups are refused until it recovers")
+            if admission is not None:
+                admission()
+
+        self.store.admit = admit
+
         app = web.Application(middlewares=[error_middleware])
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         app.add_subapp("/api/v1", ingest.app())
 
         ctx = tls.server_context(self.tls.cert, self.tls.key)
@@ -131,6 +168,10 @@ class Daemon:
         log.info("rdr %s serving on %s", __version__,
                  ", ".join(f"https://{h}:{p}" for h, p in self.addresses))
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        if self.notifier.enabled:
+            self.notifier.ready(f"serving on {len(self.addresses)} address(es)")
+            if self.notifier.watchdog_interval:
+                self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         if self.probe is not None:
             self._tasks.append(asyncio.create_task(self.probe.run(), name="link-probe"))
         if self.tunnel is not None:
@@ -153,9 +194,67 @@ class Daemon:
             await asyncio.sleep(self.tunnel.interval)
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        """Alive: the event loop answers."""
         return web.json_response({"status": "ok", "version": __version__})
 
+    def _readiness(self) -> dict[str, str]:
+        """What stands between this appliance and taking a backup (empty = ready)."""
+        problems = dict(self.live.degraded)
+        store = self.store
+        if store is None:
+            return {"store": "not open"}
+        try:
+            store.index.kv_get("ready-probe")
+        except Exception as exc:
+            problems["index"] = f"index not usable: {exc}"
+        probe = store.root / ".ready-probe"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            problems["store"] = f"data directory not writable: {exc.strerror or exc}"
+        if self.capacity is not None and self.capacity.status()["level"] == "hard":
+            problems["capacity"] = "data disk past the hard watermark"
+        return problems
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Ready: store mounted and writable, index open, not over the hard watermark, not
+        degraded. 503 with the reasons otherwise."""
+        problems = await asyncio.get_running_loop().run_in_executor(self.pool, self._readiness)
+        return web.json_response({"ready": not problems, "problems": problems},
+                                 status=503 if problems else 200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.cfg.health.metrics_require_token:
+            token = bearer_token(request)
+            admin = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.store.index.admin_for_token, token) if token else None
+            if admin is None:
+                raise ApiError(401, "unauthorized", "/metrics needs an admin API token "
+                               "(rdr tokens add NAME)")
+        body = await asyncio.get_running_loop().run_in_executor(
+            self.pool, generate_latest, self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog while the loop runs and the index answers."""
+        assert self.notifier.watchdog_interval is not None
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                    self.pool, self.store.index.kv_get, "watchdog"), 10)
+                self.notifier.watchdog()
+            except Exception as exc:  # no ping: systemd restarts us
+                log.error("watchdog check failed: %s", exc)
+            await asyncio.sleep(self.notifier.watchdog_interval)
+
     async def stop(self) -> None:
+        self.notifier.stopping()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

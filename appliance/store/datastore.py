@@ -73,6 +73,9 @@ class Datastore:
         self.session_lease = session_lease
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
+        # Counters for the metrics: chunks newly stored by this process.
+        self.ingested_chunks = 0
+        self.ingested_bytes = 0
         self._commit_lock = root / "commit.lock"
 
     def close(self) -> None:
@@ -226,6 +229,8 @@ class Datastore:
             with self._lock:
                 live.chunks_new += 1
                 live.bytes_new += len(data)
+                self.ingested_chunks += 1
+                self.ingested_bytes += len(data)
             self.index.clear_damaged(cid)  # a quarantined chunk uploaded again is healed
         return created
 

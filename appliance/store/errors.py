@@ -29,5 +29,9 @@ class Unprocessable(StoreError):
     """Well-formed but wrong content: bad chunk hash, missing chunks at commit (422)."""
 
 
+class Unavailable(StoreError):
+    """The appliance cannot take new work right now, e.g. its data disk is missing (503)."""
+
+
 class InsufficientStorage(StoreError):
     """The data disk cannot take the write (507)."""

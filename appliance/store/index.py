@@ -409,6 +409,12 @@ class Index:
                        (row.host, row.snapshot, row.received_at, row.started_at,
                         row.logical_size, row.file_count, row.new_bytes))
 
+    def session_counts(self) -> list[tuple[str, str, int]]:
+        """(host, result, count) of closed sessions: committed or aborted."""
+        return [(h, st, n) for h, st, n in self._q(
+            "SELECT host, state, COUNT(*) FROM sessions WHERE state != 'open' "
+            "GROUP BY host, state ORDER BY host, state")]
+
     def set_protected(self, host: str, snapshot: str, protected: bool) -> None:
         with self.tx() as db:
             cur = db.execute("UPDATE snapshots SET protected = ? WHERE host = ? AND snapshot = ?",

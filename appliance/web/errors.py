@@ -14,12 +14,13 @@ from ..store.errors import (
     InsufficientStorage,
     NotFound,
     StoreError,
+    Unavailable,
     Unprocessable,
 )
 
 log = logging.getLogger("rdr.http")
 
-_STATUS = [(NotFound, 404), (Conflict, 409), (Unprocessable, 422),
+_STATUS = [(NotFound, 404), (Conflict, 409), (Unprocessable, 422), (Unavailable, 503),
            (InsufficientStorage, 507), (StoreError, 400)]
 
 

@@ -1,0 +1,180 @@
+"""/metrics: the appliance's health as the provider's Prometheus sees it.
+
+Values are gathered at scrape time from the index, the store and the daemon's watchers (a
+custom collector, so nothing has to be kept in step by hand). The expensive parts -- the
+month's billing report and replication's pending bytes -- are cached briefly, so a scrape
+every 15 s costs the appliance almost nothing. The names are the contract in METRICS.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from .. import __version__
+from ..capacity.service import CapacityService
+from ..store.datastore import Datastore
+
+GB = 1e9
+RESTORE_BUCKETS = (1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
+JOB_KINDS = ("prune", "gc", "verify", "usage-sample")
+
+
+@dataclass
+class LiveState:
+    """What only the running daemon knows (watchers, counters), read at scrape time."""
+
+    serial: str = ""
+    degraded: dict[str, str] = field(default_factory=dict)  # reason -> message
+    disks: dict[str, tuple[bool, int]] = field(default_factory=dict)  # dev -> (present, errs)
+    links: dict[str, bool] = field(default_factory=dict)
+    tunnel_up: Callable[[], bool | None] | None = None
+    replication_enabled: bool = False
+    replication_sent_bytes: Callable[[], int] = lambda: 0
+
+
+class _Cached:
+    def __init__(self, ttl: float, fn: Callable[[], object]) -> None:
+        self.ttl, self.fn = ttl, fn
+        self._at = -1e18
+        self._value: object = None
+
+    def get(self) -> object:
+        now = time.monotonic()
+        if now - self._at > self.ttl:
+            self._value = self.fn()
+            self._at = now
+        return self._value
+
+
+class ApplianceCollector(Collector):
+    def __init__(self, store: Datastore, capacity: CapacityService, live: LiveState,
+                 replication_status: Callable[[], dict] | None = None, ttl: float = 30.0,
+                 ) -> None:
+        self.store = store
+        self.capacity = capacity
+        self.live = live
+        self._report = _Cached(ttl, capacity.report)
+        self._repl = _Cached(ttl, replication_status) if replication_status else None
+
+    def collect(self) -> Iterator[Metric]:  # runs in a worker thread (see the handler)
+        idx, live = self.store.index, self.live
+        info = GaugeMetricFamily("rdr_info", "Daemon version and appliance serial",
+                                 labels=["version", "serial"])
+        info.add_metric([__version__, live.serial], 1)
+        yield info
+        deg = GaugeMetricFamily("rdr_degraded", "1 while new backups are refused for a "
+                                "hardware reason", labels=["reason"])
+        deg.add_metric([",".join(sorted(live.degraded)) or "none"], 1 if live.degraded else 0)
+        yield deg
+
+        status = self.capacity.status()
+        yield GaugeMetricFamily("rdr_capacity_bytes", "Installed capacity",
+                                value=status["capacity_gb"] * GB)
+        yield GaugeMetricFamily("rdr_disk_size_bytes", "Data pool size",
+                                value=status["disk_total_bytes"])
+        yield GaugeMetricFamily("rdr_disk_used_bytes", "Data pool used",
+                                value=status["disk_used_bytes"])
+        yield GaugeMetricFamily("rdr_disk_used_ratio", "Data pool used / size",
+                                value=status["used_percent"] / 100)
+        yield GaugeMetricFamily("rdr_capacity_level", "0 ok, 1 warning, 2 hard watermark",
+                                value={"ok": 0, "warning": 1, "hard": 2}[status["level"]])
+
+        rep = self._report.get()
+        yield GaugeMetricFamily("rdr_protected_bytes", "This month's protected bytes",
+                                value=rep["protected_gb"] * GB)
+        yield GaugeMetricFamily("rdr_billable_bytes", "This month's billable bytes",
+                                value=rep["billable_gb"] * GB)
+        yield GaugeMetricFamily("rdr_minimum_use_floor_bytes", "50 % of capacity",
+                                value=rep["floor_gb"] * GB)
+        yield GaugeMetricFamily("rdr_minimum_use_applied", "The floor is billed this month",
+                                value=1 if rep["minimum_use_applied"] else 0)
+        last = GaugeMetricFamily("rdr_host_last_success_timestamp_seconds",
+                                 "Receive time of the host's newest snapshot", labels=["host"])
+        for h in idx.hosts():
+            if h["last_backup"] is not None:
+                last.add_metric([h["name"]], h["last_backup"])
+        yield last
+        ratio = GaugeMetricFamily("rdr_host_window_success_ratio",
+                                  "This month's successful / scheduled backup windows",
+                                  labels=["host"])
+        missed = GaugeMetricFamily("rdr_host_missed_windows", "This month's missed windows",
+                                   labels=["host"])
+        for h in rep["hosts"]:
+            if h["success_rate"] is not None:
+                ratio.add_metric([h["host"]], h["success_rate"])
+            missed.add_metric([h["host"]], len(h["missed_days"]))
+        yield ratio
+        yield missed
+        backups = CounterMetricFamily("rdr_backups", "Backup sessions by result",
+                                      labels=["host", "result"])
+        for host, result, n in idx.session_counts():
+            backups.add_metric([host, result], n)
+        yield backups
+        yield CounterMetricFamily("rdr_ingest_bytes", "Chunk bytes newly stored since start",
+                                  value=self.store.ingested_bytes)
+        yield CounterMetricFamily("rdr_ingest_chunks", "Chunks newly stored since start",
+                                  value=self.store.ingested_chunks)
+
+        yield GaugeMetricFamily("rdr_replication_enabled", "Replication is on",
+                                value=1 if live.replication_enabled else 0)
+        if self._repl is not None:
+            rs = self._repl.get()
+            yield GaugeMetricFamily("rdr_replication_pending_snapshots", "Not yet replicated",
+                                    value=rs["lag"]["snapshots"])
+            yield GaugeMetricFamily("rdr_replication_pending_bytes", "Bytes the DC lacks",
+                                    value=rs["lag"]["bytes"])
+            yield GaugeMetricFamily("rdr_replication_lag_seconds",
+                                    "Age of the oldest unreplicated snapshot",
+                                    value=rs["lag"]["seconds"] or 0)
+            cp = rs["last_checkpoint"]
+            if cp is not None:
+                yield GaugeMetricFamily("rdr_replication_last_checkpoint_timestamp_seconds",
+                                        "Last verified checkpoint", value=cp["at"])
+            yield CounterMetricFamily("rdr_replication_sent_bytes", "Bytes sent to the DC",
+                                      value=live.replication_sent_bytes())
+        if live.tunnel_up is not None and live.tunnel_up() is not None:
+            yield GaugeMetricFamily("rdr_tunnel_up", "IPsec tunnel route present",
+                                    value=1 if live.tunnel_up() else 0)
+        links = GaugeMetricFamily("rdr_link_up", "Network link state", labels=["interface"])
+        for name, up in sorted(live.links.items()):
+            links.add_metric([name], 1 if up else 0)
+        yield links
+        present = GaugeMetricFamily("rdr_data_disk_present", "Data pool disk present",
+                                    labels=["device"])
+        errors = CounterMetricFamily("rdr_data_disk_io_errors", "I/O errors on the data disk",
+                                     labels=["device"])
+        for dev, (ok, errs) in sorted(live.disks.items()):
+            present.add_metric([dev], 1 if ok else 0)
+            errors.add_metric([dev], errs)
+        yield present
+        yield errors
+        yield GaugeMetricFamily("rdr_verify_damaged_chunks", "Damaged chunks not yet healed",
+                                value=len(idx.damaged()))
+        jobs = GaugeMetricFamily("rdr_job_last_success_timestamp_seconds",
+                                 "Last successful maintenance job", labels=["kind"])
+        for kind in JOB_KINDS:
+            t = idx.last_finished(kind)
+            if t is not None:
+                jobs.add_metric([kind], t)
+        yield jobs
+        yield restore_histogram(idx.restores())
+
+
+def restore_histogram(rows: list[dict]) -> HistogramMetricFamily:
+    lat = [r["first_byte_at"] - r["requested_at"] for r in rows if r["first_byte_at"]]
+    buckets = [(str(b), sum(1 for v in lat if v <= b)) for b in RESTORE_BUCKETS]
+    buckets.append(("+Inf", len(lat)))
+    h = HistogramMetricFamily("rdr_restore_start_latency_seconds",
+                              "Request to first byte of each restore")
+    h.add_metric([], buckets, sum_value=sum(lat))
+    return h
