@@ -21,6 +21,7 @@ from pathlib import Path
 from . import __version__, wiring
 from .capacity.windows import parse_window_start
 from .config import Config, ConfigError, load
+from .health.status import gather as gather_status
 from .replication.crypto import DecryptError
 from .replication.crypto import KeyError_ as ReplicationKeyError
 from .replication.dc import DcError, checkpoints, dc_restore, dc_verify
@@ -326,6 +327,47 @@ class Cli:
                 print(f"  not restored: {path}: {err}")
         return 3 if summary.errors else 0
 
+    def status(self) -> int:
+        with self.stored() as store:
+            st = gather_status(self.cfg, store)
+        if self.args.json:
+            print(json.dumps(st, indent=1))
+            return 0
+        d = st["daemon"]
+        print(f"RDR appliance {st['serial']} (rdr {st['version']}), data in {st['data_dir']}")
+        where = "running on " + ", ".join(d["addresses"]) if d["running"] else "NOT RUNNING"
+        print(f"  daemon: {where}")
+        if st["degraded"]:
+            print(f"  DEGRADED: {'; '.join(st['degraded'].values())}")
+        disk = st["disk"]
+        print(f"  data disk: {disk['used_percent']:.1f}% used ({disk['level']}), capacity "
+              f"{disk['capacity_gb']:.0f} GB")
+        b = st["billing"]
+        print(f"  {b['month']}: protected {b['protected_gb']:.1f} GB, billable "
+              f"{b['billable_gb']:.1f} GB (tier {b['tier']})")
+        for h in st["hosts"]:
+            rate = "-" if h["window_success_rate"] is None else \
+                f"{h['window_success_rate'] * 100:.0f}%"
+            print(f"  host {h['host']:20} last backup {_ts(h['last_backup'])}, windows {rate}"
+                  f"{', missed ' + ', '.join(h['missed_days']) if h['missed_days'] else ''}")
+        r = st["replication"]
+        if r is not None:
+            behind = "-" if r["lag"]["seconds"] is None else f"{r['lag']['seconds']:.0f} s"
+            print(f"  replication: {r['lag']['snapshots']} snapshots behind ({behind}), tunnel "
+                  f"{r['tunnel']['state']}")
+        hw = st["hardware"]
+        if hw:
+            for dev, disk_state in hw["disks"].items():
+                print(f"  disk {dev}: {'present' if disk_state['present'] else 'MISSING'}, "
+                      f"{disk_state['io_errors']} I/O errors")
+            for ifname, up in hw["links"].items():
+                print(f"  link {ifname}: {'up' if up else 'DOWN'}")
+        for kind, j in st["jobs"].items():
+            print(f"  last {kind}: {j['state']} {_ts(j['finished_at'])} {j['message']}")
+        if st["damaged_chunks"]:
+            print(f"  {st['damaged_chunks']} damaged chunks await re-upload")
+        return 0
+
     def tokens_add(self) -> int:
         with self.stored(create=True) as store:
             token = store.index.add_api_token(self.args.name)
@@ -536,6 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     rb = ssub.add_parser("rebuild-index", parents=[common],
                          help="rebuild the SQLite index from the files (daemon stopped)")
     rb.set_defaults(run=Cli.rebuild_index)
+
+    sta = sub.add_parser("status", parents=[common], help="the appliance's health at a glance")
+    sta.add_argument("--json", action="store_true")
+    sta.set_defaults(run=Cli.status)
 
     us = sub.add_parser("usage", parents=[common], help="monthly usage, billing and service "
                         "levels")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +170,7 @@ class Daemon:
         log.info("rdr %s serving on %s", __version__,
                  ", ".join(f"https://{h}:{p}" for h, p in self.addresses))
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        self._tasks.append(asyncio.create_task(self._publish_health(), name="health"))
         if self.notifier.enabled:
             self.notifier.ready(f"serving on {len(self.addresses)} address(es)")
             if self.notifier.watchdog_interval:
@@ -240,6 +243,22 @@ class Daemon:
         body = await asyncio.get_running_loop().run_in_executor(
             self.pool, generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _publish_health(self, interval: float = 10.0) -> None:
+        """Leave what only the daemon knows (watchers) where `rdr status` can read it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            snap = {"at": time.time(), "pid": os.getpid(), "degraded": self.live.degraded,
+                    "disks": {d: {"present": p, "io_errors": e}
+                              for d, (p, e) in self.live.disks.items()},
+                    "links": self.live.links,
+                    "tunnel_up": self.tunnel.up if self.tunnel is not None else None,
+                    "addresses": [f"{h}:{p}" for h, p in self.addresses],
+                    "fingerprint": self.tls.fingerprint if self.tls else None}
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(self.pool, self.store.index.kv_set, "health.live",
+                                           json.dumps(snap))
+            await asyncio.sleep(interval)
 
     async def _watchdog(self) -> None:
         """Ping systemd's watchdog while the loop runs and the index answers."""

@@ -188,3 +188,33 @@ async def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
         sock.close()
     assert got.index(next(m for m in got if "READY=1" in m)) < \
         got.index(next(m for m in got if "STOPPING=1" in m))
+
+
+async def test_rdr_status_summarises_health(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[server]\nlisten = '127.0.0.1:{port}'\n[store]\npath = 'data'\n"
+                   "[replication]\ndirectory = 'dc'\n[appliance]\nserial = 'RDR-42'\n")
+    from .test_cli import start_serve
+
+    rc, out, _ = await run(rdr_cmd() + ["hosts", "add", "web01", "--config", str(cfg)])
+    daemon = await start_serve(cfg, port)
+    try:
+        for _ in range(100):  # the daemon publishes its live state right after start
+            rc, out, err = await run(rdr_cmd() + ["status", "--json", "--config", str(cfg)])
+            st = json.loads(out)
+            if st["daemon"]["published_at"]:
+                break
+            await asyncio.sleep(0.1)
+        assert rc == 0, err
+        assert st["serial"] == "RDR-42" and st["daemon"]["running"]
+        assert st["daemon"]["addresses"] == [f"127.0.0.1:{port}"]
+        assert [h["host"] for h in st["hosts"]] == ["web01"]
+        assert st["replication"]["lag"]["snapshots"] == 0 and st["degraded"] == {}
+        rc, text, err = await run(rdr_cmd() + ["status", "--config", str(cfg)])
+        assert rc == 0 and "RDR-42" in text and "running on" in text and "web01" in text
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        await daemon.communicate()
+    rc, text, _ = await run(rdr_cmd() + ["status", "--config", str(cfg)])
+    assert rc == 0 and "NOT RUNNING" in text
