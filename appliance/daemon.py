@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 
 from . import __version__, wiring
 from .capacity.network import LinkProbe
@@ -134,6 +139,7 @@ class Daemon:
             tun = self.tunnel
             self.live.tunnel_up = lambda: tun.up
         self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)  # process_* : the daemon's CPU, RSS, fds
         store, cfg = self.store, self.cfg
         self.registry.register(ApplianceCollector(
             store, self.capacity, self.live,

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import psutil
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -168,6 +169,29 @@ class ApplianceCollector(Collector):
                 jobs.add_metric([kind], t)
         yield jobs
         yield restore_histogram(idx.restores())
+        yield from system_metrics(live.disks)
+
+
+def system_metrics(disks: dict[str, tuple[bool, int]]) -> Iterator[Metric]:
+    """The machine itself (psutil): CPU, memory, and the data disk's I/O."""
+    yield GaugeMetricFamily("rdr_system_cpu_ratio", "CPU busy share since the last scrape",
+                            value=psutil.cpu_percent(interval=None) / 100)
+    mem = psutil.virtual_memory()
+    yield GaugeMetricFamily("rdr_system_memory_total_bytes", "Memory", value=mem.total)
+    yield GaugeMetricFamily("rdr_system_memory_available_bytes", "Memory available",
+                            value=mem.available)
+    per_disk = psutil.disk_io_counters(perdisk=True) or {}
+    rd = CounterMetricFamily("rdr_data_disk_read_bytes", "Bytes read from the data disk",
+                             labels=["device"])
+    wr = CounterMetricFamily("rdr_data_disk_written_bytes", "Bytes written to the data disk",
+                             labels=["device"])
+    for dev in sorted(disks):
+        io = per_disk.get(dev)
+        if io is not None:
+            rd.add_metric([dev], io.read_bytes)
+            wr.add_metric([dev], io.write_bytes)
+    yield rd
+    yield wr
 
 
 def restore_histogram(rows: list[dict]) -> HistogramMetricFamily:
