@@ -31,6 +31,8 @@ from . import __version__, wiring
 from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
+from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
+from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
 from .health.systemd import Notifier
 from .ingest.api import IngestApi
@@ -98,7 +100,8 @@ class Daemon:
         log.info("TLS certificate SHA-256 fingerprint: %s", self.tls.fingerprint)
         self.store = await loop.run_in_executor(self.pool, wiring.open_store, self.cfg)
         recovered = await loop.run_in_executor(self.pool, self.store.recover)
-        if not await loop.run_in_executor(self.pool, self.store.reserve.ensure):
+        if self.cfg.store.reserve_mb and not await loop.run_in_executor(
+                self.pool, self.store.reserve.ensure):
             log.warning("data disk too full to keep %d MiB in reserve", self.cfg.store.reserve_mb)
         log.info("store at %s ready: %s", self.cfg.data_dir, recovered)
         maintenance = wiring.maintenance(self.cfg, self.store)
@@ -131,6 +134,7 @@ class Daemon:
                            appliance_serial=self.cfg.appliance.serial,
                            usage_report=self.capacity.report,
                            on_commit=self.replicate_now.set)
+        await self._start_watchers()
         self.live.replication_enabled = self.replicator is not None
         if self.replicator is not None:
             rep = self.replicator
@@ -250,6 +254,43 @@ class Daemon:
             self.pool, generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def _start_watchers(self) -> None:
+        """Hardware watchers: the data disk (a missing disk degrades the appliance: new
+        backups refused, nothing written), removable disks (announced for Rapid Protect and
+        Rapid Recover), and the network links."""
+        if self.cfg.health.watch_disks:
+            disk = DataDiskWatcher(self.cfg.data_dir, self._disk_changed)
+            self._disk_changed(disk.state)
+            self._tasks.append(asyncio.create_task(disk.run(), name="data-disk"))
+            self._tasks.append(asyncio.create_task(
+                RemovableDiskWatcher(self._removable).run(), name="removable-disks"))
+        links = LinkWatcher(self.cfg.health.interfaces or None, self._link_changed)
+        self.live.links.update(await asyncio.to_thread(links.states))
+        self._tasks.append(asyncio.create_task(links.run(), name="links"))
+
+    def _disk_changed(self, state: DiskState) -> None:
+        if state.device:
+            self.live.disks = {state.device: (state.present, state.io_errors)}
+        if state.present:
+            if self.live.degraded.pop("data_disk", None):
+                log.warning("data disk %s is back: backups accepted again", state.device)
+        else:
+            self.live.degraded["data_disk"] = (
+                f"the data disk {state.device or '(unknown)'} is missing or failing")
+            log.error("DEGRADED: %s", self.live.degraded["data_disk"])
+
+    def _removable(self, action: str, info: dict) -> None:
+        dev = info.get("device", "?")
+        if action == "add":
+            self.live.removable[dev] = info
+        else:
+            self.live.removable.pop(dev, None)
+        log.info("removable disk %s %s: %s", dev, action, info)
+
+    def _link_changed(self, ifname: str, up: bool) -> None:
+        self.live.links[ifname] = up
+        log.warning("link %s is %s", ifname, "up" if up else "DOWN")
+
     async def _publish_health(self, interval: float = 10.0) -> None:
         """Leave what only the daemon knows (watchers) where `rdr status` can read it."""
         loop = asyncio.get_running_loop()
@@ -294,7 +335,10 @@ class Daemon:
             self.replicator = None
         loop = asyncio.get_running_loop()
         if self.store is not None:
-            await loop.run_in_executor(self.pool, self.store.chunks.sync)
+            try:
+                await loop.run_in_executor(self.pool, self.store.chunks.sync)
+            except OSError as exc:  # a failed data disk must not stop the shutdown
+                log.error("could not flush the data disk on shutdown: %s", exc)
             await loop.run_in_executor(self.pool, self.store.close)
             self.store = None
         self.pool.shutdown(wait=True)

@@ -14,6 +14,7 @@ from appliance.agent.client import ApplianceClient, Endpoint
 from appliance.config import (
     CapacityConfig,
     Config,
+    HealthConfig,
     MaintenanceConfig,
     ReplicationConfig,
     ServerConfig,
@@ -62,7 +63,8 @@ def make_config(data_dir: Path, **store: object) -> Config:
                   maintenance=MaintenanceConfig(prune_interval_hours=0, gc_interval_hours=0,
                                                 verify_interval_hours=0),
                   replication=ReplicationConfig(enabled=False),
-                  capacity=CapacityConfig(sample_interval_hours=0))
+                  capacity=CapacityConfig(sample_interval_hours=0),
+                  health=HealthConfig(watch_disks=False))
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ class LiveState:
     tunnel_up: Callable[[], bool | None] | None = None
     replication_enabled: bool = False
     replication_sent_bytes: Callable[[], int] = lambda: 0
+    removable: dict[str, dict] = field(default_factory=dict)  # inserted removable disks
 
 
 class _Cached:

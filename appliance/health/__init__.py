@@ -1,0 +1,1 @@
+"""Health: metrics, readiness, hardware watchers."""

@@ -1,0 +1,74 @@
+"""A data disk that fails under the running daemon: the appliance goes degraded -- new backups
+refused with the reason, /readyz and /metrics say so -- and nothing committed is touched."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import struct
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from appliance.agent.client import ApplianceError
+from appliance.daemon import Daemon
+
+from .conftest import Appliance, make_config
+from .test_watchers import (
+    FS_GOING_NOLOGFLUSH,
+    FS_IOC_SHUTDOWN,
+    attach_and_mount,
+    disk_image,
+    fresh_loop,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices")
+
+
+async def test_a_failing_data_disk_degrades_the_appliance(tmp_path: Path) -> None:
+    img = disk_image(tmp_path / "disk.img", 128 << 20)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with fresh_loop(mnt) as index:
+        attach_and_mount(index, img, mnt, mkfs=True)
+        cfg = make_config(mnt / "pool", reserve_mb=0)
+        cfg.health.watch_disks = True
+        daemon = Daemon(cfg)
+        await daemon.start()
+        try:
+            host, port = daemon.addresses[0]
+            app = Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint,
+                            mnt / "pool")
+            token = app.add_host("web01")
+            admin = app.store.index.add_api_token("prom")
+            assert daemon.live.disks == {f"loop{index}": (True, 0)}
+            # The disk dies under the mounted filesystem (every write now fails with EIO).
+            fd = os.open(mnt, os.O_RDONLY)
+            try:
+                fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_NOLOGFLUSH))
+            finally:
+                os.close(fd)
+            for _ in range(200):
+                if daemon.live.degraded:
+                    break
+                await asyncio.sleep(0.05)
+            assert "data_disk" in daemon.live.degraded
+            async with app.client(token) as c:
+                with pytest.raises(ApplianceError) as err:
+                    await c.open_session()
+                assert err.value.status == 503
+                assert "degraded" in err.value.message and f"loop{index}" in err.value.message
+            fp = bytes.fromhex(app.fingerprint.replace(":", ""))
+            async with aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(fp))) as http:
+                async with http.get(f"{app.url}/readyz") as r:
+                    assert r.status == 503 and "data_disk" in (await r.json())["problems"]
+                async with http.get(f"{app.url}/metrics",
+                                    headers={"Authorization": f"Bearer {admin}"}) as r:
+                    text = await r.text()
+            assert f'rdr_data_disk_present{{device="loop{index}"}} 0.0' in text
+            assert 'rdr_degraded{reason="data_disk"} 1.0' in text
+        finally:
+            await daemon.stop()
