@@ -273,6 +273,10 @@ class Daemon:
             self.live.disks = {state.device: (state.present, state.io_errors)}
         if state.present:
             if self.live.degraded.pop("data_disk", None):
+                # Only the index holds a file descriptor on the data disk (chunks and
+                # snapshots are opened by path): a fresh connection is all recovery needs.
+                if self.store is not None:
+                    self.store.index.reopen()
                 log.warning("data disk %s is back: backups accepted again", state.device)
         else:
             self.live.degraded["data_disk"] = (

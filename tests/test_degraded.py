@@ -7,6 +7,7 @@ import asyncio
 import fcntl
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -14,8 +15,10 @@ import pytest
 
 from appliance.agent.client import ApplianceError
 from appliance.daemon import Daemon
+from appliance.store.chunkfile import ChunkEncoder
 
 from .conftest import Appliance, make_config
+from .test_ingest_api import catalog_for, commit_body
 from .test_watchers import (
     FS_GOING_NOLOGFLUSH,
     FS_IOC_SHUTDOWN,
@@ -70,5 +73,34 @@ async def test_a_failing_data_disk_degrades_the_appliance(tmp_path: Path) -> Non
                     text = await r.text()
             assert f'rdr_data_disk_present{{device="loop{index}"}} 0.0' in text
             assert 'rdr_degraded{reason="data_disk"} 1.0' in text
+            # The disk comes back, re-plugged under a new kernel name (as a USB disk does):
+            # the dead filesystem is detached and the disk mounted again at the same place.
+            await asyncio.to_thread(subprocess.run, ["umount", "-l", str(mnt)], check=True)
+            with fresh_loop() as index2:
+                await asyncio.to_thread(attach_and_mount, index2, img, mnt, mkfs=False)
+                try:
+                    for _ in range(400):
+                        if not daemon.live.degraded:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert daemon.live.degraded == {}
+                    assert daemon.live.disks == {f"loop{index2}": (True, 1)}
+                    await self_check_backup(app, token)
+                finally:
+                    await daemon.stop()
+                    await asyncio.to_thread(subprocess.run, ["umount", "-l", str(mnt)],
+                                            check=False)
         finally:
             await daemon.stop()
+
+
+async def self_check_backup(app: Appliance, token: str) -> None:
+    """A whole backup is accepted again: session, chunks, commit."""
+    enc = ChunkEncoder()
+    blob = enc.encode(b"after the disk came back" * 1000)
+    cat, idx = catalog_for([(blob.id, blob.plain_size)])
+    async with app.client(token) as c:
+        sid = (await c.open_session())["session"]
+        for chunk in (blob, *cat, *idx):
+            await c.put_chunk(sid, chunk.id, chunk.data)
+        assert (await c.commit(sid, commit_body(cat, idx)))["file_count"] == 1

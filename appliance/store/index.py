@@ -8,6 +8,7 @@ concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -223,6 +224,17 @@ class Index:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def reopen(self) -> None:
+        """A fresh connection (the data disk came back: the old file descriptor is dead)."""
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = sqlite3.connect(self.path, check_same_thread=False,
+                                       isolation_level=None, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
