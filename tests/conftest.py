@@ -86,3 +86,13 @@ def agent_cmd() -> list[str]:
 
 def rdr_cmd() -> list[str]:
     return [str(BIN / "rdr")]
+
+
+def quiet_toml(port: int, data: object, *, reserve_mb: int = 0, extra: str = "") -> str:
+    """Config of a daemon a test runs as a subprocess: its own port and data, no replication
+    and no scheduled jobs (tests run them explicitly), GC without grace; `extra` adds
+    sections."""
+    return (f'[server]\nlisten = "127.0.0.1:{port}"\n[store]\npath = "{data}"\n'
+            f"reserve_mb = {reserve_mb}\n[replication]\nenabled = false\n[maintenance]\n"
+            "prune_interval_hours = 0\ngc_interval_hours = 0\nverify_interval_hours = 0\n"
+            "gc_grace_minutes = 0\n" + extra)

@@ -25,7 +25,7 @@ from appliance.store.datastore import Datastore
 from appliance.store.errors import InsufficientStorage
 from appliance.store.index import SnapshotRow
 
-from .conftest import Appliance, agent_cmd, rdr_cmd
+from .conftest import Appliance, agent_cmd, quiet_toml, rdr_cmd
 from .test_cli import free_port
 from .test_disk_full import wait_healthy
 from .treeutil import run
@@ -321,22 +321,8 @@ async def test_hard_watermark_refuses_new_backups_on_a_real_filesystem(tmp_path:
     data.mkdir()
     port = free_port()
     cfg = tmp_path / "a.toml"
-    cfg.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-path = "{data}"
-reserve_mb = 0
-[capacity]
-warn_percent = [30.0, 40.0]
-hard_percent = 50.0
-[replication]
-enabled = false
-[maintenance]
-prune_interval_hours = 0
-gc_interval_hours = 0
-verify_interval_hours = 0
-""")
+    cfg.write_text(quiet_toml(port, data, extra="[capacity]\nwarn_percent = [30.0, 40.0]\n"
+                                              "hard_percent = 50.0\n"))
     daemon = await asyncio.create_subprocess_exec(
         "unshare", "-m", "--propagation", "private", "sh", "-c",
         f"mount -t tmpfs -o size=64m rdr-test {data} && exec {rdr_cmd()[0]} serve "

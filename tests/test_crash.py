@@ -15,7 +15,7 @@ import random
 import signal
 from pathlib import Path
 
-from .conftest import agent_cmd, rdr_cmd
+from .conftest import agent_cmd, quiet_toml, rdr_cmd
 from .test_cli import free_port, start_serve
 from .treeutil import restored_root, run, tree_state
 
@@ -49,22 +49,7 @@ async def test_sigkill_during_backup_commit_prune_and_gc(tmp_path: Path) -> None
     (src / "big.bin").write_bytes(rng.randbytes(6 * 1024 * 1024))
     port = free_port()
     cfg = tmp_path / "appliance.toml"
-    cfg.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-path = "data"
-reserve_mb = 0
-[retention]
-policy = "1-0-0"
-[replication]
-enabled = false
-[maintenance]
-prune_interval_hours = 0
-gc_interval_hours = 0
-verify_interval_hours = 0
-gc_grace_minutes = 0
-""")
+    cfg.write_text(quiet_toml(port, "data", extra='[retention]\npolicy = "1-0-0"\n'))
     rc, out, err = await run(rdr_cmd() + ["hosts", "add", "web01", "--config", str(cfg)])
     assert rc == 0, err
     token = out.strip().splitlines()[-1]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import agent_cmd, rdr_cmd
+from .conftest import agent_cmd, quiet_toml, rdr_cmd
 from .test_cli import free_port
 from .treeutil import assert_same_tree, restored_root, run
 
@@ -44,22 +44,8 @@ async def test_full_disk_refuses_cleanly_and_recovers_by_prune_and_gc(tmp_path: 
     data.mkdir()
     port = free_port()
     cfg = tmp_path / "appliance.toml"
-    cfg.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-path = "{data}"
-reserve_mb = 4
-[retention]
-policy = "1-0-0"
-[replication]
-enabled = false
-[maintenance]
-prune_interval_hours = 0
-gc_interval_hours = 0
-verify_interval_hours = 0
-gc_grace_minutes = 0
-""")
+    cfg.write_text(quiet_toml(port, data, reserve_mb=4,
+                              extra='[retention]\npolicy = "1-0-0"\n'))
     daemon = await asyncio.create_subprocess_exec(
         "unshare", "-m", "--propagation", "private", "sh", "-c",
         f"mount -t tmpfs -o size=40m rdr-test {data} && exec {rdr_cmd()[0]} serve "

@@ -418,6 +418,17 @@ class _Dirs:
             os.close(self._lru.popitem()[1])
 
 
+def _chmod_nofollow(pfd: int, name: bytes, mode: int) -> None:
+    """chmod `name` in `pfd` without following a symlink: through an O_PATH descriptor of
+    the entry itself (what glibc's fchmodat does), so a planted symlink is never followed and
+    chmod of a symlink is a plain OSError (EOPNOTSUPP), reported for that entry."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
+
+
 def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
     while data:
         n = os.pwrite(fd, data, pos)
@@ -644,13 +655,13 @@ class _Writer:
             if self.is_root:
                 os.chown(e.name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
             if chmod:
-                os.chmod(e.name, stat.S_IMODE(e.mode), dir_fd=pfd, follow_symlinks=False)
+                _chmod_nofollow(pfd, e.name, stat.S_IMODE(e.mode))
             if e.xattrs:
                 # setxattr takes no dir fd; the /proc link resolves to the directory itself
                 self._xattrs(b"/proc/self/fd/%d/%s" % (pfd, e.name), e, full,
                              symlink=e.type == SYMLINK)
             os.utime(e.name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
-        except (*_ENTRY_ERRORS, NotImplementedError) as exc:
+        except _ENTRY_ERRORS as exc:
             self._error(full, f"cannot set metadata: {_why(exc)}")
 
     def _xattrs(self, target: int | bytes, e: Entry, full: bytes, symlink: bool) -> None:
