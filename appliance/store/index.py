@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import Conflict, NotFound, StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 HOST_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 TOKEN_PREFIX = "rdr_"
 ADMIN_TOKEN_PREFIX = "rdra_"
@@ -118,6 +118,40 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT NOT NULL DEFAULT '',
     result TEXT
 );
+CREATE TABLE IF NOT EXISTS accounts (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    password_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS web_sessions (
+    id_hash BLOB PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS restore_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_host TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    target_host TEXT NOT NULL,
+    target_dir TEXT NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    requested_by TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    picked_up_at REAL,
+    updated_at REAL,
+    finished_at REAL,
+    files INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER,
+    errors INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    restore_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS restore_jobs_target ON restore_jobs(target_host, state);
 CREATE TABLE IF NOT EXISTS snapshots (
     host TEXT NOT NULL,
     snapshot TEXT NOT NULL,
@@ -250,6 +284,10 @@ class Index:
     def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """A read for the store's other parts (accounts, restore jobs) that own their tables."""
+        return self._q(sql, args)
 
     # --- hosts and tokens ---
     def add_host(self, name: str) -> str:
