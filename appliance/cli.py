@@ -29,6 +29,7 @@ from .replication.engine import PassResult
 from .replication.status import replication_status
 from .replication.targets import TargetError
 from .replication.tunnel import route_present
+from .store.accounts import Accounts, check_password_rules
 from .store.datastore import Datastore
 from .store.errors import StoreError
 from .store.jobs import Progress
@@ -389,6 +390,49 @@ class Cli:
         print(f"admin API token {self.args.name} revoked")
         return 0
 
+    def _new_password(self) -> str:
+        """Asked twice on a terminal; one line on stdin with --password-stdin (scripts)."""
+        if self.args.password_stdin:
+            pw = sys.stdin.readline().rstrip("\n")
+        else:
+            import getpass
+
+            if not sys.stdin.isatty():
+                raise StoreError("no_terminal", "no terminal to ask for the password; "
+                                 "use --password-stdin")
+            pw = getpass.getpass(f"password for {self.args.name}: ")
+            if getpass.getpass("again: ") != pw:
+                raise StoreError("password_mismatch", "the two passwords differ")
+        check_password_rules(pw)
+        return pw
+
+    def admin_add(self) -> int:
+        pw = self._new_password()
+        with self.stored(create=True) as store:
+            Accounts(store.index).add(self.args.name, pw)
+        print(f"admin account {self.args.name} created; sign in at https://<appliance>/")
+        return 0
+
+    def admin_passwd(self) -> int:
+        pw = self._new_password()
+        with self.stored() as store:
+            Accounts(store.index).set_password(self.args.name, pw)
+        print(f"password of {self.args.name} changed; its sessions were signed out")
+        return 0
+
+    def admin_remove(self) -> int:
+        with self.stored() as store:
+            Accounts(store.index).remove(self.args.name)
+        print(f"admin account {self.args.name} removed")
+        return 0
+
+    def admin_list(self) -> int:
+        with self.stored() as store:
+            rows = Accounts(store.index).list()
+        for a in rows:
+            print(f"{a['name']:24} created {_ts(a['created_at'])}")
+        return 0
+
     def hosts_token(self) -> int:
         with self.stored() as store:
             token = store.rotate_token(self.args.name)
@@ -638,6 +682,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     tr.add_argument("name")
     tr.set_defaults(run=Cli.tokens_revoke)
+
+    ad = sub.add_parser("admin", help="admin accounts for the LAN restore page")
+    asub = ad.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    for action, helptext in (("add", "create an account (asks for its password)"),
+                             ("passwd", "change an account's password"),
+                             ("remove", "remove an account"), ("list", "list accounts")):
+        ap = asub.add_parser(action, parents=[common], help=helptext)
+        if action != "list":
+            ap.add_argument("name")
+        if action in ("add", "passwd"):
+            ap.add_argument("--password-stdin", action="store_true",
+                            help="read the password from the first line of stdin")
+        ap.set_defaults(run=getattr(Cli, f"admin_{action}"))
 
     jb = sub.add_parser("jobs", parents=[common], help="history of maintenance jobs")
     jb.add_argument("--kind")

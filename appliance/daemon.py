@@ -28,6 +28,8 @@ from prometheus_client import (
 )
 
 from . import __version__, wiring
+from .browse.tree import Browser
+from .capacity.hosts import host_summaries
 from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
@@ -40,12 +42,14 @@ from .replication.engine import Replicator
 from .replication.status import replication_status
 from .replication.tunnel import TunnelWatch
 from .scheduler import Scheduler
+from .store.accounts import Accounts
 from .store.datastore import Datastore
 from .store.errors import Unavailable
 from .store.lock import HeldLock
-from .web import tls
+from .web import tls, ui
 from .web.auth import bearer_token
 from .web.errors import ApiError, error_middleware
+from .web.page_api import PageApi
 
 log = logging.getLogger("rdr.daemon")
 
@@ -90,6 +94,7 @@ class Daemon:
         self.notifier = Notifier()
         self.registry: CollectorRegistry | None = None
         self.addresses: list[tuple[str, int]] = []
+        self.browser: Browser | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,6 +139,10 @@ class Daemon:
                            appliance_serial=self.cfg.appliance.serial,
                            usage_report=self.capacity.report,
                            on_commit=self.replicate_now.set)
+        self.browser = Browser(self.store)
+        page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
+                       self._overview, getattr(ingest, "jobs", None))
+        ingest.attach_page(page)
         await self._start_watchers()
         self.live.replication_enabled = self.replicator is not None
         if self.replicator is not None:
@@ -161,7 +170,8 @@ class Daemon:
 
         self.store.admit = admit
 
-        app = web.Application(middlewares=[error_middleware])
+        app = web.Application(middlewares=[error_middleware, ui.security_headers])
+        ui.add_routes(app.router)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -205,6 +215,26 @@ class Daemon:
             elif was and not up and self.replicator is not None:
                 self.replicator.interrupt()
             await asyncio.sleep(self.tunnel.interval)
+
+    def _overview(self) -> dict:
+        """The page's first screen (in the pool): hosts, capacity, replication at a glance."""
+        assert self.store is not None and self.capacity is not None
+        cfg = self.cfg
+        rep = None
+        if self.replicator is not None:
+            full = replication_status(self.store, cfg)
+            rep = {"enabled": True, "lag": full["lag"], "last_pass": full["last_pass"],
+                   "last_error": full["last_error"],
+                   "tunnel": full["tunnel"]["state"]}
+        return {
+            "appliance": {"serial": cfg.appliance.serial, "version": __version__,
+                          "timezone": cfg.appliance.timezone, "time": time.time(),
+                          "degraded": dict(self.live.degraded)},
+            "capacity": self.capacity.status(),
+            "replication": rep or {"enabled": False},
+            "hosts": host_summaries(self.store.index, cfg.appliance.timezone,
+                                    cfg.contract.default_window),
+        }
 
     async def _healthz(self, request: web.Request) -> web.Response:
         """Alive: the event loop answers."""

@@ -126,7 +126,6 @@ CREATE TABLE IF NOT EXISTS accounts (
 CREATE TABLE IF NOT EXISTS web_sessions (
     id_hash BLOB PRIMARY KEY,
     account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
-    csrf TEXT NOT NULL,
     created_at REAL NOT NULL,
     last_seen REAL NOT NULL
 );
@@ -514,11 +513,14 @@ class Index:
         return [dict(zip(keys, r, strict=True)) for r in self._q(sql + " ORDER BY received_at",
                                                                  args)]
 
-    def start_restore(self, host: str, snapshot: str, via: str) -> int:
+    def start_restore(self, host: str, snapshot: str, via: str,
+                      requested_at: float | None = None) -> int:
+        """A restore was asked for (at `requested_at`, default now); its first byte, or the
+        pickup of a push job, is recorded later with `restore_first_byte`."""
         with self.tx() as db:
             return int(db.execute("INSERT INTO restores (host, snapshot, via, requested_at) "
                                   "VALUES (?, ?, ?, ?)",
-                                  (host, snapshot, via, time.time())).lastrowid)
+                                  (host, snapshot, via, requested_at or time.time())).lastrowid)
 
     def restore_first_byte(self, rid: int, host: str) -> float | None:
         """Record the first byte of a restore once; returns its start latency (seconds)."""

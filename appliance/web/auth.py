@@ -1,22 +1,35 @@
-"""Bearer-token authentication: every /api/v1 call names its principal by its token.
+"""Authentication: every /api/v1 call names its principal, by bearer token or by session.
 
 Host tokens (``rdr_...``) act for one host and see only its data; admin API tokens
 (``rdra_...``, `rdr tokens add`) are for the provider's tools and see appliance-wide figures
-but no host's files. Handlers state which kind they accept.
+but no host's files; admin *accounts* (`rdr admin add`) sign in on the LAN page and get a
+session cookie, which sees every host and may queue restores. A request with a session
+cookie must send the session's CSRF token in ``X-CSRF-Token`` for anything but GET/HEAD.
+Routes named ``public.*`` (sign-in) need neither. Handlers state which kinds they accept.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from ..store.accounts import WebSession
 from .errors import ApiError
+
+SESSION_COOKIE = "rdr_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
 #: The authenticated host of a request (None for an admin token).
 HOST = web.RequestKey("host", str)
 #: The admin token name of a request (None for a host token).
 ADMIN = web.RequestKey("admin", str)
+#: The signed-in admin account of a request (None for bearer tokens).
+ACCOUNT = web.RequestKey("account", str)
+#: The session behind ACCOUNT (its CSRF token), None for bearer tokens.
+SESSION = web.RequestKey("session", WebSession)
 
 Principal = tuple[str, str]  # ("host" | "admin", name)
 
@@ -29,21 +42,39 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-def auth_middleware(lookup: Callable[[str], Awaitable[Principal | None]]):
-    """Middleware resolving the bearer token to a principal (401 otherwise)."""
+def auth_middleware(lookup: Callable[[str], Awaitable[Principal | None]],
+                    session: Callable[[str], Awaitable[WebSession | None]] | None = None):
+    """Middleware resolving the bearer token or session cookie to a principal (401
+    otherwise) and checking the CSRF token of cookie-authenticated changes (403)."""
 
     @web.middleware
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                          ) -> web.StreamResponse:
+        request[HOST] = request[ADMIN] = request[ACCOUNT] = None
+        request[SESSION] = None
+        route = request.match_info.route.name or ""
         token = bearer_token(request)
-        who = await lookup(token) if token else None
-        if who is None:
-            raise ApiError(401, "unauthorized", "missing or invalid bearer token")
-        kind, name = who
-        request[HOST] = name if kind == "host" else None
-        request[ADMIN] = name if kind == "admin" else None
-        return await handler(request)
+        if token:
+            who = await lookup(token)
+            if who is None:
+                raise ApiError(401, "unauthorized", "missing or invalid bearer token")
+            kind, name = who
+            request[HOST] = name if kind == "host" else None
+            request[ADMIN] = name if kind == "admin" else None
+            return await handler(request)
+        cookie = request.cookies.get(SESSION_COOKIE)
+        ws = await session(cookie) if cookie and session is not None else None
+        if ws is not None:
+            request[ACCOUNT], request[SESSION] = ws.account, ws
+            if request.method not in SAFE_METHODS and not hmac.compare_digest(
+                    request.headers.get(CSRF_HEADER, "").encode(), ws.csrf.encode()):
+                raise ApiError(403, "csrf", f"missing or wrong {CSRF_HEADER} header; reload "
+                               "the page")
+            return await handler(request)
+        if route.startswith("public."):
+            return await handler(request)
+        raise ApiError(401, "unauthorized", "sign in, or send a bearer token")
 
     return middleware
 
@@ -53,6 +84,34 @@ def require_host(request: web.Request) -> str:
     if host is None:
         raise ApiError(403, "forbidden", "this endpoint needs a host token")
     return host
+
+
+def require_account(request: web.Request) -> str:
+    account = request[ACCOUNT]
+    if account is None:
+        raise ApiError(403, "forbidden", "this endpoint needs an admin account signed in on "
+                       "the appliance page")
+    return account
+
+
+def require_host_access(request: web.Request, host: str) -> str:
+    """A host's files: any host for a signed-in account, only its own for a host token."""
+    if request[ACCOUNT] is not None:
+        return request[ACCOUNT]
+    if request[HOST] is None:
+        raise ApiError(403, "forbidden", "admin API tokens see no host's files; sign in or "
+                       "use the host's token")
+    if request[HOST] != host:
+        raise ApiError(404, "no_such_host", f"no host {host!r}")
+    return request[HOST]
+
+
+def require_overview(request: web.Request) -> str:
+    """Appliance-wide figures: signed-in accounts and admin API tokens, not hosts."""
+    who = request[ACCOUNT] or request[ADMIN]
+    if who is None:
+        raise ApiError(403, "forbidden", "this endpoint needs an admin account or admin token")
+    return who
 
 
 def require_admin(request: web.Request) -> str:

@@ -1,0 +1,1 @@
+"""Reading committed snapshots for the LAN restore page: tree, search, downloads."""

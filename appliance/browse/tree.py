@@ -1,0 +1,345 @@
+"""A committed snapshot as a tree: list a directory, stat a path, walk a subtree, search, read.
+
+Why it is fast on a snapshot of a million files: the directory index maps every directory to
+the byte range of its block in the catalog stream, so listing one directory reads one range
+(usually one catalog chunk, kept decoded in a shared LRU) and never the rest. A subtree is a
+contiguous run of blocks (the catalog is depth-first, sorted), so a folder download reads
+exactly that run. Search is the one whole-catalog operation; it skips chunks with no match
+using a byte scan before it decodes any JSON.
+
+Everything here is blocking and runs in the daemon's worker pool; nothing imports aiohttp.
+"""
+
+from __future__ import annotations
+
+import bisect
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..store.catalog import (
+    DIR,
+    FILE,
+    HARDLINK,
+    CatalogError,
+    Entry,
+    IndexRecord,
+    decode_block,
+    decode_entry,
+    iter_blocks,
+    iter_index,
+    join_path,
+    locate,
+    split_path,
+)
+from ..store.datastore import Datastore
+from ..store.errors import NotFound, StoreError
+from ..store.index import SnapshotRow
+from ..store.manifest import Manifest
+
+TYPE_NAMES = {"f": "file", "d": "dir", "l": "symlink", "h": "hardlink", "p": "fifo",
+              "c": "chardev", "b": "blockdev"}
+_HEADER = b'{"d":'
+
+
+class PlainCache:
+    """A byte-budgeted LRU of verified chunk plaintexts, safe to share between threads.
+
+    Catalog chunks are read again and again while someone clicks through a tree; the
+    budget keeps a million-file catalog from living in memory whole.
+    """
+
+    def __init__(self, read: Callable[[str], bytes], budget: int) -> None:
+        self._read = read
+        self._budget = budget
+        self._lru: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, cid: str) -> bytes:
+        with self._lock:
+            data = self._lru.get(cid)
+            if data is not None:
+                self._lru.move_to_end(cid)
+                return data
+        data = self._read(cid)  # outside the lock: decoding is the slow part
+        with self._lock:
+            if cid not in self._lru and len(data) <= self._budget:
+                self._lru[cid] = data
+                self._size += len(data)
+                while self._size > self._budget:
+                    _, old = self._lru.popitem(last=False)
+                    self._size -= len(old)
+        return data
+
+
+class DirIndex:
+    """The directory index of one snapshot, decoded once: path -> block range."""
+
+    def __init__(self, records: Iterator[IndexRecord], catalog_size: int) -> None:
+        self.records = list(records)
+        self.pos = {r.path: i for i, r in enumerate(self.records)}
+        self.catalog_size = catalog_size
+
+    def get(self, path: bytes) -> IndexRecord | None:
+        i = self.pos.get(path)
+        return None if i is None else self.records[i]
+
+    def subtree(self, path: bytes) -> tuple[int, int]:
+        """(offset, length) of the run of blocks of `path` and every directory below it."""
+        i = self.pos[path]
+        start = self.records[i].offset
+        if path == b"":
+            return start, self.catalog_size - start
+        prefix = path + b"/"
+        j = i + 1
+        while j < len(self.records) and self.records[j].path.startswith(prefix):
+            j += 1
+        end = self.records[j].offset if j < len(self.records) else self.catalog_size
+        return start, end - start
+
+
+@dataclass(slots=True)
+class Match:
+    dir: bytes
+    entry: Entry
+
+
+class SnapshotTree:
+    def __init__(self, row: SnapshotRow, manifest: Manifest, dirs: DirIndex,
+                 cache: PlainCache, listings: _Listings) -> None:
+        self.row = row
+        self.manifest = manifest
+        self.dirs = dirs
+        self._cache = cache
+        self._listings = listings
+
+    @property
+    def host(self) -> str:
+        return self.row.host
+
+    @property
+    def snapshot(self) -> str:
+        return self.row.snapshot
+
+    def _range(self, offset: int, length: int) -> Iterator[memoryview]:
+        for cid, a, b in locate(self.manifest.catalog.chunks, offset, length):
+            yield memoryview(self._cache.get(cid))[a:b]
+
+    def listdir(self, path: bytes) -> list[Entry]:
+        """The entries of directory `path`, sorted by name bytes."""
+        key = (self.host, self.snapshot, path)
+        hit = self._listings.get(key)
+        if hit is not None:
+            return hit
+        rec = self.dirs.get(path)
+        if rec is None:
+            raise NotFound("no_such_directory", f"no directory {_show(path)!r} in this snapshot")
+        data = b"".join(self._range(rec.offset, rec.length))
+        got, entries = decode_block(data)
+        if got != path:
+            raise CatalogError(f"directory index points {path!r} at the block of {got!r}")
+        self._listings.put(key, entries)
+        return entries
+
+    def lookup(self, path: bytes) -> Entry:
+        """The catalog entry at `path` (the root is a synthetic directory entry)."""
+        split_path(path)
+        if path == b"":
+            return Entry(name=b"", type=DIR, mode=stat.S_IFDIR | 0o755)
+        parent, _, name = path.rpartition(b"/")
+        entries = self.listdir(parent) if self.dirs.get(parent) is not None else []
+        names = _NameView(entries)
+        i = bisect.bisect_left(names, name)
+        if i < len(entries) and entries[i].name == name:
+            return entries[i]
+        raise NotFound("no_such_path", f"no {_show(path)!r} in snapshot {self.snapshot}")
+
+    def data_entry(self, path: bytes, e: Entry) -> Entry:
+        """The entry whose ranges hold `e`'s bytes: a hardlink's data lives at its first name."""
+        if e.type == HARDLINK and not e.ranges and e.size and e.link is not None:
+            return self.lookup(e.link)
+        return e
+
+    def walk(self, path: bytes) -> Iterator[tuple[bytes, list[Entry]]]:
+        """Blocks of directory `path` and everything below it, in catalog order."""
+        if self.dirs.get(path) is None:
+            raise NotFound("no_such_directory", f"no directory {_show(path)!r} in this snapshot")
+        offset, length = self.dirs.subtree(path)
+        return iter_blocks(bytes(p) for p in self._range(offset, length))
+
+    def search(self, needle: str, limit: int) -> tuple[list[Match], bool, int]:
+        """Entries whose name contains `needle` (case-insensitive), in catalog order.
+
+        Returns (matches, truncated, entries scanned). A chunk of the catalog whose bytes do
+        not contain the needle is skipped after one C-speed scan, so JSON is decoded only
+        around candidates and for block headers.
+        """
+        want = needle.casefold()
+        probe = needle.lower().encode("utf-8")
+        matches: list[Match] = []
+        scanned = 0
+        cur = b""
+        rest = b""
+        for cid, _ in self.manifest.catalog.chunks:
+            piece = self._cache.get(cid)
+            buf = rest + piece if rest else piece
+            cut = buf.rfind(b"\n") + 1
+            body, rest = buf[:cut], buf[cut:]
+            if probe not in body.lower():
+                headers = body.count(b"\n" + _HEADER) + body.startswith(_HEADER)
+                scanned += body.count(b"\n") - headers
+                h = body.rfind(b"\n" + _HEADER)
+                start = h + 1 if h >= 0 else (0 if body.startswith(_HEADER) else -1)
+                if start >= 0:
+                    cur = _header_path(body[start:body.index(b"\n", start)])
+                continue
+            for line in body.split(b"\n")[:-1]:
+                if line.startswith(_HEADER):
+                    cur = _header_path(line)
+                    continue
+                scanned += 1
+                if probe not in line.lower():
+                    continue
+                e = decode_entry(_loads(line))
+                if want in e.name.decode("utf-8", "replace").casefold():
+                    matches.append(Match(cur, e))
+                    if len(matches) >= limit:
+                        return matches, True, scanned
+        return matches, False, scanned
+
+    def file_pieces(self, e: Entry, start: int, end: int,
+                    read: Callable[[str], bytes]) -> Iterator[memoryview]:
+        """Bytes [start, end) of regular file `e`, as slices of verified chunk plaintexts."""
+        pos = 0
+        for r in e.ranges:
+            nxt = pos + r.length
+            if nxt > start and pos < end:
+                a = max(start, pos) - pos
+                b = min(end, nxt) - pos
+                plain = read(r.chunk)
+                if len(plain) < r.offset + r.length:
+                    raise CatalogError(f"chunk {r.chunk} is shorter than a file range needs")
+                yield memoryview(plain)[r.offset + a:r.offset + b]
+            if nxt >= end:
+                break
+            pos = nxt
+
+
+class _NameView:
+    """Entries seen as their names, for bisect without copying the list."""
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self._e = entries
+
+    def __len__(self) -> int:
+        return len(self._e)
+
+    def __getitem__(self, i: int) -> bytes:
+        return self._e[i].name
+
+
+class _Listings:
+    """A few decoded directory listings (a big directory decodes in tens of milliseconds;
+    paging through it should not redo that)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lru: OrderedDict[tuple, list[Entry]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> list[Entry] | None:
+        with self._lock:
+            hit = self._lru.get(key)
+            if hit is not None:
+                self._lru.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple, entries: list[Entry]) -> None:
+        with self._lock:
+            self._lru[key] = entries
+            while len(self._lru) > self._size:
+                self._lru.popitem(last=False)
+
+
+def _loads(line: bytes) -> object:
+    import json
+
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise CatalogError("catalog line is not valid JSON") from None
+
+
+def _header_path(line: bytes) -> bytes:
+    from ..store.catalog import dec_bytes
+
+    head = _loads(line)
+    if not isinstance(head, dict) or "d" not in head:
+        raise CatalogError("expected a directory block header")
+    return dec_bytes(head["d"], "directory path")
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "replace") or "/"
+
+
+class Browser:
+    """Snapshot trees for the page, with the caches that make clicking through them fast."""
+
+    def __init__(self, store: Datastore, cache_bytes: int = 64 * 2**20, trees: int = 16,
+                 listings: int = 32) -> None:
+        self.store = store
+        self.cache = PlainCache(store.chunks.read_plain, cache_bytes)
+        self._trees: OrderedDict[tuple[str, str], SnapshotTree] = OrderedDict()
+        self._trees_max = trees
+        self._listings = _Listings(listings)
+        self._lock = threading.Lock()
+
+    def tree(self, host: str, snap: str) -> SnapshotTree:
+        row = self.store.resolve_snapshot(host, snap)
+        key = (host, row.snapshot)
+        with self._lock:
+            hit = self._trees.get(key)
+            if hit is not None:
+                self._trees.move_to_end(key)
+                return hit
+        manifest = self.store.snapshots.manifest(host, row.snapshot)
+        dirs = DirIndex(iter_index(self.cache.get(c) for c, _ in manifest.dirindex.chunks),
+                        manifest.catalog.size)
+        t = SnapshotTree(row, manifest, dirs, self.cache, self._listings)
+        with self._lock:
+            self._trees[key] = t
+            while len(self._trees) > self._trees_max:
+                self._trees.popitem(last=False)
+        return t
+
+    def forget(self, host: str, snap: str) -> None:
+        with self._lock:
+            self._trees.pop((host, snap), None)
+
+    def versions(self, host: str, path: bytes, current: Entry) -> list[dict]:
+        """Every snapshot of `host` holding `path`, newest first, and whether its content is
+        the same as `current`'s (same chunks, same size)."""
+        def content(e: Entry) -> tuple:
+            return (e.size, tuple((r.chunk, r.offset, r.length) for r in e.ranges))
+
+        mine = content(current)
+        out = []
+        for row in reversed(self.store.index.snapshots(host)):
+            try:
+                t = self.tree(host, row.snapshot)
+                e = t.data_entry(path, t.lookup(path))
+            except (NotFound, StoreError):
+                continue
+            out.append({"snapshot": row.snapshot, "received_at": row.to_json()["received_at"],
+                        "type": TYPE_NAMES.get(e.type, e.type), "size": e.size,
+                        "mtime_ns": e.mtime_ns,
+                        "same": e.type in (FILE, HARDLINK) and content(e) == mine})
+        return out
+
+
+def full_path(parent: bytes, e: Entry) -> bytes:
+    return join_path(parent, e.name)

@@ -1,0 +1,87 @@
+"""Per-host backup status at a glance: last success, last result, next window, missed window.
+
+What an operator looks at first on the appliance page. "Missed" uses the contract's window
+(opens daily at the host's start time, lasts 12 hours): the most recent window that has
+closed saw no completed backup, counted only for windows that opened after the host was
+registered.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ..store.index import Index
+from .windows import parse_window_start, window_bounds
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def host_summaries(index: Index, tz: str, default_window: str,
+                   now: datetime | None = None) -> list[dict]:
+    now = now or datetime.now(UTC)
+    snaps: dict[str, list] = {}
+    for row in index.snapshots():
+        snaps.setdefault(row.host, []).append(row)
+    # The latest session per host says whether a backup is running or the last one failed.
+    last_session = {h: (state, closed, created) for h, state, closed, created in index.query(
+        "SELECT host, state, closed_at, created_at FROM sessions s WHERE created_at = "
+        "(SELECT MAX(created_at) FROM sessions WHERE host = s.host)")}
+    out = []
+    for h in index.host_settings():
+        name = h["name"]
+        rows = snaps.get(name, [])
+        latest = rows[-1] if rows else None
+        start = parse_window_start(h["window_start"] or default_window)
+        local_today = now.astimezone(_zone(tz)).date()
+        windows = [window_bounds(local_today + timedelta(days=d), start, tz)
+                   for d in (-2, -1, 0, 1)]
+        next_open = min(o for o, _ in windows if o > now)
+        closed = [(o, c) for o, c in windows if c <= now]
+        missed = False
+        if closed:
+            o, c = closed[-1]
+            registered = datetime.fromtimestamp(h["created_at"], UTC)
+            if registered <= o:
+                missed = not any(o.timestamp() <= r.received_at < c.timestamp() for r in rows)
+        result, detail = _result(latest, last_session.get(name))
+        warning = None
+        if missed:
+            warning = (f"no backup completed in the window of "
+                       f"{closed[-1][0].astimezone(_zone(tz)):%Y-%m-%d %H:%M}")
+        out.append({
+            "name": name,
+            "last_success": _iso(latest.received_at) if latest else None,
+            "last_snapshot": latest.snapshot if latest else None,
+            "last_result": result, "last_result_detail": detail,
+            "window_start": start.strftime("%H:%M"),
+            "next_window": next_open.isoformat(),
+            "missed_window": missed, "warning": warning,
+            "size": latest.logical_size if latest else 0,
+            "files": latest.file_count if latest else 0,
+            "snapshots": len(rows),
+            "replicated": bool(latest and latest.replicated_at is not None),
+        })
+    return out
+
+
+def _result(latest, session) -> tuple[str, str]:
+    """("ok" | "partial" | "failed" | "running" | "never", a sentence)."""
+    if session is not None:
+        state, closed, created = session
+        if state == "open":
+            return "running", f"a backup is in progress since {_iso(created)}"
+        if state == "aborted" and (latest is None or (closed or created) > latest.received_at):
+            return "failed", f"the last backup was aborted at {_iso(closed or created)}"
+    if latest is None:
+        return "never", "no backup yet"
+    if latest.unreadable_count:
+        return "partial", f"{latest.unreadable_count} files could not be read"
+    return "ok", "the last backup completed"
+
+
+def _zone(tz: str):
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(tz)

@@ -1,0 +1,154 @@
+"""Local admin accounts for the LAN restore page, and their sign-in sessions.
+
+Passwords are kept as scrypt hashes (memory-hard: a stolen index does not give up weak
+passwords cheaply). Session tokens carry 256 random bits and only their SHA-256 is stored, so
+the index never holds a usable credential. The CSRF token is derived from the session token
+with HMAC, so it needs no storage and dies with the session.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from .errors import Conflict, NotFound, StoreError
+from .index import Index
+
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,62}\Z")
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+# scrypt cost: ~50 ms and 16 MiB per check on the appliance's CPU; sign-ins are rare.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+IDLE_SECONDS = 30 * 60
+MAX_AGE_SECONDS = 12 * 3600
+_TOUCH_EVERY = 60.0
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                            maxmem=64 * 2**20, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n),
+                             r=int(r), p=int(p), maxmem=64 * 2**20, dklen=32)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, base64.b64decode(digest))
+
+
+# A hash checked when the account does not exist, so a wrong name costs as long as a wrong
+# password and response time does not tell which names exist.
+_DUMMY = hash_password(secrets.token_urlsafe(16))
+
+
+def csrf_for(token: str) -> str:
+    return hmac.new(token.encode(), b"rdr-csrf", hashlib.sha256).hexdigest()
+
+
+def check_password_rules(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise StoreError("weak_password",
+                         f"the password must have at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise StoreError("bad_password", f"the password is longer than {MAX_PASSWORD} characters")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSession:
+    account: str
+    csrf: str
+    created_at: float
+
+
+class Accounts:
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def add(self, name: str, password: str) -> None:
+        if not NAME_RE.match(name):
+            raise StoreError("bad_account_name", f"invalid account name {name!r}: use 1-63 "
+                             "letters, digits, '.', '_', '@' or '-'")
+        check_password_rules(password)
+        hashed = hash_password(password)
+        with self.index.tx() as db:
+            if db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
+                raise Conflict("account_exists", f"account {name!r} already exists")
+            db.execute("INSERT INTO accounts VALUES (?, ?, ?)", (name, time.time(), hashed))
+
+    def set_password(self, name: str, password: str) -> None:
+        """A new password also signs the account out everywhere."""
+        check_password_rules(password)
+        hashed = hash_password(password)
+        with self.index.tx() as db:
+            if not db.execute("UPDATE accounts SET password_hash = ? WHERE name = ?",
+                              (hashed, name)).rowcount:
+                raise NotFound("no_such_account", f"no account {name!r}")
+            db.execute("DELETE FROM web_sessions WHERE account = ?", (name,))
+
+    def remove(self, name: str) -> None:
+        with self.index.tx() as db:
+            db.execute("DELETE FROM web_sessions WHERE account = ?", (name,))
+            if not db.execute("DELETE FROM accounts WHERE name = ?", (name,)).rowcount:
+                raise NotFound("no_such_account", f"no account {name!r}")
+
+    def list(self) -> list[dict]:
+        return [{"name": n, "created_at": c} for n, c in
+                self.index.query("SELECT name, created_at FROM accounts ORDER BY name")]
+
+    def check(self, name: str, password: str) -> bool:
+        """Constant work whether or not the account exists."""
+        rows = self.index.query("SELECT password_hash FROM accounts WHERE name = ?", (name,))
+        stored = rows[0][0] if rows else _DUMMY
+        ok = verify_password(password, stored)
+        return ok and bool(rows)
+
+    def open_session(self, name: str) -> tuple[str, WebSession]:
+        """A new session for a signed-in account: (cookie token, session)."""
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        with self.index.tx() as db:
+            db.execute("DELETE FROM web_sessions WHERE last_seen < ? OR created_at < ?",
+                       (now - IDLE_SECONDS, now - MAX_AGE_SECONDS))
+            db.execute("INSERT INTO web_sessions VALUES (?, ?, ?, ?)",
+                       (_hash(token), name, now, now))
+        return token, WebSession(name, csrf_for(token), now)
+
+    def session(self, token: str) -> WebSession | None:
+        """The live session of a cookie token, refreshing its idle timer."""
+        if not token or len(token) > 200:
+            return None
+        key = _hash(token)
+        rows = self.index.query("SELECT account, created_at, last_seen FROM web_sessions "
+                                "WHERE id_hash = ?", (key,))
+        if not rows:
+            return None
+        account, created, seen = rows[0]
+        now = time.time()
+        if now - seen > IDLE_SECONDS or now - created > MAX_AGE_SECONDS:
+            self.close_session(token)
+            return None
+        if now - seen > _TOUCH_EVERY:
+            with self.index.tx() as db:
+                db.execute("UPDATE web_sessions SET last_seen = ? WHERE id_hash = ?", (now, key))
+        return WebSession(account, csrf_for(token), created)
+
+    def close_session(self, token: str) -> None:
+        with self.index.tx() as db:
+            db.execute("DELETE FROM web_sessions WHERE id_hash = ?", (_hash(token),))
+
+
+def _hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
