@@ -58,13 +58,17 @@ class PlainCache:
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, cid: str) -> bytes:
+    def get(self, cid: str, keep: bool = True) -> bytes:
+        """The plaintext of `cid`; `keep=False` for one-pass scans (search), which would
+        otherwise flush what the people browsing need."""
         with self._lock:
             data = self._lru.get(cid)
             if data is not None:
                 self._lru.move_to_end(cid)
                 return data
         data = self._read(cid)  # outside the lock: decoding is the slow part
+        if not keep:
+            return data
         with self._lock:
             if cid not in self._lru and len(data) <= self._budget:
                 self._lru[cid] = data
@@ -184,7 +188,7 @@ class SnapshotTree:
         cur = b""
         rest = b""
         for cid, _ in self.manifest.catalog.chunks:
-            piece = self._cache.get(cid)
+            piece = self._cache.get(cid, keep=False)
             buf = rest + piece if rest else piece
             cut = buf.rfind(b"\n") + 1
             body, rest = buf[:cut], buf[cut:]
