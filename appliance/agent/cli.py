@@ -1,8 +1,10 @@
-"""`rdr-agent`: back up this host to the appliance, list its snapshots, restore.
+"""`rdr-agent`: back up this host to the appliance, list its snapshots, restore, and
+`run` as a service that carries out restores pushed from the appliance's page.
 
 Exit codes: 0 success; 1 error (one line on stderr); 3 finished, but some files could not be
-read (backup) or written (restore) -- they are listed in the summary; 130 interrupted (the
-backup session stays open on the appliance and the next run resumes it).
+read (backup) or written (restore) -- they are listed in the summary; 4 `run --once` found no
+job within --wait; 130 interrupted (the backup session stays open on the appliance and the
+next run resumes it).
 """
 
 from __future__ import annotations
@@ -149,6 +151,21 @@ async def cmd_restore(args: argparse.Namespace, st: AgentSettings) -> int:
     return EXIT_PARTIAL if summary.errors else 0
 
 
+async def cmd_run(args: argparse.Namespace, st: AgentSettings) -> int:
+    from .jobs import MAX_POLL_SECONDS, run_service
+
+    if args.once:
+        wait = 0 if args.wait is None else args.wait
+        if not 0 <= wait <= 86400:
+            raise SettingsError("--wait must be 0 to 86400 seconds with --once")
+    else:
+        wait = 25 if args.wait is None else args.wait
+        if not 1 <= wait <= MAX_POLL_SECONDS:
+            raise SettingsError(f"--wait must be 1 to {MAX_POLL_SECONDS} seconds (the "
+                                "length of one poll)")
+    return await run_service(st, once=args.once, wait=wait, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rdr-agent", description="Back up this host to the RDR "
                                 "appliance and restore from it")
@@ -184,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these paths")
     r.add_argument("--to", required=True, metavar="DIR", help="directory to restore into")
     r.set_defaults(run=cmd_restore)
+
+    j = sub.add_parser("run", parents=[common], help="serve restore jobs pushed from the "
+                       "appliance (polls it; stops on SIGTERM)",
+                       description="Poll the appliance for restore jobs and carry them out. "
+                       "Pushed restores write only below absolute directories, and only "
+                       "below restore_roots ($RDR_RESTORE_ROOTS) when that is set.")
+    j.add_argument("--once", action="store_true",
+                   help="handle at most one job, then exit: 0 restored, 3 some entries "
+                   "failed, 1 failed, 4 no job came")
+    j.add_argument("--wait", type=int, metavar="SECONDS",
+                   help="with --once: how long to wait for a job (default 0); otherwise the "
+                   "length of one poll (default 25, at most 60)")
+    j.set_defaults(run=cmd_run)
     return p
 
 

@@ -177,3 +177,36 @@ class ApplianceClient:
                 return await resp.read()
 
         return await self._retry(call, True)
+
+    # --- push-restore jobs: the agent polls, the appliance never connects to it ---
+    async def next_job(self, wait: int) -> dict | None:
+        """Claim this host's next restore job, waiting up to `wait` (<= 60) seconds for one
+        (long poll); None when none came."""
+        res = await self._json("GET", f"/agent/jobs/next?wait={int(wait)}")
+        return None if res is None else res["job"]
+
+    async def job_snapshot(self, jid: int) -> dict:
+        """{"snapshot": row, "manifest": manifest} of a running job's source snapshot."""
+        return await self._json("GET", f"/agent/jobs/{int(jid)}/snapshot")
+
+    async def job_chunk(self, jid: int, cid: str) -> bytes:
+        """A chunk file of a running job's source snapshot."""
+        async def call() -> bytes:
+            async with self._http.get(f"{self.base}/agent/jobs/{int(jid)}/chunks/{cid}") as resp:
+                await self._check(resp)
+                return await resp.read()
+
+        return await self._retry(call, True)
+
+    async def job_progress(self, jid: int, files: int, nbytes: int,
+                           total_bytes: int | None) -> None:
+        await self._json("POST", f"/agent/jobs/{int(jid)}/progress",
+                         {"files": files, "bytes": nbytes, "total_bytes": total_bytes})
+
+    async def job_finish(self, jid: int, ok: bool, files: int, nbytes: int, errors: int,
+                         message: str) -> None:
+        """The job's result. Safe to retry: a repeat of a delivered result is a 409, which
+        the caller treats as 'already recorded'."""
+        await self._json("POST", f"/agent/jobs/{int(jid)}/finish",
+                         {"ok": ok, "files": files, "bytes": nbytes, "errors": errors,
+                          "message": message})

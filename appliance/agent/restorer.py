@@ -26,7 +26,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
@@ -124,9 +124,16 @@ class RemoteChunks:
     already on its way waits for that download instead of starting another.
     """
 
-    def __init__(self, client: ApplianceClient, snap: str, pool: Executor,
-                 cache_bytes: int = 256 * 2**20, concurrency: int = 8) -> None:
-        self._client = client
+    def __init__(self, client: ApplianceClient | None, snap: str, pool: Executor,
+                 cache_bytes: int = 256 * 2**20, concurrency: int = 8, *,
+                 fetch: Callable[[str], Awaitable[bytes]] | None = None) -> None:
+        """`fetch(cid)`, when given, replaces `client.get_chunk(snap, cid)`: a push-restore
+        job reads another host's snapshot through its job's endpoint."""
+        if fetch is None:
+            if client is None:
+                raise ValueError("RemoteChunks needs a client or a fetch function")
+            fetch = partial(client.get_chunk, snap)
+        self._fetch = fetch
         self._snap = snap
         self._pool = pool
         self._cache_bytes = cache_bytes
@@ -154,7 +161,7 @@ class RemoteChunks:
         if not is_chunk_id(cid):
             raise ChunkError(f"malformed chunk id {cid!r}")
         async with self._sem:
-            data = await self._client.get_chunk(self._snap, cid)
+            data = await self._fetch(cid)
         self.fetched += 1
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._decode, data, cid)

@@ -1,8 +1,12 @@
 """Where the agent finds its appliance: flags, then environment, then a config file.
 
-Environment: RDR_URL, RDR_TOKEN, RDR_FINGERPRINT, RDR_CA, RDR_STATE_DIR. Config file (TOML,
-keys url, token, fingerprint, ca, state_dir): --config, $RDR_AGENT_CONFIG,
-~/.config/rdr-agent/agent.toml or /etc/rdr-agent/agent.toml.
+Environment: RDR_URL, RDR_TOKEN, RDR_FINGERPRINT, RDR_CA, RDR_STATE_DIR, RDR_RESTORE_ROOTS.
+Config file (TOML, keys url, token, fingerprint, ca, state_dir, restore_roots): --config,
+$RDR_AGENT_CONFIG, ~/.config/rdr-agent/agent.toml or /etc/rdr-agent/agent.toml.
+
+`restore_roots` (colon-separated absolute paths) limits where restores pushed by the
+appliance (`rdr-agent run`) may write; unset, any absolute directory is allowed. It is the
+host owner's say over what an appliance administrator can overwrite on this host.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from ..tomlfile import read_toml
 from .client import Endpoint
 
-KEYS = ("url", "token", "fingerprint", "ca", "state_dir")
+KEYS = ("url", "token", "fingerprint", "ca", "state_dir", "restore_roots")
 
 
 class SettingsError(ValueError):
@@ -25,6 +29,8 @@ class SettingsError(ValueError):
 class AgentSettings:
     endpoint: Endpoint
     state_dir: Path
+    #: Where pushed restore jobs may write (normalised absolute paths); empty: anywhere.
+    restore_roots: tuple[str, ...] = ()
 
 
 def _config_file(explicit: str | None) -> Path | None:
@@ -69,4 +75,17 @@ def resolve(flags: dict[str, str | None], config: str | None = None) -> AgentSet
         "/var/lib/rdr-agent" if os.geteuid() == 0 else
         str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "rdr-agent"))
     return AgentSettings(Endpoint(values["url"], values["token"], fp, values.get("ca")),
-                         Path(state))
+                         Path(state), parse_restore_roots(values.get("restore_roots", "")))
+
+
+def parse_restore_roots(value: str) -> tuple[str, ...]:
+    """Colon-separated absolute paths, normalised (a relative one would depend on the
+    directory the service happens to start in, so it is refused)."""
+    roots = []
+    for part in value.split(":"):
+        if not part:
+            continue
+        if not part.startswith("/"):
+            raise SettingsError(f"restore_roots: {part!r} is not an absolute path")
+        roots.append(os.path.normpath(part))
+    return tuple(dict.fromkeys(roots))

@@ -1,0 +1,223 @@
+"""Agent side of push-restore jobs, under the authenticated ``/api/v1`` (host tokens).
+
+Agents poll (``GET /agent/jobs/next?wait=N``, a long poll) because the appliance never opens a
+connection to an agent: that is what lets pushed restores through customer firewalls. A poll
+parks on an event that `create` sets, so a job requested on the page starts within a moment,
+and it re-reads the queue every few seconds anyway (jobs created by another process, and no
+lost wake-up can stall it).
+
+While a job runs, its target host may read the job's source snapshot -- its manifest and the
+chunks it references -- through the job, and nothing else: before pickup, after the result,
+for another host's job or for a chunk outside that snapshot the answer is 404.
+
+The async methods at the bottom are for the restore page, so a job it creates wakes the
+target's poll at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from ..store.datastore import Datastore
+from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
+from ..web.auth import require_host
+from ..web.errors import ApiError
+
+log = logging.getLogger("rdr.jobs")
+T = TypeVar("T")
+
+MAX_WAIT = 60
+#: A parked poll re-reads the queue this often even when nothing woke it.
+RECHECK_SECONDS = 3.0
+#: Stale jobs are failed (see RestoreJobs.expire) at most this often, on the next poll or read.
+EXPIRE_EVERY = 30.0
+MAX_BODY = 64 * 1024
+
+
+class AgentJobsApi:
+    def __init__(self, store: Datastore, jobs: RestoreJobs, pool: Executor) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.pool = pool
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._expired_at = 0.0
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(fn, *args))
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/agent/jobs/next", self.next_job)
+        router.add_get("/agent/jobs/{id}/snapshot", self.job_snapshot)
+        router.add_get("/agent/jobs/{id}/chunks/{cid}", self.job_chunk)
+        router.add_post("/agent/jobs/{id}/progress", self.progress)
+        router.add_post("/agent/jobs/{id}/finish", self.finish)
+
+    # --- for the restore page -------------------------------------------------------------
+    async def create(self, source_host: str, snapshot: str, paths: list[bytes],
+                     target_host: str, target_dir: str, requested_by: str) -> RestoreJob:
+        """Queue a job and wake the target host's waiting poll, if any."""
+        job = await self.run(self.jobs.create, source_host, snapshot, paths, target_host,
+                             target_dir, requested_by)
+        self._wake(target_host)
+        return job
+
+    async def cancel(self, jid: int) -> RestoreJob:
+        """Cancel a queued job (Conflict, 409, once an agent has it)."""
+        return await self.run(self.jobs.cancel, jid)
+
+    async def list(self, host: str | None = None, limit: int = 50) -> list[RestoreJob]:
+        await self._expire()
+        return await self.run(self.jobs.list, host, limit)
+
+    async def get(self, jid: int) -> RestoreJob:
+        await self._expire()
+        return await self.run(self.jobs.get, jid)
+
+    # --- internals ------------------------------------------------------------------------
+    def _wake(self, host: str) -> None:
+        for event in self._waiters.get(host, ()):
+            event.set()
+
+    async def _expire(self) -> None:
+        """Fail stale jobs (silent agent, nobody came) before anyone looks at the queue; the
+        daemon has no separate timer for it, and the queue is only ever seen through here."""
+        now = time.monotonic()
+        if now - self._expired_at < EXPIRE_EVERY:
+            return
+        self._expired_at = now
+        n = await self.run(self.jobs.expire, None)
+        if n:
+            log.warning("%d restore job(s) failed: agent silent or never came", n)
+
+    @staticmethod
+    def _jid(request: web.Request) -> int:
+        raw = request.match_info["id"]
+        if not raw.isdigit() or len(raw) > 18:
+            raise ApiError(404, "no_such_job", f"no restore job {raw!r}")
+        return int(raw)
+
+    @staticmethod
+    async def _body(request: web.Request, allowed: set[str]) -> dict:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise ApiError(413, "payload_too_large", f"request body exceeds {MAX_BODY} bytes")
+        try:
+            raw = await request.read()  # bounded by the sub-app's client_max_size too
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, "payload_too_large",
+                           f"request body exceeds {MAX_BODY} bytes") from None
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, "payload_too_large", f"request body exceeds {MAX_BODY} bytes")
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_json", "request body must be a JSON object")
+        extra = set(body) - allowed
+        if extra:
+            raise ApiError(400, "bad_field", f"unknown field {sorted(extra)[0]!r}")
+        return body
+
+    # --- handlers -------------------------------------------------------------------------
+    async def next_job(self, request: web.Request) -> web.Response:
+        """Claim the oldest queued job for this host, waiting up to `wait` seconds."""
+        host = require_host(request)
+        raw = request.query.get("wait", "0")
+        if not raw.isdigit() or int(raw) > MAX_WAIT:
+            raise ApiError(400, "bad_field",
+                           f"parameter 'wait' must be whole seconds from 0 to {MAX_WAIT}")
+        await self._expire()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + int(raw)
+        event = asyncio.Event()
+        waiters = self._waiters.setdefault(host, set())
+        waiters.add(event)  # before the first look, so a job created meanwhile is not missed
+        try:
+            while True:
+                event.clear()
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    # the agent gave up on this poll: a job claimed now would be lost
+                    return web.Response(status=204)
+                job = await self.run(self.jobs.claim, host)
+                if job is not None:
+                    log.info("restore job %d picked up by %s", job.id, host)
+                    return web.json_response({"job": job.to_agent_json()})
+                left = deadline - loop.time()
+                if left <= 0:
+                    return web.Response(status=204)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(left, RECHECK_SECONDS))
+        finally:
+            waiters.discard(event)
+            if not waiters and self._waiters.get(host) is waiters:
+                del self._waiters[host]
+
+    async def job_snapshot(self, request: web.Request) -> web.Response:
+        """The job's source snapshot and manifest (the same shape as GET /snapshots/{snap})."""
+        job = await self.run(self.jobs.running_job, require_host(request), self._jid(request))
+        row = await self.run(self.store.resolve_snapshot, job.source_host, job.snapshot)
+        manifest = await self.run(self.store.snapshots.manifest, job.source_host, row.snapshot)
+        damaged = await self.run(self.store.damaged_in, job.source_host, row.snapshot)
+        return web.json_response({"snapshot": row.to_json(),
+                                  "manifest": json.loads(manifest.to_json()),
+                                  "damaged_chunks": damaged})
+
+    async def job_chunk(self, request: web.Request) -> web.StreamResponse:
+        """A chunk file of the job's source snapshot (only chunks that snapshot references)."""
+        job = await self.run(self.jobs.running_job, require_host(request), self._jid(request))
+        path = await self.run(self.store.snapshot_chunk_path, job.source_host, job.snapshot,
+                              request.match_info["cid"])
+        # no-store: access ends with the job, no cache should keep serving it
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
+                                               "Cache-Control": "private, no-store"})
+
+    async def progress(self, request: web.Request) -> web.Response:
+        host, jid = require_host(request), self._jid(request)
+        body = await self._body(request, {"files", "bytes", "total_bytes"})
+        files = _count(body, "files")
+        nbytes = _count(body, "bytes")
+        total = _opt_count(body, "total_bytes")
+        await self.run(self.jobs.progress, host, jid, files, nbytes, total)
+        return web.Response(status=204)
+
+    async def finish(self, request: web.Request) -> web.Response:
+        host, jid = require_host(request), self._jid(request)
+        body = await self._body(request, {"ok", "files", "bytes", "errors", "message"})
+        ok = body.get("ok")
+        if not isinstance(ok, bool):
+            raise ApiError(400, "bad_field", "field 'ok' must be true or false")
+        files = _count(body, "files")
+        nbytes = _count(body, "bytes")
+        errors = _count(body, "errors")
+        message = body.get("message", "")
+        if not isinstance(message, str) or len(message) > MAX_MESSAGE:
+            raise ApiError(400, "bad_field", f"field 'message' must be a string of at most "
+                           f"{MAX_MESSAGE} characters")
+        job = await self.run(self.jobs.finish, host, jid, ok, files, nbytes, errors, message)
+        log.info("restore job %d %s on %s: %s", jid, job.state, host, message)
+        return web.Response(status=204)
+
+
+def _count(body: dict, name: str) -> int:
+    """A required non-negative integer field (a bool is not one)."""
+    value = body.get(name)
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise ApiError(400, "bad_field", f"field {name!r} must be a non-negative integer")
+    return value
+
+
+def _opt_count(body: dict, name: str) -> int | None:
+    """Like `_count`, but absent or null means unknown."""
+    return None if body.get(name) is None else _count(body, name)
