@@ -141,7 +141,7 @@ class Daemon:
                            on_commit=self.replicate_now.set)
         self.browser = Browser(self.store)
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
-                       self._overview, getattr(ingest, "jobs", None))
+                       self._overview, ingest.jobs)
         ingest.attach_page(page)
         await self._start_watchers()
         self.live.replication_enabled = self.replicator is not None

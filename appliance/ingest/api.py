@@ -20,9 +20,12 @@ from ..store.catalog import CatalogError
 from ..store.chunkfile import MAX_FILE_SIZE, is_chunk_id
 from ..store.datastore import CommitRequest, Datastore
 from ..store.manifest import StreamRef
+from ..store.restore_jobs import RestoreJobs
 from ..store.snapshots import is_snapshot_id
-from ..web.auth import ADMIN, HOST, auth_middleware, require_admin, require_host
+from ..web.auth import ACCOUNT, ADMIN, HOST, auth_middleware, require_admin, require_host
 from ..web.errors import ApiError, error_middleware
+from ..web.page_api import PageApi
+from .jobs_api import AgentJobsApi
 
 T = TypeVar("T")
 MAX_KNOWN_BATCH = 10_000
@@ -39,6 +42,14 @@ class IngestApi:
         self.serial = appliance_serial
         self.usage_report = usage_report
         self.on_commit = on_commit
+        # push-restore jobs for agents (store is None only when a test lists the routes)
+        index = store.index if store is not None else None
+        self.jobs = AgentJobsApi(store, RestoreJobs(index), pool)  # type: ignore[arg-type]
+        self.page: PageApi | None = None
+
+    def attach_page(self, page: PageApi) -> None:
+        """Serve the LAN page's API (sign-in sessions, browsing, downloads) in this app."""
+        self.page = page
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -46,7 +57,8 @@ class IngestApi:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[error_middleware, auth_middleware(self._lookup)],
+            middlewares=[error_middleware, auth_middleware(
+                self._lookup, self.page.session_for if self.page is not None else None)],
             client_max_size=self.max_json_bytes)
         r = app.router
         r.add_get("/whoami", self.whoami)
@@ -61,6 +73,9 @@ class IngestApi:
         r.add_get("/snapshots/{snap}/chunks/{cid}", self.get_chunk)
         r.add_post("/restores", self.start_restore)
         r.add_get("/usage", self.usage)
+        self.jobs.add_routes(r)
+        if self.page is not None:
+            self.page.add_routes(r)
         return app
 
     async def _lookup(self, token: str) -> tuple[str, str] | None:
@@ -96,6 +111,7 @@ class IngestApi:
     # --- handlers -----------------------------------------------------------------------
     async def whoami(self, request: web.Request) -> web.Response:
         return web.json_response({"host": request[HOST], "admin": request[ADMIN],
+                                  "account": request[ACCOUNT],
                                   "appliance": self.serial, "version": __version__})
 
     async def open_session(self, request: web.Request) -> web.Response:

@@ -209,6 +209,9 @@ class RestoreJobs:
                 raise Conflict("job_not_queued",
                                f"restore job {jid} is {row[0]}; only a queued job can be "
                                "cancelled")
+            # Withdrawn by the customer, never started: not a restore the service owes.
+            db.execute("DELETE FROM restores WHERE id = (SELECT restore_id FROM restore_jobs "
+                       "WHERE id = ?)", (jid,))
             db.execute("UPDATE restore_jobs SET state = 'cancelled', finished_at = ?, "
                        "updated_at = ?, message = 'cancelled before an agent picked it up' "
                        "WHERE id = ?", (now, now, jid))
