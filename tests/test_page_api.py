@@ -378,3 +378,54 @@ async def test_tokens_see_only_what_they_may(page: Page, tmp_path: Path) -> None
     # A signed-in account sees every host.
     await page.login()
     assert (await page.get(f"{theirs}/dir?path={other.root}")).status == 200
+
+
+# --- push restores from the page -----------------------------------------------------------
+
+
+async def test_push_restore_from_the_page_to_another_hosts_agent(page: Page,
+                                                                 tmp_path: Path) -> None:
+    b = await backup(page.app, tmp_path)
+    other_token = page.app.add_host("db01")
+    await page.login()
+    base = f"/api/v1/hosts/web01/snapshots/{b.snapshot}/restore-jobs"
+    body = {"paths": [f"{b.root}/docs", f"{b.root}/%FF%FE-latin"], "target_host": "db01",
+            "target_dir": str(tmp_path / "pushed")}
+    # A change without the session's CSRF token is refused and queues nothing.
+    assert await error_of(await page.post(base, body, csrf=False)) == (403, "csrf")
+    assert await error_of(await page.post(base, {**body, "target_dir": "rel"})) == (400,
+                                                                                    "bad_field")
+    assert (await error_of(await page.post(base, {**body, "paths": [f"{b.root}/nope"]})))[0] \
+        == 404
+    resp = await page.post(base, body)
+    assert resp.status == 201
+    job = (await resp.json())["job"]
+    assert job["state"] == "queued" and job["requested_by"] == "alice"
+    assert job["source_host"] == "web01" and job["target_host"] == "db01"
+    # db01's agent service picks it up by polling and restores the selection.
+    rc, out, err = await run(agent_cmd() + ["run", "--once", "--wait", "10", "--json"],
+                             page.app.env(other_token, tmp_path / "state-db01"))
+    assert rc == 0, (out, err)
+    got = await (await page.get(f"/api/v1/restore-jobs/{job['id']}")).json()
+    assert got["job"]["state"] == "done" and got["job"]["errors"] == 0
+    assert got["job"]["files"] >= 5 and got["job"]["start_latency_seconds"] is not None
+    rel = str(b.src).lstrip("/")
+    out_root = tmp_path / "pushed" / rel
+    assert (out_root / "docs/readme.txt").read_bytes() == (b.src / "docs/readme.txt"
+                                                           ).read_bytes()
+    assert os.listdir(os.fsencode(out_root / "\udcff\udcfe-latin")) == [b"\xe9t\xe9"]
+    assert not (out_root / "big.bin").exists()  # only the selection
+    listed = await (await page.get("/api/v1/restore-jobs?host=db01")).json()
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+    # The ledger: a push restore whose start latency is the pickup.
+    rows = [r for r in page.app.store.index.restores() if r["via"] == "push"]
+    assert len(rows) == 1 and rows[0]["first_byte_at"] is not None
+    # A second job is cancelled before any agent takes it: gone from the ledger too.
+    resp = await page.post(base, {**body, "paths": []})
+    second = (await resp.json())["job"]
+    cancelled = await page.post(f"/api/v1/restore-jobs/{second['id']}/cancel")
+    assert (await cancelled.json())["job"]["state"] == "cancelled"
+    again = await page.post(f"/api/v1/restore-jobs/{second['id']}/cancel")
+    assert (await error_of(again))[0] == 409
+    assert len([r for r in page.app.store.index.restores() if r["via"] == "push"]) == 1
+    assert (await error_of(await page.get("/api/v1/restore-jobs/999")))[0] == 404
