@@ -305,7 +305,7 @@ class PageApi:
             raise ApiError(400, "bad_field", "'target_host' must be a host name")
         if not isinstance(target_dir, str) or not target_dir.startswith("/"):
             raise ApiError(400, "bad_field", "'target_dir' must be an absolute directory path")
-        paths = [from_q(p) for p in paths_q]
+        paths = [from_q(p) for p in paths_q] or [b""]  # none: the whole snapshot
         for p in paths:
             await self.run(tree.lookup, p)  # 404 for a path the snapshot does not have
         job = await self.jobs.create(tree.host, tree.snapshot, paths, target_host, target_dir,
