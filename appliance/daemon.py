@@ -43,6 +43,7 @@ from .replication.status import replication_status
 from .replication.tunnel import TunnelWatch
 from .scheduler import Scheduler
 from .store.accounts import Accounts
+from .store.chunkfile import MAX_FILE_SIZE
 from .store.datastore import Datastore
 from .store.errors import Unavailable
 from .store.lock import HeldLock
@@ -138,7 +139,8 @@ class Daemon:
         ingest = IngestApi(self.store, self.pool, max_json_bytes=self.cfg.server.max_json_bytes,
                            appliance_serial=self.cfg.appliance.serial,
                            usage_report=self.capacity.report,
-                           on_commit=self.replicate_now.set)
+                           on_commit=self.replicate_now.set,
+                           upload_budget=(self.cfg.store.workers + 4) * 2 * MAX_FILE_SIZE)
         self.browser = Browser(self.store)
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
                        self._overview, ingest.jobs)

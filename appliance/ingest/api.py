@@ -23,6 +23,7 @@ from ..store.manifest import StreamRef
 from ..store.restore_jobs import RestoreJobs
 from ..store.snapshots import is_snapshot_id
 from ..web.auth import ACCOUNT, ADMIN, HOST, auth_middleware, require_admin, require_host
+from ..web.budget import ByteBudget
 from ..web.errors import ApiError, error_middleware
 from ..web.page_api import PageApi
 from .jobs_api import AgentJobsApi
@@ -35,7 +36,8 @@ class IngestApi:
     def __init__(self, store: Datastore, pool: Executor, *, max_json_bytes: int,
                  appliance_serial: str,
                  usage_report: Callable[[str | None], dict] | None = None,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[], None] | None = None,
+                 upload_budget: int = 64 * 2**20) -> None:
         self.store = store
         self.pool = pool
         self.max_json_bytes = max_json_bytes
@@ -46,6 +48,8 @@ class IngestApi:
         index = store.index if store is not None else None
         self.jobs = AgentJobsApi(store, RestoreJobs(index), pool)  # type: ignore[arg-type]
         self.page: PageApi | None = None
+        # Chunk bodies held at once: enough to keep every worker busy with a few waiting.
+        self.uploads = ByteBudget(upload_budget)
 
     def attach_page(self, page: PageApi) -> None:
         """Serve the LAN page's API (sign-in sessions, browsing, downloads) in this app."""
@@ -144,15 +148,19 @@ class IngestApi:
             raise ApiError(413, "payload_too_large", f"a chunk file is at most {MAX_FILE_SIZE} "
                            "bytes")
         # Read at most one chunk's worth, failing as soon as the stream runs over: a chunk is
-        # bounded (4 MiB), so the body is gathered and verified in one pool call.
-        buf = bytearray()
-        async for piece in request.content.iter_any():
-            buf += piece
-            if len(buf) > MAX_FILE_SIZE:
-                raise ApiError(413, "payload_too_large",
-                               f"a chunk file is at most {MAX_FILE_SIZE} bytes")
-        created = await self.run(self.store.put_chunk, require_host(request),
-                                 request.match_info["sid"], cid, buf)
+        # bounded (4 MiB), so the body is gathered and verified in one pool call. The body
+        # and the plaintext rebuilt to verify it count against the upload budget.
+        size = request.content_length or MAX_FILE_SIZE
+        async with self.uploads.hold(2 * size):
+            buf = bytearray()
+            async for piece in request.content.iter_any():
+                buf += piece
+                if len(buf) > MAX_FILE_SIZE:
+                    raise ApiError(413, "payload_too_large",
+                                   f"a chunk file is at most {MAX_FILE_SIZE} bytes")
+            created = await self.run(self.store.put_chunk, require_host(request),
+                                     request.match_info["sid"], cid, buf)
+            del buf
         return web.json_response({"stored": created}, status=201 if created else 200)
 
     async def heartbeat(self, request: web.Request) -> web.Response:
