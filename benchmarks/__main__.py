@@ -1,23 +1,36 @@
-"""`python -m benchmarks replication [--mb N] [--runs N]` | `browse [--files N] [--runs N]`"""
+"""`python -m benchmarks COMMAND`: run | scale | replication | browse (each has --help)."""
 
 from __future__ import annotations
 
 import sys
 
+USAGE = """usage: python -m benchmarks run [--quick] [--data PATH] [--runs N] [--tools A,B,..]
+       python -m benchmarks scale [--chunks N]
+       python -m benchmarks replication [--mb N] [--runs N]
+       python -m benchmarks browse [--files N] [--per-dir N] [--runs N]"""
+
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("replication", "browse"):
-        print("usage: python -m benchmarks replication [--mb N] [--runs N]\n"
-              "       python -m benchmarks browse [--files N] [--per-dir N] [--runs N]",
-              file=sys.stderr)
-        return 2
-    if sys.argv[1] == "browse":
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    argv = sys.argv[2:]
+    if cmd == "run":
+        from . import run
+
+        return run.main(argv)
+    if cmd == "scale":
+        from . import scale
+
+        return scale.main(argv)
+    if cmd == "browse":
         from . import browse
 
-        return browse.main(sys.argv[2:])
-    from . import replication_tunnel
+        return browse.main(argv)
+    if cmd == "replication":
+        from . import replication_tunnel
 
-    return replication_tunnel.main(sys.argv[2:])
+        return replication_tunnel.main(argv)
+    print(USAGE, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
