@@ -1,0 +1,235 @@
+"""The factory order: what one appliance is sold as, read from a TOML file and checked.
+
+Every contract rule the appliance later enforces is checked here first, so a typo in an order
+is caught at the factory bench (one line naming the key) rather than on a customer site.
+
+Example (``provisioning/order.example.toml`` is a complete one)::
+
+    serial = "RDR-0001"
+    customer_id = "C-1042"
+    capacity_gb = 2000
+    retention = "8-5-4"
+    commitment_months = 12
+    [windows]
+    default = "17:00"
+    hosts = { web01 = "01:00" }
+    [datacenter]
+    gateway = "198.51.100.10"
+    identity = "dc.rdr.example"
+    s3_endpoint = "http://10.200.2.1:8080"
+    [tunnel]
+    address = "10.200.1.1/32"
+    remote_subnets = ["10.200.2.0/24"]
+    [s3]
+    bucket = "rdr-rdr-0001"
+    access_key = "..."
+    secret_key = "..."
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from appliance.store.index import HOST_RE
+from appliance.tomlfile import read_toml
+
+
+class OrderError(ValueError):
+    """The order file is unusable; the message names the key."""
+
+
+#: The contract's retention options and backup-window starts (service description).
+RETENTION_OPTIONS = ("8-5-4", "30-0-0", "7-0-0")
+WINDOW_STARTS = ("17:00", "01:00")
+COMMITMENTS = (12, 36)
+SERIAL_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9-]{0,30}[A-Za-z0-9]\Z")
+IDENT_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9.-]{0,252}\Z")
+BUCKET_RE = re.compile(r"\A[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    serial: str
+    customer_id: str
+    capacity_gb: int
+    retention: str
+    commitment_months: int
+    timezone: str
+    default_window: str
+    host_windows: dict[str, str]
+    dc_gateway: str
+    dc_identity: str
+    s3_endpoint: str
+    probe: str
+    tunnel_address: str
+    remote_subnets: list[str]
+    userspace_esp: bool
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:8443"])
+
+    @property
+    def identity(self) -> str:
+        """The appliance's IKE and TLS identity (a DNS name in its certificate)."""
+        return self.serial.lower()
+
+    @property
+    def tunnel_subnet(self) -> str:
+        """The data-center subnet replication goes to (the one holding the S3 endpoint)."""
+        host = urlsplit(self.s3_endpoint).hostname or ""
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return self.remote_subnets[0]
+        return next(n for n in self.remote_subnets if addr in ipaddress.ip_network(n))
+
+
+_TOP = {"serial", "customer_id", "capacity_gb", "retention", "commitment_months", "timezone",
+        "windows", "datacenter", "tunnel", "s3", "listen"}
+_SECTIONS = {
+    "windows": {"default", "hosts"},
+    "datacenter": {"gateway", "identity", "s3_endpoint", "probe"},
+    "tunnel": {"address", "remote_subnets", "userspace_esp"},
+    "s3": {"bucket", "access_key", "secret_key", "region"},
+}
+
+
+def _get(raw: dict, key: str, kind: type, default: object = ..., where: str = "") -> object:
+    name = f"{where}{key}"
+    if key not in raw:
+        if default is ...:
+            raise OrderError(f"{name}: missing")
+        return default
+    value = raw[key]
+    if type(value) is not kind:
+        raise OrderError(f"{name}: expected {kind.__name__}, got {type(value).__name__} "
+                         f"{value!r}")
+    return value
+
+
+def _table(raw: dict, name: str) -> dict:
+    value = raw.get(name)
+    if not isinstance(value, dict):
+        raise OrderError(f"[{name}]: missing table")
+    for key in value:
+        if key not in _SECTIONS[name]:
+            raise OrderError(f"unknown key {name}.{key}")
+    return value
+
+
+def _network(text: str, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        raise OrderError(f"{key}: not a network like 10.200.2.0/24: {text!r}") from None
+
+
+def parse(raw: dict) -> Order:
+    """Check a parsed order; raises OrderError naming the first bad key."""
+    for key in raw:
+        if key not in _TOP:
+            raise OrderError(f"unknown key {key}")
+    serial = _get(raw, "serial", str)
+    if not SERIAL_RE.match(serial):
+        raise OrderError(f"serial: use 2-32 letters, digits or '-', got {serial!r}")
+    customer = _get(raw, "customer_id", str)
+    if not customer.strip() or len(customer) > 64:
+        raise OrderError("customer_id: must be 1-64 characters")
+    capacity = _get(raw, "capacity_gb", int)
+    if capacity <= 0:
+        raise OrderError("capacity_gb: must be a positive number of GB")
+    retention = _get(raw, "retention", str)
+    if retention not in RETENTION_OPTIONS:
+        raise OrderError(f"retention: must be one of {', '.join(RETENTION_OPTIONS)}, "
+                         f"got {retention!r}")
+    commitment = _get(raw, "commitment_months", int)
+    if commitment not in COMMITMENTS:
+        raise OrderError(f"commitment_months: must be 12 or 36, got {commitment}")
+    tz = _get(raw, "timezone", str, "America/New_York")
+    try:
+        ZoneInfo(tz)
+    except (KeyError, ValueError, OSError):
+        raise OrderError(f"timezone: unknown time zone {tz!r}") from None
+    listen = raw.get("listen", ["0.0.0.0:8443"])
+    if not isinstance(listen, list) or not listen or not all(isinstance(a, str) for a in listen):
+        raise OrderError("listen: expected a list of HOST:PORT strings")
+
+    win = _table(raw, "windows")
+    default_window = _get(win, "default", str, "17:00", "windows.")
+    if default_window not in WINDOW_STARTS:
+        raise OrderError(f"windows.default: must be 17:00 or 01:00, got {default_window!r}")
+    hosts = win.get("hosts", {})
+    if not isinstance(hosts, dict):
+        raise OrderError("windows.hosts: expected a table of host = \"17:00\" | \"01:00\"")
+    for host, start in hosts.items():
+        if not HOST_RE.match(host):
+            raise OrderError(f"windows.hosts: invalid host name {host!r}")
+        if start not in WINDOW_STARTS:
+            raise OrderError(f"windows.hosts.{host}: must be 17:00 or 01:00, got {start!r}")
+
+    dc = _table(raw, "datacenter")
+    gateway = _get(dc, "gateway", str, where="datacenter.")
+    if not IDENT_RE.match(gateway):
+        raise OrderError(f"datacenter.gateway: not an address or host name: {gateway!r}")
+    identity = _get(dc, "identity", str, where="datacenter.")
+    if not IDENT_RE.match(identity):
+        raise OrderError(f"datacenter.identity: not a DNS name: {identity!r}")
+    endpoint = _get(dc, "s3_endpoint", str, where="datacenter.")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OrderError(f"datacenter.s3_endpoint: must be an http(s):// URL, got {endpoint!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    probe = _get(dc, "probe", str, f"{parts.hostname}:{port}", "datacenter.")
+
+    tun = _table(raw, "tunnel")
+    address = _get(tun, "address", str, where="tunnel.")
+    try:
+        iface = ipaddress.ip_interface(address)
+    except ValueError:
+        raise OrderError(f"tunnel.address: not an address like 10.200.1.1/32: {address!r}"
+                         ) from None
+    if iface.network.prefixlen != iface.max_prefixlen:
+        raise OrderError("tunnel.address: must be a single address (/32 or /128)")
+    remote = tun.get("remote_subnets")
+    if not isinstance(remote, list) or not remote or not all(isinstance(n, str) for n in remote):
+        raise OrderError("tunnel.remote_subnets: expected a list of networks")
+    nets = [_network(n, "tunnel.remote_subnets") for n in remote]
+    for net in nets:
+        if iface.ip in net:
+            raise OrderError(f"tunnel.address {iface.ip} lies inside remote subnet {net}")
+    userspace = _get(tun, "userspace_esp", bool, False, "tunnel.")
+    try:
+        ep_addr = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        ep_addr = None
+    if ep_addr is not None and not any(ep_addr in n for n in nets):
+        raise OrderError(f"datacenter.s3_endpoint {parts.hostname} is outside "
+                         "tunnel.remote_subnets: replication would not go through the tunnel")
+
+    s3 = _table(raw, "s3")
+    bucket = _get(s3, "bucket", str, where="s3.")
+    if not BUCKET_RE.match(bucket):
+        raise OrderError(f"s3.bucket: 3-63 lower-case letters, digits, '.' or '-': {bucket!r}")
+    access = _get(s3, "access_key", str, where="s3.")
+    secret = _get(s3, "secret_key", str, where="s3.")
+    if not access or not secret:
+        raise OrderError("s3.access_key and s3.secret_key must not be empty")
+    region = _get(s3, "region", str, "us-east-1", "s3.")
+    return Order(serial=serial, customer_id=customer, capacity_gb=capacity, retention=retention,
+                 commitment_months=commitment, timezone=tz, default_window=default_window,
+                 host_windows=dict(hosts), dc_gateway=gateway, dc_identity=identity,
+                 s3_endpoint=endpoint, probe=probe, tunnel_address=str(iface),
+                 remote_subnets=[str(n) for n in nets], userspace_esp=userspace,
+                 bucket=bucket, access_key=access, secret_key=secret, region=region,
+                 listen=list(listen))
+
+
+def load(path: Path) -> Order:
+    return parse(read_toml(path, "order file", OrderError))
