@@ -52,12 +52,12 @@ from .tools import (
     ToolError,
     drop_caches,
     ensure_installed,
+    kill_group,
     run_measured,
 )
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_WORK = Path(os.environ.get("RDR_BENCH_DIR", "/var/tmp/rdr-bench"))
-PHASES = ("backup1", "backup2", "restore", "restore_one")
 
 
 def log(msg: str) -> None:
@@ -80,7 +80,7 @@ def run_tool(name: str, ds: dsm.Dataset, run_dir: Path, seed: int, cold: bool = 
     drop = drop_caches if cold else (lambda: False)
     try:
         tool.prepare()
-        cold = drop()
+        dropped = drop()
         b1 = tool.backup(src, 1)
         usage1 = tool.usage()
         change, expected = dsm.apply_change(ds, src, seed)
@@ -111,17 +111,22 @@ def run_tool(name: str, ds: dsm.Dataset, run_dir: Path, seed: int, cold: bool = 
             "repo_bytes_after_backup1": usage1[0],
             "repo_bytes": usage2[0],
             "repo_apparent_bytes": usage2[1],
+            "backup1_cpu_seconds": b1.client_cpu + (b1.server_cpu or 0.0),
+            "backup2_cpu_seconds": b2.client_cpu + (b2.server_cpu or 0.0),
+            "restore_cpu_seconds": r.client_cpu + (r.server_cpu or 0.0),
+            "client_cpu_seconds": {k: p.client_cpu for k, p in phases.items()},
             "client_peak_rss_bytes": max(p.client_rss for p in phases.values()),
             "client_rss_bytes": {k: p.client_rss for k, p in phases.items()},
             "restore_verified_files": checked,
             "restore_one_verified": True,
-            "cold_cache": cold,
+            "cold_cache": dropped,
             "change": change.to_json(),
         })
         servers = {k: p.server_rss for k, p in phases.items() if p.server_rss is not None}
         if servers:
             out["server_peak_rss_bytes"] = max(servers.values())
             out["server_rss_bytes"] = servers
+            out["server_cpu_seconds"] = {k: p.server_cpu for k, p in phases.items()}
         extras = {k: p.extra for k, p in phases.items() if p.extra}
         if extras:
             out["reported"] = extras
@@ -145,6 +150,8 @@ def run_concurrency(ds: dsm.Dataset, run_dir: Path, agents: int, cold: bool = Tr
     dsm.remove_tree(work)
     dsm.link_copy(ds.root, src)
     app = Appliance(work, hosts=len(parts))
+    pids: list[list[int]] = [[] for _ in parts]
+    threads: list[threading.Thread] = []
     try:
         app.prepare()
         assert app.server is not None
@@ -154,13 +161,15 @@ def run_concurrency(ds: dsm.Dataset, run_dir: Path, agents: int, cold: bool = Tr
             try:
                 results[i] = run_measured(
                     [app.cmd("rdr-agent"), "backup", *[str(src / u) for u in parts[i]],
-                     "--json"], env=app.agent_env(i), what=f"rdr-agent backup (agent {i})")
+                     "--json"], env=app.agent_env(i), what=f"rdr-agent backup (agent {i})",
+                    started=pids[i])
             except Exception as exc:
                 results[i] = exc
 
         if cold:
             drop_caches()
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(parts))]
+        threads = [threading.Thread(target=one, args=(i,), daemon=True)
+                   for i in range(len(parts))]
         with RssWatch(app.server.pid) as watch:
             t0 = time.perf_counter()
             for t in threads:
@@ -181,8 +190,15 @@ def run_concurrency(ds: dsm.Dataset, run_dir: Path, agents: int, cold: bool = Tr
                 "daemon_peak_rss_bytes": watch.peak,
                 "daemon_rss_after_bytes": watch.rss_after,
                 "agent_peak_rss_bytes": max(p.maxrss for p in procs),  # type: ignore[attr-defined]
-                "agent_seconds_max": max(p.seconds for p in procs)}  # type: ignore[attr-defined]
+                "agent_seconds_max": max(p.seconds for p in procs),  # type: ignore[attr-defined]
+                "agent_cpu_seconds": sum(p.cpu for p in procs),  # type: ignore[attr-defined]
+                "daemon_cpu_seconds": watch.cpu}
     finally:
+        for t, started in zip(threads, pids, strict=False):
+            if t.is_alive():  # interrupted: no agent outlives the run
+                for pid in started:
+                    kill_group(pid)
+                t.join(10)
         app.close()
         dsm.remove_tree(work)
         dsm.remove_tree(src)
@@ -212,7 +228,12 @@ def machine(path: Path, tools: list[str]) -> dict:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(path)],
                             capture_output=True, text=True, timeout=10).stdout.strip() or fs
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_bytes": mem,
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always",
+                                 "--dirty"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_bytes": mem, "appliance_commit": commit,
             "kernel": platform.release(), "filesystem": fs, "python": platform.python_version(),
             "root": os.geteuid() == 0,
             "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -229,7 +250,7 @@ def median_of(runs: list[dict]) -> dict:
         vals = [r.get(key) for r in runs]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
             out[key] = statistics.median(vals)  # type: ignore[arg-type]
-        elif all(isinstance(v, dict) for v in vals) and key.endswith("_bytes"):
+        elif all(isinstance(v, dict) for v in vals) and key.endswith(("_bytes", "_seconds")):
             out[key] = {k: statistics.median(v[k] for v in vals) for k in vals[0]}
     return out
 
@@ -242,6 +263,8 @@ ROWS = (
     ("full restore", "restore_seconds", "s"),
     ("one-file restore", "restore_one_seconds", "s"),
     ("repository size after both", "repo_bytes", "B"),
+    ("CPU time, initial backup (client + server)", "backup1_cpu_seconds", "s"),
+    ("CPU time, full restore (client + server)", "restore_cpu_seconds", "s"),
     ("peak RSS, client", "client_peak_rss_bytes", "B"),
     ("peak RSS, server", "server_peak_rss_bytes", "B"),
 )

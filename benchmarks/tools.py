@@ -3,10 +3,10 @@
 Every tool runs as real processes, exactly as a user runs it: the appliance as an `rdr serve`
 subprocess (TLS on 127.0.0.1, its fingerprint pinned by the agent) with `rdr-agent` commands,
 restic and borg as their own commands on a local repository. Each command is timed as a whole
-(wall clock, start to exit) and its peak RSS comes from the kernel's accounting of the child
-(`wait4` rusage, `ru_maxrss`). A long-running server's peak is read from /proc: its high-water
-mark is reset (`clear_refs` 5) before a phase and read after, with a sampler as a fallback when
-the reset is not allowed.
+(wall clock, start to exit) and its peak RSS and CPU time come from the kernel's accounting of
+the child (`wait4` rusage, taken by a small launcher process: see `_LAUNCHER`). A long-running
+server's peak is read from /proc: its high-water mark is reset (`clear_refs` 5) before a phase
+and read after, with a sampler as a fallback when the reset is not allowed.
 
 Nothing listens or connects anywhere but 127.0.0.1.
 """
@@ -48,6 +48,7 @@ class Proc:
     maxrss: int  # bytes
     out: str
     err: str
+    cpu: float = 0.0  # user + system seconds of the child
 
 
 def _popen(cmd: list[str], env: dict[str, str] | None, cwd: Path | None, out, err
@@ -56,40 +57,79 @@ def _popen(cmd: list[str], env: dict[str, str] | None, cwd: Path | None, out, er
                             stderr=err, start_new_session=True)
 
 
+#: Runs the measured command for us. Why a launcher: Linux charges a child's `ru_maxrss` with
+#: the high-water RSS of the process it was forked from (at exec the kernel keeps the old mm's
+#: peak), so a tool forked straight from this harness -- hundreds of MiB after checking a
+#: restore -- would report the harness's peak, not its own. Forked from this small launcher
+#: (python -S, ~10 MiB: the floor of every figure), the tool reports its own peak. The launcher
+#: also times spawn-to-exit itself, so its own start-up is not in the timing.
+_LAUNCHER = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+try:
+    pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+except OSError as exc:
+    sys.stderr.write(f"{sys.argv[2]}: {exc}\n")
+    sys.exit(127)
+_, st, ru = os.wait4(pid, 0)
+t = time.perf_counter() - t0
+os.write(int(sys.argv[1]), json.dumps([t, os.waitstatus_to_exitcode(st), ru.ru_maxrss,
+                                       ru.ru_utime + ru.ru_stime]).encode())
+"""
+
+
 def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-                 timeout: float = 7200.0, check: bool = True, what: str = "") -> Proc:
-    """Run cmd to completion: wall time, exit code, the child's own peak RSS (wait4), output.
+                 timeout: float = 7200.0, check: bool = True, what: str = "",
+                 started: list[int] | None = None) -> Proc:
+    """Run cmd to completion: wall time, exit code, the child's own peak RSS and CPU time
+    (wait4, through `_LAUNCHER`), its output.
 
     Output goes to temporary files rather than pipes so a chatty tool never blocks on a full
-    pipe while we sit in wait4 (and reading pipes would cost the measuring process CPU)."""
+    pipe while we sit in wait (and reading pipes would cost the measuring process CPU).
+    `started` collects the launcher's pid (the leader of the command's process group), for a
+    caller that must kill it from elsewhere."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = _popen(cmd, env, cwd, out, err)
-        timer = threading.Timer(timeout, _kill_group, (proc.pid,))
+        rfd, wfd = os.pipe()
+        try:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, str(wfd), *cmd],
+                                    env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=err, start_new_session=True, pass_fds=(wfd,))
+        except BaseException:
+            os.close(rfd)
+            raise
+        finally:
+            os.close(wfd)
+        if started is not None:
+            started.append(proc.pid)
+        timer = threading.Timer(timeout, kill_group, (proc.pid,))
         timer.start()
         try:
-            _, status, ru = os.wait4(proc.pid, 0)
+            proc.wait()
         except BaseException:
-            _kill_group(proc.pid)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(proc.pid, 0)
-            proc.returncode = -9
+            kill_group(proc.pid)
+            proc.wait()
             raise
         finally:
             timer.cancel()
+            with os.fdopen(rfd, "rb") as f:
+                report = f.read()
         seconds = time.perf_counter() - t0
-        proc.returncode = rc = os.waitstatus_to_exitcode(status)
+        rc, maxrss, cpu = proc.returncode, 0, 0.0
+        with contextlib.suppress(ValueError):
+            seconds, rc, maxrss_kib, cpu = json.loads(report)
+            maxrss = maxrss_kib * 1024
         out.seek(0)
         err.seek(0)
-        res = Proc(seconds, rc, ru.ru_maxrss * 1024, out.read().decode(errors="replace"),
-                   err.read().decode(errors="replace"))
+        res = Proc(seconds, rc, maxrss, out.read().decode(errors="replace"),
+                   err.read().decode(errors="replace"), cpu)
     if check and rc != 0:
         tail = (res.err.strip() or res.out.strip())[-2000:]
         raise ToolError(f"{what or cmd[0]}: exit {rc} after {seconds:.1f} s: {tail}")
     return res
 
 
-def _kill_group(pid: int) -> None:
+def kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
@@ -156,13 +196,26 @@ def _status_kib(pid: int, field_name: str) -> int | None:
     return None
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process (all its threads), from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class RssWatch:
     """Peak resident memory of a running process over a phase: the kernel's high-water mark
-    (reset at the start, if allowed) and a 20 ms sampler of VmRSS, whichever is higher."""
+    (reset at the start, if allowed) and a 20 ms sampler of VmRSS, whichever is higher; and
+    the CPU time it spent meanwhile."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak_sampled = 0
+        self.peak = 0
+        self.cpu = 0.0
         self.reset_ok = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,6 +227,7 @@ class RssWatch:
             self.reset_ok = True
         except OSError:
             self.reset_ok = False
+        self._cpu0 = _cpu_seconds(self.pid)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -192,6 +246,7 @@ class RssWatch:
         hwm = _status_kib(self.pid, "VmHWM") if self.reset_ok else None
         self.peak = max(self.peak_sampled, (hwm or 0) * 1024)
         self.rss_after = (_status_kib(self.pid, "VmRSS") or 0) * 1024
+        self.cpu = _cpu_seconds(self.pid) - self._cpu0
 
 
 class Server:
@@ -224,9 +279,8 @@ class Server:
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                _kill_group(self.proc.pid)
+                kill_group(self.proc.pid)  # the group: anything it started goes too
                 self.proc.wait()
-        _kill_group(self.proc.pid)  # anything it left behind in its group
         self._logf.close()
 
 
@@ -257,9 +311,17 @@ class Phase:
 
     seconds: float
     client_rss: int
+    client_cpu: float
     server_rss: int | None = None
+    server_cpu: float | None = None
     reported_new_bytes: int | None = None
     extra: dict = field(default_factory=dict)
+
+    @staticmethod
+    def of(res: Proc, server: RssWatch | None = None, reported: int | None = None,
+           extra: dict | None = None) -> Phase:
+        return Phase(res.seconds, res.maxrss, res.cpu, server.peak if server else None,
+                     server.cpu if server else None, reported, extra or {})
 
 
 class Tool:
@@ -271,6 +333,8 @@ class Tool:
     def __init__(self, work: Path) -> None:
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
+        #: The server's figures over the last command, for tools with a server process.
+        self._watch: RssWatch | None = None
 
     @classmethod
     def available(cls) -> bool:
@@ -365,7 +429,7 @@ class Appliance(Tool):
                    RDR_STATE_DIR=str(self.work / f"agent-state-{i:02d}"))
         return env
 
-    def _agent(self, args: list[str], what: str, i: int = 0) -> tuple[Proc, int, dict]:
+    def _agent(self, args: list[str], what: str, i: int = 0) -> tuple[Proc, RssWatch, dict]:
         assert self.server is not None
         with RssWatch(self.server.pid) as watch:
             res = run_measured([self.cmd("rdr-agent"), *args, "--json"], env=self.agent_env(i),
@@ -377,22 +441,22 @@ class Appliance(Tool):
             summary = json.loads(res.out)
         except ValueError:
             summary = {}
-        return res, watch.peak, summary
+        return res, watch, summary
 
     def backup(self, src: Path, n: int) -> Phase:
-        res, peak, s = self._agent(["backup", str(src)], f"rdr-agent backup #{n}")
-        return Phase(res.seconds, res.maxrss, peak, s.get("bytes_new"),
-                     {"files_read": s.get("files_read"), "chunks_new": s.get("chunks_new")})
+        res, watch, s = self._agent(["backup", str(src)], f"rdr-agent backup #{n}")
+        return Phase.of(res, watch, s.get("bytes_new"),
+                        {"files_read": s.get("files_read"), "chunks_new": s.get("chunks_new")})
 
     def restore(self, target: Path) -> Phase:
-        res, peak, _ = self._agent(["restore", "latest", "--to", str(target)],
-                                   "rdr-agent restore")
-        return Phase(res.seconds, res.maxrss, peak)
+        res, watch, _ = self._agent(["restore", "latest", "--to", str(target)],
+                                    "rdr-agent restore")
+        return Phase.of(res, watch)
 
     def restore_one(self, target: Path, path: Path) -> Phase:
-        res, peak, _ = self._agent(["restore", "latest", str(path), "--to", str(target)],
-                                   "rdr-agent restore (one file)")
-        return Phase(res.seconds, res.maxrss, peak)
+        res, watch, _ = self._agent(["restore", "latest", str(path), "--to", str(target)],
+                                    "rdr-agent restore (one file)")
+        return Phase.of(res, watch)
 
     def usage(self) -> tuple[int, int]:
         # The data dir as a whole (chunks, snapshots, index.sqlite and its WAL, TLS files),
@@ -417,16 +481,17 @@ class Restic(Tool):
         self.env = clean_env(("RESTIC_",))
         self.env.update(RESTIC_REPOSITORY=str(self.repo), RESTIC_PASSWORD=PASSWORD,
                         RESTIC_CACHE_DIR=str(work / "cache"))
+        self.flags: list[str] = []
 
     @classmethod
     def version(cls) -> str:
         return _first_line(["restic", "version"])
 
     def prepare(self) -> None:
-        run_measured(["restic", "init"], env=self.env, what="restic init")
+        run_measured(["restic", *self.flags, "init"], env=self.env, what="restic init")
 
     def _run(self, args: list[str], what: str) -> Proc:
-        return run_measured(["restic", *args], env=self.env, what=what)
+        return run_measured(["restic", *self.flags, *args], env=self.env, what=what)
 
     def backup(self, src: Path, n: int) -> Phase:
         res = self._run(["backup", "--json", str(src)], f"restic backup #{n}")
@@ -436,16 +501,16 @@ class Restic(Tool):
                 msg = json.loads(line)
                 if isinstance(msg, dict) and msg.get("message_type") == "summary":
                     added = msg.get("data_added")
-        return Phase(res.seconds, res.maxrss, None, added)
+        return Phase.of(res, self._watch, added)
 
     def restore(self, target: Path) -> Phase:
         res = self._run(["restore", "latest", "--target", str(target)], "restic restore")
-        return Phase(res.seconds, res.maxrss)
+        return Phase.of(res, self._watch)
 
     def restore_one(self, target: Path, path: Path) -> Phase:
         res = self._run(["restore", "latest", "--target", str(target), "--include", str(path)],
                         "restic restore (one file)")
-        return Phase(res.seconds, res.maxrss)
+        return Phase.of(res, self._watch)
 
     def usage(self) -> tuple[int, int]:
         return du(self.repo)
@@ -477,31 +542,14 @@ class ResticRest(Restic):
                               "--cert", str(cert), "--key", str(key), str(self.repo)],
                              clean_env(("RCLONE_",)), self.work / "rclone.log")
         wait_https(port, self.server, "rclone serve restic", path="/config")
-        self.env.update(RESTIC_REPOSITORY=f"rest:https://127.0.0.1:{port}/",
-                        RESTIC_CACERT=str(cert))
+        self.env["RESTIC_REPOSITORY"] = f"rest:https://127.0.0.1:{port}/"
+        self.flags = ["--cacert", str(cert)]  # restic 0.14 has no RESTIC_CACERT
         super().prepare()
 
     def _run(self, args: list[str], what: str) -> Proc:
         assert self.server is not None
-        with RssWatch(self.server.pid) as watch:
-            res = super()._run(args, what)
-        self._last_server_peak = watch.peak
-        return res
-
-    def backup(self, src: Path, n: int) -> Phase:
-        ph = super().backup(src, n)
-        ph.server_rss = self._last_server_peak
-        return ph
-
-    def restore(self, target: Path) -> Phase:
-        ph = super().restore(target)
-        ph.server_rss = self._last_server_peak
-        return ph
-
-    def restore_one(self, target: Path, path: Path) -> Phase:
-        ph = super().restore_one(target, path)
-        ph.server_rss = self._last_server_peak
-        return ph
+        with RssWatch(self.server.pid) as self._watch:
+            return super()._run(args, what)
 
     def close(self) -> None:
         if self.server is not None:
@@ -540,19 +588,19 @@ class Borg(Tool):
         added = None
         with contextlib.suppress(ValueError, KeyError, TypeError):
             added = json.loads(res.out)["archive"]["stats"]["deduplicated_size"]
-        return Phase(res.seconds, res.maxrss, None, added)
+        return Phase.of(res, self._watch, added)
 
     def restore(self, target: Path) -> Phase:
         target.mkdir(parents=True, exist_ok=True)
         res = run_measured(["borg", "extract", f"::{self.last}"], env=self.env, cwd=target,
                            what="borg extract")
-        return Phase(res.seconds, res.maxrss)
+        return Phase.of(res, self._watch)
 
     def restore_one(self, target: Path, path: Path) -> Phase:
         target.mkdir(parents=True, exist_ok=True)
         res = run_measured(["borg", "extract", f"::{self.last}", str(path).lstrip("/")],
                            env=self.env, cwd=target, what="borg extract (one file)")
-        return Phase(res.seconds, res.maxrss)
+        return Phase.of(res, self._watch)
 
     def usage(self) -> tuple[int, int]:
         return du(self.repo)
