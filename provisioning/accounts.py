@@ -10,6 +10,7 @@ which issues new ones).
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +38,30 @@ class Issued:
     windows_differ: list[str] = field(default_factory=list)
 
 
+def already_provisioned(pool: Path, hosts: dict[str, str]) -> bool:
+    """Whether the index at POOL already has the admin account and every host with its
+    window. Read with SQLite's immutable mode, so a re-run does not even create a WAL file
+    in the pool."""
+    index = pool / "index.sqlite"
+    if not index.exists():
+        return False
+    try:
+        db = sqlite3.connect(f"{index.as_uri()}?immutable=1", uri=True)
+        try:
+            admin = db.execute("SELECT 1 FROM accounts WHERE name = ?", (ADMIN,)).fetchone()
+            current = dict(db.execute("SELECT name, window_start FROM hosts").fetchall())
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+    return bool(admin) and all(current.get(h) == w for h, w in hosts.items())
+
+
 def provision(pool: Path, hosts: dict[str, str], force: bool) -> Issued:
     """Admin account and hosts in the store at POOL (created if needed)."""
     issued = Issued()
+    if not force and already_provisioned(pool, hosts):
+        return issued
     store = Datastore(pool)
     try:
         accounts = Accounts(store.index)
