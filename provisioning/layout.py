@@ -34,6 +34,7 @@ TLS_CERT = TLS_DIR / "cert.pem"
 TLS_KEY = TLS_DIR / "key.pem"
 TLS_CA = TLS_DIR / "factory-ca.pem"
 SWANCTL_DIR = PurePosixPath("/etc/swanctl")
+SWANCTL_MAIN = SWANCTL_DIR / "swanctl.conf"
 SWANCTL_CONF = SWANCTL_DIR / "conf.d" / "rdr.conf"
 SWANCTL_CERT = SWANCTL_DIR / "x509" / "rdr-device.pem"
 SWANCTL_CA = SWANCTL_DIR / "x509ca" / "rdr-factory-ca.pem"

@@ -198,6 +198,9 @@ def strongswan(ctx: Context) -> StepResult:
     conf = swanctl.swanctl_conf(o, L.SWANCTL_CERT.name, L.SWANCTL_CA.name)
     L.ensure_dir(ctx.path(L.SWANCTL_CONF.parent), 0o755)
     statuses = [put(ctx, L.SWANCTL_CONF, conf.encode(), 0o644),
+                # Debian's swanctl.conf includes conf.d/*.conf; a bare tree gets just that
+                UNCHANGED if ctx.path(L.SWANCTL_MAIN).exists() else
+                put(ctx, L.SWANCTL_MAIN, b"include conf.d/*.conf\n", 0o644),
                 put(ctx, L.TUNNEL_ENV, swanctl.tunnel_env(o).encode(), 0o644)]
     userspace = ctx.path(L.STRONGSWAN_USERSPACE)
     if o.userspace_esp:

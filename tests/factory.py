@@ -4,7 +4,9 @@ run `python -m provisioning` as the technician does (a subprocess, real files)."
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -140,3 +142,50 @@ def provision(root: Path, order: Path, bench: Bench, *extra: str,
          "--ca-key", str(bench.ca_key), "--dc-key", str(bench.dc_pub), "--root", str(root),
          *extra],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+
+
+def https_in_netns(ns: str, port: int, method: str, path: str, body: bytes = b"",
+                   host: str = "127.0.0.1", timeout: float = 10.0) -> tuple[int, str, str]:
+    """One HTTPS request to HOST:PORT inside network namespace NS. The certificate is not
+    trusted by name but returned as its SHA-256 fingerprint, for the caller to pin.
+    Returns (status, body, fingerprint)."""
+    from hil import netns
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    sock = netns.socket_in(ns)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((host, port))
+        with ctx.wrap_socket(sock) as tls:
+            der = tls.getpeercert(binary_form=True) or b""
+            head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+                    f"Content-Length: {len(body)}\r\n")
+            if body:
+                head += "Content-Type: application/json\r\n"
+            tls.sendall(head.encode() + b"\r\n" + body)
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    finally:
+        sock.close()
+    header, _, payload = data.partition(b"\r\n\r\n")
+    status = int(header.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in header.lower():
+        payload = _unchunk(payload)
+    h = hashlib.sha256(der).hexdigest().upper()
+    return status, payload.decode(errors="replace"), ":".join(h[i:i + 2]
+                                                             for i in range(0, len(h), 2))
+
+
+def _unchunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2:]
+    return out
