@@ -69,8 +69,8 @@ def message(root: Path, found: list[str]) -> str:
         "*** RDR appliance: NOT PROVISIONED - the backup service will not start. ***",
         *(f"    - {p}" for p in found),
         "    This unit must go through factory provisioning first:",
-        "      python3 -m provisioning --order ORDER.toml --ca-cert CA.pem --ca-key CA.key "
-        "--dc-key DC.pem",
+        "      /opt/rdr/bin/python3 -m provisioning --order ORDER.toml --ca-cert CA.pem "
+        "--ca-key CA.key --dc-key DC.pem",
         "    (then: systemctl start rdr.service, or reboot).",
         "",
     ]

@@ -92,6 +92,7 @@ def provision(argv: list[str]) -> int:
         ("strongSwan tunnel configuration", steps.strongswan),
         ("replication data key and escrow", steps.data_key),
         ("appliance configuration", steps.appliance_config),
+        ("LAN network", steps.lan),
         ("admin account and hosts", steps.admin_and_hosts),
         ("provisioning record", lambda c: steps.provisioning_record(c, args.record_out)),
     ]

@@ -43,6 +43,7 @@ STRONGSWAN_USERSPACE = PurePosixPath("/etc/strongswan.d/rdr-userspace-esp.conf")
 STATE_DIR = PurePosixPath("/var/lib/rdr-provisioning")
 BURNIN = STATE_DIR / "burnin.json"
 FSTAB = PurePosixPath("/etc/fstab")
+LAN_NETWORK = PurePosixPath("/etc/systemd/network/10-rdr-lan.network")
 DATA_POOL = PurePosixPath("/srv/rdr")
 
 

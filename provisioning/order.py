@@ -74,6 +74,10 @@ class Order:
     secret_key: str
     region: str
     listen: list[str] = field(default_factory=lambda: ["0.0.0.0:8443"])
+    #: Static LAN settings; empty address = DHCP (the image's default).
+    lan_address: str = ""
+    lan_gateway: str = ""
+    lan_dns: list[str] = field(default_factory=list)
 
     @property
     def identity(self) -> str:
@@ -92,12 +96,13 @@ class Order:
 
 
 _TOP = {"serial", "customer_id", "capacity_gb", "retention", "commitment_months", "timezone",
-        "windows", "datacenter", "tunnel", "s3", "listen"}
+        "windows", "datacenter", "tunnel", "s3", "listen", "lan"}
 _SECTIONS = {
     "windows": {"default", "hosts"},
     "datacenter": {"gateway", "identity", "s3_endpoint", "probe"},
     "tunnel": {"address", "remote_subnets", "userspace_esp"},
     "s3": {"bucket", "access_key", "secret_key", "region"},
+    "lan": {"address", "gateway", "dns"},
 }
 
 
@@ -222,13 +227,43 @@ def parse(raw: dict) -> Order:
     if not access or not secret:
         raise OrderError("s3.access_key and s3.secret_key must not be empty")
     region = _get(s3, "region", str, "us-east-1", "s3.")
+    lan_address, lan_gateway, lan_dns = _lan(raw)
     return Order(serial=serial, customer_id=customer, capacity_gb=capacity, retention=retention,
                  commitment_months=commitment, timezone=tz, default_window=default_window,
                  host_windows=dict(hosts), dc_gateway=gateway, dc_identity=identity,
                  s3_endpoint=endpoint, probe=probe, tunnel_address=str(iface),
                  remote_subnets=[str(n) for n in nets], userspace_esp=userspace,
                  bucket=bucket, access_key=access, secret_key=secret, region=region,
-                 listen=list(listen))
+                 listen=list(listen), lan_address=lan_address, lan_gateway=lan_gateway,
+                 lan_dns=lan_dns)
+
+
+def _lan(raw: dict) -> tuple[str, str, list[str]]:
+    """The optional [lan] table: a static address (with prefix), gateway and DNS servers."""
+    if "lan" not in raw:
+        return "", "", []
+    lan = _table(raw, "lan")
+    address = _get(lan, "address", str, where="lan.")
+    try:
+        iface = ipaddress.ip_interface(address)
+    except ValueError:
+        raise OrderError(f"lan.address: not an address with prefix like 192.168.1.20/24: "
+                         f"{address!r}") from None
+    if "/" not in address:
+        raise OrderError("lan.address: give the prefix too, e.g. 192.168.1.20/24")
+    gateway = _get(lan, "gateway", str, "", "lan.")
+    dns = lan.get("dns", [])
+    if not isinstance(dns, list) or not all(isinstance(d, str) for d in dns):
+        raise OrderError("lan.dns: expected a list of addresses")
+    for key, value in [("lan.gateway", gateway)] * bool(gateway) + [("lan.dns", d)
+                                                                    for d in dns]:
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            raise OrderError(f"{key}: not an address: {value!r}") from None
+        if key == "lan.gateway" and addr not in iface.network:
+            raise OrderError(f"lan.gateway {addr} is outside {iface.network}")
+    return str(iface), gateway, list(dns)
 
 
 def load(path: Path) -> Order:

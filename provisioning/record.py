@@ -87,6 +87,7 @@ def build(order: Order, fingerprint: str, cert_pem: str, escrow: dict,
         "tunnel": {"address": order.tunnel_address, "remote_subnets": order.remote_subnets,
                    "dc_gateway": order.dc_gateway, "dc_identity": order.dc_identity},
         "replication": {"endpoint": order.s3_endpoint, "bucket": order.bucket},
+        "lan": order.lan_address or "dhcp",
         "burn_in": burnin,
         "versions": versions(layout),
     }

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from cryptography import x509
 
-from . import accounts, appconfig, burnin, disk, escrow, pki, record, swanctl
+from . import accounts, appconfig, burnin, disk, escrow, network, pki, record, swanctl
 from . import layout as L
 from .layout import Layout, Owner
 from .order import Order
@@ -258,7 +258,25 @@ def appliance_config(ctx: Context) -> StepResult:
                       f"bucket {ctx.order.bucket}")
 
 
-# --- 7. admin account and hosts -------------------------------------------------------------
+# --- 7. LAN ---------------------------------------------------------------------------------
+def lan(ctx: Context) -> StepResult:
+    text = network.lan_network(ctx.order)
+    path = ctx.path(L.LAN_NETWORK)
+    if text is None:
+        if not path.exists():
+            return StepResult(SKIPPED, "no [lan] in the order: the LAN ports use DHCP")
+        if not ctx.force:
+            return StepResult(DIFFERS, f"{L.LAN_NETWORK} sets a static LAN the order does "
+                              "not have")
+        path.unlink()
+        return StepResult(DONE, f"removed {L.LAN_NETWORK}: the LAN ports use DHCP")
+    L.ensure_dir(path.parent, 0o755)
+    status = put(ctx, L.LAN_NETWORK, text.encode(), 0o644)
+    return StepResult(status, f"static {ctx.order.lan_address}"
+                      + (f" via {ctx.order.lan_gateway}" if ctx.order.lan_gateway else ""))
+
+
+# --- 8. admin account and hosts -------------------------------------------------------------
 def admin_and_hosts(ctx: Context) -> StepResult:
     pool = ctx.path(L.DATA_POOL)
     issued = accounts.provision(pool, ctx.order.host_windows, ctx.force)
@@ -280,7 +298,7 @@ def admin_and_hosts(ctx: Context) -> StepResult:
                       f"hosts: {hosts}")
 
 
-# --- 8. provisioning record -----------------------------------------------------------------
+# --- 9. provisioning record -----------------------------------------------------------------
 def provisioning_record(ctx: Context, out: Path | None) -> StepResult:
     assert ctx.cert is not None and ctx.escrow_entry is not None
     rec = record.build(ctx.order, pki.fingerprint(ctx.cert), pki.cert_pem(ctx.cert).decode(),

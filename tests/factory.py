@@ -123,14 +123,16 @@ userspace_esp = true
 bucket = "{bucket}"
 access_key = "RDR0001ACCESS"
 secret_key = "s3-secret-for-tests"
-"""
+{lan}"""
 
 
 def write_order(path: Path, serial: str = "RDR-0001", retention: str = "30-0-0",
                 bucket: str = "rdr-rdr-0001", listen: str = "127.0.0.1:8443",
-                gateway: str = "198.18.0.2") -> Path:
+                gateway: str = "198.18.0.2", lan: str = "") -> Path:
+    """An order (LAN: a static "ADDRESS/PREFIX", or DHCP when empty)."""
+    lan_table = f'\n[lan]\naddress = "{lan}"\n' if lan else ""
     path.write_text(ORDER.format(serial=serial, retention=retention, bucket=bucket,
-                                 listen=listen, gateway=gateway))
+                                 listen=listen, gateway=gateway, lan=lan_table))
     return path
 
 

@@ -222,6 +222,9 @@ def test_first_boot_check(tmp_path: Path, bench: Bench) -> None:
     (lambda t: t + 'colour = "red"\n', "unknown key"),
     (lambda t: t.replace('serial = "RDR-0001"\n', ''), "serial: missing"),
     (lambda t: t.replace('[s3]', '[s3'), "not valid TOML"),
+    (lambda t: t + '[lan]\naddress = "192.168.1.20"\n', "lan.address: give the prefix"),
+    (lambda t: t + '[lan]\naddress = "192.168.1.20/24"\ngateway = "10.0.0.1"\n',
+     "outside 192.168.1.0/24"),
 ])
 def test_bad_order_is_one_clear_line(tmp_path: Path, bench: Bench, edit, message) -> None:
     order = write_order(tmp_path / "order.toml")
@@ -272,3 +275,17 @@ def test_burn_in_finds_a_corrupted_block(tmp_path: Path) -> None:
     assert not (tmp_path / burnin.SCRATCH_NAME).exists()
     good = burnin.run(tmp_path, 8)
     assert good.passed and good.write_mb_s > 0 and good.read_mb_s > 0
+
+
+def test_static_lan(tmp_path: Path, bench: Bench) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    order = write_order(tmp_path / "order.toml", lan="192.168.77.20/24")
+    proc = provision(root, order, bench, "--burn-in-mb", "0")
+    assert proc.returncode == 0, proc.stderr
+    net = L.Layout(root)(L.LAN_NETWORK).read_text()
+    assert "Name=en* eth*" in net and "Address=192.168.77.20/24" in net
+    # an order without [lan] does not silently drop a unit's static address
+    proc = provision(root, write_order(tmp_path / "dhcp.toml"), bench, "--burn-in-mb", "0")
+    assert proc.returncode == 3 and "LAN network" in proc.stderr
+    assert L.Layout(root)(L.LAN_NETWORK).exists()
