@@ -116,7 +116,9 @@ class Cli:
     # --- commands ---
     def serve(self) -> int:
         from .daemon import serve
+        from .memory import tune_malloc
 
+        tune_malloc()
         asyncio.run(serve(self.cfg))
         return 0
 

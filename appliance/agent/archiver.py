@@ -155,7 +155,7 @@ class Producer:
     """Runs in one thread: walk, read, chunk, write the catalog. Chunks go out via `emit`."""
 
     MAX_PENDING_BLOCKS = 512
-    MAX_ENCODES_IN_FLIGHT = 16
+    MAX_ENCODES_IN_FLIGHT = 8
 
     def __init__(self, stats: BackupStats, emit: Callable[[EncodedChunk], None],
                  encoders: ThreadPoolExecutor, parent: ParentCatalog, low_use: set[str],
@@ -462,7 +462,7 @@ class Archiver:
 
         sid, resumed = await self._open_session(host)
         stop = threading.Event()
-        queue: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(maxsize=64)
+        queue: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(maxsize=24)
 
         def emit(chunk: EncodedChunk) -> None:
             fut = asyncio.run_coroutine_threadsafe(queue.put(chunk), loop)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import __version__
+from ..memory import tune_malloc
 from ..store.catalog import CatalogError
 from ..store.chunkfile import ChunkError
 from ..textfmt import human_bytes as human
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_malloc()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="rdr-agent: %(levelname)s: %(message)s", stream=sys.stderr)
     try:

@@ -125,7 +125,7 @@ class RemoteChunks:
     """
 
     def __init__(self, client: ApplianceClient | None, snap: str, pool: Executor,
-                 cache_bytes: int = 256 * 2**20, concurrency: int = 8, *,
+                 cache_bytes: int = 64 * 2**20, concurrency: int = 8, *,
                  fetch: Callable[[str], Awaitable[bytes]] | None = None) -> None:
         """`fetch(cid)`, when given, replaces `client.get_chunk(snap, cid)`: a push-restore
         job reads another host's snapshot through its job's endpoint."""

@@ -1,0 +1,14 @@
+"""malloc tuning: applied on glibc, and a process under it still allocates and frees."""
+
+from __future__ import annotations
+
+import platform
+
+from appliance.memory import tune_malloc
+
+
+def test_tune_malloc_applies_on_glibc() -> None:
+    applied = tune_malloc()
+    assert applied == (platform.libc_ver()[0] == "glibc")
+    bufs = [bytearray(4 << 20) for _ in range(8)]  # chunk-sized: mmapped now, then returned
+    assert sum(len(b) for b in bufs) == 32 << 20
