@@ -207,8 +207,8 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class RssWatch:
-    """Peak resident memory of a running process over a phase: the kernel's high-water mark
-    (reset at the start, if allowed) and a 20 ms sampler of VmRSS, whichever is higher; and
+    """Peak resident memory of a running process over a phase: the kernel's high-water mark,
+    reset at the start (or, where the reset is not allowed, a 20 ms sampler of VmRSS); and
     the CPU time it spent meanwhile."""
 
     def __init__(self, pid: int) -> None:
@@ -228,8 +228,9 @@ class RssWatch:
         except OSError:
             self.reset_ok = False
         self._cpu0 = _cpu_seconds(self.pid)
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        if not self.reset_ok:  # the kernel's mark covers the phase otherwise: no sampling load
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
         return self
 
     def _sample(self) -> None:
