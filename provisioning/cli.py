@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -174,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(argv[1:]) if run else provision(argv)
     except (OrderError, pki.PkiError, escrow.EscrowError, steps.ProvisionError, BurnInError,
             DiskError, ConfigError, StoreError) as exc:
+        print(f"provisioning: error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, sqlite3.Error) as exc:  # e.g. a damaged file left by an earlier run
         print(f"provisioning: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -83,7 +83,7 @@ def combine(*statuses: str) -> str:
 # --- 1. burn-in ---------------------------------------------------------------------------
 def burn_in(ctx: Context) -> StepResult:
     state = ctx.path(L.BURNIN)
-    previous = json.loads(state.read_text()) if state.exists() else None
+    previous = record.load(state)  # None when missing or damaged: burn in again
     if previous and previous.get("passed") and not ctx.force:
         ctx.burnin = previous
         return StepResult(UNCHANGED, f"passed earlier on {previous['target']}: "
