@@ -203,7 +203,7 @@ def pack(root: Path, out: Path, fmt: str) -> Path | None:
         dest.unlink(missing_ok=True)
         # zstd level 6: within a few % of the default level's size at a third of the time
         run("mksquashfs", str(root), str(dest), "-noappend", "-comp", "zstd",
-            "-Xcompression-level", "6", "-quiet", "-e", "proc", "sys", "dev", "run", "tmp")
+            "-Xcompression-level", "6", "-quiet")
         return dest
     dest = out / "rootfs.ext4"
     dest.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from hil import netns
-from image.build import build
+from image.build import build, pack
 
 from .factory import Bench, https_in_netns, make_bench, write_order
 from .nspawn import Container
@@ -74,6 +74,21 @@ def test_image_contents(image: tuple[Path, Path]) -> None:
     assert score <= 3.0
     label = subprocess.run(["e2label", str(ext4)], capture_output=True, text=True, check=True)
     assert label.stdout.strip() == "rdr-root"
+
+
+@pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools not installed")
+def test_squashfs_image(image: tuple[Path, Path], tmp_path: Path) -> None:
+    """The default output format, from the same tree: every file, and the mount points."""
+    tree, _ = image
+    squashfs = pack(tree, tmp_path, "squashfs")
+    assert squashfs is not None
+    listing = subprocess.run(["unsquashfs", "-l", str(squashfs)], capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+    for path in ("opt/rdr/bin/rdr", "usr/lib/systemd/system/rdr.service",
+                 "usr/sbin/charon-systemd",
+                 "etc/systemd/system/multi-user.target.wants/rdr.service", "proc", "sys",
+                 "dev", "run", "srv"):
+        assert f"squashfs-root/{path}" in listing, path
 
 
 def put_factory_files(box: Container, bench: Bench, order: Path) -> None:
