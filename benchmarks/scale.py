@@ -82,7 +82,7 @@ def rss() -> dict[str, int]:
 def _create_range(root: str, lo: int, hi: int, n: int) -> int:
     """Create every chunk file whose prefix is in [lo, hi) (worker process)."""
     made = 0
-    for p in range(lo, hi):
+    for p in range(lo, min(hi, n)):  # below 65,536 chunks some prefixes stay empty
         d = os.path.join(root, f"{p:04x}")
         os.mkdir(d)
         dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
