@@ -52,6 +52,7 @@ log = logging.getLogger("rdr.agent.backup")
 
 #: Re-bundle the live small files of a bundle whose parent-snapshot use fell below this share.
 REBUNDLE_BELOW = 0.5
+WARM_MAX = 8 * 2**20  # bigger files are read sequentially with the kernel's own readahead
 MAX_UNREADABLE_SENT = 1000
 
 
@@ -151,6 +152,14 @@ class _Pending:
         self.src, self.offset, self.length, self.size = src, offset, length, size
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """What a catalog range needs of an encoded chunk."""
+
+    id: str
+    plain_size: int
+
+
 class Producer:
     """Runs in one thread: walk, read, chunk, write the catalog. Chunks go out via `emit`."""
 
@@ -159,13 +168,14 @@ class Producer:
 
     def __init__(self, stats: BackupStats, emit: Callable[[EncodedChunk], None],
                  encoders: ThreadPoolExecutor, parent: ParentCatalog, low_use: set[str],
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, prefetch: ThreadPoolExecutor | None = None) -> None:
         self.stats = stats
         self.emit = emit
         self.encoders = encoders
         self.parent = parent
         self.low_use = low_use
         self.stop = stop
+        self.prefetch = prefetch
         self._enc_local = threading.local()
         self._slots = threading.Semaphore(self.MAX_ENCODES_IN_FLIGHT)
         self._bundle = Bundle()
@@ -181,30 +191,34 @@ class Producer:
         self._writer = CatalogWriter(self._cat_sink, self._idx_sink)
 
     # --- encoding ---
-    def _encode_job(self, plain: bytes) -> EncodedChunk:
+    def _encode_job(self, plain: bytes, keep: bool) -> EncodedChunk | ChunkRef:
         try:
             enc = getattr(self._enc_local, "enc", None)
             if enc is None:
                 enc = self._enc_local.enc = ChunkEncoder()
             chunk = enc.encode(plain)
             self.emit(chunk)
-            return chunk
+            # A data chunk's future lives as long as the catalog block that needs its id,
+            # which can be hundreds of blocks behind a bundle still filling: it keeps the
+            # id only, so the chunk's bytes are freed once uploaded.
+            return chunk if keep else ChunkRef(chunk.id, chunk.plain_size)
         finally:
             self._slots.release()
 
-    def _submit(self, plain: bytes) -> Future:
+    def _submit(self, plain: bytes, keep: bool = False) -> Future:
+        """Encode in the pool; `keep` for catalog chunks, whose bytes the cache wants."""
         while not self._slots.acquire(timeout=0.5):
             if self.stop.is_set():
                 raise Cancelled
-        return self.encoders.submit(self._encode_job, plain)
+        return self.encoders.submit(self._encode_job, plain, keep)
 
     def _cat_sink(self, data: bytes) -> None:
         for piece in self._cat_cut.feed(data):
-            self.catalog_futures.append(self._submit(piece))
+            self.catalog_futures.append(self._submit(piece, keep=True))
 
     def _idx_sink(self, data: bytes) -> None:
         for piece in self._idx_cut.feed(data):
-            self.index_futures.append(self._submit(piece))
+            self.index_futures.append(self._submit(piece, keep=True))
 
     # --- the walk ---
     def run_tree(self, walker: Walker) -> None:
@@ -212,6 +226,7 @@ class Producer:
             if self.stop.is_set():
                 raise Cancelled
             previous = self.parent.lookup(cpath)
+            self._warm(children, previous)
             entries: list[Entry] = []
             pendings: list[tuple[Entry, list]] = []
             links: list[tuple[Entry, Entry]] = []
@@ -284,11 +299,29 @@ class Producer:
     def _unreadable(self, path: bytes, exc: OSError) -> None:
         self.stats.unreadable.append((os.fsdecode(path), exc.strerror or str(exc)))
 
+    def _unchanged(self, prev: Entry | None, st: os.stat_result) -> bool:
+        return (prev is not None and prev.type in (FILE, HARDLINK) and prev.size == st.st_size
+                and prev.mtime_ns == st.st_mtime_ns and prev.ctime_ns == st.st_ctime_ns
+                and prev.ino == st.st_ino
+                and not any(r.chunk in self.low_use for r in prev.ranges))
+
+    def _warm(self, children: list[Child], previous: dict[bytes, Entry]) -> None:
+        """Ask the kernel to start reading the files of this directory that will be read.
+
+        Reading small files one after another from a cold disk waits on one I/O at a time;
+        WILLNEED hints issued from another thread put them all in flight, so the reads that
+        follow mostly hit the page cache (restic gets the same from parallel readers)."""
+        if self.prefetch is None:
+            return
+        paths = [c.path for c in children
+                 if stat.S_ISREG(c.st.st_mode) and 0 < c.st.st_size <= WARM_MAX
+                 and not self._unchanged(previous.get(c.name), c.st)]
+        if paths:
+            self.prefetch.submit(_warm_files, paths)
+
     def _file_ranges(self, child: Child, e: Entry, prev: Entry | None) -> list | None:
         """Pending ranges of a regular file: the parent's when unchanged, else read now."""
-        if (prev is not None and prev.type in (FILE, HARDLINK) and prev.size == e.size
-                and prev.mtime_ns == e.mtime_ns and prev.ctime_ns == e.ctime_ns
-                and prev.ino == e.ino and not any(r.chunk in self.low_use for r in prev.ranges)):
+        if self._unchanged(prev, child.st):
             self.stats.files_unchanged += 1
             self.stats.bytes_unchanged += e.size
             return [r for r in prev.ranges]
@@ -389,11 +422,25 @@ class Producer:
         self._seal_bundle()
         self._flush(force=True)
         for piece in self._cat_cut.finish():
-            self.catalog_futures.append(self._submit(piece))
+            self.catalog_futures.append(self._submit(piece, keep=True))
         for piece in self._idx_cut.finish():
-            self.index_futures.append(self._submit(piece))
+            self.index_futures.append(self._submit(piece, keep=True))
         return ([f.result() for f in self.catalog_futures],
                 [f.result() for f in self.index_futures])
+
+
+def _warm_files(paths: list[bytes]) -> None:
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue  # the real read reports it
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _open_for_read(path: bytes) -> int:
@@ -476,6 +523,7 @@ class Archiver:
                         raise Cancelled from None
 
         pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
+        prefetch = ThreadPoolExecutor(1, thread_name_prefix="rdr-prefetch")
 
         def produce() -> tuple[list[EncodedChunk], list[EncodedChunk]]:
             # Files whose parent ranges use a damaged or mostly dead chunk are read again.
@@ -485,7 +533,7 @@ class Archiver:
                 low_use |= low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
                 parent_blocks = iter_blocks(cache.pieces(parent_chunks))
             producer = Producer(self.stats, emit, pool, ParentCatalog(parent_blocks), low_use,
-                                stop)
+                                stop, prefetch)
             if stdin_name is not None:
                 producer.run_stdin(stdin_name, stdin if stdin is not None else sys.stdin.buffer)
             else:
@@ -517,6 +565,7 @@ class Archiver:
         finally:
             beat.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+            prefetch.shutdown(wait=False, cancel_futures=True)
 
         unreadable = self.stats.unreadable
         body = {
