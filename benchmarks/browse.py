@@ -91,7 +91,7 @@ def build(store: Datastore, files: int, per_dir: int) -> tuple[str, bytes, bytes
                           for s in range(subs)])
         for s in range(subs):
             entries = []
-            for f in range(per_dir if n < files else 0):
+            for _ in range(per_dir if n < files else 0):
                 size = 1000 + (n * 7919) % 50_000
                 off = (n * 104_729) % (len(data) - size)
                 entries.append(Entry(b"file-%07d.dat" % n, FILE, 0o644, 1000, 1000,
