@@ -140,7 +140,7 @@ class Daemon:
                            appliance_serial=self.cfg.appliance.serial,
                            usage_report=self.capacity.report,
                            on_commit=self.replicate_now.set,
-                           upload_budget=(self.cfg.store.workers + 4) * 2 * MAX_FILE_SIZE)
+                           upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE)
         self.browser = Browser(self.store)
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
                        self._overview, ingest.jobs)
