@@ -338,3 +338,22 @@ async def test_rebuilt_index_remembers_what_was_replicated(store, pool, tmp_path
     finally:
         st.close()
     store.close = lambda: None  # already closed
+
+
+def test_dc_chunk_ids_page_through_the_whole_table(tmp_path: Path) -> None:
+    """The data-center prune streams dc_chunks a page at a time (millions of rows)."""
+    from appliance.store.index import Index
+
+    idx = Index(tmp_path / "index.sqlite")
+    try:
+        ids = sorted(f"{i:064x}" for i in range(251))
+        for cid in ids:
+            idx.dc_add(cid, 1)
+        assert list(idx.iter_dc_chunk_ids(page=100)) == ids
+        got = []
+        for cid in idx.iter_dc_chunk_ids(page=7):  # deleting behind the cursor is fine
+            got.append(cid)
+            idx.dc_remove([cid])
+        assert got == ids and list(idx.iter_dc_chunk_ids()) == []
+    finally:
+        idx.close()

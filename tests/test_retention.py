@@ -351,3 +351,12 @@ def test_plan_ignores_order_and_duplicates(
 @given(policies)
 def test_policy_round_trips(policy: Policy) -> None:
     assert Policy.parse(str(policy)) == policy
+
+
+def test_sorted_difference_streams() -> None:
+    from appliance.store.gc import sorted_difference
+
+    assert list(sorted_difference(["a", "b", "c", "e"], ["b", "d", "e", "f"])) == ["a", "c"]
+    assert list(sorted_difference(["a"], [])) == ["a"]
+    assert list(sorted_difference([], ["a"])) == []
+    assert list(sorted_difference(["b", "c"], ["a", "b", "c"])) == []

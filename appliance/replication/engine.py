@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -30,7 +31,7 @@ from ..store.chunkfile import ChunkDecoder
 from ..store.datastore import Datastore
 from ..store.errors import Conflict
 from ..store.fsutil import atomic_write
-from ..store.gc import merged_ids
+from ..store.gc import merged_ids, sorted_difference
 from ..store.lock import HeldLock
 from .crypto import ObjectCipher
 from .targets import Target, in_span, parse_schedule
@@ -233,15 +234,20 @@ class Replicator:
         local = await self._run(lambda: [(h, s) for h, s in st.snapshots.scan()])
         # Chunks: what the data center holds (as recorded here) minus what any local
         # snapshot references; a commit that reuses one later uploads it again.
+        # Both sides are sorted streams (chunk indexes, the dc_chunks table): a merge finds
+        # the dead ones in constant memory, a batch at a time.
         indexes = await self._run(lambda: [st.snapshots.chunk_index(h, s) for h, s in local])
-        live = await self._run(lambda: set(merged_ids(iter(ix) for ix in indexes)))
-        at_dc = await self._run(st.index.dc_chunk_ids)
-        dead = [c for c in at_dc if c not in live]
-        for cid in dead:
-            await self.target.delete(chunk_name(self.cipher, cid))
-        if dead:
+        dead_ids = sorted_difference(st.index.iter_dc_chunk_ids(),
+                                     merged_ids(iter(ix) for ix in indexes))
+        while True:
+            dead = await self._run(lambda: list(itertools.islice(dead_ids, 1000)))
+            if not dead:
+                break
+            for cid in dead:
+                self._check()
+                await self.target.delete(chunk_name(self.cipher, cid))
             await self._run(st.index.dc_remove, dead)
-        res.chunks_removed_at_dc += len(dead)
+            res.chunks_removed_at_dc += len(dead)
 
     # --- reading back (self-healing, verification) ---
     async def fetch_chunk(self, cid: str) -> bytes:

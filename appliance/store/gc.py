@@ -51,6 +51,18 @@ def merged_ids(streams: Iterable[Iterable[str]]) -> Iterator[str]:
             last = cid
 
 
+def sorted_difference(items: Iterable[str], minus: Iterable[str]) -> Iterator[str]:
+    """Items of the sorted stream `items` that the sorted stream `minus` lacks, in constant
+    memory (both sides can hold millions of ids)."""
+    other = iter(minus)
+    cur = next(other, None)
+    for x in items:
+        while cur is not None and cur < x:
+            cur = next(other, None)
+        if cur != x:
+            yield x
+
+
 def shard_dirs(root: os.PathLike[str] | str) -> list[str]:
     names = []
     with os.scandir(root) as it:

@@ -597,6 +597,19 @@ class Index:
     def dc_chunk_ids(self) -> list[str]:
         return [r[0] for r in self._q("SELECT id FROM dc_chunks ORDER BY id")]
 
+    def iter_dc_chunk_ids(self, page: int = 10_000) -> Iterator[str]:
+        """The ids the data center holds, sorted, a page at a time: at ten million chunks the
+        whole list would take gigabytes. Rows deleted behind the cursor are fine."""
+        last = ""
+        while True:
+            rows = self._q("SELECT id FROM dc_chunks WHERE id > ? ORDER BY id LIMIT ?",
+                           (last, page))
+            for (cid,) in rows:
+                yield cid
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
     def dc_stats(self) -> tuple[int, int]:
         n, size = self._q("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM dc_chunks")[0]
         return n, size
