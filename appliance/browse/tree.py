@@ -26,11 +26,12 @@ from ..store.catalog import (
     CatalogError,
     Entry,
     IndexRecord,
+    _loads,
+    dec_bytes,
     decode_block,
     decode_entry,
     iter_blocks,
     iter_index,
-    join_path,
     locate,
     split_path,
 )
@@ -268,18 +269,7 @@ class _Listings:
                 self._lru.popitem(last=False)
 
 
-def _loads(line: bytes) -> object:
-    import json
-
-    try:
-        return json.loads(line)
-    except ValueError:
-        raise CatalogError("catalog line is not valid JSON") from None
-
-
 def _header_path(line: bytes) -> bytes:
-    from ..store.catalog import dec_bytes
-
     head = _loads(line)
     if not isinstance(head, dict) or "d" not in head:
         raise CatalogError("expected a directory block header")
@@ -320,10 +310,6 @@ class Browser:
                 self._trees.popitem(last=False)
         return t
 
-    def forget(self, host: str, snap: str) -> None:
-        with self._lock:
-            self._trees.pop((host, snap), None)
-
     def versions(self, host: str, path: bytes, current: Entry) -> list[dict]:
         """Every snapshot of `host` holding `path`, newest first, and whether its content is
         the same as `current`'s (same chunks, same size)."""
@@ -344,6 +330,3 @@ class Browser:
                         "same": e.type in (FILE, HARDLINK) and content(e) == mine})
         return out
 
-
-def full_path(parent: bytes, e: Entry) -> bytes:
-    return join_path(parent, e.name)

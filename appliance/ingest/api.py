@@ -25,6 +25,7 @@ from ..store.snapshots import is_snapshot_id
 from ..web.auth import ACCOUNT, ADMIN, HOST, auth_middleware, require_admin, require_host
 from ..web.budget import ByteBudget
 from ..web.errors import ApiError, error_middleware
+from ..web.jsonbody import read_json
 from ..web.page_api import PageApi
 from .jobs_api import AgentJobsApi
 
@@ -96,23 +97,7 @@ class IngestApi:
         return await self.run(find)
 
     async def _json(self, request: web.Request) -> dict:
-        if request.content_length is not None and request.content_length > self.max_json_bytes:
-            raise ApiError(413, "payload_too_large",
-                           f"request body exceeds {self.max_json_bytes} bytes")
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ApiError(413, "payload_too_large",
-                           f"request body exceeds {self.max_json_bytes} bytes") from None
-        if not raw:
-            return {}
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise ApiError(400, "bad_json", "request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "bad_json", "request body must be a JSON object")
-        return body
+        return await read_json(request, self.max_json_bytes)
 
     # --- handlers -----------------------------------------------------------------------
     async def whoami(self, request: web.Request) -> web.Response:

@@ -32,6 +32,7 @@ from ..store.datastore import Datastore
 from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..web.auth import require_host
 from ..web.errors import ApiError
+from ..web.jsonbody import read_json
 
 log = logging.getLogger("rdr.jobs")
 T = TypeVar("T")
@@ -109,25 +110,7 @@ class AgentJobsApi:
 
     @staticmethod
     async def _body(request: web.Request, allowed: set[str]) -> dict:
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            raise ApiError(413, "payload_too_large", f"request body exceeds {MAX_BODY} bytes")
-        try:
-            raw = await request.read()  # bounded by the sub-app's client_max_size too
-        except web.HTTPRequestEntityTooLarge:
-            raise ApiError(413, "payload_too_large",
-                           f"request body exceeds {MAX_BODY} bytes") from None
-        if len(raw) > MAX_BODY:
-            raise ApiError(413, "payload_too_large", f"request body exceeds {MAX_BODY} bytes")
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            raise ApiError(400, "bad_json", "request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "bad_json", "request body must be a JSON object")
-        extra = set(body) - allowed
-        if extra:
-            raise ApiError(400, "bad_field", f"unknown field {sorted(extra)[0]!r}")
-        return body
+        return await read_json(request, MAX_BODY, required=True, allowed=allowed)
 
     # --- handlers -------------------------------------------------------------------------
     async def next_job(self, request: web.Request) -> web.Response:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import mimetypes
 import re
@@ -44,6 +43,7 @@ from .auth import (
     require_overview,
 )
 from .errors import ApiError
+from .jsonbody import read_json
 from .throttle import SignInThrottle
 
 log = logging.getLogger("rdr.page")
@@ -95,7 +95,7 @@ class PageApi:
         if request.content_type != "application/json":
             # A cross-site form cannot send JSON without a CORS preflight: no login CSRF.
             raise ApiError(415, "unsupported_media_type", "send the credentials as JSON")
-        body = await _json_body(request, 4096)
+        body = await read_json(request, 4096)
         name, password = body.get("name"), body.get("password")
         if not isinstance(name, str) or not isinstance(password, str) or not name:
             raise ApiError(400, "bad_field", "fields 'name' and 'password' must be strings")
@@ -217,13 +217,13 @@ class PageApi:
                            "missing on the appliance; restore it from the data center copy",
                            chunks=missing[:10])
         size = data.size
-        start, end, partial = _range(request.headers.get("Range"), size, request, tree, data)
+        start, end, partial = _range(request.headers.get("Range"), size, request, data)
         name = display(e.name)
         resp = web.StreamResponse(status=206 if partial else 200, headers={
             "Content-Type": _content_type(name),
             "Content-Disposition": _disposition(name),
             "Content-Length": str(end - start), "Accept-Ranges": "bytes",
-            "ETag": _etag(tree, data), "Last-Modified": _http_date(e.mtime_ns),
+            "ETag": _etag(data), "Last-Modified": _http_date(e.mtime_ns),
             "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})
         if partial:
             resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
@@ -295,7 +295,7 @@ class PageApi:
     async def create_job(self, request: web.Request) -> web.Response:
         account = require_account(request)
         tree = await self._tree(request)
-        body = await _json_body(request, 1 << 20)
+        body = await read_json(request, 1 << 20)
         paths_q = body.get("paths", [])
         target_host = body.get("target_host", tree.host)
         target_dir = body.get("target_dir")
@@ -403,21 +403,6 @@ def _int_param(request: web.Request, key: str, default: int, lo: int, hi: int) -
     return int(raw)
 
 
-async def _json_body(request: web.Request, limit: int) -> dict:
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
-    try:
-        body = json.loads(raw) if raw else {}
-    except ValueError:
-        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "request body must be a JSON object")
-    return body
-
-
 def _throttled(wait: float) -> ApiError:
     secs = max(1, int(wait + 0.999))
     return ApiError(429, "throttled", f"too many failed sign-ins; try again in {secs} s",
@@ -439,7 +424,7 @@ def _disposition(name: str) -> str:
         name, safe="")
 
 
-def _etag(tree: SnapshotTree, e: Entry) -> str:
+def _etag(e: Entry) -> str:
     import hashlib
 
     h = hashlib.blake2b(digest_size=12)
@@ -454,13 +439,13 @@ def _http_date(mtime_ns: int) -> str:
     return formatdate(max(0, mtime_ns) / 1e9, usegmt=True)
 
 
-def _range(header: str | None, size: int, request: web.Request, tree: SnapshotTree,
+def _range(header: str | None, size: int, request: web.Request,
            e: Entry) -> tuple[int, int, bool]:
     """(start, end, partial) for a single byte range; several ranges get the whole file."""
     if not header:
         return 0, size, False
     if_range = request.headers.get("If-Range")
-    if if_range and if_range != _etag(tree, e):
+    if if_range and if_range != _etag(e):
         return 0, size, False
     m = _RANGE.match(header.strip())
     if not m or (not m[1] and not m[2]):
