@@ -88,15 +88,18 @@ def data(seed: int, size: int = 5000) -> bytes:
 
 
 def commit_files(store: Datastore, host: str, files: dict[bytes, bytes],
-                 sid: str | None = None) -> Manifest:
+                 sid: str | None = None, reuse: frozenset[bytes] = frozenset()) -> Manifest:
     """Commit a one-directory snapshot holding `files` through the public Datastore API, as an
-    agent would: data chunks, then the catalog and directory-index chunks, then commit."""
+    agent would: data chunks, then the catalog and directory-index chunks, then commit. The
+    files named in `reuse` are not uploaded (an agent's unchanged files: their chunks come
+    from the parent's catalog)."""
     if sid is None:
         sid, _ = store.open_session(host)
     entries = []
     for name, content in sorted(files.items()):
         c = ENC.encode(content)
-        store.put_chunk(host, sid, c.id, c.data)
+        if name not in reuse:
+            store.put_chunk(host, sid, c.id, c.data)
         entries.append(Entry(name, FILE, 0o644, size=len(content),
                              ranges=[Range(c.id, 0, len(content), len(content))]
                              if content else []))  # an empty file has no range
@@ -452,6 +455,80 @@ def test_gc_keeps_a_chunk_the_known_query_touched(store: Datastore) -> None:
     snap = commit_files(store, "web01", {b"f": data(11)}, sid=sid)
     assert maint(store).verify().ok
     assert reused in snapshot_chunks(store, "web01", snap.snapshot)
+
+
+def mtime(store: Datastore, cid: str) -> float:
+    return os.stat(store.chunks.path(cid)).st_mtime
+
+
+def test_commit_vouches_for_the_parents_chunks_without_touching_them(
+        store: Datastore, clock: FakeClock) -> None:
+    """A commit does not touch the chunks the host's newest snapshot also references (a
+    metadata write per chunk: minutes for a big host on a cold disk) but touches a chunk it
+    reuses from an older snapshot; after the parent is pruned, GC keeps every chunk of the new
+    snapshot and it verifies."""
+    store.add_host("web01")
+    commit_at(store, clock, START, "web01", {b"older": data(5)})
+    commit_at(store, clock, START + timedelta(days=1), "web01",
+              {b"a": data(1), b"shared": data(3)})
+    shared, older = chunk_id(data(3)), chunk_id(data(5))
+    for cid in chunk_files(store):
+        backdate(store, cid, 7200)
+    before = mtime(store, shared)
+
+    clock.now = START + timedelta(days=2)
+    new = commit_files(store, "web01", {b"b": data(2), b"shared": data(3), b"older": data(5)},
+                       reuse=frozenset({b"shared", b"older"}))
+
+    assert mtime(store, shared) == before  # vouched for by the parent
+    assert mtime(store, older) > time.time() - 60  # not in the parent: checked and touched
+    assert {shared, older} <= snapshot_chunks(store, "web01", new.snapshot)
+    maint(store, default_policy="1-0-0").prune()
+    assert snapshot_ids(store, "web01") == [new.snapshot]
+    maint(store, gc_grace_seconds=0).gc()
+    assert snapshot_chunks(store, "web01", new.snapshot) <= chunk_files(store)
+    assert chunk_id(data(1)) not in chunk_files(store)  # the GC did run
+    assert maint(store).verify().ok
+
+
+def test_commit_refuses_a_quarantined_parent_chunk_until_it_is_uploaded(
+        store: Datastore, clock: FakeClock) -> None:
+    """A parent's chunk quarantined as damaged is not vouched for: the commit that reuses it
+    is refused naming it, the session stays open, and uploading it again heals the store."""
+    store.add_host("web01")
+    commit_at(store, clock, START, "web01", {b"shared": data(3)})
+    shared = chunk_id(data(3))
+    store.quarantine_chunk(shared, "test: flipped byte")
+    sid, _ = store.open_session("web01")
+
+    with pytest.raises(StoreError) as err:
+        commit_files(store, "web01", {b"shared": data(3)}, sid=sid,
+                     reuse=frozenset({b"shared"}))
+    assert err.value.code == "missing_chunks" and shared in err.value.details["missing"]
+
+    snap = commit_files(store, "web01", {b"shared": data(3)}, sid=sid)
+    assert shared in snapshot_chunks(store, "web01", snap.snapshot)
+    assert store.index.damaged() == set() and maint(store).verify().ok
+
+
+def test_commit_after_its_parent_was_removed_checks_every_chunk(
+        store: Datastore, clock: FakeClock) -> None:
+    """If the parent is removed and GC deletes its chunks while a session is open, nothing
+    vouches for the reused chunks any more: the commit finds them missing and is refused."""
+    store.add_host("web01")
+    parent = commit_at(store, clock, START, "web01", {b"shared": data(3)})
+    shared = chunk_id(data(3))
+    backdate(store, shared, 7200)
+    sid, _ = store.open_session("web01")
+    store.remove_snapshot("web01", parent)
+    maint(store, gc_grace_seconds=0).gc()
+    assert not store.chunks.has(shared)
+
+    with pytest.raises(StoreError) as err:
+        commit_files(store, "web01", {b"shared": data(3)}, sid=sid,
+                     reuse=frozenset({b"shared"}))
+    assert err.value.code == "missing_chunks" and shared in err.value.details["missing"]
+    assert store.index.session(sid).state == "open"
 
 
 class CommitDuringSweep(GarbageCollector):

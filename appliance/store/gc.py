@@ -10,7 +10,10 @@ flight rely on:
     cutoff = min(GC start, creation of the oldest open session) - grace
 
 and each deletion re-checks the mtime under the commit lock, so a commit that lands during the
-sweep and reuses an old chunk (touching it) keeps it.
+sweep and reuses an old chunk (touching it) keeps it. A commit does not touch the chunks its
+host's newest snapshot also references (`Datastore._unvouched`): that snapshot is on disk under
+the commit lock, so either this GC marked it or it was committed after this GC started, and by
+the same rule its own chunks are marked or younger than the cutoff.
 """
 
 from __future__ import annotations
