@@ -292,8 +292,8 @@ def measure_commit_check(root: Path, n: int, reuse_max: int = 1_000_000) -> dict
             host="big", snapshot="2026-11-01T00-00-00Z", received_at=now, started_at=now,
             # Stream refs are only recorded here; the check reads chunks.idx alone.
             catalog=StreamRef([(chunk_id(0), 1)]), dirindex=StreamRef([(chunk_id(1), 1)]),
-            logical_size=0, file_count=0, dir_count=0, entry_count=0, chunk_count=m, new_bytes=0, agent_version="scale",
-            session="scale"), parent)
+            logical_size=0, file_count=0, dir_count=0, entry_count=0, chunk_count=m,
+            new_bytes=0, agent_version="scale", session="scale"), parent)
         store.reconcile()
         fresh = m // 100
         ids = {chunk_id(i) for i in range(fresh, m + fresh)}  # 1 % left, 1 % added
