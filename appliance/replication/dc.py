@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..agent.restorer import RemoteChunks, RestoreSummary, restore_blocks
-from ..store import catalog
+from ..store import catalog, extsort
 from ..store.chunkfile import ChunkDecoder, ChunkError
 from ..store.datastore import Datastore
 from ..store.manifest import Manifest
@@ -110,10 +111,13 @@ class DcVerifyResult:
 
 
 async def dc_verify(store: Datastore, target: Target, cipher: ObjectCipher,
-                    deep: bool = False) -> DcVerifyResult:
+                    deep: bool = False, sort_run: int = extsort.RUN) -> DcVerifyResult:
     """Compare the data center with the local store: every snapshot replicated here has a
     matching checkpoint and manifest there, and every chunk recorded as sent is there (with
-    `deep`, downloaded, decrypted and hash-checked too)."""
+    `deep`, downloaded, decrypted and hash-checked too).
+
+    Chunks are compared in constant memory: the recorded ids, turned into object names and
+    sorted on disk, are merged with the bucket listing (S3 lists in name order)."""
     res = DcVerifyResult()
     for row in await asyncio.to_thread(store.index.snapshots):
         if row.replicated_at is None:
@@ -135,21 +139,27 @@ async def dc_verify(store: Datastore, target: Target, cipher: ObjectCipher,
         if (hashlib.sha256(raw).hexdigest() != cp["manifest_sha256"] or raw != local
                 or hashlib.sha256(idx).hexdigest() != cp["index_sha256"]):
             res.bad_snapshots.append(label)
-    expected = {chunk_name(cipher, c): c for c in await asyncio.to_thread(
-        store.index.dc_chunk_ids)}
-    res.chunks_expected = len(expected)
-    present = set()
-    async for name in target.list("c/"):
-        present.add(name)
-    res.missing_chunks = sorted(cid for name, cid in expected.items() if name not in present)
-    if deep:
-        dec = ChunkDecoder()
-        for name, cid in expected.items():
-            if name not in present:
+    expected = await asyncio.to_thread(extsort.sorted_lines, (
+        f"{chunk_name(cipher, cid)} {cid}" for cid in store.index.iter_dc_chunk_ids()),
+        store.chunks.tmp, sort_run)
+    listing = aiter(target.list("c/"))
+    there = await anext(listing, None)
+    dec = ChunkDecoder()
+    while batch := await asyncio.to_thread(lambda: list(itertools.islice(expected, 10_000))):
+        for line in batch:
+            name, cid = line.split(" ")
+            res.chunks_expected += 1
+            while there is not None and there < name:
+                there = await anext(listing, None)
+            if there != name:
+                res.missing_chunks.append(cid)
                 continue
-            res.chunks_checked += 1
-            try:
-                dec.decode(cipher.open(name, await target.get(name)), cid)
-            except (DecryptError, ChunkError, NotFoundAtTarget):
-                res.bad_chunks.append(cid)
+            if deep:
+                res.chunks_checked += 1
+                try:
+                    dec.decode(cipher.open(name, await target.get(name)), cid)
+                except (DecryptError, ChunkError, NotFoundAtTarget):
+                    res.bad_chunks.append(cid)
+    res.missing_chunks.sort()
+    res.bad_chunks.sort()
     return res
