@@ -139,12 +139,7 @@ class IngestApi:
         # and the plaintext rebuilt to verify it count against the upload budget.
         size = request.content_length or MAX_FILE_SIZE
         async with self.uploads.hold(2 * size):
-            buf = bytearray()
-            async for piece in request.content.iter_any():
-                buf += piece
-                if len(buf) > MAX_FILE_SIZE:
-                    raise ApiError(413, "payload_too_large",
-                                   f"a chunk file is at most {MAX_FILE_SIZE} bytes")
+            buf = await _read_body(request)
             created = await self.run(self.store.put_chunk, require_host(request),
                                      request.match_info["sid"], cid, buf)
             del buf
@@ -246,6 +241,33 @@ class IngestApi:
         except ValueError as exc:
             raise ApiError(400, "bad_field", f"month: {exc}") from None
         return web.json_response(report)
+
+
+async def _read_body(request: web.Request) -> bytearray:
+    """A chunk upload's body, at most MAX_FILE_SIZE bytes. With a Content-Length it goes into
+    one buffer of that size: growing a buffer piece by piece reallocates it through every
+    size up to the chunk's, which leaves the allocator's heap fragmented under many agents
+    (the daemon's peak RSS with 20 agents is a benchmark figure)."""
+    if request.content_length is None:
+        buf = bytearray()
+        async for piece in request.content.iter_any():
+            buf += piece
+            if len(buf) > MAX_FILE_SIZE:
+                raise ApiError(413, "payload_too_large",
+                               f"a chunk file is at most {MAX_FILE_SIZE} bytes")
+        return buf
+    buf = bytearray(request.content_length)
+    view, n = memoryview(buf), 0
+    async for piece in request.content.iter_any():  # aiohttp stops at Content-Length
+        if n + len(piece) > len(buf):
+            raise ApiError(400, "body_too_long", "the body is longer than its Content-Length")
+        view[n:n + len(piece)] = piece
+        n += len(piece)
+    view.release()
+    if n != len(buf):
+        raise ApiError(400, "truncated_body", f"the body ended after {n} of "
+                       f"{len(buf)} bytes")
+    return buf
 
 
 def _parse_commit(body: dict) -> CommitRequest:
