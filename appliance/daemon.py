@@ -50,6 +50,7 @@ from .store.errors import Unavailable
 from .store.lock import HeldLock
 from .web import tls, ui
 from .web.auth import bearer_token
+from .web.backups_api import BackupsApi
 from .web.errors import ApiError, error_middleware
 from .web.page_api import PageApi
 
@@ -146,8 +147,9 @@ class Daemon:
         self.browser = Browser(self.store)
         self.backups = wiring.backup_scheduler(self.cfg, self.store)
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
-                       self._overview, ingest.jobs, self.backups)
+                       self._overview, ingest.jobs)
         ingest.attach_page(page)
+        ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake))
         await self._start_watchers()
         self.live.replication_enabled = self.replicator is not None
         if self.replicator is not None:
