@@ -25,6 +25,7 @@ from appliance.store.backup_runs import BackupRun
 from .conftest import Appliance, agent_cmd, make_config
 from .test_restore_jobs import cat, http, jobs_api
 from .treeutil import assert_same_tree, restored_root
+from .treeutil import run as run_cmd
 
 TZ = "America/New_York"
 
@@ -267,3 +268,8 @@ async def test_agent_channel_refuses_bad_reports(app: Appliance, tmp_path: Path)
         assert (await resp.json())["plan"]["paths"] == [str(tmp_path)]
     assert app.store.runs.get(run.id).state == "failed"
     assert "pc1" in app.store.plans.agents()  # its poll was its heartbeat
+    app.store.plans.update("pc1", dump_command="pg_dump shop", dump_name="shop.sql")
+    rc, out, err = await run_cmd(agent_cmd() + ["plan"], app.env(token, tmp_path / "state"))
+    assert rc == 0, err
+    assert f"paths: {tmp_path}" in out
+    assert "pg_dump shop > shop.sql (NOT run here: allow_dump_commands is off)" in out
