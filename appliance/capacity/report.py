@@ -77,7 +77,8 @@ def monthly_report(index: Index, settings: ReportSettings, month: str | None = N
         commits = [datetime.fromtimestamp(r["received_at"], UTC)
                    for r in index.ledger(start.timestamp() - 86400, end.timestamp() + 86400,
                                          h["name"])]
-        led = month_ledger(month, commits, window, tz,
+        # The window is in the host's own time zone when its plan sets one.
+        led = month_ledger(month, commits, window, h.get("timezone") or tz,
                            active_from=datetime.fromtimestamp(h["created_at"], UTC), now=now)
         scheduled += led.scheduled
         successful += led.successful

@@ -377,10 +377,12 @@ class Index:
                 raise NotFound("no_such_host", f"no host named {name!r}")
 
     def host_settings(self) -> list[dict]:
-        """Per-host contract settings (NULL = the appliance default) and registration time."""
-        rows = self._q("SELECT name, created_at, policy, window_start FROM hosts ORDER BY name")
-        return [{"name": n, "created_at": c, "policy": p, "window_start": w}
-                for n, c, p, w in rows]
+        """Per-host contract settings (NULL = the appliance default: policy, window start,
+        the window's time zone from the backup plan) and registration time."""
+        rows = self._q("SELECT h.name, h.created_at, h.policy, h.window_start, p.timezone "
+                       "FROM hosts h LEFT JOIN host_plans p ON p.host = h.name ORDER BY name")
+        return [{"name": n, "created_at": c, "policy": p, "window_start": w, "timezone": z}
+                for n, c, p, w, z in rows]
 
     def host_record(self, name: str) -> dict:
         """Everything about a host that cannot be derived from its snapshots (for the
