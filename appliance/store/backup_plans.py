@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import NotFound, StoreError
-from .index import _PLAN_COLS as _COLS
+from .index import PLAN_COLS as _COLS
 from .index import Index
 
 MAX_PATHS = 100

@@ -222,7 +222,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 
 #: The plan columns mirrored into the host files (see Datastore._write_host_file).
-_PLAN_COLS = ("host, paths, excludes, one_file_system, bandwidth_kbps, dump_command, "
+PLAN_COLS = ("host, paths, excludes, one_file_system, bandwidth_kbps, dump_command, "
               "dump_name, timezone, paused, updated_at")
 
 
@@ -392,10 +392,10 @@ class Index:
         if not rows:
             raise NotFound("no_such_host", f"no host named {name!r}")
         n, created, tid, thash, policy, window = rows[0]
-        plan = self._q(f"SELECT {_PLAN_COLS} FROM host_plans WHERE host = ?", (name,))
+        plan = self._q(f"SELECT {PLAN_COLS} FROM host_plans WHERE host = ?", (name,))
         return {"name": n, "created_at": created, "token_id": tid, "token_hash": thash.hex(),
                 "policy": policy, "window_start": window,
-                "plan": dict(zip(_PLAN_COLS.split(", "), plan[0], strict=True)) if plan
+                "plan": dict(zip(PLAN_COLS.split(", "), plan[0], strict=True)) if plan
                 else None}
 
     def restore_host(self, rec: dict) -> None:
@@ -407,8 +407,8 @@ class Index:
                         rec.get("window_start")))
             plan = rec.get("plan")
             if isinstance(plan, dict):
-                cols = _PLAN_COLS.split(", ")
-                db.execute(f"INSERT OR REPLACE INTO host_plans ({_PLAN_COLS}) VALUES "
+                cols = PLAN_COLS.split(", ")
+                db.execute(f"INSERT OR REPLACE INTO host_plans ({PLAN_COLS}) VALUES "
                            f"({', '.join('?' * len(cols))})", [plan.get(c) for c in cols])
 
     def set_policy(self, name: str, policy: str | None) -> None:
