@@ -137,7 +137,7 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
             (src_a / f"data{i}.bin").write_bytes(os.urandom(200_000))
         async with http(app, admin) as s:
             resp = await s.put("/api/v1/hosts/host-a/plan",
-                               json={"excludes": ["*.tmp"], "bandwidth_kbps": 1600})
+                               json={"excludes": ["*.tmp"], "bandwidth_kbps": 1200})
             assert resp.status == 200, await resp.text()
             assert (await resp.json())["plan"]["excludes"] == ["*.tmp"]
             resp = await s.put("/api/v1/hosts/host-a/plan", json={"paths": ["relative"]})
