@@ -187,12 +187,32 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
             await asyncio.sleep(0.2)
         assert j.state == "done", j.message
         assert_same_tree(src_a / "docs", restored_root(target, src_a) / "docs")
+
+        # --- the agent is stopped mid-backup (systemd stop, a reboot): the run goes back
+        # to the queue and the restarted agent resumes its session
+        for i in range(6):
+            (src_a / f"more{i}.bin").write_bytes(os.urandom(200_000))
+        again = app.store.runs.request_now("host-a", "test", time.time(), None)
+        jobs_api(app).wake("host-a")
+        await wait_run(app, again.id, ("running",))
+        deadline = time.monotonic() + 30
+        while app.store.runs.get(again.id).bytes == 0:
+            assert time.monotonic() < deadline, "no progress reported"
+            await asyncio.sleep(0.2)
+        lines_first, err_first = await stop_agent(agent_a)
+        requeued = app.store.runs.get(again.id)
+        assert requeued.state == "queued" and "resumes at its next start" in requeued.message
+        agent_a = await start_agent(app, ta, tmp_path / "state-a")
+        resumed = await wait_run(app, again.id, ("done",), timeout=60)
+        assert resumed.attempts == 2 and "(resumed)" in resumed.message
     finally:
         lines_a, err_a = await stop_agent(agent_a)
         lines_b, err_b = await stop_agent(agent_b)
-    assert "Traceback" not in err_a + err_b
-    assert [(x["run"], x["outcome"]) for x in lines_a if "run" in x] == [
-        (run_a.id, "done"), (running.id, "paused"), (running.id, "done")]
+    assert "Traceback" not in err_first + err_a + err_b
+    assert [(x["run"], x["outcome"]) for x in lines_first if "run" in x] == [
+        (run_a.id, "done"), (running.id, "paused"), (running.id, "done"),
+        (again.id, "interrupted")]
+    assert [(x["run"], x["outcome"]) for x in lines_a if "run" in x] == [(again.id, "done")]
     assert [x["job"] for x in lines_b if "job" in x] == [job.id]
 
 
