@@ -11,6 +11,7 @@ import pytest
 
 from appliance.backup_schedule import BackupScheduler, jitter_seconds, open_window
 from appliance.capacity.hosts import host_summaries
+from appliance.capacity.report import ReportSettings, monthly_report
 from appliance.store.backup_runs import STALLED_MESSAGE, SUPERSEDED_MESSAGE
 from appliance.store.datastore import Datastore
 from appliance.store.errors import Conflict, NotFound, StoreError
@@ -276,6 +277,11 @@ def test_a_backup_may_run_past_its_window_and_is_then_out_of_window(store: Datas
     done = store.runs.finish("big", run.id, "done", snapshot=snap, files=13, nbytes=1,
                              message="", gaps=[], gap_count=0, now=clock.ts())
     assert (done.state, done.in_window, done.missed) == ("done", False, True)
+    # The service-level ledger: the day's window is missed, the backup counted as late.
+    rep = monthly_report(store.index, ReportSettings(100.0, TZ, "17:00", 12), "2026-11",
+                         now=clock.now)
+    (big,) = rep["hosts"]
+    assert "2026-11-20" in big["missed_days"] and big["out_of_window_backups"] == 1
 
 
 def test_offline_agent_window_is_flagged_at_its_end_and_replaced_next_day(
