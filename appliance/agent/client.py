@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import ssl
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,17 @@ class ApplianceError(Exception):
 
 class ConnectError(Exception):
     """The appliance could not be reached (after retries)."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the page (and the log) saying why a job or backup run failed."""
+    if isinstance(exc, ApplianceError):
+        return f"the appliance refused: {exc.message} ({exc.status} {exc.code})"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = str(exc)
+    return text if text else type(exc).__name__
 
 
 @dataclass(slots=True)

@@ -38,7 +38,7 @@ from ..store import catalog
 from ..store.catalog import FILE, HARDLINK, CatalogError, Entry, dec_bytes, join_path
 from ..textfmt import human_bytes as human
 from .catalog_cache import CatalogCache
-from .client import ApplianceClient, ApplianceError, ConnectError
+from .client import ApplianceClient, ApplianceError, ConnectError, describe
 from .restorer import RemoteChunks, RestoreSummary, restore_blocks
 from .scheduled import BackupRunner, RunOutcome
 from .settings import AgentSettings
@@ -95,17 +95,6 @@ class JobOutcome:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def describe(exc: BaseException) -> str:
-    """One line for the page (and the log) saying why a job failed."""
-    if isinstance(exc, ApplianceError):
-        return f"the appliance refused: {exc.message} ({exc.status} {exc.code})"
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    text = str(exc)
-    return text if text else type(exc).__name__
 
 
 def _clip(message: str) -> str:

@@ -30,7 +30,7 @@ from ..store.catalog import iter_blocks
 from ..textfmt import human_bytes as human
 from .archiver import Archiver, BackupResult, BackupStats
 from .catalog_cache import CatalogCache
-from .client import ApplianceClient, ApplianceError, ConnectError
+from .client import ApplianceClient, ApplianceError, ConnectError, describe
 from .coverage import Coverage, check_coverage
 from .settings import AgentSettings
 
@@ -147,8 +147,6 @@ class BackupRunner:
             return self._stopped(rid, "interrupted", archiver, "the agent was stopped; the "
                                  "backup resumes at its next start")
         except Exception as exc:  # every run gets an outcome, even one that raises
-            from .jobs import describe
-
             log.debug("backup run %d failed", rid, exc_info=True)
             return RunOutcome(rid, "failed", message=f"backup failed: {describe(exc)}"
                               + (f"; {'; '.join(notes)}" if notes else ""), coverage=cov)
