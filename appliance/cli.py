@@ -30,6 +30,7 @@ from .replication.status import replication_status
 from .replication.targets import TargetError
 from .replication.tunnel import route_present
 from .store.accounts import Accounts, check_password_rules
+from .store.backup_plans import HostPlan
 from .store.datastore import Datastore
 from .store.errors import StoreError
 from .store.jobs import Progress
@@ -40,6 +41,35 @@ from .textfmt import human_bytes
 
 def _ts(t: float | None) -> str:
     return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def print_plan(rec: dict, plan: HostPlan, cfg: Config) -> None:
+    policy = rec["policy"] or f"{cfg.retention.policy} (default)"
+    start = rec["window_start"] or f"{cfg.contract.default_window} (default)"
+    tz = plan.timezone or cfg.appliance.timezone
+    print(f"host {rec['name']}: retention {policy}, backup window from {start} {tz} for "
+          "12 hours")
+    if not plan.paths:
+        print("  no scheduled backups (no paths in the plan; set them with --paths)")
+        return
+    print(f"  paths: {' '.join(plan.paths)}")
+    if plan.excludes:
+        print(f"  excludes: {' '.join(plan.excludes)}")
+    bw = f"{plan.bandwidth_kbps} kbit/s" if plan.bandwidth_kbps else "unlimited"
+    print(f"  LAN bandwidth: {bw}{', one file system' if plan.one_file_system else ''}")
+    if plan.dump_command:
+        print(f"  before each backup: {plan.dump_command} > {plan.dump_name}")
+    if plan.paused:
+        print("  PAUSED: no backup starts until 'rdr hosts resume'")
 
 
 def print_usage(rep: dict) -> None:
@@ -132,22 +162,91 @@ class Cli:
         return 0
 
     def hosts_set(self) -> int:
+        a = self.args
         window = None
-        if self.args.window:
+        if a.window:
             try:
-                window = parse_window_start(self.args.window).strftime("%H:%M")
+                window = parse_window_start(a.window).strftime("%H:%M")
             except ValueError as exc:
                 raise ConfigError(f"--window: {exc}") from None
+        changes: dict[str, object] = {}
+        if a.paths is not None:
+            changes["paths"] = [p for p in a.paths if p]
+        if a.exclude is not None:
+            changes["excludes"] = [x for x in a.exclude if x]
+        if a.bandwidth is not None:
+            changes["bandwidth_kbps"] = a.bandwidth
+        if a.dump_command is not None:
+            changes["dump_command"] = a.dump_command or None
+        if a.dump_name is not None:
+            changes["dump_name"] = a.dump_name or None
+        if a.timezone is not None:
+            changes["timezone"] = a.timezone or None
+        if a.one_file_system is not None:
+            changes["one_file_system"] = a.one_file_system == "yes"
         with self.stored() as store:
-            if self.args.policy is not None:
-                store.set_policy(self.args.name, self.args.policy or None)
-            if self.args.window is not None:
-                store.set_window(self.args.name, window)
+            if changes:  # checked whole before anything is written
+                store.plans.update(a.name, **changes)
+            if a.policy is not None:
+                store.set_policy(a.name, a.policy or None)
+            if a.window is not None:
+                store.set_window(a.name, window)
+            rec = store.index.host_record(a.name)
+            plan = store.plans.get(a.name)
+        print_plan(rec, plan, self.cfg)
+        return 0
+
+    def hosts_show(self) -> int:
+        with self.stored() as store:
             rec = store.index.host_record(self.args.name)
-        policy = rec["policy"] or f"{self.cfg.retention.policy} (default)"
-        start = rec["window_start"] or f"{self.cfg.contract.default_window} (default)"
-        print(f"host {rec['name']}: retention {policy}, backup window from {start} "
-              f"{self.cfg.appliance.timezone} for 12 hours")
+            plan = store.plans.get(self.args.name)
+            runs = store.runs.list(self.args.name, 10)
+            gaps = store.runs.gaps(self.args.name)
+            agent = store.plans.agents().get(self.args.name)
+        if self.args.json:
+            rec.pop("token_hash", None)
+            print(json.dumps({"host": rec, "plan": plan.to_json(), "agent": agent,
+                              "runs": [r.to_json() for r in runs], "not_backed_up": gaps},
+                             indent=1))
+            return 0
+        print_plan(rec, plan, self.cfg)
+        seen = "never seen" if agent is None else \
+            f"last seen {_ts(agent['last_seen'])} ({agent['version']})"
+        print(f"  agent: {seen}")
+        print("  recent runs:")
+        for r in runs:
+            where = {None: "", True: ", in window", False: ", OUT of window"}[r.in_window]
+            print(f"    {r.id:>5} {r.kind:9} {r.state:8} {_ts(r.created_at)}{where}"
+                  f"{', MISSED window ' + (r.window_day or '') if r.missed else ''}"
+                  f"{': ' + r.message if r.message else ''}")
+        if gaps["run"] is not None:
+            print(f"  premier check of {gaps['snapshot']}: {gaps['count']} files not backed up")
+            for f in gaps["files"][:50]:
+                print(f"    {f['reason']:10} {f['path']}  {f['detail']}")
+            if gaps["count"] > 50:
+                print(f"    ... and {gaps['count'] - 50} more (--json)")
+        return 0
+
+    def hosts_backup(self) -> int:
+        with self.stored() as store:
+            run = wiring.backup_scheduler(self.cfg, store).request_now(
+                self.args.name, f"cli:{_user()}")
+        print(f"backup run {run.id} of {run.host} queued; its agent starts it at its next "
+              "poll (within half a minute)")
+        return 0
+
+    def hosts_pause(self) -> int:
+        with self.stored() as store:
+            wiring.backup_scheduler(self.cfg, store).pause(self.args.name)
+        print(f"backups of {self.args.name} paused: a running backup stops at its next report "
+              "and resumes with 'rdr hosts resume'")
+        return 0
+
+    def hosts_resume(self) -> int:
+        with self.stored() as store:
+            res = wiring.backup_scheduler(self.cfg, store).resume(self.args.name)
+        print(f"backups of {self.args.name} resumed ({res['resumed_runs']} paused run(s) "
+              "queued again)")
         return 0
 
     def usage(self) -> int:
@@ -580,7 +679,31 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--policy", help="retention D-W-M (8-5-4, 30-0-0, 7-0-0); '' = default")
     hs.add_argument("--window", help="backup window start HH:MM (17:00 or 01:00 usually; "
                     "12 hours long); '' = default")
+    hs.add_argument("--paths", nargs="*", metavar="PATH", help="absolute paths the agent "
+                    "backs up daily (none: no scheduled backups)")
+    hs.add_argument("--exclude", nargs="*", metavar="GLOB", help="names (or, with a '/', "
+                    "absolute paths) to skip")
+    hs.add_argument("--bandwidth", type=int, metavar="KBPS", help="LAN upload limit in "
+                    "kbit/s (0 = unlimited)")
+    hs.add_argument("--dump-command", metavar="CMD", help="run before each backup, its "
+                    "stdout stored (e.g. 'pg_dump mydb'); '' = none")
+    hs.add_argument("--dump-name", metavar="NAME", help="file name of the dump (db.sql)")
+    hs.add_argument("--timezone", metavar="ZONE", help="the window's time zone (default: "
+                    "the appliance's); '' = default")
+    hs.add_argument("--one-file-system", choices=("yes", "no"),
+                    help="do not cross into other mounted filesystems")
     hs.set_defaults(run=Cli.hosts_set)
+    hw = hsub.add_parser("show", parents=[common], help="a host's plan, agent, recent runs "
+                         "and the files its last backup missed")
+    hw.add_argument("name")
+    hw.add_argument("--json", action="store_true")
+    hw.set_defaults(run=Cli.hosts_show)
+    for action, fn, text in (("backup", Cli.hosts_backup, "back the host up now"),
+                             ("pause", Cli.hosts_pause, "pause the host's backups"),
+                             ("resume", Cli.hosts_resume, "resume the host's backups")):
+        hp = hsub.add_parser(action, parents=[common], help=text)
+        hp.add_argument("name")
+        hp.set_defaults(run=fn)
     ht = hsub.add_parser("token", parents=[common], help="issue a new token (revokes the old)")
     ht.add_argument("name")
     ht.set_defaults(run=Cli.hosts_token)

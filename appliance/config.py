@@ -88,6 +88,11 @@ class ContractConfig:
     commitment_months: int = 12
     #: Daily backup window start (appliance time zone), 12 hours long; per host overridable.
     default_window: str = "17:00"
+    #: Scheduled backups start up to this many seconds after the window opens (a delay per
+    #: host and day, so the hosts of a site do not all start in the same second).
+    schedule_jitter_seconds: int = 600
+    #: How often the backup scheduler looks for opened and closed windows.
+    schedule_tick_seconds: float = 30.0
 
 
 @dataclass(slots=True)
@@ -234,6 +239,10 @@ def validate(cfg: Config) -> Config:
                           "capacity.hard_percent")
     if c.sample_interval_hours < 0:
         raise ConfigError("capacity.sample_interval_hours: must not be negative")
+    if not 0 <= cfg.contract.schedule_jitter_seconds <= 3600:
+        raise ConfigError("contract.schedule_jitter_seconds: must be 0 to 3600")
+    if not 0.1 <= cfg.contract.schedule_tick_seconds <= 600:
+        raise ConfigError("contract.schedule_tick_seconds: must be 0.1 to 600")
     if cfg.contract.commitment_months not in (12, 36):
         raise ConfigError("contract.commitment_months: must be 12 or 36")
     from .capacity.windows import parse_window_start

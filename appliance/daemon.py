@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 
 from . import __version__, wiring
+from .backup_schedule import BackupScheduler
 from .browse.tree import Browser
 from .capacity.hosts import host_summaries
 from .capacity.network import LinkProbe
@@ -49,6 +50,7 @@ from .store.errors import Unavailable
 from .store.lock import HeldLock
 from .web import tls, ui
 from .web.auth import bearer_token
+from .web.backups_api import BackupsApi
 from .web.errors import ApiError, error_middleware
 from .web.page_api import PageApi
 
@@ -96,6 +98,7 @@ class Daemon:
         self.registry: CollectorRegistry | None = None
         self.addresses: list[tuple[str, int]] = []
         self.browser: Browser | None = None
+        self.backups: BackupScheduler | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -142,9 +145,11 @@ class Daemon:
                            on_commit=self.replicate_now.set,
                            upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE)
         self.browser = Browser(self.store)
+        self.backups = wiring.backup_scheduler(self.cfg, self.store)
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
                        self._overview, ingest.jobs)
         ingest.attach_page(page)
+        ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake))
         await self._start_watchers()
         self.live.replication_enabled = self.replicator is not None
         if self.replicator is not None:
@@ -193,6 +198,9 @@ class Daemon:
                  ", ".join(f"https://{h}:{p}" for h, p in self.addresses))
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         self._tasks.append(asyncio.create_task(self._publish_health(), name="health"))
+        self._tasks.append(asyncio.create_task(self.backups.run(
+            self.pool, ingest.jobs.wake, self.cfg.contract.schedule_tick_seconds),
+            name="backup-scheduler"))
         if self.notifier.enabled:
             self.notifier.ready(f"serving on {len(self.addresses)} address(es)")
             if self.notifier.watchdog_interval:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
+from .backup_schedule import BackupScheduler
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
@@ -96,3 +97,11 @@ def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
                  lambda: maint.verify(m.verify_sample_percent, m.verify_rate_mb, heal=heal)),
         Periodic("usage-sample", cfg.capacity.sample_interval_hours * 3600, cap.take_sample),
     ]
+
+
+def backup_scheduler(cfg: Config, store: Datastore) -> BackupScheduler:
+    """Scheduled backups, "back up now", pause and resume (the daemon and `rdr hosts`)."""
+    c = cfg.contract
+    return BackupScheduler(store, timezone=cfg.appliance.timezone,
+                           default_window=c.default_window, seed=cfg.appliance.serial,
+                           max_jitter=c.schedule_jitter_seconds)

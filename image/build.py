@@ -13,7 +13,8 @@ Steps, each timed on stderr:
 3. **The package.** ``python3 -m venv /opt/rdr`` in the chroot and ``pip install --no-index``
    from the wheels: the daemon (``/opt/rdr/bin/rdr``) and provisioning
    (``/opt/rdr/bin/python3 -m provisioning``).
-4. **Units.** The files of ``systemd/`` go to /lib/systemd/system (the strongSwan drop-in
+4. **Units.** The files of ``systemd/`` (but the agent's, which is for the customer's hosts)
+   go to /lib/systemd/system (the strongSwan drop-in
    beside strongswan.service), the rdr user is created with ``systemd-sysusers --root`` (so
    provisioning against the tree can give it its files), the recipe's units are enabled with
    ``systemctl --root`` and ``systemd-analyze verify --root`` must pass with no warnings.
@@ -43,6 +44,12 @@ FILES = Path(__file__).resolve().parent / "files"
 SYSTEMD = REPO / "systemd"
 VENV = "/opt/rdr"
 UNIT_DIR = "lib/systemd/system"
+#: Units of ``systemd/`` for the customer's hosts (the agent service), not the appliance.
+HOST_UNITS = {"rdr-agent.service"}
+
+
+def appliance_units() -> list[Path]:
+    return [u for u in sorted(SYSTEMD.glob("*.service")) if u.name not in HOST_UNITS]
 FORMATS = ("squashfs", "ext4", "dir")
 
 
@@ -151,7 +158,7 @@ def install_package(root: Path, wheel_dir: Path) -> None:
 
 def install_units(recipe: Recipe, root: Path) -> None:
     units = root / UNIT_DIR
-    for unit in sorted(SYSTEMD.glob("*.service")):
+    for unit in appliance_units():
         shutil.copy2(unit, units / unit.name)
     for dropin in sorted(SYSTEMD.glob("*.service.d")):
         dest = units / dropin.name
@@ -176,7 +183,7 @@ def install_units(recipe: Recipe, root: Path) -> None:
 
 def verify_units(root: Path) -> None:
     """systemd-analyze verify against the tree; any warning about our units fails."""
-    names = [u.name for u in sorted(SYSTEMD.glob("*.service"))] + ["strongswan.service"]
+    names = [u.name for u in appliance_units()] + ["strongswan.service"]
     proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *names],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0 or proc.stderr.strip():

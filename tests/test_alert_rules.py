@@ -27,6 +27,7 @@ EXPECTED_ALERTS = {
     "ApplianceDown", "DataDiskMissing", "ApplianceDegraded", "CapacityHigh",
     "CapacityCritical", "BackupMissed", "ServiceLevelAtRisk", "ReplicationLagging",
     "TunnelDown", "DataDiskIOErrors", "VerifyFoundDamage", "RestoreStartSlow",
+    "BackupWindowMissed",
 }
 
 # What may appear in an expression besides metric names.

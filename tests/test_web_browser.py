@@ -167,6 +167,20 @@ def browse_script(url: str, snapshot: str, src: Path, downloads: Path, profile: 
 
         # --- host: its backups; Enter on the one to open --------------------------------
         find("#snapshots-table")
+
+        # --- scheduled backups on the host page: save a plan, then "Back up now" --------
+        assert "Agent never seen" in find("#schedule-status").text
+        paths = find("#plan-paths")
+        paths.clear()
+        paths.send_keys("/srv/www")
+        d.find_element(By.ID, "plan-save").click()
+        w.until(EC.staleness_of(paths))  # saved: the view is drawn again from the appliance
+        assert find("#plan-paths").get_attribute("value") == "/srv/www"
+        now = find("#backup-now")
+        now.click()
+        w.until(EC.staleness_of(now))
+        w.until(lambda d: "queued" in " ".join(
+            r.text for r in d.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run]")))
         enter(f'a.snap-link[data-snapshot="{snapshot}"]')
         at_folder("")
 
@@ -239,6 +253,11 @@ async def test_restore_a_file_and_a_folder_through_the_page(appliance: Appliance
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
+    # What the host page's plan form and "Back up now" did, as the appliance recorded it.
+    assert appliance.store.plans.get("web01").paths == ["/srv/www"]
+    (now_run,) = appliance.store.runs.list("web01")
+    assert (now_run.kind, now_run.state, now_run.requested_by) == ("manual", "queued",
+                                                                   "page:alice")
     print(f"screenshot of the browse view: {shot}")
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000

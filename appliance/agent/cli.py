@@ -1,5 +1,6 @@
-"""`rdr-agent`: back up this host to the appliance, list its snapshots, restore, and
-`run` as a service that carries out restores pushed from the appliance's page.
+"""`rdr-agent`: back up this host to the appliance, list its snapshots, restore, show the
+plan the appliance holds for it, and `run` as a service that carries out the backups the
+appliance schedules and the restores pushed from its page.
 
 Exit codes: 0 success; 1 error (one line on stderr); 3 finished, but some files could not be
 read (backup) or written (restore) -- they are listed in the summary; 4 `run --once` found no
@@ -167,6 +168,29 @@ async def cmd_run(args: argparse.Namespace, st: AgentSettings) -> int:
     return await run_service(st, once=args.once, wait=wait, as_json=args.json)
 
 
+async def cmd_plan(args: argparse.Namespace, st: AgentSettings) -> int:
+    async with ApplianceClient(st.endpoint) as client:
+        res = await client.plan()
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    plan = res["plan"]
+    print(f"plan of {res['host']}{' (PAUSED)' if res['paused'] else ''}:")
+    if not plan["paths"]:
+        print("  no scheduled backups (the appliance has no paths for this host)")
+        return 0
+    print(f"  paths: {' '.join(plan['paths'])}")
+    if plan["excludes"]:
+        print(f"  excludes: {' '.join(plan['excludes'])}")
+    if plan["bandwidth_kbps"]:
+        print(f"  LAN limit: {plan['bandwidth_kbps']} kbit/s")
+    if plan["dump_command"]:
+        allowed = "" if st.allow_dump_commands else \
+            " (NOT run here: allow_dump_commands is off)"
+        print(f"  before each backup: {plan['dump_command']} > {plan['dump_name']}{allowed}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rdr-agent", description="Back up this host to the RDR "
                                 "appliance and restore from it")
@@ -203,11 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--to", required=True, metavar="DIR", help="directory to restore into")
     r.set_defaults(run=cmd_restore)
 
-    j = sub.add_parser("run", parents=[common], help="serve restore jobs pushed from the "
-                       "appliance (polls it; stops on SIGTERM)",
-                       description="Poll the appliance for restore jobs and carry them out. "
-                       "Pushed restores write only below absolute directories, and only "
-                       "below restore_roots ($RDR_RESTORE_ROOTS) when that is set.")
+    j = sub.add_parser("run", parents=[common], help="the agent service: scheduled backups "
+                       "and pushed restores from the appliance (polls it; stops on SIGTERM)",
+                       description="Poll the appliance for this host's backup runs (its "
+                       "daily window, 'back up now') and restore jobs, and carry them out. "
+                       "The plan (paths, excludes, LAN limit, dump command) comes from the "
+                       "appliance; a dump command runs only with allow_dump_commands = yes "
+                       "($RDR_ALLOW_DUMP_COMMANDS). Pushed restores write only below "
+                       "absolute directories, and only below restore_roots "
+                       "($RDR_RESTORE_ROOTS) when that is set.")
     j.add_argument("--once", action="store_true",
                    help="handle at most one job, then exit: 0 restored, 3 some entries "
                    "failed, 1 failed, 4 no job came")
@@ -215,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --once: how long to wait for a job (default 0); otherwise the "
                    "length of one poll (default 25, at most 60)")
     j.set_defaults(run=cmd_run)
+
+    pl = sub.add_parser("plan", parents=[common], help="show the backup plan the appliance "
+                        "holds for this host")
+    pl.set_defaults(run=cmd_plan)
     return p
 
 

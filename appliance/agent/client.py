@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import ssl
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+
+from .. import __version__
+from ..ratelimit import Pacer
 
 log = logging.getLogger("rdr.agent.client")
 T = TypeVar("T")
@@ -29,6 +33,17 @@ class ApplianceError(Exception):
 
 class ConnectError(Exception):
     """The appliance could not be reached (after retries)."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the page (and the log) saying why a job or backup run failed."""
+    if isinstance(exc, ApplianceError):
+        return f"the appliance refused: {exc.message} ({exc.status} {exc.code})"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = str(exc)
+    return text if text else type(exc).__name__
 
 
 @dataclass(slots=True)
@@ -62,10 +77,14 @@ class ApplianceClient:
         self.base = ep.url.rstrip("/") + "/api/v1"
         self.retries = retries
         self.restore_id: int | None = None
+        #: Upload limit on the LAN (kbit/s, 0 = none), from the host's plan.
+        self.upload_kbps = 0
+        self._pacer = Pacer()
         self._ssl = ssl_for(ep)
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, ssl=self._ssl),
-            headers={"Authorization": f"Bearer {ep.token}"},
+            headers={"Authorization": f"Bearer {ep.token}",
+                     "X-RDR-Agent": f"rdr-agent/{__version__}"},
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=300),
         )
 
@@ -137,6 +156,7 @@ class ApplianceClient:
 
     async def put_chunk(self, sid: str, cid: str, data: bytes) -> bool:
         async def call() -> bool:
+            await self._pacer.pace(len(data), self.upload_kbps)
             async with self._http.put(f"{self.base}/sessions/{sid}/chunks/{cid}", data=data,
                                       headers={"Content-Type": "application/octet-stream"}
                                       ) as resp:
@@ -210,3 +230,23 @@ class ApplianceClient:
         await self._json("POST", f"/agent/jobs/{int(jid)}/finish",
                          {"ok": ok, "files": files, "bytes": nbytes, "errors": errors,
                           "message": message})
+
+    # --- scheduled backups: the same poll hands out backup runs -------------------------
+    async def next_work(self, wait: int, backups: bool) -> dict | None:
+        """{"job": restore job} or {"backup": backup run} (runs only with `backups`),
+        waiting up to `wait` (<= 60) seconds; None when nothing came."""
+        return await self._json("GET", f"/agent/jobs/next?wait={int(wait)}"
+                                f"&backups={int(backups)}")
+
+    async def plan(self) -> dict:
+        return await self._json("GET", "/agent/plan")
+
+    async def backup_progress(self, rid: int, files: int, nbytes: int) -> bool:
+        """Report progress; True when the appliance asks the backup to pause."""
+        res = await self._json("POST", f"/agent/backups/{int(rid)}/progress",
+                               {"files": files, "bytes": nbytes})
+        return bool(res.get("pause"))
+
+    async def backup_finish(self, rid: int, body: dict) -> None:
+        """The run's outcome (a repeat after a lost answer is a 409: already recorded)."""
+        await self._json("POST", f"/agent/backups/{int(rid)}/finish", body)

@@ -1,4 +1,5 @@
-"""`rdr-agent run`: the agent as a service, restoring what the appliance's page pushes to it.
+"""`rdr-agent run`: the agent as a service, running the backups the appliance schedules
+(scheduled.py) and restoring what the appliance's page pushes to it.
 
 The agent polls (a long poll, so a job starts within a moment of being asked for) because the
 appliance never connects to agents: nothing has to be opened in a host's firewall. A job names
@@ -37,8 +38,9 @@ from ..store import catalog
 from ..store.catalog import FILE, HARDLINK, CatalogError, Entry, dec_bytes, join_path
 from ..textfmt import human_bytes as human
 from .catalog_cache import CatalogCache
-from .client import ApplianceClient, ApplianceError, ConnectError
+from .client import ApplianceClient, ApplianceError, ConnectError, describe
 from .restorer import RemoteChunks, RestoreSummary, restore_blocks
+from .scheduled import BackupRunner, RunOutcome
 from .settings import AgentSettings
 
 log = logging.getLogger("rdr.agent.jobs")
@@ -93,17 +95,6 @@ class JobOutcome:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def describe(exc: BaseException) -> str:
-    """One line for the page (and the log) saying why a job failed."""
-    if isinstance(exc, ApplianceError):
-        return f"the appliance refused: {exc.message} ({exc.status} {exc.code})"
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    text = str(exc)
-    return text if text else type(exc).__name__
 
 
 def _clip(message: str) -> str:
@@ -213,37 +204,54 @@ async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> bool:
 class JobRunner:
     def __init__(self, client: ApplianceClient, settings: AgentSettings, pool: Executor,
                  report: Callable[[JobOutcome], None] | None = None,
-                 poller: ApplianceClient | None = None) -> None:
+                 poller: ApplianceClient | None = None,
+                 backups: BackupRunner | None = None) -> None:
         """`poller` (default `client`) makes the polls: the service gives it no retries of
         its own, so an outage goes straight to the loop's capped backoff, while the job's
-        calls (`client`) retry a LAN blip like a backup's do."""
+        calls (`client`) retry a LAN blip like a backup's do. With `backups`, the polls
+        also take the host's backup runs, which run beside restore jobs (one at a time)."""
         self.client = client
         self.poller = poller if poller is not None else client
         self.settings = settings
         self.pool = pool
         self.report = report
+        self.backups = backups
 
     # --- the loops ------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Event, wait: int = POLL_SECONDS) -> None:
-        """Poll and run jobs until `stop`; appliance outages (reboots, a pulled cable, a
-        refused token) only slow the polling down, up to one try a minute."""
+        """Poll and run jobs and backups until `stop`; appliance outages (reboots, a pulled
+        cable, a refused token) only slow the polling down, up to one try a minute. Each
+        poll is also the agent's heartbeat. On `stop` a running backup is stopped and
+        reported (it resumes at the next start)."""
         backoff = BACKOFF_FIRST
-        while not stop.is_set():
-            try:
-                job = await _until_stop(self.poller.next_job(wait), stop)
-            except _Stopped:
-                break
-            except Exception as exc:  # anything the appliance or network does: keep serving
-                delay = backoff * (0.75 + random.random() / 2)
-                log.warning("cannot poll the appliance for restore jobs (%s); next try in "
-                            "%.0f s", describe(exc), delay)
-                if await _sleep_or_stop(delay, stop):
+        backup: asyncio.Task | None = None
+        try:
+            while not stop.is_set():
+                if backup is not None and backup.done():
+                    backup = None
+                take = self.backups is not None and backup is None
+                try:
+                    work = await _until_stop(self.poller.next_work(wait, take), stop)
+                except _Stopped:
                     break
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
-            backoff = BACKOFF_FIRST
-            if job is not None:
-                await self.run_job(job, stop)
+                except Exception as exc:  # anything the appliance or network does
+                    delay = backoff * (0.75 + random.random() / 2)
+                    log.warning("cannot poll the appliance for work (%s); next try in "
+                                "%.0f s", describe(exc), delay)
+                    if await _sleep_or_stop(delay, stop):
+                        break
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_FIRST
+                if work is None:
+                    continue
+                if "job" in work:
+                    await self.run_job(work["job"], stop)
+                elif "backup" in work and self.backups is not None:
+                    backup = asyncio.ensure_future(self.backups.run(work["backup"], stop))
+        finally:
+            if backup is not None:
+                await asyncio.gather(backup, return_exceptions=True)
 
     async def once(self, stop: asyncio.Event, wait: int) -> int:
         """At most one job, waiting up to `wait` seconds for it (for cron and tests);
@@ -399,12 +407,14 @@ def _summary_message(summary: RestoreSummary, target: Path) -> str:
     return _clip(msg)
 
 
-def _printer(as_json: bool) -> Callable[[JobOutcome], None]:
-    """One line per job on stdout (the service's journal, or the cron mail)."""
+def _printer(as_json: bool) -> Callable[[JobOutcome | RunOutcome], None]:
+    """One line per job or backup on stdout (the service's journal, or the cron mail)."""
 
-    def report(o: JobOutcome) -> None:
+    def report(o: JobOutcome | RunOutcome) -> None:
         if as_json:
             print(json.dumps(o.to_json()), flush=True)
+        elif isinstance(o, RunOutcome):
+            print(f"backup run {o.run} {o.outcome}: {o.message}", flush=True)
         else:
             state = "failed" if not o.ok else "done"
             print(f"restore job {o.job} {state}: {o.message}", flush=True)
@@ -414,22 +424,23 @@ def _printer(as_json: bool) -> Callable[[JobOutcome], None]:
 
 async def run_service(settings: AgentSettings, once: bool, wait: int, as_json: bool) -> int:
     """`rdr-agent run`: serve until SIGTERM/SIGINT (exit 0), or with `once` handle at most
-    one job and exit with its code (0, 3 partial, 1 failed, 4 no job)."""
+    one restore job and exit with its code (0, 3 partial, 1 failed, 4 no job)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="rdr-job")
+    report = _printer(as_json)
     try:
         async with ApplianceClient(settings.endpoint) as client:
             if once:
-                return await JobRunner(client, settings, pool, _printer(as_json)).once(
-                    stop, wait)
+                return await JobRunner(client, settings, pool, report).once(stop, wait)
             async with ApplianceClient(settings.endpoint, connections=1, retries=0) as poller:
-                runner = JobRunner(client, settings, pool, _printer(as_json), poller)
-                print(f"rdr-agent: waiting for restore jobs from {settings.endpoint.url}",
-                      file=sys.stderr, flush=True)
+                runner = JobRunner(client, settings, pool, report, poller,
+                                   BackupRunner(client, settings, report))
+                print(f"rdr-agent: taking backups and restore jobs from "
+                      f"{settings.endpoint.url}", file=sys.stderr, flush=True)
                 await runner.serve(stop, wait)
             return 0
     finally:

@@ -1,12 +1,19 @@
 """Where the agent finds its appliance: flags, then environment, then a config file.
 
-Environment: RDR_URL, RDR_TOKEN, RDR_FINGERPRINT, RDR_CA, RDR_STATE_DIR, RDR_RESTORE_ROOTS.
-Config file (TOML, keys url, token, fingerprint, ca, state_dir, restore_roots): --config,
+Environment: RDR_URL, RDR_TOKEN, RDR_FINGERPRINT, RDR_CA, RDR_STATE_DIR, RDR_RESTORE_ROOTS,
+RDR_ALLOW_DUMP_COMMANDS.
+Config file (TOML, keys url, token, fingerprint, ca, state_dir, restore_roots,
+allow_dump_commands): --config,
 $RDR_AGENT_CONFIG, ~/.config/rdr-agent/agent.toml or /etc/rdr-agent/agent.toml.
 
 `restore_roots` (colon-separated absolute paths) limits where restores pushed by the
 appliance (`rdr-agent run`) may write; unset, any absolute directory is allowed. It is the
 host owner's say over what an appliance administrator can overwrite on this host.
+
+`allow_dump_commands` ("yes"/"no", default "no") lets a plan's pre-backup command (a
+database dump such as `pg_dump`) run on this host. The command comes from the appliance and
+runs as the agent's user, so the host's owner must opt in; without it the agent backs up the
+files and reports the dump as not done.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from pathlib import Path
 from ..tomlfile import read_toml
 from .client import Endpoint
 
-KEYS = ("url", "token", "fingerprint", "ca", "state_dir", "restore_roots")
+KEYS = ("url", "token", "fingerprint", "ca", "state_dir", "restore_roots",
+        "allow_dump_commands")
 
 
 class SettingsError(ValueError):
@@ -31,6 +39,8 @@ class AgentSettings:
     state_dir: Path
     #: Where pushed restore jobs may write (normalised absolute paths); empty: anywhere.
     restore_roots: tuple[str, ...] = ()
+    #: Whether the plan's pre-backup (dump) command may run here.
+    allow_dump_commands: bool = False
 
 
 def _config_file(explicit: str | None) -> Path | None:
@@ -74,8 +84,12 @@ def resolve(flags: dict[str, str | None], config: str | None = None) -> AgentSet
     state = values.get("state_dir") or (
         "/var/lib/rdr-agent" if os.geteuid() == 0 else
         str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "rdr-agent"))
+    allow = values.get("allow_dump_commands", "no").strip().lower()
+    if allow not in ("yes", "no", "true", "false", "1", "0"):
+        raise SettingsError("allow_dump_commands must be yes or no")
     return AgentSettings(Endpoint(values["url"], values["token"], fp, values.get("ca")),
-                         Path(state), parse_restore_roots(values.get("restore_roots", "")))
+                         Path(state), parse_restore_roots(values.get("restore_roots", "")),
+                         allow in ("yes", "true", "1"))
 
 
 def parse_restore_roots(value: str) -> tuple[str, ...]:

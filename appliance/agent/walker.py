@@ -63,8 +63,12 @@ class Excluder:
 class Walker:
     def __init__(self, sources: list[bytes], excludes: list[str] | None = None,
                  one_file_system: bool = False,
-                 on_error: Callable[[bytes, str], None] | None = None) -> None:
+                 on_error: Callable[[bytes, str], None] | None = None,
+                 on_exclude: Callable[[bytes], None] | None = None) -> None:
+        """`on_exclude(path)` hears of each excluded entry (the premier check lists them;
+        an excluded directory is one entry, its contents are never read)."""
         self.selection = build_selection(sources)
+        self.on_exclude = on_exclude
         self.exclude = Excluder(excludes or [])
         self.one_fs = one_file_system
         self.on_error = on_error or (lambda path, msg: None)
@@ -101,6 +105,8 @@ class Walker:
                         full = os.path.join(fs_dir, de.name)
                         if self.exclude(de.name, full):
                             self.excluded += 1
+                            if self.on_exclude is not None:
+                                self.on_exclude(full)
                             continue
                         try:
                             out.append(Child(de.name, full, de.stat(follow_symlinks=False)))

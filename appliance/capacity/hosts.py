@@ -4,12 +4,19 @@ What an operator looks at first on the appliance page. "Missed" uses the contrac
 (opens daily at the host's start time, lasts 12 hours): the most recent window that has
 closed saw no completed backup, counted only for windows that opened after the host was
 registered.
+
+Scheduled backups add what the agent service reports: whether the host's agent is online
+(it polls every half minute; silent for `AGENT_OFFLINE_AFTER` means offline), the plan, the
+run queued or under way, and how many files the last premier check found outside the
+backup.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from ..store.backup_plans import BackupPlans
+from ..store.backup_runs import BackupRuns
 from ..store.index import Index
 from .windows import parse_window_start, window_bounds
 
@@ -18,9 +25,25 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+#: An agent that has not polled for this long is offline (it polls every 25 s or so).
+AGENT_OFFLINE_AFTER = 120.0
+
+
 def host_summaries(index: Index, tz: str, default_window: str,
                    now: datetime | None = None) -> list[dict]:
     now = now or datetime.now(UTC)
+    appliance_tz = tz
+    plans = {p.host: p for p in BackupPlans(index).all()}
+    agents = BackupPlans(index).agents()
+    runs = BackupRuns(index)
+    active = runs.active()
+    last_runs: dict[str, dict] = {}
+    for rid, host in index.query("SELECT MAX(id), host FROM backup_runs WHERE state IN "
+                                 "('done', 'partial', 'failed', 'missed') GROUP BY host"):
+        last_runs[host] = runs.get(rid).to_json()
+    checked = dict(index.query(
+        "SELECT host, not_backed_up FROM backup_runs r WHERE id = (SELECT MAX(id) FROM "
+        "backup_runs WHERE host = r.host AND state IN ('done', 'partial'))"))
     snaps: dict[str, list] = {}
     for row in index.snapshots():
         snaps.setdefault(row.host, []).append(row)
@@ -31,6 +54,8 @@ def host_summaries(index: Index, tz: str, default_window: str,
     out = []
     for h in index.host_settings():
         name = h["name"]
+        plan = plans.get(name)
+        tz = plan.timezone if plan is not None and plan.timezone else appliance_tz
         rows = snaps.get(name, [])
         latest = rows[-1] if rows else None
         start = parse_window_start(h["window_start"] or default_window)
@@ -46,10 +71,17 @@ def host_summaries(index: Index, tz: str, default_window: str,
             if registered <= o:
                 missed = not any(o.timestamp() <= r.received_at < c.timestamp() for r in rows)
         result, detail = _result(latest, last_session.get(name))
+        agent = agents.get(name)
+        online = agent is not None and now.timestamp() - agent["last_seen"] < \
+            AGENT_OFFLINE_AFTER
         warning = None
         if missed:
             warning = (f"no backup completed in the window of "
                        f"{closed[-1][0].astimezone(_zone(tz)):%Y-%m-%d %H:%M}")
+            if plan is not None and plan.paths and not online:
+                warning += ("; its agent is offline" if agent is None else
+                            f"; its agent was last seen {_iso(agent['last_seen'])}")
+        run = active.get(name)
         out.append({
             "name": name,
             "last_success": _iso(latest.received_at) if latest else None,
@@ -62,6 +94,15 @@ def host_summaries(index: Index, tz: str, default_window: str,
             "files": latest.file_count if latest else 0,
             "snapshots": len(rows),
             "replicated": bool(latest and latest.replicated_at is not None),
+            "timezone": tz,
+            "agent": {"online": online,
+                      "last_seen": _iso(agent["last_seen"]) if agent else None,
+                      "version": agent["version"] if agent else None},
+            "scheduled": bool(plan and plan.paths),
+            "paused": bool(plan and plan.paused),
+            "backup": run.to_json() if run is not None else None,
+            "last_run": last_runs.get(name),
+            "not_backed_up": checked.get(name, 0),
         })
     return out
 

@@ -72,12 +72,17 @@ def monthly_report(index: Index, settings: ReportSettings, month: str | None = N
 
     hosts = []
     scheduled = successful = 0
+    # Backups that ran past (or outside) their window: committed, but not counted above.
+    late = dict(index.query(
+        "SELECT host, COUNT(*) FROM backup_runs WHERE in_window = 0 AND finished_at >= ? "
+        "AND finished_at < ? GROUP BY host", (start.timestamp(), end.timestamp())))
     for h in index.host_settings():
         window = parse_window_start(h["window_start"] or settings.default_window)
         commits = [datetime.fromtimestamp(r["received_at"], UTC)
                    for r in index.ledger(start.timestamp() - 86400, end.timestamp() + 86400,
                                          h["name"])]
-        led = month_ledger(month, commits, window, tz,
+        # The window is in the host's own time zone when its plan sets one.
+        led = month_ledger(month, commits, window, h.get("timezone") or tz,
                            active_from=datetime.fromtimestamp(h["created_at"], UTC), now=now)
         scheduled += led.scheduled
         successful += led.successful
@@ -87,7 +92,8 @@ def monthly_report(index: Index, settings: ReportSettings, month: str | None = N
             "window_start": window.strftime("%H:%M"), "scheduled_backups": led.scheduled,
             "successful_backups": led.successful, "success_rate": led.rate,
             "meets_service_level": led.meets(settings.sla_level),
-            "missed_days": [d.isoformat() for d in led.missed]})
+            "missed_days": [d.isoformat() for d in led.missed],
+            "out_of_window_backups": late.get(h["name"], 0)})
 
     restores = [r for r in index.restores(start.timestamp())
                 if r["requested_at"] < end.timestamp()]

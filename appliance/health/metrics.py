@@ -22,8 +22,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from ..capacity.hosts import host_summaries
 from ..capacity.service import CapacityService
 from ..store.datastore import Datastore
+from ..store.index import Index
 
 GB = 1e9
 RESTORE_BUCKETS = (1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
@@ -67,6 +69,31 @@ class ApplianceCollector(Collector):
         self.live = live
         self._report = _Cached(ttl, capacity.report)
         self._repl = _Cached(ttl, replication_status) if replication_status else None
+
+    def _scheduled(self, idx: Index) -> Iterator[Metric]:
+        """Scheduled backups, computed at each scrape (not cached): a missed window shows
+        within a scrape of the window's end."""
+        hosts = host_summaries(idx, self.capacity.timezone, self.capacity.default_window)
+        missed = GaugeMetricFamily(
+            "rdr_host_last_window_missed", "1 when the host's most recent closed window saw "
+            "no completed backup", labels=["host"])
+        seen = GaugeMetricFamily("rdr_agent_last_seen_timestamp_seconds",
+                                 "Last poll of the host's agent service", labels=["host"])
+        online = GaugeMetricFamily("rdr_agent_online", "1 while the host's agent polls",
+                                   labels=["host"])
+        state = GaugeMetricFamily("rdr_host_backup_running", "1 while a backup run of the "
+                                  "host is running (0 queued or paused)", labels=["host"])
+        gaps = GaugeMetricFamily("rdr_host_not_backed_up_files", "Files the premier check of "
+                                 "the host's last backup found outside it", labels=["host"])
+        for h in hosts:
+            missed.add_metric([h["name"]], 1 if h["missed_window"] else 0)
+            online.add_metric([h["name"]], 1 if h["agent"]["online"] else 0)
+            run = h["backup"]
+            state.add_metric([h["name"]], 1 if run and run["state"] == "running" else 0)
+            gaps.add_metric([h["name"]], h["not_backed_up"])
+        for host, agent in self.store.plans.agents().items():
+            seen.add_metric([host], agent["last_seen"])
+        yield from (missed, seen, online, state, gaps)
 
     def collect(self) -> Iterator[Metric]:  # runs in a worker thread (see the handler)
         idx, live = self.store.index, self.live
@@ -117,6 +144,7 @@ class ApplianceCollector(Collector):
             missed.add_metric([h["host"]], len(h["missed_days"]))
         yield ratio
         yield missed
+        yield from self._scheduled(idx)
         backups = CounterMetricFamily("rdr_backups", "Backup sessions by result",
                                       labels=["host", "result"])
         for host, result, n in idx.session_counts():

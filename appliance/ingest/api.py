@@ -23,6 +23,7 @@ from ..store.manifest import StreamRef
 from ..store.restore_jobs import RestoreJobs
 from ..store.snapshots import is_snapshot_id
 from ..web.auth import ACCOUNT, ADMIN, HOST, auth_middleware, require_admin, require_host
+from ..web.backups_api import BackupsApi
 from ..web.budget import ByteBudget
 from ..web.errors import ApiError, error_middleware
 from ..web.jsonbody import read_json
@@ -49,6 +50,7 @@ class IngestApi:
         index = store.index if store is not None else None
         self.jobs = AgentJobsApi(store, RestoreJobs(index), pool)  # type: ignore[arg-type]
         self.page: PageApi | None = None
+        self.backups: BackupsApi | None = None
         # Chunk bodies held at once: enough to keep every worker busy with a few waiting.
         self.uploads = ByteBudget(upload_budget)
         self.downloads = ByteBudget(upload_budget)
@@ -57,6 +59,10 @@ class IngestApi:
     def attach_page(self, page: PageApi) -> None:
         """Serve the LAN page's API (sign-in sessions, browsing, downloads) in this app."""
         self.page = page
+
+    def attach_backups(self, backups: BackupsApi) -> None:
+        """Serve plans, "back up now", pause/resume and runs (page and admin tokens)."""
+        self.backups = backups
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -83,6 +89,8 @@ class IngestApi:
         self.jobs.add_routes(r)
         if self.page is not None:
             self.page.add_routes(r)
+        if self.backups is not None:
+            self.backups.add_routes(r)
         return app
 
     async def _lookup(self, token: str) -> tuple[str, str] | None:

@@ -1,4 +1,5 @@
-"""Agent side of push-restore jobs, under the authenticated ``/api/v1`` (host tokens).
+"""Agent side of push-restore jobs and scheduled backups, under the authenticated ``/api/v1``
+(host tokens): the one channel an agent service (`rdr-agent run`) uses.
 
 Agents poll (``GET /agent/jobs/next?wait=N``, a long poll) because the appliance never opens a
 connection to an agent: that is what lets pushed restores through customer firewalls. A poll
@@ -10,8 +11,12 @@ While a job runs, its target host may read the job's source snapshot -- its mani
 chunks it references -- through the job, and nothing else: before pickup, after the result,
 for another host's job or for a chunk outside that snapshot the answer is 404.
 
-The async methods at the bottom are for the restore page, so a job it creates wakes the
-target's poll at once.
+The same poll hands out backup runs (the scheduler's, or "back up now") to an agent that
+asks for them (``backups=1``), with the host's current plan; the agent reports progress (the
+answer says whether the host was paused) and the outcome with the premier check's list of
+files that are not in the backup. Every poll is also the agent's heartbeat.
+
+The async methods for the restore page and the CLI wake the target's poll at once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..store.backup_runs import MAX_MESSAGE as RUN_MAX_MESSAGE
+from ..store.backup_runs import BackupRun, check_gaps
 from ..store.datastore import Datastore
 from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..web.auth import require_host
@@ -43,6 +50,10 @@ RECHECK_SECONDS = 3.0
 #: Stale jobs are failed (see RestoreJobs.expire) at most this often, on the next poll or read.
 EXPIRE_EVERY = 30.0
 MAX_BODY = 64 * 1024
+#: A finish report carries up to 1000 not-backed-up paths.
+MAX_FINISH_BODY = 8 * 1024 * 1024
+#: An agent's heartbeat is written at most this often (every poll would be an fsync).
+SEEN_EVERY = 30.0
 
 
 class AgentJobsApi:
@@ -52,6 +63,7 @@ class AgentJobsApi:
         self.pool = pool
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._expired_at = 0.0
+        self._seen: dict[str, float] = {}
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -63,6 +75,9 @@ class AgentJobsApi:
         router.add_get("/agent/jobs/{id}/chunks/{cid}", self.job_chunk)
         router.add_post("/agent/jobs/{id}/progress", self.progress)
         router.add_post("/agent/jobs/{id}/finish", self.finish)
+        router.add_get("/agent/plan", self.get_plan)
+        router.add_post("/agent/backups/{id}/progress", self.backup_progress)
+        router.add_post("/agent/backups/{id}/finish", self.backup_finish)
 
     # --- for the restore page -------------------------------------------------------------
     async def create(self, source_host: str, snapshot: str, paths: list[bytes],
@@ -85,7 +100,20 @@ class AgentJobsApi:
         await self._expire()
         return await self.run(self.jobs.get, jid)
 
+    # --- scheduled backups (page, CLI through the daemon, the scheduler) ----------------
+    def wake(self, host: str) -> None:
+        """A run was queued for `host` (by the scheduler): its waiting poll looks now."""
+        self._wake(host)
+
     # --- internals ------------------------------------------------------------------------
+    async def _heartbeat(self, request: web.Request, host: str) -> None:
+        now = time.monotonic()
+        if now - self._seen.get(host, -SEEN_EVERY) < SEEN_EVERY:
+            return
+        self._seen[host] = now
+        version = request.headers.get("X-RDR-Agent", "")
+        await self.run(self.store.plans.seen, host, version)
+
     def _wake(self, host: str) -> None:
         for event in self._waiters.get(host, ()):
             event.set()
@@ -114,12 +142,17 @@ class AgentJobsApi:
 
     # --- handlers -------------------------------------------------------------------------
     async def next_job(self, request: web.Request) -> web.Response:
-        """Claim the oldest queued job for this host, waiting up to `wait` seconds."""
+        """Claim the oldest queued restore job for this host, or with ``backups=1`` its due
+        backup run, waiting up to `wait` seconds."""
         host = require_host(request)
         raw = request.query.get("wait", "0")
         if not raw.isdigit() or int(raw) > MAX_WAIT:
             raise ApiError(400, "bad_field",
                            f"parameter 'wait' must be whole seconds from 0 to {MAX_WAIT}")
+        backups = request.query.get("backups", "0")
+        if backups not in ("0", "1"):
+            raise ApiError(400, "bad_field", "parameter 'backups' must be 0 or 1")
+        await self._heartbeat(request, host)
         await self._expire()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + int(raw)
@@ -137,6 +170,10 @@ class AgentJobsApi:
                 if job is not None:
                     log.info("restore job %d picked up by %s", job.id, host)
                     return web.json_response({"job": job.to_agent_json()})
+                if backups == "1":
+                    run = await self.run(self.store.runs.claim, host, time.time())
+                    if run is not None:
+                        return web.json_response({"backup": await self._run_json(run)})
                 left = deadline - loop.time()
                 if left <= 0:
                     return web.Response(status=204)
@@ -190,6 +227,57 @@ class AgentJobsApi:
                            f"{MAX_MESSAGE} characters")
         job = await self.run(self.jobs.finish, host, jid, ok, files, nbytes, errors, message)
         log.info("restore job %d %s on %s: %s", jid, job.state, host, message)
+        return web.Response(status=204)
+
+
+    async def _run_json(self, run: BackupRun) -> dict:
+        plan = await self.run(self.store.plans.get, run.host)
+        log.info("backup run %d (%s) of %s picked up%s", run.id, run.kind, run.host,
+                 " to resume" if run.attempts > 1 else "")
+        return {"id": run.id, "kind": run.kind, "window_day": run.window_day,
+                "resume": run.attempts > 1, "plan": plan.to_agent_json()}
+
+    async def get_plan(self, request: web.Request) -> web.Response:
+        """This host's plan, as the appliance holds it (for `rdr-agent plan`)."""
+        host = require_host(request)
+        plan = await self.run(self.store.plans.get, host)
+        return web.json_response({"host": host, "plan": plan.to_agent_json(),
+                                  "paused": plan.paused})
+
+    async def backup_progress(self, request: web.Request) -> web.Response:
+        host, rid = require_host(request), self._jid(request)
+        body = await self._body(request, {"files", "bytes"})
+        paused = await self.run(self.store.runs.progress, host, rid, _count(body, "files"),
+                                _count(body, "bytes"), time.time())
+        return web.json_response({"pause": paused})
+
+    async def backup_finish(self, request: web.Request) -> web.Response:
+        host, rid = require_host(request), self._jid(request)
+        body = await read_json(request, MAX_FINISH_BODY, required=True, allowed={
+            "outcome", "snapshot", "files", "bytes", "message", "not_backed_up",
+            "not_backed_up_count"})
+        outcome, snapshot = body.get("outcome"), body.get("snapshot")
+        if not isinstance(outcome, str):
+            raise ApiError(400, "bad_field", "field 'outcome' must be a string")
+        if snapshot is not None and not isinstance(snapshot, str):
+            raise ApiError(400, "bad_field", "field 'snapshot' must be a snapshot id")
+        message = body.get("message", "")
+        if not isinstance(message, str) or len(message) > RUN_MAX_MESSAGE:
+            raise ApiError(400, "bad_field", f"field 'message' must be a string of at most "
+                           f"{RUN_MAX_MESSAGE} characters")
+        gaps = check_gaps(body.get("not_backed_up", []))
+        count = body.get("not_backed_up_count", len(gaps))
+        if type(count) is not int or count < len(gaps):
+            raise ApiError(400, "bad_field", "field 'not_backed_up_count' must be an integer "
+                           "at least the length of 'not_backed_up'")
+        run = await self.run(functools.partial(
+            self.store.runs.finish, host, rid, outcome, snapshot=snapshot,
+            files=_count(body, "files"), nbytes=_count(body, "bytes"), message=message,
+            gaps=gaps, gap_count=count, now=time.time()))
+        level = logging.WARNING if run.state in ("failed", "partial") else logging.INFO
+        log.log(level, "backup run %d of %s %s%s: %s", rid, host, run.state,
+                "" if run.in_window is None else
+                (" in its window" if run.in_window else " OUTSIDE its window"), message)
         return web.Response(status=204)
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from ..ratelimit import Pacer
+
 log = logging.getLogger("rdr.replication")
 
 
@@ -289,8 +291,7 @@ class RateLimitedTarget:
         self.zone = ZoneInfo(tz)
         self.clock = clock
         self.wall = wall or (lambda: datetime.now(self.zone))
-        self._lock = asyncio.Lock()
-        self._next_free = 0.0  # monotonic time the link is free again
+        self._pacer = Pacer(clock)
 
     def current_kbps(self) -> float:
         now = self.wall().astimezone(self.zone)
@@ -304,16 +305,7 @@ class RateLimitedTarget:
         await self.inner.prepare()
 
     async def _pace(self, nbytes: int) -> None:
-        kbps = self.current_kbps()
-        if kbps <= 0:
-            return
-        async with self._lock:
-            now = self.clock()
-            start = max(now, self._next_free)
-            self._next_free = start + nbytes * 8 / (kbps * 1000)
-            wait = start - now
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self._pacer.pace(nbytes, self.current_kbps())
 
     async def put(self, name: str, data: bytes) -> None:
         await self._pace(len(data))

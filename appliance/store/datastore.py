@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .backup_plans import BackupPlans
+from .backup_runs import BackupRuns
 from .catalog import CatalogError, validate
 from .chunkfile import ChunkError, is_chunk_id
 from .chunkstore import ChunkStore
@@ -69,6 +71,9 @@ class Datastore:
         self.index = Index(root / "index.sqlite")
         self.hosts_dir = root / "hosts"
         self.hosts_dir.mkdir(mode=0o700, exist_ok=True)
+        # Backup plans (mirrored into the host files) and the scheduled-backup queue.
+        self.plans = BackupPlans(self.index, self._write_host_file)
+        self.runs = BackupRuns(self.index)
         self.reserve = Reserve(root / "reserve", reserve_bytes)
         self.session_lease = session_lease
         self._live: dict[str, _Live] = {}

@@ -641,6 +641,8 @@ function hostsTable(hosts) {
     const warn = needsAttention(x);
     const result = h("span", {}, badge(x.last_result, RESULT_KIND[x.last_result] || "muted"));
     if (x.missed_window) result.append(" ", badge("missed window", "warn"));
+    if (x.backup) result.append(" ", badge(`backup ${x.backup.state}`, x.backup.state === "paused" ? "warn" : "info"));
+    if (x.scheduled && x.agent && !x.agent.online) result.append(" ", badge("agent offline", "warn"));
     tbody.append(h("tr", { class: warn ? "row-warn" : null, data: { host: x.name } },
       h("th", { scope: "row" }, h("a", { href: href.host(x.name), class: "host-link", data: { host: x.name } }, x.name)),
       h("td", {}, x.last_success
@@ -710,13 +712,115 @@ async function viewHost(seq, host) {
         h("th", { scope: "col", class: i >= 1 && i <= 5 ? "num" : null }, t)))),
       tbody));
   }
+  const schedule = await scheduleSection(host);
+  if (seq !== state.seq) return null;
   return h("section", { id: "host-view", data: { host } },
     crumbsNav([["Overview", href.overview()], [host, null]]),
     heading(host, h("div", { class: "head-actions" },
       snaps.length ? h("a", { class: "btn", href: href.dir(host, snaps[0].snapshot, "") }, "Browse latest") : null,
       h("a", { class: "btn", href: href.jobs(host) }, "Restore jobs"))),
-    summary, warn,
+    summary, warn, schedule,
     h("h2", {}, `Backups (${snaps.length})`), body);
+}
+
+// --- scheduled backups: plan, back up now, pause/resume, runs, files not backed up ----------
+
+const RUN_KIND = { done: "ok", partial: "warn", failed: "bad", missed: "bad", running: "info", queued: "muted", paused: "warn" };
+
+function lines(text) {
+  return text.split("\n").map((x) => x.trim()).filter((x) => x);
+}
+
+async function scheduleSection(host) {
+  const [pv, runs, gaps] = await Promise.all([
+    api("GET", `/hosts/${enc(host)}/plan`),
+    api("GET", `/hosts/${enc(host)}/runs?limit=10`),
+    api("GET", `/hosts/${enc(host)}/not-backed-up`)]);
+  const plan = pv.plan;
+  const agent = pv.agent;
+  const act = async (path, done) => {
+    try {
+      await api("POST", `/hosts/${enc(host)}/${path}`);
+      setStatus(done, "ok");
+      reload();
+    } catch (e) {
+      showError(e);
+    }
+  };
+  const field = (label, input, hint) => h("label", { class: "field" }, h("span", {}, label), input,
+    hint ? h("span", { class: "hint" }, hint) : null);
+  const paths = h("textarea", { id: "plan-paths", rows: "3", spellcheck: "false" }, plan.paths.join("\n"));
+  const excludes = h("textarea", { id: "plan-excludes", rows: "3", spellcheck: "false" }, plan.excludes.join("\n"));
+  const windowStart = h("input", { id: "plan-window", type: "text", value: pv.window_start, size: "5" });
+  const bandwidth = h("input", { id: "plan-bandwidth", type: "number", min: "0", value: String(plan.bandwidth_kbps) });
+  const dump = h("input", { id: "plan-dump", type: "text", spellcheck: "false", value: plan.dump_command || "" });
+  const dumpName = h("input", { id: "plan-dump-name", type: "text", value: plan.dump_name || "" });
+  const error = h("p", { class: "form-error", id: "plan-error", role: "alert" });
+  const form = h("form", { id: "plan-form", class: "card plan-form" },
+    field("Paths (one per line)", paths),
+    field("Excludes (one per line)", excludes, "a name pattern, or an absolute path pattern"),
+    field(`Window start (${pv.timezone})`, windowStart, "12 hours from this time, daily"),
+    field("LAN limit (kbit/s, 0 = none)", bandwidth),
+    field("Before each backup, run", dump, "e.g. pg_dump mydb; its output is backed up"),
+    field("Dump file name", dumpName),
+    error,
+    h("button", { type: "submit", class: "btn btn-primary", id: "plan-save" }, "Save plan"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    error.textContent = "";
+    try {
+      await api("PUT", `/hosts/${enc(host)}/plan`, {
+        paths: lines(paths.value), excludes: lines(excludes.value),
+        window_start: windowStart.value.trim(), bandwidth_kbps: Number(bandwidth.value || 0),
+        dump_command: dump.value.trim() || null, dump_name: dumpName.value.trim() || null,
+      });
+      setStatus("Backup plan saved.", "ok");
+      reload();
+    } catch (e) {
+      error.textContent = e.message;
+    }
+  });
+  const active = (runs.runs || []).find((r) => ["queued", "running", "paused"].includes(r.state));
+  const status = h("p", { class: "status-line", id: "schedule-status" },
+    h("span", {}, "Agent ", agent
+      ? [badge(Date.now() / 1000 - agent.last_seen < 120 ? "online" : "offline",
+        Date.now() / 1000 - agent.last_seen < 120 ? "ok" : "warn"), " last seen ", timeEl(agent.last_seen, { rel: true })]
+      : badge("never seen", "warn")),
+    plan.paused ? badge("paused", "warn") : null,
+    active ? h("span", {}, "Backup ", badge(active.state, RUN_KIND[active.state]),
+      active.state === "running" ? ` ${fmtNum(active.files)} files, ${fmtBytes(active.bytes)}` : "") : null);
+  const buttons = h("div", { class: "head-actions" },
+    h("button", { type: "button", class: "btn", id: "backup-now", onclick: () => act("backup-now", "Backup queued; the agent starts it at its next poll.") }, "Back up now"),
+    plan.paused
+      ? h("button", { type: "button", class: "btn", id: "resume-backups", onclick: () => act("resume", "Backups resumed.") }, "Resume")
+      : h("button", { type: "button", class: "btn", id: "pause-backups", onclick: () => act("pause", "Backups paused.") }, "Pause"));
+  const rbody = h("tbody");
+  for (const r of runs.runs || []) {
+    rbody.append(h("tr", { data: { run: String(r.id) } },
+      h("td", {}, fmtTime(r.started_at || r.due_at)),
+      h("td", {}, r.kind),
+      h("td", {}, badge(r.state, RUN_KIND[r.state] || "muted"),
+        r.missed_window ? [" ", badge("missed window", "warn")] : null),
+      h("td", {}, r.in_window === null ? "–" : (r.in_window ? "yes" : "no")),
+      h("td", { class: "num" }, fmtNum(r.not_backed_up)),
+      h("td", { class: "sub" }, r.message)));
+  }
+  const runsTable = h("div", { class: "table-wrap" }, h("table", { class: "grid", id: "runs-table", "aria-label": `Backup runs of ${host}` },
+    h("thead", {}, h("tr", {}, ["Started", "Kind", "State", "In window", "Not backed up", "Message"].map((t) => h("th", { scope: "col" }, t)))),
+    rbody));
+  const gbody = h("tbody");
+  for (const f of gaps.files || []) {
+    gbody.append(h("tr", {}, h("td", {}, badge(f.reason, f.reason === "excluded" ? "muted" : "warn")),
+      h("td", { class: "mono" }, f.path), h("td", { class: "sub" }, f.detail)));
+  }
+  const gapsBody = gaps.count
+    ? h("div", { class: "table-wrap" }, h("table", { class: "grid", id: "gaps-table", "aria-label": "Files not backed up" },
+      h("thead", {}, h("tr", {}, ["Why", "Path", "Detail"].map((t) => h("th", { scope: "col" }, t)))), gbody))
+    : h("p", { class: "empty", id: "gaps-empty" }, gaps.run ? "Every file of the plan is in the last backup." : "No checked backup yet.");
+  return h("div", { id: "schedule" },
+    h("h2", {}, "Scheduled backups"), status, buttons, form,
+    h("h3", {}, "Recent runs"), runsTable,
+    h("h3", {}, `Not backed up by the last backup (${fmtNum(gaps.count)})`), gapsBody);
 }
 
 // --- browse -------------------------------------------------------------------------------

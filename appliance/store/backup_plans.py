@@ -1,0 +1,172 @@
+"""Each host's backup plan, kept on the appliance and edited there (`rdr hosts set`, the
+restore page): what the agent backs up, what it skips, how fast it may send on the LAN,
+whether a database dump runs first, and whether the host's backups are paused. The window
+start and retention policy stay on the hosts table, where the service-level ledger and prune
+already read them.
+
+The agent gets the plan with each backup run it claims, so an edit takes effect at the next
+run without touching the host. Agents' signs of life (their polls) are kept here too: they
+say whether a host that missed its window had its agent running at all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import NotFound, StoreError
+from .index import PLAN_COLS as _COLS
+from .index import Index
+
+MAX_PATHS = 100
+MAX_PATH_BYTES = 4096
+MAX_COMMAND = 4096
+MAX_BANDWIDTH_KBPS = 100_000_000  # 100 Gbit/s: anything above is a typo
+
+
+@dataclass(slots=True)
+class HostPlan:
+    """What a host backs up. `paths` empty: nothing is scheduled for the host (it may still
+    run `rdr-agent backup` by hand)."""
+
+    host: str
+    paths: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+    bandwidth_kbps: int = 0  # 0 = unlimited
+    dump_command: str | None = None  # run first; its stdout is stored as `dump_name`
+    dump_name: str | None = None
+    timezone: str | None = None  # None = the appliance's
+    paused: bool = False
+    updated_at: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def to_agent_json(self) -> dict:
+        """What the agent needs to run a backup (no bookkeeping)."""
+        return {"paths": self.paths, "excludes": self.excludes,
+                "one_file_system": self.one_file_system,
+                "bandwidth_kbps": self.bandwidth_kbps, "dump_command": self.dump_command,
+                "dump_name": self.dump_name}
+
+
+def _str_list(name: str, value: object, absolute: bool) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise StoreError("bad_plan", f"{name} must be a list of strings")
+    if len(value) > MAX_PATHS:
+        raise StoreError("bad_plan", f"at most {MAX_PATHS} {name}")
+    out = []
+    for v in value:
+        if not v or "\0" in v or len(v.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+            raise StoreError("bad_plan", f"{name}: {v!r} is empty, too long or contains NUL")
+        if absolute and (not v.startswith("/") or ".." in v.split("/")):
+            raise StoreError("bad_plan", f"{name}: {v!r} must be an absolute path "
+                             "without '..'")
+        out.append(v)
+    return list(dict.fromkeys(out))
+
+
+def check_plan(plan: HostPlan) -> HostPlan:
+    """The plan, checked so an agent never receives one it cannot carry out."""
+    plan.paths = _str_list("paths", plan.paths, absolute=True)
+    plan.excludes = _str_list("excludes", plan.excludes, absolute=False)
+    if not isinstance(plan.one_file_system, bool):
+        raise StoreError("bad_plan", "one_file_system must be true or false")
+    bw = plan.bandwidth_kbps
+    if type(bw) is not int or not 0 <= bw <= MAX_BANDWIDTH_KBPS:
+        raise StoreError("bad_plan", "bandwidth_kbps must be a whole number of kbit/s "
+                         "(0 = unlimited)")
+    cmd, name = plan.dump_command or None, plan.dump_name or None
+    if cmd is not None:
+        if not isinstance(cmd, str) or "\0" in cmd or len(cmd) > MAX_COMMAND:
+            raise StoreError("bad_plan", f"dump_command must be a command line of at most "
+                             f"{MAX_COMMAND} characters")
+        name = name or "dump.out"
+        if not isinstance(name, str) or "/" in name or name in (".", "..") or "\0" in name \
+                or len(name) > 255:
+            raise StoreError("bad_plan", "dump_name must be a plain file name, e.g. db.sql")
+    else:
+        name = None
+    plan.dump_command, plan.dump_name = cmd, name
+    if plan.timezone:
+        try:
+            ZoneInfo(plan.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise StoreError("bad_plan", f"unknown time zone {plan.timezone!r}") from None
+    else:
+        plan.timezone = None
+    return plan
+
+
+
+
+class BackupPlans:
+    """Plans and agents' signs of life, on the appliance's index."""
+
+    def __init__(self, index: Index, on_change: Callable[[str], None] | None = None) -> None:
+        """`on_change(host)` runs after a plan is written (the datastore mirrors it into
+        the host's file, so `rebuild-index` restores plans too)."""
+        self.index = index
+        self.on_change = on_change
+
+    @staticmethod
+    def _row(r: tuple) -> HostPlan:
+        return HostPlan(r[0], json.loads(r[1]), json.loads(r[2]), bool(r[3]), r[4], r[5],
+                        r[6], r[7], bool(r[8]), r[9])
+
+    def get(self, host: str) -> HostPlan:
+        """The host's plan (an empty one if it never had one)."""
+        if not self.index.host_exists(host):
+            raise NotFound("no_such_host", f"no host named {host!r}")
+        rows = self.index.query(f"SELECT {_COLS} FROM host_plans WHERE host = ?", (host,))
+        return self._row(rows[0]) if rows else HostPlan(host)
+
+    def all(self) -> list[HostPlan]:
+        """Plans of every host that has one."""
+        return [self._row(r) for r in self.index.query(
+            f"SELECT {_COLS} FROM host_plans ORDER BY host")]
+
+    def update(self, host: str, **changes: object) -> HostPlan:
+        """Change some fields of the plan (the others keep their values), checked whole."""
+        plan = self.get(host)
+        for key, value in changes.items():
+            if key not in HostPlan.__slots__ or key in ("host", "updated_at", "paused"):
+                raise StoreError("bad_plan", f"unknown plan field {key!r}")
+            setattr(plan, key, value)
+        check_plan(plan)
+        plan.updated_at = time.time()
+        self._put(plan)
+        return plan
+
+    def set_paused(self, host: str, paused: bool) -> HostPlan:
+        plan = self.get(host)
+        plan.paused = paused
+        plan.updated_at = time.time()
+        self._put(plan)
+        return plan
+
+    def _put(self, p: HostPlan) -> None:
+        with self.index.tx() as db:
+            db.execute(f"INSERT OR REPLACE INTO host_plans ({_COLS}) VALUES "
+                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (p.host, json.dumps(p.paths), json.dumps(p.excludes),
+                        int(p.one_file_system), p.bandwidth_kbps, p.dump_command, p.dump_name,
+                        p.timezone, int(p.paused), p.updated_at))
+        if self.on_change is not None:
+            self.on_change(p.host)
+
+    # --- agents' signs of life ----------------------------------------------------------
+    def seen(self, host: str, version: str, now: float | None = None) -> None:
+        with self.index.tx() as db:
+            db.execute("INSERT OR REPLACE INTO agents (host, last_seen, version) "
+                       "VALUES (?, ?, ?)", (host, time.time() if now is None else now,
+                                            version[:100]))
+
+    def agents(self) -> dict[str, dict]:
+        """host -> {"last_seen", "version"} of every agent that ever polled."""
+        return {h: {"last_seen": t, "version": v} for h, t, v in self.index.query(
+            "SELECT host, last_seen, version FROM agents")}

@@ -1,0 +1,151 @@
+"""Scheduled backups on the appliance page (and for admin API tokens): each host's plan,
+"back up now", pause and resume, the runs, and the premier check's list of files that were
+not backed up. Mounted in ``/api/v1`` beside the page API; a signed-in account (with the
+CSRF header for changes) or an admin API token may use it, a host token may not (a host
+does not choose its own plan: the appliance does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from ..backup_schedule import BackupScheduler
+from ..capacity.windows import parse_window_start
+from ..store.datastore import Datastore
+from ..store.errors import NotFound
+from .auth import require_overview
+from .errors import ApiError
+from .jsonbody import read_json
+
+log = logging.getLogger("rdr.page.backups")
+T = TypeVar("T")
+
+PLAN_FIELDS = {"paths", "excludes", "one_file_system", "bandwidth_kbps", "dump_command",
+               "dump_name", "timezone"}
+
+
+class BackupsApi:
+    def __init__(self, store: Datastore, pool: Executor, scheduler: BackupScheduler,
+                 wake: Callable[[str], None]) -> None:
+        """`wake(host)` makes the host's waiting poll look at once (AgentJobsApi.wake)."""
+        self.store = store
+        self.pool = pool
+        self.scheduler = scheduler
+        self.wake = wake
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(fn, *args))
+
+    def add_routes(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/hosts/{host}/plan", self.get_plan)
+        r.add_put("/hosts/{host}/plan", self.put_plan)
+        r.add_post("/hosts/{host}/backup-now", self.backup_now)
+        r.add_post("/hosts/{host}/pause", self.pause)
+        r.add_post("/hosts/{host}/resume", self.resume)
+        r.add_get("/hosts/{host}/runs", self.runs)
+        r.add_get("/hosts/{host}/not-backed-up", self.not_backed_up)
+
+    def _plan_json(self, host: str) -> dict:
+        rec = self.store.index.host_record(host)
+        plan = self.store.plans.get(host)
+        win = self.scheduler.window_of(host)
+        return {"host": host, "plan": plan.to_json(), "window_start": win.start,
+                "window_start_default": rec["window_start"] is None,
+                "timezone": win.timezone, "policy": rec["policy"],
+                "agent": self.store.plans.agents().get(host)}
+
+    async def get_plan(self, request: web.Request) -> web.Response:
+        require_overview(request)
+        return web.json_response(await self.run(self._plan_json, request.match_info["host"]))
+
+    async def put_plan(self, request: web.Request) -> web.Response:
+        who = require_overview(request)
+        host = request.match_info["host"]
+        body = await read_json(request, 256 * 1024, required=True,
+                               allowed=PLAN_FIELDS | {"window_start", "policy"})
+        window = body.pop("window_start", None)
+        policy = body.pop("policy", None)
+        if window is not None:
+            if not isinstance(window, str):
+                raise ApiError(400, "bad_field", "'window_start' must be HH:MM or ''")
+            try:
+                window = parse_window_start(window).strftime("%H:%M") if window else ""
+            except ValueError as exc:
+                raise ApiError(400, "bad_field", f"window_start: {exc}") from None
+        if policy is not None and not isinstance(policy, str):
+            raise ApiError(400, "bad_field", "'policy' must be D-W-M (8-5-4) or ''")
+
+        def apply() -> dict:
+            # The plan is checked whole first: a refused edit changes nothing.
+            if body:
+                self.store.plans.update(host, **body)
+            else:
+                self.store.plans.get(host)  # 404 for an unknown host
+            if policy is not None:
+                self.store.set_policy(host, policy or None)
+            if window is not None:
+                self.store.set_window(host, window or None)
+            return self._plan_json(host)
+
+        try:
+            res = await self.run(apply)
+        except TypeError:  # a field of the wrong type that dataclass checks missed
+            raise ApiError(400, "bad_plan", "a plan field has the wrong type") from None
+        log.info("%s changed the backup plan of %s: %s", who, host, sorted(body))
+        return web.json_response(res)
+
+    async def backup_now(self, request: web.Request) -> web.Response:
+        who = require_overview(request)
+        host = request.match_info["host"]
+        run = await self.run(self.scheduler.request_now, host, f"page:{who}")
+        self.wake(host)
+        log.info("%s asked for a backup of %s now (run %d)", who, host, run.id)
+        return web.json_response({"run": run.to_json()}, status=201)
+
+    async def pause(self, request: web.Request) -> web.Response:
+        who = require_overview(request)
+        host = request.match_info["host"]
+        res = await self.run(self.scheduler.pause, host)
+        log.info("%s paused the backups of %s", who, host)
+        return web.json_response(res)
+
+    async def resume(self, request: web.Request) -> web.Response:
+        who = require_overview(request)
+        host = request.match_info["host"]
+        res = await self.run(self.scheduler.resume, host)
+        self.wake(host)
+        log.info("%s resumed the backups of %s", who, host)
+        return web.json_response(res)
+
+    async def runs(self, request: web.Request) -> web.Response:
+        require_overview(request)
+        host = request.match_info["host"]
+        raw = request.query.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= 500:
+            raise ApiError(400, "bad_field", "'limit' must be an integer from 1 to 500")
+
+        def read() -> list[dict]:
+            if not self.store.index.host_exists(host):
+                raise NotFound("no_such_host", f"no host named {host!r}")
+            return [r.to_json() for r in self.store.runs.list(host, int(raw))]
+
+        runs = await self.run(read)
+        return web.json_response({"host": host, "runs": runs})
+
+    async def not_backed_up(self, request: web.Request) -> web.Response:
+        require_overview(request)
+        host = request.match_info["host"]
+
+        def read() -> dict:
+            self.store.plans.get(host)  # 404 for an unknown host
+            return self.store.runs.gaps(host)
+
+        return web.json_response(await self.run(read))
