@@ -18,8 +18,9 @@ absent, random order) through the real `ChunkStore.touch_missing`, cold (page ca
 and inodes dropped, when root) and warm (the same batches again). Then it fills `dc_chunks`
 with N rows through the real `Index` (bulk transactions of 100,000; the per-upload `dc_add`
 rate is sampled separately, since it is one fsync'd transaction per chunk), and times
-`dc_missing` the same way, and what `dc_chunk_ids` (replication's DC prune loads it whole)
-costs in time and memory. Free inodes and space are checked first.
+`dc_missing` the same way, and what putting every recorded id in object-name order (what
+`rdr dc verify` merges with the bucket listing; sorted on disk) costs in time and memory.
+Free inodes and space are checked first.
 
 Last, the commit's final check of a daily backup that reuses most of its parent (up to a
 million chunks, 1 % of them new since the parent): the real `Datastore` check, which trusts the
@@ -266,13 +267,22 @@ def measure_index(path: Path, n: int, count: int, seed: int) -> dict:
     n_rows, _ = idx.dc_stats()
     out["dc_stats_seconds"] = round(time.perf_counter() - t0, 3)
     assert n_rows == n, (n_rows, n)
+    # `rdr dc verify`: every recorded id as its object name, in name order, sorted on disk.
+    from appliance.replication.crypto import ObjectCipher
+    from appliance.store.extsort import sorted_lines
+
+    cipher = ObjectCipher(bytes(32))
     _reset_hwm()
     base = _status_kib("VmRSS") * 1024
     t0 = time.perf_counter()
-    ids = idx.dc_chunk_ids()
-    out["dc_chunk_ids"] = {"seconds": round(time.perf_counter() - t0, 2), "ids": len(ids),
-                           "rss_growth_bytes": _status_kib("VmHWM") * 1024 - base}
-    del ids
+    names = sorted_lines((f"{cipher.name('chunk', c)} {c}" for c in idx.iter_dc_chunk_ids()),
+                         path.parent)
+    count, last = 0, ""
+    for line in names:
+        assert line >= last
+        count, last = count + 1, line
+    out["dc_verify_sort"] = {"seconds": round(time.perf_counter() - t0, 2), "ids": count,
+                             "rss_growth_bytes": _status_kib("VmHWM") * 1024 - base}
     idx.close()
     return out
 

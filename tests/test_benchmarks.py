@@ -72,7 +72,7 @@ def test_scale_check_small(tmp_path: Path) -> None:
     assert (tm.get("cold") or tm["first_pass"])["lookups_per_second"] > 0
     dc = r["dc_chunks"]
     assert dc["file_bytes"] > 0 and dc["dc_missing_warm"]["lookups_per_second"] > 0
-    assert dc["dc_chunk_ids"]["ids"] == 20000
+    assert dc["dc_verify_sort"]["ids"] == 20000
     cc = r["commit_check"]  # the check itself asserts that exactly the new 1 % was touched
     assert (cc["reused_chunks"], cc["not_in_parent"]) == (10000, 100)
     assert cc["vouched_check_seconds"] > 0 and cc["touch_all"]["per_second"] > 0

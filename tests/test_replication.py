@@ -164,7 +164,7 @@ async def test_dc_verify_names_missing_and_damaged_chunks(store, pool, tmp_path)
     dc = DirTarget(tmp_path / "dc")
     await replicator(store, dc, pool).run_pass()
     cipher = ObjectCipher(KEY)
-    ids = sorted(store.index.dc_chunk_ids())
+    ids = list(store.index.iter_dc_chunk_ids())
     assert len(ids) >= 6
     gone, bad = ids[1], ids[-2]
     (tmp_path / "dc" / chunk_name(cipher, gone)).unlink()

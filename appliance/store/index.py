@@ -661,9 +661,6 @@ class Index:
         with self.tx() as db:
             db.executemany("DELETE FROM dc_chunks WHERE id = ?", [(c,) for c in ids])
 
-    def dc_chunk_ids(self) -> list[str]:
-        return [r[0] for r in self._q("SELECT id FROM dc_chunks ORDER BY id")]
-
     def iter_dc_chunk_ids(self, page: int = 10_000) -> Iterator[str]:
         """The ids the data center holds, sorted, a page at a time: at ten million chunks the
         whole list would take gigabytes. Rows deleted behind the cursor are fine."""
