@@ -351,6 +351,7 @@ def main(argv: list[str]) -> int:
     root = tmp / "chunks"
     result: dict = {"chunks": n, "batch": BATCH, "room": room,
                     "machine": {"cpus": os.cpu_count(), "root": os.geteuid() == 0}}
+    out = args.out or RESULTS / ("scale.json" if n == DEFAULT_CHUNKS else f"scale-{n}.json")
     try:
         root.mkdir()
         print(f"creating {n:,} chunk files under {root} with {args.workers} processes ...",
@@ -366,13 +367,13 @@ def main(argv: list[str]) -> int:
                                            args.seed)
         print("  timing a big commit's final check ...", file=sys.stderr, flush=True)
         result["commit_check"] = measure_commit_check(tmp, n)
+        # Written before the removal, which takes minutes at ten million files.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
     finally:
         print("  removing the store ...", file=sys.stderr, flush=True)
         remove_store(root, args.workers)
         shutil.rmtree(tmp, ignore_errors=True)
-    out = args.out or RESULTS / ("scale.json" if n == DEFAULT_CHUNKS else f"scale-{n}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
     json.dump(result, sys.stdout, indent=1)
     print()
     return 0
