@@ -69,7 +69,8 @@ def _unescape(field_: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
 
 
-def _mounts() -> list[_Mount]:
+def mounts() -> list[_Mount]:
+    """The mount table (also used to find where a seed disk is mounted)."""
     mounts = []
     for line in MOUNTINFO.read_text().splitlines():
         parts = line.split()
@@ -86,7 +87,7 @@ def _mounts() -> list[_Mount]:
 def _mount_of(path: str) -> _Mount | None:
     """The mount that holds the (absolute, symlink-free) path; the topmost one wins."""
     best: _Mount | None = None
-    for m in _mounts():
+    for m in mounts():
         mp = m.mount_point
         inside = path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/")
         if inside and (best is None or len(mp) >= len(best.mount_point)):
