@@ -82,6 +82,7 @@ class SeedDisks:
         self.mount_root = Path(mount_root)
         self.disks: dict[str, SeedDisk] = {}
         self.running: _Running | None = None
+        self.last: dict | None = None  # the last operation's outcome, after its disk is gone
         self._events: list[asyncio.Task] = []
 
     async def _run(self, fn, *args):
@@ -139,13 +140,15 @@ class SeedDisks:
             if run.task is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.shield(run.task)
-        await self._run(mounts.release, disk.mount)
+        if disk.state != "gone":
+            await self._run(mounts.release, disk.mount)
         self.disks.pop(name, None)
         log.warning("%s disk %s removed", disk.kind, name)
 
     # --- operations ---
     def status(self) -> dict:
         return {"disks": [d.to_json() for d in self.disks.values()],
+                "last_operation": self.last,
                 "pending_seed": seed_pending.get(self.store.index)}
 
     async def arm(self, name: str, op: str, hosts: list[str] | None = None) -> dict:
@@ -202,7 +205,7 @@ class SeedDisks:
             # A dead disk: release its mount now (a USB disk's device is gone already; a
             # failing one must not stay mounted), and let the admin insert it again.
             await self._run(mounts.release, disk.mount)
-            self.disks.pop(disk.device, None)
+            disk.state = "gone"
             progress.state = "interrupted"
             progress.message = (f"the disk failed or was removed ({exc.strerror or exc}); "
                                 + ("insert it again to resume the export"
@@ -215,7 +218,9 @@ class SeedDisks:
             if run.stop.is_set() and progress.state == "failed":
                 progress.state = "interrupted"
             disk.progress = progress.to_json()
-            disk.state = "ready" if disk.device in self.disks else "gone"
+            if disk.state == "busy":
+                disk.state = "ready" if disk.device in self.disks else "gone"
+            self.last = {"device": disk.device, "kind": disk.kind, **disk.progress}
             disk.error = "" if progress.state == "done" else progress.message
             self.running = None
             if disk.state == "ready":
