@@ -326,3 +326,82 @@ async def test_recovery_disk_is_checked_in_full_before_anything_is_written(
                                                 "--key-file", str(key), "--to", str(to)])
         assert rc == 0, err
         assert {p.name.encode(): p.read_bytes() for p in to.iterdir()} == files
+
+
+def import_in_browser(url: str, device: str, downloads: Path, profile: Path) -> list[str]:
+    """The admin signs in, finds the inserted recovery disk on the overview and imports it
+    (blocking); returns the texts the panel showed."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from .test_web_browser import chrome
+
+    d = chrome(downloads, profile)
+    w = WebDriverWait(d, 30)
+    try:
+        d.get(url + "/")
+        w.until(EC.visibility_of_element_located((By.ID, "login-name"))).send_keys("alice")
+        d.find_element(By.ID, "login-password").send_keys(PASSWORD + "\n")
+        item = w.until(EC.presence_of_element_located(
+            (By.CSS_SELECTOR, f'#seed-disks li[data-device="{device}"]')))
+        before = item.text
+        d.find_element(By.CSS_SELECTOR, f'button[data-arm="{device}"]').click()
+        w.until(lambda d: "done" in d.find_element(
+            By.CSS_SELECTOR, f'#seed-disks li[data-device="{device}"] .seed-progress').text.lower())
+        after = d.find_element(By.CSS_SELECTOR, f'#seed-disks li[data-device="{device}"]').text
+        d.refresh()
+        row = w.until(EC.presence_of_element_located(
+            (By.CSS_SELECTOR, '#hosts-table tr[data-host="web01"]')))
+        return [before, after, row.text]
+    finally:
+        d.quit()
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromedriver").exists(), reason="needs chromium")
+async def test_page_imports_an_inserted_recovery_disk(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from appliance.seed.dcside import export_recover
+
+    key = tmp_path / "escrowed.key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    cipher = ObjectCipher(bytes.fromhex(key.read_text().strip()))
+    src = Datastore(tmp_path / "old-appliance", reserve_bytes=0)
+    src.add_host("web01")
+    snap = commit_files(src, "web01", content(6, 4)).snapshot
+    dc = DirTarget(tmp_path / "dc")
+    with ThreadPoolExecutor(2) as pool:
+        await Replicator(src, dc, cipher, pool).run_pass()
+    src.close()
+    img = disk_image(tmp_path / "recover.img", 64 << 20)
+    mnt = tmp_path / "dc-mnt"
+    mnt.mkdir()
+    data = tmp_path / "new-appliance"
+    cfg = make_config(data, reserve_mb=0)
+    cfg.health.watch_disks = True
+    cfg.seed.mount_root = str(tmp_path / "disks")
+    cfg.replication.key_file = str(key)
+    with fresh_loop(mnt) as index:
+        name = f"loop{index}"
+        sh("losetup", f"/dev/{name}", str(img))
+        sh("mkfs.ext4", "-q", "-L", "RDR-RECOVER", f"/dev/{name}")
+        sh("mount", f"/dev/{name}", str(mnt))
+        await export_recover(dc, cipher, "web01", "latest", disk_mod.DiskLayout(mnt))
+        sh("umount", str(mnt))
+        daemon = Daemon(cfg)
+        await daemon.start()
+        try:
+            Accounts(daemon.store.index).add("alice", PASSWORD)
+            host, port = daemon.addresses[0]
+            plug(index)
+            await until(lambda: name in daemon.seeds.disks, "the recovery disk")
+            before, after, row = await asyncio.to_thread(
+                import_in_browser, f"https://{host}:{port}", name, tmp_path / "dl",
+                tmp_path / "profile")
+            assert "Rapid Recover" in before and "Holds 1 snapshots of web01" in before
+            assert "import: " in after and "imported web01/" + snap in after
+            assert "web01" in row
+            assert daemon.store.index.snapshot("web01", snap).replicated_at is not None
+        finally:
+            await daemon.stop()

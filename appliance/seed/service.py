@@ -84,6 +84,7 @@ class SeedDisks:
         self.running: _Running | None = None
         self.last: dict | None = None  # the last operation's outcome, after its disk is gone
         self._events: list[asyncio.Task] = []
+        self._event_lock = asyncio.Lock()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -91,10 +92,19 @@ class SeedDisks:
     # --- watcher events (on the loop) ---
     def on_event(self, action: str, info: dict) -> None:
         name = info.get("device", "")
-        coro = self.added(name) if action == "add" else self.removed(name)
-        task = asyncio.get_running_loop().create_task(coro, name=f"seed-{action}-{name}")
+        task = asyncio.get_running_loop().create_task(self._handle(action, name),
+                                                      name=f"seed-{action}-{name}")
         self._events.append(task)
         task.add_done_callback(self._events.remove)
+
+    async def _handle(self, action: str, name: str) -> None:
+        """Events are handled one at a time, in order: a disk often announces itself more
+        than once, and an add must not race a remove."""
+        async with self._event_lock:
+            if action == "add":
+                await self.added(name)
+            else:
+                await self.removed(name)
 
     async def added(self, name: str) -> None:
         if name in self.disks and self.disks[name].state != "gone":
@@ -125,7 +135,7 @@ class SeedDisks:
         layout = DiskLayout(disk.mount)
         try:
             disk.header = await self._run(layout.header)
-            if disk.progress is None or disk.progress.get("state") != "running":
+            if disk.progress is None:  # an export's counters, from the disk itself
                 disk.progress = await self._run(layout.progress)
         except (SeedError, OSError) as exc:
             disk.error = str(exc)
