@@ -286,7 +286,7 @@ async def test_recovery_disk_is_checked_in_full_before_anything_is_written(
         assert rc == 0, err
         assert json.loads(out)["header"]["snapshots"] == [{"host": "web01", "snapshot": snap}]
         # One chunk object is damaged in transit.
-        victim = sorted((mnt / "objects" / "c").iterdir())[3]
+        victim = max((mnt / "objects" / "c").iterdir(), key=lambda p: p.stat().st_size)
         good = victim.read_bytes()
         victim.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
         sh("umount", str(mnt))

@@ -232,9 +232,9 @@ class SeedDisks:
                 disk.state = "ready" if disk.device in self.disks else "gone"
             self.last = {"device": disk.device, "kind": disk.kind, **disk.progress}
             disk.error = "" if progress.state == "done" else progress.message
-            self.running = None
             if disk.state == "ready":
                 await self._refresh(disk)
+            self.running = None  # last: the panel then shows the disk as it now is
             log.warning("seed %s on %s: %s %s", progress.op, disk.device, progress.state,
                         progress.message)
 
