@@ -64,6 +64,19 @@ def plug(index: int) -> None:
     Path(f"/sys/block/loop{index}/uevent").write_text(f"add {uuid.uuid4()} BUS=usb")
 
 
+def mount(dev: str, where: Path, *opts: str) -> None:
+    """mount(8), retried while the device is briefly busy: a udevd (other tests on this
+    machine start one) probes a block device right after it is unmounted."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = subprocess.run(["mount", *opts, dev, str(where)], capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        if "busy" not in r.stderr or time.monotonic() > deadline:
+            raise AssertionError(r.stderr)
+        time.sleep(0.2)
+
+
 def mount_options(path: Path) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -215,7 +228,7 @@ async def test_seed_export_survives_an_unplug_and_seeds_the_data_center(
             # At the data center: the disk is mounted and imported into the bucket.
             dc_mnt = tmp_path / "dc-mnt"
             dc_mnt.mkdir()
-            sh("mount", "-o", "ro", f"/dev/{name}", str(dc_mnt))
+            mount(f"/dev/{name}", dc_mnt, "-o", "ro")
             try:
                 access = ["--endpoint", s3.endpoint, "--bucket", "seeded", "--access-key",
                           s3.access_key, "--secret-key", s3.secret_key,
@@ -280,7 +293,7 @@ async def test_recovery_disk_is_checked_in_full_before_anything_is_written(
         dev = f"/dev/loop{index}"
         sh("losetup", dev, str(img))
         sh("mkfs.ext4", "-q", "-L", "RDR-RECOVER", dev)
-        sh("mount", dev, str(mnt))
+        mount(dev, mnt)
         rc, out, err = await run(rdr_cmd() + ["dc", "export-recover", "--host", "web01",
                                               str(mnt), "--json"] + access)
         assert rc == 0, err
@@ -304,7 +317,7 @@ async def test_recovery_disk_is_checked_in_full_before_anything_is_written(
         store.close()
         assert not is_mounted(tmp_path / "disks" / f"cli-loop{index}")
 
-        sh("mount", dev, str(mnt))
+        mount(dev, mnt)
         victim.write_bytes(good)
         sh("umount", str(mnt))
         rc, out, err = await run(rdr_cmd() + ["seed", "import", "--device", dev, "--json",
@@ -320,7 +333,7 @@ async def test_recovery_disk_is_checked_in_full_before_anything_is_written(
                                  + access)
         assert rc == 0, out + err
         # ...or straight from the disk plugged into the server.
-        sh("mount", "-o", "ro", dev, str(mnt))
+        mount(dev, mnt, "-o", "ro")
         to = tmp_path / "restored"
         rc, out, err = await run(agent_cmd() + ["restore", "latest", "--from-disk", str(mnt),
                                                 "--key-file", str(key), "--to", str(to)])
@@ -386,7 +399,7 @@ async def test_page_imports_an_inserted_recovery_disk(tmp_path: Path) -> None:
         name = f"loop{index}"
         sh("losetup", f"/dev/{name}", str(img))
         sh("mkfs.ext4", "-q", "-L", "RDR-RECOVER", f"/dev/{name}")
-        sh("mount", f"/dev/{name}", str(mnt))
+        mount(f"/dev/{name}", mnt)
         await export_recover(dc, cipher, "web01", "latest", disk_mod.DiskLayout(mnt))
         sh("umount", str(mnt))
         daemon = Daemon(cfg)

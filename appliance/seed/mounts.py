@@ -13,6 +13,7 @@ import contextlib
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,10 +84,22 @@ def mount_point(node: str) -> Path | None:
     return None
 
 
-def mount(p: Probe, where: Path, *, readonly: bool) -> None:
+def mount(p: Probe, where: Path, *, readonly: bool, busy_wait: float = 10.0) -> None:
+    """Mount; while the device is briefly held by someone else (udev's probe of a disk that
+    just appeared or was just unmounted: "already mounted or mount point busy"), retry."""
     where.mkdir(parents=True, exist_ok=True)
     opts = ("ro," if readonly else "rw,") + _OPTIONS
-    _run("mount", "-t", p.fstype or "auto", "-o", opts, p.devnode, str(where))
+    deadline = time.monotonic() + busy_wait
+    while True:
+        try:
+            _run("mount", "-t", p.fstype or "auto", "-o", opts, p.devnode, str(where))
+            return
+        except SeedError as exc:
+            if "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            if mount_point(p.devnode) is not None:  # mounted elsewhere meanwhile: real
+                raise
+        time.sleep(0.2)
 
 
 def remount(where: Path, *, readonly: bool) -> None:
