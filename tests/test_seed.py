@@ -418,3 +418,44 @@ async def test_page_imports_an_inserted_recovery_disk(tmp_path: Path) -> None:
             assert daemon.store.index.snapshot("web01", snap).replicated_at is not None
         finally:
             await daemon.stop()
+
+
+async def test_cli_export_then_a_lost_disk_is_cancelled(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    st = Datastore(data, reserve_bytes=0)
+    for host, seed in (("web01", 5), ("db01", 6)):
+        st.add_host(host)
+        commit_files(st, host, content(4, seed))
+    st.close()
+    conf = tmp_path / "rdr.toml"
+    conf.write_text(f"[store]\npath = '{data}'\nreserve_mb = 0\n[replication]\n"
+                    f"target = 'dir'\ndirectory = '{tmp_path / 'dc'}'\n"
+                    f"[seed]\nmount_root = '{tmp_path / 'disks'}'\n")
+    rdr = rdr_cmd()
+    img = disk_image(tmp_path / "seed.img", 64 << 20)
+    with fresh_loop() as index:
+        dev = f"/dev/loop{index}"
+        sh("losetup", dev, str(img))
+        sh("mkfs.ext4", "-q", "-L", "RDR-PROTECT", dev)
+        rc, out, err = await run(rdr + ["seed", "export", "--device", dev, "--host", "web01",
+                                        "--json", "--config", str(conf)])
+        assert rc == 0, err
+        header = json.loads(out)["header"]
+        assert header["hosts"] == ["web01"] and header["objects"] == 4 + 2 + 3
+        assert not is_mounted(tmp_path / "disks" / f"cli-loop{index}")  # released after
+        rc, out, err = await run(rdr + ["seed", "export", "--device", dev,
+                                        "--config", str(conf)])
+        assert rc == 1 and "already holds a complete seed" in err
+    rc, out, err = await run(rdr + ["seed", "status", "--config", str(conf)])
+    assert "shipped" in out and "web01" in out
+    rc, out, err = await run(rdr + ["replicate", "--json", "--config", str(conf)])
+    res = json.loads(out)
+    assert res["held_for_seed"] == ["web01"] and res["snapshots_replicated"] == 1  # db01
+    # The disk is lost in transit: the admin cancels, web01 replicates over the link.
+    rc, out, err = await run(rdr + ["seed", "cancel", "--config", str(conf)])
+    assert rc == 0 and "cancelled" in out
+    rc, out, err = await run(rdr + ["replicate", "--json", "--config", str(conf)])
+    res = json.loads(out)
+    assert res["held_for_seed"] == [] and res["snapshots_replicated"] == 1
+    # its 4 data chunks, catalog and directory index; what db01 shares was sent already
+    assert res["objects_sent"] >= 4 and res["objects_sent"] + res["objects_skipped"] == 6
