@@ -459,3 +459,61 @@ async def test_cli_export_then_a_lost_disk_is_cancelled(tmp_path: Path) -> None:
     assert res["held_for_seed"] == [] and res["snapshots_replicated"] == 1
     # its 4 data chunks, catalog and directory index; what db01 shares was sent already
     assert res["objects_sent"] >= 4 and res["objects_sent"] + res["objects_skipped"] == 6
+
+
+class SlowCipher(ObjectCipher):
+    """Opens objects a little slowly, so that the unplug lands in the middle of a read."""
+
+    def open(self, name: str, blob: bytes) -> bytes:
+        time.sleep(0.02)
+        return super().open(name, blob)
+
+
+async def test_recovery_disk_dying_mid_import_leaves_the_store_untouched(
+        tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from appliance.seed.dcside import export_recover
+    from appliance.seed.service import SeedDisks
+
+    key = os.urandom(32)
+    cipher = ObjectCipher(key)
+    src = Datastore(tmp_path / "old", reserve_bytes=0)
+    src.add_host("web01")
+    commit_files(src, "web01", content(30, 7, 50_000))
+    dc = DirTarget(tmp_path / "dc")
+    img = disk_image(tmp_path / "recover.img", 64 << 20)
+    mnt = tmp_path / "dc-mnt"
+    mnt.mkdir()
+    store = Datastore(tmp_path / "new", reserve_bytes=0)
+    with ThreadPoolExecutor(2) as pool, fresh_loop(mnt) as index:
+        await Replicator(src, dc, cipher, pool).run_pass()
+        name = f"loop{index}"
+        sh("losetup", f"/dev/{name}", str(img))
+        sh("mkfs.ext4", "-q", "-L", "RDR-RECOVER", f"/dev/{name}")
+        mount(f"/dev/{name}", mnt)
+        await export_recover(dc, cipher, "web01", "latest", disk_mod.DiskLayout(mnt))
+        sh("umount", str(mnt))
+        seeds = SeedDisks(store, lambda: SlowCipher(key), pool, "RDR-TEST", tmp_path / "disks")
+        try:
+            await seeds.added(name)
+            where = seeds.disks[name].mount
+            assert "ro" in mount_options(where)
+            await seeds.arm(name, "import")
+            await until(lambda: seeds.disks[name].progress["done_objects"] >= 5, "a few reads")
+            fd = os.open(where, os.O_RDONLY)
+            try:
+                fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_NOLOGFLUSH))
+            finally:
+                os.close(fd)
+            await until(lambda: seeds.running is None, "the import to stop")
+            last = seeds.status()["last_operation"]
+            assert last["state"] == "interrupted" and "nothing was imported" in last["message"]
+            assert seeds.disks[name].state == "gone" and not is_mounted(where)
+            assert store.index.snapshots() == [] and list(store.chunks.iter_ids()) == []
+            await seeds.removed(name)
+            assert seeds.status()["disks"] == []
+        finally:
+            await seeds.close()
+            store.close()
+            src.close()
