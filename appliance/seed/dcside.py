@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import time
+from collections.abc import Iterator
 
 from ..replication.crypto import ObjectCipher
 from ..replication.dc import load_snapshot
@@ -43,10 +45,9 @@ async def import_seed(target: Target, cipher: ObjectCipher, layout: DiskLayout,
     uploads nothing), the checkpoints last and read back. Resumable: objects already in the
     bucket are not sent again."""
     progress = progress or Progress("import-seed")
-    entries = await asyncio.to_thread(verify_disk, layout, cipher, PROTECT, Progress("verify"))
+    count = await asyncio.to_thread(verify_disk, layout, cipher, PROTECT, Progress("verify"))
     h = layout.need(PROTECT, complete=True)
-    entries.sort(key=lambda e: _ORDER.index(e[0][0]))  # stable: journal order within a kind
-    progress.total_objects = len(entries)
+    progress.total_objects = count
     await target.prepare()
     slots = asyncio.Semaphore(CONCURRENCY)
 
@@ -62,16 +63,24 @@ async def import_seed(target: Target, cipher: ObjectCipher, layout: DiskLayout,
                 report(progress)
 
     for kind in _ORDER:  # a kind completes before the next starts
-        batch = [one(n, s) for n, s in entries if n[0] == kind]
-        await _all(batch)
+        lines = layout.journal_lines()
+        while batch := await asyncio.to_thread(_next_batch, lines, kind):
+            await _all([one(n, s) for n, s in batch])
     for s in h["snapshots"]:
         _, _, k_name = snapshot_names(cipher, s["host"], s["snapshot"])
         if cipher.open(k_name, await target.get(k_name)) != cipher.open(
                 k_name, layout.object_path(k_name).read_bytes()):
             raise SeedError(f"checkpoint of {s['host']}/{s['snapshot']} read back differently")
     progress.state = "done"
-    progress.message = f"imported {len(h['snapshots'])} snapshots, {len(entries)} objects"
+    progress.message = f"imported {len(h['snapshots'])} snapshots, {count} objects"
     return h
+
+
+def _next_batch(lines: Iterator[tuple[str, str]], kind: str,
+                size: int = 256) -> list[tuple[str, str]]:
+    """The next journal entries of one kind (a pass over the journal per kind: constant
+    memory at a million objects)."""
+    return list(itertools.islice((e for e in lines if e[0][0] == kind), size))
 
 
 async def _all(coros: list) -> None:

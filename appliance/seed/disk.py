@@ -169,10 +169,10 @@ class DiskLayout:
         atomic_write(self.root / PROGRESS, json.dumps(p.to_json()).encode())
 
     # --- the journal ---
-    def journal(self) -> dict[str, str]:
-        """name -> sha256 of every journaled object (a torn last line is ignored: its
-        object is simply written again)."""
-        out: dict[str, str] = {}
+    def journal(self) -> set[str]:
+        """Names of the journaled objects (a torn last line is ignored: its object is simply
+        written again)."""
+        out: set[str] = set()
         if not (self.root / SUMS).exists():
             return out
         with open(self.root / SUMS, "rb") as f:
@@ -180,7 +180,7 @@ class DiskLayout:
                 parts = line.decode("ascii", "replace").rstrip("\n").split("  ", 1)
                 if (len(parts) == 2 and len(parts[0]) == 64 and line.endswith(b"\n")
                         and parts[1].startswith(OBJECTS + "/")):
-                    out[parts[1][len(OBJECTS) + 1:]] = parts[0]
+                    out.add(parts[1][len(OBJECTS) + 1:])
         return out
 
     def journal_lines(self) -> Iterator[tuple[str, str]]:
@@ -249,8 +249,7 @@ class ObjectWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
-        for name, sha in self._pending:
-            self.done[name] = sha
+        self.done.update(name for name, _ in self._pending)
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -281,26 +280,28 @@ def index_ids(data: bytes) -> list[str]:
 
 def verify_disk(layout: DiskLayout, cipher: ObjectCipher, kind: str,
                 progress: Progress | None = None, report: Reporter | None = None,
-                ) -> list[tuple[str, str]]:
+                ) -> int:
     """Check every object of a complete disk before anything is taken from it.
 
-    Returns the objects in journal order as (name, sha256); raises DamagedDisk naming every
-    object that is missing, differs from its checksum or does not decrypt under this key."""
+    Returns how many objects it holds; raises DamagedDisk naming every object that is
+    missing, differs from its checksum or does not decrypt under this key. The journal is
+    streamed, twice (sizes, then contents): a terabyte disk holds a million objects."""
     h = layout.need(kind, complete=True)
     if h.get("key_id") != key_id(cipher):
         raise SeedError("the disk was written under another data key (key id "
                         f"{h.get('key_id')}, this key is {key_id(cipher)})")
     if layout.sums_sha256() != h.get("sums_sha256"):
         raise DamagedDisk([(SUMS, "does not match the checksum in the header")])
-    entries = list(layout.journal_lines())
-    if len(entries) != h.get("objects"):
-        raise DamagedDisk([(SUMS, f"lists {len(entries)} objects, the header "
-                                  f"{h.get('objects')}")])
+    count, total = 0, 0
+    for name, _ in layout.journal_lines():
+        count += 1
+        total += _size(layout.object_path(name))
+    if count != h.get("objects"):
+        raise DamagedDisk([(SUMS, f"lists {count} objects, the header {h.get('objects')}")])
     if progress is not None:
-        progress.total_objects = len(entries)
-        progress.total_bytes = sum(_size(layout.object_path(n)) for n, _ in entries)
+        progress.total_objects, progress.total_bytes = count, total
     damaged: list[tuple[str, str]] = []
-    for name, sha in entries:
+    for name, sha in layout.journal_lines():
         try:
             blob = layout.object_path(name).read_bytes()
         except FileNotFoundError:
@@ -319,4 +320,4 @@ def verify_disk(layout: DiskLayout, cipher: ObjectCipher, kind: str,
                 report(progress)
     if damaged:
         raise DamagedDisk(damaged)
-    return entries
+    return count

@@ -44,10 +44,10 @@ def import_recovery(store: Datastore, cipher: ObjectCipher, layout: DiskLayout,
     cannot take the chunks put before their snapshot is published."""
     with exclusive(store.root / "maintenance.lock", wait=False,
                    busy="a maintenance job (prune, GC, verify) is running; try again later"):
-        entries = verify_disk(layout, cipher, RECOVER, progress, report)
+        count = verify_disk(layout, cipher, RECOVER, progress, report)
         h = layout.need(RECOVER, complete=True)
         # the import phase reads the same objects again: count both phases
-        progress.total_objects += len(entries)
+        progress.total_objects += count
         progress.total_bytes *= 2
         done = []
         for s in h["snapshots"]:
