@@ -8,6 +8,7 @@ mounted filesystem fails with EIO, as on a yanked disk), the data center on a re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import json
@@ -517,3 +518,21 @@ async def test_recovery_disk_dying_mid_import_leaves_the_store_untouched(
             await seeds.close()
             store.close()
             src.close()
+
+
+async def test_a_disk_inserted_before_the_watcher_starts_is_announced() -> None:
+    """A seed disk already plugged in when the daemon starts (or restarts) is not missed."""
+    from appliance.health.disks import RemovableDiskWatcher
+
+    with fresh_loop() as index:
+        name = f"loop{index}"
+        seen: list[tuple[str, dict]] = []
+        watcher = RemovableDiskWatcher(lambda a, i: seen.append((a, i)), include_fixed=True)
+        task = asyncio.create_task(watcher.run())
+        try:
+            await until(watcher.ready.is_set, "the watcher to start")
+            assert ("add", name) in [(a, i["device"]) for a, i in seen]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
