@@ -107,9 +107,16 @@ def remount(where: Path, *, readonly: bool) -> None:
 
 
 def release(where: Path) -> None:
-    """Unmount (lazily: a pulled disk's dead filesystem may hang a plain umount) and remove
-    the mount directory."""
-    subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=60)
+    """Unmount and remove the mount directory. A plain umount first (when it returns, the
+    filesystem is flushed and the device free to pull); lazily if that fails or hangs, as a
+    pulled disk's dead filesystem may."""
+    try:
+        done = subprocess.run(["umount", str(where)], capture_output=True,
+                              timeout=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        done = False
+    if not done:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=60)
     with contextlib.suppress(OSError):
         where.rmdir()
 
