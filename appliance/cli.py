@@ -29,6 +29,21 @@ from .replication.engine import PassResult
 from .replication.status import replication_status
 from .replication.targets import TargetError
 from .replication.tunnel import route_present
+from .seed import mounts as seed_mounts
+from .seed import pending as seed_pending
+from .seed.dcside import export_recover, import_seed
+from .seed.disk import (
+    PROTECT,
+    RECOVER,
+    DamagedDisk,
+    DiskLayout,
+    Reporter,
+    SeedError,
+    one_operation,
+)
+from .seed.disk import Progress as DiskProgress
+from .seed.export import export_seed
+from .seed.recover import import_recovery
 from .store.accounts import Accounts, check_password_rules
 from .store.backup_plans import HostPlan
 from .store.datastore import Datastore
@@ -431,6 +446,139 @@ class Cli:
                 print(f"  not restored: {path}: {err}")
         return 3 if summary.errors else 0
 
+    # --- Rapid Protect / Rapid Recover disks ---
+    def _disk_reporter(self, kind: str, layout: DiskLayout | None = None) -> Reporter:
+        echo = self.echo(kind)
+
+        def report(p: DiskProgress) -> None:
+            if layout is not None:
+                layout.write_progress(p)  # the daemon's panel reads it from the disk
+            if echo is not None and p.total_objects:
+                echo(p.done_objects / p.total_objects,
+                     f"{p.done_objects}/{p.total_objects} objects, {human_bytes(p.done_bytes)}")
+
+        return report
+
+    @staticmethod
+    def _print_damage(exc: DamagedDisk) -> int:
+        print(f"rdr: error: {exc}", file=sys.stderr)
+        for name, why in exc.damaged[:50]:
+            print(f"  damaged: {name}: {why}", file=sys.stderr)
+        return 3
+
+    def seed_export(self) -> int:
+        cipher = wiring.replication_cipher(self.cfg)
+        progress = DiskProgress("export")
+        with self.stored() as store, one_operation(store.root), seed_mounts.opened(
+                self.args.device, PROTECT, Path(self.cfg.seed.mount_root),
+                writable=True) as root:
+            layout = DiskLayout(root)
+            try:
+                h = export_seed(store, cipher, layout, self.cfg.appliance.serial,
+                                self.args.hosts or None, progress,
+                                self._disk_reporter("seed export", layout))
+            except OSError as exc:
+                raise SeedError(f"the disk failed or was removed ({exc.strerror or exc}): "
+                                "insert it again and run the same command to resume") from None
+            finally:
+                self.end_echo()
+        if self.args.json:
+            print(json.dumps({"header": h, "progress": progress.to_json()}, indent=1))
+        else:
+            print(f"seed written: {len(h['snapshots'])} snapshots of {', '.join(h['hosts'])}, "
+                  f"{h['objects']} objects ({human_bytes(h['bytes'])}); replication holds "
+                  "these hosts until the data center has imported the disk")
+        return 0
+
+    def seed_import(self) -> int:
+        cipher = wiring.replication_cipher(self.cfg)
+        progress = DiskProgress("import")
+        with self.stored() as store, one_operation(store.root), seed_mounts.opened(
+                self.args.device, RECOVER, Path(self.cfg.seed.mount_root),
+                writable=False) as root:
+            try:
+                done = import_recovery(store, cipher, DiskLayout(root), progress,
+                                       self._disk_reporter("seed import"))
+            except DamagedDisk as exc:
+                return self._print_damage(exc)
+            finally:
+                self.end_echo()
+        if self.args.json:
+            print(json.dumps({"imported": done, "progress": progress.to_json()}, indent=1))
+        else:
+            print(f"{progress.message}; {progress.done_objects} objects checked and read")
+        return 0
+
+    def seed_status(self) -> int:
+        with self.stored() as store:
+            seed = seed_pending.get(store.index)
+        if self.args.json:
+            print(json.dumps({"pending_seed": seed}, indent=1))
+        elif not seed:
+            print("no seed pending: replication sends everything over the link")
+        else:
+            print(f"seed {seed['state']} since {_ts(seed['since'])}: hosts "
+                  f"{', '.join(seed['hosts'])} ({len(seed['snapshots'])} snapshots) wait for "
+                  "the data center's import; replication holds them until then")
+        return 0
+
+    def seed_cancel(self) -> int:
+        with self.stored() as store:
+            was = seed_pending.clear(store.index)
+        print("no seed was pending" if not was else
+              f"seed of {', '.join(was['hosts'])} cancelled: they replicate over the link now")
+        return 0
+
+    def dc_import_seed(self) -> int:
+        target, cipher = self._dc_access()
+        progress = DiskProgress("import-seed")
+
+        async def go() -> dict:
+            try:
+                return await import_seed(target, cipher, DiskLayout(Path(self.args.dir)),
+                                         progress, self._disk_reporter("import seed"))
+            finally:
+                await target.close()
+
+        try:
+            h = asyncio.run(go())
+        except DamagedDisk as exc:
+            return self._print_damage(exc)
+        finally:
+            self.end_echo()
+        if self.args.json:
+            print(json.dumps({"header": h, "progress": progress.to_json()}, indent=1))
+        else:
+            print(f"seed of appliance {h.get('appliance')} imported: {len(h['snapshots'])} "
+                  f"snapshots ({', '.join(h['hosts'])}), {progress.done_objects} objects "
+                  "checked and stored; the appliance marks them replicated on its next pass")
+        return 0
+
+    def dc_export_recover(self) -> int:
+        target, cipher = self._dc_access()
+        progress = DiskProgress("export-recover")
+        layout = DiskLayout(Path(self.args.dir))
+
+        async def go() -> dict:
+            try:
+                return await export_recover(target, cipher, self.args.host, self.args.snapshot,
+                                            layout, progress,
+                                            self._disk_reporter("export recover", layout))
+            finally:
+                await target.close()
+
+        try:
+            h = asyncio.run(go())
+        finally:
+            self.end_echo()
+        if self.args.json:
+            print(json.dumps({"header": h, "progress": progress.to_json()}, indent=1))
+        else:
+            s = h["snapshots"][0]
+            print(f"recovery disk written: {s['host']}/{s['snapshot']}, {h['objects']} objects "
+                  f"({human_bytes(progress.done_bytes)}) in {self.args.dir}")
+        return 0
+
     def status(self) -> int:
         with self.stored() as store:
             st = gather_status(self.cfg, store)
@@ -799,6 +947,40 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true")
     dr.set_defaults(run=Cli.dc_restore)
 
+    di = dcsub.add_parser("import-seed", parents=[common, access],
+                          help="upload a Rapid Protect disk (mounted at DIR) to the bucket")
+    di.add_argument("dir", metavar="DIR")
+    di.add_argument("--json", action="store_true")
+    di.set_defaults(run=Cli.dc_import_seed)
+    de = dcsub.add_parser("export-recover", parents=[common, access],
+                          help="write a Rapid Recover disk (mounted at DIR) for one snapshot")
+    de.add_argument("--host", required=True)
+    de.add_argument("--snapshot", default="latest")
+    de.add_argument("dir", metavar="DIR")
+    de.add_argument("--json", action="store_true")
+    de.set_defaults(run=Cli.dc_export_recover)
+
+    sd = sub.add_parser("seed", help="Rapid Protect / Rapid Recover disks")
+    sdsub = sd.add_subparsers(dest="seed_command", required=True, metavar="ACTION")
+    se = sdsub.add_parser("export", parents=[common],
+                          help="write the first replication to a disk labelled RDR-PROTECT")
+    se.add_argument("--device", required=True, help="the disk's filesystem, e.g. /dev/sdb1")
+    se.add_argument("--host", dest="hosts", action="append", metavar="HOST",
+                    help="a host to seed (repeat; default: every host)")
+    se.add_argument("--json", action="store_true")
+    se.set_defaults(run=Cli.seed_export)
+    si = sdsub.add_parser("import", parents=[common],
+                          help="check and import a disk labelled RDR-RECOVER into the store")
+    si.add_argument("--device", required=True, help="the disk's filesystem, e.g. /dev/sdb1")
+    si.add_argument("--json", action="store_true")
+    si.set_defaults(run=Cli.seed_import)
+    ss = sdsub.add_parser("status", parents=[common], help="the seed waiting for the DC")
+    ss.add_argument("--json", action="store_true")
+    ss.set_defaults(run=Cli.seed_status)
+    sc = sdsub.add_parser("cancel", parents=[common],
+                          help="forget a pending seed (lost disk): replicate over the link")
+    sc.set_defaults(run=Cli.seed_cancel)
+
     tk = sub.add_parser("tokens", help="admin API tokens (for the provider's tools)")
     tsub = tk.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
     ta = tsub.add_parser("add", parents=[common], help="create a token and print it once")
@@ -862,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(Cli(args))
     except (ConfigError, StoreError, TargetError, DcError, ReplicationKeyError,
-            DecryptError) as exc:
+            DecryptError, SeedError) as exc:
         print(f"rdr: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -143,6 +143,13 @@ class HealthConfig:
 
 
 @dataclass(slots=True)
+class SeedConfig:
+    #: Where inserted Rapid Protect / Rapid Recover disks are mounted (read-only until an
+    #: operation is armed), one directory per kernel device name.
+    mount_root: str = "/run/rdr/disks"
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -154,6 +161,7 @@ class Config:
     datacenter: DatacenterConfig = field(default_factory=DatacenterConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    seed: SeedConfig = field(default_factory=SeedConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -39,10 +39,12 @@ from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
 from .health.systemd import Notifier
 from .ingest.api import IngestApi
+from .replication.crypto import ObjectCipher
 from .replication.engine import Replicator
 from .replication.status import replication_status
 from .replication.tunnel import TunnelWatch
 from .scheduler import Scheduler
+from .seed.service import SeedDisks
 from .store.accounts import Accounts
 from .store.chunkfile import MAX_FILE_SIZE
 from .store.datastore import Datastore
@@ -99,6 +101,8 @@ class Daemon:
         self.addresses: list[tuple[str, int]] = []
         self.browser: Browser | None = None
         self.backups: BackupScheduler | None = None
+        self.seeds: SeedDisks | None = None
+        self._cipher: ObjectCipher | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -146,8 +150,10 @@ class Daemon:
                            upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE)
         self.browser = Browser(self.store)
         self.backups = wiring.backup_scheduler(self.cfg, self.store)
+        self.seeds = SeedDisks(self.store, self._seed_cipher, self.pool,
+                               self.cfg.appliance.serial, Path(self.cfg.seed.mount_root))
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
-                       self._overview, ingest.jobs)
+                       self._overview, ingest.jobs, seeds=self.seeds)
         ingest.attach_page(page)
         ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake))
         await self._start_watchers()
@@ -330,6 +336,14 @@ class Daemon:
         else:
             self.live.removable.pop(dev, None)
         log.info("removable disk %s %s: %s", dev, action, info)
+        if self.seeds is not None:
+            self.seeds.on_event(action, info)
+
+    def _seed_cipher(self) -> ObjectCipher:
+        """The data key, read once when a seed operation first needs it (worker thread)."""
+        if self._cipher is None:
+            self._cipher = wiring.replication_cipher(self.cfg)
+        return self._cipher
 
     def _link_changed(self, ifname: str, up: bool) -> None:
         self.live.links[ifname] = up
@@ -374,6 +388,9 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.seeds is not None:
+            await self.seeds.close()
+            self.seeds = None
         if self.replicator is not None:
             await self.replicator.target.close()
             self.replicator = None

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..memory import tune_malloc
+from ..replication.dc import DcError
+from ..seed.disk import SeedError
 from ..store.catalog import CatalogError
 from ..store.chunkfile import ChunkError
 from ..textfmt import human_bytes as human
@@ -119,9 +121,7 @@ async def cmd_snapshots(args: argparse.Namespace, st: AgentSettings) -> int:
     return 0
 
 
-async def cmd_restore(args: argparse.Namespace, st: AgentSettings) -> int:
-    from .restorer import restore_snapshot
-
+async def cmd_restore(args: argparse.Namespace, st: AgentSettings | None) -> int:
     target = Path(args.to)
     target.mkdir(parents=True, exist_ok=True)
     include = [os.fsencode(os.path.normpath(p)).lstrip(b"/") for p in args.paths] or None
@@ -130,13 +130,10 @@ async def cmd_restore(args: argparse.Namespace, st: AgentSettings) -> int:
     bar = ProgressBar("restore", enabled=None if not args.json else False)
     pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="rdr-restore")
     try:
-        async with ApplianceClient(st.endpoint) as client:
-            me = await client.whoami()
-            cache = CatalogCache(st.state_dir / "catalog-cache" / me["host"])
-            summary = await restore_snapshot(
-                client, args.snapshot, target, include, cache, pool,
-                on_progress=lambda files, nbytes: bar.update(
-                    nbytes, lambda: f"{files} files, {human(nbytes)}"))
+        if args.from_disk:
+            summary = await _restore_from_disk(args, target, include, pool, bar)
+        else:
+            summary = await _restore_from_appliance(args, st, target, include, pool, bar)
     finally:
         bar.close()
         pool.shutdown(wait=True)
@@ -151,6 +148,42 @@ async def cmd_restore(args: argparse.Namespace, st: AgentSettings) -> int:
             for path, err in summary.errors[:50]:
                 print(f"    {path}: {err}")
     return EXIT_PARTIAL if summary.errors else 0
+
+
+async def _restore_from_disk(args: argparse.Namespace, target: Path,
+                             include: list[bytes] | None, pool: ThreadPoolExecutor,
+                             bar: ProgressBar):
+    """Rapid Recover with the disk plugged into this server: every object on it is checked
+    before a file is written; needs the appliance's data key."""
+    from ..replication.crypto import ObjectCipher, load_or_create_key
+    from ..seed.disk import RECOVER, DiskLayout
+    from ..seed.recover import restore_from_disk
+
+    if not args.key_file:
+        raise SettingsError("--from-disk needs --key-file (the appliance's data key)")
+    root = Path(args.from_disk)
+    header = DiskLayout(root).need(RECOVER, complete=True)
+    host = args.host or header["hosts"][0]
+    cipher = ObjectCipher(load_or_create_key(Path(args.key_file), create=False))
+    _, summary = await restore_from_disk(
+        root, cipher, host, args.snapshot, target, include, pool,
+        on_progress=lambda files, nbytes: bar.update(
+            nbytes, lambda: f"{files} files, {human(nbytes)}"))
+    return summary
+
+
+async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, target: Path,
+                                  include: list[bytes] | None, pool: ThreadPoolExecutor,
+                                  bar: ProgressBar):
+    from .restorer import restore_snapshot
+
+    async with ApplianceClient(st.endpoint) as client:
+        me = await client.whoami()
+        cache = CatalogCache(st.state_dir / "catalog-cache" / me["host"])
+        return await restore_snapshot(
+            client, args.snapshot, target, include, cache, pool,
+            on_progress=lambda files, nbytes: bar.update(
+                nbytes, lambda: f"{files} files, {human(nbytes)}"))
 
 
 async def cmd_run(args: argparse.Namespace, st: AgentSettings) -> int:
@@ -225,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("snapshot", help="snapshot id, or 'latest'")
     r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these paths")
     r.add_argument("--to", required=True, metavar="DIR", help="directory to restore into")
+    r.add_argument("--from-disk", metavar="DIR", help="restore from a Rapid Recover disk "
+                   "mounted at DIR instead of the appliance")
+    r.add_argument("--key-file", help="with --from-disk: the appliance's data key")
+    r.add_argument("--host", help="with --from-disk: whose snapshot (default: the disk's)")
     r.set_defaults(run=cmd_restore)
 
     j = sub.add_parser("run", parents=[common], help="the agent service: scheduled backups "
@@ -256,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="rdr-agent: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
+        if getattr(args, "from_disk", None):  # no appliance involved
+            return asyncio.run(args.run(args, None))
         settings = resolve({"url": args.url, "token": args.token,
                             "fingerprint": args.fingerprint, "ca": args.ca,
                             "state_dir": args.state_dir}, args.config)
@@ -263,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     except ApplianceError as exc:
         print(f"rdr-agent: error: the appliance refused: {exc.message} ({exc.status} "
               f"{exc.code})", file=sys.stderr)
-    except (SettingsError, ConnectError, CatalogError, ChunkError, ValueError) as exc:
+    except (SettingsError, ConnectError, CatalogError, ChunkError, ValueError, SeedError,
+            DcError) as exc:
         print(f"rdr-agent: error: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"rdr-agent: error: {exc.strerror or exc}"

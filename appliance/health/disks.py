@@ -69,7 +69,8 @@ def _unescape(field_: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
 
 
-def _mounts() -> list[_Mount]:
+def mounts() -> list[_Mount]:
+    """The mount table (also used to find where a seed disk is mounted)."""
     mounts = []
     for line in MOUNTINFO.read_text().splitlines():
         parts = line.split()
@@ -86,7 +87,7 @@ def _mounts() -> list[_Mount]:
 def _mount_of(path: str) -> _Mount | None:
     """The mount that holds the (absolute, symlink-free) path; the topmost one wins."""
     best: _Mount | None = None
-    for m in _mounts():
+    for m in mounts():
         mp = m.mount_point
         inside = path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/")
         if inside and (best is None or len(mp) >= len(best.mount_point)):
@@ -430,6 +431,12 @@ class DataDiskWatcher:
 # --------------------------------------------------------------------------- removable disks
 
 
+def _present_block_devices() -> list[Any]:
+    import pyudev
+
+    return list(pyudev.Context().list_devices(subsystem="block"))
+
+
 class RemovableDiskWatcher:
     """Announces removable disks (USB) for Rapid Protect/Recover: add/remove events of block
     devices whose uevent says removable (sysfs /sys/block/X/removable == 1) or carries
@@ -444,13 +451,16 @@ class RemovableDiskWatcher:
     device that was announced at add is always announced at remove.
 
     ``include_fixed=True`` announces every block device add/remove (e.g. loop devices), with
-    removable False. Media changes in card readers (a "change" uevent) are not announced.
+    removable False. With ``announce_present`` (the default), the disks already there when
+    :meth:`run` starts are announced first, as "add". Media changes in card readers (a
+    "change" uevent) are not announced.
     """
 
     def __init__(self, on_event: Callable[[str, dict], None], *,
-                 include_fixed: bool = False) -> None:
+                 include_fixed: bool = False, announce_present: bool = True) -> None:
         self.on_event = on_event
         self.include_fixed = include_fixed
+        self.announce_present = announce_present
         self._seen: dict[str, dict] = {}  # name -> info announced at add
         #: set once run() listens to uevents
         self.ready = asyncio.Event()
@@ -462,8 +472,8 @@ class RemovableDiskWatcher:
             return str(bus)
         return "usb" if any(p.startswith("usb") for p in _devpath_names(device)) else None
 
-    def _handle(self, device: Any) -> None:
-        action = device.action
+    def _handle(self, device: Any, action: str | None = None) -> None:
+        action = action or device.action
         devtype = device.properties.get("DEVTYPE")
         if action not in ("add", "remove") or devtype not in ("disk", "partition"):
             return
@@ -497,6 +507,11 @@ class RemovableDiskWatcher:
         monitor = _open_monitor()
         fd = monitor.fileno()
         loop.add_reader(fd, _drain, monitor, self._handle)
+        if self.announce_present:
+            # Disks inserted before the daemon started (or while it restarted) are announced
+            # as if they had just arrived; listening first means none falls in between.
+            for device in await asyncio.to_thread(_present_block_devices):
+                self._handle(device, "add")
         self.ready.set()
         try:
             await asyncio.Event().wait()  # until cancelled

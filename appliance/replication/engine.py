@@ -23,18 +23,19 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from ..seed import pending as seed_pending
 from ..store.chunkfile import ChunkDecoder
 from ..store.datastore import Datastore
 from ..store.errors import Conflict
 from ..store.fsutil import atomic_write
 from ..store.gc import merged_ids, sorted_difference
 from ..store.lock import HeldLock
-from .crypto import ObjectCipher
-from .targets import Target, in_span, parse_schedule
+from .crypto import OVERHEAD, ObjectCipher
+from .targets import NotFoundAtTarget, Target, in_span, parse_schedule
 
 log = logging.getLogger("rdr.replication")
 
@@ -49,6 +50,18 @@ def snapshot_names(cipher: ObjectCipher, host: str, snap: str) -> tuple[str, str
             cipher.name("k-checkpoint", ident))
 
 
+def build_checkpoint(host: str, snap: str, manifest: bytes, idx_bytes: bytes,
+                     chunk_count: int, **extra: object) -> bytes:
+    """The checkpoint object's plaintext: what the DR tools start from."""
+    m = json.loads(manifest)
+    return json.dumps({
+        "format": 1, "host": host, "snapshot": snap, "received_at": m["received_at"],
+        "logical_size": m["logical_size"], "file_count": m["file_count"],
+        "chunk_count": chunk_count, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+        "index_sha256": hashlib.sha256(idx_bytes).hexdigest(),
+        "replicated_at": time.time(), **extra}, sort_keys=True).encode()
+
+
 @dataclass(slots=True)
 class PassResult:
     snapshots_replicated: int = 0
@@ -57,6 +70,8 @@ class PassResult:
     objects_skipped: int = 0
     snapshots_removed_at_dc: int = 0
     chunks_removed_at_dc: int = 0
+    snapshots_seeded: int = 0  # found at the data center, imported there from a seed disk
+    held_for_seed: list[str] = field(default_factory=list)  # hosts whose data is on a disk
     paused: str | None = None
     seconds: float = 0.0  # wall time of the pass
 
@@ -135,8 +150,9 @@ class Replicator:
             self._check()
             await self.target.prepare()
             await self._settle_inflight()
+            held = await self.adopt_seed(res)
             pending = [r for r in await self._run(self.store.index.snapshots)
-                       if r.replicated_at is None]
+                       if r.replicated_at is None and r.host not in held]
             pending.sort(key=lambda r: (r.received_at, r.host, r.snapshot))
             for row in pending:
                 if not await self._run(self.store.snapshots.dir(row.host, row.snapshot).exists):
@@ -188,13 +204,7 @@ class Replicator:
         m_name, i_name, k_name = snapshot_names(self.cipher, host, snap)
         for name, data in ((m_name, manifest), (i_name, idx_bytes)):
             await self.target.put(name, await self._run(self.cipher.seal, name, data))
-        m = json.loads(manifest)
-        checkpoint = json.dumps({
-            "format": 1, "host": host, "snapshot": snap, "received_at": m["received_at"],
-            "logical_size": m["logical_size"], "file_count": m["file_count"],
-            "chunk_count": len(ids), "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-            "index_sha256": hashlib.sha256(idx_bytes).hexdigest(),
-            "replicated_at": time.time()}, sort_keys=True).encode()
+        checkpoint = build_checkpoint(host, snap, manifest, idx_bytes, len(ids))
         await self.target.put(k_name, await self._run(self.cipher.seal, k_name, checkpoint))
         # Verify what the data center now holds before calling the snapshot replicated.
         back = self.cipher.open(k_name, await self.target.get(k_name))
@@ -213,6 +223,62 @@ class Replicator:
                             sent * 8 / 1000 / elapsed)
         log.info("replicated %s/%s: %d objects sent, %d already there", host, snap, len(todo),
                  len(ids) - len(todo))
+
+    # --- Rapid Protect: snapshots that reached the data center on a disk ---
+    async def adopt_seed(self, res: PassResult) -> set[str]:
+        """Hosts to hold back because their data travels on a seed disk. Seeded snapshots
+        whose checkpoint the data center now holds are marked replicated with all their
+        chunks; when none is left the hold ends."""
+        st = self.store
+        seed = await self._run(seed_pending.get, st.index)
+        if not seed:
+            return set()
+        if seed["state"] == "exporting":
+            res.held_for_seed = seed["hosts"]
+            return set(seed["hosts"])
+        left = 0
+        for s in seed["snapshots"]:
+            row = await self._run(st.index.snapshot, s["host"], s["snapshot"])
+            if row is None or row.replicated_at is not None:
+                continue  # already adopted, or removed by a forced prune
+            if await self._adopt(s["host"], s["snapshot"]):
+                res.snapshots_seeded += 1
+            else:
+                left += 1
+        if left:
+            res.held_for_seed = seed["hosts"]
+            return set(seed["hosts"])
+        await self._run(seed_pending.clear, st.index)
+        log.info("seed of %s imported at the data center: replication resumes for them",
+                 ", ".join(seed["hosts"]))
+        return set()
+
+    async def _adopt(self, host: str, snap: str) -> bool:
+        st = self.store
+        _, _, k_name = snapshot_names(self.cipher, host, snap)
+        try:
+            cp = json.loads(self.cipher.open(k_name, await self.target.get(k_name)))
+        except NotFoundAtTarget:
+            return False
+        manifest = await self._run((st.snapshots.dir(host, snap) / "manifest.json").read_bytes)
+        if cp.get("manifest_sha256") != hashlib.sha256(manifest).hexdigest():
+            log.warning("checkpoint of %s/%s at the data center does not match this "
+                        "snapshot; it will be replicated over the link", host, snap)
+            return False
+
+        def sizes() -> list[tuple[str, int]]:
+            return [(cid, st.chunks.size_of(cid) + OVERHEAD)
+                    for cid in st.snapshots.chunk_index(host, snap)]
+
+        await self._run(lambda: st.index.dc_add_many(sizes()))
+        now = time.time()
+        await self._run(st.index.set_replicated, host, snap, now)
+        await self._run(atomic_write, st.snapshots.dir(host, snap) / "replicated",
+                        str(now).encode())
+        await self._run(st.index.kv_set, "replication.last_checkpoint",
+                        json.dumps({"at": now, "host": host, "snapshot": snap}))
+        log.info("%s/%s arrived at the data center on a seed disk", host, snap)
+        return True
 
     def _sealed_chunk(self, cid: str) -> bytes:
         return self.cipher.seal(chunk_name(self.cipher, cid), self.store.chunks.read(cid))

@@ -9,6 +9,7 @@ and durable) are storage rules, not HTTP ones.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets
 import threading
@@ -345,6 +346,30 @@ class Datastore:
         with self._lock:
             self._live.pop(row.id, None)
         return manifest
+
+    def adopt_snapshot(self, manifest: Manifest, chunk_ids: set[str],
+                       replicated_at: float | None) -> bool:
+        """Publish a snapshot that arrived whole (a Rapid Recover disk), its chunks already
+        put. Keeps its id and receive time; a host unknown here is registered (its token is
+        issued later with `rdr hosts token`). Returns False if the snapshot is already here."""
+        if self.index.snapshot(manifest.host, manifest.snapshot) is not None:
+            return False
+        if manifest.host not in {h["name"] for h in self.index.hosts()}:
+            self.add_host(manifest.host)
+        with exclusive(self._commit_lock):
+            missing = self.chunks.touch_missing(chunk_ids)
+            if missing:
+                raise Unprocessable("missing_chunks",
+                                    f"{len(missing)} chunks of {manifest.snapshot} are missing",
+                                    missing=sorted(missing)[:1000])
+            self.chunks.sync()
+            self.snapshots.write(manifest, chunk_ids)
+            row = dataclasses.replace(_row_from_manifest(manifest), replicated_at=replicated_at)
+            self.index.add_snapshot(row)
+        if replicated_at is not None:
+            atomic_write(self.snapshots.dir(manifest.host, manifest.snapshot) / "replicated",
+                         str(replicated_at).encode())
+        return True
 
     def stream(self, ref: StreamRef) -> Iterator[bytes]:
         for cid, size in ref.chunks:

@@ -644,6 +644,13 @@ class Index:
                        (cid, size, time.time()))
             db.execute("DELETE FROM dc_inflight WHERE id = ?", (cid,))
 
+    def dc_add_many(self, rows: list[tuple[str, int]]) -> None:
+        """Chunks that reached the data center another way (a seed disk): one transaction."""
+        now = time.time()
+        with self.tx() as db:
+            db.executemany("INSERT OR REPLACE INTO dc_chunks VALUES (?, ?, ?)",
+                           [(cid, size, now) for cid, size in rows])
+
     def dc_begin(self, cid: str) -> None:
         """An upload starts: if the process dies before dc_add, the next pass asks the data
         center whether it arrived instead of sending it again."""

@@ -57,7 +57,7 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 class PageApi:
     def __init__(self, store: Datastore, pool: Executor, browser: Browser, accounts: Accounts,
                  overview: Callable[[], dict], jobs: Any, throttle: SignInThrottle | None = None,
-                 ) -> None:
+                 seeds: Any = None) -> None:
         self.store = store
         self.pool = pool
         self.browser = browser
@@ -65,6 +65,7 @@ class PageApi:
         self.overview_fn = overview
         self.jobs = jobs  # AgentJobsApi: create/list/get/cancel of push restores
         self.throttle = throttle or SignInThrottle()
+        self.seeds = seeds  # SeedDisks: inserted Rapid Protect / Recover disks (daemon only)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -89,6 +90,8 @@ class PageApi:
         r.add_get("/restore-jobs", self.list_jobs)
         r.add_get("/restore-jobs/{id}", self.get_job)
         r.add_post("/restore-jobs/{id}/cancel", self.cancel_job)
+        r.add_get("/seed-disks", self.seed_disks)
+        r.add_post("/seed-disks/{device}/arm", self.arm_seed_disk)
 
     # --- sign-in ------------------------------------------------------------------------
     async def login(self, request: web.Request) -> web.Response:
@@ -334,6 +337,32 @@ class PageApi:
         require_account(request)
         await self.jobs.cancel(self._job_id(request))
         return web.json_response({"job": (await self.jobs.get(self._job_id(request))).to_json()})
+
+
+    # --- Rapid Protect / Rapid Recover disks --------------------------------------------
+    def _need_seeds(self) -> Any:
+        if self.seeds is None:
+            raise ApiError(404, "no_seed_disks", "removable disks are not watched here")
+        return self.seeds
+
+    async def seed_disks(self, request: web.Request) -> web.Response:
+        require_account(request)
+        return web.json_response(await self.run(self._need_seeds().status))
+
+    async def arm_seed_disk(self, request: web.Request) -> web.Response:
+        account = require_account(request)
+        seeds = self._need_seeds()
+        body = await read_json(request, 64 * 1024)
+        op, hosts = body.get("operation"), body.get("hosts") or None
+        if op not in ("export", "import"):
+            raise ApiError(400, "bad_field", "'operation' must be 'export' or 'import'")
+        if hosts is not None and not (isinstance(hosts, list)
+                                      and all(isinstance(h, str) for h in hosts)):
+            raise ApiError(400, "bad_field", "'hosts' must be a list of host names")
+        device = request.match_info["device"]
+        disk = await seeds.arm(device, op, hosts)
+        log.warning("account %r armed a seed %s on %s", account, op, device)
+        return web.json_response({"disk": disk}, status=202)
 
 
 _SNAP_KEYS = ("snapshot", "received_at", "logical_size", "file_count", "dir_count",

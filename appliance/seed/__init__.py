@@ -1,0 +1,1 @@
+"""Rapid Protect and Rapid Recover: replication objects carried on a shipped disk."""
