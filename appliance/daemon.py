@@ -34,6 +34,7 @@ from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
 from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
+from .health.http_metrics import RequestTimer
 from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
 from .health.systemd import Notifier
@@ -172,7 +173,9 @@ class Daemon:
 
         self.store.admit = admit
 
-        app = web.Application(middlewares=[error_middleware, ui.security_headers])
+        timer = RequestTimer(self.registry)
+        app = web.Application(middlewares=[timer.middleware, error_middleware,
+                                           ui.security_headers])
         ui.add_routes(app.router)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
