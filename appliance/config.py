@@ -185,7 +185,8 @@ def _load_section(cls: type, raw: object, prefix: str) -> object:
 
 def parse_listen(addr: str, key: str = "server.listen") -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if (not sep or not host or not (port.isascii() and port.isdigit())
+            or not 0 <= int(port) < 65536):
         raise ConfigError(f"{key}: expected HOST:PORT, got {addr!r}")
     return host.strip("[]"), int(port)
 

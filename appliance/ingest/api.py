@@ -27,6 +27,7 @@ from ..web.budget import ByteBudget
 from ..web.errors import ApiError, error_middleware
 from ..web.jsonbody import read_json
 from ..web.page_api import PageApi
+from ..web.params import whole_number
 from .jobs_api import AgentJobsApi
 
 T = TypeVar("T")
@@ -201,7 +202,7 @@ class IngestApi:
         rid = request.headers.get("X-RDR-Restore", "")
         async with self.downloads.hold(MAX_FILE_SIZE):
             data = await self.run(self._read_chunk, host, snap, cid,
-                                  int(rid) if rid.isdigit() and len(rid) < 19 else None)
+                                  whole_number(rid))
             resp = web.StreamResponse(headers={
                 "Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
                 "Cache-Control": "private, max-age=31536000"})

@@ -1,0 +1,110 @@
+"""schemathesis against the OpenAPI file on a live daemon: every operation, with generated
+valid and invalid input, must answer without a server error and with a response the file
+documents (status, content type, body schema).
+
+Credentials follow each operation's `security`: the page's operations get a signed-in
+session with its CSRF token, /usage an admin API token, the rest a host token. Half the
+generated path parameters are swapped (deterministically) for ones that exist -- the host,
+its snapshot, a chunk of it -- so the handlers behind the 404s are fuzzed too.
+
+Examples per operation: RDR_FUZZ_EXAMPLES (default 12 in CI; `RDR_FUZZ_EXAMPLES=500 pytest
+tests/test_fuzz_api.py` is the full run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+import appliance.ingest
+
+from .live import Live, start_live
+
+SPEC = Path(appliance.ingest.__file__).parent / "openapi.yaml"
+EXAMPLES = int(os.environ.get("RDR_FUZZ_EXAMPLES", "12"))
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance, response_headers_conformance]
+
+schema = schemathesis.openapi.from_path(SPEC)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    live = start_live(tmp_path_factory.mktemp("fuzz"))
+    try:
+        yield live
+    finally:
+        live.app.close()
+
+
+class Creds:
+    """One signed-in page session for the module (signed in again if a fuzzed logout ended
+    it)."""
+
+    def __init__(self, live: Live) -> None:
+        self.live = live
+        self.page: tuple[requests.Session, str] | None = None
+
+    def session(self) -> tuple[requests.Session, str]:
+        if self.page is not None:
+            s, _ = self.page
+            if s.get(self.live.base + "/api/v1/auth/session", timeout=30).status_code == 200:
+                return self.page
+        self.page = self.live.login()
+        return self.page
+
+
+@pytest.fixture(scope="module")
+def creds(live: Live) -> Creds:
+    return Creds(live)
+
+
+def _real(case: schemathesis.Case, live: Live) -> None:
+    """Swap half the cases' path parameters for existing ones (decided by a hash of the
+    generated values, so a failing example replays the same)."""
+    params = case.path_parameters or {}
+    digest = hashlib.sha256(repr(sorted(params.items())).encode()).digest()
+    if not params or digest[0] & 1:
+        return
+    real = {"host": "bench00", "snap": live.snapshot, "cid": live.chunks[0],
+            "sid": params.get("sid")}
+    for k in params:
+        if real.get(k) is not None:
+            params[k] = real[k]
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+def test_api_never_errs_and_matches_its_schema(case: schemathesis.Case, live: Live,
+                                               creds: Creds) -> None:
+    _real(case, live)
+    security = case.operation.definition.raw.get("security")
+    kinds = {k for req in (security if security is not None else [{"hostToken": []}])
+             for k in req}
+    base = live.base + "/api/v1"
+    if kinds == {"sessionCookie"}:
+        http, csrf = creds.session()
+        case.headers = {**(case.headers or {}), "X-CSRF-Token": csrf}
+    elif case.operation.path == "/usage":
+        http = live.http(live.admin_token)
+    elif not kinds:  # sign-in
+        http = live.http()
+    else:
+        http = live.http(live.tokens[0])
+    case.call_and_validate(base_url=base, session=http, checks=CHECKS, timeout=60,
+                          verify=False)
