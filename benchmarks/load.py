@@ -125,6 +125,8 @@ def summarize(d: Buckets) -> dict:
     statuses: dict[str, float] = {}
     routes: dict[str, dict[float, float]] = {}
     for (route, method, status), bs in d.items():
+        if route == "/metrics":
+            continue  # the harness's own scrapes
         for le, n in bs.items():
             merged[le] = merged.get(le, 0.0) + n
             r = routes.setdefault(f"{method} {route}", {})
