@@ -28,12 +28,12 @@ PASSWORD = "fuzz-and-load horse battery"
 @dataclass
 class Live:
     app: Appliance
-    tokens: list[str]  # host tokens: bench00, bench01
-    admin_token: str
-    snapshot: str  # bench00's committed snapshot
-    chunks: list[str]  # chunk ids of that snapshot
-    src: Path
-    secrets: list[str] = field(default_factory=list)  # what must never reach a log
+    tokens: list[str] = field(repr=False)  # host tokens: bench00, bench01
+    admin_token: str = field(repr=False)
+    snapshot: str = ""  # bench00's committed snapshot
+    chunks: list[str] = field(default_factory=list)  # chunk ids of that snapshot
+    src: Path = Path()
+    secrets: list[str] = field(default_factory=list, repr=False)  # what must never reach a log
 
     @property
     def base(self) -> str:
@@ -71,7 +71,7 @@ def start_live(work: Path, daemon_config: str = "enabled = false\n") -> Live:
     app = Appliance(work / "appliance", hosts=2, replication=daemon_config)
     app.prepare()
     try:
-        live = Live(app, list(app.tokens), "", "", [], make_tree(work / "src", big_mb=1))
+        live = Live(app, list(app.tokens), "", src=make_tree(work / "src", big_mb=1))
         live.rdr("admin", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
         live.admin_token = live.rdr("tokens", "add", "prober").stdout.strip().splitlines()[-1]
         out = subprocess.run([app.cmd("rdr-agent"), "backup", str(live.src), "--json"],
