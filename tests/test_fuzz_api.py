@@ -118,3 +118,19 @@ def test_api_never_errs_and_matches_its_schema(case: schemathesis.Case, live: Li
         http = creds.host
     case.call_and_validate(base_url=base, session=http, checks=CHECKS, timeout=60,
                           verify=False)
+
+
+def test_unicode_digits_are_not_numbers(live: Live, creds: Creds) -> None:
+    """Regression (found by the fuzzer): "¹" passed str.isdigit() and crashed int(), a 500."""
+    base = live.base + "/api/v1"
+    host = creds.host
+    assert host.post(base + "/agent/jobs/¹/progress", json={"files": 1, "bytes": 1},
+                     timeout=30).status_code == 404
+    assert host.get(base + "/agent/jobs/²/snapshot", timeout=30).status_code == 404
+    assert host.get(base + "/agent/jobs/next?wait=²", timeout=30).status_code == 400
+    r = host.get(f"{base}/snapshots/{live.snapshot}/chunks/{live.chunks[0]}",
+                 headers={"X-RDR-Restore": "¹"}, timeout=30)
+    assert r.status_code == 200
+    page, csrf = creds.session()
+    assert page.get(base + "/restore-jobs?limit=³", timeout=30).status_code == 400
+    assert page.get(base + "/restore-jobs/¹", timeout=30).status_code == 404

@@ -33,7 +33,7 @@ from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..web.auth import require_host
 from ..web.errors import ApiError
 from ..web.jsonbody import read_json
-from ..web.params import int_query, job_id
+from ..web.params import job_id, whole_number
 
 log = logging.getLogger("rdr.jobs")
 T = TypeVar("T")
@@ -110,7 +110,10 @@ class AgentJobsApi:
     async def next_job(self, request: web.Request) -> web.Response:
         """Claim the oldest queued job for this host, waiting up to `wait` seconds."""
         host = require_host(request)
-        wait = int_query(request, "wait", 0, 0, MAX_WAIT)
+        wait = whole_number(request.query.get("wait", "0"))
+        if wait is None or wait > MAX_WAIT:
+            raise ApiError(400, "bad_field",
+                           f"parameter 'wait' must be whole seconds from 0 to {MAX_WAIT}")
         await self._expire()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
