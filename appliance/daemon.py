@@ -54,6 +54,8 @@ from .web.errors import ApiError, error_middleware
 from .web.page_api import PageApi
 
 log = logging.getLogger("rdr.daemon")
+#: Threads that run snapshot commits (validation, then the batched fsync of its chunks).
+COMMIT_WORKERS = 2
 
 
 @dataclass(slots=True)
@@ -81,6 +83,10 @@ class Daemon:
         self.cfg = cfg
         self.pool = ThreadPoolExecutor(max_workers=cfg.store.workers,
                                        thread_name_prefix="rdr-work")
+        # Commits wait on fsync for seconds when many land at once: in their own threads
+        # they never hold the workers every other request (uploads, heartbeats) needs.
+        self.commit_pool = ThreadPoolExecutor(max_workers=COMMIT_WORKERS,
+                                              thread_name_prefix="rdr-commit")
         self.store: Datastore | None = None
         self.tls: TlsFiles | None = None
         self._runner: web.AppRunner | None = None
@@ -141,7 +147,8 @@ class Daemon:
                            appliance_serial=self.cfg.appliance.serial,
                            usage_report=self.capacity.report,
                            on_commit=self.replicate_now.set,
-                           upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE)
+                           upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
+                           commit_pool=self.commit_pool)
         self.browser = Browser(self.store)
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
                        self._overview, ingest.jobs)
@@ -380,6 +387,7 @@ class Daemon:
                 log.error("could not flush the data disk on shutdown: %s", exc)
             await loop.run_in_executor(self.pool, self.store.close)
             self.store = None
+        self.commit_pool.shutdown(wait=True)
         self.pool.shutdown(wait=True)
         if self._claim is not None:
             self._claim.release()

@@ -51,6 +51,7 @@ from .run import DEFAULT_WORK, RESULTS, fmt, log, machine
 from .tools import Appliance, Proc, RssWatch, ToolError, kill_group, run_measured
 
 LATENCY = "rdr_http_request_duration_seconds"
+SESSIONS = "/api/v1/sessions"
 TARGET_RSS = 300 * 2**20
 TARGET_SLOW_SECONDS = 5.0
 
@@ -124,9 +125,12 @@ def summarize(d: Buckets) -> dict:
     merged: dict[float, float] = {}
     statuses: dict[str, float] = {}
     routes: dict[str, dict[float, float]] = {}
+    told_to_wait = 0.0
     for (route, method, status), bs in d.items():
         if route == "/metrics":
             continue  # the harness's own scrapes
+        if (method, route, status) == ("POST", SESSIONS, "503"):
+            told_to_wait += bs.get(math.inf, 0.0)
         for le, n in bs.items():
             merged[le] = merged.get(le, 0.0) + n
             r = routes.setdefault(f"{method} {route}", {})
@@ -139,6 +143,8 @@ def summarize(d: Buckets) -> dict:
         "p99_seconds": quantile(0.99, merged),
         "over_5s": int(total - merged.get(TARGET_SLOW_SECONDS, 0.0)),
         "by_status": {k: int(v) for k, v in sorted(statuses.items())},
+        # new sessions over store.max_active_backups: told to come back (flow control)
+        "sessions_told_to_wait": int(told_to_wait),
         "routes": {name: {"requests": int(bs[math.inf]), "p50_seconds": quantile(0.5, bs),
                           "p99_seconds": quantile(0.99, bs)}
                    for name, bs in sorted(routes.items(), key=lambda kv: -kv[1][math.inf])},
@@ -146,8 +152,10 @@ def summarize(d: Buckets) -> dict:
 
 
 def http_errors(summary: dict) -> int:
-    """Requests that failed on the appliance's side: 5xx, or cut off mid-way."""
-    return sum(n for s, n in summary["by_status"].items() if s.startswith("5") or s == "aborted")
+    """Requests that failed on the appliance's side: 5xx (but the 503 "busy" that asks a
+    new backup to wait for its slot), or cut off mid-way."""
+    return sum(n for s, n in summary["by_status"].items()
+               if s.startswith("5") or s == "aborted") - summary["sessions_told_to_wait"]
 
 
 # --- many commands at once ------------------------------------------------------------------
@@ -368,6 +376,8 @@ def table(r: dict) -> str:
         f"{fmt(rs['daemon_peak_rss_bytes'], 'B')} |",
         f"| failed agents / HTTP 5xx | {len(b['failed'])} / {http_errors(b['latency'])} | "
         f"{len(rs['failed'])} / {http_errors(rs['latency'])} |",
+        f"| new backups told to wait for a slot (503 busy) | "
+        f"{b['latency']['sessions_told_to_wait']} | - |",
         f"| files verified after restore | - | {rs['files_verified']} |",
         f"| replicated meanwhile | - | {fmt(rs['replication_bytes_sent_meanwhile'], 'B')} |",
         "",
