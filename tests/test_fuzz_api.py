@@ -14,6 +14,7 @@ tests/test_fuzz_api.py` is the full run).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,8 +49,26 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     live = start_live(tmp_path_factory.mktemp("fuzz"))
     try:
         yield live
+        if os.environ.get("RDR_FUZZ_REPORT"):
+            report(live, Path(os.environ["RDR_FUZZ_REPORT"]))
     finally:
         live.app.close()
+
+
+def report(live: Live, out: Path) -> None:
+    """The requests the daemon answered during the run, by status (its own histogram)."""
+    from benchmarks.load import scrape
+
+    buckets, _ = scrape(live.app.port, live.admin_token)
+    by_status: dict[str, int] = {}
+    ops = set()
+    for (route, method, status), bs in buckets.items():
+        if route.startswith("/api/v1"):
+            by_status[status] = by_status.get(status, 0) + int(bs[float("inf")])
+            ops.add((method, route))
+    out.write_text(json.dumps({"examples_per_operation": EXAMPLES, "operations": len(ops),
+                               "requests": sum(by_status.values()),
+                               "by_status": dict(sorted(by_status.items()))}, indent=1))
 
 
 class Creds:
