@@ -40,6 +40,10 @@ class StoreConfig:
     session_lease_seconds: float = 60.0
     #: Threads for disk and CPU work (hashing, zstd, fsync) off the event loop.
     workers: int = 4
+    #: Backups taken at once (0 = no limit). More agents wait for a slot (503 "busy", the
+    #: agent retries): at 5 pm every agent of a site starts together, and taking them all at
+    #: once only makes each request wait longer in the queue for the same CPU.
+    max_active_backups: int = 8
     #: Space kept in reserve so prune and GC work on a full disk; new backups are refused
     #: (507) once free space falls to it.
     reserve_mb: int = 64
@@ -198,7 +202,8 @@ def _load_section(cls: type, raw: object, prefix: str) -> object:
 
 def parse_listen(addr: str, key: str = "server.listen") -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if (not sep or not host or not (port.isascii() and port.isdigit())
+            or not 0 <= int(port) < 65536):
         raise ConfigError(f"{key}: expected HOST:PORT, got {addr!r}")
     return host.strip("[]"), int(port)
 
@@ -218,6 +223,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("store.path: must not be empty")
     if cfg.store.session_lease_seconds <= 0:
         raise ConfigError("store.session_lease_seconds: must be positive")
+    if cfg.store.max_active_backups < 0:
+        raise ConfigError("store.max_active_backups: must be 0 (no limit) or more")
     if not 1 <= cfg.store.workers <= 64:
         raise ConfigError("store.workers: must be between 1 and 64")
     if cfg.store.reserve_mb < 0:

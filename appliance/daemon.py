@@ -35,6 +35,7 @@ from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
 from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
+from .health.http_metrics import RequestTimer
 from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
 from .health.systemd import Notifier
@@ -57,6 +58,8 @@ from .web.errors import ApiError, error_middleware
 from .web.page_api import PageApi
 
 log = logging.getLogger("rdr.daemon")
+#: Threads that run snapshot commits (validation, then the batched fsync of its chunks).
+COMMIT_WORKERS = 2
 
 
 @dataclass(slots=True)
@@ -84,6 +87,10 @@ class Daemon:
         self.cfg = cfg
         self.pool = ThreadPoolExecutor(max_workers=cfg.store.workers,
                                        thread_name_prefix="rdr-work")
+        # Commits wait on fsync for seconds when many land at once: in their own threads
+        # they never hold the workers every other request (uploads, heartbeats) needs.
+        self.commit_pool = ThreadPoolExecutor(max_workers=COMMIT_WORKERS,
+                                              thread_name_prefix="rdr-commit")
         self.store: Datastore | None = None
         self.tls: TlsFiles | None = None
         self._runner: web.AppRunner | None = None
@@ -147,7 +154,8 @@ class Daemon:
                            appliance_serial=self.cfg.appliance.serial,
                            usage_report=self.capacity.report,
                            on_commit=self.replicate_now.set,
-                           upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE)
+                           upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
+                           commit_pool=self.commit_pool)
         self.browser = Browser(self.store)
         self.backups = wiring.backup_scheduler(self.cfg, self.store)
         self.seeds = SeedDisks(self.store, self._seed_cipher, self.pool,
@@ -183,7 +191,9 @@ class Daemon:
 
         self.store.admit = admit
 
-        app = web.Application(middlewares=[error_middleware, ui.security_headers])
+        timer = RequestTimer(self.registry)
+        app = web.Application(middlewares=[timer.middleware, error_middleware,
+                                           ui.security_headers])
         ui.add_routes(app.router)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -402,6 +412,7 @@ class Daemon:
                 log.error("could not flush the data disk on shutdown: %s", exc)
             await loop.run_in_executor(self.pool, self.store.close)
             self.store = None
+        self.commit_pool.shutdown(wait=True)
         self.pool.shutdown(wait=True)
         if self._claim is not None:
             self._claim.release()

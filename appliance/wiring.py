@@ -43,7 +43,8 @@ def watermarks(cfg: Config) -> Watermarks:
 def open_store(cfg: Config) -> Datastore:
     return Datastore(cfg.data_dir, cfg.store.session_lease_seconds,
                      cfg.store.reserve_mb * 1024 * 1024,
-                     admit=Admission(cfg.data_dir, watermarks(cfg)))
+                     admit=Admission(cfg.data_dir, watermarks(cfg)),
+                     max_active=cfg.store.max_active_backups)
 
 
 def maintenance(cfg: Config, store: Datastore) -> Maintenance:

@@ -1,4 +1,5 @@
-"""`python -m benchmarks COMMAND`: run | scale | replication | browse (each has --help)."""
+"""`python -m benchmarks COMMAND`: run | scale | replication | browse | load (each has
+--help)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import sys
 USAGE = """usage: python -m benchmarks run [--quick] [--data PATH] [--runs N] [--tools A,B,..]
        python -m benchmarks scale [--chunks N]
        python -m benchmarks replication [--mb N] [--runs N]
-       python -m benchmarks browse [--files N] [--per-dir N] [--runs N]"""
+       python -m benchmarks browse [--files N] [--per-dir N] [--runs N]
+       python -m benchmarks load [--agents N] [--restores N] [--size-mb N]"""
 
 
 def main() -> int:
@@ -25,6 +27,10 @@ def main() -> int:
         from . import browse
 
         return browse.main(argv)
+    if cmd == "load":
+        from . import load
+
+        return load.main(argv)
     if cmd == "replication":
         from . import replication_tunnel
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +26,52 @@ from appliance.daemon import Daemon
 from appliance.store.datastore import Datastore
 
 BIN = Path(sys.executable).parent
+
+#: What a host or admin API token looks like (``rdr_<id>_<secret>``, ``rdra_...``).
+TOKEN_SHAPE = re.compile(r"rdra?_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}")
+
+
+class SecretScan(logging.Handler):
+    """Sees every log record of the whole test run (the in-process daemons, agents and
+    stores log at DEBUG for it) and keeps those holding anything shaped like a token. The
+    run fails at the end if there is one: secrets never reach a log. (`tests/test_security.py`
+    scans a subprocess daemon's log file for the exact secrets it used.)"""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.records = 0
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records += 1
+        try:
+            text = self.format(record)  # with the traceback, if any
+        except Exception:
+            return
+        if TOKEN_SHAPE.search(text) and len(self.hits) < 20:
+            self.hits.append(text[:300])
+
+
+SECRET_SCAN = pytest.StashKey[SecretScan]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    scan = SecretScan()
+    logging.getLogger().addHandler(scan)
+    logging.getLogger("rdr").setLevel(logging.DEBUG)
+    config.stash[SECRET_SCAN] = scan
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    scan = session.config.stash.get(SECRET_SCAN, None)
+    if scan is None:
+        return
+    logging.getLogger().removeHandler(scan)
+    if scan.hits:
+        sys.stderr.write(f"\nSECRET IN LOGS: {len(scan.hits)} of {scan.records} log records "
+                         "hold a token:\n  " + "\n  ".join(scan.hits) + "\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @dataclass

@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import os
+import random
 import stat
 import sys
 import threading
@@ -601,11 +602,28 @@ class Archiver:
         resume = None
         with contextlib.suppress(OSError, ValueError, KeyError):
             resume = json.loads(path.read_text())["session"]
-        info = await self.client.open_session(resume)
+        info = await self._wait_for_slot(resume)
         sid = info["session"]
         path.write_text(json.dumps({"session": sid, "url": self.client.ep.url}))
         self.lease = float(info.get("lease_seconds", 60))
         return sid, bool(info.get("resumed"))
+
+    async def _wait_for_slot(self, resume: str | None) -> dict:
+        """Open the session, waiting while the appliance is taking its limit of backups at
+        once (503 "busy"): at 5 pm a site's agents all start together and take turns."""
+        waited = 0.0
+        while True:
+            try:
+                return await self.client.open_session(resume)
+            except ApplianceError as exc:
+                if exc.code != "busy":
+                    raise
+                if waited == 0:
+                    log.warning("appliance busy (%s); waiting for a slot", exc.message)
+                delay = float((exc.body or {}).get("retry_after", 3))
+                delay *= 0.5 + random.random()  # agents that were refused together spread out
+                await asyncio.sleep(delay)
+                waited += delay
 
     async def _heartbeat(self, sid: str) -> None:
         while True:

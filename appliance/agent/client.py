@@ -104,8 +104,8 @@ class ApplianceClient:
                 return await fn()
             except ApplianceError as exc:
                 if not idempotent or exc.status < 500 or exc.status == 507 \
-                        or attempt == self.retries:
-                    raise
+                        or exc.code == "busy" or attempt == self.retries:
+                    raise  # (a busy appliance: the caller waits for its slot)
                 log.warning("appliance answered %s (%s); retrying", exc.status, exc.code)
             except _TLS_FAILURES as exc:
                 raise ConnectError(f"the appliance at {self.ep.url} failed TLS verification "

@@ -28,6 +28,7 @@ from ..web.budget import ByteBudget
 from ..web.errors import ApiError, error_middleware
 from ..web.jsonbody import read_json
 from ..web.page_api import PageApi
+from ..web.params import whole_number
 from .jobs_api import AgentJobsApi
 
 T = TypeVar("T")
@@ -39,9 +40,10 @@ class IngestApi:
                  appliance_serial: str,
                  usage_report: Callable[[str | None], dict] | None = None,
                  on_commit: Callable[[], None] | None = None,
-                 upload_budget: int = 64 * 2**20) -> None:
+                 upload_budget: int = 64 * 2**20, commit_pool: Executor | None = None) -> None:
         self.store = store
         self.pool = pool
+        self.commit_pool = commit_pool or pool
         self.max_json_bytes = max_json_bytes
         self.serial = appliance_serial
         self.usage_report = usage_report
@@ -160,8 +162,9 @@ class IngestApi:
     async def commit(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         req = _parse_commit(body)
-        manifest = await self.run(self.store.commit, require_host(request),
-                                  request.match_info["sid"], req)
+        manifest = await asyncio.get_running_loop().run_in_executor(
+            self.commit_pool, functools.partial(self.store.commit, require_host(request),
+                                                request.match_info["sid"], req))
         if self.on_commit is not None:
             self.on_commit()  # e.g. replicate the new snapshot now
         return web.json_response({
@@ -204,7 +207,7 @@ class IngestApi:
         rid = request.headers.get("X-RDR-Restore", "")
         async with self.downloads.hold(MAX_FILE_SIZE):
             data = await self.run(self._read_chunk, host, snap, cid,
-                                  int(rid) if rid.isdigit() and len(rid) < 19 else None)
+                                  whole_number(rid))
             resp = web.StreamResponse(headers={
                 "Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
                 "Cache-Control": "private, max-age=31536000"})

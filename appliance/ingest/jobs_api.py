@@ -40,6 +40,7 @@ from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..web.auth import require_host
 from ..web.errors import ApiError
 from ..web.jsonbody import read_json
+from ..web.params import job_id, whole_number
 
 log = logging.getLogger("rdr.jobs")
 T = TypeVar("T")
@@ -130,13 +131,6 @@ class AgentJobsApi:
             log.warning("%d restore job(s) failed: agent silent or never came", n)
 
     @staticmethod
-    def _jid(request: web.Request) -> int:
-        raw = request.match_info["id"]
-        if not raw.isdigit() or len(raw) > 18:
-            raise ApiError(404, "no_such_job", f"no restore job {raw!r}")
-        return int(raw)
-
-    @staticmethod
     async def _body(request: web.Request, allowed: set[str]) -> dict:
         return await read_json(request, MAX_BODY, required=True, allowed=allowed)
 
@@ -145,8 +139,8 @@ class AgentJobsApi:
         """Claim the oldest queued restore job for this host, or with ``backups=1`` its due
         backup run, waiting up to `wait` seconds."""
         host = require_host(request)
-        raw = request.query.get("wait", "0")
-        if not raw.isdigit() or int(raw) > MAX_WAIT:
+        wait = whole_number(request.query.get("wait", "0"))
+        if wait is None or wait > MAX_WAIT:
             raise ApiError(400, "bad_field",
                            f"parameter 'wait' must be whole seconds from 0 to {MAX_WAIT}")
         backups = request.query.get("backups", "0")
@@ -155,7 +149,7 @@ class AgentJobsApi:
         await self._heartbeat(request, host)
         await self._expire()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + int(raw)
+        deadline = loop.time() + wait
         event = asyncio.Event()
         waiters = self._waiters.setdefault(host, set())
         waiters.add(event)  # before the first look, so a job created meanwhile is not missed
@@ -186,7 +180,7 @@ class AgentJobsApi:
 
     async def job_snapshot(self, request: web.Request) -> web.Response:
         """The job's source snapshot and manifest (the same shape as GET /snapshots/{snap})."""
-        job = await self.run(self.jobs.running_job, require_host(request), self._jid(request))
+        job = await self.run(self.jobs.running_job, require_host(request), job_id(request))
         row = await self.run(self.store.resolve_snapshot, job.source_host, job.snapshot)
         manifest = await self.run(self.store.snapshots.manifest, job.source_host, row.snapshot)
         damaged = await self.run(self.store.damaged_in, job.source_host, row.snapshot)
@@ -196,7 +190,7 @@ class AgentJobsApi:
 
     async def job_chunk(self, request: web.Request) -> web.StreamResponse:
         """A chunk file of the job's source snapshot (only chunks that snapshot references)."""
-        job = await self.run(self.jobs.running_job, require_host(request), self._jid(request))
+        job = await self.run(self.jobs.running_job, require_host(request), job_id(request))
         path = await self.run(self.store.snapshot_chunk_path, job.source_host, job.snapshot,
                               request.match_info["cid"])
         # no-store: access ends with the job, no cache should keep serving it
@@ -204,7 +198,7 @@ class AgentJobsApi:
                                                "Cache-Control": "private, no-store"})
 
     async def progress(self, request: web.Request) -> web.Response:
-        host, jid = require_host(request), self._jid(request)
+        host, jid = require_host(request), job_id(request)
         body = await self._body(request, {"files", "bytes", "total_bytes"})
         files = _count(body, "files")
         nbytes = _count(body, "bytes")
@@ -213,7 +207,7 @@ class AgentJobsApi:
         return web.Response(status=204)
 
     async def finish(self, request: web.Request) -> web.Response:
-        host, jid = require_host(request), self._jid(request)
+        host, jid = require_host(request), job_id(request)
         body = await self._body(request, {"ok", "files", "bytes", "errors", "message"})
         ok = body.get("ok")
         if not isinstance(ok, bool):

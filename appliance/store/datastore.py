@@ -24,7 +24,7 @@ from .backup_runs import BackupRuns
 from .catalog import CatalogError, validate
 from .chunkfile import ChunkError, is_chunk_id
 from .chunkstore import ChunkStore
-from .errors import Conflict, NotFound, StoreError, Unprocessable
+from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
 from .fsutil import atomic_write
 from .index import Index, SessionRow, SnapshotRow
 from .lock import exclusive, is_held
@@ -34,6 +34,8 @@ from .snapshots import SnapshotStore, next_snapshot_id
 from .space import Reserve
 
 MAX_UNREADABLE_LISTED = 1000
+#: Seconds a busy appliance asks a waiting agent to come back after (jittered by it).
+BUSY_RETRY_SECONDS = 3
 
 
 @dataclass(slots=True)
@@ -60,7 +62,7 @@ class Datastore:
     def __init__(self, root: Path, session_lease: float = 60.0,
                  reserve_bytes: int = 64 * 1024 * 1024,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 admit: Callable[[], None] | None = None) -> None:
+                 admit: Callable[[], None] | None = None, max_active: int = 0) -> None:
         self.root = root
         self.clock = clock  # receive times come from here (a fake clock in tests)
         #: Capacity policy for new sessions (the watermarks), wired by the daemon; raises
@@ -77,6 +79,8 @@ class Datastore:
         self.runs = BackupRuns(self.index)
         self.reserve = Reserve(root / "reserve", reserve_bytes)
         self.session_lease = session_lease
+        #: Sessions in use at once (0 = no limit); more get Unavailable("busy").
+        self.max_active = max_active
         self._live: dict[str, _Live] = {}
         self._lock = threading.Lock()
         # Counters for the metrics: chunks newly stored by this process.
@@ -195,6 +199,13 @@ class Datastore:
                                f"host {host!r} already has a backup running; wait for it, or"
                                f" resume it after {int(self.session_lease)} s of inactivity",
                                session=existing.id)
+            if self.max_active:
+                active = sum(1 for s in self._live.values()
+                             if now - s.last_seen <= self.session_lease)
+                if active >= self.max_active:
+                    raise Unavailable("busy", f"the appliance is taking {active} backups at "
+                                      "once, its limit; this one starts when a slot frees",
+                                      retry_after=BUSY_RETRY_SECONDS)
             if self.admit is not None:
                 self.admit()  # a new backup; resumed ones above are running ones and finish
             sid = secrets.token_hex(16)

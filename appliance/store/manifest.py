@@ -77,12 +77,35 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
-        d = json.loads(data)
+        """Parse a manifest; anything malformed (it may come from a damaged disk or the data
+        center) is a CatalogError naming what is wrong, never another exception."""
+        try:
+            d = json.loads(data)
+        except (ValueError, RecursionError):
+            raise CatalogError("manifest is not valid JSON") from None
+        if not isinstance(d, dict):
+            raise CatalogError("manifest is not a JSON object")
         if d.get("format") != FORMAT:
             raise CatalogError(f"unsupported manifest format {d.get('format')!r}")
+        missing = sorted(k for k in _FIELD_TYPES if k not in d and k not in _OPTIONAL)
+        unknown = sorted(set(d) - set(_FIELD_TYPES))
+        if missing or unknown:
+            raise CatalogError(f"manifest lacks {missing} or has unknown fields {unknown}")
+        for key, typ in _FIELD_TYPES.items():
+            if key in d and not (isinstance(d[key], typ) and not isinstance(d[key], bool)):
+                raise CatalogError(f"manifest field {key!r} has the wrong type")
         d["catalog"] = StreamRef.from_json(d["catalog"], "catalog")
         d["dirindex"] = StreamRef.from_json(d["dirindex"], "dirindex")
         return cls(**d)
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "host": str, "snapshot": str, "received_at": str, "started_at": str, "catalog": dict,
+    "dirindex": dict, "logical_size": int, "file_count": int, "dir_count": int,
+    "entry_count": int, "chunk_count": int, "new_bytes": int, "agent_version": str,
+    "session": str, "source": list, "unreadable": list, "unreadable_count": int,
+    "format": int}
+_OPTIONAL = frozenset(("source", "unreadable", "unreadable_count"))
 
 
 def write_chunk_index(path: Path, ids: set[str]) -> None:

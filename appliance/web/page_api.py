@@ -44,6 +44,7 @@ from .auth import (
 )
 from .errors import ApiError
 from .jsonbody import read_json
+from .params import int_query, job_id
 from .throttle import SignInThrottle
 
 log = logging.getLogger("rdr.page")
@@ -164,8 +165,8 @@ class PageApi:
     async def listdir(self, request: web.Request) -> web.Response:
         tree = await self._tree(request)
         path = _path_param(request)
-        offset = _int_param(request, "offset", 0, 0, 1 << 40)
-        limit = _int_param(request, "limit", 1000, 1, MAX_LIST)
+        offset = int_query(request, "offset", 0, 0, 1 << 40)
+        limit = int_query(request, "limit", 1000, 1, MAX_LIST)
         entries = await self.run(tree.listdir, path)
         page = entries[offset:offset + limit]
         parent = path.rpartition(b"/")[0] if path else None
@@ -181,7 +182,7 @@ class PageApi:
         needle = request.query.get("q", "")
         if not 1 <= len(needle) <= 200 or "\0" in needle:
             raise ApiError(400, "bad_field", "'q' must be 1 to 200 characters")
-        limit = _int_param(request, "limit", 200, 1, MAX_SEARCH)
+        limit = int_query(request, "limit", 200, 1, MAX_SEARCH)
         matches, truncated, scanned = await self.run(tree.search, needle, limit)
         return web.json_response({
             "host": tree.host, "snapshot": tree.snapshot, "query": needle,
@@ -320,23 +321,17 @@ class PageApi:
     async def list_jobs(self, request: web.Request) -> web.Response:
         require_account(request)
         host = request.query.get("host") or None
-        jobs = await self.jobs.list(host=host, limit=_int_param(request, "limit", 50, 1, 500))
+        jobs = await self.jobs.list(host=host, limit=int_query(request, "limit", 50, 1, 500))
         return web.json_response({"jobs": [j.to_json() for j in jobs]})
-
-    def _job_id(self, request: web.Request) -> int:
-        raw = request.match_info["id"]
-        if not raw.isdigit() or len(raw) > 18:
-            raise ApiError(404, "no_such_job", f"no restore job {raw!r}")
-        return int(raw)
 
     async def get_job(self, request: web.Request) -> web.Response:
         require_account(request)
-        return web.json_response({"job": (await self.jobs.get(self._job_id(request))).to_json()})
+        return web.json_response({"job": (await self.jobs.get(job_id(request))).to_json()})
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         require_account(request)
-        await self.jobs.cancel(self._job_id(request))
-        return web.json_response({"job": (await self.jobs.get(self._job_id(request))).to_json()})
+        await self.jobs.cancel(job_id(request))
+        return web.json_response({"job": (await self.jobs.get(job_id(request))).to_json()})
 
 
     # --- Rapid Protect / Rapid Recover disks --------------------------------------------
@@ -421,15 +416,6 @@ def _path_params(request: web.Request) -> list[bytes]:
     if len(values) > 10_000:
         raise ApiError(400, "bad_field", "at most 10000 paths per archive")
     return [from_q(v) for v in values]
-
-
-def _int_param(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(key)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise ApiError(400, "bad_field", f"'{key}' must be an integer from {lo} to {hi}")
-    return int(raw)
 
 
 def _throttled(wait: float) -> ApiError:
