@@ -286,6 +286,13 @@ class Index:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                    timeout=30.0)
         self._lock = threading.RLock()
+        # Reads go through one read-only connection per thread: with WAL they never wait for
+        # a write, whose fsync (synchronous=FULL) can take seconds on a busy disk -- behind
+        # one shared connection every heartbeat and session lookup queued behind it.
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._generation = 0
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -313,11 +320,32 @@ class Index:
 
     def close(self) -> None:
         with self._lock:
+            self._close_readers()
             self._db.close()
+
+    def _close_readers(self) -> None:
+        with self._readers_lock:
+            self._generation += 1  # threads open a fresh reader at their next read
+            readers, self._readers = self._readers, []
+        for r in readers:
+            with contextlib.suppress(sqlite3.Error):
+                r.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            r = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                timeout=30.0)
+            r.execute("PRAGMA query_only=ON")
+            with self._readers_lock:
+                self._readers.append(r)
+                local.conn, local.generation = r, self._generation
+        return local.conn
 
     def reopen(self) -> None:
         """A fresh connection (the data disk came back: the old file descriptor is dead)."""
         with self._lock:
+            self._close_readers()
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = sqlite3.connect(self.path, check_same_thread=False,
@@ -338,8 +366,15 @@ class Index:
             self._db.execute("COMMIT")
 
     def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        """A read of committed data (never inside `tx`: it would not see that transaction's
+        own writes)."""
+        try:
+            return self._reader().execute(sql, args).fetchall()
+        except sqlite3.DatabaseError:
+            # A reader that cannot open or read the file (a failing data disk): the main
+            # connection may still answer from its cache, and otherwise raises as it did.
+            with self._lock:
+                return self._db.execute(sql, args).fetchall()
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         """A read for the store's other parts (accounts, restore jobs) that own their tables."""
