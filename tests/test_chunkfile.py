@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -17,6 +18,7 @@ from appliance.store.chunkfile import (
     ChunkError,
     chunk_id,
 )
+from appliance.store.chunkstore import ChunkStore
 
 
 def header(flags: int) -> bytes:
@@ -78,3 +80,19 @@ def test_oversized_plaintext_is_refused_by_encoder_and_decoder() -> None:
         ChunkEncoder().encode(b"\0" * (MAX_PLAIN_SIZE + 1))
     with pytest.raises(ChunkError):
         ChunkDecoder().decode(header(0) + b"\0" * (MAX_PLAIN_SIZE + 1))
+
+
+def test_chunk_store_knows_which_chunks_a_sync_has_covered(tmp_path: Path) -> None:
+    """A commit syncs before taking the commit lock and again under it only if a chunk it
+    references was written after that sync began: `durable` tells which."""
+    store = ChunkStore(tmp_path / "chunks")
+    enc = ChunkEncoder()
+    a, b = enc.encode(b"a" * 5000), enc.encode(b"b" * 5000)
+    assert store.durable({a.id}) and store.put(a.id, a.data)
+    assert not store.durable({a.id, b.id}) and store.durable({b.id})
+    store.sync()
+    assert store.durable({a.id})
+    assert store.put(b.id, b.data) and not store.durable({a.id, b.id})
+    assert not store.put(b.id, b.data)  # already there: nothing new to sync
+    store.sync()
+    assert store.durable({a.id, b.id}) and not (tmp_path / "chunks" / ".dirty").exists()

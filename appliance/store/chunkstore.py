@@ -30,6 +30,9 @@ class ChunkStore:
         self._dirty = False
         self._gen = 0  # puts started, to tell whether a sync covered all of them
         self._inflight = 0
+        # Chunks whose put completed after the last sync began: id -> completion number.
+        self._done = 0
+        self._unsynced: dict[str, int] = {}
         root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
 
@@ -121,16 +124,26 @@ class ChunkStore:
         finally:
             with self._lock:
                 self._inflight -= 1
+        with self._lock:
+            self._done += 1
+            self._unsynced[cid] = self._done
         return True
+
+    def durable(self, ids: set[str]) -> bool:
+        """Has a sync covered every chunk of `ids` that this process wrote?"""
+        with self._lock:
+            return not any(cid in ids for cid in self._unsynced)
 
     def sync(self) -> None:
         """Make every chunk whose put has returned durable (one syncfs). The dirty marker is
         cleared only if no put started or was running meanwhile, so it never hides a chunk
         that the sync did not cover."""
         with self._lock:
-            gen, quiet = self._gen, self._inflight == 0
+            gen, quiet, done = self._gen, self._inflight == 0, self._done
         syncfs(self.root)
         with self._lock:
+            if self._unsynced:
+                self._unsynced = {c: n for c, n in self._unsynced.items() if n > done}
             if self._dirty and quiet and gen == self._gen and self._inflight == 0:
                 self._dirty_marker.unlink(missing_ok=True)
                 self._dirty = False

@@ -297,6 +297,10 @@ class Datastore:
         except (CatalogError, ChunkError) as exc:
             raise Unprocessable("bad_catalog", f"catalog rejected: {exc}") from None
         all_ids = summary.chunks | set(stream_ids)
+        # Durability first, outside the lock: every chunk this snapshot references was
+        # written before the commit began, so this sync covers them, and commits landing
+        # together sync side by side instead of queueing one syncfs each behind the lock.
+        self.chunks.sync()
         # From the final check until the snapshot is published, GC may not delete: GC deletes
         # only under this lock and re-checks mtimes there.
         with exclusive(self._commit_lock):
@@ -305,6 +309,8 @@ class Datastore:
                 raise Unprocessable("missing_chunks",
                                     f"{len(missing)} referenced chunks are missing",
                                     missing=sorted(missing)[:1000])
+            if not self.chunks.durable(all_ids):  # one re-uploaded since (a healed chunk)
+                self.chunks.sync()
             return self._publish(host, row, live, req, summary, all_ids)
 
     def _unvouched(self, host: str, ids: set[str]) -> set[str]:
@@ -339,7 +345,6 @@ class Datastore:
 
     def _publish(self, host: str, row: SessionRow, live: _Live, req: CommitRequest,
                  summary, all_ids: set[str]) -> Manifest:
-        self.chunks.sync()
         latest = self.index.snapshots(host)
         now = self.clock()
         snap = next_snapshot_id(now, latest[-1].snapshot if latest else None)
