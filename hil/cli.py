@@ -49,6 +49,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--power-cut-cmd", help="local command that cuts the unit's power "
                    "(e.g. a switched PDU's CLI)")
     g.add_argument("--power-on-cmd", help="local command that restores the unit's power")
+    g.add_argument("--disk-remove-cmd", help="command run on the unit that removes its data "
+                   "disk (e.g. echo 1 > /sys/block/sdb/device/delete)")
+    g.add_argument("--disk-return-cmd", help="command run on the unit that brings it back")
+    g.add_argument("--dc-down-cmd", help="local command that stops the data center's store")
+    g.add_argument("--dc-up-cmd", help="local command that starts it again")
     g.add_argument("--wan-if", default="wan0", help="the unit's WAN interface")
     g.add_argument("--lan-if", default="lan0", help="the unit's LAN interface")
     g.add_argument("--api", help="https://ADDRESS:8443 of the unit's LAN API "

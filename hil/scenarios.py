@@ -67,9 +67,12 @@ class Context:
 # -- helpers -------------------------------------------------------------------------------
 
 def grow(ctx: Context, host: Host, size: int) -> None:
-    """A day's changes on HOST: a new file of SIZE random bytes, a small file rewritten."""
+    """A day's changes on HOST: a new file of SIZE random bytes (older ones but the last
+    deleted, so a tree stays about two days' worth), a small file rewritten."""
     stamp = f"{time.time_ns()}"
     (host.source / "new").mkdir(parents=True, exist_ok=True)
+    for old in sorted((host.source / "new").iterdir())[:-1]:  # yesterday's file stays
+        old.unlink()
     with open(host.source / "new" / f"{stamp}.bin", "wb") as f:
         left = size
         while left > 0:
@@ -124,7 +127,7 @@ def wait_metric(ctx: Context, name: str, want: float, timeout: float) -> float |
 
 def finish(ctx: Context, res: Result) -> None:
     """No data lost, metrics true: or the scenario fails."""
-    verdict = verify_everything(ctx.rig, ctx.ledger)
+    verdict = verify_everything(ctx.rig, ctx.ledger, everything=not ctx.quick)
     res.notes.append(verdict.summary())
     res.measures["verify_s"] = round(verdict.seconds, 1)
     problems = verdict.problems + check_metrics(ctx.rig, ctx.ledger)
@@ -212,7 +215,7 @@ def power_cut(ctx: Context, res: Result) -> None:
 def power_cut_during(ctx: Context, res: Result, phase: str) -> None:
     rig = ctx.rig
     host = rig.hosts[0]
-    size = ctx.mb(12, 80)
+    size = ctx.mb(8, 80)
     # how long a backup of this size takes, to aim the cut
     grow(ctx, host, size)
     t0 = time.monotonic()

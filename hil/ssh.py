@@ -77,6 +77,10 @@ class SshSettings:
                    api=args.api or f"https://{target.rpartition('@')[2]}:8443",
                    pin=args.pin or "", power_cut_cmd=args.power_cut_cmd or "",
                    power_on_cmd=args.power_on_cmd or "", wan_if=args.wan_if,
+                   disk_remove_cmd=getattr(args, "disk_remove_cmd", None) or "",
+                   disk_return_cmd=getattr(args, "disk_return_cmd", None) or "",
+                   dc_down_cmd=getattr(args, "dc_down_cmd", None) or "",
+                   dc_up_cmd=getattr(args, "dc_up_cmd", None) or "",
                    lan_if=args.lan_if, admin_password=read(args.admin_password_file),
                    metrics_token=read(args.metrics_token_file), hosts=hosts)
 

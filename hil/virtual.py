@@ -245,7 +245,8 @@ class VirtualRig(Rig):
         out = open(self.log / "daemon.log", "ab")  # noqa: SIM115
         with out:
             self.daemon = netns.popen(self.tunnel.appliance_ns, *argv, env=env, stdout=out,
-                                      stderr=subprocess.STDOUT, preexec_fn=boot)
+                                      stderr=subprocess.STDOUT, preexec_fn=boot,
+                                      start_new_session=True)
         return self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 120.0) -> float:
@@ -270,6 +271,22 @@ class VirtualRig(Rig):
         return ""
 
     def stop(self) -> None:
+        """Tear everything down, each step whatever the previous ones did; idempotent."""
+        steps = [self._stop_daemon, self._stop_swift, self._stop_relay, self._del_lan]
+        if self.tunnel is not None:
+            steps.append(self.tunnel.down)
+        if self.disk is not None:
+            steps.append(self.disk.close)
+        errors = []
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # keep tearing down; report at the end
+                errors.append(f"{step.__name__}: {exc}")
+        if errors:
+            raise RigError("teardown: " + "; ".join(errors))
+
+    def _stop_daemon(self) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
             try:
@@ -277,18 +294,20 @@ class VirtualRig(Rig):
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
                 self.daemon.wait()
+
+    def _stop_swift(self) -> None:
         if self.swift is not None:
             self.swift.stop()
+
+    def _stop_relay(self) -> None:
         if self.relay is not None and self.relay.poll() is None:
             self.relay.terminate()
             self.relay.wait(timeout=10)
+
+    def _del_lan(self) -> None:
         for ns in self._extra_ns:
             netns.del_netns(ns)
         self._extra_ns.clear()
-        if self.tunnel is not None:
-            self.tunnel.down()
-        if self.disk is not None:
-            self.disk.close()
 
     # -- operations ----------------------------------------------------------------------
     @property
@@ -389,7 +408,9 @@ class VirtualRig(Rig):
 
     def _links(self, link: str, up: bool) -> None:
         if link == "wan":
-            ns, ifname = self._wan_ifs()[0]
+            # the far end goes away (the line, the modem): the appliance's port loses its
+            # carrier but stays configured, as on a site whose ISP fails
+            ns, ifname = self._wan_ifs()[1]
             netns.set_link(ns, ifname, up)
         elif link == "lan":
             for i in range(1, len(self.hosts) + 1):
