@@ -102,11 +102,15 @@ def listed(rig: Rig) -> set[tuple[str, str]]:
 
 
 def replicate(rig: Rig, timeout: float = 900) -> dict:
-    """One replication pass to completion; raises if it did not finish."""
-    proc = rig.admin("replicate", "--json", timeout=timeout)
+    """One replication pass to completion (``--wait``: after the daemon's own pass, if one
+    runs); raises if it did not finish."""
+    proc = rig.admin("replicate", "--wait", "--json", timeout=timeout)
     if proc.returncode != 0:
         raise RigError(f"rdr replicate failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
-    return json.loads(proc.stdout)
+    out = json.loads(proc.stdout)
+    if out.get("paused"):
+        raise RigError(f"rdr replicate did not run: {out['paused']}")
+    return out
 
 
 def verify_everything(rig: Rig, ledger: Ledger, *, from_dc: bool = True,

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 from hil.factory import Bench, make_bench
+from hil.unit import provision
 
 __all__ = ["REPO", "Bench", "https_in_netns", "make_bench", "provision", "write_order"]
 
@@ -54,16 +53,6 @@ def write_order(path: Path, serial: str = "RDR-0001", retention: str = "30-0-0",
     path.write_text(ORDER.format(serial=serial, retention=retention, bucket=bucket,
                                  listen=listen, gateway=gateway, lan=lan_table))
     return path
-
-
-def provision(root: Path, order: Path, bench: Bench, *extra: str,
-              python: str = sys.executable) -> subprocess.CompletedProcess:
-    """Run the technician's command against ROOT."""
-    return subprocess.run(
-        [python, "-m", "provisioning", "--order", str(order), "--ca-cert", str(bench.ca_cert),
-         "--ca-key", str(bench.ca_key), "--dc-key", str(bench.dc_pub), "--root", str(root),
-         *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
 
 
 def https_in_netns(ns: str, port: int, method: str, path: str, body: bytes = b"",
