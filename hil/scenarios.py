@@ -382,10 +382,9 @@ def dc_down(ctx: Context, res: Result) -> None:
     finally:
         t0 = time.monotonic()
         rig.dc_up()
-    rep = replicate(rig)
+    replicate(rig)  # the daemon's own pass may have caught up already; this waits for it
     res.measures["recovery_s"] = round(time.monotonic() - t0, 1)
-    expect(rep["snapshots_replicated"] >= 1, f"nothing replicated once the DC was back: {rep}")
-    finish(ctx, res)
+    finish(ctx, res)  # includes: nothing pending, in the metrics too
 
 
 def agent_killed(ctx: Context, res: Result) -> None:
@@ -516,10 +515,11 @@ SCENARIOS: dict[str, Callable[[Context, Result], None]] = {
     "slow-wan": slow_wan,
     "dc-down": dc_down,
     "disk-full": disk_full,
-    "disk-removed": disk_removed,
     "rekey": rekey,
     "agent-killed": agent_killed,
+    "disk-removed": disk_removed,
 }
+# disk-removed last: when the appliance does not recover from it, everything after it fails
 QUICK = ["day-cycle", "power-cut", "wan-down-30s", "dc-down", "agent-killed", "disk-full"]
 
 
