@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hil: rig ready in {setup:.0f} s", flush=True)
             ctx = Context(rig, Ledger(), random.Random(args.seed), args.quick)
             for name in names:
-                ctx.final = name == names[-1]
                 print(f"hil: {name} ...", flush=True)
                 res = run_scenario(ctx, name)
                 results.append(res)
