@@ -56,6 +56,7 @@ class LoopDisk:
         self.size = size
         self.index: int | None = None
         self.mounted = False
+        self.shared: Path | None = None
 
     @property
     def device(self) -> str:
@@ -68,11 +69,24 @@ class LoopDisk:
         return f"loop{self.index}"
 
     def create(self) -> None:
+        self._share_parent()
         with open(self.image, "wb") as f:
             f.truncate(self.size)
         self._attach()
         _sh("mkfs.ext4", "-q", "-F", "-m", "0", self.device)
         self._mount()
+
+    def _share_parent(self) -> None:
+        """Make the mount point's parent a shared mount of its own, so that mounting and
+        unmounting the disk later reaches processes that entered a mount namespace of their
+        own meanwhile (``ip netns exec`` unshares one, as a slave: without a shared parent
+        the daemon would keep seeing a pulled disk's dead filesystem, and never the disk
+        that comes back, whatever the daemon does)."""
+        parent = self.mountpoint.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        _sh("mount", "--bind", str(parent), str(parent))
+        self.shared = parent
+        _sh("mount", "--make-shared", str(parent))
 
     def _attach(self) -> None:
         for _ in range(100):
@@ -162,5 +176,8 @@ class LoopDisk:
                            check=False)
             self.mounted = False
         self._detach()
+        if self.shared is not None:
+            subprocess.run(["umount", "-l", str(self.shared)], capture_output=True, check=False)
+            self.shared = None
         with contextlib.suppress(FileNotFoundError):
             self.image.unlink()
