@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -66,8 +67,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the rig's teardown
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     names = args.scenario or (QUICK if args.quick else list(SCENARIOS))
     suite = "quick" if args.quick else "full"
     rig_name = "virtual" if args.rig == "virtual" else "ssh"
