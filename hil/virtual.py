@@ -20,7 +20,6 @@ bandwidth caps are tbf on both WAN veth ends.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import resource
@@ -47,6 +46,7 @@ from hil.unit import (
     provision,
     rebased_config,
 )
+from hil.verify import source_hashes
 from provisioning import layout as L
 
 BIN = Path(sys.executable).parent
@@ -98,21 +98,6 @@ def window_zone(utc_hour: int) -> str:
     the rig's backups fall inside every host's window whatever time the suite runs."""
     off = (3 - utc_hour + 12) % 24 - 12  # local hour 03:00, offset in -12..+11
     return "Etc/UTC" if off == 0 else f"Etc/GMT{'-' if off > 0 else '+'}{abs(off)}"
-
-
-def hash_tree(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            full = Path(dirpath) / name
-            if full.is_symlink() or not full.is_file():
-                continue
-            h = hashlib.sha256()
-            with open(full, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-            out[str(full.relative_to(root))] = h.hexdigest()
-    return out
 
 
 class VirtualRig(Rig):
@@ -362,7 +347,7 @@ class VirtualRig(Rig):
 
     def tree_hashes(self, path: str) -> dict[str, str]:
         try:
-            return hash_tree(Path(path))
+            return source_hashes(Path(path))
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
