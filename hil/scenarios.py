@@ -542,7 +542,7 @@ SCENARIOS: dict[str, Callable[[Context, Result], None]] = {
     "final-verify": final_verify,
 }
 # disk-removed last: when the appliance does not recover from it, everything after it fails
-QUICK = ["day-cycle", "power-cut", "wan-down-30s", "dc-down", "agent-killed", "disk-full"]
+QUICK = ["day-cycle", "power-cut", "wan-down-30s", "dc-down", "agent-killed"]
 
 
 def run_scenario(ctx: Context, name: str) -> Result:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def relative_to_source(hashes: dict[str, str], source: Path) -> dict[str, str]:
     """Restores keep the full source path (``<to>/srv/data/x``): strip it."""
     prefix = str(source).lstrip("/") + "/"
     return {k.removeprefix(prefix): v for k, v in hashes.items()}
+
+
+RESTORE_WORKERS = 3
 
 
 @dataclass
@@ -144,19 +148,7 @@ def verify_everything(rig: Rig, ledger: Ledger, *, from_dc: bool = True,
         if proc.returncode != 0:
             v.problems.append(f"rdr verify found damage: {proc.stdout[-300:]}"
                               f"{proc.stderr[-300:]}")
-    for host_name, snap in known:
-        host = hosts[host_name]
-        want = ledger.trees[(host_name, snap)]
-        dest = Path(rig.scratch) / f"app-{host_name}-{snap}"
-        proc = rig.agent(host, "restore", snap, "--to", str(dest))
-        if proc.returncode != 0:
-            v.problems.append(f"restore of {host_name}/{snap} from the appliance failed: "
-                              f"{proc.stderr.strip()[-300:]}")
-            continue
-        got = relative_to_source(rig.tree_hashes(str(dest)), host.source)
-        v.problems += _compare(f"{host_name}/{snap} from the appliance", got, want)
-        v.restored_appliance += 1
-        v.files_compared += len(want)
+    at_dc: set[tuple[str, str]] = set()
     if from_dc:
         replicate(rig)
         at_dc = {(s["host"], s["snapshot"])
@@ -167,22 +159,42 @@ def verify_everything(rig: Rig, ledger: Ledger, *, from_dc: bool = True,
         if proc.returncode != 0:
             v.problems.append(f"rdr dc verify found problems: {proc.stdout[-300:]}"
                               f"{proc.stderr[-300:]}")
-        for host_name, snap in known:
-            if (host_name, snap) not in at_dc:
-                continue
-            dest = f"{rig.scratch}/dc-{host_name}-{snap}"
-            proc = rig.admin("dc", "restore", "--host", host_name, "--snapshot", snap,
-                             "--to", dest, "--json")
-            if proc.returncode != 0:
-                v.problems.append(f"restore of {host_name}/{snap} from the data center "
-                                  f"failed: {proc.stderr.strip()[-300:]}")
-                with contextlib.suppress(RigError):
-                    rig.tree_hashes(dest)
-                continue
-            got = relative_to_source(rig.tree_hashes(dest), hosts[host_name].source)
-            v.problems += _compare(f"{host_name}/{snap} from the data center", got,
-                                   ledger.trees[(host_name, snap)])
-            v.restored_dc += 1
+
+    def from_appliance(key: tuple[str, str]) -> list[str]:
+        host = hosts[key[0]]
+        dest = str(Path(rig.scratch) / f"app-{key[0]}-{key[1]}")
+        proc = rig.agent(host, "restore", key[1], "--to", dest)
+        if proc.returncode != 0:
+            with contextlib.suppress(RigError):
+                rig.tree_hashes(dest)
+            return [f"restore of {key[0]}/{key[1]} from the appliance failed: "
+                    f"{proc.stderr.strip()[-300:]}"]
+        got = relative_to_source(rig.tree_hashes(dest), host.source)
+        return _compare(f"{key[0]}/{key[1]} from the appliance", got, ledger.trees[key])
+
+    def from_dc_copy(key: tuple[str, str]) -> list[str]:
+        dest = f"{rig.scratch}/dc-{key[0]}-{key[1]}"
+        proc = rig.admin("dc", "restore", "--host", key[0], "--snapshot", key[1],
+                         "--to", dest, "--json")
+        if proc.returncode != 0:
+            with contextlib.suppress(RigError):
+                rig.tree_hashes(dest)
+            return [f"restore of {key[0]}/{key[1]} from the data center failed: "
+                    f"{proc.stderr.strip()[-300:]}"]
+        got = relative_to_source(rig.tree_hashes(dest), hosts[key[0]].source)
+        return _compare(f"{key[0]}/{key[1]} from the data center", got, ledger.trees[key])
+
+    # restores are mostly waiting (process start, the tunnel, fsync): a few at a time
+    jobs = [(from_appliance, k) for k in known] + [(from_dc_copy, k) for k in known
+                                                   if k in at_dc]
+    with ThreadPoolExecutor(RESTORE_WORKERS, thread_name_prefix="hil-restore") as pool:
+        for (fn, key), found in zip(jobs, pool.map(lambda j: j[0](j[1]), jobs), strict=True):
+            v.problems += found
+            if fn is from_appliance:
+                v.restored_appliance += 1
+                v.files_compared += len(ledger.trees[key])
+            else:
+                v.restored_dc += 1
     if not v.problems:
         ledger.verified |= set(known)
     v.seconds = time.monotonic() - t0
