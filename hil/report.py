@@ -28,6 +28,14 @@ def junit(results: list[Result], suite: str) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
+def _rate(key: str, value: float) -> str:
+    """backup_mb_s -> "backup 12.0 MB/s", replicate_mbit_s -> "replicate 8.0 Mbit/s"."""
+    for suffix, unit in (("_mbit_s", "Mbit/s"), ("_mb_s", "MB/s")):
+        if key.endswith(suffix):
+            return f"{key.removesuffix(suffix).replace('_', ' ')} {value} {unit}"
+    return f"{key} {value}"
+
+
 def markdown(results: list[Result], *, rig: str, quick: bool, setup_s: float) -> str:
     ok = sum(r.passed for r in results)
     lines = [
@@ -38,13 +46,17 @@ def markdown(results: list[Result], *, rig: str, quick: bool, setup_s: float) ->
         f"- result: **{ok} of {len(results)} scenarios passed**; rig setup {setup_s:.0f} s, "
         f"scenarios {sum(r.seconds for r in results):.0f} s",
         "",
+        "Throughputs include each command's start-up (a few hundred ms of Python per agent "
+        "or `rdr` run); recovery times run from the end of the fault to the appliance (or "
+        "tunnel) working again.",
+        "",
         "| scenario | result | time (s) | throughput | recovery | other measures |",
         "|---|---|---:|---|---|---|",
     ]
     for r in results:
         m = dict(r.measures)
-        thr = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {m.pop(k)}"
-                        for k in list(m) if "mb_s" in k or "mbit_s" in k)
+        thr = ", ".join(_rate(k, m.pop(k)) for k in list(m)
+                        if k.endswith("_mb_s") or k.endswith("_mbit_s"))
         rec = ", ".join(f"{k.replace('_s', '').replace('_', ' ')} {m.pop(k)} s"
                         for k in list(m) if k.startswith("recovery"))
         other = ", ".join(f"{k} {v}" for k, v in m.items())

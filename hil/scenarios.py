@@ -298,7 +298,9 @@ def power_cut_during(ctx: Context, res: Result, phase: str) -> None:
         out = job.stdout.read() if job.stdout else ""
         if rc == 0:
             ctx.ledger.record(host, json.loads(out)["snapshot"], tree)
+            res.notes.append(f"{phase}: the agent rode out the cut (retried) and committed")
         else:
+            res.notes.append(f"{phase}: the agent failed (exit {rc}), as it should")
             adopt_unreported(ctx, host, tree, before, res)
         backup(ctx, host)  # the next backup goes through
     elif phase == "prune":
@@ -377,8 +379,8 @@ def dc_down(ctx: Context, res: Result) -> None:
             time.sleep(2)
         expect(pending and pending >= 1,
                f"rdr_replication_pending_snapshots = {pending} with a snapshot not at the DC")
-        res.notes.append(f"replication failed cleanly (rc {rc}); {pending:.0f} snapshots "
-                         "pending in the metrics")
+        res.notes.append(f"replication did not succeed ({paused or f'exit {rc}'}); "
+                         f"{pending:.0f} snapshots pending in the metrics")
     finally:
         t0 = time.monotonic()
         rig.dc_up()

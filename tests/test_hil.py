@@ -158,7 +158,7 @@ def test_reports_say_what_ran() -> None:
     assert root.find("testcase[@name='dc-down']/failure").get("message").startswith("rdr_")
     md = markdown([ok, bad], rig="virtual", quick=True, setup_s=20)
     assert "1 of 2 scenarios passed" in md
-    assert "| day-cycle | PASS | 12 | backup mb 40.0 | recovery 3.2 s |" in md
+    assert "| day-cycle | PASS | 12 | backup 40.0 MB/s | recovery 3.2 s |" in md
     assert "**FAIL**" in md
 
 
