@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"hil: {name} ...", flush=True)
                 res = run_scenario(ctx, name)
                 results.append(res)
+                # after every scenario, so a long run interrupted still leaves its report
+                report.write(out, results, rig=rig_name, quick=args.quick, setup_s=setup)
                 print(f"hil: {name}: {'PASS' if res.passed else 'FAIL'} in {res.seconds:.0f} s"
                       + (f": {res.error[:300]}" if res.error else ""), flush=True)
                 if not res.passed and name != names[-1]:

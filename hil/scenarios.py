@@ -196,7 +196,7 @@ def day_cycle(ctx: Context, res: Result) -> None:
     rig = ctx.rig
     total, t0 = 0, time.monotonic()
     for host in rig.hosts:
-        grow(ctx, host, ctx.mb(4, 40))
+        grow(ctx, host, ctx.mb(4, 20))
         total += backup(ctx, host)["bytes_read"]
     res.measures["backup_mb_s"] = round(total / 1e6 / (time.monotonic() - t0), 1)
     decisions = rig.admin_json("prune")
@@ -266,7 +266,7 @@ def power_cut(ctx: Context, res: Result) -> None:
 def power_cut_during(ctx: Context, res: Result, phase: str) -> None:
     rig = ctx.rig
     host = rig.hosts[0]
-    size = ctx.mb(16, 80)
+    size = ctx.mb(16, 40)
     grow(ctx, host, size)
     before = listed(rig)
     tree = source_hashes(host.source)
@@ -322,7 +322,7 @@ def wan_down(seconds: float) -> Callable[[Context, Result], None]:
         """The WAN is down for a while during replication."""
         rig = ctx.rig
         for host in rig.hosts:
-            grow(ctx, host, ctx.mb(8, 60))
+            grow(ctx, host, ctx.mb(8, 30))
             backup(ctx, host)
         job = rig.admin_popen("replicate", "--wait", "--json")
         time.sleep(1.5)
@@ -393,7 +393,7 @@ def agent_killed(ctx: Context, res: Result) -> None:
     """The agent is killed mid-backup; the next run resumes and commits."""
     rig = ctx.rig
     host = rig.hosts[1]
-    grow(ctx, host, ctx.mb(30, 200))
+    grow(ctx, host, ctx.mb(30, 100))
     before = listed(rig)
     job = rig.agent_popen(host, "backup", str(host.source), "--json")
     at = wait_read(job, newest(host), 0.4)
@@ -512,7 +512,7 @@ def rekey(ctx: Context, res: Result) -> None:
     """The tunnel's SAs are rekeyed while replication transfers."""
     rig = ctx.rig
     for host in rig.hosts:
-        grow(ctx, host, ctx.mb(8, 60))
+        grow(ctx, host, ctx.mb(8, 30))
         backup(ctx, host)
     job = rig.admin_popen("replicate", "--wait", "--json")
     time.sleep(1.0)

@@ -61,7 +61,7 @@ SERIAL = "RDR-HIL1"
 ORDER = """\
 serial = "{serial}"
 customer_id = "C-HIL"
-capacity_gb = 1
+capacity_gb = {capacity_gb}
 retention = "30-0-0"
 commitment_months = 12
 timezone = "{zone}"
@@ -105,7 +105,7 @@ class VirtualRig(Rig):
         self.workdir = Path(workdir)
         self.quick = quick
         self.prefix = "hl" + secrets.token_hex(2)
-        self.disk_mb = disk_mb or (320 if quick else 1024)
+        self.disk_mb = disk_mb or (320 if quick else 4096)
         self.root = self.workdir / "unit"
         self.plan = TunnelPlan(prefix=self.prefix)
         self.hosts: list[Host] = []
@@ -155,7 +155,8 @@ class VirtualRig(Rig):
         window, zone = "01:00", window_zone(time.gmtime().tm_hour)
         order = self.workdir / "order.toml"
         order.write_text(ORDER.format(
-            serial=SERIAL, port=API_PORT, window=window, zone=zone, gateway=RELAY_ADDR,
+            serial=SERIAL, port=API_PORT, window=window, zone=zone,
+            capacity_gb=max(1, self.disk_mb // 1000), gateway=RELAY_ADDR,
             dc=self.plan.dc_inner.split("/")[0], s3port=S3_PORT,
             hosts=", ".join(f'{h} = "{window}"' for h in HOSTS)))
         proc = provision(self.root, order, self.bench, "--burn-in-mb", "0")
