@@ -462,7 +462,10 @@ def disk_removed(ctx: Context, res: Result) -> None:
         if proc.returncode == 0:
             problems.append("a backup was committed without a data disk")
         else:
-            res.notes.append(f"backup refused: {proc.stderr.strip().splitlines()[-1][:160]}")
+            said = proc.stderr.strip().splitlines()[-1][:160]
+            res.notes.append(f"backup refused: {said}")
+            if "500 internal" in said:  # the agent must be told why (503 with the reason)
+                problems.append(f"the agent was refused with an internal error: {said}")
     finally:
         rig.return_disk()
     t0 = time.monotonic()
