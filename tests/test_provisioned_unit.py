@@ -9,10 +9,8 @@ only ``lo`` plus what rdr-tunnel-guard.service would add (the tunnel address and
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,46 +18,18 @@ from pathlib import Path
 import pytest
 
 from hil import netns
-from hil.tunnel import Tunnel, TunnelPlan, charon_installed, strongswan_conf
+from hil.tunnel import TunnelPlan, charon_installed
+from hil.unit import ProvisionedTunnel, rebased_config, run_guard
 from provisioning import layout as L
 
 from .conftest import BIN
-from .factory import REPO, Bench, https_in_netns, make_bench, provision, write_order
+from .factory import Bench, https_in_netns, make_bench, provision, write_order
 
 pytestmark = pytest.mark.skipif(not netns.usable(), reason="needs root and iproute2")
-
-GUARD = REPO / "systemd" / "rdr-tunnel-guard.service"
-
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
     return make_bench(tmp_path_factory.mktemp("bench"))
-
-
-def run_guard(ns: str, root: Path) -> None:
-    """Run rdr-tunnel-guard.service's ExecStart= lines in NS with the provisioned tunnel.env,
-    as systemd would (its ${VAR} expansion is the shell's for these values)."""
-    env = dict(os.environ)
-    for line in L.Layout(root)(L.TUNNEL_ENV).read_text().splitlines():
-        key, value = line.split("=", 1)
-        env[key] = value.strip('"')
-    for line in GUARD.read_text().splitlines():
-        if line.startswith("ExecStart="):
-            proc = netns.run(ns, "/bin/sh", "-c", line.removeprefix("ExecStart="), env=env)
-            assert proc.returncode == 0, proc.stderr
-
-
-def rebased_config(root: Path) -> Path:
-    """The unit's config with its absolute paths moved under ROOT (the tree is not at /)."""
-    lay = L.Layout(root)
-    text = lay(L.CONFIG).read_text()
-    for unit_path in (L.ETC_RDR, L.DATA_POOL):
-        text = text.replace(f'"{unit_path}', f'"{lay(unit_path)}')
-    out = lay(L.ETC_RDR) / "appliance.rebased.toml"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return out
 
 
 def test_daemon_serves_on_the_provisioned_config(tmp_path: Path, bench: Bench) -> None:
@@ -103,82 +73,6 @@ def test_daemon_serves_on_the_provisioned_config(tmp_path: Path, bench: Bench) -
     text = (tmp_path / "daemon.log").read_text()
     assert "RDR-0001" in text or "serving on" in text
     assert password not in text and "s3-secret-for-tests" not in text
-
-
-class ProvisionedTunnel(Tunnel):
-    """hil's two-namespace rig, with the appliance side exactly as provisioning left it: its
-    swanctl directory (connection, device certificate and key, factory CA) and its tunnel
-    guard; the data center is a responder whose certificate the same factory CA signed."""
-
-    def __init__(self, workdir: Path, plan: TunnelPlan, root: Path, bench: Bench) -> None:
-        super().__init__(workdir, plan)
-        self.root = root
-        self.bench = bench
-
-    def _build(self) -> None:
-        plan = self.plan
-        for d in (self.state, self.logdir):
-            d.mkdir(parents=True, exist_ok=True)
-        for ns in (self.appliance_ns, self.dc_ns):
-            netns.add_netns(ns)
-            self._created.append(ns)
-            netns.disable_ipv6(ns)
-        netns.add_veth(self.appliance_ns, self.wan_if_appliance, plan.wan_appliance,
-                       self.dc_ns, self.wan_if_dc, plan.wan_dc)
-        netns.ip("link", "set", "lo", "up", ns=self.appliance_ns)
-        run_guard(self.appliance_ns, self.root)  # tunnel address + prohibit route
-        netns.add_lo_address(self.dc_ns, plan.dc_inner)
-        netns.ip("route", "add", "prohibit", plan.appliance_inner, ns=self.dc_ns)
-        shutil.copytree(L.Layout(self.root)(L.SWANCTL_DIR), self.side_dir("appliance") /
-                        "swanctl")
-        dc = self.side_dir("dc") / "swanctl"
-        for sub in ("x509", "x509ca", "private"):
-            (dc / sub).mkdir(parents=True)
-        cert, key = self.bench.issue("dc.rdr.test")
-        (dc / "x509" / "dc.pem").write_bytes(cert)
-        (dc / "private" / "dc.key").write_bytes(key)
-        shutil.copy2(self.bench.ca_cert, dc / "x509ca" / "ca.pem")
-        (dc / "swanctl.conf").write_text(DC_CONF)
-        for side in ("appliance", "dc"):
-            (self.side_dir(side) / "strongswan.conf").write_text(
-                strongswan_conf(self.charon_log(side)))
-            self._rundir(side).mkdir(parents=True, exist_ok=True)
-        for side in ("dc", "appliance"):
-            self._start_charon(side)
-        for side in ("dc", "appliance"):
-            self._wait_vici(side, 15.0)
-            self._swanctl(side, "--load-all")
-
-
-DC_CONF = """\
-connections {
-    appliance {
-        version = 2
-        local_addrs = 198.18.0.2
-        proposals = aes256gcm16-prfsha384-ecp384
-        encap = yes
-        mobike = no
-        unique = replace
-        local {
-            auth = pubkey
-            certs = dc.pem
-            id = dc.rdr.test
-        }
-        remote {
-            auth = pubkey
-            id = rdr-0001
-            cacerts = ca.pem
-        }
-        children {
-            appliance {
-                local_ts = 10.200.2.0/24
-                remote_ts = 10.200.1.1/32
-                esp_proposals = aes256gcm16
-            }
-        }
-    }
-}
-"""
 
 
 @pytest.mark.skipif(not charon_installed(), reason="strongSwan not installed")

@@ -1,0 +1,183 @@
+"""The virtual rig's data disk: a loop device holding an ext4 filesystem, mounted where the
+unit mounts its data pool, that can fill up, die, be pulled and come back.
+
+* The loop device is created at a fresh index of our own (LOOP_CTL_ADD on /dev/loop-control),
+  so the rig never touches a loop device someone else uses, and removed with LOOP_CTL_REMOVE:
+  the kernel sends real add/remove uevents, which the daemon's disk watcher sees.
+* Dying is FS_IOC_SHUTDOWN with FS_GOING_NOLOGFLUSH (xfstests' "godown"): every further I/O
+  fails with EIO and the journal is *not* flushed, so what was written but not yet committed
+  to the journal is lost when the disk comes back, like a power cut or a yanked cable.
+* Full is real ENOSPC: a filler file takes all free space but what the scenario asks for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import random
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+LOOP_CTL_ADD = 0x4C80
+LOOP_CTL_REMOVE = 0x4C81
+FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+FS_GOING_NOLOGFLUSH = 2
+FILLER = ".hil-filler"
+
+
+class DiskError(RuntimeError):
+    pass
+
+
+def _sh(*cmd: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise DiskError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+
+
+def _loop_ctl(op: int, index: int) -> int:
+    fd = os.open("/dev/loop-control", os.O_RDWR)
+    try:
+        return fcntl.ioctl(fd, op, index)
+    finally:
+        os.close(fd)
+
+
+class LoopDisk:
+    """IMAGE (a sparse file of SIZE bytes) on a loop device, ext4, mounted on MOUNTPOINT."""
+
+    def __init__(self, image: Path, mountpoint: Path, size: int) -> None:
+        self.image = image
+        self.mountpoint = mountpoint
+        self.size = size
+        self.index: int | None = None
+        self.mounted = False
+        self.shared: Path | None = None
+
+    @property
+    def device(self) -> str:
+        if self.index is None:
+            raise DiskError("the disk is not attached")
+        return f"/dev/loop{self.index}"
+
+    @property
+    def name(self) -> str:
+        return f"loop{self.index}"
+
+    def create(self) -> None:
+        self._share_parent()
+        with open(self.image, "wb") as f:
+            f.truncate(self.size)
+        self._attach()
+        _sh("mkfs.ext4", "-q", "-F", "-m", "0", self.device)
+        self._mount()
+
+    def _share_parent(self) -> None:
+        """Make the mount point's parent a shared mount of its own, so that mounting and
+        unmounting the disk later reaches processes that entered a mount namespace of their
+        own meanwhile (``ip netns exec`` unshares one, as a slave: without a shared parent
+        the daemon would keep seeing a pulled disk's dead filesystem, and never the disk
+        that comes back, whatever the daemon does)."""
+        parent = self.mountpoint.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        _sh("mount", "--bind", str(parent), str(parent))
+        self.shared = parent
+        _sh("mount", "--make-shared", str(parent))
+
+    def _attach(self) -> None:
+        for _ in range(100):
+            index = random.randint(200, 4000)
+            try:
+                _loop_ctl(LOOP_CTL_ADD, index)
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise
+                continue
+            self.index = index
+            break
+        else:
+            raise DiskError("no free loop index")
+        _sh("losetup", self.device, str(self.image))
+
+    def _mount(self) -> None:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        _sh("mount", "-t", "ext4", self.device, str(self.mountpoint))
+        self.mounted = True
+
+    def _detach(self) -> None:
+        if self.index is None:
+            return
+        subprocess.run(["losetup", "-d", self.device], capture_output=True, check=False)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                _loop_ctl(LOOP_CTL_REMOVE, self.index)
+                break
+            except OSError as e:
+                if e.errno == errno.ENODEV or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        self.index = None
+
+    def kill(self) -> None:
+        """The disk stops answering: every I/O on the mounted filesystem now fails (EIO)."""
+        fd = os.open(self.mountpoint, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_NOLOGFLUSH))
+        finally:
+            os.close(fd)
+
+    def pull(self) -> None:
+        """Dies, then is gone: the dead filesystem is detached and the device removed."""
+        if self.mounted:
+            with contextlib.suppress(OSError):
+                self.kill()
+            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True,
+                           check=False)
+            self.mounted = False
+        self._detach()
+
+    def plug(self) -> None:
+        """Comes back (under a new kernel name, as a re-plugged disk does); the journal is
+        replayed by the mount."""
+        if self.mounted:
+            raise DiskError("the disk is already mounted")
+        self._attach()
+        self._mount()
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.mountpoint)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, leave_bytes: int) -> int:
+        """Take all free space but LEAVE_BYTES with a filler file; returns its size."""
+        path = self.mountpoint / FILLER
+        size = max(0, self.free_bytes() - leave_bytes)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            current = os.fstat(fd).st_size
+            os.posix_fallocate(fd, 0, current + size)
+        finally:
+            os.close(fd)
+        return size
+
+    def unfill(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.mountpoint / FILLER).unlink()
+
+    def close(self) -> None:
+        """Unmount, detach, remove; idempotent."""
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True,
+                           check=False)
+            self.mounted = False
+        self._detach()
+        if self.shared is not None:
+            subprocess.run(["umount", "-l", str(self.shared)], capture_output=True, check=False)
+            self.shared = None
+        with contextlib.suppress(FileNotFoundError):
+            self.image.unlink()

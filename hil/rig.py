@@ -1,0 +1,150 @@
+"""What a scenario needs from a rig: the appliance's hosts, its admin commands, its page API
+and metrics, and the faults. The virtual rig (hil/virtual.py) and a real unit over SSH
+(hil/ssh.py) implement the same interface, so the same scenarios run on both.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class RigError(RuntimeError):
+    """The rig could not do what a scenario asked (setup, a fault, a command)."""
+
+
+@dataclass
+class Host:
+    """A LAN host with an agent: its name on the appliance and the tree it backs up."""
+
+    name: str
+    source: Path
+    state: Path
+
+
+class Faults(abc.ABC):
+    """Fault injection: what happens to appliances on customer sites."""
+
+    @abc.abstractmethod
+    def power_cut(self) -> None:
+        """Everything on the appliance stops at once (no shutdown, unflushed writes lost)."""
+
+    @abc.abstractmethod
+    def power_on(self, timeout: float = 120.0) -> float:
+        """Boot after a power cut; returns the seconds until the daemon is ready."""
+
+    @abc.abstractmethod
+    def link_down(self, link: str) -> None:
+        """Take LINK ("wan" or "lan") down."""
+
+    @abc.abstractmethod
+    def link_up(self, link: str) -> None:
+        """Bring LINK back."""
+
+    @abc.abstractmethod
+    def fill_disk(self, leave_bytes: int) -> None:
+        """Fill the data disk until only LEAVE_BYTES are free."""
+
+    @abc.abstractmethod
+    def free_disk(self) -> None:
+        """Remove what fill_disk wrote."""
+
+    @abc.abstractmethod
+    def remove_disk(self) -> None:
+        """The data disk dies under the running appliance and is removed."""
+
+    @abc.abstractmethod
+    def return_disk(self) -> None:
+        """The data disk comes back."""
+
+    @abc.abstractmethod
+    def dc_down(self) -> None:
+        """The data center's object store stops answering."""
+
+    @abc.abstractmethod
+    def dc_up(self) -> None:
+        """The data center's object store is back."""
+
+    @abc.abstractmethod
+    def shape_wan(self, rtt_ms: float = 0.0, rate_kbit: int = 0) -> None:
+        """Add RTT_MS of round-trip latency and cap the WAN at RATE_KBIT (0 = no cap)."""
+
+    @abc.abstractmethod
+    def rekey(self) -> None:
+        """Rekey the tunnel's IKE and CHILD SAs now."""
+
+
+class Rig(Faults):
+    """An appliance with hosts and a data center behind a WAN, plus its faults."""
+
+    hosts: list[Host]
+    quick: bool
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def agent(self, host: Host, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run ``rdr-agent ARGS`` as HOST."""
+
+    @abc.abstractmethod
+    def agent_popen(self, host: Host, *args: str) -> subprocess.Popen:
+        """Start ``rdr-agent ARGS`` as HOST without waiting."""
+
+    @abc.abstractmethod
+    def admin(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run ``rdr ARGS --config <the unit's config>`` on the appliance."""
+
+    @abc.abstractmethod
+    def admin_popen(self, *args: str) -> subprocess.Popen:
+        """Start ``rdr ARGS --config ...`` on the appliance without waiting."""
+
+    @abc.abstractmethod
+    def https(self, method: str, path: str, body: bytes = b"",
+              headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:
+        """One HTTPS request to the appliance's LAN API (pinned certificate)."""
+
+    @abc.abstractmethod
+    def tree_hashes(self, path: str) -> dict[str, str]:
+        """{relative path: sha256} of every regular file under PATH on the appliance (where
+        ``admin`` commands such as ``dc restore --to`` wrote), then PATH is removed."""
+
+    @property
+    @abc.abstractmethod
+    def scratch(self) -> str:
+        """A directory on the appliance for restores the harness reads back."""
+
+    @property
+    @abc.abstractmethod
+    def admin_password(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def metrics_token(self) -> str: ...
+
+    def admin_json(self, *args: str, timeout: float = 600) -> object:
+        proc = self.admin(*args, "--json", timeout=timeout)
+        if proc.returncode != 0:
+            raise RigError(f"rdr {' '.join(args)} failed ({proc.returncode}): "
+                           f"{proc.stderr.strip()[-500:]}")
+        return json.loads(proc.stdout)
+
+    def metrics(self) -> str:
+        status, body = self.https("GET", "/metrics",
+                                  headers={"Authorization": f"Bearer {self.metrics_token}"})
+        if status != 200:
+            raise RigError(f"/metrics answered {status}")
+        return body.decode()
+
+    def __enter__(self) -> Rig:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

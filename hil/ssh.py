@@ -1,0 +1,276 @@
+"""The same scenarios against a real appliance, reached over SSH (``--rig ssh://root@UNIT``).
+
+UNTESTED AGAINST HARDWARE: no unit is reachable from the machines this was written on; only
+the command construction is unit-tested (tests/test_hil.py). What it does:
+
+* the machine running the harness is the LAN host: its agents (``--host NAME=TOKEN=SOURCE``)
+  back up local directories to the unit's LAN API (``--api``, certificate ``--pin``);
+* admin commands are ``ssh UNIT /opt/rdr/bin/rdr ... --config /etc/rdr/appliance.toml``;
+* power is cut and restored by *local* commands (``--power-cut-cmd``, ``--power-on-cmd``:
+  a switched PDU's CLI, a smart plug's HTTP call ...), because a unit cannot cut its own power;
+* the WAN link goes down with ``ip link set dev WAN down`` on the unit (the harness talks
+  over the LAN, so it keeps its session); the LAN link is refused: the harness would cut
+  itself off (use a managed switch's port for that);
+* the disk fills with ``fallocate`` on the data pool (all free space but what is asked);
+* WAN latency and bandwidth are ``tc netem``/``tbf`` on the unit's WAN interface (the unit's
+  Debian kernel has netem, unlike the virtual rig's);
+* disk removal and the data center's outage have no standard command: they run what
+  ``--disk-remove-cmd``/``--disk-return-cmd`` (on the unit; e.g. the SCSI ``delete`` and
+  ``scan`` files) and ``--dc-down-cmd``/``--dc-up-cmd`` (locally) say, or fail as "not
+  configured".
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from hil import lanhttp
+from hil.disk import FILLER
+from hil.rig import Host, Rig, RigError
+
+BIN = Path(sys.executable).parent
+UNIT_RDR = "/opt/rdr/bin/rdr"
+DATA_POOL = "/srv/rdr"
+
+
+@dataclass
+class SshSettings:
+    target: str  # [user@]host
+    config: str = "/etc/rdr/appliance.toml"
+    api: str = ""  # https://host:8443
+    pin: str = ""
+    power_cut_cmd: str = ""
+    power_on_cmd: str = ""
+    wan_if: str = "wan0"
+    lan_if: str = "lan0"
+    disk_remove_cmd: str = ""
+    disk_return_cmd: str = ""
+    dc_down_cmd: str = ""
+    dc_up_cmd: str = ""
+    admin_password: str = ""
+    metrics_token: str = ""
+    hosts: list[tuple[str, str, Path]] = field(default_factory=list)
+    ssh_options: tuple[str, ...] = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
+
+    @classmethod
+    def from_args(cls, args) -> SshSettings:
+        target = args.rig.removeprefix("ssh://").rstrip("/")
+        if not target or "/" in target:
+            raise RigError(f"--rig ssh://[USER@]HOST, not {args.rig!r}")
+        hosts = []
+        for spec in args.host or []:
+            name, token, source = spec.split("=", 2)
+            hosts.append((name, token, Path(source)))
+
+        def read(p: Path | None) -> str:
+            return p.read_text().strip() if p else ""
+
+        return cls(target=target, config=args.config,
+                   api=args.api or f"https://{target.rpartition('@')[2]}:8443",
+                   pin=args.pin or "", power_cut_cmd=args.power_cut_cmd or "",
+                   power_on_cmd=args.power_on_cmd or "", wan_if=args.wan_if,
+                   disk_remove_cmd=getattr(args, "disk_remove_cmd", None) or "",
+                   disk_return_cmd=getattr(args, "disk_return_cmd", None) or "",
+                   dc_down_cmd=getattr(args, "dc_down_cmd", None) or "",
+                   dc_up_cmd=getattr(args, "dc_up_cmd", None) or "",
+                   lan_if=args.lan_if, admin_password=read(args.admin_password_file),
+                   metrics_token=read(args.metrics_token_file), hosts=hosts)
+
+
+class SshRig(Rig):
+    def __init__(self, settings: SshSettings, workdir: Path, quick: bool = False) -> None:
+        self.s = settings
+        self.workdir = Path(workdir)
+        self.quick = quick
+        self.tokens = {name: token for name, token, _ in settings.hosts}
+        self.hosts = [Host(name, source, self.workdir / "hosts" / name / "state")
+                      for name, _, source in settings.hosts]
+        self._metrics_token = settings.metrics_token
+
+    # -- command construction (unit-tested) ----------------------------------------------
+    def ssh_argv(self, *remote: str) -> list[str]:
+        """ssh argv running REMOTE (an argv) on the unit; quoted once, for its shell."""
+        return ["ssh", *self.s.ssh_options, self.s.target, shlex.join(remote)]
+
+    def ssh_shell_argv(self, script: str) -> list[str]:
+        return ["ssh", *self.s.ssh_options, self.s.target, script]
+
+    def admin_argv(self, *args: str) -> list[str]:
+        return self.ssh_argv(UNIT_RDR, *args, "--config", self.s.config)
+
+    def link_argv(self, link: str, up: bool) -> list[str]:
+        if link != "wan":
+            raise RigError(f"cannot take the unit's {link} link down over SSH: the harness "
+                           "talks over it (use a managed switch port)")
+        return self.ssh_argv("ip", "link", "set", "dev", self.s.wan_if, "up" if up else "down")
+
+    def fill_script(self, leave_bytes: int) -> str:
+        pool, filler = shlex.quote(DATA_POOL), shlex.quote(f"{DATA_POOL}/{FILLER}")
+        return (f"set -e; avail=$(df --output=avail -B1 {pool} | tail -n 1); "
+                f"size=$((avail - {int(leave_bytes)})); "
+                f'if [ "$size" -gt 0 ]; then fallocate -l "$size" {filler}; fi')
+
+    def shape_argv(self, rtt_ms: float, rate_kbit: int) -> list[str]:
+        dev = self.s.wan_if
+        if not rtt_ms and not rate_kbit:
+            return self.ssh_shell_argv(f"tc qdisc del dev {shlex.quote(dev)} root || true")
+        netem = ["tc", "qdisc", "replace", "dev", dev, "root", "netem"]
+        if rtt_ms:
+            netem += ["delay", f"{rtt_ms / 2:g}ms"]  # egress only: half the round trip
+        if rate_kbit:
+            netem += ["rate", f"{rate_kbit}kbit"]
+        return self.ssh_argv(*netem)
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _run(self, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+
+    def _must(self, argv: list[str], what: str, timeout: float = 600) -> str:
+        proc = self._run(argv, timeout)
+        if proc.returncode != 0:
+            raise RigError(f"{what} failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+        return proc.stdout
+
+    def _local(self, command: str, what: str) -> None:
+        if not command:
+            raise RigError(f"{what}: no command configured for this unit")
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True,
+                              timeout=300, check=False)
+        if proc.returncode != 0:
+            raise RigError(f"{what} ({command!r}) failed: {proc.stderr.strip()[-300:]}")
+
+    def start(self) -> None:
+        self._must(self.ssh_argv("true"), f"ssh {self.s.target}", timeout=30)
+        if not self.hosts:
+            raise RigError("no --host NAME=TOKEN=SOURCE given: the scenarios need agents")
+        if not self._metrics_token:
+            out = self._must(self.admin_argv("tokens", "add", "hil-metrics"), "tokens add")
+            self._metrics_token = out.strip().splitlines()[-1]
+        self.wait_ready(60)
+
+    def stop(self) -> None:
+        self._run(self.shape_argv(0, 0), timeout=60)
+        self._run(self.ssh_argv("rm", "-f", f"{DATA_POOL}/{FILLER}"), timeout=60)
+
+    def wait_ready(self, timeout: float) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            try:
+                if self.https("GET", "/readyz", timeout=5)[0] == 200:
+                    return time.monotonic() - t0
+            except OSError:
+                pass
+            time.sleep(1)
+        raise RigError(f"the unit's API at {self.s.api} is not ready after {timeout:.0f} s")
+
+    def _agent_env(self, host: Host) -> dict[str, str]:
+        return dict(os.environ, RDR_URL=self.s.api, RDR_TOKEN=self.tokens[host.name],
+                    RDR_FINGERPRINT=self.s.pin, RDR_STATE_DIR=str(host.state))
+
+    def agent(self, host: Host, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "rdr-agent"), *args], env=self._agent_env(host),
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def agent_popen(self, host: Host, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([str(BIN / "rdr-agent"), *args], env=self._agent_env(host),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def admin(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return self._run(self.admin_argv(*args), timeout)
+
+    def admin_popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(self.admin_argv(*args), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def https(self, method: str, path: str, body: bytes = b"",
+              headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:
+        status, _, payload = self.https_full(method, path, body, headers, timeout)
+        return status, payload
+
+    def https_full(self, method: str, path: str, body: bytes = b"",
+                   headers: dict[str, str] | None = None,
+                   timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+        u = urlsplit(self.s.api)
+        sock = socket.create_connection((u.hostname, u.port or 8443), timeout=timeout)
+        try:
+            return lanhttp.request(sock, u.hostname or "", method, path, body, headers,
+                                   pin=self.s.pin, timeout=timeout)
+        finally:
+            sock.close()
+
+    @property
+    def scratch(self) -> str:
+        return f"{DATA_POOL}/.hil-scratch"
+
+    def tree_hashes(self, path: str) -> dict[str, str]:
+        q = shlex.quote(path)
+        out = self._must(self.ssh_shell_argv(
+            f"cd {q} && find . -type f -print0 | xargs -0 -r sha256sum; cd / && rm -rf {q}"),
+            "hashing a restore on the unit")
+        hashes = {}
+        for line in out.splitlines():
+            digest, _, name = line.partition("  ")
+            hashes[name.removeprefix("./")] = digest
+        return hashes
+
+    @property
+    def admin_password(self) -> str:
+        return self.s.admin_password
+
+    @property
+    def metrics_token(self) -> str:
+        return self._metrics_token
+
+    # -- faults ----------------------------------------------------------------------------
+    def power_cut(self) -> None:
+        self._local(self.s.power_cut_cmd, "power cut")
+
+    def power_on(self, timeout: float = 300.0) -> float:
+        t0 = time.monotonic()
+        self._local(self.s.power_on_cmd, "power on")
+        self.wait_ready(timeout)
+        return time.monotonic() - t0
+
+    def link_down(self, link: str) -> None:
+        self._must(self.link_argv(link, up=False), f"{link} down")
+
+    def link_up(self, link: str) -> None:
+        self._must(self.link_argv(link, up=True), f"{link} up")
+
+    def fill_disk(self, leave_bytes: int) -> None:
+        self._must(self.ssh_shell_argv(self.fill_script(leave_bytes)), "filling the disk")
+
+    def free_disk(self) -> None:
+        self._must(self.ssh_argv("rm", "-f", f"{DATA_POOL}/{FILLER}"), "freeing the disk")
+
+    def remove_disk(self) -> None:
+        if not self.s.disk_remove_cmd:
+            raise RigError("disk removal: no --disk-remove-cmd configured for this unit")
+        self._must(self.ssh_shell_argv(self.s.disk_remove_cmd), "disk removal")
+
+    def return_disk(self) -> None:
+        if not self.s.disk_return_cmd:
+            raise RigError("disk return: no --disk-return-cmd configured for this unit")
+        self._must(self.ssh_shell_argv(self.s.disk_return_cmd), "disk return")
+
+    def dc_down(self) -> None:
+        self._local(self.s.dc_down_cmd, "data center down")
+
+    def dc_up(self) -> None:
+        self._local(self.s.dc_up_cmd, "data center up")
+
+    def shape_wan(self, rtt_ms: float = 0.0, rate_kbit: int = 0) -> None:
+        self._must(self.shape_argv(rtt_ms, rate_kbit), "shaping the WAN")
+
+    def rekey(self) -> None:
+        for kind in ("--ike", "--child"):
+            self._must(self.ssh_argv("swanctl", "--rekey", kind, "rdr-dc"), "rekey")
