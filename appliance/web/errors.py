@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -64,6 +65,12 @@ async def error_middleware(request: web.Request,
                               "the appliance's data disk is full; prune and collect garbage")
         log.exception("I/O error handling %s %s", request.method, request.path)
         return json_error(500, "internal", "internal I/O error; see the appliance log")
+    except sqlite3.DatabaseError as exc:
+        # The index cannot be read: the data disk is failing or gone (the health watcher
+        # reports which). Unavailable, not an internal error: agents retry later.
+        log.error("index unreadable handling %s %s: %s", request.method, request.path, exc)
+        return json_error(503, "store_unavailable", "the appliance's index cannot be read; "
+                          "its data disk may be failing (see /healthz)")
     except Exception:
         log.exception("unhandled error handling %s %s", request.method, request.path)
         return json_error(500, "internal", "internal error; see the appliance log")
