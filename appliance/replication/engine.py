@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from ..aiotasks import gather_all
 from ..seed import pending as seed_pending
 from ..store.chunkfile import ChunkDecoder
 from ..store.datastore import Datastore
@@ -190,14 +191,7 @@ class Replicator:
                 self.sent_objects += 1
                 self.sent_bytes += len(blob)
 
-        tasks = [asyncio.ensure_future(one(c)) for c in todo]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_all(one(c) for c in todo)
         self._check()
         manifest = await self._run((st.snapshots.dir(host, snap) / "manifest.json").read_bytes)
         idx_bytes = await self._run((st.snapshots.dir(host, snap) / "chunks.idx").read_bytes)

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 
+from ..aiotasks import gather_all
 from ..replication.crypto import ObjectCipher
 from ..replication.dc import load_snapshot
 from ..replication.engine import chunk_name, snapshot_names
@@ -65,7 +66,7 @@ async def import_seed(target: Target, cipher: ObjectCipher, layout: DiskLayout,
     for kind in _ORDER:  # a kind completes before the next starts
         lines = layout.journal_lines()
         while batch := await asyncio.to_thread(_next_batch, lines, kind):
-            await _all([one(n, s) for n, s in batch])
+            await gather_all([one(n, s) for n, s in batch])
     for s in h["snapshots"]:
         _, _, k_name = snapshot_names(cipher, s["host"], s["snapshot"])
         if cipher.open(k_name, await target.get(k_name)) != cipher.open(
@@ -81,17 +82,6 @@ def _next_batch(lines: Iterator[tuple[str, str]], kind: str,
     """The next journal entries of one kind (a pass over the journal per kind: constant
     memory at a million objects)."""
     return list(itertools.islice((e for e in lines if e[0][0] == kind), size))
-
-
-async def _all(coros: list) -> None:
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 async def export_recover(target: Target, cipher: ObjectCipher, host: str, snapshot: str,
