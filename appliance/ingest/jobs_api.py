@@ -239,14 +239,14 @@ class AgentJobsApi:
                                   "paused": plan.paused})
 
     async def backup_progress(self, request: web.Request) -> web.Response:
-        host, rid = require_host(request), self._jid(request)
+        host, rid = require_host(request), job_id(request)
         body = await self._body(request, {"files", "bytes"})
         paused = await self.run(self.store.runs.progress, host, rid, _count(body, "files"),
                                 _count(body, "bytes"), time.time())
         return web.json_response({"pause": paused})
 
     async def backup_finish(self, request: web.Request) -> web.Response:
-        host, rid = require_host(request), self._jid(request)
+        host, rid = require_host(request), job_id(request)
         body = await read_json(request, MAX_FINISH_BODY, required=True, allowed={
             "outcome", "snapshot", "files", "bytes", "message", "not_backed_up",
             "not_backed_up_count"})
