@@ -71,7 +71,7 @@ def routes() -> list[tuple[str, str, str]]:
 def fill(pattern: str, live: Live) -> str:
     """A path with real ids in it, so a 401 is not a 404 in disguise."""
     values = {"host": "bench00", "snap": live.snapshot, "cid": live.chunks[0], "sid": "1",
-              "id": "1"}
+              "id": "1", "device": "loop0"}
     return "/api/v1" + re.sub(r"\{(\w+)\}", lambda m: values[m[1]], pattern)
 
 
@@ -116,6 +116,12 @@ def test_one_hosts_token_reaches_nothing_of_another(live: Live, tmp_path: Path,
         ("GET", "/api/v1/overview", None),
         ("GET", "/api/v1/restore-jobs", None),
         ("GET", "/api/v1/usage", None),
+        ("GET", "/api/v1/hosts/bench00/plan", None),
+        ("GET", "/api/v1/hosts/bench00/runs", None),
+        ("GET", "/api/v1/hosts/bench00/not-backed-up", None),
+        ("POST", "/api/v1/hosts/bench00/backup-now", {}),
+        ("POST", "/api/v1/hosts/bench00/pause", {}),
+        ("GET", "/api/v1/seed-disks", None),
     ]
     for method, path, body in refused:
         r = b.request(method, live.base + path, json=body, timeout=30)
