@@ -16,6 +16,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     live = start_live(work, REPLICATION)
     try:
         # The second host backs up too: it then has a snapshot of its own to ask through.
+        # Snapshot ids are the commit's UTC second, per host: a second later, B's id differs
+        # from A's, so asking for A's id with B's token cannot land on B's own snapshot.
+        time.sleep(1.1)
         subprocess.run([live.app.cmd("rdr-agent"), "backup",
                         str(make_tree(work / "src-b", seed=2, big_mb=1)), "--json"],
                        env=live.app.agent_env(1), capture_output=True, text=True, timeout=300,
