@@ -293,3 +293,53 @@ async def test_agent_channel_refuses_bad_reports(app: Appliance, tmp_path: Path)
     assert rc == 0, err
     assert f"paths: {tmp_path}" in out
     assert "pg_dump shop > shop.sql (NOT run here: allow_dump_commands is off)" in out
+
+
+async def test_a_long_dump_reports_signs_of_life_and_a_pause_kills_it(
+        app: Appliance, tmp_path: Path) -> None:
+    """A pg_dump of an hour must not look like a silent agent (the appliance fails a run
+    that stops reporting), and pausing the host must stop the dump, not wait for it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x\n")
+    marker = tmp_path / "dump-pid"
+    token = app.add_host("db1")
+    # The dump prints its shell's pid (the process group) and then sleeps "for an hour".
+    app.store.plans.update("db1", paths=[str(src)], dump_name="db.sql",
+                           dump_command=f"echo $$ > {marker}; sleep 3600; echo done")
+    run = app.store.runs.request_now("db1", "test", time.time(), None)
+    agent = await start_agent(app, token, tmp_path / "state", RDR_ALLOW_DUMP_COMMANDS="yes")
+    try:
+        await wait_run(app, run.id, ("running",))
+        deadline = time.monotonic() + 20
+        while not marker.exists() or not marker.read_text().strip():
+            assert time.monotonic() < deadline, "the dump did not start"
+            await asyncio.sleep(0.1)
+        pid = int(marker.read_text())
+        first = app.store.runs.get(run.id).updated_at
+        await asyncio.sleep(5)  # the dump runs; progress reports keep arriving
+        later = app.store.runs.get(run.id)
+        assert later.state == "running" and later.updated_at > first
+        app.daemon.backups.pause("db1")  # type: ignore[union-attr]
+        paused = await wait_run(app, run.id, ("paused",), timeout=20)
+        assert "paused from the appliance" in paused.message
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            assert time.monotonic() < deadline, "the dump outlived the pause"
+            await asyncio.sleep(0.1)
+        assert not (tmp_path / "state" / "dumps" / "db.sql").exists()
+    finally:
+        lines, _ = await stop_agent(agent)
+    assert [(x["run"], x["outcome"]) for x in lines if "run" in x] == [(run.id, "paused")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

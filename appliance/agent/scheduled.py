@@ -3,10 +3,12 @@ by `rdr-agent run`.
 
 The run carries the host's plan as the appliance holds it at that moment: paths, excludes,
 the LAN bandwidth limit and an optional pre-backup command (a database dump) whose stdout is
-spooled to a file under the agent's state directory and backed up with the files. The backup
-itself is `rdr-agent backup`'s pipeline (Archiver). About every two seconds the agent reports
-progress; the answer says whether the appliance paused the host, and then the backup stops
-where it is: its session stays open on the appliance and its id in the agent's state, so the
+spooled to a file under the agent's state directory and backed up with the files (spooled,
+not streamed: the archiver's chunk cache and resume work on files, and a dump that failed
+half way is never backed up as if whole). The backup itself is `rdr-agent backup`'s pipeline
+(Archiver). About every two seconds, from the dump's start, the agent reports progress; the
+answer says whether the appliance paused the host, and then the dump is killed or the backup
+stops where it is: its session stays open on the appliance and its id in the agent's state, so the
 resumed run continues that session and sends nothing twice. Stopping the agent (SIGTERM)
 does the same and the run is queued again for the agent's next start.
 
@@ -21,10 +23,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..store.catalog import iter_blocks
 from ..textfmt import human_bytes as human
@@ -35,6 +39,7 @@ from .coverage import Coverage, check_coverage
 from .settings import AgentSettings
 
 log = logging.getLogger("rdr.agent.scheduled")
+T = TypeVar("T")
 
 PROGRESS_EVERY = 2.0
 REPORT_TIMEOUT = 30.0
@@ -95,31 +100,44 @@ class BackupRunner:
     async def _run(self, rid: int, plan: dict, stop: asyncio.Event) -> RunOutcome:
         cov = Coverage()
         notes: list[str] = []
-        archiver: Archiver | None = None
-        dump: Path | None = None
+        stats = BackupStats()
+        dump: list[Path] = []
         try:
             sources = [os.fsencode(p) for p in plan.get("paths") or []]
             excludes = [str(x) for x in plan.get("excludes") or []]
             one_fs = bool(plan.get("one_file_system"))
-            present = [s for s in sources if os.path.lexists(s)]
-            if plan.get("dump_command"):
-                dump, note = await self._dump(plan["dump_command"], plan.get("dump_name")
-                                              or "dump.out")
-                if note:
-                    notes.append(note)
-                    cov.add(f"dump:{plan.get('dump_name') or 'dump.out'}", "dump", note)
-                if dump is not None:
-                    present.append(os.fsencode(dump))
-            if not present:
+            self.client.upload_kbps = int(plan.get("bandwidth_kbps") or 0)
+            started = time.monotonic()
+
+            async def work() -> BackupResult | None:
+                # The dump runs under the same supervision as the backup: it reports signs of
+                # life (a long pg_dump must not look like a silent agent) and a pause or stop
+                # kills it.
+                nonlocal stats
+                present = [s for s in sources if os.path.lexists(s)]
+                if plan.get("dump_command"):
+                    name = plan.get("dump_name") or "dump.out"
+                    path, note = await self._dump(plan["dump_command"], name)
+                    if note:
+                        notes.append(note)
+                        cov.add(f"dump:{name}", "dump", note)
+                    if path is not None:
+                        dump.append(path)
+                        present.append(os.fsencode(path))
+                if not present:
+                    return None
+                archiver = Archiver(self.client, self.settings.state_dir)
+                stats = archiver.stats
+                return await archiver.backup(present, excludes=excludes,
+                                             one_file_system=one_fs)
+
+            res = await self._supervised(rid, work(), lambda: stats, stop)
+            if res is None:
                 for s in sources:
                     cov.add(s, "missing", "the plan's path does not exist on this host")
                 return RunOutcome(rid, "failed", message="none of the plan's paths exist on "
                                   "this host; nothing was backed up" +
                                   (f"; {'; '.join(notes)}" if notes else ""), coverage=cov)
-            self.client.upload_kbps = int(plan.get("bandwidth_kbps") or 0)
-            archiver = Archiver(self.client, self.settings.state_dir)
-            started = time.monotonic()
-            res = await self._backup(rid, archiver, present, excludes, one_fs, stop)
             # The new catalog's chunks are in the cache (the archiver keeps them for the
             # next backup); the manifest gives their order.
             info = await self.client.snapshot(res.snapshot)
@@ -127,8 +145,8 @@ class BackupRunner:
             cache = CatalogCache(self.settings.state_dir / "catalog-cache" / res.host)
             await cache.fetch(self.client, res.snapshot, chunks)
             cov = await asyncio.get_running_loop().run_in_executor(
-                None, _check, cache, chunks, res, sources + ([os.fsencode(dump)] if dump
-                                                             else []), excludes, one_fs, cov)
+                None, _check, cache, chunks, res,
+                sources + [os.fsencode(d) for d in dump], excludes, one_fs, cov)
             s = res.stats
             msg = (f"snapshot {res.snapshot}: {s.files} files, {human(s.bytes_total)}, "
                    f"{human(s.bytes_new)} new, in {time.monotonic() - started:.0f} s"
@@ -141,10 +159,10 @@ class BackupRunner:
             return RunOutcome(rid, "partial" if partial else "done", res.snapshot, s.files,
                               s.bytes_read + s.bytes_unchanged, msg, cov)
         except _Paused:
-            return self._stopped(rid, "paused", archiver, "paused from the appliance; the "
+            return self._stopped(rid, "paused", stats, "paused from the appliance; the "
                                  "backup resumes where it stopped")
         except (_Lost, asyncio.CancelledError):
-            return self._stopped(rid, "interrupted", archiver, "the agent was stopped; the "
+            return self._stopped(rid, "interrupted", stats, "the agent was stopped; the "
                                  "backup resumes at its next start")
         except Exception as exc:  # every run gets an outcome, even one that raises
             log.debug("backup run %d failed", rid, exc_info=True)
@@ -152,23 +170,22 @@ class BackupRunner:
                               + (f"; {'; '.join(notes)}" if notes else ""), coverage=cov)
         finally:
             self.client.upload_kbps = 0
-            if dump is not None:
+            for d in dump:
                 with contextlib.suppress(OSError):
-                    dump.unlink()
+                    d.unlink()
 
     @staticmethod
-    def _stopped(rid: int, outcome: str, archiver: Archiver | None, msg: str) -> RunOutcome:
-        s = archiver.stats if archiver is not None else BackupStats()
+    def _stopped(rid: int, outcome: str, s: BackupStats, msg: str) -> RunOutcome:
         return RunOutcome(rid, outcome, None, s.files, s.bytes_read + s.bytes_unchanged, msg)
 
-    async def _backup(self, rid: int, archiver: Archiver, sources: list[bytes],
-                      excludes: list[str], one_fs: bool, stop: asyncio.Event) -> BackupResult:
-        """The backup, with progress reports; _Paused, _Lost or CancelledError (stop)."""
-        task = asyncio.ensure_future(archiver.backup(sources, excludes=excludes,
-                                                     one_file_system=one_fs))
+    async def _supervised(self, rid: int, work: Coroutine[Any, Any, T],
+                          stats: Callable[[], BackupStats], stop: asyncio.Event) -> T:
+        """`work` (the dump, then the backup) with progress reports; raises _Paused, _Lost
+        or CancelledError (stop) after cancelling it."""
+        task = asyncio.ensure_future(work)
         stopper = asyncio.ensure_future(stop.wait())
         reason: list[BaseException] = []
-        reporter = asyncio.ensure_future(self._progress(rid, archiver.stats, task, reason))
+        reporter = asyncio.ensure_future(self._progress(rid, stats, task, reason))
         try:
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
@@ -186,15 +203,16 @@ class BackupRunner:
             raise results[0]
         return results[0]
 
-    async def _progress(self, rid: int, stats: BackupStats, task: asyncio.Future,
-                        reason: list[BaseException]) -> None:
+    async def _progress(self, rid: int, stats: Callable[[], BackupStats],
+                        task: asyncio.Future, reason: list[BaseException]) -> None:
         """Report every PROGRESS_EVERY seconds; stop the backup if the appliance paused the
         host or no longer runs the backup."""
         while not task.done():
             await asyncio.sleep(PROGRESS_EVERY)
             try:
+                now = stats()
                 pause = await self.client.backup_progress(
-                    rid, stats.files, stats.bytes_read + stats.bytes_unchanged)
+                    rid, now.files, now.bytes_read + now.bytes_unchanged)
             except ApplianceError as exc:
                 if exc.status in (404, 409):
                     reason.append(_Lost(exc.message))
@@ -225,7 +243,7 @@ class BackupRunner:
         try:
             proc = await asyncio.create_subprocess_shell(
                 command, stdin=asyncio.subprocess.DEVNULL, stdout=fd,
-                stderr=asyncio.subprocess.PIPE)
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -234,8 +252,9 @@ class BackupRunner:
         try:
             _, err = await proc.communicate()
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            # The whole group: a shell pipeline's pg_dump must not outlive a pause.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
             path.unlink(missing_ok=True)
             raise
