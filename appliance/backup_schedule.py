@@ -7,9 +7,11 @@ seed (the appliance serial), the host and the day: stable across restarts (a res
 not move a host's start), different from host to host and day to day, and at most
 `max_jitter` seconds. The host's agent, which polls, takes the run when it is due.
 
-The same tick fails runs whose agent fell silent and flags, once, every window that closed
-without a backup committed inside it (offline agent, failed or still-running backup): that
-is what the page and the metrics show within a tick of the window's end.
+The same tick fails runs whose agent fell silent, queues a failed run again while its window
+has time left (after `RETRY_DELAY`, `MAX_ATTEMPTS` claims at most), and flags, once, every
+window that closed without a backup committed inside it (offline agent, failed or
+still-running backup): that is what the page and the metrics show within a tick of the
+window's end.
 
 Windows come from `capacity.windows` (12 real hours from a local start, DST included), so
 the scheduler and the service-level ledger agree on what "in the window" means. The clock is
@@ -34,6 +36,8 @@ log = logging.getLogger("rdr.backups")
 
 DEFAULT_JITTER = 600
 DEFAULT_TICK = 30.0
+RETRY_DELAY = 10 * 60  # a failed run waits this long before it is queued again
+MAX_ATTEMPTS = 3  # claims of one window's run, resumes included
 
 
 def jitter_seconds(seed: str, host: str, day: date, max_jitter: int) -> int:
@@ -104,6 +108,10 @@ class BackupScheduler:
         stalled = self.store.runs.expire(ts)
         if stalled:
             log.warning("%d backup run(s) failed: the agent stopped reporting", stalled)
+        for run in self.store.runs.retry_failed(ts, RETRY_DELAY, MAX_ATTEMPTS):
+            log.warning("backup of %s failed; retried in its window of %s (attempt %d)",
+                        run.host, run.window_day, run.attempts + 1)
+            queued.append(run)
         for run in self.store.runs.flag_missed(ts):
             log.warning("host %s MISSED its backup window of %s (run %d %s%s)", run.host,
                         run.window_day, run.id, run.state,

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from appliance.backup_schedule import BackupScheduler, jitter_seconds, open_window
+from appliance.backup_schedule import (
+    MAX_ATTEMPTS,
+    RETRY_DELAY,
+    BackupScheduler,
+    jitter_seconds,
+    open_window,
+)
 from appliance.capacity.hosts import host_summaries
 from appliance.capacity.report import ReportSettings, monthly_report
 from appliance.store.backup_runs import STALLED_MESSAGE, SUPERSEDED_MESSAGE
@@ -343,6 +349,62 @@ def test_agent_interrupted_requeues_the_run(store: Datastore) -> None:
                              message="stopped", gaps=[], gap_count=0, now=clock.ts())
     assert back.state == "queued"
     assert store.runs.claim("pc1", clock.ts()).attempts == 2
+
+
+def test_a_failed_run_is_retried_in_its_window_a_few_times(store: Datastore) -> None:
+    clock = Clock(datetime(2026, 11, 20, tzinfo=UTC))
+    sch = scheduler(store, clock, jitter=0)
+    host(store, "pc1")
+    clock.set("2026-11-20 17:00")
+    sch.tick()
+
+    def fail(message: str) -> int:
+        run = store.runs.claim("pc1", clock.ts())
+        assert run is not None
+        store.runs.finish("pc1", run.id, "failed", snapshot=None, files=0, nbytes=0,
+                          message=message, gaps=[], gap_count=0, now=clock.ts())
+        return run.id
+
+    rid = fail("appliance disk full")
+    clock.now += timedelta(minutes=RETRY_DELAY // 60 - 1)
+    assert sch.tick() == [] and store.runs.get(rid).state == "failed"  # not yet
+    clock.now += timedelta(minutes=1)
+    (again,) = sch.tick()  # returned, so the daemon wakes the host's poll
+    assert (again.id, again.state, again.due_at) == (rid, "queued", clock.ts())
+    assert again.message == (f"retry 2 of {MAX_ATTEMPTS}; the last attempt failed: "
+                             "appliance disk full")
+    for _ in range(MAX_ATTEMPTS - 1):
+        assert fail("still full") == rid
+        clock.now += timedelta(seconds=RETRY_DELAY)
+        sch.tick()
+    # MAX_ATTEMPTS claims: it stays failed, and the window is flagged at its end
+    final = store.runs.get(rid)
+    assert (final.state, final.attempts) == ("failed", MAX_ATTEMPTS)
+    clock.set("2026-11-21 05:00")
+    sch.tick()
+    assert store.runs.get(rid).missed
+
+
+def test_late_failures_and_manual_runs_are_not_retried(store: Datastore) -> None:
+    clock = Clock(datetime(2026, 11, 20, tzinfo=UTC))
+    sch = scheduler(store, clock, jitter=0)
+    host(store, "pc1")
+    clock.set("2026-11-20 17:00")
+    sch.tick()
+    run = store.runs.claim("pc1", clock.ts())
+    clock.set("2026-11-21 04:45")
+    store.runs.finish("pc1", run.id, "failed", snapshot=None, files=0, nbytes=0,
+                      message="agent crashed", gaps=[], gap_count=0, now=clock.ts())
+    clock.now += timedelta(seconds=RETRY_DELAY)
+    sch.tick()
+    assert store.runs.get(run.id).state == "failed"  # too little window left to try again
+    # "back up now" is the administrator's own try: its failure is theirs to repeat
+    manual = store.runs.request_now("pc1", "ops", clock.ts(), None)
+    assert store.runs.claim("pc1", clock.ts()).id == manual.id
+    store.runs.finish("pc1", manual.id, "failed", snapshot=None, files=0, nbytes=0,
+                      message="no network", gaps=[], gap_count=0, now=clock.ts())
+    clock.now += timedelta(seconds=RETRY_DELAY)
+    assert sch.tick() == [] and store.runs.get(manual.id).state == "failed"
 
 
 # --- plans ------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ appliance: the agent stops, its backup session stays open) -> queued (resume: th
 resumes that session, so nothing sent is sent again); running -> queued (the agent was
 stopped, and resumes on its next start); queued -> missed (the next window's run replaced it
 before any agent came). A running run whose agent falls silent fails after `STALL_SECONDS`.
+A failed scheduled run is queued again while its window stays open (`retry_failed`, a few
+times at most): failed -> queued.
 
 `missed` is a separate flag, set once when a scheduled run's window has closed without a
 backup committed inside it: the service-level miss, whether the agent was offline, the backup
@@ -294,6 +296,23 @@ class BackupRuns:
                 "message = ? WHERE state = 'running' AND "
                 "COALESCE(updated_at, started_at, created_at) < ?",
                 (now, now, STALLED_MESSAGE, now - STALL_SECONDS)).rowcount
+
+    def retry_failed(self, now: float, delay: float, max_attempts: int) -> list[BackupRun]:
+        """Scheduled runs that failed at least `delay` seconds ago, with fewer than
+        `max_attempts` claims and their window open for `delay` more, queued again (due at
+        once): a failure the agent or the appliance gets over (a full spool disk, a
+        restarted agent, a network blip) still gets the day's backup done in its window."""
+        with self.index.tx() as db:
+            rows = db.execute(
+                "SELECT id, attempts, message FROM backup_runs WHERE kind = 'scheduled' AND "
+                "state = 'failed' AND finished_at <= ? AND attempts < ? AND window_end > ?",
+                (now - delay, max_attempts, now + delay)).fetchall()
+            for rid, attempts, message in rows:
+                note = f"retry {attempts + 1} of {max_attempts}; the last attempt failed: "
+                db.execute("UPDATE backup_runs SET state = 'queued', due_at = ?, "
+                           "updated_at = ?, finished_at = NULL, message = ? WHERE id = ?",
+                           (now, now, (note + message)[:MAX_MESSAGE], rid))
+        return [self.get(r[0]) for r in rows]
 
     def flag_missed(self, now: float) -> list[BackupRun]:
         """Scheduled runs whose window has closed without a backup committed inside it,
