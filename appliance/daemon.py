@@ -163,7 +163,8 @@ class Daemon:
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
                        self._overview, ingest.jobs, seeds=self.seeds)
         ingest.attach_page(page)
-        ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake))
+        ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake,
+                                         self.cfg.retention.policy))
         await self._start_watchers()
         self.live.replication_enabled = self.replicator is not None
         if self.replicator is not None:

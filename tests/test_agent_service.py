@@ -142,6 +142,14 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
             assert (await resp.json())["plan"]["excludes"] == ["*.tmp"]
             resp = await s.put("/api/v1/hosts/host-a/plan", json={"paths": ["relative"]})
             assert resp.status == 400 and (await resp.json())["error"] == "bad_plan"
+            # A bad policy is refused before anything is written: the plan's edit is not kept.
+            resp = await s.put("/api/v1/hosts/host-a/plan",
+                               json={"excludes": ["*.x"], "policy": "8-5"})
+            assert resp.status == 400 and (await resp.json())["error"] == "bad_policy"
+            resp = await s.get("/api/v1/hosts/host-a/plan")
+            view = await resp.json()
+            assert view["plan"]["excludes"] == ["*.tmp"]
+            assert (view["policy"], view["policy_default"]) == (None, "8-5-4")
             resp = await s.post("/api/v1/hosts/host-a/backup-now")
             assert resp.status == 201, await resp.text()
             now_run = (await resp.json())["run"]

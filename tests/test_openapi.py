@@ -26,7 +26,7 @@ def test_every_route_is_documented_and_nothing_else(tmp_path: Path) -> None:
     api = IngestApi(store=None, pool=ThreadPoolExecutor(1), max_json_bytes=1 << 20,  # type: ignore[arg-type]
                     appliance_serial="t")
     api.attach_page(PageApi(None, ThreadPoolExecutor(1), None, None, dict, None))  # type: ignore[arg-type]
-    api.attach_backups(BackupsApi(None, ThreadPoolExecutor(1), None, print))  # type: ignore[arg-type]
+    api.attach_backups(BackupsApi(None, ThreadPoolExecutor(1), None, print, "8-5-4"))  # type: ignore[arg-type]
     served = set()
     for route in api.app().router.routes():
         if route.method in ("HEAD", "OPTIONS"):

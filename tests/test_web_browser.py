@@ -32,7 +32,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from appliance.store.accounts import Accounts
 
@@ -173,9 +173,24 @@ def browse_script(url: str, snapshot: str, src: Path, downloads: Path, profile: 
         paths = find("#plan-paths")
         paths.clear()
         paths.send_keys("/srv/www")
+        assert "8-5-4" in Select(find("#plan-policy")).first_selected_option.text  # default
+        Select(find("#plan-policy")).select_by_value("30-0-0")
+        zone = find("#plan-timezone")
+        zone.send_keys("Mars/Olympus")
+        find("#plan-one-fs").click()
+        d.find_element(By.ID, "plan-save").click()
+        # A refused plan says why on the form and is not saved (nothing half applied).
+        w.until(lambda d: "unknown time zone" in find("#plan-error").text)
+        zone.clear()
+        zone.send_keys("Europe/Paris")
         d.find_element(By.ID, "plan-save").click()
         w.until(EC.staleness_of(paths))  # saved: the view is drawn again from the appliance
         assert find("#plan-paths").get_attribute("value") == "/srv/www"
+        assert Select(find("#plan-policy")).first_selected_option.get_attribute("value") \
+            == "30-0-0"
+        assert find("#plan-timezone").get_attribute("value") == "Europe/Paris"
+        assert find("#plan-one-fs").is_selected()
+        assert "(Europe/Paris)" in find("label.field:has(#plan-window)").text
         now = find("#backup-now")
         now.click()
         w.until(EC.staleness_of(now))
@@ -254,7 +269,10 @@ async def test_restore_a_file_and_a_folder_through_the_page(appliance: Appliance
         shutil.rmtree(profile, ignore_errors=True)
 
     # What the host page's plan form and "Back up now" did, as the appliance recorded it.
-    assert appliance.store.plans.get("web01").paths == ["/srv/www"]
+    plan = appliance.store.plans.get("web01")
+    assert (plan.paths, plan.timezone, plan.one_file_system) == (["/srv/www"], "Europe/Paris",
+                                                                 True)
+    assert appliance.store.index.host_policy("web01") == "30-0-0"
     (now_run,) = appliance.store.runs.list("web01")
     assert (now_run.kind, now_run.state, now_run.requested_by) == ("manual", "queued",
                                                                    "page:alice")

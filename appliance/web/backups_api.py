@@ -20,6 +20,7 @@ from ..backup_schedule import BackupScheduler
 from ..capacity.windows import parse_window_start
 from ..store.datastore import Datastore
 from ..store.errors import NotFound
+from ..store.retention import Policy
 from .auth import require_overview
 from .errors import ApiError
 from .jsonbody import read_json
@@ -33,12 +34,14 @@ PLAN_FIELDS = {"paths", "excludes", "one_file_system", "bandwidth_kbps", "dump_c
 
 class BackupsApi:
     def __init__(self, store: Datastore, pool: Executor, scheduler: BackupScheduler,
-                 wake: Callable[[str], None]) -> None:
-        """`wake(host)` makes the host's waiting poll look at once (AgentJobsApi.wake)."""
+                 wake: Callable[[str], None], default_policy: str) -> None:
+        """`wake(host)` makes the host's waiting poll look at once (AgentJobsApi.wake);
+        `default_policy` is the appliance's retention, shown beside a host's own."""
         self.store = store
         self.pool = pool
         self.scheduler = scheduler
         self.wake = wake
+        self.default_policy = default_policy
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -59,7 +62,8 @@ class BackupsApi:
         win = self.scheduler.window_of(host)
         return {"host": host, "plan": plan.to_json(), "window_start": win.start,
                 "window_start_default": rec["window_start"] is None,
-                "timezone": win.timezone, "policy": rec["policy"],
+                "timezone": win.timezone, "timezone_default": self.scheduler.timezone,
+                "policy": rec["policy"], "policy_default": self.default_policy,
                 "agent": self.store.plans.agents().get(host)}
 
     async def get_plan(self, request: web.Request) -> web.Response:
@@ -80,8 +84,14 @@ class BackupsApi:
                 window = parse_window_start(window).strftime("%H:%M") if window else ""
             except ValueError as exc:
                 raise ApiError(400, "bad_field", f"window_start: {exc}") from None
-        if policy is not None and not isinstance(policy, str):
-            raise ApiError(400, "bad_field", "'policy' must be D-W-M (8-5-4) or ''")
+        if policy is not None:
+            # Checked before anything is written: a refused edit changes nothing.
+            if not isinstance(policy, str):
+                raise ApiError(400, "bad_field", "'policy' must be D-W-M (8-5-4) or ''")
+            try:
+                policy = str(Policy.parse(policy)) if policy else ""
+            except ValueError as exc:
+                raise ApiError(400, "bad_policy", str(exc)) from None
 
         def apply() -> dict:
             # The plan is checked whole first: a refused edit changes nothing.

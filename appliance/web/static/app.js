@@ -822,6 +822,12 @@ async function viewHost(seq, host) {
 
 // --- scheduled backups: plan, back up now, pause/resume, runs, files not backed up ----------
 
+const POLICY_LABEL = {
+  "8-5-4": "8-5-4: 8 daily, 5 weekly, 4 monthly",
+  "30-0-0": "30-0-0: 30 daily",
+  "7-0-0": "7-0-0: 7 daily",
+};
+
 const RUN_KIND = { done: "ok", partial: "warn", failed: "bad", missed: "bad", running: "info", queued: "muted", paused: "warn" };
 
 function lines(text) {
@@ -849,6 +855,16 @@ async function scheduleSection(host) {
   const paths = h("textarea", { id: "plan-paths", rows: "3", spellcheck: "false" }, plan.paths.join("\n"));
   const excludes = h("textarea", { id: "plan-excludes", rows: "3", spellcheck: "false" }, plan.excludes.join("\n"));
   const windowStart = h("input", { id: "plan-window", type: "text", value: pv.window_start, size: "5" });
+  const zone = h("input", { id: "plan-timezone", type: "text", spellcheck: "false", value: plan.timezone || "",
+    placeholder: pv.timezone_default, autocomplete: "off" });
+  // The three policies of the service description, the appliance's own, and a host's custom one.
+  const policies = [...new Set(["8-5-4", "30-0-0", "7-0-0", pv.policy_default, pv.policy].filter((x) => x))];
+  const policy = h("select", { id: "plan-policy" },
+    h("option", { value: "" }, `Appliance default (${pv.policy_default})`),
+    policies.map((p) => h("option", { value: p }, POLICY_LABEL[p] || `${p} (daily-weekly-monthly)`)));
+  policy.value = pv.policy || "";
+  const oneFs = h("input", { id: "plan-one-fs", type: "checkbox" });
+  oneFs.checked = !!plan.one_file_system;
   const bandwidth = h("input", { id: "plan-bandwidth", type: "number", min: "0", value: String(plan.bandwidth_kbps) });
   const dump = h("input", { id: "plan-dump", type: "text", spellcheck: "false", value: plan.dump_command || "" });
   const dumpName = h("input", { id: "plan-dump-name", type: "text", value: plan.dump_name || "" });
@@ -857,6 +873,10 @@ async function scheduleSection(host) {
     field("Paths (one per line)", paths),
     field("Excludes (one per line)", excludes, "a name pattern, or an absolute path pattern"),
     field(`Window start (${pv.timezone})`, windowStart, "12 hours from this time, daily"),
+    field("Time zone of the window", zone, `e.g. Europe/Paris; empty = the appliance's (${pv.timezone_default})`),
+    field("Keep", policy, "restore points kept by prune"),
+    h("label", { class: "field field-check" }, oneFs, h("span", {}, "Stay on each path's file system"),
+      h("span", { class: "hint" }, "mounted file systems below a path are not backed up")),
     field("LAN limit (kbit/s, 0 = none)", bandwidth),
     field("Before each backup, run", dump, "e.g. pg_dump mydb; its output is backed up"),
     field("Dump file name", dumpName),
@@ -869,6 +889,7 @@ async function scheduleSection(host) {
       await api("PUT", `/hosts/${enc(host)}/plan`, {
         paths: lines(paths.value), excludes: lines(excludes.value),
         window_start: windowStart.value.trim(), bandwidth_kbps: Number(bandwidth.value || 0),
+        timezone: zone.value.trim() || null, policy: policy.value, one_file_system: oneFs.checked,
         dump_command: dump.value.trim() || null, dump_name: dumpName.value.trim() || null,
       });
       setStatus("Backup plan saved.", "ok");
