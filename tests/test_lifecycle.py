@@ -942,3 +942,23 @@ async def test_scheduler_runs_due_jobs(tmp_path: Path) -> None:
                 assert all(j["state"] == "done" for j in st.index.jobs())
             finally:
                 st.close()
+
+
+def test_chunk_indexes_stay_readable_while_held(tmp_path: Path) -> None:
+    """Replication holds every snapshot's chunk index at once (its removal pass merges them
+    all); the cache keeps 32. An index evicted, or removed with its snapshot, while a reader
+    holds it must stay readable -- it used to be closed under the reader ("mmap closed or
+    invalid" in every 50-host load run)."""
+    store = snapshots.SnapshotStore(tmp_path / "snapshots")
+    ids = {f"{i:064x}" for i in range(1, 4)}
+    for n in range(40):
+        d = store.dir("h", f"snap{n:02d}")
+        d.mkdir(parents=True)
+        snapshots.write_chunk_index(d / "chunks.idx", ids)
+    held = [store.chunk_index("h", f"snap{n:02d}") for n in range(40)]
+    store.remove("h", "snap39")
+    assert not store.dir("h", "snap39").exists()
+    for idx in held:  # the first 8 were evicted, the last one removed
+        assert set(idx) == ids and f"{2:064x}" in idx
+    with pytest.raises(NotFound):
+        store.chunk_index("h", "snap39")

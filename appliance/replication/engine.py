@@ -36,7 +36,7 @@ from ..store.fsutil import atomic_write
 from ..store.gc import merged_ids, sorted_difference
 from ..store.lock import HeldLock
 from .crypto import OVERHEAD, ObjectCipher
-from .targets import NotFoundAtTarget, Target, in_span, parse_schedule
+from .targets import NotFoundAtTarget, Target, TargetError, in_span, parse_schedule
 
 log = logging.getLogger("rdr.replication")
 
@@ -341,6 +341,9 @@ class Replicator:
                 log.info("replication pass interrupted; it resumes when the tunnel is back")
             except Exception as exc:
                 self.last_error = str(exc)
-                log.warning("replication pass failed: %s", exc)
+                if isinstance(exc, TargetError):  # the data center or the link: it happens
+                    log.warning("replication pass failed: %s", exc)
+                else:  # the appliance's own fault (disk, store, a bug): worth its traceback
+                    log.error("replication pass failed: %s", exc, exc_info=True)
                 await self._run(self.store.index.kv_set, "replication.last_error",
                                 json.dumps({"at": time.time(), "error": str(exc)}))

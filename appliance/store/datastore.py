@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
+import logging
 import secrets
 import threading
 import time
@@ -32,6 +34,8 @@ from .manifest import ChunkIndex, Manifest, StreamRef
 from .retention import Policy
 from .snapshots import SnapshotStore, next_snapshot_id
 from .space import Reserve
+
+log = logging.getLogger("rdr.store")
 
 MAX_UNREADABLE_LISTED = 1000
 #: Seconds a busy appliance asks a waiting agent to come back after (jittered by it).
@@ -287,6 +291,17 @@ class Datastore:
                 live.committing = False
 
     def _commit(self, host: str, row: SessionRow, live: _Live, req: CommitRequest) -> Manifest:
+        marks = [("start", time.monotonic())]
+        try:
+            return self._commit_steps(host, row, live, req, marks)
+        finally:
+            _log_commit_time(host, marks)
+
+    def _commit_steps(self, host: str, row: SessionRow, live: _Live, req: CommitRequest,
+                      marks: list[tuple[str, float]]) -> Manifest:
+        def mark(step: str) -> None:
+            marks.append((step, time.monotonic()))
+
         stream_ids = [c for c, _ in req.catalog.chunks] + [c for c, _ in req.dirindex.chunks]
         missing = self.chunks.missing(dict.fromkeys(stream_ids))
         if missing:
@@ -297,21 +312,28 @@ class Datastore:
         except (CatalogError, ChunkError) as exc:
             raise Unprocessable("bad_catalog", f"catalog rejected: {exc}") from None
         all_ids = summary.chunks | set(stream_ids)
+        mark("validate")
         # Durability first, outside the lock: every chunk this snapshot references was
         # written before the commit began, so this sync covers them, and commits landing
         # together sync side by side instead of queueing one syncfs each behind the lock.
         self.chunks.sync()
+        mark("sync")
         # From the final check until the snapshot is published, GC may not delete: GC deletes
         # only under this lock and re-checks mtimes there.
         with exclusive(self._commit_lock):
+            mark("lock")
             missing = self.chunks.touch_missing(self._unvouched(host, all_ids))
+            mark("touch")
             if missing:
                 raise Unprocessable("missing_chunks",
                                     f"{len(missing)} referenced chunks are missing",
                                     missing=sorted(missing)[:1000])
             if not self.chunks.durable(all_ids):  # one re-uploaded since (a healed chunk)
                 self.chunks.sync()
-            return self._publish(host, row, live, req, summary, all_ids)
+                mark("resync")
+            manifest = self._publish(host, row, live, req, summary, all_ids)
+            mark("publish")
+            return manifest
 
     def _unvouched(self, host: str, ids: set[str]) -> set[str]:
         """The referenced chunks whose presence this commit must check (and touch) itself.
@@ -330,7 +352,8 @@ class Datastore:
         if not rows:
             return ids
         try:
-            # Its own mapping, not the shared cache's: a prune closes the cached one.
+            # Its own mapping, closed at once: the cache would keep it for the day's
+            # other commits only.
             base = ChunkIndex(self.snapshots.dir(host, rows[-1].snapshot) / "chunks.idx")
         except (FileNotFoundError, CatalogError):
             return ids
@@ -456,3 +479,17 @@ def _row_from_manifest(m: Manifest) -> SnapshotRow:
         logical_size=m.logical_size, file_count=m.file_count, dir_count=m.dir_count,
         chunk_count=m.chunk_count, new_bytes=m.new_bytes, unreadable_count=m.unreadable_count,
         agent_version=m.agent_version, replicated_at=None, protected=False)
+
+
+SLOW_COMMIT_SECONDS = 5.0
+
+
+def _log_commit_time(host: str, marks: list[tuple[str, float]]) -> None:
+    """Where a commit's time went, step by step: a commit an agent waits on for seconds is
+    worth a line in the log that says whether the disk (sync, publish), other commits (lock)
+    or the catalog (validate) held it."""
+    total = marks[-1][1] - marks[0][1] if len(marks) > 1 else 0.0
+    steps = ", ".join(f"{name} {t - prev:.2f}"
+                      for (_, prev), (name, t) in itertools.pairwise(marks))
+    level = logging.WARNING if total >= SLOW_COMMIT_SECONDS else logging.DEBUG
+    log.log(level, "commit of %s took %.2f s (%s s)", host, total, steps)

@@ -92,16 +92,19 @@ class SnapshotStore:
         with self._lock:
             self._idx_cache[key] = idx
             while len(self._idx_cache) > 32:
-                self._idx_cache.popitem(last=False)[1].close()
+                # Dropped, never closed: a caller may still be reading it (replication walks
+                # every snapshot's index at once). Its mapping is unmapped when the last
+                # reference goes.
+                self._idx_cache.popitem(last=False)
         return idx
 
     def remove(self, host: str, snap: str) -> None:
         """Delete a snapshot directory: rename it out of sight first, so a crash mid-delete
         never leaves a half-removed snapshot that looks complete."""
         with self._lock:
-            idx = self._idx_cache.pop((host, snap), None)
-        if idx is not None:
-            idx.close()
+            # Not closed, for the same reason as an evicted one: a mapping of a deleted file
+            # stays readable until its last reader lets go.
+            self._idx_cache.pop((host, snap), None)
         d = self.dir(host, snap)
         gone = d.with_name(f".tmp-{snap}")
         os.rename(d, gone)
