@@ -206,6 +206,11 @@ async def test_job_endpoints_serve_only_the_target_host_while_the_job_runs(
             "ok": True, "files": 1, "bytes": 1, "errors": 0}), 404, "no_such_job")
         await error_of(await b.get("/api/v1/agent/jobs/999999/snapshot"), 404, "no_such_job")
         await error_of(await b.get("/api/v1/agent/jobs/x1/snapshot"), 404, "no_such_job")
+        # A backup run's id is not a restore job's: its 404 says which it is.
+        await error_of(await b.post("/api/v1/agent/backups/x1/progress",
+                                    json={"files": 1, "bytes": 1}), 404, "no_such_run")
+        await error_of(await b.post("/api/v1/agent/backups/999999/progress",
+                                    json={"files": 1, "bytes": 1}), 404, "no_such_run")
         # A running job belongs to its agent: the page cannot cancel it.
         with pytest.raises(Conflict):
             await api.cancel(job.id)

@@ -40,7 +40,7 @@ from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..web.auth import require_host
 from ..web.errors import ApiError
 from ..web.jsonbody import read_json
-from ..web.params import job_id, whole_number
+from ..web.params import job_id, run_id, whole_number
 
 log = logging.getLogger("rdr.jobs")
 T = TypeVar("T")
@@ -239,14 +239,14 @@ class AgentJobsApi:
                                   "paused": plan.paused})
 
     async def backup_progress(self, request: web.Request) -> web.Response:
-        host, rid = require_host(request), job_id(request)
+        host, rid = require_host(request), run_id(request)
         body = await self._body(request, {"files", "bytes"})
         paused = await self.run(self.store.runs.progress, host, rid, _count(body, "files"),
                                 _count(body, "bytes"), time.time())
         return web.json_response({"pause": paused})
 
     async def backup_finish(self, request: web.Request) -> web.Response:
-        host, rid = require_host(request), job_id(request)
+        host, rid = require_host(request), run_id(request)
         body = await read_json(request, MAX_FINISH_BODY, required=True, allowed={
             "outcome", "snapshot", "files", "bytes", "message", "not_backed_up",
             "not_backed_up_count"})

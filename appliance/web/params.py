@@ -20,13 +20,22 @@ def whole_number(raw: str) -> int | None:
     return int(raw) if _NUMBER.match(raw) else None
 
 
+def _path_id(request: web.Request, code: str, what: str) -> int:
+    raw = request.match_info["id"]
+    n = whole_number(raw)
+    if n is None:
+        raise ApiError(404, code, f"no {what} {raw!r}")
+    return n
+
+
 def job_id(request: web.Request) -> int:
     """The restore job id in the path (404 when it cannot be one)."""
-    raw = request.match_info["id"]
-    jid = whole_number(raw)
-    if jid is None:
-        raise ApiError(404, "no_such_job", f"no restore job {raw!r}")
-    return jid
+    return _path_id(request, "no_such_job", "restore job")
+
+
+def run_id(request: web.Request) -> int:
+    """The backup run id in the path (404, as the store says for an unknown one)."""
+    return _path_id(request, "no_such_run", "backup run")
 
 
 def int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
