@@ -260,6 +260,7 @@ async def test_host_whose_agent_is_offline_is_flagged_when_its_window_ends(
 async def test_agent_channel_refuses_bad_reports(app: Appliance, tmp_path: Path) -> None:
     token = app.add_host("pc1")
     other = app.add_host("pc2")
+    app.store.set_window("pc1", local_hhmm(timedelta(hours=6)))  # no scheduled run now
     app.store.plans.update("pc1", paths=[str(tmp_path)])
     run = app.store.runs.request_now("pc1", "test", time.time(), None)
     async with http(app, token) as s, http(app, other) as s2:
@@ -312,6 +313,9 @@ async def test_a_long_dump_reports_signs_of_life_and_a_pause_kills_it(
     (src / "f.txt").write_text("x\n")
     marker = tmp_path / "dump-pid"
     token = app.add_host("db1")
+    # Its window opens in six hours: the scheduler must not queue a scheduled run that the
+    # agent would take before the test's own (the default window may be open right now).
+    app.store.set_window("db1", local_hhmm(timedelta(hours=6)))
     # The dump prints its shell's pid (the process group) and then sleeps "for an hour".
     app.store.plans.update("db1", paths=[str(src)], dump_name="db.sql",
                            dump_command=f"echo $$ > {marker}; sleep 3600; echo done")

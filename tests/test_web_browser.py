@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
@@ -37,6 +38,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from appliance.store.accounts import Accounts
 
 from .conftest import Appliance, agent_cmd
+from .test_agent_service import local_hhmm
 from .treeutil import make_tree, run
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -249,6 +251,9 @@ async def test_restore_a_file_and_a_folder_through_the_page(appliance: Appliance
                                                             tmp_path: Path) -> None:
     Accounts(appliance.store.index).add("alice", PASSWORD)
     token = appliance.add_host("web01")
+    # The window is closed now, in the appliance's zone and in the Paris zone the form sets
+    # (6 hours apart): the scheduler queues no run beside the page's "Back up now".
+    appliance.store.set_window("web01", local_hhmm(timedelta(hours=9)))
     src = make_tree(tmp_path / "src-web01", big_mb=1)
     (src / "docs" / HOSTILE).write_bytes(b"just a file with a nasty name\n")
     rc, out, err = await run(agent_cmd() + ["backup", str(src), "--json"],
