@@ -67,6 +67,17 @@ def host(store: Datastore, name: str, window: str | None = None, **plan: object)
     store.plans.update(name, paths=plan.pop("paths", ["/srv/data"]), **plan)
 
 
+def pc1_window_opened(store: Datastore) -> tuple[Clock, BackupScheduler]:
+    """Host pc1 with a plan, its window of 2026-11-20 just opened and its run queued (no
+    jitter): where most run-lifecycle tests start."""
+    clock = Clock(datetime(2026, 11, 20, tzinfo=UTC))
+    sch = scheduler(store, clock, jitter=0)
+    host(store, "pc1")
+    clock.set("2026-11-20 17:00")
+    sch.tick()
+    return clock, sch
+
+
 def snapshot(store: Datastore, name: str, at: datetime) -> str:
     snap = at.strftime("%Y%m%dT%H%M%SZ")
     store.index.add_snapshot(SnapshotRow(name, snap, at.timestamp(), at.timestamp() - 60,
@@ -191,11 +202,7 @@ def test_open_window_matches_the_ledger_around_midnight() -> None:
 
 
 def test_pause_stops_the_running_backup_and_resume_continues_it(store: Datastore) -> None:
-    clock = Clock(datetime(2026, 11, 20, tzinfo=UTC))
-    sch = scheduler(store, clock, jitter=0)
-    host(store, "pc1")
-    clock.set("2026-11-20 17:00")
-    sch.tick()
+    clock, sch = pc1_window_opened(store)
     run = store.runs.claim("pc1", clock.ts())
     assert run is not None and run.attempts == 1
     assert store.runs.progress("pc1", run.id, 10, 1000, clock.ts()) is False
@@ -322,11 +329,7 @@ def test_offline_agent_window_is_flagged_at_its_end_and_replaced_next_day(
 
 
 def test_silent_agent_fails_the_run(store: Datastore) -> None:
-    clock = Clock(datetime(2026, 11, 20, tzinfo=UTC))
-    sch = scheduler(store, clock, jitter=0)
-    host(store, "pc1")
-    clock.set("2026-11-20 17:00")
-    sch.tick()
+    clock, sch = pc1_window_opened(store)
     run = store.runs.claim("pc1", clock.ts())
     clock.now += timedelta(minutes=11)
     sch.tick()
@@ -339,11 +342,7 @@ def test_silent_agent_fails_the_run(store: Datastore) -> None:
 
 
 def test_agent_interrupted_requeues_the_run(store: Datastore) -> None:
-    clock = Clock(datetime(2026, 11, 20, tzinfo=UTC))
-    sch = scheduler(store, clock, jitter=0)
-    host(store, "pc1")
-    clock.set("2026-11-20 17:00")
-    sch.tick()
+    clock, sch = pc1_window_opened(store)
     run = store.runs.claim("pc1", clock.ts())
     back = store.runs.finish("pc1", run.id, "interrupted", snapshot=None, files=3, nbytes=9,
                              message="stopped", gaps=[], gap_count=0, now=clock.ts())
@@ -352,11 +351,7 @@ def test_agent_interrupted_requeues_the_run(store: Datastore) -> None:
 
 
 def test_a_failed_run_is_retried_in_its_window_a_few_times(store: Datastore) -> None:
-    clock = Clock(datetime(2026, 11, 20, tzinfo=UTC))
-    sch = scheduler(store, clock, jitter=0)
-    host(store, "pc1")
-    clock.set("2026-11-20 17:00")
-    sch.tick()
+    clock, sch = pc1_window_opened(store)
 
     def fail(message: str) -> int:
         run = store.runs.claim("pc1", clock.ts())
@@ -386,11 +381,7 @@ def test_a_failed_run_is_retried_in_its_window_a_few_times(store: Datastore) -> 
 
 
 def test_late_failures_and_manual_runs_are_not_retried(store: Datastore) -> None:
-    clock = Clock(datetime(2026, 11, 20, tzinfo=UTC))
-    sch = scheduler(store, clock, jitter=0)
-    host(store, "pc1")
-    clock.set("2026-11-20 17:00")
-    sch.tick()
+    clock, sch = pc1_window_opened(store)
     run = store.runs.claim("pc1", clock.ts())
     clock.set("2026-11-21 04:45")
     store.runs.finish("pc1", run.id, "failed", snapshot=None, files=0, nbytes=0,
