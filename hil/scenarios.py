@@ -372,7 +372,7 @@ def dc_down(ctx: Context, res: Result) -> None:
         if paused:
             res.notes.append(f"rdr replicate with the DC down: {paused}")
         t0 = time.monotonic()
-        while True:  # the lag is cached for up to 30 s
+        while True:  # current at the next scrape (METRICS_CACHE_S allows for the scrape)
             pending = metric(parse_metrics(rig.metrics()), "rdr_replication_pending_snapshots")
             if (pending and pending >= 1) or time.monotonic() - t0 > METRICS_CACHE_S:
                 break

@@ -100,6 +100,14 @@ class Replicator:
         self.sent_bytes = 0
         self.last_error: str | None = None
         self._current: asyncio.Task | None = None
+        #: Told whenever what the data center holds changed (a snapshot replicated, objects
+        #: removed there): the composition root points it at whatever reports replication's
+        #: lag (/metrics), so that never shows a change late.
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -165,6 +173,8 @@ class Replicator:
         except Paused as p:
             res.paused = str(p)
             log.info("replication paused: %s", p)
+        finally:
+            self._changed()  # uploads and removals change what is pending, even paused
         res.seconds = round(time.monotonic() - started, 3)
         await self._run(self.store.index.kv_set, "replication.last_pass",
                         json.dumps({"at": time.time(), **res.to_json()}))
@@ -206,6 +216,7 @@ class Replicator:
             raise RuntimeError(f"checkpoint of {host}/{snap} read back differently")
         now = time.time()
         await self._run(st.index.set_replicated, host, snap, now)
+        self._changed()
         await self._run(atomic_write, st.snapshots.dir(host, snap) / "replicated",
                         str(now).encode())
         await self._run(st.index.kv_set, "replication.last_checkpoint",
@@ -267,6 +278,7 @@ class Replicator:
         await self._run(lambda: st.index.dc_add_many(sizes()))
         now = time.time()
         await self._run(st.index.set_replicated, host, snap, now)
+        self._changed()
         await self._run(atomic_write, st.snapshots.dir(host, snap) / "replicated",
                         str(now).encode())
         await self._run(st.index.kv_set, "replication.last_checkpoint",

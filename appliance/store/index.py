@@ -597,6 +597,13 @@ class Index:
             rows = self._q("SELECT * FROM snapshots WHERE host = ? ORDER BY snapshot", (host,))
         return [SnapshotRow(*r) for r in rows]
 
+    def snapshot_stamp(self) -> tuple:
+        """Changes whenever a snapshot is committed, removed or marked replicated, by this
+        process or another (`rdr` commands): one aggregate over the table, cheap enough for
+        every scrape to check whether its cached figures are still current."""
+        return tuple(self._q("SELECT count(*), total(received_at), count(replicated_at), "
+                             "total(replicated_at) FROM snapshots")[0])
+
     def snapshot(self, host: str, snapshot: str) -> SnapshotRow | None:
         rows = self._q("SELECT * FROM snapshots WHERE host = ? AND snapshot = ?",
                        (host, snapshot))
