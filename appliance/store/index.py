@@ -744,6 +744,14 @@ class Index:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
 
+    def kv_increment(self, key: str) -> int:
+        """Add one to the counter KEY (0 when absent), atomically across processes; returns
+        the new value."""
+        with self.tx() as db:
+            db.execute("INSERT INTO kv VALUES (?, '1') ON CONFLICT(key) DO UPDATE SET "
+                       "value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)", (key,))
+            return int(db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()[0])
+
     def kv_get(self, key: str) -> str | None:
         rows = self._q("SELECT value FROM kv WHERE key = ?", (key,))
         return rows[0][0] if rows else None
