@@ -53,6 +53,10 @@ from .store.maintenance import Maintenance
 from .store.rebuild import rebuild_index
 from .textfmt import human_bytes
 
+#: `rdr replicate`: another pass was running; a follow-up that includes everything
+#: committed until now is queued behind it (not yet at the data center).
+EXIT_QUEUED = 4
+
 
 def _ts(t: float | None) -> str:
     return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -321,6 +325,11 @@ class Cli:
             store.close()
         if self.args.json:
             print(json.dumps(res.to_json(), indent=1))
+        elif res.queued:
+            print("another replication pass is running (the daemon's or another rdr "
+                  "replicate): a follow-up pass is queued; it starts when that one ends and "
+                  "includes every snapshot committed until now. `rdr replicate --wait` waits "
+                  "for it instead; `rdr replication status` shows how far it is")
         elif res.paused:
             print(f"replication did not run: {res.paused}")
         else:
@@ -328,7 +337,9 @@ class Cli:
                   f"({human_bytes(res.bytes_sent)}) sent, {res.objects_skipped} already at the "
                   f"data center; removed {res.snapshots_removed_at_dc} pruned snapshots and "
                   f"{res.chunks_removed_at_dc} unreferenced chunks there")
-        return 0 if not res.paused or "another replication" in res.paused else 3
+        # 0: everything committed before the command is at the data center; 4: not yet, a
+        # pass that will include it is queued; 3: replication cannot run now (see README)
+        return EXIT_QUEUED if res.queued else 3 if res.paused else 0
 
     def replication_status(self) -> int:
         with self.stored() as store:
@@ -912,7 +923,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replicate", parents=[common], help="replicate to the data center now")
     rp.add_argument("--wait", action="store_true",
-                    help="if a pass is running (e.g. in the daemon), wait for it, then run")
+                    help="if a pass is running (e.g. in the daemon), wait for it, then run "
+                    "(without it: queue a follow-up pass and exit 4)")
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(run=Cli.replicate)
     rs = sub.add_parser("replication", help="replication state")

@@ -52,7 +52,7 @@ from .store.datastore import Datastore
 from .store.errors import Unavailable
 from .store.lock import HeldLock
 from .web import tls, ui
-from .web.auth import bearer_token
+from .web.auth import RememberedTokens, bearer_token
 from .web.backups_api import BackupsApi
 from .web.errors import ApiError, error_middleware
 from .web.page_api import PageApi
@@ -105,6 +105,8 @@ class Daemon:
         self.live = LiveState(serial=cfg.appliance.serial)
         self.notifier = Notifier()
         self.registry: CollectorRegistry | None = None
+        self.collector: ApplianceCollector | None = None
+        self._metrics_tokens: RememberedTokens | None = None
         self.addresses: list[tuple[str, int]] = []
         self.browser: Browser | None = None
         self.backups: BackupScheduler | None = None
@@ -142,8 +144,18 @@ class Daemon:
                 fut = asyncio.run_coroutine_threadsafe(replicator.fetch_chunk(cid), loop)
                 return fut.result(timeout=300)
 
+        # /metrics: its cached figures are invalidated by whatever changes them (commits,
+        # prunes, replication passes), wired here and below
+        store, cfg = self.store, self.cfg
+        self.collector = ApplianceCollector(
+            store, self.capacity, self.live,
+            (lambda: replication_status(store, cfg)) if self.replicator else None)
+        if self.replicator is not None:
+            self.replicator.on_change = self.collector.replication_changed
+        self._metrics_tokens = RememberedTokens(self.store.index.admin_for_token)
         self.scheduler = Scheduler(
-            self.store.index, wiring.periodic_jobs(self.cfg, maintenance, self.capacity, heal),
+            self.store.index, wiring.periodic_jobs(self.cfg, maintenance, self.capacity, heal,
+                                                   on_prune=self.collector.snapshots_changed),
             self.pool)
         if self.cfg.datacenter.probe:
             host, port = parse_listen(self.cfg.datacenter.probe, "datacenter.probe")
@@ -153,7 +165,7 @@ class Daemon:
         ingest = IngestApi(self.store, self.pool, max_json_bytes=self.cfg.server.max_json_bytes,
                            appliance_serial=self.cfg.appliance.serial,
                            usage_report=self.capacity.report,
-                           on_commit=self.replicate_now.set,
+                           on_commit=self._committed,
                            upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
                            commit_pool=self.commit_pool)
         self.browser = Browser(self.store)
@@ -175,10 +187,7 @@ class Daemon:
             self.live.tunnel_up = lambda: tun.up
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)  # process_* : the daemon's CPU, RSS, fds
-        store, cfg = self.store, self.cfg
-        self.registry.register(ApplianceCollector(
-            store, self.capacity, self.live,
-            (lambda: replication_status(store, cfg)) if self.replicator else None))
+        self.registry.register(self.collector)
         admission = self.store.admit
 
         def admit() -> None:
@@ -230,6 +239,13 @@ class Daemon:
             self.replicate_now.set()  # catch up at start
             self._tasks.append(asyncio.create_task(self.replicator.run_forever(
                 self.replicate_now, self.cfg.replication.interval_seconds), name="replication"))
+
+    def _committed(self) -> None:
+        """A snapshot was committed: replicate it now, and /metrics' lag and billing
+        figures are out of date."""
+        self.replicate_now.set()
+        if self.collector is not None:
+            self.collector.snapshots_changed()
 
     async def _watch_tunnel(self) -> None:
         """Poll the tunnel; when it comes back, replication resumes at once."""
@@ -302,8 +318,9 @@ class Daemon:
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.cfg.health.metrics_require_token:
             token = bearer_token(request)
+            # remembered tokens: Prometheus keeps its view while the data disk is gone
             admin = await asyncio.get_running_loop().run_in_executor(
-                self.pool, self.store.index.admin_for_token, token) if token else None
+                self.pool, self._metrics_tokens.check, token) if token else None
             if admin is None:
                 raise ApiError(401, "unauthorized", "/metrics needs an admin API token "
                                "(rdr tokens add NAME)")

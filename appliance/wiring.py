@@ -89,10 +89,21 @@ def replicator(cfg: Config, store: Datastore, pool: Executor, target: Target,
 
 
 def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
-                  heal: Callable[[str], bytes | None] | None = None) -> list[Periodic]:
+                  heal: Callable[[str], bytes | None] | None = None,
+                  on_prune: Callable[[], None] | None = None) -> list[Periodic]:
+    """The daemon's maintenance jobs; ON_PRUNE hears of every prune run (snapshots gone:
+    figures computed from them, such as /metrics', are out of date)."""
     m = cfg.maintenance
+
+    def prune() -> object:
+        try:
+            return maint.prune()
+        finally:
+            if on_prune is not None:
+                on_prune()
+
     return [
-        Periodic("prune", m.prune_interval_hours * 3600, maint.prune),
+        Periodic("prune", m.prune_interval_hours * 3600, prune),
         Periodic("gc", m.gc_interval_hours * 3600, maint.gc),
         Periodic("verify", m.verify_interval_hours * 3600,
                  lambda: maint.verify(m.verify_sample_percent, m.verify_rate_mb, heal=heal)),

@@ -55,11 +55,17 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--disk-return-cmd", help="command run on the unit that brings it back")
     g.add_argument("--dc-down-cmd", help="local command that stops the data center's store")
     g.add_argument("--dc-up-cmd", help="local command that starts it again")
+    g.add_argument("--no-dc", action="store_true", help="the unit's data center is not "
+                   "reachable from this rig: leave replication out, skip the WAN and data "
+                   "center scenarios")
     g.add_argument("--wan-if", default="wan0", help="the unit's WAN interface")
     g.add_argument("--lan-if", default="lan0", help="the unit's LAN interface")
     g.add_argument("--api", help="https://ADDRESS:8443 of the unit's LAN API "
                    "(default: the ssh host)")
     g.add_argument("--pin", help="the unit's certificate SHA-256 (provisioning record)")
+    g.add_argument("--ssh-identity", type=Path, help="the provider's maintenance key")
+    g.add_argument("--ssh-known-hosts", type=Path, help="known_hosts with the unit's host "
+                   "key (pinned: StrictHostKeyChecking=yes)")
     g.add_argument("--admin-password-file", type=Path)
     g.add_argument("--metrics-token-file", type=Path)
     g.add_argument("--host", action="append", metavar="NAME=TOKEN=SOURCE",
@@ -92,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"hil: {name} ...", flush=True)
                 res = run_scenario(ctx, name)
                 results.append(res)
+                if res.skipped:
+                    print(f"hil: {name}: skipped: {res.error}", flush=True)
+                    continue
                 # after every scenario, so a long run interrupted still leaves its report
                 report.write(out, results, rig=rig_name, quick=args.quick, setup_s=setup)
                 print(f"hil: {name}: {'PASS' if res.passed else 'FAIL'} in {res.seconds:.0f} s"
@@ -113,5 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     report.write(out, results, rig=rig_name, quick=args.quick, setup_s=setup)
     passed = sum(r.passed for r in results)
-    print(f"hil: {passed} of {len(results)} scenarios passed; reports in {out}")
-    return 0 if passed == len(results) else 1
+    ran = [r for r in results if not r.skipped]
+    skipped = len(results) - len(ran)
+    print(f"hil: {passed} of {len(ran)} scenarios passed"
+          + (f" ({skipped} skipped)" if skipped else "") + f"; reports in {out}")
+    return 0 if passed == len(ran) else 1

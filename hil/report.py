@@ -38,12 +38,14 @@ def _rate(key: str, value: float) -> str:
 
 def markdown(results: list[Result], *, rig: str, quick: bool, setup_s: float) -> str:
     ok = sum(r.passed for r in results)
+    skipped = sum(r.skipped for r in results)
     lines = [
         f"# HIL report: {'quick' if quick else 'full'} suite on the {rig} rig",
         "",
         f"- run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
         f"({platform.machine()}, {platform.python_version()})",
-        f"- result: **{ok} of {len(results)} scenarios passed**; rig setup {setup_s:.0f} s, "
+        f"- result: **{ok} of {len(results) - skipped} scenarios passed**"
+        + (f" ({skipped} skipped)" if skipped else "") + f"; rig setup {setup_s:.0f} s, "
         f"scenarios {sum(r.seconds for r in results):.0f} s",
         "",
         "Throughputs include each command's start-up (a few hundred ms of Python per agent "
@@ -64,7 +66,8 @@ def markdown(results: list[Result], *, rig: str, quick: bool, setup_s: float) ->
         lines.append(f"| {r.name} | {verdict} | {r.seconds:.0f} | {thr} | {rec} | {other} |")
     lines += ["", "## Details", ""]
     for r in results:
-        lines.append(f"### {r.name}: {'PASS' if r.passed else 'FAIL'}")
+        lines.append(f"### {r.name}: "
+                     f"{'PASS' if r.passed else ('skipped' if r.skipped else 'FAIL')}")
         lines += [f"- {n}" for n in r.notes]
         if r.error:
             lines.append(f"- error: `{r.error[:1500]}`")

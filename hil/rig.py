@@ -82,6 +82,11 @@ class Rig(Faults):
 
     hosts: list[Host]
     quick: bool
+    #: The rig has the unit's data center (its S3 store behind the tunnel). Without it the
+    #: scenarios leave replication out -- no replication step, no restores from the data
+    #: center, no tunnel or pending-replication checks -- and say so in their notes; the
+    #: scenarios that are about the WAN or the data center are skipped.
+    has_dc: bool = True
 
     @abc.abstractmethod
     def start(self) -> None: ...
@@ -119,6 +124,15 @@ class Rig(Faults):
     @abc.abstractmethod
     def scratch(self) -> str:
         """A directory on the appliance for restores the harness reads back."""
+
+    @property
+    def agent_scratch(self) -> str:
+        """Where the agents' restores go (on the machine the agents run on)."""
+        return self.scratch
+
+    def agent_tree_hashes(self, path: str) -> dict[str, str]:
+        """tree_hashes of an agent's restore at PATH (then removed)."""
+        return self.tree_hashes(path)
 
     @property
     @abc.abstractmethod

@@ -205,13 +205,17 @@ def day_cycle(ctx: Context, res: Result) -> None:
             ctx.ledger.pruned.add((d["host"], d["snapshot"]))
     res.notes.append(f"prune removed {sum(not d['keep'] for d in decisions)} of "  # type: ignore
                      f"{len(decisions)} snapshots")  # type: ignore[arg-type]
-    t0 = time.monotonic()
-    rep = replicate(rig)
-    took = time.monotonic() - t0
-    if rep["bytes_sent"]:
-        res.measures["replicate_mb_s"] = round(rep["bytes_sent"] / 1e6 / max(took, 1e-3), 1)
+    if not rig.has_dc:
+        res.notes.append("no data center on this rig: replication not exercised")
     else:
-        res.notes.append("the daemon had replicated each snapshot right after its commit")
+        t0 = time.monotonic()
+        rep = replicate(rig)
+        took = time.monotonic() - t0
+        if rep["bytes_sent"]:
+            res.measures["replicate_mb_s"] = round(rep["bytes_sent"] / 1e6 / max(took, 1e-3),
+                                                   1)
+        else:
+            res.notes.append("the daemon had replicated each snapshot right after its commit")
     restore_through_page(ctx, res)
     finish(ctx, res)
 
@@ -258,6 +262,8 @@ def power_cut(ctx: Context, res: Result) -> None:
     ingest and commit (and, in the full suite, prune and replication); restart."""
     phases = ["ingest", "commit"] if ctx.quick else ["ingest", "commit", "prune",
                                                      "replication"]
+    if not ctx.rig.has_dc:
+        phases = [p for p in phases if p != "replication"]
     for phase in phases:
         power_cut_during(ctx, res, phase)
     finish(ctx, res)
@@ -367,12 +373,13 @@ def dc_down(ctx: Context, res: Result) -> None:
             job.kill()
             job.wait()
         out = job.stdout.read() if job.stdout else ""
-        paused = json.loads(out).get("paused") if rc == 0 and out else None
-        expect(rc != 0 or paused, "replication claimed success with the data center down")
+        # 3: could not run; 4: queued behind the daemon's pass (which fails meanwhile)
+        paused = json.loads(out).get("paused") if rc in (0, 3, 4) and out else None
+        expect(rc != 0, f"replication claimed success with the data center down: {out}")
         if paused:
             res.notes.append(f"rdr replicate with the DC down: {paused}")
         t0 = time.monotonic()
-        while True:  # the lag is cached for up to 30 s
+        while True:  # current at the next scrape (METRICS_CACHE_S allows for the scrape)
             pending = metric(parse_metrics(rig.metrics()), "rdr_replication_pending_snapshots")
             if (pending and pending >= 1) or time.monotonic() - t0 > METRICS_CACHE_S:
                 break
@@ -548,10 +555,16 @@ SCENARIOS: dict[str, Callable[[Context, Result], None]] = {
 }
 # disk-removed last: when the appliance does not recover from it, everything after it fails
 QUICK = ["day-cycle", "power-cut", "wan-down-30s", "dc-down", "agent-killed"]
+#: About the WAN and the data center: skipped on a rig without the unit's data center.
+NEEDS_DC = {"wan-down-30s", "wan-down-5min", "slow-wan", "dc-down", "rekey"}
 
 
 def run_scenario(ctx: Context, name: str) -> Result:
     res = Result(name)
+    if name in NEEDS_DC and not ctx.rig.has_dc:
+        res.skipped = True
+        res.error = "needs the unit's data center, which this rig does not have"
+        return res
     t0 = time.monotonic()
     try:
         SCENARIOS[name](ctx, res)

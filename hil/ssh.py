@@ -1,13 +1,23 @@
 """The same scenarios against a real appliance, reached over SSH (``--rig ssh://root@UNIT``).
 
-UNTESTED AGAINST HARDWARE: no unit is reachable from the machines this was written on; only
-the command construction is unit-tested (tests/test_hil.py). What it does:
+TESTED AGAINST THE APPLIANCE IMAGE, NOT AGAINST HARDWARE: tests/test_hil_ssh.py builds the
+image (``python -m image``), boots it with systemd-nspawn in a network namespace on a veth
+LAN, provisions it as the factory does (with the test's SSH key as the provider's
+maintenance key), and runs day-cycle, power-cut and agent-killed through this rig with the
+real ``ssh`` client against the unit's own sshd; power is hil/pdu.py (SIGKILL of the
+container, boot again). That unit has no data center (``--no-dc``): the WAN, data-center
+and disk scenarios have not run through this rig. No real unit has been reachable. What
+it does:
 
 * the machine running the harness is the LAN host: its agents (``--host NAME=TOKEN=SOURCE``)
-  back up local directories to the unit's LAN API (``--api``, certificate ``--pin``);
-* admin commands are ``ssh UNIT /opt/rdr/bin/rdr ... --config /etc/rdr/appliance.toml``;
+  back up local directories to the unit's LAN API (``--api``, certificate ``--pin``), and
+  restore to a local directory that the harness reads back;
+* admin commands are ``ssh UNIT runuser -u rdr -- /opt/rdr/bin/rdr ... --config
+  /etc/rdr/appliance.toml``: as the daemon's user, so the files they create in the data
+  pool (lock files, restores) are the daemon's, as when it runs them itself;
 * power is cut and restored by *local* commands (``--power-cut-cmd``, ``--power-on-cmd``:
-  a switched PDU's CLI, a smart plug's HTTP call ...), because a unit cannot cut its own power;
+  a switched PDU's CLI, a smart plug's HTTP call, hil/pdu.py for the image in nspawn ...),
+  because a unit cannot cut its own power;
 * the WAN link goes down with ``ip link set dev WAN down`` on the unit (the harness talks
   over the LAN, so it keeps its session); the LAN link is refused: the harness would cut
   itself off (use a managed switch's port for that);
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +46,7 @@ from urllib.parse import urlsplit
 from hil import lanhttp
 from hil.disk import FILLER
 from hil.rig import Host, Rig, RigError
+from hil.verify import source_hashes
 
 BIN = Path(sys.executable).parent
 UNIT_RDR = "/opt/rdr/bin/rdr"
@@ -59,6 +71,9 @@ class SshSettings:
     metrics_token: str = ""
     hosts: list[tuple[str, str, Path]] = field(default_factory=list)
     ssh_options: tuple[str, ...] = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
+    #: The daemon's user on the unit: admin commands run as it (see the module doc).
+    admin_user: str = "rdr"
+    has_dc: bool = True
 
     @classmethod
     def from_args(cls, args) -> SshSettings:
@@ -73,6 +88,13 @@ class SshSettings:
         def read(p: Path | None) -> str:
             return p.read_text().strip() if p else ""
 
+        options = list(cls.ssh_options)
+        if getattr(args, "ssh_identity", None):
+            options += ["-i", str(args.ssh_identity), "-o", "IdentitiesOnly=yes"]
+        if getattr(args, "ssh_known_hosts", None):  # the unit's host key, pinned
+            options += ["-o", f"UserKnownHostsFile={args.ssh_known_hosts}",
+                        "-o", "StrictHostKeyChecking=yes"]
+
         return cls(target=target, config=args.config,
                    api=args.api or f"https://{target.rpartition('@')[2]}:8443",
                    pin=args.pin or "", power_cut_cmd=args.power_cut_cmd or "",
@@ -82,7 +104,8 @@ class SshSettings:
                    dc_down_cmd=getattr(args, "dc_down_cmd", None) or "",
                    dc_up_cmd=getattr(args, "dc_up_cmd", None) or "",
                    lan_if=args.lan_if, admin_password=read(args.admin_password_file),
-                   metrics_token=read(args.metrics_token_file), hosts=hosts)
+                   metrics_token=read(args.metrics_token_file), hosts=hosts,
+                   ssh_options=tuple(options), has_dc=not getattr(args, "no_dc", False))
 
 
 class SshRig(Rig):
@@ -94,6 +117,7 @@ class SshRig(Rig):
         self.hosts = [Host(name, source, self.workdir / "hosts" / name / "state")
                       for name, _, source in settings.hosts]
         self._metrics_token = settings.metrics_token
+        self.has_dc = settings.has_dc
 
     # -- command construction (unit-tested) ----------------------------------------------
     def ssh_argv(self, *remote: str) -> list[str]:
@@ -104,7 +128,8 @@ class SshRig(Rig):
         return ["ssh", *self.s.ssh_options, self.s.target, script]
 
     def admin_argv(self, *args: str) -> list[str]:
-        return self.ssh_argv(UNIT_RDR, *args, "--config", self.s.config)
+        return self.ssh_argv("runuser", "-u", self.s.admin_user, "--", UNIT_RDR, *args,
+                             "--config", self.s.config)
 
     def link_argv(self, link: str, up: bool) -> list[str]:
         if link != "wan":
@@ -148,8 +173,14 @@ class SshRig(Rig):
         if proc.returncode != 0:
             raise RigError(f"{what} ({command!r}) failed: {proc.stderr.strip()[-300:]}")
 
-    def start(self) -> None:
-        self._must(self.ssh_argv("true"), f"ssh {self.s.target}", timeout=30)
+    def start(self, boot_timeout: float = 120.0) -> None:
+        """The unit answers on SSH (it may still be booting) and on its API."""
+        deadline = time.monotonic() + boot_timeout
+        while (proc := self._run(self.ssh_argv("true"), timeout=30)).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RigError(f"ssh {self.s.target} failed ({proc.returncode}): "
+                               f"{proc.stderr.strip()[-300:]}")
+            time.sleep(1)
         if not self.hosts:
             raise RigError("no --host NAME=TOKEN=SOURCE given: the scenarios need agents")
         if not self._metrics_token:
@@ -210,6 +241,19 @@ class SshRig(Rig):
     @property
     def scratch(self) -> str:
         return f"{DATA_POOL}/.hil-scratch"
+
+    @property
+    def agent_scratch(self) -> str:
+        """The agents run here, on the LAN host: their restores land here."""
+        path = self.workdir / "restores"
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def agent_tree_hashes(self, path: str) -> dict[str, str]:
+        try:
+            return source_hashes(Path(path))
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def tree_hashes(self, path: str) -> dict[str, str]:
         q = shlex.quote(path)

@@ -18,6 +18,8 @@ Steps, each timed on stderr:
    beside strongswan.service), the rdr user is created with ``systemd-sysusers --root`` (so
    provisioning against the tree can give it its files), the recipe's units are enabled with
    ``systemctl --root`` and ``systemd-analyze verify --root`` must pass with no warnings.
+   sshd (the provider's maintenance access) takes root by key only; the image holds no
+   host keys, each unit makes its own on first boot.
 5. **Output.** The tree at ``OUT/rootfs`` and, per ``--format``, ``OUT/rootfs.squashfs``
    (mksquashfs, zstd) or ``OUT/rootfs.ext4`` (``mkfs.ext4 -d``).
 
@@ -174,6 +176,7 @@ def install_units(recipe: Recipe, root: Path) -> None:
     wait.mkdir(exist_ok=True)
     shutil.copy2(FILES / "wait-online.conf", wait / "10-rdr.conf")
     shutil.copy2(FILES / "fstab", root / "etc/fstab")
+    install_ssh(root)
     (root / "etc/hostname").write_text(recipe.hostname + "\n")
     (root / "etc/rdr").mkdir(mode=0o750, exist_ok=True)
     # The unit's identity is made on first boot, never baked into (and shared by) images.
@@ -181,10 +184,27 @@ def install_units(recipe: Recipe, root: Path) -> None:
     run("systemctl", f"--root={root}", "enable", *recipe.enable)
 
 
+def install_ssh(root: Path) -> None:
+    """The provider's maintenance access: sshd for root by key only, no host keys in the
+    image (openssh-server's postinst made some in the build: every unit built from this
+    image would share them), made instead by ssh-keygen -A before sshd's first start."""
+    conf = root / "etc/ssh/sshd_config.d"
+    conf.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(FILES / "sshd-rdr.conf", conf / "10-rdr.conf")
+    dropin = root / UNIT_DIR / "ssh.service.d"
+    dropin.mkdir(exist_ok=True)
+    shutil.copy2(FILES / "ssh-hostkeys.conf", dropin / "10-rdr-hostkeys.conf")
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    dot_ssh = root / "root/.ssh"
+    dot_ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def verify_units(root: Path) -> None:
     """systemd-analyze verify against the tree; any warning about our units fails."""
-    names = [u.name for u in appliance_units()] + ["strongswan.service"]
-    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *names],
+    names = [u.name for u in appliance_units()] + ["strongswan.service", "ssh.service"]
+    # --man=no: the image has no man pages (minbase), which Debian's units link to
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}", *names],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0 or proc.stderr.strip():
         raise BuildError(f"systemd-analyze verify: {proc.stdout}{proc.stderr}".strip())

@@ -45,6 +45,8 @@ BURNIN = STATE_DIR / "burnin.json"
 FSTAB = PurePosixPath("/etc/fstab")
 LAN_NETWORK = PurePosixPath("/etc/systemd/network/10-rdr-lan.network")
 DATA_POOL = PurePosixPath("/srv/rdr")
+#: The provider's maintenance keys (root by key only: the image's sshd configuration).
+AUTHORIZED_KEYS = PurePosixPath("/root/.ssh/authorized_keys")
 
 
 @dataclass(frozen=True, slots=True)

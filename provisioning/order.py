@@ -78,6 +78,8 @@ class Order:
     lan_address: str = ""
     lan_gateway: str = ""
     lan_dns: list[str] = field(default_factory=list)
+    #: The provider's maintenance keys: OpenSSH public keys allowed to log in as root.
+    ssh_keys: list[str] = field(default_factory=list)
 
     @property
     def identity(self) -> str:
@@ -96,13 +98,14 @@ class Order:
 
 
 _TOP = {"serial", "customer_id", "capacity_gb", "retention", "commitment_months", "timezone",
-        "windows", "datacenter", "tunnel", "s3", "listen", "lan"}
+        "windows", "datacenter", "tunnel", "s3", "listen", "lan", "maintenance"}
 _SECTIONS = {
     "windows": {"default", "hosts"},
     "datacenter": {"gateway", "identity", "s3_endpoint", "probe"},
     "tunnel": {"address", "remote_subnets", "userspace_esp"},
     "s3": {"bucket", "access_key", "secret_key", "region"},
     "lan": {"address", "gateway", "dns"},
+    "maintenance": {"ssh_keys"},
 }
 
 
@@ -235,7 +238,27 @@ def parse(raw: dict) -> Order:
                  remote_subnets=[str(n) for n in nets], userspace_esp=userspace,
                  bucket=bucket, access_key=access, secret_key=secret, region=region,
                  listen=list(listen), lan_address=lan_address, lan_gateway=lan_gateway,
-                 lan_dns=lan_dns)
+                 lan_dns=lan_dns, ssh_keys=_ssh_keys(raw))
+
+
+#: An OpenSSH public key line: type, base64 body, optional comment.
+SSH_KEY_RE = re.compile(r"\A(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa|"
+                        r"sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,2}( [^\n]*)?\Z")
+
+
+def _ssh_keys(raw: dict) -> list[str]:
+    """The optional [maintenance] ssh_keys: the provider's keys for root over SSH (none: no
+    one can log in, sshd takes keys only)."""
+    if "maintenance" not in raw:
+        return []
+    keys = _table(raw, "maintenance").get("ssh_keys", [])
+    if not isinstance(keys, list):
+        raise OrderError("maintenance.ssh_keys: expected a list of OpenSSH public keys")
+    for key in keys:
+        if not isinstance(key, str) or not SSH_KEY_RE.match(key.strip()):
+            raise OrderError(f"maintenance.ssh_keys: not an OpenSSH public key line: "
+                             f"{str(key)[:40]!r}...")
+    return [k.strip() for k in keys]
 
 
 def _lan(raw: dict) -> tuple[str, str, list[str]]:

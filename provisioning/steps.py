@@ -276,6 +276,21 @@ def lan(ctx: Context) -> StepResult:
                       + (f" via {ctx.order.lan_gateway}" if ctx.order.lan_gateway else ""))
 
 
+# --- 7b. maintenance access -----------------------------------------------------------------
+def maintenance_access(ctx: Context) -> StepResult:
+    """The provider's SSH keys for root (the image's sshd takes keys only, no passwords)."""
+    keys = ctx.order.ssh_keys
+    path = ctx.path(L.AUTHORIZED_KEYS)
+    if not keys:
+        if path.exists() and path.read_text().strip():
+            return StepResult(DIFFERS, f"{L.AUTHORIZED_KEYS} holds keys the order does not "
+                              "have")
+        return StepResult(SKIPPED, "no [maintenance] ssh_keys in the order: no SSH login")
+    L.ensure_dir(path.parent, 0o700)
+    status = put(ctx, L.AUTHORIZED_KEYS, ("\n".join(keys) + "\n").encode(), 0o600)
+    return StepResult(status, f"{len(keys)} maintenance key(s) for root over SSH")
+
+
 # --- 8. admin account and hosts -------------------------------------------------------------
 def admin_and_hosts(ctx: Context) -> StepResult:
     pool = ctx.path(L.DATA_POOL)

@@ -144,3 +144,25 @@ def quiet_toml(port: int, data: object, *, reserve_mb: int = 0, extra: str = "")
             f"reserve_mb = {reserve_mb}\n[replication]\nenabled = false\n[maintenance]\n"
             "prune_interval_hours = 0\ngc_interval_hours = 0\nverify_interval_hours = 0\n"
             "gc_grace_minutes = 0\n" + extra)
+
+
+@pytest.fixture(scope="session")
+def appliance_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tree, ext4 image) of the appliance image, built for real once per test run and
+    shared by the tests that boot it (test_image, test_hil_ssh): each boots its own copy of
+    the ext4 file, since a booted unit writes to it. The debootstrap download is cached in
+    RDR_IMAGE_CACHE (default: this run's temp dir)."""
+    from image.build import build
+
+    out = tmp_path_factory.mktemp("image")
+    cache = Path(os.environ.get("RDR_IMAGE_CACHE") or tmp_path_factory.mktemp("image-cache"))
+    tree = build(out, "ext4", cache)
+    return tree, out / "rootfs.ext4"
+
+
+def copy_image(ext4: Path, dest: Path) -> Path:
+    """A unit's own copy of the image file (sparse, as built)."""
+    import subprocess
+
+    subprocess.run(["cp", "--sparse=always", str(ext4), str(dest)], check=True)
+    return dest

@@ -47,6 +47,8 @@ async def test_a_failing_data_disk_degrades_the_appliance(tmp_path: Path) -> Non
             token = app.add_host("web01")
             admin = app.store.index.add_api_token("prom")
             assert daemon.live.disks == {f"loop{index}": (True, 0)}
+            await self_check_backup(app, token)
+            before = await scrape(app, admin)  # Prometheus scraped before the disk died
             # The disk dies under the mounted filesystem (every write now fails with EIO).
             fd = os.open(mnt, os.O_RDONLY)
             try:
@@ -65,14 +67,19 @@ async def test_a_failing_data_disk_degrades_the_appliance(tmp_path: Path) -> Non
                 assert "degraded" in err.value.message and f"loop{index}" in err.value.message
             fp = bytes.fromhex(app.fingerprint.replace(":", ""))
             async with aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(fp))) as http:
-                async with http.get(f"{app.url}/readyz") as r:
-                    assert r.status == 503 and "data_disk" in (await r.json())["problems"]
-                async with http.get(f"{app.url}/metrics",
-                                    headers={"Authorization": f"Bearer {admin}"}) as r:
-                    text = await r.text()
-            assert f'rdr_data_disk_present{{device="loop{index}"}} 0.0' in text
-            assert 'rdr_degraded{reason="data_disk"} 1.0' in text
+                    connector=aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(fp))) as http, \
+                    http.get(f"{app.url}/readyz") as r:
+                assert r.status == 503 and "data_disk" in (await r.json())["problems"]
+            # /metrics answers every time, whether the index's pages are still cached
+            # (fresh figures) or not (the last known ones, marked stale) -- never a 500
+            last = 'rdr_host_last_success_timestamp_seconds{host="web01"}'
+            for _ in range(3):
+                m = await scrape(app, admin)
+                assert m[f'rdr_data_disk_present{{device="loop{index}"}}'] == 0
+                assert m['rdr_degraded{reason="data_disk"}'] == 1
+                assert m[last] == before[last]
+                assert all(m[f'rdr_metrics_stale{{section="{s}"}}'] in (0, 1)
+                           for s in ("billing", "hosts", "jobs"))
             # The disk comes back, re-plugged under a new kernel name (as a USB disk does):
             # the dead filesystem is detached and the disk mounted again at the same place.
             await asyncio.to_thread(subprocess.run, ["umount", "-l", str(mnt)], check=True)
@@ -92,6 +99,18 @@ async def test_a_failing_data_disk_degrades_the_appliance(tmp_path: Path) -> Non
                                             check=False)
         finally:
             await daemon.stop()
+
+
+async def scrape(app: Appliance, token: str) -> dict[str, float]:
+    """/metrics as Prometheus reads it (200 required), as {series: value}."""
+    fp = bytes.fromhex(app.fingerprint.replace(":", ""))
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(fp))) as http, \
+            http.get(f"{app.url}/metrics", headers={"Authorization": f"Bearer {token}"}) as r:
+        text = await r.text()
+        assert r.status == 200, text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 async def self_check_backup(app: Appliance, token: str) -> None:

@@ -121,7 +121,16 @@ def test_ssh_rig_builds_the_commands_a_unit_runs(tmp_path: Path) -> None:
     assert [h.name for h in rig.hosts] == ["web01"] and rig.tokens["web01"] == "tok"
     ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "root@unit.lan"]
     assert rig.admin_argv("dc", "restore", "--host", "web 01") == ssh + [
-        "/opt/rdr/bin/rdr dc restore --host 'web 01' --config /etc/rdr/appliance.toml"]
+        "runuser -u rdr -- /opt/rdr/bin/rdr dc restore --host 'web 01' --config "
+        "/etc/rdr/appliance.toml"]  # as the daemon's user: its files stay the daemon's
+    assert rig.has_dc
+    pinned = ssh_rig(tmp_path, ssh_identity=Path("/k/id"), ssh_known_hosts=Path("/k/kh"),
+                     no_dc=True)
+    assert pinned.ssh_argv("true") == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                                       "-i", "/k/id", "-o", "IdentitiesOnly=yes", "-o",
+                                       "UserKnownHostsFile=/k/kh", "-o",
+                                       "StrictHostKeyChecking=yes", "root@unit.lan", "true"]
+    assert not pinned.has_dc
     assert rig.link_argv("wan", up=False) == ssh + ["ip link set dev enp2s0 down"]
     with pytest.raises(RigError, match="harness talks over it"):
         rig.link_argv("lan", up=False)

@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from hil import netns
-from image.build import build, pack
+from image.build import pack
 
+from .conftest import copy_image
 from .factory import Bench, https_in_netns, make_bench, write_order
 from .nspawn import Container
 
@@ -38,16 +39,13 @@ pytestmark = pytest.mark.skipif(
 LAN_UNIT = "192.168.77.20/24"
 LAN_CLIENT = "192.168.77.1/24"
 ENABLED = ["rdr.service", "rdr-firstboot.service", "rdr-tunnel-guard.service",
-           "strongswan.service", "systemd-networkd.service"]
+           "strongswan.service", "systemd-networkd.service", "ssh.service"]
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(tree, ext4 image) of a fresh build."""
-    out = tmp_path_factory.mktemp("image")
-    cache = Path(os.environ.get("RDR_IMAGE_CACHE") or tmp_path_factory.mktemp("image-cache"))
-    tree = build(out, "ext4", cache)
-    return tree, out / "rootfs.ext4"
+def image(appliance_image: tuple[Path, Path]) -> tuple[Path, Path]:
+    """(tree, ext4 image) of a fresh build (conftest: built once per run)."""
+    return appliance_image
 
 
 def test_image_contents(image: tuple[Path, Path]) -> None:
@@ -62,6 +60,16 @@ def test_image_contents(image: tuple[Path, Path]) -> None:
     for unit in ENABLED:
         assert (wants / unit).is_symlink(), unit
     assert (tree / "etc/machine-id").read_text() == ""  # made on the unit's first boot
+    assert not list((tree / "etc/ssh").glob("ssh_host_*"))  # each unit makes its own
+    # sshd's effective settings (a throwaway host key on a tmpfs: the tree stays as built)
+    script = ('mount -t tmpfs tmpfs "$0/run" && mkdir "$0/run/sshd" && '
+              'ssh-keygen -q -t ed25519 -N "" -f "$0/run/hk" && '
+              'chroot "$0" /usr/sbin/sshd -T -h /run/hk')
+    sshd = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                           script, str(tree)], capture_output=True, text=True, check=False)
+    for line in ("permitrootlogin without-password", "passwordauthentication no",
+                 "kbdinteractiveauthentication no"):
+        assert line in sshd.stdout, sshd.stdout + sshd.stderr
     assert not (tree / "etc/rdr/provisioning.json").exists()  # images are never provisioned
     proc = subprocess.run(["systemd-analyze", "verify", f"--root={tree}", "rdr.service",
                            "rdr-firstboot.service", "rdr-tunnel-guard.service",
@@ -101,7 +109,7 @@ def put_factory_files(box: Container, bench: Bench, order: Path) -> None:
 
 def test_image_boots_refuses_unprovisioned_then_serves(image: tuple[Path, Path],
                                                        tmp_path: Path) -> None:
-    _, ext4 = image
+    ext4 = copy_image(image[1], tmp_path / "rootfs.ext4")  # this unit's disk
     bench = make_bench(tmp_path / "bench")
     order = write_order(tmp_path / "order.toml", listen="0.0.0.0:8443", lan=LAN_UNIT)
     tag = secrets.token_hex(2)

@@ -10,14 +10,25 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .conftest import Appliance, agent_cmd, rdr_cmd
+from appliance import wiring
+from appliance.config import ReplicationConfig
+from appliance.daemon import Daemon
+from appliance.health.metrics import ApplianceCollector, Figures, LiveState
+from appliance.replication.engine import Replicator
+from appliance.store.datastore import Datastore
+from appliance.store.lock import HeldLock
+
+from .conftest import Appliance, agent_cmd, make_config, rdr_cmd
 from .test_cli import free_port
 from .treeutil import run
 
@@ -93,6 +104,152 @@ async def test_readyz_reports_what_blocks_backups(appliance: Appliance) -> None:
             appliance.daemon.live.degraded.clear()
         async with http.get(f"{appliance.url}/healthz") as r:
             assert r.status == 200
+
+
+def samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_figures_are_recomputed_when_they_may_have_changed() -> None:
+    """Kept while nothing changed (a scrape storm costs one computation), recomputed at
+    once when invalidated or when the stamp moves, and after the TTL in any case."""
+    now, stamp, calls = [100.0], [1], []
+
+    def compute() -> int:
+        calls.append(now[0])
+        return len(calls)
+
+    figs = Figures(compute, ttl=30, stamp=lambda: stamp[0], clock=lambda: now[0])
+    assert figs.get() == 1
+    now[0] += 1
+    assert [figs.get() for _ in range(5)] == [1] * 5  # a storm: nothing recomputed
+    figs.invalidate()
+    assert figs.get() == 2  # told: recomputed on the very next scrape
+    stamp[0] = 2  # another process changed the snapshots
+    assert figs.get() == 3
+    assert figs.get() == 3
+    now[0] += 31
+    assert figs.get() == 4  # the TTL still bounds everything
+    assert len(calls) == 4
+
+
+def test_concurrent_scrapes_share_one_computation() -> None:
+    started, calls = threading.Event(), []
+
+    def compute() -> int:
+        calls.append(1)
+        started.set()
+        time.sleep(0.3)
+        return len(calls)
+
+    figs = Figures(compute)
+    first = threading.Thread(target=figs.get)
+    first.start()
+    started.wait(5)
+    with ThreadPoolExecutor(8) as pool:  # arrive while the first computes
+        got = list(pool.map(lambda _: figs.get(), range(8)))
+    first.join()
+    assert got == [1] * 8 and len(calls) == 1
+
+
+async def test_metrics_answer_while_the_index_cannot_be_read(appliance: Appliance,
+                                                             tmp_path: Path) -> None:
+    """The data disk's index unreadable (a dead disk): /metrics still answers 200 for a
+    token it accepted before, with the last known figures marked stale -- never a 500,
+    never an invented value -- and current ones as soon as the index reads again."""
+    await backup_something(appliance, tmp_path)
+    token = appliance.store.index.add_api_token("prometheus")
+    status, text = await scrape(appliance, token)
+    before = samples(text)
+    assert status == 200 and before['rdr_metrics_stale{section="hosts"}'] == 0
+    last_key = 'rdr_host_last_success_timestamp_seconds{host="web01"}'
+    index = appliance.store.index
+
+    def unreadable(*args: object) -> list:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    index._q = unreadable  # type: ignore[method-assign]  # every read, as on a dead disk
+    appliance.daemon.live.degraded["data_disk"] = "the data disk loop9 is missing or failing"
+    try:
+        status, text = await scrape(appliance, token)
+        assert status == 200, text
+        now = samples(text)
+        assert now['rdr_degraded{reason="data_disk"}'] == 1
+        for section in ("billing", "hosts", "jobs"):
+            assert now[f'rdr_metrics_stale{{section="{section}"}}'] == 1, section
+            assert now[f'rdr_metrics_read_timestamp_seconds{{section="{section}"}}'] == \
+                before[f'rdr_metrics_read_timestamp_seconds{{section="{section}"}}']
+        assert now[last_key] == before[last_key]  # the last known value, not a made-up one
+        assert now['rdr_backups_total{host="web01",result="committed"}'] == 1
+        # a token never seen before cannot be checked now: unavailable, not "unauthorized"
+        other = f"rdra_{'0' * 16}_{'x' * 40}"
+        assert (await scrape(appliance, other))[0] == 503
+    finally:
+        del index._q
+        appliance.daemon.live.degraded.clear()
+    status, text = await scrape(appliance, token)
+    assert status == 200 and samples(text)['rdr_metrics_stale{section="hosts"}'] == 0
+
+
+async def test_metrics_without_figures_ever_read_leave_them_out(tmp_path: Path) -> None:
+    """A section never read (the disk failed before the first scrape) is absent: no zeros
+    that would read as "nothing protected", "no backups"."""
+    st = Datastore(tmp_path / "data", reserve_bytes=0)
+    try:
+        st.add_host("web01")
+        collector = ApplianceCollector(st, wiring.capacity(make_config(tmp_path / "data"), st),
+                                       LiveState(degraded={"data_disk": "gone"}))
+
+        def unreadable(*args: object) -> list:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        st.index._q = unreadable  # type: ignore[method-assign]
+        names = {m.name: m for m in collector.collect()}
+        assert "rdr_host_last_success_timestamp_seconds" not in names
+        assert "rdr_protected_bytes" not in names and "rdr_backups" not in names
+        assert names["rdr_degraded"].samples[0].labels == {"reason": "data_disk"}
+        assert names["rdr_degraded"].samples[0].value == 1
+        # nothing shown for them, so nothing stale: only the sections that were read
+        assert {x.labels["section"]: x.value for x in names["rdr_metrics_stale"].samples} \
+            == {"capacity": 0}
+        assert "rdr_disk_size_bytes" in names  # the filesystem itself still answers
+    finally:
+        del st.index._q
+        st.close()
+
+
+async def test_replication_lag_is_current_after_commits_and_passes(tmp_path: Path) -> None:
+    """A commit shows as pending on the next scrape and a pass (here by another process's
+    kind of replicator, as `rdr replicate` is) as replicated -- not up to 30 s later."""
+    cfg = make_config(tmp_path / "data")
+    cfg.replication = ReplicationConfig(enabled=True, directory=str(tmp_path / "dc"),
+                                        interval_seconds=3600)
+    daemon = Daemon(cfg)
+    await daemon.start()
+    try:
+        host, port = daemon.addresses[0]
+        app = Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint,
+                        tmp_path / "data")
+        token = app.store.index.add_api_token("prometheus")
+        key = "rdr_replication_pending_snapshots"
+        assert samples((await scrape(app, token))[1])[key] == 0  # now cached for 30 s
+        # a pass holds the lock (as `rdr replicate` would): the daemon's own pass after the
+        # commit is queued behind it, so the snapshot stays pending
+        held = await asyncio.to_thread(HeldLock, app.store.root / "replication.lock", "busy",
+                                       True)  # after the daemon's catch-up pass at start
+        try:
+            await backup_something(app, tmp_path)
+            assert samples((await scrape(app, token))[1])[key] == 1
+        finally:
+            held.release()
+        with ThreadPoolExecutor(2) as pool:
+            res = await Replicator(app.store, wiring.replication_target(cfg),
+                                   wiring.replication_cipher(cfg), pool).run_pass()
+        assert res.snapshots_replicated == 1
+        assert samples((await scrape(app, token))[1])[key] == 0
+    finally:
+        await daemon.stop()
 
 
 @needs_prometheus

@@ -226,6 +226,10 @@ def test_first_boot_check(tmp_path: Path, bench: Bench) -> None:
     (lambda t: t + '[lan]\naddress = "192.168.1.20"\n', "lan.address: give the prefix"),
     (lambda t: t + '[lan]\naddress = "192.168.1.20/24"\ngateway = "10.0.0.1"\n',
      "outside 192.168.1.0/24"),
+    (lambda t: t + '[maintenance]\nssh_keys = ["password123"]\n',
+     "maintenance.ssh_keys: not an OpenSSH public key"),
+    (lambda t: t + '[maintenance]\nssh_keys = "ssh-ed25519 AAAA"\n',
+     "maintenance.ssh_keys: expected a list"),
 ])
 def test_bad_order_is_one_clear_line(tmp_path: Path, bench: Bench, edit, message) -> None:
     order = write_order(tmp_path / "order.toml")
@@ -290,6 +294,32 @@ def test_static_lan(tmp_path: Path, bench: Bench) -> None:
     proc = provision(root, write_order(tmp_path / "dhcp.toml"), bench, "--burn-in-mb", "0")
     assert proc.returncode == 3 and "LAN network" in proc.stderr
     assert L.Layout(root)(L.LAN_NETWORK).exists()
+
+
+def test_maintenance_ssh_keys(tmp_path: Path, bench: Bench) -> None:
+    """The order's keys become root's authorized_keys (0600 in a 0700 .ssh); without keys
+    nothing is written, and a unit whose keys the order lacks is left alone."""
+    key = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmmlGm3Q2uXPn2ox6dPB7Xzq6Nn9Jc3aWGSFRGNTiNa"
+           " noc@provider")
+    root = tmp_path / "root"
+    root.mkdir()
+    order = write_order(tmp_path / "order.toml")
+    order.write_text(order.read_text() + f'[maintenance]\nssh_keys = ["{key}"]\n')
+    proc = provision(root, order, bench, "--burn-in-mb", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 maintenance key(s) for root over SSH" in proc.stderr
+    keys = L.Layout(root)(L.AUTHORIZED_KEYS)
+    assert keys.read_text() == key + "\n"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.parent.stat().st_mode) == 0o700
+    again = provision(root, order, bench, "--burn-in-mb", "0")
+    assert again.returncode == 0 and "maintenance SSH keys" in again.stderr
+    proc = provision(root, write_order(tmp_path / "nokeys.toml"), bench, "--burn-in-mb", "0")
+    assert proc.returncode == 3 and "holds keys the order does not have" in proc.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    proc = provision(other, write_order(tmp_path / "none.toml"), bench, "--burn-in-mb", "0")
+    assert proc.returncode == 0 and not L.Layout(other)(L.AUTHORIZED_KEYS).exists()
 
 
 @pytest.fixture

@@ -230,9 +230,91 @@ async def test_one_pass_at_a_time(store, pool, tmp_path) -> None:
     held = HeldLock(store.root / "replication.lock", "busy")
     try:
         res = await replicator(store, DirTarget(tmp_path / "dc"), pool).run_pass()
-        assert res.paused == "another replication pass is running"
+        assert res.paused == "another replication pass is running" and res.queued
     finally:
         held.release()
+
+
+class GatedTarget(DirTarget):
+    """A directory target whose uploads wait at a gate: a pass held mid-way on purpose."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def put(self, name: str, data: bytes) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().put(name, data)
+
+
+async def test_a_pass_asked_for_while_another_runs_is_queued_and_run(store, pool,
+                                                                    tmp_path) -> None:
+    """The running pass listed its snapshots before the second commit: without the queued
+    follow-up the second snapshot would wait for some later pass; with it, the pass that
+    was running runs once more, however many asked meanwhile (coalesced)."""
+    commit_files(store, "web01", files(2, 11))
+    target = GatedTarget(tmp_path / "dc")
+    running = asyncio.create_task(replicator(store, target, pool).run_pass())
+    await asyncio.wait_for(target.entered.wait(), 30)
+    commit_files(store, "web01", files(2, 12))  # after the running pass listed its work
+    asked = [await replicator(store, DirTarget(tmp_path / "dc"), pool).run_pass()
+             for _ in range(3)]  # `rdr replicate` without --wait, three times
+    assert all(a.queued and a.paused == "another replication pass is running" for a in asked)
+    assert store.index.kv_get("replication.requests") == "3"
+    target.gate.set()
+    res = await asyncio.wait_for(running, 60)
+    assert res.passes == 2 and res.snapshots_replicated == 2 and not res.queued
+    assert all(r.replicated_at for r in store.index.snapshots())
+    # nobody asked since: one pass, no follow-up
+    again = await replicator(store, DirTarget(tmp_path / "dc"), pool).run_pass()
+    assert again.passes == 1 and again.snapshots_replicated == 0
+
+
+async def test_a_request_made_as_the_pass_ends_is_not_lost(store, pool, tmp_path) -> None:
+    """The requester finds the lock held, records its request, asks again: the holder has
+    released meanwhile, so the requester runs the pass itself."""
+    from appliance.store.lock import HeldLock
+
+    commit_files(store, "web01", files(1, 13))
+    held = HeldLock(store.root / "replication.lock", "busy")
+    rep = replicator(store, DirTarget(tmp_path / "dc"), pool)
+    real_increment = store.index.kv_increment
+
+    def increment_then_release(key: str) -> int:
+        n = real_increment(key)
+        held.release()  # the holder ends exactly between the two attempts
+        return n
+
+    store.index.kv_increment = increment_then_release  # type: ignore[method-assign]
+    res = await rep.run_pass()
+    assert not res.queued and res.snapshots_replicated == 1
+
+
+async def test_cli_replicate_queues_behind_a_running_pass(tmp_path: Path) -> None:
+    """`rdr replicate` while a pass runs: exit 4, says a follow-up is queued (not "done")."""
+    from appliance.store.lock import HeldLock
+
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[store]\npath = '{tmp_path / 'data'}'\nreserve_mb = 0\n"
+                   f"[replication]\ndirectory = '{tmp_path / 'dc'}'\n")
+    st = Datastore(tmp_path / "data", reserve_bytes=0)
+    st.add_host("web01")
+    commit_files(st, "web01", {b"f": b"x" * 1000})
+    held = HeldLock(st.root / "replication.lock", "busy")  # the daemon's pass, say
+    try:
+        rc, out, err = await run(rdr_cmd() + ["replicate", "--config", str(cfg)])
+        assert rc == 4, err
+        assert "follow-up pass is queued" in out and "--wait" in out
+        rc, out, err = await run(rdr_cmd() + ["replicate", "--json", "--config", str(cfg)])
+        assert rc == 4 and json.loads(out)["queued"] is True
+        assert st.index.kv_get("replication.requests") == "2"
+    finally:
+        held.release()
+    rc, out, err = await run(rdr_cmd() + ["replicate", "--json", "--config", str(cfg)])
+    assert rc == 0 and json.loads(out)["snapshots_replicated"] == 1, err
+    st.close()
 
 
 async def test_self_healing_from_the_data_center(store, pool, tmp_path) -> None:

@@ -2,14 +2,27 @@
 
 Values are gathered at scrape time from the index, the store and the daemon's watchers (a
 custom collector, so nothing has to be kept in step by hand). The expensive parts -- the
-month's billing report and replication's pending bytes -- are cached briefly, so a scrape
-every 15 s costs the appliance almost nothing. The names are the contract in METRICS.md.
+month's billing report and replication's pending bytes -- are kept between scrapes, but only
+while nothing they report has changed: the daemon invalidates them when a commit, a prune or
+a replication pass changes them, and a cheap stamp of the snapshot table (read at each
+scrape) catches what `rdr` commands change from other processes. What remains of the cache
+is protection against scrape storms. The names are the contract in METRICS.md.
+
+/metrics must answer when the appliance is at its worst -- a data disk gone is exactly when
+the provider needs to hear from it. So every part that reads the index or the data pool is a
+*section*: one whose read fails (the disk is dead) shows its last known figures, marked
+stale by ``rdr_metrics_stale{section}`` with the time they were read, or nothing when it was
+never read; the parts the daemon knows from memory (degraded, disks, links, tunnel) are
+always current.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
 import psutil
@@ -27,9 +40,12 @@ from ..capacity.service import CapacityService
 from ..store.datastore import Datastore
 from ..store.index import Index
 
+log = logging.getLogger("rdr.metrics")
 GB = 1e9
 RESTORE_BUCKETS = (1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
 JOB_KINDS = ("prune", "gc", "verify", "usage-sample")
+#: What reading a failing or missing data disk raises: SQLite (the index) or the OS (files).
+UNREADABLE = (sqlite3.Error, OSError)
 
 
 @dataclass
@@ -46,18 +62,43 @@ class LiveState:
     removable: dict[str, dict] = field(default_factory=dict)  # inserted removable disks
 
 
-class _Cached:
-    def __init__(self, ttl: float, fn: Callable[[], object]) -> None:
-        self.ttl, self.fn = ttl, fn
-        self._at = -1e18
+class Figures:
+    """An expensive value, recomputed only when it may have changed.
+
+    It is recomputed when ``invalidate()`` was called (whoever changed what it reports says
+    so), when its STAMP (a cheap function that changes whenever the value may have) differs
+    from the one it was computed under, and in any case once it is older than TTL. Scrapes
+    that arrive while it is being computed wait for that computation and share it, so a
+    storm of scrapes costs one computation, never one each. Thread-safe: scrapes run in
+    worker threads.
+    """
+
+    def __init__(self, fn: Callable[[], object], ttl: float = 30.0,
+                 stamp: Callable[[], Hashable] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fn, self.ttl, self.stamp, self.clock = fn, ttl, stamp, clock
+        self._at = -1e18  # when the current value's computation started
         self._value: object = None
+        self._stamp: Hashable = None
+        self._dirty = True
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        """What the value reports has changed (called by whoever changed it)."""
+        self._dirty = True
 
     def get(self) -> object:
-        now = time.monotonic()
-        if now - self._at > self.ttl:
-            self._value = self.fn()
-            self._at = now
-        return self._value
+        asked = self.clock()
+        with self._lock:
+            if self._at > asked:  # computed by a scrape that came just before: current
+                return self._value
+            now = self.clock()
+            stamp = self.stamp() if self.stamp is not None else None
+            if self._dirty or stamp != self._stamp or now - self._at > self.ttl:
+                self._dirty = False  # before computing: a change during it marks it again
+                self._value = self.fn()
+                self._at, self._stamp = now, stamp
+            return self._value
 
 
 class ApplianceCollector(Collector):
@@ -67,8 +108,22 @@ class ApplianceCollector(Collector):
         self.store = store
         self.capacity = capacity
         self.live = live
-        self._report = _Cached(ttl, capacity.report)
-        self._repl = _Cached(ttl, replication_status) if replication_status else None
+        stamp = store.index.snapshot_stamp
+        self._report = Figures(capacity.report, ttl, stamp)
+        self._repl = Figures(replication_status, ttl, stamp) if replication_status else None
+        # section -> (wall time read, its metric families): shown, marked stale, while the
+        # section cannot be read
+        self._last: dict[str, tuple[float, list[Metric]]] = {}
+
+    def snapshots_changed(self) -> None:
+        """A commit or a prune: the billing report and replication's lag are out of date."""
+        self._report.invalidate()
+        self.replication_changed()
+
+    def replication_changed(self) -> None:
+        """A replication pass sent or removed something: the lag figures are out of date."""
+        if self._repl is not None:
+            self._repl.invalidate()
 
     def _scheduled(self, idx: Index) -> Iterator[Metric]:
         """Scheduled backups, computed at each scrape (not cached): a missed window shows
@@ -96,7 +151,7 @@ class ApplianceCollector(Collector):
         yield from (missed, seen, online, state, gaps)
 
     def collect(self) -> Iterator[Metric]:  # runs in a worker thread (see the handler)
-        idx, live = self.store.index, self.live
+        live = self.live
         info = GaugeMetricFamily("rdr_info", "Daemon version and appliance serial",
                                  labels=["version", "serial"])
         info.add_metric([__version__, live.serial], 1)
@@ -105,71 +160,30 @@ class ApplianceCollector(Collector):
                                 "hardware reason", labels=["reason"])
         deg.add_metric([",".join(sorted(live.degraded)) or "none"], 1 if live.degraded else 0)
         yield deg
-
-        status = self.capacity.status()
-        yield GaugeMetricFamily("rdr_capacity_bytes", "Installed capacity",
-                                value=status["capacity_gb"] * GB)
-        yield GaugeMetricFamily("rdr_disk_size_bytes", "Data pool size",
-                                value=status["disk_total_bytes"])
-        yield GaugeMetricFamily("rdr_disk_used_bytes", "Data pool used",
-                                value=status["disk_used_bytes"])
-        yield GaugeMetricFamily("rdr_disk_used_ratio", "Data pool used / size",
-                                value=status["used_percent"] / 100)
-        yield GaugeMetricFamily("rdr_capacity_level", "0 ok, 1 warning, 2 hard watermark",
-                                value={"ok": 0, "warning": 1, "hard": 2}[status["level"]])
-
-        rep = self._report.get()
-        yield GaugeMetricFamily("rdr_protected_bytes", "This month's protected bytes",
-                                value=rep["protected_gb"] * GB)
-        yield GaugeMetricFamily("rdr_billable_bytes", "This month's billable bytes",
-                                value=rep["billable_gb"] * GB)
-        yield GaugeMetricFamily("rdr_minimum_use_floor_bytes", "50 % of capacity",
-                                value=rep["floor_gb"] * GB)
-        yield GaugeMetricFamily("rdr_minimum_use_applied", "The floor is billed this month",
-                                value=1 if rep["minimum_use_applied"] else 0)
-        last = GaugeMetricFamily("rdr_host_last_success_timestamp_seconds",
-                                 "Receive time of the host's newest snapshot", labels=["host"])
-        for h in idx.hosts():
-            if h["last_backup"] is not None:
-                last.add_metric([h["name"]], h["last_backup"])
-        yield last
-        ratio = GaugeMetricFamily("rdr_host_window_success_ratio",
-                                  "This month's successful / scheduled backup windows",
-                                  labels=["host"])
-        missed = GaugeMetricFamily("rdr_host_missed_windows", "This month's missed windows",
-                                   labels=["host"])
-        for h in rep["hosts"]:
-            if h["success_rate"] is not None:
-                ratio.add_metric([h["host"]], h["success_rate"])
-            missed.add_metric([h["host"]], len(h["missed_days"]))
-        yield ratio
-        yield missed
-        yield from self._scheduled(idx)
-        backups = CounterMetricFamily("rdr_backups", "Backup sessions by result",
-                                      labels=["host", "result"])
-        for host, result, n in idx.session_counts():
-            backups.add_metric([host, result], n)
-        yield backups
+        stale = GaugeMetricFamily("rdr_metrics_stale", "1 while a section's figures cannot "
+                                  "be read (data disk failing) and the last known ones are "
+                                  "shown", labels=["section"])
+        read_at = GaugeMetricFamily("rdr_metrics_read_timestamp_seconds", "When the "
+                                    "section's figures shown were read", labels=["section"])
+        sections = [("capacity", self._capacity), ("billing", self._billing),
+                    ("hosts", self._hosts), ("jobs", self._jobs)]
+        if self._repl is not None:
+            sections.append(("replication", self._replication))
+        for name, section in sections:
+            fams, fresh = self._read(name, section)
+            yield from fams
+            if name in self._last:
+                stale.add_metric([name], 0 if fresh else 1)
+                read_at.add_metric([name], self._last[name][0])
+        yield stale
+        yield read_at
         yield CounterMetricFamily("rdr_ingest_bytes", "Chunk bytes newly stored since start",
                                   value=self.store.ingested_bytes)
         yield CounterMetricFamily("rdr_ingest_chunks", "Chunks newly stored since start",
                                   value=self.store.ingested_chunks)
-
         yield GaugeMetricFamily("rdr_replication_enabled", "Replication is on",
                                 value=1 if live.replication_enabled else 0)
         if self._repl is not None:
-            rs = self._repl.get()
-            yield GaugeMetricFamily("rdr_replication_pending_snapshots", "Not yet replicated",
-                                    value=rs["lag"]["snapshots"])
-            yield GaugeMetricFamily("rdr_replication_pending_bytes", "Bytes the DC lacks",
-                                    value=rs["lag"]["bytes"])
-            yield GaugeMetricFamily("rdr_replication_lag_seconds",
-                                    "Age of the oldest unreplicated snapshot",
-                                    value=rs["lag"]["seconds"] or 0)
-            cp = rs["last_checkpoint"]
-            if cp is not None:
-                yield GaugeMetricFamily("rdr_replication_last_checkpoint_timestamp_seconds",
-                                        "Last verified checkpoint", value=cp["at"])
             yield CounterMetricFamily("rdr_replication_sent_bytes", "Bytes sent to the DC",
                                       value=live.replication_sent_bytes())
         if live.tunnel_up is not None and live.tunnel_up() is not None:
@@ -188,6 +202,91 @@ class ApplianceCollector(Collector):
             errors.add_metric([dev], errs)
         yield present
         yield errors
+        yield from system_metrics(live.disks)
+
+    def _read(self, name: str, section: Callable[[], Iterator[Metric]],
+              ) -> tuple[list[Metric], bool]:
+        """(families, fresh): the SECTION read now, or -- when the data disk cannot be read
+        -- the last families it gave (never invented ones), or none if it never gave any."""
+        try:
+            fams = list(section())
+        except UNREADABLE as exc:
+            log.warning("/metrics: %s figures unreadable (%s); %s", name, exc,
+                        "showing the last known ones" if name in self._last else "left out")
+            last = self._last.get(name)
+            return (last[1] if last else []), False
+        self._last[name] = (time.time(), fams)
+        return fams, True
+
+    def _capacity(self) -> Iterator[Metric]:
+        status = self.capacity.status()
+        yield GaugeMetricFamily("rdr_capacity_bytes", "Installed capacity",
+                                value=status["capacity_gb"] * GB)
+        yield GaugeMetricFamily("rdr_disk_size_bytes", "Data pool size",
+                                value=status["disk_total_bytes"])
+        yield GaugeMetricFamily("rdr_disk_used_bytes", "Data pool used",
+                                value=status["disk_used_bytes"])
+        yield GaugeMetricFamily("rdr_disk_used_ratio", "Data pool used / size",
+                                value=status["used_percent"] / 100)
+        yield GaugeMetricFamily("rdr_capacity_level", "0 ok, 1 warning, 2 hard watermark",
+                                value={"ok": 0, "warning": 1, "hard": 2}[status["level"]])
+
+    def _billing(self) -> Iterator[Metric]:
+        rep = self._report.get()
+        yield GaugeMetricFamily("rdr_protected_bytes", "This month's protected bytes",
+                                value=rep["protected_gb"] * GB)
+        yield GaugeMetricFamily("rdr_billable_bytes", "This month's billable bytes",
+                                value=rep["billable_gb"] * GB)
+        yield GaugeMetricFamily("rdr_minimum_use_floor_bytes", "50 % of capacity",
+                                value=rep["floor_gb"] * GB)
+        yield GaugeMetricFamily("rdr_minimum_use_applied", "The floor is billed this month",
+                                value=1 if rep["minimum_use_applied"] else 0)
+        ratio = GaugeMetricFamily("rdr_host_window_success_ratio",
+                                  "This month's successful / scheduled backup windows",
+                                  labels=["host"])
+        missed = GaugeMetricFamily("rdr_host_missed_windows", "This month's missed windows",
+                                   labels=["host"])
+        for h in rep["hosts"]:
+            if h["success_rate"] is not None:
+                ratio.add_metric([h["host"]], h["success_rate"])
+            missed.add_metric([h["host"]], len(h["missed_days"]))
+        yield ratio
+        yield missed
+
+    def _hosts(self) -> Iterator[Metric]:
+        idx = self.store.index
+        last = GaugeMetricFamily("rdr_host_last_success_timestamp_seconds",
+                                 "Receive time of the host's newest snapshot", labels=["host"])
+        for h in idx.hosts():
+            if h["last_backup"] is not None:
+                last.add_metric([h["name"]], h["last_backup"])
+        yield last
+        yield from self._scheduled(idx)
+        backups = CounterMetricFamily("rdr_backups", "Backup sessions by result",
+                                      labels=["host", "result"])
+        for host, result, n in idx.session_counts():
+            backups.add_metric([host, result], n)
+        yield backups
+
+    def _replication(self) -> Iterator[Metric]:
+        assert self._repl is not None
+        rs = self._repl.get()
+        yield GaugeMetricFamily("rdr_replication_pending_snapshots", "Not yet replicated",
+                                value=rs["lag"]["snapshots"])
+        yield GaugeMetricFamily("rdr_replication_pending_bytes", "Bytes the DC lacks",
+                                value=rs["lag"]["bytes"])
+        # the oldest pending snapshot's age grows by itself: from its receive time, now
+        oldest = rs["lag"].get("oldest_received_at")
+        yield GaugeMetricFamily("rdr_replication_lag_seconds",
+                                "Age of the oldest unreplicated snapshot",
+                                value=0 if oldest is None else max(0.0, time.time() - oldest))
+        cp = rs["last_checkpoint"]
+        if cp is not None:
+            yield GaugeMetricFamily("rdr_replication_last_checkpoint_timestamp_seconds",
+                                    "Last verified checkpoint", value=cp["at"])
+
+    def _jobs(self) -> Iterator[Metric]:
+        idx = self.store.index
         yield GaugeMetricFamily("rdr_verify_damaged_chunks", "Damaged chunks not yet healed",
                                 value=len(idx.damaged()))
         jobs = GaugeMetricFamily("rdr_job_last_success_timestamp_seconds",
@@ -198,7 +297,6 @@ class ApplianceCollector(Collector):
                 jobs.add_metric([kind], t)
         yield jobs
         yield restore_histogram(idx.restores())
-        yield from system_metrics(live.disks)
 
 
 def system_metrics(disks: dict[str, tuple[bool, int]]) -> Iterator[Metric]:

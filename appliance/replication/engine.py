@@ -75,9 +75,28 @@ class PassResult:
     held_for_seed: list[str] = field(default_factory=list)  # hosts whose data is on a disk
     paused: str | None = None
     seconds: float = 0.0  # wall time of the pass
+    #: Another pass was running: this one did not run, a follow-up was requested from it.
+    queued: bool = False
+    passes: int = 1  # with follow-ups requested while it ran
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def merge(self, later: PassResult) -> PassResult:
+        """This pass and a follow-up as one result (counts added, the later's outcome)."""
+        for name in ("snapshots_replicated", "objects_sent", "bytes_sent", "objects_skipped",
+                     "snapshots_removed_at_dc", "chunks_removed_at_dc", "snapshots_seeded",
+                     "seconds", "passes"):
+            setattr(self, name, getattr(self, name) + getattr(later, name))
+        self.held_for_seed = later.held_for_seed
+        self.paused = later.paused
+        return self
+
+
+#: Why a pass did not run: another one holds the lock.
+BUSY = "another replication pass is running"
+#: Index counter of passes requested while another ran (see Replicator.run_pass).
+REQUESTS_KEY = "replication.requests"
 
 
 class Paused(Exception):
@@ -100,6 +119,14 @@ class Replicator:
         self.sent_bytes = 0
         self.last_error: str | None = None
         self._current: asyncio.Task | None = None
+        #: Told whenever what the data center holds changed (a snapshot replicated, objects
+        #: removed there): the composition root points it at whatever reports replication's
+        #: lag (/metrics), so that never shows a change late.
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -122,17 +149,49 @@ class Replicator:
 
     # --- one pass ---
     async def run_pass(self, wait: bool = False) -> PassResult:
-        """One pass; only one runs at a time across the daemon and `rdr replicate` (without
-        `wait`, a pass already running elsewhere is reported as the reason to stop)."""
+        """One pass; only one runs at a time across the daemon and `rdr replicate`.
+
+        Without WAIT, a pass already running elsewhere (the daemon's, another `rdr
+        replicate`) is not waited for; a follow-up is *requested* instead (a counter in the
+        index) and the result says ``queued``. Whoever holds the pass lock looks at that
+        counter after releasing it and, if it moved since its own pass began, runs one more
+        pass (any number of requests during a pass coalesce into that one). So a snapshot
+        committed before the request is in a pass that starts after it -- the running one
+        may have listed what to send before that snapshot existed.
+
+        Why it cannot be lost: the requester asks for the lock again after recording its
+        request; if that still fails, the holder at that moment releases later, so its
+        check after release sees the request.
+        """
+        held = await self._lock(wait)
+        if held is None:
+            await self._run(self.store.index.kv_increment, REQUESTS_KEY)
+            held = await self._lock(False)
+            if held is None:
+                return PassResult(paused=BUSY, queued=True)
+        total: PassResult | None = None
+        while True:
+            seen = await self._run(self.store.index.kv_get, REQUESTS_KEY)
+            try:
+                res = await self._pass()
+            finally:
+                held.release()
+            total = res if total is None else total.merge(res)
+            if res.paused:  # the next pass replicates everything pending anyway
+                return total
+            if await self._run(self.store.index.kv_get, REQUESTS_KEY) == seen:
+                return total
+            held = await self._lock(False)
+            if held is None:  # a pass that began after the request holds it: it covers it
+                return total
+            log.info("a replication pass was requested while this one ran: one more")
+
+    async def _lock(self, wait: bool) -> HeldLock | None:
+        """The pass lock, or None when another pass holds it (and WAIT is false)."""
         try:
-            held = await self._run(HeldLock, self.store.root / "replication.lock",
-                                   "another replication pass is running", wait)
-        except Conflict as exc:
-            return PassResult(paused=exc.message)
-        try:
-            return await self._pass()
-        finally:
-            held.release()
+            return await self._run(HeldLock, self.store.root / "replication.lock", BUSY, wait)
+        except Conflict:
+            return None
 
     async def _settle_inflight(self) -> None:
         """Uploads a previous run started but did not record: ask the data center."""
@@ -165,6 +224,8 @@ class Replicator:
         except Paused as p:
             res.paused = str(p)
             log.info("replication paused: %s", p)
+        finally:
+            self._changed()  # uploads and removals change what is pending, even paused
         res.seconds = round(time.monotonic() - started, 3)
         await self._run(self.store.index.kv_set, "replication.last_pass",
                         json.dumps({"at": time.time(), **res.to_json()}))
@@ -206,6 +267,7 @@ class Replicator:
             raise RuntimeError(f"checkpoint of {host}/{snap} read back differently")
         now = time.time()
         await self._run(st.index.set_replicated, host, snap, now)
+        self._changed()
         await self._run(atomic_write, st.snapshots.dir(host, snap) / "replicated",
                         str(now).encode())
         await self._run(st.index.kv_set, "replication.last_checkpoint",
@@ -267,6 +329,7 @@ class Replicator:
         await self._run(lambda: st.index.dc_add_many(sizes()))
         now = time.time()
         await self._run(st.index.set_replicated, host, snap, now)
+        self._changed()
         await self._run(atomic_write, st.snapshots.dir(host, snap) / "replicated",
                         str(now).encode())
         await self._run(st.index.kv_set, "replication.last_checkpoint",

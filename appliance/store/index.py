@@ -597,6 +597,13 @@ class Index:
             rows = self._q("SELECT * FROM snapshots WHERE host = ? ORDER BY snapshot", (host,))
         return [SnapshotRow(*r) for r in rows]
 
+    def snapshot_stamp(self) -> tuple:
+        """Changes whenever a snapshot is committed, removed or marked replicated, by this
+        process or another (`rdr` commands): one aggregate over the table, cheap enough for
+        every scrape to check whether its cached figures are still current."""
+        return tuple(self._q("SELECT count(*), total(received_at), count(replicated_at), "
+                             "total(replicated_at) FROM snapshots")[0])
+
     def snapshot(self, host: str, snapshot: str) -> SnapshotRow | None:
         rows = self._q("SELECT * FROM snapshots WHERE host = ? AND snapshot = ?",
                        (host, snapshot))
@@ -736,6 +743,14 @@ class Index:
     def kv_set(self, key: str, value: str) -> None:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+
+    def kv_increment(self, key: str) -> int:
+        """Add one to the counter KEY (0 when absent), atomically across processes; returns
+        the new value."""
+        with self.tx() as db:
+            db.execute("INSERT INTO kv VALUES (?, '1') ON CONFLICT(key) DO UPDATE SET "
+                       "value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)", (key,))
+            return int(db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()[0])
 
     def kv_get(self, key: str) -> str | None:
         rows = self._q("SELECT value FROM kv WHERE key = ?", (key,))

@@ -10,7 +10,10 @@ Routes named ``public.*`` (sign-in) need neither. Handlers state which kinds the
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -32,6 +35,44 @@ ACCOUNT = web.RequestKey("account", str)
 SESSION = web.RequestKey("session", WebSession)
 
 Principal = tuple[str, str]  # ("host" | "admin", name)
+
+
+class RememberedTokens:
+    """A token check that still answers while the index cannot be read.
+
+    The provider's Prometheus must keep scraping /metrics while the data disk is gone --
+    that is when it matters most -- but the admin tokens are checked against the index on
+    that disk. So the tokens the index accepted are remembered (as SHA-256 digests, never
+    the tokens) and, only while the index raises, accepted from memory. A token the index
+    rejects is forgotten at once; one never accepted before cannot be checked, and the
+    index's error is raised (503, retry later): nothing is let in that the index would not
+    have let in the last time it could say.
+    """
+
+    def __init__(self, lookup: Callable[[str], str | None], limit: int = 16) -> None:
+        self.lookup = lookup
+        self.limit = limit
+        self._known: dict[bytes, str] = {}  # digest -> token name, oldest first
+        self._lock = threading.Lock()
+
+    def check(self, token: str) -> str | None:
+        """The token's name, or None (runs in a worker thread: it reads the index)."""
+        digest = hashlib.sha256(token.encode()).digest()
+        try:
+            name = self.lookup(token)
+        except sqlite3.Error:
+            with self._lock:
+                name = self._known.get(digest)
+            if name is None:
+                raise  # cannot be checked now: unavailable (503), not "unauthorized"
+            return name
+        with self._lock:
+            self._known.pop(digest, None)
+            if name is not None:
+                self._known[digest] = name
+                while len(self._known) > self.limit:
+                    del self._known[next(iter(self._known))]
+        return name
 
 
 def bearer_token(request: web.Request) -> str | None:
