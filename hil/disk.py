@@ -47,6 +47,23 @@ def _loop_ctl(op: int, index: int) -> int:
         os.close(fd)
 
 
+def remove_loop(index: int, timeout: float = 10.0) -> bool:
+    """LOOP_CTL_REMOVE of loop device INDEX (the kernel's "remove" uevent), retried while it
+    is busy: the last opener (udev's probe, a lazy unmount) lets go a moment after the
+    detach. True once removed or already gone, False if still busy after TIMEOUT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _loop_ctl(LOOP_CTL_REMOVE, index)
+            return True
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                return True
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 class LoopDisk:
     """IMAGE (a sparse file of SIZE bytes) on a loop device, ext4, mounted on MOUNTPOINT."""
 
@@ -112,15 +129,7 @@ class LoopDisk:
         if self.index is None:
             return
         subprocess.run(["losetup", "-d", self.device], capture_output=True, check=False)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                _loop_ctl(LOOP_CTL_REMOVE, self.index)
-                break
-            except OSError as e:
-                if e.errno == errno.ENODEV or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+        remove_loop(self.index)
         self.index = None
 
     def kill(self) -> None:

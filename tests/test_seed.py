@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -30,6 +29,7 @@ from appliance.replication.targets import DirTarget
 from appliance.seed import disk as disk_mod
 from appliance.store.accounts import Accounts
 from appliance.store.datastore import Datastore
+from hil.disk import remove_loop
 from hil.swift import SwiftServer
 
 from .conftest import Appliance, agent_cmd, make_config, rdr_cmd
@@ -38,11 +38,9 @@ from .test_replication_s3 import write_config
 from .test_watchers import (
     FS_GOING_NOLOGFLUSH,
     FS_IOC_SHUTDOWN,
-    LOOP_CTL_REMOVE,
     disk_image,
     fresh_loop,
     is_mounted,
-    loop_ctl,
     sh,
     until,
 )
@@ -88,18 +86,10 @@ def mount_options(path: Path) -> list[str]:
 
 
 async def unplug(index: int) -> None:
-    """Detach and remove the loop device (kernel "remove" uevent); retried while the last
-    opener lets go."""
+    """Detach and remove the loop device (kernel "remove" uevent), in a thread: the daemon
+    under test shares this event loop."""
     sh("losetup", "-d", f"/dev/loop{index}")
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            loop_ctl(LOOP_CTL_REMOVE, index)
-            return
-        except OSError as e:
-            if e.errno == errno.ENODEV or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(remove_loop, index), "the loop device stayed busy"
 
 
 @pytest.fixture(scope="module")

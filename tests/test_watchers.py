@@ -35,13 +35,13 @@ import pytest
 from appliance.health import links
 from appliance.health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
 from appliance.health.links import LinkWatcher
+from hil.disk import remove_loop
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/loop-control"),
     reason="needs root and loop devices")
 
 LOOP_CTL_ADD = 0x4C80
-LOOP_CTL_REMOVE = 0x4C81
 FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
 FS_GOING_NOLOGFLUSH = 2
 TIMEOUT = 15.0
@@ -94,15 +94,7 @@ def fresh_loop(mnt: Path | None = None) -> Iterator[int]:
                 subprocess.run(["umount", "-l", str(mnt)], check=False)
         subprocess.run(["partx", "-d", f"/dev/loop{index}"], check=False, capture_output=True)
         subprocess.run(["losetup", "-d", f"/dev/loop{index}"], check=False, capture_output=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                loop_ctl(LOOP_CTL_REMOVE, index)
-                break
-            except OSError as e:
-                if e.errno == errno.ENODEV or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)  # EBUSY while the last opener lets go
+        remove_loop(index)
 
 
 def disk_image(path: Path, size: int = 64 << 20) -> Path:
@@ -191,7 +183,7 @@ async def test_data_disk_dies_is_pulled_and_comes_back(tmp_path: Path) -> None:
             # it is pulled: the kernel announces the device leaving
             sh("umount", str(mnt))
             sh("losetup", "-d", f"/dev/{name}")
-            loop_ctl(LOOP_CTL_REMOVE, index)
+            assert remove_loop(index), "the loop device stayed busy"
             await until(lambda: ("remove", name) in [e[:2] for e in watcher.uevents],
                         "the remove uevent")
             assert not Path(f"/sys/class/block/{name}").exists()
@@ -302,7 +294,7 @@ async def test_removable_disk_events() -> None:
             assert mine(usb) == [("add", {"device": name, "removable": False, "bus": "usb",
                                           "size_bytes": 0, "devtype": "disk"})]
 
-            loop_ctl(LOOP_CTL_REMOVE, index)  # real remove
+            assert remove_loop(index), "the loop device stayed busy"  # real remove
             await until(lambda: mine(every)[-1][0] == "remove", "the remove")
             await until(lambda: mine(usb)[-1][0] == "remove", "the USB disk's remove")
             assert [a for a, _ in mine(every)] == ["add", "add", "remove"]
