@@ -203,6 +203,13 @@ class Rig(Faults):
                            f"{proc.stderr.strip()[-500:]}")
         return json.loads(proc.stdout)
 
+    def first_scrape(self) -> None:
+        """What the provider's Prometheus does from the moment a unit is up: scrape it. The
+        daemon accepts a scrape token from memory while its disk is gone only once it has
+        seen the token (appliance/web/auth.py), so a rig whose first scenario pulls the
+        disk must have scraped before, as Prometheus would have."""
+        self.metrics()
+
     def metrics(self) -> str:
         status, body = self.https("GET", "/metrics",
                                   headers={"Authorization": f"Bearer {self.metrics_token}"})

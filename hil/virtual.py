@@ -147,6 +147,7 @@ class VirtualRig(Rig):
             if proc.returncode != 0:
                 raise RigError(f"rdr tokens add: {proc.stderr.strip()}")
             self._metrics_token = proc.stdout.strip().splitlines()[-1]
+            self.first_scrape()
         except BaseException:
             self.stop()
             raise
