@@ -53,11 +53,22 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--disk-remove-cmd", help="command run on the unit that removes its data "
                    "disk (e.g. echo 1 > /sys/block/sdb/device/delete)")
     g.add_argument("--disk-return-cmd", help="command run on the unit that brings it back")
+    g.add_argument("--local-disk-cmds", action="store_true", help="run the disk commands on "
+                   "this machine instead (a switched USB hub's port; hil.pdu for the image "
+                   "in nspawn)")
+    g.add_argument("--wan-shape-cmd", help="local command shaping the WAN's far end (a WAN "
+                   "emulator), {rtt_ms} and {rate_kbit} substituted; the unit's egress is "
+                   "then capped with tbf on its WAN port (default: netem on the unit)")
     g.add_argument("--dc-down-cmd", help="local command that stops the data center's store")
     g.add_argument("--dc-up-cmd", help="local command that starts it again")
     g.add_argument("--no-dc", action="store_true", help="the unit's data center is not "
                    "reachable from this rig: leave replication out, skip the WAN and data "
                    "center scenarios")
+    g.add_argument("--dc-access", type=Path, help="config for the data center's tools "
+                   "([replication] endpoint, bucket, keys, key_file: the unit's data key "
+                   "from escrow): rdr dc snapshots/restore run here with it alone")
+    g.add_argument("--dc-netns", help="network namespace where --dc-access's endpoint "
+                   "answers")
     g.add_argument("--wan-if", default="wan0", help="the unit's WAN interface")
     g.add_argument("--lan-if", default="lan0", help="the unit's LAN interface")
     g.add_argument("--api", help="https://ADDRESS:8443 of the unit's LAN API "

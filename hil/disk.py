@@ -3,11 +3,20 @@ unit mounts its data pool, that can fill up, die, be pulled and come back.
 
 * The loop device is created at a fresh index of our own (LOOP_CTL_ADD on /dev/loop-control),
   so the rig never touches a loop device someone else uses, and removed with LOOP_CTL_REMOVE:
-  the kernel sends real add/remove uevents, which the daemon's disk watcher sees.
+  the kernel sends real add/remove uevents, which the daemon's disk watcher sees. The kernel
+  refuses to remove a loop device (EBUSY) while its filesystem lives on -- a process still
+  holding a file of the dead filesystem open, as the daemon holds its index until the disk
+  returns -- so a pulled device is detached at once (``losetup -d``: autoclear) and removed
+  as soon as the last holder lets go (:attr:`LoopDisk.stale`, retried when the disk comes
+  back and at close), where a SCSI disk's node would go at once.
 * Dying is FS_IOC_SHUTDOWN with FS_GOING_NOLOGFLUSH (xfstests' "godown"): every further I/O
   fails with EIO and the journal is *not* flushed, so what was written but not yet committed
   to the journal is lost when the disk comes back, like a power cut or a yanked cable.
 * Full is real ENOSPC: a filler file takes all free space but what the scenario asks for.
+
+A disk outlives the process that made it when its state is saved (:meth:`LoopDisk.save`,
+:meth:`LoopDisk.load`): hil.pdu keeps the data disk of an appliance image booted in a
+container that way, across the separate commands that cut power, pull and return it.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import random
 import struct
@@ -74,6 +84,8 @@ class LoopDisk:
         self.index: int | None = None
         self.mounted = False
         self.shared: Path | None = None
+        #: pulled devices the kernel would not remove yet (held open): retried later
+        self.stale: list[int] = []
 
     @property
     def device(self) -> str:
@@ -84,6 +96,23 @@ class LoopDisk:
     @property
     def name(self) -> str:
         return f"loop{self.index}"
+
+    def save(self, path: Path) -> None:
+        """Write where this disk is (image, mount point, loop index, mounted) to PATH."""
+        path.write_text(json.dumps({
+            "image": str(self.image), "mountpoint": str(self.mountpoint), "size": self.size,
+            "index": self.index, "mounted": self.mounted,
+            "shared": str(self.shared) if self.shared else None, "stale": self.stale}))
+
+    @classmethod
+    def load(cls, path: Path) -> LoopDisk:
+        """The disk whose state :meth:`save` wrote to PATH (another process made it)."""
+        state = json.loads(path.read_text())
+        disk = cls(Path(state["image"]), Path(state["mountpoint"]), state["size"])
+        disk.index, disk.mounted = state["index"], state["mounted"]
+        disk.shared = Path(state["shared"]) if state["shared"] else None
+        disk.stale = list(state.get("stale", []))
+        return disk
 
     def create(self) -> None:
         self._share_parent()
@@ -125,12 +154,27 @@ class LoopDisk:
         _sh("mount", "-t", "ext4", self.device, str(self.mountpoint))
         self.mounted = True
 
-    def _detach(self) -> None:
+    def _detach(self, wait: float = 10.0) -> None:
+        """Detach the device and remove it, waiting up to WAIT seconds for the kernel to
+        let it go; one still held stays in :attr:`stale`."""
         if self.index is None:
             return
         subprocess.run(["losetup", "-d", self.device], capture_output=True, check=False)
-        remove_loop(self.index)
+        self.stale.append(self.index)
         self.index = None
+        self.reap(wait)
+
+    def reap(self, wait: float = 0.0) -> None:
+        """Remove the pulled devices the kernel would not remove before (LOOP_CTL_REMOVE),
+        trying for up to WAIT seconds; those still held stay in :attr:`stale`."""
+        deadline = time.monotonic() + wait
+        while self.stale:
+            for index in list(self.stale):
+                if remove_loop(index, timeout=0):  # not removed: its filesystem is still held
+                    self.stale.remove(index)
+            if not self.stale or time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
 
     def kill(self) -> None:
         """The disk stops answering: every I/O on the mounted filesystem now fails (EIO)."""
@@ -141,20 +185,23 @@ class LoopDisk:
             os.close(fd)
 
     def pull(self) -> None:
-        """Dies, then is gone: the dead filesystem is detached and the device removed."""
+        """Dies, then is gone: the dead filesystem is detached and the device removed (at
+        once, or as soon as nothing holds the dead filesystem: :attr:`stale`). Returns
+        without waiting for that, so a scenario times the appliance's reaction, not this."""
         if self.mounted:
             with contextlib.suppress(OSError):
                 self.kill()
             subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True,
                            check=False)
             self.mounted = False
-        self._detach()
+        self._detach(wait=1.0)
 
     def plug(self) -> None:
         """Comes back (under a new kernel name, as a re-plugged disk does); the journal is
         replayed by the mount."""
         if self.mounted:
             raise DiskError("the disk is already mounted")
+        self.reap()
         self._attach()
         self._mount()
 
@@ -185,6 +232,7 @@ class LoopDisk:
                            check=False)
             self.mounted = False
         self._detach()
+        self.reap(10.0)
         if self.shared is not None:
             subprocess.run(["umount", "-l", str(self.shared)], capture_output=True, check=False)
             self.shared = None

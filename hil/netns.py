@@ -114,17 +114,21 @@ def del_netns(name: str) -> None:
     ip("netns", "del", name, check=False)
 
 
-def add_veth(ns_a: str, if_a: str, addr_a: str, ns_b: str, if_b: str, addr_b: str) -> None:
+def add_veth(ns_a: str, if_a: str, addr_a: str | None, ns_b: str, if_b: str,
+             addr_b: str) -> None:
     """A veth pair IF_A (in NS_A, address ADDR_A) <-> IF_B (in NS_B, ADDR_B), both up.
 
-    The pair is created directly inside the namespaces, so it never appears on the host."""
+    The pair is created directly inside the namespaces, so it never appears on the host.
+    ADDR_A None leaves that end as a new port is: no address, down (a unit whose own
+    network configuration sets it up, as it would a NIC)."""
     for name in (if_a, if_b):
         if len(name) > IFNAMSIZ:
             raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ} characters")
     ip("link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b)
     for ns, ifname, addr in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
-        ip("addr", "add", addr, "dev", ifname, ns=ns)
-        ip("link", "set", ifname, "up", ns=ns)
+        if addr is not None:
+            ip("addr", "add", addr, "dev", ifname, ns=ns)
+            ip("link", "set", ifname, "up", ns=ns)
 
 
 def disable_ipv6(ns: str) -> None:

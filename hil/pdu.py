@@ -1,7 +1,11 @@
-"""A stand-in PDU for an appliance image booted with systemd-nspawn: the ssh rig's power.
+"""A stand-in PDU for an appliance image booted with systemd-nspawn: the ssh rig's power,
+and the unit's data disk.
 
+    python -m hil.pdu disk-create --state DIR --image data.img --size-mb N
     python -m hil.pdu on  --image rootfs.ext4 --netns NS --state DIR
     python -m hil.pdu off --state DIR
+    python -m hil.pdu disk-remove --state DIR
+    python -m hil.pdu disk-return --state DIR
 
 A real unit's power is switched by a PDU's command; the ssh rig runs whatever local command
 it is given (``--power-cut-cmd``, ``--power-on-cmd``). For the image booted in a container
@@ -18,8 +22,23 @@ it is given (``--power-cut-cmd``, ``--power-on-cmd``). For the image booted in a
   process of its PID namespace at once: daemon, charon, sshd, no shutdown of any kind) and
   of nspawn. It returns when they are gone and the image's loop mount with them, so the
   next ``on`` never mounts the image twice. What the unit had written into the host's page
-  cache survives, as it would not on hardware (the virtual rig's data disk is shut down
-  without a journal flush for that).
+  cache survives, as it would not on hardware.
+
+The unit's data disk (``disk-create``) is an ext4 filesystem on a loop device of its own
+(hil/disk.py), mounted on this machine at ``DIR/disk/rdr`` and bound into the container at the
+data pool's parent (``systemd-nspawn --bind=DIR/disk:/srv``, so the pool is ``/srv/rdr``, where
+a unit's fstab mounts its data disk). ``DIR/disk`` is a shared mount and the container's mount
+namespace a slave of this one (``unshare --propagation slave``), so mounting and unmounting
+the disk here reaches the running unit, as plugging and pulling a disk does:
+
+* ``off`` also kills the data disk at the moment of the cut (FS_IOC_SHUTDOWN without a
+  journal flush: what the unit wrote but the journal had not committed is lost, as in a
+  real power cut) and detaches it; ``on`` attaches it again (under a new loop device) and
+  mounts it (journal replay) before the unit boots;
+* ``disk-remove`` is the disk dying under the running unit: the same shutdown, the
+  filesystem unmounted (the unit's view of it too) and the loop device removed (a real
+  remove uevent); ``disk-return`` plugs it back under a new name, mounted where the unit's
+  pool is again.
 """
 
 from __future__ import annotations
@@ -31,49 +50,81 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from hil.disk import DiskError, LoopDisk
 
 PID_FILE = "nspawn.pid"
 IMAGE_FILE = "image"
 CONSOLE = "console.log"
+DISK_FILE = "disk.json"
+POOL_FILE = "data-pool"
+DATA_POOL = "/srv/rdr"  # provisioning's layout.DATA_POOL: where the unit's store lives
+
+
+def nspawn_argv(image: Path, mountpoint: Path, netns: str,
+                binds: list[tuple[Path, str]] = ()) -> list[str]:
+    """The command that boots IMAGE as a container in network namespace NETNS (see the
+    module doc), with each (host directory, container path) of BINDS bound in. The private
+    mount namespace is a *slave* of this one, so what is mounted under a shared bind source
+    later (a data disk plugged back) reaches the unit."""
+    script = ('mnt="$1" ns="$2"; shift 2; '  # "$@": the binds, nspawn's options
+              'mount -t tmpfs tmpfs /run/systemd/nspawn && mount -o loop "$0" "$mnt" && '
+              'exec systemd-nspawn -D "$mnt" --boot --register=no --keep-unit '
+              '--network-namespace-path="$ns" --capability=CAP_NET_ADMIN '
+              '--console=read-only "$@"')
+    extra = [f"--bind={src}:{dst}" for src, dst in binds]
+    return ["unshare", "--mount", "--propagation", "slave", "--", "/bin/sh", "-c", script,
+            str(image), str(mountpoint), f"/run/netns/{netns}", *extra]
 
 
 def power_on(image: Path, netns: str, state: Path) -> int:
-    """Boot IMAGE in a container in NETNS; returns nspawn's pid (it runs on, detached)."""
+    """Boot IMAGE in a container in NETNS, its data disk (if it has one) plugged in and
+    bound at the data pool; returns nspawn's pid (it runs on, detached)."""
     state.mkdir(parents=True, exist_ok=True)
     old = _pid(state)
     if old and _alive(old):
         raise SystemExit(f"hil.pdu: the unit is already on (nspawn pid {old})")
     if _looped(str(image)):  # never mount a unit's disk twice
         raise SystemExit(f"hil.pdu: {image} is still attached to a loop device")
+    disk = _disk(state)
+    if disk is not None and not disk.mounted:
+        disk.plug()  # the journal is replayed by the mount, as at a unit's boot
+        disk.save(state / DISK_FILE)
     mnt = state / "mnt"
     mnt.mkdir(exist_ok=True)
     Path("/run/systemd/nspawn").mkdir(parents=True, exist_ok=True)
-    script = ('mount -t tmpfs tmpfs /run/systemd/nspawn && mount -o loop "$0" "$1" && '
-              'exec systemd-nspawn -D "$1" --boot --register=no --keep-unit '
-              '--network-namespace-path="$2" --capability=CAP_NET_ADMIN '
-              '--console=read-only')
     with open(state / CONSOLE, "ab") as log:
-        proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
-             str(image), str(mnt), f"/run/netns/{netns}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        proc = subprocess.Popen(nspawn_argv(image, mnt, netns, disk_binds(state)),
+                                stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     (state / PID_FILE).write_text(f"{proc.pid}\n")
     (state / IMAGE_FILE).write_text(f"{image}\n")
     return proc.pid
 
 
 def power_cut(state: Path, timeout: float = 30.0) -> None:
-    """SIGKILL the container's PID 1 and nspawn; return once they and the mount are gone."""
+    """SIGKILL the container's PID 1 and nspawn, and kill the data disk with them; return
+    once they and the mount are gone and the disk is detached."""
     pid = _pid(state)
-    if not pid or not _alive(pid):
-        return
-    for init in _container_inits(pid):
+    disk = _disk(state)
+    if pid and _alive(pid):
+        for init in _container_inits(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
-            os.kill(init, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
+        if disk is not None and disk.mounted:
+            with contextlib.suppress(OSError):
+                disk.kill()  # at once: nothing more of the unit's page cache reaches it
+        _wait_gone(state, pid, timeout)
+    if disk is not None:
+        disk.pull()
+        disk.save(state / DISK_FILE)
+
+
+def _wait_gone(state: Path, pid: int, timeout: float) -> None:
+    """Until nspawn, the container's init and the image's loop mount are gone."""
     deadline = time.monotonic() + timeout
     while _alive(pid) or _container_inits(pid):
         if time.monotonic() > deadline:
@@ -85,6 +136,67 @@ def power_cut(state: Path, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"hil.pdu: {image or mnt} still mounted after the power cut")
         time.sleep(0.05)
+
+
+def create_disk(state: Path, image: Path, size: int, pool: str = DATA_POOL) -> LoopDisk:
+    """The unit's data disk: IMAGE (SIZE bytes, ext4) on a loop device, mounted here where
+    the container's bind of POOL's parent shows it at POOL."""
+    state.mkdir(parents=True, exist_ok=True)
+    disk = LoopDisk(image, state / "disk" / PurePosixPath(pool).name, size)
+    disk.create()
+    disk.save(state / DISK_FILE)
+    (state / POOL_FILE).write_text(f"{pool}\n")
+    return disk
+
+
+def disk_binds(state: Path) -> list[tuple[Path, str]]:
+    """nspawn binds for the data disk of the unit in STATE: [(DIR/disk, pool's parent)]."""
+    disk = _disk(state)
+    if disk is None:
+        return []
+    pool = PurePosixPath((state / POOL_FILE).read_text().strip())
+    return [(disk.mountpoint.parent, str(pool.parent))]
+
+
+def remove_disk(state: Path) -> str:
+    """The data disk dies under the running unit and is gone (see the module doc); returns
+    what became of its loop device."""
+    disk = _required_disk(state)
+    name = disk.name
+    disk.pull()
+    disk.save(state / DISK_FILE)
+    if disk.stale:
+        return (f"{name}: shut down, unmounted and detached; the kernel removes it once the "
+                "unit lets go of the dead filesystem (retried at disk-return)")
+    return f"{name}: shut down, unmounted and removed"
+
+
+def return_disk(state: Path) -> None:
+    """The data disk is plugged back (a new loop device), mounted at the unit's pool."""
+    disk = _required_disk(state)
+    if disk.mounted:
+        raise SystemExit("hil.pdu: the data disk is plugged in already")
+    disk.plug()
+    disk.save(state / DISK_FILE)
+
+
+def close_disk(state: Path) -> None:
+    """Unmount, detach and delete the data disk (the unit must be off); idempotent."""
+    disk = _disk(state)
+    if disk is not None:
+        disk.close()
+        (state / DISK_FILE).unlink()
+
+
+def _disk(state: Path) -> LoopDisk | None:
+    return LoopDisk.load(state / DISK_FILE) if (state / DISK_FILE).exists() else None
+
+
+def _required_disk(state: Path) -> LoopDisk:
+    disk = _disk(state)
+    if disk is None:
+        raise SystemExit(f"hil.pdu: the unit in {state} has no data disk (disk-create)")
+    return disk
 
 
 def _container_inits(nspawn_pid: int) -> list[int]:
@@ -158,18 +270,43 @@ def _alive(pid: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hil.pdu",
                                 description="power of an appliance image in systemd-nspawn")
-    p.add_argument("action", choices=("on", "off"))
+    p.add_argument("action", choices=("on", "off", "disk-create", "disk-remove",
+                                      "disk-return", "disk-close"))
     p.add_argument("--state", type=Path, required=True, help="this unit's state directory")
-    p.add_argument("--image", type=Path, help="the unit's root filesystem image (on)")
+    p.add_argument("--image", type=Path, help="the unit's root filesystem image (on), its "
+                   "data disk's image file (disk-create)")
     p.add_argument("--netns", help="the network namespace it is plugged into (on)")
+    p.add_argument("--size-mb", type=int, default=1024, help="the data disk's size "
+                   "(disk-create)")
+    p.add_argument("--data-pool", default=DATA_POOL, help="where the unit's pool is (its "
+                   "data disk's mount point)")
     args = p.parse_args(argv)
+    try:
+        run(p, args)
+    except DiskError as exc:
+        print(f"hil.pdu: {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    state = args.state.resolve()
     if args.action == "on":
         if not args.image or not args.netns:
             p.error("on needs --image and --netns")
-        power_on(args.image.resolve(), args.netns, args.state.resolve())
+        power_on(args.image.resolve(), args.netns, state)
+    elif args.action == "off":
+        power_cut(state)
+    elif args.action == "disk-create":
+        if not args.image:
+            p.error("disk-create needs --image")
+        create_disk(state, args.image.resolve(), args.size_mb << 20, args.data_pool)
+    elif args.action == "disk-remove":
+        print(remove_disk(state))
+    elif args.action == "disk-return":
+        return_disk(state)
     else:
-        power_cut(args.state.resolve())
-    return 0
+        close_disk(state)
 
 
 if __name__ == "__main__":

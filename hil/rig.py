@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import abc
 import json
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from hil import netns
+
+BIN = Path(sys.executable).parent
 
 
 class RigError(RuntimeError):
@@ -23,6 +29,27 @@ class Host:
     name: str
     source: Path
     state: Path
+
+
+@dataclass
+class DcAccess:
+    """How the data center's own tools reach a unit's replicas: ``rdr dc snapshots`` and
+    ``rdr dc restore`` run on this machine with CONFIG alone (the bucket at the S3 endpoint,
+    the credentials, the unit's data key as escrow gives it back: hil.datacenter.write_access)
+    -- in network namespace NETNS when the endpoint answers only there -- and restore to
+    SCRATCH here. So what the harness restores from the data center proves the data center
+    can restore without the unit."""
+
+    config: Path
+    scratch: Path
+    netns: str = ""
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        cmd = [str(BIN / "rdr"), "dc", *args, "--config", str(self.config)]
+        if self.netns:
+            cmd = netns.exec_argv(self.netns, cmd)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              check=False)
 
 
 class Faults(abc.ABC):
@@ -87,6 +114,8 @@ class Rig(Faults):
     #: center, no tunnel or pending-replication checks -- and say so in their notes; the
     #: scenarios that are about the WAN or the data center are skipped.
     has_dc: bool = True
+    #: Where ``rdr dc snapshots|restore`` run: None, on the appliance with its config.
+    dc_access: DcAccess | None = None
 
     @abc.abstractmethod
     def start(self) -> None: ...
@@ -134,6 +163,31 @@ class Rig(Faults):
         """tree_hashes of an agent's restore at PATH (then removed)."""
         return self.tree_hashes(path)
 
+    def dc_tool(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """``rdr dc ARGS`` at the data center's side (DcAccess), or on the appliance."""
+        if self.dc_access is None:
+            return self.admin("dc", *args, timeout=timeout)
+        return self.dc_access.run(*args, timeout=timeout)
+
+    @property
+    def dc_scratch(self) -> str:
+        """Where ``rdr dc restore`` writes what the harness reads back."""
+        if self.dc_access is None:
+            return self.scratch
+        self.dc_access.scratch.mkdir(parents=True, exist_ok=True)
+        return str(self.dc_access.scratch)
+
+    def dc_tree_hashes(self, path: str) -> dict[str, str]:
+        """tree_hashes of a restore from the data center at PATH (then removed)."""
+        if self.dc_access is None:
+            return self.tree_hashes(path)
+        from hil.verify import source_hashes  # (hil.verify imports this module)
+
+        try:
+            return source_hashes(Path(path))
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
     @property
     @abc.abstractmethod
     def admin_password(self) -> str: ...
@@ -148,6 +202,13 @@ class Rig(Faults):
             raise RigError(f"rdr {' '.join(args)} failed ({proc.returncode}): "
                            f"{proc.stderr.strip()[-500:]}")
         return json.loads(proc.stdout)
+
+    def first_scrape(self) -> None:
+        """What the provider's Prometheus does from the moment a unit is up: scrape it. The
+        daemon accepts a scrape token from memory while its disk is gone only once it has
+        seen the token (appliance/web/auth.py), so a rig whose first scenario pulls the
+        disk must have scraped before, as Prometheus would have."""
+        self.metrics()
 
     def metrics(self) -> str:
         status, body = self.https("GET", "/metrics",

@@ -1,13 +1,12 @@
 """The same scenarios against a real appliance, reached over SSH (``--rig ssh://root@UNIT``).
 
 TESTED AGAINST THE APPLIANCE IMAGE, NOT AGAINST HARDWARE: tests/test_hil_ssh.py builds the
-image (``python -m image``), boots it with systemd-nspawn in a network namespace on a veth
-LAN, provisions it as the factory does (with the test's SSH key as the provider's
-maintenance key), and runs day-cycle, power-cut and agent-killed through this rig with the
-real ``ssh`` client against the unit's own sshd; power is hil/pdu.py (SIGKILL of the
-container, boot again). That unit has no data center (``--no-dc``): the WAN, data-center
-and disk scenarios have not run through this rig. No real unit has been reachable. What
-it does:
+image (``python -m image``), boots it with systemd-nspawn in a network namespace with a veth
+LAN, a veth WAN port to a data center (hil/datacenter.py: strongSwan responder, delay relay,
+Swift) and a loop-device data disk bound in at its data pool, provisions it as the factory
+does (with the test's SSH key as the provider's maintenance key), and runs the scenarios
+through this rig with the real ``ssh`` client against the unit's own sshd; power and the
+data disk are hil/pdu.py. No real unit has been reachable. What it does:
 
 * the machine running the harness is the LAN host: its agents (``--host NAME=TOKEN=SOURCE``)
   back up local directories to the unit's LAN API (``--api``, certificate ``--pin``), and
@@ -22,12 +21,18 @@ it does:
   over the LAN, so it keeps its session); the LAN link is refused: the harness would cut
   itself off (use a managed switch's port for that);
 * the disk fills with ``fallocate`` on the data pool (all free space but what is asked);
-* WAN latency and bandwidth are ``tc netem``/``tbf`` on the unit's WAN interface (the unit's
-  Debian kernel has netem, unlike the virtual rig's);
+* WAN latency and bandwidth are ``tc netem`` on the unit's WAN interface -- or, with
+  ``--wan-shape-cmd``, a local command shapes the WAN's far end (a WAN emulator; the
+  round-trip time and the cap substituted for ``{rtt_ms}`` and ``{rate_kbit}``) and the
+  unit's own egress is capped with ``tbf`` on its WAN port (a kernel without netem);
 * disk removal and the data center's outage have no standard command: they run what
-  ``--disk-remove-cmd``/``--disk-return-cmd`` (on the unit; e.g. the SCSI ``delete`` and
-  ``scan`` files) and ``--dc-down-cmd``/``--dc-up-cmd`` (locally) say, or fail as "not
-  configured".
+  ``--disk-remove-cmd``/``--disk-return-cmd`` (on the unit, e.g. the SCSI ``delete`` and
+  ``scan`` files; or locally with ``--local-disk-cmds``, e.g. a switched USB hub's port)
+  and ``--dc-down-cmd``/``--dc-up-cmd`` (locally) say, or fail as "not configured";
+* with ``--dc-access FILE`` the data center's tools run here, as the provider's would:
+  ``rdr dc snapshots`` and ``rdr dc restore`` with that config alone (bucket, credentials,
+  the unit's data key from escrow; in ``--dc-netns`` if the endpoint answers only there),
+  restoring to this machine. Without it they run on the unit with its config.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from urllib.parse import urlsplit
 
 from hil import lanhttp
 from hil.disk import FILLER
-from hil.rig import Host, Rig, RigError
+from hil.rig import DcAccess, Host, Rig, RigError
 from hil.verify import source_hashes
 
 BIN = Path(sys.executable).parent
@@ -65,6 +70,9 @@ class SshSettings:
     lan_if: str = "lan0"
     disk_remove_cmd: str = ""
     disk_return_cmd: str = ""
+    #: the disk commands run on this machine, not on the unit
+    local_disk_cmds: bool = False
+    wan_shape_cmd: str = ""
     dc_down_cmd: str = ""
     dc_up_cmd: str = ""
     admin_password: str = ""
@@ -74,6 +82,8 @@ class SshSettings:
     #: The daemon's user on the unit: admin commands run as it (see the module doc).
     admin_user: str = "rdr"
     has_dc: bool = True
+    dc_access: Path | None = None
+    dc_netns: str = ""
 
     @classmethod
     def from_args(cls, args) -> SshSettings:
@@ -101,11 +111,15 @@ class SshSettings:
                    power_on_cmd=args.power_on_cmd or "", wan_if=args.wan_if,
                    disk_remove_cmd=getattr(args, "disk_remove_cmd", None) or "",
                    disk_return_cmd=getattr(args, "disk_return_cmd", None) or "",
+                   local_disk_cmds=bool(getattr(args, "local_disk_cmds", False)),
+                   wan_shape_cmd=getattr(args, "wan_shape_cmd", None) or "",
                    dc_down_cmd=getattr(args, "dc_down_cmd", None) or "",
                    dc_up_cmd=getattr(args, "dc_up_cmd", None) or "",
                    lan_if=args.lan_if, admin_password=read(args.admin_password_file),
                    metrics_token=read(args.metrics_token_file), hosts=hosts,
-                   ssh_options=tuple(options), has_dc=not getattr(args, "no_dc", False))
+                   ssh_options=tuple(options), has_dc=not getattr(args, "no_dc", False),
+                   dc_access=getattr(args, "dc_access", None),
+                   dc_netns=getattr(args, "dc_netns", None) or "")
 
 
 class SshRig(Rig):
@@ -118,6 +132,9 @@ class SshRig(Rig):
                       for name, _, source in settings.hosts]
         self._metrics_token = settings.metrics_token
         self.has_dc = settings.has_dc
+        if settings.dc_access is not None:
+            self.dc_access = DcAccess(settings.dc_access, self.workdir / "dc-restores",
+                                      settings.dc_netns)
 
     # -- command construction (unit-tested) ----------------------------------------------
     def ssh_argv(self, *remote: str) -> list[str]:
@@ -144,6 +161,7 @@ class SshRig(Rig):
                 f'if [ "$size" -gt 0 ]; then fallocate -l "$size" {filler}; fi')
 
     def shape_argv(self, rtt_ms: float, rate_kbit: int) -> list[str]:
+        """netem on the unit's WAN port: the delay and the cap (its egress)."""
         dev = self.s.wan_if
         if not rtt_ms and not rate_kbit:
             return self.ssh_shell_argv(f"tc qdisc del dev {shlex.quote(dev)} root || true")
@@ -153,6 +171,19 @@ class SshRig(Rig):
         if rate_kbit:
             netem += ["rate", f"{rate_kbit}kbit"]
         return self.ssh_argv(*netem)
+
+    def cap_argv(self, rate_kbit: int) -> list[str]:
+        """tbf on the unit's WAN port (its egress), for a far end shaped by --wan-shape-cmd."""
+        dev = self.s.wan_if
+        if not rate_kbit:
+            return self.ssh_shell_argv(f"tc qdisc del dev {shlex.quote(dev)} root || true")
+        return self.ssh_argv("tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate",
+                             f"{rate_kbit}kbit", "burst", "32kbit", "latency", "400ms")
+
+    def far_end_command(self, rtt_ms: float, rate_kbit: int) -> str:
+        """--wan-shape-cmd with the round-trip time and the cap substituted."""
+        return (self.s.wan_shape_cmd.replace("{rtt_ms}", f"{rtt_ms:g}")
+                .replace("{rate_kbit}", str(int(rate_kbit))))
 
     # -- plumbing --------------------------------------------------------------------------
     def _run(self, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -187,8 +218,14 @@ class SshRig(Rig):
             out = self._must(self.admin_argv("tokens", "add", "hil-metrics"), "tokens add")
             self._metrics_token = out.strip().splitlines()[-1]
         self.wait_ready(60)
+        self.first_scrape()
 
     def stop(self) -> None:
+        """Leave the unit as found: no shaping, no filler (failures here are not reported:
+        a scenario's own cleanup did it, or the unit is off)."""
+        if self.s.wan_shape_cmd:
+            subprocess.run(self.far_end_command(0, 0), shell=True, capture_output=True,
+                           timeout=120, check=False)
         self._run(self.shape_argv(0, 0), timeout=60)
         self._run(self.ssh_argv("rm", "-f", f"{DATA_POOL}/{FILLER}"), timeout=60)
 
@@ -297,14 +334,18 @@ class SshRig(Rig):
         self._must(self.ssh_argv("rm", "-f", f"{DATA_POOL}/{FILLER}"), "freeing the disk")
 
     def remove_disk(self) -> None:
-        if not self.s.disk_remove_cmd:
-            raise RigError("disk removal: no --disk-remove-cmd configured for this unit")
-        self._must(self.ssh_shell_argv(self.s.disk_remove_cmd), "disk removal")
+        self._disk_command(self.s.disk_remove_cmd, "disk removal", "--disk-remove-cmd")
 
     def return_disk(self) -> None:
-        if not self.s.disk_return_cmd:
-            raise RigError("disk return: no --disk-return-cmd configured for this unit")
-        self._must(self.ssh_shell_argv(self.s.disk_return_cmd), "disk return")
+        self._disk_command(self.s.disk_return_cmd, "disk return", "--disk-return-cmd")
+
+    def _disk_command(self, command: str, what: str, option: str) -> None:
+        if not command:
+            raise RigError(f"{what}: no {option} configured for this unit")
+        if self.s.local_disk_cmds:
+            self._local(command, what)
+        else:
+            self._must(self.ssh_shell_argv(command), what)
 
     def dc_down(self) -> None:
         self._local(self.s.dc_down_cmd, "data center down")
@@ -313,7 +354,11 @@ class SshRig(Rig):
         self._local(self.s.dc_up_cmd, "data center up")
 
     def shape_wan(self, rtt_ms: float = 0.0, rate_kbit: int = 0) -> None:
-        self._must(self.shape_argv(rtt_ms, rate_kbit), "shaping the WAN")
+        if self.s.wan_shape_cmd:
+            self._local(self.far_end_command(rtt_ms, rate_kbit), "shaping the WAN's far end")
+            self._must(self.cap_argv(rate_kbit), "capping the unit's WAN port")
+        else:
+            self._must(self.shape_argv(rtt_ms, rate_kbit), "shaping the WAN")
 
     def rekey(self) -> None:
         for kind in ("--ike", "--child"):

@@ -355,17 +355,21 @@ class Tunnel:
         return netns.socket_in(self._ns(ns), family, type, proto)
 
     # -- lifecycle -----------------------------------------------------------------------
-    def up(self, timeout: float = 30.0) -> None:
-        """Build the rig and wait until traffic flows through the tunnel (see module doc)."""
+    def up(self, timeout: float = 30.0, wait: bool = True) -> None:
+        """Build the rig and wait until traffic flows through the tunnel (see module doc);
+        without WAIT, return once it is built (an appliance that is not running yet will
+        initiate the tunnel when it starts)."""
         if self._started:
-            self.wait_up(timeout)
+            if wait:
+                self.wait_up(timeout)
             return
         if not charon_installed():
             raise TunnelError(f"{CHARON} or swanctl missing (see .ci/tunnel-packages)")
         self._started = True
         try:
             self._build()
-            self.wait_up(timeout)
+            if wait:
+                self.wait_up(timeout)
         except BaseException:
             self.down()
             raise

@@ -178,34 +178,52 @@ class ProvisionedTunnel(Tunnel):
     swanctl directory (connection, device certificate and key, factory CA) and its tunnel
     guard; the data center is a responder whose certificate the same factory CA signed.
 
-    ``before_charon`` runs after the namespaces and the WAN exist and before either charon
-    starts (the virtual rig adds its LAN, relay and Swift there)."""
+    With ``unit_ns`` the appliance is a unit of its own -- the image booted in a container
+    in that namespace, which the caller made -- and only the data center's side runs here:
+    the WAN veth's appliance end goes into UNIT_NS as ``unit_wan_if``, without an address
+    (the unit's provisioned network configuration sets that port up, as it would a NIC), and
+    the unit's own strongSwan initiates the tunnel. ROOT is then unused.
 
-    def __init__(self, workdir: Path, plan: TunnelPlan, root: Path, bench: Bench, *,
+    ``before_charon`` runs after the namespaces and the WAN exist and before either charon
+    starts (the data center's relay and Swift go there, the virtual rig's LAN too)."""
+
+    def __init__(self, workdir: Path, plan: TunnelPlan, root: Path | None, bench: Bench, *,
                  dc_identity: str = "dc.rdr.test", unit_identity: str = "rdr-0001",
-                 before_charon=None) -> None:
+                 before_charon=None, unit_ns: str | None = None,
+                 unit_wan_if: str = "eth1") -> None:
         super().__init__(workdir, plan)
         self.root = root
         self.bench = bench
         self.dc_identity = dc_identity
         self.unit_identity = unit_identity
         self.before_charon = before_charon
+        self.external = unit_ns is not None
+        if unit_ns is not None:
+            self.appliance_ns = unit_ns
+            self.wan_if_appliance = unit_wan_if
+        elif root is None:
+            raise ValueError("the appliance side needs the provisioned tree (root)")
+        #: the sides whose charon runs here
+        self.sides = ("dc",) if self.external else ("appliance", "dc")
 
     def _build(self) -> None:
         plan = self.plan
         for d in (self.state, self.logdir):
             d.mkdir(parents=True, exist_ok=True)
-        for ns in (self.appliance_ns, self.dc_ns):
+        for ns in (self.dc_ns,) if self.external else (self.appliance_ns, self.dc_ns):
             netns.add_netns(ns)
             self._created.append(ns)
             netns.disable_ipv6(ns)
-        netns.add_veth(self.appliance_ns, self.wan_if_appliance, plan.wan_appliance,
+        netns.add_veth(self.appliance_ns, self.wan_if_appliance,
+                       None if self.external else plan.wan_appliance,
                        self.dc_ns, self.wan_if_dc, plan.wan_dc)
-        run_guard(self.appliance_ns, self.root)  # tunnel address + prohibit route
+        if not self.external:
+            assert self.root is not None
+            run_guard(self.appliance_ns, self.root)  # tunnel address + prohibit route
+            shutil.copytree(L.Layout(self.root)(L.SWANCTL_DIR),
+                            self.side_dir("appliance") / "swanctl")
         netns.add_lo_address(self.dc_ns, plan.dc_inner)
         netns.ip("route", "add", "prohibit", plan.appliance_inner, ns=self.dc_ns)
-        shutil.copytree(L.Layout(self.root)(L.SWANCTL_DIR), self.side_dir("appliance") /
-                        "swanctl")
         dc = self.side_dir("dc") / "swanctl"
         for sub in ("x509", "x509ca", "private"):
             (dc / sub).mkdir(parents=True)
@@ -216,15 +234,16 @@ class ProvisionedTunnel(Tunnel):
         (dc / "swanctl.conf").write_text(dc_swanctl_conf(
             plan.wan_dc.split("/")[0], self.dc_identity, self.unit_identity, plan.dc_subnet,
             plan.appliance_inner))
-        for side in ("appliance", "dc"):
+        for side in self.sides:
             (self.side_dir(side) / "strongswan.conf").write_text(
                 strongswan_conf(self.charon_log(side)))
             self._rundir(side).mkdir(parents=True, exist_ok=True)
         if self.before_charon is not None:
             self.before_charon(self)
-        for side in ("dc", "appliance"):
+        order = [side for side in ("dc", "appliance") if side in self.sides]
+        for side in order:
             self._start_charon(side)
-        for side in ("dc", "appliance"):
+        for side in order:
             self._wait_vici(side, 15.0)
             self._swanctl(side, "--load-all")
 

@@ -4,7 +4,8 @@ The ledger is the harness's own record of truth: for every backup the agent repo
 committed, the SHA-256 of every file the host had at that moment (the source does not change
 while its backup runs). At the end of a scenario every snapshot the appliance lists is
 restored from the appliance (by its host's agent) and from the data center (``rdr dc restore``,
-which needs only the bucket and the key) and compared file by file with the ledger; the
+which needs only the bucket and the key: the rigs run it at the data center's side with just
+those, hil.rig.DcAccess) and compared file by file with the ledger; the
 appliance must list nothing the ledger does not know, and lose nothing but what prune
 reported removing.
 """
@@ -152,8 +153,11 @@ def verify_everything(rig: Rig, ledger: Ledger, *, from_dc: bool = True,
     at_dc: set[tuple[str, str]] = set()
     if from_dc:
         replicate(rig)
-        at_dc = {(s["host"], s["snapshot"])
-                 for s in rig.admin_json("dc", "snapshots")}  # type: ignore[union-attr]
+        proc = rig.dc_tool("snapshots", "--json")
+        if proc.returncode != 0:
+            raise RigError(f"rdr dc snapshots failed ({proc.returncode}): "
+                           f"{proc.stderr.strip()[-500:]}")
+        at_dc = {(s["host"], s["snapshot"]) for s in json.loads(proc.stdout)}
         for key in sorted(snaps - at_dc):
             v.problems.append(f"{key[0]}/{key[1]} is not at the data center after replication")
         proc = rig.admin("dc", "verify", *(("--deep",) if deep else ()), "--json")
@@ -174,15 +178,15 @@ def verify_everything(rig: Rig, ledger: Ledger, *, from_dc: bool = True,
         return _compare(f"{key[0]}/{key[1]} from the appliance", got, ledger.trees[key])
 
     def from_dc_copy(key: tuple[str, str]) -> list[str]:
-        dest = f"{rig.scratch}/dc-{key[0]}-{key[1]}"
-        proc = rig.admin("dc", "restore", "--host", key[0], "--snapshot", key[1],
-                         "--to", dest, "--json")
+        dest = f"{rig.dc_scratch}/dc-{key[0]}-{key[1]}"
+        proc = rig.dc_tool("restore", "--host", key[0], "--snapshot", key[1], "--to", dest,
+                           "--json")
         if proc.returncode != 0:
             with contextlib.suppress(RigError):
-                rig.tree_hashes(dest)
+                rig.dc_tree_hashes(dest)
             return [f"restore of {key[0]}/{key[1]} from the data center failed: "
                     f"{proc.stderr.strip()[-300:]}"]
-        got = relative_to_source(rig.tree_hashes(dest), hosts[key[0]].source)
+        got = relative_to_source(rig.dc_tree_hashes(dest), hosts[key[0]].source)
         return _compare(f"{key[0]}/{key[1]} from the data center", got, ledger.trees[key])
 
     # restores are mostly waiting (process start, the tunnel, fsync): a few at a time

@@ -8,13 +8,16 @@ Layout (every name carries a random prefix; nothing is reachable from outside th
        |   data pool              the provisioned config; its data pool is an ext4 filesystem
        |                          on a loop device (hil.disk.LoopDisk); strongSwan with the
        |  WAN veth (tbf)          provisioned swanctl directory
-        <p>-dc                    UDP delay relay (hil.relay) at the order's gateway address,
-                                  strongSwan responder, Swift + s3api on 10.200.2.1:8080
+        <p>-dc                    the data center (hil.datacenter): UDP delay relay at the
+                                  order's gateway address, strongSwan responder, Swift +
+                                  s3api on 10.200.2.1:8080
 
 The appliance side of the tunnel is provisioning's own output (device certificate from the
 factory CA, connection, tunnel guard); the data center's certificate comes from the same
 factory CA. WAN latency is the relay's (it delays every IKE and ESP-in-UDP datagram);
-bandwidth caps are tbf on both WAN veth ends.
+bandwidth caps are tbf on both WAN veth ends. The data center's tools (``rdr dc snapshots``,
+``rdr dc restore``) run in its namespace with the bucket and the unit's data key from escrow
+alone (hil.rig.DcAccess).
 """
 
 from __future__ import annotations
@@ -32,11 +35,10 @@ import time
 from pathlib import Path
 
 from hil import lanhttp, netns
+from hil.datacenter import DataCenter, escrow_open, write_access
 from hil.disk import LoopDisk
 from hil.factory import make_bench
-from hil.rig import Host, Rig, RigError
-from hil.swift import SwiftServer
-from hil.tunnel import TunnelPlan
+from hil.rig import DcAccess, Host, Rig, RigError
 from hil.unit import (
     ProvisionedTunnel,
     daemon_argv,
@@ -48,12 +50,12 @@ from hil.unit import (
 )
 from hil.verify import source_hashes
 from provisioning import layout as L
+from provisioning.order import load as load_order
 
 BIN = Path(sys.executable).parent
 HOSTS = ("web01", "db01", "fs01")
 RELAY_ADDR = "198.18.1.1"  # the order's gateway: the delay relay, in the DC namespace
-RELAY_SOURCE = "198.18.1.2"
-DC_IKE_PORTS = (1500, 14500)  # the DC's charon (the relay has 500/4500)
+DC_ADDR = "10.200.2.1"  # the S3 endpoint's address, inside the tunnel
 S3_PORT = 8080
 API_PORT = 8443
 SERIAL = "RDR-HIL1"
@@ -107,7 +109,6 @@ class VirtualRig(Rig):
         self.prefix = "hl" + secrets.token_hex(2)
         self.disk_mb = disk_mb or (320 if quick else 4096)
         self.root = self.workdir / "unit"
-        self.plan = TunnelPlan(prefix=self.prefix)
         self.hosts: list[Host] = []
         self.host_ns: dict[str, str] = {}
         self.tokens: dict[str, str] = {}
@@ -116,9 +117,8 @@ class VirtualRig(Rig):
         self.pin = ""
         self.config: Path | None = None
         self.disk: LoopDisk | None = None
+        self.dc: DataCenter | None = None
         self.tunnel: ProvisionedTunnel | None = None
-        self.swift: SwiftServer | None = None
-        self.relay: subprocess.Popen | None = None
         self.daemon: subprocess.Popen | None = None
         self._extra_ns: list[str] = []
         self._scratch = self.workdir / "scratch"
@@ -128,21 +128,26 @@ class VirtualRig(Rig):
     def start(self) -> None:
         if not netns.usable():
             raise RigError("the virtual rig needs root and iproute2")
-        if not SwiftServer.available():
-            raise RigError("OpenStack Swift is not installed (.ci/swift-packages)")
         for d in (self.workdir, self.log, self._scratch):
             d.mkdir(parents=True, exist_ok=True)
         try:
             self._provision()
-            self.tunnel = ProvisionedTunnel(self.workdir / "tunnel", self.plan, self.root,
-                                            self.bench, unit_identity=SERIAL.lower(),
-                                            before_charon=self._before_charon)
-            self.tunnel.up(timeout=60)
+            order = load_order(self.workdir / "order.toml")
+            self.dc = DataCenter(self.workdir / "dc", order, self.bench, self.prefix,
+                                 root=self.root, before_charon=self._add_lan)
+            self.dc.start(timeout=60)
+            self.tunnel = self.dc.tunnel
+            key = escrow_open(L.Layout(self.root)(L.RECORD), self.bench.dc_private,
+                              self.workdir / "dc" / "unit-data.key")
+            self.dc_access = DcAccess(write_access(self.workdir / "dc" / "access.toml",
+                                                   order, key),
+                                      self.workdir / "dc-restores", self.dc.ns)
             self._start_daemon()
             proc = self.admin("tokens", "add", "hil-metrics")
             if proc.returncode != 0:
                 raise RigError(f"rdr tokens add: {proc.stderr.strip()}")
             self._metrics_token = proc.stdout.strip().splitlines()[-1]
+            self.first_scrape()
         except BaseException:
             self.stop()
             raise
@@ -157,7 +162,7 @@ class VirtualRig(Rig):
         order.write_text(ORDER.format(
             serial=SERIAL, port=API_PORT, window=window, zone=zone,
             capacity_gb=max(1, self.disk_mb // 1000), gateway=RELAY_ADDR,
-            dc=self.plan.dc_inner.split("/")[0], s3port=S3_PORT,
+            dc=DC_ADDR, s3port=S3_PORT,
             hosts=", ".join(f'{h} = "{window}"' for h in HOSTS)))
         proc = provision(self.root, order, self.bench, "--burn-in-mb", "0")
         if proc.returncode != 0:
@@ -177,44 +182,16 @@ class VirtualRig(Rig):
             src.mkdir(parents=True, exist_ok=True)
             self.hosts.append(Host(name, src, self.workdir / "hosts" / name / "state"))
 
-    def _before_charon(self, tunnel: ProvisionedTunnel) -> None:
-        """Runs once the appliance and DC namespaces and the WAN exist."""
-        app, dc = tunnel.appliance_ns, tunnel.dc_ns
-        # the LAN
+    def _add_lan(self, tunnel: ProvisionedTunnel) -> None:
+        """The LAN: one namespace and veth per host (the appliance's namespace exists)."""
         for i, host in enumerate(self.hosts, 1):
             ns = f"{self.prefix}-h{i}"
             netns.add_netns(ns)
             self._extra_ns.append(ns)
             self.host_ns[host.name] = ns
             a, h = lan_addresses(i)
-            netns.add_veth(app, f"{self.prefix}l{i}a", a, ns, f"{self.prefix}l{i}h", h)
-        # the relay in front of the DC's gateway
-        netns.add_lo_address(dc, f"{RELAY_ADDR}/32")
-        netns.add_lo_address(dc, f"{RELAY_SOURCE}/32")
-        netns.ip("route", "add", "198.18.1.0/24", "via", self.plan.wan_dc.split("/")[0],
-                 ns=app)
-        # The DC's charon listens on other ports than 500/4500: the relay holds those (on
-        # its own address) and charon binds the wildcard address.
-        conf = tunnel.side_dir("dc") / "strongswan.conf"
-        conf.write_text(conf.read_text().replace("port = 500\n", f"port = {DC_IKE_PORTS[0]}\n")
-                        .replace("port_nat_t = 4500\n", f"port_nat_t = {DC_IKE_PORTS[1]}\n"))
-        control = self.workdir / "relay.json"
-        control.write_text(json.dumps({"rtt_ms": 0}))
-        out = open(self.log / "relay.log", "ab")  # noqa: SIM115
-        with out:
-            self.relay = netns.popen(dc, sys.executable, "-m", "hil.relay", "--listen",
-                                     RELAY_ADDR, "--source", RELAY_SOURCE, "--upstream",
-                                     self.plan.wan_dc.split("/")[0], "--ports",
-                                     f"500:{DC_IKE_PORTS[0]},4500:{DC_IKE_PORTS[1]}",
-                                     "--control", str(control),
-                                     stdout=subprocess.PIPE, stderr=out,
-                                     cwd=Path(__file__).resolve().parent.parent)
-        if self.relay.stdout.readline().strip() != b"ready":
-            raise RigError("the WAN delay relay did not start (see logs/relay.log)")
-        # the data center's object store
-        self.swift = SwiftServer(self.workdir / "swift", host=self.plan.dc_inner.split("/")[0],
-                                 port=S3_PORT, netns=dc)
-        self.swift.start()
+            netns.add_veth(tunnel.appliance_ns, f"{self.prefix}l{i}a", a, ns,
+                           f"{self.prefix}l{i}h", h)
 
     def _start_daemon(self, timeout: float = 120.0) -> float:
         assert self.config is not None and self.tunnel is not None
@@ -258,9 +235,9 @@ class VirtualRig(Rig):
 
     def stop(self) -> None:
         """Tear everything down, each step whatever the previous ones did; idempotent."""
-        steps = [self._stop_daemon, self._stop_swift, self._stop_relay, self._del_lan]
-        if self.tunnel is not None:
-            steps.append(self.tunnel.down)
+        steps = [self._stop_daemon, self._del_lan]
+        if self.dc is not None:
+            steps.append(self.dc.stop)
         if self.disk is not None:
             steps.append(self.disk.close)
         errors = []
@@ -280,15 +257,6 @@ class VirtualRig(Rig):
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
                 self.daemon.wait()
-
-    def _stop_swift(self) -> None:
-        if self.swift is not None:
-            self.swift.stop()
-
-    def _stop_relay(self) -> None:
-        if self.relay is not None and self.relay.poll() is None:
-            self.relay.terminate()
-            self.relay.wait(timeout=10)
 
     def _del_lan(self) -> None:
         for ns in self._extra_ns:
@@ -421,25 +389,16 @@ class VirtualRig(Rig):
         self.disk.plug()
 
     def dc_down(self) -> None:
-        assert self.swift is not None
-        self.swift.stop()
+        assert self.dc is not None
+        self.dc.swift_down()
 
     def dc_up(self) -> None:
-        assert self.swift is not None
-        self.swift.start()
+        assert self.dc is not None
+        self.dc.swift_up()
 
     def shape_wan(self, rtt_ms: float = 0.0, rate_kbit: int = 0) -> None:
-        (self.workdir / "relay.json").write_text(json.dumps({"rtt_ms": rtt_ms}))
-        assert self.relay is not None
-        self.relay.send_signal(signal.SIGHUP)
-        for ns, ifname in self._wan_ifs():
-            netns.run(ns, "tc", "qdisc", "del", "dev", ifname, "root")
-            if rate_kbit:
-                proc = netns.run(ns, "tc", "qdisc", "add", "dev", ifname, "root", "tbf",
-                                 "rate", f"{rate_kbit}kbit", "burst", "32kbit",
-                                 "latency", "400ms")
-                if proc.returncode != 0:
-                    raise RigError(f"tc tbf on {ifname}: {proc.stderr.strip()}")
+        assert self.dc is not None
+        self.dc.shape(rtt_ms, rate_kbit)
 
     def rekey(self) -> None:
         assert self.tunnel is not None

@@ -176,6 +176,7 @@ def install_units(recipe: Recipe, root: Path) -> None:
     wait.mkdir(exist_ok=True)
     shutil.copy2(FILES / "wait-online.conf", wait / "10-rdr.conf")
     shutil.copy2(FILES / "fstab", root / "etc/fstab")
+    shutil.copy2(FILES / "strongswan-wan.conf", root / "etc/strongswan.d/rdr-wan.conf")
     install_ssh(root)
     (root / "etc/hostname").write_text(recipe.hostname + "\n")
     (root / "etc/rdr").mkdir(mode=0o750, exist_ok=True)

@@ -94,6 +94,7 @@ def provision(argv: list[str]) -> int:
         ("replication data key and escrow", steps.data_key),
         ("appliance configuration", steps.appliance_config),
         ("LAN network", steps.lan),
+        ("WAN network", steps.wan),
         ("maintenance SSH keys", steps.maintenance_access),
         ("admin account and hosts", steps.admin_and_hosts),
         ("provisioning record", lambda c: steps.provisioning_record(c, args.record_out)),

@@ -44,6 +44,8 @@ STATE_DIR = PurePosixPath("/var/lib/rdr-provisioning")
 BURNIN = STATE_DIR / "burnin.json"
 FSTAB = PurePosixPath("/etc/fstab")
 LAN_NETWORK = PurePosixPath("/etc/systemd/network/10-rdr-lan.network")
+#: Before the LAN's files in lexical order: networkd configures a port by the first match.
+WAN_NETWORK = PurePosixPath("/etc/systemd/network/05-rdr-wan.network")
 DATA_POOL = PurePosixPath("/srv/rdr")
 #: The provider's maintenance keys (root by key only: the image's sshd configuration).
 AUTHORIZED_KEYS = PurePosixPath("/root/.ssh/authorized_keys")

@@ -78,6 +78,12 @@ class Order:
     lan_address: str = ""
     lan_gateway: str = ""
     lan_dns: list[str] = field(default_factory=list)
+    #: A port of its own for the tunnel (empty: the tunnel leaves through the LAN's gateway);
+    #: an empty address with a port named = DHCP on that port.
+    wan_interface: str = ""
+    wan_address: str = ""
+    wan_gateway: str = ""
+    wan_dns: list[str] = field(default_factory=list)
     #: The provider's maintenance keys: OpenSSH public keys allowed to log in as root.
     ssh_keys: list[str] = field(default_factory=list)
 
@@ -98,13 +104,14 @@ class Order:
 
 
 _TOP = {"serial", "customer_id", "capacity_gb", "retention", "commitment_months", "timezone",
-        "windows", "datacenter", "tunnel", "s3", "listen", "lan", "maintenance"}
+        "windows", "datacenter", "tunnel", "s3", "listen", "lan", "wan", "maintenance"}
 _SECTIONS = {
     "windows": {"default", "hosts"},
     "datacenter": {"gateway", "identity", "s3_endpoint", "probe"},
     "tunnel": {"address", "remote_subnets", "userspace_esp"},
     "s3": {"bucket", "access_key", "secret_key", "region"},
     "lan": {"address", "gateway", "dns"},
+    "wan": {"interface", "address", "gateway", "dns"},
     "maintenance": {"ssh_keys"},
 }
 
@@ -231,6 +238,10 @@ def parse(raw: dict) -> Order:
         raise OrderError("s3.access_key and s3.secret_key must not be empty")
     region = _get(s3, "region", str, "us-east-1", "s3.")
     lan_address, lan_gateway, lan_dns = _lan(raw)
+    wan_interface, wan_address, wan_gateway, wan_dns = _wan(raw)
+    if lan_gateway and wan_gateway:
+        raise OrderError("lan.gateway and wan.gateway: one default route only (with a WAN "
+                         "port the LAN needs no gateway)")
     return Order(serial=serial, customer_id=customer, capacity_gb=capacity, retention=retention,
                  commitment_months=commitment, timezone=tz, default_window=default_window,
                  host_windows=dict(hosts), dc_gateway=gateway, dc_identity=identity,
@@ -238,7 +249,8 @@ def parse(raw: dict) -> Order:
                  remote_subnets=[str(n) for n in nets], userspace_esp=userspace,
                  bucket=bucket, access_key=access, secret_key=secret, region=region,
                  listen=list(listen), lan_address=lan_address, lan_gateway=lan_gateway,
-                 lan_dns=lan_dns, ssh_keys=_ssh_keys(raw))
+                 lan_dns=lan_dns, wan_interface=wan_interface, wan_address=wan_address,
+                 wan_gateway=wan_gateway, wan_dns=wan_dns, ssh_keys=_ssh_keys(raw))
 
 
 #: An OpenSSH public key line: type, base64 body, optional comment.
@@ -266,26 +278,53 @@ def _lan(raw: dict) -> tuple[str, str, list[str]]:
     if "lan" not in raw:
         return "", "", []
     lan = _table(raw, "lan")
-    address = _get(lan, "address", str, where="lan.")
+    return _static(lan, "lan.", _get(lan, "address", str, where="lan."))
+
+
+#: A Linux interface name: up to 15 characters, no '/', ':' or white space.
+IFNAME_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,15}\Z")
+
+
+def _wan(raw: dict) -> tuple[str, str, str, list[str]]:
+    """The optional [wan] table: the port the tunnel leaves by (systemd-networkd's name for
+    it), and a static address, gateway and DNS servers, or DHCP without an address."""
+    if "wan" not in raw:
+        return "", "", "", []
+    wan = _table(raw, "wan")
+    interface = _get(wan, "interface", str, where="wan.")
+    if not IFNAME_RE.match(interface):
+        raise OrderError(f"wan.interface: not an interface name like enp2s0: {interface!r}")
+    address = _get(wan, "address", str, "", "wan.")
+    if not address:
+        if "gateway" in wan or "dns" in wan:
+            raise OrderError("wan.gateway and wan.dns need wan.address (without it the WAN "
+                             "port uses DHCP)")
+        return interface, "", "", []
+    return (interface, *_static(wan, "wan.", address))
+
+
+def _static(table: dict, where: str, address: str) -> tuple[str, str, list[str]]:
+    """A port's static settings from TABLE ([lan] or [wan]): address with prefix, optional
+    gateway inside its network, DNS servers."""
     try:
         iface = ipaddress.ip_interface(address)
     except ValueError:
-        raise OrderError(f"lan.address: not an address with prefix like 192.168.1.20/24: "
+        raise OrderError(f"{where}address: not an address with prefix like 192.168.1.20/24: "
                          f"{address!r}") from None
     if "/" not in address:
-        raise OrderError("lan.address: give the prefix too, e.g. 192.168.1.20/24")
-    gateway = _get(lan, "gateway", str, "", "lan.")
-    dns = lan.get("dns", [])
+        raise OrderError(f"{where}address: give the prefix too, e.g. 192.168.1.20/24")
+    gateway = _get(table, "gateway", str, "", where)
+    dns = table.get("dns", [])
     if not isinstance(dns, list) or not all(isinstance(d, str) for d in dns):
-        raise OrderError("lan.dns: expected a list of addresses")
-    for key, value in [("lan.gateway", gateway)] * bool(gateway) + [("lan.dns", d)
-                                                                    for d in dns]:
+        raise OrderError(f"{where}dns: expected a list of addresses")
+    for key, value in [(f"{where}gateway", gateway)] * bool(gateway) + [(f"{where}dns", d)
+                                                                        for d in dns]:
         try:
             addr = ipaddress.ip_address(value)
         except ValueError:
             raise OrderError(f"{key}: not an address: {value!r}") from None
-        if key == "lan.gateway" and addr not in iface.network:
-            raise OrderError(f"lan.gateway {addr} is outside {iface.network}")
+        if key == f"{where}gateway" and addr not in iface.network:
+            raise OrderError(f"{where}gateway {addr} is outside {iface.network}")
     return str(iface), gateway, list(dns)
 
 

@@ -258,22 +258,39 @@ def appliance_config(ctx: Context) -> StepResult:
                       f"bucket {ctx.order.bucket}")
 
 
-# --- 7. LAN ---------------------------------------------------------------------------------
+# --- 7. LAN and WAN ports -------------------------------------------------------------------
 def lan(ctx: Context) -> StepResult:
-    text = network.lan_network(ctx.order)
-    path = ctx.path(L.LAN_NETWORK)
+    summary = (f"static {ctx.order.lan_address}"
+               + (f" via {ctx.order.lan_gateway}" if ctx.order.lan_gateway else ""))
+    return _network_file(ctx, L.LAN_NETWORK, network.lan_network(ctx.order), summary,
+                         "no [lan] in the order: the LAN ports use DHCP",
+                         "a static LAN", "the LAN ports use DHCP")
+
+
+def wan(ctx: Context) -> StepResult:
+    o = ctx.order
+    summary = (f"{o.wan_interface}: "
+               + (f"static {o.wan_address}" if o.wan_address else "DHCP")
+               + (f" via {o.wan_gateway}" if o.wan_gateway else ""))
+    return _network_file(ctx, L.WAN_NETWORK, network.wan_network(o), summary,
+                         "no [wan] in the order: the tunnel leaves through the LAN",
+                         "a WAN port", "the tunnel leaves through the LAN")
+
+
+def _network_file(ctx: Context, where: PurePosixPath, text: str | None, summary: str,
+                  skipped: str, what: str, without: str) -> StepResult:
+    """Write WHERE (a .network file) or, when the order has none (TEXT is None), make sure
+    there is none: a unit's static address is never dropped silently, only with --force."""
+    path = ctx.path(where)
     if text is None:
         if not path.exists():
-            return StepResult(SKIPPED, "no [lan] in the order: the LAN ports use DHCP")
+            return StepResult(SKIPPED, skipped)
         if not ctx.force:
-            return StepResult(DIFFERS, f"{L.LAN_NETWORK} sets a static LAN the order does "
-                              "not have")
+            return StepResult(DIFFERS, f"{where} sets {what} the order does not have")
         path.unlink()
-        return StepResult(DONE, f"removed {L.LAN_NETWORK}: the LAN ports use DHCP")
+        return StepResult(DONE, f"removed {where}: {without}")
     L.ensure_dir(path.parent, 0o755)
-    status = put(ctx, L.LAN_NETWORK, text.encode(), 0o644)
-    return StepResult(status, f"static {ctx.order.lan_address}"
-                      + (f" via {ctx.order.lan_gateway}" if ctx.order.lan_gateway else ""))
+    return StepResult(put(ctx, where, text.encode(), 0o644), summary)
 
 
 # --- 7b. maintenance access -----------------------------------------------------------------

@@ -26,7 +26,7 @@ listen = ["{listen}"]
 
 [windows]
 default = "17:00"
-hosts = {{ web01 = "01:00", db01 = "17:00" }}
+hosts = {{ {hosts} }}
 
 [datacenter]
 gateway = "{gateway}"
@@ -40,18 +40,29 @@ userspace_esp = true
 
 [s3]
 bucket = "{bucket}"
-access_key = "RDR0001ACCESS"
-secret_key = "s3-secret-for-tests"
-{lan}"""
+access_key = "{access_key}"
+secret_key = "{secret_key}"
+{lan}{wan}"""
 
 
 def write_order(path: Path, serial: str = "RDR-0001", retention: str = "30-0-0",
                 bucket: str = "rdr-rdr-0001", listen: str = "127.0.0.1:8443",
-                gateway: str = "198.18.0.2", lan: str = "") -> Path:
-    """An order (LAN: a static "ADDRESS/PREFIX", or DHCP when empty)."""
+                gateway: str = "198.18.0.2", lan: str = "", wan: str = "",
+                wan_gateway: str = "", wan_interface: str = "eth1",
+                access_key: str = "RDR0001ACCESS",
+                secret_key: str = "s3-secret-for-tests",
+                hosts: dict[str, str] | None = None) -> Path:
+    """An order (LAN: a static "ADDRESS/PREFIX", or DHCP when empty; WAN: a port of its own
+    with a static "ADDRESS/PREFIX" and WAN_GATEWAY, or none when empty; HOSTS: name ->
+    window start, default web01 01:00 and db01 17:00)."""
+    hosts = hosts if hosts is not None else {"web01": "01:00", "db01": "17:00"}
     lan_table = f'\n[lan]\naddress = "{lan}"\n' if lan else ""
+    wan_table = (f'\n[wan]\ninterface = "{wan_interface}"\naddress = "{wan}"\n'
+                 + (f'gateway = "{wan_gateway}"\n' if wan_gateway else "")) if wan else ""
     path.write_text(ORDER.format(serial=serial, retention=retention, bucket=bucket,
-                                 listen=listen, gateway=gateway, lan=lan_table))
+                                 listen=listen, gateway=gateway, lan=lan_table, wan=wan_table,
+                                 access_key=access_key, secret_key=secret_key,
+                                 hosts=", ".join(f'{h} = "{w}"' for h, w in hosts.items())))
     return path
 
 

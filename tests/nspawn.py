@@ -7,7 +7,9 @@ device) goes away with nspawn, and changes made while it runs persist in the ima
 as they would on a unit's disk. The container gets the network namespace the test made
 (``--network-namespace-path``) and CAP_NET_ADMIN inside it (strongSwan and the tunnel guard
 change routes - in that namespace only). Commands run in the container with ``nsenter``
-into its PID 1's namespaces.
+into its PID 1's namespaces. The command line is hil.pdu's (the ssh rig's power for the same
+image), binds included: a unit's data disk is bound in at its data pool the same way at the
+factory's first boot and at every later one.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import time
 from pathlib import Path
 
 from hil import netns
+from hil.pdu import nspawn_argv
 
 SIGRTMIN_4 = signal.SIGRTMIN + 4  # systemd: power off
 
 
 class Container:
-    def __init__(self, image: Path, mountpoint: Path, ns: str, console: Path) -> None:
+    def __init__(self, image: Path, mountpoint: Path, ns: str, console: Path,
+                 binds: list[tuple[Path, str]] = ()) -> None:
         self.image = image
+        self.binds = list(binds)
         self.mountpoint = mountpoint
         self.ns = ns
         self.console_log = console
@@ -36,14 +41,9 @@ class Container:
     def boot(self, timeout: float = 60.0) -> None:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         Path("/run/systemd/nspawn").mkdir(parents=True, exist_ok=True)
-        script = ('mount -t tmpfs tmpfs /run/systemd/nspawn && mount -o loop "$0" "$1" && '
-                  'exec systemd-nspawn -D "$1" --boot --register=no --keep-unit '
-                  '--network-namespace-path="$2" --capability=CAP_NET_ADMIN '
-                  '--console=read-only')
         with open(self.console_log, "ab") as log:
             self.proc = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-                 script, str(self.image), str(self.mountpoint), f"/run/netns/{self.ns}"],
+                nspawn_argv(self.image, self.mountpoint, self.ns, self.binds),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -52,6 +52,9 @@ def test_quick_suite_on_the_virtual_rig(tmp_path: Path) -> None:
     suite = ET.parse(out / "junit.xml").getroot()
     assert suite.get("failures") == "0" and int(suite.get("tests")) == 5
     assert "5 of 5 scenarios passed" in report
+    # the data center's own tools restored what it holds, with the bucket and the key alone
+    assert "and 0 from the data center" not in report
+    assert report.count("from the data center (") == 5
     # nothing of the rig is left behind: namespaces, mounts
     assert not [n for n in set(netns.list_netns()) - before if n.startswith("hl")]
     assert str(tmp_path / "rig") not in Path("/proc/mounts").read_text()
@@ -145,6 +148,61 @@ def test_ssh_rig_builds_the_commands_a_unit_runs(tmp_path: Path) -> None:
     assert rig.shape_argv(200, 20000) == ssh + [
         "tc qdisc replace dev enp2s0 root netem delay 100ms rate 20000kbit"]
     assert rig.shape_argv(0, 0)[-1] == "tc qdisc del dev enp2s0 root || true"
+    # a far end shaped by a WAN emulator's command; the unit caps its own egress with tbf
+    far = ssh_rig(tmp_path, wan_shape_cmd="wanem --delay {rtt_ms}ms --rate {rate_kbit}")
+    assert far.far_end_command(200, 8000) == "wanem --delay 200ms --rate 8000"
+    assert far.far_end_command(0, 0) == "wanem --delay 0ms --rate 0"
+    assert far.cap_argv(8000) == ssh + [
+        "tc qdisc replace dev enp2s0 root tbf rate 8000kbit burst 32kbit latency 400ms"]
+    assert far.cap_argv(0)[-1] == "tc qdisc del dev enp2s0 root || true"
+    assert rig.dc_access is None  # without --dc-access the DC's tools run on the unit
+    dc = ssh_rig(tmp_path, dc_access=Path("/k/dc.toml"), dc_netns="dcns")
+    assert dc.dc_access is not None and dc.dc_access.netns == "dcns"
+    assert dc.dc_scratch == str(tmp_path / "dc-restores")
+
+
+def test_ssh_rig_disk_commands_run_on_the_unit_or_here(tmp_path: Path) -> None:
+    marker = tmp_path / "disk"
+    here = ssh_rig(tmp_path, disk_remove_cmd=f"echo pulled >> {marker}",
+                   disk_return_cmd=f"echo back >> {marker}", local_disk_cmds=True)
+    here.remove_disk()
+    here.return_disk()
+    assert marker.read_text() == "pulled\nback\n"
+    with pytest.raises(RigError, match="no --disk-remove-cmd configured"):
+        ssh_rig(tmp_path).remove_disk()
+
+
+@pytest.mark.skipif(not netns.usable(), reason="needs root (loop devices, mounts)")
+def test_pdu_data_disk_is_pulled_and_returned_under_a_new_name(tmp_path: Path) -> None:
+    """hil.pdu's data disk across processes (its state file): a removal shuts the
+    filesystem down, unmounts it and removes the loop device; the return mounts it again
+    under a new one, with what was on it."""
+    from hil import pdu
+
+    state = tmp_path / "pdu"
+    disk = pdu.create_disk(state, tmp_path / "data.img", 64 << 20)
+    try:
+        assert pdu.disk_binds(state) == [(state / "disk", "/srv")]
+        (disk.mountpoint / "kept").write_text("yes")
+        os.sync()
+        first = disk.name
+        cmd = [sys.executable, "-m", "hil.pdu"]
+        proc = subprocess.run([*cmd, "disk-remove", "--state", str(state)], cwd=REPO,
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert not Path(f"/sys/block/{first}").exists()  # LOOP_CTL_REMOVE: the device is gone
+        assert str(disk.mountpoint) not in Path("/proc/mounts").read_text()
+        proc = subprocess.run([*cmd, "disk-return", "--state", str(state)], cwd=REPO,
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert (disk.mountpoint / "kept").read_text() == "yes"
+        again = subprocess.run([*cmd, "disk-return", "--state", str(state)], cwd=REPO,
+                               capture_output=True, text=True, check=False)
+        assert again.returncode != 0 and "plugged in already" in again.stderr
+    finally:
+        pdu.close_disk(state)
+    assert str(state) not in Path("/proc/mounts").read_text()
+    assert not (tmp_path / "data.img").exists()
 
 
 def test_ssh_rig_power_runs_the_configured_local_commands(tmp_path: Path) -> None:

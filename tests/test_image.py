@@ -28,7 +28,7 @@ from hil import netns
 from image.build import pack
 
 from .conftest import copy_image
-from .factory import Bench, https_in_netns, make_bench, write_order
+from .factory import REPO, Bench, https_in_netns, make_bench, write_order
 from .nspawn import Container
 
 TOOLS = ("debootstrap", "systemd-nspawn", "mkfs.ext4", "nsenter", "unshare", "systemd-analyze")
@@ -82,6 +82,24 @@ def test_image_contents(image: tuple[Path, Path]) -> None:
     assert score <= 3.0
     label = subprocess.run(["e2label", str(ext4)], capture_output=True, text=True, check=True)
     assert label.stdout.strip() == "rdr-root"
+    # charon-systemd reads strongswan.d (its "charon" section is the fallback of its own)
+    assert (tree / "etc/strongswan.d/rdr-wan.conf").read_text() == (
+        REPO / "image/files/strongswan-wan.conf").read_text()
+
+
+def test_unit_charon_retransmits_as_the_rigs_tested() -> None:
+    """The image's charon gives up on a dead peer, and retries initiating, with the values
+    the HIL rigs' tunnels run (a WAN loss seen in ~20 s, not Debian's three minutes)."""
+    from hil.tunnel import strongswan_conf
+
+    def settings(text: str) -> dict[str, str]:
+        return dict(re.findall(r"^\s*(retransmit_\w+|retry_initiate_interval) = (\S+)$", text,
+                               re.M))
+
+    image = settings((REPO / "image/files/strongswan-wan.conf").read_text())
+    assert image == settings(strongswan_conf(Path("/dev/null")))
+    assert set(image) == {"retransmit_timeout", "retransmit_base", "retransmit_tries",
+                          "retransmit_jitter", "retry_initiate_interval"}
 
 
 @pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools not installed")

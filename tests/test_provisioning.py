@@ -226,6 +226,15 @@ def test_first_boot_check(tmp_path: Path, bench: Bench) -> None:
     (lambda t: t + '[lan]\naddress = "192.168.1.20"\n', "lan.address: give the prefix"),
     (lambda t: t + '[lan]\naddress = "192.168.1.20/24"\ngateway = "10.0.0.1"\n',
      "outside 192.168.1.0/24"),
+    (lambda t: t + '[wan]\naddress = "198.18.0.1/30"\n', "wan.interface: missing"),
+    (lambda t: t + '[wan]\ninterface = "eth 1"\n', "wan.interface: not an interface name"),
+    (lambda t: t + '[wan]\ninterface = "eth1"\ngateway = "198.18.0.2"\n',
+     "wan.gateway and wan.dns need wan.address"),
+    (lambda t: t + '[wan]\ninterface = "eth1"\naddress = "198.18.0.1/30"\n'
+     'gateway = "198.18.9.9"\n', "wan.gateway 198.18.9.9 is outside 198.18.0.0/30"),
+    (lambda t: t + '[lan]\naddress = "192.168.1.20/24"\ngateway = "192.168.1.1"\n'
+     '[wan]\ninterface = "eth1"\naddress = "198.18.0.1/30"\ngateway = "198.18.0.2"\n',
+     "one default route only"),
     (lambda t: t + '[maintenance]\nssh_keys = ["password123"]\n',
      "maintenance.ssh_keys: not an OpenSSH public key"),
     (lambda t: t + '[maintenance]\nssh_keys = "ssh-ed25519 AAAA"\n',
@@ -294,6 +303,40 @@ def test_static_lan(tmp_path: Path, bench: Bench) -> None:
     proc = provision(root, write_order(tmp_path / "dhcp.toml"), bench, "--burn-in-mb", "0")
     assert proc.returncode == 3 and "LAN network" in proc.stderr
     assert L.Layout(root)(L.LAN_NETWORK).exists()
+
+
+def test_wan_port(tmp_path: Path, bench: Bench) -> None:
+    """A [wan] port gets a .network file that sorts before the LAN's (networkd configures a
+    port by the first file that matches, and the LAN's match every en*/eth* port); without
+    an address it uses DHCP; an order without [wan] does not silently drop it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    order = write_order(tmp_path / "order.toml", lan="192.168.77.20/24", wan="198.18.0.1/30",
+                        wan_gateway="198.18.0.2", wan_interface="eth1")
+    proc = provision(root, order, bench, "--burn-in-mb", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "eth1: static 198.18.0.1/30 via 198.18.0.2" in proc.stdout + proc.stderr
+    lay = L.Layout(root)
+    wan = lay(L.WAN_NETWORK).read_text()
+    assert wan.splitlines()[1:] == ["[Match]", "Name=eth1", "", "[Network]",
+                                    "Address=198.18.0.1/30", "Gateway=198.18.0.2"]
+    assert sorted(p.name for p in lay(L.WAN_NETWORK).parent.iterdir()) == [
+        L.WAN_NETWORK.name, L.LAN_NETWORK.name]  # the WAN's file is read first
+    assert "Gateway" not in lay(L.LAN_NETWORK).read_text()
+    proc = provision(root, order, bench, "--burn-in-mb", "0")  # a re-run changes nothing
+    assert proc.returncode == 0 and lay(L.WAN_NETWORK).read_text() == wan
+    without = write_order(tmp_path / "lan-only.toml", lan="192.168.77.20/24")
+    proc = provision(root, without, bench, "--burn-in-mb", "0")
+    assert proc.returncode == 3 and "WAN network" in proc.stderr
+    assert lay(L.WAN_NETWORK).read_text() == wan
+    dhcp = tmp_path / "dhcp.toml"
+    dhcp.write_text(without.read_text() + '\n[wan]\ninterface = "enp2s0"\n')
+    proc = provision(root, dhcp, bench, "--burn-in-mb", "0", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert "Name=enp2s0" in lay(L.WAN_NETWORK).read_text()
+    assert "DHCP=yes" in lay(L.WAN_NETWORK).read_text()
+    proc = provision(root, without, bench, "--burn-in-mb", "0", "--force")
+    assert proc.returncode == 0 and not lay(L.WAN_NETWORK).exists()
 
 
 def test_maintenance_ssh_keys(tmp_path: Path, bench: Bench) -> None:
