@@ -315,6 +315,12 @@ def run_load(p: LoadParams) -> dict:
                 "throughput_mb_s": written / seconds / 1e6, "completed": len(done),
                 "failed": failures(res) + mismatches, "files_verified": verified,
                 "replication_bytes_sent_meanwhile": sent,
+                # Chunk bytes the data center still lacked when the restores began and when
+                # they ended: both above zero means replication had work the whole time.
+                "replication_pending_bytes_at_start":
+                    plain1.get("rdr_replication_pending_bytes", 0.0),
+                "replication_pending_bytes_at_end":
+                    plain2.get("rdr_replication_pending_bytes", 0.0),
                 "daemon_peak_rss_bytes": watch.peak, "daemon_cpu_seconds": watch.cpu,
                 "latency": lat}
             log(f"  restores: {seconds:.1f} s, {written / 1e6:.0f} MB, {verified} files "
