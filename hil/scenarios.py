@@ -349,11 +349,15 @@ def wan_down(seconds: float) -> Callable[[Context, Result], None]:
         expect(back is not None, "the tunnel did not come back within 120 s of the WAN")
         res.measures["recovery_s"] = round(back or 0, 1)
         rc = wait_proc(job, 900)
-        res.notes.append(f"the replication pass under way {'completed' if rc == 0 else 'failed'}"
-                         f" across the {seconds:.0f} s outage (rc {rc})")
+        outcome = ("still running after 900 s" if rc is None else
+                   {0: "completed", 3: "paused (exit 3)"}.get(rc, f"failed (exit {rc})"))
+        res.notes.append(f"the replication pass under way {outcome} across the "
+                         f"{seconds:.0f} s outage")
         if rc is None:
             job.kill()
             job.wait()
+        # Finished, or paused because the tunnel went down under it: never an error exit.
+        expect(rc in (0, 3), f"rdr replicate across the WAN outage: {outcome}")
         finish(ctx, res)
     scenario.__doc__ = f"The WAN is down for {seconds:.0f} s during replication."
     return scenario

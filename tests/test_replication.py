@@ -223,6 +223,33 @@ async def test_tunnel_down_and_window_pause_replication(store, pool, tmp_path) -
     assert res.paused and "window" in res.paused
 
 
+async def test_link_lost_under_a_pass_when_the_tunnel_goes_is_a_pause(
+        store, pool, tmp_path) -> None:
+    """Uploads failing because the WAN went away (the tunnel's route gone by the time the
+    retries ran out) pause the pass -- `rdr replicate` exits 3, the daemon resumes when the
+    tunnel is back -- while the same failure with the tunnel up stays a data-center error."""
+    commit_files(store, "web01", files(3, 7))
+    up = [True]
+
+    class WanCut(CountingTarget):
+        async def put(self, name: str, data: bytes) -> None:
+            up[0] = False  # DPD declares the SA dead while the upload times out
+            raise TargetError("connect timeout (simulated)", transient=True)
+
+    rep = replicator(store, WanCut(tmp_path / "dc"), pool, tunnel_up=lambda: up[0])
+    res = await rep.run_pass()
+    assert res.paused == "the IPsec tunnel to the data center is down"
+    assert res.snapshots_replicated == 0 and store.index.snapshots()[0].replicated_at is None
+    up[0] = True
+    rep = replicator(store, CountingTarget(tmp_path / "dc", fail_after=0), pool,
+                     tunnel_up=lambda: up[0])
+    with pytest.raises(TargetError):
+        await rep.run_pass()
+    res = await replicator(store, DirTarget(tmp_path / "dc"), pool,
+                           tunnel_up=lambda: up[0]).run_pass()
+    assert res.snapshots_replicated == 1 and not res.paused
+
+
 async def test_one_pass_at_a_time(store, pool, tmp_path) -> None:
     from appliance.store.lock import HeldLock
 

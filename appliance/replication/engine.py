@@ -224,6 +224,14 @@ class Replicator:
         except Paused as p:
             res.paused = str(p)
             log.info("replication paused: %s", p)
+        except TargetError as exc:
+            # The retries ran out because the tunnel (or the window) went away under the
+            # pass: that is a pause, resumed when it is back, not a data-center error.
+            reason = self.blocked()
+            if reason is None:
+                raise
+            res.paused = reason
+            log.info("replication paused: %s (%s)", reason, exc)
         finally:
             self._changed()  # uploads and removals change what is pending, even paused
         res.seconds = round(time.monotonic() - started, 3)
