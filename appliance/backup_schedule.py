@@ -141,10 +141,19 @@ class BackupScheduler:
                   interval: float = DEFAULT_TICK) -> None:
         """The daemon's loop: tick in the pool, then wake the polls of hosts with new runs."""
         loop = asyncio.get_running_loop()
+        failing: str | None = None  # the failure the ticks keep meeting, logged once
         while True:
             try:
                 for run in await loop.run_in_executor(pool, self.tick):
                     wake(run.host)
-            except Exception:
-                log.exception("backup scheduler tick failed")
+                if failing is not None:
+                    log.info("backup scheduler ticks again (it failed with: %s)", failing)
+                    failing = None
+            except Exception as exc:
+                # A lost data disk fails every tick the same way until it is back: one
+                # traceback says it, one per tick would bury everything else in the journal.
+                what = f"{type(exc).__name__}: {exc}"
+                if what != failing:
+                    log.error("backup scheduler tick failed: %s", what, exc_info=True)
+                failing = what
             await asyncio.sleep(interval)

@@ -426,3 +426,46 @@ def test_plan_survives_an_index_rebuild_through_the_host_file(store: Datastore) 
     plan = store.plans.get("pc1")
     assert (plan.paths, plan.excludes, plan.bandwidth_kbps, plan.dump_name) == (
         ["/srv/data"], ["*.tmp"], 5000, "db.sql")
+
+
+async def test_a_tick_failing_the_same_way_is_logged_once(store: Datastore, caplog) -> None:
+    """The data disk gone fails every tick alike: one error with its traceback, a line when
+    ticks work again, and a different failure is logged anew -- not a traceback per tick."""
+    import asyncio
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    sched = scheduler(store, Clock(datetime(2026, 3, 2, 12, tzinfo=UTC)))
+    outcomes: list[Exception | None] = [OSError(5, "Input/output error")] * 3 + [None] + \
+        [OSError(28, "No space left on device")] * 2
+    ticks = 0
+    done = asyncio.Event()
+
+    def tick() -> list:
+        nonlocal ticks
+        ticks += 1
+        if ticks >= len(outcomes):
+            done.set()
+            return []
+        if outcomes[ticks - 1] is not None:
+            raise outcomes[ticks - 1]  # type: ignore[misc]
+        return []
+
+    sched.tick = tick  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="rdr.backups")
+    with ThreadPoolExecutor(1) as pool:
+        task = asyncio.create_task(sched.run(pool, lambda host: None, interval=0))
+        await asyncio.wait_for(done.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    logged = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records
+              if r.name == "rdr.backups"]
+    assert logged == [
+        ("ERROR", "backup scheduler tick failed: OSError: [Errno 5] Input/output error", True),
+        ("INFO", "backup scheduler ticks again (it failed with: OSError: [Errno 5] "
+                 "Input/output error)", False),
+        ("ERROR", "backup scheduler tick failed: OSError: [Errno 28] No space left on device",
+         True),
+        ("INFO", "backup scheduler ticks again (it failed with: OSError: [Errno 28] No space "
+                 "left on device)", False)]
