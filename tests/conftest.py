@@ -81,6 +81,13 @@ class Appliance:
     fingerprint: str
     data_dir: Path
 
+    @classmethod
+    def of(cls, daemon: Daemon, data_dir: Path) -> Appliance:
+        """The started DAEMON as agents reach it: its first address, its certificate."""
+        assert daemon.tls is not None
+        host, port = daemon.addresses[0]
+        return cls(daemon, f"https://{host}:{port}", daemon.tls.fingerprint, data_dir)
+
     @property
     def store(self) -> Datastore:
         assert self.daemon.store is not None
@@ -120,10 +127,8 @@ async def appliance(tmp_path: Path) -> AsyncIterator[Appliance]:
     data = tmp_path / "appliance"
     daemon = Daemon(make_config(data))
     await daemon.start()
-    host, port = daemon.addresses[0]
-    assert daemon.tls is not None
     try:
-        yield Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint, data)
+        yield Appliance.of(daemon, data)
     finally:
         await daemon.stop()
 

@@ -44,9 +44,7 @@ async def test_agents_over_the_limit_wait_for_their_turn(tmp_path: Path) -> None
     daemon = Daemon(make_config(tmp_path / "appliance", max_active_backups=1))
     await daemon.start()
     try:
-        host, port = daemon.addresses[0]
-        assert daemon.tls is not None
-        app = Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint, tmp_path)
+        app = Appliance.of(daemon, tmp_path)
         runs = []
         for i in range(3):
             src = tmp_path / f"src{i}"

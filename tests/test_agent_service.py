@@ -38,11 +38,8 @@ async def app(tmp_path: Path) -> AsyncIterator[Appliance]:
     cfg.contract.schedule_jitter_seconds = 2
     daemon = Daemon(cfg)
     await daemon.start()
-    host, port = daemon.addresses[0]
-    assert daemon.tls is not None
     try:
-        yield Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint,
-                        tmp_path / "appliance")
+        yield Appliance.of(daemon, tmp_path / "appliance")
     finally:
         await daemon.stop()
 

@@ -41,9 +41,7 @@ async def test_a_failing_data_disk_degrades_the_appliance(tmp_path: Path) -> Non
         daemon = Daemon(cfg)
         await daemon.start()
         try:
-            host, port = daemon.addresses[0]
-            app = Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint,
-                            mnt / "pool")
+            app = Appliance.of(daemon, mnt / "pool")
             token = app.add_host("web01")
             admin = app.store.index.add_api_token("prom")
             assert daemon.live.disks == {f"loop{index}": (True, 0)}

@@ -87,8 +87,7 @@ async def test_stale_session_is_taken_over(tmp_path) -> None:
     daemon = Daemon(make_config(tmp_path / "a", session_lease_seconds=0.01))
     await daemon.start()
     try:
-        host, port = daemon.addresses[0]
-        app = Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint, tmp_path)
+        app = Appliance.of(daemon, tmp_path)
         token = app.add_host("web01")
         async with app.client(token) as c:
             first = await c.open_session()

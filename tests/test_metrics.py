@@ -228,9 +228,7 @@ async def test_replication_lag_is_current_after_commits_and_passes(tmp_path: Pat
     daemon = Daemon(cfg)
     await daemon.start()
     try:
-        host, port = daemon.addresses[0]
-        app = Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint,
-                        tmp_path / "data")
+        app = Appliance.of(daemon, tmp_path / "data")
         token = app.store.index.add_api_token("prometheus")
         key = "rdr_replication_pending_snapshots"
         assert samples((await scrape(app, token))[1])[key] == 0  # now cached for 30 s

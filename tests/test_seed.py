@@ -127,8 +127,7 @@ async def test_seed_export_survives_an_unplug_and_seeds_the_data_center(
     img = disk_image(tmp_path / "seed.img", 96 << 20)
     daemon = Daemon(cfg)
     await daemon.start()
-    host, port = daemon.addresses[0]
-    app = Appliance(daemon, f"https://{host}:{port}", daemon.tls.fingerprint, data)
+    app = Appliance.of(daemon, data)
     Accounts(app.store.index).add("alice", PASSWORD)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False),
                                  cookie_jar=aiohttp.CookieJar(unsafe=True))
