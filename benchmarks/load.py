@@ -315,8 +315,9 @@ def run_load(p: LoadParams) -> dict:
                 "throughput_mb_s": written / seconds / 1e6, "completed": len(done),
                 "failed": failures(res) + mismatches, "files_verified": verified,
                 "replication_bytes_sent_meanwhile": sent,
-                # Chunk bytes the data center still lacked when the restores began and when
-                # they ended: both above zero means replication had work the whole time.
+                # Replication had sent bytes before the restores began and the data center
+                # still lacked chunk bytes when they began and ended: it ran the whole time.
+                "replication_bytes_sent_before": sent0,
                 "replication_pending_bytes_at_start":
                     plain1.get("rdr_replication_pending_bytes", 0.0),
                 "replication_pending_bytes_at_end":

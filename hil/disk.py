@@ -168,13 +168,8 @@ class LoopDisk:
         """Remove the pulled devices the kernel would not remove before (LOOP_CTL_REMOVE),
         trying for up to WAIT seconds; those still held stay in :attr:`stale`."""
         deadline = time.monotonic() + wait
-        while self.stale:
-            for index in list(self.stale):
-                if remove_loop(index, timeout=0):  # not removed: its filesystem is still held
-                    self.stale.remove(index)
-            if not self.stale or time.monotonic() > deadline:
-                return
-            time.sleep(0.1)
+        self.stale = [i for i in self.stale
+                      if not remove_loop(i, timeout=max(0.0, deadline - time.monotonic()))]
 
     def kill(self) -> None:
         """The disk stops answering: every I/O on the mounted filesystem now fails (EIO)."""

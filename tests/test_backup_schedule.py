@@ -4,6 +4,9 @@ runs those)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -431,10 +434,6 @@ def test_plan_survives_an_index_rebuild_through_the_host_file(store: Datastore) 
 async def test_a_tick_failing_the_same_way_is_logged_once(store: Datastore, caplog) -> None:
     """The data disk gone fails every tick alike: one error with its traceback, a line when
     ticks work again, and a different failure is logged anew -- not a traceback per tick."""
-    import asyncio
-    import logging
-    from concurrent.futures import ThreadPoolExecutor
-
     sched = scheduler(store, Clock(datetime(2026, 3, 2, 12, tzinfo=UTC)))
     outcomes: list[Exception | None] = [OSError(5, "Input/output error")] * 3 + [None] + \
         [OSError(28, "No space left on device")] * 2

@@ -43,8 +43,10 @@ def test_agents_then_restores_while_replicating(tmp_path: Path) -> None:
     for phase in (b, rs):
         lat = phase["latency"]
         assert 0 < lat["p50_seconds"] <= lat["p99_seconds"]
-    # Replication had work pending from the restores' start to their end; a chunk may take
-    # longer than the restores to leave at this rate, so bytes sent meanwhile can be 0.
+    # Replication was sending before the restores began and still had work when they ended:
+    # it ran across them (a 1 MB chunk may take longer than the restores to leave at this
+    # rate, so the bytes sent in between alone can be 0).
+    assert rs["replication_bytes_sent_before"] > 0, rs
     assert rs["replication_pending_bytes_at_start"] > 0, rs
     assert rs["replication_pending_bytes_at_end"] > 0, rs
     assert "OK: the data center holds everything" in r["replication"]["dc_verify"]

@@ -231,17 +231,25 @@ async def test_link_lost_under_a_pass_when_the_tunnel_goes_is_a_pause(
     commit_files(store, "web01", files(3, 7))
     up = [True]
 
-    class WanCut(CountingTarget):
+    class Unreachable(DirTarget):
+        """Every upload times out; with CUT, DPD declares the SA dead meanwhile."""
+
+        def __init__(self, root: Path, cut: bool) -> None:
+            super().__init__(root)
+            self.cut = cut
+
         async def put(self, name: str, data: bytes) -> None:
-            up[0] = False  # DPD declares the SA dead while the upload times out
+            if self.cut:
+                up[0] = False
             raise TargetError("connect timeout (simulated)", transient=True)
 
-    rep = replicator(store, WanCut(tmp_path / "dc"), pool, tunnel_up=lambda: up[0])
+    rep = replicator(store, Unreachable(tmp_path / "dc", cut=True), pool,
+                     tunnel_up=lambda: up[0])
     res = await rep.run_pass()
     assert res.paused == "the IPsec tunnel to the data center is down"
     assert res.snapshots_replicated == 0 and store.index.snapshots()[0].replicated_at is None
     up[0] = True
-    rep = replicator(store, CountingTarget(tmp_path / "dc", fail_after=0), pool,
+    rep = replicator(store, Unreachable(tmp_path / "dc", cut=False), pool,
                      tunnel_up=lambda: up[0])
     with pytest.raises(TargetError):
         await rep.run_pass()
