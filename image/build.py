@@ -156,6 +156,8 @@ def install_package(root: Path, wheel_dir: Path) -> None:
     docs = root / "usr/share/doc/rdr-appliance"
     docs.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "README.md", docs / "README.md")
+    # The README points into docs/: the unit carries them so its links resolve offline.
+    shutil.copytree(REPO / "docs", docs / "docs", dirs_exist_ok=True)
 
 
 def install_units(recipe: Recipe, root: Path) -> None:
