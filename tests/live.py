@@ -73,7 +73,8 @@ def start_live(work: Path, daemon_config: str = "enabled = false\n") -> Live:
     try:
         live = Live(app, list(app.tokens), "", src=make_tree(work / "src", big_mb=1))
         live.rdr("admin", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
-        live.admin_token = live.rdr("tokens", "add", "prober").stdout.strip().splitlines()[-1]
+        live.admin_token = live.rdr("tokens", "add", "prober", "--scope",
+                                   "admin").stdout.strip().splitlines()[-1]
         out = subprocess.run([app.cmd("rdr-agent"), "backup", str(live.src), "--json"],
                              env=app.agent_env(0), capture_output=True, text=True,
                              timeout=300, check=True).stdout

@@ -212,7 +212,7 @@ def test_watermarks_levels_and_admission(tmp_path: Path, monkeypatch) -> None:
 
 async def test_usage_api_needs_an_admin_token(appliance: Appliance, tmp_path: Path) -> None:
     host_token = appliance.add_host("web01")
-    admin = appliance.store.index.add_api_token("provider")
+    admin = appliance.store.index.add_api_token("provider", "read")
     fp = bytes.fromhex(appliance.fingerprint.replace(":", ""))
     async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(fp))) as http:

@@ -347,7 +347,7 @@ async def test_a_damaged_file_is_refused_with_a_clear_error(page: Page, tmp_path
 async def test_tokens_see_only_what_they_may(page: Page, tmp_path: Path) -> None:
     b = await backup(page.app, tmp_path)
     other = await backup(page.app, tmp_path, "db01")
-    admin_token = page.app.store.index.add_api_token("provider")
+    admin_token = page.app.store.index.add_api_token("provider", "read")
 
     def bearer(token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}

@@ -95,14 +95,14 @@ class IngestApi:
             self.backups.add_routes(r)
         return app
 
-    async def _lookup(self, token: str) -> tuple[str, str] | None:
-        def find() -> tuple[str, str] | None:
+    async def _lookup(self, token: str) -> tuple[str, str, str] | None:
+        def find() -> tuple[str, str, str] | None:
             idx = self.store.index
             host = idx.host_for_token(token)
             if host is not None:
-                return "host", host
-            admin = idx.admin_for_token(token)
-            return ("admin", admin) if admin is not None else None
+                return "host", host, ""
+            admin = idx.api_token_for(token)
+            return ("admin", *admin) if admin is not None else None
 
         return await self.run(find)
 

@@ -28,7 +28,7 @@ from aiohttp import web
 from ..browse.archive import writer_for
 from ..browse.paths import display, from_q, to_q
 from ..browse.tree import TYPE_NAMES, Browser, SnapshotTree
-from ..store.accounts import Accounts
+from ..store.accounts import DEVICE_SECONDS, Accounts
 from ..store.catalog import DIR, FILE, HARDLINK, SYMLINK, Entry, join_path
 from ..store.chunkfile import ChunkError
 from ..store.datastore import Datastore
@@ -52,13 +52,22 @@ T = TypeVar("T")
 FLUSH_BYTES = 256 * 1024
 MAX_LIST = 5000
 MAX_SEARCH = 1000
+#: The browser's proof of an earlier successful sign-in (see throttle.py): sent only to the
+#: sign-in route, never readable by scripts.
+DEVICE_COOKIE = "rdr_device"
+#: Sign-in checks queued or running at once (each is ~50 ms of scrypt and 16 MiB); past
+#: this a sign-in is answered 429 at once instead of waiting behind a flood.
+SIGNIN_QUEUE = 16
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 
 
 class PageApi:
     def __init__(self, store: Datastore, pool: Executor, browser: Browser, accounts: Accounts,
                  overview: Callable[[], dict], jobs: Any, throttle: SignInThrottle | None = None,
-                 seeds: Any = None) -> None:
+                 seeds: Any = None, signin_pool: Executor | None = None) -> None:
+        """`signin_pool`: a small executor of its own for password hashing (the daemon's
+        has 2 threads), so a flood of sign-ins never holds the workers other requests
+        need; `pool` when not given (tests)."""
         self.store = store
         self.pool = pool
         self.browser = browser
@@ -67,6 +76,8 @@ class PageApi:
         self.jobs = jobs  # AgentJobsApi: create/list/get/cancel of push restores
         self.throttle = throttle or SignInThrottle()
         self.seeds = seeds  # SeedDisks: inserted Rapid Protect / Recover disks (daemon only)
+        self.signin_pool = signin_pool or pool
+        self._hashing = 0  # sign-in checks queued or running in signin_pool
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -96,31 +107,54 @@ class PageApi:
 
     # --- sign-in ------------------------------------------------------------------------
     async def login(self, request: web.Request) -> web.Response:
+        """Sign in. The attempt is admitted by the throttle (and counted while pending)
+        before the password is checked; an unknown account name gets the same answers,
+        lockouts and cost as a known one; a browser that signed in before (device cookie)
+        is throttled on its own key, so another client's failures never lock it out."""
         if request.content_type != "application/json":
             # A cross-site form cannot send JSON without a CORS preflight: no login CSRF.
             raise ApiError(415, "unsupported_media_type", "send the credentials as JSON")
         body = await read_json(request, 4096)
         name, password = body.get("name"), body.get("password")
-        if not isinstance(name, str) or not isinstance(password, str) or not name:
+        if not isinstance(name, str) or not isinstance(password, str) or not name \
+                or len(name) > 200:
             raise ApiError(400, "bad_field", "fields 'name' and 'password' must be strings")
-        keys = ("account:" + name.lower(), "addr:" + (request.remote or "?"))
-        wait = self.throttle.retry_after(*keys)
+        account_key = "account:" + name.lower()
+        self.throttle.unlock(account_key, await self.run(self.accounts.unlock_stamp, name))
+        cookie = request.cookies.get(DEVICE_COOKIE, "")
+        device = await self.run(self.accounts.device_id, name, cookie) if cookie else None
+        keys = (f"device:{device}",) if device else (account_key,
+                                                     "addr:" + (request.remote or "?"))
+        if self._hashing >= SIGNIN_QUEUE:
+            raise ApiError(429, "busy", "too many sign-ins at once; try again in 1 s",
+                           retry_after=1)
+        wait = self.throttle.admit(keys)
         if wait > 0:
             raise _throttled(wait)
-        ok = await self.run(self.accounts.check, name, password)
+        ok = False
+        self._hashing += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self.signin_pool, self.accounts.check, name, password)
+        finally:
+            self._hashing -= 1
+            # counted as a failure unless it succeeded, also when the client went away
+            self.throttle.finish(keys, ok, clear=keys[:1])
         if not ok:
-            self.throttle.failed(*keys)
-            log.warning("failed sign-in for account %r from %s", name, request.remote)
+            log.warning("failed sign-in for account %r from %s%s", name, request.remote,
+                        " (known device)" if device else "")
             wait = self.throttle.retry_after(*keys)
             if wait > 0:
                 raise _throttled(wait)
             raise ApiError(401, "bad_credentials", "wrong account name or password")
-        self.throttle.succeeded(keys[0])
         token, ws = await self.run(self.accounts.open_session, name)
+        device_cookie = await self.run(self.accounts.issue_device, name)
         log.info("account %r signed in from %s", name, request.remote)
         resp = web.json_response({"account": ws.account, "csrf": ws.csrf})
         resp.set_cookie(SESSION_COOKIE, token, httponly=True, secure=True, samesite="Strict",
                         path="/")
+        resp.set_cookie(DEVICE_COOKIE, device_cookie, httponly=True, secure=True,
+                        samesite="Strict", path="/api/v1/auth/login", max_age=DEVICE_SECONDS)
         return resp
 
     async def logout(self, request: web.Request) -> web.Response:
