@@ -295,9 +295,10 @@ async def test_download_streams_a_file_with_ranges_and_its_real_name(page: Page,
     assert await resp.read() == (b.src / "bin/tool").read_bytes()
     resp = await page.get(f"{base}/empty-file")
     assert resp.status == 200 and await resp.read() == b""
-    # Each download is a restore in the service-level ledger, with its start latency.
+    # Each file an account downloads is one restore in the service-level ledger, with its
+    # start latency: big.bin's six fetches (whole, ranges, resumes) are one restore.
     rows = [r for r in page.app.store.index.restores() if r["via"] == "page"]
-    assert len(rows) == 9 and all(r["first_byte_at"] is not None for r in rows)
+    assert len(rows) == 5 and all(r["first_byte_at"] is not None for r in rows)
     assert all(0 <= r["first_byte_at"] - r["requested_at"] < 5 for r in rows)
 
 

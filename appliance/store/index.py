@@ -679,13 +679,26 @@ class Index:
                                                                  args)]
 
     def start_restore(self, host: str, snapshot: str, via: str,
-                      requested_at: float | None = None) -> int:
-        """A restore was asked for (at `requested_at`, default now); its first byte, or the
-        pickup of a push job, is recorded later with `restore_first_byte`."""
+                      requested_at: float | None = None, *, account: str | None = None,
+                      key: str | None = None, same_within: float = 0.0) -> int:
+        """A restore was asked for (at `requested_at`, default now) by `account`; its first
+        byte, or the pickup of a push job, is recorded later with `restore_first_byte`.
+
+        With `key` (what was asked for, by whom), a request for the same `key` made within
+        `same_within` seconds of an earlier one is that same restore: its id is returned and
+        no row is added (a download fetched again, resumed with Range, or re-clicked)."""
+        now = requested_at or time.time()
         with self.tx() as db:
-            return int(db.execute("INSERT INTO restores (host, snapshot, via, requested_at) "
-                                  "VALUES (?, ?, ?, ?)",
-                                  (host, snapshot, via, requested_at or time.time())).lastrowid)
+            if key is not None and same_within > 0:
+                row = db.execute("SELECT id FROM restores WHERE request_key = ? AND "
+                                 "requested_at >= ? ORDER BY id DESC LIMIT 1",
+                                 (key, now - same_within)).fetchone()
+                if row is not None:
+                    return int(row[0])
+            return int(db.execute(
+                "INSERT INTO restores (host, snapshot, via, requested_at, account, "
+                "request_key) VALUES (?, ?, ?, ?, ?, ?)",
+                (host, snapshot, via, now, account, key)).lastrowid)
 
     def restore_first_byte(self, rid: int, host: str) -> float | None:
         """Record the first byte of a restore once; returns its start latency (seconds)."""
@@ -699,10 +712,10 @@ class Index:
             return now - row[0]
 
     def restores(self, since: float = 0.0) -> list[dict]:
-        keys = ("id", "host", "snapshot", "via", "requested_at", "first_byte_at")
+        keys = ("id", "host", "snapshot", "via", "requested_at", "first_byte_at", "account")
         return [dict(zip(keys, r, strict=True)) for r in self._q(
-            "SELECT id, host, snapshot, via, requested_at, first_byte_at FROM restores "
-            "WHERE requested_at >= ? ORDER BY id", (since,))]
+            "SELECT id, host, snapshot, via, requested_at, first_byte_at, account "
+            "FROM restores WHERE requested_at >= ? ORDER BY id", (since,))]
 
     def put_usage_sample(self, day: str, sample: str) -> None:
         with self.tx() as db:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import mimetypes
 import re
@@ -58,6 +59,9 @@ DEVICE_COOKIE = "rdr_device"
 #: Sign-in checks queued or running at once (each is ~50 ms of scrypt and 16 MiB); past
 #: this a sign-in is answered 429 at once instead of waiting behind a flood.
 SIGNIN_QUEUE = 16
+#: Asking again for the same download within this time is the same restore in the ledger
+#: (a session's longest life: one sign-in, one restore per selection).
+RESTORE_SAME_WITHIN = 12 * 3600.0
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 
 
@@ -265,10 +269,9 @@ class PageApi:
             "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})
         if partial:
             resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        rid = await self.run(self.store.index.start_restore, tree.host, tree.snapshot, "page",
-                             requested)
+        rid = await self._ledger(request, tree, "file", [path], requested)
         reader = _ChunkLru(self.store.chunks.read_plain, 4)
-        if end == start:  # the headers are the whole response: they are its first byte
+        if end == start and rid is not None:  # the headers are the whole response
             await self.run(self.store.index.restore_first_byte, rid, tree.host)
         await resp.prepare(request)
         await self._pump(request, resp, tree.file_pieces(data, start, end, reader.get),
@@ -296,8 +299,8 @@ class PageApi:
         resp = web.StreamResponse(headers={
             "Content-Type": writer.content_type, "Content-Disposition": _disposition(fname),
             "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})
-        rid = await self.run(self.store.index.start_restore, tree.host, tree.snapshot, "page",
-                             requested)
+        rid = await self._ledger(request, tree, "archive", list(dict.fromkeys(paths)),
+                                 requested)
         reader = _ChunkLru(self.store.chunks.read_plain, 4)
         resp.enable_chunked_encoding()
         await resp.prepare(request)
@@ -305,8 +308,25 @@ class PageApi:
                          tree.host)
         return resp
 
+    async def _ledger(self, request: web.Request, tree: SnapshotTree, kind: str,
+                      paths: list[bytes], requested: float) -> int | None:
+        """The service-level ledger's row for this download: only an account's requests
+        (page or its API) are restores of the service; a host token reading its own files
+        is not. One row per restore: the same account asking for the same selection of the
+        same snapshot again within RESTORE_SAME_WITHIN (a re-download, a Range resume) is
+        the same restore, whatever the archive format."""
+        account = request[ACCOUNT]
+        if account is None:
+            return None
+        h = hashlib.sha256(f"{account}\0{tree.host}\0{tree.snapshot}\0{kind}".encode())
+        for p in sorted(paths):
+            h.update(b"\0" + p)
+        return await self.run(functools.partial(
+            self.store.index.start_restore, tree.host, tree.snapshot, "page", requested,
+            account=account, key=h.hexdigest(), same_within=RESTORE_SAME_WITHIN))
+
     async def _pump(self, request: web.Request, resp: web.StreamResponse,
-                    gen: Iterator[bytes | memoryview], rid: int, host: str) -> None:
+                    gen: Iterator[bytes | memoryview], rid: int | None, host: str) -> None:
         """Send what `gen` produces in the pool; on a failure mid-stream cut the connection
         so the client sees an incomplete download, never a silently wrong file."""
         first = True
@@ -318,8 +338,9 @@ class PageApi:
                 await resp.write(piece)
                 if first:
                     first = False
-                    await self.run(self.store.index.restore_first_byte, rid, host)
-            if first:
+                    if rid is not None:
+                        await self.run(self.store.index.restore_first_byte, rid, host)
+            if first and rid is not None:
                 await self.run(self.store.index.restore_first_byte, rid, host)
             await resp.write_eof()
         except (ChunkError, StoreError, OSError, ValueError) as exc:
