@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-from ..browse.archive import writer_for
+from ..browse.archive import MemberNames, writer_for
 from ..browse.paths import display, from_q, to_q
 from ..browse.tree import TYPE_NAMES, Browser, SnapshotTree
 from ..store.accounts import DEVICE_SECONDS, Accounts
@@ -588,21 +588,29 @@ def _archive(tree: SnapshotTree, items: list[tuple[bytes, Entry]], writer,
             yield from put(writer.end_file())
         # fifos and device nodes have no place in an archive for download
 
+    # Member names come from MemberNames, never straight from the catalog (see there).
+    names = MemberNames()
     for path, e in items:
-        parent = path.rpartition(b"/")[0] if path else b""
-        strip = len(parent) + 1 if parent else 0
         if path == b"":  # the whole snapshot: its top-level entries at the archive root
+            names.root_is(b"")
             blocks = tree.walk(b"")
-        elif e.type == DIR:
-            yield from entry(path[strip:], path, e)
-            blocks = tree.walk(path)
         else:
-            yield from entry(path[strip:], path, e)
-            continue
+            name = path.rpartition(b"/")[2]
+            yield from entry(names.top(path, name, e.type == DIR), path, e)
+            if e.type != DIR:
+                continue
+            blocks = tree.walk(path)
         for dpath, entries in blocks:
+            if not names.enter(dpath):
+                continue
             for child in entries:
                 full = join_path(dpath, child.name)
-                yield from entry(full[strip:], full, child)
+                yield from entry(names.child(full, child.name, child.type == DIR), full, child)
+    if names.notes:
+        text = names.notes_text()
+        yield from put(writer.begin_file(names.notes_name(), len(text), time.time_ns(), 0o644))
+        yield from put(writer.file_data(text))
+        yield from put(writer.end_file())
     yield from put(writer.finish())
     if buf:
         yield bytes(buf)
