@@ -218,12 +218,15 @@ class Daemon:
         app.add_subapp("/api/v1", ingest.app())
 
         ctx = tls.server_context(self.tls.cert, self.tls.key)
+        header_timeout = self.cfg.server.header_timeout_seconds
         self._runner = web.AppRunner(app, access_log=None,
-                                     shutdown_timeout=self.cfg.server.shutdown_grace_seconds)
+                                     shutdown_timeout=self.cfg.server.shutdown_grace_seconds,
+                                     keepalive_timeout=header_timeout)
         await self._runner.setup()
         for addr in self.cfg.server.listen:
             host, port = parse_listen(addr)
-            site = web.TCPSite(self._runner, host, port, ssl_context=ctx, reuse_address=True)
+            site = tls.TlsSite(self._runner, host, port, ssl_context=ctx,
+                               handshake_timeout=header_timeout)
             await site.start()
             for sock in site._server.sockets:
                 self.addresses.append(sock.getsockname()[:2])
