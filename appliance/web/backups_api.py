@@ -118,7 +118,9 @@ class BackupsApi:
     async def backup_now(self, request: web.Request) -> web.Response:
         who = require_change(request)
         host = request.match_info["host"]
-        run = await self.run(self.scheduler.request_now, host, who)
+        # an account's run reads "page:NAME" as before; a token's "token:NAME"
+        by = who.replace("account:", "page:", 1)
+        run = await self.run(self.scheduler.request_now, host, by)
         self.wake(host)
         log.info("%s asked for a backup of %s now (run %d)", who, host, run.id)
         return web.json_response({"run": run.to_json()}, status=201)
