@@ -31,10 +31,12 @@ import requests
 import zstandard
 from requests.adapters import HTTPAdapter
 
+from appliance.agent.settings import SettingsError, resolve
 from appliance.browse.archive import NOTES_NAME, TarZstStream, ZipStream
 from appliance.store.catalog import DIR, FILE, SYMLINK, Entry
 from appliance.store.index import Index
 from appliance.web.page_api import _archive
+from appliance.web.throttle import SignInThrottle
 
 from .live import Live, start_live
 
@@ -546,3 +548,54 @@ def test_half_open_connections_are_closed_and_others_served(live: Live) -> None:
     assert max(closed_after) < HEADER_TIMEOUT + 2.0
     assert max(served) < 1.0
     assert os.path.getsize(live.app.work / "daemon.log") > 0
+
+
+# --- the throttle and the token sources, unit by unit ----------------------------------------
+
+
+def test_throttle_counts_pending_attempts_and_escalates() -> None:
+    now = [1000.0]
+    t = SignInThrottle(free=3, window=900, base=30, cap=120, clock=lambda: now[0])
+    keys = ("account:a", "addr:1")
+    assert [t.admit(keys) for _ in range(4)] == [0.0, 0.0, 0.0, 1.0]  # 3 in flight: full
+    assert t.admit(("account:a", "addr:2")) == 1.0  # the account is full from any address
+    for _ in range(3):
+        t.finish(keys, ok=False)
+    assert t.retry_after(*keys) == 30.0  # the 3rd failure locks for `base`
+    now[0] += 31
+    assert t.admit(keys) == 0.0 and t.admit(keys) == 1.0  # one at a time after a lockout
+    t.finish(keys, ok=False)
+    assert t.retry_after(*keys) == 60.0  # doubled
+    # A console unlock (a newer stamp) clears the account and the addresses, once.
+    t.unlock("account:a", 5.0)
+    assert t.retry_after(*keys) == 0.0 and t.admit(keys) == 0.0
+    t.finish(keys, ok=True, clear=keys[:1])
+    t.unlock("account:a", 5.0)  # the same stamp again changes nothing
+    # Memory stays bounded under a spray of names.
+    small = SignInThrottle(max_records=100, clock=lambda: now[0])
+    for i in range(1000):
+        k = (f"account:n{i}",)
+        small.admit(k)
+        small.finish(k, ok=False)
+    assert len(small._records) <= 101
+
+
+def test_the_agent_takes_its_token_from_a_file_or_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in list(os.environ):
+        if k.startswith("RDR_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RDR_URL", "https://appliance:8443")
+    f = tmp_path / "t"
+    f.write_text("rdr_from_file\n")
+    monkeypatch.setenv("RDR_TOKEN", "rdr_from_env")
+    assert resolve({}).endpoint.token == "rdr_from_env"
+    assert resolve({"token_file": str(f)}).endpoint.token == "rdr_from_file"  # flag wins
+    monkeypatch.setenv("RDR_TOKEN_FILE", str(f))
+    assert resolve({}).endpoint.token == "rdr_from_file"
+    with pytest.raises(SettingsError, match="empty"):
+        (tmp_path / "e").write_text("\n")
+        resolve({"token_file": str(tmp_path / "e")})
+    with pytest.raises(SettingsError, match="token file"):
+        resolve({"token_file": str(tmp_path / "missing")})
