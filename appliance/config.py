@@ -31,6 +31,11 @@ class ServerConfig:
     max_json_bytes: int = 32 * 1024 * 1024
     #: Seconds in-flight requests get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
+    #: A connection must finish its TLS handshake, and then send complete request headers,
+    #: within this many seconds (also the idle keep-alive limit between requests): a client
+    #: holding many half-open connections (slowloris) cannot keep them. Above the agents'
+    #: 15 s client keep-alive, so an agent never reuses a connection the daemon just closed.
+    header_timeout_seconds: float = 20.0
 
 
 @dataclass(slots=True)
@@ -219,6 +224,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("server.max_json_bytes: must be at least 65536")
     if cfg.server.shutdown_grace_seconds < 0:
         raise ConfigError("server.shutdown_grace_seconds: must not be negative")
+    if not 1 <= cfg.server.header_timeout_seconds <= 600:
+        raise ConfigError("server.header_timeout_seconds: must be 1 to 600")
     if not cfg.store.path:
         raise ConfigError("store.path: must not be empty")
     if cfg.store.session_lease_seconds <= 0:

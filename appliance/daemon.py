@@ -60,6 +60,8 @@ from .web.page_api import PageApi
 log = logging.getLogger("rdr.daemon")
 #: Threads that run snapshot commits (validation, then the batched fsync of its chunks).
 COMMIT_WORKERS = 2
+#: Threads that check sign-in passwords (scrypt: ~50 ms of CPU and 16 MiB each).
+SIGNIN_WORKERS = 2
 
 
 @dataclass(slots=True)
@@ -91,6 +93,10 @@ class Daemon:
         # they never hold the workers every other request (uploads, heartbeats) needs.
         self.commit_pool = ThreadPoolExecutor(max_workers=COMMIT_WORKERS,
                                               thread_name_prefix="rdr-commit")
+        # Password hashing for sign-ins in threads of its own: a flood of anonymous
+        # sign-ins queues here (and is answered 429 past a few), never in the workers.
+        self.signin_pool = ThreadPoolExecutor(max_workers=SIGNIN_WORKERS,
+                                              thread_name_prefix="rdr-signin")
         self.store: Datastore | None = None
         self.tls: TlsFiles | None = None
         self._runner: web.AppRunner | None = None
@@ -173,7 +179,8 @@ class Daemon:
         self.seeds = SeedDisks(self.store, self._seed_cipher, self.pool,
                                self.cfg.appliance.serial, Path(self.cfg.seed.mount_root))
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
-                       self._overview, ingest.jobs, seeds=self.seeds)
+                       self._overview, ingest.jobs, seeds=self.seeds,
+                       signin_pool=self.signin_pool)
         ingest.attach_page(page)
         ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake,
                                          self.cfg.retention.policy))
@@ -211,12 +218,15 @@ class Daemon:
         app.add_subapp("/api/v1", ingest.app())
 
         ctx = tls.server_context(self.tls.cert, self.tls.key)
+        header_timeout = self.cfg.server.header_timeout_seconds
         self._runner = web.AppRunner(app, access_log=None,
-                                     shutdown_timeout=self.cfg.server.shutdown_grace_seconds)
+                                     shutdown_timeout=self.cfg.server.shutdown_grace_seconds,
+                                     keepalive_timeout=header_timeout)
         await self._runner.setup()
         for addr in self.cfg.server.listen:
             host, port = parse_listen(addr)
-            site = web.TCPSite(self._runner, host, port, ssl_context=ctx, reuse_address=True)
+            site = tls.TlsSite(self._runner, host, port, ssl_context=ctx,
+                               handshake_timeout=header_timeout)
             await site.start()
             for sock in site._server.sockets:
                 self.addresses.append(sock.getsockname()[:2])
@@ -431,6 +441,7 @@ class Daemon:
             await loop.run_in_executor(self.pool, self.store.close)
             self.store = None
         self.commit_pool.shutdown(wait=True)
+        self.signin_pool.shutdown(wait=True)
         self.pool.shutdown(wait=True)
         if self._claim is not None:
             self._claim.release()

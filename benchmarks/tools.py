@@ -381,13 +381,15 @@ class Appliance(Tool):
     name = "appliance"
 
     def __init__(self, work: Path, hosts: int = 1, replication: str = "enabled = false\n",
-                 ) -> None:
+                 server_toml: str = "") -> None:
         super().__init__(work)
         self.data = work / "data"
         self.cfg = work / "appliance.toml"
         self.hosts = hosts
         #: The body of the config's [replication] section (off unless a caller wants it).
         self.replication = replication
+        #: More lines of the [server] section (tests: shorter timeouts).
+        self.server_toml = server_toml
         self.tokens: list[str] = []
         self.server: Server | None = None
         self.port = 0
@@ -410,7 +412,8 @@ class Appliance(Tool):
         self.port = free_port()
         # Scheduled jobs off (restic and borg run none either); the reserve at its default.
         self.cfg.write_text(
-            f'[server]\nlisten = "127.0.0.1:{self.port}"\n[store]\npath = "{self.data}"\n'
+            f'[server]\nlisten = "127.0.0.1:{self.port}"\n{self.server_toml}'
+            f'[store]\npath = "{self.data}"\n'
             f"[replication]\n{self.replication}[maintenance]\nprune_interval_hours = 0\n"
             "gc_interval_hours = 0\nverify_interval_hours = 0\n[capacity]\n"
             "sample_interval_hours = 0\n[health]\nwatch_disks = false\n")

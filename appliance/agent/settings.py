@@ -1,8 +1,8 @@
 """Where the agent finds its appliance: flags, then environment, then a config file.
 
-Environment: RDR_URL, RDR_TOKEN, RDR_FINGERPRINT, RDR_CA, RDR_STATE_DIR, RDR_RESTORE_ROOTS,
-RDR_ALLOW_DUMP_COMMANDS.
-Config file (TOML, keys url, token, fingerprint, ca, state_dir, restore_roots,
+Environment: RDR_URL, RDR_TOKEN (or RDR_TOKEN_FILE), RDR_FINGERPRINT, RDR_CA, RDR_STATE_DIR,
+RDR_RESTORE_ROOTS, RDR_ALLOW_DUMP_COMMANDS. Never a token on the command line (ps shows it).
+Config file (TOML, keys url, token or token_file, fingerprint, ca, state_dir, restore_roots,
 allow_dump_commands): --config,
 $RDR_AGENT_CONFIG, ~/.config/rdr-agent/agent.toml or /etc/rdr-agent/agent.toml.
 
@@ -25,8 +25,11 @@ from pathlib import Path
 from ..tomlfile import read_toml
 from .client import Endpoint
 
-KEYS = ("url", "token", "fingerprint", "ca", "state_dir", "restore_roots",
+KEYS = ("url", "token", "token_file", "fingerprint", "ca", "state_dir", "restore_roots",
         "allow_dump_commands")
+_TOKEN_KEYS = {"token": "token_file", "token_file": "token"}
+#: The longest token file read (a token is under 100 characters).
+MAX_TOKEN_FILE = 4096
 
 
 class SettingsError(ValueError):
@@ -66,18 +69,22 @@ def resolve(flags: dict[str, str | None], config: str | None = None) -> AgentSet
             if not isinstance(value, str):
                 raise SettingsError(f"agent config {path}: {key} must be a string")
             values[key] = value
-    for key in KEYS:
-        env = os.environ.get(f"RDR_{key.upper()}")
-        if env:
-            values[key] = env
-        if flags.get(key):
-            values[key] = flags[key]  # type: ignore[assignment]
+    for level in ({k: os.environ.get(f"RDR_{k.upper()}") for k in KEYS}, flags):
+        for key in KEYS:
+            value = level.get(key)
+            if value:
+                values[key] = value
+                if key in _TOKEN_KEYS:  # a token from a stronger source replaces both
+                    values.pop(_TOKEN_KEYS[key], None)
     if not values.get("url"):
         raise SettingsError("no appliance URL: pass --url, set RDR_URL or a config file")
     if not values.get("url", "").startswith("https://"):
         raise SettingsError("the appliance URL must start with https://")
+    if values.get("token_file"):
+        values["token"] = read_token_file(values["token_file"])
     if not values.get("token"):
-        raise SettingsError("no host token: pass --token, set RDR_TOKEN or a config file")
+        raise SettingsError("no host token: pass --token-file, set RDR_TOKEN or a config "
+                            "file")
     fp = values.get("fingerprint")
     if fp and len(fp.replace(":", "")) != 64:
         raise SettingsError("the certificate fingerprint must be 64 hex digits (SHA-256)")
@@ -103,3 +110,19 @@ def parse_restore_roots(value: str) -> tuple[str, ...]:
             raise SettingsError(f"restore_roots: {part!r} is not an absolute path")
         roots.append(os.path.normpath(part))
     return tuple(dict.fromkeys(roots))
+
+
+def read_token_file(path: str) -> str:
+    """The token in `path` (its first line, whitespace stripped)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise SettingsError(f"token file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TOKEN_FILE:
+        raise SettingsError(f"token file {path} is too large to hold a token")
+    lines = raw.decode("utf-8", "replace").strip().splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise SettingsError(f"token file {path} is empty")
+    return token

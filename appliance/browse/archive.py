@@ -34,9 +34,11 @@ import zstandard
 
 __all__ = [
     "FORMATS",
+    "NOTES_NAME",
     "ZIP64_COUNT_LIMIT",
     "ZIP64_LIMIT",
     "ArchiveWriter",
+    "MemberNames",
     "TarZstStream",
     "ZipStream",
     "writer_for",
@@ -84,6 +86,8 @@ def _check_path(path: bytes) -> None:
         raise ValueError(f"archive path contains NUL: {path!r}")
     if path.startswith(b"/"):
         raise ValueError(f"archive path is absolute: {path!r}")
+    if b"\\" in path:
+        raise ValueError(f"archive path has a backslash (a separator on Windows): {path!r}")
     for part in path.split(b"/"):
         if part in (b"", b".", b".."):
             raise ValueError(f"archive path has an empty, '.' or '..' component: {path!r}")
@@ -95,6 +99,100 @@ def _check_target(target: bytes) -> None:
         raise TypeError(f"symlink targets are bytes, not {type(target).__name__}")
     if not target or b"\0" in target:
         raise ValueError(f"symlink target is empty or contains NUL: {target!r}")
+
+
+#: The member listing what `MemberNames` renamed or left out, added when there is any.
+NOTES_NAME = b"RDR-ARCHIVE-NOTES.txt"
+_MAX_NOTES = 1000
+
+
+class MemberNames:
+    """Member names for one archive, chosen so no extractor can write outside its target.
+
+    Whatever the catalog says (a host writes its own catalog, so it may be crafted), every
+    member name is relative, has no empty, '.' or '..' component and no backslash (a
+    separator to Windows extractors: replaced by '_'), is unique in the archive (a second
+    'x' in the same directory becomes 'x (2)'), and lies only below directory members of
+    this same archive: an entry whose parent is a symlink, a file or nothing this archive
+    holds is left out. So `x -> /outside` followed by `x/evil` (two selected paths with the
+    same base name, or a crafted catalog) cannot happen: the second 'x' is renamed and its
+    contents follow it. What was renamed or left out is listed in the archive's
+    NOTES_NAME member, never dropped silently.
+
+    Memory: one directory's names at a time (plus the archive root's) and the pending
+    directories' archived paths.
+    """
+
+    def __init__(self) -> None:
+        self._root: set[bytes] = set()
+        self._pending: dict[bytes, bytes] = {}  # original dir path -> archived path
+        self._open: tuple[bytes, set[bytes]] | None = None
+        self.notes: list[str] = []
+        self._noted = 0
+
+    def root_is(self, original_dir: bytes) -> None:
+        """The contents of `original_dir` go at the archive root (the whole snapshot)."""
+        self._pending[original_dir] = b""
+
+    def top(self, original: bytes, name: bytes, is_dir: bool) -> bytes:
+        """The archived name of a selected item, at the archive root."""
+        return self._place(b"", self._root, original, name, is_dir)
+
+    def enter(self, original_dir: bytes) -> bool:
+        """A directory's block of entries starts: False when its entries must be left out
+        (the directory is not a directory member of this archive, or was entered before)."""
+        archived = self._pending.pop(original_dir, None)
+        if archived is None:
+            self.note(f"left out: the entries of {_show(original_dir)}, which is not a "
+                      "directory in this archive")
+            self._open = None
+            return False
+        self._open = (archived, self._root if archived == b"" else set())
+        return True
+
+    def child(self, original: bytes, name: bytes, is_dir: bool) -> bytes:
+        """The archived name of an entry of the directory last entered."""
+        assert self._open is not None
+        parent, taken = self._open
+        return self._place(parent, taken, original, name, is_dir)
+
+    def notes_name(self) -> bytes:
+        return self._place(b"", self._root, b"", NOTES_NAME, False, quiet=True)
+
+    def notes_text(self) -> bytes:
+        more = self._noted - len(self.notes)
+        lines = ["This archive differs from the snapshot so that extracting it cannot write "
+                 "outside the target directory:", *self.notes]
+        if more > 0:
+            lines.append(f"... and {more} more")
+        return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+    def note(self, text: str) -> None:
+        self._noted += 1
+        if len(self.notes) < _MAX_NOTES:
+            self.notes.append(text)
+
+    def _place(self, parent: bytes, taken: set[bytes], original: bytes, name: bytes,
+               is_dir: bool, quiet: bool = False) -> bytes:
+        clean = name.replace(b"\\", b"_").replace(b"/", b"_").replace(b"\0", b"_")
+        if clean in (b"", b".", b".."):
+            clean = b"_" + clean
+        candidate, n = clean, 2
+        while candidate in taken:
+            stem, dot, ext = clean.rpartition(b".")
+            candidate = (stem + b" (%d)." % n + ext) if dot and stem else clean + b" (%d)" % n
+            n += 1
+        taken.add(candidate)
+        archived = parent + b"/" + candidate if parent else candidate
+        if candidate != name and not quiet:
+            self.note(f"renamed: {_show(original)} -> {_show(archived)}")
+        if is_dir:
+            self._pending[original] = archived
+        return archived
+
+
+def _show(path: bytes) -> str:
+    return "/" + path.decode("utf-8", "backslashreplace")
 
 
 class _Sequencer:

@@ -28,7 +28,6 @@ from ..web.budget import ByteBudget
 from ..web.errors import ApiError, error_middleware
 from ..web.jsonbody import read_json
 from ..web.page_api import PageApi
-from ..web.params import whole_number
 from .jobs_api import AgentJobsApi
 
 T = TypeVar("T")
@@ -56,7 +55,6 @@ class IngestApi:
         # Chunk bodies held at once: enough to keep every worker busy with a few waiting.
         self.uploads = ByteBudget(upload_budget)
         self.downloads = ByteBudget(upload_budget)
-        self._first_bytes: set[int] = set()  # restores whose first byte is recorded
 
     def attach_page(self, page: PageApi) -> None:
         """Serve the LAN page's API (sign-in sessions, browsing, downloads) in this app."""
@@ -95,14 +93,14 @@ class IngestApi:
             self.backups.add_routes(r)
         return app
 
-    async def _lookup(self, token: str) -> tuple[str, str] | None:
-        def find() -> tuple[str, str] | None:
+    async def _lookup(self, token: str) -> tuple[str, str, str] | None:
+        def find() -> tuple[str, str, str] | None:
             idx = self.store.index
             host = idx.host_for_token(token)
             if host is not None:
-                return "host", host
-            admin = idx.admin_for_token(token)
-            return ("admin", admin) if admin is not None else None
+                return "host", host, ""
+            admin = idx.api_token_for(token)
+            return ("admin", *admin) if admin is not None else None
 
         return await self.run(find)
 
@@ -204,10 +202,10 @@ class IngestApi:
         Bodies held for sending count against the download budget."""
         host = require_host(request)
         snap, cid = self._snap(request), request.match_info["cid"]
-        rid = request.headers.get("X-RDR-Restore", "")
+        # X-RDR-Restore (sent by older agents) is ignored: a host's own restores are not in
+        # the service-level ledger (see start_restore).
         async with self.downloads.hold(MAX_FILE_SIZE):
-            data = await self.run(self._read_chunk, host, snap, cid,
-                                  whole_number(rid))
+            data = await self.run(self._read_chunk, host, snap, cid)
             resp = web.StreamResponse(headers={
                 "Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
                 "Cache-Control": "private, max-age=31536000"})
@@ -216,21 +214,19 @@ class IngestApi:
             await resp.write_eof()
         return resp
 
-    def _read_chunk(self, host: str, snap: str, cid: str, rid: int | None) -> bytes:
+    def _read_chunk(self, host: str, snap: str, cid: str) -> bytes:
         row = self.store.resolve_snapshot(host, snap)
         path = self.store.snapshot_chunk_path(host, row.snapshot, cid)
-        if rid is not None and rid not in self._first_bytes:
-            # the first byte of a restore: its start latency is recorded, once
-            self.store.index.restore_first_byte(rid, host)
-            self._first_bytes.add(rid)
-            if len(self._first_bytes) > 10_000:
-                self._first_bytes.clear()
         with open(path, "rb") as f:
             return f.read()
 
     async def start_restore(self, request: web.Request) -> web.Response:
-        """A restore begins: the request time is recorded, and the first chunk served with
-        the returned id in X-RDR-Restore records the start latency (service level: 30 min)."""
+        """A host's own restore begins: the snapshot is resolved (`latest`) and checked.
+
+        Nothing is written to the restore service-level ledger: the contract's level is
+        for restores requested on the LAN page, and a host that chooses when to fetch could
+        otherwise fill the ledger with restores of any latency it likes. `restore` is null
+        (older agents then send no X-RDR-Restore header)."""
         host = require_host(request)
         body = await self._json(request)
         snap = body.get("snapshot")
@@ -239,8 +235,7 @@ class IngestApi:
         if snap != "latest" and not is_snapshot_id(snap):
             raise ApiError(404, "no_such_snapshot", f"no snapshot {snap!r}")
         row = await self.run(self.store.resolve_snapshot, host, snap)
-        rid = await self.run(self.store.index.start_restore, host, row.snapshot, "agent")
-        return web.json_response({"restore": rid, "snapshot": row.snapshot}, status=201)
+        return web.json_response({"restore": None, "snapshot": row.snapshot}, status=201)
 
     async def usage(self, request: web.Request) -> web.Response:
         require_admin(request)

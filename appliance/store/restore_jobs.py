@@ -183,7 +183,7 @@ class RestoreJobs:
                            f"host {source_host!r} has no snapshot {snapshot!r}")
         if not isinstance(target_host, str) or not self.index.host_exists(target_host):
             raise NotFound("no_such_host", f"no host named {target_host!r}")
-        rid = self.index.start_restore(source_host, snapshot, "push")
+        rid = self.index.start_restore(source_host, snapshot, "push", account=requested_by)
         # The job's request time is the ledger's, so both report the same start latency.
         (requested_at,) = self.index.query("SELECT requested_at FROM restores WHERE id = ?",
                                            (rid,))[0]

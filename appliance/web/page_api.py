@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import mimetypes
 import re
@@ -25,10 +26,10 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-from ..browse.archive import writer_for
+from ..browse.archive import MemberNames, writer_for
 from ..browse.paths import display, from_q, to_q
 from ..browse.tree import TYPE_NAMES, Browser, SnapshotTree
-from ..store.accounts import Accounts
+from ..store.accounts import DEVICE_SECONDS, Accounts
 from ..store.catalog import DIR, FILE, HARDLINK, SYMLINK, Entry, join_path
 from ..store.chunkfile import ChunkError
 from ..store.datastore import Datastore
@@ -52,13 +53,25 @@ T = TypeVar("T")
 FLUSH_BYTES = 256 * 1024
 MAX_LIST = 5000
 MAX_SEARCH = 1000
+#: The browser's proof of an earlier successful sign-in (see throttle.py): sent only to the
+#: sign-in route, never readable by scripts.
+DEVICE_COOKIE = "rdr_device"
+#: Sign-in checks queued or running at once (each is ~50 ms of scrypt and 16 MiB); past
+#: this a sign-in is answered 429 at once instead of waiting behind a flood.
+SIGNIN_QUEUE = 16
+#: Asking again for the same download within this time is the same restore in the ledger
+#: (a session's longest life: one sign-in, one restore per selection).
+RESTORE_SAME_WITHIN = 12 * 3600.0
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 
 
 class PageApi:
     def __init__(self, store: Datastore, pool: Executor, browser: Browser, accounts: Accounts,
                  overview: Callable[[], dict], jobs: Any, throttle: SignInThrottle | None = None,
-                 seeds: Any = None) -> None:
+                 seeds: Any = None, signin_pool: Executor | None = None) -> None:
+        """`signin_pool`: a small executor of its own for password hashing (the daemon's
+        has 2 threads), so a flood of sign-ins never holds the workers other requests
+        need; `pool` when not given (tests)."""
         self.store = store
         self.pool = pool
         self.browser = browser
@@ -67,6 +80,8 @@ class PageApi:
         self.jobs = jobs  # AgentJobsApi: create/list/get/cancel of push restores
         self.throttle = throttle or SignInThrottle()
         self.seeds = seeds  # SeedDisks: inserted Rapid Protect / Recover disks (daemon only)
+        self.signin_pool = signin_pool or pool
+        self._hashing = 0  # sign-in checks queued or running in signin_pool
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -96,31 +111,54 @@ class PageApi:
 
     # --- sign-in ------------------------------------------------------------------------
     async def login(self, request: web.Request) -> web.Response:
+        """Sign in. The attempt is admitted by the throttle (and counted while pending)
+        before the password is checked; an unknown account name gets the same answers,
+        lockouts and cost as a known one; a browser that signed in before (device cookie)
+        is throttled on its own key, so another client's failures never lock it out."""
         if request.content_type != "application/json":
             # A cross-site form cannot send JSON without a CORS preflight: no login CSRF.
             raise ApiError(415, "unsupported_media_type", "send the credentials as JSON")
         body = await read_json(request, 4096)
         name, password = body.get("name"), body.get("password")
-        if not isinstance(name, str) or not isinstance(password, str) or not name:
+        if not isinstance(name, str) or not isinstance(password, str) or not name \
+                or len(name) > 200:
             raise ApiError(400, "bad_field", "fields 'name' and 'password' must be strings")
-        keys = ("account:" + name.lower(), "addr:" + (request.remote or "?"))
-        wait = self.throttle.retry_after(*keys)
+        account_key = "account:" + name.lower()
+        self.throttle.unlock(account_key, await self.run(self.accounts.unlock_stamp, name))
+        cookie = request.cookies.get(DEVICE_COOKIE, "")
+        device = await self.run(self.accounts.device_id, name, cookie) if cookie else None
+        keys = (f"device:{device}",) if device else (account_key,
+                                                     "addr:" + (request.remote or "?"))
+        if self._hashing >= SIGNIN_QUEUE:
+            raise ApiError(429, "busy", "too many sign-ins at once; try again in 1 s",
+                           retry_after=1)
+        wait = self.throttle.admit(keys)
         if wait > 0:
             raise _throttled(wait)
-        ok = await self.run(self.accounts.check, name, password)
+        ok = False
+        self._hashing += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self.signin_pool, self.accounts.check, name, password)
+        finally:
+            self._hashing -= 1
+            # counted as a failure unless it succeeded, also when the client went away
+            self.throttle.finish(keys, ok, clear=keys[:1])
         if not ok:
-            self.throttle.failed(*keys)
-            log.warning("failed sign-in for account %r from %s", name, request.remote)
+            log.warning("failed sign-in for account %r from %s%s", name, request.remote,
+                        " (known device)" if device else "")
             wait = self.throttle.retry_after(*keys)
             if wait > 0:
                 raise _throttled(wait)
             raise ApiError(401, "bad_credentials", "wrong account name or password")
-        self.throttle.succeeded(keys[0])
         token, ws = await self.run(self.accounts.open_session, name)
+        device_cookie = await self.run(self.accounts.issue_device, name)
         log.info("account %r signed in from %s", name, request.remote)
         resp = web.json_response({"account": ws.account, "csrf": ws.csrf})
         resp.set_cookie(SESSION_COOKIE, token, httponly=True, secure=True, samesite="Strict",
                         path="/")
+        resp.set_cookie(DEVICE_COOKIE, device_cookie, httponly=True, secure=True,
+                        samesite="Strict", path="/api/v1/auth/login", max_age=DEVICE_SECONDS)
         return resp
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -231,10 +269,9 @@ class PageApi:
             "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})
         if partial:
             resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        rid = await self.run(self.store.index.start_restore, tree.host, tree.snapshot, "page",
-                             requested)
+        rid = await self._ledger(request, tree, "file", [path], requested)
         reader = _ChunkLru(self.store.chunks.read_plain, 4)
-        if end == start:  # the headers are the whole response: they are its first byte
+        if end == start and rid is not None:  # the headers are the whole response
             await self.run(self.store.index.restore_first_byte, rid, tree.host)
         await resp.prepare(request)
         await self._pump(request, resp, tree.file_pieces(data, start, end, reader.get),
@@ -262,8 +299,8 @@ class PageApi:
         resp = web.StreamResponse(headers={
             "Content-Type": writer.content_type, "Content-Disposition": _disposition(fname),
             "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})
-        rid = await self.run(self.store.index.start_restore, tree.host, tree.snapshot, "page",
-                             requested)
+        rid = await self._ledger(request, tree, "archive", list(dict.fromkeys(paths)),
+                                 requested)
         reader = _ChunkLru(self.store.chunks.read_plain, 4)
         resp.enable_chunked_encoding()
         await resp.prepare(request)
@@ -271,8 +308,25 @@ class PageApi:
                          tree.host)
         return resp
 
+    async def _ledger(self, request: web.Request, tree: SnapshotTree, kind: str,
+                      paths: list[bytes], requested: float) -> int | None:
+        """The service-level ledger's row for this download: only an account's requests
+        (page or its API) are restores of the service; a host token reading its own files
+        is not. One row per restore: the same account asking for the same selection of the
+        same snapshot again within RESTORE_SAME_WITHIN (a re-download, a Range resume) is
+        the same restore, whatever the archive format."""
+        account = request[ACCOUNT]
+        if account is None:
+            return None
+        h = hashlib.sha256(f"{account}\0{tree.host}\0{tree.snapshot}\0{kind}".encode())
+        for p in sorted(paths):
+            h.update(b"\0" + p)
+        return await self.run(functools.partial(
+            self.store.index.start_restore, tree.host, tree.snapshot, "page", requested,
+            account=account, key=h.hexdigest(), same_within=RESTORE_SAME_WITHIN))
+
     async def _pump(self, request: web.Request, resp: web.StreamResponse,
-                    gen: Iterator[bytes | memoryview], rid: int, host: str) -> None:
+                    gen: Iterator[bytes | memoryview], rid: int | None, host: str) -> None:
         """Send what `gen` produces in the pool; on a failure mid-stream cut the connection
         so the client sees an incomplete download, never a silently wrong file."""
         first = True
@@ -284,8 +338,9 @@ class PageApi:
                 await resp.write(piece)
                 if first:
                     first = False
-                    await self.run(self.store.index.restore_first_byte, rid, host)
-            if first:
+                    if rid is not None:
+                        await self.run(self.store.index.restore_first_byte, rid, host)
+            if first and rid is not None:
                 await self.run(self.store.index.restore_first_byte, rid, host)
             await resp.write_eof()
         except (ChunkError, StoreError, OSError, ValueError) as exc:
@@ -533,21 +588,29 @@ def _archive(tree: SnapshotTree, items: list[tuple[bytes, Entry]], writer,
             yield from put(writer.end_file())
         # fifos and device nodes have no place in an archive for download
 
+    # Member names come from MemberNames, never straight from the catalog (see there).
+    names = MemberNames()
     for path, e in items:
-        parent = path.rpartition(b"/")[0] if path else b""
-        strip = len(parent) + 1 if parent else 0
         if path == b"":  # the whole snapshot: its top-level entries at the archive root
+            names.root_is(b"")
             blocks = tree.walk(b"")
-        elif e.type == DIR:
-            yield from entry(path[strip:], path, e)
-            blocks = tree.walk(path)
         else:
-            yield from entry(path[strip:], path, e)
-            continue
+            name = path.rpartition(b"/")[2]
+            yield from entry(names.top(path, name, e.type == DIR), path, e)
+            if e.type != DIR:
+                continue
+            blocks = tree.walk(path)
         for dpath, entries in blocks:
+            if not names.enter(dpath):
+                continue
             for child in entries:
                 full = join_path(dpath, child.name)
-                yield from entry(full[strip:], full, child)
+                yield from entry(names.child(full, child.name, child.type == DIR), full, child)
+    if names.notes:
+        text = names.notes_text()
+        yield from put(writer.begin_file(names.notes_name(), len(text), time.time_ns(), 0o644))
+        yield from put(writer.file_data(text))
+        yield from put(writer.end_file())
     yield from put(writer.finish())
     if buf:
         yield bytes(buf)
