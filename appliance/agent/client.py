@@ -151,8 +151,14 @@ class ApplianceClient:
         return await self._json("POST", "/sessions", {"resume": resume} if resume else {},
                                 idempotent=False)
 
-    async def known_missing(self, sid: str, ids: list[str]) -> list[str]:
-        return (await self._json("POST", f"/sessions/{sid}/known", {"chunks": ids}))["missing"]
+    async def known_missing(self, sid: str, ids: list[str],
+                            proofs: list[str] | None = None) -> list[str]:
+        """Which of `ids` to upload; `proofs` (one per id, under the session's nonce) let
+        the appliance answer "have" for chunks it holds that this host has not stored."""
+        body: dict[str, Any] = {"chunks": ids}
+        if proofs is not None:
+            body["proofs"] = proofs
+        return (await self._json("POST", f"/sessions/{sid}/known", body))["missing"]
 
     async def put_chunk(self, sid: str, cid: str, data: bytes) -> bool:
         async def call() -> bool:
