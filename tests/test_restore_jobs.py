@@ -19,6 +19,8 @@ import pytest
 
 from appliance.daemon import Daemon
 from appliance.ingest.jobs_api import AgentJobsApi
+from appliance.store.catalog import iter_blocks, join_path
+from appliance.store.chunkfile import ChunkDecoder
 from appliance.store.errors import Conflict, NotFound, StoreError
 from appliance.store.restore_jobs import (
     STALLED_MESSAGE,
@@ -184,17 +186,29 @@ async def test_job_endpoints_serve_only_the_target_host_while_the_job_runs(
         assert got == {"id": job.id, "source_host": "host-a", "snapshot": snap_a,
                        "paths": [os.fsdecode(cat(tmp_path / "a"))],
                        "target_dir": str(tmp_path / "t"), "requested_by": "admin",
-                       "requested_at": job.to_json()["requested_at"]}
-        # Running: B reads A's snapshot through the job, exactly as stored...
+                       "requested_at": job.to_json()["requested_at"], "allow_special": False}
+        # Running: B reads the selected paths of A's snapshot through the job (here all of
+        # the backed-up tree): the snapshot's id and date, not its manifest...
         async with b.get(f"{base}/snapshot") as resp:
             assert resp.status == 200
             body = await resp.json()
         assert body["snapshot"]["snapshot"] == snap_a and body["snapshot"]["host"] == "host-a"
-        assert body["manifest"]["catalog"]["chunks"][0][0] == mine
-        async with b.get(f"{base}/chunks/{mine}") as resp:
+        assert "manifest" not in body and body["catalog"]["entries"] > 3
+        # ...the selected entries, and the chunks their files use...
+        async with b.get(f"{base}/catalog") as resp:
             assert resp.status == 200
-            assert await resp.read() == appliance.store.chunks.path(mine).read_bytes()
-        # ...but no chunk outside that snapshot, and nothing of it for host C.
+            blocks = list(iter_blocks([await resp.read()]))
+        names = {join_path(p, e.name) for p, es in blocks for e in es}
+        assert cat(tmp_path / "a" / "sub" / "b.bin") in names
+        data = {r.chunk for _, es in blocks for e in es for r in e.ranges}
+        assert data
+        for cid in data:
+            async with b.get(f"{base}/chunks/{cid}") as resp:
+                assert resp.status == 200
+                got_plain = ChunkDecoder().decode(await resp.read())
+            assert got_plain == appliance.store.chunks.read_plain(cid)
+        # ...but not A's catalog chunks, no chunk outside it, and nothing of it for host C.
+        await error_of(await b.get(f"{base}/chunks/{mine}"), 404, "no_such_chunk")
         await error_of(await b.get(f"{base}/chunks/{other}"), 404, "no_such_chunk")
         await error_of(await b.get(f"{base}/chunks/{'0' * 64}"), 404, "no_such_chunk")
         await error_of(await b.get(f"{base}/chunks/not-a-chunk"), 404)

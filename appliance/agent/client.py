@@ -215,8 +215,24 @@ class ApplianceClient:
         """{"snapshot": row, "manifest": manifest} of a running job's source snapshot."""
         return await self._json("GET", f"/agent/jobs/{int(jid)}/snapshot")
 
+    async def job_catalog(self, jid: int, out: str | os.PathLike[str]) -> int:
+        """Download a running job's catalog (the selected paths only) to `out`; returns
+        its size. Written piece by piece: a whole-snapshot job's catalog can be large."""
+        async def call() -> int:
+            async with self._http.get(f"{self.base}/agent/jobs/{int(jid)}/catalog") as resp:
+                await self._check(resp)
+                n = 0
+                with open(out, "wb") as f:
+                    async for piece in resp.content.iter_chunked(1 << 20):
+                        f.write(piece)
+                        n += len(piece)
+                return n
+
+        return await self._retry(call, True)
+
     async def job_chunk(self, jid: int, cid: str) -> bytes:
-        """A chunk file of a running job's source snapshot."""
+        """A chunk file of a running job: only the selected files' bytes of the chunk (the
+        rest zeroed), so its plaintext does not hash to `cid`."""
         async def call() -> bytes:
             async with self._http.get(f"{self.base}/agent/jobs/{int(jid)}/chunks/{cid}") as resp:
                 await self._check(resp)
