@@ -222,10 +222,13 @@ class ApplianceClient:
             async with self._http.get(f"{self.base}/agent/jobs/{int(jid)}/catalog") as resp:
                 await self._check(resp)
                 n = 0
-                with open(out, "wb") as f:
+                f = await asyncio.to_thread(open, out, "wb")
+                try:
                     async for piece in resp.content.iter_chunked(1 << 20):
-                        f.write(piece)
+                        await asyncio.to_thread(f.write, piece)  # the loop never waits on disk
                         n += len(piece)
+                finally:
+                    await asyncio.to_thread(f.close)
                 return n
 
         return await self._retry(call, True)
