@@ -21,6 +21,7 @@ from appliance.daemon import Daemon
 from appliance.ingest.jobs_api import AgentJobsApi
 from appliance.store.catalog import (
     CHARDEV,
+    DIR,
     FILE,
     CatalogWriter,
     Entry,
@@ -257,19 +258,22 @@ async def test_job_endpoints_serve_only_the_target_host_while_the_job_runs(
 
 def crafted_snapshot(app: Appliance, host: str) -> str:
     """A snapshot of `host` whose catalog says: a setuid-root shell script, a setgid file
-    with a file capability, and a character device (what a crafted or hostile source
-    catalog holds; the host owns it, so the commit is legitimate)."""
+    with a file capability, a character device and a setgid directory (what a crafted or
+    hostile source catalog holds; the host owns it, so the commit is legitimate)."""
     enc = ChunkEncoder()
     body = b"#!/bin/sh\nid\n"
     data = enc.encode(body)
     rg = [Range(data.id, 0, len(body), len(body))]
     cat, idx = bytearray(), bytearray()
-    CatalogWriter(cat.extend, idx.extend).add_block(b"", [
+    writer = CatalogWriter(cat.extend, idx.extend)
+    writer.add_block(b"", [
         Entry(b"capped", FILE, 0o2755, uid=0, gid=0, size=len(body), ranges=rg,
               xattrs=[(b"security.capability",
                        b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12))]),
         Entry(b"null-dev", CHARDEV, 0o666, uid=0, gid=0, rdev=os.makedev(1, 3)),
+        Entry(b"shared", DIR, 0o2775, uid=0, gid=0),
         Entry(b"suid-root", FILE, 0o4755, uid=0, gid=0, size=len(body), ranges=rg)])
+    writer.add_block(b"shared", [])
     c, i = enc.encode(bytes(cat)), enc.encode(bytes(idx))
     store = app.store
     sid, _ = store.open_session(host)
@@ -310,6 +314,7 @@ async def test_pushed_restore_of_a_crafted_catalog_creates_no_setuid_file_or_dev
         assert stat.S_IMODE(capped.st_mode) == 0o755 and "security.capability" not in caps
         assert (target / "suid-root").read_bytes() == b"#!/bin/sh\nid\n"
         assert not os.path.lexists(target / "null-dev")
+        assert os.stat(target / "shared").st_mode & stat.S_ISGID  # a directory keeps it
         message = lines[0]["message"]
         assert "setuid/setgid bits not restored" in message
         assert "device node not created" in message
