@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -200,7 +201,7 @@ class AgentJobsApi:
         self._building.pop(job.id, None)
         return job, view
 
-    def _build(self, job: RestoreJob, out: Any) -> JobView:
+    def _build(self, job: RestoreJob, out: Path) -> JobView:
         row = self.store.resolve_snapshot(job.source_host, job.snapshot)
         manifest = self.store.snapshots.manifest(job.source_host, row.snapshot)
         return build_view(iter_blocks(self.store.stream(manifest.catalog)), job.paths, out)
