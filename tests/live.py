@@ -61,7 +61,9 @@ class Live:
         return s, r.json()["csrf"]
 
     def log_text(self) -> str:
-        return (self.app.work / "daemon.log").read_text(errors="replace")
+        """The daemon's log, with those of its earlier runs (a test may restart it)."""
+        return "".join(p.read_text(errors="replace")
+                       for p in sorted(self.app.work.glob("daemon*.log")))
 
 
 def start_live(work: Path, daemon_config: str = "enabled = false\n",

@@ -118,9 +118,12 @@ class IngestApi:
         resume = body.get("resume")
         if resume is not None and not isinstance(resume, str):
             raise ApiError(400, "bad_field", "field 'resume' must be a session id string")
-        sid, resumed = await self.run(self.store.open_session, require_host(request), resume)
+        host = require_host(request)
+        sid, resumed = await self.run(self.store.open_session, host, resume)
+        nonce = await self.run(self.store.session_nonce, host, sid)
         return web.json_response({"session": sid, "resumed": resumed,
-                                  "lease_seconds": self.store.session_lease},
+                                  "lease_seconds": self.store.session_lease,
+                                  "nonce": nonce},
                                  status=200 if resumed else 201)
 
     async def known(self, request: web.Request) -> web.Response:
@@ -131,8 +134,13 @@ class IngestApi:
         if len(ids) > MAX_KNOWN_BATCH:
             raise ApiError(413, "payload_too_large",
                            f"field 'chunks' holds more than {MAX_KNOWN_BATCH} ids")
+        proofs = body.get("proofs")
+        if proofs is not None and not (isinstance(proofs, list) and len(proofs) == len(ids)
+                                       and all(is_chunk_id(p) for p in proofs)):
+            raise ApiError(400, "bad_field", "field 'proofs' must list one possession proof "
+                           "(64 hex digits) per chunk id")
         missing = await self.run(self.store.known, require_host(request), request.match_info["sid"],
-                                 ids)
+                                 ids, proofs)
         return web.json_response({"missing": missing})
 
     async def put_chunk(self, request: web.Request) -> web.Response:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hmac
 import itertools
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,13 +25,14 @@ from pathlib import Path
 from .backup_plans import BackupPlans
 from .backup_runs import BackupRuns
 from .catalog import CatalogError, validate
-from .chunkfile import ChunkError, is_chunk_id
+from .chunkfile import ChunkError, is_chunk_id, possession_proof
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
 from .fsutil import atomic_write
 from .index import Index, SessionRow, SnapshotRow
 from .lock import exclusive, is_held
 from .manifest import ChunkIndex, Manifest, StreamRef
+from .ownership import Ownership
 from .retention import Policy
 from .snapshots import SnapshotStore, next_snapshot_id
 from .space import Reserve
@@ -91,6 +93,8 @@ class Datastore:
         self.ingested_chunks = 0
         self.ingested_bytes = 0
         self._commit_lock = root / "commit.lock"
+        #: What each open session has proven it holds (see ownership.py).
+        self.ownership = Ownership(root / "sessions")
 
     def close(self) -> None:
         self.index.close()
@@ -100,6 +104,7 @@ class Datastore:
         """Bring the index in line with the files after any stop, clean or not."""
         torn = self.chunks.recover()
         added, dropped = self.reconcile(clean=True)
+        self.ownership.sweep({s.id for s in self.index.open_sessions()})
         return {"torn_chunks_removed": len(torn), "snapshots_indexed": added,
                 "snapshots_dropped": dropped}
 
@@ -213,6 +218,7 @@ class Datastore:
             if self.admit is not None:
                 self.admit()  # a new backup; resumed ones above are running ones and finish
             sid = secrets.token_hex(16)
+            self.ownership.start(sid)
             self.index.create_session(sid, host)
             self._live[sid] = _Live(now)
             return sid, False
@@ -233,10 +239,89 @@ class Datastore:
     def touch(self, host: str, sid: str) -> None:
         self._session(host, sid)
 
-    def known(self, host: str, sid: str, ids: Iterable[str]) -> list[str]:
-        """Which of `ids` the store lacks (the agent uploads exactly those)."""
+    def session_nonce(self, host: str, sid: str) -> str:
+        """The session's possession-challenge nonce (hex); a resumed session keeps it."""
         self._session(host, sid)
-        return self.chunks.touch_missing(ids)
+        return self.ownership.get(sid).nonce.hex()
+
+    def known(self, host: str, sid: str, ids: list[str],
+              proofs: list[str] | None = None) -> list[str]:
+        """Which of `ids` the agent must upload: all but those the host owns already (its
+        session proved them, or its newest snapshot references them) and those whose
+        possession proof (`proofs[i]` for `ids[i]`) checks against the stored chunk.
+
+        The answer is the same for a chunk that exists but is not proven as for one that
+        does not exist, so an id alone tells a host nothing about other hosts' data."""
+        self._session(host, sid)
+        own = self.ownership.get(sid)
+        unproven = own.unproven(ids)
+        if unproven:
+            unproven -= self._newest_references(host, unproven)
+        have: list[str] = [c for c in ids if c not in unproven]
+        for cid, proof in zip(ids, proofs or (), strict=False):
+            if cid not in unproven or cid in own.refuted:
+                continue
+            if self._proves(own.key, cid, proof):
+                have.append(cid)
+                unproven.discard(cid)
+            else:
+                own.refuted.add(cid)
+        absent = set(self.chunks.touch_missing(dict.fromkeys(have)))
+        proven = [c for c in have if c not in absent]
+        own.add(proven)
+        ok = set(proven)
+        return [c for c in dict.fromkeys(ids) if c not in ok]
+
+    def _proves(self, key: bytes, cid: str, proof: str) -> bool:
+        """Does `proof` match the stored chunk `cid` under the session key? (A missing or
+        damaged chunk proves nothing: the agent uploads it.)"""
+        try:
+            plain = self.chunks.read_plain(cid)
+        except (OSError, ChunkError):
+            return False
+        return hmac.compare_digest(possession_proof(key, plain), proof)
+
+    def _newest_references(self, host: str, ids: set[str]) -> set[str]:
+        """Those of `ids` the host's newest snapshot references."""
+        rows = self.index.snapshots(host)
+        if not rows:
+            return set()
+        try:
+            idx = ChunkIndex(self.snapshots.dir(host, rows[-1].snapshot) / "chunks.idx")
+        except (FileNotFoundError, CatalogError):
+            return set()
+        try:
+            return {c for c in ids if c in idx}
+        finally:
+            idx.close()
+
+    def _unowned(self, host: str, sid: str, ids: set[str]) -> set[str]:
+        """The chunks of `ids` this session may not reference: neither proven in it nor
+        referenced by one of the host's own snapshots (newest first: a daily backup's
+        unchanged files are all in its parent)."""
+        rest = self.ownership.get(sid).unproven(ids)
+        for row in reversed(self.index.snapshots(host)):
+            if not rest:
+                break
+            try:
+                idx = ChunkIndex(self.snapshots.dir(host, row.snapshot) / "chunks.idx")
+            except (FileNotFoundError, CatalogError):
+                continue
+            try:
+                rest = {c for c in rest if c not in idx}
+            finally:
+                idx.close()
+        return rest
+
+    def _refuse_unowned(self, host: str, sid: str, ids: set[str]) -> None:
+        unowned = self._unowned(host, sid, ids)
+        if unowned:
+            raise Unprocessable(
+                "unproven_chunks",
+                f"{len(unowned)} referenced chunks were neither uploaded nor proven by this "
+                "session, nor are they in this host's snapshots; upload them (or read the "
+                "files that use them again) and commit again",
+                unproven=sorted(unowned)[:1000], unproven_count=len(unowned))
 
     def put_chunk(self, host: str, sid: str, cid: str, data: bytes | bytearray) -> bool:
         _, live = self._session(host, sid)
@@ -246,6 +331,8 @@ class Datastore:
             created = self.chunks.put(cid, data)
         except ChunkError as exc:
             raise Unprocessable("chunk_mismatch", f"chunk {cid} rejected: {exc}") from None
+        # Verified against its id (new or not): the session holds this content.
+        self.ownership.get(sid).add([cid])
         if created:
             with self._lock:
                 live.chunks_new += 1
@@ -267,6 +354,7 @@ class Datastore:
                 self.index.close_session(s.id, "aborted")
                 with self._lock:
                     self._live.pop(s.id, None)
+                self.ownership.end(s.id)
                 n += 1
         return n
 
@@ -275,6 +363,7 @@ class Datastore:
         self.index.close_session(sid, "aborted")
         with self._lock:
             self._live.pop(sid, None)
+        self.ownership.end(sid)
 
     def commit(self, host: str, sid: str, req: CommitRequest) -> Manifest:
         """Validate the catalog, check every referenced chunk, make them durable, then publish
@@ -303,6 +392,10 @@ class Datastore:
             marks.append((step, time.monotonic()))
 
         stream_ids = [c for c, _ in req.catalog.chunks] + [c for c, _ in req.dirindex.chunks]
+        # Ownership before anything is read: a catalog this session does not own is never
+        # decoded (its error messages would quote another host's paths), and an id it does
+        # not own gets the same answer whether or not the chunk exists.
+        self._refuse_unowned(host, row.id, set(stream_ids))
         missing = self.chunks.missing(dict.fromkeys(stream_ids))
         if missing:
             raise Unprocessable("missing_chunks", f"{len(missing)} referenced chunks are missing",
@@ -313,6 +406,8 @@ class Datastore:
             raise Unprocessable("bad_catalog", f"catalog rejected: {exc}") from None
         all_ids = summary.chunks | set(stream_ids)
         mark("validate")
+        self._refuse_unowned(host, row.id, summary.chunks)
+        mark("own")
         # Durability first, outside the lock: every chunk this snapshot references was
         # written before the commit began, so this sync covers them, and commits landing
         # together sync side by side instead of queueing one syncfs each behind the lock.
@@ -384,6 +479,7 @@ class Datastore:
         self.index.add_snapshot(_row_from_manifest(manifest), session=row.id)
         with self._lock:
             self._live.pop(row.id, None)
+        self.ownership.end(row.id)
         return manifest
 
     def adopt_snapshot(self, manifest: Manifest, chunk_ids: set[str],

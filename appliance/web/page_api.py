@@ -358,6 +358,9 @@ class PageApi:
         paths_q = body.get("paths", [])
         target_host = body.get("target_host", tree.host)
         target_dir = body.get("target_dir")
+        allow_special = body.get("allow_special", False)
+        if not isinstance(allow_special, bool):
+            raise ApiError(400, "bad_field", "'allow_special' must be true or false")
         if not (isinstance(paths_q, list) and all(isinstance(p, str) for p in paths_q)):
             raise ApiError(400, "bad_field", "'paths' must be a list of path strings (q)")
         if not isinstance(target_host, str):
@@ -368,7 +371,7 @@ class PageApi:
         for p in paths:
             await self.run(tree.lookup, p)  # 404 for a path the snapshot does not have
         job = await self.jobs.create(tree.host, tree.snapshot, paths, target_host, target_dir,
-                                     account)
+                                     account, allow_special)
         log.info("account %r queued restore job %s: %s/%s -> %s:%s", account, job.id,
                  tree.host, tree.snapshot, target_host, target_dir)
         return web.json_response({"job": job.to_json()}, status=201)

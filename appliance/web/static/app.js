@@ -1392,6 +1392,7 @@ async function openRestore(host, snap, items, what) {
     sel.append(h("option", { value: name, selected: name === host }, name === host ? `${name} (its own host)` : name));
   }
   sel.value = host;
+  $("restore-special").checked = false;
   $("restore-submit").disabled = false;
   dlg.dataset.what = what || "";
   if (!dlg.open) dlg.showModal();
@@ -1415,6 +1416,7 @@ async function onRestoreSubmit(ev) {
   try {
     const res = await api("POST", `${snapApi(ctx.host, ctx.snap)}/restore-jobs`, {
       paths: ctx.items.map((it) => it.q), target_host: target, target_dir: dir,
+      allow_special: $("restore-special").checked,
     });
     $("restore-dialog").close();
     const job = res.job || {};
