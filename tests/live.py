@@ -64,11 +64,14 @@ class Live:
         return (self.app.work / "daemon.log").read_text(errors="replace")
 
 
-def start_live(work: Path, daemon_config: str = "enabled = false\n") -> Live:
-    """Start the daemon (replication section `daemon_config`) and give it something to
-    serve: two hosts, one backup of a small tree by the first, an account, an admin token."""
+def start_live(work: Path, daemon_config: str = "enabled = false\n",
+               extra_config: str = "") -> Live:
+    """Start the daemon (replication section `daemon_config`, further sections
+    `extra_config`) and give it something to serve: two hosts, one backup of a small tree
+    by the first, an account, an admin token."""
     warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-    app = Appliance(work / "appliance", hosts=2, replication=daemon_config)
+    app = Appliance(work / "appliance", hosts=2, replication=daemon_config,
+                    extra_config=extra_config)
     app.prepare()
     try:
         live = Live(app, list(app.tokens), "", src=make_tree(work / "src", big_mb=1))
