@@ -269,6 +269,8 @@ def test_one_host_cannot_starve_the_appliance(live: Live, tmp_path: Path) -> Non
     base, enc = live.base, ChunkEncoder()
     attacker = live.http(live.tokens[1])
     report: dict = {"files": N, "load_before": os.getloadavg()}
+    hwm: dict[str, int] = {}  # the daemon's peak RSS (MiB) after each step
+    report["peak_rss_mb_after_step"] = hwm
     stop = threading.Event()
     victim, prober = Victim(live, stop), Prober(live, stop)
     rss_base = _vm_kib(pid, "VmRSS") * 1024
@@ -301,6 +303,7 @@ def test_one_host_cannot_starve_the_appliance(live: Live, tmp_path: Path) -> Non
         assert r.status_code == 422, r.text[:300]
         assert r.json()["error"] == "catalog_too_large", r.text[:300]
         report["refused_commit_message"] = r.json()["message"]
+        hwm["before commit"] = _vm_kib(pid, "VmHWM") // 1024
 
         # 3. With the data uploaded (8 bytes per entry over the free half), it commits.
         upload(attacker, base, sid, data_chunks)
@@ -310,6 +313,7 @@ def test_one_host_cannot_starve_the_appliance(live: Live, tmp_path: Path) -> Non
         assert r.status_code == 201, r.text[:300]
         snap = r.json()["snapshot"]
         assert r.json()["file_count"] == N + 1
+        hwm["commit"] = _vm_kib(pid, "VmHWM") // 1024
 
         # 4. Listing the huge directory: first page and the last one, streamed.
         pages = Timed()
@@ -322,6 +326,7 @@ def test_one_host_cannot_starve_the_appliance(live: Live, tmp_path: Path) -> Non
             assert len(r.json()["entries"]) == min(1000, N - offset)
         assert r.json()["entries"][0]["name"] == "f0000000"
         report["listing"] = pages.summary()
+        hwm["listing"] = _vm_kib(pid, "VmHWM") // 1024
 
         # 5. The same catalog committed again at once: no new snapshot.
         before = attacker.get(base + "/api/v1/snapshots", timeout=60).json()["snapshots"]
@@ -333,6 +338,7 @@ def test_one_host_cannot_starve_the_appliance(live: Live, tmp_path: Path) -> Non
         assert r.json()["repeated"] is True and r.json()["snapshot"] == snap
         after = attacker.get(base + "/api/v1/snapshots", timeout=60).json()["snapshots"]
         assert len(after) == len(before)
+        hwm["repeat commit"] = _vm_kib(pid, "VmHWM") // 1024
 
         # 6. Four archive downloads of big/ at once, and an anonymous sign-in flood.
         archives: dict = {"done": [], "refused": []}
@@ -357,6 +363,7 @@ def test_one_host_cannot_starve_the_appliance(live: Live, tmp_path: Path) -> Non
         for d in downloads:
             d.join()
         report["archives_s"] = round(time.monotonic() - t0, 1)
+        hwm["archives and sign-in flood"] = _vm_kib(pid, "VmHWM") // 1024
         flood_stop.set()
         for f in flooders:
             f.join()

@@ -398,10 +398,10 @@ def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
     Streamed: one entry is decoded at a time, and memory grows with the directories still
     awaiting their block, the distinct chunks and the hardlinks, never with the number of
     files. A hardlink's target is checked to come earlier in catalog order at once, and to
-    be a file in a second pass over the catalog (`again()` streams it anew), made only
-    when the catalog has hardlinks (a list of pieces is read again by itself). Past `max_entries` entries the catalog is refused
-    (CatalogTooLarge, message from `too_large(count)`) as soon as a block header says so,
-    before its entries are decoded.
+    be a file in a second pass over the catalog (`again()` streams it anew; a list of
+    pieces is simply read again), made only when the catalog has hardlinks. Past
+    `max_entries` entries the catalog is refused (CatalogTooLarge, message from
+    `too_large(count)`) as soon as a block header says so, before its entries are decoded.
     """
     if again is None and not isinstance(pieces, Iterator):
         source = pieces  # a collection: it can be read twice

@@ -280,7 +280,7 @@ class PageApi:
         tree = await self._tree(request)
         fmt = request.query.get("format", "zip")
         try:
-            writer = writer_for(fmt)
+            writer = writer_for(fmt, str(self.store.root))
         except ValueError as exc:
             raise ApiError(400, "bad_field", str(exc)) from None
         paths = _path_params(request) or [b""]
@@ -578,6 +578,7 @@ def _archive(tree: SnapshotTree, items: list[tuple[bytes, Entry]], writer,
             for child in entries:
                 full = join_path(dpath, child.name)
                 yield from entry(full[strip:], full, child)
-    yield from put(writer.finish())
+    for piece in writer.finish_pieces():
+        yield from put(piece)
     if buf:
         yield bytes(buf)
