@@ -18,6 +18,7 @@ N is RDR_DOS_FILES (default 200,000 for CI; the docs' figures are from 1,000,000
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -25,14 +26,35 @@ import statistics
 import struct
 import threading
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 
-from appliance.store.catalog import DIR, FILE, CatalogWriter, Entry, Range
+from appliance import config
+from appliance.browse.archive import ZipStream
+from appliance.browse.tree import DirIndex, PlainCache, SnapshotTree, _Listings
+from appliance.config import ConfigError
+from appliance.pools import HeavyGate, TooManyRequests
+from appliance.store.catalog import (
+    DIR,
+    FILE,
+    HARDLINK,
+    CatalogError,
+    CatalogTooLarge,
+    CatalogWriter,
+    Entry,
+    Range,
+    iter_index,
+    validate,
+)
 from appliance.store.chunkfile import MAX_PLAIN_SIZE, ChunkEncoder
+from appliance.store.datastore import CatalogLimits
+from appliance.store.errors import NotFound, Unavailable
+from appliance.store.manifest import StreamRef
 
 from .live import Live, start_live
 
@@ -123,6 +145,148 @@ def _vm_kib(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise AssertionError(f"no {key} for {pid}")
+
+
+# --- the parts, without a daemon -------------------------------------------------------------
+
+
+def test_heavy_gate_refuses_beyond_each_principal_and_the_appliance() -> None:
+    gate = HeavyGate(per_principal=2, total=3)
+    with gate.hold("host:a", "archive"), gate.hold("host:a", "archive"):
+        with pytest.raises(TooManyRequests) as refused:
+            gate._enter("host:a", "archive")
+        assert refused.value.code == "too_many_requests"
+        assert refused.value.details["retry_after"] > 0
+        with gate.hold("host:b", "listing"):
+            with pytest.raises(Unavailable) as busy:
+                gate._enter("host:c", "listing")
+            assert busy.value.code == "busy"
+    with gate.hold("host:a", "archive"):  # released on exit, errors included
+        pass
+    assert gate._all == 0 and not gate._running
+    assert gate.refused == {"principal": 1, "total": 1}
+
+
+def _catalog(blocks: list[tuple[bytes, list[Entry]]]) -> tuple[bytes, bytes]:
+    cat, idx = bytearray(), bytearray()
+    w = CatalogWriter(cat.extend, idx.extend)
+    for path, entries in blocks:
+        w.add_block(path, entries)
+    return bytes(cat), bytes(idx)
+
+
+def _pieces(data: bytes, n: int = 1000) -> Iterator[bytes]:
+    return (data[i:i + n] for i in range(0, len(data), n))
+
+
+def test_streamed_validation_checks_hardlinks_in_a_second_pass() -> None:
+    cid = "ab" * 32
+    f = Entry(b"a", FILE, 0o644, size=3, ranges=[Range(cid, 0, 3, 3)])
+
+    def link(to: bytes, name: bytes = b"z") -> Entry:
+        return Entry(name, HARDLINK, 0o644, size=3, ranges=[Range(cid, 0, 3, 3)], link=to)
+
+    def check(blocks: list[tuple[bytes, list[Entry]]]) -> None:
+        cat, idx = _catalog(blocks)
+        validate(_pieces(cat), _pieces(idx), again=lambda: _pieces(cat))
+
+    d = Entry(b"d", DIR, 0o755)
+    check([(b"", [f, d]), (b"d", [link(b"a")])])  # an earlier file: fine
+    with pytest.raises(CatalogError, match="no earlier file"):  # a later file
+        check([(b"", [link(b"d/a", b"c"), d]), (b"d", [f])])
+    with pytest.raises(CatalogError, match="no earlier file"):  # earlier, but nothing there
+        check([(b"", [f, d]), (b"d", [link(b"b")])])
+    with pytest.raises(CatalogError, match="no earlier file"):  # earlier, but a directory
+        check([(b"", [f, d]), (b"d", [link(b"d")])])
+
+
+def test_an_oversized_catalog_is_refused_from_its_header_before_decoding() -> None:
+    cat, idx = _catalog([(b"", [Entry(b"big", DIR, 0o755)]), (b"big", _EmptyFiles(50))])
+    with pytest.raises(CatalogTooLarge, match="51"):
+        validate([cat], [idx], max_entries=50)
+    assert validate([cat], [idx], max_entries=51).entries == 51
+    # A header claiming a million entries followed by garbage: refused on the header alone.
+    lie = b'{"d":"","n":1000000}\n' + b"not json\n" * 3
+    with pytest.raises(CatalogTooLarge):
+        validate([lie], [b""], max_entries=1000)
+    limits = CatalogLimits(free_entries=100, bytes_per_entry=10, max_entries=1000)
+    assert [limits.allowed(b) for b in (0, 99, 100, 5000, 10**9)] == [100, 109, 110, 600, 1000]
+
+
+def _tree(n: int, listing_budget: int) -> SnapshotTree:
+    """A snapshot tree over a catalog with `big/` of n empty files, read from memory."""
+    cat, idx = _catalog([(b"", [Entry(b"big", DIR, 0o755), Entry(b"small", DIR, 0o755)]),
+                         (b"big", _EmptyFiles(n)),
+                         (b"small", [Entry(b"x\xff", FILE, 0o644)])])
+    plain = {f"{i:064x}": cat[i * 65536:(i + 1) * 65536]
+             for i in range((len(cat) + 65535) // 65536)}
+    manifest = SimpleNamespace(catalog=StreamRef([(c, len(p)) for c, p in plain.items()]))
+    row = SimpleNamespace(host="h", snapshot="s")
+    dirs = DirIndex(iter_index([idx]), len(cat))
+    return SnapshotTree(row, manifest, dirs, PlainCache(plain.__getitem__, 1 << 20),  # type: ignore[arg-type]
+                        _Listings(listing_budget))
+
+
+def test_a_huge_directory_lists_and_looks_up_streamed_within_the_budget() -> None:
+    n = 30_000
+    tree = _tree(n, listing_budget=1 << 20)
+    assert tree.listdir_page(b"big", 0, 3)[0] == n
+    assert [e.name for e in tree.listdir_page(b"big", 0, 3)[1]] == [b"f0000000", b"f0000001",
+                                                                   b"f0000002"]
+    assert [e.name for e in tree.listdir_page(b"big", n - 2, 10)[1]] == [b"f0029998",
+                                                                        b"f0029999"]
+    assert tree.listdir_page(b"big", n + 5, 10) == (n, [])
+    assert tree.lookup(b"big/f0012345").name == b"f0012345"
+    with pytest.raises(NotFound):
+        tree.lookup(b"big/f9999999")
+    assert tree.lookup(b"small/x\xff").name == b"x\xff"  # small: decoded whole and cached
+    assert [b for b, _ in tree.walk(b"")] == [b"", b"big", b"small"]
+    assert sum(1 for _, es in tree.walk(b"big") for _ in es) == n
+    listings = tree._listings
+    assert listings.used <= listings.budget and ("h", "s", b"big") not in listings._lru
+
+
+def test_listings_are_kept_within_a_byte_budget() -> None:
+    cache = _Listings(1000)
+    for i in range(10):
+        cache.put(("h", "s", b"%d" % i), [], 300)
+    assert cache.used == 900 and len(cache._lru) == 3
+    cache.put(("h", "s", b"huge"), [], 5000)  # larger than the budget: not kept
+    assert cache.get(("h", "s", b"huge")) is None and cache.used == 900
+
+
+def test_a_zip_central_directory_spills_to_a_file_and_reads_back(tmp_path: Path) -> None:
+    w = ZipStream(str(tmp_path))
+    out = bytearray()
+    names = [b"d/" + b"n" * 80 + b"%06d" % i for i in range(20_000)]  # about 3 MiB of it
+    for name in names:
+        out += w.begin_file(name, 1, MTIME, 0o644) + w.file_data(b"x") + w.end_file()
+    assert w._central._file is not None  # spilled, not held in memory
+    pieces = list(w.finish_pieces())
+    assert max(len(p) for p in pieces) <= 1 << 20
+    out += b"".join(pieces)
+    with zipfile.ZipFile(io.BytesIO(bytes(out))) as z:
+        assert [i.filename.encode() for i in z.infolist()] == names
+        assert z.read(names[-1].decode()) == b"x"
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    ("heavy_workers = 0", "limits.heavy_workers"),
+    ("heavy_per_principal = -1", "limits.heavy_per_principal"),
+    ("listing_cache_mb = 0", "limits.listing_cache_mb"),
+    ("catalog_bytes_per_entry = 0", "limits.catalog_bytes_per_entry"),
+    ("catalog_free_entries = 10\ncatalog_max_entries = 5", "limits.catalog_max_entries"),
+    ("recommit_interval_seconds = -1.0", "limits.recommit_interval_seconds"),
+    ("heavy_slots = 3", "limits.heavy_slots"),
+])
+def test_limits_are_validated_by_key(tmp_path: Path, body: str, key: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[limits]\n{body}\n")
+    with pytest.raises(ConfigError, match=key):
+        config.load(path)
+
+
+# --- the attack --------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
