@@ -383,7 +383,8 @@ class Datastore:
 
     def _recent_same(self, host: str, req: CommitRequest) -> Manifest | None:
         """A snapshot of `host` received within the re-commit interval whose catalog,
-        directory index and source are this request's (the newest few are looked at)."""
+        directory index and source are this request's (the newest few are looked at), and
+        none of whose chunks is quarantined as damaged (the commit then checks them)."""
         if self.limits.recommit_seconds <= 0:
             return None
         since = self.clock().timestamp() - self.limits.recommit_seconds
@@ -395,7 +396,8 @@ class Datastore:
             except (OSError, ValueError, StoreError):
                 continue
             if (m.catalog.chunks == req.catalog.chunks and m.dirindex.chunks == req.dirindex.chunks
-                    and list(m.source) == list(req.source)):
+                    and list(m.source) == list(req.source)
+                    and not self.damaged_in(host, r.snapshot)):  # a repair commits anew
                 return m
         return None
 
