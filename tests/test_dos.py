@@ -47,8 +47,10 @@ from appliance.store.catalog import (
     CatalogTooLarge,
     CatalogWriter,
     Entry,
+    IndexRecord,
     Range,
     iter_index,
+    path_key,
     validate,
 )
 from appliance.store.chunkfile import MAX_PLAIN_SIZE, ChunkEncoder
@@ -244,6 +246,22 @@ def test_a_huge_directory_lists_and_looks_up_streamed_within_the_budget() -> Non
     assert sum(1 for _, es in tree.walk(b"big") for _ in es) == n
     listings = tree._listings
     assert listings.used <= listings.budget and ("h", "s", b"big") not in listings._lru
+
+
+def test_the_compact_directory_index_finds_directories_and_subtrees() -> None:
+    paths = [b"", b"a", b"a/x", b"a/x/y", b"a/x\xff", b"a b", b"a-", b"b"]
+    assert paths == sorted(paths, key=path_key)  # the order a commit checks
+    recs = [IndexRecord(p, 10 * i, 10, i) for i, p in enumerate(paths)]
+    dirs = DirIndex(iter(recs), 10 * len(paths))
+    assert [dirs.get(p) for p in paths] == recs
+    assert dirs.get(b"a/y") is None and dirs.get(b"c") is None
+    assert dirs.subtree(b"") == (0, 80)
+    assert dirs.subtree(b"a") == (10, 40)  # a, a/x, a/x/y, a/x\xff; not "a b" or "a-"
+    assert dirs.subtree(b"a/x") == (20, 20)  # a/x, a/x/y
+    assert dirs.subtree(b"b") == (70, 10)
+    with pytest.raises(CatalogError):
+        DirIndex(iter([recs[0], recs[2], recs[1]]), 30)
+    assert dirs.nbytes < 400
 
 
 def test_listings_are_kept_within_a_byte_budget() -> None:

@@ -22,6 +22,7 @@ import bisect
 import json
 import stat
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from ..store.catalog import (
     iter_block_streams,
     iter_index,
     locate,
+    path_key,
     split_path,
 )
 from ..store.datastore import Datastore
@@ -98,28 +100,70 @@ class PlainCache:
 
 
 class DirIndex:
-    """The directory index of one snapshot, decoded once: path -> block range."""
+    """The directory index of one snapshot, decoded once into flat arrays: path -> block
+    range. About 40 bytes plus the path per directory (a list of records and a dict would
+    take about 250), so a catalog of a million directories costs tens of MiB, not hundreds;
+    lookups bisect over the index's own order (depth-first, component-wise sorted, as the
+    commit checked)."""
 
     def __init__(self, records: Iterator[IndexRecord], catalog_size: int) -> None:
-        self.records = list(records)
-        self.pos = {r.path: i for i, r in enumerate(self.records)}
+        self._paths = bytearray()
+        self._starts = array("Q")  # where each path starts in _paths (one extra at the end)
+        self._offset, self._length, self._count = array("Q"), array("Q"), array("Q")
+        last: tuple[bytes, ...] | None = None
+        for r in records:
+            key = path_key(r.path)
+            if last is not None and key <= last:
+                raise CatalogError(f"directory index out of order at {r.path!r}")
+            last = key
+            self._starts.append(len(self._paths))
+            self._paths += r.path
+            self._offset.append(r.offset)
+            self._length.append(r.length)
+            self._count.append(r.count)
+        self._starts.append(len(self._paths))
         self.catalog_size = catalog_size
 
+    def __len__(self) -> int:
+        return len(self._offset)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held, for the tree cache's budget."""
+        return len(self._paths) + 40 * len(self)
+
+    def _path(self, i: int) -> bytes:
+        return bytes(self._paths[self._starts[i]:self._starts[i + 1]])
+
+    def _find(self, path: bytes) -> int | None:
+        key = path_key(path)
+        i = bisect.bisect_left(range(len(self)), key, key=lambda j: path_key(self._path(j)))
+        return i if i < len(self) and self._path(i) == path else None
+
     def get(self, path: bytes) -> IndexRecord | None:
-        i = self.pos.get(path)
-        return None if i is None else self.records[i]
+        i = self._find(path)
+        if i is None:
+            return None
+        return IndexRecord(path, self._offset[i], self._length[i], self._count[i])
 
     def subtree(self, path: bytes) -> tuple[int, int]:
         """(offset, length) of the run of blocks of `path` and every directory below it."""
-        i = self.pos[path]
-        start = self.records[i].offset
+        i = self._find(path)
+        if i is None:
+            raise KeyError(path)
+        start = self._offset[i]
         if path == b"":
             return start, self.catalog_size - start
         prefix = path + b"/"
-        j = i + 1
-        while j < len(self.records) and self.records[j].path.startswith(prefix):
-            j += 1
-        end = self.records[j].offset if j < len(self.records) else self.catalog_size
+        # the directories below `path` follow it, contiguous: bisect for the first other one
+        lo, hi = i + 1, len(self)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._path(mid).startswith(prefix):
+                lo = mid + 1
+            else:
+                hi = mid
+        end = self._offset[lo] if lo < len(self) else self.catalog_size
         return start, end - start
 
 
@@ -371,6 +415,8 @@ class Browser:
         self.cache = PlainCache(store.chunks.read_plain, cache_bytes)
         self._trees: OrderedDict[tuple[str, str], SnapshotTree] = OrderedDict()
         self._trees_max = trees
+        #: The trees' directory indexes share the listings' budget size, separately.
+        self._trees_budget = listing_bytes
         self._listings = _Listings(listing_bytes)
         self._lock = threading.Lock()
 
@@ -383,12 +429,15 @@ class Browser:
                 self._trees.move_to_end(key)
                 return hit
         manifest = self.store.snapshots.manifest(host, row.snapshot)
-        dirs = DirIndex(iter_index(self.cache.get(c) for c, _ in manifest.dirindex.chunks),
-                        manifest.catalog.size)
+        dirs = DirIndex(iter_index(self.cache.get(c, keep=False)
+                                   for c, _ in manifest.dirindex.chunks), manifest.catalog.size)
         t = SnapshotTree(row, manifest, dirs, self.cache, self._listings)
+        if dirs.nbytes > self._trees_budget:
+            return t  # used for this request only
         with self._lock:
             self._trees[key] = t
-            while len(self._trees) > self._trees_max:
+            while (len(self._trees) > self._trees_max
+                   or sum(x.dirs.nbytes for x in self._trees.values()) > self._trees_budget):
                 self._trees.popitem(last=False)
         return t
 
