@@ -18,6 +18,7 @@ N is RDR_DOS_FILES (default 200,000 for CI; the docs' figures are from 1,000,000
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
+import aiohttp
 import pytest
 import requests
 
@@ -39,6 +41,7 @@ from appliance.browse.archive import ZipStream
 from appliance.browse.tree import DirIndex, PlainCache, SnapshotTree, _Listings
 from appliance.config import ConfigError
 from appliance.pools import HeavyGate, TooManyRequests
+from appliance.store.accounts import Accounts
 from appliance.store.catalog import (
     DIR,
     FILE,
@@ -58,6 +61,7 @@ from appliance.store.datastore import CatalogLimits
 from appliance.store.errors import NotFound, Unavailable
 from appliance.store.manifest import StreamRef
 
+from .conftest import Appliance
 from .live import Live, start_live
 
 N = int(os.environ.get("RDR_DOS_FILES", "200000"))
@@ -302,6 +306,52 @@ def test_limits_are_validated_by_key(tmp_path: Path, body: str, key: str) -> Non
     path.write_text(f"[limits]\n{body}\n")
     with pytest.raises(ConfigError, match=key):
         config.load(path)
+
+
+async def test_light_calls_answer_while_every_heavy_thread_is_held(appliance: Appliance,
+                                                                  ) -> None:
+    """Deterministic form of "never waits behind heavy work": with every heavy thread
+    blocked, probes, token checks and an agent's small calls still answer, and a sign-in
+    (password hashing, heavy) waits until a heavy thread frees."""
+    token = appliance.add_host("web01")
+    Accounts(appliance.store.index).add("alice", "correct horse battery")
+    daemon = appliance.daemon
+    release = threading.Event()
+    running = threading.Semaphore(0)
+
+    def hold() -> None:
+        running.release()
+        release.wait(60)
+
+    held = [daemon.pools.heavy.submit(hold) for _ in range(daemon.cfg.limits.heavy_workers)]
+    try:
+        for _ in held:
+            assert running.acquire(timeout=10)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as http:
+            login = asyncio.create_task(http.post(
+                appliance.url + "/api/v1/auth/login",
+                json={"name": "alice", "password": "correct horse battery"}))
+            auth = {"Authorization": f"Bearer {token}"}
+
+            async def call(method: str, path: str, status: int, **kw: object) -> dict:
+                async with http.request(method, appliance.url + path, headers=auth,
+                                        timeout=aiohttp.ClientTimeout(total=10), **kw) as r:
+                    assert r.status == status, await r.text()
+                    return await r.json() if r.status != 204 else {}
+
+            await call("GET", "/healthz", 200)
+            await call("GET", "/readyz", 200)
+            await call("GET", "/api/v1/whoami", 200)
+            sid = (await call("POST", "/api/v1/sessions", 201, json={}))["session"]
+            await call("POST", f"/api/v1/sessions/{sid}/known", 200, json={"chunks": []})
+            await call("POST", f"/api/v1/sessions/{sid}/heartbeat", 204)
+            assert not login.done()  # its password check waits for a heavy thread
+            release.set()
+            resp = await asyncio.wait_for(login, 30)
+            assert resp.status == 200
+            resp.release()
+    finally:
+        release.set()
 
 
 # --- the attack --------------------------------------------------------------------------------
