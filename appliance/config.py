@@ -66,8 +66,8 @@ class LimitsConfig:
     #: Memory for decoded directory listings (an estimate of their size in memory).
     listing_cache_mb: int = 32
     #: A snapshot may hold catalog_free_entries entries, plus one per catalog_bytes_per_entry
-    #: bytes its host has uploaded into the snapshots it keeps (this one included), and never
-    #: more than catalog_max_entries. A million empty files fit in the free allowance.
+    #: bytes its host has uploaded (all its committed backups, pruned ones included, and this
+    #: one), and never more than catalog_max_entries. A million empty files fit for free.
     catalog_free_entries: int = 2_000_000
     catalog_bytes_per_entry: int = 64
     catalog_max_entries: int = 50_000_000

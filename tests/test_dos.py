@@ -29,6 +29,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,12 +58,14 @@ from appliance.store.catalog import (
     validate,
 )
 from appliance.store.chunkfile import MAX_PLAIN_SIZE, ChunkEncoder
-from appliance.store.datastore import CatalogLimits
-from appliance.store.errors import NotFound, Unavailable
+from appliance.store.datastore import CatalogLimits, Datastore
+from appliance.store.errors import NotFound, StoreError, Unavailable
 from appliance.store.manifest import StreamRef
 
 from .conftest import Appliance
 from .live import Live, start_live
+from .test_lifecycle import commit_files
+from .test_lifecycle import data as incompressible
 
 N = int(os.environ.get("RDR_DOS_FILES", "200000"))
 #: The attacker may commit N // 2 entries for free and one more per 16 bytes it uploaded:
@@ -290,6 +293,42 @@ def test_a_zip_central_directory_spills_to_a_file_and_reads_back(tmp_path: Path)
     with zipfile.ZipFile(io.BytesIO(bytes(out))) as z:
         assert [i.filename.encode() for i in z.infolist()] == names
         assert z.read(names[-1].decode()) == b"x"
+
+
+def test_the_entry_allowance_is_paid_with_uploads_and_repeats_mint_nothing(
+        tmp_path: Path) -> None:
+    """Store level: a catalog over `free + uploaded / bytes_per_entry` entries is refused
+    until the host uploads more; pruning a backup does not take its bytes' allowance away
+    (the ledger counts them); an identical commit within the interval returns the earlier
+    snapshot, and after it makes a new one."""
+    now = [datetime(2026, 3, 2, 18, 0, tzinfo=UTC)]
+    store = Datastore(tmp_path / "data", reserve_bytes=0, clock=lambda: now[0],
+                      limits=CatalogLimits(free_entries=3, bytes_per_entry=1000,
+                                           max_entries=100, recommit_seconds=3600))
+    store.add_host("a")
+    first = commit_files(store, "a", {b"x": incompressible(1, 6000)})  # about 6.3 kB uploaded
+    assert first.new_bytes > 6000
+    many = {b"f%02d" % i: b"" for i in range(12)}  # 12 entries: allowance 3 + 6 = 9
+    sid, _ = store.open_session("a")
+    with pytest.raises(StoreError) as refused:
+        commit_files(store, "a", many, sid=sid)
+    assert refused.value.code == "catalog_too_large"
+    assert "may commit 9" in refused.value.message
+    store.remove_snapshot("a", first.snapshot)  # pruned: its bytes still count
+    enc = ChunkEncoder()
+    extra = enc.encode(incompressible(2, 4000))
+    store.put_chunk("a", sid, extra.id, extra.data)  # 4 kB more: allowance 3 + 10 = 13
+    now[0] += timedelta(seconds=1)
+    made = commit_files(store, "a", many, sid=sid)
+    assert made.entry_count == 12
+    now[0] += timedelta(minutes=30)
+    again = commit_files(store, "a", many)  # same catalog within the hour
+    assert again.snapshot == made.snapshot and again.session == made.session
+    assert [r.snapshot for r in store.index.snapshots("a")] == [made.snapshot]
+    now[0] += timedelta(hours=1)
+    later = commit_files(store, "a", many)
+    assert later.snapshot != made.snapshot and len(store.index.snapshots("a")) == 2
+    store.close()
 
 
 @pytest.mark.parametrize(("body", "key"), [

@@ -58,13 +58,13 @@ class CatalogLimits:
     committed again (docs/SECURITY.md, "No single client starves the appliance").
 
     entries <= min(max_entries, free_entries + uploaded // bytes_per_entry), where
-    `uploaded` is what the host uploaded into the snapshots it keeps plus this session's
-    uploads: an entry costs the appliance CPU at commit and memory while listed, so beyond a
-    free allowance that covers real file systems (a million empty files fit), a host pays
-    for entries with data it actually stores. A commit whose catalog, directory index and
-    source are those of one of its host's snapshots received less than `recommit_seconds`
-    ago returns that snapshot (no validation, no new snapshot).
-    """
+    `uploaded` is what the host uploaded in all its committed backups (pruned ones included:
+    the backup ledger) plus this session's uploads: an entry costs the appliance CPU at
+    commit and memory while listed, so beyond a free allowance that covers real file
+    systems (a million empty files fit), a host pays for entries with data it uploaded.
+    A commit whose catalog, directory index and source are those of one of its host's
+    snapshots received less than `recommit_seconds` ago returns that snapshot (no
+    validation, no new snapshot)."""
 
     free_entries: int = 2_000_000
     bytes_per_entry: int = 64
@@ -368,8 +368,11 @@ class Datastore:
     def _validate(self, host: str, row: SessionRow, live: _Live,
                   req: CommitRequest) -> CatalogSummary:
         """The catalog checked, streamed, against the host's entry allowance."""
-        kept = sum(r.new_bytes for r in self.index.snapshots(host))
-        uploaded = kept + row.bytes_new + live.bytes_new
+        # The ledger outlives pruning: a host's first full backup keeps paying for its
+        # files after retention removed that snapshot.
+        ((before,),) = self.index.query(
+            "SELECT COALESCE(SUM(new_bytes), 0) FROM backup_ledger WHERE host = ?", (host,))
+        uploaded = before + row.bytes_new + live.bytes_new
         allowed = self.limits.allowed(uploaded)
 
         def too_large(count: int) -> str:
