@@ -58,8 +58,9 @@ class LimitsConfig:
     #: Threads for heavy work: downloads, listings, catalog decoding, sign-in hashing,
     #: maintenance jobs, replication reads.
     heavy_workers: int = 2
-    #: Heavy operations (downloads, listings, searches) one host or account runs at once;
-    #: more are refused with 429 and Retry-After (0 = no limit).
+    #: Heavy operations one host or account runs at once, downloads and browsing (listings,
+    #: searches, lookups) counted apart; more are refused with 429 and Retry-After (0 = no
+    #: limit).
     heavy_per_principal: int = 2
     #: Heavy operations the appliance runs at once; more are refused with 503 (0 = no limit).
     heavy_total: int = 6

@@ -17,7 +17,10 @@ and its latency stays that of a short call whatever the heavy pool is doing. Com
 own pool (fsync waits), built by the daemon beside these.
 
 `HeavyGate` bounds heavy *operations* (a download is one operation made of many pool calls):
-at most `per_principal` at once per host or account, and `total` at once for the appliance.
+at most `per_principal` of a kind at once per host or account -- transfers (file and archive
+downloads, which last) and browsing (listings, searches, lookups, which do not) are counted
+apart, so someone downloading can still click through folders -- and `total` at once for
+the appliance.
 Over the limit a request is refused at once (429 for the principal's limit, 503 when the
 appliance is full), with a Retry-After, instead of queueing work that holds memory.
 """
@@ -53,9 +56,6 @@ class Pools:
         self.heavy = ThreadPoolExecutor(max_workers=heavy_workers,
                                         thread_name_prefix="rdr-heavy")
 
-    async def run(self, pool: Executor, fn: Callable[..., T], *args: Any) -> T:
-        return await run_in(pool, fn, *args)
-
     def shutdown(self) -> None:
         self.heavy.shutdown(wait=True)
         self.light.shutdown(wait=True)
@@ -80,13 +80,15 @@ class HeavyGate:
         self.refused = {"principal": 0, "total": 0}
 
     @contextlib.contextmanager
-    def hold(self, principal: str, what: str) -> Iterator[None]:
-        """One heavy operation `what` ("archive download", ...) for `principal`."""
-        self._enter(principal, what)
+    def hold(self, principal: str, what: str, kind: str = "transfer") -> Iterator[None]:
+        """One heavy operation `what` ("archive download", ...) of `kind` ("transfer" or
+        "browse") for `principal`."""
+        key = f"{kind}:{principal}"
+        self._enter(key, what)
         try:
             yield
         finally:
-            self._leave(principal)
+            self._leave(key)
 
     def _enter(self, principal: str, what: str) -> None:
         mine = self._running.get(principal, 0)

@@ -82,7 +82,8 @@ class PageApi:
     async def run_heavy(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in(self.heavy, fn, *args)
 
-    def _heavy_op(self, request: web.Request, what: str) -> contextlib.AbstractContextManager:
+    def _heavy_op(self, request: web.Request, what: str,
+                  kind: str = "transfer") -> contextlib.AbstractContextManager:
         """Admission of one heavy operation for the caller (429/503 beyond the limits)."""
         if request.get(ACCOUNT) is not None:
             who = "account:" + request[ACCOUNT]
@@ -90,7 +91,7 @@ class PageApi:
             who = "host:" + request[HOST]
         else:
             who = "admin:" + str(request.get(ADMIN))
-        return self.gate.hold(who, what)
+        return self.gate.hold(who, what, kind)
 
     async def session_for(self, token: str):
         return await self.run(self.accounts.session, token)
@@ -186,7 +187,7 @@ class PageApi:
         path = _path_param(request)
         offset = int_query(request, "offset", 0, 0, 1 << 40)
         limit = int_query(request, "limit", 1000, 1, MAX_LIST)
-        with self._heavy_op(request, "listing"):
+        with self._heavy_op(request, "listing", "browse"):
             tree = await self._tree(request)
             total, page = await self.run_heavy(tree.listdir_page, path, offset, limit)
         parent = path.rpartition(b"/")[0] if path else None
@@ -202,7 +203,7 @@ class PageApi:
         if not 1 <= len(needle) <= 200 or "\0" in needle:
             raise ApiError(400, "bad_field", "'q' must be 1 to 200 characters")
         limit = int_query(request, "limit", 200, 1, MAX_SEARCH)
-        with self._heavy_op(request, "search"):
+        with self._heavy_op(request, "search", "browse"):
             tree = await self._tree(request)
             matches, truncated, scanned = await self.run_heavy(tree.search, needle, limit)
         return web.json_response({
@@ -213,7 +214,7 @@ class PageApi:
 
     async def file_info(self, request: web.Request) -> web.Response:
         path = _path_param(request)
-        with self._heavy_op(request, "file lookup"):
+        with self._heavy_op(request, "file lookup", "browse"):
             tree = await self._tree(request)
             e = await self.run_heavy(tree.lookup, path)
             data = await self.run_heavy(tree.data_entry, path, e) if e.type == HARDLINK else e
