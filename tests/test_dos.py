@@ -38,7 +38,7 @@ import aiohttp
 import pytest
 import requests
 
-from appliance import config
+from appliance import config, wiring
 from appliance.browse.archive import ZipStream
 from appliance.browse.tree import DirIndex, PlainCache, SnapshotTree, _Listings
 from appliance.config import ConfigError
@@ -223,6 +223,11 @@ def test_an_oversized_catalog_is_refused_from_its_header_before_decoding() -> No
         validate([lie], [b""], max_entries=1000)
     limits = CatalogLimits(free_entries=100, bytes_per_entry=10, max_entries=1000)
     assert [limits.allowed(b) for b in (0, 99, 100, 5000, 10**9)] == [100, 109, 110, 600, 1000]
+    # The defaults: a million empty files (and their directory) on a host with no data;
+    # ten million files with 512 MB uploaded.
+    defaults = wiring.catalog_limits(config.Config())
+    assert defaults.allowed(0) >= 1_000_002
+    assert defaults.allowed(512 * 10**6) >= 10_000_000 > defaults.allowed(500 * 10**6)
 
 
 def _tree(n: int, listing_budget: int) -> SnapshotTree:
