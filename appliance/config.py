@@ -55,6 +55,34 @@ class StoreConfig:
 
 
 @dataclass(slots=True)
+class LimitsConfig:
+    """What one client may make the appliance do at once (docs/SECURITY.md, "No single
+    client starves the appliance"). `store.workers` sizes the light pool (token checks,
+    probes, agents' small calls, uploads); heavy work has its own threads."""
+
+    #: Threads for heavy work: downloads, listings, catalog decoding, sign-in hashing,
+    #: maintenance jobs, replication reads.
+    heavy_workers: int = 2
+    #: Heavy operations one host or account runs at once, downloads and browsing (listings,
+    #: searches, lookups) counted apart; more are refused with 429 and Retry-After (0 = no
+    #: limit).
+    heavy_per_principal: int = 2
+    #: Heavy operations the appliance runs at once; more are refused with 503 (0 = no limit).
+    heavy_total: int = 6
+    #: Memory for decoded directory listings (an estimate of their size in memory).
+    listing_cache_mb: int = 32
+    #: A snapshot may hold catalog_free_entries entries, plus one per catalog_bytes_per_entry
+    #: bytes its host has uploaded (all its committed backups, pruned ones included, and this
+    #: one), and never more than catalog_max_entries. A million empty files fit for free.
+    catalog_free_entries: int = 2_000_000
+    catalog_bytes_per_entry: int = 64
+    catalog_max_entries: int = 50_000_000
+    #: A commit whose catalog is identical to one of its host's snapshots made this recently
+    #: returns that snapshot instead of minting another (0 = always a new snapshot).
+    recommit_interval_seconds: float = 3600.0
+
+
+@dataclass(slots=True)
 class RetentionConfig:
     #: Default schedule for hosts without their own ("D-W-M": 8-5-4, 30-0-0, 7-0-0).
     policy: str = "8-5-4"
@@ -162,6 +190,7 @@ class SeedConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     appliance: ApplianceConfig = field(default_factory=ApplianceConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
@@ -236,6 +265,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("store.workers: must be between 1 and 64")
     if cfg.store.reserve_mb < 0:
         raise ConfigError("store.reserve_mb: must not be negative")
+    _validate_limits(cfg.limits)
     from .store.retention import Policy
 
     try:
@@ -318,6 +348,23 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"appliance.timezone: unknown time zone {cfg.appliance.timezone!r}"
                           ) from None
     return cfg
+
+
+def _validate_limits(lim: LimitsConfig) -> None:
+    if not 1 <= lim.heavy_workers <= 64:
+        raise ConfigError("limits.heavy_workers: must be between 1 and 64")
+    for key in ("heavy_per_principal", "heavy_total", "catalog_free_entries"):
+        if getattr(lim, key) < 0:
+            raise ConfigError(f"limits.{key}: must not be negative")
+    if lim.listing_cache_mb < 1:
+        raise ConfigError("limits.listing_cache_mb: must be at least 1")
+    if lim.catalog_bytes_per_entry < 1:
+        raise ConfigError("limits.catalog_bytes_per_entry: must be at least 1")
+    if lim.catalog_max_entries < max(1, lim.catalog_free_entries):
+        raise ConfigError("limits.catalog_max_entries: must be at least "
+                          "limits.catalog_free_entries")
+    if lim.recommit_interval_seconds < 0:
+        raise ConfigError("limits.recommit_interval_seconds: must not be negative")
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:

@@ -40,6 +40,7 @@ from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
 from .health.systemd import Notifier
 from .ingest.api import IngestApi
+from .pools import HeavyGate, Pools
 from .replication.crypto import ObjectCipher
 from .replication.engine import Replicator
 from .replication.status import replication_status
@@ -87,8 +88,11 @@ def ensure_tls(cfg: Config) -> TlsFiles:
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.pool = ThreadPoolExecutor(max_workers=cfg.store.workers,
-                                       thread_name_prefix="rdr-work")
+        # Light work (token checks, probes, small calls, uploads) never queues behind heavy
+        # work (downloads, listings, sign-in hashing, maintenance): appliance/pools.py.
+        self.pools = Pools(cfg.store.workers, cfg.limits.heavy_workers)
+        self.pool = self.pools.light
+        self.heavy_gate = HeavyGate(cfg.limits.heavy_per_principal, cfg.limits.heavy_total)
         # Commits wait on fsync for seconds when many land at once: in their own threads
         # they never hold the workers every other request (uploads, heartbeats) needs.
         self.commit_pool = ThreadPoolExecutor(max_workers=COMMIT_WORKERS,
@@ -141,7 +145,7 @@ class Daemon:
                 self.tunnel = TunnelWatch(rcfg.tunnel_subnet, self.store.index.add_tunnel_event)
             self.replicator = await loop.run_in_executor(
                 self.pool, lambda: wiring.replicator(
-                    self.cfg, self.store, self.pool, wiring.replication_target(self.cfg),
+                    self.cfg, self.store, self.pools.heavy, wiring.replication_target(self.cfg),
                     self.tunnel.is_up if self.tunnel else None))
             replicator = self.replicator
 
@@ -162,7 +166,7 @@ class Daemon:
         self.scheduler = Scheduler(
             self.store.index, wiring.periodic_jobs(self.cfg, maintenance, self.capacity, heal,
                                                    on_prune=self.collector.snapshots_changed),
-            self.pool)
+            self.pools.heavy)
         if self.cfg.datacenter.probe:
             host, port = parse_listen(self.cfg.datacenter.probe, "datacenter.probe")
             self.probe = LinkProbe(host, port, self.cfg.datacenter.probe_interval_seconds,
@@ -174,13 +178,14 @@ class Daemon:
                            on_commit=self._committed,
                            upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
                            commit_pool=self.commit_pool)
-        self.browser = Browser(self.store)
+        self.browser = Browser(self.store,
+                               listing_bytes=self.cfg.limits.listing_cache_mb * 2**20)
         self.backups = wiring.backup_scheduler(self.cfg, self.store)
-        self.seeds = SeedDisks(self.store, self._seed_cipher, self.pool,
+        self.seeds = SeedDisks(self.store, self._seed_cipher, self.pools.heavy,
                                self.cfg.appliance.serial, Path(self.cfg.seed.mount_root))
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
-                       self._overview, ingest.jobs, seeds=self.seeds,
-                       signin_pool=self.signin_pool)
+                       self._overview, ingest.jobs, seeds=self.seeds, heavy=self.pools.heavy,
+                       gate=self.heavy_gate, signin_pool=self.signin_pool)
         ingest.attach_page(page)
         ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake,
                                          self.cfg.retention.policy))
@@ -442,7 +447,7 @@ class Daemon:
             self.store = None
         self.commit_pool.shutdown(wait=True)
         self.signin_pool.shutdown(wait=True)
-        self.pool.shutdown(wait=True)
+        self.pools.shutdown()
         if self._claim is not None:
             self._claim.release()
         log.info("stopped cleanly")

@@ -381,7 +381,7 @@ class Appliance(Tool):
     name = "appliance"
 
     def __init__(self, work: Path, hosts: int = 1, replication: str = "enabled = false\n",
-                 server_toml: str = "") -> None:
+                 server_toml: str = "", extra_config: str = "") -> None:
         super().__init__(work)
         self.data = work / "data"
         self.cfg = work / "appliance.toml"
@@ -390,6 +390,8 @@ class Appliance(Tool):
         self.replication = replication
         #: More lines of the [server] section (tests: shorter timeouts).
         self.server_toml = server_toml
+        #: Further sections appended to the config (e.g. "[limits]\n...").
+        self.extra_config = extra_config
         self.tokens: list[str] = []
         self.server: Server | None = None
         self.port = 0
@@ -416,7 +418,7 @@ class Appliance(Tool):
             f'[store]\npath = "{self.data}"\n'
             f"[replication]\n{self.replication}[maintenance]\nprune_interval_hours = 0\n"
             "gc_interval_hours = 0\nverify_interval_hours = 0\n[capacity]\n"
-            "sample_interval_hours = 0\n[health]\nwatch_disks = false\n")
+            "sample_interval_hours = 0\n[health]\nwatch_disks = false\n" + self.extra_config)
         env = clean_env(("RDR_",))
         for i in range(self.hosts):
             res = run_measured([self.cmd("rdr"), "hosts", "add", f"bench{i:02d}", "--config",

@@ -67,13 +67,13 @@ class Live:
 
 
 def start_live(work: Path, daemon_config: str = "enabled = false\n",
-               server_config: str = "") -> Live:
+               server_config: str = "", extra_config: str = "") -> Live:
     """Start the daemon (replication section `daemon_config`, more [server] lines
-    `server_config`) and give it something to serve: two hosts, one backup of a small tree
-    by the first, an account, an admin token."""
+    `server_config`, further sections `extra_config`) and give it something to serve: two
+    hosts, one backup of a small tree by the first, an account, an admin token."""
     warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
     app = Appliance(work / "appliance", hosts=2, replication=daemon_config,
-                    server_toml=server_config)
+                    server_toml=server_config, extra_config=extra_config)
     app.prepare()
     try:
         live = Live(app, list(app.tokens), "", src=make_tree(work / "src", big_mb=1))

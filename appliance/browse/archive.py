@@ -25,10 +25,12 @@ from __future__ import annotations
 import stat
 import struct
 import tarfile
+import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol
 
 import zstandard
 
@@ -70,6 +72,11 @@ class ArchiveWriter(Protocol):
     def add_symlink(self, path: bytes, target: bytes, mtime_ns: int, mode: int) -> bytes: ...
 
     def finish(self) -> bytes: ...
+
+    def finish_pieces(self) -> Iterator[bytes]:
+        """`finish()`'s bytes in pieces of bounded size (a zip's central directory of a
+        million entries is tens of MiB)."""
+        ...
 
 
 def _check_path(path: bytes) -> None:
@@ -217,6 +224,53 @@ class _Sequencer:
         return ValueError(message)
 
 
+class _Spool:
+    """Bytes appended in order and read back once, in memory up to `limit` and in an unnamed
+    temporary file beyond (under `directory`): a zip's central directory grows by about 70
+    bytes per entry, which for a million-entry folder would otherwise stay in memory for the
+    whole download."""
+
+    PIECE = 1 << 20
+
+    def __init__(self, directory: str | None, limit: int = 1 << 20) -> None:
+        self._dir, self._limit = directory, limit
+        self._mem = bytearray()
+        self._file: IO[bytes] | None = None
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._mem += data
+        if len(self._mem) > self._limit:
+            # closed by pieces() or close(), or with the writer when a download is cut
+            self._file = tempfile.TemporaryFile(dir=self._dir)  # noqa: SIM115
+            self._file.write(self._mem)
+            self._mem = bytearray()
+
+    def pieces(self) -> Iterator[bytes]:
+        """Everything written, in pieces of at most PIECE bytes; the spool is then empty."""
+        if self._file is None:
+            mem, self._mem = self._mem, bytearray()
+            for i in range(0, len(mem), self.PIECE):
+                yield bytes(mem[i:i + self.PIECE])
+            return
+        f, self._file = self._file, None
+        try:
+            f.seek(0)
+            while piece := f.read(self.PIECE):
+                yield piece
+        finally:
+            f.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 # --- zip ---------------------------------------------------------------------------------------
 # Structures from PKWARE's APPNOTE.TXT 6.3.x; section numbers in comments.
 
@@ -328,10 +382,10 @@ class ZipStream(_Sequencer):
     content_type = "application/zip"
     extension = ".zip"
 
-    def __init__(self) -> None:
+    def __init__(self, spool_dir: str | None = None) -> None:
         super().__init__()
         self._offset = 0  # bytes emitted so far = offset of the next local header
-        self._central = bytearray()
+        self._central = _Spool(spool_dir)  # the central directory, emitted by finish
         self._count = 0
         self._entry: _ZipEntry | None = None
 
@@ -401,11 +455,16 @@ class ZipStream(_Sequencer):
 
     def finish(self) -> bytes:
         """The central directory and end records; ZIP64 ones only if a value overflows."""
+        return b"".join(self.finish_pieces())
+
+    def finish_pieces(self) -> Iterator[bytes]:
+        """`finish()` in pieces: the central directory read back from its spool."""
         self._ready(in_file=False)
         self._finished = True
-        cd_offset, cd_size, count = self._offset, len(self._central), self._count
-        tail = self._central
-        self._central = bytearray()
+        cd_offset, cd_size, count = self._offset, self._central.size, self._count
+        for piece in self._central.pieces():
+            yield self._emit(piece)
+        tail = bytearray()
         if count >= ZIP64_COUNT_LIMIT or cd_offset >= ZIP64_LIMIT or cd_size >= ZIP64_LIMIT:
             eocd64_offset = cd_offset + cd_size
             tail += _EOCD64.pack(_SIG_EOCD64, _EOCD64.size - 12, _MADE_BY, _NEEDS_ZIP64,
@@ -415,7 +474,7 @@ class ZipStream(_Sequencer):
         tail += _EOCD.pack(_SIG_EOCD, 0, 0, short_count, short_count,
                            0xFFFFFFFF if cd_size >= ZIP64_LIMIT else cd_size,
                            0xFFFFFFFF if cd_offset >= ZIP64_LIMIT else cd_offset, 0)
-        return self._emit(bytes(tail))
+        yield self._emit(bytes(tail))
 
     # Internals
 
@@ -466,12 +525,11 @@ class ZipStream(_Sequencer):
         extra = entry.timestamp
         if zip64:
             extra = struct.pack(f"<HH{len(zip64)}Q", _EXTRA_ZIP64, 8 * len(zip64), *zip64) + extra
-        self._central += _CENTRAL.pack(
+        self._central.write(_CENTRAL.pack(
             _SIG_CENTRAL, _MADE_BY, entry.needs, entry.flags, _METHOD_STORED,
             entry.dos_time, entry.dos_date, entry.crc, size, size,
             len(entry.name), len(extra), 0, 0, 0, entry.external, offset)
-        self._central += entry.name
-        self._central += extra
+            + entry.name + extra)
         self._count += 1
 
 
@@ -543,6 +601,9 @@ class TarZstStream(_Sequencer):
         out = self._feed(bytes(end))
         return out + self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
 
+    def finish_pieces(self) -> Iterator[bytes]:
+        yield self.finish()  # a few blocks and the compressor's tail: small
+
     def _header(self, path: bytes, kind: bytes, mtime_ns: int, mode: int, *, size: int = 0,
                 target: bytes = b"") -> bytes:
         _check_path(path)
@@ -567,11 +628,11 @@ FORMATS: dict[str, type[ZipStream] | type[TarZstStream]] = {
 }
 
 
-def writer_for(fmt: str) -> ArchiveWriter:
-    """A fresh writer for a download format named in the request ("zip" or "tar.zst")."""
-    try:
-        cls = FORMATS[fmt]
-    except KeyError:
-        raise ValueError(f"unknown archive format {fmt!r}; allowed: "
-                         f"{', '.join(FORMATS)}") from None
-    return cls()
+def writer_for(fmt: str, spool_dir: str | None = None) -> ArchiveWriter:
+    """A fresh writer for a download format named in the request ("zip" or "tar.zst");
+    a zip keeps its central directory beyond 1 MiB in a temporary file under `spool_dir`."""
+    if fmt == "zip":
+        return ZipStream(spool_dir)
+    if fmt == "tar.zst":
+        return TarZstStream()
+    raise ValueError(f"unknown archive format {fmt!r}; allowed: {', '.join(FORMATS)}")

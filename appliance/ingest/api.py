@@ -168,17 +168,22 @@ class IngestApi:
     async def commit(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         req = _parse_commit(body)
+        sid = request.match_info["sid"]
         manifest = await asyncio.get_running_loop().run_in_executor(
             self.commit_pool, functools.partial(self.store.commit, require_host(request),
-                                                request.match_info["sid"], req))
-        if self.on_commit is not None:
+                                                sid, req))
+        # A repeat of a recent identical commit returns the snapshot it repeats (made by
+        # another session): 200, and no new snapshot to replicate.
+        repeated = manifest.session != sid
+        if self.on_commit is not None and not repeated:
             self.on_commit()  # e.g. replicate the new snapshot now
         return web.json_response({
+            "repeated": repeated,
             "snapshot": manifest.snapshot, "host": manifest.host,
             "received_at": manifest.received_at, "logical_size": manifest.logical_size,
             "file_count": manifest.file_count, "dir_count": manifest.dir_count,
             "chunk_count": manifest.chunk_count, "new_bytes": manifest.new_bytes,
-            "unreadable_count": manifest.unreadable_count}, status=201)
+            "unreadable_count": manifest.unreadable_count}, status=200 if repeated else 201)
 
     async def abort(self, request: web.Request) -> web.Response:
         await self.run(self.store.abort_session, require_host(request), request.match_info["sid"])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .backup_plans import BackupPlans
 from .backup_runs import BackupRuns
-from .catalog import CatalogError, validate
+from .catalog import CatalogError, CatalogSummary, CatalogTooLarge, validate
 from .chunkfile import ChunkError, is_chunk_id, possession_proof
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
@@ -54,6 +54,29 @@ class CommitRequest:
     unreadable_count: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogLimits:
+    """How large a catalog a host may commit, and how soon an identical one may be
+    committed again (docs/SECURITY.md, "No single client starves the appliance").
+
+    entries <= min(max_entries, free_entries + uploaded // bytes_per_entry), where
+    `uploaded` is what the host uploaded in all its committed backups (pruned ones included:
+    the backup ledger) plus this session's uploads: an entry costs the appliance CPU at
+    commit and memory while listed, so beyond a free allowance that covers real file
+    systems (a million empty files fit), a host pays for entries with data it uploaded.
+    A commit whose catalog, directory index and source are those of one of its host's
+    snapshots received less than `recommit_seconds` ago returns that snapshot (no
+    validation, no new snapshot)."""
+
+    free_entries: int = 2_000_000
+    bytes_per_entry: int = 64
+    max_entries: int = 50_000_000
+    recommit_seconds: float = 3600.0
+
+    def allowed(self, uploaded: int) -> int:
+        return min(self.max_entries, self.free_entries + uploaded // self.bytes_per_entry)
+
+
 @dataclass(slots=True)
 class _Live:
     """In-memory state of an open session: when it was last used and what it added."""
@@ -68,8 +91,10 @@ class Datastore:
     def __init__(self, root: Path, session_lease: float = 60.0,
                  reserve_bytes: int = 64 * 1024 * 1024,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 admit: Callable[[], None] | None = None, max_active: int = 0) -> None:
+                 admit: Callable[[], None] | None = None, max_active: int = 0,
+                 limits: CatalogLimits | None = None) -> None:
         self.root = root
+        self.limits = limits or CatalogLimits()
         self.clock = clock  # receive times come from here (a fake clock in tests)
         #: Capacity policy for new sessions (the watermarks), wired by the daemon; raises
         #: InsufficientStorage to refuse.
@@ -400,8 +425,13 @@ class Datastore:
         if missing:
             raise Unprocessable("missing_chunks", f"{len(missing)} referenced chunks are missing",
                                 missing=missing[:1000])
+        same = self._recent_same(host, req)
+        if same is not None:
+            return self._recommitted(host, row, same)
         try:
-            summary = validate(self.stream(req.catalog), self.stream(req.dirindex))
+            summary = self._validate(host, row, live, req)
+        except CatalogTooLarge as exc:
+            raise Unprocessable("catalog_too_large", f"catalog rejected: {exc}") from None
         except (CatalogError, ChunkError) as exc:
             raise Unprocessable("bad_catalog", f"catalog rejected: {exc}") from None
         all_ids = summary.chunks | set(stream_ids)
@@ -429,6 +459,53 @@ class Datastore:
             manifest = self._publish(host, row, live, req, summary, all_ids)
             mark("publish")
             return manifest
+
+    def _validate(self, host: str, row: SessionRow, live: _Live,
+                  req: CommitRequest) -> CatalogSummary:
+        """The catalog checked, streamed, against the host's entry allowance."""
+        # The ledger outlives pruning: a host's first full backup keeps paying for its
+        # files after retention removed that snapshot.
+        ((before,),) = self.index.query(
+            "SELECT COALESCE(SUM(new_bytes), 0) FROM backup_ledger WHERE host = ?", (host,))
+        uploaded = before + row.bytes_new + live.bytes_new
+        allowed = self.limits.allowed(uploaded)
+
+        def too_large(count: int) -> str:
+            return (f"it holds at least {count:,} entries; this host may commit "
+                    f"{allowed:,} ({self.limits.free_entries:,} free, plus one per "
+                    f"{self.limits.bytes_per_entry} bytes of the {uploaded:,} bytes it has "
+                    f"uploaded, at most {self.limits.max_entries:,})")
+
+        return validate(self.stream(req.catalog), self.stream(req.dirindex), allowed,
+                        again=lambda: self.stream(req.catalog), too_large=too_large)
+
+    def _recent_same(self, host: str, req: CommitRequest) -> Manifest | None:
+        """A snapshot of `host` received within the re-commit interval whose catalog,
+        directory index and source are this request's (the newest few are looked at), and
+        none of whose chunks is quarantined as damaged (the commit then checks them)."""
+        if self.limits.recommit_seconds <= 0:
+            return None
+        since = self.clock().timestamp() - self.limits.recommit_seconds
+        for r in reversed(self.index.snapshots(host)[-8:]):
+            if r.received_at < since:
+                break
+            try:
+                m = self.snapshots.manifest(host, r.snapshot)
+            except (OSError, ValueError, StoreError):
+                continue
+            if (m.catalog.chunks == req.catalog.chunks and m.dirindex.chunks == req.dirindex.chunks
+                    and list(m.source) == list(req.source)
+                    and not self.damaged_in(host, r.snapshot)):  # a repair commits anew
+                return m
+        return None
+
+    def _recommitted(self, host: str, row: SessionRow, same: Manifest) -> Manifest:
+        """Close the session on the snapshot it repeats: nothing new is published."""
+        self.index.close_session(row.id, "committed", same.snapshot)
+        with self._lock:
+            self._live.pop(row.id, None)
+        log.info("commit of %s repeats snapshot %s: no new snapshot", host, same.snapshot)
+        return same  # its session is the one that made it: the caller can tell
 
     def _unvouched(self, host: str, ids: set[str]) -> set[str]:
         """The referenced chunks whose presence this commit must check (and touch) itself.

@@ -3,13 +3,16 @@
 Sign-in with local admin accounts; overview; browse, search and inspect snapshots; download a
 file (HTTP Range) or a folder/selection as zip or tar.zst, streamed; queue push restores to an
 agent. Host tokens may use the browse and download routes for their own host only; admin API
-tokens see no host's files. Every disk step runs in the worker pool, and downloads pull one
-piece at a time from a generator running there, so memory stays flat for any size.
+tokens see no host's files. Small calls run in the light pool; listing, searching, sign-in
+hashing and downloads in the heavy pool (appliance/pools.py), so a token check never waits
+behind an archive. Downloads pull one piece at a time from a generator running there, so
+memory stays flat for any size, and each principal runs only a few heavy operations at once
+(the others are refused with 429 and Retry-After).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -29,6 +32,7 @@ from aiohttp import web
 from ..browse.archive import MemberNames, writer_for
 from ..browse.paths import display, from_q, to_q
 from ..browse.tree import TYPE_NAMES, Browser, SnapshotTree
+from ..pools import HeavyGate, run_in
 from ..store.accounts import DEVICE_SECONDS, Accounts
 from ..store.catalog import DIR, FILE, HARDLINK, SYMLINK, Entry, join_path
 from ..store.chunkfile import ChunkError
@@ -37,6 +41,8 @@ from ..store.errors import StoreError
 from ..store.snapshots import is_snapshot_id
 from .auth import (
     ACCOUNT,
+    ADMIN,
+    HOST,
     SESSION,
     SESSION_COOKIE,
     require_account,
@@ -68,24 +74,40 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 class PageApi:
     def __init__(self, store: Datastore, pool: Executor, browser: Browser, accounts: Accounts,
                  overview: Callable[[], dict], jobs: Any, throttle: SignInThrottle | None = None,
-                 seeds: Any = None, signin_pool: Executor | None = None) -> None:
+                 seeds: Any = None, heavy: Executor | None = None,
+                 gate: HeavyGate | None = None, signin_pool: Executor | None = None) -> None:
         """`signin_pool`: a small executor of its own for password hashing (the daemon's
-        has 2 threads), so a flood of sign-ins never holds the workers other requests
-        need; `pool` when not given (tests)."""
+        has 2 threads), so a flood of sign-ins holds neither the light workers nor the
+        heavy ones that downloads need; `heavy` when not given (tests)."""
         self.store = store
-        self.pool = pool
+        self.pool = pool  # light: small calls
+        self.heavy = heavy or pool  # listings, searches, downloads, password hashing
+        self.gate = gate or HeavyGate(0, 0)
         self.browser = browser
         self.accounts = accounts
         self.overview_fn = overview
         self.jobs = jobs  # AgentJobsApi: create/list/get/cancel of push restores
         self.throttle = throttle or SignInThrottle()
         self.seeds = seeds  # SeedDisks: inserted Rapid Protect / Recover disks (daemon only)
-        self.signin_pool = signin_pool or pool
+        self.signin_pool = signin_pool or self.heavy
         self._hashing = 0  # sign-in checks queued or running in signin_pool
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.pool, functools.partial(fn, *args))
+        return await run_in(self.pool, fn, *args)
+
+    async def run_heavy(self, fn: Callable[..., T], *args: Any) -> T:
+        return await run_in(self.heavy, fn, *args)
+
+    def _heavy_op(self, request: web.Request, what: str,
+                  kind: str = "transfer") -> contextlib.AbstractContextManager:
+        """Admission of one heavy operation for the caller (429/503 beyond the limits)."""
+        if request.get(ACCOUNT) is not None:
+            who = "account:" + request[ACCOUNT]
+        elif request.get(HOST) is not None:
+            who = "host:" + request[HOST]
+        else:
+            who = "admin:" + str(request.get(ADMIN))
+        return self.gate.hold(who, what, kind)
 
     async def session_for(self, token: str):
         return await self.run(self.accounts.session, token)
@@ -138,8 +160,7 @@ class PageApi:
         ok = False
         self._hashing += 1
         try:
-            ok = await asyncio.get_running_loop().run_in_executor(
-                self.signin_pool, self.accounts.check, name, password)
+            ok = await run_in(self.signin_pool, self.accounts.check, name, password)
         finally:
             self._hashing -= 1
             # counted as a failure unless it succeeded, also when the client went away
@@ -189,7 +210,7 @@ class PageApi:
 
     async def _tree(self, request: web.Request) -> SnapshotTree:
         host, snap = self._host_snap(request)
-        return await self.run(self.browser.tree, host, snap)
+        return await self.run_heavy(self.browser.tree, host, snap)
 
     async def snapshots(self, request: web.Request) -> web.Response:
         host, _ = self._host_snap(request)
@@ -201,27 +222,28 @@ class PageApi:
             for r in reversed(rows)]})
 
     async def listdir(self, request: web.Request) -> web.Response:
-        tree = await self._tree(request)
         path = _path_param(request)
         offset = int_query(request, "offset", 0, 0, 1 << 40)
         limit = int_query(request, "limit", 1000, 1, MAX_LIST)
-        entries = await self.run(tree.listdir, path)
-        page = entries[offset:offset + limit]
+        with self._heavy_op(request, "listing", "browse"):
+            tree = await self._tree(request)
+            total, page = await self.run_heavy(tree.listdir_page, path, offset, limit)
         parent = path.rpartition(b"/")[0] if path else None
         return web.json_response({
             "host": tree.host, "snapshot": tree.snapshot, "path": display(path) or "/",
             "q": to_q(path), "parent": None if parent is None else to_q(parent),
-            "crumbs": _crumbs(path), "total": len(entries), "offset": offset,
+            "crumbs": _crumbs(path), "total": total, "offset": offset,
             "entries": [entry_json(path, e) for e in page],
-            "next_offset": offset + limit if offset + limit < len(entries) else None})
+            "next_offset": offset + limit if offset + limit < total else None})
 
     async def search(self, request: web.Request) -> web.Response:
-        tree = await self._tree(request)
         needle = request.query.get("q", "")
         if not 1 <= len(needle) <= 200 or "\0" in needle:
             raise ApiError(400, "bad_field", "'q' must be 1 to 200 characters")
         limit = int_query(request, "limit", 200, 1, MAX_SEARCH)
-        matches, truncated, scanned = await self.run(tree.search, needle, limit)
+        with self._heavy_op(request, "search", "browse"):
+            tree = await self._tree(request)
+            matches, truncated, scanned = await self.run_heavy(tree.search, needle, limit)
         return web.json_response({
             "host": tree.host, "snapshot": tree.snapshot, "query": needle,
             "truncated": truncated, "scanned": scanned,
@@ -229,11 +251,12 @@ class PageApi:
                          "dir_q": to_q(m.dir)} for m in matches]})
 
     async def file_info(self, request: web.Request) -> web.Response:
-        tree = await self._tree(request)
         path = _path_param(request)
-        e = await self.run(tree.lookup, path)
-        data = await self.run(tree.data_entry, path, e) if e.type == HARDLINK else e
-        versions = await self.run(self.browser.versions, tree.host, path, data)
+        with self._heavy_op(request, "file lookup", "browse"):
+            tree = await self._tree(request)
+            e = await self.run_heavy(tree.lookup, path)
+            data = await self.run_heavy(tree.data_entry, path, e) if e.type == HARDLINK else e
+            versions = await self.run_heavy(self.browser.versions, tree.host, path, data)
         parent = path.rpartition(b"/")[0]
         info = {**entry_json(parent, e), "uid": e.uid, "gid": e.gid,
                 "content_type": _content_type(display(e.name)) if e.type in (FILE, HARDLINK)
@@ -245,15 +268,19 @@ class PageApi:
 
     # --- downloads ----------------------------------------------------------------------
     async def download(self, request: web.Request) -> web.StreamResponse:
+        with self._heavy_op(request, "download"):
+            return await self._download(request)
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
         requested = time.time()
         tree = await self._tree(request)
         path = _path_param(request)
-        e = await self.run(tree.lookup, path)
+        e = await self.run_heavy(tree.lookup, path)
         if e.type not in (FILE, HARDLINK):
             raise ApiError(400, "not_a_file", f"{display(path) or '/'} is a "
                            f"{TYPE_NAMES.get(e.type, e.type)}; download folders as an archive")
-        data = await self.run(tree.data_entry, path, e)
-        missing = await self.run(self._unavailable, data)
+        data = await self.run_heavy(tree.data_entry, path, e)
+        missing = await self.run_heavy(self._unavailable, data)
         if missing:
             raise ApiError(409, "damaged", f"{len(missing)} pieces of this file are damaged or "
                            "missing on the appliance; restore it from the data center copy",
@@ -283,17 +310,21 @@ class PageApi:
                 if not self.store.chunks.has(c)]
 
     async def archive(self, request: web.Request) -> web.StreamResponse:
+        with self._heavy_op(request, "archive download"):
+            return await self._archive_response(request)
+
+    async def _archive_response(self, request: web.Request) -> web.StreamResponse:
         requested = time.time()
         tree = await self._tree(request)
         fmt = request.query.get("format", "zip")
         try:
-            writer = writer_for(fmt)
+            writer = writer_for(fmt, str(self.store.root))
         except ValueError as exc:
             raise ApiError(400, "bad_field", str(exc)) from None
         paths = _path_params(request) or [b""]
         items: list[tuple[bytes, Entry]] = []
         for p in dict.fromkeys(paths):
-            items.append((p, await self.run(tree.lookup, p)))
+            items.append((p, await self.run_heavy(tree.lookup, p)))
         base = display(paths[0].rpartition(b"/")[2]) if len(paths) == 1 and paths[0] else ""
         fname = f"{tree.host}-{tree.snapshot}{'-' + base if base else ''}{writer.extension}"
         resp = web.StreamResponse(headers={
@@ -332,7 +363,7 @@ class PageApi:
         first = True
         try:
             while True:
-                piece = await self.run(next, gen, None)
+                piece = await self.run_heavy(next, gen, None)
                 if piece is None:
                     break
                 await resp.write(piece)
@@ -348,7 +379,7 @@ class PageApi:
             if request.transport is not None:
                 request.transport.abort()
         finally:
-            await self.run(_close, gen)
+            await self.run_heavy(_close, gen)
 
     # --- push restores ------------------------------------------------------------------
     async def create_job(self, request: web.Request) -> web.Response:
@@ -369,7 +400,7 @@ class PageApi:
             raise ApiError(400, "bad_field", "'target_dir' must be an absolute directory path")
         paths = [from_q(p) for p in paths_q] or [b""]  # none: the whole snapshot
         for p in paths:
-            await self.run(tree.lookup, p)  # 404 for a path the snapshot does not have
+            await self.run_heavy(tree.lookup, p)  # 404 for a path the snapshot does not have
         job = await self.jobs.create(tree.host, tree.snapshot, paths, target_host, target_dir,
                                      account, allow_special)
         log.info("account %r queued restore job %s: %s/%s -> %s:%s", account, job.id,
@@ -614,6 +645,7 @@ def _archive(tree: SnapshotTree, items: list[tuple[bytes, Entry]], writer,
         yield from put(writer.begin_file(names.notes_name(), len(text), time.time_ns(), 0o644))
         yield from put(writer.file_data(text))
         yield from put(writer.end_file())
-    yield from put(writer.finish())
+    for piece in writer.finish_pieces():
+        yield from put(piece)
     if buf:
         yield bytes(buf)
