@@ -177,7 +177,7 @@ class Daemon:
                            usage_report=self.capacity.report,
                            on_commit=self._committed,
                            upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
-                           commit_pool=self.commit_pool)
+                           commit_pool=self.commit_pool, heavy_pool=self.pools.heavy)
         self.browser = Browser(self.store,
                                listing_bytes=self.cfg.limits.listing_cache_mb * 2**20)
         self.backups = wiring.backup_scheduler(self.cfg, self.store)

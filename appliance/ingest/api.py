@@ -39,7 +39,8 @@ class IngestApi:
                  appliance_serial: str,
                  usage_report: Callable[[str | None], dict] | None = None,
                  on_commit: Callable[[], None] | None = None,
-                 upload_budget: int = 64 * 2**20, commit_pool: Executor | None = None) -> None:
+                 upload_budget: int = 64 * 2**20, commit_pool: Executor | None = None,
+                 heavy_pool: Executor | None = None) -> None:
         self.store = store
         self.pool = pool
         self.commit_pool = commit_pool or pool
@@ -47,14 +48,15 @@ class IngestApi:
         self.serial = appliance_serial
         self.usage_report = usage_report
         self.on_commit = on_commit
-        # push-restore jobs for agents (store is None only when a test lists the routes)
-        index = store.index if store is not None else None
-        self.jobs = AgentJobsApi(store, RestoreJobs(index), pool)  # type: ignore[arg-type]
         self.page: PageApi | None = None
         self.backups: BackupsApi | None = None
         # Chunk bodies held at once: enough to keep every worker busy with a few waiting.
         self.uploads = ByteBudget(upload_budget)
         self.downloads = ByteBudget(upload_budget)
+        # push-restore jobs for agents (store is None only when a test lists the routes)
+        index = store.index if store is not None else None
+        self.jobs = AgentJobsApi(store, RestoreJobs(index), pool,  # type: ignore[arg-type]
+                                 heavy=heavy_pool, downloads=self.downloads)
 
     def attach_page(self, page: PageApi) -> None:
         """Serve the LAN page's API (sign-in sessions, browsing, downloads) in this app."""

@@ -35,14 +35,16 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..pools import run_in
 from ..store.backup_runs import MAX_MESSAGE as RUN_MAX_MESSAGE
 from ..store.backup_runs import BackupRun, check_gaps
 from ..store.catalog import iter_blocks
-from ..store.chunkfile import ChunkError
+from ..store.chunkfile import MAX_FILE_SIZE, ChunkError
 from ..store.datastore import Datastore
 from ..store.job_view import JobView, JobViews, build_view
 from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..web.auth import require_host
+from ..web.budget import ByteBudget
 from ..web.errors import ApiError
 from ..web.jsonbody import read_json
 from ..web.params import job_id, run_id, whole_number
@@ -60,13 +62,21 @@ MAX_BODY = 64 * 1024
 MAX_FINISH_BODY = 8 * 1024 * 1024
 #: An agent's heartbeat is written at most this often (every poll would be an fsync).
 SEEN_EVERY = 30.0
+#: A masked chunk holds this many chunk-sized buffers while it is built and sent.
+MASKED_HELD = 3
 
 
 class AgentJobsApi:
-    def __init__(self, store: Datastore, jobs: RestoreJobs, pool: Executor) -> None:
+    def __init__(self, store: Datastore, jobs: RestoreJobs, pool: Executor,
+                 heavy: Executor | None = None, downloads: ByteBudget | None = None) -> None:
+        """`pool` runs the small calls; `heavy` builds job views (a scan of the source
+        catalog) and masks chunks; `downloads` bounds the masked chunks held in memory at
+        once (shared with the other downloads)."""
         self.store = store
         self.jobs = jobs
         self.pool = pool
+        self.heavy = heavy or pool
+        self.downloads = downloads or ByteBudget(MASKED_HELD * MAX_FILE_SIZE)
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._expired_at = 0.0
         self._seen: dict[str, float] = {}
@@ -196,7 +206,7 @@ class AgentJobsApi:
         async with lock:
             view = self._views.get(job.id)
             if view is None:
-                view = await self.run(self._build, job, self._views.path(job.id))
+                view = await run_in(self.heavy, self._build, job, self._views.path(job.id))
                 self._views.put(job.id, view)
         self._building.pop(job.id, None)
         return job, view
@@ -228,18 +238,26 @@ class AgentJobsApi:
         selected files' bytes (all else zero); any other chunk id is 404."""
         _, view = await self._view(request)
         cid = request.match_info["cid"]
-        try:
-            data = await self.run(view.masked_chunk, self.store.chunks, cid)
-        except ChunkError:
-            raise ApiError(410, "chunk_damaged", f"chunk {cid} is damaged on the appliance; "
-                           "the files using it cannot be restored") from None
-        except FileNotFoundError:
-            data = None
-        if data is None:
-            raise ApiError(404, "no_such_chunk", f"restore job has no chunk {cid}")
-        # no-store: access ends with the job, no cache should keep serving it
-        return web.Response(body=data, headers={"Content-Type": "application/octet-stream",
-                                                "Cache-Control": "private, no-store"})
+        # The masked copy is built in memory (the file, its plaintext, the re-encoded
+        # copy): held against the download budget until it is sent.
+        async with self.downloads.hold(MASKED_HELD * MAX_FILE_SIZE):
+            try:
+                data = await run_in(self.heavy, view.masked_chunk, self.store.chunks, cid)
+            except ChunkError:
+                raise ApiError(410, "chunk_damaged", f"chunk {cid} is damaged on the appliance;"
+                               " the files using it cannot be restored") from None
+            except FileNotFoundError:
+                data = None
+            if data is None:
+                raise ApiError(404, "no_such_chunk", f"restore job has no chunk {cid}")
+            # no-store: access ends with the job, no cache should keep serving it
+            resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                               "Cache-Control": "private, no-store"})
+            resp.content_length = len(data)
+            await resp.prepare(request)
+            await resp.write(data)
+            await resp.write_eof()
+            return resp
 
     async def progress(self, request: web.Request) -> web.Response:
         host, jid = require_host(request), job_id(request)
