@@ -48,6 +48,7 @@ from .store.accounts import Accounts, check_password_rules
 from .store.backup_plans import HostPlan
 from .store.datastore import Datastore
 from .store.errors import StoreError
+from .store.index import TOKEN_SCOPES
 from .store.jobs import Progress
 from .store.maintenance import Maintenance
 from .store.rebuild import rebuild_index
@@ -56,6 +57,10 @@ from .textfmt import human_bytes
 #: `rdr replicate`: another pass was running; a follow-up that includes everything
 #: committed until now is queued behind it (not yet at the data center).
 EXIT_QUEUED = 4
+
+
+_SCOPE_TEXT = {"metrics": "/metrics only", "read": "/metrics and appliance-wide reads",
+               "admin": "reads and changes: plans, backups"}
 
 
 def _ts(t: float | None) -> str:
@@ -205,7 +210,7 @@ class Cli:
             changes["one_file_system"] = a.one_file_system == "yes"
         with self.stored() as store:
             if changes:  # checked whole before anything is written
-                store.plans.update(a.name, **changes)
+                store.plans.update(a.name, actor=f"cli:{_user()}", **changes)
             if a.policy is not None:
                 store.set_policy(a.name, a.policy or None)
             if a.window is not None:
@@ -222,13 +227,17 @@ class Cli:
             runs = store.runs.list(self.args.name, 10)
             gaps = store.runs.gaps(self.args.name)
             agent = store.plans.agents().get(self.args.name)
+            audit = store.plans.audit(self.args.name, 5)
         if self.args.json:
             rec.pop("token_hash", None)
             print(json.dumps({"host": rec, "plan": plan.to_json(), "agent": agent,
-                              "runs": [r.to_json() for r in runs], "not_backed_up": gaps},
-                             indent=1))
+                              "runs": [r.to_json() for r in runs], "not_backed_up": gaps,
+                              "plan_audit": audit}, indent=1))
             return 0
         print_plan(rec, plan, self.cfg)
+        for a in audit:
+            print(f"  dump command changed {_ts(a['at'])} by {a['who']}: "
+                  f"{a['old'] or '(none)'} -> {a['new'] or '(none)'}")
         seen = "never seen" if agent is None else \
             f"last seen {_ts(agent['last_seen'])} ({agent['version']})"
         print(f"  agent: {seen}")
@@ -633,17 +642,24 @@ class Cli:
 
     def tokens_add(self) -> int:
         with self.stored(create=True) as store:
-            token = store.index.add_api_token(self.args.name)
-        print(f"admin API token {self.args.name} (shown once; appliance-wide reports, no host "
-              "data):")
+            token = store.index.add_api_token(self.args.name, self.args.scope)
+        print(f"admin API token {self.args.name}, scope {self.args.scope} "
+              f"({_SCOPE_TEXT[self.args.scope]}; no host data), shown once:")
         print(token)
+        return 0
+
+    def tokens_scope(self) -> int:
+        with self.stored() as store:
+            store.index.set_api_token_scope(self.args.name, self.args.scope)
+        print(f"admin API token {self.args.name} now has scope {self.args.scope} "
+              f"({_SCOPE_TEXT[self.args.scope]})")
         return 0
 
     def tokens_list(self) -> int:
         with self.stored() as store:
             rows = store.index.api_tokens()
         for t in rows:
-            print(f"{t['name']:24} created {_ts(t['created_at'])}")
+            print(f"{t['name']:24} {t['scope']:8} created {_ts(t['created_at'])}")
         return 0
 
     def tokens_revoke(self) -> int:
@@ -686,6 +702,13 @@ class Cli:
         with self.stored() as store:
             Accounts(store.index).remove(self.args.name)
         print(f"admin account {self.args.name} removed")
+        return 0
+
+    def admin_unlock(self) -> int:
+        with self.stored() as store:
+            Accounts(store.index).unlock(self.args.name)
+        print(f"sign-in lockout of {self.args.name} lifted (the running daemon applies it at "
+              "the next sign-in)")
         return 0
 
     def admin_list(self) -> int:
@@ -997,7 +1020,14 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = tk.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
     ta = tsub.add_parser("add", parents=[common], help="create a token and print it once")
     ta.add_argument("name")
+    ta.add_argument("--scope", choices=TOKEN_SCOPES, default="metrics",
+                    help="metrics: /metrics only (Prometheus; the default); read: also the "
+                    "appliance-wide API's reads; admin: also changes (plans, backups)")
     ta.set_defaults(run=Cli.tokens_add)
+    tsc = tsub.add_parser("scope", parents=[common], help="change a token's scope")
+    tsc.add_argument("name")
+    tsc.add_argument("scope", choices=TOKEN_SCOPES)
+    tsc.set_defaults(run=Cli.tokens_scope)
     tl = tsub.add_parser("list", parents=[common], help="list tokens")
     tl.set_defaults(run=Cli.tokens_list)
     tr = tsub.add_parser("revoke", parents=[common], help="revoke a token")
@@ -1008,7 +1038,8 @@ def build_parser() -> argparse.ArgumentParser:
     asub = ad.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     for action, helptext in (("add", "create an account (asks for its password)"),
                              ("passwd", "change an account's password"),
-                             ("remove", "remove an account"), ("list", "list accounts")):
+                             ("remove", "remove an account"), ("list", "list accounts"),
+                             ("unlock", "lift an account's sign-in lockout")):
         ap = asub.add_parser(action, parents=[common], help=helptext)
         if action != "list":
             ap.add_argument("name")

@@ -31,6 +31,11 @@ class ServerConfig:
     max_json_bytes: int = 32 * 1024 * 1024
     #: Seconds in-flight requests get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
+    #: A connection must finish its TLS handshake, and then send complete request headers,
+    #: within this many seconds (also the idle keep-alive limit between requests): a client
+    #: holding many half-open connections (slowloris) cannot keep them. Above the agents'
+    #: 15 s client keep-alive, so an agent never reuses a connection the daemon just closed.
+    header_timeout_seconds: float = 20.0
 
 
 @dataclass(slots=True)
@@ -47,6 +52,34 @@ class StoreConfig:
     #: Space kept in reserve so prune and GC work on a full disk; new backups are refused
     #: (507) once free space falls to it.
     reserve_mb: int = 64
+
+
+@dataclass(slots=True)
+class LimitsConfig:
+    """What one client may make the appliance do at once (docs/SECURITY.md, "No single
+    client starves the appliance"). `store.workers` sizes the light pool (token checks,
+    probes, agents' small calls, uploads); heavy work has its own threads."""
+
+    #: Threads for heavy work: downloads, listings, catalog decoding, sign-in hashing,
+    #: maintenance jobs, replication reads.
+    heavy_workers: int = 2
+    #: Heavy operations one host or account runs at once, downloads and browsing (listings,
+    #: searches, lookups) counted apart; more are refused with 429 and Retry-After (0 = no
+    #: limit).
+    heavy_per_principal: int = 2
+    #: Heavy operations the appliance runs at once; more are refused with 503 (0 = no limit).
+    heavy_total: int = 6
+    #: Memory for decoded directory listings (an estimate of their size in memory).
+    listing_cache_mb: int = 32
+    #: A snapshot may hold catalog_free_entries entries, plus one per catalog_bytes_per_entry
+    #: bytes its host has uploaded (all its committed backups, pruned ones included, and this
+    #: one), and never more than catalog_max_entries. A million empty files fit for free.
+    catalog_free_entries: int = 2_000_000
+    catalog_bytes_per_entry: int = 64
+    catalog_max_entries: int = 50_000_000
+    #: A commit whose catalog is identical to one of its host's snapshots made this recently
+    #: returns that snapshot instead of minting another (0 = always a new snapshot).
+    recommit_interval_seconds: float = 3600.0
 
 
 @dataclass(slots=True)
@@ -157,6 +190,7 @@ class SeedConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     appliance: ApplianceConfig = field(default_factory=ApplianceConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
@@ -219,6 +253,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("server.max_json_bytes: must be at least 65536")
     if cfg.server.shutdown_grace_seconds < 0:
         raise ConfigError("server.shutdown_grace_seconds: must not be negative")
+    if not 1 <= cfg.server.header_timeout_seconds <= 600:
+        raise ConfigError("server.header_timeout_seconds: must be 1 to 600")
     if not cfg.store.path:
         raise ConfigError("store.path: must not be empty")
     if cfg.store.session_lease_seconds <= 0:
@@ -229,6 +265,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("store.workers: must be between 1 and 64")
     if cfg.store.reserve_mb < 0:
         raise ConfigError("store.reserve_mb: must not be negative")
+    _validate_limits(cfg.limits)
     from .store.retention import Policy
 
     try:
@@ -311,6 +348,23 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"appliance.timezone: unknown time zone {cfg.appliance.timezone!r}"
                           ) from None
     return cfg
+
+
+def _validate_limits(lim: LimitsConfig) -> None:
+    if not 1 <= lim.heavy_workers <= 64:
+        raise ConfigError("limits.heavy_workers: must be between 1 and 64")
+    for key in ("heavy_per_principal", "heavy_total", "catalog_free_entries"):
+        if getattr(lim, key) < 0:
+            raise ConfigError(f"limits.{key}: must not be negative")
+    if lim.listing_cache_mb < 1:
+        raise ConfigError("limits.listing_cache_mb: must be at least 1")
+    if lim.catalog_bytes_per_entry < 1:
+        raise ConfigError("limits.catalog_bytes_per_entry: must be at least 1")
+    if lim.catalog_max_entries < max(1, lim.catalog_free_entries):
+        raise ConfigError("limits.catalog_max_entries: must be at least "
+                          "limits.catalog_free_entries")
+    if lim.recommit_interval_seconds < 0:
+        raise ConfigError("limits.recommit_interval_seconds: must not be negative")
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:

@@ -40,6 +40,7 @@ from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
 from .health.systemd import Notifier
 from .ingest.api import IngestApi
+from .pools import HeavyGate, Pools
 from .replication.crypto import ObjectCipher
 from .replication.engine import Replicator
 from .replication.status import replication_status
@@ -60,6 +61,8 @@ from .web.page_api import PageApi
 log = logging.getLogger("rdr.daemon")
 #: Threads that run snapshot commits (validation, then the batched fsync of its chunks).
 COMMIT_WORKERS = 2
+#: Threads that check sign-in passwords (scrypt: ~50 ms of CPU and 16 MiB each).
+SIGNIN_WORKERS = 2
 
 
 @dataclass(slots=True)
@@ -85,12 +88,19 @@ def ensure_tls(cfg: Config) -> TlsFiles:
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.pool = ThreadPoolExecutor(max_workers=cfg.store.workers,
-                                       thread_name_prefix="rdr-work")
+        # Light work (token checks, probes, small calls, uploads) never queues behind heavy
+        # work (downloads, listings, sign-in hashing, maintenance): appliance/pools.py.
+        self.pools = Pools(cfg.store.workers, cfg.limits.heavy_workers)
+        self.pool = self.pools.light
+        self.heavy_gate = HeavyGate(cfg.limits.heavy_per_principal, cfg.limits.heavy_total)
         # Commits wait on fsync for seconds when many land at once: in their own threads
         # they never hold the workers every other request (uploads, heartbeats) needs.
         self.commit_pool = ThreadPoolExecutor(max_workers=COMMIT_WORKERS,
                                               thread_name_prefix="rdr-commit")
+        # Password hashing for sign-ins in threads of its own: a flood of anonymous
+        # sign-ins queues here (and is answered 429 past a few), never in the workers.
+        self.signin_pool = ThreadPoolExecutor(max_workers=SIGNIN_WORKERS,
+                                              thread_name_prefix="rdr-signin")
         self.store: Datastore | None = None
         self.tls: TlsFiles | None = None
         self._runner: web.AppRunner | None = None
@@ -135,7 +145,7 @@ class Daemon:
                 self.tunnel = TunnelWatch(rcfg.tunnel_subnet, self.store.index.add_tunnel_event)
             self.replicator = await loop.run_in_executor(
                 self.pool, lambda: wiring.replicator(
-                    self.cfg, self.store, self.pool, wiring.replication_target(self.cfg),
+                    self.cfg, self.store, self.pools.heavy, wiring.replication_target(self.cfg),
                     self.tunnel.is_up if self.tunnel else None))
             replicator = self.replicator
 
@@ -156,7 +166,7 @@ class Daemon:
         self.scheduler = Scheduler(
             self.store.index, wiring.periodic_jobs(self.cfg, maintenance, self.capacity, heal,
                                                    on_prune=self.collector.snapshots_changed),
-            self.pool)
+            self.pools.heavy)
         if self.cfg.datacenter.probe:
             host, port = parse_listen(self.cfg.datacenter.probe, "datacenter.probe")
             self.probe = LinkProbe(host, port, self.cfg.datacenter.probe_interval_seconds,
@@ -167,13 +177,15 @@ class Daemon:
                            usage_report=self.capacity.report,
                            on_commit=self._committed,
                            upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
-                           commit_pool=self.commit_pool)
-        self.browser = Browser(self.store)
+                           commit_pool=self.commit_pool, heavy_pool=self.pools.heavy)
+        self.browser = Browser(self.store,
+                               listing_bytes=self.cfg.limits.listing_cache_mb * 2**20)
         self.backups = wiring.backup_scheduler(self.cfg, self.store)
-        self.seeds = SeedDisks(self.store, self._seed_cipher, self.pool,
+        self.seeds = SeedDisks(self.store, self._seed_cipher, self.pools.heavy,
                                self.cfg.appliance.serial, Path(self.cfg.seed.mount_root))
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
-                       self._overview, ingest.jobs, seeds=self.seeds)
+                       self._overview, ingest.jobs, seeds=self.seeds, heavy=self.pools.heavy,
+                       gate=self.heavy_gate, signin_pool=self.signin_pool)
         ingest.attach_page(page)
         ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake,
                                          self.cfg.retention.policy))
@@ -211,12 +223,15 @@ class Daemon:
         app.add_subapp("/api/v1", ingest.app())
 
         ctx = tls.server_context(self.tls.cert, self.tls.key)
+        header_timeout = self.cfg.server.header_timeout_seconds
         self._runner = web.AppRunner(app, access_log=None,
-                                     shutdown_timeout=self.cfg.server.shutdown_grace_seconds)
+                                     shutdown_timeout=self.cfg.server.shutdown_grace_seconds,
+                                     keepalive_timeout=header_timeout)
         await self._runner.setup()
         for addr in self.cfg.server.listen:
             host, port = parse_listen(addr)
-            site = web.TCPSite(self._runner, host, port, ssl_context=ctx, reuse_address=True)
+            site = tls.TlsSite(self._runner, host, port, ssl_context=ctx,
+                               handshake_timeout=header_timeout)
             await site.start()
             for sock in site._server.sockets:
                 self.addresses.append(sock.getsockname()[:2])
@@ -431,7 +446,8 @@ class Daemon:
             await loop.run_in_executor(self.pool, self.store.close)
             self.store = None
         self.commit_pool.shutdown(wait=True)
-        self.pool.shutdown(wait=True)
+        self.signin_pool.shutdown(wait=True)
+        self.pools.shutdown()
         if self._claim is not None:
             self._claim.release()
         log.info("stopped cleanly")

@@ -21,7 +21,7 @@ from .replication.targets import (
     Target,
 )
 from .scheduler import Periodic
-from .store.datastore import Datastore
+from .store.datastore import CatalogLimits, Datastore
 from .store.maintenance import Maintenance, MaintenanceSettings
 
 
@@ -40,11 +40,19 @@ def watermarks(cfg: Config) -> Watermarks:
     return Watermarks(tuple(cfg.capacity.warn_percent), cfg.capacity.hard_percent)
 
 
+def catalog_limits(cfg: Config) -> CatalogLimits:
+    lim = cfg.limits
+    return CatalogLimits(free_entries=lim.catalog_free_entries,
+                         bytes_per_entry=lim.catalog_bytes_per_entry,
+                         max_entries=lim.catalog_max_entries,
+                         recommit_seconds=lim.recommit_interval_seconds)
+
+
 def open_store(cfg: Config) -> Datastore:
     return Datastore(cfg.data_dir, cfg.store.session_lease_seconds,
                      cfg.store.reserve_mb * 1024 * 1024,
                      admit=Admission(cfg.data_dir, watermarks(cfg)),
-                     max_active=cfg.store.max_active_backups)
+                     max_active=cfg.store.max_active_backups, limits=catalog_limits(cfg))
 
 
 def maintenance(cfg: Config, store: Datastore) -> Maintenance:

@@ -381,13 +381,17 @@ class Appliance(Tool):
     name = "appliance"
 
     def __init__(self, work: Path, hosts: int = 1, replication: str = "enabled = false\n",
-                 ) -> None:
+                 server_toml: str = "", extra_config: str = "") -> None:
         super().__init__(work)
         self.data = work / "data"
         self.cfg = work / "appliance.toml"
         self.hosts = hosts
         #: The body of the config's [replication] section (off unless a caller wants it).
         self.replication = replication
+        #: More lines of the [server] section (tests: shorter timeouts).
+        self.server_toml = server_toml
+        #: Further sections appended to the config (e.g. "[limits]\n...").
+        self.extra_config = extra_config
         self.tokens: list[str] = []
         self.server: Server | None = None
         self.port = 0
@@ -410,10 +414,11 @@ class Appliance(Tool):
         self.port = free_port()
         # Scheduled jobs off (restic and borg run none either); the reserve at its default.
         self.cfg.write_text(
-            f'[server]\nlisten = "127.0.0.1:{self.port}"\n[store]\npath = "{self.data}"\n'
+            f'[server]\nlisten = "127.0.0.1:{self.port}"\n{self.server_toml}'
+            f'[store]\npath = "{self.data}"\n'
             f"[replication]\n{self.replication}[maintenance]\nprune_interval_hours = 0\n"
             "gc_interval_hours = 0\nverify_interval_hours = 0\n[capacity]\n"
-            "sample_interval_hours = 0\n[health]\nwatch_disks = false\n")
+            "sample_interval_hours = 0\n[health]\nwatch_disks = false\n" + self.extra_config)
         env = clean_env(("RDR_",))
         for i in range(self.hosts):
             res = run_measured([self.cmd("rdr"), "hosts", "add", f"bench{i:02d}", "--config",

@@ -61,19 +61,25 @@ class Live:
         return s, r.json()["csrf"]
 
     def log_text(self) -> str:
-        return (self.app.work / "daemon.log").read_text(errors="replace")
+        """The daemon's log, with those of its earlier runs (a test may restart it)."""
+        return "".join(p.read_text(errors="replace")
+                       for p in sorted(self.app.work.glob("daemon*.log")))
 
 
-def start_live(work: Path, daemon_config: str = "enabled = false\n") -> Live:
-    """Start the daemon (replication section `daemon_config`) and give it something to
-    serve: two hosts, one backup of a small tree by the first, an account, an admin token."""
+def start_live(work: Path, daemon_config: str = "enabled = false\n",
+               server_config: str = "", extra_config: str = "") -> Live:
+    """Start the daemon (replication section `daemon_config`, more [server] lines
+    `server_config`, further sections `extra_config`) and give it something to serve: two
+    hosts, one backup of a small tree by the first, an account, an admin token."""
     warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-    app = Appliance(work / "appliance", hosts=2, replication=daemon_config)
+    app = Appliance(work / "appliance", hosts=2, replication=daemon_config,
+                    server_toml=server_config, extra_config=extra_config)
     app.prepare()
     try:
         live = Live(app, list(app.tokens), "", src=make_tree(work / "src", big_mb=1))
         live.rdr("admin", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
-        live.admin_token = live.rdr("tokens", "add", "prober").stdout.strip().splitlines()[-1]
+        live.admin_token = live.rdr("tokens", "add", "prober", "--scope",
+                                   "admin").stdout.strip().splitlines()[-1]
         out = subprocess.run([app.cmd("rdr-agent"), "backup", str(live.src), "--json"],
                              env=app.agent_env(0), capture_output=True, text=True,
                              timeout=300, check=True).stdout

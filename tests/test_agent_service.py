@@ -129,7 +129,7 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
 
         # --- the plan is edited on the appliance; "back up now" from the page's API,
         # slowed by the LAN limit so that it can be paused and resumed while it runs
-        admin = app.store.index.add_api_token("ops")
+        admin = app.store.index.add_api_token("ops", "admin")
         for i in range(6):
             (src_a / f"data{i}.bin").write_bytes(os.urandom(200_000))
         async with http(app, admin) as s:
@@ -229,7 +229,7 @@ async def test_host_whose_agent_is_offline_is_flagged_when_its_window_ends(
         db.execute("UPDATE hosts SET created_at = created_at - 2 * 86400")
     app.store.set_window("offline", local_hhmm(-timedelta(hours=12, minutes=2)))
     app.store.plans.update("offline", paths=["/srv/data"])
-    admin = app.store.index.add_api_token("prometheus")
+    admin = app.store.index.add_api_token("dashboard", "read")
     async with http(app, admin) as s:
         resp = await s.get("/api/v1/overview")
         (h,) = (await resp.json())["hosts"]

@@ -312,3 +312,40 @@ async def test_bundles_with_mostly_dead_bytes_are_rebuilt(appliance: Appliance,
                              str(tmp_path / "out"))
     assert rc == 0, err
     assert_same_tree(src, restored_root(tmp_path / "out", src))
+
+
+class PruningClient(ApplianceClient):
+    """Removes the parent snapshot on the appliance right after the agent has read it: an
+    administrator's force-prune racing the backup. The agent's unchanged files then keep
+    ranges whose chunks the host no longer owns through any snapshot."""
+
+    def __init__(self, *args, app: Appliance, host: str, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.app, self.host = app, host
+
+    async def snapshot(self, snap: str) -> dict:
+        info = await super().snapshot(snap)
+        if snap == "latest":
+            self.app.store.remove_snapshot(self.host, info["snapshot"]["snapshot"])
+        return info
+
+
+async def test_commit_refused_for_unproven_chunks_rereads_those_files(
+        appliance: Appliance, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = make_tree(tmp_path / "src", big_mb=1)
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, first, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    async with PruningClient(appliance.endpoint(token), app=appliance, host="web01") as c:
+        res = await Archiver(c, state).backup([os.fsencode(src)])
+    # The first pass reused every unchanged file's ranges; the commit was refused for
+    # them (the parent was gone), and the second pass read those files again.
+    assert "reading those files again" in caplog.text
+    assert res.stats.bytes_read == res.stats.bytes_total == first["bytes_total"]
+    assert res.stats.files_unchanged == 1  # the empty file: it uses no chunk
+    assert [r.snapshot for r in appliance.store.index.snapshots("web01")] == [res.snapshot]
+    rc, _, err = await agent(appliance, token, state, "restore", res.snapshot, "--to",
+                             str(tmp_path / "out"))
+    assert rc == 0, err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))

@@ -11,6 +11,7 @@ import random
 import signal
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -21,6 +22,7 @@ from appliance.capacity.network import LinkProbe
 from appliance.capacity.report import ReportSettings, monthly_report
 from appliance.capacity.watermarks import Admission, Watermarks
 from appliance.config import CapacityConfig, Config, StoreConfig
+from appliance.store.accounts import Accounts
 from appliance.store.datastore import Datastore
 from appliance.store.errors import InsufficientStorage
 from appliance.store.index import SnapshotRow
@@ -212,7 +214,7 @@ def test_watermarks_levels_and_admission(tmp_path: Path, monkeypatch) -> None:
 
 async def test_usage_api_needs_an_admin_token(appliance: Appliance, tmp_path: Path) -> None:
     host_token = appliance.add_host("web01")
-    admin = appliance.store.index.add_api_token("provider")
+    admin = appliance.store.index.add_api_token("provider", "read")
     fp = bytes.fromhex(appliance.fingerprint.replace(":", ""))
     async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(fp))) as http:
@@ -244,8 +246,26 @@ async def test_restore_start_latency_is_recorded(appliance: Appliance, tmp_path:
     assert rc == 0, err
     rc, _, err = await run(agent_cmd() + ["restore", "latest", "--to", str(tmp_path / "o")], env)
     assert rc == 0, err
-    rows = appliance.store.index.restores()
+    # A host's own restore is not the service's to measure (it chooses when to fetch).
+    assert appliance.store.index.restores() == []
+    # An account's download on the page is: request to first byte.
+    Accounts(appliance.store.index).add("alice", "a long password here")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False),
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.post(f"{appliance.url}/api/v1/auth/login",
+                             json={"name": "alice", "password": "a long password here"}) as r:
+            assert r.status == 200
+        q = quote(str(src / "f").strip("/"))
+        async with http.get(f"{appliance.url}/api/v1/hosts/web01/snapshots/latest/download"
+                            f"?path={q}") as r:
+            assert r.status == 200 and len(await r.read()) == 100_000
+    for _ in range(50):  # recorded just after the first piece is written: may trail it
+        rows = appliance.store.index.restores()
+        if rows and rows[0]["first_byte_at"] is not None:
+            break
+        await asyncio.sleep(0.05)
     assert len(rows) == 1 and rows[0]["first_byte_at"] is not None
+    assert rows[0]["account"] == "alice" and rows[0]["via"] == "page"
     latency = rows[0]["first_byte_at"] - rows[0]["requested_at"]
     assert 0 <= latency < 30 * 60
     rep = appliance.daemon.capacity.report()

@@ -118,8 +118,13 @@ async def test_serve_stops_cleanly_and_sessions_stay_resumable(tmp_path: Path, s
 async def test_agent_errors_are_one_line(appliance: Appliance, tmp_path: Path) -> None:
     token = appliance.add_host("web01")
     env = appliance.env(token, tmp_path / "state")
-    rc, _, err = await run(agent_cmd() + ["snapshots", "--token", "rdr_0_bad"], env)
+    bad = tmp_path / "bad-token"
+    bad.write_text("rdr_0_bad\n")
+    rc, _, err = await run(agent_cmd() + ["snapshots", "--token-file", str(bad)], env)
     assert "401" in one_line_error(rc, err)
+    # A token in argv is refused (every user of the host reads argv): one line, exit 1.
+    rc, _, err = await run(agent_cmd() + ["snapshots", "--token", "rdr_0_bad"], env)
+    assert "--token-file" in one_line_error(rc, err)
     wrong_fp = ":".join(["AB"] * 32)
     rc, _, err = await run(agent_cmd() + ["snapshots", "--fingerprint", wrong_fp], env)
     assert "TLS" in one_line_error(rc, err)

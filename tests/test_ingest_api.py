@@ -174,7 +174,10 @@ async def test_commit_naming_an_unknown_chunk_commits_nothing(appliance: Applian
         await upload_all(c, sid, [present, *cat, *idx])
         with pytest.raises(ApplianceError) as err:
             await c.commit(sid, commit_body(cat, idx))
-        assert err.value.status == 422 and err.value.body["missing"] == [absent.id]
+        # Never uploaded nor proven by this session: refused as unproven (an id this
+        # session does not own gets the same answer whether or not the chunk exists).
+        assert err.value.status == 422 and err.value.code == "unproven_chunks"
+        assert err.value.body["unproven"] == [absent.id]
         assert appliance.store.index.snapshots() == []
         assert not list((appliance.data_dir / "snapshots").rglob("manifest.json"))
         # The session stays open: upload what was missing and commit.

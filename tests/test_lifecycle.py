@@ -27,7 +27,7 @@ from appliance.config import Config, MaintenanceConfig
 from appliance.scheduler import Scheduler
 from appliance.store import prune, snapshots
 from appliance.store.catalog import FILE, CatalogWriter, Entry, Range, iter_blocks
-from appliance.store.chunkfile import ChunkEncoder, chunk_id
+from appliance.store.chunkfile import ChunkEncoder, chunk_id, possession_key, possession_proof
 from appliance.store.datastore import CommitRequest, Datastore
 from appliance.store.errors import Conflict, NotFound, StoreError
 from appliance.store.gc import GarbageCollector, GcResult
@@ -446,7 +446,9 @@ def test_gc_keeps_a_chunk_the_known_query_touched(store: Datastore) -> None:
     other = orphan_chunk(store, "web01", data(12))
     sid, _ = store.open_session("web01")
     time.sleep(TICK)
-    assert store.known("web01", sid, [reused]) == []
+    # (its session was aborted, so the host proves it holds the content)
+    key = possession_key(bytes.fromhex(store.session_nonce("web01", sid)))
+    assert store.known("web01", sid, [reused], [possession_proof(key, data(11))]) == []
 
     res = maint(store, gc_grace_seconds=0).gc()
     assert store.chunks.has(reused)
@@ -514,7 +516,9 @@ def test_commit_refuses_a_quarantined_parent_chunk_until_it_is_uploaded(
 def test_commit_after_its_parent_was_removed_checks_every_chunk(
         store: Datastore, clock: FakeClock) -> None:
     """If the parent is removed and GC deletes its chunks while a session is open, nothing
-    vouches for the reused chunks any more: the commit finds them missing and is refused."""
+    vouches for the reused chunks any more: the commit is refused. (Since ownership, the
+    refusal comes first as "unproven": no snapshot of the host holds them any more, and the
+    session neither uploaded nor proved them.)"""
     store.add_host("web01")
     parent = commit_at(store, clock, START, "web01", {b"shared": data(3)})
     shared = chunk_id(data(3))
@@ -527,7 +531,7 @@ def test_commit_after_its_parent_was_removed_checks_every_chunk(
     with pytest.raises(StoreError) as err:
         commit_files(store, "web01", {b"shared": data(3)}, sid=sid,
                      reuse=frozenset({b"shared"}))
-    assert err.value.code == "missing_chunks" and shared in err.value.details["missing"]
+    assert err.value.code == "unproven_chunks" and shared in err.value.details["unproven"]
     assert store.index.session(sid).state == "open"
 
 
@@ -576,7 +580,8 @@ def test_gc_with_no_grace_keeps_chunks_touched_right_after_the_cutoff(
     for i in range(10):
         cid = orphan_chunk(store, "web01", data(100 + i))
         sid, _ = store.open_session("web01")
-        assert store.known("web01", sid, [cid]) == []
+        key = possession_key(bytes.fromhex(store.session_nonce("web01", sid)))
+        assert store.known("web01", sid, [cid], [possession_proof(key, data(100 + i))]) == []
         run_gc(GarbageCollector(store, grace=0, stale_session_age=1e9), store)
         if not store.chunks.has(cid):
             lost.append(cid)

@@ -295,9 +295,10 @@ async def test_download_streams_a_file_with_ranges_and_its_real_name(page: Page,
     assert await resp.read() == (b.src / "bin/tool").read_bytes()
     resp = await page.get(f"{base}/empty-file")
     assert resp.status == 200 and await resp.read() == b""
-    # Each download is a restore in the service-level ledger, with its start latency.
+    # Each file an account downloads is one restore in the service-level ledger, with its
+    # start latency: big.bin's six fetches (whole, ranges, resumes) are one restore.
     rows = [r for r in page.app.store.index.restores() if r["via"] == "page"]
-    assert len(rows) == 9 and all(r["first_byte_at"] is not None for r in rows)
+    assert len(rows) == 5 and all(r["first_byte_at"] is not None for r in rows)
     assert all(0 <= r["first_byte_at"] - r["requested_at"] < 5 for r in rows)
 
 
@@ -347,7 +348,7 @@ async def test_a_damaged_file_is_refused_with_a_clear_error(page: Page, tmp_path
 async def test_tokens_see_only_what_they_may(page: Page, tmp_path: Path) -> None:
     b = await backup(page.app, tmp_path)
     other = await backup(page.app, tmp_path, "db01")
-    admin_token = page.app.store.index.add_api_token("provider")
+    admin_token = page.app.store.index.add_api_token("provider", "read")
 
     def bearer(token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}

@@ -19,7 +19,20 @@ import pytest
 
 from appliance.daemon import Daemon
 from appliance.ingest.jobs_api import AgentJobsApi
+from appliance.store.catalog import (
+    CHARDEV,
+    DIR,
+    FILE,
+    CatalogWriter,
+    Entry,
+    Range,
+    iter_blocks,
+    join_path,
+)
+from appliance.store.chunkfile import ChunkDecoder, ChunkEncoder
+from appliance.store.datastore import CommitRequest
 from appliance.store.errors import Conflict, NotFound, StoreError
+from appliance.store.manifest import StreamRef
 from appliance.store.restore_jobs import (
     STALLED_MESSAGE,
     UNCLAIMED_MESSAGE,
@@ -184,17 +197,29 @@ async def test_job_endpoints_serve_only_the_target_host_while_the_job_runs(
         assert got == {"id": job.id, "source_host": "host-a", "snapshot": snap_a,
                        "paths": [os.fsdecode(cat(tmp_path / "a"))],
                        "target_dir": str(tmp_path / "t"), "requested_by": "admin",
-                       "requested_at": job.to_json()["requested_at"]}
-        # Running: B reads A's snapshot through the job, exactly as stored...
+                       "requested_at": job.to_json()["requested_at"], "allow_special": False}
+        # Running: B reads the selected paths of A's snapshot through the job (here all of
+        # the backed-up tree): the snapshot's id and date, not its manifest...
         async with b.get(f"{base}/snapshot") as resp:
             assert resp.status == 200
             body = await resp.json()
         assert body["snapshot"]["snapshot"] == snap_a and body["snapshot"]["host"] == "host-a"
-        assert body["manifest"]["catalog"]["chunks"][0][0] == mine
-        async with b.get(f"{base}/chunks/{mine}") as resp:
+        assert "manifest" not in body and body["catalog"]["entries"] > 3
+        # ...the selected entries, and the chunks their files use...
+        async with b.get(f"{base}/catalog") as resp:
             assert resp.status == 200
-            assert await resp.read() == appliance.store.chunks.path(mine).read_bytes()
-        # ...but no chunk outside that snapshot, and nothing of it for host C.
+            blocks = list(iter_blocks([await resp.read()]))
+        names = {join_path(p, e.name) for p, es in blocks for e in es}
+        assert cat(tmp_path / "a" / "sub" / "b.bin") in names
+        data = {r.chunk for _, es in blocks for e in es for r in e.ranges}
+        assert data
+        for cid in data:
+            async with b.get(f"{base}/chunks/{cid}") as resp:
+                assert resp.status == 200
+                got_plain = ChunkDecoder().decode(await resp.read())
+            assert got_plain == appliance.store.chunks.read_plain(cid)
+        # ...but not A's catalog chunks, no chunk outside it, and nothing of it for host C.
+        await error_of(await b.get(f"{base}/chunks/{mine}"), 404, "no_such_chunk")
         await error_of(await b.get(f"{base}/chunks/{other}"), 404, "no_such_chunk")
         await error_of(await b.get(f"{base}/chunks/{'0' * 64}"), 404, "no_such_chunk")
         await error_of(await b.get(f"{base}/chunks/not-a-chunk"), 404)
@@ -229,6 +254,71 @@ async def test_job_endpoints_serve_only_the_target_host_while_the_job_runs(
             "ok": True, "files": 1, "bytes": 1, "errors": 0}), 409, "job_not_running")
     failed = await api.get(job.id)
     assert (failed.state, failed.message, failed.total_bytes) == ("failed", "disk gone", 99)
+
+
+def crafted_snapshot(app: Appliance, host: str) -> str:
+    """A snapshot of `host` whose catalog says: a setuid-root shell script, a setgid file
+    with a file capability, a character device and a setgid directory (what a crafted or
+    hostile source catalog holds; the host owns it, so the commit is legitimate)."""
+    enc = ChunkEncoder()
+    body = b"#!/bin/sh\nid\n"
+    data = enc.encode(body)
+    rg = [Range(data.id, 0, len(body), len(body))]
+    cat, idx = bytearray(), bytearray()
+    writer = CatalogWriter(cat.extend, idx.extend)
+    writer.add_block(b"", [
+        Entry(b"capped", FILE, 0o2755, uid=0, gid=0, size=len(body), ranges=rg,
+              xattrs=[(b"security.capability",
+                       b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12))]),
+        Entry(b"null-dev", CHARDEV, 0o666, uid=0, gid=0, rdev=os.makedev(1, 3)),
+        Entry(b"shared", DIR, 0o2775, uid=0, gid=0),
+        Entry(b"suid-root", FILE, 0o4755, uid=0, gid=0, size=len(body), ranges=rg)])
+    writer.add_block(b"shared", [])
+    c, i = enc.encode(bytes(cat)), enc.encode(bytes(idx))
+    store = app.store
+    sid, _ = store.open_session(host)
+    for chunk in (data, c, i):
+        store.put_chunk(host, sid, chunk.id, chunk.data)
+    return store.commit(host, sid, CommitRequest(StreamRef([(c.id, c.plain_size)]),
+                                                 StreamRef([(i.id, i.plain_size)]))).snapshot
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setuid-root and device nodes need root")
+async def test_pushed_restore_of_a_crafted_catalog_creates_no_setuid_file_or_device(
+        appliance: Appliance, tmp_path: Path) -> None:
+    """The low finding: a pushed restore landed a setuid-root file on its target. Now the
+    bits are stripped, the capability and the device node left out and all three reported,
+    unless the job asks for them and the target agent allows them (both)."""
+    appliance.add_host("host-a")
+    tb = appliance.add_host("host-b")
+    snap = crafted_snapshot(appliance, "host-a")
+    api = jobs_api(appliance)
+    allow = {"RDR_ALLOW_SPECIAL_FILES": "yes"}
+    for n, (job_allows, env) in enumerate([(False, allow), (True, None), (True, allow)]):
+        target = tmp_path / f"t{n}"
+        await api.create("host-a", snap, [b""], "host-b", str(target), "admin",
+                         allow_special=job_allows)
+        rc, lines, err = await agent_run(appliance, tb, tmp_path / "sb", "--once", "--wait",
+                                         "10", env=env)
+        st = os.stat(target / "suid-root")
+        capped = os.stat(target / "capped")
+        caps = os.listxattr(target / "capped")
+        if job_allows and env:
+            assert rc == 0, (lines, err)
+            assert st.st_mode & stat.S_ISUID and st.st_uid == 0
+            assert capped.st_mode & stat.S_ISGID and "security.capability" in caps
+            assert stat.S_ISCHR(os.lstat(target / "null-dev").st_mode)
+            continue
+        assert rc == 3, (lines, err)  # done, with the three entries reported
+        assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == 0
+        assert stat.S_IMODE(capped.st_mode) == 0o755 and "security.capability" not in caps
+        assert (target / "suid-root").read_bytes() == b"#!/bin/sh\nid\n"
+        assert not os.path.lexists(target / "null-dev")
+        assert os.stat(target / "shared").st_mode & stat.S_ISGID  # a directory keeps it
+        message = lines[0]["message"]
+        assert "setuid/setgid bits not restored" in message
+        assert "device node not created" in message
+        assert "file capabilities not restored" in message
 
 
 async def test_queued_jobs_can_be_cancelled_and_are_then_never_picked_up(

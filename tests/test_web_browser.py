@@ -185,8 +185,12 @@ def browse_script(url: str, snapshot: str, src: Path, downloads: Path, profile: 
         w.until(lambda d: "unknown time zone" in find("#plan-error").text)
         zone.clear()
         zone.send_keys("Europe/Paris")
+        find("#plan-dump").send_keys("pg_dump shop")
         d.find_element(By.ID, "plan-save").click()
         w.until(EC.staleness_of(paths))  # saved: the view is drawn again from the appliance
+        # The dump command's change is audited and shown under its field.
+        audit = find("#dump-audit").text
+        assert "by account:alice" in audit and "pg_dump shop" in audit, audit
         assert find("#plan-paths").get_attribute("value") == "/srv/www"
         assert Select(find("#plan-policy")).first_selected_option.get_attribute("value") \
             == "30-0-0"
@@ -277,6 +281,8 @@ async def test_restore_a_file_and_a_folder_through_the_page(appliance: Appliance
     plan = appliance.store.plans.get("web01")
     assert (plan.paths, plan.timezone, plan.one_file_system) == (["/srv/www"], "Europe/Paris",
                                                                  True)
+    assert [(a["who"], a["new"]) for a in appliance.store.plans.audit("web01")] == [
+        ("account:alice", "pg_dump shop")]
     assert appliance.store.index.host_policy("web01") == "30-0-0"
     (now_run,) = appliance.store.runs.list("web01")
     assert (now_run.kind, now_run.state, now_run.requested_by) == ("manual", "queued",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -43,7 +44,7 @@ from ..store.catalog import (
     join_path,
     path_key,
 )
-from ..store.chunkfile import ChunkEncoder, EncodedChunk
+from ..store.chunkfile import ChunkEncoder, EncodedChunk, possession_key, possession_proof
 from .catalog_cache import CatalogCache
 from .chunker import SMALL_FILE, Bundle, StreamCutter, new_cdc
 from .client import ApplianceClient, ApplianceError
@@ -53,6 +54,10 @@ log = logging.getLogger("rdr.agent.backup")
 
 #: Re-bundle the live small files of a bundle whose parent-snapshot use fell below this share.
 REBUNDLE_BELOW = 0.5
+#: Backup passes in one session: a commit refused for unproven chunks (an unchanged file's
+#: range whose snapshot was force-pruned meanwhile) re-reads the files that use them, and
+#: the last pass reads everything.
+MAX_PASSES = 3
 WARM_MAX = 8 * 2**20  # bigger files are read sequentially with the kernel's own readahead
 MAX_UNREADABLE_SENT = 1000
 
@@ -167,11 +172,15 @@ class Producer:
     MAX_PENDING_BLOCKS = 512
     MAX_ENCODES_IN_FLIGHT = 8
 
-    def __init__(self, stats: BackupStats, emit: Callable[[EncodedChunk], None],
+    def __init__(self, stats: BackupStats, emit: Callable[[EncodedChunk, str], None],
                  encoders: ThreadPoolExecutor, parent: ParentCatalog, low_use: set[str],
-                 stop: threading.Event, prefetch: ThreadPoolExecutor | None = None) -> None:
+                 stop: threading.Event, prefetch: ThreadPoolExecutor | None = None,
+                 proof_key: bytes | None = None) -> None:
+        """`emit(chunk, proof)` gets every chunk with its possession proof under
+        `proof_key` (the session's; "" without one)."""
         self.stats = stats
         self.emit = emit
+        self.proof_key = proof_key
         self.encoders = encoders
         self.parent = parent
         self.low_use = low_use
@@ -198,7 +207,9 @@ class Producer:
             if enc is None:
                 enc = self._enc_local.enc = ChunkEncoder()
             chunk = enc.encode(plain)
-            self.emit(chunk)
+            # The plaintext is at hand (and in cache) now: the proof costs one hash pass.
+            key = self.proof_key
+            self.emit(chunk, possession_proof(key, plain) if key is not None else "")
             # A data chunk's future lives as long as the catalog block that needs its id,
             # which can be hundreds of blocks behind a bundle still filling: it keeps the
             # id only, so the chunk's bytes are freed once uploaded.
@@ -482,6 +493,9 @@ class Archiver:
         self.encoders = encoders or max(2, os.cpu_count() or 2)
         self.on_progress = on_progress
         self.stats = BackupStats()
+        #: Possession-proof key of the open session (None: an appliance without proofs).
+        self.proof_key: bytes | None = None
+        self.lease = 60.0
 
     def _session_file(self, host: str) -> Path:
         return self.state_dir / f"session-{host}.json"
@@ -509,11 +523,62 @@ class Archiver:
                     raise
 
         sid, resumed = await self._open_session(host)
-        stop = threading.Event()
-        queue: asyncio.Queue[EncodedChunk | None] = asyncio.Queue(maxsize=24)
+        refused: set[str] = set()
+        beat = asyncio.create_task(self._heartbeat(sid))
+        try:
+            for attempt in range(1, MAX_PASSES + 1):
+                # The last pass reads every file: nothing of the parent is reused.
+                parent = parent_chunks if attempt < MAX_PASSES else None
+                if attempt > 1:  # counted afresh, in place (a progress reporter holds it)
+                    for f in dataclasses.fields(BackupStats):
+                        setattr(self.stats, f.name, getattr(BackupStats(), f.name))
+                cat, idx = await self._pass(sid, cache, parent, damaged | refused, sources,
+                                            excludes, one_file_system, stdin_name, stdin)
+                unreadable = self.stats.unreadable
+                body = {
+                    "catalog": {"chunks": [[c.id, c.plain_size] for c in cat]},
+                    "dirindex": {"chunks": [[c.id, c.plain_size] for c in idx]},
+                    "agent_version": __version__,
+                    "source": [os.fsdecode(s) for s in (sources or [])] or
+                              ([f"stdin:{os.fsdecode(stdin_name)}"] if stdin_name else []),
+                    "unreadable": [{"path": p, "error": e}
+                                   for p, e in unreadable[:MAX_UNREADABLE_SENT]],
+                    "unreadable_count": len(unreadable),
+                }
+                try:
+                    result = await self.client.commit(sid, body)
+                    break
+                except ApplianceError as exc:
+                    if exc.code != "unproven_chunks" or attempt == MAX_PASSES \
+                            or stdin_name is not None:
+                        raise
+                    listed = [c for c in exc.body.get("unproven", []) if isinstance(c, str)]
+                    refused.update(listed)
+                    if exc.body.get("unproven_count", 0) > len(listed):
+                        parent_chunks = None  # more than listed: read everything
+                    log.warning("the appliance refused %s chunks of unchanged files (their "
+                                "snapshot was removed meanwhile); reading those files again",
+                                exc.body.get("unproven_count", len(listed)))
+        finally:
+            beat.cancel()
+        self._session_file(host).unlink(missing_ok=True)
+        await loop.run_in_executor(None, self._refresh_cache, cache, cat + idx, cat)
+        return BackupResult(result["snapshot"], host, self.stats, time.monotonic() - started,
+                            resumed)
 
-        def emit(chunk: EncodedChunk) -> None:
-            fut = asyncio.run_coroutine_threadsafe(queue.put(chunk), loop)
+    async def _pass(self, sid: str, cache: CatalogCache,
+                    parent_chunks: list[tuple[str, int]] | None, damaged: set[str],
+                    sources: list[bytes] | None, excludes: list[str] | None,
+                    one_file_system: bool, stdin_name: bytes | None,
+                    stdin: io.RawIOBase | io.BufferedIOBase | None,
+                    ) -> tuple[list[EncodedChunk], list[EncodedChunk]]:
+        """Walk, read, chunk and upload once; returns the catalog's and index's chunks."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        queue: asyncio.Queue[tuple[EncodedChunk, str] | None] = asyncio.Queue(maxsize=24)
+
+        def emit(chunk: EncodedChunk, proof: str) -> None:
+            fut = asyncio.run_coroutine_threadsafe(queue.put((chunk, proof)), loop)
             while True:
                 try:
                     fut.result(timeout=0.5)
@@ -534,7 +599,7 @@ class Archiver:
                 low_use |= low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
                 parent_blocks = iter_blocks(cache.pieces(parent_chunks))
             producer = Producer(self.stats, emit, pool, ParentCatalog(parent_blocks), low_use,
-                                stop, prefetch)
+                                stop, prefetch, self.proof_key)
             if stdin_name is not None:
                 producer.run_stdin(stdin_name, stdin if stdin is not None else sys.stdin.buffer)
             else:
@@ -545,7 +610,6 @@ class Archiver:
             return producer.finish()
 
         uploader = asyncio.create_task(self._upload(sid, queue))
-        beat = asyncio.create_task(self._heartbeat(sid))
         try:
             produced = loop.run_in_executor(None, produce)
             try:
@@ -564,25 +628,9 @@ class Archiver:
                 await uploader
             raise
         finally:
-            beat.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             prefetch.shutdown(wait=False, cancel_futures=True)
-
-        unreadable = self.stats.unreadable
-        body = {
-            "catalog": {"chunks": [[c.id, c.plain_size] for c in cat]},
-            "dirindex": {"chunks": [[c.id, c.plain_size] for c in idx]},
-            "agent_version": __version__,
-            "source": [os.fsdecode(s) for s in (sources or [])] or
-                      ([f"stdin:{os.fsdecode(stdin_name)}"] if stdin_name else []),
-            "unreadable": [{"path": p, "error": e} for p, e in unreadable[:MAX_UNREADABLE_SENT]],
-            "unreadable_count": len(unreadable),
-        }
-        result = await self.client.commit(sid, body)
-        self._session_file(host).unlink(missing_ok=True)
-        await loop.run_in_executor(None, self._refresh_cache, cache, cat + idx, cat)
-        return BackupResult(result["snapshot"], host, self.stats, time.monotonic() - started,
-                            resumed)
+        return cat, idx
 
     @staticmethod
     def _refresh_cache(cache: CatalogCache, chunks: list[EncodedChunk],
@@ -606,6 +654,9 @@ class Archiver:
         sid = info["session"]
         path.write_text(json.dumps({"session": sid, "url": self.client.ep.url}))
         self.lease = float(info.get("lease_seconds", 60))
+        nonce = info.get("nonce")
+        self.proof_key = possession_key(bytes.fromhex(nonce)) if isinstance(nonce, str) \
+            else None
         return sid, bool(info.get("resumed"))
 
     async def _wait_for_slot(self, resume: str | None) -> dict:
@@ -631,7 +682,8 @@ class Archiver:
             with contextlib.suppress(Exception):
                 await self.client.heartbeat(sid)
 
-    async def _upload(self, sid: str, queue: asyncio.Queue[EncodedChunk | None]) -> None:
+    async def _upload(self, sid: str,
+                      queue: asyncio.Queue[tuple[EncodedChunk, str] | None]) -> None:
         """Ask which chunks the appliance lacks, in batches, and upload those, several at once."""
         seen: set[str] = set()
         slots = asyncio.Semaphore(self.uploads)
@@ -656,18 +708,24 @@ class Archiver:
                 raise failure[0]
             item = await queue.get()
             batch: list[EncodedChunk] = []
+            proofs: list[str] = []
             while True:
                 if item is None:
                     done = True
                     break
-                if item.id not in seen:
-                    seen.add(item.id)
-                    batch.append(item)
+                chunk, proof = item
+                if chunk.id not in seen:
+                    seen.add(chunk.id)
+                    batch.append(chunk)
+                    proofs.append(proof)
                 if len(batch) >= 256 or queue.empty():
                     break
                 item = queue.get_nowait()
             if batch:
-                missing = set(await self.client.known_missing(sid, [c.id for c in batch]))
+                # One query per batch, ids with their proofs: no extra round trip.
+                missing = set(await self.client.known_missing(
+                    sid, [c.id for c in batch],
+                    proofs if self.proof_key is not None else None))
                 for chunk in batch:
                     if chunk.id not in missing:
                         self.stats.chunks_known += 1

@@ -231,7 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("appliance")
     g.add_argument("--url", help="appliance URL, e.g. https://appliance:8443 ($RDR_URL)")
-    g.add_argument("--token", help="this host's token ($RDR_TOKEN)")
+    # A token on the command line is readable by every user of the host (ps, /proc): it is
+    # taken only from a file, the environment or the config file. --token stays parsed so
+    # it can be refused with one clear line instead of an argparse usage dump.
+    g.add_argument("--token", help=argparse.SUPPRESS)
+    g.add_argument("--token-file", metavar="PATH",
+                   help="file holding this host's token ($RDR_TOKEN_FILE; or $RDR_TOKEN, or "
+                   "token in the config file)")
     g.add_argument("--fingerprint", help="pinned SHA-256 of the appliance certificate "
                    "($RDR_FINGERPRINT)")
     g.add_argument("--ca", help="CA file to verify the appliance certificate ($RDR_CA)")
@@ -295,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "from_disk", None):  # no appliance involved
             return asyncio.run(args.run(args, None))
-        settings = resolve({"url": args.url, "token": args.token,
+        if args.token is not None:
+            raise SettingsError("--token would show the token to every user of this host "
+                                "(ps); use --token-file PATH, RDR_TOKEN or the config file")
+        settings = resolve({"url": args.url, "token_file": args.token_file,
                             "fingerprint": args.fingerprint, "ca": args.ca,
                             "state_dir": args.state_dir}, args.config)
         return asyncio.run(args.run(args, settings))

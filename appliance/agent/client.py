@@ -151,8 +151,14 @@ class ApplianceClient:
         return await self._json("POST", "/sessions", {"resume": resume} if resume else {},
                                 idempotent=False)
 
-    async def known_missing(self, sid: str, ids: list[str]) -> list[str]:
-        return (await self._json("POST", f"/sessions/{sid}/known", {"chunks": ids}))["missing"]
+    async def known_missing(self, sid: str, ids: list[str],
+                            proofs: list[str] | None = None) -> list[str]:
+        """Which of `ids` to upload; `proofs` (one per id, under the session's nonce) let
+        the appliance answer "have" for chunks it holds that this host has not stored."""
+        body: dict[str, Any] = {"chunks": ids}
+        if proofs is not None:
+            body["proofs"] = proofs
+        return (await self._json("POST", f"/sessions/{sid}/known", body))["missing"]
 
     async def put_chunk(self, sid: str, cid: str, data: bytes) -> bool:
         async def call() -> bool:
@@ -209,8 +215,27 @@ class ApplianceClient:
         """{"snapshot": row, "manifest": manifest} of a running job's source snapshot."""
         return await self._json("GET", f"/agent/jobs/{int(jid)}/snapshot")
 
+    async def job_catalog(self, jid: int, out: str | os.PathLike[str]) -> int:
+        """Download a running job's catalog (the selected paths only) to `out`; returns
+        its size. Written piece by piece: a whole-snapshot job's catalog can be large."""
+        async def call() -> int:
+            async with self._http.get(f"{self.base}/agent/jobs/{int(jid)}/catalog") as resp:
+                await self._check(resp)
+                n = 0
+                f = await asyncio.to_thread(open, out, "wb")
+                try:
+                    async for piece in resp.content.iter_chunked(1 << 20):
+                        await asyncio.to_thread(f.write, piece)  # the loop never waits on disk
+                        n += len(piece)
+                finally:
+                    await asyncio.to_thread(f.close)
+                return n
+
+        return await self._retry(call, True)
+
     async def job_chunk(self, jid: int, cid: str) -> bytes:
-        """A chunk file of a running job's source snapshot."""
+        """A chunk file of a running job: only the selected files' bytes of the chunk (the
+        rest zeroed), so its plaintext does not hash to `cid`."""
         async def call() -> bytes:
             async with self._http.get(f"{self.base}/agent/jobs/{int(jid)}/chunks/{cid}") as resp:
                 await self._check(resp)

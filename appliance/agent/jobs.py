@@ -4,7 +4,8 @@
 The agent polls (a long poll, so a job starts within a moment of being asked for) because the
 appliance never connects to agents: nothing has to be opened in a host's firewall. A job names
 paths of some host's snapshot and a directory on this host; the agent reads that snapshot
-through the job's endpoints (the appliance serves them to this host only while the job runs),
+through the job's endpoints (the appliance serves them to this host only while the job runs,
+and only the selected paths: their catalog entries and their files' bytes),
 restores with the same pipeline as `rdr-agent restore`, reports progress about once a second
 and then the result. Every job gets a result, even one that raises, so the page never shows a
 job "running" because the agent hit a bug; if the agent dies, the appliance fails the job after
@@ -27,7 +28,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -37,7 +38,6 @@ from typing import TypeVar
 from ..store import catalog
 from ..store.catalog import FILE, HARDLINK, CatalogError, Entry, dec_bytes, join_path
 from ..textfmt import human_bytes as human
-from .catalog_cache import CatalogCache
 from .client import ApplianceClient, ApplianceError, ConnectError, describe
 from .restorer import RemoteChunks, RestoreSummary, restore_blocks
 from .scheduled import BackupRunner, RunOutcome
@@ -169,14 +169,11 @@ class _Progress:
         self.files, self.bytes = files, nbytes
 
 
-class _JobChunkReader:
-    """What CatalogCache.fetch expects of a client, reading through the job's endpoint."""
-
-    def __init__(self, client: ApplianceClient, jid: int) -> None:
-        self.client, self.jid = client, jid
-
-    async def get_chunk(self, snap: str, cid: str) -> bytes:
-        return await self.client.job_chunk(self.jid, cid)
+def _pieces(path: Path) -> Iterator[bytes]:
+    """A downloaded catalog, read in pieces (the decoder never needs it whole)."""
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 20):
+            yield piece
 
 
 async def _until_stop(aw: Awaitable[T], stop: asyncio.Event) -> T:
@@ -290,7 +287,8 @@ class JobRunner:
         try:
             target = check_target(job.get("target_dir"), self.settings.restore_roots)
             paths = job_paths(job.get("paths"))
-            summary = await self._restore(jid, target, paths, prog)
+            summary = await self._restore(jid, target, paths, prog,
+                                          job.get("allow_special") is True)
             outcome = JobOutcome(jid, True, summary.files, summary.bytes_written,
                                  len(summary.errors), _summary_message(summary, target))
         except asyncio.CancelledError:
@@ -310,28 +308,29 @@ class JobRunner:
         return outcome
 
     async def _restore(self, jid: int, target: Path, paths: list[bytes],
-                       prog: _Progress) -> RestoreSummary:
+                       prog: _Progress, allow_special: bool = False) -> RestoreSummary:
         loop = asyncio.get_running_loop()
         info = await self.client.job_snapshot(jid)
         snap = info["snapshot"]["snapshot"]
-        chunks: list[tuple[str, int]] = [(c, s) for c, s in info["manifest"]["catalog"]["chunks"]]
-        # The source host's catalog is kept apart from this host's own cache (which its
-        # next backup prunes) and removed with the job.
+        # The job's catalog (only the selected paths) is kept apart from this host's own
+        # catalog cache and removed with the job.
         work = self.settings.state_dir / "jobs" / str(jid)
         await loop.run_in_executor(self.pool, _fresh_dir, work)
         try:
-            cache = CatalogCache(work)
-            reader = _JobChunkReader(self.client, jid)
-            await cache.fetch(reader, snap, chunks)  # type: ignore[arg-type]
+            cat = work / "catalog"
+            await self.client.job_catalog(jid, cat)
             try:
                 prog.total = await loop.run_in_executor(
-                    self.pool, selected_bytes, catalog.iter_blocks(cache.pieces(chunks)), paths)
+                    self.pool, selected_bytes, catalog.iter_blocks(_pieces(cat)), paths)
             except ValueError:  # unreadable catalog: the restore itself reports it
                 prog.total = None
-            source = RemoteChunks(None, snap, self.pool, fetch=partial(self.client.job_chunk, jid))
+            source = RemoteChunks(None, snap, self.pool, fetch=partial(self.client.job_chunk, jid),
+                                  verify=False)
+            # Setuid/setgid files and device nodes only when the job and this host allow.
+            special = allow_special and self.settings.allow_special_files
             restore = asyncio.ensure_future(restore_blocks(
-                catalog.iter_blocks(cache.pieces(chunks)), source, target, paths, self.pool,
-                prog.update))
+                catalog.iter_blocks(_pieces(cat)), source, target, paths, self.pool,
+                prog.update, allow_special=special))
             reporter = asyncio.ensure_future(self._report_progress(jid, prog, restore))
             try:
                 return await restore

@@ -126,9 +126,13 @@ class RemoteChunks:
 
     def __init__(self, client: ApplianceClient | None, snap: str, pool: Executor,
                  cache_bytes: int = 64 * 2**20, concurrency: int = 8, *,
-                 fetch: Callable[[str], Awaitable[bytes]] | None = None) -> None:
+                 fetch: Callable[[str], Awaitable[bytes]] | None = None,
+                 verify: bool = True) -> None:
         """`fetch(cid)`, when given, replaces `client.get_chunk(snap, cid)`: a push-restore
-        job reads another host's snapshot through its job's endpoint."""
+        job reads another host's snapshot through its job's endpoint. Its chunks hold only
+        the selected files' bytes, so they cannot match their ids (`verify` False; the
+        appliance verified the stored chunk before masking it, TLS carries it)."""
+        self._verify = verify
         if fetch is None:
             if client is None:
                 raise ValueError("RemoteChunks needs a client or a fetch function")
@@ -170,7 +174,7 @@ class RemoteChunks:
         dec = getattr(self._local, "dec", None)
         if dec is None:
             dec = self._local.dec = ChunkDecoder()
-        return dec.decode(data, cid)
+        return dec.decode(data, cid if self._verify else None)
 
     def _landed(self, cid: str, fut: asyncio.Future[bytes]) -> None:
         self._inflight.pop(cid, None)
@@ -447,8 +451,12 @@ class _Writer:
     """Applies batches of ops in order; used by one pool thread at a time."""
 
     def __init__(self, root_fd: int, summary: RestoreSummary, jobs: Iterator[int],
-                 bad_dirs: set[bytes], on_progress: Callable[[int, int], None] | None) -> None:
+                 bad_dirs: set[bytes], on_progress: Callable[[int, int], None] | None,
+                 allow_special: bool = True) -> None:
         self.summary = summary
+        #: Setuid/setgid bits, file capabilities and device nodes are restored (see
+        #: restore_blocks); otherwise stripped or skipped, each one reported.
+        self.allow_special = allow_special
         self.is_root = os.geteuid() == 0
         self.dirs = _Dirs(root_fd)
         self.dir_meta: list[tuple[bytes, Entry]] = []
@@ -626,6 +634,10 @@ class _Writer:
             if not self.is_root:
                 self._error(full, "device nodes can only be restored as root")
                 return
+            if not self.allow_special:
+                self._error(full, "device node not created: this restore does not allow "
+                                  "device nodes")
+                return
             kind = stat.S_IFCHR if e.type == CHARDEV else stat.S_IFBLK
             self._replacing(pfd, e.name,
                             lambda: os.mknod(e.name, kind | 0o600, e.rdev, dir_fd=pfd))
@@ -651,7 +663,7 @@ class _Writer:
         try:
             if self.is_root:
                 os.fchown(fd, e.uid, e.gid)
-            os.fchmod(fd, stat.S_IMODE(e.mode))
+            os.fchmod(fd, self._mode(e, full))
             self._xattrs(fd, e, full, symlink=False)
             os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         except _ENTRY_ERRORS as exc:
@@ -662,7 +674,7 @@ class _Writer:
             if self.is_root:
                 os.chown(e.name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
             if chmod:
-                _chmod_nofollow(pfd, e.name, stat.S_IMODE(e.mode))
+                _chmod_nofollow(pfd, e.name, self._mode(e, full))
             if e.xattrs:
                 # setxattr takes no dir fd; the /proc link resolves to the directory itself
                 self._xattrs(b"/proc/self/fd/%d/%s" % (pfd, e.name), e, full,
@@ -671,8 +683,25 @@ class _Writer:
         except _ENTRY_ERRORS as exc:
             self._error(full, f"cannot set metadata: {_why(exc)}")
 
+    def _mode(self, e: Entry, full: bytes) -> int:
+        """The permission bits to set: without `allow_special`, a non-directory loses its
+        setuid and setgid bits (reported); a directory's setgid only steers group
+        inheritance and is kept."""
+        mode = stat.S_IMODE(e.mode)
+        privileged = mode & (stat.S_ISUID | stat.S_ISGID) if e.type != DIR else 0
+        if privileged and not self.allow_special:
+            self._error(full, "setuid/setgid bits not restored: this restore does not allow "
+                              "them")
+            mode &= ~(stat.S_ISUID | stat.S_ISGID)
+        return mode
+
     def _xattrs(self, target: int | bytes, e: Entry, full: bytes, symlink: bool) -> None:
         for name, value in e.xattrs or ():
+            if name == b"security.capability" and not self.allow_special:
+                # file capabilities grant privileges the way setuid does
+                self._error(full, "file capabilities not restored: this restore does not "
+                                  "allow them")
+                continue
             try:
                 if isinstance(target, int):
                     os.setxattr(target, name, value)
@@ -779,8 +808,12 @@ def _open_target(target: Path) -> int:
 async def restore_blocks(blocks: Iterator[tuple[bytes, list[Entry]]], source: ChunkSource,
                          target: Path, include: list[bytes] | None, pool: Executor,
                          on_progress: Callable[[int, int], None] | None = None,
-                         ) -> RestoreSummary:
+                         allow_special: bool = True) -> RestoreSummary:
     """Restore catalog `blocks` below `target` (catalog paths kept in full).
+
+    `allow_special` False (pushed restores, unless the job and this agent allow them):
+    setuid/setgid bits and file capabilities are stripped and device nodes skipped, each
+    reported as an error of its entry.
 
     Per-entry problems become `errors` in the summary; only fatal ones raise (the target
     cannot be opened, the appliance cannot be reached).
@@ -793,7 +826,7 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, list[Entry]]], source: Ch
     bad_dirs: set[bytes] = set()
     flt = _Filter(include, summary.errors)
     planner = _Planner(iter(blocks), flt, summary.errors, jobs, bad_dirs)
-    writer = _Writer(root_fd, summary, jobs, bad_dirs, on_progress)
+    writer = _Writer(root_fd, summary, jobs, bad_dirs, on_progress, allow_special)
     try:
         await _pipeline(_Batcher(planner.ops()), writer, source, pool)
         if writer.fallback:

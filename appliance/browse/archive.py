@@ -25,18 +25,22 @@ from __future__ import annotations
 import stat
 import struct
 import tarfile
+import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol
 
 import zstandard
 
 __all__ = [
     "FORMATS",
+    "NOTES_NAME",
     "ZIP64_COUNT_LIMIT",
     "ZIP64_LIMIT",
     "ArchiveWriter",
+    "MemberNames",
     "TarZstStream",
     "ZipStream",
     "writer_for",
@@ -69,6 +73,11 @@ class ArchiveWriter(Protocol):
 
     def finish(self) -> bytes: ...
 
+    def finish_pieces(self) -> Iterator[bytes]:
+        """`finish()`'s bytes in pieces of bounded size (a zip's central directory of a
+        million entries is tens of MiB)."""
+        ...
+
 
 def _check_path(path: bytes) -> None:
     """Refuse names an extractor could resolve outside its target directory.
@@ -84,6 +93,8 @@ def _check_path(path: bytes) -> None:
         raise ValueError(f"archive path contains NUL: {path!r}")
     if path.startswith(b"/"):
         raise ValueError(f"archive path is absolute: {path!r}")
+    if b"\\" in path:
+        raise ValueError(f"archive path has a backslash (a separator on Windows): {path!r}")
     for part in path.split(b"/"):
         if part in (b"", b".", b".."):
             raise ValueError(f"archive path has an empty, '.' or '..' component: {path!r}")
@@ -95,6 +106,100 @@ def _check_target(target: bytes) -> None:
         raise TypeError(f"symlink targets are bytes, not {type(target).__name__}")
     if not target or b"\0" in target:
         raise ValueError(f"symlink target is empty or contains NUL: {target!r}")
+
+
+#: The member listing what `MemberNames` renamed or left out, added when there is any.
+NOTES_NAME = b"RDR-ARCHIVE-NOTES.txt"
+_MAX_NOTES = 1000
+
+
+class MemberNames:
+    """Member names for one archive, chosen so no extractor can write outside its target.
+
+    Whatever the catalog says (a host writes its own catalog, so it may be crafted), every
+    member name is relative, has no empty, '.' or '..' component and no backslash (a
+    separator to Windows extractors: replaced by '_'), is unique in the archive (a second
+    'x' in the same directory becomes 'x (2)'), and lies only below directory members of
+    this same archive: an entry whose parent is a symlink, a file or nothing this archive
+    holds is left out. So `x -> /outside` followed by `x/evil` (two selected paths with the
+    same base name, or a crafted catalog) cannot happen: the second 'x' is renamed and its
+    contents follow it. What was renamed or left out is listed in the archive's
+    NOTES_NAME member, never dropped silently.
+
+    Memory: one directory's names at a time (plus the archive root's) and the pending
+    directories' archived paths.
+    """
+
+    def __init__(self) -> None:
+        self._root: set[bytes] = set()
+        self._pending: dict[bytes, bytes] = {}  # original dir path -> archived path
+        self._open: tuple[bytes, set[bytes]] | None = None
+        self.notes: list[str] = []
+        self._noted = 0
+
+    def root_is(self, original_dir: bytes) -> None:
+        """The contents of `original_dir` go at the archive root (the whole snapshot)."""
+        self._pending[original_dir] = b""
+
+    def top(self, original: bytes, name: bytes, is_dir: bool) -> bytes:
+        """The archived name of a selected item, at the archive root."""
+        return self._place(b"", self._root, original, name, is_dir)
+
+    def enter(self, original_dir: bytes) -> bool:
+        """A directory's block of entries starts: False when its entries must be left out
+        (the directory is not a directory member of this archive, or was entered before)."""
+        archived = self._pending.pop(original_dir, None)
+        if archived is None:
+            self.note(f"left out: the entries of {_show(original_dir)}, which is not a "
+                      "directory in this archive")
+            self._open = None
+            return False
+        self._open = (archived, self._root if archived == b"" else set())
+        return True
+
+    def child(self, original: bytes, name: bytes, is_dir: bool) -> bytes:
+        """The archived name of an entry of the directory last entered."""
+        assert self._open is not None
+        parent, taken = self._open
+        return self._place(parent, taken, original, name, is_dir)
+
+    def notes_name(self) -> bytes:
+        return self._place(b"", self._root, b"", NOTES_NAME, False, quiet=True)
+
+    def notes_text(self) -> bytes:
+        more = self._noted - len(self.notes)
+        lines = ["This archive differs from the snapshot so that extracting it cannot write "
+                 "outside the target directory:", *self.notes]
+        if more > 0:
+            lines.append(f"... and {more} more")
+        return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+    def note(self, text: str) -> None:
+        self._noted += 1
+        if len(self.notes) < _MAX_NOTES:
+            self.notes.append(text)
+
+    def _place(self, parent: bytes, taken: set[bytes], original: bytes, name: bytes,
+               is_dir: bool, quiet: bool = False) -> bytes:
+        clean = name.replace(b"\\", b"_").replace(b"/", b"_").replace(b"\0", b"_")
+        if clean in (b"", b".", b".."):
+            clean = b"_" + clean
+        candidate, n = clean, 2
+        while candidate in taken:
+            stem, dot, ext = clean.rpartition(b".")
+            candidate = (stem + b" (%d)." % n + ext) if dot and stem else clean + b" (%d)" % n
+            n += 1
+        taken.add(candidate)
+        archived = parent + b"/" + candidate if parent else candidate
+        if candidate != name and not quiet:
+            self.note(f"renamed: {_show(original)} -> {_show(archived)}")
+        if is_dir:
+            self._pending[original] = archived
+        return archived
+
+
+def _show(path: bytes) -> str:
+    return "/" + path.decode("utf-8", "backslashreplace")
 
 
 class _Sequencer:
@@ -117,6 +222,53 @@ class _Sequencer:
     def _fail(self, message: str) -> ValueError:
         self._broken = True
         return ValueError(message)
+
+
+class _Spool:
+    """Bytes appended in order and read back once, in memory up to `limit` and in an unnamed
+    temporary file beyond (under `directory`): a zip's central directory grows by about 70
+    bytes per entry, which for a million-entry folder would otherwise stay in memory for the
+    whole download."""
+
+    PIECE = 1 << 20
+
+    def __init__(self, directory: str | None, limit: int = 1 << 20) -> None:
+        self._dir, self._limit = directory, limit
+        self._mem = bytearray()
+        self._file: IO[bytes] | None = None
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._mem += data
+        if len(self._mem) > self._limit:
+            # closed by pieces() or close(), or with the writer when a download is cut
+            self._file = tempfile.TemporaryFile(dir=self._dir)  # noqa: SIM115
+            self._file.write(self._mem)
+            self._mem = bytearray()
+
+    def pieces(self) -> Iterator[bytes]:
+        """Everything written, in pieces of at most PIECE bytes; the spool is then empty."""
+        if self._file is None:
+            mem, self._mem = self._mem, bytearray()
+            for i in range(0, len(mem), self.PIECE):
+                yield bytes(mem[i:i + self.PIECE])
+            return
+        f, self._file = self._file, None
+        try:
+            f.seek(0)
+            while piece := f.read(self.PIECE):
+                yield piece
+        finally:
+            f.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 # --- zip ---------------------------------------------------------------------------------------
@@ -230,10 +382,10 @@ class ZipStream(_Sequencer):
     content_type = "application/zip"
     extension = ".zip"
 
-    def __init__(self) -> None:
+    def __init__(self, spool_dir: str | None = None) -> None:
         super().__init__()
         self._offset = 0  # bytes emitted so far = offset of the next local header
-        self._central = bytearray()
+        self._central = _Spool(spool_dir)  # the central directory, emitted by finish
         self._count = 0
         self._entry: _ZipEntry | None = None
 
@@ -303,11 +455,16 @@ class ZipStream(_Sequencer):
 
     def finish(self) -> bytes:
         """The central directory and end records; ZIP64 ones only if a value overflows."""
+        return b"".join(self.finish_pieces())
+
+    def finish_pieces(self) -> Iterator[bytes]:
+        """`finish()` in pieces: the central directory read back from its spool."""
         self._ready(in_file=False)
         self._finished = True
-        cd_offset, cd_size, count = self._offset, len(self._central), self._count
-        tail = self._central
-        self._central = bytearray()
+        cd_offset, cd_size, count = self._offset, self._central.size, self._count
+        for piece in self._central.pieces():
+            yield self._emit(piece)
+        tail = bytearray()
         if count >= ZIP64_COUNT_LIMIT or cd_offset >= ZIP64_LIMIT or cd_size >= ZIP64_LIMIT:
             eocd64_offset = cd_offset + cd_size
             tail += _EOCD64.pack(_SIG_EOCD64, _EOCD64.size - 12, _MADE_BY, _NEEDS_ZIP64,
@@ -317,7 +474,7 @@ class ZipStream(_Sequencer):
         tail += _EOCD.pack(_SIG_EOCD, 0, 0, short_count, short_count,
                            0xFFFFFFFF if cd_size >= ZIP64_LIMIT else cd_size,
                            0xFFFFFFFF if cd_offset >= ZIP64_LIMIT else cd_offset, 0)
-        return self._emit(bytes(tail))
+        yield self._emit(bytes(tail))
 
     # Internals
 
@@ -368,12 +525,11 @@ class ZipStream(_Sequencer):
         extra = entry.timestamp
         if zip64:
             extra = struct.pack(f"<HH{len(zip64)}Q", _EXTRA_ZIP64, 8 * len(zip64), *zip64) + extra
-        self._central += _CENTRAL.pack(
+        self._central.write(_CENTRAL.pack(
             _SIG_CENTRAL, _MADE_BY, entry.needs, entry.flags, _METHOD_STORED,
             entry.dos_time, entry.dos_date, entry.crc, size, size,
             len(entry.name), len(extra), 0, 0, 0, entry.external, offset)
-        self._central += entry.name
-        self._central += extra
+            + entry.name + extra)
         self._count += 1
 
 
@@ -445,6 +601,9 @@ class TarZstStream(_Sequencer):
         out = self._feed(bytes(end))
         return out + self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
 
+    def finish_pieces(self) -> Iterator[bytes]:
+        yield self.finish()  # a few blocks and the compressor's tail: small
+
     def _header(self, path: bytes, kind: bytes, mtime_ns: int, mode: int, *, size: int = 0,
                 target: bytes = b"") -> bytes:
         _check_path(path)
@@ -469,11 +628,11 @@ FORMATS: dict[str, type[ZipStream] | type[TarZstStream]] = {
 }
 
 
-def writer_for(fmt: str) -> ArchiveWriter:
-    """A fresh writer for a download format named in the request ("zip" or "tar.zst")."""
-    try:
-        cls = FORMATS[fmt]
-    except KeyError:
-        raise ValueError(f"unknown archive format {fmt!r}; allowed: "
-                         f"{', '.join(FORMATS)}") from None
-    return cls()
+def writer_for(fmt: str, spool_dir: str | None = None) -> ArchiveWriter:
+    """A fresh writer for a download format named in the request ("zip" or "tar.zst");
+    a zip keeps its central directory beyond 1 MiB in a temporary file under `spool_dir`."""
+    if fmt == "zip":
+        return ZipStream(spool_dir)
+    if fmt == "tar.zst":
+        return TarZstStream()
+    raise ValueError(f"unknown archive format {fmt!r}; allowed: {', '.join(FORMATS)}")

@@ -7,14 +7,22 @@ contiguous run of blocks (the catalog is depth-first, sorted), so a folder downl
 exactly that run. Search is the one whole-catalog operation; it skips chunks with no match
 using a byte scan before it decodes any JSON.
 
-Everything here is blocking and runs in the daemon's worker pool; nothing imports aiohttp.
+A directory of a million entries is never decoded whole: its listing pages skip the lines
+before the page undecoded, a lookup in it decodes only the lines that can be the name, and a
+walk (archive download) decodes one entry at a time. Decoded listings are cached within a
+byte budget (an estimate of their size in memory), not a count, so the cache cannot hold
+32 million-entry listings (issue 20).
+
+Everything here is blocking and runs in the daemon's heavy pool; nothing imports aiohttp.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import stat
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +31,7 @@ from ..store.catalog import (
     DIR,
     FILE,
     HARDLINK,
+    BlockStream,
     CatalogError,
     Entry,
     IndexRecord,
@@ -30,9 +39,11 @@ from ..store.catalog import (
     dec_bytes,
     decode_block,
     decode_entry,
-    iter_blocks,
+    enc_bytes,
+    iter_block_streams,
     iter_index,
     locate,
+    path_key,
     split_path,
 )
 from ..store.datastore import Datastore
@@ -43,6 +54,14 @@ from ..store.manifest import Manifest
 TYPE_NAMES = {"f": "file", "d": "dir", "l": "symlink", "h": "hardlink", "p": "fifo",
               "c": "chardev", "b": "blockdev"}
 _HEADER = b'{"d":'
+#: Memory of one decoded entry beyond its JSON line, measured (about 370 bytes for a short
+#: name): listings are counted against the cache budget with this estimate.
+ENTRY_OVERHEAD = 256
+
+
+def listing_bytes(rec: IndexRecord) -> int:
+    """Estimated memory of a directory's decoded listing."""
+    return rec.length + rec.count * ENTRY_OVERHEAD
 
 
 class PlainCache:
@@ -81,28 +100,70 @@ class PlainCache:
 
 
 class DirIndex:
-    """The directory index of one snapshot, decoded once: path -> block range."""
+    """The directory index of one snapshot, decoded once into flat arrays: path -> block
+    range. About 40 bytes plus the path per directory (a list of records and a dict would
+    take about 250), so a catalog of a million directories costs tens of MiB, not hundreds;
+    lookups bisect over the index's own order (depth-first, component-wise sorted, as the
+    commit checked)."""
 
     def __init__(self, records: Iterator[IndexRecord], catalog_size: int) -> None:
-        self.records = list(records)
-        self.pos = {r.path: i for i, r in enumerate(self.records)}
+        self._paths = bytearray()
+        self._starts = array("Q")  # where each path starts in _paths (one extra at the end)
+        self._offset, self._length, self._count = array("Q"), array("Q"), array("Q")
+        last: tuple[bytes, ...] | None = None
+        for r in records:
+            key = path_key(r.path)
+            if last is not None and key <= last:
+                raise CatalogError(f"directory index out of order at {r.path!r}")
+            last = key
+            self._starts.append(len(self._paths))
+            self._paths += r.path
+            self._offset.append(r.offset)
+            self._length.append(r.length)
+            self._count.append(r.count)
+        self._starts.append(len(self._paths))
         self.catalog_size = catalog_size
 
+    def __len__(self) -> int:
+        return len(self._offset)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held, for the tree cache's budget."""
+        return len(self._paths) + 40 * len(self)
+
+    def _path(self, i: int) -> bytes:
+        return bytes(self._paths[self._starts[i]:self._starts[i + 1]])
+
+    def _find(self, path: bytes) -> int | None:
+        key = path_key(path)
+        i = bisect.bisect_left(range(len(self)), key, key=lambda j: path_key(self._path(j)))
+        return i if i < len(self) and self._path(i) == path else None
+
     def get(self, path: bytes) -> IndexRecord | None:
-        i = self.pos.get(path)
-        return None if i is None else self.records[i]
+        i = self._find(path)
+        if i is None:
+            return None
+        return IndexRecord(path, self._offset[i], self._length[i], self._count[i])
 
     def subtree(self, path: bytes) -> tuple[int, int]:
         """(offset, length) of the run of blocks of `path` and every directory below it."""
-        i = self.pos[path]
-        start = self.records[i].offset
+        i = self._find(path)
+        if i is None:
+            raise KeyError(path)
+        start = self._offset[i]
         if path == b"":
             return start, self.catalog_size - start
         prefix = path + b"/"
-        j = i + 1
-        while j < len(self.records) and self.records[j].path.startswith(prefix):
-            j += 1
-        end = self.records[j].offset if j < len(self.records) else self.catalog_size
+        # the directories below `path` follow it, contiguous: bisect for the first other one
+        lo, hi = i + 1, len(self)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._path(mid).startswith(prefix):
+                lo = mid + 1
+            else:
+                hi = mid
+        end = self._offset[lo] if lo < len(self) else self.catalog_size
         return start, end - start
 
 
@@ -129,25 +190,60 @@ class SnapshotTree:
     def snapshot(self) -> str:
         return self.row.snapshot
 
-    def _range(self, offset: int, length: int) -> Iterator[memoryview]:
+    def _range(self, offset: int, length: int, keep: bool = True) -> Iterator[memoryview]:
+        """The catalog's bytes [offset, offset + length); `keep=False` for one-pass reads of
+        large ranges, which would otherwise flush what the people browsing need."""
         for cid, a, b in locate(self.manifest.catalog.chunks, offset, length):
-            yield memoryview(self._cache.get(cid))[a:b]
+            yield memoryview(self._cache.get(cid, keep))[a:b]
+
+    def _dir(self, path: bytes) -> IndexRecord:
+        rec = self.dirs.get(path)
+        if rec is None:
+            raise NotFound("no_such_directory", f"no directory {_show(path)!r} in this snapshot")
+        return rec
+
+    def _small(self, rec: IndexRecord) -> bool:
+        """Small enough to decode whole and keep (a quarter of the listing budget at most)."""
+        return listing_bytes(rec) <= self._listings.budget // 4
 
     def listdir(self, path: bytes) -> list[Entry]:
-        """The entries of directory `path`, sorted by name bytes."""
+        """The entries of directory `path`, sorted by name bytes (decoded whole: for a huge
+        directory use `listdir_page`, `lookup` or `walk`, which stream)."""
         key = (self.host, self.snapshot, path)
         hit = self._listings.get(key)
         if hit is not None:
             return hit
-        rec = self.dirs.get(path)
-        if rec is None:
-            raise NotFound("no_such_directory", f"no directory {_show(path)!r} in this snapshot")
+        rec = self._dir(path)
         data = b"".join(self._range(rec.offset, rec.length))
         got, entries = decode_block(data)
         if got != path:
             raise CatalogError(f"directory index points {path!r} at the block of {got!r}")
-        self._listings.put(key, entries)
+        self._listings.put(key, entries, listing_bytes(rec))
         return entries
+
+    def listdir_page(self, path: bytes, offset: int, limit: int) -> tuple[int, list[Entry]]:
+        """(entry count, entries [offset, offset + limit)) of directory `path`. A large
+        directory is streamed: lines before the page are skipped undecoded, and reading
+        stops after the page."""
+        rec = self._dir(path)
+        if self._small(rec):
+            return rec.count, self.listdir(path)[offset:offset + limit]
+        out: list[Entry] = []
+        block = self._block(rec, path)
+        for n, line in enumerate(block.raw()):
+            if n >= offset + limit:
+                break
+            if n >= offset:
+                out.append(decode_entry(_loads(line)))
+        return rec.count, out
+
+    def _block(self, rec: IndexRecord, path: bytes) -> BlockStream:
+        blocks = iter_block_streams(bytes(p) for p in self._range(rec.offset, rec.length,
+                                                                  keep=False))
+        block = next(blocks, None)
+        if block is None or block.path != path or block.count != rec.count:
+            raise CatalogError(f"directory index points {path!r} at another block")
+        return block
 
     def lookup(self, path: bytes) -> Entry:
         """The catalog entry at `path` (the root is a synthetic directory entry)."""
@@ -155,12 +251,30 @@ class SnapshotTree:
         if path == b"":
             return Entry(name=b"", type=DIR, mode=stat.S_IFDIR | 0o755)
         parent, _, name = path.rpartition(b"/")
-        entries = self.listdir(parent) if self.dirs.get(parent) is not None else []
+        rec = self.dirs.get(parent)
+        if rec is not None and not self._small(rec):
+            found = self._find(rec, parent, name)
+            if found is not None:
+                return found
+            raise NotFound("no_such_path", f"no {_show(path)!r} in snapshot {self.snapshot}")
+        entries = self.listdir(parent) if rec is not None else []
         names = _NameView(entries)
         i = bisect.bisect_left(names, name)
         if i < len(entries) and entries[i].name == name:
             return entries[i]
         raise NotFound("no_such_path", f"no {_show(path)!r} in snapshot {self.snapshot}")
+
+    def _find(self, rec: IndexRecord, parent: bytes, name: bytes) -> Entry | None:
+        """`name` in a large directory: only lines holding its encoded form are decoded
+        (catalogs are written with compact separators and the name first)."""
+        probe = b'{"n":' + json.dumps(enc_bytes(name), separators=(",", ":"),
+                                      ensure_ascii=False).encode("utf-8") + b","
+        for line in self._block(rec, parent).raw():
+            if line.startswith(probe):
+                e = decode_entry(_loads(line))
+                if e.name == name:
+                    return e
+        return None
 
     def data_entry(self, path: bytes, e: Entry) -> Entry:
         """The entry whose ranges hold `e`'s bytes: a hardlink's data lives at its first name."""
@@ -168,12 +282,14 @@ class SnapshotTree:
             return self.lookup(e.link)
         return e
 
-    def walk(self, path: bytes) -> Iterator[tuple[bytes, list[Entry]]]:
-        """Blocks of directory `path` and everything below it, in catalog order."""
-        if self.dirs.get(path) is None:
-            raise NotFound("no_such_directory", f"no directory {_show(path)!r} in this snapshot")
+    def walk(self, path: bytes) -> Iterator[tuple[bytes, Iterator[Entry]]]:
+        """Blocks of directory `path` and everything below it, in catalog order, each with
+        its entries decoded one at a time (consume them before the next block)."""
+        self._dir(path)
         offset, length = self.dirs.subtree(path)
-        return iter_blocks(bytes(p) for p in self._range(offset, length))
+        pieces = (bytes(p) for p in self._range(offset, length, keep=length <= 2**20))
+        for block in iter_block_streams(pieces):
+            yield block.path, block.entries()
 
     def search(self, needle: str, limit: int) -> tuple[list[Match], bool, int]:
         """Entries whose name contains `needle` (case-insensitive), in catalog order.
@@ -247,26 +363,36 @@ class _NameView:
 
 
 class _Listings:
-    """A few decoded directory listings (a big directory decodes in tens of milliseconds;
-    paging through it should not redo that)."""
+    """Decoded directory listings within a byte budget (a big directory decodes in tens of
+    milliseconds; paging through it should not redo that). Sizes are `listing_bytes`
+    estimates; a listing over the budget is not kept."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._lru: OrderedDict[tuple, list[Entry]] = OrderedDict()
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._lru: OrderedDict[tuple, tuple[list[Entry], int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: tuple) -> list[Entry] | None:
         with self._lock:
             hit = self._lru.get(key)
-            if hit is not None:
-                self._lru.move_to_end(key)
-            return hit
+            if hit is None:
+                return None
+            self._lru.move_to_end(key)
+            return hit[0]
 
-    def put(self, key: tuple, entries: list[Entry]) -> None:
+    def put(self, key: tuple, entries: list[Entry], size: int) -> None:
+        if size > self.budget:
+            return
         with self._lock:
-            self._lru[key] = entries
-            while len(self._lru) > self._size:
-                self._lru.popitem(last=False)
+            old = self._lru.pop(key, None)
+            if old is not None:
+                self.used -= old[1]
+            self._lru[key] = (entries, size)
+            self.used += size
+            while self.used > self.budget:
+                _, (_, gone) = self._lru.popitem(last=False)
+                self.used -= gone
 
 
 def _header_path(line: bytes) -> bytes:
@@ -284,12 +410,14 @@ class Browser:
     """Snapshot trees for the page, with the caches that make clicking through them fast."""
 
     def __init__(self, store: Datastore, cache_bytes: int = 64 * 2**20, trees: int = 16,
-                 listings: int = 32) -> None:
+                 listing_bytes: int = 32 * 2**20) -> None:
         self.store = store
         self.cache = PlainCache(store.chunks.read_plain, cache_bytes)
         self._trees: OrderedDict[tuple[str, str], SnapshotTree] = OrderedDict()
         self._trees_max = trees
-        self._listings = _Listings(listings)
+        #: The trees' directory indexes share the listings' budget size, separately.
+        self._trees_budget = listing_bytes
+        self._listings = _Listings(listing_bytes)
         self._lock = threading.Lock()
 
     def tree(self, host: str, snap: str) -> SnapshotTree:
@@ -301,12 +429,15 @@ class Browser:
                 self._trees.move_to_end(key)
                 return hit
         manifest = self.store.snapshots.manifest(host, row.snapshot)
-        dirs = DirIndex(iter_index(self.cache.get(c) for c, _ in manifest.dirindex.chunks),
-                        manifest.catalog.size)
+        dirs = DirIndex(iter_index(self.cache.get(c, keep=False)
+                                   for c, _ in manifest.dirindex.chunks), manifest.catalog.size)
         t = SnapshotTree(row, manifest, dirs, self.cache, self._listings)
+        if dirs.nbytes > self._trees_budget:
+            return t  # used for this request only
         with self._lock:
             self._trees[key] = t
-            while len(self._trees) > self._trees_max:
+            while (len(self._trees) > self._trees_max
+                   or sum(x.dirs.nbytes for x in self._trees.values()) > self._trees_budget):
                 self._trees.popitem(last=False)
         return t
 

@@ -28,7 +28,6 @@ from ..web.budget import ByteBudget
 from ..web.errors import ApiError, error_middleware
 from ..web.jsonbody import read_json
 from ..web.page_api import PageApi
-from ..web.params import whole_number
 from .jobs_api import AgentJobsApi
 
 T = TypeVar("T")
@@ -40,7 +39,8 @@ class IngestApi:
                  appliance_serial: str,
                  usage_report: Callable[[str | None], dict] | None = None,
                  on_commit: Callable[[], None] | None = None,
-                 upload_budget: int = 64 * 2**20, commit_pool: Executor | None = None) -> None:
+                 upload_budget: int = 64 * 2**20, commit_pool: Executor | None = None,
+                 heavy_pool: Executor | None = None) -> None:
         self.store = store
         self.pool = pool
         self.commit_pool = commit_pool or pool
@@ -48,15 +48,15 @@ class IngestApi:
         self.serial = appliance_serial
         self.usage_report = usage_report
         self.on_commit = on_commit
-        # push-restore jobs for agents (store is None only when a test lists the routes)
-        index = store.index if store is not None else None
-        self.jobs = AgentJobsApi(store, RestoreJobs(index), pool)  # type: ignore[arg-type]
         self.page: PageApi | None = None
         self.backups: BackupsApi | None = None
         # Chunk bodies held at once: enough to keep every worker busy with a few waiting.
         self.uploads = ByteBudget(upload_budget)
         self.downloads = ByteBudget(upload_budget)
-        self._first_bytes: set[int] = set()  # restores whose first byte is recorded
+        # push-restore jobs for agents (store is None only when a test lists the routes)
+        index = store.index if store is not None else None
+        self.jobs = AgentJobsApi(store, RestoreJobs(index), pool,  # type: ignore[arg-type]
+                                 heavy=heavy_pool, downloads=self.downloads)
 
     def attach_page(self, page: PageApi) -> None:
         """Serve the LAN page's API (sign-in sessions, browsing, downloads) in this app."""
@@ -95,14 +95,14 @@ class IngestApi:
             self.backups.add_routes(r)
         return app
 
-    async def _lookup(self, token: str) -> tuple[str, str] | None:
-        def find() -> tuple[str, str] | None:
+    async def _lookup(self, token: str) -> tuple[str, str, str] | None:
+        def find() -> tuple[str, str, str] | None:
             idx = self.store.index
             host = idx.host_for_token(token)
             if host is not None:
-                return "host", host
-            admin = idx.admin_for_token(token)
-            return ("admin", admin) if admin is not None else None
+                return "host", host, ""
+            admin = idx.api_token_for(token)
+            return ("admin", *admin) if admin is not None else None
 
         return await self.run(find)
 
@@ -120,9 +120,12 @@ class IngestApi:
         resume = body.get("resume")
         if resume is not None and not isinstance(resume, str):
             raise ApiError(400, "bad_field", "field 'resume' must be a session id string")
-        sid, resumed = await self.run(self.store.open_session, require_host(request), resume)
+        host = require_host(request)
+        sid, resumed = await self.run(self.store.open_session, host, resume)
+        nonce = await self.run(self.store.session_nonce, host, sid)
         return web.json_response({"session": sid, "resumed": resumed,
-                                  "lease_seconds": self.store.session_lease},
+                                  "lease_seconds": self.store.session_lease,
+                                  "nonce": nonce},
                                  status=200 if resumed else 201)
 
     async def known(self, request: web.Request) -> web.Response:
@@ -133,8 +136,13 @@ class IngestApi:
         if len(ids) > MAX_KNOWN_BATCH:
             raise ApiError(413, "payload_too_large",
                            f"field 'chunks' holds more than {MAX_KNOWN_BATCH} ids")
+        proofs = body.get("proofs")
+        if proofs is not None and not (isinstance(proofs, list) and len(proofs) == len(ids)
+                                       and all(is_chunk_id(p) for p in proofs)):
+            raise ApiError(400, "bad_field", "field 'proofs' must list one possession proof "
+                           "(64 hex digits) per chunk id")
         missing = await self.run(self.store.known, require_host(request), request.match_info["sid"],
-                                 ids)
+                                 ids, proofs)
         return web.json_response({"missing": missing})
 
     async def put_chunk(self, request: web.Request) -> web.Response:
@@ -162,17 +170,22 @@ class IngestApi:
     async def commit(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         req = _parse_commit(body)
+        sid = request.match_info["sid"]
         manifest = await asyncio.get_running_loop().run_in_executor(
             self.commit_pool, functools.partial(self.store.commit, require_host(request),
-                                                request.match_info["sid"], req))
-        if self.on_commit is not None:
+                                                sid, req))
+        # A repeat of a recent identical commit returns the snapshot it repeats (made by
+        # another session): 200, and no new snapshot to replicate.
+        repeated = manifest.session != sid
+        if self.on_commit is not None and not repeated:
             self.on_commit()  # e.g. replicate the new snapshot now
         return web.json_response({
+            "repeated": repeated,
             "snapshot": manifest.snapshot, "host": manifest.host,
             "received_at": manifest.received_at, "logical_size": manifest.logical_size,
             "file_count": manifest.file_count, "dir_count": manifest.dir_count,
             "chunk_count": manifest.chunk_count, "new_bytes": manifest.new_bytes,
-            "unreadable_count": manifest.unreadable_count}, status=201)
+            "unreadable_count": manifest.unreadable_count}, status=200 if repeated else 201)
 
     async def abort(self, request: web.Request) -> web.Response:
         await self.run(self.store.abort_session, require_host(request), request.match_info["sid"])
@@ -204,10 +217,10 @@ class IngestApi:
         Bodies held for sending count against the download budget."""
         host = require_host(request)
         snap, cid = self._snap(request), request.match_info["cid"]
-        rid = request.headers.get("X-RDR-Restore", "")
+        # X-RDR-Restore (sent by older agents) is ignored: a host's own restores are not in
+        # the service-level ledger (see start_restore).
         async with self.downloads.hold(MAX_FILE_SIZE):
-            data = await self.run(self._read_chunk, host, snap, cid,
-                                  whole_number(rid))
+            data = await self.run(self._read_chunk, host, snap, cid)
             resp = web.StreamResponse(headers={
                 "Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
                 "Cache-Control": "private, max-age=31536000"})
@@ -216,21 +229,19 @@ class IngestApi:
             await resp.write_eof()
         return resp
 
-    def _read_chunk(self, host: str, snap: str, cid: str, rid: int | None) -> bytes:
+    def _read_chunk(self, host: str, snap: str, cid: str) -> bytes:
         row = self.store.resolve_snapshot(host, snap)
         path = self.store.snapshot_chunk_path(host, row.snapshot, cid)
-        if rid is not None and rid not in self._first_bytes:
-            # the first byte of a restore: its start latency is recorded, once
-            self.store.index.restore_first_byte(rid, host)
-            self._first_bytes.add(rid)
-            if len(self._first_bytes) > 10_000:
-                self._first_bytes.clear()
         with open(path, "rb") as f:
             return f.read()
 
     async def start_restore(self, request: web.Request) -> web.Response:
-        """A restore begins: the request time is recorded, and the first chunk served with
-        the returned id in X-RDR-Restore records the start latency (service level: 30 min)."""
+        """A host's own restore begins: the snapshot is resolved (`latest`) and checked.
+
+        Nothing is written to the restore service-level ledger: the contract's level is
+        for restores requested on the LAN page, and a host that chooses when to fetch could
+        otherwise fill the ledger with restores of any latency it likes. `restore` is null
+        (older agents then send no X-RDR-Restore header)."""
         host = require_host(request)
         body = await self._json(request)
         snap = body.get("snapshot")
@@ -239,8 +250,7 @@ class IngestApi:
         if snap != "latest" and not is_snapshot_id(snap):
             raise ApiError(404, "no_such_snapshot", f"no snapshot {snap!r}")
         row = await self.run(self.store.resolve_snapshot, host, snap)
-        rid = await self.run(self.store.index.start_restore, host, row.snapshot, "agent")
-        return web.json_response({"restore": rid, "snapshot": row.snapshot}, status=201)
+        return web.json_response({"restore": None, "snapshot": row.snapshot}, status=201)
 
     async def usage(self, request: web.Request) -> web.Response:
         require_admin(request)

@@ -7,9 +7,11 @@ parks on an event that `create` sets, so a job requested on the page starts with
 and it re-reads the queue every few seconds anyway (jobs created by another process, and no
 lost wake-up can stall it).
 
-While a job runs, its target host may read the job's source snapshot -- its manifest and the
-chunks it references -- through the job, and nothing else: before pickup, after the result,
-for another host's job or for a chunk outside that snapshot the answer is 404.
+While a job runs, its target host may read, through the job, the selected paths of the
+source snapshot and nothing else (store/job_view.py): a catalog holding only the selected
+entries (and the directories leading to them), and of each chunk a selected file uses only
+the bytes it uses, the rest zeroed. Before pickup, after the result, for another host's job,
+or for a chunk no selected file uses, the answer is 404.
 
 The same poll hands out backup runs (the scheduler's, or "back up now") to an agent that
 asks for them (``backups=1``), with the host's current plan; the agent reports progress (the
@@ -24,20 +26,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..pools import run_in
 from ..store.backup_runs import MAX_MESSAGE as RUN_MAX_MESSAGE
 from ..store.backup_runs import BackupRun, check_gaps
+from ..store.catalog import iter_blocks
+from ..store.chunkfile import MAX_FILE_SIZE, ChunkError
 from ..store.datastore import Datastore
+from ..store.job_view import JobView, JobViews, build_view
 from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..web.auth import require_host
+from ..web.budget import ByteBudget
 from ..web.errors import ApiError
 from ..web.jsonbody import read_json
 from ..web.params import job_id, run_id, whole_number
@@ -55,16 +62,27 @@ MAX_BODY = 64 * 1024
 MAX_FINISH_BODY = 8 * 1024 * 1024
 #: An agent's heartbeat is written at most this often (every poll would be an fsync).
 SEEN_EVERY = 30.0
+#: A masked chunk holds this many chunk-sized buffers while it is built and sent.
+MASKED_HELD = 3
 
 
 class AgentJobsApi:
-    def __init__(self, store: Datastore, jobs: RestoreJobs, pool: Executor) -> None:
+    def __init__(self, store: Datastore, jobs: RestoreJobs, pool: Executor,
+                 heavy: Executor | None = None, downloads: ByteBudget | None = None) -> None:
+        """`pool` runs the small calls; `heavy` builds job views (a scan of the source
+        catalog) and masks chunks; `downloads` bounds the masked chunks held in memory at
+        once (shared with the other downloads)."""
         self.store = store
         self.jobs = jobs
         self.pool = pool
+        self.heavy = heavy or pool
+        self.downloads = downloads or ByteBudget(MASKED_HELD * MAX_FILE_SIZE)
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._expired_at = 0.0
         self._seen: dict[str, float] = {}
+        # Built views of running jobs (store is None only when a test lists the routes).
+        self._views = JobViews(store.root / "job-views") if store is not None else None
+        self._building: dict[int, asyncio.Lock] = {}
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -73,6 +91,7 @@ class AgentJobsApi:
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/agent/jobs/next", self.next_job)
         router.add_get("/agent/jobs/{id}/snapshot", self.job_snapshot)
+        router.add_get("/agent/jobs/{id}/catalog", self.job_catalog)
         router.add_get("/agent/jobs/{id}/chunks/{cid}", self.job_chunk)
         router.add_post("/agent/jobs/{id}/progress", self.progress)
         router.add_post("/agent/jobs/{id}/finish", self.finish)
@@ -82,10 +101,11 @@ class AgentJobsApi:
 
     # --- for the restore page -------------------------------------------------------------
     async def create(self, source_host: str, snapshot: str, paths: list[bytes],
-                     target_host: str, target_dir: str, requested_by: str) -> RestoreJob:
+                     target_host: str, target_dir: str, requested_by: str,
+                     allow_special: bool = False) -> RestoreJob:
         """Queue a job and wake the target host's waiting poll, if any."""
         job = await self.run(self.jobs.create, source_host, snapshot, paths, target_host,
-                             target_dir, requested_by)
+                             target_dir, requested_by, allow_special)
         self._wake(target_host)
         return job
 
@@ -178,24 +198,66 @@ class AgentJobsApi:
             if not waiters and self._waiters.get(host) is waiters:
                 del self._waiters[host]
 
-    async def job_snapshot(self, request: web.Request) -> web.Response:
-        """The job's source snapshot and manifest (the same shape as GET /snapshots/{snap})."""
+    async def _view(self, request: web.Request) -> tuple[RestoreJob, JobView]:
+        """The running job of this host and its view (built on first use, in the pool)."""
         job = await self.run(self.jobs.running_job, require_host(request), job_id(request))
-        row = await self.run(self.store.resolve_snapshot, job.source_host, job.snapshot)
-        manifest = await self.run(self.store.snapshots.manifest, job.source_host, row.snapshot)
-        damaged = await self.run(self.store.damaged_in, job.source_host, row.snapshot)
-        return web.json_response({"snapshot": row.to_json(),
-                                  "manifest": json.loads(manifest.to_json()),
-                                  "damaged_chunks": damaged})
+        assert self._views is not None
+        lock = self._building.setdefault(job.id, asyncio.Lock())
+        async with lock:
+            view = self._views.get(job.id)
+            if view is None:
+                view = await run_in(self.heavy, self._build, job, self._views.path(job.id))
+                self._views.put(job.id, view)
+        self._building.pop(job.id, None)
+        return job, view
 
-    async def job_chunk(self, request: web.Request) -> web.StreamResponse:
-        """A chunk file of the job's source snapshot (only chunks that snapshot references)."""
-        job = await self.run(self.jobs.running_job, require_host(request), job_id(request))
-        path = await self.run(self.store.snapshot_chunk_path, job.source_host, job.snapshot,
-                              request.match_info["cid"])
-        # no-store: access ends with the job, no cache should keep serving it
-        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
+    def _build(self, job: RestoreJob, out: Path) -> JobView:
+        row = self.store.resolve_snapshot(job.source_host, job.snapshot)
+        manifest = self.store.snapshots.manifest(job.source_host, row.snapshot)
+        return build_view(iter_blocks(self.store.stream(manifest.catalog)), job.paths, out)
+
+    async def job_snapshot(self, request: web.Request) -> web.Response:
+        """What the target needs to know of the source snapshot: its id and date, and the
+        size of the job's catalog -- not the source's manifest (its sizes, sources,
+        unreadable paths, catalog chunk ids)."""
+        job, view = await self._view(request)
+        row = await self.run(self.store.resolve_snapshot, job.source_host, job.snapshot)
+        return web.json_response({
+            "snapshot": {"snapshot": row.snapshot, "host": row.host,
+                         "received_at": row.to_json()["received_at"]},
+            "catalog": {"bytes": view.catalog_bytes, "entries": view.entries}})
+
+    async def job_catalog(self, request: web.Request) -> web.StreamResponse:
+        """The job's catalog: the selected entries only (the catalog stream format)."""
+        _, view = await self._view(request)
+        return web.FileResponse(view.catalog, headers={
+            "Content-Type": "application/octet-stream", "Cache-Control": "private, no-store"})
+
+    async def job_chunk(self, request: web.Request) -> web.Response:
+        """A chunk a selected file uses, as a chunk file whose plaintext holds only the
+        selected files' bytes (all else zero); any other chunk id is 404."""
+        _, view = await self._view(request)
+        cid = request.match_info["cid"]
+        # The masked copy is built in memory (the file, its plaintext, the re-encoded
+        # copy): held against the download budget until it is sent.
+        async with self.downloads.hold(MASKED_HELD * MAX_FILE_SIZE):
+            try:
+                data = await run_in(self.heavy, view.masked_chunk, self.store.chunks, cid)
+            except ChunkError:
+                raise ApiError(410, "chunk_damaged", f"chunk {cid} is damaged on the appliance;"
+                               " the files using it cannot be restored") from None
+            except FileNotFoundError:
+                data = None
+            if data is None:
+                raise ApiError(404, "no_such_chunk", f"restore job has no chunk {cid}")
+            # no-store: access ends with the job, no cache should keep serving it
+            resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
                                                "Cache-Control": "private, no-store"})
+            resp.content_length = len(data)
+            await resp.prepare(request)
+            await resp.write(data)
+            await resp.write_eof()
+            return resp
 
     async def progress(self, request: web.Request) -> web.Response:
         host, jid = require_host(request), job_id(request)
@@ -220,6 +282,8 @@ class AgentJobsApi:
             raise ApiError(400, "bad_field", f"field 'message' must be a string of at most "
                            f"{MAX_MESSAGE} characters")
         job = await self.run(self.jobs.finish, host, jid, ok, files, nbytes, errors, message)
+        if self._views is not None:
+            await self.run(self._views.drop, jid)
         log.info("restore job %d %s on %s: %s", jid, job.state, host, message)
         return web.Response(status=204)
 

@@ -24,6 +24,8 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 # scrypt cost: ~50 ms and 16 MiB per check on the appliance's CPU; sign-ins are rare.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+#: How long a browser stays a known device of an account after a successful sign-in there.
+DEVICE_SECONDS = 90 * 86400
 IDLE_SECONDS = 30 * 60
 MAX_AGE_SECONDS = 12 * 3600
 _TOUCH_EVERY = 60.0
@@ -86,7 +88,8 @@ class Accounts:
         with self.index.tx() as db:
             if db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
                 raise Conflict("account_exists", f"account {name!r} already exists")
-            db.execute("INSERT INTO accounts VALUES (?, ?, ?)", (name, time.time(), hashed))
+            db.execute("INSERT INTO accounts (name, created_at, password_hash) "
+                       "VALUES (?, ?, ?)", (name, time.time(), hashed))
 
     def set_password(self, name: str, password: str) -> None:
         """A new password also signs the account out everywhere."""
@@ -114,6 +117,59 @@ class Accounts:
         stored = rows[0][0] if rows else _DUMMY
         ok = verify_password(password, stored)
         return ok and bool(rows)
+
+    def unlock(self, name: str) -> None:
+        """Lift the sign-in lockout of `name` (`rdr admin unlock`, on the console): a stamp
+        the daemon's throttle applies at the next sign-in attempt."""
+        with self.index.tx() as db:
+            if not db.execute("UPDATE accounts SET unlocked_at = ? WHERE name = ?",
+                              (time.time(), name)).rowcount:
+                raise NotFound("no_such_account", f"no account {name!r}")
+
+    def unlock_stamp(self, name: str) -> float | None:
+        """When `name` was last unlocked on the console (None: never, or no such account;
+        the same answer for both, and the same cost)."""
+        rows = self.index.query("SELECT unlocked_at FROM accounts WHERE lower(name) = ?",
+                                (name.lower(),))
+        stamps = [r[0] for r in rows if r[0] is not None]
+        return max(stamps) if stamps else None
+
+    def _device_key(self) -> bytes:
+        """The appliance's key for signing device cookies (made once, kept in the index)."""
+        key = self.index.kv_get("signin.device_key")
+        if key is None:
+            with self.index.tx() as db:
+                db.execute("INSERT OR IGNORE INTO kv VALUES ('signin.device_key', ?)",
+                           (secrets.token_hex(32),))
+            key = self.index.kv_get("signin.device_key")
+            assert key is not None
+        return bytes.fromhex(key)
+
+    def issue_device(self, name: str) -> str:
+        """A device cookie for the browser `name` just signed in on: an id, its issue time
+        and an HMAC over both and the account. Nothing is stored: it is checked by its
+        signature, and proves only that this browser once knew the password."""
+        did, issued = secrets.token_hex(12), int(time.time())
+        return f"{did}.{issued}.{self._device_sig(name, did, issued)}"
+
+    def device_id(self, name: str, cookie: str) -> str | None:
+        """The device id of a valid, unexpired device cookie of account `name`, else None."""
+        if not cookie or len(cookie) > 200:
+            return None
+        did, _, rest = cookie.partition(".")
+        issued_s, _, sig = rest.partition(".")
+        if not (did and issued_s.isdigit() and sig):
+            return None
+        issued = int(issued_s)
+        if not 0 <= time.time() - issued <= DEVICE_SECONDS:
+            return None
+        if not hmac.compare_digest(sig.encode(), self._device_sig(name, did, issued).encode()):
+            return None
+        return did
+
+    def _device_sig(self, name: str, did: str, issued: int) -> str:
+        msg = f"rdr-device\0{name.lower()}\0{did}\0{issued}".encode()
+        return hmac.new(self._device_key(), msg, hashlib.sha256).hexdigest()
 
     def open_session(self, name: str) -> tuple[str, WebSession]:
         """A new session for a signed-in account: (cookie token, session)."""

@@ -130,17 +130,33 @@ class BackupPlans:
         return [self._row(r) for r in self.index.query(
             f"SELECT {_COLS} FROM host_plans ORDER BY host")]
 
-    def update(self, host: str, **changes: object) -> HostPlan:
-        """Change some fields of the plan (the others keep their values), checked whole."""
+    def update(self, host: str, actor: str = "unknown", **changes: object) -> HostPlan:
+        """Change some fields of the plan (the others keep their values), checked whole.
+
+        A change of the dump command -- a command the host's agent runs as root where its
+        owner allowed dump commands -- is audited in the same transaction: who (`actor`,
+        e.g. ``account:alice``, ``token:ops``, ``cli:root``), when, the old and new value."""
         plan = self.get(host)
+        old_command = plan.dump_command
         for key, value in changes.items():
             if key not in HostPlan.__slots__ or key in ("host", "updated_at", "paused"):
                 raise StoreError("bad_plan", f"unknown plan field {key!r}")
             setattr(plan, key, value)
         check_plan(plan)
         plan.updated_at = time.time()
-        self._put(plan)
+        audit = None
+        if plan.dump_command != old_command:
+            audit = (host, plan.updated_at, actor[:200], "dump_command", old_command,
+                     plan.dump_command)
+        self._put(plan, audit)
         return plan
+
+    def audit(self, host: str, limit: int = 20) -> list[dict]:
+        """The latest audited plan changes of `host`, newest first."""
+        keys = ("at", "who", "field", "old", "new")
+        return [dict(zip(keys, r, strict=True)) for r in self.index.query(
+            "SELECT at, who, field, old, new FROM plan_audit WHERE host = ? "
+            "ORDER BY id DESC LIMIT ?", (host, limit))]
 
     def set_paused(self, host: str, paused: bool) -> HostPlan:
         plan = self.get(host)
@@ -149,8 +165,11 @@ class BackupPlans:
         self._put(plan)
         return plan
 
-    def _put(self, p: HostPlan) -> None:
+    def _put(self, p: HostPlan, audit: tuple | None = None) -> None:
         with self.index.tx() as db:
+            if audit is not None:
+                db.execute("INSERT INTO plan_audit (host, at, who, field, old, new) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", audit)
             db.execute(f"INSERT OR REPLACE INTO host_plans ({_COLS}) VALUES "
                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (p.host, json.dumps(p.paths), json.dumps(p.excludes),

@@ -281,26 +281,59 @@ def _loads(line: bytes) -> object:
         raise CatalogError("catalog line is not valid JSON") from None
 
 
-def iter_blocks_sized(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[Entry], int]]:
-    """Decode catalog blocks in order: (directory path, its entries, the block's byte length)."""
+class BlockStream:
+    """One directory block being read: its path and declared count, its entries decoded one
+    at a time (`entries`), and the bytes read so far (`nbytes`, the whole block's once its
+    entries are consumed). Only the current entry is in memory, whatever the count."""
+
+    __slots__ = ("_left", "_lines", "count", "nbytes", "path")
+
+    def __init__(self, path: bytes, count: int, nbytes: int, lines: Iterator[bytes]) -> None:
+        self.path, self.count, self.nbytes = path, count, nbytes
+        self._lines, self._left = lines, count
+
+    def raw(self) -> Iterator[bytes]:
+        """The remaining entry lines, undecoded (a listing page skips lines this way)."""
+        while self._left > 0:
+            try:
+                line = next(self._lines)
+            except StopIteration:
+                raise CatalogError(f"block {self.path!r} is truncated") from None
+            self._left -= 1
+            self.nbytes += len(line) + 1
+            yield line
+
+    def entries(self) -> Iterator[Entry]:
+        for line in self.raw():
+            yield decode_entry(_loads(line))
+
+    def skip(self) -> None:
+        for _ in self.raw():
+            pass
+
+
+def iter_block_streams(pieces: Iterable[bytes]) -> Iterator[BlockStream]:
+    """Catalog blocks in order, each streamed: a block's entries not consumed by the caller
+    are skipped (undecoded) before the next block is read."""
     lines = iter_lines(pieces)
     for line in lines:
-        nbytes = len(line) + 1
         head = _loads(line)
         if not (isinstance(head, dict) and set(head) == {"d", "n"} and type(head["n"]) is int
                 and head["n"] >= 0):
             raise CatalogError("expected a directory block header")
         path = dec_bytes(head["d"], "directory path")
         split_path(path)
-        entries = []
-        for _ in range(head["n"]):
-            try:
-                line = next(lines)
-            except StopIteration:
-                raise CatalogError(f"block {path!r} is truncated") from None
-            nbytes += len(line) + 1
-            entries.append(decode_entry(_loads(line)))
-        yield path, entries, nbytes
+        block = BlockStream(path, head["n"], len(line) + 1, lines)
+        yield block
+        block.skip()
+
+
+def iter_blocks_sized(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[Entry], int]]:
+    """Decode catalog blocks in order: (directory path, its entries, the block's byte length).
+    Holds a whole block's entries: for the agent's walks; the appliance streams instead."""
+    for block in iter_block_streams(pieces):
+        entries = list(block.entries())
+        yield block.path, entries, block.nbytes
 
 
 def iter_blocks(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[Entry]]]:
@@ -347,25 +380,46 @@ class CatalogSummary:
     entries: int = 0
 
 
-def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes]) -> CatalogSummary:
+class CatalogTooLarge(CatalogError):
+    """The catalog holds more entries than its host may commit (the message says why)."""
+
+
+def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
+             max_entries: int | None = None,
+             again: Callable[[], Iterable[bytes]] | None = None,
+             too_large: Callable[[int], str] | None = None) -> CatalogSummary:
     """Check a whole catalog and its directory index, collecting what a commit needs to know.
 
     Enforces the invariants readers rely on: blocks in depth-first sorted order, each block a
     directory declared in an earlier block (only the root has none), every declared directory
     has a block, names sorted and unique, hardlinks pointing at an earlier file, and an index
     line for every block with its exact offset and length.
+
+    Streamed: one entry is decoded at a time, and memory grows with the directories still
+    awaiting their block, the distinct chunks and the hardlinks, never with the number of
+    files. A hardlink's target is checked to come earlier in catalog order at once, and to
+    be a file in a second pass over the catalog (`again()` streams it anew; a list of
+    pieces is simply read again), made only when the catalog has hardlinks. Past
+    `max_entries` entries the catalog is refused (CatalogTooLarge, message from
+    `too_large(count)`) as soon as a block header says so, before its entries are decoded.
     """
+    if again is None and not isinstance(pieces, Iterator):
+        source = pieces  # a collection: it can be read twice
+
+        def again() -> Iterable[bytes]:
+            return source
     summary = CatalogSummary()
     last: tuple[bytes, ...] | None = None
     pending_dirs: set[bytes] = set()
-    files_seen: set[bytes] = set()
+    links: set[bytes] = set()  # hardlink targets, each checked to come earlier
     index = iter_index(index_pieces)
     offset = 0
-    for path, entries, nbytes in iter_blocks_sized(pieces):
-        rec = next(index, None)
-        if rec != IndexRecord(path, offset, nbytes, len(entries)):
-            raise CatalogError(f"directory index does not match the catalog at {path!r}")
-        offset += nbytes
+    for block in iter_block_streams(pieces):
+        path = block.path
+        if max_entries is not None and summary.entries + block.count > max_entries:
+            count = summary.entries + block.count
+            raise CatalogTooLarge(too_large(count) if too_large else
+                                  f"at least {count} entries, more than {max_entries}")
         key = path_key(path)
         if last is None:
             if path != b"":
@@ -378,32 +432,61 @@ def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes]) -> CatalogS
             pending_dirs.discard(path)
         last = key
         prev: bytes | None = None
-        for e in entries:
+        for e in block.entries():
             if prev is not None and e.name <= prev:
                 raise CatalogError(f"entries of {path!r} are not sorted and unique")
             prev = e.name
-            full = join_path(path, e.name)
             summary.entries += 1
             if e.type == DIR:
-                pending_dirs.add(full)
+                pending_dirs.add(join_path(path, e.name))
                 summary.dirs += 1
             elif e.type == FILE:
-                files_seen.add(full)
                 summary.files += 1
                 summary.logical_size += e.size
             elif e.type == HARDLINK:
-                if e.link not in files_seen:
-                    raise CatalogError(f"hardlink {full!r} points at no earlier file")
+                assert e.link is not None
+                _check_link_order(e.link, key, e.name, join_path(path, e.name))
+                links.add(e.link)
                 summary.files += 1
             for r in e.ranges:
                 summary.chunks.add(r.chunk)
+        rec = next(index, None)
+        if rec != IndexRecord(path, offset, block.nbytes, block.count):
+            raise CatalogError(f"directory index does not match the catalog at {path!r}")
+        offset += block.nbytes
     if last is None:
         raise CatalogError("catalog has no root block")
     if next(index, None) is not None:
         raise CatalogError("directory index has lines beyond the catalog")
     if pending_dirs:
         raise CatalogError(f"directory {min(pending_dirs)!r} has no block")
+    if links:
+        _check_link_targets(links, again() if again is not None else None)
     return summary
+
+
+def _check_link_order(link: bytes, key: tuple[bytes, ...], name: bytes, full: bytes) -> None:
+    """A hardlink names a path that comes before it in catalog order (block, then name)."""
+    parent, _, target = link.rpartition(b"/")
+    try:
+        split_path(link)
+    except CatalogError:
+        raise CatalogError(f"hardlink {full!r} points at no earlier file") from None
+    if (path_key(parent), target) >= (key, name):
+        raise CatalogError(f"hardlink {full!r} points at no earlier file")
+
+
+def _check_link_targets(links: set[bytes], pieces: Iterable[bytes] | None) -> None:
+    """Every hardlink target is a regular file of the catalog (second streamed pass)."""
+    if pieces is None:
+        raise CatalogError("hardlinks cannot be checked without a second pass")
+    for block in iter_block_streams(pieces):
+        for e in block.entries():
+            if e.type == FILE:
+                links.discard(join_path(block.path, e.name))
+        if not links:
+            return
+    raise CatalogError(f"hardlink to {min(links)!r} points at no earlier file")
 
 
 def locate(chunks: list[tuple[str, int]], offset: int, length: int,

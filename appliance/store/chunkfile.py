@@ -46,6 +46,24 @@ def chunk_id(plain: bytes | bytearray | memoryview) -> str:
     return blake3.blake3(plain).hexdigest()
 
 
+#: Domain separation of the possession-proof key (see `possession_key`).
+POSSESSION_CONTEXT = "RDR appliance 2026-12 chunk possession proof v1"
+NONCE_SIZE = 32
+
+
+def possession_key(nonce: bytes) -> bytes:
+    """The key a backup session's possession proofs are made under: derived from the
+    session's fresh random nonce, so a proof made for one session is worthless in another."""
+    return blake3.blake3(nonce, derive_key_context=POSSESSION_CONTEXT).digest()
+
+
+def possession_proof(key: bytes, plain: bytes | bytearray | memoryview) -> str:
+    """Proof that the caller holds a chunk's plaintext: its BLAKE3 keyed hash under the
+    session's key (hex). Cheap for whoever has the bytes (one more hash pass over data it
+    has just hashed for the id), impossible to make from the chunk id alone."""
+    return blake3.blake3(plain, key=key).hexdigest()
+
+
 def _header(flags: int) -> bytes:
     return MAGIC + bytes((VERSION, flags, 0, 0))
 

@@ -10,27 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hmac
 import itertools
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .backup_plans import BackupPlans
 from .backup_runs import BackupRuns
-from .catalog import CatalogError, validate
-from .chunkfile import ChunkError, is_chunk_id
+from .catalog import CatalogError, CatalogSummary, CatalogTooLarge, validate
+from .chunkfile import ChunkError, is_chunk_id, possession_proof
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
 from .fsutil import atomic_write
 from .index import Index, SessionRow, SnapshotRow
 from .lock import exclusive, is_held
 from .manifest import ChunkIndex, Manifest, StreamRef
+from .ownership import Ownership
 from .retention import Policy
 from .snapshots import SnapshotStore, next_snapshot_id
 from .space import Reserve
@@ -52,6 +54,29 @@ class CommitRequest:
     unreadable_count: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogLimits:
+    """How large a catalog a host may commit, and how soon an identical one may be
+    committed again (docs/SECURITY.md, "No single client starves the appliance").
+
+    entries <= min(max_entries, free_entries + uploaded // bytes_per_entry), where
+    `uploaded` is what the host uploaded in all its committed backups (pruned ones included:
+    the backup ledger) plus this session's uploads: an entry costs the appliance CPU at
+    commit and memory while listed, so beyond a free allowance that covers real file
+    systems (a million empty files fit), a host pays for entries with data it uploaded.
+    A commit whose catalog, directory index and source are those of one of its host's
+    snapshots received less than `recommit_seconds` ago returns that snapshot (no
+    validation, no new snapshot)."""
+
+    free_entries: int = 2_000_000
+    bytes_per_entry: int = 64
+    max_entries: int = 50_000_000
+    recommit_seconds: float = 3600.0
+
+    def allowed(self, uploaded: int) -> int:
+        return min(self.max_entries, self.free_entries + uploaded // self.bytes_per_entry)
+
+
 @dataclass(slots=True)
 class _Live:
     """In-memory state of an open session: when it was last used and what it added."""
@@ -66,8 +91,10 @@ class Datastore:
     def __init__(self, root: Path, session_lease: float = 60.0,
                  reserve_bytes: int = 64 * 1024 * 1024,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 admit: Callable[[], None] | None = None, max_active: int = 0) -> None:
+                 admit: Callable[[], None] | None = None, max_active: int = 0,
+                 limits: CatalogLimits | None = None) -> None:
         self.root = root
+        self.limits = limits or CatalogLimits()
         self.clock = clock  # receive times come from here (a fake clock in tests)
         #: Capacity policy for new sessions (the watermarks), wired by the daemon; raises
         #: InsufficientStorage to refuse.
@@ -91,6 +118,8 @@ class Datastore:
         self.ingested_chunks = 0
         self.ingested_bytes = 0
         self._commit_lock = root / "commit.lock"
+        #: What each open session has proven it holds (see ownership.py).
+        self.ownership = Ownership(root / "sessions")
 
     def close(self) -> None:
         self.index.close()
@@ -100,6 +129,7 @@ class Datastore:
         """Bring the index in line with the files after any stop, clean or not."""
         torn = self.chunks.recover()
         added, dropped = self.reconcile(clean=True)
+        self.ownership.sweep({s.id for s in self.index.open_sessions()})
         return {"torn_chunks_removed": len(torn), "snapshots_indexed": added,
                 "snapshots_dropped": dropped}
 
@@ -213,6 +243,7 @@ class Datastore:
             if self.admit is not None:
                 self.admit()  # a new backup; resumed ones above are running ones and finish
             sid = secrets.token_hex(16)
+            self.ownership.start(sid)
             self.index.create_session(sid, host)
             self._live[sid] = _Live(now)
             return sid, False
@@ -233,10 +264,89 @@ class Datastore:
     def touch(self, host: str, sid: str) -> None:
         self._session(host, sid)
 
-    def known(self, host: str, sid: str, ids: Iterable[str]) -> list[str]:
-        """Which of `ids` the store lacks (the agent uploads exactly those)."""
+    def session_nonce(self, host: str, sid: str) -> str:
+        """The session's possession-challenge nonce (hex); a resumed session keeps it."""
         self._session(host, sid)
-        return self.chunks.touch_missing(ids)
+        return self.ownership.get(sid).nonce.hex()
+
+    def known(self, host: str, sid: str, ids: list[str],
+              proofs: list[str] | None = None) -> list[str]:
+        """Which of `ids` the agent must upload: all but those the host owns already (its
+        session proved them, or its newest snapshot references them) and those whose
+        possession proof (`proofs[i]` for `ids[i]`) checks against the stored chunk.
+
+        The answer is the same for a chunk that exists but is not proven as for one that
+        does not exist, so an id alone tells a host nothing about other hosts' data."""
+        self._session(host, sid)
+        own = self.ownership.get(sid)
+        unproven = own.unproven(ids)
+        if unproven:
+            unproven -= self._newest_references(host, unproven)
+        have: list[str] = [c for c in ids if c not in unproven]
+        for cid, proof in zip(ids, proofs or (), strict=False):
+            if cid not in unproven or cid in own.refuted:
+                continue
+            if self._proves(own.key, cid, proof):
+                have.append(cid)
+                unproven.discard(cid)
+            else:
+                own.refuted.add(cid)
+        absent = set(self.chunks.touch_missing(dict.fromkeys(have)))
+        proven = [c for c in have if c not in absent]
+        own.add(proven)
+        ok = set(proven)
+        return [c for c in dict.fromkeys(ids) if c not in ok]
+
+    def _proves(self, key: bytes, cid: str, proof: str) -> bool:
+        """Does `proof` match the stored chunk `cid` under the session key? (A missing or
+        damaged chunk proves nothing: the agent uploads it.)"""
+        try:
+            plain = self.chunks.read_plain(cid)
+        except (OSError, ChunkError):
+            return False
+        return hmac.compare_digest(possession_proof(key, plain), proof)
+
+    def _newest_references(self, host: str, ids: set[str]) -> set[str]:
+        """Those of `ids` the host's newest snapshot references."""
+        rows = self.index.snapshots(host)
+        if not rows:
+            return set()
+        try:
+            idx = ChunkIndex(self.snapshots.dir(host, rows[-1].snapshot) / "chunks.idx")
+        except (FileNotFoundError, CatalogError):
+            return set()
+        try:
+            return {c for c in ids if c in idx}
+        finally:
+            idx.close()
+
+    def _unowned(self, host: str, sid: str, ids: set[str]) -> set[str]:
+        """The chunks of `ids` this session may not reference: neither proven in it nor
+        referenced by one of the host's own snapshots (newest first: a daily backup's
+        unchanged files are all in its parent)."""
+        rest = self.ownership.get(sid).unproven(ids)
+        for row in reversed(self.index.snapshots(host)):
+            if not rest:
+                break
+            try:
+                idx = ChunkIndex(self.snapshots.dir(host, row.snapshot) / "chunks.idx")
+            except (FileNotFoundError, CatalogError):
+                continue
+            try:
+                rest = {c for c in rest if c not in idx}
+            finally:
+                idx.close()
+        return rest
+
+    def _refuse_unowned(self, host: str, sid: str, ids: set[str]) -> None:
+        unowned = self._unowned(host, sid, ids)
+        if unowned:
+            raise Unprocessable(
+                "unproven_chunks",
+                f"{len(unowned)} referenced chunks were neither uploaded nor proven by this "
+                "session, nor are they in this host's snapshots; upload them (or read the "
+                "files that use them again) and commit again",
+                unproven=sorted(unowned)[:1000], unproven_count=len(unowned))
 
     def put_chunk(self, host: str, sid: str, cid: str, data: bytes | bytearray) -> bool:
         _, live = self._session(host, sid)
@@ -246,6 +356,8 @@ class Datastore:
             created = self.chunks.put(cid, data)
         except ChunkError as exc:
             raise Unprocessable("chunk_mismatch", f"chunk {cid} rejected: {exc}") from None
+        # Verified against its id (new or not): the session holds this content.
+        self.ownership.get(sid).add([cid])
         if created:
             with self._lock:
                 live.chunks_new += 1
@@ -267,6 +379,7 @@ class Datastore:
                 self.index.close_session(s.id, "aborted")
                 with self._lock:
                     self._live.pop(s.id, None)
+                self.ownership.end(s.id)
                 n += 1
         return n
 
@@ -275,6 +388,7 @@ class Datastore:
         self.index.close_session(sid, "aborted")
         with self._lock:
             self._live.pop(sid, None)
+        self.ownership.end(sid)
 
     def commit(self, host: str, sid: str, req: CommitRequest) -> Manifest:
         """Validate the catalog, check every referenced chunk, make them durable, then publish
@@ -303,16 +417,27 @@ class Datastore:
             marks.append((step, time.monotonic()))
 
         stream_ids = [c for c, _ in req.catalog.chunks] + [c for c, _ in req.dirindex.chunks]
+        # Ownership before anything is read: a catalog this session does not own is never
+        # decoded (its error messages would quote another host's paths), and an id it does
+        # not own gets the same answer whether or not the chunk exists.
+        self._refuse_unowned(host, row.id, set(stream_ids))
         missing = self.chunks.missing(dict.fromkeys(stream_ids))
         if missing:
             raise Unprocessable("missing_chunks", f"{len(missing)} referenced chunks are missing",
                                 missing=missing[:1000])
+        same = self._recent_same(host, req)
+        if same is not None:
+            return self._recommitted(host, row, same)
         try:
-            summary = validate(self.stream(req.catalog), self.stream(req.dirindex))
+            summary = self._validate(host, row, live, req)
+        except CatalogTooLarge as exc:
+            raise Unprocessable("catalog_too_large", f"catalog rejected: {exc}") from None
         except (CatalogError, ChunkError) as exc:
             raise Unprocessable("bad_catalog", f"catalog rejected: {exc}") from None
         all_ids = summary.chunks | set(stream_ids)
         mark("validate")
+        self._refuse_unowned(host, row.id, summary.chunks)
+        mark("own")
         # Durability first, outside the lock: every chunk this snapshot references was
         # written before the commit began, so this sync covers them, and commits landing
         # together sync side by side instead of queueing one syncfs each behind the lock.
@@ -334,6 +459,53 @@ class Datastore:
             manifest = self._publish(host, row, live, req, summary, all_ids)
             mark("publish")
             return manifest
+
+    def _validate(self, host: str, row: SessionRow, live: _Live,
+                  req: CommitRequest) -> CatalogSummary:
+        """The catalog checked, streamed, against the host's entry allowance."""
+        # The ledger outlives pruning: a host's first full backup keeps paying for its
+        # files after retention removed that snapshot.
+        ((before,),) = self.index.query(
+            "SELECT COALESCE(SUM(new_bytes), 0) FROM backup_ledger WHERE host = ?", (host,))
+        uploaded = before + row.bytes_new + live.bytes_new
+        allowed = self.limits.allowed(uploaded)
+
+        def too_large(count: int) -> str:
+            return (f"it holds at least {count:,} entries; this host may commit "
+                    f"{allowed:,} ({self.limits.free_entries:,} free, plus one per "
+                    f"{self.limits.bytes_per_entry} bytes of the {uploaded:,} bytes it has "
+                    f"uploaded, at most {self.limits.max_entries:,})")
+
+        return validate(self.stream(req.catalog), self.stream(req.dirindex), allowed,
+                        again=lambda: self.stream(req.catalog), too_large=too_large)
+
+    def _recent_same(self, host: str, req: CommitRequest) -> Manifest | None:
+        """A snapshot of `host` received within the re-commit interval whose catalog,
+        directory index and source are this request's (the newest few are looked at), and
+        none of whose chunks is quarantined as damaged (the commit then checks them)."""
+        if self.limits.recommit_seconds <= 0:
+            return None
+        since = self.clock().timestamp() - self.limits.recommit_seconds
+        for r in reversed(self.index.snapshots(host)[-8:]):
+            if r.received_at < since:
+                break
+            try:
+                m = self.snapshots.manifest(host, r.snapshot)
+            except (OSError, ValueError, StoreError):
+                continue
+            if (m.catalog.chunks == req.catalog.chunks and m.dirindex.chunks == req.dirindex.chunks
+                    and list(m.source) == list(req.source)
+                    and not self.damaged_in(host, r.snapshot)):  # a repair commits anew
+                return m
+        return None
+
+    def _recommitted(self, host: str, row: SessionRow, same: Manifest) -> Manifest:
+        """Close the session on the snapshot it repeats: nothing new is published."""
+        self.index.close_session(row.id, "committed", same.snapshot)
+        with self._lock:
+            self._live.pop(row.id, None)
+        log.info("commit of %s repeats snapshot %s: no new snapshot", host, same.snapshot)
+        return same  # its session is the one that made it: the caller can tell
 
     def _unvouched(self, host: str, ids: set[str]) -> set[str]:
         """The referenced chunks whose presence this commit must check (and touch) itself.
@@ -384,6 +556,7 @@ class Datastore:
         self.index.add_snapshot(_row_from_manifest(manifest), session=row.id)
         with self._lock:
             self._live.pop(row.id, None)
+        self.ownership.end(row.id)
         return manifest
 
     def adopt_snapshot(self, manifest: Manifest, chunk_ids: set[str],

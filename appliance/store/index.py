@@ -24,10 +24,14 @@ from pathlib import Path
 
 from .errors import Conflict, NotFound, StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 HOST_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 TOKEN_PREFIX = "rdr_"
 ADMIN_TOKEN_PREFIX = "rdra_"
+#: What an admin API token may do, each scope including the ones before it: `metrics`
+#: scrapes /metrics only; `read` also reads the appliance-wide API (overview, usage, plans,
+#: runs); `admin` may also change state (plans, "back up now", pause, resume).
+TOKEN_SCOPES = ("metrics", "read", "admin")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,7 +72,9 @@ CREATE TABLE IF NOT EXISTS restores (
     snapshot TEXT NOT NULL,
     via TEXT NOT NULL,
     requested_at REAL NOT NULL,
-    first_byte_at REAL
+    first_byte_at REAL,
+    account TEXT,
+    request_key TEXT
 );
 CREATE TABLE IF NOT EXISTS usage_samples (
     day TEXT PRIMARY KEY,
@@ -85,8 +91,19 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     name TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
     token_id TEXT UNIQUE NOT NULL,
-    token_hash BLOB NOT NULL
+    token_hash BLOB NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'metrics'
 );
+CREATE TABLE IF NOT EXISTS plan_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    at REAL NOT NULL,
+    who TEXT NOT NULL,
+    field TEXT NOT NULL,
+    old TEXT,
+    new TEXT
+);
+CREATE INDEX IF NOT EXISTS plan_audit_host ON plan_audit(host, id);
 CREATE TABLE IF NOT EXISTS dc_chunks (
     id TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -121,7 +138,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
-    password_hash TEXT NOT NULL
+    password_hash TEXT NOT NULL,
+    unlocked_at REAL
 );
 CREATE TABLE IF NOT EXISTS web_sessions (
     id_hash BLOB PRIMARY KEY,
@@ -233,6 +251,12 @@ def validate_host_name(name: str) -> str:
     return name
 
 
+def _check_scope(scope: str) -> None:
+    if scope not in TOKEN_SCOPES:
+        raise StoreError("bad_scope", f"unknown token scope {scope!r}; use one of "
+                         f"{', '.join(TOKEN_SCOPES)}")
+
+
 def _hash_secret(secret: str) -> bytes:
     # Tokens carry 256 random bits, so a fast hash is as strong as a slow one here.
     return hashlib.sha256(secret.encode()).digest()
@@ -315,8 +339,22 @@ class Index:
         if version < 3:
             self._db.execute("ALTER TABLE hosts ADD COLUMN window_start TEXT")
         # version 6 (scheduled backups) only adds tables, which _SCHEMA creates.
+        # version 7 (issue 20): token scopes -- tokens made before scopes existed were made
+        # for Prometheus and become `metrics` only (the safe reading: a tool that needs more
+        # gets `rdr tokens scope NAME read`); console unlocks; the restore ledger's account
+        # and de-duplication key. Columns are added only where missing, so an index that
+        # already has them (another branch's migration) upgrades too.
+        self._add_column("api_tokens", "scope", "TEXT NOT NULL DEFAULT 'metrics'")
+        self._add_column("accounts", "unlocked_at", "REAL")
+        self._add_column("restores", "account", "TEXT")
+        self._add_column("restores", "request_key", "TEXT")
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
+
+    def _add_column(self, table: str, column: str, decl: str) -> None:
+        cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+        if column not in cols:
+            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -463,35 +501,53 @@ class Index:
 
     def host_for_token(self, token: str) -> str | None:
         """The host a bearer token belongs to, or None. Constant-time in the secret."""
-        return self._check_token(token, TOKEN_PREFIX, "hosts")
+        row = self._check_token(token, TOKEN_PREFIX, "hosts")
+        return row[0] if row is not None else None
 
     def admin_for_token(self, token: str) -> str | None:
-        """The name of the admin API token, or None (appliance-wide endpoints)."""
-        return self._check_token(token, ADMIN_TOKEN_PREFIX, "api_tokens")
+        """The name of the admin API token, or None (/metrics: every scope may scrape)."""
+        found = self.api_token_for(token)
+        return found[0] if found is not None else None
 
-    def _check_token(self, token: str, prefix: str, table: str) -> str | None:
+    def api_token_for(self, token: str) -> tuple[str, str] | None:
+        """(name, scope) of the admin API token, or None."""
+        row = self._check_token(token, ADMIN_TOKEN_PREFIX, "api_tokens", ", scope")
+        return (row[0], row[1]) if row is not None else None
+
+    def _check_token(self, token: str, prefix: str, table: str, extra: str = "",
+                     ) -> tuple | None:
         if not token.startswith(prefix) or len(token) < len(prefix) + 18:
             return None
         token_id = token[len(prefix):len(prefix) + 16]
         if token[len(prefix) + 16] != "_":
             return None
         secret = token[len(prefix) + 17:]
-        rows = self._q(f"SELECT name, token_hash FROM {table} WHERE token_id = ?", (token_id,))
-        expected = rows[0][1] if rows else b"\0" * 32
+        rows = self._q(f"SELECT token_hash, name{extra} FROM {table} WHERE token_id = ?",
+                       (token_id,))
+        expected = rows[0][0] if rows else b"\0" * 32
         ok = hmac.compare_digest(_hash_secret(secret), expected)
-        return rows[0][0] if rows and ok else None
+        return rows[0][1:] if rows and ok else None
 
-    def add_api_token(self, name: str) -> str:
+    def add_api_token(self, name: str, scope: str = "metrics") -> str:
         validate_host_name(name)
+        _check_scope(scope)
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         try:
             with self.tx() as db:
-                db.execute("INSERT INTO api_tokens VALUES (?, ?, ?, ?)",
-                           (name, time.time(), token_id, _hash_secret(secret)))
+                db.execute("INSERT INTO api_tokens (name, created_at, token_id, token_hash, "
+                           "scope) VALUES (?, ?, ?, ?, ?)",
+                           (name, time.time(), token_id, _hash_secret(secret), scope))
         except sqlite3.IntegrityError:
             raise Conflict("token_exists", f"an API token named {name!r} exists") from None
         return f"{ADMIN_TOKEN_PREFIX}{token_id}_{secret}"
+
+    def set_api_token_scope(self, name: str, scope: str) -> None:
+        _check_scope(scope)
+        with self.tx() as db:
+            if db.execute("UPDATE api_tokens SET scope = ? WHERE name = ?",
+                          (scope, name)).rowcount == 0:
+                raise NotFound("no_such_token", f"no API token named {name!r}")
 
     def revoke_api_token(self, name: str) -> None:
         with self.tx() as db:
@@ -499,8 +555,8 @@ class Index:
                 raise NotFound("no_such_token", f"no API token named {name!r}")
 
     def api_tokens(self) -> list[dict]:
-        return [{"name": n, "created_at": c} for n, c in
-                self._q("SELECT name, created_at FROM api_tokens ORDER BY name")]
+        return [{"name": n, "created_at": c, "scope": sc} for n, c, sc in
+                self._q("SELECT name, created_at, scope FROM api_tokens ORDER BY name")]
 
     def hosts(self) -> list[dict]:
         rows = self._q("""
@@ -623,13 +679,26 @@ class Index:
                                                                  args)]
 
     def start_restore(self, host: str, snapshot: str, via: str,
-                      requested_at: float | None = None) -> int:
-        """A restore was asked for (at `requested_at`, default now); its first byte, or the
-        pickup of a push job, is recorded later with `restore_first_byte`."""
+                      requested_at: float | None = None, *, account: str | None = None,
+                      key: str | None = None, same_within: float = 0.0) -> int:
+        """A restore was asked for (at `requested_at`, default now) by `account`; its first
+        byte, or the pickup of a push job, is recorded later with `restore_first_byte`.
+
+        With `key` (what was asked for, by whom), a request for the same `key` made within
+        `same_within` seconds of an earlier one is that same restore: its id is returned and
+        no row is added (a download fetched again, resumed with Range, or re-clicked)."""
+        now = requested_at or time.time()
         with self.tx() as db:
-            return int(db.execute("INSERT INTO restores (host, snapshot, via, requested_at) "
-                                  "VALUES (?, ?, ?, ?)",
-                                  (host, snapshot, via, requested_at or time.time())).lastrowid)
+            if key is not None and same_within > 0:
+                row = db.execute("SELECT id FROM restores WHERE request_key = ? AND "
+                                 "requested_at >= ? ORDER BY id DESC LIMIT 1",
+                                 (key, now - same_within)).fetchone()
+                if row is not None:
+                    return int(row[0])
+            return int(db.execute(
+                "INSERT INTO restores (host, snapshot, via, requested_at, account, "
+                "request_key) VALUES (?, ?, ?, ?, ?, ?)",
+                (host, snapshot, via, now, account, key)).lastrowid)
 
     def restore_first_byte(self, rid: int, host: str) -> float | None:
         """Record the first byte of a restore once; returns its start latency (seconds)."""
@@ -643,10 +712,10 @@ class Index:
             return now - row[0]
 
     def restores(self, since: float = 0.0) -> list[dict]:
-        keys = ("id", "host", "snapshot", "via", "requested_at", "first_byte_at")
+        keys = ("id", "host", "snapshot", "via", "requested_at", "first_byte_at", "account")
         return [dict(zip(keys, r, strict=True)) for r in self._q(
-            "SELECT id, host, snapshot, via, requested_at, first_byte_at FROM restores "
-            "WHERE requested_at >= ? ORDER BY id", (since,))]
+            "SELECT id, host, snapshot, via, requested_at, first_byte_at, account "
+            "FROM restores WHERE requested_at >= ? ORDER BY id", (since,))]
 
     def put_usage_sample(self, day: str, sample: str) -> None:
         with self.tx() as db:

@@ -20,6 +20,7 @@ No web framework here: errors are the store's classes, mapped to statuses by the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -46,7 +47,7 @@ UNCLAIMED_MESSAGE = "no agent picked the job up within 24 hours"
 
 _COLS = ("id, source_host, snapshot, paths, target_host, target_dir, state, requested_by, "
          "requested_at, picked_up_at, updated_at, finished_at, files, bytes, total_bytes, "
-         "errors, message, restore_id")
+         "errors, message, restore_id, allow_special")
 
 
 def _iso(t: float | None) -> str | None:
@@ -76,12 +77,15 @@ class RestoreJob:
     errors: int
     message: str
     restore_id: int | None
+    #: The administrator allowed setuid/setgid bits and device nodes for this job (the
+    #: target agent must allow them too); otherwise the agent strips and skips them.
+    allow_special: bool = False
 
     @classmethod
     def from_row(cls, row: tuple) -> RestoreJob:
         raw = json.loads(row[3])
         paths = [dec_bytes(p, "restore job path") for p in raw]
-        return cls(row[0], row[1], row[2], paths, *row[4:])
+        return cls(row[0], row[1], row[2], paths, *row[4:-1], allow_special=bool(row[-1]))
 
     @property
     def start_latency(self) -> float | None:
@@ -102,6 +106,7 @@ class RestoreJob:
             "files": self.files, "bytes": self.bytes, "total_bytes": self.total_bytes,
             "errors": self.errors, "message": self.message,
             "start_latency_seconds": self.start_latency,
+            "allow_special": self.allow_special,
         }
 
     def to_agent_json(self) -> dict:
@@ -110,6 +115,7 @@ class RestoreJob:
             "id": self.id, "source_host": self.source_host, "snapshot": self.snapshot,
             "paths": [enc_bytes(p) for p in self.paths], "target_dir": self.target_dir,
             "requested_by": self.requested_by, "requested_at": _iso(self.requested_at),
+            "allow_special": self.allow_special,
         }
 
 
@@ -166,10 +172,12 @@ class RestoreJobs:
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        if index is not None:
+            _add_allow_special(index)
 
     # --- the restore page's side --------------------------------------------------------
     def create(self, source_host: str, snapshot: str, paths: list[bytes], target_host: str,
-               target_dir: str, requested_by: str) -> RestoreJob:
+               target_dir: str, requested_by: str, allow_special: bool = False) -> RestoreJob:
         """Queue a job; everything is checked first, so a refused request leaves no ledger
         row behind (a ledger row without a first byte would count as a restore that never
         started)."""
@@ -181,9 +189,11 @@ class RestoreJobs:
         if not isinstance(snapshot, str) or self.index.snapshot(source_host, snapshot) is None:
             raise NotFound("no_such_snapshot",
                            f"host {source_host!r} has no snapshot {snapshot!r}")
+        if not isinstance(allow_special, bool):
+            raise StoreError("bad_field", "field 'allow_special' must be true or false")
         if not isinstance(target_host, str) or not self.index.host_exists(target_host):
             raise NotFound("no_such_host", f"no host named {target_host!r}")
-        rid = self.index.start_restore(source_host, snapshot, "push")
+        rid = self.index.start_restore(source_host, snapshot, "push", account=requested_by)
         # The job's request time is the ledger's, so both report the same start latency.
         (requested_at,) = self.index.query("SELECT requested_at FROM restores WHERE id = ?",
                                            (rid,))[0]
@@ -191,10 +201,10 @@ class RestoreJobs:
         with self.index.tx() as db:
             jid = int(db.execute(
                 "INSERT INTO restore_jobs (source_host, snapshot, paths, target_host, "
-                "target_dir, state, requested_by, requested_at, updated_at, restore_id) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                "target_dir, state, requested_by, requested_at, updated_at, restore_id, "
+                "allow_special) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
                 (source_host, snapshot, encoded, target_host, target_dir, requested_by,
-                 requested_at, requested_at, rid)).lastrowid)
+                 requested_at, requested_at, rid, int(allow_special))).lastrowid)
         return self.get(jid)
 
     def cancel(self, jid: int) -> RestoreJob:
@@ -339,3 +349,14 @@ class RestoreJobs:
         if row is None:
             raise NotFound("no_such_job", f"no restore job {jid} for host {target_host!r}")
         raise Conflict("job_not_running", f"restore job {jid} is {row[0]}, not running")
+
+
+def _add_allow_special(index: Index) -> None:
+    """The `allow_special` column, added to an index written before it existed (a column
+    with a default: old rows read as "not allowed")."""
+    cols = {r[1] for r in index.query("PRAGMA table_info(restore_jobs)")}
+    if "allow_special" in cols:
+        return
+    with contextlib.suppress(sqlite3.OperationalError), index.tx() as db:  # a racing add
+        db.execute("ALTER TABLE restore_jobs ADD COLUMN allow_special INTEGER NOT NULL "
+                   "DEFAULT 0")

@@ -10,6 +10,7 @@ referenced chunk present, catalog and directory index valid.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -132,7 +133,8 @@ class Verifier:
             else:
                 try:
                     m = st.snapshots.manifest(host, snap)
-                    validate(st.stream(m.catalog), st.stream(m.dirindex))
+                    validate(st.stream(m.catalog), st.stream(m.dirindex),
+                             again=functools.partial(st.stream, m.catalog))
                 except (CatalogError, ChunkError, ValueError, KeyError, TypeError) as exc:
                     res.affected.append({"host": host, "snapshot": snap,
                                          "reason": f"catalog invalid: {exc}"})

@@ -1,9 +1,12 @@
 """Authentication: every /api/v1 call names its principal, by bearer token or by session.
 
 Host tokens (``rdr_...``) act for one host and see only its data; admin API tokens
-(``rdra_...``, `rdr tokens add`) are for the provider's tools and see appliance-wide figures
-but no host's files; admin *accounts* (`rdr admin add`) sign in on the LAN page and get a
-session cookie, which sees every host and may queue restores. A request with a session
+(``rdra_...``, `rdr tokens add`) are for the provider's tools, see no host's files, and
+carry a scope: ``metrics`` (the default: /metrics only, refused on every /api/v1 route),
+``read`` (also appliance-wide reads: overview, usage, plans, runs) or ``admin`` (also
+changes: plans, "back up now", pause, resume); admin *accounts* (`rdr admin add`) sign in on
+the LAN page and get a session cookie, which sees every host, may change plans and may queue
+restores. A request with a session
 cookie must send the session's CSRF token in ``X-CSRF-Token`` for anything but GET/HEAD.
 Routes named ``public.*`` (sign-in) need neither. Handlers state which kinds they accept.
 """
@@ -33,8 +36,10 @@ ADMIN = web.RequestKey("admin", str)
 ACCOUNT = web.RequestKey("account", str)
 #: The session behind ACCOUNT (its CSRF token), None for bearer tokens.
 SESSION = web.RequestKey("session", WebSession)
+#: The scope of the admin token of a request (None otherwise).
+SCOPE = web.RequestKey("scope", str)
 
-Principal = tuple[str, str]  # ("host" | "admin", name)
+Principal = tuple[str, str, str]  # ("host" | "admin", name, admin token scope or "")
 
 
 class RememberedTokens:
@@ -93,16 +98,21 @@ def auth_middleware(lookup: Callable[[str], Awaitable[Principal | None]],
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                          ) -> web.StreamResponse:
         request[HOST] = request[ADMIN] = request[ACCOUNT] = None
-        request[SESSION] = None
+        request[SESSION] = request[SCOPE] = None
         route = request.match_info.route.name or ""
         token = bearer_token(request)
         if token:
             who = await lookup(token)
             if who is None:
                 raise ApiError(401, "unauthorized", "missing or invalid bearer token")
-            kind, name = who
+            kind, name, scope = who
             request[HOST] = name if kind == "host" else None
             request[ADMIN] = name if kind == "admin" else None
+            if kind == "admin":
+                if scope not in ("read", "admin"):
+                    raise ApiError(403, "forbidden", f"this admin API token's scope is "
+                                   f"{scope!r}: it reaches /metrics only")
+                request[SCOPE] = scope
             return await handler(request)
         cookie = request.cookies.get(SESSION_COOKIE)
         ws = await session(cookie) if cookie and session is not None else None
@@ -148,11 +158,25 @@ def require_host_access(request: web.Request, host: str) -> str:
 
 
 def require_overview(request: web.Request) -> str:
-    """Appliance-wide figures: signed-in accounts and admin API tokens, not hosts."""
+    """Appliance-wide figures: signed-in accounts and admin API tokens (scope `read` or
+    `admin`: the middleware refuses `metrics` ones), not hosts."""
     who = request[ACCOUNT] or request[ADMIN]
     if who is None:
         raise ApiError(403, "forbidden", "this endpoint needs an admin account or admin token")
     return who
+
+
+def require_change(request: web.Request) -> str:
+    """A change of appliance state (plans, backups): a signed-in admin account or an
+    `admin`-scoped token. Returns who, for logs and audits: ``account:NAME``/``token:NAME``."""
+    if request[ACCOUNT] is not None:
+        return f"account:{request[ACCOUNT]}"
+    if request[ADMIN] is not None and request[SCOPE] == "admin":
+        return f"token:{request[ADMIN]}"
+    if request[ADMIN] is not None:
+        raise ApiError(403, "forbidden", f"this admin API token's scope is {request[SCOPE]!r}; "
+                       "changes need an admin account or a token of scope 'admin'")
+    raise ApiError(403, "forbidden", "this endpoint needs an admin account or admin token")
 
 
 def require_admin(request: web.Request) -> str:

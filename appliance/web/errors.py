@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from ..pools import TooManyRequests
 from ..store.errors import (
     Conflict,
     InsufficientStorage,
@@ -22,7 +23,7 @@ from ..store.errors import (
 log = logging.getLogger("rdr.http")
 
 _STATUS = [(NotFound, 404), (Conflict, 409), (Unprocessable, 422), (Unavailable, 503),
-           (InsufficientStorage, 507), (StoreError, 400)]
+           (InsufficientStorage, 507), (TooManyRequests, 429), (StoreError, 400)]
 
 
 class ApiError(Exception):
@@ -33,12 +34,18 @@ class ApiError(Exception):
 
 def json_error(status: int, code: str, message: str, **details: object) -> web.Response:
     body = {"error": code, "message": message, **details}
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+    resp = web.Response(status=status, text=json.dumps(body), content_type="application/json")
+    wait = details.get("retry_after")
+    if isinstance(wait, int | float) and wait > 0:
+        # a client or proxy that reads only headers backs off too (RFC 9110, 10.2.3)
+        resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+    return resp
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-               415: "unsupported_media_type", 422: "unprocessable", 507: "insufficient_storage"}
+               415: "unsupported_media_type", 422: "unprocessable", 429: "too_many_requests",
+               507: "insufficient_storage"}
 
 
 @web.middleware

@@ -3,14 +3,18 @@
 Sign-in with local admin accounts; overview; browse, search and inspect snapshots; download a
 file (HTTP Range) or a folder/selection as zip or tar.zst, streamed; queue push restores to an
 agent. Host tokens may use the browse and download routes for their own host only; admin API
-tokens see no host's files. Every disk step runs in the worker pool, and downloads pull one
-piece at a time from a generator running there, so memory stays flat for any size.
+tokens see no host's files. Small calls run in the light pool; listing, searching, sign-in
+hashing and downloads in the heavy pool (appliance/pools.py), so a token check never waits
+behind an archive. Downloads pull one piece at a time from a generator running there, so
+memory stays flat for any size, and each principal runs only a few heavy operations at once
+(the others are refused with 429 and Retry-After).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import functools
+import hashlib
 import logging
 import mimetypes
 import re
@@ -25,10 +29,11 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
-from ..browse.archive import writer_for
+from ..browse.archive import MemberNames, writer_for
 from ..browse.paths import display, from_q, to_q
 from ..browse.tree import TYPE_NAMES, Browser, SnapshotTree
-from ..store.accounts import Accounts
+from ..pools import HeavyGate, run_in
+from ..store.accounts import DEVICE_SECONDS, Accounts
 from ..store.catalog import DIR, FILE, HARDLINK, SYMLINK, Entry, join_path
 from ..store.chunkfile import ChunkError
 from ..store.datastore import Datastore
@@ -36,6 +41,8 @@ from ..store.errors import StoreError
 from ..store.snapshots import is_snapshot_id
 from .auth import (
     ACCOUNT,
+    ADMIN,
+    HOST,
     SESSION,
     SESSION_COOKIE,
     require_account,
@@ -52,25 +59,55 @@ T = TypeVar("T")
 FLUSH_BYTES = 256 * 1024
 MAX_LIST = 5000
 MAX_SEARCH = 1000
+#: The browser's proof of an earlier successful sign-in (see throttle.py): sent only to the
+#: sign-in route, never readable by scripts.
+DEVICE_COOKIE = "rdr_device"
+#: Sign-in checks queued or running at once (each is ~50 ms of scrypt and 16 MiB); past
+#: this a sign-in is answered 429 at once instead of waiting behind a flood.
+SIGNIN_QUEUE = 16
+#: Asking again for the same download within this time is the same restore in the ledger
+#: (a session's longest life: one sign-in, one restore per selection).
+RESTORE_SAME_WITHIN = 12 * 3600.0
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 
 
 class PageApi:
     def __init__(self, store: Datastore, pool: Executor, browser: Browser, accounts: Accounts,
                  overview: Callable[[], dict], jobs: Any, throttle: SignInThrottle | None = None,
-                 seeds: Any = None) -> None:
+                 seeds: Any = None, heavy: Executor | None = None,
+                 gate: HeavyGate | None = None, signin_pool: Executor | None = None) -> None:
+        """`signin_pool`: a small executor of its own for password hashing (the daemon's
+        has 2 threads), so a flood of sign-ins holds neither the light workers nor the
+        heavy ones that downloads need; `heavy` when not given (tests)."""
         self.store = store
-        self.pool = pool
+        self.pool = pool  # light: small calls
+        self.heavy = heavy or pool  # listings, searches, downloads, password hashing
+        self.gate = gate or HeavyGate(0, 0)
         self.browser = browser
         self.accounts = accounts
         self.overview_fn = overview
         self.jobs = jobs  # AgentJobsApi: create/list/get/cancel of push restores
         self.throttle = throttle or SignInThrottle()
         self.seeds = seeds  # SeedDisks: inserted Rapid Protect / Recover disks (daemon only)
+        self.signin_pool = signin_pool or self.heavy
+        self._hashing = 0  # sign-in checks queued or running in signin_pool
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.pool, functools.partial(fn, *args))
+        return await run_in(self.pool, fn, *args)
+
+    async def run_heavy(self, fn: Callable[..., T], *args: Any) -> T:
+        return await run_in(self.heavy, fn, *args)
+
+    def _heavy_op(self, request: web.Request, what: str,
+                  kind: str = "transfer") -> contextlib.AbstractContextManager:
+        """Admission of one heavy operation for the caller (429/503 beyond the limits)."""
+        if request.get(ACCOUNT) is not None:
+            who = "account:" + request[ACCOUNT]
+        elif request.get(HOST) is not None:
+            who = "host:" + request[HOST]
+        else:
+            who = "admin:" + str(request.get(ADMIN))
+        return self.gate.hold(who, what, kind)
 
     async def session_for(self, token: str):
         return await self.run(self.accounts.session, token)
@@ -96,31 +133,53 @@ class PageApi:
 
     # --- sign-in ------------------------------------------------------------------------
     async def login(self, request: web.Request) -> web.Response:
+        """Sign in. The attempt is admitted by the throttle (and counted while pending)
+        before the password is checked; an unknown account name gets the same answers,
+        lockouts and cost as a known one; a browser that signed in before (device cookie)
+        is throttled on its own key, so another client's failures never lock it out."""
         if request.content_type != "application/json":
             # A cross-site form cannot send JSON without a CORS preflight: no login CSRF.
             raise ApiError(415, "unsupported_media_type", "send the credentials as JSON")
         body = await read_json(request, 4096)
         name, password = body.get("name"), body.get("password")
-        if not isinstance(name, str) or not isinstance(password, str) or not name:
+        if not isinstance(name, str) or not isinstance(password, str) or not name \
+                or len(name) > 200:
             raise ApiError(400, "bad_field", "fields 'name' and 'password' must be strings")
-        keys = ("account:" + name.lower(), "addr:" + (request.remote or "?"))
-        wait = self.throttle.retry_after(*keys)
+        account_key = "account:" + name.lower()
+        self.throttle.unlock(account_key, await self.run(self.accounts.unlock_stamp, name))
+        cookie = request.cookies.get(DEVICE_COOKIE, "")
+        device = await self.run(self.accounts.device_id, name, cookie) if cookie else None
+        keys = (f"device:{device}",) if device else (account_key,
+                                                     "addr:" + (request.remote or "?"))
+        if self._hashing >= SIGNIN_QUEUE:
+            raise ApiError(429, "busy", "too many sign-ins at once; try again in 1 s",
+                           retry_after=1)
+        wait = self.throttle.admit(keys)
         if wait > 0:
             raise _throttled(wait)
-        ok = await self.run(self.accounts.check, name, password)
+        ok = False
+        self._hashing += 1
+        try:
+            ok = await run_in(self.signin_pool, self.accounts.check, name, password)
+        finally:
+            self._hashing -= 1
+            # counted as a failure unless it succeeded, also when the client went away
+            self.throttle.finish(keys, ok, clear=keys[:1])
         if not ok:
-            self.throttle.failed(*keys)
-            log.warning("failed sign-in for account %r from %s", name, request.remote)
+            log.warning("failed sign-in for account %r from %s%s", name, request.remote,
+                        " (known device)" if device else "")
             wait = self.throttle.retry_after(*keys)
             if wait > 0:
                 raise _throttled(wait)
             raise ApiError(401, "bad_credentials", "wrong account name or password")
-        self.throttle.succeeded(keys[0])
         token, ws = await self.run(self.accounts.open_session, name)
+        device_cookie = await self.run(self.accounts.issue_device, name)
         log.info("account %r signed in from %s", name, request.remote)
         resp = web.json_response({"account": ws.account, "csrf": ws.csrf})
         resp.set_cookie(SESSION_COOKIE, token, httponly=True, secure=True, samesite="Strict",
                         path="/")
+        resp.set_cookie(DEVICE_COOKIE, device_cookie, httponly=True, secure=True,
+                        samesite="Strict", path="/api/v1/auth/login", max_age=DEVICE_SECONDS)
         return resp
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -151,7 +210,7 @@ class PageApi:
 
     async def _tree(self, request: web.Request) -> SnapshotTree:
         host, snap = self._host_snap(request)
-        return await self.run(self.browser.tree, host, snap)
+        return await self.run_heavy(self.browser.tree, host, snap)
 
     async def snapshots(self, request: web.Request) -> web.Response:
         host, _ = self._host_snap(request)
@@ -163,27 +222,28 @@ class PageApi:
             for r in reversed(rows)]})
 
     async def listdir(self, request: web.Request) -> web.Response:
-        tree = await self._tree(request)
         path = _path_param(request)
         offset = int_query(request, "offset", 0, 0, 1 << 40)
         limit = int_query(request, "limit", 1000, 1, MAX_LIST)
-        entries = await self.run(tree.listdir, path)
-        page = entries[offset:offset + limit]
+        with self._heavy_op(request, "listing", "browse"):
+            tree = await self._tree(request)
+            total, page = await self.run_heavy(tree.listdir_page, path, offset, limit)
         parent = path.rpartition(b"/")[0] if path else None
         return web.json_response({
             "host": tree.host, "snapshot": tree.snapshot, "path": display(path) or "/",
             "q": to_q(path), "parent": None if parent is None else to_q(parent),
-            "crumbs": _crumbs(path), "total": len(entries), "offset": offset,
+            "crumbs": _crumbs(path), "total": total, "offset": offset,
             "entries": [entry_json(path, e) for e in page],
-            "next_offset": offset + limit if offset + limit < len(entries) else None})
+            "next_offset": offset + limit if offset + limit < total else None})
 
     async def search(self, request: web.Request) -> web.Response:
-        tree = await self._tree(request)
         needle = request.query.get("q", "")
         if not 1 <= len(needle) <= 200 or "\0" in needle:
             raise ApiError(400, "bad_field", "'q' must be 1 to 200 characters")
         limit = int_query(request, "limit", 200, 1, MAX_SEARCH)
-        matches, truncated, scanned = await self.run(tree.search, needle, limit)
+        with self._heavy_op(request, "search", "browse"):
+            tree = await self._tree(request)
+            matches, truncated, scanned = await self.run_heavy(tree.search, needle, limit)
         return web.json_response({
             "host": tree.host, "snapshot": tree.snapshot, "query": needle,
             "truncated": truncated, "scanned": scanned,
@@ -191,11 +251,12 @@ class PageApi:
                          "dir_q": to_q(m.dir)} for m in matches]})
 
     async def file_info(self, request: web.Request) -> web.Response:
-        tree = await self._tree(request)
         path = _path_param(request)
-        e = await self.run(tree.lookup, path)
-        data = await self.run(tree.data_entry, path, e) if e.type == HARDLINK else e
-        versions = await self.run(self.browser.versions, tree.host, path, data)
+        with self._heavy_op(request, "file lookup", "browse"):
+            tree = await self._tree(request)
+            e = await self.run_heavy(tree.lookup, path)
+            data = await self.run_heavy(tree.data_entry, path, e) if e.type == HARDLINK else e
+            versions = await self.run_heavy(self.browser.versions, tree.host, path, data)
         parent = path.rpartition(b"/")[0]
         info = {**entry_json(parent, e), "uid": e.uid, "gid": e.gid,
                 "content_type": _content_type(display(e.name)) if e.type in (FILE, HARDLINK)
@@ -207,15 +268,19 @@ class PageApi:
 
     # --- downloads ----------------------------------------------------------------------
     async def download(self, request: web.Request) -> web.StreamResponse:
+        with self._heavy_op(request, "download"):
+            return await self._download(request)
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
         requested = time.time()
         tree = await self._tree(request)
         path = _path_param(request)
-        e = await self.run(tree.lookup, path)
+        e = await self.run_heavy(tree.lookup, path)
         if e.type not in (FILE, HARDLINK):
             raise ApiError(400, "not_a_file", f"{display(path) or '/'} is a "
                            f"{TYPE_NAMES.get(e.type, e.type)}; download folders as an archive")
-        data = await self.run(tree.data_entry, path, e)
-        missing = await self.run(self._unavailable, data)
+        data = await self.run_heavy(tree.data_entry, path, e)
+        missing = await self.run_heavy(self._unavailable, data)
         if missing:
             raise ApiError(409, "damaged", f"{len(missing)} pieces of this file are damaged or "
                            "missing on the appliance; restore it from the data center copy",
@@ -231,10 +296,9 @@ class PageApi:
             "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})
         if partial:
             resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        rid = await self.run(self.store.index.start_restore, tree.host, tree.snapshot, "page",
-                             requested)
+        rid = await self._ledger(request, tree, "file", [path], requested)
         reader = _ChunkLru(self.store.chunks.read_plain, 4)
-        if end == start:  # the headers are the whole response: they are its first byte
+        if end == start and rid is not None:  # the headers are the whole response
             await self.run(self.store.index.restore_first_byte, rid, tree.host)
         await resp.prepare(request)
         await self._pump(request, resp, tree.file_pieces(data, start, end, reader.get),
@@ -246,24 +310,28 @@ class PageApi:
                 if not self.store.chunks.has(c)]
 
     async def archive(self, request: web.Request) -> web.StreamResponse:
+        with self._heavy_op(request, "archive download"):
+            return await self._archive_response(request)
+
+    async def _archive_response(self, request: web.Request) -> web.StreamResponse:
         requested = time.time()
         tree = await self._tree(request)
         fmt = request.query.get("format", "zip")
         try:
-            writer = writer_for(fmt)
+            writer = writer_for(fmt, str(self.store.root))
         except ValueError as exc:
             raise ApiError(400, "bad_field", str(exc)) from None
         paths = _path_params(request) or [b""]
         items: list[tuple[bytes, Entry]] = []
         for p in dict.fromkeys(paths):
-            items.append((p, await self.run(tree.lookup, p)))
+            items.append((p, await self.run_heavy(tree.lookup, p)))
         base = display(paths[0].rpartition(b"/")[2]) if len(paths) == 1 and paths[0] else ""
         fname = f"{tree.host}-{tree.snapshot}{'-' + base if base else ''}{writer.extension}"
         resp = web.StreamResponse(headers={
             "Content-Type": writer.content_type, "Content-Disposition": _disposition(fname),
             "Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"})
-        rid = await self.run(self.store.index.start_restore, tree.host, tree.snapshot, "page",
-                             requested)
+        rid = await self._ledger(request, tree, "archive", list(dict.fromkeys(paths)),
+                                 requested)
         reader = _ChunkLru(self.store.chunks.read_plain, 4)
         resp.enable_chunked_encoding()
         await resp.prepare(request)
@@ -271,21 +339,39 @@ class PageApi:
                          tree.host)
         return resp
 
+    async def _ledger(self, request: web.Request, tree: SnapshotTree, kind: str,
+                      paths: list[bytes], requested: float) -> int | None:
+        """The service-level ledger's row for this download: only an account's requests
+        (page or its API) are restores of the service; a host token reading its own files
+        is not. One row per restore: the same account asking for the same selection of the
+        same snapshot again within RESTORE_SAME_WITHIN (a re-download, a Range resume) is
+        the same restore, whatever the archive format."""
+        account = request[ACCOUNT]
+        if account is None:
+            return None
+        h = hashlib.sha256(f"{account}\0{tree.host}\0{tree.snapshot}\0{kind}".encode())
+        for p in sorted(paths):
+            h.update(b"\0" + p)
+        return await self.run(functools.partial(
+            self.store.index.start_restore, tree.host, tree.snapshot, "page", requested,
+            account=account, key=h.hexdigest(), same_within=RESTORE_SAME_WITHIN))
+
     async def _pump(self, request: web.Request, resp: web.StreamResponse,
-                    gen: Iterator[bytes | memoryview], rid: int, host: str) -> None:
+                    gen: Iterator[bytes | memoryview], rid: int | None, host: str) -> None:
         """Send what `gen` produces in the pool; on a failure mid-stream cut the connection
         so the client sees an incomplete download, never a silently wrong file."""
         first = True
         try:
             while True:
-                piece = await self.run(next, gen, None)
+                piece = await self.run_heavy(next, gen, None)
                 if piece is None:
                     break
                 await resp.write(piece)
                 if first:
                     first = False
-                    await self.run(self.store.index.restore_first_byte, rid, host)
-            if first:
+                    if rid is not None:
+                        await self.run(self.store.index.restore_first_byte, rid, host)
+            if first and rid is not None:
                 await self.run(self.store.index.restore_first_byte, rid, host)
             await resp.write_eof()
         except (ChunkError, StoreError, OSError, ValueError) as exc:
@@ -293,7 +379,7 @@ class PageApi:
             if request.transport is not None:
                 request.transport.abort()
         finally:
-            await self.run(_close, gen)
+            await self.run_heavy(_close, gen)
 
     # --- push restores ------------------------------------------------------------------
     async def create_job(self, request: web.Request) -> web.Response:
@@ -303,6 +389,9 @@ class PageApi:
         paths_q = body.get("paths", [])
         target_host = body.get("target_host", tree.host)
         target_dir = body.get("target_dir")
+        allow_special = body.get("allow_special", False)
+        if not isinstance(allow_special, bool):
+            raise ApiError(400, "bad_field", "'allow_special' must be true or false")
         if not (isinstance(paths_q, list) and all(isinstance(p, str) for p in paths_q)):
             raise ApiError(400, "bad_field", "'paths' must be a list of path strings (q)")
         if not isinstance(target_host, str):
@@ -311,9 +400,9 @@ class PageApi:
             raise ApiError(400, "bad_field", "'target_dir' must be an absolute directory path")
         paths = [from_q(p) for p in paths_q] or [b""]  # none: the whole snapshot
         for p in paths:
-            await self.run(tree.lookup, p)  # 404 for a path the snapshot does not have
+            await self.run_heavy(tree.lookup, p)  # 404 for a path the snapshot does not have
         job = await self.jobs.create(tree.host, tree.snapshot, paths, target_host, target_dir,
-                                     account)
+                                     account, allow_special)
         log.info("account %r queued restore job %s: %s/%s -> %s:%s", account, job.id,
                  tree.host, tree.snapshot, target_host, target_dir)
         return web.json_response({"job": job.to_json()}, status=201)
@@ -533,21 +622,30 @@ def _archive(tree: SnapshotTree, items: list[tuple[bytes, Entry]], writer,
             yield from put(writer.end_file())
         # fifos and device nodes have no place in an archive for download
 
+    # Member names come from MemberNames, never straight from the catalog (see there).
+    names = MemberNames()
     for path, e in items:
-        parent = path.rpartition(b"/")[0] if path else b""
-        strip = len(parent) + 1 if parent else 0
         if path == b"":  # the whole snapshot: its top-level entries at the archive root
+            names.root_is(b"")
             blocks = tree.walk(b"")
-        elif e.type == DIR:
-            yield from entry(path[strip:], path, e)
-            blocks = tree.walk(path)
         else:
-            yield from entry(path[strip:], path, e)
-            continue
+            name = path.rpartition(b"/")[2]
+            yield from entry(names.top(path, name, e.type == DIR), path, e)
+            if e.type != DIR:
+                continue
+            blocks = tree.walk(path)
         for dpath, entries in blocks:
+            if not names.enter(dpath):
+                continue
             for child in entries:
                 full = join_path(dpath, child.name)
-                yield from entry(full[strip:], full, child)
-    yield from put(writer.finish())
+                yield from entry(names.child(full, child.name, child.type == DIR), full, child)
+    if names.notes:
+        text = names.notes_text()
+        yield from put(writer.begin_file(names.notes_name(), len(text), time.time_ns(), 0o644))
+        yield from put(writer.file_data(text))
+        yield from put(writer.end_file())
+    for piece in writer.finish_pieces():
+        yield from put(piece)
     if buf:
         yield bytes(buf)

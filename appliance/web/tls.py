@@ -3,6 +3,7 @@ start. Agents pin the SHA-256 fingerprint the daemon logs (or trust a CA file)."
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import ipaddress
@@ -10,6 +11,7 @@ import os
 import ssl
 from pathlib import Path
 
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,3 +62,26 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_path, key_path)
     return ctx
+
+
+class TlsSite(web.TCPSite):
+    """A TLS listener whose handshake is bounded in time (aiohttp's TCPSite leaves asyncio's
+    60 s default). Complete request headers are bounded by the runner's `keepalive_timeout`,
+    which aiohttp (>= 3.14) arms when a connection is made and does not extend for
+    partial data: a connection that sends headers slowly is closed when it runs out."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
+                 ssl_context: ssl.SSLContext, handshake_timeout: float,
+                 reuse_address: bool = True) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context,
+                         reuse_address=reuse_address)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self._handshake_timeout)

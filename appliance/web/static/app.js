@@ -834,6 +834,15 @@ function lines(text) {
   return text.split("\n").map((x) => x.trim()).filter((x) => x);
 }
 
+// The dump command runs on the host (as root where its owner allowed it): its changes are
+// audited on the appliance, and the latest ones are shown under the field.
+function dumpAudit(rows) {
+  if (!rows.length) return null;
+  return h("ul", { class: "sub", id: "dump-audit", "aria-label": "Changes of the dump command" },
+    rows.slice(0, 5).map((a) => h("li", {}, "Dump command changed ", timeEl(a.at), ` by ${a.who}: `,
+      h("code", {}, a.old || "(none)"), " → ", h("code", {}, a.new || "(none)"))));
+}
+
 async function scheduleSection(host) {
   const [pv, runs, gaps] = await Promise.all([
     api("GET", `/hosts/${enc(host)}/plan`),
@@ -880,6 +889,7 @@ async function scheduleSection(host) {
     field("LAN limit (kbit/s, 0 = none)", bandwidth),
     field("Before each backup, run", dump, "e.g. pg_dump mydb; its output is backed up"),
     field("Dump file name", dumpName),
+    dumpAudit(pv.plan_audit || []),
     error,
     h("button", { type: "submit", class: "btn btn-primary", id: "plan-save" }, "Save plan"));
   form.addEventListener("submit", async (ev) => {
@@ -1382,6 +1392,7 @@ async function openRestore(host, snap, items, what) {
     sel.append(h("option", { value: name, selected: name === host }, name === host ? `${name} (its own host)` : name));
   }
   sel.value = host;
+  $("restore-special").checked = false;
   $("restore-submit").disabled = false;
   dlg.dataset.what = what || "";
   if (!dlg.open) dlg.showModal();
@@ -1405,6 +1416,7 @@ async function onRestoreSubmit(ev) {
   try {
     const res = await api("POST", `${snapApi(ctx.host, ctx.snap)}/restore-jobs`, {
       paths: ctx.items.map((it) => it.q), target_host: target, target_dir: dir,
+      allow_special: $("restore-special").checked,
     });
     $("restore-dialog").close();
     const job = res.job || {};
