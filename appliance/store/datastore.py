@@ -27,7 +27,7 @@ from .catalog import CatalogError, validate
 from .chunkfile import ChunkError, is_chunk_id
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
-from .fsutil import atomic_write
+from .fsutil import atomic_write, fsync_dir
 from .index import Index, SessionRow, SnapshotRow
 from .lock import exclusive, is_held
 from .manifest import ChunkIndex, Manifest, StreamRef
@@ -99,6 +99,7 @@ class Datastore:
     def recover(self) -> dict:
         """Bring the index in line with the files after any stop, clean or not."""
         torn = self.chunks.recover()
+        self.finish_removals()
         added, dropped = self.reconcile(clean=True)
         return {"torn_chunks_removed": len(torn), "snapshots_indexed": added,
                 "snapshots_dropped": dropped}
@@ -109,7 +110,8 @@ class Datastore:
 
         `clean` removes leftovers of interrupted writes; only safe when no commit can be
         running (start-up, offline rebuild)."""
-        on_disk = set(self.snapshots.scan(clean=clean))
+        # A directory whose row a removal already dropped is not brought back.
+        on_disk = set(self.snapshots.scan(clean=clean)) - set(self.index.local_deletes())
         in_db = {(r.host, r.snapshot) for r in self.index.snapshots()}
         added = 0
         todo = sorted(on_disk - in_db)
@@ -418,18 +420,48 @@ class Datastore:
             yield plain
 
     # --- maintenance ----------------------------------------------------------------------
-    def remove_snapshot(self, host: str, snap: str) -> None:
-        """Delete a snapshot: directory first (the truth), then its index row."""
+    def remove_snapshot(self, host: str, snap: str, *, keep_protected: bool = False) -> bool:
+        """Delete a snapshot: its index row first, with a write-ahead intent in the same
+        transaction, then its directory, then the intent. A kill after any step leaves no
+        listed snapshot that cannot be restored; `finish_removals` (every prune and GC, and
+        start-up) completes what was interrupted. False if there was nothing to remove (or
+        the snapshot was protected meanwhile and `keep_protected`)."""
+        removed = self.index.remove_snapshot(host, snap, keep_protected=keep_protected,
+                                             intent=True)
+        if removed:
+            self._finish_removal(host, snap)
+        return removed
+
+    def _finish_removal(self, host: str, snap: str) -> None:
         self.snapshots.remove(host, snap)
-        self.index.remove_snapshot(host, snap)
+        self.index.local_deleted(host, snap)
+
+    def finish_removals(self) -> int:
+        """Complete the snapshot deletions a kill interrupted (their rows are already gone).
+        Safe whenever no other removal runs: callers hold the maintenance lock, or start."""
+        todo = self.index.local_deletes()
+        for host, snap in todo:
+            if self.index.snapshot(host, snap) is not None:
+                # Re-committed under the same id since (a clock gone back): keep it.
+                self.index.local_deleted(host, snap)
+                continue
+            log.info("finishing the interrupted removal of %s/%s", host, snap)
+            self._finish_removal(host, snap)
+        return len(todo)
 
     def protect(self, host: str, snap: str, protected: bool) -> None:
-        self.index.set_protected(host, snap, protected)
+        """The marker file (what `rebuild-index` reads) is written before the row says
+        protected and removed after it says unprotected: a kill between leaves the snapshot
+        protected in the copy that survives, never less protected than the admin asked."""
+        snap = self.resolve_snapshot(host, snap).snapshot
         marker = self.snapshots.dir(host, snap) / "protected"
         if protected:
             atomic_write(marker, b"")
+            self.index.set_protected(host, snap, True)
         else:
+            self.index.set_protected(host, snap, False)
             marker.unlink(missing_ok=True)
+            fsync_dir(marker.parent)
 
     def quarantine_chunk(self, cid: str, reason: str) -> None:
         self.chunks.quarantine_chunk(cid)

@@ -83,10 +83,13 @@ class Pruner:
 
     def run(self, job: Job, hosts: list[str] | None = None, dry_run: bool = False,
             force: bool = False) -> list[Decision]:
+        if not dry_run:
+            self.store.finish_removals()  # what a killed prune left half done
         decisions = self.plan(hosts, force)
         doomed = [d for d in decisions if not d.keep]
         if not dry_run:
             for i, d in enumerate(doomed):
-                self.store.remove_snapshot(d.host, d.snapshot)
+                if not self.store.remove_snapshot(d.host, d.snapshot, keep_protected=True):
+                    d.keep, d.reason = True, "protected by an admin while prune ran"
                 job.progress((i + 1) / len(doomed), f"removed {d.host}/{d.snapshot}")
         return decisions
