@@ -236,16 +236,17 @@ def test_torn_catalog_cache_is_discarded_not_fatal(bases, tmp_path: Path) -> Non
         cache = state / "catalog-cache" / "h1"
         cached = [p for p in cache.iterdir()]
         assert cached
-        for d in (state, state / "catalog-cache", cache):
-            assert d.stat().st_mode & 0o777 == 0o700, d
         for p in cached:
-            assert p.stat().st_mode & 0o777 == 0o600, p
             p.write_bytes(b"")  # what a kill mid-write left behind
         second = agent(env, "backup", str(src), "--json")
         assert second.returncode == 0, second.stderr
         assert "discarded" in second.stderr
         now = list(cache.iterdir())
         assert now and all(p.stat().st_size > 0 for p in now)  # refetched, rewritten whole
+        for d in (state, state / "catalog-cache", cache):
+            assert d.stat().st_mode & 0o777 == 0o700, d
+        for p in [*now, *state.glob("session-*")]:
+            assert p.stat().st_mode & 0o777 == 0o600, p
         for p in cache.iterdir():
             p.write_bytes(b"\0" * 10)
         out = agent(env, "restore", "latest", "--to", str(tmp_path / "restored"))
