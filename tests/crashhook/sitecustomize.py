@@ -86,11 +86,9 @@ def _truncate(path: str):
     return do
 
 
-def _trace_sqlite(conn) -> None:
-    path = ""
-    try:
-        path = conn.execute("PRAGMA database_list").fetchone()[2]
-    except Exception:
+def _trace_sqlite(conn, path: str) -> None:
+    """Count COMMITs (and autocommitted changes) on a connection to a database of ours."""
+    if path.startswith("file:"):  # a URI (the read-only readers): never writes
         return
 
     def cb(sql: str) -> None:
@@ -148,8 +146,7 @@ def _dispatch(event: str, args: tuple) -> None:
         _count("chmod", _abs(args[0], args[2]))
     elif event == "os.truncate":
         _count("truncate", _abs(args[0], None))
-    elif event == "sqlite3.connect/handle":
-        _trace_sqlite(args[0])
+
 
 
 _real_write = os.write
@@ -165,6 +162,21 @@ def _write(fd: int, data) -> int:
     return _real_write(fd, data)
 
 
-if _ROOTS:
+def _install() -> None:
+    import sqlite3
+
+    real_connect = sqlite3.connect
+
+    def connect(database, *args, **kwargs):
+        conn = real_connect(database, *args, **kwargs)
+        if isinstance(database, (str, bytes, os.PathLike)):
+            _trace_sqlite(conn, _abs(database, None))
+        return conn
+
+    sqlite3.connect = connect
     os.write = _write
     sys.addaudithook(_hook)
+
+
+if _ROOTS:
+    _install()
