@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import urllib3
 
 from appliance.web.tls import fingerprint
 
@@ -87,10 +86,18 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Site]:
 # --- reproduction 1: a killed prune leaves no ghost --------------------------------------
 
 def start_daemon(site: Site, port: int, env: dict[str, str] | None = None,
-                 ) -> subprocess.Popen:
+                 replication: bool = True) -> subprocess.Popen:
+    """`rdr serve` on the site (its own config file: the CLI's stays as it is); without
+    `replication`, the daemon does not replicate (so a commit's crash points are its own)."""
     site.write_config(port)
+    cfg = site.work / "daemon.toml"
+    text = site.cfg.read_text()
+    if not replication:
+        text = text.replace(f"[replication]\ndirectory = '{site.dc}'\n",
+                            f"[replication]\nenabled = false\ndirectory = '{site.dc}'\n")
+    cfg.write_text(text)
     log = open(site.work / "daemon.log", "ab")  # noqa: SIM115 - the daemon's, closed by it
-    p = subprocess.Popen([str(BIN / "rdr"), "serve", "--config", str(site.cfg)],
+    p = subprocess.Popen([str(BIN / "rdr"), "serve", "--config", str(cfg)],
                          stdout=log, stderr=log, env=env)
     log.close()
     deadline = time.monotonic() + 30
@@ -301,7 +308,7 @@ def test_enumerated_crash_points_of_commit_and_agent(bases, tmp_path: Path) -> N
         must_have = {r["snapshot"] for r in listed(site)}
         denv = hooked_env([site.data], at, log, arm=r"/commit\.lock$") if name == "commit" \
             else None
-        daemon = start_daemon(site, port, denv)
+        daemon = start_daemon(site, port, denv, replication=name != "commit")
         try:
             env = agent_env(site, port, token, state)
             first = agent(env, "backup", str(src), "--json") if name == "agent" else None
