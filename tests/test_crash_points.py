@@ -355,3 +355,22 @@ def test_enumerated_crash_points_of_commit_and_agent(bases, tmp_path: Path) -> N
         FIGURES[name] = {"crash_points": total, "exercised": len(points),
                          "consistent": len(points)}
         print(f"\ncrash points: {name}: {total}, exercised {len(points)}, all consistent")
+
+
+def test_a_ghost_an_older_release_left_is_dropped_by_the_next_pass(bases, tmp_path) -> None:
+    """A store an older release's killed prune left with a row whose directory is gone (a
+    replicated snapshot): the next replication pass drops the row and queues its data-center
+    copy for deletion before deleting any chunk there, so the data center never keeps a
+    checkpoint of chunks it deleted; prune and dc verify work too."""
+    site = bases["prune"].copy_to(tmp_path / "site")
+    oldest = listed(site)[0]["snapshot"]
+    shutil.rmtree(site.data / "snapshots" / "h1" / oldest)
+    r = sh(site, "replicate", "--wait", "--json")  # the binary: what an admin runs
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["snapshots_removed_at_dc"] == 1
+    assert oldest not in {r["snapshot"] for r in listed(site)}
+    assert check_dc(site) == 2
+    for args in (["prune"], ["replicate", "--wait"], ["dc", "verify", "--deep"]):
+        r = sh(site, *args)
+        assert r.returncode == 0, (args, r.stderr)
+    assert check_dc(site) == 1

@@ -213,6 +213,9 @@ class Replicator:
             self._check()
             await self.target.prepare()
             await self._settle_inflight()
+            # Rows without a directory and half-done removals are settled before the pass
+            # decides what the data center may delete (idempotent, safe beside a prune).
+            await self._run(self.store.finish_removals)
             held = await self.adopt_seed(res)
             pending = [r for r in await self._run(self.store.index.snapshots)
                        if r.replicated_at is None and r.host not in held]

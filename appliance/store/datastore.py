@@ -437,8 +437,17 @@ class Datastore:
         self.index.local_deleted(host, snap)
 
     def finish_removals(self) -> int:
-        """Complete the snapshot deletions a kill interrupted (their rows are already gone).
-        Safe whenever no other removal runs: callers hold the maintenance lock, or start."""
+        """Complete the snapshot deletions a kill interrupted (their rows are already gone),
+        and drop rows without a directory. Safe whenever no other removal runs: callers hold
+        the maintenance lock, or start."""
+        # Rows whose directory is gone: ghosts an older release's killed prune left (it
+        # deleted the directory first). Dropped the way prune drops a row (a replicated one
+        # is queued for deletion at the data center), before anything trusts the listing.
+        for row in self.index.snapshots():
+            if not self.snapshots.dir(row.host, row.snapshot).exists():
+                log.warning("snapshot %s/%s has no directory: dropped from the index",
+                            row.host, row.snapshot)
+                self.index.remove_snapshot(row.host, row.snapshot)
         todo = self.index.local_deletes()
         for host, snap in todo:
             if self.index.snapshot(host, snap) is not None:
