@@ -29,7 +29,10 @@ def private_dir(path: Path, *, upto: Path | None = None) -> Path:
             chain.append(p)
             p = p.parent
     for d in chain:
-        if d.stat().st_mode & 0o777 != DIR_MODE:
+        st = d.stat()
+        # Only our own directories: one an administrator made for us (owned by root, say)
+        # is theirs to set; the files we write in it are 0600 all the same.
+        if st.st_mode & 0o777 != DIR_MODE and st.st_uid == os.geteuid():
             os.chmod(d, DIR_MODE)
     return path
 
