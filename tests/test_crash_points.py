@@ -20,11 +20,17 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
+from appliance.replication.crypto import ObjectCipher
+from appliance.replication.dc import checkpoints
+from appliance.replication.engine import Replicator
+from appliance.replication.targets import DirTarget
+from appliance.store.datastore import Datastore
 from appliance.web.tls import fingerprint
 
 from .crashpoints import (
@@ -41,6 +47,7 @@ from .crashpoints import (
     run_hooked,
 )
 from .test_cli import free_port
+from .test_lifecycle import commit_files
 from .treeutil import make_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -374,3 +381,32 @@ def test_a_ghost_an_older_release_left_is_dropped_by_the_next_pass(bases, tmp_pa
         r = sh(site, *args)
         assert r.returncode == 0, (args, r.stderr)
     assert check_dc(site) == 1
+
+
+async def test_snapshot_force_pruned_while_it_is_sent_leaves_no_checkpoint(tmp_path) -> None:
+    """A forced prune removes a snapshot while a pass is uploading it (they hold different
+    locks): the checkpoint that still reaches the data center is written ahead in
+    `dc_deletes`, so the pass that follows deletes it before deleting the chunks it names."""
+    st = Datastore(tmp_path / "data", reserve_bytes=0)
+    st.add_host("h1")
+    first = commit_files(st, "h1", {b"a": os.urandom(50_000)}).snapshot
+    commit_files(st, "h1", {b"b": os.urandom(50_000)})
+
+    class PruningTarget(DirTarget):
+        async def put(self, name: str, data: bytes) -> None:
+            await super().put(name, data)
+            if name.startswith("k/") and st.index.snapshot("h1", first) is not None:
+                st.remove_snapshot("h1", first)  # the forced prune, mid-pass
+
+    target = PruningTarget(tmp_path / "dc")
+    with ThreadPoolExecutor(2) as pool:
+        rep = Replicator(st, target, ObjectCipher(bytes(range(32))), pool)
+        res = await rep.run_pass()
+        assert st.index.snapshot("h1", first) is None
+        assert res.snapshots_replicated == 1  # the second; the first was pruned under it
+        cps = [c["snapshot"] for c in await checkpoints(target, rep.cipher)]
+        assert first not in cps  # deleted by the same pass's removals (entry written ahead)
+        res = await rep.run_pass()
+    assert st.index.dc_deletes() == []
+    st.close()
+

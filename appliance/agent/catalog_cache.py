@@ -9,7 +9,9 @@ give identical catalog chunks, most of them are already here from the previous r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,7 +88,14 @@ class CatalogCache:
             yield plain
 
     def keep_only(self, keep: set[str]) -> None:
-        """Drop cached chunks no longer used by the latest catalog (the cache stays small)."""
+        """Drop cached chunks no longer used by the latest catalog (the cache stays small),
+        and temporary files a killed run left (an hour old: a younger one may be another
+        agent process's write in progress)."""
+        stale = time.time() - 3600
         for p in self.dir.iterdir():
-            if p.name not in keep:
-                p.unlink(missing_ok=True)
+            if p.name in keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if p.name.startswith(".") and p.lstat().st_mtime > stale:
+                    continue
+                p.unlink()

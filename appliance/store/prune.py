@@ -89,7 +89,9 @@ class Pruner:
         doomed = [d for d in decisions if not d.keep]
         if not dry_run:
             for i, d in enumerate(doomed):
-                if not self.store.remove_snapshot(d.host, d.snapshot, keep_protected=True):
+                if self.store.remove_snapshot(d.host, d.snapshot, keep_protected=True):
+                    job.progress((i + 1) / len(doomed), f"removed {d.host}/{d.snapshot}")
+                elif self.store.index.snapshot(d.host, d.snapshot) is not None:
+                    # Protected since the plan was made: the row's delete re-checks it.
                     d.keep, d.reason = True, "protected by an admin while prune ran"
-                job.progress((i + 1) / len(doomed), f"removed {d.host}/{d.snapshot}")
         return decisions
