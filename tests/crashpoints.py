@@ -73,10 +73,11 @@ class Site:
         clock = FakeClock(T0 + timedelta(days=day or 0))
         return Datastore(self.data, reserve_bytes=0, clock=clock)
 
-    def commit_day(self, day: int, host: str = "h1") -> str:
+    def commit_day(self, day: int, host: str = "h1", content: int | None = None) -> str:
+        """Commit on `day` the files of day `content` (default: the same day)."""
         st = self.store(day)
         try:
-            return commit_files(st, host, files_for(day)).snapshot
+            return commit_files(st, host, files_for(content or day)).snapshot
         finally:
             st.close()
 
@@ -186,16 +187,22 @@ def check_invariants(site: Site, must_have: set[str], day: int) -> dict:
     - every snapshot `rdr snapshots` lists is complete and restorable, and none of
       `must_have` (committed before, and not removable by the killed operation) is lost;
     - every checkpoint at the data center has all its objects;
+    - `rdr verify` and `rdr dc verify --deep` are clean as the kill left things;
     - the next operation of every kind succeeds: a backup (a commit through the Datastore
-      API, as the daemon runs it), prune, GC, a replication pass;
-    - then `rdr verify` and `rdr dc verify --deep` are clean, and the checks above hold again.
+      API, as the daemon runs it, of the first day's files again: chunks pruned and deleted
+      at the data center come back, so a record claiming one is still there would show),
+      prune, GC, a replication pass;
+    - then verify and dc verify are clean again, and the first checks hold again.
     """
     rows = listed(site)
     names = {r["snapshot"] for r in rows}
     assert must_have <= names, f"lost: {sorted(must_have - names)}"
     check_restorable(site, rows)
     check_dc(site)
-    new = site.commit_day(day)
+    must(site, "verify")
+    if (site.data / "replication.key").exists():
+        assert json.loads(must(site, "dc", "verify", "--deep", "--json"))["ok"]
+    new = site.commit_day(day, content=1)
     must(site, "prune")
     must(site, "gc")
     out = json.loads(must(site, "replicate", "--wait", "--json"))

@@ -86,8 +86,19 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Site]:
     gced = pruned.copy_to(root / "gced")
     must(gced, "gc")
     gced.commit_day(4)
+    protected = s0.copy_to(root / "protected")
+    must(protected, "protect", "h1", listed(protected)[0]["snapshot"])
     s0.token = s0_token  # type: ignore[attr-defined]
-    return {"prune": s0, "gc": pruned, "replicate": gced}
+    return {"prune": s0, "gc": pruned, "replicate": gced, "protect": s0,
+            "unprotect": protected}
+
+
+def markers_agree(site: Site) -> None:
+    """A protected row always has its marker (what `rebuild-index` reads): a kill never
+    leaves the surviving copy less protected than the index says."""
+    for r in listed(site):
+        if r["protected"]:
+            assert (site.data / "snapshots" / r["host"] / r["snapshot"] / "protected").exists()
 
 
 # --- reproduction 1: a killed prune leaves no ghost --------------------------------------
@@ -274,12 +285,15 @@ def test_torn_catalog_cache_is_discarded_not_fatal(bases, tmp_path: Path) -> Non
 FIGURES: dict[str, dict] = {}
 
 
-@pytest.mark.parametrize("op", ["prune", "gc", "replicate"])
+@pytest.mark.parametrize("op", ["prune", "gc", "replicate", "protect", "unprotect"])
 def test_enumerated_crash_points_of_maintenance(op: str, bases, tmp_path: Path) -> None:
-    """`rdr prune`, `rdr gc`, `rdr replicate` (the code the daemon runs for them), killed at
-    each state-changing call in turn."""
+    """`rdr prune`, `rdr gc`, `rdr replicate` (the code the daemon runs for them), `rdr
+    protect` and `rdr protect --off`, killed at each state-changing call in turn."""
     base = bases[op]
-    args = {"prune": ["prune"], "gc": ["gc"], "replicate": ["replicate", "--wait"]}[op]
+    oldest = listed(base)[0]["snapshot"]
+    args = {"prune": ["prune"], "gc": ["gc"], "replicate": ["replicate", "--wait"],
+            "protect": ["protect", "h1", oldest],
+            "unprotect": ["protect", "h1", oldest, "--off"]}[op]
     ref = base.copy_to(tmp_path / "ref")
     reflog = tmp_path / "ref.log"
     run_hooked(ref, args, 0, reflog)
@@ -291,6 +305,7 @@ def test_enumerated_crash_points_of_maintenance(op: str, bases, tmp_path: Path) 
         site = base.copy_to(tmp_path / f"p{n}")
         rc = run_hooked(site, args, n, tmp_path / f"p{n}.log")
         assert rc == -signal.SIGKILL, f"{op}: point {n} of {total} was not reached (exit {rc})"
+        markers_agree(site)
         check_invariants(site, kept, day=10)
         shutil.rmtree(site.work)
     FIGURES[op] = {"crash_points": total, "exercised": len(points), "consistent": len(points)}
