@@ -26,11 +26,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from appliance.replication.crypto import ObjectCipher
-from appliance.replication.dc import checkpoints
+from appliance import cli
+from appliance.config import ConfigError
+from appliance.replication.crypto import DecryptError, KeyError_, ObjectCipher
+from appliance.replication.dc import DcError, checkpoints
 from appliance.replication.engine import Replicator
-from appliance.replication.targets import DirTarget
+from appliance.replication.targets import DirTarget, NotFoundAtTarget, TargetError
+from appliance.seed.disk import SeedError
+from appliance.store.catalog import CatalogError
+from appliance.store.chunkfile import ChunkError
 from appliance.store.datastore import Datastore
+from appliance.store.errors import NotFound, StoreError
 from appliance.web.tls import fingerprint
 
 from .crashpoints import (
@@ -425,3 +431,22 @@ async def test_snapshot_force_pruned_while_it_is_sent_leaves_no_checkpoint(tmp_p
     assert st.index.dc_deletes() == []
     st.close()
 
+
+
+def test_every_appliance_error_is_one_line_from_rdr(tmp_path, monkeypatch, capsys) -> None:
+    """`rdr`'s main maps every error class the appliance raises on purpose, in one place
+    (`cli.APPLIANCE_ERRORS`), to one line and exit 1: each raised from a command here."""
+    samples = [ConfigError("bad"), StoreError("code", "bad"), NotFound("code", "bad"),
+               TargetError("bad", False), NotFoundAtTarget("c/x"), DcError("bad"),
+               KeyError_("bad"), DecryptError("bad"), SeedError("bad"), ChunkError("bad"),
+               CatalogError("bad")]
+    assert {type(e) for e in samples} >= set(cli.APPLIANCE_ERRORS)
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[store]\npath = '{tmp_path / 'data'}'\n")
+    for exc in samples:
+        def boom(self, exc=exc) -> int:
+            raise exc
+        monkeypatch.setattr(cli.Cli, "snapshots", boom)
+        assert cli.main(["snapshots", "--config", str(cfg)]) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("rdr: error: "), err
