@@ -1,7 +1,10 @@
 """SQLite index and ledger (WAL): hosts, hashed tokens, sessions, snapshots.
 
-It is an index, not the source of truth for backups: every snapshot row can be rebuilt from the
-manifests on disk (`Datastore.reconcile`). One connection per process, serialised by a lock,
+It is an index, not the source of truth for what a backup holds: every snapshot row can be
+rebuilt from the manifests on disk (`Datastore.reconcile`). It is the truth for which snapshots
+exist while it lives: a removal drops the row first, with a write-ahead `local_deletes` entry,
+so no listing shows a snapshot whose files are half gone (docs/RELIABILITY.md, "Ordering and
+locks"). One connection per process, serialised by a lock,
 because the daemon calls it from a thread pool and SQLite objects must not be used
 concurrently.
 """
