@@ -426,6 +426,16 @@ class Datastore:
         listed snapshot that cannot be restored; `finish_removals` (every prune and GC, and
         start-up) completes what was interrupted. False if there was nothing to remove (or
         the snapshot was protected meanwhile and `keep_protected`)."""
+        row = self.index.snapshot(host, snap)
+        if row is None or (keep_protected and row.protected):
+            return False
+        # Its "replicated" marker first: should the index be lost before the directory goes,
+        # `rebuild-index` brings the snapshot back as not replicated (sent again), never as
+        # held by a data center that has deleted it.
+        marker = self.snapshots.dir(host, snap) / "replicated"
+        if marker.exists():
+            marker.unlink(missing_ok=True)
+            fsync_dir(marker.parent)
         removed = self.index.remove_snapshot(host, snap, keep_protected=keep_protected,
                                              intent=True)
         if removed:
