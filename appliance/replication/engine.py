@@ -226,6 +226,8 @@ class Replicator:
                 try:
                     done = await self.replicate_snapshot(row.host, row.snapshot, res)
                 except (FileNotFoundError, NotFound):
+                    if await self._run(self.store.index.snapshot, row.host, row.snapshot):
+                        raise  # still there: a file of a live snapshot is missing
                     done = False  # pruned (forced) while it was being sent
                 if done:
                     res.snapshots_replicated += 1

@@ -448,8 +448,10 @@ class Datastore:
 
     def finish_removals(self) -> int:
         """Complete the snapshot deletions a kill interrupted (their rows are already gone),
-        and drop rows without a directory. Safe whenever no other removal runs: callers hold
-        the maintenance lock, or start."""
+        and drop rows without a directory. Idempotent, and safe beside a running prune (the
+        replication pass calls it without the maintenance lock): each step tolerates the
+        other side having done it already, and a commit writes its directory before its row,
+        so a row without a directory is never one being committed."""
         # Rows whose directory is gone: ghosts an older release's killed prune left (it
         # deleted the directory first). Dropped the way prune drops a row (a replicated one
         # is queued for deletion at the data center), before anything trusts the listing.
