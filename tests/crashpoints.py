@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -41,10 +42,9 @@ T0 = datetime(2026, 3, 2, 12, 0, tzinfo=ZoneInfo("UTC"))
 def files_for(day: int) -> dict[bytes, bytes]:
     """A host's files on `day`: one shared by every day, one of its own, one shared with the
     day before (so pruning leaves some chunks dead and some still used)."""
-    rnd = __import__("random").Random(day)
     return {b"common.bin": bytes(range(256)) * 200,
-            b"today.bin": rnd.randbytes(30_000),
-            b"pair.bin": __import__("random").Random(day // 2).randbytes(20_000)}
+            b"today.bin": random.Random(day).randbytes(30_000),
+            b"pair.bin": random.Random(day // 2).randbytes(20_000)}
 
 
 @dataclass
