@@ -46,6 +46,8 @@ from .seed.export import export_seed
 from .seed.recover import import_recovery
 from .store.accounts import Accounts, check_password_rules
 from .store.backup_plans import HostPlan
+from .store.catalog import CatalogError
+from .store.chunkfile import ChunkError
 from .store.datastore import Datastore
 from .store.errors import StoreError
 from .store.index import TOKEN_SCOPES
@@ -1076,6 +1078,13 @@ def _positive(text: str) -> float:
     return v
 
 
+#: Every error the appliance's own code raises on purpose, mapped in one place to one line
+#: and exit 1 (a damaged or missing chunk read from the store or the data center included).
+APPLIANCE_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError, StoreError, TargetError, DcError, ReplicationKeyError, DecryptError,
+    SeedError, ChunkError, CatalogError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1086,8 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[Cli], int] = args.run
     try:
         return run(Cli(args))
-    except (ConfigError, StoreError, TargetError, DcError, ReplicationKeyError,
-            DecryptError, SeedError) as exc:
+    except APPLIANCE_ERRORS as exc:
         print(f"rdr: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

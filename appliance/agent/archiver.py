@@ -48,6 +48,7 @@ from ..store.chunkfile import ChunkEncoder, EncodedChunk, possession_key, posses
 from .catalog_cache import CatalogCache
 from .chunker import SMALL_FILE, Bundle, StreamCutter, new_cdc
 from .client import ApplianceClient, ApplianceError
+from .statefiles import private_dir, write_private
 from .walker import Child, Walker
 
 log = logging.getLogger("rdr.agent.backup")
@@ -507,7 +508,7 @@ class Archiver:
         loop = asyncio.get_running_loop()
         me = await self.client.whoami()
         host = me["host"]
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         cache = CatalogCache(self.state_dir / "catalog-cache" / host)
 
         parent_chunks: list[tuple[str, int]] | None = None
@@ -635,12 +636,18 @@ class Archiver:
     @staticmethod
     def _refresh_cache(cache: CatalogCache, chunks: list[EncodedChunk],
                        catalog: list[EncodedChunk]) -> None:
-        """Keep exactly the new catalog's chunks, so the next backup needs no download."""
-        for c in catalog:
-            p = cache.path(c.id)
-            if not p.exists():
-                p.write_bytes(c.data)
-        cache.keep_only({c.id for c in catalog})
+        """Keep exactly the new catalog's chunks, so the next backup needs no download.
+
+        After the commit, so a failure here costs the next backup a download, never this
+        backup: each file is replaced atomically, and one a killed run left damaged is
+        rewritten."""
+        try:
+            for c in catalog:
+                if not cache.usable(c.id):
+                    cache.store(c.id, c.data)
+            cache.keep_only({c.id for c in catalog})
+        except OSError as exc:
+            log.warning("catalog cache not refreshed (%s); the next backup downloads it", exc)
 
     async def _open_session(self, host: str) -> tuple[str, bool]:
         """Open a session, resuming the one an interrupted run of this agent left open."""
@@ -652,7 +659,7 @@ class Archiver:
             resume = json.loads(path.read_text())["session"]
         info = await self._wait_for_slot(resume)
         sid = info["session"]
-        path.write_text(json.dumps({"session": sid, "url": self.client.ep.url}))
+        write_private(path, json.dumps({"session": sid, "url": self.client.ep.url}).encode())
         self.lease = float(info.get("lease_seconds", 60))
         nonce = info.get("nonce")
         self.proof_key = possession_key(bytes.fromhex(nonce)) if isinstance(nonce, str) \

@@ -9,32 +9,59 @@ give identical catalog chunks, most of them are already here from the previous r
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..store.chunkfile import ChunkDecoder, is_chunk_id
+from ..store.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
 from .client import ApplianceClient
+from .statefiles import private_dir, write_private
+
+log = logging.getLogger("rdr.agent")
 
 
 class CatalogCache:
+    """Chunk files named by their id, each replaced atomically (`write_private`); one that
+    does not decode (a kill of an older agent mid-write, a disk error) is discarded with a
+    warning and fetched again -- a cache is never a reason for a backup or restore to fail."""
+
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory, upto=directory.parent.parent)
 
     def path(self, cid: str) -> Path:
         if not is_chunk_id(cid):
             raise ValueError(f"bad chunk id {cid!r}")
         return self.dir / cid
 
+    def usable(self, cid: str) -> bool:
+        """Whether the cached copy of `cid` is there and decodes to its id; a damaged one is
+        deleted (so that it is fetched or stored again)."""
+        p = self.path(cid)
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            return False
+        try:
+            ChunkDecoder().decode(data, cid)
+        except ChunkError as exc:
+            log.warning("catalog cache: %s is damaged (%s); discarded, fetched again",
+                        cid, exc)
+            p.unlink(missing_ok=True)
+            return False
+        return True
+
     async def fetch(self, client: ApplianceClient, snap: str, chunks: list[tuple[str, int]],
                     concurrency: int = 8) -> None:
-        """Download the chunks of a stream that are not cached yet (stored as received and
-        verified when read)."""
-        todo = [cid for cid, _ in dict.fromkeys(map(tuple, chunks)) if not
-                self.path(cid).exists()]
-        sem = asyncio.Semaphore(concurrency)
+        """Download the chunks of a stream that are not cached yet, or whose cached copy is
+        damaged (stored as received, verified before use)."""
         loop = asyncio.get_running_loop()
+        wanted = [cid for cid, _ in dict.fromkeys(map(tuple, chunks))]
+        todo = [cid for cid, ok in zip(wanted, await loop.run_in_executor(
+            None, lambda: [self.usable(c) for c in wanted]), strict=True) if not ok]
+        sem = asyncio.Semaphore(concurrency)
 
         async def one(cid: str) -> None:
             async with sem:
@@ -45,9 +72,11 @@ class CatalogCache:
 
     def _save(self, cid: str, data: bytes) -> None:
         ChunkDecoder().decode(data, cid)
-        tmp = self.dir / f".{cid}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.path(cid))
+        self.store(cid, data)
+
+    def store(self, cid: str, data: bytes) -> None:
+        """Put a chunk file in the cache atomically (temporary file, fsync, rename)."""
+        write_private(self.path(cid), data)
 
     def pieces(self, chunks: list[tuple[str, int]]) -> Iterator[bytes]:
         """The plaintext of a stream, chunk by chunk, each verified against its id."""
@@ -59,7 +88,14 @@ class CatalogCache:
             yield plain
 
     def keep_only(self, keep: set[str]) -> None:
-        """Drop cached chunks no longer used by the latest catalog (the cache stays small)."""
+        """Drop cached chunks no longer used by the latest catalog (the cache stays small),
+        and temporary files a killed run left (an hour old: a younger one may be another
+        agent process's write in progress)."""
+        stale = time.time() - 3600
         for p in self.dir.iterdir():
-            if p.name not in keep:
-                p.unlink(missing_ok=True)
+            if p.name in keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if p.name.startswith(".") and p.lstat().st_mtime > stale:
+                    continue
+                p.unlink()

@@ -42,6 +42,7 @@ from .client import ApplianceClient, ApplianceError, ConnectError, describe
 from .restorer import RemoteChunks, RestoreSummary, restore_blocks
 from .scheduled import BackupRunner, RunOutcome
 from .settings import AgentSettings
+from .statefiles import private_dir
 
 log = logging.getLogger("rdr.agent.jobs")
 T = TypeVar("T")
@@ -392,7 +393,8 @@ class JobRunner:
 
 def _fresh_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, mode=0o700)
+    private_dir(path.parent)
+    path.mkdir(mode=0o700)
 
 
 def _summary_message(summary: RestoreSummary, target: Path) -> str:

@@ -37,6 +37,7 @@ from .catalog_cache import CatalogCache
 from .client import ApplianceClient, ApplianceError, ConnectError, describe
 from .coverage import Coverage, check_coverage
 from .settings import AgentSettings
+from .statefiles import private_dir
 
 log = logging.getLogger("rdr.agent.scheduled")
 T = TypeVar("T")
@@ -237,7 +238,7 @@ class BackupRunner:
         if "/" in name or name in ("", ".", ".."):
             return None, f"the dump was not run: {name!r} is not a plain file name"
         spool = self.settings.state_dir / "dumps"
-        spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(spool, upto=self.settings.state_dir)
         path = spool / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..store.fsutil import fsync_dir, write_durable
+
 MAGIC = b"RDRE\x01"
 NONCE = 12
 TAG = 16
@@ -44,9 +46,18 @@ def load_or_create_key(path: Path, create: bool) -> bytes:
             raise KeyError_(f"replication key {path} does not exist") from None
         key = secrets.token_bytes(32)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.hex().encode() + b"\n")
+        # Durable and whole before anything is encrypted with it: written to a temporary
+        # file, fsynced, then linked to its name (never replacing a key another process
+        # created meanwhile -- that one wins, and is what we return).
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        write_durable(tmp, key.hex().encode() + b"\n", 0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return load_or_create_key(path, False)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
         return key
     try:
         key = bytes.fromhex(raw.decode())

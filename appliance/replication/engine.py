@@ -31,7 +31,7 @@ from ..aiotasks import gather_all
 from ..seed import pending as seed_pending
 from ..store.chunkfile import ChunkDecoder
 from ..store.datastore import Datastore
-from ..store.errors import Conflict
+from ..store.errors import Conflict, NotFound
 from ..store.fsutil import atomic_write
 from ..store.gc import merged_ids, sorted_difference
 from ..store.lock import HeldLock
@@ -198,8 +198,11 @@ class Replicator:
         st = self.store
         for cid in await self._run(st.index.dc_inflight):
             if await self.target.exists(chunk_name(self.cipher, cid)):
-                size = await self._run(st.chunks.size_of, cid)
-                await self._run(st.index.dc_add, cid, size + 33)  # + encryption overhead
+                try:
+                    size = await self._run(st.chunks.size_of, cid) + OVERHEAD
+                except FileNotFoundError:
+                    size = 0  # a deletion at the DC a kill interrupted; GC took it here
+                await self._run(st.index.dc_add, cid, size)
             else:
                 await self._run(st.index.dc_abandon, cid)
 
@@ -210,6 +213,9 @@ class Replicator:
             self._check()
             await self.target.prepare()
             await self._settle_inflight()
+            # Rows without a directory and half-done removals are settled before the pass
+            # decides what the data center may delete (idempotent, safe beside a prune).
+            await self._run(self.store.finish_removals)
             held = await self.adopt_seed(res)
             pending = [r for r in await self._run(self.store.index.snapshots)
                        if r.replicated_at is None and r.host not in held]
@@ -217,8 +223,14 @@ class Replicator:
             for row in pending:
                 if not await self._run(self.store.snapshots.dir(row.host, row.snapshot).exists):
                     continue  # pruned meanwhile
-                await self.replicate_snapshot(row.host, row.snapshot, res)
-                res.snapshots_replicated += 1
+                try:
+                    done = await self.replicate_snapshot(row.host, row.snapshot, res)
+                except (FileNotFoundError, NotFound):
+                    if await self._run(self.store.index.snapshot, row.host, row.snapshot):
+                        raise  # still there: a file of a live snapshot is missing
+                    done = False  # pruned (forced) while it was being sent
+                if done:
+                    res.snapshots_replicated += 1
             await self.propagate_removals(res)
             self.last_error = None
         except Paused as p:
@@ -239,7 +251,11 @@ class Replicator:
                         json.dumps({"at": time.time(), **res.to_json()}))
         return res
 
-    async def replicate_snapshot(self, host: str, snap: str, res: PassResult) -> None:
+    async def replicate_snapshot(self, host: str, snap: str, res: PassResult) -> bool:
+        """Send one snapshot: chunks, manifest, chunk list, then its checkpoint, after a
+        write-ahead entry (`dc_checkpoint_begin`) that makes the next pass delete the
+        snapshot's objects there if it is pruned or this process dies before the index says
+        replicated. False if it was pruned meanwhile."""
         st = self.store
         idx = await self._run(st.snapshots.chunk_index, host, snap)
         ids = await self._run(lambda: list(idx))
@@ -265,6 +281,7 @@ class Replicator:
         manifest = await self._run((st.snapshots.dir(host, snap) / "manifest.json").read_bytes)
         idx_bytes = await self._run((st.snapshots.dir(host, snap) / "chunks.idx").read_bytes)
         m_name, i_name, k_name = snapshot_names(self.cipher, host, snap)
+        await self._run(st.index.dc_checkpoint_begin, host, snap)
         for name, data in ((m_name, manifest), (i_name, idx_bytes)):
             await self.target.put(name, await self._run(self.cipher.seal, name, data))
         checkpoint = build_checkpoint(host, snap, manifest, idx_bytes, len(ids))
@@ -274,12 +291,10 @@ class Replicator:
         if back != checkpoint:
             raise RuntimeError(f"checkpoint of {host}/{snap} read back differently")
         now = time.time()
-        await self._run(st.index.set_replicated, host, snap, now)
-        self._changed()
-        await self._run(atomic_write, st.snapshots.dir(host, snap) / "replicated",
-                        str(now).encode())
-        await self._run(st.index.kv_set, "replication.last_checkpoint",
-                        json.dumps({"at": now, "host": host, "snapshot": snap}))
+        if not await self._mark_replicated(host, snap, now):
+            log.info("%s/%s was pruned while it was sent; its copy there goes next pass",
+                     host, snap)
+            return False
         elapsed = time.monotonic() - started
         sent = res.bytes_sent - sent_before
         if sent >= 1_000_000 and elapsed > 0:  # a transfer long enough to say something
@@ -287,6 +302,20 @@ class Replicator:
                             sent * 8 / 1000 / elapsed)
         log.info("replicated %s/%s: %d objects sent, %d already there", host, snap, len(todo),
                  len(ids) - len(todo))
+        return True
+
+    async def _mark_replicated(self, host: str, snap: str, now: float) -> bool:
+        """The index first (the truth), then the marker file `rebuild-index` reads."""
+        st = self.store
+        if not await self._run(st.index.set_replicated, host, snap, now):
+            return False
+        self._changed()
+        with contextlib.suppress(FileNotFoundError):  # pruned since: its row went first
+            await self._run(atomic_write, st.snapshots.dir(host, snap) / "replicated",
+                            str(now).encode())
+        await self._run(st.index.kv_set, "replication.last_checkpoint",
+                        json.dumps({"at": now, "host": host, "snapshot": snap}))
+        return True
 
     # --- Rapid Protect: snapshots that reached the data center on a disk ---
     async def adopt_seed(self, res: PassResult) -> set[str]:
@@ -335,13 +364,8 @@ class Replicator:
                     for cid in st.snapshots.chunk_index(host, snap)]
 
         await self._run(lambda: st.index.dc_add_many(sizes()))
-        now = time.time()
-        await self._run(st.index.set_replicated, host, snap, now)
-        self._changed()
-        await self._run(atomic_write, st.snapshots.dir(host, snap) / "replicated",
-                        str(now).encode())
-        await self._run(st.index.kv_set, "replication.last_checkpoint",
-                        json.dumps({"at": now, "host": host, "snapshot": snap}))
+        if not await self._mark_replicated(host, snap, time.time()):
+            return False
         log.info("%s/%s arrived at the data center on a seed disk", host, snap)
         return True
 
@@ -355,30 +379,50 @@ class Replicator:
         Only what this appliance recorded removing is deleted (never "whatever is not here"),
         so a replacement appliance with an empty store cannot wipe the data center copy."""
         st = self.store
+        # The live set is taken BEFORE the checkpoints are deleted: a snapshot pruned after
+        # this point has its chunk index open here (its chunks stay), and one pruned before
+        # it has its dc_deletes entry already (written with its row's removal), so its
+        # checkpoint goes below before any of its chunks do. The DC never keeps a
+        # checkpoint whose chunks it deleted.
+        indexes = await self._run(self._live_indexes)
         for host, snap in await self._run(st.index.dc_deletes):
             self._check()
+            if await self._run(st.index.snapshot, host, snap) is not None:
+                continue  # a checkpoint upload a kill interrupted: the snapshot is pending
             m_name, i_name, k_name = snapshot_names(self.cipher, host, snap)
             for name in (k_name, m_name, i_name):  # checkpoint first: DR never sees a half
                 await self.target.delete(name)
             await self._run(st.index.dc_deleted, host, snap)
             res.snapshots_removed_at_dc += 1
-        local = await self._run(lambda: [(h, s) for h, s in st.snapshots.scan()])
         # Chunks: what the data center holds (as recorded here) minus what any local
         # snapshot references; a commit that reuses one later uploads it again.
         # Both sides are sorted streams (chunk indexes, the dc_chunks table): a merge finds
         # the dead ones in constant memory, a batch at a time.
-        indexes = await self._run(lambda: [st.snapshots.chunk_index(h, s) for h, s in local])
         dead_ids = sorted_difference(st.index.iter_dc_chunk_ids(),
                                      merged_ids(iter(ix) for ix in indexes))
         while True:
             dead = await self._run(lambda: list(itertools.islice(dead_ids, 1000)))
             if not dead:
                 break
+            # Forgotten first (write-ahead): a kill mid-batch leaves them in flight, which
+            # the next pass settles by asking the data center.
+            await self._run(st.index.dc_forget, dead)
             for cid in dead:
                 self._check()
                 await self.target.delete(chunk_name(self.cipher, cid))
-            await self._run(st.index.dc_remove, dead)
+            await self._run(st.index.dc_forgotten, dead)
             res.chunks_removed_at_dc += len(dead)
+
+    def _live_indexes(self) -> list:
+        """The chunk index of every snapshot directory now (a prune may remove one as we
+        go: its index, once open, stays readable; one gone before it opened is skipped)."""
+        out = []
+        for h, s in self.store.snapshots.scan():
+            try:
+                out.append(self.store.snapshots.chunk_index(h, s))
+            except NotFound:
+                continue
+        return out
 
     # --- reading back (self-healing, verification) ---
     async def fetch_chunk(self, cid: str) -> bytes:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -20,6 +21,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from ..ratelimit import Pacer
+from ..store.fsutil import fsync_dir, write_durable
 
 log = logging.getLogger("rdr.replication")
 
@@ -66,9 +68,12 @@ class DirTarget:
         def write() -> None:
             p = self._path(name)
             p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f".{p.name}.tmp")
-            tmp.write_bytes(data)
+            # Durable before the engine records it as held there (its read-back of a
+            # checkpoint is what calls a snapshot replicated).
+            tmp = p.with_name(f".{p.name}.tmp-{threading.get_ident()}")
+            write_durable(tmp, data)
             os.replace(tmp, p)
+            fsync_dir(p.parent)
 
         await asyncio.to_thread(write)
 

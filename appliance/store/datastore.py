@@ -28,7 +28,7 @@ from .catalog import CatalogError, CatalogSummary, CatalogTooLarge, validate
 from .chunkfile import ChunkError, is_chunk_id, possession_proof
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
-from .fsutil import atomic_write
+from .fsutil import atomic_write, fsync_dir
 from .index import Index, SessionRow, SnapshotRow
 from .lock import exclusive, is_held
 from .manifest import ChunkIndex, Manifest, StreamRef
@@ -128,6 +128,7 @@ class Datastore:
     def recover(self) -> dict:
         """Bring the index in line with the files after any stop, clean or not."""
         torn = self.chunks.recover()
+        self.finish_removals()
         added, dropped = self.reconcile(clean=True)
         self.ownership.sweep({s.id for s in self.index.open_sessions()})
         return {"torn_chunks_removed": len(torn), "snapshots_indexed": added,
@@ -139,7 +140,8 @@ class Datastore:
 
         `clean` removes leftovers of interrupted writes; only safe when no commit can be
         running (start-up, offline rebuild)."""
-        on_disk = set(self.snapshots.scan(clean=clean))
+        # A directory whose row a removal already dropped is not brought back.
+        on_disk = set(self.snapshots.scan(clean=clean)) - set(self.index.local_deletes())
         in_db = {(r.host, r.snapshot) for r in self.index.snapshots()}
         added = 0
         todo = sorted(on_disk - in_db)
@@ -591,18 +593,69 @@ class Datastore:
             yield plain
 
     # --- maintenance ----------------------------------------------------------------------
-    def remove_snapshot(self, host: str, snap: str) -> None:
-        """Delete a snapshot: directory first (the truth), then its index row."""
+    def remove_snapshot(self, host: str, snap: str, *, keep_protected: bool = False) -> bool:
+        """Delete a snapshot: its index row first, with a write-ahead intent in the same
+        transaction, then its directory, then the intent. A kill after any step leaves no
+        listed snapshot that cannot be restored; `finish_removals` (every prune and GC, and
+        start-up) completes what was interrupted. False if there was nothing to remove (or
+        the snapshot was protected meanwhile and `keep_protected`)."""
+        row = self.index.snapshot(host, snap)
+        if row is None or (keep_protected and row.protected):
+            return False
+        # Its "replicated" marker first: should the index be lost before the directory goes,
+        # `rebuild-index` brings the snapshot back as not replicated (sent again), never as
+        # held by a data center that has deleted it.
+        marker = self.snapshots.dir(host, snap) / "replicated"
+        if marker.exists():
+            marker.unlink(missing_ok=True)
+            fsync_dir(marker.parent)
+        removed = self.index.remove_snapshot(host, snap, keep_protected=keep_protected,
+                                             intent=True)
+        if removed:
+            self._finish_removal(host, snap)
+        return removed
+
+    def _finish_removal(self, host: str, snap: str) -> None:
         self.snapshots.remove(host, snap)
-        self.index.remove_snapshot(host, snap)
+        self.index.local_deleted(host, snap)
+
+    def finish_removals(self) -> int:
+        """Complete the snapshot deletions a kill interrupted (their rows are already gone),
+        and drop rows without a directory. Idempotent, and safe beside a running prune (the
+        replication pass calls it without the maintenance lock): each step tolerates the
+        other side having done it already, and a commit writes its directory before its row,
+        so a row without a directory is never one being committed."""
+        # Rows whose directory is gone: ghosts an older release's killed prune left (it
+        # deleted the directory first). Dropped the way prune drops a row (a replicated one
+        # is queued for deletion at the data center), before anything trusts the listing.
+        for row in self.index.snapshots():
+            if not self.snapshots.dir(row.host, row.snapshot).exists():
+                log.warning("snapshot %s/%s has no directory: dropped from the index",
+                            row.host, row.snapshot)
+                self.index.remove_snapshot(row.host, row.snapshot)
+        todo = self.index.local_deletes()
+        for host, snap in todo:
+            if self.index.snapshot(host, snap) is not None:
+                # Re-committed under the same id since (a clock gone back): keep it.
+                self.index.local_deleted(host, snap)
+                continue
+            log.info("finishing the interrupted removal of %s/%s", host, snap)
+            self._finish_removal(host, snap)
+        return len(todo)
 
     def protect(self, host: str, snap: str, protected: bool) -> None:
-        self.index.set_protected(host, snap, protected)
+        """The marker file (what `rebuild-index` reads) is written before the row says
+        protected and removed after it says unprotected: a kill between leaves the snapshot
+        protected in the copy that survives, never less protected than the admin asked."""
+        snap = self.resolve_snapshot(host, snap).snapshot
         marker = self.snapshots.dir(host, snap) / "protected"
         if protected:
             atomic_write(marker, b"")
+            self.index.set_protected(host, snap, True)
         else:
+            self.index.set_protected(host, snap, False)
             marker.unlink(missing_ok=True)
+            fsync_dir(marker.parent)
 
     def quarantine_chunk(self, cid: str, reason: str) -> None:
         self.chunks.quarantine_chunk(cid)

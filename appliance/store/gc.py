@@ -95,6 +95,7 @@ class GarbageCollector:
         aborted = 0
         if not dry_run:
             aborted = st.abort_stale_sessions(self.stale_session_age)
+            st.finish_removals()  # a killed prune's directories: their chunks are dead too
         sessions = st.index.open_sessions()
         cutoff = min([started] + [s.created_at for s in sessions]) - self.grace
         res = GcResult(dry_run=dry_run, cutoff=cutoff, sessions_aborted=aborted)

@@ -1,7 +1,10 @@
 """SQLite index and ledger (WAL): hosts, hashed tokens, sessions, snapshots.
 
-It is an index, not the source of truth for backups: every snapshot row can be rebuilt from the
-manifests on disk (`Datastore.reconcile`). One connection per process, serialised by a lock,
+It is an index, not the source of truth for what a backup holds: every snapshot row can be
+rebuilt from the manifests on disk (`Datastore.reconcile`). It is the truth for which snapshots
+exist while it lives: a removal drops the row first, with a write-ahead `local_deletes` entry,
+so no listing shows a snapshot whose files are half gone (docs/RELIABILITY.md, "Ordering and
+locks"). One connection per process, serialised by a lock,
 because the daemon calls it from a thread pool and SQLite objects must not be used
 concurrently.
 """
@@ -111,6 +114,11 @@ CREATE TABLE IF NOT EXISTS dc_chunks (
 );
 CREATE TABLE IF NOT EXISTS dc_inflight (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS dc_deletes (
+    host TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    PRIMARY KEY (host, snapshot)
+);
+CREATE TABLE IF NOT EXISTS local_deletes (
     host TEXT NOT NULL,
     snapshot TEXT NOT NULL,
     PRIMARY KEY (host, snapshot)
@@ -629,17 +637,47 @@ class Index:
             if cur.rowcount == 0:
                 raise NotFound("no_such_snapshot", f"host {host!r} has no snapshot {snapshot!r}")
 
-    def remove_snapshot(self, host: str, snapshot: str) -> None:
+    def remove_snapshot(self, host: str, snapshot: str, *, keep_protected: bool = False,
+                        intent: bool = False) -> bool:
+        """Drop a snapshot's row; False if there was none (or it is protected and
+        `keep_protected`: an admin protected it after a prune planned its removal).
+
+        With `intent`, the same transaction records that its directory is to be deleted
+        (`local_deletes`): the row goes first, so no listing ever shows a snapshot whose files
+        are half gone, and whoever touches the store next finishes the deletion."""
         with self.tx() as db:
-            row = db.execute("SELECT replicated_at FROM snapshots WHERE host = ? AND "
+            row = db.execute("SELECT replicated_at, protected FROM snapshots WHERE host = ? AND "
                              "snapshot = ?", (host, snapshot)).fetchone()
-            if row is not None and row[0] is not None:
+            if row is None or (keep_protected and row[1]):
+                return False
+            if row[0] is not None:
                 # Replicated: the data center copy goes too, on the next replication pass.
                 db.execute("INSERT OR IGNORE INTO dc_deletes VALUES (?, ?)", (host, snapshot))
             db.execute("DELETE FROM snapshots WHERE host = ? AND snapshot = ?", (host, snapshot))
+            if intent:
+                db.execute("INSERT OR IGNORE INTO local_deletes VALUES (?, ?)",
+                           (host, snapshot))
+            return True
+
+    def local_deletes(self) -> list[tuple[str, str]]:
+        """Snapshot directories whose rows are gone and whose deletion is not finished."""
+        return [(h, s) for h, s in self._q("SELECT host, snapshot FROM local_deletes")]
+
+    def local_deleted(self, host: str, snapshot: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM local_deletes WHERE host = ? AND snapshot = ?",
+                       (host, snapshot))
 
     def dc_deletes(self) -> list[tuple[str, str]]:
+        """Snapshots the data center may hold a checkpoint of that no local row vouches for:
+        pruned ones, and ones whose checkpoint upload began (`dc_checkpoint_begin`)."""
         return [(h, s) for h, s in self._q("SELECT host, snapshot FROM dc_deletes")]
+
+    def dc_checkpoint_begin(self, host: str, snapshot: str) -> None:
+        """Write-ahead for a checkpoint upload: if the snapshot is pruned, or the process
+        dies, before `set_replicated`, the next pass deletes whatever reached the DC."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO dc_deletes VALUES (?, ?)", (host, snapshot))
 
     def dc_deleted(self, host: str, snapshot: str) -> None:
         with self.tx() as db:
@@ -796,10 +834,29 @@ class Index:
         n, size = self._q("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM dc_chunks")[0]
         return n, size
 
-    def set_replicated(self, host: str, snapshot: str, at: float | None) -> None:
+    def set_replicated(self, host: str, snapshot: str, at: float | None) -> bool:
+        """Mark a snapshot replicated (its checkpoint verified at the data center) and drop
+        the upload's write-ahead entry in one transaction. False if the row is gone (pruned
+        meanwhile): the entry then stays, and the next pass deletes the checkpoint."""
         with self.tx() as db:
-            db.execute("UPDATE snapshots SET replicated_at = ? WHERE host = ? AND snapshot = ?",
-                       (at, host, snapshot))
+            cur = db.execute("UPDATE snapshots SET replicated_at = ? WHERE host = ? AND "
+                             "snapshot = ?", (at, host, snapshot))
+            if cur.rowcount and at is not None:
+                db.execute("DELETE FROM dc_deletes WHERE host = ? AND snapshot = ?",
+                           (host, snapshot))
+            return bool(cur.rowcount)
+
+    def dc_forget(self, ids: list[str]) -> None:
+        """Write-ahead for deleting chunks at the data center: they stop counting as held
+        there (a commit reusing one uploads it again) and are marked in flight, so a kill
+        before the deletions ends with the next pass asking the data center."""
+        with self.tx() as db:
+            db.executemany("DELETE FROM dc_chunks WHERE id = ?", [(c,) for c in ids])
+            db.executemany("INSERT OR IGNORE INTO dc_inflight VALUES (?)", [(c,) for c in ids])
+
+    def dc_forgotten(self, ids: list[str]) -> None:
+        with self.tx() as db:
+            db.executemany("DELETE FROM dc_inflight WHERE id = ?", [(c,) for c in ids])
 
     def add_tunnel_event(self, up: bool) -> None:
         with self.tx() as db:

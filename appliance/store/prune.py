@@ -83,10 +83,15 @@ class Pruner:
 
     def run(self, job: Job, hosts: list[str] | None = None, dry_run: bool = False,
             force: bool = False) -> list[Decision]:
+        if not dry_run:
+            self.store.finish_removals()  # what a killed prune left half done
         decisions = self.plan(hosts, force)
         doomed = [d for d in decisions if not d.keep]
         if not dry_run:
             for i, d in enumerate(doomed):
-                self.store.remove_snapshot(d.host, d.snapshot)
-                job.progress((i + 1) / len(doomed), f"removed {d.host}/{d.snapshot}")
+                if self.store.remove_snapshot(d.host, d.snapshot, keep_protected=True):
+                    job.progress((i + 1) / len(doomed), f"removed {d.host}/{d.snapshot}")
+                elif self.store.index.snapshot(d.host, d.snapshot) is not None:
+                    # Protected since the plan was made: the row's delete re-checks it.
+                    d.keep, d.reason = True, "protected by an admin while prune ran"
         return decisions

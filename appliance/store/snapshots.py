@@ -3,6 +3,7 @@
 A snapshot becomes visible by one atomic rename of a fully written, fsynced temporary
 directory, after every chunk it references has been made durable. Whatever a crash leaves
 behind is either a complete snapshot or a ``.tmp-`` directory that `reconcile` removes.
+Removal renames the directory to ``.trash-<id>`` before deleting it (see `remove`).
 """
 
 from __future__ import annotations
@@ -98,18 +99,26 @@ class SnapshotStore:
                 self._idx_cache.popitem(last=False)
         return idx
 
+    def trash_dir(self, host: str, snap: str) -> Path:
+        return self.root / host / f".trash-{snap}"
+
     def remove(self, host: str, snap: str) -> None:
-        """Delete a snapshot directory: rename it out of sight first, so a crash mid-delete
-        never leaves a half-removed snapshot that looks complete."""
+        """Delete a snapshot directory: rename it out of sight first (every reader skips
+        dot-names), so a crash mid-delete never leaves a half-removed snapshot that looks
+        complete. Idempotent: a removal a kill interrupted is finished by calling it again."""
         with self._lock:
             # Not closed, for the same reason as an evicted one: a mapping of a deleted file
             # stays readable until its last reader lets go.
             self._idx_cache.pop((host, snap), None)
         d = self.dir(host, snap)
-        gone = d.with_name(f".tmp-{snap}")
-        os.rename(d, gone)
-        fsync_dir(d.parent)
-        shutil.rmtree(gone)
+        gone = self.trash_dir(host, snap)
+        try:
+            os.rename(d, gone)
+        except FileNotFoundError:
+            pass  # renamed (or never there) before a kill: only the trash may be left
+        else:
+            fsync_dir(d.parent)
+        shutil.rmtree(gone, ignore_errors=True)
 
     def scan(self, clean: bool = False) -> Iterator[tuple[str, str]]:
         """Every complete snapshot on disk. With `clean`, also remove leftovers of interrupted
@@ -120,7 +129,7 @@ class SnapshotStore:
             if not host_dir.is_dir():
                 continue
             for d in sorted(host_dir.iterdir()):
-                if d.name.startswith(".tmp-"):
+                if d.name.startswith((".tmp-", ".trash-")):
                     if clean:
                         shutil.rmtree(d, ignore_errors=True)
                 elif is_snapshot_id(d.name) and (d / "manifest.json").exists():

@@ -7,7 +7,6 @@ import asyncio
 import datetime
 import hashlib
 import ipaddress
-import os
 import ssl
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from ..store.fsutil import atomic_write
 
 
 def create_self_signed(cert_path: Path, key_path: Path, common_name: str) -> None:
@@ -37,12 +38,12 @@ def create_self_signed(cert_path: Path, key_path: Path, common_name: str) -> Non
         .sign(key, hashes.SHA256())
     )
     key_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # Each replaced whole, the key before the certificate (whose presence says "done"): a
+    # kill between leaves no certificate, and the next start makes a new pair.
+    atomic_write(key_path, key.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()), 0o600)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def fingerprint(cert_path: Path) -> str:
