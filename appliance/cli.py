@@ -349,7 +349,8 @@ class Cli:
                   f"data center; removed {res.snapshots_removed_at_dc} pruned snapshots and "
                   f"{res.chunks_removed_at_dc} unreferenced chunks there")
         # 0: everything committed before the command is at the data center; 4: not yet, a
-        # pass that will include it is queued; 3: replication cannot run now (see docs/REPLICATION.md)
+        # pass that will include it is queued; 3: replication cannot run now
+        # (docs/REPLICATION.md)
         return EXIT_QUEUED if res.queued else 3 if res.paused else 0
 
     def replication_status(self) -> int:
