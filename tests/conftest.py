@@ -1,4 +1,13 @@
-"""Shared fixtures: a real appliance daemon (TLS on loopback, port 0) and agent clients."""
+"""Shared fixtures (a real appliance daemon: TLS on loopback, port 0; agent clients), and the
+kinds of test.
+
+Each test is of one kind, given by the folder it is in: tests/unit (no root, no network, no
+daemon or other server: the fast loop, `pytest tests/unit` or `pytest -m unit`),
+tests/integration (the daemon, agents and servers such as Swift or Prometheus, on loopback),
+tests/system (root: network namespaces, loop devices, mounts, strongSwan, containers, a
+browser). A test heavier than its folder says so with its own marker (`@pytest.mark.system`).
+System tests are skipped, with that reason, when not run as root; `.ci/run` runs as root and
+so runs every kind."""
 
 from __future__ import annotations
 
@@ -54,6 +63,36 @@ class SecretScan(logging.Handler):
 
 
 SECRET_SCAN = pytest.StashKey[SecretScan]()
+
+TESTS = Path(__file__).resolve().parent
+KINDS = ("unit", "integration", "system")  # from the lightest; registered in pyproject.toml
+
+
+def kind_of(item: pytest.Item) -> str:
+    """The test's kind: its own marker if it has one, else its folder's. A test outside the
+    three folders, or marked lighter than its folder, is a mistake that stops the run."""
+    folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
+    if folder not in KINDS:
+        raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration "
+                                "or tests/system")
+    marked = [m.name for m in item.iter_markers() if m.name in KINDS]
+    kind = marked[0] if marked else folder
+    if KINDS.index(kind) < KINDS.index(folder):
+        raise pytest.UsageError(f"{item.nodeid}: marked {kind} in tests/{folder}; move it")
+    return kind
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks each test with its kind, so `-m unit` selects by kind across folders too, and
+    skips system tests when not root (what they need: namespaces, loop devices, mounts)."""
+    root = os.geteuid() == 0
+    for item in items:
+        kind = kind_of(item)
+        item.add_marker(kind)
+        if kind == "system" and not root:
+            item.add_marker(pytest.mark.skip(
+                reason="system test: needs root (network namespaces, loop devices, mounts); "
+                       "run it as root, as .ci/run does"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -32,7 +32,7 @@ from appliance.replication.targets import DirTarget
 from appliance.store.datastore import Datastore
 from appliance.store.manifest import IDX_MAGIC
 
-from .test_lifecycle import FakeClock, commit_files
+from .unit.test_lifecycle import FakeClock, commit_files
 
 HOOK_DIR = Path(__file__).parent / "crashhook"
 BIN = Path(sys.executable).parent
