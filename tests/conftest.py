@@ -43,8 +43,9 @@ TOKEN_SHAPE = re.compile(r"rdra?_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}")
 class SecretScan(logging.Handler):
     """Sees every log record of the whole test run (the in-process daemons, agents and
     stores log at DEBUG for it) and keeps those holding anything shaped like a token. The
-    run fails at the end if there is one: secrets never reach a log. (`tests/test_security.py`
-    scans a subprocess daemon's log file for the exact secrets it used.)"""
+    run fails at the end if there is one: secrets never reach a log.
+    (`tests/integration/test_security.py` scans a subprocess daemon's log file for the exact
+    secrets it used.)"""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)

@@ -1,5 +1,5 @@
 """Crash points: kill an operation at each of its state-changing calls, check one set of
-invariants after every kill (tests/test_crash_points.py, docs/RELIABILITY.md).
+invariants after every kill (tests/integration/test_crash_points.py, docs/RELIABILITY.md).
 
 The hook (tests/crashhook/sitecustomize.py) numbers the calls and kills the process at the
 chosen one; this module builds the states the operations start from, runs an operation with

@@ -9,7 +9,8 @@ kill the same invariants are checked (tests/crashpoints.py: check_invariants).
 CI runs every k-th crash point of each operation (about eight each, the first and last
 included); RDR_CRASH_ALL=1 runs them all and prints the figures docs/RELIABILITY.md quotes:
 
-    RDR_CRASH_ALL=1 .venv/bin/python -m pytest -q -s tests/test_crash_points.py -k enumerat
+    RDR_CRASH_ALL=1 .venv/bin/python -m pytest -q -s \
+        tests/integration/test_crash_points.py -k enumerat
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ generated path parameters are swapped (deterministically) for ones that exist --
 its snapshot, a chunk of it -- so the handlers behind the 404s are fuzzed too.
 
 Examples per operation: RDR_FUZZ_EXAMPLES (default 12 in CI; `RDR_FUZZ_EXAMPLES=500 pytest
-tests/test_fuzz_api.py` is the full run).
+tests/integration/test_fuzz_api.py` is the full run).
 """
 
 from __future__ import annotations

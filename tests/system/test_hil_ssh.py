@@ -26,7 +26,7 @@ In CI the scenarios are a representative set (CI_SCENARIOS, small data: about 3 
 The whole suite, with the full suite's data, runs on demand::
 
     RDR_HIL_SSH_FULL=1 RDR_HIL_SSH_OUT=hil/reports/ssh-nspawn \\
-        .venv/bin/python -m pytest -s tests/test_hil_ssh.py
+        .venv/bin/python -m pytest -s tests/system/test_hil_ssh.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The backup scheduler with a fake clock: window start, jitter, DST, pause/resume, runs past
-the window, missed windows. Real SQLite store; no daemon, no agent (tests/test_agent_service.py
-runs those)."""
+the window, missed windows. Real SQLite store; no daemon, no agent
+(tests/integration/test_agent_service.py runs those)."""
 
 from __future__ import annotations
 
