@@ -34,6 +34,8 @@ from appliance.config import (
 from appliance.daemon import Daemon
 from appliance.store.datastore import Datastore
 
+from .factory import Bench, make_bench
+
 BIN = Path(sys.executable).parent
 
 #: What a host or admin API token looks like (``rdr_<id>_<secret>``, ``rdra_...``).
@@ -189,6 +191,12 @@ def quiet_toml(port: int, data: object, *, reserve_mb: int = 0, extra: str = "")
             f"reserve_mb = {reserve_mb}\n[replication]\nenabled = false\n[maintenance]\n"
             "prune_interval_hours = 0\ngc_interval_hours = 0\nverify_interval_hours = 0\n"
             "gc_grace_minutes = 0\n" + extra)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
+    """A technician's bench (tests/factory.py) for the provisioning tests of one module."""
+    return make_bench(tmp_path_factory.mktemp("bench"))
 
 
 @pytest.fixture(scope="session")

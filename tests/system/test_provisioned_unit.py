@@ -27,10 +27,6 @@ from ..factory import Bench, https_in_netns, make_bench, provision, write_order
 
 pytestmark = pytest.mark.skipif(not netns.usable(), reason="needs root and iproute2")
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
-    return make_bench(tmp_path_factory.mktemp("bench"))
-
 
 def test_daemon_serves_on_the_provisioned_config(tmp_path: Path, bench: Bench) -> None:
     root = tmp_path / "root"

@@ -32,10 +32,6 @@ PASSWORD_RE = re.compile(r"initial admin account 'admin' password \(shown once, 
 SECRETS = [L.CONFIG, L.REPLICATION_KEY, L.TLS_KEY, L.SWANCTL_KEY]
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
-    return make_bench(tmp_path_factory.mktemp("bench"))
-
 
 def snapshot(root: Path) -> dict[str, tuple]:
     """Every file and directory under ROOT: mode, owner, mtime and content hash."""
