@@ -73,15 +73,17 @@ KINDS = ("unit", "integration", "system")  # from the lightest; registered in py
 
 def kind_of(item: pytest.Item) -> str:
     """The test's kind: its own marker if it has one, else its folder's. A test outside the
-    three folders, or marked lighter than its folder, is a mistake that stops the run."""
+    three folders, marked lighter than its folder, or marked heavier in tests/unit (which
+    must stay the fast loop) is a mistake that stops the run."""
     folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
     if folder not in KINDS:
         raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration "
                                 "or tests/system")
     marked = [m.name for m in item.iter_markers() if m.name in KINDS]
     kind = marked[0] if marked else folder
-    if KINDS.index(kind) < KINDS.index(folder):
-        raise pytest.UsageError(f"{item.nodeid}: marked {kind} in tests/{folder}; move it")
+    if KINDS.index(kind) < KINDS.index(folder) or (folder == "unit" and kind != "unit"):
+        raise pytest.UsageError(f"{item.nodeid}: marked {kind} in tests/{folder}; move it "
+                                f"to tests/{kind}")
     return kind
 
 
