@@ -23,7 +23,7 @@ file that differs from its source (size and SHA-256 of every file), a snapshot m
 the data center. The targets (no error, no request over 5 s, RSS under 300 MB) are judged
 in the JSON (`benchmarks/results/load.json`) and the Markdown table printed at the end.
 
-`tests/test_load.py` runs this at a small size in CI; the full size runs on demand.
+`tests/integration/test_load.py` runs this at a small size in CI; the full size runs on demand.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A unit's data center, built on this machine from the unit's own order: the far end of its
 WAN, the IKEv2 gateway, the object store. Both rigs use it: the virtual rig for its
 provisioned appliance namespace, the ssh rig's test for the appliance image booted in a
-container (tests/test_hil_ssh.py), so the unit meets the same data center either way.
+container (tests/system/test_hil_ssh.py), so the unit meets the same data center either way.
 
 Layout, all in one namespace ``<prefix>-dc`` (nothing is reachable from outside it):
 

@@ -9,7 +9,7 @@ and the unit's data disk.
 
 A real unit's power is switched by a PDU's command; the ssh rig runs whatever local command
 it is given (``--power-cut-cmd``, ``--power-on-cmd``). For the image booted in a container
-(tests/test_hil_ssh.py), these are those commands:
+(tests/system/test_hil_ssh.py), these are those commands:
 
 * ``on`` boots the image as PDUs do -- and returns at once, without waiting for it: systemd
   as PID 1 in ``systemd-nspawn --boot``, inside ``unshare --mount`` with a tmpfs on

@@ -1,6 +1,6 @@
 """The same scenarios against a real appliance, reached over SSH (``--rig ssh://root@UNIT``).
 
-TESTED AGAINST THE APPLIANCE IMAGE, NOT AGAINST HARDWARE: tests/test_hil_ssh.py builds the
+TESTED AGAINST THE APPLIANCE IMAGE, NOT AGAINST HARDWARE: tests/system/test_hil_ssh.py builds the
 image (``python -m image``), boots it with systemd-nspawn in a network namespace with a veth
 LAN, a veth WAN port to a data center (hil/datacenter.py: strongSwan responder, delay relay,
 Swift) and a loop-device data disk bound in at its data pool, provisions it as the factory

@@ -2,7 +2,7 @@
 service's tunnel guard and daemon command, and a strongSwan tunnel whose appliance side is
 exactly the provisioned swanctl directory.
 
-Used by the HIL virtual rig (hil/virtual.py) and by tests/test_provisioned_unit.py.
+Used by the HIL virtual rig (hil/virtual.py) and by tests/system/test_provisioned_unit.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,13 @@
-"""Shared fixtures: a real appliance daemon (TLS on loopback, port 0) and agent clients."""
+"""Shared fixtures (a real appliance daemon: TLS on loopback, port 0; agent clients), and the
+kinds of test.
+
+Each test is of one kind, given by the folder it is in: tests/unit (no root, no network, no
+daemon or other server: the fast loop, `pytest tests/unit` or `pytest -m unit`),
+tests/integration (the daemon, agents and servers such as Swift or Prometheus, on loopback),
+tests/system (root: network namespaces, loop devices, mounts, strongSwan, containers, a
+browser). A test heavier than its folder says so with its own marker (`@pytest.mark.system`).
+System tests are skipped, with that reason, when not run as root; `.ci/run` runs as root and
+so runs every kind."""
 
 from __future__ import annotations
 
@@ -25,6 +34,8 @@ from appliance.config import (
 from appliance.daemon import Daemon
 from appliance.store.datastore import Datastore
 
+from .factory import Bench, make_bench
+
 BIN = Path(sys.executable).parent
 
 #: What a host or admin API token looks like (``rdr_<id>_<secret>``, ``rdra_...``).
@@ -34,8 +45,9 @@ TOKEN_SHAPE = re.compile(r"rdra?_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}")
 class SecretScan(logging.Handler):
     """Sees every log record of the whole test run (the in-process daemons, agents and
     stores log at DEBUG for it) and keeps those holding anything shaped like a token. The
-    run fails at the end if there is one: secrets never reach a log. (`tests/test_security.py`
-    scans a subprocess daemon's log file for the exact secrets it used.)"""
+    run fails at the end if there is one: secrets never reach a log.
+    (`tests/integration/test_security.py` scans a subprocess daemon's log file for the exact
+    secrets it used.)"""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -54,6 +66,38 @@ class SecretScan(logging.Handler):
 
 
 SECRET_SCAN = pytest.StashKey[SecretScan]()
+
+TESTS = Path(__file__).resolve().parent
+KINDS = ("unit", "integration", "system")  # from the lightest; registered in pyproject.toml
+
+
+def kind_of(item: pytest.Item) -> str:
+    """The test's kind: its own marker if it has one, else its folder's. A test outside the
+    three folders, marked lighter than its folder, or marked heavier in tests/unit (which
+    must stay the fast loop) is a mistake that stops the run."""
+    folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
+    if folder not in KINDS:
+        raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration "
+                                "or tests/system")
+    marked = [m.name for m in item.iter_markers() if m.name in KINDS]
+    kind = marked[0] if marked else folder
+    if KINDS.index(kind) < KINDS.index(folder) or (folder == "unit" and kind != "unit"):
+        raise pytest.UsageError(f"{item.nodeid}: marked {kind} in tests/{folder}; move it "
+                                f"to tests/{kind}")
+    return kind
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks each test with its kind, so `-m unit` selects by kind across folders too, and
+    skips system tests when not root (what they need: namespaces, loop devices, mounts)."""
+    root = os.geteuid() == 0
+    for item in items:
+        kind = kind_of(item)
+        item.add_marker(kind)
+        if kind == "system" and not root:
+            item.add_marker(pytest.mark.skip(
+                reason="system test: needs root (network namespaces, loop devices, mounts); "
+                       "run it as root, as .ci/run does"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -149,6 +193,12 @@ def quiet_toml(port: int, data: object, *, reserve_mb: int = 0, extra: str = "")
             f"reserve_mb = {reserve_mb}\n[replication]\nenabled = false\n[maintenance]\n"
             "prune_interval_hours = 0\ngc_interval_hours = 0\nverify_interval_hours = 0\n"
             "gc_grace_minutes = 0\n" + extra)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
+    """A technician's bench (tests/factory.py) for the provisioning tests of one module."""
+    return make_bench(tmp_path_factory.mktemp("bench"))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Crash points: kill an operation at each of its state-changing calls, check one set of
-invariants after every kill (tests/test_crash_points.py, docs/RELIABILITY.md).
+invariants after every kill (tests/integration/test_crash_points.py, docs/RELIABILITY.md).
 
 The hook (tests/crashhook/sitecustomize.py) numbers the calls and kills the process at the
 chosen one; this module builds the states the operations start from, runs an operation with
@@ -32,7 +32,7 @@ from appliance.replication.targets import DirTarget
 from appliance.store.datastore import Datastore
 from appliance.store.manifest import IDX_MAGIC
 
-from .test_lifecycle import FakeClock, commit_files
+from .unit.test_lifecycle import FakeClock, commit_files
 
 HOOK_DIR = Path(__file__).parent / "crashhook"
 BIN = Path(sys.executable).parent

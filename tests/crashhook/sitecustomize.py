@@ -1,4 +1,4 @@
-"""Crash-point hook for tests/test_crash_points.py (a test tool, never installed).
+"""Crash-point hook for tests/integration/test_crash_points.py (a test tool, never installed).
 
 Put on PYTHONPATH of a child `rdr`/`rdr-agent`, it counts the process's state-changing calls
 on paths under RDR_CRASH_ROOTS (colon-separated) and SIGKILLs the process at number

@@ -1,0 +1,349 @@
+"""End to end: the rdr-agent command backs a tree up to a real daemon (TLS, SQLite, chunk
+files on disk) and restores it bit for bit, with metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+
+from appliance.agent.archiver import Archiver
+from appliance.agent.client import ApplianceClient
+
+from ..conftest import Appliance, agent_cmd
+from ..treeutil import assert_same_tree, make_tree, restored_root, run
+
+
+async def agent(app: Appliance, token: str, state: Path, *args: str,
+                stdin: bytes | None = None) -> tuple[int, dict | str, str]:
+    rc, out, err = await run(agent_cmd() + list(args) + ["--json"], app.env(token, state),
+                             stdin)
+    try:
+        return rc, json.loads(out), err
+    except ValueError:
+        return rc, out, err
+
+
+async def test_round_trip_of_every_kind_of_entry(appliance: Appliance, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    token = appliance.add_host("web01")
+    rc, res, err = await agent(appliance, token, tmp_path / "state", "backup", str(src))
+    assert rc == 0, err
+    assert res["unreadable"] == [] and res["files"] >= 210
+    rc, out, err = await agent(appliance, token, tmp_path / "state", "restore", res["snapshot"],
+                               "--to", str(tmp_path / "out"))
+    assert rc == 0, (out, err)
+    assert_same_tree(src, restored_root(tmp_path / "out", src))
+    # The appliance's listing agrees with what the agent reported.
+    snaps = appliance.store.index.snapshots("web01")
+    assert [s.snapshot for s in snaps] == [res["snapshot"]]
+    assert snaps[0].file_count == res["files"]
+
+
+async def test_second_backup_reads_only_changed_files(appliance: Appliance,
+                                                      tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", big_mb=12)
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, first, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    # Change three files: one small, one new, and 64 KiB in the middle of the big one.
+    (src / "docs/readme.txt").write_bytes(b"changed\n")
+    (src / "new.txt").write_bytes(b"brand new\n")
+    with open(src / "big.bin", "r+b") as f:
+        f.seek(6 * 1024 * 1024)
+        f.write(os.urandom(65536))
+    rc, second, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    assert second["files_read"] == 3
+    big = (src / "big.bin").stat().st_size
+    assert second["bytes_read"] == big + len(b"changed\n") + len(b"brand new\n")
+    # Hard-link names (two in the tree) take their data from the first name, not the cache.
+    assert second["files_unchanged"] == second["files"] - 3 - 2
+    # Only the chunks around the change are new: a few MiB at most of the 12 MiB file, plus
+    # the small files' bundle and the catalog.
+    assert second["bytes_new"] < 10 * 1024 * 1024
+    assert second["chunks_new"] < first["chunks_new"]
+    rc, out, err = await agent(appliance, token, state, "restore", second["snapshot"],
+                               "--to", str(tmp_path / "out"))
+    assert rc == 0, err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))
+
+
+async def test_large_file_is_stored_once_across_two_hosts(appliance: Appliance,
+                                                          tmp_path: Path) -> None:
+    data = random.Random(7).randbytes(20 * 1024 * 1024)
+    for h in ("a", "b"):
+        (tmp_path / h).mkdir()
+        (tmp_path / h / "disk.img").write_bytes(data)
+    ta, tb = appliance.add_host("host-a"), appliance.add_host("host-b")
+    rc, ra, err = await agent(appliance, ta, tmp_path / "sa", "backup", str(tmp_path / "a"))
+    assert rc == 0, err
+    rc, rb, err = await agent(appliance, tb, tmp_path / "sb", "backup", str(tmp_path / "b"))
+    assert rc == 0, err
+    assert ra["bytes_new"] > 20 * 1024 * 1024 * 0.99  # random data does not compress
+    assert rb["bytes_new"] < 64 * 1024  # only host b's catalog is new
+    assert rb["chunks_known"] >= ra["chunks_new"] - 2
+    stored = sum(p.stat().st_size for p in (appliance.data_dir / "chunks").rglob("*")
+                 if p.is_file())
+    assert stored < 21 * 1024 * 1024
+    rc, out, err = await agent(appliance, tb, tmp_path / "sb", "restore", "latest",
+                               "--to", str(tmp_path / "rb"))
+    assert rc == 0, err
+    restored = restored_root(tmp_path / "rb", tmp_path / "b") / "disk.img"
+    assert hashlib.sha256(restored.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+class FailingClient(ApplianceClient):
+    """Loses the connection after `limit` chunk uploads, like an agent whose host died."""
+
+    def __init__(self, *args, limit: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.limit = limit
+        self.puts = 0
+
+    async def put_chunk(self, sid: str, cid: str, data: bytes) -> bool:
+        if self.puts >= self.limit:
+            raise ConnectionResetError("simulated crash")
+        self.puts += 1
+        return await super().put_chunk(sid, cid, data)
+
+
+async def test_interrupted_backup_resumes_without_resending(appliance: Appliance,
+                                                            tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(3)
+    for i in range(6):
+        (src / f"part{i}.bin").write_bytes(rng.randbytes(4 * 1024 * 1024))
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    async with FailingClient(appliance.endpoint(token), retries=0, limit=10) as c:
+        with pytest.raises(ConnectionResetError):
+            await Archiver(c, state, uploads=1).backup([os.fsencode(src)])
+    assert appliance.store.index.snapshots() == []  # nothing half-visible
+    open_session = appliance.store.index.open_session("web01")
+    assert open_session is not None
+    async with ApplianceClient(appliance.endpoint(token)) as c:
+        res = await Archiver(c, state).backup([os.fsencode(src)])
+    assert res.resumed
+    assert res.stats.chunks_known >= 10  # the ten accepted chunks were not sent again
+    assert res.stats.bytes_new < 24 * 1024 * 1024 - 10 * 256 * 1024
+    assert appliance.store.index.session(open_session.id).state == "committed"
+    rc, out, err = await agent(appliance, token, state, "restore", res.snapshot, "--to",
+                               str(tmp_path / "out"))
+    assert rc == 0, err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))
+
+
+async def test_database_dump_from_stdin(appliance: Appliance, tmp_path: Path) -> None:
+    rng = random.Random(11)
+    dump = b"".join(
+        f"INSERT INTO orders VALUES ({i}, 'customer-{rng.randrange(10**6)}', {rng.random()});\n"
+        .encode() for i in range(200_000))
+    token = appliance.add_host("db01")
+    rc, res, err = await agent(appliance, token, tmp_path / "state", "backup", "--stdin",
+                               "--name", "db.sql", stdin=dump)
+    assert rc == 0, err
+    assert res["bytes_total"] == len(dump) and res["files"] == 1
+    rc, out, err = await agent(appliance, token, tmp_path / "state", "restore", "latest",
+                               "db.sql", "--to", str(tmp_path / "out"))
+    assert rc == 0, err
+    assert (tmp_path / "out" / "db.sql").read_bytes() == dump
+
+
+@pytest.mark.system  # root, to run the agent as an unprivileged user
+async def test_unreadable_files_are_listed_and_exit_3(appliance: Appliance,
+                                                      tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "ok.txt").write_text("fine")
+    (src / "locked.txt").write_text("secret")
+    (src / "locked.txt").chmod(0o000)
+    (src / "sub" / "also-ok").write_text("fine too")
+    state = tmp_path / "state"
+    state.mkdir()
+    for p in (tmp_path.parent.parent, tmp_path.parent):  # pytest's own 0700 base dirs
+        p.chmod(0o755)
+    for p in (tmp_path, src, src / "sub", state):
+        p.chmod(0o777)
+    token = appliance.add_host("pc01")
+    env = appliance.env(token, state)
+    env["HOME"] = str(state)
+    rc, out, err = await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              *agent_cmd(), "backup", str(src), "--json"], env)
+    assert rc == 3, err
+    res = json.loads(out)
+    assert [u["path"] for u in res["unreadable"]] == [str(src / "locked.txt")]
+    assert "ermission" in res["unreadable"][0]["error"]
+    manifest = appliance.store.snapshots.manifest("pc01", res["snapshot"])
+    assert manifest.unreadable_count == 1
+    assert manifest.unreadable[0]["path"] == str(src / "locked.txt")
+    rc, out, err = await agent(appliance, token, tmp_path / "st2", "restore", "latest", "--to",
+                               str(tmp_path / "out"))
+    assert rc == 0, err
+    root = restored_root(tmp_path / "out", src)
+    assert (root / "ok.txt").read_text() == "fine"
+    assert (root / "sub" / "also-ok").read_text() == "fine too"
+    assert not (root / "locked.txt").exists()
+
+
+@pytest.mark.system  # root, to mount a filesystem in a private mount namespace
+async def test_excludes_and_one_file_system(appliance: Appliance, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "cache").mkdir(parents=True)
+    (src / "mnt").mkdir()
+    (src / "keep.txt").write_text("keep")
+    (src / "skip.tmp").write_text("skip")
+    (src / "cache" / "blob").write_text("skip by path")
+    token = appliance.add_host("web01")
+    env = appliance.env(token, tmp_path / "state")
+    script = (f"mount -t tmpfs none {src}/mnt && echo other-fs > {src}/mnt/file && "
+              f"exec {agent_cmd()[0]} backup {src} --one-file-system --exclude '*.tmp' "
+              f"--exclude '{src}/cache/*' --json")
+    rc, out, err = await run(["unshare", "-m", "sh", "-c", script], env)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["excluded"] == 2
+    rc, _, err = await agent(appliance, token, tmp_path / "state", "restore", "latest", "--to",
+                             str(tmp_path / "out"))
+    assert rc == 0, err
+    root = restored_root(tmp_path / "out", src)
+    assert sorted(p.name for p in root.iterdir()) == ["cache", "keep.txt", "mnt"]
+    assert list((root / "mnt").iterdir()) == []  # the mount point, not the other filesystem
+    assert list((root / "cache").iterdir()) == []
+
+
+async def test_restore_of_selected_paths(appliance: Appliance, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", big_mb=1)
+    token = appliance.add_host("web01")
+    rc, res, err = await agent(appliance, token, tmp_path / "state", "backup", str(src))
+    assert rc == 0, err
+    rc, out, err = await agent(appliance, token, tmp_path / "state", "restore", "latest",
+                               str(src / "docs"), str(src / "secret"), "--to",
+                               str(tmp_path / "out"))
+    assert rc == 0, err
+    root = restored_root(tmp_path / "out", src)
+    assert sorted(p.name for p in root.iterdir()) == ["docs", "secret"]
+    assert_same_tree(src / "docs", root / "docs")
+
+
+async def test_killed_agent_leaves_no_partial_snapshot(appliance: Appliance,
+                                                       tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(5)
+    for i in range(40):
+        (src / f"f{i}.bin").write_bytes(rng.randbytes(1024 * 1024))
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    env = appliance.env(token, state)
+    reported = set()
+    for delay in (0.3, 0.6, 0.9, 1.5):
+        proc = await asyncio.create_subprocess_exec(
+            *agent_cmd(), "backup", str(src), "--json", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await asyncio.sleep(delay)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        out, _ = await proc.communicate()
+        if proc.returncode == 0:
+            reported.add(json.loads(out)["snapshot"])
+        # A commit the agent started may still be finishing in the appliance's worker
+        # thread; once it settles, the index and the directories agree.
+        host_dir = appliance.data_dir / "snapshots" / "web01"
+        for _ in range(300):  # up to 30 s: a loaded machine may finish a commit slowly
+            rows = {r.snapshot for r in appliance.store.index.snapshots("web01")}
+            on_disk = {d.name for d in host_dir.iterdir()} if host_dir.exists() else set()
+            if on_disk == rows:  # a commit in flight shows as an extra .tmp- directory
+                break
+            await asyncio.sleep(0.1)
+        assert on_disk == rows  # no half-written directory, nothing unindexed
+        # Whatever happened (the kill may land after the commit, before the agent prints),
+        # every visible snapshot is complete: its manifest reads and all its chunks exist.
+        assert reported <= rows
+        for snap in rows:
+            m = appliance.store.snapshots.manifest("web01", snap)
+            assert m.file_count == 40
+            idx = appliance.store.snapshots.chunk_index("web01", snap)
+            assert appliance.store.chunks.missing(iter(idx)) == []
+    rc, res, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    rc, _, err = await agent(appliance, token, state, "restore", res["snapshot"], "--to",
+                             str(tmp_path / "out"))
+    assert rc == 0, err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))
+    assert all(stat.S_ISREG(p.stat().st_mode) for p in restored_root(tmp_path / "out", src)
+               .iterdir())
+
+
+async def test_bundles_with_mostly_dead_bytes_are_rebuilt(appliance: Appliance,
+                                                          tmp_path: Path) -> None:
+    """After most small files of a bundle are deleted, the survivors are re-read into a new
+    bundle (one backup later), so the old bundle's dead bytes can be collected."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(9)
+    for i in range(100):
+        (src / f"f{i:03d}").write_bytes(rng.randbytes(8000))
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, first, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0 and first["files_read"] == 100, err
+    for i in range(20, 100):
+        (src / f"f{i:03d}").unlink()
+    rc, second, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0 and second["files_read"] == 0, err  # the parent still used its bundle fully
+    rc, third, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    assert third["files_read"] == 20 and third["files_unchanged"] == 0
+    rc, fourth, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0 and fourth["files_read"] == 0, err  # the new bundle is fully used
+    rc, _, err = await agent(appliance, token, state, "restore", "latest", "--to",
+                             str(tmp_path / "out"))
+    assert rc == 0, err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))
+
+
+class PruningClient(ApplianceClient):
+    """Removes the parent snapshot on the appliance right after the agent has read it: an
+    administrator's force-prune racing the backup. The agent's unchanged files then keep
+    ranges whose chunks the host no longer owns through any snapshot."""
+
+    def __init__(self, *args, app: Appliance, host: str, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.app, self.host = app, host
+
+    async def snapshot(self, snap: str) -> dict:
+        info = await super().snapshot(snap)
+        if snap == "latest":
+            self.app.store.remove_snapshot(self.host, info["snapshot"]["snapshot"])
+        return info
+
+
+async def test_commit_refused_for_unproven_chunks_rereads_those_files(
+        appliance: Appliance, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = make_tree(tmp_path / "src", big_mb=1)
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, first, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    async with PruningClient(appliance.endpoint(token), app=appliance, host="web01") as c:
+        res = await Archiver(c, state).backup([os.fsencode(src)])
+    # The first pass reused every unchanged file's ranges; the commit was refused for
+    # them (the parent was gone), and the second pass read those files again.
+    assert "reading those files again" in caplog.text
+    assert res.stats.bytes_read == res.stats.bytes_total == first["bytes_total"]
+    assert res.stats.files_unchanged == 1  # the empty file: it uses no chunk
+    assert [r.snapshot for r in appliance.store.index.snapshots("web01")] == [res.snapshot]
+    rc, _, err = await agent(appliance, token, state, "restore", res.snapshot, "--to",
+                             str(tmp_path / "out"))
+    assert rc == 0, err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))
