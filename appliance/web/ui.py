@@ -1,4 +1,5 @@
-"""The LAN page itself: one HTML shell, a script and a style sheet, shipped in the package.
+"""The LAN page itself: one HTML shell, its ES modules (app.js, which imports the others: one per
+view and a few shared ones) and a style sheet, flat files shipped in the package.
 
 No CDN, no build step: the appliance works offline on the customer's LAN. The shell holds no
 data (everything comes from /api/v1 after sign-in), so it is served without authentication;

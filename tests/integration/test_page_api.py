@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import zipfile
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import pytest
 import zstandard
 
 from appliance.store.accounts import Accounts
+from appliance.web.ui import STATIC
 
 from ..conftest import Appliance, agent_cmd
 from ..treeutil import make_tree, run
@@ -150,6 +152,31 @@ async def test_the_page_shell_is_served_with_a_strict_policy(page: Page) -> None
     assert "/static/app.js" in html and "http://" not in html and "https://" not in html
     assert (await page.get("/static/app.js")).status == 200
     assert (await page.get("/static/..%2f..%2fdaemon.py")).status == 404
+
+
+async def test_every_module_of_the_page_is_served_as_javascript(page: Page) -> None:
+    """The page is ES modules importing one another (no build step): each one the shell's
+    script reaches is served, as JavaScript (a browser refuses a module of another type),
+    under the same policy, whose script-src 'self' is what lets a module load."""
+    html = await (await page.get("/")).text()
+    todo = re.findall(r'<script type="module" src="(/static/[\w.-]+\.js)"></script>', html)
+    assert todo == ["/static/app.js"]
+    seen: set[str] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        resp = await page.get(path)
+        assert resp.status == 200, path
+        assert resp.content_type == "text/javascript", (path, resp.content_type)
+        assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+        text = await resp.text()
+        assert "http://" not in text and "https://" not in text, path  # no CDN
+        todo += ["/static/" + name
+                 for name in re.findall(r'^import [^;]* from "\./([\w.-]+\.js)";', text, re.M)]
+    shipped = {f"/static/{p.name}" for p in STATIC.glob("*.js")}
+    assert seen == shipped and len(seen) > 10  # every module is used, and it is split
 
 
 # --- overview ------------------------------------------------------------------------------

@@ -129,8 +129,9 @@ def expected_zip(src_root: Path, sub: str) -> dict[str, bytes | None]:
 
 
 def browse_script(url: str, snapshot: str, src: Path, downloads: Path, profile: Path,
-                  shot: Path) -> list[dict]:
-    """The whole browser session (blocking); returns the browser console log."""
+                  shots: Path) -> list[dict]:
+    """The whole browser session (blocking); returns the browser console log. Screenshots of
+    the overview, the host page and the browse view land in `shots`, for people to look at."""
     d = chrome(downloads, profile)
     w = WebDriverWait(d, WAIT)
 
@@ -165,10 +166,13 @@ def browse_script(url: str, snapshot: str, src: Path, downloads: Path, profile: 
         assert d.find_element(By.ID, "appliance-serial").text.startswith("Serial ")
         row = find('#hosts-table tr[data-host="web01"]')
         assert "ok" in row.text
+        assert d.save_screenshot(str(shots / "overview.png"))
         enter('a.host-link[data-host="web01"]')
 
         # --- host: its backups; Enter on the one to open --------------------------------
         find("#snapshots-table")
+        find("#runs-table")
+        assert d.save_screenshot(str(shots / "host.png"))
 
         # --- scheduled backups on the host page: save a plan, then "Back up now" --------
         assert "Agent never seen" in find("#schedule-status").text
@@ -234,7 +238,7 @@ def browse_script(url: str, snapshot: str, src: Path, downloads: Path, profile: 
 
         # --- the browse view, for people to look at -------------------------------------
         d.execute_script("window.scrollTo(0, 0)")
-        assert d.save_screenshot(str(shot))
+        assert d.save_screenshot(str(shots / "browse.png"))
 
         # --- the folder as a zip ---------------------------------------------------------
         enter("#folder-zip")
@@ -268,10 +272,11 @@ async def test_restore_a_file_and_a_folder_through_the_page(appliance: Appliance
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     profile = Path(tempfile.mkdtemp(prefix="rdr-chromium-"))
-    shot = tmp_path / "browse.png"
+    shots = tmp_path / "shots"
+    shots.mkdir()
     try:
         logs = await asyncio.wait_for(asyncio.to_thread(
-            browse_script, appliance.url, snapshot, src, downloads, profile, shot), 120)
+            browse_script, appliance.url, snapshot, src, downloads, profile, shots), 120)
     except WebDriverException as exc:  # a browser that cannot start is a failure, with why
         raise AssertionError(f"browser session failed: {exc.msg}") from exc
     finally:
@@ -287,11 +292,13 @@ async def test_restore_a_file_and_a_folder_through_the_page(appliance: Appliance
     (now_run,) = appliance.store.runs.list("web01")
     assert (now_run.kind, now_run.state, now_run.requested_by) == ("manual", "queued",
                                                                    "page:alice")
-    print(f"screenshot of the browse view: {shot}")
-    png = shot.read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert width >= 800 and height >= 500
+    for shot in sorted(shots.iterdir()):
+        print(f"screenshot: {shot}")
+        png = shot.read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert width >= 800 and height >= 500
+    assert {p.name for p in shots.iterdir()} == {"overview.png", "host.png", "browse.png"}
     # Nothing the page does is blocked by its own Content-Security-Policy, nothing throws.
     problems = [e["message"] for e in logs
                 if "Content Security Policy" in e["message"]

@@ -1,0 +1,78 @@
+// The restore dialog: a push restore of entries of a backup to a host (its own or another),
+// queued as a job that the host's agent picks up on its next poll.
+
+import { api } from "./api.js";
+import { snapApi } from "./address.js";
+import { $, clear, h } from "./dom.js";
+import { fmtNum, pathOf, snapLabel } from "./format.js";
+import { loadOverview } from "./header.js";
+import { reload } from "./router.js";
+import { state } from "./state.js";
+
+let restoreCtx = null;
+
+export async function openRestore(host, snap, items, what) {
+  restoreCtx = { host, snap, items };
+  const dlg = $("restore-dialog");
+  $("restore-error").textContent = "";
+  const n = items.length;
+  $("restore-summary").textContent = n === 0
+    ? `Restore the whole backup of ${host} taken ${snapLabel(snap)}.`
+    : `Restore ${n === 1 ? `“${items[0].name}”` : `${fmtNum(n)} selected entries`} from the backup of ${host} taken ${snapLabel(snap)}.`;
+  const list = clear($("restore-paths"));
+  for (const it of items.slice(0, 8)) list.append(h("li", { class: "mono" }, pathOf(it.q)));
+  if (n > 8) list.append(h("li", { class: "muted" }, `… and ${fmtNum(n - 8)} more`));
+  list.hidden = n === 0;
+  const sel = clear($("restore-host"));
+  let hosts = state.overview && state.overview.hosts;
+  if (!hosts) {
+    try {
+      hosts = (await loadOverview()).hosts;
+    } catch (e) {
+      if (e.handled) return;
+      hosts = [];
+    }
+  }
+  const names = hosts.map((x) => x.name);
+  if (!names.includes(host)) names.unshift(host);
+  for (const name of names) {
+    sel.append(h("option", { value: name, selected: name === host }, name === host ? `${name} (its own host)` : name));
+  }
+  sel.value = host;
+  $("restore-special").checked = false;
+  $("restore-submit").disabled = false;
+  dlg.dataset.what = what || "";
+  if (!dlg.open) dlg.showModal();
+  $("restore-dir").focus();
+}
+
+export async function onRestoreSubmit(ev) {
+  ev.preventDefault();
+  const err = $("restore-error");
+  const dir = $("restore-dir").value.trim();
+  if (!dir.startsWith("/")) {
+    err.textContent = "Enter an absolute directory path on the target host, starting with /.";
+    $("restore-dir").focus();
+    return;
+  }
+  const ctx = restoreCtx;
+  const target = $("restore-host").value;
+  const btn = $("restore-submit");
+  btn.disabled = true;
+  err.textContent = "";
+  try {
+    const res = await api("POST", `${snapApi(ctx.host, ctx.snap)}/restore-jobs`, {
+      paths: ctx.items.map((it) => it.q), target_host: target, target_dir: dir,
+      allow_special: $("restore-special").checked,
+    });
+    $("restore-dialog").close();
+    const job = res.job || {};
+    state.flash = { text: `Restore job ${job.id ?? ""} queued: ${target} restores into ${dir} on its next poll.`, kind: "ok" };
+    if (location.hash === "#/jobs") reload();
+    else location.hash = "#/jobs";
+  } catch (e) {
+    if (e.handled) return;
+    err.textContent = e.message;
+    btn.disabled = false;
+  }
+}
