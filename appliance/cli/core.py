@@ -39,7 +39,8 @@ EXIT_QUEUED = 4
 #: Interrupted (Ctrl-C).
 EXIT_INTERRUPTED = 130
 
-#: What a command's exit code means, by code; each command has one table (`exits(...)`).
+#: What a command's exit code means, by code: each command has one table (the `exits` of
+#: `command`), shown in its `--help`.
 ExitTable = Mapping[int, str]
 
 #: The codes every command can end with; a command's own table adds to them or says more

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..config import ConfigError
 from ..textfmt import human_bytes
@@ -16,6 +17,8 @@ from .seed import DAMAGED_DISK_EXITS, disk_reporter, print_damage
 if TYPE_CHECKING:
     from ..replication.crypto import ObjectCipher
     from ..replication.targets import Target
+
+T = TypeVar("T")
 
 
 def access(ctx: Context) -> tuple[Target, ObjectCipher]:
@@ -41,20 +44,25 @@ def access(ctx: Context) -> tuple[Target, ObjectCipher]:
         wiring.replication_cipher(ctx.cfg)
 
 
-def snapshots(ctx: Context) -> int:
+def at_dc(target: Target, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` (a coroutine function that uses `target`) in an event loop of its own and
+    close the target after it, however it ends."""
     import asyncio
 
-    from ..replication.dc import checkpoints
-
-    target, cipher = access(ctx)
-
-    async def go() -> list[dict]:
+    async def go() -> T:
         try:
-            return await checkpoints(target, cipher)
+            return await work()
         finally:
             await target.close()
 
-    cps = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def snapshots(ctx: Context) -> int:
+    from ..replication.dc import checkpoints
+
+    target, cipher = access(ctx)
+    cps = at_dc(target, lambda: checkpoints(target, cipher))
     if ctx.args.json:
         print_json(cps)
         return 0
@@ -66,21 +74,12 @@ def snapshots(ctx: Context) -> int:
 
 
 def verify(ctx: Context) -> int:
-    import asyncio
-
     from ..replication.dc import dc_verify
 
     target, cipher = access(ctx)
     store = ctx.open_store()
-
-    async def go():
-        try:
-            return await dc_verify(store, target, cipher, ctx.args.deep)
-        finally:
-            await target.close()
-
     try:
-        res = asyncio.run(go())
+        res = at_dc(target, lambda: dc_verify(store, target, cipher, ctx.args.deep))
     finally:
         store.close()
     if ctx.args.json:
@@ -101,7 +100,6 @@ def verify(ctx: Context) -> int:
 
 
 def restore(ctx: Context) -> int:
-    import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
     from ..replication.dc import dc_restore
@@ -112,15 +110,9 @@ def restore(ctx: Context) -> int:
     to.mkdir(parents=True, exist_ok=True)
     include = [os.fsencode(os.path.normpath(p)).lstrip(b"/") for p in a.paths] or None
     pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="rdr-dc")
-
-    async def go():
-        try:
-            return await dc_restore(target, cipher, a.host, a.snapshot, to, include, pool)
-        finally:
-            await target.close()
-
     try:
-        cp, summary = asyncio.run(go())
+        cp, summary = at_dc(target, lambda: dc_restore(target, cipher, a.host, a.snapshot, to,
+                                                       include, pool))
     finally:
         pool.shutdown()
     if a.json:
@@ -135,23 +127,15 @@ def restore(ctx: Context) -> int:
 
 
 def import_seed(ctx: Context) -> int:
-    import asyncio
-
     from ..seed import dcside
     from ..seed.disk import DamagedDisk, DiskLayout, Progress
 
     target, cipher = access(ctx)
     progress = Progress("import-seed")
-
-    async def go() -> dict:
-        try:
-            return await dcside.import_seed(target, cipher, DiskLayout(Path(ctx.args.dir)),
-                                            progress, disk_reporter(ctx, "import seed"))
-        finally:
-            await target.close()
-
     try:
-        h = asyncio.run(go())
+        h = at_dc(target, lambda: dcside.import_seed(
+            target, cipher, DiskLayout(Path(ctx.args.dir)), progress,
+            disk_reporter(ctx, "import seed")))
     except DamagedDisk as exc:
         return print_damage(exc)
     finally:
@@ -166,8 +150,6 @@ def import_seed(ctx: Context) -> int:
 
 
 def export_recover(ctx: Context) -> int:
-    import asyncio
-
     from ..seed import dcside
     from ..seed.disk import DiskLayout, Progress
 
@@ -175,17 +157,10 @@ def export_recover(ctx: Context) -> int:
     target, cipher = access(ctx)
     progress = Progress("export-recover")
     layout = DiskLayout(Path(a.dir))
-
-    async def go() -> dict:
-        try:
-            return await dcside.export_recover(target, cipher, a.host, a.snapshot, layout,
-                                               progress,
-                                               disk_reporter(ctx, "export recover", layout))
-        finally:
-            await target.close()
-
     try:
-        h = asyncio.run(go())
+        h = at_dc(target, lambda: dcside.export_recover(
+            target, cipher, a.host, a.snapshot, layout, progress,
+            disk_reporter(ctx, "export recover", layout)))
     finally:
         ctx.end_echo()
     if a.json:

@@ -124,12 +124,16 @@ def jobs(ctx: Context) -> int:
     return 0
 
 
-def percent(text: str) -> float:
-    """`--sample`: a share in (0, 100]."""
+def number(text: str) -> float:
     try:
-        v = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def percent(text: str) -> float:
+    """`--sample`: a share in (0, 100]."""
+    v = number(text)
     if not 0 < v <= 100:
         raise argparse.ArgumentTypeError("must be in (0, 100]")
     return v
@@ -137,10 +141,7 @@ def percent(text: str) -> float:
 
 def positive(text: str) -> float:
     """`--rate`: a rate above zero."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    v = number(text)
     if v <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return v
