@@ -10,11 +10,14 @@ they share is the normal form of a window start and the order of the writes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .capacity.windows import parse_window_start
-from .store.datastore import Datastore
 from .store.errors import StoreError
 from .store.retention import Policy
+
+if TYPE_CHECKING:
+    from .store.datastore import Datastore
 
 
 def window_start(text: str) -> str:

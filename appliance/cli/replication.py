@@ -71,7 +71,7 @@ def replicate(ctx: Context) -> int:
               f"({human_bytes(res.bytes_sent)}) sent, {res.objects_skipped} already at the "
               f"data center; removed {res.snapshots_removed_at_dc} pruned snapshots and "
               f"{res.chunks_removed_at_dc} unreferenced chunks there")
-    # docs/REPLICATION.md: 0, 3 and 4 as the table in add_replicate says
+    # what 0, 3 and 4 mean: REPLICATE_EXITS (and docs/REPLICATION.md)
     return EXIT_QUEUED if res.queued else EXIT_PROBLEMS if res.paused else 0
 
 
