@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from ..backup_schedule import BackupScheduler
-from ..capacity.windows import parse_window_start
+from ..host_settings import edit_host, window_start
 from ..store.datastore import Datastore
 from ..store.errors import NotFound
 from ..store.retention import Policy
@@ -84,7 +84,7 @@ class BackupsApi:
             if not isinstance(window, str):
                 raise ApiError(400, "bad_field", "'window_start' must be HH:MM or ''")
             try:
-                window = parse_window_start(window).strftime("%H:%M") if window else ""
+                window = window_start(window)
             except ValueError as exc:
                 raise ApiError(400, "bad_field", f"window_start: {exc}") from None
         if policy is not None:
@@ -97,15 +97,7 @@ class BackupsApi:
                 raise ApiError(400, "bad_policy", str(exc)) from None
 
         def apply() -> dict:
-            # The plan is checked whole first: a refused edit changes nothing.
-            if body:
-                self.store.plans.update(host, actor=who, **body)
-            else:
-                self.store.plans.get(host)  # 404 for an unknown host
-            if policy is not None:
-                self.store.set_policy(host, policy or None)
-            if window is not None:
-                self.store.set_window(host, window or None)
+            edit_host(self.store, host, who, body, policy, window)
             return self._plan_json(host)
 
         try:

@@ -28,6 +28,7 @@ import pytest
 import requests
 
 from appliance import cli
+from appliance.cli import maintenance as cli_maintenance
 from appliance.config import ConfigError
 from appliance.replication.crypto import DecryptError, KeyError_, ObjectCipher
 from appliance.replication.dc import DcError, checkpoints
@@ -436,18 +437,18 @@ async def test_snapshot_force_pruned_while_it_is_sent_leaves_no_checkpoint(tmp_p
 
 def test_every_appliance_error_is_one_line_from_rdr(tmp_path, monkeypatch, capsys) -> None:
     """`rdr`'s main maps every error class the appliance raises on purpose, in one place
-    (`cli.APPLIANCE_ERRORS`), to one line and exit 1: each raised from a command here."""
+    (`cli.appliance_errors()`), to one line and exit 1: each raised from a command here."""
     samples = [ConfigError("bad"), StoreError("code", "bad"), NotFound("code", "bad"),
                TargetError("bad", False), NotFoundAtTarget("c/x"), DcError("bad"),
                KeyError_("bad"), DecryptError("bad"), SeedError("bad"), ChunkError("bad"),
                CatalogError("bad")]
-    assert {type(e) for e in samples} >= set(cli.APPLIANCE_ERRORS)
+    assert {type(e) for e in samples} >= set(cli.appliance_errors())
     cfg = tmp_path / "a.toml"
     cfg.write_text(f"[store]\npath = '{tmp_path / 'data'}'\n")
     for exc in samples:
-        def boom(self, exc=exc) -> int:
+        def boom(ctx, exc=exc) -> int:
             raise exc
-        monkeypatch.setattr(cli.Cli, "snapshots", boom)
+        monkeypatch.setattr(cli_maintenance, "snapshots", boom)
         assert cli.main(["snapshots", "--config", str(cfg)]) == 1
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("rdr: error: "), err

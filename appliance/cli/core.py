@@ -1,0 +1,196 @@
+"""What every `rdr` command shares: the exit codes and their `--help` table, the one mapping
+of errors to exit codes, the context a command runs in, and the output helpers.
+
+Kept light on purpose: `rdr --help` and every command import this module, so the store, the
+replication engine and the daemon are imported inside the commands that use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from ..config import Config, ConfigError, load
+
+if TYPE_CHECKING:
+    from ..store.datastore import Datastore
+    from ..store.jobs import Progress
+    from ..store.maintenance import Maintenance
+
+#: Success: the command did what it says.
+EXIT_OK = 0
+#: An error the appliance raised on purpose (`appliance_errors`) or an OS error: one line on
+#: stderr.
+EXIT_ERROR = 1
+#: Bad arguments: argparse prints the usage and one line.
+EXIT_USAGE = 2
+#: The command ran but found or left a problem it names (damaged data, files not restored,
+#: replication that cannot run now).
+EXIT_PROBLEMS = 3
+#: `rdr replicate`: another pass was running; a follow-up that includes everything
+#: committed until now is queued behind it (not yet at the data center).
+EXIT_QUEUED = 4
+#: Interrupted (Ctrl-C).
+EXIT_INTERRUPTED = 130
+
+#: What a command's exit code means, by code: each command has one table (the `exits` of
+#: `command`), shown in its `--help`.
+ExitTable = Mapping[int, str]
+
+#: The codes every command can end with; a command's own table adds to them or says more
+#: precisely what its 0 means.
+COMMON_EXITS: ExitTable = {
+    EXIT_OK: "done",
+    EXIT_ERROR: "error, one line on stderr (bad config, unknown name, store, data center or "
+                "disk error)",
+    EXIT_USAGE: "bad arguments",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
+#: A command: runs in its context, returns its exit code.
+Run = Callable[["Context"], int]
+#: Where a command group adds its commands, and the parsers of the options all share.
+Subparsers = argparse._SubParsersAction
+Parents = Sequence[argparse.ArgumentParser]
+
+
+def exit_table(own: ExitTable | None = None) -> dict[int, str]:
+    """The whole table of one command: the common codes, its own over them, by code."""
+    return dict(sorted({**COMMON_EXITS, **(own or {})}.items()))
+
+
+def exit_epilog(table: ExitTable) -> str:
+    """The `--help` text of a table, wrapped here (argparse keeps it as it is:
+    RawDescriptionHelpFormatter, so the codes stay one a line)."""
+    import textwrap
+
+    rows = (textwrap.fill(text, 79, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+            for code, text in table.items())
+    return "exit codes:\n" + "\n".join(rows)
+
+
+def command(sub: Subparsers, name: str, run: Run, help: str, parents: Parents,
+            exits: ExitTable | None = None) -> argparse.ArgumentParser:
+    """Add one command that runs `run`, its `--help` ending with its exit codes."""
+    p = sub.add_parser(name, parents=list(parents), help=help,
+                       epilog=exit_epilog(exit_table(exits)),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=run)
+    return p
+
+
+def group(sub: Subparsers, name: str, help: str) -> Subparsers:
+    """Add a command group (`rdr NAME ACTION`); its actions are added with `command`."""
+    p = sub.add_parser(name, help=help, epilog=f"exit codes: see 'rdr {name} ACTION --help'")
+    return p.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
+
+
+def appliance_errors() -> tuple[type[Exception], ...]:
+    """Every error the appliance's own code raises on purpose, mapped by `run` to one line
+    and exit 1 (a damaged or missing chunk read from the store or the data center included).
+
+    Imported when an error is being mapped, not with the CLI: the classes live beside the
+    code that raises them (replication, seed disks), which `rdr --help` need not load."""
+    from ..replication.crypto import DecryptError
+    from ..replication.crypto import KeyError_ as ReplicationKeyError
+    from ..replication.dc import DcError
+    from ..replication.targets import TargetError
+    from ..seed.disk import SeedError
+    from ..store.catalog import CatalogError
+    from ..store.chunkfile import ChunkError
+    from ..store.errors import StoreError
+
+    return (ConfigError, StoreError, TargetError, DcError, ReplicationKeyError, DecryptError,
+            SeedError, ChunkError, CatalogError)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command: THE place errors become exit codes and one line on stderr;
+    no traceback reaches the admin."""
+    fn: Run = args.run
+    try:
+        return fn(Context(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if isinstance(exc, appliance_errors()):
+            print(f"rdr: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        if isinstance(exc, OSError):
+            print(f"rdr: error: {exc.strerror or exc}"
+                  f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
+class Context:
+    """What a command runs with: its arguments, the config, the store."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cfg: Config = load(args.config or os.environ.get("RDR_CONFIG") or None)
+
+    def open_store(self, create: bool = False) -> Datastore:
+        if not create and not (self.cfg.data_dir / "index.sqlite").exists():
+            raise ConfigError(f"no appliance data at {self.cfg.data_dir}; run 'rdr serve' or "
+                              "'rdr hosts add' first, or pass --config")
+        from .. import wiring
+
+        return wiring.open_store(self.cfg)
+
+    @contextlib.contextmanager
+    def stored(self, create: bool = False) -> Iterator[Datastore]:
+        store = self.open_store(create)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def maintenance(self, store: Datastore) -> Maintenance:
+        from .. import wiring
+
+        return wiring.maintenance(self.cfg, store)
+
+    @staticmethod
+    def echo(kind: str) -> Progress | None:
+        """Progress on stderr when it is a terminal (the job history records it anyway)."""
+        if not sys.stderr.isatty():
+            return None
+
+        def show(fraction: float, message: str) -> None:
+            sys.stderr.write(f"\r{kind}: {fraction * 100:5.1f}% {message}"[:120].ljust(120))
+            sys.stderr.flush()
+
+        return show
+
+    @staticmethod
+    def end_echo() -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + " " * 120 + "\r")
+
+
+# --- output helpers ---
+def print_json(value: object) -> None:
+    """`--json` output: one document, indented by one."""
+    print(json.dumps(value, indent=1))
+
+
+def ts(t: float | None) -> str:
+    """A time as the tables show it (UTC), "-" for none."""
+    return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def user() -> str:
+    """Who runs the command, for audit trails (``cli:NAME``)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())

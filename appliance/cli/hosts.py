@@ -1,0 +1,212 @@
+"""`rdr hosts`: the backed-up hosts -- register, token, plan and window, show, back up now,
+pause and resume."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from ..config import Config, ConfigError
+from .core import Context, Parents, Run, Subparsers, command, group, print_json, ts, user
+
+if TYPE_CHECKING:
+    from ..store.backup_plans import HostPlan
+
+
+def add(ctx: Context) -> int:
+    with ctx.stored(create=True) as store:
+        token = store.add_host(ctx.args.name)
+    print(f"host {ctx.args.name} added; its token (shown once, store it on the host):")
+    print(token)
+    return 0
+
+
+def plan_changes(a: argparse.Namespace) -> dict[str, object]:
+    """The plan fields the flags of `hosts set` change ('' = back to none)."""
+    changes: dict[str, object] = {}
+    if a.paths is not None:
+        changes["paths"] = [p for p in a.paths if p]
+    if a.exclude is not None:
+        changes["excludes"] = [x for x in a.exclude if x]
+    if a.bandwidth is not None:
+        changes["bandwidth_kbps"] = a.bandwidth
+    if a.dump_command is not None:
+        changes["dump_command"] = a.dump_command or None
+    if a.dump_name is not None:
+        changes["dump_name"] = a.dump_name or None
+    if a.timezone is not None:
+        changes["timezone"] = a.timezone or None
+    if a.one_file_system is not None:
+        changes["one_file_system"] = a.one_file_system == "yes"
+    return changes
+
+
+def set_(ctx: Context) -> int:
+    from ..host_settings import edit_host, window_start
+
+    a = ctx.args
+    window = None
+    if a.window is not None:
+        try:
+            window = window_start(a.window)
+        except ValueError as exc:
+            raise ConfigError(f"--window: {exc}") from None
+    with ctx.stored() as store:
+        edit_host(store, a.name, f"cli:{user()}", plan_changes(a), a.policy, window)
+        rec = store.index.host_record(a.name)
+        plan = store.plans.get(a.name)
+    print_plan(rec, plan, ctx.cfg)
+    return 0
+
+
+def print_plan(rec: dict, plan: HostPlan, cfg: Config) -> None:
+    policy = rec["policy"] or f"{cfg.retention.policy} (default)"
+    start = rec["window_start"] or f"{cfg.contract.default_window} (default)"
+    tz = plan.timezone or cfg.appliance.timezone
+    print(f"host {rec['name']}: retention {policy}, backup window from {start} {tz} for "
+          "12 hours")
+    if not plan.paths:
+        print("  no scheduled backups (no paths in the plan; set them with --paths)")
+        return
+    print(f"  paths: {' '.join(plan.paths)}")
+    if plan.excludes:
+        print(f"  excludes: {' '.join(plan.excludes)}")
+    bw = f"{plan.bandwidth_kbps} kbit/s" if plan.bandwidth_kbps else "unlimited"
+    print(f"  LAN bandwidth: {bw}{', one file system' if plan.one_file_system else ''}")
+    if plan.dump_command:
+        print(f"  before each backup: {plan.dump_command} > {plan.dump_name}")
+    if plan.paused:
+        print("  PAUSED: no backup starts until 'rdr hosts resume'")
+
+
+def show(ctx: Context) -> int:
+    name = ctx.args.name
+    with ctx.stored() as store:
+        rec = store.index.host_record(name)
+        plan = store.plans.get(name)
+        runs = store.runs.list(name, 10)
+        gaps = store.runs.gaps(name)
+        agent = store.plans.agents().get(name)
+        audit = store.plans.audit(name, 5)
+    if ctx.args.json:
+        rec.pop("token_hash", None)
+        print_json({"host": rec, "plan": plan.to_json(), "agent": agent,
+                    "runs": [r.to_json() for r in runs], "not_backed_up": gaps,
+                    "plan_audit": audit})
+        return 0
+    print_plan(rec, plan, ctx.cfg)
+    for a in audit:
+        print(f"  dump command changed {ts(a['at'])} by {a['who']}: "
+              f"{a['old'] or '(none)'} -> {a['new'] or '(none)'}")
+    seen = "never seen" if agent is None else \
+        f"last seen {ts(agent['last_seen'])} ({agent['version']})"
+    print(f"  agent: {seen}")
+    print("  recent runs:")
+    for r in runs:
+        where = {None: "", True: ", in window", False: ", OUT of window"}[r.in_window]
+        print(f"    {r.id:>5} {r.kind:9} {r.state:8} {ts(r.created_at)}{where}"
+              f"{', MISSED window ' + (r.window_day or '') if r.missed else ''}"
+              f"{': ' + r.message if r.message else ''}")
+    if gaps["run"] is not None:
+        print(f"  premier check of {gaps['snapshot']}: {gaps['count']} files not backed up")
+        for f in gaps["files"][:50]:
+            print(f"    {f['reason']:10} {f['path']}  {f['detail']}")
+        if gaps["count"] > 50:
+            print(f"    ... and {gaps['count'] - 50} more (--json)")
+    return 0
+
+
+def backup(ctx: Context) -> int:
+    from .. import wiring
+
+    with ctx.stored() as store:
+        run = wiring.backup_scheduler(ctx.cfg, store).request_now(ctx.args.name,
+                                                                  f"cli:{user()}")
+    print(f"backup run {run.id} of {run.host} queued; its agent starts it at its next "
+          "poll (within half a minute)")
+    return 0
+
+
+def pause(ctx: Context) -> int:
+    from .. import wiring
+
+    with ctx.stored() as store:
+        wiring.backup_scheduler(ctx.cfg, store).pause(ctx.args.name)
+    print(f"backups of {ctx.args.name} paused: a running backup stops at its next report "
+          "and resumes with 'rdr hosts resume'")
+    return 0
+
+
+def resume(ctx: Context) -> int:
+    from .. import wiring
+
+    with ctx.stored() as store:
+        res = wiring.backup_scheduler(ctx.cfg, store).resume(ctx.args.name)
+    print(f"backups of {ctx.args.name} resumed ({res['resumed_runs']} paused run(s) "
+          "queued again)")
+    return 0
+
+
+def token(ctx: Context) -> int:
+    with ctx.stored() as store:
+        new = store.rotate_token(ctx.args.name)
+    print(f"new token for {ctx.args.name} (the old one no longer works):")
+    print(new)
+    return 0
+
+
+def list_(ctx: Context) -> int:
+    with ctx.stored() as store:
+        hosts = store.index.hosts()
+    if ctx.args.json:
+        print_json(hosts)
+        return 0
+    print(f"{'HOST':24} {'SNAPSHOTS':>9}  {'RETENTION':10} LAST BACKUP")
+    for h in hosts:
+        print(f"{h['name']:24} {h['snapshots']:>9}  "
+              f"{h['policy'] or ctx.cfg.retention.policy:10} {ts(h['last_backup'])}")
+    return 0
+
+
+def add_hosts(sub: Subparsers, common: Parents) -> None:
+    hsub = group(sub, "hosts", "manage backed-up hosts")
+    a = command(hsub, "add", add, "register a host and print its token", common)
+    a.add_argument("name")
+    hs = command(hsub, "set", set_, "change a host's settings", common,
+                 {0: "changed; the host's settings printed"})
+    hs.add_argument("name")
+    hs.add_argument("--policy", help="retention D-W-M (8-5-4, 30-0-0, 7-0-0); '' = default")
+    hs.add_argument("--window", help="backup window start HH:MM (17:00 or 01:00 usually; "
+                    "12 hours long); '' = default")
+    hs.add_argument("--paths", nargs="*", metavar="PATH", help="absolute paths the agent "
+                    "backs up daily (none: no scheduled backups)")
+    hs.add_argument("--exclude", nargs="*", metavar="GLOB", help="names (or, with a '/', "
+                    "absolute paths) to skip")
+    hs.add_argument("--bandwidth", type=int, metavar="KBPS", help="LAN upload limit in "
+                    "kbit/s (0 = unlimited)")
+    hs.add_argument("--dump-command", metavar="CMD", help="run before each backup, its "
+                    "stdout stored (e.g. 'pg_dump mydb'); '' = none")
+    hs.add_argument("--dump-name", metavar="NAME", help="file name of the dump (db.sql)")
+    hs.add_argument("--timezone", metavar="ZONE", help="the window's time zone (default: "
+                    "the appliance's); '' = default")
+    hs.add_argument("--one-file-system", choices=("yes", "no"),
+                    help="do not cross into other mounted filesystems")
+    hw = command(hsub, "show", show, "a host's plan, agent, recent runs and the files its "
+                 "last backup missed", common)
+    hw.add_argument("name")
+    hw.add_argument("--json", action="store_true")
+    actions: tuple[tuple[str, Run, str, str], ...] = (
+        ("backup", backup, "back the host up now", "the run is queued"),
+        ("pause", pause, "pause the host's backups", "paused"),
+        ("resume", resume, "resume the host's backups", "resumed"))
+    for action, fn, text, done in actions:
+        hp = command(hsub, action, fn, text, common, {0: done})
+        hp.add_argument("name")
+    ht = command(hsub, "token", token, "issue a new token (revokes the old)", common)
+    ht.add_argument("name")
+    lst = command(hsub, "list", list_, "list hosts", common)
+    lst.add_argument("--json", action="store_true")
+
+
+#: The top-level commands this module adds, by name.
+PARSERS = {"hosts": add_hosts}

@@ -1,0 +1,49 @@
+"""One edit of a host's settings -- its backup plan, retention policy and backup window -- as
+`rdr hosts set` and the page's ``PUT /hosts/{host}/plan`` both make it, so the two check and
+write in the same order: everything is checked before anything is written, and a refused
+edit changes nothing.
+
+Each caller parses its own input (flags, JSON) and reports a refusal in its own words; what
+they share is the normal form of a window start and the order of the writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from .capacity.windows import parse_window_start
+from .store.errors import StoreError
+from .store.retention import Policy
+
+if TYPE_CHECKING:
+    from .store.datastore import Datastore
+
+
+def window_start(text: str) -> str:
+    """A window start as stored, "HH:MM"; "" (back to the appliance default) stays "".
+    ValueError names what is wrong with `text`."""
+    return parse_window_start(text).strftime("%H:%M") if text else ""
+
+
+def edit_host(store: Datastore, host: str, actor: str, plan: Mapping[str, object],
+              policy: str | None = None, window: str | None = None) -> None:
+    """Apply one edit of `host`: `plan` the changed plan fields (checked whole), `policy` a
+    retention D-W-M and `window` a start from `window_start` -- None leaves either as it is,
+    "" returns it to the appliance default. `actor` is recorded in the plan's audit.
+
+    Raises NotFound for an unknown host and StoreError for a refused plan or policy, in
+    both cases before anything is written."""
+    if policy:
+        try:
+            Policy.parse(policy)
+        except ValueError as exc:
+            raise StoreError("bad_policy", str(exc)) from None
+    if plan:
+        store.plans.update(host, actor=actor, **plan)
+    else:
+        store.plans.get(host)  # NotFound for an unknown host
+    if policy is not None:
+        store.set_policy(host, policy or None)
+    if window is not None:
+        store.set_window(host, window or None)
