@@ -18,13 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rdr_agent.util.textfmt import human_bytes
+from rdr_format.catalog import CatalogError
+from rdr_format.chunkfile import ChunkError
+from rdr_format.objects import DecryptError
+from rdr_format.objects import KeyError_ as ReplicationKeyError
+from rdr_restore.disk import PROTECT, RECOVER, DamagedDisk, DiskLayout, Reporter, SeedError
+from rdr_restore.disk import Progress as DiskProgress
+from rdr_restore.objects import DcError, checkpoints, dc_restore
+
 from . import __version__, wiring
 from .capacity.windows import parse_window_start
 from .config import Config, ConfigError, load
 from .health.status import gather as gather_status
-from .replication.crypto import DecryptError
-from .replication.crypto import KeyError_ as ReplicationKeyError
-from .replication.dc import DcError, checkpoints, dc_restore, dc_verify
+from .replication.dc import dc_verify
 from .replication.engine import PassResult
 from .replication.status import replication_status
 from .replication.targets import TargetError
@@ -32,29 +39,17 @@ from .replication.tunnel import route_present
 from .seed import mounts as seed_mounts
 from .seed import pending as seed_pending
 from .seed.dcside import export_recover, import_seed
-from .seed.disk import (
-    PROTECT,
-    RECOVER,
-    DamagedDisk,
-    DiskLayout,
-    Reporter,
-    SeedError,
-    one_operation,
-)
-from .seed.disk import Progress as DiskProgress
+from .seed.disk import one_operation
 from .seed.export import export_seed
 from .seed.recover import import_recovery
 from .store.accounts import Accounts, check_password_rules
 from .store.backup_plans import HostPlan
-from .store.catalog import CatalogError
-from .store.chunkfile import ChunkError
 from .store.datastore import Datastore
 from .store.errors import StoreError
 from .store.index import TOKEN_SCOPES
 from .store.jobs import Progress
 from .store.maintenance import Maintenance
 from .store.rebuild import rebuild_index
-from .textfmt import human_bytes
 
 #: `rdr replicate`: another pass was running; a follow-up that includes everything
 #: committed until now is queued behind it (not yet at the data center).
@@ -171,8 +166,9 @@ class Cli:
 
     # --- commands ---
     def serve(self) -> int:
+        from rdr_agent.util.memory import tune_malloc
+
         from .daemon import serve
-        from .memory import tune_malloc
 
         # One arena: the daemon's workers hand buffers to the event loop and back, and with
         # 20 agents a second arena only added fragmentation (peak RSS ~201 -> ~196 MiB).

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from appliance.agent.client import ApplianceClient, Endpoint
 from appliance.config import (
     CapacityConfig,
     Config,
@@ -24,6 +23,7 @@ from appliance.config import (
 )
 from appliance.daemon import Daemon
 from appliance.store.datastore import Datastore
+from rdr_agent.client import ApplianceClient, Endpoint
 
 BIN = Path(sys.executable).parent
 

@@ -44,7 +44,9 @@ from appliance.browse.tree import DirIndex, PlainCache, SnapshotTree, _Listings
 from appliance.config import ConfigError
 from appliance.pools import HeavyGate, TooManyRequests
 from appliance.store.accounts import Accounts
-from appliance.store.catalog import (
+from appliance.store.datastore import CatalogLimits, Datastore
+from appliance.store.errors import NotFound, StoreError, Unavailable
+from rdr_format.catalog import (
     DIR,
     FILE,
     HARDLINK,
@@ -58,10 +60,8 @@ from appliance.store.catalog import (
     path_key,
     validate,
 )
-from appliance.store.chunkfile import MAX_PLAIN_SIZE, ChunkEncoder
-from appliance.store.datastore import CatalogLimits, Datastore
-from appliance.store.errors import NotFound, StoreError, Unavailable
-from appliance.store.manifest import StreamRef
+from rdr_format.chunkfile import MAX_PLAIN_SIZE, ChunkEncoder
+from rdr_format.manifest import StreamRef
 
 from .conftest import Appliance
 from .live import Live, start_live

@@ -31,12 +31,12 @@ import requests
 import zstandard
 from requests.adapters import HTTPAdapter
 
-from appliance.agent.settings import SettingsError, resolve
 from appliance.browse.archive import NOTES_NAME, TarZstStream, ZipStream
-from appliance.store.catalog import DIR, FILE, SYMLINK, Entry
 from appliance.store.index import Index
 from appliance.web.page_api import _archive
 from appliance.web.throttle import SignInThrottle
+from rdr_agent.settings import SettingsError, resolve
+from rdr_format.catalog import DIR, FILE, SYMLINK, Entry
 
 from .live import Live, start_live
 

@@ -14,22 +14,23 @@ import threading
 import time
 from collections.abc import Iterator
 
-from ..replication.crypto import ObjectCipher
-from ..replication.engine import build_checkpoint, chunk_name, snapshot_names
-from ..store.datastore import Datastore
-from ..store.gc import merged_ids, sorted_difference
-from . import pending
-from .disk import (
+from rdr_format.objects import ObjectCipher, chunk_name, snapshot_names
+from rdr_restore.disk import (
     FORMAT,
     OBJECTS,
     PROTECT,
     DiskLayout,
-    ObjectWriter,
     Progress,
     Reporter,
     SeedError,
     key_id,
 )
+
+from ..replication.engine import build_checkpoint
+from ..store.datastore import Datastore
+from ..store.gc import merged_ids, sorted_difference
+from . import pending
+from .disk import ObjectWriter
 
 REPORT_EVERY = 0.5  # seconds between progress reports
 

@@ -35,14 +35,14 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from ..store import catalog
-from ..store.catalog import FILE, HARDLINK, CatalogError, Entry, dec_bytes, join_path
-from ..textfmt import human_bytes as human
-from .client import ApplianceClient, ApplianceError, ConnectError, describe
-from .restorer import RemoteChunks, RestoreSummary, restore_blocks
-from .scheduled import BackupRunner, RunOutcome
-from .settings import AgentSettings
-from .statefiles import private_dir
+from rdr_agent.client import ApplianceClient, ApplianceError, ConnectError, describe
+from rdr_agent.scheduled import BackupRunner, RunOutcome
+from rdr_agent.settings import AgentSettings
+from rdr_agent.statefiles import private_dir
+from rdr_agent.util.textfmt import human_bytes as human
+from rdr_format import catalog
+from rdr_format.catalog import FILE, HARDLINK, CatalogError, Entry, dec_bytes, join_path
+from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks
 
 log = logging.getLogger("rdr.agent.jobs")
 T = TypeVar("T")
