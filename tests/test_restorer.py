@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rdr_agent import restorer
 from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.client import ConnectError
+from rdr_agent.restore import restore_snapshot
 from rdr_format.catalog import (
     BLOCKDEV,
     CHARDEV,
@@ -29,7 +29,8 @@ from rdr_format.catalog import (
     Range,
 )
 from rdr_format.chunkfile import ChunkEncoder, ChunkError, chunk_id
-from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks, restore_snapshot
+from rdr_restore import engine as restorer
+from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks
 
 ROOT = os.geteuid() == 0
 UID, GID = (1234, 5678) if ROOT else (os.getuid(), os.getgid())
