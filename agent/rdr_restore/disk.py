@@ -19,6 +19,9 @@ Writing is resumable: an object is journaled in SHA256SUMS only after a ``syncfs
 durable, so after a pulled disk the writer redoes exactly the objects not journaled. The header
 records the SHA-256 of SHA256SUMS when the disk is complete; a reader checks that first, then
 every object against its line, then decrypts it (AES-GCM authenticates every byte).
+
+Here are the format and its reader, with `restore_from_disk` (`rdr-agent restore --from-disk`);
+the appliance writes disks with `appliance/seed/disk.py`.
 """
 
 from __future__ import annotations
@@ -259,12 +262,16 @@ class DiskObjects:
             raise ObjectMissing(name) from None
 
     async def list(self, prefix: str) -> AsyncIterator[str]:
-        base = self.layout.root / OBJECTS
+        """Names below the directory `prefix` names ("k/": only the checkpoints are walked,
+        not the million chunk objects of a large disk)."""
+        root = self.layout.root / OBJECTS
+        if ".." in prefix.split("/") or prefix.startswith("/"):
+            raise SeedError(f"bad object prefix {prefix!r}")
+        base = root / prefix.rstrip("/") if prefix else root
         names = await asyncio.to_thread(
-            lambda: sorted(str(p.relative_to(base)) for p in base.rglob("*")
-                           if p.is_file() and not p.name.startswith(".")
-                           and str(p.relative_to(base)).startswith(prefix))
-            if base.exists() else [])
+            lambda: sorted(str(p.relative_to(root)) for p in base.rglob("*")
+                           if p.is_file() and not p.name.startswith(".")) if base.exists()
+            else [])
         for n in names:
             yield n
 
