@@ -23,9 +23,10 @@ from rdr_format.catalog import CatalogError
 from rdr_format.chunkfile import ChunkError
 from rdr_format.objects import DecryptError
 from rdr_format.objects import KeyError_ as ReplicationKeyError
-from rdr_restore.disk import PROTECT, RECOVER, DamagedDisk, DiskLayout, Reporter, SeedError
+from rdr_restore.disk import PROTECT, RECOVER, DamagedDisk, DiskLayout, Reporter
 from rdr_restore.disk import Progress as DiskProgress
-from rdr_restore.objects import DcError, checkpoints, dc_restore
+from rdr_restore.errors import DcError, SeedError
+from rdr_restore.objects import checkpoints, dc_restore
 
 from . import __version__, wiring
 from .capacity.windows import parse_window_start

@@ -36,8 +36,8 @@ from appliance.web.tls import fingerprint
 from rdr_format.catalog import CatalogError
 from rdr_format.chunkfile import ChunkError
 from rdr_format.objects import DecryptError, KeyError_, ObjectCipher
-from rdr_restore.disk import SeedError
-from rdr_restore.objects import DcError, checkpoints
+from rdr_restore.errors import DcError, SeedError
+from rdr_restore.objects import checkpoints
 
 from .crashpoints import (
     BIN,

@@ -31,8 +31,7 @@ from rdr_agent.walker import Walker
 from rdr_format import __version__
 from rdr_format.catalog import CatalogError
 from rdr_format.chunkfile import ChunkError
-from rdr_restore.disk import SeedError
-from rdr_restore.objects import DcError
+from rdr_restore.errors import DcError, SeedError
 
 EXIT_PARTIAL = 3
 

@@ -41,6 +41,7 @@ from rdr_format.manifest import IDX_MAGIC
 from rdr_format.objects import DecryptError, ObjectCipher, ObjectMissing
 
 from .engine import RestoreSummary
+from .errors import SeedError
 from .objects import dc_restore
 
 LABEL_PROTECT = "RDR-PROTECT"
@@ -55,10 +56,6 @@ SUMS = "SHA256SUMS"
 PROGRESS = "progress.json"
 OBJECTS = "objects"
 _NAME = re.compile(r"^[cmik]/[0-9a-f]{64}$")
-
-
-class SeedError(Exception):
-    """A seed or recovery disk cannot be used as asked (the message says why)."""
 
 
 class DamagedDisk(SeedError):

@@ -1,5 +1,5 @@
-"""What a chunk source raises (kept apart from the engine: the agent's HTTP client imports
-it at start-up)."""
+"""What the restore engine and its sources raise, apart from them: the agent imports these at
+start-up and the engine, the disk reader and the object decryption only when it restores."""
 
 #: Source answers that concern one chunk only (the file fails, the restore goes on): the
 #: HTTP statuses of a missing, deleted or unreadable chunk.
@@ -12,3 +12,11 @@ class SourceError(Exception):
     ApplianceError is one."""
 
     status: int = 0
+
+
+class DcError(Exception):
+    """A data-center operation cannot proceed (message says why)."""
+
+
+class SeedError(Exception):
+    """A seed or recovery disk cannot be used as asked (the message says why)."""

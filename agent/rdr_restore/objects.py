@@ -21,10 +21,7 @@ from rdr_format.manifest import Manifest
 from rdr_format.objects import DecryptError, ObjectCipher, ObjectMissing, chunk_name, snapshot_names
 
 from .engine import RemoteChunks, RestoreSummary, restore_blocks
-
-
-class DcError(Exception):
-    """A data-center operation cannot proceed (message says why)."""
+from .errors import DcError
 
 
 class ObjectReader(Protocol):

@@ -23,11 +23,11 @@ from rdr_restore.disk import (
     DiskLayout,
     Progress,
     Reporter,
-    SeedError,
     index_ids,
     key_id,
     verify_disk,
 )
+from rdr_restore.errors import SeedError
 from rdr_restore.objects import load_snapshot
 
 from ..aiotasks import gather_all

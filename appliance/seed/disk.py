@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rdr_format.fsutil import fsync_dir, syncfs
-from rdr_restore.disk import OBJECTS, SUMS, DiskLayout, SeedError
+from rdr_restore.disk import OBJECTS, SUMS, DiskLayout
+from rdr_restore.errors import SeedError
 
 from ..store.errors import Conflict
 from ..store.lock import exclusive

@@ -15,16 +15,8 @@ import time
 from collections.abc import Iterator
 
 from rdr_format.objects import ObjectCipher, chunk_name, snapshot_names
-from rdr_restore.disk import (
-    FORMAT,
-    OBJECTS,
-    PROTECT,
-    DiskLayout,
-    Progress,
-    Reporter,
-    SeedError,
-    key_id,
-)
+from rdr_restore.disk import FORMAT, OBJECTS, PROTECT, DiskLayout, Progress, Reporter, key_id
+from rdr_restore.errors import SeedError
 
 from ..replication.engine import build_checkpoint
 from ..store.datastore import Datastore

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rdr_format.fsutil import syncfs
-from rdr_restore.disk import KIND_OF_LABEL, LABEL_OF_KIND, SeedError
+from rdr_restore.disk import KIND_OF_LABEL, LABEL_OF_KIND
+from rdr_restore.errors import SeedError
 
 from ..health.disks import mounts
 

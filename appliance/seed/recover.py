@@ -15,15 +15,8 @@ import time
 
 from rdr_format.manifest import Manifest
 from rdr_format.objects import OVERHEAD, ObjectCipher, chunk_name, snapshot_names
-from rdr_restore.disk import (
-    RECOVER,
-    DiskLayout,
-    Progress,
-    Reporter,
-    SeedError,
-    index_ids,
-    verify_disk,
-)
+from rdr_restore.disk import RECOVER, DiskLayout, Progress, Reporter, index_ids, verify_disk
+from rdr_restore.errors import SeedError
 
 from ..store.datastore import Datastore
 from ..store.lock import exclusive

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from rdr_format.fsutil import syncfs
 from rdr_format.objects import ObjectCipher
-from rdr_restore.disk import PROTECT, RECOVER, DamagedDisk, DiskLayout, Progress, SeedError
+from rdr_restore.disk import PROTECT, RECOVER, DamagedDisk, DiskLayout, Progress
+from rdr_restore.errors import SeedError
 
 from ..store.datastore import Datastore
 from ..store.errors import Conflict, NotFound, Unprocessable
