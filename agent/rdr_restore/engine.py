@@ -26,7 +26,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
@@ -284,6 +284,30 @@ class _Filter:
     def ancestor(self, path: bytes) -> bool:
         prefix = path + b"/" if path else b""
         return not self.all and any(i.startswith(prefix) for i in self.paths)
+
+
+def selected_bytes(blocks: Iterable[tuple[bytes, list[Entry]]], include: list[bytes]) -> int:
+    """The data bytes restoring `include` writes (hard links to a file that is restored too
+    are links, not data), for the page's progress bar."""
+    incs = [p.strip(b"/") for p in include]
+    everything = any(not p for p in incs)
+    wanted = set(incs)
+
+    def under(path: bytes) -> bool:
+        return everything or any(path == i or path.startswith(i + b"/") for i in incs)
+
+    total = 0
+    for path, entries in blocks:
+        whole = under(path)
+        for e in entries:
+            if e.type not in (FILE, HARDLINK):
+                continue
+            if not whole and join_path(path, e.name) not in wanted:
+                continue
+            if e.type == HARDLINK and e.link and under(e.link):
+                continue
+            total += e.size
+    return total
 
 
 def _earlier(src: bytes, parent: bytes, name: bytes) -> bool:
