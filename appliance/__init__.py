@@ -1,3 +1,5 @@
 """RDR appliance firmware: LAN backup ingest, deduplicating store, agent and restore."""
 
-__version__ = "0.1.0"
+from rdr_format import __version__  # one version for the appliance and the agent
+
+__all__ = ["__version__"]

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tomlfile import read_toml
+from rdr_agent.util.tomlfile import read_toml
 
 
 class ConfigError(ValueError):

@@ -27,6 +27,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from rdr_format.chunkfile import MAX_FILE_SIZE
+from rdr_format.objects import ObjectCipher
+
 from . import __version__, wiring
 from .backup_schedule import BackupScheduler
 from .browse.tree import Browser
@@ -41,14 +44,12 @@ from .health.metrics import ApplianceCollector, LiveState
 from .health.systemd import Notifier
 from .ingest.api import IngestApi
 from .pools import HeavyGate, Pools
-from .replication.crypto import ObjectCipher
 from .replication.engine import Replicator
 from .replication.status import replication_status
 from .replication.tunnel import TunnelWatch
 from .scheduler import Scheduler
 from .seed.service import SeedDisks
 from .store.accounts import Accounts
-from .store.chunkfile import MAX_FILE_SIZE
 from .store.datastore import Datastore
 from .store.errors import Unavailable
 from .store.lock import HeldLock

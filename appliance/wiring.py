@@ -7,11 +7,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
+from rdr_format.objects import ObjectCipher, load_or_create_key
+
 from .backup_schedule import BackupScheduler
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
-from .replication.crypto import ObjectCipher, load_or_create_key
 from .replication.engine import Replicator
 from .replication.targets import (
     DirTarget,

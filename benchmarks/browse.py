@@ -34,10 +34,10 @@ import aiohttp
 from appliance.config import Config, ReplicationConfig, ServerConfig, StoreConfig
 from appliance.daemon import Daemon
 from appliance.store.accounts import Accounts
-from appliance.store.catalog import DIR, FILE, CatalogWriter, Entry, Range
-from appliance.store.chunkfile import ChunkEncoder
 from appliance.store.datastore import CommitRequest, Datastore
-from appliance.store.manifest import StreamRef
+from rdr_format.catalog import DIR, FILE, CatalogWriter, Entry, Range
+from rdr_format.chunkfile import ChunkEncoder
+from rdr_format.manifest import StreamRef
 
 RESULTS = Path(__file__).parent / "results"
 CUT = 1 << 20

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.store.chunkfile import (
+from rdr_format.chunkfile import (
     ChunkDecoder,
     ChunkEncoder,
     possession_key,

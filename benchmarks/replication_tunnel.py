@@ -27,12 +27,12 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-from appliance.store.catalog import FILE, CatalogWriter, Entry, Range
-from appliance.store.chunkfile import ChunkEncoder
 from appliance.store.datastore import CommitRequest, Datastore
-from appliance.store.manifest import StreamRef
 from hil.swift import SwiftServer
 from hil.tunnel import Tunnel, TunnelPlan
+from rdr_format.catalog import FILE, CatalogWriter, Entry, Range
+from rdr_format.chunkfile import ChunkEncoder
+from rdr_format.manifest import StreamRef
 
 RESULTS = Path(__file__).parent / "results"
 

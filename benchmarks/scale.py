@@ -270,8 +270,8 @@ def measure_index(path: Path, n: int, count: int, seed: int) -> dict:
     out["dc_stats_seconds"] = round(time.perf_counter() - t0, 3)
     assert n_rows == n, (n_rows, n)
     # `rdr dc verify`: every recorded id as its object name, in name order, sorted on disk.
-    from appliance.replication.crypto import ObjectCipher
     from appliance.store.extsort import sorted_lines
+    from rdr_format.objects import ObjectCipher
 
     cipher = ObjectCipher(bytes(32))
     _reset_hwm()
@@ -292,7 +292,7 @@ def measure_index(path: Path, n: int, count: int, seed: int) -> dict:
 def measure_commit_check(root: Path, n: int, reuse_max: int = 1_000_000) -> dict:
     """A commit reusing `m` chunks of its parent, 1 % of them not in the parent."""
     from appliance.store.datastore import Datastore
-    from appliance.store.manifest import Manifest, StreamRef
+    from rdr_format.manifest import Manifest, StreamRef
 
     m = min(n // 2, reuse_max)
     store = Datastore(root, reserve_bytes=0)  # its chunks/ is the store built above

@@ -40,7 +40,7 @@ def new_data_key() -> bytes:
 
 
 def key_file_bytes(key: bytes) -> bytes:
-    """The key file format appliance.replication.crypto reads (64 hex digits)."""
+    """The key file format rdr_format.objects reads (64 hex digits)."""
     return key.hex().encode() + b"\n"
 
 

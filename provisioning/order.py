@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from appliance.store.index import HOST_RE
-from appliance.tomlfile import read_toml
+from rdr_agent.util.tomlfile import read_toml
 
 
 class OrderError(ValueError):

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from appliance.agent.client import ApplianceClient, Endpoint
 from appliance.config import (
     CapacityConfig,
     Config,
@@ -33,6 +32,7 @@ from appliance.config import (
 )
 from appliance.daemon import Daemon
 from appliance.store.datastore import Datastore
+from rdr_agent.client import ApplianceClient, Endpoint
 
 from .factory import Bench, make_bench
 

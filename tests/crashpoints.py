@@ -25,12 +25,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from appliance import cli
-from appliance.replication.crypto import ObjectCipher, load_or_create_key
-from appliance.replication.dc import checkpoints
-from appliance.replication.engine import chunk_name, snapshot_names
 from appliance.replication.targets import DirTarget
 from appliance.store.datastore import Datastore
-from appliance.store.manifest import IDX_MAGIC
+from rdr_format.manifest import IDX_MAGIC
+from rdr_format.objects import ObjectCipher, chunk_name, load_or_create_key, snapshot_names
+from rdr_restore.objects import checkpoints
 
 from .unit.test_lifecycle import FakeClock, commit_files
 

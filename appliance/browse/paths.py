@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
-from ..store.catalog import CatalogError, split_path
+from rdr_format.catalog import CatalogError, split_path
+
 from ..store.errors import StoreError
 
 

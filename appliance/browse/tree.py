@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..store.catalog import (
+from rdr_format.catalog import (
     DIR,
     FILE,
     HARDLINK,
@@ -46,10 +46,11 @@ from ..store.catalog import (
     path_key,
     split_path,
 )
+from rdr_format.manifest import Manifest
+
 from ..store.datastore import Datastore
 from ..store.errors import NotFound, StoreError
 from ..store.index import SnapshotRow
-from ..store.manifest import Manifest
 
 TYPE_NAMES = {"f": "file", "d": "dir", "l": "symlink", "h": "hardlink", "p": "fifo",
               "c": "chardev", "b": "blockdev"}

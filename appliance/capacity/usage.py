@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import zstandard
 
-from ..store.chunkfile import FLAG_ZSTD, HEADER_SIZE, is_chunk_id
+from rdr_format.chunkfile import FLAG_ZSTD, HEADER_SIZE, is_chunk_id
+
 from ..store.datastore import Datastore
 from ..store.gc import merged_ids, shard_dirs
 

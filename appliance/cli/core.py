@@ -97,13 +97,13 @@ def appliance_errors() -> tuple[type[Exception], ...]:
 
     Imported when an error is being mapped, not with the CLI: the classes live beside the
     code that raises them (replication, seed disks), which `rdr --help` need not load."""
-    from ..replication.crypto import DecryptError
-    from ..replication.crypto import KeyError_ as ReplicationKeyError
-    from ..replication.dc import DcError
+    from rdr_format.catalog import CatalogError
+    from rdr_format.chunkfile import ChunkError
+    from rdr_format.objects import DecryptError
+    from rdr_format.objects import KeyError_ as ReplicationKeyError
+    from rdr_restore.errors import DcError, SeedError
+
     from ..replication.targets import TargetError
-    from ..seed.disk import SeedError
-    from ..store.catalog import CatalogError
-    from ..store.chunkfile import ChunkError
     from ..store.errors import StoreError
 
     return (ConfigError, StoreError, TargetError, DcError, ReplicationKeyError, DecryptError,

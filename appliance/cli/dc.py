@@ -9,13 +9,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from rdr_agent.util.textfmt import human_bytes
+
 from ..config import ConfigError
-from ..textfmt import human_bytes
 from .core import EXIT_PROBLEMS, Context, Parents, Subparsers, command, group, print_json
 from .seed import DAMAGED_DISK_EXITS, disk_reporter, print_damage
 
 if TYPE_CHECKING:
-    from ..replication.crypto import ObjectCipher
+    from rdr_format.objects import ObjectCipher
+
     from ..replication.targets import Target
 
 T = TypeVar("T")
@@ -59,7 +61,7 @@ def at_dc(target: Target, work: Callable[[], Awaitable[T]]) -> T:
 
 
 def snapshots(ctx: Context) -> int:
-    from ..replication.dc import checkpoints
+    from rdr_restore.objects import checkpoints
 
     target, cipher = access(ctx)
     cps = at_dc(target, lambda: checkpoints(target, cipher))
@@ -102,7 +104,7 @@ def verify(ctx: Context) -> int:
 def restore(ctx: Context) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..replication.dc import dc_restore
+    from rdr_restore.objects import dc_restore
 
     a = ctx.args
     target, cipher = access(ctx)
@@ -127,8 +129,9 @@ def restore(ctx: Context) -> int:
 
 
 def import_seed(ctx: Context) -> int:
+    from rdr_restore.disk import DamagedDisk, DiskLayout, Progress
+
     from ..seed import dcside
-    from ..seed.disk import DamagedDisk, DiskLayout, Progress
 
     target, cipher = access(ctx)
     progress = Progress("import-seed")
@@ -150,8 +153,9 @@ def import_seed(ctx: Context) -> int:
 
 
 def export_recover(ctx: Context) -> int:
+    from rdr_restore.disk import DiskLayout, Progress
+
     from ..seed import dcside
-    from ..seed.disk import DiskLayout, Progress
 
     a = ctx.args
     target, cipher = access(ctx)

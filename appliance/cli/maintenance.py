@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..textfmt import human_bytes
+from rdr_agent.util.textfmt import human_bytes
+
 from .core import EXIT_PROBLEMS, Context, Parents, Subparsers, command, group, print_json, ts
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rdr_agent.util.textfmt import human_bytes
+
 from ..config import ConfigError
-from ..textfmt import human_bytes
 from .core import (
     EXIT_PROBLEMS,
     EXIT_QUEUED,

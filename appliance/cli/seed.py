@@ -7,17 +7,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..textfmt import human_bytes
+from rdr_agent.util.textfmt import human_bytes
+
 from .core import EXIT_PROBLEMS, Context, Parents, Subparsers, command, group, print_json, ts
 
 if TYPE_CHECKING:
-    from ..seed.disk import DamagedDisk, DiskLayout, Reporter
+    from rdr_restore.disk import DamagedDisk, DiskLayout, Reporter
 
 
 def disk_reporter(ctx: Context, kind: str, layout: DiskLayout | None = None) -> Reporter:
     """Progress of a disk operation: on the disk (the daemon's panel reads it there) and, on
     a terminal, on stderr."""
-    from ..seed.disk import Progress
+    from rdr_restore.disk import Progress
 
     echo = ctx.echo(kind)
 
@@ -40,9 +41,12 @@ def print_damage(exc: DamagedDisk) -> int:
 
 
 def export(ctx: Context) -> int:
+    from rdr_restore.disk import PROTECT, DiskLayout, Progress
+    from rdr_restore.errors import SeedError
+
     from .. import wiring
     from ..seed import mounts
-    from ..seed.disk import PROTECT, DiskLayout, Progress, SeedError, one_operation
+    from ..seed.disk import one_operation
     from ..seed.export import export_seed
 
     cfg = ctx.cfg
@@ -70,9 +74,11 @@ def export(ctx: Context) -> int:
 
 
 def import_(ctx: Context) -> int:
+    from rdr_restore.disk import RECOVER, DamagedDisk, DiskLayout, Progress
+
     from .. import wiring
     from ..seed import mounts
-    from ..seed.disk import RECOVER, DamagedDisk, DiskLayout, Progress, one_operation
+    from ..seed.disk import one_operation
     from ..seed.recover import import_recovery
 
     cipher = wiring.replication_cipher(ctx.cfg)

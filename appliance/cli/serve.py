@@ -8,8 +8,9 @@ from .core import Context, Parents, Subparsers, command
 def serve(ctx: Context) -> int:
     import asyncio
 
+    from rdr_agent.util.memory import tune_malloc
+
     from ..daemon import serve as run_daemon
-    from ..memory import tune_malloc
 
     # One arena: the daemon's workers hand buffers to the event loop and back, and with
     # 20 agents a second arena only added fragmentation (peak RSS ~201 -> ~196 MiB).

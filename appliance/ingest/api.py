@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from rdr_format.catalog import CatalogError
+from rdr_format.chunkfile import MAX_FILE_SIZE, is_chunk_id
+from rdr_format.manifest import StreamRef
+
 from .. import __version__
-from ..store.catalog import CatalogError
-from ..store.chunkfile import MAX_FILE_SIZE, is_chunk_id
 from ..store.datastore import CommitRequest, Datastore
-from ..store.manifest import StreamRef
 from ..store.restore_jobs import RestoreJobs
 from ..store.snapshots import is_snapshot_id
 from ..web.auth import ACCOUNT, ADMIN, HOST, auth_middleware, require_admin, require_host

@@ -35,11 +35,12 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from rdr_format.catalog import iter_blocks
+from rdr_format.chunkfile import MAX_FILE_SIZE, ChunkError
+
 from ..pools import run_in
 from ..store.backup_runs import MAX_MESSAGE as RUN_MAX_MESSAGE
 from ..store.backup_runs import BackupRun, check_gaps
-from ..store.catalog import iter_blocks
-from ..store.chunkfile import MAX_FILE_SIZE, ChunkError
 from ..store.datastore import Datastore
 from ..store.job_view import JobView, JobViews, build_view
 from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs

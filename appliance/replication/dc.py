@@ -1,8 +1,7 @@
-"""Data-center side: list, verify and restore replicated snapshots from the objects alone.
+"""Data-center side: verify the replicated snapshots against the local store.
 
-`dc_restore` needs only the bucket, its credentials and the escrowed data key -- no appliance,
-no local store: checkpoints name the snapshots, the manifest names the catalog, the catalog
-names the chunks, and every object is decrypted and hash-checked before use.
+Listing and restoring from the objects alone (`rdr dc restore`) is `rdr_restore.objects`,
+shared with the agent's recovery-disk restore.
 """
 
 from __future__ import annotations
@@ -11,84 +10,14 @@ import asyncio
 import hashlib
 import itertools
 import json
-from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from ..agent.restorer import RemoteChunks, RestoreSummary, restore_blocks
-from ..store import catalog, extsort
-from ..store.chunkfile import ChunkDecoder, ChunkError
+from rdr_format.chunkfile import ChunkDecoder, ChunkError
+from rdr_format.objects import DecryptError, ObjectCipher, chunk_name, snapshot_names
+
+from ..store import extsort
 from ..store.datastore import Datastore
-from ..store.manifest import Manifest
-from .crypto import DecryptError, ObjectCipher
-from .engine import chunk_name, snapshot_names
 from .targets import NotFoundAtTarget, Target
-
-
-class DcError(Exception):
-    """A data-center operation cannot proceed (message says why)."""
-
-
-async def checkpoints(target: Target, cipher: ObjectCipher) -> list[dict]:
-    """Every replicated snapshot the data center holds, oldest first."""
-    out = []
-    async for name in target.list("k/"):
-        try:
-            out.append(json.loads(cipher.open(name, await target.get(name))))
-        except (DecryptError, ValueError):
-            continue  # not ours, or under another key
-    out.sort(key=lambda c: (c["received_at"], c["host"], c["snapshot"]))
-    return out
-
-
-class _DcChunkClient:
-    """What RemoteChunks expects of a client, served from data-center objects."""
-
-    def __init__(self, target: Target, cipher: ObjectCipher) -> None:
-        self.target, self.cipher = target, cipher
-
-    async def get_chunk(self, snap: str, cid: str) -> bytes:
-        name = chunk_name(self.cipher, cid)
-        try:
-            return self.cipher.open(name, await self.target.get(name))
-        except NotFoundAtTarget:  # fails the files that need it, not the whole restore
-            raise ChunkError(f"chunk {cid} is missing at the data center") from None
-        except DecryptError as exc:
-            raise ChunkError(str(exc)) from None
-
-
-async def load_snapshot(target: Target, cipher: ObjectCipher, host: str, snapshot: str,
-                        ) -> tuple[dict, Manifest]:
-    cps = [c for c in await checkpoints(target, cipher) if c["host"] == host]
-    if not cps:
-        raise DcError(f"the data center holds no snapshot of host {host!r}")
-    cp = cps[-1] if snapshot == "latest" else next(
-        (c for c in cps if c["snapshot"] == snapshot), None)
-    if cp is None:
-        raise DcError(f"the data center holds no snapshot {snapshot!r} of {host!r}")
-    m_name, _, _ = snapshot_names(cipher, host, cp["snapshot"])
-    raw = cipher.open(m_name, await target.get(m_name))
-    if hashlib.sha256(raw).hexdigest() != cp["manifest_sha256"]:
-        raise DcError(f"manifest of {host}/{cp['snapshot']} does not match its checkpoint")
-    return cp, Manifest.from_json(raw)
-
-
-async def dc_restore(target: Target, cipher: ObjectCipher, host: str, snapshot: str,
-                     to: Path, include: list[bytes] | None, pool: Executor,
-                     on_progress=None) -> tuple[dict, RestoreSummary]:
-    cp, manifest = await load_snapshot(target, cipher, host, snapshot)
-    client = _DcChunkClient(target, cipher)
-    dec = ChunkDecoder()
-    pieces = []
-    for cid, size in manifest.catalog.chunks:  # the catalog is small next to the data
-        plain = dec.decode(await client.get_chunk(cp["snapshot"], cid), cid)
-        if len(plain) != size:
-            raise DcError(f"catalog chunk {cid} has the wrong size")
-        pieces.append(plain)
-    blocks = catalog.iter_blocks(pieces)
-    source = RemoteChunks(client, cp["snapshot"], pool)  # type: ignore[arg-type]
-    summary = await restore_blocks(blocks, source, to, include, pool, on_progress)
-    return cp, summary
 
 
 @dataclass(slots=True)

@@ -27,28 +27,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from rdr_format.chunkfile import ChunkDecoder
+from rdr_format.fsutil import atomic_write
+from rdr_format.objects import OVERHEAD, ObjectCipher, chunk_name, snapshot_names
+
 from ..aiotasks import gather_all
 from ..seed import pending as seed_pending
-from ..store.chunkfile import ChunkDecoder
 from ..store.datastore import Datastore
 from ..store.errors import Conflict, NotFound
-from ..store.fsutil import atomic_write
 from ..store.gc import merged_ids, sorted_difference
 from ..store.lock import HeldLock
-from .crypto import OVERHEAD, ObjectCipher
 from .targets import NotFoundAtTarget, Target, TargetError, in_span, parse_schedule
 
 log = logging.getLogger("rdr.replication")
-
-
-def chunk_name(cipher: ObjectCipher, cid: str) -> str:
-    return cipher.name("chunk", cid)
-
-
-def snapshot_names(cipher: ObjectCipher, host: str, snap: str) -> tuple[str, str, str]:
-    ident = f"{host}/{snap}"
-    return (cipher.name("manifest", ident), cipher.name("index", ident),
-            cipher.name("k-checkpoint", ident))
 
 
 def build_checkpoint(host: str, snap: str, manifest: bytes, idx_bytes: bytes,

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from ..ratelimit import Pacer
-from ..store.fsutil import fsync_dir, write_durable
+from rdr_agent.util.ratelimit import Pacer
+from rdr_format.fsutil import fsync_dir, write_durable
+from rdr_format.objects import ObjectMissing
 
 log = logging.getLogger("rdr.replication")
 
@@ -34,7 +35,7 @@ class TargetError(Exception):
         self.transient = transient
 
 
-class NotFoundAtTarget(TargetError):
+class NotFoundAtTarget(TargetError, ObjectMissing):
     def __init__(self, name: str) -> None:
         super().__init__(f"object {name} is not at the data center", False)
 

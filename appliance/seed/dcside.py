@@ -13,26 +13,26 @@ import json
 import time
 from collections.abc import Iterator
 
-from ..aiotasks import gather_all
-from ..replication.crypto import ObjectCipher
-from ..replication.dc import load_snapshot
-from ..replication.engine import chunk_name, snapshot_names
-from ..replication.targets import Target
-from ..store.chunkfile import ChunkDecoder, ChunkError
-from .disk import (
+from rdr_format.chunkfile import ChunkDecoder, ChunkError
+from rdr_format.objects import ObjectCipher, chunk_name, snapshot_names
+from rdr_restore.disk import (
     FORMAT,
     PROTECT,
     RECOVER,
     DamagedDisk,
     DiskLayout,
-    ObjectWriter,
     Progress,
     Reporter,
-    SeedError,
     index_ids,
     key_id,
     verify_disk,
 )
+from rdr_restore.errors import SeedError
+from rdr_restore.objects import load_snapshot
+
+from ..aiotasks import gather_all
+from ..replication.targets import Target
+from .disk import ObjectWriter
 
 #: Upload order: a snapshot's checkpoint -- what makes it "replicated" -- goes last.
 _ORDER = "cmik"

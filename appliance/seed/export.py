@@ -14,22 +14,15 @@ import threading
 import time
 from collections.abc import Iterator
 
-from ..replication.crypto import ObjectCipher
-from ..replication.engine import build_checkpoint, chunk_name, snapshot_names
+from rdr_format.objects import ObjectCipher, chunk_name, snapshot_names
+from rdr_restore.disk import FORMAT, OBJECTS, PROTECT, DiskLayout, Progress, Reporter, key_id
+from rdr_restore.errors import SeedError
+
+from ..replication.engine import build_checkpoint
 from ..store.datastore import Datastore
 from ..store.gc import merged_ids, sorted_difference
 from . import pending
-from .disk import (
-    FORMAT,
-    OBJECTS,
-    PROTECT,
-    DiskLayout,
-    ObjectWriter,
-    Progress,
-    Reporter,
-    SeedError,
-    key_id,
-)
+from .disk import ObjectWriter
 
 REPORT_EVERY = 0.5  # seconds between progress reports
 

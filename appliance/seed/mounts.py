@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rdr_format.fsutil import syncfs
+from rdr_restore.disk import KIND_OF_LABEL, LABEL_OF_KIND
+from rdr_restore.errors import SeedError
+
 from ..health.disks import mounts
-from ..store.fsutil import syncfs
-from .disk import KIND_OF_LABEL, LABEL_OF_KIND, SeedError
 
 _OPTIONS = "nosuid,nodev,noexec"
 

@@ -8,32 +8,18 @@ straight to a directory (`rdr-agent restore --from-disk`, the disk plugged into 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import threading
 import time
-from concurrent.futures import Executor
-from pathlib import Path
 
-from ..agent.restorer import RestoreSummary
-from ..replication.crypto import OVERHEAD, ObjectCipher
-from ..replication.dc import dc_restore
-from ..replication.engine import chunk_name, snapshot_names
-from ..replication.targets import DirTarget
+from rdr_format.manifest import Manifest
+from rdr_format.objects import OVERHEAD, ObjectCipher, chunk_name, snapshot_names
+from rdr_restore.disk import RECOVER, DiskLayout, Progress, Reporter, index_ids, verify_disk
+from rdr_restore.errors import SeedError
+
 from ..store.datastore import Datastore
 from ..store.lock import exclusive
-from ..store.manifest import Manifest
-from .disk import (
-    OBJECTS,
-    RECOVER,
-    DiskLayout,
-    Progress,
-    Reporter,
-    SeedError,
-    index_ids,
-    verify_disk,
-)
 
 
 def import_recovery(store: Datastore, cipher: ObjectCipher, layout: DiskLayout,
@@ -84,13 +70,3 @@ def import_recovery(store: Datastore, cipher: ObjectCipher, layout: DiskLayout,
     if report is not None:
         report(progress)
     return done
-
-
-async def restore_from_disk(root: Path, cipher: ObjectCipher, host: str, snapshot: str,
-                            to: Path, include: list[bytes] | None, pool: Executor,
-                            on_progress=None) -> tuple[dict, RestoreSummary]:
-    """Restore files from a recovery disk mounted at `root`, checked in full first."""
-    layout = DiskLayout(root)
-    await asyncio.to_thread(verify_disk, layout, cipher, RECOVER, Progress("verify"))
-    return await dc_restore(DirTarget(root / OBJECTS), cipher, host, snapshot, to, include,
-                            pool, on_progress)

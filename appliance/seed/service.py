@@ -20,21 +20,16 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..replication.crypto import ObjectCipher
+from rdr_format.fsutil import syncfs
+from rdr_format.objects import ObjectCipher
+from rdr_restore.disk import PROTECT, RECOVER, DamagedDisk, DiskLayout, Progress
+from rdr_restore.errors import SeedError
+
 from ..store.datastore import Datastore
 from ..store.errors import Conflict, NotFound, Unprocessable
-from ..store.fsutil import syncfs
 from . import mounts
 from . import pending as seed_pending
-from .disk import (
-    PROTECT,
-    RECOVER,
-    DamagedDisk,
-    DiskLayout,
-    Progress,
-    SeedError,
-    one_operation,
-)
+from .disk import one_operation
 from .export import export_seed
 from .recover import import_recovery
 

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .chunkfile import ChunkDecoder, ChunkError, is_chunk_id
-from .fsutil import fsync_dir, syncfs, write_durable
+from rdr_format.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
+from rdr_format.fsutil import fsync_dir, syncfs, write_durable
 
 
 class ChunkStore:

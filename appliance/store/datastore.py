@@ -22,16 +22,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rdr_format.catalog import CatalogError, CatalogSummary, CatalogTooLarge, validate
+from rdr_format.chunkfile import ChunkError, is_chunk_id, possession_proof
+from rdr_format.fsutil import atomic_write, fsync_dir
+from rdr_format.manifest import ChunkIndex, Manifest, StreamRef
+
 from .backup_plans import BackupPlans
 from .backup_runs import BackupRuns
-from .catalog import CatalogError, CatalogSummary, CatalogTooLarge, validate
-from .chunkfile import ChunkError, is_chunk_id, possession_proof
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
-from .fsutil import atomic_write, fsync_dir
 from .index import Index, SessionRow, SnapshotRow
 from .lock import exclusive, is_held
-from .manifest import ChunkIndex, Manifest, StreamRef
 from .ownership import Ownership
 from .retention import Policy
 from .snapshots import SnapshotStore, next_snapshot_id

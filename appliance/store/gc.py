@@ -24,7 +24,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
-from .chunkfile import is_chunk_id
+from rdr_format.chunkfile import is_chunk_id
+
 from .jobs import Job
 from .lock import exclusive
 

@@ -27,8 +27,9 @@ from array import array
 from collections.abc import Iterable
 from pathlib import Path
 
-from .catalog import DIR, FILE, HARDLINK, CatalogWriter, join_path
-from .chunkfile import ChunkEncoder
+from rdr_format.catalog import DIR, FILE, HARDLINK, CatalogWriter, join_path
+from rdr_format.chunkfile import ChunkEncoder
+
 from .chunkstore import ChunkStore
 
 

@@ -27,8 +27,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from .chunkfile import NONCE_SIZE, possession_key
-from .fsutil import atomic_write
+from rdr_format.chunkfile import NONCE_SIZE, possession_key
+from rdr_format.fsutil import atomic_write
 
 ID_SIZE = 32
 

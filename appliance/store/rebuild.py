@@ -11,7 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from .chunkfile import is_chunk_id
+from rdr_format.chunkfile import is_chunk_id
+
 from .datastore import Datastore
 from .errors import Conflict
 from .jobs import Job, Progress

@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .catalog import CatalogError, dec_bytes, enc_bytes, split_path
+from rdr_format.catalog import CatalogError, dec_bytes, enc_bytes, split_path
+
 from .errors import Conflict, NotFound, StoreError
 from .index import Index
 

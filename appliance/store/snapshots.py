@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .catalog import CatalogError
+from rdr_format.catalog import CatalogError
+from rdr_format.fsutil import fsync_dir, write_durable
+from rdr_format.manifest import ChunkIndex, Manifest, write_chunk_index
+
 from .errors import NotFound
-from .fsutil import fsync_dir, write_durable
-from .manifest import ChunkIndex, Manifest, write_chunk_index
 
 SNAP_FORMAT = "%Y-%m-%dT%H-%M-%SZ"
 

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from .catalog import CatalogError, validate
-from .chunkfile import ChunkDecoder, ChunkError, is_chunk_id
+from rdr_format.catalog import CatalogError, validate
+from rdr_format.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
+
 from .gc import merged_ids, shard_dirs
 from .jobs import Job
 

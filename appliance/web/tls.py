@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ..store.fsutil import atomic_write
+from rdr_format.fsutil import atomic_write
 
 
 def create_self_signed(cert_path: Path, key_path: Path, common_name: str) -> None:

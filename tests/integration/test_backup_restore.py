@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.agent.archiver import Archiver
-from appliance.agent.client import ApplianceClient
+from rdr_agent.archiver import Archiver
+from rdr_agent.client import ApplianceClient
 
 from ..conftest import Appliance, agent_cmd
 from ..treeutil import assert_same_tree, make_tree, restored_root, run

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.agent.client import ApplianceClient, Endpoint
+from rdr_agent.client import ApplianceClient, Endpoint
 
 from ..conftest import Appliance, agent_cmd, rdr_cmd
 from ..treeutil import run

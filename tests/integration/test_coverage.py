@@ -10,7 +10,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from appliance.agent.coverage import Coverage, check_coverage
+from rdr_agent.coverage import Coverage, check_coverage
 
 from ..conftest import Appliance, agent_cmd
 from ..treeutil import run

@@ -30,16 +30,16 @@ import requests
 from appliance import cli
 from appliance.cli import maintenance as cli_maintenance
 from appliance.config import ConfigError
-from appliance.replication.crypto import DecryptError, KeyError_, ObjectCipher
-from appliance.replication.dc import DcError, checkpoints
 from appliance.replication.engine import Replicator
 from appliance.replication.targets import DirTarget, NotFoundAtTarget, TargetError
-from appliance.seed.disk import SeedError
-from appliance.store.catalog import CatalogError
-from appliance.store.chunkfile import ChunkError
 from appliance.store.datastore import Datastore
 from appliance.store.errors import NotFound, StoreError
 from appliance.web.tls import fingerprint
+from rdr_format.catalog import CatalogError
+from rdr_format.chunkfile import ChunkError
+from rdr_format.objects import DecryptError, KeyError_, ObjectCipher
+from rdr_restore.errors import DcError, SeedError
+from rdr_restore.objects import checkpoints
 
 from ..crashpoints import (
     BIN,

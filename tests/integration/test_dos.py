@@ -20,14 +20,14 @@ import pytest
 import requests
 
 from appliance.store.accounts import Accounts
-from appliance.store.catalog import (
+from rdr_format.catalog import (
     DIR,
     FILE,
     CatalogWriter,
     Entry,
     Range,
 )
-from appliance.store.chunkfile import MAX_PLAIN_SIZE, ChunkEncoder
+from rdr_format.chunkfile import MAX_PLAIN_SIZE, ChunkEncoder
 
 from ..conftest import Appliance
 from ..live import Live, start_live

@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from appliance.agent.client import ApplianceError
-from appliance.store.catalog import FILE, CatalogWriter, Entry, Range
-from appliance.store.chunkfile import MAX_FILE_SIZE, ChunkEncoder, chunk_id
+from rdr_agent.client import ApplianceError
+from rdr_format.catalog import FILE, CatalogWriter, Entry, Range
+from rdr_format.chunkfile import MAX_FILE_SIZE, ChunkEncoder, chunk_id
 
 from ..conftest import Appliance
 

@@ -7,9 +7,9 @@ import asyncio
 import random
 from pathlib import Path
 
-from appliance.store.catalog import FILE, iter_blocks
 from appliance.store.datastore import Datastore
 from appliance.store.maintenance import Maintenance, MaintenanceSettings
+from rdr_format.catalog import FILE, iter_blocks
 
 from ..conftest import Appliance, rdr_cmd
 from ..treeutil import assert_same_tree, restored_root, run

@@ -96,7 +96,7 @@ async def test_readyz_reports_what_blocks_backups(appliance: Appliance) -> None:
             # ... and a new backup is refused with the reason (503), not a crash.
             token = appliance.add_host("web02")
             async with appliance.client(token) as c:
-                from appliance.agent.client import ApplianceError
+                from rdr_agent.client import ApplianceError
 
                 with pytest.raises(ApplianceError) as err:
                     await c.open_session()

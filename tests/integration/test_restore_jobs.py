@@ -19,7 +19,14 @@ import pytest
 
 from appliance.daemon import Daemon
 from appliance.ingest.jobs_api import AgentJobsApi
-from appliance.store.catalog import (
+from appliance.store.datastore import CommitRequest
+from appliance.store.errors import Conflict, NotFound, StoreError
+from appliance.store.restore_jobs import (
+    STALLED_MESSAGE,
+    UNCLAIMED_MESSAGE,
+    RestoreJobs,
+)
+from rdr_format.catalog import (
     CHARDEV,
     DIR,
     FILE,
@@ -29,15 +36,8 @@ from appliance.store.catalog import (
     iter_blocks,
     join_path,
 )
-from appliance.store.chunkfile import ChunkDecoder, ChunkEncoder
-from appliance.store.datastore import CommitRequest
-from appliance.store.errors import Conflict, NotFound, StoreError
-from appliance.store.manifest import StreamRef
-from appliance.store.restore_jobs import (
-    STALLED_MESSAGE,
-    UNCLAIMED_MESSAGE,
-    RestoreJobs,
-)
+from rdr_format.chunkfile import ChunkDecoder, ChunkEncoder
+from rdr_format.manifest import StreamRef
 
 from ..conftest import Appliance, agent_cmd, make_config
 from ..treeutil import assert_same_tree, make_tree, restored_root, run

@@ -26,15 +26,15 @@ import requests
 
 from appliance.browse.paths import to_q
 from appliance.ingest.api import IngestApi
-from appliance.store.catalog import FILE, CatalogWriter, Entry, Range, iter_blocks, join_path
-from appliance.store.chunkfile import (
+from appliance.web.page_api import PageApi
+from benchmarks.tools import Server, clean_env, wait_https
+from rdr_format.catalog import FILE, CatalogWriter, Entry, Range, iter_blocks, join_path
+from rdr_format.chunkfile import (
     ChunkDecoder,
     ChunkEncoder,
     possession_key,
     possession_proof,
 )
-from appliance.web.page_api import PageApi
-from benchmarks.tools import Server, clean_env, wait_https
 
 from ..live import PASSWORD, Live, start_live
 from ..treeutil import make_tree

@@ -20,8 +20,8 @@ async def test_hard_watermark_refuses_new_backups_on_a_real_filesystem(tmp_path:
     """On a 64 MB tmpfs filled past the 50 % hard mark by a ballast file: a new backup gets
     507 with what to do; a backup whose session opened before finishes; once space is back,
     backups are accepted again. Nothing committed is deleted to make room."""
-    from appliance.agent.client import ApplianceClient, ApplianceError, Endpoint
-    from appliance.store.chunkfile import ChunkEncoder
+    from rdr_agent.client import ApplianceClient, ApplianceError, Endpoint
+    from rdr_format.chunkfile import ChunkEncoder
 
     from ..integration.test_ingest_api import catalog_for, commit_body
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from appliance.agent.client import ApplianceError
 from appliance.daemon import Daemon
-from appliance.store.chunkfile import ChunkEncoder
+from rdr_agent.client import ApplianceError
+from rdr_format.chunkfile import ChunkEncoder
 
 from ..conftest import Appliance, make_config
 from ..integration.test_ingest_api import catalog_for, commit_body

@@ -23,7 +23,6 @@ import aiohttp
 import pytest
 
 from appliance.daemon import Daemon
-from appliance.replication.crypto import ObjectCipher
 from appliance.replication.engine import Replicator
 from appliance.replication.targets import DirTarget
 from appliance.seed import disk as disk_mod
@@ -31,6 +30,8 @@ from appliance.store.accounts import Accounts
 from appliance.store.datastore import Datastore
 from hil.disk import remove_loop
 from hil.swift import SwiftServer
+from rdr_format.objects import ObjectCipher
+from rdr_restore.disk import DiskLayout
 
 from ..conftest import Appliance, agent_cmd, make_config, rdr_cmd
 from ..integration.test_replication_s3 import write_config
@@ -188,7 +189,7 @@ async def test_seed_export_survives_an_unplug_and_seeds_the_data_center(
             await until(lambda: name in seeds.disks, "the re-inserted disk")
             d = (await panel())["disks"][0]
             assert d["disk"]["state"] == "writing" and d["disk"]["hosts"] == ["db01", "web01"]
-            journaled = len(disk_mod.DiskLayout(seeds.disks[name].mount).journal())
+            journaled = len(DiskLayout(seeds.disks[name].mount).journal())
             assert 0 < journaled <= first_run
             written.clear()
             assert (await arm(name, {"operation": "export"})).status == 202
@@ -389,7 +390,7 @@ async def test_page_imports_an_inserted_recovery_disk(tmp_path: Path) -> None:
         sh("losetup", f"/dev/{name}", str(img))
         sh("mkfs.ext4", "-q", "-L", "RDR-RECOVER", f"/dev/{name}")
         mount(f"/dev/{name}", mnt)
-        await export_recover(dc, cipher, "web01", "latest", disk_mod.DiskLayout(mnt))
+        await export_recover(dc, cipher, "web01", "latest", DiskLayout(mnt))
         sh("umount", str(mnt))
         daemon = Daemon(cfg)
         await daemon.start()
@@ -481,7 +482,7 @@ async def test_recovery_disk_dying_mid_import_leaves_the_store_untouched(
         sh("losetup", f"/dev/{name}", str(img))
         sh("mkfs.ext4", "-q", "-L", "RDR-RECOVER", f"/dev/{name}")
         mount(f"/dev/{name}", mnt)
-        await export_recover(dc, cipher, "web01", "latest", disk_mod.DiskLayout(mnt))
+        await export_recover(dc, cipher, "web01", "latest", DiskLayout(mnt))
         sh("umount", str(mnt))
         seeds = SeedDisks(store, lambda: SlowCipher(key), pool, "RDR-TEST", tmp_path / "disks")
         try:

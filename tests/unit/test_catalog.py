@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from appliance.store.catalog import (
+from rdr_format.catalog import (
     DIR,
     FILE,
     HARDLINK,
@@ -90,7 +90,7 @@ def test_validate_refuses_inconsistent_trees(blocks) -> None:
     cat, idx = bytearray(), bytearray()
     for path, entries in blocks:  # bypass the writer's own checks
         lines = [json.dumps({"d": path.decode(), "n": len(entries)}).encode() + b"\n"]
-        from appliance.store.catalog import encode_entry
+        from rdr_format.catalog import encode_entry
 
         lines += [json.dumps(encode_entry(e)).encode() + b"\n" for e in entries]
         data = b"".join(lines)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from appliance.store.chunkfile import (
+from appliance.store.chunkstore import ChunkStore
+from rdr_format.chunkfile import (
     FLAG_ZSTD,
     HEADER_SIZE,
     MAGIC,
@@ -18,7 +19,6 @@ from appliance.store.chunkfile import (
     ChunkError,
     chunk_id,
 )
-from appliance.store.chunkstore import ChunkStore
 
 
 def header(flags: int) -> bytes:

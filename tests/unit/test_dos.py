@@ -33,7 +33,9 @@ from appliance.browse.archive import ZipStream
 from appliance.browse.tree import DirIndex, PlainCache, SnapshotTree, _Listings
 from appliance.config import ConfigError
 from appliance.pools import HeavyGate, TooManyRequests
-from appliance.store.catalog import (
+from appliance.store.datastore import CatalogLimits, Datastore
+from appliance.store.errors import NotFound, StoreError, Unavailable
+from rdr_format.catalog import (
     DIR,
     FILE,
     HARDLINK,
@@ -47,10 +49,8 @@ from appliance.store.catalog import (
     path_key,
     validate,
 )
-from appliance.store.chunkfile import ChunkEncoder
-from appliance.store.datastore import CatalogLimits, Datastore
-from appliance.store.errors import NotFound, StoreError, Unavailable
-from appliance.store.manifest import StreamRef
+from rdr_format.chunkfile import ChunkEncoder
+from rdr_format.manifest import StreamRef
 
 from .test_lifecycle import commit_files
 from .test_lifecycle import data as incompressible

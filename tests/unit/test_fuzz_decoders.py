@@ -21,7 +21,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.store.catalog import (
+from appliance.store.datastore import Datastore
+from appliance.store.errors import StoreError
+from rdr_format.catalog import (
     DIR,
     FILE,
     HARDLINK,
@@ -35,7 +37,7 @@ from appliance.store.catalog import (
     iter_index,
     validate,
 )
-from appliance.store.chunkfile import (
+from rdr_format.chunkfile import (
     HEADER_SIZE,
     MAX_FILE_SIZE,
     MAX_PLAIN_SIZE,
@@ -44,9 +46,7 @@ from appliance.store.chunkfile import (
     ChunkError,
     chunk_id,
 )
-from appliance.store.datastore import Datastore
-from appliance.store.errors import StoreError
-from appliance.store.manifest import Manifest, StreamRef
+from rdr_format.manifest import Manifest, StreamRef
 
 EXAMPLES = int(os.environ.get("RDR_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=2000,

@@ -18,8 +18,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.agent.restorer import restore_blocks
-from appliance.store.catalog import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, HARDLINK, SYMLINK
+from rdr_format.catalog import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, HARDLINK, SYMLINK
+from rdr_restore.engine import restore_blocks
 
 from .test_restorer import Block, FakeSource, ent, filee, listing
 

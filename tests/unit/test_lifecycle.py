@@ -25,19 +25,19 @@ from appliance import wiring
 from appliance.config import Config, MaintenanceConfig
 from appliance.scheduler import Scheduler
 from appliance.store import prune, snapshots
-from appliance.store.catalog import FILE, CatalogWriter, Entry, Range
-from appliance.store.chunkfile import ChunkEncoder, chunk_id, possession_key, possession_proof
 from appliance.store.datastore import CommitRequest, Datastore
 from appliance.store.errors import Conflict, NotFound, StoreError
 from appliance.store.gc import GarbageCollector, GcResult
 from appliance.store.jobs import Job
 from appliance.store.lock import HeldLock, exclusive
 from appliance.store.maintenance import Maintenance, MaintenanceSettings
-from appliance.store.manifest import Manifest, StreamRef
 from appliance.store.rebuild import rebuild_index
 from appliance.store.retention import REMOVE, plan
 from appliance.store.verify import Verifier
 from appliance.wiring import periodic_jobs
+from rdr_format.catalog import FILE, CatalogWriter, Entry, Range
+from rdr_format.chunkfile import ChunkEncoder, chunk_id, possession_key, possession_proof
+from rdr_format.manifest import Manifest, StreamRef
 
 from ..conftest import rdr_cmd
 

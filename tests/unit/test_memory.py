@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from appliance.memory import tune_malloc
+from rdr_agent.util.memory import tune_malloc
 
 
 def test_tune_malloc_applies_on_glibc() -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from appliance.store.chunkfile import ChunkEncoder, possession_key, possession_proof
 from appliance.store.datastore import Datastore
 from appliance.store.ownership import Ownership, SessionProofs
+from rdr_format.chunkfile import ChunkEncoder, possession_key, possession_proof
 
 
 def test_a_torn_last_record_is_cut_off_and_appends_stay_aligned(tmp_path: Path) -> None:

@@ -17,13 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from appliance.config import load as load_config
-from appliance.replication.crypto import load_or_create_key
 from appliance.store.accounts import Accounts
 from appliance.store.index import Index
 from provisioning import burnin, escrow
 from provisioning import layout as L
 from provisioning.order import OrderError
 from provisioning.order import load as load_order
+from rdr_format.objects import load_or_create_key
 
 from ..factory import REPO, Bench, make_bench, provision, write_order
 

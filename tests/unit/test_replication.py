@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from appliance.replication.crypto import DecryptError, ObjectCipher, load_or_create_key
-from appliance.replication.dc import checkpoints, dc_restore, dc_verify
-from appliance.replication.engine import Replicator, chunk_name
+from appliance.replication.dc import dc_verify
+from appliance.replication.engine import Replicator
 from appliance.replication.targets import DirTarget, RateLimitedTarget, TargetError
 from appliance.store.datastore import Datastore
 from appliance.store.maintenance import Maintenance, MaintenanceSettings
+from rdr_format.objects import DecryptError, ObjectCipher, chunk_name, load_or_create_key
+from rdr_restore.objects import checkpoints, dc_restore
 
 from ..conftest import rdr_cmd
 from ..treeutil import run

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.agent import restorer
-from appliance.agent.catalog_cache import CatalogCache
-from appliance.agent.client import ConnectError
-from appliance.agent.restorer import RemoteChunks, RestoreSummary, restore_blocks, restore_snapshot
-from appliance.store.catalog import (
+from rdr_agent.catalog_cache import CatalogCache
+from rdr_agent.client import ConnectError
+from rdr_agent.restore import restore_snapshot
+from rdr_format.catalog import (
     BLOCKDEV,
     CHARDEV,
     DIR,
@@ -29,7 +28,9 @@ from appliance.store.catalog import (
     Entry,
     Range,
 )
-from appliance.store.chunkfile import ChunkEncoder, ChunkError, chunk_id
+from rdr_format.chunkfile import ChunkEncoder, ChunkError, chunk_id
+from rdr_restore import engine as restorer
+from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks
 
 ROOT = os.geteuid() == 0
 UID, GID = (1234, 5678) if ROOT else (os.getuid(), os.getgid())

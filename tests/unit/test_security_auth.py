@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from appliance.agent.settings import SettingsError, resolve
 from appliance.browse.archive import TarZstStream, ZipStream
-from appliance.store.catalog import DIR, FILE, SYMLINK, Entry
 from appliance.store.index import Index
 from appliance.web.page_api import _archive
 from appliance.web.throttle import SignInThrottle
+from rdr_agent.settings import SettingsError, resolve
+from rdr_format.catalog import DIR, FILE, SYMLINK, Entry
 
 
 def _extract_all(data: bytes, fmt: str, dest: Path) -> None:

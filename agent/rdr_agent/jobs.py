@@ -28,21 +28,21 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from ..store import catalog
-from ..store.catalog import FILE, HARDLINK, CatalogError, Entry, dec_bytes, join_path
-from ..textfmt import human_bytes as human
-from .client import ApplianceClient, ApplianceError, ConnectError, describe
-from .restorer import RemoteChunks, RestoreSummary, restore_blocks
-from .scheduled import BackupRunner, RunOutcome
-from .settings import AgentSettings
-from .statefiles import private_dir
+from rdr_agent.client import ApplianceClient, ApplianceError, ConnectError, describe
+from rdr_agent.scheduled import BackupRunner, RunOutcome
+from rdr_agent.settings import AgentSettings
+from rdr_agent.statefiles import private_dir
+from rdr_agent.util.textfmt import human_bytes as human
+from rdr_format import catalog
+from rdr_format.catalog import CatalogError, dec_bytes
+from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks, selected_bytes
 
 log = logging.getLogger("rdr.agent.jobs")
 T = TypeVar("T")
@@ -131,30 +131,6 @@ def job_paths(raw: object) -> list[bytes]:
         return [dec_bytes(p, "path") for p in raw]
     except (CatalogError, UnicodeError) as exc:
         raise JobRefused(f"the job has a malformed path: {exc}") from None
-
-
-def selected_bytes(blocks: Iterable[tuple[bytes, list[Entry]]], include: list[bytes]) -> int:
-    """The data bytes restoring `include` writes (hard links to a file that is restored too
-    are links, not data), for the page's progress bar."""
-    incs = [p.strip(b"/") for p in include]
-    everything = any(not p for p in incs)
-    wanted = set(incs)
-
-    def under(path: bytes) -> bool:
-        return everything or any(path == i or path.startswith(i + b"/") for i in incs)
-
-    total = 0
-    for path, entries in blocks:
-        whole = under(path)
-        for e in entries:
-            if e.type not in (FILE, HARDLINK):
-                continue
-            if not whole and join_path(path, e.name) not in wanted:
-                continue
-            if e.type == HARDLINK and e.link and under(e.link):
-                continue
-            total += e.size
-    return total
 
 
 class _Progress:

@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..store.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
-from .client import ApplianceClient
-from .statefiles import private_dir, write_private
+from rdr_agent.client import ApplianceClient
+from rdr_agent.statefiles import private_dir, write_private
+from rdr_format.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
 
 log = logging.getLogger("rdr.agent")
 

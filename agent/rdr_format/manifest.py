@@ -15,8 +15,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .catalog import CatalogError
-from .chunkfile import MAX_PLAIN_SIZE, is_chunk_id
+from rdr_format.catalog import CatalogError
+from rdr_format.chunkfile import MAX_PLAIN_SIZE, is_chunk_id
 
 FORMAT = 1
 IDX_MAGIC = b"RDRI\x01\x00\x00\x00"

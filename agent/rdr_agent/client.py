@@ -16,14 +16,15 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from .. import __version__
-from ..ratelimit import Pacer
+from rdr_agent.util.ratelimit import Pacer
+from rdr_format import __version__
+from rdr_restore.errors import SourceError
 
 log = logging.getLogger("rdr.agent.client")
 T = TypeVar("T")
 
 
-class ApplianceError(Exception):
+class ApplianceError(SourceError):
     """The appliance refused a request; `code` is its machine-readable reason."""
 
     def __init__(self, status: int, code: str, message: str, body: dict | None = None) -> None:

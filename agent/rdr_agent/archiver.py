@@ -28,8 +28,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__
-from ..store.catalog import (
+from rdr_agent.catalog_cache import CatalogCache
+from rdr_agent.chunker import SMALL_FILE, Bundle, StreamCutter, new_cdc
+from rdr_agent.client import ApplianceClient, ApplianceError
+from rdr_agent.statefiles import private_dir, write_private
+from rdr_agent.walker import Child, Walker
+from rdr_format import __version__
+from rdr_format.catalog import (
     BLOCKDEV,
     CHARDEV,
     DIR,
@@ -44,12 +49,7 @@ from ..store.catalog import (
     join_path,
     path_key,
 )
-from ..store.chunkfile import ChunkEncoder, EncodedChunk, possession_key, possession_proof
-from .catalog_cache import CatalogCache
-from .chunker import SMALL_FILE, Bundle, StreamCutter, new_cdc
-from .client import ApplianceClient, ApplianceError
-from .statefiles import private_dir, write_private
-from .walker import Child, Walker
+from rdr_format.chunkfile import ChunkEncoder, EncodedChunk, possession_key, possession_proof
 
 log = logging.getLogger("rdr.agent.backup")
 

@@ -24,9 +24,9 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..store.catalog import FILE, Entry, join_path
-from .archiver import ParentCatalog
-from .walker import Walker
+from rdr_agent.archiver import ParentCatalog
+from rdr_agent.walker import Walker
+from rdr_format.catalog import FILE, Entry, join_path
 
 LIMIT = 1000
 

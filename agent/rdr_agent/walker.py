@@ -15,7 +15,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..store.catalog import join_path
+from rdr_format.catalog import join_path
 
 FULL = None  # selection marker: the whole subtree below this node
 

@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .chunkfile import MAX_PLAIN_SIZE, is_chunk_id
+from rdr_format.chunkfile import MAX_PLAIN_SIZE, is_chunk_id
 
 # Entry types.
 FILE = "f"

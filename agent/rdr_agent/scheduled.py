@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..store.catalog import iter_blocks
-from ..textfmt import human_bytes as human
-from .archiver import Archiver, BackupResult, BackupStats
-from .catalog_cache import CatalogCache
-from .client import ApplianceClient, ApplianceError, ConnectError, describe
-from .coverage import Coverage, check_coverage
-from .settings import AgentSettings
-from .statefiles import private_dir
+from rdr_agent.archiver import Archiver, BackupResult, BackupStats
+from rdr_agent.catalog_cache import CatalogCache
+from rdr_agent.client import ApplianceClient, ApplianceError, ConnectError, describe
+from rdr_agent.coverage import Coverage, check_coverage
+from rdr_agent.settings import AgentSettings
+from rdr_agent.statefiles import private_dir
+from rdr_agent.util.textfmt import human_bytes as human
+from rdr_format.catalog import iter_blocks
 
 log = logging.getLogger("rdr.agent.scheduled")
 T = TypeVar("T")

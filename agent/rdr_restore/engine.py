@@ -26,15 +26,14 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from ..store import catalog
-from ..store.catalog import (
+from rdr_format.catalog import (
     BLOCKDEV,
     CHARDEV,
     DIR,
@@ -50,12 +49,9 @@ from ..store.catalog import (
     path_key,
     split_path,
 )
-from ..store.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
-from .client import ApplianceError
+from rdr_format.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
 
-if TYPE_CHECKING:
-    from .catalog_cache import CatalogCache
-    from .client import ApplianceClient
+from .errors import CHUNK_STATUSES, SourceError
 
 log = logging.getLogger("rdr.agent.restorer")
 
@@ -74,8 +70,6 @@ _XATTR_IGNORABLE = frozenset((errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM))
 _PRIVILEGED_XATTRS = (b"trusted.", b"security.")
 #: What a strange entry can make the os functions raise (bad values, not bad luck).
 _ENTRY_ERRORS = (OSError, ValueError, OverflowError)
-#: Appliance answers that concern one chunk only (the file fails, the restore goes on).
-_CHUNK_STATUSES = frozenset((404, 410, 422))
 
 
 @dataclass
@@ -116,6 +110,12 @@ class ChunkSource(Protocol):
         ...
 
 
+class ChunkFetcher(Protocol):
+    async def get_chunk(self, snap: str, cid: str) -> bytes:
+        """The stored (encoded) chunk `cid` of snapshot `snap`."""
+        ...
+
+
 class RemoteChunks:
     """Chunks of snapshot `snap` from the appliance, verified in `pool`, with an LRU cache.
 
@@ -124,7 +124,7 @@ class RemoteChunks:
     already on its way waits for that download instead of starting another.
     """
 
-    def __init__(self, client: ApplianceClient | None, snap: str, pool: Executor,
+    def __init__(self, client: ChunkFetcher | None, snap: str, pool: Executor,
                  cache_bytes: int = 64 * 2**20, concurrency: int = 8, *,
                  fetch: Callable[[str], Awaitable[bytes]] | None = None,
                  verify: bool = True) -> None:
@@ -284,6 +284,30 @@ class _Filter:
     def ancestor(self, path: bytes) -> bool:
         prefix = path + b"/" if path else b""
         return not self.all and any(i.startswith(prefix) for i in self.paths)
+
+
+def selected_bytes(blocks: Iterable[tuple[bytes, list[Entry]]], include: list[bytes]) -> int:
+    """The data bytes restoring `include` writes (hard links to a file that is restored too
+    are links, not data), for the page's progress bar."""
+    incs = [p.strip(b"/") for p in include]
+    everything = any(not p for p in incs)
+    wanted = set(incs)
+
+    def under(path: bytes) -> bool:
+        return everything or any(path == i or path.startswith(i + b"/") for i in incs)
+
+    total = 0
+    for path, entries in blocks:
+        whole = under(path)
+        for e in entries:
+            if e.type not in (FILE, HARDLINK):
+                continue
+            if not whole and join_path(path, e.name) not in wanted:
+                continue
+            if e.type == HARDLINK and e.link and under(e.link):
+                continue
+            total += e.size
+    return total
 
 
 def _earlier(src: bytes, parent: bytes, name: bytes) -> bool:
@@ -747,8 +771,8 @@ async def _fetch(source: ChunkSource, cids: list[str]) -> dict[str, bytes | Base
             return await source.plain(cid)
         except ChunkError as exc:
             return exc
-        except ApplianceError as exc:
-            if exc.status in _CHUNK_STATUSES:
+        except SourceError as exc:
+            if exc.status in CHUNK_STATUSES:
                 return exc
             raise
 
@@ -840,18 +864,3 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, list[Entry]]], source: Ch
     if summary.errors:
         log.warning("restore to %s finished with %d errors", target, len(summary.errors))
     return summary
-
-
-async def restore_snapshot(client: ApplianceClient, snap: str, target: Path,
-                           include: list[bytes] | None, cache: CatalogCache, pool: Executor,
-                           on_progress: Callable[[int, int], None] | None = None,
-                           ) -> RestoreSummary:
-    """Restore snapshot `snap` (an id or "latest") from the appliance below `target`."""
-    # Announce the restore first: the appliance measures request-to-first-byte from here.
-    real_id = (await client.start_restore(snap))["snapshot"]
-    m = (await client.snapshot(real_id))["manifest"]
-    chunks: list[tuple[str, int]] = [(c, s) for c, s in m["catalog"]["chunks"]]
-    await cache.fetch(client, real_id, chunks)
-    blocks = catalog.iter_blocks(cache.pieces(chunks))
-    source = RemoteChunks(client, real_id, pool)
-    return await restore_blocks(blocks, source, target, include, pool, on_progress)

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from ..textfmt import human_bytes as human
+from rdr_agent.util.textfmt import human_bytes as human
 
 
 class ProgressBar:

@@ -27,8 +27,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..tomlfile import read_toml
-from .client import Endpoint
+from rdr_agent.client import Endpoint
+from rdr_agent.util.tomlfile import read_toml
 
 KEYS = ("url", "token", "token_file", "fingerprint", "ca", "state_dir", "restore_roots",
         "allow_dump_commands", "allow_special_files")

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 
 from pyfastcdc import FastCDC
 
-from ..store.chunkfile import MAX_PLAIN_SIZE
+from rdr_format.chunkfile import MAX_PLAIN_SIZE
 
 CDC_MIN = 256 * 1024
 CDC_AVG = 1024 * 1024

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..store.fsutil import fsync_dir, write_durable
+from rdr_format.fsutil import fsync_dir, write_durable
 
 MAGIC = b"RDRE\x01"
 NONCE = 12
@@ -104,3 +104,19 @@ class ObjectCipher:
         except InvalidTag:
             raise DecryptError(f"object {name} does not decrypt with this key (wrong key, "
                                "or tampered)") from None
+
+
+def chunk_name(cipher: ObjectCipher, cid: str) -> str:
+    """The object name of data chunk `cid`."""
+    return cipher.name("chunk", cid)
+
+
+def snapshot_names(cipher: ObjectCipher, host: str, snap: str) -> tuple[str, str, str]:
+    """The object names of a snapshot's manifest, chunk index and checkpoint."""
+    ident = f"{host}/{snap}"
+    return (cipher.name("manifest", ident), cipher.name("index", ident),
+            cipher.name("k-checkpoint", ident))
+
+
+class ObjectMissing(Exception):
+    """An object is not where it was read from (the data center, a disk)."""

@@ -20,19 +20,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .. import __version__
-from ..memory import tune_malloc
-from ..replication.dc import DcError
-from ..seed.disk import SeedError
-from ..store.catalog import CatalogError
-from ..store.chunkfile import ChunkError
-from ..textfmt import human_bytes as human
-from .archiver import Archiver, BackupResult, BackupStats
-from .catalog_cache import CatalogCache
-from .client import ApplianceClient, ApplianceError, ConnectError
-from .progress import ProgressBar
-from .settings import AgentSettings, SettingsError, resolve
-from .walker import Walker
+from rdr_agent.archiver import Archiver, BackupResult, BackupStats
+from rdr_agent.catalog_cache import CatalogCache
+from rdr_agent.client import ApplianceClient, ApplianceError, ConnectError
+from rdr_agent.progress import ProgressBar
+from rdr_agent.settings import AgentSettings, SettingsError, resolve
+from rdr_agent.util.memory import tune_malloc
+from rdr_agent.util.textfmt import human_bytes as human
+from rdr_agent.walker import Walker
+from rdr_format import __version__
+from rdr_format.catalog import CatalogError
+from rdr_format.chunkfile import ChunkError
+from rdr_restore.errors import DcError, SeedError
 
 EXIT_PARTIAL = 3
 
@@ -155,9 +154,8 @@ async def _restore_from_disk(args: argparse.Namespace, target: Path,
                              bar: ProgressBar):
     """Rapid Recover with the disk plugged into this server: every object on it is checked
     before a file is written; needs the appliance's data key."""
-    from ..replication.crypto import ObjectCipher, load_or_create_key
-    from ..seed.disk import RECOVER, DiskLayout
-    from ..seed.recover import restore_from_disk
+    from rdr_format.objects import ObjectCipher, load_or_create_key
+    from rdr_restore.disk import RECOVER, DiskLayout, restore_from_disk
 
     if not args.key_file:
         raise SettingsError("--from-disk needs --key-file (the appliance's data key)")
@@ -175,7 +173,7 @@ async def _restore_from_disk(args: argparse.Namespace, target: Path,
 async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, target: Path,
                                   include: list[bytes] | None, pool: ThreadPoolExecutor,
                                   bar: ProgressBar):
-    from .restorer import restore_snapshot
+    from rdr_agent.restore import restore_snapshot
 
     async with ApplianceClient(st.endpoint) as client:
         me = await client.whoami()
@@ -187,7 +185,7 @@ async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, t
 
 
 async def cmd_run(args: argparse.Namespace, st: AgentSettings) -> int:
-    from .jobs import MAX_POLL_SECONDS, run_service
+    from rdr_agent.jobs import MAX_POLL_SECONDS, run_service
 
     if args.once:
         wait = 0 if args.wait is None else args.wait

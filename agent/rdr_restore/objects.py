@@ -1,0 +1,92 @@
+"""Restore from encrypted objects alone: the data center's bucket or a recovery disk.
+
+Needs only a reader of the objects and the escrowed data key -- no appliance, no local store:
+checkpoints name the snapshots, the manifest names the catalog, the catalog names the chunks,
+and every object is decrypted and hash-checked before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+from rdr_format import catalog
+from rdr_format.chunkfile import ChunkDecoder, ChunkError
+from rdr_format.manifest import Manifest
+from rdr_format.objects import DecryptError, ObjectCipher, ObjectMissing, chunk_name, snapshot_names
+
+from .engine import RemoteChunks, RestoreSummary, restore_blocks
+from .errors import DcError
+
+
+class ObjectReader(Protocol):
+    """Where the objects are read from; a missing object raises ObjectMissing."""
+
+    async def get(self, name: str) -> bytes: ...
+    def list(self, prefix: str) -> AsyncIterator[str]: ...
+
+
+async def checkpoints(target: ObjectReader, cipher: ObjectCipher) -> list[dict]:
+    """Every replicated snapshot the objects hold, oldest first."""
+    out = []
+    async for name in target.list("k/"):
+        try:
+            out.append(json.loads(cipher.open(name, await target.get(name))))
+        except (DecryptError, ValueError):
+            continue  # not ours, or under another key
+    out.sort(key=lambda c: (c["received_at"], c["host"], c["snapshot"]))
+    return out
+
+
+async def object_chunk(target: ObjectReader, cipher: ObjectCipher, cid: str) -> bytes:
+    """The stored (encoded) chunk `cid`; missing or undecryptable fails only the files that
+    need it, not the whole restore."""
+    name = chunk_name(cipher, cid)
+    try:
+        return cipher.open(name, await target.get(name))
+    except ObjectMissing:
+        raise ChunkError(f"chunk {cid} is missing at the data center") from None
+    except DecryptError as exc:
+        raise ChunkError(str(exc)) from None
+
+
+async def load_snapshot(target: ObjectReader, cipher: ObjectCipher, host: str, snapshot: str,
+                        ) -> tuple[dict, Manifest]:
+    """The checkpoint and manifest of `host`'s `snapshot` ("latest" for the newest)."""
+    cps = [c for c in await checkpoints(target, cipher) if c["host"] == host]
+    if not cps:
+        raise DcError(f"the data center holds no snapshot of host {host!r}")
+    cp = cps[-1] if snapshot == "latest" else next(
+        (c for c in cps if c["snapshot"] == snapshot), None)
+    if cp is None:
+        raise DcError(f"the data center holds no snapshot {snapshot!r} of {host!r}")
+    m_name, _, _ = snapshot_names(cipher, host, cp["snapshot"])
+    raw = cipher.open(m_name, await target.get(m_name))
+    if hashlib.sha256(raw).hexdigest() != cp["manifest_sha256"]:
+        raise DcError(f"manifest of {host}/{cp['snapshot']} does not match its checkpoint")
+    return cp, Manifest.from_json(raw)
+
+
+async def dc_restore(target: ObjectReader, cipher: ObjectCipher, host: str, snapshot: str,
+                     to: Path, include: list[bytes] | None, pool: Executor,
+                     on_progress: Callable[[int, int], None] | None = None,
+                     ) -> tuple[dict, RestoreSummary]:
+    """Restore `host`'s `snapshot` from the objects below `to` with the restore engine."""
+    cp, manifest = await load_snapshot(target, cipher, host, snapshot)
+    fetch = partial(object_chunk, target, cipher)
+    dec = ChunkDecoder()
+    pieces = []
+    for cid, size in manifest.catalog.chunks:  # the catalog is small next to the data
+        plain = dec.decode(await fetch(cid), cid)
+        if len(plain) != size:
+            raise DcError(f"catalog chunk {cid} has the wrong size")
+        pieces.append(plain)
+    blocks = catalog.iter_blocks(pieces)
+    source = RemoteChunks(None, cp["snapshot"], pool, fetch=fetch)
+    summary = await restore_blocks(blocks, source, to, include, pool, on_progress)
+    return cp, summary

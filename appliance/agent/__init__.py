@@ -1,1 +1,0 @@
-"""rdr-agent: backs a host up to the appliance and restores from it."""
