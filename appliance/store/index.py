@@ -359,6 +359,19 @@ class Index:
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
 
+    def own_tables(self, ddl: str, columns: tuple[tuple[str, str, str], ...] = ()) -> None:
+        """Create a feature's tables in this database (and the columns later releases added).
+
+        Features (accounts, plans, runs, restore jobs, replication state, samples) own their
+        tables and typed repositories in their own packages; the index only lends them its
+        file, its write lock and its readers, so one SQLite file keeps one WAL and one fsync
+        per transaction. Idempotent: every repository calls it when it is built.
+        """
+        with self._lock:
+            self._db.executescript(ddl)
+            for table, column, decl in columns:
+                self._add_column(table, column, decl)
+
     def _add_column(self, table: str, column: str, decl: str) -> None:
         cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
         if column not in cols:
