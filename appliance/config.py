@@ -15,9 +15,14 @@ from pathlib import Path
 
 from rdr_agent.util.tomlfile import read_toml
 
+from .errors import ApplianceError
 
-class ConfigError(ValueError):
+
+class ConfigError(ApplianceError, ValueError):
     """The configuration is unusable; the message names the key."""
+
+    def __init__(self, message: str, code: str = "bad_config") -> None:
+        super().__init__(code, message)
 
 
 @dataclass(slots=True)

@@ -20,17 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from rdr_format.chunkfile import MAX_FILE_SIZE
 from rdr_format.objects import ObjectCipher
 
 from . import __version__, wiring
+from .api import tls
+from .api.app import api_v1, build_app
+from .api.auth import RememberedTokens, TokenLookup
+from .api.ingest.backup import IngestApi
+from .api.ops import Ops
+from .api.page.overview import OverviewApi
+from .api.page.plans import BackupsApi
+from .api.page.restore import RestoreApi
+from .api.page.seed import SeedDisksApi
+from .api.page.signin import SignInApi
 from .backup_schedule import BackupScheduler
 from .browse.tree import Browser
 from .capacity.hosts import host_summaries
@@ -42,7 +47,6 @@ from .health.http_metrics import RequestTimer
 from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
 from .health.systemd import Notifier
-from .ingest.api import IngestApi
 from .pools import HeavyGate, Pools
 from .replication.engine import Replicator
 from .replication.status import replication_status
@@ -53,11 +57,6 @@ from .store.accounts import Accounts
 from .store.datastore import Datastore
 from .store.errors import Unavailable
 from .store.lock import HeldLock
-from .web import tls, ui
-from .web.auth import RememberedTokens, bearer_token
-from .web.backups_api import BackupsApi
-from .web.errors import ApiError, error_middleware
-from .web.page_api import PageApi
 
 log = logging.getLogger("rdr.daemon")
 #: Threads that run snapshot commits (validation, then the batched fsync of its chunks).
@@ -175,7 +174,6 @@ class Daemon:
 
         ingest = IngestApi(self.store, self.pool, max_json_bytes=self.cfg.server.max_json_bytes,
                            appliance_serial=self.cfg.appliance.serial,
-                           usage_report=self.capacity.report,
                            on_commit=self._committed,
                            upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
                            commit_pool=self.commit_pool, heavy_pool=self.pools.heavy)
@@ -184,12 +182,14 @@ class Daemon:
         self.backups = wiring.backup_scheduler(self.cfg, self.store)
         self.seeds = SeedDisks(self.store, self._seed_cipher, self.pools.heavy,
                                self.cfg.appliance.serial, Path(self.cfg.seed.mount_root))
-        page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
-                       self._overview, ingest.jobs, seeds=self.seeds, heavy=self.pools.heavy,
-                       gate=self.heavy_gate, signin_pool=self.signin_pool)
-        ingest.attach_page(page)
-        ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake,
-                                         self.cfg.retention.policy))
+        signin = SignInApi(Accounts(self.store.index), self.pool, self.signin_pool)
+        page = [signin,
+                OverviewApi(self.pool, self._overview, self.capacity.report),
+                RestoreApi(self.store, self.pool, self.browser, ingest.jobs,
+                           heavy=self.pools.heavy, gate=self.heavy_gate),
+                SeedDisksApi(self.pool, self.seeds),
+                BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake,
+                           self.cfg.retention.policy)]
         await self._start_watchers()
         self.live.replication_enabled = self.replicator is not None
         if self.replicator is not None:
@@ -215,13 +215,11 @@ class Daemon:
         self.store.admit = admit
 
         timer = RequestTimer(self.registry)
-        app = web.Application(middlewares=[timer.middleware, error_middleware,
-                                           ui.security_headers])
-        ui.add_routes(app.router)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.add_subapp("/api/v1", ingest.app())
+        ops = Ops(self.pool, self._readiness, self.registry,
+                  self._metrics_tokens.check if self.cfg.health.metrics_require_token else None)
+        api = api_v1(ingest=[ingest], page=page, tokens=TokenLookup(self.store.index, self.pool),
+                     sessions=signin.session_for, max_json_bytes=self.cfg.server.max_json_bytes)
+        app = build_app(api, ops, outer=[timer.middleware])
 
         ctx = tls.server_context(self.tls.cert, self.tls.key)
         header_timeout = self.cfg.server.header_timeout_seconds
@@ -295,10 +293,6 @@ class Daemon:
                                     cfg.contract.default_window),
         }
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        """Alive: the event loop answers."""
-        return web.json_response({"status": "ok", "version": __version__})
-
     def _readiness(self) -> dict[str, str]:
         """What stands between this appliance and taking a backup (empty = ready)."""
         problems = dict(self.live.degraded)
@@ -323,26 +317,6 @@ class Daemon:
         if self.capacity is not None and self.capacity.status()["level"] == "hard":
             problems["capacity"] = "data disk past the hard watermark"
         return problems
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        """Ready: store mounted and writable, index open, not over the hard watermark, not
-        degraded. 503 with the reasons otherwise."""
-        problems = await asyncio.get_running_loop().run_in_executor(self.pool, self._readiness)
-        return web.json_response({"ready": not problems, "problems": problems},
-                                 status=503 if problems else 200)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        if self.cfg.health.metrics_require_token:
-            token = bearer_token(request)
-            # remembered tokens: Prometheus keeps its view while the data disk is gone
-            admin = await asyncio.get_running_loop().run_in_executor(
-                self.pool, self._metrics_tokens.check, token) if token else None
-            if admin is None:
-                raise ApiError(401, "unauthorized", "/metrics needs an admin API token "
-                               "(rdr tokens add NAME)")
-        body = await asyncio.get_running_loop().run_in_executor(
-            self.pool, generate_latest, self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _start_watchers(self) -> None:
         """Hardware watchers: the data disk (a missing disk degrades the appliance: new

@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .store.errors import StoreError, Unavailable
+from .errors import TooManyRequests
+from .store.errors import Unavailable
 
 T = TypeVar("T")
 
@@ -59,10 +60,6 @@ class Pools:
     def shutdown(self) -> None:
         self.heavy.shutdown(wait=True)
         self.light.shutdown(wait=True)
-
-
-class TooManyRequests(StoreError):
-    """One principal already runs its share of heavy operations (429)."""
 
 
 class HeavyGate:

@@ -427,7 +427,7 @@ class Appliance(Tool):
         self.server = Server([self.cmd("rdr"), "serve", "--config", str(self.cfg)], env,
                              self.work / "daemon.log")
         wait_https(self.port, self.server, "rdr serve")
-        from appliance.web.tls import fingerprint
+        from appliance.api.tls import fingerprint
 
         self.fingerprint = fingerprint(self.data / "tls" / "cert.pem")
 
@@ -541,7 +541,7 @@ class ResticRest(Restic):
         return f"{Restic.version()}; {_first_line(['rclone', 'version'])}"
 
     def prepare(self) -> None:
-        from appliance.web.tls import create_self_signed
+        from appliance.api.tls import create_self_signed
 
         cert, key = self.work / "tls" / "cert.pem", self.work / "tls" / "key.pem"
         create_self_signed(cert, key, "rdr-bench")

@@ -24,14 +24,18 @@ from rdr_agent.util.ratelimit import Pacer
 from rdr_format.fsutil import fsync_dir, write_durable
 from rdr_format.objects import ObjectMissing
 
+from ..errors import Unavailable
+
 log = logging.getLogger("rdr.replication")
 
 
-class TargetError(Exception):
-    """The data center refused or could not be reached; `transient` says whether to retry."""
+class TargetError(Unavailable):
+    """The data center refused or could not be reached; `transient` says whether to retry.
+    To the appliance's callers the data center's work cannot be done now (Unavailable)."""
 
     def __init__(self, message: str, transient: bool) -> None:
-        super().__init__(message)
+        super().__init__("datacenter_unreachable" if transient else "datacenter_refused",
+                         message)
         self.transient = transient
 
 

@@ -1,37 +1,34 @@
-"""Store errors carry a stable machine code and a message a person can act on.
+"""The storage engine's errors: the appliance's kinds (`appliance/errors.py`) under one
+store base, so ``except StoreError`` still catches exactly what the store raises.
 
-The HTTP layer maps the classes to statuses; the CLI prints the message. Keeping that mapping
-out of the store is what lets the store stay free of any web framework.
+A `StoreError` raised as such is a bad request. The HTTP layer and the CLI map the kinds;
+keeping that mapping out of the store is what lets it stay free of any web framework.
 """
 
 from __future__ import annotations
 
-
-class StoreError(Exception):
-    """Bad request to the store (maps to 400)."""
-
-    def __init__(self, code: str, message: str, **details: object) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
+from .. import errors
 
 
-class NotFound(StoreError):
-    """No such host, session, snapshot or chunk (404)."""
+class StoreError(errors.ApplianceError):
+    """An error of the storage engine; raised as such, a bad request."""
 
 
-class Conflict(StoreError):
-    """The request clashes with current state, e.g. a second open session (409)."""
+class NotFound(StoreError, errors.NotFound):
+    """No such host, session, snapshot or chunk."""
 
 
-class Unprocessable(StoreError):
-    """Well-formed but wrong content: bad chunk hash, missing chunks at commit (422)."""
+class Conflict(StoreError, errors.Conflict):
+    """The request clashes with current state, e.g. a second open session."""
 
 
-class Unavailable(StoreError):
-    """The appliance cannot take new work right now, e.g. its data disk is missing (503)."""
+class Unprocessable(StoreError, errors.Unprocessable):
+    """Well-formed but wrong content: bad chunk hash, missing chunks at commit."""
 
 
-class InsufficientStorage(StoreError):
-    """The data disk cannot take the write (507)."""
+class Unavailable(StoreError, errors.Unavailable):
+    """The appliance cannot take new work right now, e.g. its data disk is missing."""
+
+
+class InsufficientStorage(StoreError, errors.InsufficientStorage):
+    """The data disk cannot take the write."""

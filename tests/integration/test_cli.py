@@ -92,7 +92,7 @@ async def test_serve_stops_cleanly_and_sessions_stay_resumable(tmp_path: Path, s
     assert proc.stderr is not None
     key = tmp_path / "data" / "tls" / "key.pem"
     assert key.stat().st_mode & 0o777 == 0o600
-    from appliance.web.tls import fingerprint
+    from appliance.api.tls import fingerprint
 
     fp = fingerprint(tmp_path / "data" / "tls" / "cert.pem")
     ep = Endpoint(f"https://127.0.0.1:{port}", token, fp)

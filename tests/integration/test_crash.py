@@ -62,7 +62,7 @@ async def test_sigkill_during_backup_commit_prune_and_gc(tmp_path: Path) -> None
         mutate(src, version, rng)
         expected[str(version)] = tree_state(src)
         daemon = await start_serve(cfg, port)
-        from appliance.web.tls import fingerprint
+        from appliance.api.tls import fingerprint
 
         env["RDR_FINGERPRINT"] = fingerprint(tmp_path / "data" / "tls" / "cert.pem")
         procs = [await asyncio.create_subprocess_exec(

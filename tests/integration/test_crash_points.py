@@ -28,13 +28,13 @@ import pytest
 import requests
 
 from appliance import cli
+from appliance.api.tls import fingerprint
 from appliance.cli import maintenance as cli_maintenance
 from appliance.config import ConfigError
 from appliance.replication.engine import Replicator
 from appliance.replication.targets import DirTarget, NotFoundAtTarget, TargetError
 from appliance.store.datastore import Datastore
 from appliance.store.errors import NotFound, StoreError
-from appliance.web.tls import fingerprint
 from rdr_format.catalog import CatalogError
 from rdr_format.chunkfile import ChunkError
 from rdr_format.objects import DecryptError, KeyError_, ObjectCipher

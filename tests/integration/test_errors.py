@@ -7,7 +7,7 @@ import sqlite3
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from appliance.web.errors import error_middleware
+from appliance.api.errors import error_middleware
 
 
 async def test_an_unreadable_index_is_503_with_a_json_body() -> None:

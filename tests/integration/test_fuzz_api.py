@@ -31,11 +31,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-import appliance.ingest
+import appliance.api
 
 from ..live import Live, start_live
 
-SPEC = Path(appliance.ingest.__file__).parent / "openapi.yaml"
+SPEC = Path(appliance.api.__file__).parent / "openapi.yaml"
 EXAMPLES = int(os.environ.get("RDR_FUZZ_EXAMPLES", "12"))
 SPARE_SESSIONS = 20 + 2 * EXAMPLES  # one per fuzzed sign-out, at most
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 import zstandard
 
+from appliance.api.page.ui import STATIC
 from appliance.store.accounts import Accounts
-from appliance.web.ui import STATIC
 
 from ..conftest import Appliance, agent_cmd
 from ..treeutil import make_tree, run

@@ -17,8 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from appliance.api.ingest.jobs import AgentJobsApi
 from appliance.daemon import Daemon
-from appliance.ingest.jobs_api import AgentJobsApi
 from appliance.store.datastore import CommitRequest
 from appliance.store.errors import Conflict, NotFound, StoreError
 from appliance.store.restore_jobs import (

@@ -18,15 +18,12 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
 from appliance.browse.paths import to_q
-from appliance.ingest.api import IngestApi
-from appliance.web.page_api import PageApi
 from benchmarks.tools import Server, clean_env, wait_https
 from rdr_format.catalog import FILE, CatalogWriter, Entry, Range, iter_blocks, join_path
 from rdr_format.chunkfile import (
@@ -36,6 +33,7 @@ from rdr_format.chunkfile import (
     possession_proof,
 )
 
+from ..http_routes import api_routes
 from ..live import PASSWORD, Live, start_live
 from ..treeutil import make_tree
 
@@ -79,11 +77,8 @@ def outputs() -> list[str]:
 
 def routes() -> list[tuple[str, str, str]]:
     """(method, path pattern, route name) of every /api/v1 route the daemon serves."""
-    api = IngestApi(store=None, pool=ThreadPoolExecutor(1), max_json_bytes=1 << 20,  # type: ignore[arg-type]
-                    appliance_serial="t")
-    api.attach_page(PageApi(None, ThreadPoolExecutor(1), None, None, dict, None))  # type: ignore[arg-type]
     return sorted({(r.method, r.resource.canonical, r.name or "")
-                   for r in api.app().router.routes() if r.method not in ("HEAD", "OPTIONS")})
+                   for r in api_routes().router.routes() if r.method not in ("HEAD", "OPTIONS")})
 
 
 def fill(pattern: str, live: Live) -> str:

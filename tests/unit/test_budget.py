@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from appliance.web.budget import ByteBudget
+from appliance.api.budget import ByteBudget
 
 
 async def test_concurrent_holders_stay_within_the_budget() -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from appliance.api.page.restore import _archive
+from appliance.api.throttle import SignInThrottle
 from appliance.browse.archive import TarZstStream, ZipStream
 from appliance.store.index import Index
-from appliance.web.page_api import _archive
-from appliance.web.throttle import SignInThrottle
 from rdr_agent.settings import SettingsError, resolve
 from rdr_format.catalog import DIR, FILE, SYMLINK, Entry
 

@@ -1,35 +1,52 @@
 """JSON error responses: every failure a client sees is ``{"error": code, "message": text}``
-with the right status, and no traceback ever leaves the process."""
+with the right status, and no traceback ever leaves the process.
+
+THE place the appliance's error hierarchy (`appliance/errors.py`) becomes HTTP statuses: one
+table, read by one middleware. Handlers raise the kinds; nothing else picks a status.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from ..pools import TooManyRequests
-from ..store.errors import (
-    Conflict,
-    InsufficientStorage,
-    NotFound,
-    StoreError,
-    Unavailable,
-    Unprocessable,
-)
+from .. import errors
 
 log = logging.getLogger("rdr.http")
 
-_STATUS = [(NotFound, 404), (Conflict, 409), (Unprocessable, 422), (Unavailable, 503),
-           (InsufficientStorage, 507), (TooManyRequests, 429), (StoreError, 400)]
+#: Each kind's status. An ApplianceError of no kind here (a store's own bad request, a
+#: config error) is a bad request: the caller asked for something the appliance refuses.
+STATUS: Mapping[type[errors.ApplianceError], int] = {
+    errors.BadRequest: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Gone: 410,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.RangeNotSatisfiable: 416,
+    errors.Unprocessable: 422,
+    errors.TooManyRequests: 429,
+    errors.Unavailable: 503,
+    errors.InsufficientStorage: 507,
+    errors.ApplianceError: 400,
+}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **details: object) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
+def status_of(exc: errors.ApplianceError) -> int:
+    """The status of the nearest kind in `exc`'s class hierarchy (a store error that is also
+    a NotFound is a 404)."""
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    raise TypeError(f"{type(exc).__name__} is not an ApplianceError")  # pragma: no cover
 
 
 def json_error(status: int, code: str, message: str, **details: object) -> web.Response:
@@ -54,19 +71,14 @@ async def error_middleware(request: web.Request,
                            ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return json_error(exc.status, exc.code, exc.message, **exc.details)
-    except StoreError as exc:
-        status = next(s for cls, s in _STATUS if isinstance(exc, cls))
-        return json_error(status, exc.code, exc.message, **exc.details)
+    except errors.ApplianceError as exc:
+        return json_error(status_of(exc), exc.code, exc.message, **exc.details)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         return json_error(exc.status, code, exc.reason or code)
     except OSError as exc:
-        import errno
-
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return json_error(507, "disk_full",
                               "the appliance's data disk is full; prune and collect garbage")

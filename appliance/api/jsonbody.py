@@ -8,7 +8,7 @@ import re
 
 from aiohttp import web
 
-from .errors import ApiError
+from ..errors import BadRequest, PayloadTooLarge
 
 #: Deepest nesting of arrays and objects a request body may have. Every body the API takes is
 #: at most a few levels deep; the decoder recurses once per level, so a 4 KB `[[[[...` would
@@ -41,18 +41,18 @@ def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
 def decode(raw: bytes) -> object:
     """The JSON value of `raw`; 400 bad_json when it is not JSON or nests too deep."""
     if too_deep(raw):
-        raise ApiError(400, "bad_json", f"request body nests deeper than {MAX_DEPTH} levels")
+        raise BadRequest("bad_json", f"request body nests deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
-        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+        raise BadRequest("bad_json", "request body is not valid JSON") from None
 
 
 async def read_json(request: web.Request, limit: int, *, required: bool = False,
                     allowed: set[str] | None = None) -> dict:
     """The body as a dict ({} when empty unless `required`), at most `limit` bytes read;
     413 past the limit, 400 bad_json / bad_field (a key outside `allowed`)."""
-    too_large = ApiError(413, "payload_too_large", f"request body exceeds {limit} bytes")
+    too_large = PayloadTooLarge("payload_too_large", f"request body exceeds {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     try:
@@ -70,10 +70,10 @@ async def read_json(request: web.Request, limit: int, *, required: bool = False,
     else:  # a large commit: seconds of CPU would otherwise stall every other request
         body = await asyncio.to_thread(decode, raw)
     if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "request body must be a JSON object")
+        raise BadRequest("bad_json", "request body must be a JSON object")
     if allowed is not None:
         extra = set(body) - allowed
         if extra:
-            raise ApiError(400, "bad_field",
+            raise BadRequest("bad_field",
                            f"unknown field {sorted(extra)[0]!r}")
     return body

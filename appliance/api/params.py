@@ -10,7 +10,7 @@ import re
 
 from aiohttp import web
 
-from .errors import ApiError
+from ..errors import BadRequest, NotFound
 
 _NUMBER = re.compile(r"[0-9]{1,18}\Z")
 
@@ -24,7 +24,7 @@ def _path_id(request: web.Request, code: str, what: str) -> int:
     raw = request.match_info["id"]
     n = whole_number(raw)
     if n is None:
-        raise ApiError(404, code, f"no {what} {raw!r}")
+        raise NotFound(code, f"no {what} {raw!r}")
     return n
 
 
@@ -45,5 +45,5 @@ def int_query(request: web.Request, key: str, default: int, lo: int, hi: int) ->
         return default
     n = whole_number(raw)
     if n is None or not lo <= n <= hi:
-        raise ApiError(400, "bad_field", f"'{key}' must be an integer from {lo} to {hi}")
+        raise BadRequest("bad_field", f"'{key}' must be an integer from {lo} to {hi}")
     return n

@@ -1,6 +1,6 @@
 """Scheduled backups on the appliance page (and for admin API tokens): each host's plan,
 "back up now", pause and resume, the runs, and the premier check's list of files that were
-not backed up. Mounted in ``/api/v1`` beside the page API; a signed-in account (with the
+not backed up. Mounted in ``/api/v1`` with the page's other routes; a signed-in account (with the
 CSRF header for changes) or an admin API token may use it -- reads with scope `read`,
 changes with scope `admin` only, since a plan's dump command runs on the host -- and a host
 token may not (a host does not choose its own plan: the appliance does). Changes of the dump
@@ -9,8 +9,6 @@ command are audited (`plan_audit` in the plan's JSON).
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -18,14 +16,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from ..backup_schedule import BackupScheduler
-from ..host_settings import edit_host, window_start
-from ..store.datastore import Datastore
-from ..store.errors import NotFound
-from ..store.retention import Policy
-from .auth import require_change, require_overview
-from .errors import ApiError
-from .jsonbody import read_json
+from ...backup_schedule import BackupScheduler
+from ...errors import BadRequest, NotFound
+from ...host_settings import edit_host, window_start
+from ...pools import run_in
+from ...store.datastore import Datastore
+from ...store.retention import Policy
+from ..auth import require_change, require_overview
+from ..jsonbody import read_json
 
 log = logging.getLogger("rdr.page.backups")
 T = TypeVar("T")
@@ -37,7 +35,7 @@ PLAN_FIELDS = {"paths", "excludes", "one_file_system", "bandwidth_kbps", "dump_c
 class BackupsApi:
     def __init__(self, store: Datastore, pool: Executor, scheduler: BackupScheduler,
                  wake: Callable[[str], None], default_policy: str) -> None:
-        """`wake(host)` makes the host's waiting poll look at once (AgentJobsApi.wake);
+        """`wake(host)` makes the host's waiting poll look at once (the agent job channel's wake);
         `default_policy` is the appliance's retention, shown beside a host's own."""
         self.store = store
         self.pool = pool
@@ -46,8 +44,7 @@ class BackupsApi:
         self.default_policy = default_policy
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.pool, functools.partial(fn, *args))
+        return await run_in(self.pool, fn, *args)
 
     def add_routes(self, r: web.UrlDispatcher) -> None:
         r.add_get("/hosts/{host}/plan", self.get_plan)
@@ -82,19 +79,19 @@ class BackupsApi:
         policy = body.pop("policy", None)
         if window is not None:
             if not isinstance(window, str):
-                raise ApiError(400, "bad_field", "'window_start' must be HH:MM or ''")
+                raise BadRequest("bad_field", "'window_start' must be HH:MM or ''")
             try:
                 window = window_start(window)
             except ValueError as exc:
-                raise ApiError(400, "bad_field", f"window_start: {exc}") from None
+                raise BadRequest("bad_field", f"window_start: {exc}") from None
         if policy is not None:
             # Checked before anything is written: a refused edit changes nothing.
             if not isinstance(policy, str):
-                raise ApiError(400, "bad_field", "'policy' must be D-W-M (8-5-4) or ''")
+                raise BadRequest("bad_field", "'policy' must be D-W-M (8-5-4) or ''")
             try:
                 policy = str(Policy.parse(policy)) if policy else ""
             except ValueError as exc:
-                raise ApiError(400, "bad_policy", str(exc)) from None
+                raise BadRequest("bad_policy", str(exc)) from None
 
         def apply() -> dict:
             edit_host(self.store, host, who, body, policy, window)
@@ -103,7 +100,7 @@ class BackupsApi:
         try:
             res = await self.run(apply)
         except TypeError:  # a field of the wrong type that dataclass checks missed
-            raise ApiError(400, "bad_plan", "a plan field has the wrong type") from None
+            raise BadRequest("bad_plan", "a plan field has the wrong type") from None
         log.info("%s changed the backup plan of %s: %s", who, host, sorted(body))
         return web.json_response(res)
 
@@ -137,7 +134,7 @@ class BackupsApi:
         host = request.match_info["host"]
         raw = request.query.get("limit", "20")
         if not raw.isdigit() or not 1 <= int(raw) <= 500:
-            raise ApiError(400, "bad_field", "'limit' must be an integer from 1 to 500")
+            raise BadRequest("bad_field", "'limit' must be an integer from 1 to 500")
 
         def read() -> list[dict]:
             if not self.store.index.host_exists(host):

@@ -1,13 +1,13 @@
-"""The LAN restore page's JSON API (mounted in ``/api/v1`` beside the agent API).
+"""The restore page's restore routes, together: browse, search and inspect snapshots;
+download a file (HTTP Range) or a folder/selection as zip or tar.zst, streamed; queue push
+restores to an agent and follow them.
 
-Sign-in with local admin accounts; overview; browse, search and inspect snapshots; download a
-file (HTTP Range) or a folder/selection as zip or tar.zst, streamed; queue push restores to an
-agent. Host tokens may use the browse and download routes for their own host only; admin API
-tokens see no host's files. Small calls run in the light pool; listing, searching, sign-in
-hashing and downloads in the heavy pool (appliance/pools.py), so a token check never waits
-behind an archive. Downloads pull one piece at a time from a generator running there, so
-memory stays flat for any size, and each principal runs only a few heavy operations at once
-(the others are refused with 429 and Retry-After).
+Host tokens may use the browse and download routes for their own host only; admin API
+tokens see no host's files; push restores need a signed-in account. Small calls run in the
+light pool; listing, searching and downloads in the heavy pool (appliance/pools.py), so a
+token check never waits behind an archive. Downloads pull one piece at a time from a
+generator running there, so memory stays flat for any size, and each principal runs only a
+few heavy operations at once (the others are refused with 429 and Retry-After).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, unquote
 
 from aiohttp import web
@@ -32,66 +32,54 @@ from aiohttp import web
 from rdr_format.catalog import DIR, FILE, HARDLINK, SYMLINK, Entry, join_path
 from rdr_format.chunkfile import ChunkError
 
-from ..browse.archive import MemberNames, writer_for
-from ..browse.paths import display, from_q, to_q
-from ..browse.tree import TYPE_NAMES, Browser, SnapshotTree
-from ..pools import HeavyGate, run_in
-from ..store.accounts import DEVICE_SECONDS, Accounts
-from ..store.datastore import Datastore
-from ..store.errors import StoreError
-from ..store.snapshots import is_snapshot_id
-from .auth import (
-    ACCOUNT,
-    ADMIN,
-    HOST,
-    SESSION,
-    SESSION_COOKIE,
-    require_account,
-    require_host_access,
-    require_overview,
-)
-from .errors import ApiError
-from .jsonbody import read_json
-from .params import int_query, job_id
-from .throttle import SignInThrottle
+from ...browse.archive import MemberNames, writer_for
+from ...browse.paths import display, from_q, to_q
+from ...browse.tree import TYPE_NAMES, Browser, SnapshotTree
+from ...errors import BadRequest, Conflict, NotFound, RangeNotSatisfiable
+from ...pools import HeavyGate, run_in
+from ...store.datastore import Datastore
+from ...store.errors import StoreError
+from ...store.restore_jobs import RestoreJob
+from ...store.snapshots import is_snapshot_id
+from ..auth import ACCOUNT, ADMIN, HOST, require_account, require_host_access
+from ..jsonbody import read_json
+from ..params import int_query, job_id
 
 log = logging.getLogger("rdr.page")
 T = TypeVar("T")
 FLUSH_BYTES = 256 * 1024
 MAX_LIST = 5000
 MAX_SEARCH = 1000
-#: The browser's proof of an earlier successful sign-in (see throttle.py): sent only to the
-#: sign-in route, never readable by scripts.
-DEVICE_COOKIE = "rdr_device"
-#: Sign-in checks queued or running at once (each is ~50 ms of scrypt and 16 MiB); past
-#: this a sign-in is answered 429 at once instead of waiting behind a flood.
-SIGNIN_QUEUE = 16
 #: Asking again for the same download within this time is the same restore in the ledger
 #: (a session's longest life: one sign-in, one restore per selection).
 RESTORE_SAME_WITHIN = 12 * 3600.0
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 
 
-class PageApi:
-    def __init__(self, store: Datastore, pool: Executor, browser: Browser, accounts: Accounts,
-                 overview: Callable[[], dict], jobs: Any, throttle: SignInThrottle | None = None,
-                 seeds: Any = None, heavy: Executor | None = None,
-                 gate: HeavyGate | None = None, signin_pool: Executor | None = None) -> None:
-        """`signin_pool`: a small executor of its own for password hashing (the daemon's
-        has 2 threads), so a flood of sign-ins holds neither the light workers nor the
-        heavy ones that downloads need; `heavy` when not given (tests)."""
+class RestoreQueue(Protocol):
+    """The push-restore queue as the page uses it (the agent job channel serves it to the
+    agents; the composition root passes it in, so this front door never imports that one)."""
+
+    async def create(self, source_host: str, snapshot: str, paths: list[bytes],
+                     target_host: str, target_dir: str, requested_by: str,
+                     allow_special: bool = False) -> RestoreJob: ...
+    async def cancel(self, jid: int) -> RestoreJob: ...
+    async def list(self, host: str | None = None, limit: int = 50) -> list[RestoreJob]: ...
+    async def get(self, jid: int) -> RestoreJob: ...
+
+
+class RestoreApi:
+    def __init__(self, store: Datastore, pool: Executor, browser: Browser,
+                 jobs: RestoreQueue, heavy: Executor | None = None,
+                 gate: HeavyGate | None = None) -> None:
+        """`heavy` runs listings, searches and downloads (`pool` when not given: tests);
+        `gate` admits heavy operations per principal."""
         self.store = store
         self.pool = pool  # light: small calls
-        self.heavy = heavy or pool  # listings, searches, downloads, password hashing
+        self.heavy = heavy or pool
         self.gate = gate or HeavyGate(0, 0)
         self.browser = browser
-        self.accounts = accounts
-        self.overview_fn = overview
-        self.jobs = jobs  # AgentJobsApi: create/list/get/cancel of push restores
-        self.throttle = throttle or SignInThrottle()
-        self.seeds = seeds  # SeedDisks: inserted Rapid Protect / Recover disks (daemon only)
-        self.signin_pool = signin_pool or self.heavy
-        self._hashing = 0  # sign-in checks queued or running in signin_pool
+        self.jobs = jobs
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in(self.pool, fn, *args)
@@ -110,14 +98,7 @@ class PageApi:
             who = "admin:" + str(request.get(ADMIN))
         return self.gate.hold(who, what, kind)
 
-    async def session_for(self, token: str):
-        return await self.run(self.accounts.session, token)
-
     def add_routes(self, r: web.UrlDispatcher) -> None:
-        r.add_post("/auth/login", self.login, name="public.login")
-        r.add_post("/auth/logout", self.logout)
-        r.add_get("/auth/session", self.get_session)
-        r.add_get("/overview", self.overview)
         r.add_get("/hosts/{host}/snapshots", self.snapshots)
         base = "/hosts/{host}/snapshots/{snap}"
         r.add_get(base + "/dir", self.listdir)
@@ -129,76 +110,6 @@ class PageApi:
         r.add_get("/restore-jobs", self.list_jobs)
         r.add_get("/restore-jobs/{id}", self.get_job)
         r.add_post("/restore-jobs/{id}/cancel", self.cancel_job)
-        r.add_get("/seed-disks", self.seed_disks)
-        r.add_post("/seed-disks/{device}/arm", self.arm_seed_disk)
-
-    # --- sign-in ------------------------------------------------------------------------
-    async def login(self, request: web.Request) -> web.Response:
-        """Sign in. The attempt is admitted by the throttle (and counted while pending)
-        before the password is checked; an unknown account name gets the same answers,
-        lockouts and cost as a known one; a browser that signed in before (device cookie)
-        is throttled on its own key, so another client's failures never lock it out."""
-        if request.content_type != "application/json":
-            # A cross-site form cannot send JSON without a CORS preflight: no login CSRF.
-            raise ApiError(415, "unsupported_media_type", "send the credentials as JSON")
-        body = await read_json(request, 4096)
-        name, password = body.get("name"), body.get("password")
-        if not isinstance(name, str) or not isinstance(password, str) or not name \
-                or len(name) > 200:
-            raise ApiError(400, "bad_field", "fields 'name' and 'password' must be strings")
-        account_key = "account:" + name.lower()
-        self.throttle.unlock(account_key, await self.run(self.accounts.unlock_stamp, name))
-        cookie = request.cookies.get(DEVICE_COOKIE, "")
-        device = await self.run(self.accounts.device_id, name, cookie) if cookie else None
-        keys = (f"device:{device}",) if device else (account_key,
-                                                     "addr:" + (request.remote or "?"))
-        if self._hashing >= SIGNIN_QUEUE:
-            raise ApiError(429, "busy", "too many sign-ins at once; try again in 1 s",
-                           retry_after=1)
-        wait = self.throttle.admit(keys)
-        if wait > 0:
-            raise _throttled(wait)
-        ok = False
-        self._hashing += 1
-        try:
-            ok = await run_in(self.signin_pool, self.accounts.check, name, password)
-        finally:
-            self._hashing -= 1
-            # counted as a failure unless it succeeded, also when the client went away
-            self.throttle.finish(keys, ok, clear=keys[:1])
-        if not ok:
-            log.warning("failed sign-in for account %r from %s%s", name, request.remote,
-                        " (known device)" if device else "")
-            wait = self.throttle.retry_after(*keys)
-            if wait > 0:
-                raise _throttled(wait)
-            raise ApiError(401, "bad_credentials", "wrong account name or password")
-        token, ws = await self.run(self.accounts.open_session, name)
-        device_cookie = await self.run(self.accounts.issue_device, name)
-        log.info("account %r signed in from %s", name, request.remote)
-        resp = web.json_response({"account": ws.account, "csrf": ws.csrf})
-        resp.set_cookie(SESSION_COOKIE, token, httponly=True, secure=True, samesite="Strict",
-                        path="/")
-        resp.set_cookie(DEVICE_COOKIE, device_cookie, httponly=True, secure=True,
-                        samesite="Strict", path="/api/v1/auth/login", max_age=DEVICE_SECONDS)
-        return resp
-
-    async def logout(self, request: web.Request) -> web.Response:
-        require_account(request)
-        token = request.cookies.get(SESSION_COOKIE, "")
-        await self.run(self.accounts.close_session, token)
-        resp = web.Response(status=204)
-        resp.del_cookie(SESSION_COOKIE, path="/")
-        return resp
-
-    async def get_session(self, request: web.Request) -> web.Response:
-        account = require_account(request)
-        return web.json_response({"account": account, "csrf": request[SESSION].csrf})
-
-    # --- overview -----------------------------------------------------------------------
-    async def overview(self, request: web.Request) -> web.Response:
-        require_overview(request)
-        return web.json_response(await self.run(self.overview_fn))
 
     # --- browsing -----------------------------------------------------------------------
     def _host_snap(self, request: web.Request) -> tuple[str, str]:
@@ -206,7 +117,7 @@ class PageApi:
         require_host_access(request, host)
         snap = request.match_info.get("snap", "latest")
         if snap != "latest" and not is_snapshot_id(snap):
-            raise ApiError(404, "no_such_snapshot", f"no snapshot {snap!r}")
+            raise NotFound("no_such_snapshot", f"no snapshot {snap!r}")
         return host, snap
 
     async def _tree(self, request: web.Request) -> SnapshotTree:
@@ -240,7 +151,7 @@ class PageApi:
     async def search(self, request: web.Request) -> web.Response:
         needle = request.query.get("q", "")
         if not 1 <= len(needle) <= 200 or "\0" in needle:
-            raise ApiError(400, "bad_field", "'q' must be 1 to 200 characters")
+            raise BadRequest("bad_field", "'q' must be 1 to 200 characters")
         limit = int_query(request, "limit", 200, 1, MAX_SEARCH)
         with self._heavy_op(request, "search", "browse"):
             tree = await self._tree(request)
@@ -278,12 +189,12 @@ class PageApi:
         path = _path_param(request)
         e = await self.run_heavy(tree.lookup, path)
         if e.type not in (FILE, HARDLINK):
-            raise ApiError(400, "not_a_file", f"{display(path) or '/'} is a "
+            raise BadRequest("not_a_file", f"{display(path) or '/'} is a "
                            f"{TYPE_NAMES.get(e.type, e.type)}; download folders as an archive")
         data = await self.run_heavy(tree.data_entry, path, e)
         missing = await self.run_heavy(self._unavailable, data)
         if missing:
-            raise ApiError(409, "damaged", f"{len(missing)} pieces of this file are damaged or "
+            raise Conflict("damaged", f"{len(missing)} pieces of this file are damaged or "
                            "missing on the appliance; restore it from the data center copy",
                            chunks=missing[:10])
         size = data.size
@@ -321,7 +232,7 @@ class PageApi:
         try:
             writer = writer_for(fmt, str(self.store.root))
         except ValueError as exc:
-            raise ApiError(400, "bad_field", str(exc)) from None
+            raise BadRequest("bad_field", str(exc)) from None
         paths = _path_params(request) or [b""]
         items: list[tuple[bytes, Entry]] = []
         for p in dict.fromkeys(paths):
@@ -392,13 +303,13 @@ class PageApi:
         target_dir = body.get("target_dir")
         allow_special = body.get("allow_special", False)
         if not isinstance(allow_special, bool):
-            raise ApiError(400, "bad_field", "'allow_special' must be true or false")
+            raise BadRequest("bad_field", "'allow_special' must be true or false")
         if not (isinstance(paths_q, list) and all(isinstance(p, str) for p in paths_q)):
-            raise ApiError(400, "bad_field", "'paths' must be a list of path strings (q)")
+            raise BadRequest("bad_field", "'paths' must be a list of path strings (q)")
         if not isinstance(target_host, str):
-            raise ApiError(400, "bad_field", "'target_host' must be a host name")
+            raise BadRequest("bad_field", "'target_host' must be a host name")
         if not isinstance(target_dir, str) or not target_dir.startswith("/"):
-            raise ApiError(400, "bad_field", "'target_dir' must be an absolute directory path")
+            raise BadRequest("bad_field", "'target_dir' must be an absolute directory path")
         paths = [from_q(p) for p in paths_q] or [b""]  # none: the whole snapshot
         for p in paths:
             await self.run_heavy(tree.lookup, p)  # 404 for a path the snapshot does not have
@@ -422,32 +333,6 @@ class PageApi:
         require_account(request)
         await self.jobs.cancel(job_id(request))
         return web.json_response({"job": (await self.jobs.get(job_id(request))).to_json()})
-
-
-    # --- Rapid Protect / Rapid Recover disks --------------------------------------------
-    def _need_seeds(self) -> Any:
-        if self.seeds is None:
-            raise ApiError(404, "no_seed_disks", "removable disks are not watched here")
-        return self.seeds
-
-    async def seed_disks(self, request: web.Request) -> web.Response:
-        require_account(request)
-        return web.json_response(await self.run(self._need_seeds().status))
-
-    async def arm_seed_disk(self, request: web.Request) -> web.Response:
-        account = require_account(request)
-        seeds = self._need_seeds()
-        body = await read_json(request, 64 * 1024)
-        op, hosts = body.get("operation"), body.get("hosts") or None
-        if op not in ("export", "import"):
-            raise ApiError(400, "bad_field", "'operation' must be 'export' or 'import'")
-        if hosts is not None and not (isinstance(hosts, list)
-                                      and all(isinstance(h, str) for h in hosts)):
-            raise ApiError(400, "bad_field", "'hosts' must be a list of host names")
-        device = request.match_info["device"]
-        disk = await seeds.arm(device, op, hosts)
-        log.warning("account %r armed a seed %s on %s", account, op, device)
-        return web.json_response({"disk": disk}, status=202)
 
 
 _SNAP_KEYS = ("snapshot", "received_at", "logical_size", "file_count", "dir_count",
@@ -497,21 +382,15 @@ def _raw_params(request: web.Request, key: str) -> list[str]:
 def _path_param(request: web.Request) -> bytes:
     values = _raw_params(request, "path")
     if len(values) > 1:
-        raise ApiError(400, "bad_field", "give one 'path'")
+        raise BadRequest("bad_field", "give one 'path'")
     return from_q(values[0]) if values else b""
 
 
 def _path_params(request: web.Request) -> list[bytes]:
     values = _raw_params(request, "path")
     if len(values) > 10_000:
-        raise ApiError(400, "bad_field", "at most 10000 paths per archive")
+        raise BadRequest("bad_field", "at most 10000 paths per archive")
     return [from_q(v) for v in values]
-
-
-def _throttled(wait: float) -> ApiError:
-    secs = max(1, int(wait + 0.999))
-    return ApiError(429, "throttled", f"too many failed sign-ins; try again in {secs} s",
-                    retry_after=secs)
 
 
 def _content_type(name: str) -> str:
@@ -569,8 +448,8 @@ def _range(header: str | None, size: int, request: web.Request,
     return start, end, True
 
 
-def _unsatisfiable(size: int) -> ApiError:
-    return ApiError(416, "range_not_satisfiable", f"the file has {size} bytes",
+def _unsatisfiable(size: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable("range_not_satisfiable", f"the file has {size} bytes",
                     size=size)
 
 

@@ -18,11 +18,14 @@ import hmac
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 
 from aiohttp import web
 
+from ..errors import Forbidden, NotFound, Unauthorized
+from ..pools import run_in
 from ..store.accounts import WebSession
-from .errors import ApiError
+from ..store.index import Index
 
 SESSION_COOKIE = "rdr_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -80,6 +83,26 @@ class RememberedTokens:
         return name
 
 
+class TokenLookup:
+    """Bearer tokens to principals, for `auth_middleware`: a host's token acts for that host,
+    an admin API token for its name with its scope. Read from the index in the light pool:
+    a token check must never wait behind heavy work."""
+
+    def __init__(self, index: Index, pool: Executor) -> None:
+        self.index = index
+        self.pool = pool
+
+    def _find(self, token: str) -> Principal | None:
+        host = self.index.host_for_token(token)
+        if host is not None:
+            return "host", host, ""
+        admin = self.index.api_token_for(token)
+        return ("admin", *admin) if admin is not None else None
+
+    async def __call__(self, token: str) -> Principal | None:
+        return await run_in(self.pool, self._find, token)
+
+
 def bearer_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -104,13 +127,13 @@ def auth_middleware(lookup: Callable[[str], Awaitable[Principal | None]],
         if token:
             who = await lookup(token)
             if who is None:
-                raise ApiError(401, "unauthorized", "missing or invalid bearer token")
+                raise Unauthorized("unauthorized", "missing or invalid bearer token")
             kind, name, scope = who
             request[HOST] = name if kind == "host" else None
             request[ADMIN] = name if kind == "admin" else None
             if kind == "admin":
                 if scope not in ("read", "admin"):
-                    raise ApiError(403, "forbidden", f"this admin API token's scope is "
+                    raise Forbidden("forbidden", f"this admin API token's scope is "
                                    f"{scope!r}: it reaches /metrics only")
                 request[SCOPE] = scope
             return await handler(request)
@@ -120,12 +143,12 @@ def auth_middleware(lookup: Callable[[str], Awaitable[Principal | None]],
             request[ACCOUNT], request[SESSION] = ws.account, ws
             if request.method not in SAFE_METHODS and not hmac.compare_digest(
                     request.headers.get(CSRF_HEADER, "").encode(), ws.csrf.encode()):
-                raise ApiError(403, "csrf", f"missing or wrong {CSRF_HEADER} header; reload "
+                raise Forbidden("csrf", f"missing or wrong {CSRF_HEADER} header; reload "
                                "the page")
             return await handler(request)
         if route.startswith("public."):
             return await handler(request)
-        raise ApiError(401, "unauthorized", "sign in, or send a bearer token")
+        raise Unauthorized("unauthorized", "sign in, or send a bearer token")
 
     return middleware
 
@@ -133,14 +156,14 @@ def auth_middleware(lookup: Callable[[str], Awaitable[Principal | None]],
 def require_host(request: web.Request) -> str:
     host = request[HOST]
     if host is None:
-        raise ApiError(403, "forbidden", "this endpoint needs a host token")
+        raise Forbidden("forbidden", "this endpoint needs a host token")
     return host
 
 
 def require_account(request: web.Request) -> str:
     account = request[ACCOUNT]
     if account is None:
-        raise ApiError(403, "forbidden", "this endpoint needs an admin account signed in on "
+        raise Forbidden("forbidden", "this endpoint needs an admin account signed in on "
                        "the appliance page")
     return account
 
@@ -150,10 +173,10 @@ def require_host_access(request: web.Request, host: str) -> str:
     if request[ACCOUNT] is not None:
         return request[ACCOUNT]
     if request[HOST] is None:
-        raise ApiError(403, "forbidden", "admin API tokens see no host's files; sign in or "
+        raise Forbidden("forbidden", "admin API tokens see no host's files; sign in or "
                        "use the host's token")
     if request[HOST] != host:
-        raise ApiError(404, "no_such_host", f"no host {host!r}")
+        raise NotFound("no_such_host", f"no host {host!r}")
     return request[HOST]
 
 
@@ -162,7 +185,7 @@ def require_overview(request: web.Request) -> str:
     `admin`: the middleware refuses `metrics` ones), not hosts."""
     who = request[ACCOUNT] or request[ADMIN]
     if who is None:
-        raise ApiError(403, "forbidden", "this endpoint needs an admin account or admin token")
+        raise Forbidden("forbidden", "this endpoint needs an admin account or admin token")
     return who
 
 
@@ -174,13 +197,13 @@ def require_change(request: web.Request) -> str:
     if request[ADMIN] is not None and request[SCOPE] == "admin":
         return f"token:{request[ADMIN]}"
     if request[ADMIN] is not None:
-        raise ApiError(403, "forbidden", f"this admin API token's scope is {request[SCOPE]!r}; "
+        raise Forbidden("forbidden", f"this admin API token's scope is {request[SCOPE]!r}; "
                        "changes need an admin account or a token of scope 'admin'")
-    raise ApiError(403, "forbidden", "this endpoint needs an admin account or admin token")
+    raise Forbidden("forbidden", "this endpoint needs an admin account or admin token")
 
 
 def require_admin(request: web.Request) -> str:
     admin = request[ADMIN]
     if admin is None:
-        raise ApiError(403, "forbidden", "this endpoint needs an admin API token")
+        raise Forbidden("forbidden", "this endpoint needs an admin API token")
     return admin

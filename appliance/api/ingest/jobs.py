@@ -38,17 +38,17 @@ from aiohttp import web
 from rdr_format.catalog import iter_blocks
 from rdr_format.chunkfile import MAX_FILE_SIZE, ChunkError
 
-from ..pools import run_in
-from ..store.backup_runs import MAX_MESSAGE as RUN_MAX_MESSAGE
-from ..store.backup_runs import BackupRun, check_gaps
-from ..store.datastore import Datastore
-from ..store.job_view import JobView, JobViews, build_view
-from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
-from ..web.auth import require_host
-from ..web.budget import ByteBudget
-from ..web.errors import ApiError
-from ..web.jsonbody import read_json
-from ..web.params import job_id, run_id, whole_number
+from ...errors import BadRequest, Gone, NotFound
+from ...pools import run_in
+from ...store.backup_runs import MAX_MESSAGE as RUN_MAX_MESSAGE
+from ...store.backup_runs import BackupRun, check_gaps
+from ...store.datastore import Datastore
+from ...store.job_view import JobView, JobViews, build_view
+from ...store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
+from ..auth import require_host
+from ..budget import ByteBudget
+from ..jsonbody import read_json
+from ..params import job_id, run_id, whole_number
 
 log = logging.getLogger("rdr.jobs")
 T = TypeVar("T")
@@ -86,8 +86,7 @@ class AgentJobsApi:
         self._building: dict[int, asyncio.Lock] = {}
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.pool, functools.partial(fn, *args))
+        return await run_in(self.pool, fn, *args)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/agent/jobs/next", self.next_job)
@@ -162,11 +161,11 @@ class AgentJobsApi:
         host = require_host(request)
         wait = whole_number(request.query.get("wait", "0"))
         if wait is None or wait > MAX_WAIT:
-            raise ApiError(400, "bad_field",
+            raise BadRequest("bad_field",
                            f"parameter 'wait' must be whole seconds from 0 to {MAX_WAIT}")
         backups = request.query.get("backups", "0")
         if backups not in ("0", "1"):
-            raise ApiError(400, "bad_field", "parameter 'backups' must be 0 or 1")
+            raise BadRequest("bad_field", "parameter 'backups' must be 0 or 1")
         await self._heartbeat(request, host)
         await self._expire()
         loop = asyncio.get_running_loop()
@@ -245,12 +244,12 @@ class AgentJobsApi:
             try:
                 data = await run_in(self.heavy, view.masked_chunk, self.store.chunks, cid)
             except ChunkError:
-                raise ApiError(410, "chunk_damaged", f"chunk {cid} is damaged on the appliance;"
+                raise Gone("chunk_damaged", f"chunk {cid} is damaged on the appliance;"
                                " the files using it cannot be restored") from None
             except FileNotFoundError:
                 data = None
             if data is None:
-                raise ApiError(404, "no_such_chunk", f"restore job has no chunk {cid}")
+                raise NotFound("no_such_chunk", f"restore job has no chunk {cid}")
             # no-store: access ends with the job, no cache should keep serving it
             resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
                                                "Cache-Control": "private, no-store"})
@@ -274,13 +273,13 @@ class AgentJobsApi:
         body = await self._body(request, {"ok", "files", "bytes", "errors", "message"})
         ok = body.get("ok")
         if not isinstance(ok, bool):
-            raise ApiError(400, "bad_field", "field 'ok' must be true or false")
+            raise BadRequest("bad_field", "field 'ok' must be true or false")
         files = _count(body, "files")
         nbytes = _count(body, "bytes")
         errors = _count(body, "errors")
         message = body.get("message", "")
         if not isinstance(message, str) or len(message) > MAX_MESSAGE:
-            raise ApiError(400, "bad_field", f"field 'message' must be a string of at most "
+            raise BadRequest("bad_field", f"field 'message' must be a string of at most "
                            f"{MAX_MESSAGE} characters")
         job = await self.run(self.jobs.finish, host, jid, ok, files, nbytes, errors, message)
         if self._views is not None:
@@ -317,17 +316,17 @@ class AgentJobsApi:
             "not_backed_up_count"})
         outcome, snapshot = body.get("outcome"), body.get("snapshot")
         if not isinstance(outcome, str):
-            raise ApiError(400, "bad_field", "field 'outcome' must be a string")
+            raise BadRequest("bad_field", "field 'outcome' must be a string")
         if snapshot is not None and not isinstance(snapshot, str):
-            raise ApiError(400, "bad_field", "field 'snapshot' must be a snapshot id")
+            raise BadRequest("bad_field", "field 'snapshot' must be a snapshot id")
         message = body.get("message", "")
         if not isinstance(message, str) or len(message) > RUN_MAX_MESSAGE:
-            raise ApiError(400, "bad_field", f"field 'message' must be a string of at most "
+            raise BadRequest("bad_field", f"field 'message' must be a string of at most "
                            f"{RUN_MAX_MESSAGE} characters")
         gaps = check_gaps(body.get("not_backed_up", []))
         count = body.get("not_backed_up_count", len(gaps))
         if type(count) is not int or count < len(gaps):
-            raise ApiError(400, "bad_field", "field 'not_backed_up_count' must be an integer "
+            raise BadRequest("bad_field", "field 'not_backed_up_count' must be an integer "
                            "at least the length of 'not_backed_up'")
         run = await self.run(functools.partial(
             self.store.runs.finish, host, rid, outcome, snapshot=snapshot,
@@ -344,7 +343,7 @@ def _count(body: dict, name: str) -> int:
     """A required non-negative integer field (a bool is not one)."""
     value = body.get(name)
     if type(value) is not int or not 0 <= value <= MAX_COUNT:
-        raise ApiError(400, "bad_field", f"field {name!r} must be a non-negative integer")
+        raise BadRequest("bad_field", f"field {name!r} must be a non-negative integer")
     return value
 
 

@@ -1,4 +1,6 @@
-"""LAN backup API for agents (``/api/v1``), documented in ``appliance/ingest/openapi.yaml``.
+"""Front door 1, the agents' backup API under ``/api/v1`` (documented in
+``appliance/api/openapi.yaml``): sessions, chunk uploads, commits, snapshots and chunk
+downloads for a host's own restores. The agent job channel is its sibling (jobs.py).
 
 Handlers only translate HTTP to datastore calls; every disk or CPU step runs in the daemon's
 bounded thread pool so the event loop keeps serving the other agents.
@@ -6,8 +8,6 @@ bounded thread pool so the event loop keeps serving the other agents.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -19,17 +19,16 @@ from rdr_format.catalog import CatalogError
 from rdr_format.chunkfile import MAX_FILE_SIZE, is_chunk_id
 from rdr_format.manifest import StreamRef
 
-from .. import __version__
-from ..store.datastore import CommitRequest, Datastore
-from ..store.restore_jobs import RestoreJobs
-from ..store.snapshots import is_snapshot_id
-from ..web.auth import ACCOUNT, ADMIN, HOST, auth_middleware, require_admin, require_host
-from ..web.backups_api import BackupsApi
-from ..web.budget import ByteBudget
-from ..web.errors import ApiError, error_middleware
-from ..web.jsonbody import read_json
-from ..web.page_api import PageApi
-from .jobs_api import AgentJobsApi
+from ... import __version__
+from ...errors import BadRequest, NotFound, PayloadTooLarge
+from ...pools import run_in
+from ...store.datastore import CommitRequest, Datastore
+from ...store.restore_jobs import RestoreJobs
+from ...store.snapshots import is_snapshot_id
+from ..auth import ACCOUNT, ADMIN, HOST, require_host
+from ..budget import ByteBudget
+from ..jsonbody import read_json
+from .jobs import AgentJobsApi
 
 T = TypeVar("T")
 MAX_KNOWN_BATCH = 10_000
@@ -38,7 +37,6 @@ MAX_KNOWN_BATCH = 10_000
 class IngestApi:
     def __init__(self, store: Datastore, pool: Executor, *, max_json_bytes: int,
                  appliance_serial: str,
-                 usage_report: Callable[[str | None], dict] | None = None,
                  on_commit: Callable[[], None] | None = None,
                  upload_budget: int = 64 * 2**20, commit_pool: Executor | None = None,
                  heavy_pool: Executor | None = None) -> None:
@@ -47,10 +45,7 @@ class IngestApi:
         self.commit_pool = commit_pool or pool
         self.max_json_bytes = max_json_bytes
         self.serial = appliance_serial
-        self.usage_report = usage_report
         self.on_commit = on_commit
-        self.page: PageApi | None = None
-        self.backups: BackupsApi | None = None
         # Chunk bodies held at once: enough to keep every worker busy with a few waiting.
         self.uploads = ByteBudget(upload_budget)
         self.downloads = ByteBudget(upload_budget)
@@ -59,24 +54,11 @@ class IngestApi:
         self.jobs = AgentJobsApi(store, RestoreJobs(index), pool,  # type: ignore[arg-type]
                                  heavy=heavy_pool, downloads=self.downloads)
 
-    def attach_page(self, page: PageApi) -> None:
-        """Serve the LAN page's API (sign-in sessions, browsing, downloads) in this app."""
-        self.page = page
-
-    def attach_backups(self, backups: BackupsApi) -> None:
-        """Serve plans, "back up now", pause/resume and runs (page and admin tokens)."""
-        self.backups = backups
-
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self.pool, functools.partial(fn, *args))
+        return await run_in(self.pool, fn, *args)
 
-    def app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[error_middleware, auth_middleware(
-                self._lookup, self.page.session_for if self.page is not None else None)],
-            client_max_size=self.max_json_bytes)
-        r = app.router
+    def add_routes(self, r: web.UrlDispatcher) -> None:
+        """The agents' routes, then the agent job channel's."""
         r.add_get("/whoami", self.whoami)
         r.add_post("/sessions", self.open_session)
         r.add_post("/sessions/{sid}/known", self.known)
@@ -88,24 +70,7 @@ class IngestApi:
         r.add_get("/snapshots/{snap}", self.get_snapshot)
         r.add_get("/snapshots/{snap}/chunks/{cid}", self.get_chunk)
         r.add_post("/restores", self.start_restore)
-        r.add_get("/usage", self.usage)
         self.jobs.add_routes(r)
-        if self.page is not None:
-            self.page.add_routes(r)
-        if self.backups is not None:
-            self.backups.add_routes(r)
-        return app
-
-    async def _lookup(self, token: str) -> tuple[str, str, str] | None:
-        def find() -> tuple[str, str, str] | None:
-            idx = self.store.index
-            host = idx.host_for_token(token)
-            if host is not None:
-                return "host", host, ""
-            admin = idx.api_token_for(token)
-            return ("admin", *admin) if admin is not None else None
-
-        return await self.run(find)
 
     async def _json(self, request: web.Request) -> dict:
         return await read_json(request, self.max_json_bytes)
@@ -120,7 +85,7 @@ class IngestApi:
         body = await self._json(request)
         resume = body.get("resume")
         if resume is not None and not isinstance(resume, str):
-            raise ApiError(400, "bad_field", "field 'resume' must be a session id string")
+            raise BadRequest("bad_field", "field 'resume' must be a session id string")
         host = require_host(request)
         sid, resumed = await self.run(self.store.open_session, host, resume)
         nonce = await self.run(self.store.session_nonce, host, sid)
@@ -133,14 +98,14 @@ class IngestApi:
         body = await self._json(request)
         ids = body.get("chunks")
         if not isinstance(ids, list) or not all(is_chunk_id(c) for c in ids):
-            raise ApiError(400, "bad_field", "field 'chunks' must be a list of chunk ids")
+            raise BadRequest("bad_field", "field 'chunks' must be a list of chunk ids")
         if len(ids) > MAX_KNOWN_BATCH:
-            raise ApiError(413, "payload_too_large",
+            raise PayloadTooLarge("payload_too_large",
                            f"field 'chunks' holds more than {MAX_KNOWN_BATCH} ids")
         proofs = body.get("proofs")
         if proofs is not None and not (isinstance(proofs, list) and len(proofs) == len(ids)
                                        and all(is_chunk_id(p) for p in proofs)):
-            raise ApiError(400, "bad_field", "field 'proofs' must list one possession proof "
+            raise BadRequest("bad_field", "field 'proofs' must list one possession proof "
                            "(64 hex digits) per chunk id")
         missing = await self.run(self.store.known, require_host(request), request.match_info["sid"],
                                  ids, proofs)
@@ -149,9 +114,9 @@ class IngestApi:
     async def put_chunk(self, request: web.Request) -> web.Response:
         cid = request.match_info["cid"]
         if not is_chunk_id(cid):
-            raise ApiError(400, "bad_chunk_id", "chunk id must be 64 lowercase hex digits")
+            raise BadRequest("bad_chunk_id", "chunk id must be 64 lowercase hex digits")
         if request.content_length is not None and request.content_length > MAX_FILE_SIZE:
-            raise ApiError(413, "payload_too_large", f"a chunk file is at most {MAX_FILE_SIZE} "
+            raise PayloadTooLarge("payload_too_large", f"a chunk file is at most {MAX_FILE_SIZE} "
                            "bytes")
         # Read at most one chunk's worth, failing as soon as the stream runs over: a chunk is
         # bounded (4 MiB), so the body is gathered and verified in one pool call. The body
@@ -172,9 +137,8 @@ class IngestApi:
         body = await self._json(request)
         req = _parse_commit(body)
         sid = request.match_info["sid"]
-        manifest = await asyncio.get_running_loop().run_in_executor(
-            self.commit_pool, functools.partial(self.store.commit, require_host(request),
-                                                sid, req))
+        manifest = await run_in(self.commit_pool, self.store.commit, require_host(request),
+                                sid, req)
         # A repeat of a recent identical commit returns the snapshot it repeats (made by
         # another session): 200, and no new snapshot to replicate.
         repeated = manifest.session != sid
@@ -200,7 +164,7 @@ class IngestApi:
     def _snap(self, request: web.Request) -> str:
         snap = request.match_info["snap"]
         if snap != "latest" and not is_snapshot_id(snap):
-            raise ApiError(404, "no_such_snapshot", f"no snapshot {snap!r}")
+            raise NotFound("no_such_snapshot", f"no snapshot {snap!r}")
         return snap
 
     async def get_snapshot(self, request: web.Request) -> web.Response:
@@ -247,22 +211,11 @@ class IngestApi:
         body = await self._json(request)
         snap = body.get("snapshot")
         if not isinstance(snap, str):
-            raise ApiError(400, "bad_field", "field 'snapshot' must be a snapshot id string")
+            raise BadRequest("bad_field", "field 'snapshot' must be a snapshot id string")
         if snap != "latest" and not is_snapshot_id(snap):
-            raise ApiError(404, "no_such_snapshot", f"no snapshot {snap!r}")
+            raise NotFound("no_such_snapshot", f"no snapshot {snap!r}")
         row = await self.run(self.store.resolve_snapshot, host, snap)
         return web.json_response({"restore": None, "snapshot": row.snapshot}, status=201)
-
-    async def usage(self, request: web.Request) -> web.Response:
-        require_admin(request)
-        month = request.query.get("month") or None
-        if self.usage_report is None:
-            raise ApiError(404, "not_found", "usage reporting is not enabled")
-        try:
-            report = await self.run(self.usage_report, month)
-        except ValueError as exc:
-            raise ApiError(400, "bad_field", f"month: {exc}") from None
-        return web.json_response(report)
 
 
 async def _read_body(request: web.Request) -> bytearray:
@@ -275,19 +228,19 @@ async def _read_body(request: web.Request) -> bytearray:
         async for piece in request.content.iter_any():
             buf += piece
             if len(buf) > MAX_FILE_SIZE:
-                raise ApiError(413, "payload_too_large",
+                raise PayloadTooLarge("payload_too_large",
                                f"a chunk file is at most {MAX_FILE_SIZE} bytes")
         return buf
     buf = bytearray(request.content_length)
     view, n = memoryview(buf), 0
     async for piece in request.content.iter_any():  # aiohttp stops at Content-Length
         if n + len(piece) > len(buf):
-            raise ApiError(400, "body_too_long", "the body is longer than its Content-Length")
+            raise BadRequest("body_too_long", "the body is longer than its Content-Length")
         view[n:n + len(piece)] = piece
         n += len(piece)
     view.release()
     if n != len(buf):
-        raise ApiError(400, "truncated_body", f"the body ended after {n} of "
+        raise BadRequest("truncated_body", f"the body ended after {n} of "
                        f"{len(buf)} bytes")
     return buf
 
@@ -297,29 +250,29 @@ def _parse_commit(body: dict) -> CommitRequest:
         try:
             return StreamRef.from_json(body.get(name), name)
         except CatalogError as exc:
-            raise ApiError(400, "bad_field", f"field {exc}") from None
+            raise BadRequest("bad_field", f"field {exc}") from None
 
     allowed = {"catalog", "dirindex", "agent_version", "source", "unreadable",
                "unreadable_count"}
     extra = set(body) - allowed
     if extra:
-        raise ApiError(400, "bad_field", f"unknown field {sorted(extra)[0]!r}")
+        raise BadRequest("bad_field", f"unknown field {sorted(extra)[0]!r}")
     version = body.get("agent_version", "")
     if not isinstance(version, str) or len(version) > 100:
-        raise ApiError(400, "bad_field", "field 'agent_version' must be a short string")
+        raise BadRequest("bad_field", "field 'agent_version' must be a short string")
     source = body.get("source", [])
     if not (isinstance(source, list) and all(isinstance(s, str) for s in source)):
-        raise ApiError(400, "bad_field", "field 'source' must be a list of strings")
+        raise BadRequest("bad_field", "field 'source' must be a list of strings")
     unreadable = body.get("unreadable", [])
     if not (isinstance(unreadable, list) and all(
             isinstance(u, dict) and isinstance(u.get("path"), str)
             and isinstance(u.get("error"), str) and set(u) <= {"path", "error"}
             for u in unreadable)):
-        raise ApiError(400, "bad_field",
+        raise BadRequest("bad_field",
                        "field 'unreadable' must be a list of {path, error} objects")
     count = body.get("unreadable_count", len(unreadable))
     if type(count) is not int or count < 0:
-        raise ApiError(400, "bad_field", "field 'unreadable_count' must be a non-negative int")
+        raise BadRequest("bad_field", "field 'unreadable_count' must be a non-negative int")
     return CommitRequest(catalog=stream("catalog"), dirindex=stream("dirindex"),
                          agent_version=version, source=source, unreadable=unreadable,
                          unreadable_count=count)

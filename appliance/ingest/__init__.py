@@ -1,1 +1,0 @@
-"""LAN backup API for agents."""

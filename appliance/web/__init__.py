@@ -1,1 +1,0 @@
-"""HTTP pieces shared by the daemon's APIs: errors, authentication, TLS."""
