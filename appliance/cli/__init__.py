@@ -8,6 +8,6 @@ admin), the context a command runs in and the output helpers.
 """
 
 from .app import build_parser, main
-from .core import appliance_errors
+from .core import exit_codes
 
-__all__ = ["appliance_errors", "build_parser", "main"]
+__all__ = ["build_parser", "exit_codes", "main"]

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 #: Success: the command did what it says.
 EXIT_OK = 0
-#: An error the appliance raised on purpose (`appliance_errors`) or an OS error: one line on
+#: An error the appliance raised on purpose (`exit_codes`) or an OS error: one line on
 #: stderr.
 EXIT_ERROR = 1
 #: Bad arguments: argparse prints the usage and one line.
@@ -91,42 +91,56 @@ def group(sub: Subparsers, name: str, help: str) -> Subparsers:
     return p.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
 
 
-def appliance_errors() -> tuple[type[Exception], ...]:
-    """Every error the appliance's own code raises on purpose, mapped by `run` to one line
-    and exit 1 (a damaged or missing chunk read from the store or the data center included).
+def exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
+    """THE mapping of errors to exit codes, most specific first: every error the appliance
+    raises on purpose is an `ApplianceError` (appliance/errors.py: store, config, data
+    center, heavy-work admission...); the agent side's packages import nothing of the
+    appliance, so their errors that reach a command (a damaged chunk or catalog, a bad data
+    key, a data-center or disk restore that failed) are mapped here by type. Each one is
+    one line on stderr; any other exception is a bug and keeps its traceback.
 
-    Imported when an error is being mapped, not with the CLI: the classes live beside the
-    code that raises them (replication, seed disks), which `rdr --help` need not load."""
+    Imported when an error is being mapped, not with the CLI: `rdr --help` loads none of it."""
     from rdr_format.catalog import CatalogError
     from rdr_format.chunkfile import ChunkError
     from rdr_format.objects import DecryptError
     from rdr_format.objects import KeyError_ as ReplicationKeyError
     from rdr_restore.errors import DcError, SeedError
 
-    from ..replication.targets import TargetError
-    from ..store.errors import StoreError
+    from ..errors import ApplianceError
 
-    return (ConfigError, StoreError, TargetError, DcError, ReplicationKeyError, DecryptError,
-            SeedError, ChunkError, CatalogError)
+    return ((KeyboardInterrupt, EXIT_INTERRUPTED),
+            (ApplianceError, EXIT_ERROR),
+            (DcError, EXIT_ERROR), (SeedError, EXIT_ERROR), (ReplicationKeyError, EXIT_ERROR),
+            (DecryptError, EXIT_ERROR), (ChunkError, EXIT_ERROR), (CatalogError, EXIT_ERROR),
+            (OSError, EXIT_ERROR))
+
+
+def exit_code_of(exc: BaseException) -> int | None:
+    """The exit code of `exc` by `exit_codes`, None for an unexpected one."""
+    return next((code for cls, code in exit_codes() if isinstance(exc, cls)), None)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line on stderr for a mapped error (an OS error names its file)."""
+    if isinstance(exc, OSError):
+        return (f"rdr: error: {exc.strerror or exc}"
+                f"{': ' + str(exc.filename) if exc.filename else ''}")
+    return f"rdr: error: {exc}"
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the parsed command: THE place errors become exit codes and one line on stderr;
-    no traceback reaches the admin."""
+    """Run the parsed command: THE place errors become exit codes (`exit_codes`) and one
+    line on stderr; no traceback reaches the admin."""
     fn: Run = args.run
     try:
         return fn(Context(args))
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        if isinstance(exc, appliance_errors()):
-            print(f"rdr: error: {exc}", file=sys.stderr)
-            return EXIT_ERROR
-        if isinstance(exc, OSError):
-            print(f"rdr: error: {exc.strerror or exc}"
-                  f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
-            return EXIT_ERROR
-        raise
+    except (Exception, KeyboardInterrupt) as exc:
+        code = exit_code_of(exc)
+        if code is None:
+            raise
+        if code != EXIT_INTERRUPTED:
+            print(error_line(exc), file=sys.stderr)
+        return code
 
 
 class Context:
