@@ -215,6 +215,8 @@ class Daemon:
         self.store.admit = admit
 
         timer = RequestTimer(self.registry)
+        # /metrics checks remembered tokens: Prometheus keeps its view while the data disk
+        # is gone
         ops = Ops(self.pool, self._readiness, self.registry,
                   self._metrics_tokens.check if self.cfg.health.metrics_require_token else None)
         api = api_v1(ingest=[ingest], page=page, tokens=TokenLookup(self.store.index, self.pool),

@@ -206,7 +206,7 @@ class Rig(Faults):
     def first_scrape(self) -> None:
         """What the provider's Prometheus does from the moment a unit is up: scrape it. The
         daemon accepts a scrape token from memory while its disk is gone only once it has
-        seen the token (appliance/web/auth.py), so a rig whose first scenario pulls the
+        seen the token (appliance/api/auth.py), so a rig whose first scenario pulls the
         disk must have scraped before, as Prometheus would have."""
         self.metrics()
 
