@@ -134,7 +134,7 @@ def auth_middleware(lookup: Callable[[str], Awaitable[Principal | None]],
             if kind == "admin":
                 if scope not in ("read", "admin"):
                     raise Forbidden("forbidden", f"this admin API token's scope is "
-                                   f"{scope!r}: it reaches /metrics only")
+                                    f"{scope!r}: it reaches /metrics only")
                 request[SCOPE] = scope
             return await handler(request)
         cookie = request.cookies.get(SESSION_COOKIE)
@@ -144,7 +144,7 @@ def auth_middleware(lookup: Callable[[str], Awaitable[Principal | None]],
             if request.method not in SAFE_METHODS and not hmac.compare_digest(
                     request.headers.get(CSRF_HEADER, "").encode(), ws.csrf.encode()):
                 raise Forbidden("csrf", f"missing or wrong {CSRF_HEADER} header; reload "
-                               "the page")
+                                "the page")
             return await handler(request)
         if route.startswith("public."):
             return await handler(request)
@@ -164,7 +164,7 @@ def require_account(request: web.Request) -> str:
     account = request[ACCOUNT]
     if account is None:
         raise Forbidden("forbidden", "this endpoint needs an admin account signed in on "
-                       "the appliance page")
+                        "the appliance page")
     return account
 
 
@@ -174,7 +174,7 @@ def require_host_access(request: web.Request, host: str) -> str:
         return request[ACCOUNT]
     if request[HOST] is None:
         raise Forbidden("forbidden", "admin API tokens see no host's files; sign in or "
-                       "use the host's token")
+                        "use the host's token")
     if request[HOST] != host:
         raise NotFound("no_such_host", f"no host {host!r}")
     return request[HOST]
@@ -198,7 +198,7 @@ def require_change(request: web.Request) -> str:
         return f"token:{request[ADMIN]}"
     if request[ADMIN] is not None:
         raise Forbidden("forbidden", f"this admin API token's scope is {request[SCOPE]!r}; "
-                       "changes need an admin account or a token of scope 'admin'")
+                        "changes need an admin account or a token of scope 'admin'")
     raise Forbidden("forbidden", "this endpoint needs an admin account or admin token")
 
 

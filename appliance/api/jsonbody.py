@@ -75,5 +75,5 @@ async def read_json(request: web.Request, limit: int, *, required: bool = False,
         extra = set(body) - allowed
         if extra:
             raise BadRequest("bad_field",
-                           f"unknown field {sorted(extra)[0]!r}")
+                             f"unknown field {sorted(extra)[0]!r}")
     return body

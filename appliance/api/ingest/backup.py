@@ -101,12 +101,12 @@ class IngestApi:
             raise BadRequest("bad_field", "field 'chunks' must be a list of chunk ids")
         if len(ids) > MAX_KNOWN_BATCH:
             raise PayloadTooLarge("payload_too_large",
-                           f"field 'chunks' holds more than {MAX_KNOWN_BATCH} ids")
+                                  f"field 'chunks' holds more than {MAX_KNOWN_BATCH} ids")
         proofs = body.get("proofs")
         if proofs is not None and not (isinstance(proofs, list) and len(proofs) == len(ids)
                                        and all(is_chunk_id(p) for p in proofs)):
             raise BadRequest("bad_field", "field 'proofs' must list one possession proof "
-                           "(64 hex digits) per chunk id")
+                             "(64 hex digits) per chunk id")
         missing = await self.run(self.store.known, require_host(request), request.match_info["sid"],
                                  ids, proofs)
         return web.json_response({"missing": missing})
@@ -117,7 +117,7 @@ class IngestApi:
             raise BadRequest("bad_chunk_id", "chunk id must be 64 lowercase hex digits")
         if request.content_length is not None and request.content_length > MAX_FILE_SIZE:
             raise PayloadTooLarge("payload_too_large", f"a chunk file is at most {MAX_FILE_SIZE} "
-                           "bytes")
+                                  "bytes")
         # Read at most one chunk's worth, failing as soon as the stream runs over: a chunk is
         # bounded (4 MiB), so the body is gathered and verified in one pool call. The body
         # and the plaintext rebuilt to verify it count against the upload budget.
@@ -229,7 +229,7 @@ async def _read_body(request: web.Request) -> bytearray:
             buf += piece
             if len(buf) > MAX_FILE_SIZE:
                 raise PayloadTooLarge("payload_too_large",
-                               f"a chunk file is at most {MAX_FILE_SIZE} bytes")
+                                      f"a chunk file is at most {MAX_FILE_SIZE} bytes")
         return buf
     buf = bytearray(request.content_length)
     view, n = memoryview(buf), 0
@@ -241,7 +241,7 @@ async def _read_body(request: web.Request) -> bytearray:
     view.release()
     if n != len(buf):
         raise BadRequest("truncated_body", f"the body ended after {n} of "
-                       f"{len(buf)} bytes")
+                         f"{len(buf)} bytes")
     return buf
 
 
@@ -269,7 +269,7 @@ def _parse_commit(body: dict) -> CommitRequest:
             and isinstance(u.get("error"), str) and set(u) <= {"path", "error"}
             for u in unreadable)):
         raise BadRequest("bad_field",
-                       "field 'unreadable' must be a list of {path, error} objects")
+                         "field 'unreadable' must be a list of {path, error} objects")
     count = body.get("unreadable_count", len(unreadable))
     if type(count) is not int or count < 0:
         raise BadRequest("bad_field", "field 'unreadable_count' must be a non-negative int")

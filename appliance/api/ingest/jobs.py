@@ -162,7 +162,7 @@ class AgentJobsApi:
         wait = whole_number(request.query.get("wait", "0"))
         if wait is None or wait > MAX_WAIT:
             raise BadRequest("bad_field",
-                           f"parameter 'wait' must be whole seconds from 0 to {MAX_WAIT}")
+                             f"parameter 'wait' must be whole seconds from 0 to {MAX_WAIT}")
         backups = request.query.get("backups", "0")
         if backups not in ("0", "1"):
             raise BadRequest("bad_field", "parameter 'backups' must be 0 or 1")
@@ -245,7 +245,7 @@ class AgentJobsApi:
                 data = await run_in(self.heavy, view.masked_chunk, self.store.chunks, cid)
             except ChunkError:
                 raise Gone("chunk_damaged", f"chunk {cid} is damaged on the appliance;"
-                               " the files using it cannot be restored") from None
+                           " the files using it cannot be restored") from None
             except FileNotFoundError:
                 data = None
             if data is None:
@@ -280,7 +280,7 @@ class AgentJobsApi:
         message = body.get("message", "")
         if not isinstance(message, str) or len(message) > MAX_MESSAGE:
             raise BadRequest("bad_field", f"field 'message' must be a string of at most "
-                           f"{MAX_MESSAGE} characters")
+                             f"{MAX_MESSAGE} characters")
         job = await self.run(self.jobs.finish, host, jid, ok, files, nbytes, errors, message)
         if self._views is not None:
             await self.run(self._views.drop, jid)
@@ -322,12 +322,12 @@ class AgentJobsApi:
         message = body.get("message", "")
         if not isinstance(message, str) or len(message) > RUN_MAX_MESSAGE:
             raise BadRequest("bad_field", f"field 'message' must be a string of at most "
-                           f"{RUN_MAX_MESSAGE} characters")
+                             f"{RUN_MAX_MESSAGE} characters")
         gaps = check_gaps(body.get("not_backed_up", []))
         count = body.get("not_backed_up_count", len(gaps))
         if type(count) is not int or count < len(gaps):
             raise BadRequest("bad_field", "field 'not_backed_up_count' must be an integer "
-                           "at least the length of 'not_backed_up'")
+                             "at least the length of 'not_backed_up'")
         run = await self.run(functools.partial(
             self.store.runs.finish, host, rid, outcome, snapshot=snapshot,
             files=_count(body, "files"), nbytes=_count(body, "bytes"), message=message,

@@ -190,7 +190,7 @@ class RestoreApi:
         e = await self.run_heavy(tree.lookup, path)
         if e.type not in (FILE, HARDLINK):
             raise BadRequest("not_a_file", f"{display(path) or '/'} is a "
-                           f"{TYPE_NAMES.get(e.type, e.type)}; download folders as an archive")
+                             f"{TYPE_NAMES.get(e.type, e.type)}; download folders as an archive")
         data = await self.run_heavy(tree.data_entry, path, e)
         missing = await self.run_heavy(self._unavailable, data)
         if missing:
@@ -450,7 +450,7 @@ def _range(header: str | None, size: int, request: web.Request,
 
 def _unsatisfiable(size: int) -> RangeNotSatisfiable:
     return RangeNotSatisfiable("range_not_satisfiable", f"the file has {size} bytes",
-                    size=size)
+                               size=size)
 
 
 class _ChunkLru:

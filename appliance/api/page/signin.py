@@ -75,7 +75,7 @@ class SignInApi:
                                                      "addr:" + (request.remote or "?"))
         if self._hashing >= SIGNIN_QUEUE:
             raise TooManyRequests("busy", "too many sign-ins at once; try again in 1 s",
-                           retry_after=1)
+                                  retry_after=1)
         wait = self.throttle.admit(keys)
         if wait > 0:
             raise _throttled(wait)
