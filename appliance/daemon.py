@@ -31,6 +31,7 @@ from rdr_format.chunkfile import MAX_FILE_SIZE
 from rdr_format.objects import ObjectCipher
 
 from . import __version__, wiring
+from .accounts import Accounts
 from .backup_schedule import BackupScheduler
 from .browse.tree import Browser
 from .capacity.hosts import host_summaries
@@ -49,7 +50,6 @@ from .replication.status import replication_status
 from .replication.tunnel import TunnelWatch
 from .scheduler import Scheduler
 from .seed.service import SeedDisks
-from .store.accounts import Accounts
 from .store.datastore import Datastore
 from .store.errors import Unavailable
 from .store.lock import HeldLock

@@ -143,18 +143,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT NOT NULL DEFAULT '',
     result TEXT
 );
-CREATE TABLE IF NOT EXISTS accounts (
-    name TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    password_hash TEXT NOT NULL,
-    unlocked_at REAL
-);
-CREATE TABLE IF NOT EXISTS web_sessions (
-    id_hash BLOB PRIMARY KEY,
-    account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
-    created_at REAL NOT NULL,
-    last_seen REAL NOT NULL
-);
 CREATE TABLE IF NOT EXISTS restore_jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     source_host TEXT NOT NULL,
@@ -353,7 +341,6 @@ class Index:
         # and de-duplication key. Columns are added only where missing, so an index that
         # already has them (another branch's migration) upgrades too.
         self._add_column("api_tokens", "scope", "TEXT NOT NULL DEFAULT 'metrics'")
-        self._add_column("accounts", "unlocked_at", "REAL")
         self._add_column("restores", "account", "TEXT")
         self._add_column("restores", "request_key", "TEXT")
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",

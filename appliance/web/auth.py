@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..store.accounts import WebSession
+from ..accounts import WebSession
 from .errors import ApiError
 
 SESSION_COOKIE = "rdr_session"

@@ -32,11 +32,11 @@ from aiohttp import web
 from rdr_format.catalog import DIR, FILE, HARDLINK, SYMLINK, Entry, join_path
 from rdr_format.chunkfile import ChunkError
 
+from ..accounts import DEVICE_SECONDS, Accounts
 from ..browse.archive import MemberNames, writer_for
 from ..browse.paths import display, from_q, to_q
 from ..browse.tree import TYPE_NAMES, Browser, SnapshotTree
 from ..pools import HeavyGate, run_in
-from ..store.accounts import DEVICE_SECONDS, Accounts
 from ..store.datastore import Datastore
 from ..store.errors import StoreError
 from ..store.snapshots import is_snapshot_id

@@ -12,9 +12,9 @@ from urllib.parse import quote
 
 import aiohttp
 
+from appliance.accounts import Accounts
 from appliance.capacity.network import LinkProbe
 from appliance.capacity.report import monthly_report
-from appliance.store.accounts import Accounts
 from appliance.store.datastore import Datastore
 
 from ..conftest import Appliance, agent_cmd

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import zstandard
 
-from appliance.store.accounts import Accounts
+from appliance.accounts import Accounts
 from appliance.web.ui import STATIC
 
 from ..conftest import Appliance, agent_cmd

@@ -22,11 +22,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from appliance.accounts import Accounts
 from appliance.daemon import Daemon
 from appliance.replication.engine import Replicator
 from appliance.replication.targets import DirTarget
 from appliance.seed import disk as disk_mod
-from appliance.store.accounts import Accounts
 from appliance.store.datastore import Datastore
 from hil.disk import remove_loop
 from hil.swift import SwiftServer

@@ -35,7 +35,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from appliance.store.accounts import Accounts
+from appliance.accounts import Accounts
 
 from ..conftest import Appliance, agent_cmd
 from ..integration.test_agent_service import local_hhmm
