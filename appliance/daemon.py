@@ -160,12 +160,13 @@ class Daemon:
         store, cfg = self.store, self.cfg
         self.collector = ApplianceCollector(
             store, self.capacity, self.live,
-            (lambda: replication_status(store, cfg)) if self.replicator else None)
+            (lambda: replication_status(store, cfg)) if self.replicator else None,
+            history=maintenance.history)
         if self.replicator is not None:
             self.replicator.on_change = self.collector.replication_changed
         self._metrics_tokens = RememberedTokens(self.store.index.admin_for_token)
         self.scheduler = Scheduler(
-            self.store.index, wiring.periodic_jobs(self.cfg, maintenance, self.capacity, heal,
+            maintenance.history, wiring.periodic_jobs(self.cfg, maintenance, self.capacity, heal,
                                                    on_prune=self.collector.snapshots_changed),
             self.pools.heavy)
         if self.cfg.datacenter.probe:

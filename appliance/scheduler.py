@@ -15,9 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from .jobs.history import JobHistory
+from .jobs.maintenance import schedule_due
 from .store.errors import Conflict
-from .store.index import Index
-from .store.maintenance import schedule_due
 
 log = logging.getLogger("rdr.scheduler")
 
@@ -30,9 +30,9 @@ class Periodic:
 
 
 class Scheduler:
-    def __init__(self, index: Index, jobs: list[Periodic], pool: Executor,
+    def __init__(self, history: JobHistory, jobs: list[Periodic], pool: Executor,
                  tick: float = 60.0) -> None:
-        self.index = index
+        self.history = history
         self.jobs = jobs
         self.pool = pool
         self.tick = tick
@@ -42,7 +42,7 @@ class Scheduler:
         ran = []
         loop = asyncio.get_running_loop()
         for job in self.jobs:
-            last = await loop.run_in_executor(self.pool, self.index.last_finished, job.kind)
+            last = await loop.run_in_executor(self.pool, self.history.last_finished, job.kind)
             if not schedule_due(last, job.interval, time.time()):
                 continue
             try:

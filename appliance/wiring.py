@@ -13,6 +13,8 @@ from .backup_schedule import BackupScheduler
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
+from .jobs.history import JobHistory
+from .jobs.maintenance import Maintenance, MaintenanceSettings
 from .replication.engine import Replicator
 from .replication.targets import (
     DirTarget,
@@ -23,7 +25,6 @@ from .replication.targets import (
 )
 from .scheduler import Periodic
 from .store.datastore import CatalogLimits, Datastore
-from .store.maintenance import Maintenance, MaintenanceSettings
 
 
 def maintenance_settings(cfg: Config) -> MaintenanceSettings:
@@ -56,12 +57,17 @@ def open_store(cfg: Config) -> Datastore:
                      max_active=cfg.store.max_active_backups, limits=catalog_limits(cfg))
 
 
+def job_history(store: Datastore) -> JobHistory:
+    """The maintenance job history, in the store's index."""
+    return JobHistory(store.index, store.root / "maintenance.lock")
+
+
 def maintenance(cfg: Config, store: Datastore) -> Maintenance:
-    return Maintenance(store, maintenance_settings(cfg))
+    return Maintenance(store, job_history(store), maintenance_settings(cfg))
 
 
 def capacity(cfg: Config, store: Datastore) -> CapacityService:
-    return CapacityService(store, installed_gb=cfg.capacity.installed_gb,
+    return CapacityService(store, job_history(store), installed_gb=cfg.capacity.installed_gb,
                            marks=watermarks(cfg), timezone=cfg.appliance.timezone,
                            default_window=cfg.contract.default_window,
                            commitment_months=cfg.contract.commitment_months)

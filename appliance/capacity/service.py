@@ -9,8 +9,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from ..jobs.history import JobHistory
+from ..jobs.job import Job
 from ..store.datastore import Datastore
-from ..store.jobs import Job
 from .report import GB, ReportSettings, monthly_report
 from .usage import disk_usage, scan
 from .watermarks import Watermarks, used_percent
@@ -20,9 +21,11 @@ SAMPLE_KEEP_DAYS = 3 * 366
 
 
 class CapacityService:
-    def __init__(self, store: Datastore, *, installed_gb: float, marks: Watermarks,
-                 timezone: str, default_window: str, commitment_months: int) -> None:
+    def __init__(self, store: Datastore, history: JobHistory, *, installed_gb: float,
+                 marks: Watermarks, timezone: str, default_window: str,
+                 commitment_months: int) -> None:
         self.store = store
+        self.history = history
         self.installed_gb = installed_gb
         self.marks = marks
         self.timezone = timezone
@@ -52,7 +55,7 @@ class CapacityService:
 
     def take_sample(self, echo=None) -> dict:
         """Scan the store and keep today's sample (local day); drop samples past retention."""
-        with Job(self.store.index, "usage-sample", echo) as job:
+        with Job(self.history, "usage-sample", echo) as job:
             usage = scan(self.store)
             sample = {**usage.to_json(), "capacity_gb": self.capacity_gb()}
             today = datetime.now(ZoneInfo(self.timezone)).date()

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from ..capacity.hosts import host_summaries
 from ..capacity.service import CapacityService
+from ..jobs.history import JobHistory
 from ..store.datastore import Datastore
 from ..store.index import Index
 
@@ -104,8 +105,9 @@ class Figures:
 class ApplianceCollector(Collector):
     def __init__(self, store: Datastore, capacity: CapacityService, live: LiveState,
                  replication_status: Callable[[], dict] | None = None, ttl: float = 30.0,
-                 ) -> None:
+                 *, history: JobHistory) -> None:
         self.store = store
+        self.history = history
         self.capacity = capacity
         self.live = live
         stamp = store.index.snapshot_stamp
@@ -292,7 +294,7 @@ class ApplianceCollector(Collector):
         jobs = GaugeMetricFamily("rdr_job_last_success_timestamp_seconds",
                                  "Last successful maintenance job", labels=["kind"])
         for kind in JOB_KINDS:
-            t = idx.last_finished(kind)
+            t = self.history.last_finished(kind)
             if t is not None:
                 jobs.add_metric([kind], t)
         yield jobs

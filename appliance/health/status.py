@@ -42,6 +42,6 @@ def gather(cfg: Config, store: Datastore) -> dict:
             "links", {}), "tunnel_up": (live or {}).get("tunnel_up")} if live else None,
         "jobs": {j["kind"]: {"state": j["state"], "finished_at": j["finished_at"],
                              "message": j["message"]}
-                 for j in reversed(store.jobs(limit=50))},
+                 for j in reversed(wiring.job_history(store).recent(limit=50))},
         "damaged_chunks": len(idx.damaged()),
     }

@@ -32,7 +32,7 @@ from .backup_runs import BackupRuns
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
 from .index import Index, SessionRow, SnapshotRow
-from .lock import exclusive, is_held
+from .lock import exclusive
 from .ownership import Ownership
 from .retention import Policy
 from .snapshots import SnapshotStore, next_snapshot_id
@@ -670,13 +670,6 @@ class Datastore:
             return []
         idx = self.snapshots.chunk_index(host, snap)
         return sorted(c for c in damaged if c in idx)
-
-    def jobs(self, kind: str | None = None, limit: int = 50) -> list[dict]:
-        """Job history; rows left 'running' by a process that died are marked interrupted
-        first (a job only runs while its process holds the maintenance lock)."""
-        if not is_held(self.root / "maintenance.lock"):
-            self.index.mark_interrupted()
-        return self.index.jobs(kind, limit)
 
     # --- reading --------------------------------------------------------------------------
     def resolve_snapshot(self, host: str, snap: str) -> SnapshotRow:

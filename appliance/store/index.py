@@ -133,16 +133,6 @@ CREATE TABLE IF NOT EXISTS damaged_chunks (
     found_at REAL NOT NULL,
     reason TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'interrupted')),
-    progress REAL NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    result TEXT
-);
 CREATE TABLE IF NOT EXISTS restore_jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     source_host TEXT NOT NULL,
@@ -896,44 +886,3 @@ class Index:
 
     def damaged(self) -> set[str]:
         return {r[0] for r in self._q("SELECT id FROM damaged_chunks")}
-
-    # --- job history ---
-    def start_job(self, kind: str) -> int:
-        with self.tx() as db:
-            cur = db.execute("INSERT INTO jobs (kind, started_at, state) VALUES (?, ?, 'running')",
-                             (kind, time.time()))
-            return int(cur.lastrowid)
-
-    def mark_interrupted(self) -> int:
-        """Jobs still 'running' whose process died; call only when none can be running."""
-        with self.tx() as db:
-            return db.execute("UPDATE jobs SET state = 'interrupted', finished_at = ? "
-                              "WHERE state = 'running'", (time.time(),)).rowcount
-
-    def job_progress(self, job: int, progress: float, message: str) -> None:
-        with self.tx() as db:
-            db.execute("UPDATE jobs SET progress = ?, message = ? WHERE id = ?",
-                       (progress, message, job))
-
-    def finish_job(self, job: int, state: str, message: str, result: str | None) -> None:
-        with self.tx() as db:
-            db.execute("UPDATE jobs SET state = ?, finished_at = ?, message = ?, result = ?, "
-                       "progress = CASE WHEN ? = 'done' THEN 1.0 ELSE progress END WHERE id = ?",
-                       (state, time.time(), message, result, state, job))
-
-    def jobs(self, kind: str | None = None, limit: int = 50) -> list[dict]:
-        sql = "SELECT id, kind, started_at, finished_at, state, progress, message, result " \
-              "FROM jobs"
-        args: tuple = ()
-        if kind is not None:
-            sql += " WHERE kind = ?"
-            args = (kind,)
-        rows = self._q(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
-        keys = ("id", "kind", "started_at", "finished_at", "state", "progress", "message",
-                "result")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
-
-    def last_finished(self, kind: str) -> float | None:
-        rows = self._q("SELECT MAX(finished_at) FROM jobs WHERE kind = ? AND state = 'done'",
-                       (kind,))
-        return rows[0][0]

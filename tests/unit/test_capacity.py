@@ -185,7 +185,7 @@ def test_usage_sample_and_ratios(tmp_path: Path) -> None:
         cap.take_sample()
         days = [s["day"] for s in cap.samples()]
         assert "2021-01-01" not in days and "2025-01-01" in days
-        assert st.index.jobs()[0]["kind"] == "usage-sample"
+        assert cap.history.list()[0]["kind"] == "usage-sample"
     finally:
         st.close()
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance import wiring
+from appliance.jobs.maintenance import Maintenance, MaintenanceSettings
 from appliance.replication.dc import dc_verify
 from appliance.replication.engine import Replicator
 from appliance.replication.targets import DirTarget, RateLimitedTarget, TargetError
 from appliance.store.datastore import Datastore
-from appliance.store.maintenance import Maintenance, MaintenanceSettings
 from rdr_format.objects import DecryptError, ObjectCipher, chunk_name, load_or_create_key
 from rdr_restore.objects import checkpoints, dc_restore
 
@@ -201,11 +202,11 @@ async def test_prune_guard_keeps_unreplicated_snapshots(store, pool, tmp_path) -
     for i in range(3):
         commit_files(store, "web01", {b"f": bytes([i]) * 1000})
     settings = MaintenanceSettings(default_policy="1-0-0", replication_required=True)
-    decisions = Maintenance(store, settings).prune(dry_run=True)
+    decisions = Maintenance(store, wiring.job_history(store), settings).prune(dry_run=True)
     assert [d.keep for d in decisions] == [True, True, True]
     assert "not replicated" in decisions[0].reason
     await replicator(store, DirTarget(tmp_path / "dc"), pool).run_pass()
-    decisions = Maintenance(store, settings).prune()
+    decisions = Maintenance(store, wiring.job_history(store), settings).prune()
     assert [d.keep for d in decisions] == [False, False, True]
 
 
@@ -368,7 +369,8 @@ async def test_self_healing_from_the_data_center(store, pool, tmp_path) -> None:
     def heal(cid: str) -> bytes:
         return asyncio.run_coroutine_threadsafe(rep.fetch_chunk(cid), loop).result()
 
-    res = await asyncio.to_thread(Maintenance(store, MaintenanceSettings()).verify, heal=heal)
+    m = Maintenance(store, wiring.job_history(store), MaintenanceSettings())
+    res = await asyncio.to_thread(m.verify, heal=heal)
     assert res.healed == [data_chunk] and res.ok
     assert store.chunks.read_plain(data_chunk)  # intact again
     assert store.damaged_in("web01", store.index.snapshots()[0].snapshot) == []
@@ -467,7 +469,7 @@ async def test_route_check_works_inside_a_running_event_loop() -> None:
 
 async def test_rebuilt_index_remembers_what_was_replicated(store, pool, tmp_path) -> None:
     """The replicated marker lets rebuild-index restore the prune guard's knowledge."""
-    from appliance.store.rebuild import rebuild_index
+    from appliance.jobs.maintenance import rebuild as rebuild_index
 
     commit_files(store, "web01", {b"f": b"x" * 1000})
     await replicator(store, DirTarget(tmp_path / "dc"), pool).run_pass()
