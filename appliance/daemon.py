@@ -33,7 +33,6 @@ from rdr_format.objects import ObjectCipher
 from . import __version__, wiring
 from .accounts import Accounts
 from .backup_schedule import BackupScheduler
-from .browse.tree import Browser
 from .capacity.hosts import host_summaries
 from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
@@ -48,6 +47,8 @@ from .pools import HeavyGate, Pools
 from .replication.engine import Replicator
 from .replication.status import replication_status
 from .replication.tunnel import TunnelWatch
+from .restores.ledger import RestoreLedger
+from .restores.tree import Browser
 from .scheduler import Scheduler
 from .seed.service import SeedDisks
 from .store.datastore import Datastore
@@ -158,10 +159,11 @@ class Daemon:
         # /metrics: its cached figures are invalidated by whatever changes them (commits,
         # prunes, replication passes), wired here and below
         store, cfg = self.store, self.cfg
+        ledger = RestoreLedger(self.store.index)
         self.collector = ApplianceCollector(
             store, self.capacity, self.live,
             (lambda: replication_status(store, cfg)) if self.replicator else None,
-            history=maintenance.history)
+            history=maintenance.history, ledger=ledger)
         if self.replicator is not None:
             self.replicator.on_change = self.collector.replication_changed
         self._metrics_tokens = RememberedTokens(self.store.index.admin_for_token)
@@ -187,7 +189,7 @@ class Daemon:
                                self.cfg.appliance.serial, Path(self.cfg.seed.mount_root))
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
                        self._overview, ingest.jobs, seeds=self.seeds, heavy=self.pools.heavy,
-                       gate=self.heavy_gate, signin_pool=self.signin_pool)
+                       gate=self.heavy_gate, signin_pool=self.signin_pool, ledger=ledger)
         ingest.attach_page(page)
         ingest.attach_backups(BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake,
                                          self.cfg.retention.policy))

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..restores.ledger import RestoreLedger
 from ..store.index import Index
 from .billing import compute_bill, early_termination_flag, network_requirement
 from .windows import month_bounds, month_ledger, parse_month, parse_window_start
@@ -95,7 +96,7 @@ def monthly_report(index: Index, settings: ReportSettings, month: str | None = N
             "missed_days": [d.isoformat() for d in led.missed],
             "out_of_window_backups": late.get(h["name"], 0)})
 
-    restores = [r for r in index.restores(start.timestamp())
+    restores = [r for r in RestoreLedger(index).since(start.timestamp())
                 if r["requested_at"] < end.timestamp()]
     latencies = [r["first_byte_at"] - r["requested_at"] for r in restores
                  if r["first_byte_at"] is not None]

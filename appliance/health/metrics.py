@@ -38,6 +38,7 @@ from .. import __version__
 from ..capacity.hosts import host_summaries
 from ..capacity.service import CapacityService
 from ..jobs.history import JobHistory
+from ..restores.ledger import RestoreLedger
 from ..store.datastore import Datastore
 from ..store.index import Index
 
@@ -105,9 +106,10 @@ class Figures:
 class ApplianceCollector(Collector):
     def __init__(self, store: Datastore, capacity: CapacityService, live: LiveState,
                  replication_status: Callable[[], dict] | None = None, ttl: float = 30.0,
-                 *, history: JobHistory) -> None:
+                 *, history: JobHistory, ledger: RestoreLedger) -> None:
         self.store = store
         self.history = history
+        self.ledger = ledger
         self.capacity = capacity
         self.live = live
         stamp = store.index.snapshot_stamp
@@ -298,7 +300,7 @@ class ApplianceCollector(Collector):
             if t is not None:
                 jobs.add_metric([kind], t)
         yield jobs
-        yield restore_histogram(idx.restores())
+        yield restore_histogram(self.ledger.since())
 
 
 def system_metrics(disks: dict[str, tuple[bool, int]]) -> Iterator[Metric]:

@@ -20,8 +20,9 @@ from rdr_format.chunkfile import MAX_FILE_SIZE, is_chunk_id
 from rdr_format.manifest import StreamRef
 
 from .. import __version__
+from ..restores.jobs import RestoreJobs
+from ..restores.ledger import RestoreLedger
 from ..store.datastore import CommitRequest, Datastore
-from ..store.restore_jobs import RestoreJobs
 from ..store.snapshots import is_snapshot_id
 from ..web.auth import ACCOUNT, ADMIN, HOST, auth_middleware, require_admin, require_host
 from ..web.backups_api import BackupsApi
@@ -55,8 +56,9 @@ class IngestApi:
         self.uploads = ByteBudget(upload_budget)
         self.downloads = ByteBudget(upload_budget)
         # push-restore jobs for agents (store is None only when a test lists the routes)
-        index = store.index if store is not None else None
-        self.jobs = AgentJobsApi(store, RestoreJobs(index), pool,  # type: ignore[arg-type]
+        restore_jobs = RestoreJobs(store.index, RestoreLedger(store.index)) \
+            if store is not None else None
+        self.jobs = AgentJobsApi(store, restore_jobs, pool,  # type: ignore[arg-type]
                                  heavy=heavy_pool, downloads=self.downloads)
 
     def attach_page(self, page: PageApi) -> None:

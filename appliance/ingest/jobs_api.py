@@ -39,11 +39,11 @@ from rdr_format.catalog import iter_blocks
 from rdr_format.chunkfile import MAX_FILE_SIZE, ChunkError
 
 from ..pools import run_in
+from ..restores.job_view import JobView, JobViews, build_view
+from ..restores.jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..store.backup_runs import MAX_MESSAGE as RUN_MAX_MESSAGE
 from ..store.backup_runs import BackupRun, check_gaps
 from ..store.datastore import Datastore
-from ..store.job_view import JobView, JobViews, build_view
-from ..store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..web.auth import require_host
 from ..web.budget import ByteBudget
 from ..web.errors import ApiError

@@ -69,16 +69,6 @@ CREATE TABLE IF NOT EXISTS backup_ledger (
     PRIMARY KEY (host, snapshot)
 );
 CREATE INDEX IF NOT EXISTS backup_ledger_time ON backup_ledger(received_at);
-CREATE TABLE IF NOT EXISTS restores (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    host TEXT NOT NULL,
-    snapshot TEXT NOT NULL,
-    via TEXT NOT NULL,
-    requested_at REAL NOT NULL,
-    first_byte_at REAL,
-    account TEXT,
-    request_key TEXT
-);
 CREATE TABLE IF NOT EXISTS usage_samples (
     day TEXT PRIMARY KEY,
     taken_at REAL NOT NULL,
@@ -133,28 +123,6 @@ CREATE TABLE IF NOT EXISTS damaged_chunks (
     found_at REAL NOT NULL,
     reason TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS restore_jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    source_host TEXT NOT NULL,
-    snapshot TEXT NOT NULL,
-    paths TEXT NOT NULL,
-    target_host TEXT NOT NULL,
-    target_dir TEXT NOT NULL,
-    state TEXT NOT NULL
-        CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
-    requested_by TEXT NOT NULL,
-    requested_at REAL NOT NULL,
-    picked_up_at REAL,
-    updated_at REAL,
-    finished_at REAL,
-    files INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0,
-    total_bytes INTEGER,
-    errors INTEGER NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    restore_id INTEGER
-);
-CREATE INDEX IF NOT EXISTS restore_jobs_target ON restore_jobs(target_host, state);
 CREATE TABLE IF NOT EXISTS host_plans (
     host TEXT PRIMARY KEY REFERENCES hosts(name) ON DELETE CASCADE,
     paths TEXT NOT NULL DEFAULT '[]',
@@ -331,8 +299,6 @@ class Index:
         # and de-duplication key. Columns are added only where missing, so an index that
         # already has them (another branch's migration) upgrades too.
         self._add_column("api_tokens", "scope", "TEXT NOT NULL DEFAULT 'metrics'")
-        self._add_column("restores", "account", "TEXT")
-        self._add_column("restores", "request_key", "TEXT")
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
 
@@ -693,7 +659,7 @@ class Index:
                        (host, snapshot))
         return SnapshotRow(*rows[0]) if rows else None
 
-    # --- ledger: backups, restores, usage and link samples ---
+    # --- ledger: backups, usage and link samples ---
     def ledger(self, since: float, until: float, host: str | None = None) -> list[dict]:
         sql = ("SELECT host, snapshot, received_at, started_at, logical_size, file_count, "
                "new_bytes FROM backup_ledger WHERE received_at >= ? AND received_at < ?")
@@ -705,45 +671,6 @@ class Index:
                 "new_bytes")
         return [dict(zip(keys, r, strict=True)) for r in self._q(sql + " ORDER BY received_at",
                                                                  args)]
-
-    def start_restore(self, host: str, snapshot: str, via: str,
-                      requested_at: float | None = None, *, account: str | None = None,
-                      key: str | None = None, same_within: float = 0.0) -> int:
-        """A restore was asked for (at `requested_at`, default now) by `account`; its first
-        byte, or the pickup of a push job, is recorded later with `restore_first_byte`.
-
-        With `key` (what was asked for, by whom), a request for the same `key` made within
-        `same_within` seconds of an earlier one is that same restore: its id is returned and
-        no row is added (a download fetched again, resumed with Range, or re-clicked)."""
-        now = requested_at or time.time()
-        with self.tx() as db:
-            if key is not None and same_within > 0:
-                row = db.execute("SELECT id FROM restores WHERE request_key = ? AND "
-                                 "requested_at >= ? ORDER BY id DESC LIMIT 1",
-                                 (key, now - same_within)).fetchone()
-                if row is not None:
-                    return int(row[0])
-            return int(db.execute(
-                "INSERT INTO restores (host, snapshot, via, requested_at, account, "
-                "request_key) VALUES (?, ?, ?, ?, ?, ?)",
-                (host, snapshot, via, now, account, key)).lastrowid)
-
-    def restore_first_byte(self, rid: int, host: str) -> float | None:
-        """Record the first byte of a restore once; returns its start latency (seconds)."""
-        with self.tx() as db:
-            row = db.execute("SELECT requested_at, first_byte_at FROM restores "
-                             "WHERE id = ? AND host = ?", (rid, host)).fetchone()
-            if row is None or row[1] is not None:
-                return None
-            now = time.time()
-            db.execute("UPDATE restores SET first_byte_at = ? WHERE id = ?", (now, rid))
-            return now - row[0]
-
-    def restores(self, since: float = 0.0) -> list[dict]:
-        keys = ("id", "host", "snapshot", "via", "requested_at", "first_byte_at", "account")
-        return [dict(zip(keys, r, strict=True)) for r in self._q(
-            "SELECT id, host, snapshot, via, requested_at, first_byte_at, account "
-            "FROM restores WHERE requested_at >= ? ORDER BY id", (since,))]
 
     def put_usage_sample(self, day: str, sample: str) -> None:
         with self.tx() as db:

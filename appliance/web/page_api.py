@@ -33,10 +33,11 @@ from rdr_format.catalog import DIR, FILE, HARDLINK, SYMLINK, Entry, join_path
 from rdr_format.chunkfile import ChunkError
 
 from ..accounts import DEVICE_SECONDS, Accounts
-from ..browse.archive import MemberNames, writer_for
-from ..browse.paths import display, from_q, to_q
-from ..browse.tree import TYPE_NAMES, Browser, SnapshotTree
 from ..pools import HeavyGate, run_in
+from ..restores.archive import MemberNames, writer_for
+from ..restores.ledger import RestoreLedger
+from ..restores.paths import display, from_q, to_q
+from ..restores.tree import TYPE_NAMES, Browser, SnapshotTree
 from ..store.datastore import Datastore
 from ..store.errors import StoreError
 from ..store.snapshots import is_snapshot_id
@@ -76,7 +77,8 @@ class PageApi:
     def __init__(self, store: Datastore, pool: Executor, browser: Browser, accounts: Accounts,
                  overview: Callable[[], dict], jobs: Any, throttle: SignInThrottle | None = None,
                  seeds: Any = None, heavy: Executor | None = None,
-                 gate: HeavyGate | None = None, signin_pool: Executor | None = None) -> None:
+                 gate: HeavyGate | None = None, signin_pool: Executor | None = None,
+                 ledger: RestoreLedger | None = None) -> None:
         """`signin_pool`: a small executor of its own for password hashing (the daemon's
         has 2 threads), so a flood of sign-ins holds neither the light workers nor the
         heavy ones that downloads need; `heavy` when not given (tests)."""
@@ -91,6 +93,7 @@ class PageApi:
         self.throttle = throttle or SignInThrottle()
         self.seeds = seeds  # SeedDisks: inserted Rapid Protect / Recover disks (daemon only)
         self.signin_pool = signin_pool or self.heavy
+        self.ledger = ledger  # None only when a test lists the routes
         self._hashing = 0  # sign-in checks queued or running in signin_pool
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -300,7 +303,7 @@ class PageApi:
         rid = await self._ledger(request, tree, "file", [path], requested)
         reader = _ChunkLru(self.store.chunks.read_plain, 4)
         if end == start and rid is not None:  # the headers are the whole response
-            await self.run(self.store.index.restore_first_byte, rid, tree.host)
+            await self.run(self.ledger.first_byte, rid, tree.host)
         await resp.prepare(request)
         await self._pump(request, resp, tree.file_pieces(data, start, end, reader.get),
                          rid, tree.host)
@@ -354,7 +357,7 @@ class PageApi:
         for p in sorted(paths):
             h.update(b"\0" + p)
         return await self.run(functools.partial(
-            self.store.index.start_restore, tree.host, tree.snapshot, "page", requested,
+            self.ledger.start, tree.host, tree.snapshot, "page", requested,
             account=account, key=h.hexdigest(), same_within=RESTORE_SAME_WITHIN))
 
     async def _pump(self, request: web.Request, resp: web.StreamResponse,
@@ -371,9 +374,9 @@ class PageApi:
                 if first:
                     first = False
                     if rid is not None:
-                        await self.run(self.store.index.restore_first_byte, rid, host)
+                        await self.run(self.ledger.first_byte, rid, host)
             if first and rid is not None:
-                await self.run(self.store.index.restore_first_byte, rid, host)
+                await self.run(self.ledger.first_byte, rid, host)
             await resp.write_eof()
         except (ChunkError, StoreError, OSError, ValueError) as exc:
             log.error("download from %s aborted: %s", host, exc)

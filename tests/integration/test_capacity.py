@@ -15,6 +15,7 @@ import aiohttp
 from appliance.accounts import Accounts
 from appliance.capacity.network import LinkProbe
 from appliance.capacity.report import monthly_report
+from appliance.restores.ledger import RestoreLedger
 from appliance.store.datastore import Datastore
 
 from ..conftest import Appliance, agent_cmd
@@ -58,7 +59,7 @@ async def test_restore_start_latency_is_recorded(appliance: Appliance, tmp_path:
     rc, _, err = await run(agent_cmd() + ["restore", "latest", "--to", str(tmp_path / "o")], env)
     assert rc == 0, err
     # A host's own restore is not the service's to measure (it chooses when to fetch).
-    assert appliance.store.index.restores() == []
+    assert RestoreLedger(appliance.store.index).since() == []
     # An account's download on the page is: request to first byte.
     Accounts(appliance.store.index).add("alice", "a long password here")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False),
@@ -71,7 +72,7 @@ async def test_restore_start_latency_is_recorded(appliance: Appliance, tmp_path:
                             f"?path={q}") as r:
             assert r.status == 200 and len(await r.read()) == 100_000
     for _ in range(50):  # recorded just after the first piece is written: may trail it
-        rows = appliance.store.index.restores()
+        rows = RestoreLedger(appliance.store.index).since()
         if rows and rows[0]["first_byte_at"] is not None:
             break
         await asyncio.sleep(0.05)

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from appliance.browse.paths import to_q
 from appliance.ingest.api import IngestApi
+from appliance.restores.paths import to_q
 from appliance.web.page_api import PageApi
 from benchmarks.tools import Server, clean_env, wait_https
 from rdr_format.catalog import FILE, CatalogWriter, Entry, Range, iter_blocks, join_path

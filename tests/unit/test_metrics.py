@@ -12,6 +12,7 @@ from pathlib import Path
 
 from appliance import wiring
 from appliance.health.metrics import ApplianceCollector, Figures, LiveState
+from appliance.restores.ledger import RestoreLedger
 from appliance.store.datastore import Datastore
 
 from ..conftest import make_config
@@ -67,7 +68,8 @@ async def test_metrics_without_figures_ever_read_leave_them_out(tmp_path: Path) 
         st.add_host("web01")
         collector = ApplianceCollector(st, wiring.capacity(make_config(tmp_path / "data"), st),
                                        LiveState(degraded={"data_disk": "gone"}),
-                                       history=wiring.job_history(st))
+                                       history=wiring.job_history(st),
+                                       ledger=RestoreLedger(st.index))
 
         def unreadable(*args: object) -> list:
             raise sqlite3.OperationalError("disk I/O error")

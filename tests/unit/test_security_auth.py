@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from appliance.browse.archive import TarZstStream, ZipStream
+from appliance.restores.archive import TarZstStream, ZipStream
 from appliance.store.index import Index
 from appliance.web.page_api import _archive
 from appliance.web.throttle import SignInThrottle
