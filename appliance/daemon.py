@@ -160,10 +160,11 @@ class Daemon:
         # prunes, replication passes), wired here and below
         store, cfg = self.store, self.cfg
         ledger = RestoreLedger(self.store.index)
+        plans, runs = wiring.plans(self.store), wiring.runs(self.store)
         self.collector = ApplianceCollector(
             store, self.capacity, self.live,
             (lambda: replication_status(store, cfg)) if self.replicator else None,
-            history=maintenance.history, ledger=ledger)
+            history=maintenance.history, ledger=ledger, plans=plans)
         if self.replicator is not None:
             self.replicator.on_change = self.collector.replication_changed
         self._metrics_tokens = RememberedTokens(self.store.index.admin_for_token)
@@ -184,7 +185,7 @@ class Daemon:
                            commit_pool=self.commit_pool, heavy_pool=self.pools.heavy)
         self.browser = Browser(self.store,
                                listing_bytes=self.cfg.limits.listing_cache_mb * 2**20)
-        self.backups = wiring.backup_scheduler(self.cfg, self.store)
+        self.backups = wiring.backup_scheduler(self.cfg, self.store, plans, runs)
         self.seeds = SeedDisks(self.store, self._seed_cipher, self.pools.heavy,
                                self.cfg.appliance.serial, Path(self.cfg.seed.mount_root))
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),

@@ -15,6 +15,7 @@ from .capacity.watermarks import Admission, Watermarks
 from .config import Config
 from .jobs.history import JobHistory
 from .jobs.maintenance import Maintenance, MaintenanceSettings
+from .plans.repository import BackupPlans
 from .replication.engine import Replicator
 from .replication.targets import (
     DirTarget,
@@ -23,6 +24,7 @@ from .replication.targets import (
     S3Target,
     Target,
 )
+from .runs.repository import BackupRuns
 from .scheduler import Periodic
 from .store.datastore import CatalogLimits, Datastore
 
@@ -126,9 +128,20 @@ def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
     ]
 
 
-def backup_scheduler(cfg: Config, store: Datastore) -> BackupScheduler:
+def plans(store: Datastore) -> BackupPlans:
+    """The hosts' backup plans, mirrored to the data directory's ``plans/`` (rebuild-index
+    reads them back)."""
+    return BackupPlans(store.index, store.root / "plans")
+
+
+def runs(store: Datastore) -> BackupRuns:
+    return BackupRuns(store.index)
+
+
+def backup_scheduler(cfg: Config, store: Datastore, plans: BackupPlans,
+                     runs: BackupRuns) -> BackupScheduler:
     """Scheduled backups, "back up now", pause and resume (the daemon and `rdr hosts`)."""
     c = cfg.contract
-    return BackupScheduler(store, timezone=cfg.appliance.timezone,
+    return BackupScheduler(store, plans, runs, timezone=cfg.appliance.timezone,
                            default_window=c.default_window, seed=cfg.appliance.serial,
                            max_jitter=c.schedule_jitter_seconds)

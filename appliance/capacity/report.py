@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..plans.repository import BackupPlans
 from ..restores.ledger import RestoreLedger
+from ..runs.repository import BackupRuns
 from ..store.index import Index
 from .billing import compute_bill, early_termination_flag, network_requirement
 from .windows import month_bounds, month_ledger, parse_month, parse_window_start
@@ -74,10 +76,8 @@ def monthly_report(index: Index, settings: ReportSettings, month: str | None = N
     hosts = []
     scheduled = successful = 0
     # Backups that ran past (or outside) their window: committed, but not counted above.
-    late = dict(index.query(
-        "SELECT host, COUNT(*) FROM backup_runs WHERE in_window = 0 AND finished_at >= ? "
-        "AND finished_at < ? GROUP BY host", (start.timestamp(), end.timestamp())))
-    for h in index.host_settings():
+    late = BackupRuns(index).late_by_host(start.timestamp(), end.timestamp())
+    for h in BackupPlans(index).host_settings():
         window = parse_window_start(h["window_start"] or settings.default_window)
         commits = [datetime.fromtimestamp(r["received_at"], UTC)
                    for r in index.ledger(start.timestamp() - 86400, end.timestamp() + 86400,

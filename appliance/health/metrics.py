@@ -38,6 +38,7 @@ from .. import __version__
 from ..capacity.hosts import host_summaries
 from ..capacity.service import CapacityService
 from ..jobs.history import JobHistory
+from ..plans.repository import BackupPlans
 from ..restores.ledger import RestoreLedger
 from ..store.datastore import Datastore
 from ..store.index import Index
@@ -106,8 +107,9 @@ class Figures:
 class ApplianceCollector(Collector):
     def __init__(self, store: Datastore, capacity: CapacityService, live: LiveState,
                  replication_status: Callable[[], dict] | None = None, ttl: float = 30.0,
-                 *, history: JobHistory, ledger: RestoreLedger) -> None:
+                 *, history: JobHistory, ledger: RestoreLedger, plans: BackupPlans) -> None:
         self.store = store
+        self.plans = plans
         self.history = history
         self.ledger = ledger
         self.capacity = capacity
@@ -150,7 +152,7 @@ class ApplianceCollector(Collector):
             run = h["backup"]
             state.add_metric([h["name"]], 1 if run and run["state"] == "running" else 0)
             gaps.add_metric([h["name"]], h["not_backed_up"])
-        for host, agent in self.store.plans.agents().items():
+        for host, agent in self.plans.agents().items():
             seen.add_metric([host], agent["last_seen"])
         yield from (missed, seen, online, state, gaps)
 

@@ -20,8 +20,10 @@ from rdr_format.chunkfile import MAX_FILE_SIZE, is_chunk_id
 from rdr_format.manifest import StreamRef
 
 from .. import __version__
+from ..plans.repository import BackupPlans
 from ..restores.jobs import RestoreJobs
 from ..restores.ledger import RestoreLedger
+from ..runs.repository import BackupRuns
 from ..store.datastore import CommitRequest, Datastore
 from ..store.snapshots import is_snapshot_id
 from ..web.auth import ACCOUNT, ADMIN, HOST, auth_middleware, require_admin, require_host
@@ -58,7 +60,10 @@ class IngestApi:
         # push-restore jobs for agents (store is None only when a test lists the routes)
         restore_jobs = RestoreJobs(store.index, RestoreLedger(store.index)) \
             if store is not None else None
+        plans = BackupPlans(store.index, store.root / "plans") if store is not None else None
+        runs = BackupRuns(store.index) if store is not None else None
         self.jobs = AgentJobsApi(store, restore_jobs, pool,  # type: ignore[arg-type]
+                                 plans=plans, runs=runs,
                                  heavy=heavy_pool, downloads=self.downloads)
 
     def attach_page(self, page: PageApi) -> None:

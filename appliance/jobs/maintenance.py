@@ -10,6 +10,7 @@ the history of what ran is kept here, by the caller, in the job history.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..plans.repository import BackupPlans
 from ..store.datastore import Datastore
 from ..store.errors import NotFound
 from ..store.gc import GarbageCollector, GcResult
@@ -113,6 +115,7 @@ def rebuild(root: Path, echo: Progress | None = None) -> dict:
     started = time.time()
     try:
         result = rebuild_index(root, echo or (lambda f, m: None))
+        result["plans"] = _restore_plans(root)
     except Exception as exc:
         # Refused before it began (daemon running, another job busy): nothing to record.
         if getattr(exc, "code", None) not in ("daemon_running", "busy") \
@@ -123,6 +126,22 @@ def rebuild(root: Path, echo: Progress | None = None) -> dict:
     _record(root, started, "done", f"{result['hosts']} hosts and {result['snapshots']} "
             "snapshots re-indexed", result)
     return result
+
+
+def _restore_plans(root: Path) -> int:
+    """The backup plans, from their mirror files (or an older release's host files)."""
+    index = Index(root / "index.sqlite")
+    try:
+        hosts = [{"name": n} for n in index.host_names()]
+        host_files = {}
+        for p in sorted((root / "hosts").glob("*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                rec = json.loads(p.read_bytes())
+                host_files[rec.get("name")] = rec
+        return BackupPlans(index, root / "plans").restore_mirrors(
+            [host_files.get(h["name"], h) for h in hosts])
+    finally:
+        index.close()
 
 
 def _record(root: Path, started: float, state: str, message: str,

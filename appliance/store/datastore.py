@@ -27,8 +27,6 @@ from rdr_format.chunkfile import ChunkError, is_chunk_id, possession_proof
 from rdr_format.fsutil import atomic_write, fsync_dir
 from rdr_format.manifest import ChunkIndex, Manifest, StreamRef
 
-from .backup_plans import BackupPlans
-from .backup_runs import BackupRuns
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
 from .index import Index, SessionRow, SnapshotRow
@@ -106,9 +104,6 @@ class Datastore:
         self.index = Index(root / "index.sqlite")
         self.hosts_dir = root / "hosts"
         self.hosts_dir.mkdir(mode=0o700, exist_ok=True)
-        # Backup plans (mirrored into the host files) and the scheduled-backup queue.
-        self.plans = BackupPlans(self.index, self._write_host_file)
-        self.runs = BackupRuns(self.index)
         self.reserve = Reserve(root / "reserve", reserve_bytes)
         self.session_lease = session_lease
         #: Sessions in use at once (0 = no limit); more get Unavailable("busy").

@@ -87,16 +87,6 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     token_hash BLOB NOT NULL,
     scope TEXT NOT NULL DEFAULT 'metrics'
 );
-CREATE TABLE IF NOT EXISTS plan_audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    host TEXT NOT NULL,
-    at REAL NOT NULL,
-    who TEXT NOT NULL,
-    field TEXT NOT NULL,
-    old TEXT,
-    new TEXT
-);
-CREATE INDEX IF NOT EXISTS plan_audit_host ON plan_audit(host, id);
 CREATE TABLE IF NOT EXISTS dc_chunks (
     id TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -123,58 +113,6 @@ CREATE TABLE IF NOT EXISTS damaged_chunks (
     found_at REAL NOT NULL,
     reason TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS host_plans (
-    host TEXT PRIMARY KEY REFERENCES hosts(name) ON DELETE CASCADE,
-    paths TEXT NOT NULL DEFAULT '[]',
-    excludes TEXT NOT NULL DEFAULT '[]',
-    one_file_system INTEGER NOT NULL DEFAULT 0,
-    bandwidth_kbps INTEGER NOT NULL DEFAULT 0,
-    dump_command TEXT,
-    dump_name TEXT,
-    timezone TEXT,
-    paused INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL
-);
-CREATE TABLE IF NOT EXISTS agents (
-    host TEXT PRIMARY KEY,
-    last_seen REAL NOT NULL,
-    version TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS backup_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    host TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('scheduled', 'manual')),
-    window_day TEXT,
-    window_start REAL,
-    window_end REAL,
-    due_at REAL NOT NULL,
-    state TEXT NOT NULL CHECK (state IN
-        ('queued', 'running', 'paused', 'done', 'partial', 'failed', 'missed')),
-    requested_by TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    updated_at REAL,
-    finished_at REAL,
-    files INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0,
-    snapshot TEXT,
-    in_window INTEGER,
-    missed INTEGER NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    not_backed_up INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS backup_runs_window
-    ON backup_runs(host, window_day) WHERE kind = 'scheduled';
-CREATE INDEX IF NOT EXISTS backup_runs_state ON backup_runs(host, state);
-CREATE TABLE IF NOT EXISTS coverage_gaps (
-    host TEXT NOT NULL,
-    run_id INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS coverage_gaps_run ON coverage_gaps(run_id);
 CREATE TABLE IF NOT EXISTS snapshots (
     host TEXT NOT NULL,
     snapshot TEXT NOT NULL,
@@ -192,11 +130,6 @@ CREATE TABLE IF NOT EXISTS snapshots (
     PRIMARY KEY (host, snapshot)
 );
 """
-
-#: The plan columns mirrored into the host files (see Datastore._write_host_file).
-PLAN_COLS = ("host, paths, excludes, one_file_system, bandwidth_kbps, dump_command, "
-              "dump_name, timezone, paused, updated_at")
-
 
 def validate_host_name(name: str) -> str:
     if not HOST_RE.match(name):
@@ -414,12 +347,13 @@ class Index:
                 raise NotFound("no_such_host", f"no host named {name!r}")
 
     def host_settings(self) -> list[dict]:
-        """Per-host contract settings (NULL = the appliance default: policy, window start,
-        the window's time zone from the backup plan) and registration time."""
-        rows = self._q("SELECT h.name, h.created_at, h.policy, h.window_start, p.timezone "
-                       "FROM hosts h LEFT JOIN host_plans p ON p.host = h.name ORDER BY name")
-        return [{"name": n, "created_at": c, "policy": p, "window_start": w, "timezone": z}
-                for n, c, p, w, z in rows]
+        """Per-host contract settings (NULL = the appliance default: policy, window start)
+        and registration time. The window's time zone is the backup plan's
+        (`BackupPlans.host_settings`)."""
+        rows = self._q("SELECT name, created_at, policy, window_start FROM hosts "
+                       "ORDER BY name")
+        return [{"name": n, "created_at": c, "policy": p, "window_start": w}
+                for n, c, p, w in rows]
 
     def host_record(self, name: str) -> dict:
         """Everything about a host that cannot be derived from its snapshots (for the
@@ -429,11 +363,8 @@ class Index:
         if not rows:
             raise NotFound("no_such_host", f"no host named {name!r}")
         n, created, tid, thash, policy, window = rows[0]
-        plan = self._q(f"SELECT {PLAN_COLS} FROM host_plans WHERE host = ?", (name,))
         return {"name": n, "created_at": created, "token_id": tid, "token_hash": thash.hex(),
-                "policy": policy, "window_start": window,
-                "plan": dict(zip(PLAN_COLS.split(", "), plan[0], strict=True)) if plan
-                else None}
+                "policy": policy, "window_start": window}
 
     def restore_host(self, rec: dict) -> None:
         with self.tx() as db:
@@ -442,11 +373,6 @@ class Index:
                        (rec["name"], rec["created_at"], rec["token_id"],
                         bytes.fromhex(rec["token_hash"]), rec.get("policy"),
                         rec.get("window_start")))
-            plan = rec.get("plan")
-            if isinstance(plan, dict):
-                cols = PLAN_COLS.split(", ")
-                db.execute(f"INSERT OR REPLACE INTO host_plans ({PLAN_COLS}) VALUES "
-                           f"({', '.join('?' * len(cols))})", [plan.get(c) for c in cols])
 
     def set_policy(self, name: str, policy: str | None) -> None:
         with self.tx() as db:

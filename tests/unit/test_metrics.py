@@ -69,7 +69,8 @@ async def test_metrics_without_figures_ever_read_leave_them_out(tmp_path: Path) 
         collector = ApplianceCollector(st, wiring.capacity(make_config(tmp_path / "data"), st),
                                        LiveState(degraded={"data_disk": "gone"}),
                                        history=wiring.job_history(st),
-                                       ledger=RestoreLedger(st.index))
+                                       ledger=RestoreLedger(st.index),
+                                       plans=wiring.plans(st))
 
         def unreadable(*args: object) -> list:
             raise sqlite3.OperationalError("disk I/O error")
