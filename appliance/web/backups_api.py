@@ -61,14 +61,14 @@ class BackupsApi:
 
     def _plan_json(self, host: str) -> dict:
         rec = self.store.index.host_record(host)
-        plan = self.backups.plans.get(host)
+        plan = self.scheduler.plans.get(host)
         win = self.scheduler.window_of(host)
         return {"host": host, "plan": plan.to_json(), "window_start": win.start,
                 "window_start_default": rec["window_start"] is None,
                 "timezone": win.timezone, "timezone_default": self.scheduler.timezone,
                 "policy": rec["policy"], "policy_default": self.default_policy,
-                "agent": self.backups.plans.agents().get(host),
-                "plan_audit": self.backups.plans.audit(host)}
+                "agent": self.scheduler.plans.agents().get(host),
+                "plan_audit": self.scheduler.plans.audit(host)}
 
     async def get_plan(self, request: web.Request) -> web.Response:
         require_overview(request)
@@ -98,7 +98,7 @@ class BackupsApi:
                 raise ApiError(400, "bad_policy", str(exc)) from None
 
         def apply() -> dict:
-            edit_host(self.store, self.backups.plans, host, who, body, policy, window)
+            edit_host(self.store, self.scheduler.plans, host, who, body, policy, window)
             return self._plan_json(host)
 
         try:
@@ -143,7 +143,7 @@ class BackupsApi:
         def read() -> list[dict]:
             if not self.store.index.host_exists(host):
                 raise NotFound("no_such_host", f"no host named {host!r}")
-            return [r.to_json() for r in self.backups.runs.list(host, int(raw))]
+            return [r.to_json() for r in self.scheduler.runs.list(host, int(raw))]
 
         runs = await self.run(read)
         return web.json_response({"host": host, "runs": runs})
@@ -153,7 +153,7 @@ class BackupsApi:
         host = request.match_info["host"]
 
         def read() -> dict:
-            self.backups.plans.get(host)  # 404 for an unknown host
-            return self.backups.runs.gaps(host)
+            self.scheduler.plans.get(host)  # 404 for an unknown host
+            return self.scheduler.runs.gaps(host)
 
         return web.json_response(await self.run(read))
