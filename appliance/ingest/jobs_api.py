@@ -8,7 +8,7 @@ and it re-reads the queue every few seconds anyway (jobs created by another proc
 lost wake-up can stall it).
 
 While a job runs, its target host may read, through the job, the selected paths of the
-source snapshot and nothing else (store/job_view.py): a catalog holding only the selected
+source snapshot and nothing else (restores/job_view.py): a catalog holding only the selected
 entries (and the directories leading to them), and of each chunk a selected file uses only
 the bytes it uses, the rest zeroed. Before pickup, after the result, for another host's job,
 or for a chunk no selected file uses, the answer is 404.

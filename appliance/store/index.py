@@ -225,12 +225,13 @@ class Index:
             self._db.execute("ALTER TABLE hosts ADD COLUMN policy TEXT")
         if version < 3:
             self._db.execute("ALTER TABLE hosts ADD COLUMN window_start TEXT")
-        # version 6 (scheduled backups) only adds tables, which _SCHEMA creates.
+        # version 6 (scheduled backups) only added feature tables.
         # version 7 (issue 20): token scopes -- tokens made before scopes existed were made
         # for Prometheus and become `metrics` only (the safe reading: a tool that needs more
-        # gets `rdr tokens scope NAME read`); console unlocks; the restore ledger's account
-        # and de-duplication key. Columns are added only where missing, so an index that
-        # already has them (another branch's migration) upgrades too.
+        # gets `rdr tokens scope NAME read`). Columns are added only where missing, so an
+        # index that already has them (another branch's migration) upgrades too. The
+        # features' own columns of that version (console unlocks, the restore ledger's
+        # account and de-duplication key) are added by their repositories (`own_tables`).
         self._add_column("api_tokens", "scope", "TEXT NOT NULL DEFAULT 'metrics'")
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
@@ -238,8 +239,8 @@ class Index:
     def own_tables(self, ddl: str, columns: tuple[tuple[str, str, str], ...] = ()) -> None:
         """Create a feature's tables in this database (and the columns later releases added).
 
-        Features (accounts, plans, runs, restore jobs, replication state, samples) own their
-        tables and typed repositories in their own packages; the index only lends them its
+        Features (accounts, plans, runs, restores, job history, replication state, samples)
+        own their tables and typed repositories in their own packages; the index lends them its
         file, its write lock and its readers, so one SQLite file keeps one WAL and one fsync
         per transaction. Idempotent: every repository calls it when it is built.
         """
@@ -312,7 +313,8 @@ class Index:
                 return self._db.execute(sql, args).fetchall()
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        """A read for the store's other parts (accounts, restore jobs) that own their tables."""
+        """A read for the feature repositories (accounts, plans, runs, restores, jobs) that
+        own their tables in this file."""
         return self._q(sql, args)
 
     # --- hosts and tokens ---

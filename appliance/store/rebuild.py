@@ -3,8 +3,8 @@
 Hosts come back from ``hosts/*.json`` (with their token hashes, so agents keep working),
 snapshots from their manifests, protection from the ``protected`` markers. Sessions and the
 job history are not backups and start empty; the old index is kept beside, renamed. Features'
-records kept in the host files (backup plans) are handed back by `host_files`; the caller
-restores them through the feature's repository.
+tables are not the storage engine's: whoever calls this puts theirs back (backup plans from
+their mirror files: `appliance.jobs.maintenance.rebuild`).
 """
 
 from __future__ import annotations
