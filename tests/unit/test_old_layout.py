@@ -330,3 +330,30 @@ def test_an_old_layout_index_opens_with_all_its_data(tmp_path: Path) -> None:
         assert idx.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
     finally:
         store.close()
+
+
+def test_rebuild_restores_a_plan_kept_in_an_old_host_file(tmp_path: Path) -> None:
+    """Before issue 21 a plan was mirrored inside the host's own file (its ``plan`` entry);
+    `rebuild-index` after an upgrade still brings it back."""
+    from appliance.jobs.maintenance import rebuild
+
+    root = tmp_path / "data"
+    store = Datastore(root, reserve_bytes=0)
+    store.add_host("web01")
+    path = root / "hosts" / "web01.json"
+    rec = json.loads(path.read_bytes())
+    rec["plan"] = {"host": "web01", "paths": '["/srv"]', "excludes": "[]",
+                   "one_file_system": 0, "bandwidth_kbps": 700, "dump_command": None,
+                   "dump_name": None, "timezone": None, "paused": 1, "updated_at": T0}
+    path.write_text(json.dumps(rec))
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        (root / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    assert rebuild(root)["plans"] == 1
+    st = Datastore(root, reserve_bytes=0)
+    try:
+        plan = wiring.plans(st).get("web01")
+        assert (plan.paths, plan.bandwidth_kbps, plan.paused) == (["/srv"], 700, True)
+        assert [j["kind"] for j in wiring.job_history(st).list()] == ["rebuild-index"]
+    finally:
+        st.close()
