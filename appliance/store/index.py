@@ -204,6 +204,7 @@ class Index:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._generation = 0
+        self._owned: set[tuple[str, tuple]] = set()  # own_tables scripts already run
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -242,12 +243,17 @@ class Index:
         Features (accounts, plans, runs, restores, job history, replication state, samples)
         own their tables and typed repositories in their own packages; the index lends them its
         file, its write lock and its readers, so one SQLite file keeps one WAL and one fsync
-        per transaction. Idempotent: every repository calls it when it is built.
+        per transaction. Idempotent: every repository calls it when it is built, and a script
+        this index already ran is not run again (readers build repositories per request).
         """
+        key = (ddl, columns)
+        if key in self._owned:
+            return
         with self._lock:
             self._db.executescript(ddl)
             for table, column, decl in columns:
                 self._add_column(table, column, decl)
+            self._owned.add(key)
 
     def _add_column(self, table: str, column: str, decl: str) -> None:
         cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
