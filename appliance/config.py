@@ -322,7 +322,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("replication.retries: must be between 1 and 20")
     if r.bandwidth_kbps < 0:
         raise ConfigError("replication.bandwidth_kbps: must not be negative")
-    from .replication.targets import parse_schedule
+    from .timeofday import parse_schedule
 
     try:
         parse_schedule(r.bandwidth_schedule)

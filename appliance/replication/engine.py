@@ -32,6 +32,7 @@ from rdr_format.fsutil import atomic_write
 from rdr_format.objects import OVERHEAD, ObjectCipher, chunk_name, snapshot_names
 
 from ..aiotasks import gather_all
+from ..dcobjects import build_checkpoint
 from ..seed import pending as seed_pending
 from ..store.datastore import Datastore
 from ..store.errors import Conflict, NotFound
@@ -40,18 +41,6 @@ from ..store.lock import HeldLock
 from .targets import NotFoundAtTarget, Target, TargetError, in_span, parse_schedule
 
 log = logging.getLogger("rdr.replication")
-
-
-def build_checkpoint(host: str, snap: str, manifest: bytes, idx_bytes: bytes,
-                     chunk_count: int, **extra: object) -> bytes:
-    """The checkpoint object's plaintext: what the DR tools start from."""
-    m = json.loads(manifest)
-    return json.dumps({
-        "format": 1, "host": host, "snapshot": snap, "received_at": m["received_at"],
-        "logical_size": m["logical_size"], "file_count": m["file_count"],
-        "chunk_count": chunk_count, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-        "index_sha256": hashlib.sha256(idx_bytes).hexdigest(),
-        "replicated_at": time.time(), **extra}, sort_keys=True).encode()
 
 
 @dataclass(slots=True)
