@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from .capacity.windows import parse_window_start, window_bounds, window_day
+from .pools import run_in
 from .store.backup_runs import BackupRun
 from .store.datastore import Datastore
 
@@ -140,11 +141,10 @@ class BackupScheduler:
     async def run(self, pool: Executor, wake: Callable[[str], None],
                   interval: float = DEFAULT_TICK) -> None:
         """The daemon's loop: tick in the pool, then wake the polls of hosts with new runs."""
-        loop = asyncio.get_running_loop()
         failing: str | None = None  # the failure the ticks keep meeting, logged once
         while True:
             try:
-                for run in await loop.run_in_executor(pool, self.tick):
+                for run in await run_in(pool, self.tick):
                     wake(run.host)
                 if failing is not None:
                     log.info("backup scheduler ticks again (it failed with: %s)", failing)
