@@ -229,7 +229,7 @@ class Replicator:
             self._changed()  # uploads and removals change what is pending, even paused
         res.seconds = round(time.monotonic() - started, 3)
         await run_in(self.pool, self.store.index.kv_set, "replication.last_pass",
-                        json.dumps({"at": time.time(), **res.to_json()}))
+                                json.dumps({"at": time.time(), **res.to_json()}))
         return res
 
     async def replicate_snapshot(self, host: str, snap: str, res: PassResult) -> bool:
@@ -281,7 +281,7 @@ class Replicator:
         sent = res.bytes_sent - sent_before
         if sent >= 1_000_000 and elapsed > 0:  # a transfer long enough to say something
             await run_in(self.pool, st.index.add_link_sample, "throughput_kbps",
-                            sent * 8 / 1000 / elapsed)
+                                    sent * 8 / 1000 / elapsed)
         log.info("replicated %s/%s: %d objects sent, %d already there", host, snap, len(todo),
                  len(ids) - len(todo))
         return True
@@ -294,9 +294,9 @@ class Replicator:
         self._changed()
         with contextlib.suppress(FileNotFoundError):  # pruned since: its row went first
             await run_in(self.pool, atomic_write, st.snapshots.dir(host, snap) / "replicated",
-                            str(now).encode())
+                                    str(now).encode())
         await run_in(self.pool, st.index.kv_set, "replication.last_checkpoint",
-                        json.dumps({"at": now, "host": host, "snapshot": snap}))
+                                json.dumps({"at": now, "host": host, "snapshot": snap}))
         return True
 
     # --- Rapid Protect: snapshots that reached the data center on a disk ---
@@ -444,4 +444,4 @@ class Replicator:
                 else:  # the appliance's own fault (disk, store, a bug): worth its traceback
                     log.error("replication pass failed: %s", exc, exc_info=True)
                 await run_in(self.pool, self.store.index.kv_set, "replication.last_error",
-                                json.dumps({"at": time.time(), "error": str(exc)}))
+                                        json.dumps({"at": time.time(), "error": str(exc)}))
