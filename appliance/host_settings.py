@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .capacity.windows import parse_window_start
 from .store.errors import StoreError
 from .store.retention import Policy
+from .windows import parse_window_start
 
 if TYPE_CHECKING:
     from .store.datastore import Datastore

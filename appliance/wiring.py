@@ -3,7 +3,7 @@ from the config in exactly one place, so both run the same rules."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -13,7 +13,10 @@ from .backup_schedule import BackupScheduler
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
+from .health.admission import RefuseWhileDegraded
+from .health.summary import ApplianceSummary
 from .replication.engine import Replicator
+from .replication.status import replication_status
 from .replication.targets import (
     DirTarget,
     RateLimitedTarget,
@@ -49,10 +52,14 @@ def catalog_limits(cfg: Config) -> CatalogLimits:
                          recommit_seconds=lim.recommit_interval_seconds)
 
 
-def open_store(cfg: Config) -> Datastore:
+def open_store(cfg: Config, degraded: Mapping[str, str] | None = None) -> Datastore:
+    """The datastore; with DEGRADED (the daemon's live reasons), new sessions are refused
+    while there is one, before the watermarks are asked."""
+    admit: Callable[[], None] = Admission(cfg.data_dir, watermarks(cfg))
+    if degraded is not None:
+        admit = RefuseWhileDegraded(degraded, admit)
     return Datastore(cfg.data_dir, cfg.store.session_lease_seconds,
-                     cfg.store.reserve_mb * 1024 * 1024,
-                     admit=Admission(cfg.data_dir, watermarks(cfg)),
+                     cfg.store.reserve_mb * 1024 * 1024, admit=admit,
                      max_active=cfg.store.max_active_backups, limits=catalog_limits(cfg))
 
 
@@ -90,11 +97,25 @@ def replication_target(cfg: Config, limited: bool = True) -> Target:
 
 
 def replicator(cfg: Config, store: Datastore, pool: Executor, target: Target,
-               tunnel_up: Callable[[], bool] | None = None) -> Replicator:
+               tunnel_up: Callable[[], bool] | None = None,
+               on_change: Callable[[], None] | None = None) -> Replicator:
     r = cfg.replication
     return Replicator(store, target, replication_cipher(cfg), pool,
                       concurrency=r.concurrency, window=r.window,
-                      timezone=cfg.appliance.timezone, tunnel_up=tunnel_up)
+                      timezone=cfg.appliance.timezone, tunnel_up=tunnel_up,
+                      on_change=on_change)
+
+
+def summary(cfg: Config, store: Datastore, cap: CapacityService | None = None,
+            degraded: Callable[[], Mapping[str, str]] = dict) -> ApplianceSummary:
+    """The one appliance summary (page overview, `rdr status`, /metrics)."""
+    return ApplianceSummary(
+        store, cap if cap is not None else capacity(cfg, store),
+        serial=cfg.appliance.serial, timezone=cfg.appliance.timezone,
+        default_window=cfg.contract.default_window,
+        replication=(lambda: replication_status(store, cfg)) if cfg.replication.enabled
+        else None,
+        degraded=degraded)
 
 
 def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,

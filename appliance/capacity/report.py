@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..store.index import Index
+from ..windows import month_bounds, month_ledger, parse_month, parse_window_start
 from .billing import compute_bill, early_termination_flag, network_requirement
-from .windows import month_bounds, month_ledger, parse_month, parse_window_start
 
 GB = 1e9
 RESTORE_START_LIMIT = 30 * 60.0  # seconds: the contract's restore service level

@@ -18,7 +18,7 @@ from rdr_format.objects import ObjectCipher, chunk_name, snapshot_names
 from rdr_restore.disk import FORMAT, OBJECTS, PROTECT, DiskLayout, Progress, Reporter, key_id
 from rdr_restore.errors import SeedError
 
-from ..replication.engine import build_checkpoint
+from ..dcobjects import build_checkpoint
 from ..store.datastore import Datastore
 from ..store.gc import merged_ids, sorted_difference
 from . import pending

@@ -25,6 +25,7 @@ from rdr_format.objects import ObjectCipher
 from rdr_restore.disk import PROTECT, RECOVER, DamagedDisk, DiskLayout, Progress
 from rdr_restore.errors import SeedError
 
+from ..pools import run_in
 from ..store.datastore import Datastore
 from ..store.errors import Conflict, NotFound, Unprocessable
 from . import mounts
@@ -81,9 +82,6 @@ class SeedDisks:
         self._events: list[asyncio.Task] = []
         self._event_lock = asyncio.Lock()
 
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
     # --- watcher events (on the loop) ---
     def on_event(self, action: str, info: dict) -> None:
         name = info.get("device", "")
@@ -105,18 +103,18 @@ class SeedDisks:
         if name in self.disks and self.disks[name].state != "gone":
             return
         try:
-            p = await self._run(mounts.probe, name)
+            p = await run_in(self.pool, mounts.probe, name)
         except SeedError as exc:
             log.info("removable disk %s: %s", name, exc)
             return
         if p.kind is None:
             log.info("removable disk %s (label %r) is not a seed/recovery disk", name, p.label)
             return
-        where = await self._run(mounts.mount_point, p.devnode)
+        where = await run_in(self.pool, mounts.mount_point, p.devnode)
         if where is None:
             where = self.mount_root / name
             try:
-                await self._run(lambda: mounts.mount(p, where, readonly=True))
+                await run_in(self.pool, lambda: mounts.mount(p, where, readonly=True))
             except SeedError as exc:
                 self.disks[name] = SeedDisk(name, p.devnode, p.kind, p.label, where,
                                             state="gone", error=str(exc))
@@ -129,9 +127,9 @@ class SeedDisks:
     async def _refresh(self, disk: SeedDisk) -> None:
         layout = DiskLayout(disk.mount)
         try:
-            disk.header = await self._run(layout.header)
+            disk.header = await run_in(self.pool, layout.header)
             if disk.progress is None:  # an export's counters, from the disk itself
-                disk.progress = await self._run(layout.progress)
+                disk.progress = await run_in(self.pool, layout.progress)
         except (SeedError, OSError) as exc:
             disk.error = str(exc)
 
@@ -146,7 +144,7 @@ class SeedDisks:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.shield(run.task)
         if disk.state != "gone":
-            await self._run(mounts.release, disk.mount)
+            await run_in(self.pool, mounts.release, disk.mount)
         self.disks.pop(name, None)
         log.warning("%s disk %s removed", disk.kind, name)
 
@@ -200,7 +198,7 @@ class SeedDisks:
                 import_recovery(self.store, self._cipher(), layout, progress, report, run.stop)
 
         try:
-            await self._run(export if progress.op == "export" else import_)
+            await run_in(self.pool, export if progress.op == "export" else import_)
         except DamagedDisk as exc:
             progress.state, progress.message = "failed", str(exc)
             progress.damaged = [list(d) for d in exc.damaged]
@@ -209,7 +207,7 @@ class SeedDisks:
         except OSError as exc:
             # A dead disk: release its mount now (a USB disk's device is gone already; a
             # failing one must not stay mounted), and let the admin insert it again.
-            await self._run(mounts.release, disk.mount)
+            await run_in(self.pool, mounts.release, disk.mount)
             disk.state = "gone"
             progress.state = "interrupted"
             progress.message = (f"the disk failed or was removed ({exc.strerror or exc}); "
@@ -242,5 +240,5 @@ class SeedDisks:
         for t in list(self._events):
             t.cancel()
         for d in list(self.disks.values()):
-            await self._run(mounts.release, d.mount)
+            await run_in(self.pool, mounts.release, d.mount)
         self.disks.clear()

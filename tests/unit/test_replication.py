@@ -89,6 +89,20 @@ async def test_incremental_second_pass_sends_only_new_objects(store, pool, tmp_p
     assert (await replicator(store, target, pool).run_pass()).objects_sent == 0
 
 
+async def test_whoever_reports_the_lag_is_told_of_each_change(store, pool, tmp_path) -> None:
+    """on_change, given at construction (the daemon passes /metrics' invalidation), hears of
+    every pass, and of each snapshot that reached the data center within it."""
+    changes: list[int] = []
+    rep = replicator(store, CountingTarget(tmp_path / "dc"), pool,
+                     on_change=lambda: changes.append(1))
+    assert (await rep.run_pass()).objects_sent == 0
+    assert len(changes) == 1  # the pass itself, even with nothing to send
+    commit_files(store, "web01", files(2, 3))
+    commit_files(store, "web01", files(2, 4))
+    assert (await rep.run_pass()).snapshots_replicated == 2
+    assert len(changes) == 1 + 2 + 1  # each replicated snapshot, then the pass
+
+
 async def test_nothing_readable_leaves_the_appliance(store, pool, tmp_path) -> None:
     marker = b"SECRET-CUSTOMER-DATA-" * 5000
     commit_files(store, "web01", {b"payroll.txt": marker})
