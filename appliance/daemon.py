@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -41,6 +41,7 @@ from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
 from .health.http_metrics import RequestTimer
 from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
+from .health.published import PublishedHealth
 from .health.systemd import Notifier
 from .ingest.api import IngestApi
 from .pools import HeavyGate, Pools
@@ -109,6 +110,7 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self.scheduler: Scheduler | None = None
         self.capacity: CapacityService | None = None
+        self.published: PublishedHealth | None = None
         self.probe: LinkProbe | None = None
         self.replicator: Replicator | None = None
         self.tunnel: TunnelWatch | None = None
@@ -138,15 +140,20 @@ class Daemon:
             log.warning("data disk too full to keep %d MiB in reserve", self.cfg.store.reserve_mb)
         log.info("store at %s ready: %s", self.cfg.data_dir, recovered)
         maintenance = wiring.maintenance(self.cfg, self.store)
-        self.capacity = wiring.capacity(self.cfg, self.store)
+        samples = wiring.samples(self.store)
+        repl_state = wiring.replication_state(self.store)
+        pending_seed = wiring.pending_seed(self.store)
+        self.published = wiring.published_health(self.store)
+        self.capacity = wiring.capacity(self.cfg, self.store, samples)
         heal = None
         if self.cfg.replication.enabled:
             rcfg = self.cfg.replication
             if rcfg.tunnel_subnet:
-                self.tunnel = TunnelWatch(rcfg.tunnel_subnet, self.store.index.add_tunnel_event)
+                self.tunnel = TunnelWatch(rcfg.tunnel_subnet, repl_state.add_tunnel_event)
             self.replicator = await loop.run_in_executor(
                 self.pool, lambda: wiring.replicator(
-                    self.cfg, self.store, self.pools.heavy, wiring.replication_target(self.cfg),
+                    self.cfg, self.store, repl_state, samples, pending_seed, self.pools.heavy,
+                    wiring.replication_target(self.cfg),
                     self.tunnel.is_up if self.tunnel else None))
             replicator = self.replicator
 
@@ -160,7 +167,7 @@ class Daemon:
         store, cfg = self.store, self.cfg
         self.collector = ApplianceCollector(
             store, self.capacity, self.live,
-            (lambda: replication_status(store, cfg)) if self.replicator else None)
+            (lambda: replication_status(store, repl_state, cfg)) if self.replicator else None)
         if self.replicator is not None:
             self.replicator.on_change = self.collector.replication_changed
         self._metrics_tokens = RememberedTokens(self.store.index.admin_for_token)
@@ -171,7 +178,7 @@ class Daemon:
         if self.cfg.datacenter.probe:
             host, port = parse_listen(self.cfg.datacenter.probe, "datacenter.probe")
             self.probe = LinkProbe(host, port, self.cfg.datacenter.probe_interval_seconds,
-                                   self.store.index.add_link_sample)
+                                   samples.add_link_sample)
 
         ingest = IngestApi(self.store, self.pool, max_json_bytes=self.cfg.server.max_json_bytes,
                            appliance_serial=self.cfg.appliance.serial,
@@ -182,7 +189,8 @@ class Daemon:
         self.browser = Browser(self.store,
                                listing_bytes=self.cfg.limits.listing_cache_mb * 2**20)
         self.backups = wiring.backup_scheduler(self.cfg, self.store)
-        self.seeds = SeedDisks(self.store, self._seed_cipher, self.pools.heavy,
+        self.seeds = SeedDisks(self.store, repl_state, pending_seed, self._seed_cipher,
+                               self.pools.heavy,
                                self.cfg.appliance.serial, Path(self.cfg.seed.mount_root))
         page = PageApi(self.store, self.pool, self.browser, Accounts(self.store.index),
                        self._overview, ingest.jobs, seeds=self.seeds, heavy=self.pools.heavy,
@@ -281,7 +289,7 @@ class Daemon:
         cfg = self.cfg
         rep = None
         if self.replicator is not None:
-            full = replication_status(self.store, cfg)
+            full = replication_status(self.store, self.replicator.state, cfg)
             rep = {"enabled": True, "lag": full["lag"], "last_pass": full["last_pass"],
                    "last_error": full["last_error"],
                    "tunnel": full["tunnel"]["state"]}
@@ -306,7 +314,7 @@ class Daemon:
         if store is None:
             return {"store": "not open"}
         try:
-            store.index.kv_get("ready-probe")
+            store.index.ping()
         except Exception as exc:
             problems["index"] = f"index not usable: {exc}"
         probe = store.root / ".ready-probe"
@@ -396,17 +404,18 @@ class Daemon:
     async def _publish_health(self, interval: float = 10.0) -> None:
         """Leave what only the daemon knows (watchers) where `rdr status` can read it."""
         loop = asyncio.get_running_loop()
+        published = self.published
+        assert published is not None
         while True:
-            snap = {"at": time.time(), "pid": os.getpid(), "degraded": self.live.degraded,
+            snap = {"at": time.time(), "pid": os.getpid(), "degraded": dict(self.live.degraded),
                     "disks": {d: {"present": p, "io_errors": e}
                               for d, (p, e) in self.live.disks.items()},
-                    "links": self.live.links,
+                    "links": dict(self.live.links),
                     "tunnel_up": self.tunnel.up if self.tunnel is not None else None,
                     "addresses": [f"{h}:{p}" for h, p in self.addresses],
                     "fingerprint": self.tls.fingerprint if self.tls else None}
             with contextlib.suppress(Exception):
-                await loop.run_in_executor(self.pool, self.store.index.kv_set, "health.live",
-                                           json.dumps(snap))
+                await loop.run_in_executor(self.pool, partial(published.publish, **snap))
             await asyncio.sleep(interval)
 
     async def _watchdog(self) -> None:
@@ -415,7 +424,7 @@ class Daemon:
         while True:
             try:
                 await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
-                    self.pool, self.store.index.kv_get, "watchdog"), 10)
+                    self.pool, self.store.index.ping), 10)
                 self.notifier.watchdog()
             except Exception as exc:  # no ping: systemd restarts us
                 log.error("watchdog check failed: %s", exc)

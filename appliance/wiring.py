@@ -10,10 +10,13 @@ from pathlib import Path
 from rdr_format.objects import ObjectCipher, load_or_create_key
 
 from .backup_schedule import BackupScheduler
+from .capacity.samples import Samples
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
+from .health.published import PublishedHealth
 from .replication.engine import Replicator
+from .replication.state import ReplicationState
 from .replication.targets import (
     DirTarget,
     RateLimitedTarget,
@@ -22,6 +25,7 @@ from .replication.targets import (
     Target,
 )
 from .scheduler import Periodic
+from .seed.pending import PendingSeed
 from .store.datastore import CatalogLimits, Datastore
 from .store.maintenance import Maintenance, MaintenanceSettings
 
@@ -56,12 +60,30 @@ def open_store(cfg: Config) -> Datastore:
                      max_active=cfg.store.max_active_backups, limits=catalog_limits(cfg))
 
 
+# --- the features' state in the store's database (each repository creates its tables and
+# moves what an older release kept in the `kv` table when it is built) ---
+def replication_state(store: Datastore) -> ReplicationState:
+    return ReplicationState(store.index)
+
+
+def samples(store: Datastore) -> Samples:
+    return Samples(store.index)
+
+
+def pending_seed(store: Datastore) -> PendingSeed:
+    return PendingSeed(store.index)
+
+
+def published_health(store: Datastore) -> PublishedHealth:
+    return PublishedHealth(store.index)
+
+
 def maintenance(cfg: Config, store: Datastore) -> Maintenance:
     return Maintenance(store, maintenance_settings(cfg))
 
 
-def capacity(cfg: Config, store: Datastore) -> CapacityService:
-    return CapacityService(store, installed_gb=cfg.capacity.installed_gb,
+def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService:
+    return CapacityService(store, samples, installed_gb=cfg.capacity.installed_gb,
                            marks=watermarks(cfg), timezone=cfg.appliance.timezone,
                            default_window=cfg.contract.default_window,
                            commitment_months=cfg.contract.commitment_months)
@@ -89,10 +111,11 @@ def replication_target(cfg: Config, limited: bool = True) -> Target:
     return RetryingTarget(inner, attempts=r.retries)
 
 
-def replicator(cfg: Config, store: Datastore, pool: Executor, target: Target,
+def replicator(cfg: Config, store: Datastore, state: ReplicationState, samples: Samples,
+               seed: PendingSeed, pool: Executor, target: Target,
                tunnel_up: Callable[[], bool] | None = None) -> Replicator:
     r = cfg.replication
-    return Replicator(store, target, replication_cipher(cfg), pool,
+    return Replicator(store, state, samples, seed, target, replication_cipher(cfg), pool,
                       concurrency=r.concurrency, window=r.window,
                       timezone=cfg.appliance.timezone, tunnel_up=tunnel_up)
 

@@ -3,7 +3,6 @@ as /metrics (the index and what the running daemon last published)."""
 
 from __future__ import annotations
 
-import json
 import time
 
 from .. import __version__, wiring
@@ -15,11 +14,10 @@ from ..store.lock import is_held
 
 def gather(cfg: Config, store: Datastore) -> dict:
     idx = store.index
-    cap = wiring.capacity(cfg, store)
+    cap = wiring.capacity(cfg, store, wiring.samples(store))
     report = cap.report()
     running = is_held(cfg.data_dir / "daemon.lock")
-    raw = idx.kv_get("health.live")
-    live = json.loads(raw) if raw else None
+    live = wiring.published_health(store).latest()
     stale = live is None or time.time() - live["at"] > 60
     hosts = {h["host"]: h for h in report["hosts"]}
     return {
@@ -37,7 +35,8 @@ def gather(cfg: Config, store: Datastore) -> dict:
                    "window_success_rate": hosts.get(h["name"], {}).get("success_rate"),
                    "missed_days": hosts.get(h["name"], {}).get("missed_days", [])}
                   for h in idx.hosts()],
-        "replication": replication_status(store, cfg) if cfg.replication.enabled else None,
+        "replication": replication_status(store, wiring.replication_state(store), cfg)
+        if cfg.replication.enabled else None,
         "hardware": {"disks": (live or {}).get("disks", {}), "links": (live or {}).get(
             "links", {}), "tunnel_up": (live or {}).get("tunnel_up")} if live else None,
         "jobs": {j["kind"]: {"state": j["state"], "finished_at": j["finished_at"],

@@ -65,7 +65,8 @@ async def test_metrics_without_figures_ever_read_leave_them_out(tmp_path: Path) 
     st = Datastore(tmp_path / "data", reserve_bytes=0)
     try:
         st.add_host("web01")
-        collector = ApplianceCollector(st, wiring.capacity(make_config(tmp_path / "data"), st),
+        cap = wiring.capacity(make_config(tmp_path / "data"), st, wiring.samples(st))
+        collector = ApplianceCollector(st, cap,
                                        LiveState(degraded={"data_disk": "gone"}))
 
         def unreadable(*args: object) -> list:
