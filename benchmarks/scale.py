@@ -5,7 +5,8 @@
 An agent asks the appliance which of a batch of chunk ids it lacks; the appliance answers with
 `ChunkStore.touch_missing` (one `utime` per id on `chunks/<4 hex>/<64 hex>`: a path lookup
 through a directory of ~150 entries at 10 M chunks, and an inode write), and replication asks
-the index which chunks the data center lacks (`ReplicationState.dc_missing` on the `dc_chunks` table).
+the index which chunks the data center lacks (`ReplicationState.dc_missing` on the `dc_chunks`
+table).
 The bare lookup (`ChunkStore.missing`, no utime) is timed too, to tell the path walk from the
 inode write.
 Both are O(batch) by design; this checks that the constant stays small when the store is big
@@ -16,8 +17,8 @@ like real ones) in 65,536 prefix directories with `mknod`, split by prefix acros
 no two processes contend for one directory; then times batches of 1000 ids (half present, half
 absent, random order) through the real `ChunkStore.touch_missing`, cold (page cache, dentries
 and inodes dropped, when root) and warm (the same batches again). Then it fills `dc_chunks`
-with N rows through the real `ReplicationState` (bulk transactions of 100,000; the per-upload `dc_add`
-rate is sampled separately, since it is one fsync'd transaction per chunk), and times
+with N rows through the real `ReplicationState` (bulk transactions of 100,000; the per-upload
+`dc_add` rate is sampled separately, since it is one fsync'd transaction per chunk), and times
 `dc_missing` the same way, and what putting every recorded id in object-name order (what
 `rdr dc verify` merges with the bucket listing; sorted on disk) costs in time and memory.
 Free inodes and space are checked first.
