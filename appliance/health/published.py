@@ -31,13 +31,14 @@ class PublishedHealth:
     def __init__(self, index: Index) -> None:
         self.index = index
         index.own_tables(DDL)
-        with index.tx() as db:
-            raw = take_legacy_kv(db, (LEGACY_KEY,)).get(LEGACY_KEY)
-            if raw:
-                old = json.loads(raw)
-                self._write(db, old["at"], old["pid"], old["degraded"], old["disks"],
-                            old["links"], old["tunnel_up"], old["addresses"],
-                            old["fingerprint"])
+        if index.has_legacy_kv((LEGACY_KEY,)):
+            with index.tx() as db:
+                raw = take_legacy_kv(db, (LEGACY_KEY,)).get(LEGACY_KEY)
+                if raw:
+                    old = json.loads(raw)
+                    self._write(db, old["at"], old["pid"], old["degraded"], old["disks"],
+                                old["links"], old["tunnel_up"], old["addresses"],
+                                old["fingerprint"])
 
     @staticmethod
     def _write(db: sqlite3.Connection, at: float, pid: int, degraded: dict[str, str],

@@ -56,8 +56,9 @@ class ReplicationState:
     def __init__(self, index: Index) -> None:
         self.index = index
         index.own_tables(DDL)
-        with index.tx() as db:
-            self._adopt_legacy(db, take_legacy_kv(db, LEGACY_KEYS))
+        if index.has_legacy_kv(LEGACY_KEYS):
+            with index.tx() as db:
+                self._adopt_legacy(db, take_legacy_kv(db, LEGACY_KEYS))
 
     @staticmethod
     def _adopt_legacy(db: sqlite3.Connection, old: dict[str, str]) -> None:

@@ -37,11 +37,12 @@ class PendingSeed:
     def __init__(self, index: Index) -> None:
         self.index = index
         index.own_tables(DDL)
-        with index.tx() as db:
-            raw = take_legacy_kv(db, (LEGACY_KEY,)).get(LEGACY_KEY)
-            if raw:  # "" was an older release's "none pending"
-                old = json.loads(raw)
-                self._write(db, old["state"], old["since"], old["snapshots"])
+        if index.has_legacy_kv((LEGACY_KEY,)):
+            with index.tx() as db:
+                raw = take_legacy_kv(db, (LEGACY_KEY,)).get(LEGACY_KEY)
+                if raw:  # "" was an older release's "none pending"
+                    old = json.loads(raw)
+                    self._write(db, old["state"], old["since"], old["snapshots"])
 
     @staticmethod
     def _write(db: sqlite3.Connection, state: str, since: float,

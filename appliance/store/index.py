@@ -252,8 +252,6 @@ def take_legacy_kv(db: sqlite3.Connection, keys: tuple[str, ...]) -> dict[str, s
     marks = ",".join("?" * len(keys))
     found = dict(db.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", keys))
     db.execute(f"DELETE FROM kv WHERE key IN ({marks})", keys)
-    # Never-written keys some releases only read (liveness probes): nothing to move.
-    db.execute("DELETE FROM kv WHERE key IN ('ready-probe', 'watchdog')")
     if not KV_KEYS_NOT_MOVED and db.execute("SELECT 1 FROM kv LIMIT 1").fetchone() is None:
         db.execute("DROP TABLE kv")
     return found
@@ -793,6 +791,18 @@ class Index:
         """A cheap real read of the database (readiness probe, watchdog): raises when the
         file cannot be read."""
         self._q("SELECT value FROM meta WHERE key = 'schema_version'")
+
+    def has_legacy_kv(self, keys: tuple[str, ...]) -> bool:
+        """Whether `take_legacy_kv` has anything to do for KEYS (one of them is in the old
+        `kv` table, or the table is empty and may go): a read, so a repository built on an
+        upgraded index takes the write lock only while there is something to move."""
+        marks = ",".join("?" * len(keys))
+        try:
+            if self._q(f"SELECT 1 FROM kv WHERE key IN ({marks}) LIMIT 1", keys):
+                return True
+            return not KV_KEYS_NOT_MOVED and not self._q("SELECT 1 FROM kv LIMIT 1")
+        except sqlite3.OperationalError:  # no such table: new, or fully migrated
+            return False
 
     def kv_get(self, key: str) -> str | None:
         """The sign-in device key's last home in the old string-keyed table (see _SCHEMA):

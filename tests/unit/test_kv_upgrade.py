@@ -115,7 +115,7 @@ def test_a_cleared_seed_and_an_empty_kv_move_as_nothing(tmp_path: Path) -> None:
     """An older release wrote "" for "no seed pending"; absent keys leave the new homes
     empty."""
     path = tmp_path / "index.sqlite"
-    old_index(path, {"seed.pending": "", "ready-probe": "x"})
+    old_index(path, {"seed.pending": ""})
     idx = Index(path)
     try:
         rep = ReplicationState(idx)
@@ -144,5 +144,28 @@ def test_a_new_index_starts_empty_and_the_seed_round_trips(tmp_path: Path) -> No
         assert got is not None and got["state"] == "shipped"
         assert got["snapshots"] == SEED["snapshots"][:1] and got["hosts"] == ["web01"]
         assert seed.clear() == got and seed.get() is None and seed.clear() is None
+    finally:
+        idx.close()
+
+
+def test_the_emptied_kv_table_is_dropped_once_no_key_is_left_unmoved(
+        tmp_path: Path, monkeypatch) -> None:
+    """What happens once accounts own the sign-in device key too (KV_KEYS_NOT_MOVED empty):
+    the repository that moves the last key drops the table; until then it stays, and an
+    index without it upgrades as a new one."""
+    from appliance.store import index as index_mod
+
+    monkeypatch.setattr(index_mod, "KV_KEYS_NOT_MOVED", ())
+    path = tmp_path / "index.sqlite"
+    old_index(path, {"seed.pending": json.dumps(SEED), "health.live": json.dumps(HEALTH)})
+    idx = Index(path)
+    try:
+        assert PendingSeed(idx).get() == SEED
+        assert kv_rows(path) == {"health.live": json.dumps(HEALTH)}  # not yet: one left
+        assert PublishedHealth(idx).latest() == HEALTH
+        assert not idx.query("SELECT 1 FROM sqlite_master WHERE name = 'kv'")
+        # built again (every start): nothing to move, no table needed
+        assert PendingSeed(idx).get() == SEED and PublishedHealth(idx).latest() == HEALTH
+        assert ReplicationState(idx).requests() == 0
     finally:
         idx.close()
