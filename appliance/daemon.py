@@ -140,10 +140,10 @@ class Daemon:
             log.warning("data disk too full to keep %d MiB in reserve", self.cfg.store.reserve_mb)
         log.info("store at %s ready: %s", self.cfg.data_dir, recovered)
         maintenance = wiring.maintenance(self.cfg, self.store)
-        samples = wiring.samples(self.store)
-        repl_state = wiring.replication_state(self.store)
-        pending_seed = wiring.pending_seed(self.store)
-        self.published = wiring.published_health(self.store)
+        st = self.store  # the features' repositories (their tables made, kv moved: SQLite)
+        samples, repl_state, pending_seed, self.published = await loop.run_in_executor(
+            self.pool, lambda: (wiring.samples(st), wiring.replication_state(st),
+                                wiring.pending_seed(st), wiring.published_health(st)))
         self.capacity = wiring.capacity(self.cfg, self.store, samples)
         heal = None
         if self.cfg.replication.enabled:
