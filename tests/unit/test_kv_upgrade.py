@@ -169,3 +169,30 @@ def test_the_emptied_kv_table_is_dropped_once_no_key_is_left_unmoved(
         assert ReplicationState(idx).requests() == 0
     finally:
         idx.close()
+
+
+async def test_rdr_reads_the_upgraded_values(tmp_path: Path) -> None:
+    """The commands an operator runs after the upgrade show what the old release recorded:
+    the pending seed and the last pass, checkpoint and error."""
+    from ..conftest import rdr_cmd
+    from ..treeutil import run
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    old_index(data / "index.sqlite", {
+        "replication.last_pass": json.dumps(LAST_PASS),
+        "replication.last_checkpoint": json.dumps(LAST_CHECKPOINT),
+        "replication.last_error": json.dumps(LAST_ERROR),
+        "seed.pending": json.dumps(SEED)})
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[store]\npath = '{data}'\nreserve_mb = 0\n"
+                   f"[replication]\ndirectory = '{tmp_path / 'dc'}'\n")
+    rc, out, err = await run(rdr_cmd() + ["seed", "status", "--json", "--config", str(cfg)])
+    assert rc == 0, err
+    assert json.loads(out) == {"pending_seed": SEED}
+    rc, out, err = await run(rdr_cmd() + ["replication", "status", "--json", "--config",
+                                          str(cfg)])
+    assert rc == 0, err
+    st = json.loads(out)
+    assert (st["last_pass"], st["last_checkpoint"], st["last_error"]) == (
+        LAST_PASS, LAST_CHECKPOINT, LAST_ERROR)
