@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -40,6 +40,7 @@ from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
 from .health.http_metrics import RequestTimer
 from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
+from .health.published import PublishedHealth
 from .health.summary import ApplianceSummary
 from .health.systemd import Notifier
 from .ingest.api import IngestApi
@@ -107,6 +108,7 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self.scheduler: Scheduler | None = None
         self.capacity: CapacityService | None = None
+        self.published: PublishedHealth | None = None
         self.probe: LinkProbe | None = None
         self.replicator: Replicator | None = None
         self.tunnel: TunnelWatch | None = None
@@ -141,17 +143,22 @@ class Daemon:
             log.warning("data disk too full to keep %d MiB in reserve", cfg.store.reserve_mb)
         log.info("store at %s ready: %s", cfg.data_dir, recovered)
         maintenance = wiring.maintenance(cfg, store)
-        self.capacity = wiring.capacity(cfg, store)
+        # the features' repositories (their tables made, kv moved: SQLite, so in the pool)
+        samples, repl_state, pending_seed, self.published = await run_in(
+            self.pool, lambda: (wiring.samples(store), wiring.replication_state(store),
+                                wiring.pending_seed(store), wiring.published_health(store)))
+        self.capacity = wiring.capacity(cfg, store, samples)
         heal = None
         if cfg.replication.enabled:
             rcfg = cfg.replication
             if rcfg.tunnel_subnet:
-                self.tunnel = TunnelWatch(rcfg.tunnel_subnet, store.index.add_tunnel_event)
+                self.tunnel = TunnelWatch(rcfg.tunnel_subnet, repl_state.add_tunnel_event)
             tunnel_up = self.tunnel.is_up if self.tunnel else None
             # a pass that changed what the data center holds: /metrics' lag is out of date
             self.replicator = replicator = await run_in(
                 self.pool, lambda: wiring.replicator(
-                    cfg, store, self.pools.heavy, wiring.replication_target(cfg), tunnel_up,
+                    cfg, store, repl_state, samples, pending_seed, self.pools.heavy,
+                    wiring.replication_target(cfg), tunnel_up,
                     on_change=self._replication_changed))
 
             def heal(cid: str) -> bytes | None:
@@ -161,8 +168,9 @@ class Daemon:
 
         # The one summary the page's overview, `rdr status` and /metrics read.
         live = self.live
-        self.summary = wiring.summary(cfg, store, self.capacity,
-                                      degraded=lambda: live.degraded)
+        self.summary = wiring.summary(
+            cfg, store, self.capacity, degraded=lambda: live.degraded,
+            state=repl_state if cfg.replication.enabled else None)
         rep, tun = self.replicator, self.tunnel
         # /metrics: its cached figures are invalidated by whatever changes them (commits,
         # prunes, replication passes: _committed, on_prune, _replication_changed)
@@ -177,7 +185,7 @@ class Daemon:
         if cfg.datacenter.probe:
             host, port = parse_listen(cfg.datacenter.probe, "datacenter.probe")
             self.probe = LinkProbe(host, port, cfg.datacenter.probe_interval_seconds,
-                                   store.index.add_link_sample, self.pool)
+                                   samples.add_link_sample, self.pool)
 
         ingest = IngestApi(store, self.pool, max_json_bytes=cfg.server.max_json_bytes,
                            appliance_serial=cfg.appliance.serial,
@@ -187,8 +195,9 @@ class Daemon:
                            commit_pool=self.commit_pool, heavy_pool=self.pools.heavy)
         self.browser = Browser(store, listing_bytes=cfg.limits.listing_cache_mb * 2**20)
         self.backups = wiring.backup_scheduler(cfg, store)
-        self.seeds = SeedDisks(store, self._seed_cipher, self.pools.heavy,
-                               cfg.appliance.serial, Path(cfg.seed.mount_root))
+        self.seeds = SeedDisks(store, repl_state, pending_seed, self._seed_cipher,
+                               self.pools.heavy, cfg.appliance.serial,
+                               Path(cfg.seed.mount_root))
         page = PageApi(store, self.pool, self.browser, Accounts(store.index),
                        self.summary.overview, ingest.jobs, seeds=self.seeds,
                        heavy=self.pools.heavy, gate=self.heavy_gate,
@@ -279,7 +288,7 @@ class Daemon:
         if store is None:
             return {"store": "not open"}
         try:
-            store.index.kv_get("ready-probe")
+            store.index.ping()
         except Exception as exc:
             problems["index"] = f"index not usable: {exc}"
         probe = store.root / ".ready-probe"
@@ -368,17 +377,18 @@ class Daemon:
 
     async def _publish_health(self, interval: float = 10.0) -> None:
         """Leave what only the daemon knows (watchers) where `rdr status` can read it."""
+        published = self.published
+        assert published is not None
         while True:
-            snap = {"at": time.time(), "pid": os.getpid(), "degraded": self.live.degraded,
+            snap = {"at": time.time(), "pid": os.getpid(), "degraded": dict(self.live.degraded),
                     "disks": {d: {"present": p, "io_errors": e}
                               for d, (p, e) in self.live.disks.items()},
-                    "links": self.live.links,
+                    "links": dict(self.live.links),
                     "tunnel_up": self.tunnel.up if self.tunnel is not None else None,
                     "addresses": [f"{h}:{p}" for h, p in self.addresses],
                     "fingerprint": self.tls.fingerprint if self.tls else None}
             with contextlib.suppress(Exception):
-                await run_in(self.pool, self.store.index.kv_set, "health.live",
-                             json.dumps(snap))
+                await run_in(self.pool, partial(published.publish, **snap))
             await asyncio.sleep(interval)
 
     async def _watchdog(self) -> None:
@@ -386,8 +396,7 @@ class Daemon:
         assert self.notifier.watchdog_interval is not None
         while True:
             try:
-                await asyncio.wait_for(run_in(self.pool, self.store.index.kv_get, "watchdog"),
-                                       10)
+                await asyncio.wait_for(run_in(self.pool, self.store.index.ping), 10)
                 self.notifier.watchdog()
             except Exception as exc:  # no ping: systemd restarts us
                 log.error("watchdog check failed: %s", exc)

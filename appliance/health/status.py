@@ -4,11 +4,11 @@ published."""
 
 from __future__ import annotations
 
-import json
 import time
 
 from ..config import Config
 from ..store.lock import is_held
+from .published import PublishedHealth
 from .summary import ApplianceSummary
 
 
@@ -17,8 +17,7 @@ def gather(cfg: Config, summary: ApplianceSummary) -> dict:
     idx = store.index
     report = summary.billing()
     running = is_held(cfg.data_dir / "daemon.lock")
-    raw = idx.kv_get("health.live")
-    live = json.loads(raw) if raw else None
+    live = PublishedHealth(idx).latest()
     stale = live is None or time.time() - live["at"] > 60
     hosts = {h["host"]: h for h in report["hosts"]}
     return {

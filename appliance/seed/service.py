@@ -26,10 +26,11 @@ from rdr_restore.disk import PROTECT, RECOVER, DamagedDisk, DiskLayout, Progress
 from rdr_restore.errors import SeedError
 
 from ..pools import run_in
+from ..replication.pending_seed import PendingSeed
+from ..replication.state import ReplicationState
 from ..store.datastore import Datastore
 from ..store.errors import Conflict, NotFound, Unprocessable
 from . import mounts
-from . import pending as seed_pending
 from .disk import one_operation
 from .export import export_seed
 from .recover import import_recovery
@@ -69,9 +70,12 @@ class _Running:
 
 
 class SeedDisks:
-    def __init__(self, store: Datastore, cipher: Callable[[], ObjectCipher], pool: Executor,
-                 serial: str, mount_root: Path) -> None:
+    def __init__(self, store: Datastore, state: ReplicationState, pending: PendingSeed,
+                 cipher: Callable[[], ObjectCipher], pool: Executor, serial: str,
+                 mount_root: Path) -> None:
         self.store = store
+        self.state = state
+        self.pending = pending
         self._cipher = cipher
         self.pool = pool
         self.serial = serial
@@ -152,7 +156,7 @@ class SeedDisks:
     def status(self) -> dict:
         return {"disks": [d.to_json() for d in self.disks.values()],
                 "last_operation": self.last,
-                "pending_seed": seed_pending.get(self.store.index)}
+                "pending_seed": self.pending.get()}
 
     async def arm(self, name: str, op: str, hosts: list[str] | None = None) -> dict:
         """Start `op` on disk `name`; returns at once (progress in status())."""
@@ -186,8 +190,8 @@ class SeedDisks:
             with one_operation(self.store.root):
                 mounts.remount(disk.mount, readonly=False)
                 try:
-                    export_seed(self.store, self._cipher(), layout, self.serial, hosts,
-                                progress, report, run.stop)
+                    export_seed(self.store, self.state, self.pending, self._cipher(), layout,
+                                self.serial, hosts, progress, report, run.stop)
                 finally:
                     with contextlib.suppress(SeedError, OSError):
                         syncfs(disk.mount)
@@ -195,7 +199,8 @@ class SeedDisks:
 
         def import_() -> None:
             with one_operation(self.store.root):
-                import_recovery(self.store, self._cipher(), layout, progress, report, run.stop)
+                import_recovery(self.store, self.state, self._cipher(), layout, progress,
+                                report, run.stop)
 
         try:
             await run_in(self.pool, export if progress.op == "export" else import_)
