@@ -13,7 +13,7 @@ window that closed without a backup committed inside it (offline agent, failed o
 still-running backup): that is what the page and the metrics show within a tick of the
 window's end.
 
-Windows come from `capacity.windows` (12 real hours from a local start, DST included), so
+Windows come from `appliance.windows` (12 real hours from a local start, DST included), so
 the scheduler and the service-level ledger agree on what "in the window" means. The clock is
 injected; the tests drive it.
 """
@@ -28,10 +28,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from .capacity.windows import parse_window_start, window_bounds, window_day
 from .plans.repository import BackupPlans
+from .pools import run_in
 from .runs.repository import BackupRun, BackupRuns
 from .store.datastore import Datastore
+from .windows import parse_window_start, window_bounds, window_day
 
 log = logging.getLogger("rdr.backups")
 
@@ -144,11 +145,10 @@ class BackupScheduler:
     async def run(self, pool: Executor, wake: Callable[[str], None],
                   interval: float = DEFAULT_TICK) -> None:
         """The daemon's loop: tick in the pool, then wake the polls of hosts with new runs."""
-        loop = asyncio.get_running_loop()
         failing: str | None = None  # the failure the ticks keep meeting, logged once
         while True:
             try:
-                for run in await loop.run_in_executor(pool, self.tick):
+                for run in await run_in(pool, self.tick):
                     wake(run.host)
                 if failing is not None:
                     log.info("backup scheduler ticks again (it failed with: %s)", failing)

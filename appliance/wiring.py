@@ -3,20 +3,27 @@ from the config in exactly one place, so both run the same rules."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
 from rdr_format.objects import ObjectCipher, load_or_create_key
 
 from .backup_schedule import BackupScheduler
+from .capacity.samples import Samples
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
+from .health.admission import RefuseWhileDegraded
+from .health.published import PublishedHealth
+from .health.summary import ApplianceSummary
 from .jobs.history import JobHistory
 from .jobs.maintenance import Maintenance, MaintenanceSettings
 from .plans.repository import BackupPlans
 from .replication.engine import Replicator
+from .replication.pending_seed import PendingSeed
+from .replication.state import ReplicationState
+from .replication.status import replication_status
 from .replication.targets import (
     DirTarget,
     RateLimitedTarget,
@@ -52,10 +59,14 @@ def catalog_limits(cfg: Config) -> CatalogLimits:
                          recommit_seconds=lim.recommit_interval_seconds)
 
 
-def open_store(cfg: Config) -> Datastore:
+def open_store(cfg: Config, degraded: Mapping[str, str] | None = None) -> Datastore:
+    """The datastore; with DEGRADED (the daemon's live reasons), new sessions are refused
+    while there is one, before the watermarks are asked."""
+    admit: Callable[[], None] = Admission(cfg.data_dir, watermarks(cfg))
+    if degraded is not None:
+        admit = RefuseWhileDegraded(degraded, admit)
     return Datastore(cfg.data_dir, cfg.store.session_lease_seconds,
-                     cfg.store.reserve_mb * 1024 * 1024,
-                     admit=Admission(cfg.data_dir, watermarks(cfg)),
+                     cfg.store.reserve_mb * 1024 * 1024, admit=admit,
                      max_active=cfg.store.max_active_backups, limits=catalog_limits(cfg))
 
 
@@ -64,12 +75,31 @@ def job_history(store: Datastore) -> JobHistory:
     return JobHistory(store.index, store.root / "maintenance.lock")
 
 
+# --- the features' state in the store's database (each repository creates its tables and
+# moves what an older release kept in the `kv` table when it is built) ---
+def replication_state(store: Datastore) -> ReplicationState:
+    return ReplicationState(store.index)
+
+
+def samples(store: Datastore) -> Samples:
+    return Samples(store.index)
+
+
+def pending_seed(store: Datastore) -> PendingSeed:
+    return PendingSeed(store.index)
+
+
+def published_health(store: Datastore) -> PublishedHealth:
+    return PublishedHealth(store.index)
+
+
 def maintenance(cfg: Config, store: Datastore) -> Maintenance:
     return Maintenance(store, job_history(store), maintenance_settings(cfg))
 
 
-def capacity(cfg: Config, store: Datastore) -> CapacityService:
-    return CapacityService(store, job_history(store), installed_gb=cfg.capacity.installed_gb,
+def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService:
+    return CapacityService(store, samples, job_history(store),
+                           installed_gb=cfg.capacity.installed_gb,
                            marks=watermarks(cfg), timezone=cfg.appliance.timezone,
                            default_window=cfg.contract.default_window,
                            commitment_months=cfg.contract.commitment_months)
@@ -97,12 +127,30 @@ def replication_target(cfg: Config, limited: bool = True) -> Target:
     return RetryingTarget(inner, attempts=r.retries)
 
 
-def replicator(cfg: Config, store: Datastore, pool: Executor, target: Target,
-               tunnel_up: Callable[[], bool] | None = None) -> Replicator:
+def replicator(cfg: Config, store: Datastore, state: ReplicationState, samples: Samples,
+               seed: PendingSeed, pool: Executor, target: Target,
+               tunnel_up: Callable[[], bool] | None = None,
+               on_change: Callable[[], None] | None = None) -> Replicator:
     r = cfg.replication
-    return Replicator(store, target, replication_cipher(cfg), pool,
+    return Replicator(store, state, samples, seed, target, replication_cipher(cfg), pool,
                       concurrency=r.concurrency, window=r.window,
-                      timezone=cfg.appliance.timezone, tunnel_up=tunnel_up)
+                      timezone=cfg.appliance.timezone, tunnel_up=tunnel_up,
+                      on_change=on_change)
+
+
+def summary(cfg: Config, store: Datastore, cap: CapacityService | None = None,
+            degraded: Callable[[], Mapping[str, str]] = dict,
+            state: ReplicationState | None = None) -> ApplianceSummary:
+    """The one appliance summary (page overview, `rdr status`, /metrics)."""
+    if state is None and cfg.replication.enabled:
+        state = replication_state(store)
+    return ApplianceSummary(
+        store, cap if cap is not None else capacity(cfg, store, samples(store)),
+        serial=cfg.appliance.serial, timezone=cfg.appliance.timezone,
+        default_window=cfg.contract.default_window,
+        replication=(lambda: replication_status(store, state, cfg)) if state is not None
+        else None,
+        degraded=degraded)
 
 
 def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,

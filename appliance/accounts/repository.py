@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from ..store.errors import Conflict, NotFound, StoreError
-from ..store.index import Index
+from ..store.index import Index, take_legacy_kv
 
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,62}\Z")
 MIN_PASSWORD = 10
@@ -110,15 +110,12 @@ class Accounts:
     def _adopt_old_key(self) -> None:
         """Move a device key an older release kept in `kv` into `signin_key`, once: device
         cookies issued before the upgrade stay valid."""
+        if not self.index.has_legacy_kv((_OLD_KEY,)):
+            return
         with self.index.tx() as db:
-            if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                              "name = 'kv'").fetchone():
-                return
-            row = db.execute("SELECT value FROM kv WHERE key = ?", (_OLD_KEY,)).fetchone()
-            if row is None:
-                return
-            db.execute("INSERT OR IGNORE INTO signin_key VALUES (1, ?)", (row[0],))
-            db.execute("DELETE FROM kv WHERE key = ?", (_OLD_KEY,))
+            value = take_legacy_kv(db, (_OLD_KEY,)).get(_OLD_KEY)
+            if value is not None:
+                db.execute("INSERT OR IGNORE INTO signin_key VALUES (1, ?)", (value,))
 
     def add(self, name: str, password: str) -> None:
         if not NAME_RE.match(name):

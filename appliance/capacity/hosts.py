@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from ..plans.repository import BackupPlans
 from ..runs.repository import BackupRuns
 from ..store.index import Index
-from .windows import parse_window_start, window_bounds
+from ..windows import parse_window_start, window_bounds
 
 
 def _iso(ts: float | None) -> str | None:

@@ -16,8 +16,9 @@ from ..plans.repository import BackupPlans
 from ..restores.ledger import RestoreLedger
 from ..runs.repository import BackupRuns
 from ..store.index import Index
+from ..windows import month_bounds, month_ledger, parse_month, parse_window_start
 from .billing import compute_bill, early_termination_flag, network_requirement
-from .windows import month_bounds, month_ledger, parse_month, parse_window_start
+from .samples import Samples
 
 GB = 1e9
 RESTORE_START_LIMIT = 30 * 60.0  # seconds: the contract's restore service level
@@ -61,8 +62,8 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def monthly_report(index: Index, settings: ReportSettings, month: str | None = None,
-                   now: datetime | None = None) -> dict:
+def monthly_report(index: Index, samples: Samples, settings: ReportSettings,
+                   month: str | None = None, now: datetime | None = None) -> dict:
     now = now or datetime.now(UTC)
     month = month or month_of(now, settings.timezone)
     parse_month(month)
@@ -102,8 +103,8 @@ def monthly_report(index: Index, settings: ReportSettings, month: str | None = N
                  if r["first_byte_at"] is not None]
     day_ago = time.time() - 86400
     net = network_requirement(bill.protected_gb,
-                              _median(index.link_samples("throughput_kbps", day_ago)),
-                              _median(index.link_samples("rtt_ms", day_ago)))
+                              _median(samples.link_samples("throughput_kbps", day_ago)),
+                              _median(samples.link_samples("rtt_ms", day_ago)))
     rate = successful / scheduled if scheduled else None
     return {
         "month": month, "timezone": tz, "capacity_gb": bill.capacity_gb,

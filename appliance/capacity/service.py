@@ -13,6 +13,7 @@ from ..jobs.history import JobHistory
 from ..jobs.job import Job
 from ..store.datastore import Datastore
 from .report import GB, ReportSettings, monthly_report
+from .samples import Samples
 from .usage import disk_usage, scan
 from .watermarks import Watermarks, used_percent
 
@@ -21,10 +22,11 @@ SAMPLE_KEEP_DAYS = 3 * 366
 
 
 class CapacityService:
-    def __init__(self, store: Datastore, history: JobHistory, *, installed_gb: float,
-                 marks: Watermarks, timezone: str, default_window: str,
+    def __init__(self, store: Datastore, samples: Samples, history: JobHistory, *,
+                 installed_gb: float, marks: Watermarks, timezone: str, default_window: str,
                  commitment_months: int) -> None:
         self.store = store
+        self.sample_log = samples
         self.history = history
         self.installed_gb = installed_gb
         self.marks = marks
@@ -41,7 +43,7 @@ class CapacityService:
         settings = ReportSettings(capacity_gb=self.capacity_gb(), timezone=self.timezone,
                                   default_window=self.default_window,
                                   commitment_months=self.commitment_months)
-        rep = monthly_report(self.store.index, settings, month, now)
+        rep = monthly_report(self.store.index, self.sample_log, settings, month, now)
         rep["disk"] = self.status()
         return rep
 
@@ -59,15 +61,15 @@ class CapacityService:
             usage = scan(self.store)
             sample = {**usage.to_json(), "capacity_gb": self.capacity_gb()}
             today = datetime.now(ZoneInfo(self.timezone)).date()
-            self.store.index.put_usage_sample(today.isoformat(), json.dumps(sample))
+            self.sample_log.put_usage_sample(today.isoformat(), json.dumps(sample))
             cutoff = (today - timedelta(days=SAMPLE_KEEP_DAYS)).isoformat()
-            self.store.index.trim_usage_samples(cutoff)
+            self.sample_log.trim_usage_samples(cutoff)
             job.done({"day": today.isoformat(), "stored_bytes": usage.stored_bytes},
                      f"{usage.chunks} chunks, {usage.stored_bytes} bytes stored")
         return sample
 
     def samples(self, since_day: str = "") -> list[dict]:
-        return [{"day": d, **json.loads(s)} for d, s in self.store.index.usage_samples(since_day)]
+        return [{"day": d, **json.loads(s)} for d, s in self.sample_log.usage_samples(since_day)]
 
 
 def now_utc() -> datetime:

@@ -45,8 +45,8 @@ def plan_changes(a: argparse.Namespace) -> dict[str, object]:
 
 def set_(ctx: Context) -> int:
     from .. import wiring
-    from ..capacity.windows import window_start
     from ..plans.edit import edit_host
+    from ..windows import window_start
 
     a = ctx.args
     window = None

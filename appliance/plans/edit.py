@@ -5,7 +5,7 @@ edit changes nothing.
 
 Each caller parses its own input (flags, JSON) and reports a refusal in its own words; what
 they share is the order of the writes (the normal form of a window start is
-`capacity.windows.window_start`).
+`appliance.windows.window_start`).
 """
 
 from __future__ import annotations

@@ -69,17 +69,6 @@ CREATE TABLE IF NOT EXISTS backup_ledger (
     PRIMARY KEY (host, snapshot)
 );
 CREATE INDEX IF NOT EXISTS backup_ledger_time ON backup_ledger(received_at);
-CREATE TABLE IF NOT EXISTS usage_samples (
-    day TEXT PRIMARY KEY,
-    taken_at REAL NOT NULL,
-    sample TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS link_samples (
-    taken_at REAL NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('rtt_ms', 'throughput_kbps')),
-    value REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS link_samples_time ON link_samples(kind, taken_at);
 CREATE TABLE IF NOT EXISTS api_tokens (
     name TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -87,12 +76,6 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     token_hash BLOB NOT NULL,
     scope TEXT NOT NULL DEFAULT 'metrics'
 );
-CREATE TABLE IF NOT EXISTS dc_chunks (
-    id TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    uploaded_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dc_inflight (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS dc_deletes (
     host TEXT NOT NULL,
     snapshot TEXT NOT NULL,
@@ -103,11 +86,6 @@ CREATE TABLE IF NOT EXISTS local_deletes (
     snapshot TEXT NOT NULL,
     PRIMARY KEY (host, snapshot)
 );
-CREATE TABLE IF NOT EXISTS tunnel_events (
-    at REAL NOT NULL,
-    up INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS damaged_chunks (
     id TEXT PRIMARY KEY,
     found_at REAL NOT NULL,
@@ -130,6 +108,28 @@ CREATE TABLE IF NOT EXISTS snapshots (
     PRIMARY KEY (host, snapshot)
 );
 """
+
+#: Keys of the old `kv` table (releases before issue 21) that no feature has moved out yet.
+#: Every key now has a typed home (accounts, replication, seed, health); each repository
+#: takes its own keys with `take_legacy_kv`, and whichever empties the table drops it.
+KV_KEYS_NOT_MOVED: tuple[str, ...] = ()
+
+
+def take_legacy_kv(db: sqlite3.Connection, keys: tuple[str, ...]) -> dict[str, str]:
+    """Inside a feature repository's transaction: the values a release before issue 21 kept
+    under KEYS in the string-keyed `kv` table, removed from it, so the caller's typed copy
+    and their removal commit together. Runs at every start and finds nothing after the
+    first; an index without the table (new, or already migrated) gives {}."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
+                  ).fetchone() is None:
+        return {}
+    marks = ",".join("?" * len(keys))
+    found = dict(db.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", keys))
+    db.execute(f"DELETE FROM kv WHERE key IN ({marks})", keys)
+    if not KV_KEYS_NOT_MOVED and db.execute("SELECT 1 FROM kv LIMIT 1").fetchone() is None:
+        db.execute("DROP TABLE kv")
+    return found
+
 
 def validate_host_name(name: str) -> str:
     if not HOST_RE.match(name):
@@ -593,7 +593,7 @@ class Index:
                        (host, snapshot))
         return SnapshotRow(*rows[0]) if rows else None
 
-    # --- ledger: backups, usage and link samples ---
+    # --- ledger: backups ---
     def ledger(self, since: float, until: float, host: str | None = None) -> list[dict]:
         sql = ("SELECT host, snapshot, received_at, started_at, logical_size, file_count, "
                "new_bytes FROM backup_ledger WHERE received_at >= ? AND received_at < ?")
@@ -606,85 +606,8 @@ class Index:
         return [dict(zip(keys, r, strict=True)) for r in self._q(sql + " ORDER BY received_at",
                                                                  args)]
 
-    def put_usage_sample(self, day: str, sample: str) -> None:
-        with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO usage_samples VALUES (?, ?, ?)",
-                       (day, time.time(), sample))
-
-    def trim_usage_samples(self, before_day: str) -> None:
-        with self.tx() as db:
-            db.execute("DELETE FROM usage_samples WHERE day < ?", (before_day,))
-
-    def usage_samples(self, since_day: str = "") -> list[tuple[str, str]]:
-        return [(d, s) for d, s in self._q(
-            "SELECT day, sample FROM usage_samples WHERE day >= ? ORDER BY day", (since_day,))]
-
-    def add_link_sample(self, kind: str, value: float) -> None:
-        with self.tx() as db:
-            db.execute("INSERT INTO link_samples VALUES (?, ?, ?)", (time.time(), kind, value))
-
-    def link_samples(self, kind: str, since: float) -> list[float]:
-        return [v for (v,) in self._q("SELECT value FROM link_samples WHERE kind = ? AND "
-                                      "taken_at >= ? ORDER BY taken_at", (kind, since))]
-
-    # --- replication state ---
-    def dc_missing(self, ids: list[str]) -> list[str]:
-        """Which of `ids` the data center does not hold yet (as far as this index knows)."""
-        have: set[str] = set()
-        for i in range(0, len(ids), 500):
-            part = ids[i:i + 500]
-            marks = ",".join("?" * len(part))
-            have.update(r[0] for r in self._q(
-                f"SELECT id FROM dc_chunks WHERE id IN ({marks})", tuple(part)))
-        return [c for c in ids if c not in have]
-
-    def dc_add(self, cid: str, size: int) -> None:
-        with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO dc_chunks VALUES (?, ?, ?)",
-                       (cid, size, time.time()))
-            db.execute("DELETE FROM dc_inflight WHERE id = ?", (cid,))
-
-    def dc_add_many(self, rows: list[tuple[str, int]]) -> None:
-        """Chunks that reached the data center another way (a seed disk): one transaction."""
-        now = time.time()
-        with self.tx() as db:
-            db.executemany("INSERT OR REPLACE INTO dc_chunks VALUES (?, ?, ?)",
-                           [(cid, size, now) for cid, size in rows])
-
-    def dc_begin(self, cid: str) -> None:
-        """An upload starts: if the process dies before dc_add, the next pass asks the data
-        center whether it arrived instead of sending it again."""
-        with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO dc_inflight VALUES (?)", (cid,))
-
-    def dc_inflight(self) -> list[str]:
-        return [r[0] for r in self._q("SELECT id FROM dc_inflight")]
-
-    def dc_abandon(self, cid: str) -> None:
-        with self.tx() as db:
-            db.execute("DELETE FROM dc_inflight WHERE id = ?", (cid,))
-
-    def dc_remove(self, ids: list[str]) -> None:
-        with self.tx() as db:
-            db.executemany("DELETE FROM dc_chunks WHERE id = ?", [(c,) for c in ids])
-
-    def iter_dc_chunk_ids(self, page: int = 10_000) -> Iterator[str]:
-        """The ids the data center holds, sorted, a page at a time: at ten million chunks the
-        whole list would take gigabytes. Rows deleted behind the cursor are fine."""
-        last = ""
-        while True:
-            rows = self._q("SELECT id FROM dc_chunks WHERE id > ? ORDER BY id LIMIT ?",
-                           (last, page))
-            for (cid,) in rows:
-                yield cid
-            if len(rows) < page:
-                return
-            last = rows[-1][0]
-
-    def dc_stats(self) -> tuple[int, int]:
-        n, size = self._q("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM dc_chunks")[0]
-        return n, size
-
+    # --- snapshots at the data center: with the rows they belong to (the rest of the
+    # replication state is replication/state.py's) ---
     def set_replicated(self, host: str, snapshot: str, at: float | None) -> bool:
         """Mark a snapshot replicated (its checkpoint verified at the data center) and drop
         the upload's write-ahead entry in one transaction. False if the row is gone (pruned
@@ -697,41 +620,22 @@ class Index:
                            (host, snapshot))
             return bool(cur.rowcount)
 
-    def dc_forget(self, ids: list[str]) -> None:
-        """Write-ahead for deleting chunks at the data center: they stop counting as held
-        there (a commit reusing one uploads it again) and are marked in flight, so a kill
-        before the deletions ends with the next pass asking the data center."""
-        with self.tx() as db:
-            db.executemany("DELETE FROM dc_chunks WHERE id = ?", [(c,) for c in ids])
-            db.executemany("INSERT OR IGNORE INTO dc_inflight VALUES (?)", [(c,) for c in ids])
+    def ping(self) -> None:
+        """A cheap real read of the database (readiness probe, watchdog): raises when the
+        file cannot be read."""
+        self._q("SELECT value FROM meta WHERE key = 'schema_version'")
 
-    def dc_forgotten(self, ids: list[str]) -> None:
-        with self.tx() as db:
-            db.executemany("DELETE FROM dc_inflight WHERE id = ?", [(c,) for c in ids])
-
-    def add_tunnel_event(self, up: bool) -> None:
-        with self.tx() as db:
-            db.execute("INSERT INTO tunnel_events VALUES (?, ?)", (time.time(), int(up)))
-
-    def tunnel_events(self, since: float = 0.0) -> list[tuple[float, bool]]:
-        return [(a, bool(u)) for a, u in self._q(
-            "SELECT at, up FROM tunnel_events WHERE at >= ? ORDER BY at", (since,))]
-
-    def kv_set(self, key: str, value: str) -> None:
-        with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
-
-    def kv_increment(self, key: str) -> int:
-        """Add one to the counter KEY (0 when absent), atomically across processes; returns
-        the new value."""
-        with self.tx() as db:
-            db.execute("INSERT INTO kv VALUES (?, '1') ON CONFLICT(key) DO UPDATE SET "
-                       "value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)", (key,))
-            return int(db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()[0])
-
-    def kv_get(self, key: str) -> str | None:
-        rows = self._q("SELECT value FROM kv WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
+    def has_legacy_kv(self, keys: tuple[str, ...]) -> bool:
+        """Whether `take_legacy_kv` has anything to do for KEYS (one of them is in the old
+        `kv` table, or the table is empty and may go): a read, so a repository built on an
+        upgraded index takes the write lock only while there is something to move."""
+        marks = ",".join("?" * len(keys))
+        try:
+            if self._q(f"SELECT 1 FROM kv WHERE key IN ({marks}) LIMIT 1", keys):
+                return True
+            return not KV_KEYS_NOT_MOVED and not self._q("SELECT 1 FROM kv LIMIT 1")
+        except sqlite3.OperationalError:  # no such table: new, or fully migrated
+            return False
 
     # --- damaged chunks (quarantined by verify until uploaded again) ---
     def add_damaged(self, cid: str, reason: str) -> None:

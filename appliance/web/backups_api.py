@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from ..backup_schedule import BackupScheduler
-from ..capacity.windows import window_start
 from ..plans.edit import edit_host
 from ..store.datastore import Datastore
 from ..store.errors import NotFound
 from ..store.retention import Policy
+from ..windows import window_start
 from .auth import require_change, require_overview
 from .errors import ApiError
 from .jsonbody import read_json

@@ -175,7 +175,9 @@ async def test_replication_lag_is_current_after_commits_and_passes(tmp_path: Pat
         finally:
             held.release()
         with ThreadPoolExecutor(2) as pool:
-            res = await Replicator(app.store, wiring.replication_target(cfg),
+            st = app.store
+            res = await Replicator(st, wiring.replication_state(st), wiring.samples(st),
+                                   wiring.pending_seed(st), wiring.replication_target(cfg),
                                    wiring.replication_cipher(cfg), pool).run_pass()
         assert res.snapshots_replicated == 1
         assert samples((await scrape(app, token))[1])[key] == 0

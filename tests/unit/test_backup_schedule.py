@@ -23,6 +23,7 @@ from appliance.backup_schedule import (
 )
 from appliance.capacity.hosts import host_summaries
 from appliance.capacity.report import ReportSettings, monthly_report
+from appliance.capacity.samples import Samples
 from appliance.jobs.maintenance import rebuild
 from appliance.runs.repository import STALLED_MESSAGE, SUPERSEDED_MESSAGE
 from appliance.store.datastore import Datastore
@@ -299,8 +300,8 @@ def test_a_backup_may_run_past_its_window_and_is_then_out_of_window(store: Datas
                              message="", gaps=[], gap_count=0, now=clock.ts())
     assert (done.state, done.in_window, done.missed) == ("done", False, True)
     # The service-level ledger: the day's window is missed, the backup counted as late.
-    rep = monthly_report(store.index, ReportSettings(100.0, TZ, "17:00", 12), "2026-11",
-                         now=clock.now)
+    rep = monthly_report(store.index, Samples(store.index),
+                         ReportSettings(100.0, TZ, "17:00", 12), "2026-11", now=clock.now)
     (big,) = rep["hosts"]
     assert "2026-11-20" in big["missed_days"] and big["out_of_window_backups"] == 1
 

@@ -850,7 +850,7 @@ async def test_scheduler_runs_due_jobs(tmp_path: Path) -> None:
                 commit_files(st, "web01", {b"f": data(50)})
                 m = maint(st)
                 jobs = [j for j in periodic_jobs(Config(maintenance=cfg), m,
-                                                 wiring.capacity(Config(), st))
+                                                 wiring.capacity(Config(), st, wiring.samples(st)))
                         if j.kind != "usage-sample"]
                 sched = Scheduler(wiring.job_history(st), jobs, pool)
                 assert await sched.run_due() == first, name

@@ -66,7 +66,7 @@ async def test_metrics_without_figures_ever_read_leave_them_out(tmp_path: Path) 
     st = Datastore(tmp_path / "data", reserve_bytes=0)
     try:
         st.add_host("web01")
-        collector = ApplianceCollector(st, wiring.capacity(make_config(tmp_path / "data"), st),
+        collector = ApplianceCollector(wiring.summary(make_config(tmp_path / "data"), st),
                                        LiveState(degraded={"data_disk": "gone"}),
                                        history=wiring.job_history(st),
                                        ledger=RestoreLedger(st.index),
