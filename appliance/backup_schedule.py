@@ -13,7 +13,7 @@ window that closed without a backup committed inside it (offline agent, failed o
 still-running backup): that is what the page and the metrics show within a tick of the
 window's end.
 
-Windows come from `capacity.windows` (12 real hours from a local start, DST included), so
+Windows come from `appliance.windows` (12 real hours from a local start, DST included), so
 the scheduler and the service-level ledger agree on what "in the window" means. The clock is
 injected; the tests drive it.
 """
@@ -28,9 +28,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from .capacity.windows import parse_window_start, window_bounds, window_day
-from .store.backup_runs import BackupRun
+from .plans.repository import BackupPlans
+from .pools import run_in
+from .runs.repository import BackupRun, BackupRuns
 from .store.datastore import Datastore
+from .windows import parse_window_start, window_bounds, window_day
 
 log = logging.getLogger("rdr.backups")
 
@@ -66,10 +68,13 @@ class HostWindow:
 
 
 class BackupScheduler:
-    def __init__(self, store: Datastore, *, timezone: str, default_window: str, seed: str,
+    def __init__(self, store: Datastore, plans: BackupPlans, runs: BackupRuns, *,
+                 timezone: str, default_window: str, seed: str,
                  max_jitter: int = DEFAULT_JITTER,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
+        self.plans = plans
+        self.runs = runs
         self.timezone = timezone
         self.default_window = default_window
         self.seed = seed
@@ -78,7 +83,7 @@ class BackupScheduler:
 
     def window_of(self, host: str) -> HostWindow:
         """The host's window start and time zone (plan, host setting, appliance default)."""
-        plan = self.store.plans.get(host)
+        plan = self.plans.get(host)
         start = self.store.index.host_record(host)["window_start"] or self.default_window
         return HostWindow(start, plan.timezone or self.timezone)
 
@@ -89,7 +94,7 @@ class BackupScheduler:
         ts = now.timestamp()
         starts = {h["name"]: h["window_start"] for h in self.store.index.host_settings()}
         queued = []
-        for plan in self.store.plans.all():
+        for plan in self.plans.all():
             if not plan.paths or plan.host not in starts:
                 continue
             tz = plan.timezone or self.timezone
@@ -99,20 +104,20 @@ class BackupScheduler:
             day, opens, closes = win
             due = opens + timedelta(seconds=jitter_seconds(self.seed, plan.host, day,
                                                            self.max_jitter))
-            run = self.store.runs.schedule(plan.host, day.isoformat(), opens.timestamp(),
+            run = self.runs.schedule(plan.host, day.isoformat(), opens.timestamp(),
                                            closes.timestamp(), due.timestamp(), ts)
             if run is not None:
                 log.info("backup of %s queued for its window of %s, due %s", plan.host, day,
                          due.isoformat())
                 queued.append(run)
-        stalled = self.store.runs.expire(ts)
+        stalled = self.runs.expire(ts)
         if stalled:
             log.warning("%d backup run(s) failed: the agent stopped reporting", stalled)
-        for run in self.store.runs.retry_failed(ts, RETRY_DELAY, MAX_ATTEMPTS):
+        for run in self.runs.retry_failed(ts, RETRY_DELAY, MAX_ATTEMPTS):
             log.warning("backup of %s failed; retried in its window of %s (attempt %d)",
                         run.host, run.window_day, run.attempts + 1)
             queued.append(run)
-        for run in self.store.runs.flag_missed(ts):
+        for run in self.runs.flag_missed(ts):
             log.warning("host %s MISSED its backup window of %s (run %d %s%s)", run.host,
                         run.window_day, run.id, run.state,
                         f": {run.message}" if run.message else "")
@@ -124,27 +129,26 @@ class BackupScheduler:
         win = self.window_of(host)
         cur = open_window(now, win.start, win.timezone)
         window = (cur[0].isoformat(), cur[1].timestamp(), cur[2].timestamp()) if cur else None
-        return self.store.runs.request_now(host, requested_by, now.timestamp(), window)
+        return self.runs.request_now(host, requested_by, now.timestamp(), window)
 
     def pause(self, host: str) -> dict:
         """No run of the host starts, and a running one stops at its next report (its
         session stays open on the appliance, so the resumed run sends nothing twice)."""
-        plan = self.store.plans.set_paused(host, True)
+        plan = self.plans.set_paused(host, True)
         return {"host": host, "paused": plan.paused}
 
     def resume(self, host: str) -> dict:
-        self.store.plans.set_paused(host, False)
-        n = self.store.runs.resume(host, self.clock().timestamp())
+        self.plans.set_paused(host, False)
+        n = self.runs.resume(host, self.clock().timestamp())
         return {"host": host, "paused": False, "resumed_runs": n}
 
     async def run(self, pool: Executor, wake: Callable[[str], None],
                   interval: float = DEFAULT_TICK) -> None:
         """The daemon's loop: tick in the pool, then wake the polls of hosts with new runs."""
-        loop = asyncio.get_running_loop()
         failing: str | None = None  # the failure the ticks keep meeting, logged once
         while True:
             try:
-                for run in await loop.run_in_executor(pool, self.tick):
+                for run in await run_in(pool, self.tick):
                     wake(run.host)
                 if failing is not None:
                     log.info("backup scheduler ticks again (it failed with: %s)", failing)

@@ -302,7 +302,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("contract.schedule_tick_seconds: must be 0.1 to 600")
     if cfg.contract.commitment_months not in (12, 36):
         raise ConfigError("contract.commitment_months: must be 12 or 36")
-    from .capacity.windows import parse_window_start
+    from .windows import parse_window_start
 
     try:
         parse_window_start(cfg.contract.default_window)
@@ -327,7 +327,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("replication.retries: must be between 1 and 20")
     if r.bandwidth_kbps < 0:
         raise ConfigError("replication.bandwidth_kbps: must not be negative")
-    from .replication.targets import parse_schedule
+    from .timeofday import parse_schedule
 
     try:
         parse_schedule(r.bandwidth_schedule)

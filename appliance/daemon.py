@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -26,6 +26,7 @@ from rdr_format.chunkfile import MAX_FILE_SIZE
 from rdr_format.objects import ObjectCipher
 
 from . import __version__, wiring
+from .accounts import Accounts
 from .api import tls
 from .api.app import api_v1, build_app
 from .api.auth import RememberedTokens, TokenLookup
@@ -37,8 +38,6 @@ from .api.page.restore import RestoreApi
 from .api.page.seed import SeedDisksApi
 from .api.page.signin import SignInApi
 from .backup_schedule import BackupScheduler
-from .browse.tree import Browser
-from .capacity.hosts import host_summaries
 from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
@@ -46,16 +45,17 @@ from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
 from .health.http_metrics import RequestTimer
 from .health.links import LinkWatcher
 from .health.metrics import ApplianceCollector, LiveState
+from .health.published import PublishedHealth
+from .health.summary import ApplianceSummary
 from .health.systemd import Notifier
-from .pools import HeavyGate, Pools
+from .pools import HeavyGate, Pools, run_in
 from .replication.engine import Replicator
-from .replication.status import replication_status
 from .replication.tunnel import TunnelWatch
+from .restores.ledger import RestoreLedger
+from .restores.tree import Browser
 from .scheduler import Scheduler
 from .seed.service import SeedDisks
-from .store.accounts import Accounts
 from .store.datastore import Datastore
-from .store.errors import Unavailable
 from .store.lock import HeldLock
 
 log = logging.getLogger("rdr.daemon")
@@ -108,6 +108,7 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self.scheduler: Scheduler | None = None
         self.capacity: CapacityService | None = None
+        self.published: PublishedHealth | None = None
         self.probe: LinkProbe | None = None
         self.replicator: Replicator | None = None
         self.tunnel: TunnelWatch | None = None
@@ -115,6 +116,7 @@ class Daemon:
         self.live = LiveState(serial=cfg.appliance.serial)
         self.notifier = Notifier()
         self.registry: CollectorRegistry | None = None
+        self.summary: ApplianceSummary | None = None
         self.collector: ApplianceCollector | None = None
         self._metrics_tokens: RememberedTokens | None = None
         self.addresses: list[tuple[str, int]] = []
@@ -124,95 +126,93 @@ class Daemon:
         self._cipher: ObjectCipher | None = None
 
     async def start(self) -> None:
+        """Build the services in dependency order, each given what it needs at construction,
+        then open the listeners and start the background tasks."""
         loop = asyncio.get_running_loop()
-        self.cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._claim = HeldLock(self.cfg.data_dir / "daemon.lock",
-                               f"another rdr serve is running on {self.cfg.data_dir}")
-        self.tls = await loop.run_in_executor(self.pool, ensure_tls, self.cfg)
+        cfg = self.cfg
+        cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._claim = HeldLock(cfg.data_dir / "daemon.lock",
+                               f"another rdr serve is running on {cfg.data_dir}")
+        self.tls = await run_in(self.pool, ensure_tls, cfg)
         log.info("TLS certificate SHA-256 fingerprint: %s", self.tls.fingerprint)
-        self.store = await loop.run_in_executor(self.pool, wiring.open_store, self.cfg)
-        recovered = await loop.run_in_executor(self.pool, self.store.recover)
-        if self.cfg.store.reserve_mb and not await loop.run_in_executor(
-                self.pool, self.store.reserve.ensure):
-            log.warning("data disk too full to keep %d MiB in reserve", self.cfg.store.reserve_mb)
-        log.info("store at %s ready: %s", self.cfg.data_dir, recovered)
-        maintenance = wiring.maintenance(self.cfg, self.store)
-        self.capacity = wiring.capacity(self.cfg, self.store)
+        # New sessions: refused while degraded (503, the watchers' reasons), then by the
+        # watermarks (507).
+        self.store = store = await run_in(self.pool, wiring.open_store, cfg, self.live.degraded)
+        recovered = await run_in(self.pool, store.recover)
+        if cfg.store.reserve_mb and not await run_in(self.pool, store.reserve.ensure):
+            log.warning("data disk too full to keep %d MiB in reserve", cfg.store.reserve_mb)
+        log.info("store at %s ready: %s", cfg.data_dir, recovered)
+        maintenance = wiring.maintenance(cfg, store)
+        # the features' repositories (their tables made, kv moved: SQLite, so in the pool)
+        samples, repl_state, pending_seed, self.published = await run_in(
+            self.pool, lambda: (wiring.samples(store), wiring.replication_state(store),
+                                wiring.pending_seed(store), wiring.published_health(store)))
+        self.capacity = wiring.capacity(cfg, store, samples)
         heal = None
-        if self.cfg.replication.enabled:
-            rcfg = self.cfg.replication
+        if cfg.replication.enabled:
+            rcfg = cfg.replication
             if rcfg.tunnel_subnet:
-                self.tunnel = TunnelWatch(rcfg.tunnel_subnet, self.store.index.add_tunnel_event)
-            self.replicator = await loop.run_in_executor(
+                self.tunnel = TunnelWatch(rcfg.tunnel_subnet, repl_state.add_tunnel_event)
+            tunnel_up = self.tunnel.is_up if self.tunnel else None
+            # a pass that changed what the data center holds: /metrics' lag is out of date
+            self.replicator = replicator = await run_in(
                 self.pool, lambda: wiring.replicator(
-                    self.cfg, self.store, self.pools.heavy, wiring.replication_target(self.cfg),
-                    self.tunnel.is_up if self.tunnel else None))
-            replicator = self.replicator
+                    cfg, store, repl_state, samples, pending_seed, self.pools.heavy,
+                    wiring.replication_target(cfg), tunnel_up,
+                    on_change=self._replication_changed))
 
             def heal(cid: str) -> bytes | None:
                 """From a worker thread (verify): a good copy from the data center."""
                 fut = asyncio.run_coroutine_threadsafe(replicator.fetch_chunk(cid), loop)
                 return fut.result(timeout=300)
 
+        # The one summary the page's overview, `rdr status` and /metrics read.
+        live = self.live
+        self.summary = wiring.summary(
+            cfg, store, self.capacity, degraded=lambda: live.degraded,
+            state=repl_state if cfg.replication.enabled else None)
+        rep, tun = self.replicator, self.tunnel
         # /metrics: its cached figures are invalidated by whatever changes them (commits,
-        # prunes, replication passes), wired here and below
-        store, cfg = self.store, self.cfg
+        # prunes, replication passes: _committed, on_prune, _replication_changed)
+        ledger, plans, runs = await run_in(
+            self.pool, lambda: (RestoreLedger(store.index), wiring.plans(store),
+                                wiring.runs(store)))
         self.collector = ApplianceCollector(
-            store, self.capacity, self.live,
-            (lambda: replication_status(store, cfg)) if self.replicator else None)
-        if self.replicator is not None:
-            self.replicator.on_change = self.collector.replication_changed
-        self._metrics_tokens = RememberedTokens(self.store.index.admin_for_token)
+            self.summary, live, history=maintenance.history, ledger=ledger, plans=plans,
+            sent_bytes=(lambda: rep.sent_bytes) if rep else None,
+            tunnel_up=(lambda: tun.up) if tun else None)
+        self._metrics_tokens = RememberedTokens(store.index.admin_for_token)
         self.scheduler = Scheduler(
-            self.store.index, wiring.periodic_jobs(self.cfg, maintenance, self.capacity, heal,
-                                                   on_prune=self.collector.snapshots_changed),
+            maintenance.history, wiring.periodic_jobs(cfg, maintenance, self.capacity, heal,
+                                                      on_prune=self.collector.snapshots_changed),
             self.pools.heavy)
-        if self.cfg.datacenter.probe:
-            host, port = parse_listen(self.cfg.datacenter.probe, "datacenter.probe")
-            self.probe = LinkProbe(host, port, self.cfg.datacenter.probe_interval_seconds,
-                                   self.store.index.add_link_sample)
+        if cfg.datacenter.probe:
+            host, port = parse_listen(cfg.datacenter.probe, "datacenter.probe")
+            self.probe = LinkProbe(host, port, cfg.datacenter.probe_interval_seconds,
+                                   samples.add_link_sample, self.pool)
 
-        ingest = IngestApi(self.store, self.pool, max_json_bytes=self.cfg.server.max_json_bytes,
-                           appliance_serial=self.cfg.appliance.serial,
+        ingest = IngestApi(store, self.pool, max_json_bytes=cfg.server.max_json_bytes,
+                           appliance_serial=cfg.appliance.serial,
                            on_commit=self._committed,
-                           upload_budget=(self.cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
+                           upload_budget=(cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
                            commit_pool=self.commit_pool, heavy_pool=self.pools.heavy)
-        self.browser = Browser(self.store,
-                               listing_bytes=self.cfg.limits.listing_cache_mb * 2**20)
-        self.backups = wiring.backup_scheduler(self.cfg, self.store)
-        self.seeds = SeedDisks(self.store, self._seed_cipher, self.pools.heavy,
-                               self.cfg.appliance.serial, Path(self.cfg.seed.mount_root))
-        signin = SignInApi(Accounts(self.store.index), self.pool, self.signin_pool)
+        self.browser = Browser(store, listing_bytes=cfg.limits.listing_cache_mb * 2**20)
+        self.backups = wiring.backup_scheduler(cfg, store, plans, runs)
+        self.seeds = SeedDisks(store, repl_state, pending_seed, self._seed_cipher,
+                               self.pools.heavy, cfg.appliance.serial,
+                               Path(cfg.seed.mount_root))
+        signin = SignInApi(Accounts(store.index), self.pool, self.signin_pool)
         page = [signin,
-                OverviewApi(self.pool, self._overview, self.capacity.report),
-                RestoreApi(self.store, self.pool, self.browser, ingest.jobs,
-                           heavy=self.pools.heavy, gate=self.heavy_gate),
+                OverviewApi(self.pool, self.summary.overview, self.capacity.report),
+                RestoreApi(store, self.pool, self.browser, ingest.jobs,
+                           heavy=self.pools.heavy, gate=self.heavy_gate, ledger=ledger),
                 SeedDisksApi(self.pool, self.seeds),
-                BackupsApi(self.store, self.pool, self.backups, ingest.jobs.wake,
-                           self.cfg.retention.policy)]
+                BackupsApi(store, self.pool, self.backups, ingest.jobs.wake,
+                           cfg.retention.policy)]
         await self._start_watchers()
-        self.live.replication_enabled = self.replicator is not None
-        if self.replicator is not None:
-            rep = self.replicator
-            self.live.replication_sent_bytes = lambda: rep.sent_bytes
-        if self.tunnel is not None:
-            tun = self.tunnel
-            self.live.tunnel_up = lambda: tun.up
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)  # process_* : the daemon's CPU, RSS, fds
         self.registry.register(self.collector)
-        admission = self.store.admit
-
-        def admit() -> None:
-            """New sessions: refused while degraded (503), then by the watermarks (507)."""
-            if self.live.degraded:
-                raise Unavailable("degraded", "the appliance is degraded: "
-                                  + "; ".join(self.live.degraded.values())
-                                  + ". New backups are refused until it recovers")
-            if admission is not None:
-                admission()
-
-        self.store.admit = admit
 
         timer = RequestTimer(self.registry)
         # /metrics checks remembered tokens: Prometheus keeps its view while the data disk
@@ -263,6 +263,12 @@ class Daemon:
         if self.collector is not None:
             self.collector.snapshots_changed()
 
+    def _replication_changed(self) -> None:
+        """A replication pass changed what the data center holds: /metrics' lag figures
+        are out of date."""
+        if self.collector is not None:
+            self.collector.replication_changed()
+
     async def _watch_tunnel(self) -> None:
         """Poll the tunnel; when it comes back, replication resumes at once."""
         assert self.tunnel is not None
@@ -275,25 +281,6 @@ class Daemon:
                 self.replicator.interrupt()
             await asyncio.sleep(self.tunnel.interval)
 
-    def _overview(self) -> dict:
-        """The page's first screen (in the pool): hosts, capacity, replication at a glance."""
-        assert self.store is not None and self.capacity is not None
-        cfg = self.cfg
-        rep = None
-        if self.replicator is not None:
-            full = replication_status(self.store, cfg)
-            rep = {"enabled": True, "lag": full["lag"], "last_pass": full["last_pass"],
-                   "last_error": full["last_error"],
-                   "tunnel": full["tunnel"]["state"]}
-        return {
-            "appliance": {"serial": cfg.appliance.serial, "version": __version__,
-                          "timezone": cfg.appliance.timezone, "time": time.time(),
-                          "degraded": dict(self.live.degraded)},
-            "capacity": self.capacity.status(),
-            "replication": rep or {"enabled": False},
-            "hosts": host_summaries(self.store.index, cfg.appliance.timezone,
-                                    cfg.contract.default_window),
-        }
 
     def _readiness(self) -> dict[str, str]:
         """What stands between this appliance and taking a backup (empty = ready)."""
@@ -302,7 +289,7 @@ class Daemon:
         if store is None:
             return {"store": "not open"}
         try:
-            store.index.kv_get("ready-probe")
+            store.index.ping()
         except Exception as exc:
             problems["index"] = f"index not usable: {exc}"
         probe = store.root / ".ready-probe"
@@ -331,7 +318,7 @@ class Daemon:
             self._tasks.append(asyncio.create_task(
                 RemovableDiskWatcher(self._removable).run(), name="removable-disks"))
         links = LinkWatcher(self.cfg.health.interfaces or None, self._link_changed)
-        self.live.links.update(await asyncio.to_thread(links.states))
+        self.live.links.update(await run_in(self.pool, links.states))
         self._tasks.append(asyncio.create_task(links.run(), name="links"))
 
     def _disk_changed(self, state: DiskState) -> None:
@@ -371,18 +358,18 @@ class Daemon:
 
     async def _publish_health(self, interval: float = 10.0) -> None:
         """Leave what only the daemon knows (watchers) where `rdr status` can read it."""
-        loop = asyncio.get_running_loop()
+        published = self.published
+        assert published is not None
         while True:
-            snap = {"at": time.time(), "pid": os.getpid(), "degraded": self.live.degraded,
+            snap = {"at": time.time(), "pid": os.getpid(), "degraded": dict(self.live.degraded),
                     "disks": {d: {"present": p, "io_errors": e}
                               for d, (p, e) in self.live.disks.items()},
-                    "links": self.live.links,
+                    "links": dict(self.live.links),
                     "tunnel_up": self.tunnel.up if self.tunnel is not None else None,
                     "addresses": [f"{h}:{p}" for h, p in self.addresses],
                     "fingerprint": self.tls.fingerprint if self.tls else None}
             with contextlib.suppress(Exception):
-                await loop.run_in_executor(self.pool, self.store.index.kv_set, "health.live",
-                                           json.dumps(snap))
+                await run_in(self.pool, partial(published.publish, **snap))
             await asyncio.sleep(interval)
 
     async def _watchdog(self) -> None:
@@ -390,8 +377,7 @@ class Daemon:
         assert self.notifier.watchdog_interval is not None
         while True:
             try:
-                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
-                    self.pool, self.store.index.kv_get, "watchdog"), 10)
+                await asyncio.wait_for(run_in(self.pool, self.store.index.ping), 10)
                 self.notifier.watchdog()
             except Exception as exc:  # no ping: systemd restarts us
                 log.error("watchdog check failed: %s", exc)
@@ -414,13 +400,12 @@ class Daemon:
         if self.replicator is not None:
             await self.replicator.target.close()
             self.replicator = None
-        loop = asyncio.get_running_loop()
         if self.store is not None:
             try:
-                await loop.run_in_executor(self.pool, self.store.chunks.sync)
+                await run_in(self.pool, self.store.chunks.sync)
             except OSError as exc:  # a failed data disk must not stop the shutdown
                 log.error("could not flush the data disk on shutdown: %s", exc)
-            await loop.run_in_executor(self.pool, self.store.close)
+            await run_in(self.pool, self.store.close)
             self.store = None
         self.commit_pool.shutdown(wait=True)
         self.signin_pool.shutdown(wait=True)

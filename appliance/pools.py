@@ -43,8 +43,9 @@ T = TypeVar("T")
 HEAVY_RETRY_SECONDS = 5
 
 
-async def run_in(pool: Executor, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in `pool`, awaited: the one way async code calls blocking code."""
+async def run_in(pool: Executor | None, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in `pool`, awaited: the one way async code calls blocking code (None: the
+    loop's default executor, for parts built without the daemon's pools, as in tests)."""
     return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
 
 

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from .jobs.history import JobHistory
+from .jobs.maintenance import schedule_due
+from .pools import run_in
 from .store.errors import Conflict
-from .store.index import Index
-from .store.maintenance import schedule_due
 
 log = logging.getLogger("rdr.scheduler")
 
@@ -30,9 +31,9 @@ class Periodic:
 
 
 class Scheduler:
-    def __init__(self, index: Index, jobs: list[Periodic], pool: Executor,
+    def __init__(self, history: JobHistory, jobs: list[Periodic], pool: Executor,
                  tick: float = 60.0) -> None:
-        self.index = index
+        self.history = history
         self.jobs = jobs
         self.pool = pool
         self.tick = tick
@@ -40,13 +41,12 @@ class Scheduler:
     async def run_due(self) -> list[str]:
         """Run every job that is due now; returns the kinds that ran."""
         ran = []
-        loop = asyncio.get_running_loop()
         for job in self.jobs:
-            last = await loop.run_in_executor(self.pool, self.index.last_finished, job.kind)
+            last = await run_in(self.pool, self.history.last_finished, job.kind)
             if not schedule_due(last, job.interval, time.time()):
                 continue
             try:
-                await loop.run_in_executor(self.pool, job.run)
+                await run_in(self.pool, job.run)
                 ran.append(job.kind)
             except Conflict as exc:
                 log.info("scheduled %s skipped: %s", job.kind, exc.message)

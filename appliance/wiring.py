@@ -3,17 +3,27 @@ from the config in exactly one place, so both run the same rules."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from pathlib import Path
 
 from rdr_format.objects import ObjectCipher, load_or_create_key
 
 from .backup_schedule import BackupScheduler
+from .capacity.samples import Samples
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
+from .health.admission import RefuseWhileDegraded
+from .health.published import PublishedHealth
+from .health.summary import ApplianceSummary
+from .jobs.history import JobHistory
+from .jobs.maintenance import Maintenance, MaintenanceSettings
+from .plans.repository import BackupPlans
 from .replication.engine import Replicator
+from .replication.pending_seed import PendingSeed
+from .replication.state import ReplicationState
+from .replication.status import replication_status
 from .replication.targets import (
     DirTarget,
     RateLimitedTarget,
@@ -21,9 +31,9 @@ from .replication.targets import (
     S3Target,
     Target,
 )
+from .runs.repository import BackupRuns
 from .scheduler import Periodic
 from .store.datastore import CatalogLimits, Datastore
-from .store.maintenance import Maintenance, MaintenanceSettings
 
 
 def maintenance_settings(cfg: Config) -> MaintenanceSettings:
@@ -49,19 +59,47 @@ def catalog_limits(cfg: Config) -> CatalogLimits:
                          recommit_seconds=lim.recommit_interval_seconds)
 
 
-def open_store(cfg: Config) -> Datastore:
+def open_store(cfg: Config, degraded: Mapping[str, str] | None = None) -> Datastore:
+    """The datastore; with DEGRADED (the daemon's live reasons), new sessions are refused
+    while there is one, before the watermarks are asked."""
+    admit: Callable[[], None] = Admission(cfg.data_dir, watermarks(cfg))
+    if degraded is not None:
+        admit = RefuseWhileDegraded(degraded, admit)
     return Datastore(cfg.data_dir, cfg.store.session_lease_seconds,
-                     cfg.store.reserve_mb * 1024 * 1024,
-                     admit=Admission(cfg.data_dir, watermarks(cfg)),
+                     cfg.store.reserve_mb * 1024 * 1024, admit=admit,
                      max_active=cfg.store.max_active_backups, limits=catalog_limits(cfg))
 
 
+def job_history(store: Datastore) -> JobHistory:
+    """The maintenance job history, in the store's index."""
+    return JobHistory(store.index, store.root / "maintenance.lock")
+
+
+# --- the features' state in the store's database (each repository creates its tables and
+# moves what an older release kept in the `kv` table when it is built) ---
+def replication_state(store: Datastore) -> ReplicationState:
+    return ReplicationState(store.index)
+
+
+def samples(store: Datastore) -> Samples:
+    return Samples(store.index)
+
+
+def pending_seed(store: Datastore) -> PendingSeed:
+    return PendingSeed(store.index)
+
+
+def published_health(store: Datastore) -> PublishedHealth:
+    return PublishedHealth(store.index)
+
+
 def maintenance(cfg: Config, store: Datastore) -> Maintenance:
-    return Maintenance(store, maintenance_settings(cfg))
+    return Maintenance(store, job_history(store), maintenance_settings(cfg))
 
 
-def capacity(cfg: Config, store: Datastore) -> CapacityService:
-    return CapacityService(store, installed_gb=cfg.capacity.installed_gb,
+def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService:
+    return CapacityService(store, samples, job_history(store),
+                           installed_gb=cfg.capacity.installed_gb,
                            marks=watermarks(cfg), timezone=cfg.appliance.timezone,
                            default_window=cfg.contract.default_window,
                            commitment_months=cfg.contract.commitment_months)
@@ -89,12 +127,30 @@ def replication_target(cfg: Config, limited: bool = True) -> Target:
     return RetryingTarget(inner, attempts=r.retries)
 
 
-def replicator(cfg: Config, store: Datastore, pool: Executor, target: Target,
-               tunnel_up: Callable[[], bool] | None = None) -> Replicator:
+def replicator(cfg: Config, store: Datastore, state: ReplicationState, samples: Samples,
+               seed: PendingSeed, pool: Executor, target: Target,
+               tunnel_up: Callable[[], bool] | None = None,
+               on_change: Callable[[], None] | None = None) -> Replicator:
     r = cfg.replication
-    return Replicator(store, target, replication_cipher(cfg), pool,
+    return Replicator(store, state, samples, seed, target, replication_cipher(cfg), pool,
                       concurrency=r.concurrency, window=r.window,
-                      timezone=cfg.appliance.timezone, tunnel_up=tunnel_up)
+                      timezone=cfg.appliance.timezone, tunnel_up=tunnel_up,
+                      on_change=on_change)
+
+
+def summary(cfg: Config, store: Datastore, cap: CapacityService | None = None,
+            degraded: Callable[[], Mapping[str, str]] = dict,
+            state: ReplicationState | None = None) -> ApplianceSummary:
+    """The one appliance summary (page overview, `rdr status`, /metrics)."""
+    if state is None and cfg.replication.enabled:
+        state = replication_state(store)
+    return ApplianceSummary(
+        store, cap if cap is not None else capacity(cfg, store, samples(store)),
+        serial=cfg.appliance.serial, timezone=cfg.appliance.timezone,
+        default_window=cfg.contract.default_window,
+        replication=(lambda: replication_status(store, state, cfg)) if state is not None
+        else None,
+        degraded=degraded)
 
 
 def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
@@ -120,9 +176,20 @@ def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
     ]
 
 
-def backup_scheduler(cfg: Config, store: Datastore) -> BackupScheduler:
+def plans(store: Datastore) -> BackupPlans:
+    """The hosts' backup plans, mirrored to the data directory's ``plans/`` (rebuild-index
+    reads them back)."""
+    return BackupPlans(store.index, store.root / "plans")
+
+
+def runs(store: Datastore) -> BackupRuns:
+    return BackupRuns(store.index)
+
+
+def backup_scheduler(cfg: Config, store: Datastore, plans: BackupPlans,
+                     runs: BackupRuns) -> BackupScheduler:
     """Scheduled backups, "back up now", pause and resume (the daemon and `rdr hosts`)."""
     c = cfg.contract
-    return BackupScheduler(store, timezone=cfg.appliance.timezone,
+    return BackupScheduler(store, plans, runs, timezone=cfg.appliance.timezone,
                            default_window=c.default_window, seed=cfg.appliance.serial,
                            max_jitter=c.schedule_jitter_seconds)

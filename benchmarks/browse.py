@@ -31,9 +31,9 @@ from pathlib import Path
 
 import aiohttp
 
+from appliance.accounts import Accounts
 from appliance.config import Config, ReplicationConfig, ServerConfig, StoreConfig
 from appliance.daemon import Daemon
-from appliance.store.accounts import Accounts
 from appliance.store.datastore import CommitRequest, Datastore
 from rdr_format.catalog import DIR, FILE, CatalogWriter, Entry, Range
 from rdr_format.chunkfile import ChunkEncoder

@@ -5,7 +5,8 @@
 An agent asks the appliance which of a batch of chunk ids it lacks; the appliance answers with
 `ChunkStore.touch_missing` (one `utime` per id on `chunks/<4 hex>/<64 hex>`: a path lookup
 through a directory of ~150 entries at 10 M chunks, and an inode write), and replication asks
-the index which chunks the data center lacks (`Index.dc_missing` on the `dc_chunks` table).
+the index which chunks the data center lacks (`ReplicationState.dc_missing` on the `dc_chunks`
+table).
 The bare lookup (`ChunkStore.missing`, no utime) is timed too, to tell the path walk from the
 inode write.
 Both are O(batch) by design; this checks that the constant stays small when the store is big
@@ -16,8 +17,8 @@ like real ones) in 65,536 prefix directories with `mknod`, split by prefix acros
 no two processes contend for one directory; then times batches of 1000 ids (half present, half
 absent, random order) through the real `ChunkStore.touch_missing`, cold (page cache, dentries
 and inodes dropped, when root) and warm (the same batches again). Then it fills `dc_chunks`
-with N rows through the real `Index` (bulk transactions of 100,000; the per-upload `dc_add`
-rate is sampled separately, since it is one fsync'd transaction per chunk), and times
+with N rows through the real `ReplicationState` (bulk transactions of 100,000; the per-upload
+`dc_add` rate is sampled separately, since it is one fsync'd transaction per chunk), and times
 `dc_missing` the same way, and what putting every recorded id in object-name order (what
 `rdr dc verify` merges with the bucket listing; sorted on disk) costs in time and memory.
 Free inodes and space are checked first.
@@ -232,9 +233,11 @@ def _rows(lo: int, hi: int, now: float) -> list[tuple[str, int, float]]:
 
 
 def measure_index(path: Path, n: int, count: int, seed: int) -> dict:
+    from appliance.replication.state import ReplicationState
     from appliance.store.index import Index
 
-    idx = Index(path)
+    index = Index(path)
+    idx = ReplicationState(index)
     out: dict = {}
     # The per-upload path: one fsync'd transaction per chunk (sampled; the rows stay).
     sample = min(2000, n)
@@ -248,7 +251,7 @@ def measure_index(path: Path, n: int, count: int, seed: int) -> dict:
     now = time.time()
     for lo in range(sample, n, step):
         rows = _rows(lo, min(n, lo + step), now)
-        with idx.tx() as db:
+        with index.tx() as db:
             db.executemany("INSERT OR REPLACE INTO dc_chunks VALUES (?, ?, ?)", rows)
     out["bulk_insert_seconds"] = round(time.perf_counter() - t0, 2)
     out["bulk_insert_rows_per_second"] = round((n - sample) / max(1e-9, time.perf_counter()
@@ -257,7 +260,7 @@ def measure_index(path: Path, n: int, count: int, seed: int) -> dict:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     out["file_bytes"] = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
     out["rss_after_insert"] = rss()
-    idx.reopen()  # a fresh connection: SQLite's own page cache empty
+    index.reopen()  # a fresh connection: SQLite's own page cache empty
     work = batches(n, count, seed + 1)
     cold_ok = drop_caches()
     _reset_hwm()
@@ -285,7 +288,7 @@ def measure_index(path: Path, n: int, count: int, seed: int) -> dict:
         count, last = count + 1, line
     out["dc_verify_sort"] = {"seconds": round(time.perf_counter() - t0, 2), "ids": count,
                              "rss_growth_bytes": _status_kib("VmHWM") * 1024 - base}
-    idx.close()
+    index.close()
     return out
 
 

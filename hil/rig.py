@@ -140,9 +140,17 @@ class Rig(Faults):
         """Start ``rdr ARGS --config ...`` on the appliance without waiting."""
 
     @abc.abstractmethod
+    def https_full(self, method: str, path: str, body: bytes = b"",
+                   headers: dict[str, str] | None = None,
+                   timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+        """One HTTPS request to the appliance's LAN API (pinned certificate): status,
+        response headers, body."""
+
     def https(self, method: str, path: str, body: bytes = b"",
               headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:
-        """One HTTPS request to the appliance's LAN API (pinned certificate)."""
+        """`https_full` for the scenarios that need only the status and the body."""
+        status, _, payload = self.https_full(method, path, body, headers, timeout)
+        return status, payload
 
     @abc.abstractmethod
     def tree_hashes(self, path: str) -> dict[str, str]:

@@ -225,7 +225,7 @@ def restore_through_page(ctx: Context, res: Result) -> None:
     snapshots, download the latest as a zip, compare with the ledger."""
 
     rig = ctx.rig
-    status, headers, body = rig.https_full(  # type: ignore[attr-defined]
+    status, headers, body = rig.https_full(
         "POST", "/api/v1/auth/login",
         json.dumps({"name": "admin", "password": rig.admin_password}).encode(),
         {"Content-Type": "application/json"})

@@ -259,11 +259,6 @@ class SshRig(Rig):
         return subprocess.Popen(self.admin_argv(*args), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
-    def https(self, method: str, path: str, body: bytes = b"",
-              headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:
-        status, _, payload = self.https_full(method, path, body, headers, timeout)
-        return status, payload
-
     def https_full(self, method: str, path: str, body: bytes = b"",
                    headers: dict[str, str] | None = None,
                    timeout: float = 60) -> tuple[int, dict[str, str], bytes]:

@@ -293,11 +293,6 @@ class VirtualRig(Rig):
         return netns.popen(self.app_ns, str(BIN / "rdr"), *args, "--config", str(self.config),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def https(self, method: str, path: str, body: bytes = b"",
-              headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:
-        status, _, payload = self.https_full(method, path, body, headers, timeout)
-        return status, payload
-
     def https_full(self, method: str, path: str, body: bytes = b"",
                    headers: dict[str, str] | None = None,
                    timeout: float = 60) -> tuple[int, dict[str, str], bytes]:

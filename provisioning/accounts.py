@@ -1,7 +1,7 @@
 """The initial admin account and the order's hosts, created in the unit's own store index.
 
 The admin password is generated here, shown once on the hand-over sheet and stored only as
-the store's scrypt hash (appliance.store.accounts), exactly as `rdr admin add` would. Hosts
+the scrypt hash of appliance.accounts, exactly as `rdr admin add` would. Hosts
 named in the order are registered with their backup windows; each host's token is likewise
 shown once and kept hashed. A re-run never shows or changes a secret again (only --force,
 which issues new ones).
@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.store.accounts import Accounts
+from appliance.accounts import Accounts
 from appliance.store.datastore import Datastore
 
 ADMIN = "admin"

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from ..store.accounts import WebSession
+from ..accounts import WebSession
 from .auth import Principal, auth_middleware
 from .errors import error_middleware
 from .ops import Ops

@@ -22,9 +22,9 @@ from concurrent.futures import Executor
 
 from aiohttp import web
 
+from ..accounts import WebSession
 from ..errors import Forbidden, NotFound, Unauthorized
 from ..pools import run_in
-from ..store.accounts import WebSession
 from ..store.index import Index
 
 SESSION_COOKIE = "rdr_session"

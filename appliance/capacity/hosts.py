@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ..store.backup_plans import BackupPlans
-from ..store.backup_runs import BackupRuns
+from ..plans.repository import BackupPlans
+from ..runs.repository import BackupRuns
 from ..store.index import Index
-from .windows import parse_window_start, window_bounds
+from ..windows import parse_window_start, window_bounds
 
 
 def _iso(ts: float | None) -> str | None:
@@ -52,7 +52,7 @@ def host_summaries(index: Index, tz: str, default_window: str,
         "SELECT host, state, closed_at, created_at FROM sessions s WHERE created_at = "
         "(SELECT MAX(created_at) FROM sessions WHERE host = s.host)")}
     out = []
-    for h in index.host_settings():
+    for h in BackupPlans(index).host_settings():
         name = h["name"]
         plan = plans.get(name)
         tz = plan.timezone if plan is not None and plan.timezone else appliance_tz

@@ -12,6 +12,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
+
+from ..pools import run_in
 
 log = logging.getLogger("rdr.network")
 
@@ -32,9 +35,10 @@ async def tcp_rtt(host: str, port: int, timeout: float = 5.0) -> float | None:
 
 class LinkProbe:
     def __init__(self, host: str, port: int, interval: float,
-                 record: Callable[[str, float], object]) -> None:
+                 record: Callable[[str, float], object], pool: Executor | None = None) -> None:
         self.host, self.port, self.interval = host, port, interval
-        self.record = record  # blocking (SQLite): called in a worker thread
+        self.record = record  # blocking (SQLite): called in POOL (None: the loop's default)
+        self.pool = pool
         self.last_rtt_ms: float | None = None
         self.failures = 0
 
@@ -45,8 +49,7 @@ class LinkProbe:
             log.warning("data center %s:%d unreachable for the RTT probe", self.host, self.port)
             return None
         self.last_rtt_ms = rtt * 1000.0
-        await asyncio.get_running_loop().run_in_executor(None, self.record, "rtt_ms",
-                                                         self.last_rtt_ms)
+        await run_in(self.pool, self.record, "rtt_ms", self.last_rtt_ms)
         return self.last_rtt_ms
 
     async def run(self) -> None:

@@ -12,9 +12,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..plans.repository import BackupPlans
+from ..restores.ledger import RestoreLedger
+from ..runs.repository import BackupRuns
 from ..store.index import Index
+from ..windows import month_bounds, month_ledger, parse_month, parse_window_start
 from .billing import compute_bill, early_termination_flag, network_requirement
-from .windows import month_bounds, month_ledger, parse_month, parse_window_start
+from .samples import Samples
 
 GB = 1e9
 RESTORE_START_LIMIT = 30 * 60.0  # seconds: the contract's restore service level
@@ -58,8 +62,8 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def monthly_report(index: Index, settings: ReportSettings, month: str | None = None,
-                   now: datetime | None = None) -> dict:
+def monthly_report(index: Index, samples: Samples, settings: ReportSettings,
+                   month: str | None = None, now: datetime | None = None) -> dict:
     now = now or datetime.now(UTC)
     month = month or month_of(now, settings.timezone)
     parse_month(month)
@@ -73,10 +77,8 @@ def monthly_report(index: Index, settings: ReportSettings, month: str | None = N
     hosts = []
     scheduled = successful = 0
     # Backups that ran past (or outside) their window: committed, but not counted above.
-    late = dict(index.query(
-        "SELECT host, COUNT(*) FROM backup_runs WHERE in_window = 0 AND finished_at >= ? "
-        "AND finished_at < ? GROUP BY host", (start.timestamp(), end.timestamp())))
-    for h in index.host_settings():
+    late = BackupRuns(index).late_by_host(start.timestamp(), end.timestamp())
+    for h in BackupPlans(index).host_settings():
         window = parse_window_start(h["window_start"] or settings.default_window)
         commits = [datetime.fromtimestamp(r["received_at"], UTC)
                    for r in index.ledger(start.timestamp() - 86400, end.timestamp() + 86400,
@@ -95,14 +97,14 @@ def monthly_report(index: Index, settings: ReportSettings, month: str | None = N
             "missed_days": [d.isoformat() for d in led.missed],
             "out_of_window_backups": late.get(h["name"], 0)})
 
-    restores = [r for r in index.restores(start.timestamp())
+    restores = [r for r in RestoreLedger(index).since(start.timestamp())
                 if r["requested_at"] < end.timestamp()]
     latencies = [r["first_byte_at"] - r["requested_at"] for r in restores
                  if r["first_byte_at"] is not None]
     day_ago = time.time() - 86400
     net = network_requirement(bill.protected_gb,
-                              _median(index.link_samples("throughput_kbps", day_ago)),
-                              _median(index.link_samples("rtt_ms", day_ago)))
+                              _median(samples.link_samples("throughput_kbps", day_ago)),
+                              _median(samples.link_samples("rtt_ms", day_ago)))
     rate = successful / scheduled if scheduled else None
     return {
         "month": month, "timezone": tz, "capacity_gb": bill.capacity_gb,

@@ -9,9 +9,11 @@ import json
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from ..jobs.history import JobHistory
+from ..jobs.job import Job
 from ..store.datastore import Datastore
-from ..store.jobs import Job
 from .report import GB, ReportSettings, monthly_report
+from .samples import Samples
 from .usage import disk_usage, scan
 from .watermarks import Watermarks, used_percent
 
@@ -20,9 +22,12 @@ SAMPLE_KEEP_DAYS = 3 * 366
 
 
 class CapacityService:
-    def __init__(self, store: Datastore, *, installed_gb: float, marks: Watermarks,
-                 timezone: str, default_window: str, commitment_months: int) -> None:
+    def __init__(self, store: Datastore, samples: Samples, history: JobHistory, *,
+                 installed_gb: float, marks: Watermarks, timezone: str, default_window: str,
+                 commitment_months: int) -> None:
         self.store = store
+        self.sample_log = samples
+        self.history = history
         self.installed_gb = installed_gb
         self.marks = marks
         self.timezone = timezone
@@ -38,7 +43,7 @@ class CapacityService:
         settings = ReportSettings(capacity_gb=self.capacity_gb(), timezone=self.timezone,
                                   default_window=self.default_window,
                                   commitment_months=self.commitment_months)
-        rep = monthly_report(self.store.index, settings, month, now)
+        rep = monthly_report(self.store.index, self.sample_log, settings, month, now)
         rep["disk"] = self.status()
         return rep
 
@@ -52,19 +57,19 @@ class CapacityService:
 
     def take_sample(self, echo=None) -> dict:
         """Scan the store and keep today's sample (local day); drop samples past retention."""
-        with Job(self.store.index, "usage-sample", echo) as job:
+        with Job(self.history, "usage-sample", echo) as job:
             usage = scan(self.store)
             sample = {**usage.to_json(), "capacity_gb": self.capacity_gb()}
             today = datetime.now(ZoneInfo(self.timezone)).date()
-            self.store.index.put_usage_sample(today.isoformat(), json.dumps(sample))
+            self.sample_log.put_usage_sample(today.isoformat(), json.dumps(sample))
             cutoff = (today - timedelta(days=SAMPLE_KEEP_DAYS)).isoformat()
-            self.store.index.trim_usage_samples(cutoff)
+            self.sample_log.trim_usage_samples(cutoff)
             job.done({"day": today.isoformat(), "stored_bytes": usage.stored_bytes},
                      f"{usage.chunks} chunks, {usage.stored_bytes} bytes stored")
         return sample
 
     def samples(self, since_day: str = "") -> list[dict]:
-        return [{"day": d, **json.loads(s)} for d, s in self.store.index.usage_samples(since_day)]
+        return [{"day": d, **json.loads(s)} for d, s in self.sample_log.usage_samples(since_day)]
 
 
 def now_utc() -> datetime:

@@ -49,7 +49,7 @@ def tokens_revoke(ctx: Context) -> int:
 # --- accounts of the restore page ---
 def new_password(ctx: Context) -> str:
     """Asked twice on a terminal; one line on stdin with --password-stdin (scripts)."""
-    from ..store.accounts import check_password_rules
+    from ..accounts import check_password_rules
     from ..store.errors import StoreError
 
     if ctx.args.password_stdin:
@@ -68,7 +68,7 @@ def new_password(ctx: Context) -> str:
 
 
 def admin_add(ctx: Context) -> int:
-    from ..store.accounts import Accounts
+    from ..accounts import Accounts
 
     pw = new_password(ctx)
     with ctx.stored(create=True) as store:
@@ -78,7 +78,7 @@ def admin_add(ctx: Context) -> int:
 
 
 def admin_passwd(ctx: Context) -> int:
-    from ..store.accounts import Accounts
+    from ..accounts import Accounts
 
     pw = new_password(ctx)
     with ctx.stored() as store:
@@ -88,7 +88,7 @@ def admin_passwd(ctx: Context) -> int:
 
 
 def admin_remove(ctx: Context) -> int:
-    from ..store.accounts import Accounts
+    from ..accounts import Accounts
 
     with ctx.stored() as store:
         Accounts(store.index).remove(ctx.args.name)
@@ -97,7 +97,7 @@ def admin_remove(ctx: Context) -> int:
 
 
 def admin_unlock(ctx: Context) -> int:
-    from ..store.accounts import Accounts
+    from ..accounts import Accounts
 
     with ctx.stored() as store:
         Accounts(store.index).unlock(ctx.args.name)
@@ -107,7 +107,7 @@ def admin_unlock(ctx: Context) -> int:
 
 
 def admin_list(ctx: Context) -> int:
-    from ..store.accounts import Accounts
+    from ..accounts import Accounts
 
     with ctx.stored() as store:
         rows = Accounts(store.index).list()

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from ..config import Config, ConfigError, load
 
 if TYPE_CHECKING:
+    from ..jobs.maintenance import Maintenance
     from ..store.datastore import Datastore
-    from ..store.jobs import Progress
-    from ..store.maintenance import Maintenance
+    from ..store.progress import Progress
 
 #: Success: the command did what it says.
 EXIT_OK = 0

@@ -76,12 +76,14 @@ def snapshots(ctx: Context) -> int:
 
 
 def verify(ctx: Context) -> int:
+    from .. import wiring
     from ..replication.dc import dc_verify
 
     target, cipher = access(ctx)
     store = ctx.open_store()
     try:
-        res = at_dc(target, lambda: dc_verify(store, target, cipher, ctx.args.deep))
+        state = wiring.replication_state(store)
+        res = at_dc(target, lambda: dc_verify(store, state, target, cipher, ctx.args.deep))
     finally:
         store.close()
     if ctx.args.json:

@@ -10,7 +10,9 @@ from ..config import Config, ConfigError
 from .core import Context, Parents, Run, Subparsers, command, group, print_json, ts, user
 
 if TYPE_CHECKING:
-    from ..store.backup_plans import HostPlan
+    from ..backup_schedule import BackupScheduler
+    from ..plans.repository import HostPlan
+    from ..store.datastore import Datastore
 
 
 def add(ctx: Context) -> int:
@@ -42,7 +44,9 @@ def plan_changes(a: argparse.Namespace) -> dict[str, object]:
 
 
 def set_(ctx: Context) -> int:
-    from ..host_settings import edit_host, window_start
+    from .. import wiring
+    from ..plans.edit import edit_host
+    from ..windows import window_start
 
     a = ctx.args
     window = None
@@ -52,9 +56,10 @@ def set_(ctx: Context) -> int:
         except ValueError as exc:
             raise ConfigError(f"--window: {exc}") from None
     with ctx.stored() as store:
-        edit_host(store, a.name, f"cli:{user()}", plan_changes(a), a.policy, window)
+        plans = wiring.plans(store)
+        edit_host(store, plans, a.name, f"cli:{user()}", plan_changes(a), a.policy, window)
         rec = store.index.host_record(a.name)
-        plan = store.plans.get(a.name)
+        plan = plans.get(a.name)
     print_plan(rec, plan, ctx.cfg)
     return 0
 
@@ -80,14 +85,17 @@ def print_plan(rec: dict, plan: HostPlan, cfg: Config) -> None:
 
 
 def show(ctx: Context) -> int:
+    from .. import wiring
+
     name = ctx.args.name
     with ctx.stored() as store:
         rec = store.index.host_record(name)
-        plan = store.plans.get(name)
-        runs = store.runs.list(name, 10)
-        gaps = store.runs.gaps(name)
-        agent = store.plans.agents().get(name)
-        audit = store.plans.audit(name, 5)
+        plans, history = wiring.plans(store), wiring.runs(store)
+        plan = plans.get(name)
+        runs = history.list(name, 10)
+        gaps = history.gaps(name)
+        agent = plans.agents().get(name)
+        audit = plans.audit(name, 5)
     if ctx.args.json:
         rec.pop("token_hash", None)
         print_json({"host": rec, "plan": plan.to_json(), "agent": agent,
@@ -116,11 +124,16 @@ def show(ctx: Context) -> int:
     return 0
 
 
-def backup(ctx: Context) -> int:
+def _scheduler(ctx: Context, store: Datastore) -> BackupScheduler:
     from .. import wiring
 
+    return wiring.backup_scheduler(ctx.cfg, store, wiring.plans(store), wiring.runs(store))
+
+
+def backup(ctx: Context) -> int:
+
     with ctx.stored() as store:
-        run = wiring.backup_scheduler(ctx.cfg, store).request_now(ctx.args.name,
+        run = _scheduler(ctx, store).request_now(ctx.args.name,
                                                                   f"cli:{user()}")
     print(f"backup run {run.id} of {run.host} queued; its agent starts it at its next "
           "poll (within half a minute)")
@@ -128,20 +141,18 @@ def backup(ctx: Context) -> int:
 
 
 def pause(ctx: Context) -> int:
-    from .. import wiring
 
     with ctx.stored() as store:
-        wiring.backup_scheduler(ctx.cfg, store).pause(ctx.args.name)
+        _scheduler(ctx, store).pause(ctx.args.name)
     print(f"backups of {ctx.args.name} paused: a running backup stops at its next report "
           "and resumes with 'rdr hosts resume'")
     return 0
 
 
 def resume(ctx: Context) -> int:
-    from .. import wiring
 
     with ctx.stored() as store:
-        res = wiring.backup_scheduler(ctx.cfg, store).resume(ctx.args.name)
+        res = _scheduler(ctx, store).resume(ctx.args.name)
     print(f"backups of {ctx.args.name} resumed ({res['resumed_runs']} paused run(s) "
           "queued again)")
     return 0

@@ -99,10 +99,10 @@ def verify(ctx: Context) -> int:
 
 
 def rebuild_index(ctx: Context) -> int:
-    from ..store import rebuild
+    from ..jobs.maintenance import rebuild
 
     try:
-        res = rebuild.rebuild_index(ctx.cfg.data_dir, ctx.echo("rebuild-index"))
+        res = rebuild(ctx.cfg.data_dir, ctx.echo("rebuild-index"))
     finally:
         ctx.end_echo()
     print(f"index rebuilt: {res['hosts']} hosts, {res['snapshots']} snapshots"
@@ -113,8 +113,10 @@ def rebuild_index(ctx: Context) -> int:
 
 
 def jobs(ctx: Context) -> int:
+    from .. import wiring
+
     with ctx.stored() as store:
-        rows = store.jobs(ctx.args.kind, ctx.args.limit)
+        rows = wiring.job_history(store).recent(ctx.args.kind, ctx.args.limit)
     if ctx.args.json:
         print_json(rows)
         return 0

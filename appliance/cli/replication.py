@@ -48,7 +48,9 @@ def replicate(ctx: Context) -> int:
             if cfg.replication.tunnel_subnet:
                 subnet = cfg.replication.tunnel_subnet
                 tunnel = lambda: route_present(subnet)  # noqa: E731
-            rep = wiring.replicator(cfg, store, pool, target, tunnel)
+            rep = wiring.replicator(cfg, store, wiring.replication_state(store),
+                                    wiring.samples(store), wiring.pending_seed(store), pool,
+                                    target, tunnel)
             return await rep.run_pass(wait=ctx.args.wait)
         finally:
             await target.close()
@@ -77,10 +79,11 @@ def replicate(ctx: Context) -> int:
 
 
 def status(ctx: Context) -> int:
+    from .. import wiring
     from ..replication.status import replication_status
 
     with ctx.stored() as store:
-        st = replication_status(store, ctx.cfg)
+        st = replication_status(store, wiring.replication_state(store), ctx.cfg)
     if ctx.args.json:
         print_json(st)
         return 0

@@ -56,7 +56,8 @@ def export(ctx: Context) -> int:
             ctx.args.device, PROTECT, Path(cfg.seed.mount_root), writable=True) as root:
         layout = DiskLayout(root)
         try:
-            h = export_seed(store, cipher, layout, cfg.appliance.serial,
+            h = export_seed(store, wiring.replication_state(store),
+                            wiring.pending_seed(store), cipher, layout, cfg.appliance.serial,
                             ctx.args.hosts or None, progress,
                             disk_reporter(ctx, "seed export", layout))
         except OSError as exc:
@@ -86,7 +87,8 @@ def import_(ctx: Context) -> int:
     with ctx.stored() as store, one_operation(store.root), mounts.opened(
             ctx.args.device, RECOVER, Path(ctx.cfg.seed.mount_root), writable=False) as root:
         try:
-            done = import_recovery(store, cipher, DiskLayout(root), progress,
+            done = import_recovery(store, wiring.replication_state(store), cipher,
+                                   DiskLayout(root), progress,
                                    disk_reporter(ctx, "seed import"))
         except DamagedDisk as exc:
             return print_damage(exc)
@@ -100,10 +102,10 @@ def import_(ctx: Context) -> int:
 
 
 def status(ctx: Context) -> int:
-    from ..seed import pending
+    from .. import wiring
 
     with ctx.stored() as store:
-        seed = pending.get(store.index)
+        seed = wiring.pending_seed(store).get()
     if ctx.args.json:
         print_json({"pending_seed": seed})
     elif not seed:
@@ -116,10 +118,10 @@ def status(ctx: Context) -> int:
 
 
 def cancel(ctx: Context) -> int:
-    from ..seed import pending
+    from .. import wiring
 
     with ctx.stored() as store:
-        was = pending.clear(store.index)
+        was = wiring.pending_seed(store).clear()
     print("no seed was pending" if not was else
           f"seed of {', '.join(was['hosts'])} cancelled: they replicate over the link now")
     return 0

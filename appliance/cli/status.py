@@ -6,10 +6,11 @@ from .core import Context, Parents, Subparsers, command, print_json, ts
 
 
 def status(ctx: Context) -> int:
+    from .. import wiring
     from ..health.status import gather
 
     with ctx.stored() as store:
-        st = gather(ctx.cfg, store)
+        st = gather(ctx.cfg, wiring.summary(ctx.cfg, store))
     if ctx.args.json:
         print_json(st)
         return 0

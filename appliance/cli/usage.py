@@ -14,7 +14,7 @@ def usage(ctx: Context) -> int:
 
     with ctx.stored() as store:
         try:
-            rep = wiring.capacity(ctx.cfg, store).report(ctx.args.month)
+            rep = wiring.capacity(ctx.cfg, store, wiring.samples(store)).report(ctx.args.month)
         except ValueError as exc:
             raise ConfigError(f"--month: {exc}") from None
     if ctx.args.json:

@@ -27,7 +27,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import stat
 import threading
 from collections import deque
@@ -36,12 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..mountinfo import Mount, mounts
+
 log = logging.getLogger("rdr.health.disks")
 
 SYS_CLASS_BLOCK = Path("/sys/class/block")
 SYS_DEV_BLOCK = Path("/sys/dev/block")
 SYS_FS_EXT4 = Path("/sys/fs/ext4")
-MOUNTINFO = Path("/proc/self/mountinfo")
 
 
 @dataclass
@@ -55,38 +55,9 @@ class DiskState:
 # --------------------------------------------------------------------------- sysfs helpers
 
 
-@dataclass(frozen=True)
-class _Mount:
-    mount_point: str
-    major: int
-    minor: int
-    fstype: str
-    source: str
-
-
-def _unescape(field_: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_)
-
-
-def mounts() -> list[_Mount]:
-    """The mount table (also used to find where a seed disk is mounted)."""
-    mounts = []
-    for line in MOUNTINFO.read_text().splitlines():
-        parts = line.split()
-        try:
-            sep = parts.index("-", 6)
-            major, minor = (int(x) for x in parts[2].split(":"))
-            mounts.append(_Mount(_unescape(parts[4]), major, minor,
-                                 parts[sep + 1], _unescape(parts[sep + 2])))
-        except (ValueError, IndexError):
-            continue
-    return mounts
-
-
-def _mount_of(path: str) -> _Mount | None:
+def _mount_of(path: str) -> Mount | None:
     """The mount that holds the (absolute, symlink-free) path; the topmost one wins."""
-    best: _Mount | None = None
+    best: Mount | None = None
     for m in mounts():
         mp = m.mount_point
         inside = path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/")
@@ -102,7 +73,7 @@ def _sys_block_dir(major: int, minor: int) -> Path | None:
         return None
 
 
-def _fs_block_dir(m: _Mount) -> Path | None:
+def _fs_block_dir(m: Mount) -> Path | None:
     """sysfs directory of the block device (maybe a partition) a mount lives on.
 
     btrfs and other multi-device filesystems report an anonymous st_dev (major 0); fall back to

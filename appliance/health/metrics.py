@@ -35,10 +35,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .. import __version__
-from ..capacity.hosts import host_summaries
-from ..capacity.service import CapacityService
-from ..store.datastore import Datastore
+from ..jobs.history import JobHistory
+from ..plans.repository import BackupPlans
+from ..restores.ledger import RestoreLedger
 from ..store.index import Index
+from .summary import ApplianceSummary
 
 log = logging.getLogger("rdr.metrics")
 GB = 1e9
@@ -50,15 +51,12 @@ UNREADABLE = (sqlite3.Error, OSError)
 
 @dataclass
 class LiveState:
-    """What only the running daemon knows (watchers, counters), read at scrape time."""
+    """What only the running daemon's watchers know, read at scrape time."""
 
     serial: str = ""
     degraded: dict[str, str] = field(default_factory=dict)  # reason -> message
     disks: dict[str, tuple[bool, int]] = field(default_factory=dict)  # dev -> (present, errs)
     links: dict[str, bool] = field(default_factory=dict)
-    tunnel_up: Callable[[], bool | None] | None = None
-    replication_enabled: bool = False
-    replication_sent_bytes: Callable[[], int] = lambda: 0
     removable: dict[str, dict] = field(default_factory=dict)  # inserted removable disks
 
 
@@ -102,15 +100,29 @@ class Figures:
 
 
 class ApplianceCollector(Collector):
-    def __init__(self, store: Datastore, capacity: CapacityService, live: LiveState,
-                 replication_status: Callable[[], dict] | None = None, ttl: float = 30.0,
-                 ) -> None:
-        self.store = store
-        self.capacity = capacity
+    """The summary's figures (health/summary.py, shared with the page and `rdr status`) and
+    the daemon's live state as Prometheus families.
+
+    SENT_BYTES and TUNNEL_UP are the replicator's and the tunnel watch's counters (None when
+    there is none); HISTORY, LEDGER and PLANS the features' repositories (last jobs, restore
+    start latencies, agents last seen)."""
+
+    def __init__(self, summary: ApplianceSummary, live: LiveState, *,
+                 history: JobHistory, ledger: RestoreLedger, plans: BackupPlans,
+                 sent_bytes: Callable[[], int] | None = None,
+                 tunnel_up: Callable[[], bool | None] | None = None,
+                 ttl: float = 30.0) -> None:
+        self.summary = summary
+        self.store = summary.store
+        self.plans = plans
+        self.history = history
+        self.ledger = ledger
         self.live = live
-        stamp = store.index.snapshot_stamp
-        self._report = Figures(capacity.report, ttl, stamp)
-        self._repl = Figures(replication_status, ttl, stamp) if replication_status else None
+        self.sent_bytes = sent_bytes
+        self.tunnel_up = tunnel_up
+        stamp = self.store.index.snapshot_stamp
+        self._report = Figures(summary.billing, ttl, stamp)
+        self._repl = Figures(summary.replication, ttl, stamp) if summary.replicating else None
         # section -> (wall time read, its metric families): shown, marked stale, while the
         # section cannot be read
         self._last: dict[str, tuple[float, list[Metric]]] = {}
@@ -128,7 +140,7 @@ class ApplianceCollector(Collector):
     def _scheduled(self, idx: Index) -> Iterator[Metric]:
         """Scheduled backups, computed at each scrape (not cached): a missed window shows
         within a scrape of the window's end."""
-        hosts = host_summaries(idx, self.capacity.timezone, self.capacity.default_window)
+        hosts = self.summary.hosts()
         missed = GaugeMetricFamily(
             "rdr_host_last_window_missed", "1 when the host's most recent closed window saw "
             "no completed backup", labels=["host"])
@@ -146,7 +158,7 @@ class ApplianceCollector(Collector):
             run = h["backup"]
             state.add_metric([h["name"]], 1 if run and run["state"] == "running" else 0)
             gaps.add_metric([h["name"]], h["not_backed_up"])
-        for host, agent in self.store.plans.agents().items():
+        for host, agent in self.plans.agents().items():
             seen.add_metric([host], agent["last_seen"])
         yield from (missed, seen, online, state, gaps)
 
@@ -182,13 +194,13 @@ class ApplianceCollector(Collector):
         yield CounterMetricFamily("rdr_ingest_chunks", "Chunks newly stored since start",
                                   value=self.store.ingested_chunks)
         yield GaugeMetricFamily("rdr_replication_enabled", "Replication is on",
-                                value=1 if live.replication_enabled else 0)
+                                value=1 if self.summary.replicating else 0)
         if self._repl is not None:
             yield CounterMetricFamily("rdr_replication_sent_bytes", "Bytes sent to the DC",
-                                      value=live.replication_sent_bytes())
-        if live.tunnel_up is not None and live.tunnel_up() is not None:
+                                      value=self.sent_bytes() if self.sent_bytes else 0)
+        if self.tunnel_up is not None and self.tunnel_up() is not None:
             yield GaugeMetricFamily("rdr_tunnel_up", "IPsec tunnel route present",
-                                    value=1 if live.tunnel_up() else 0)
+                                    value=1 if self.tunnel_up() else 0)
         links = GaugeMetricFamily("rdr_link_up", "Network link state", labels=["interface"])
         for name, up in sorted(live.links.items()):
             links.add_metric([name], 1 if up else 0)
@@ -219,7 +231,7 @@ class ApplianceCollector(Collector):
         return fams, True
 
     def _capacity(self) -> Iterator[Metric]:
-        status = self.capacity.status()
+        status = self.summary.capacity()
         yield GaugeMetricFamily("rdr_capacity_bytes", "Installed capacity",
                                 value=status["capacity_gb"] * GB)
         yield GaugeMetricFamily("rdr_disk_size_bytes", "Data pool size",
@@ -257,7 +269,7 @@ class ApplianceCollector(Collector):
         idx = self.store.index
         last = GaugeMetricFamily("rdr_host_last_success_timestamp_seconds",
                                  "Receive time of the host's newest snapshot", labels=["host"])
-        for h in idx.hosts():
+        for h in self.summary.host_records():
             if h["last_backup"] is not None:
                 last.add_metric([h["name"]], h["last_backup"])
         yield last
@@ -286,17 +298,16 @@ class ApplianceCollector(Collector):
                                     "Last verified checkpoint", value=cp["at"])
 
     def _jobs(self) -> Iterator[Metric]:
-        idx = self.store.index
         yield GaugeMetricFamily("rdr_verify_damaged_chunks", "Damaged chunks not yet healed",
-                                value=len(idx.damaged()))
+                                value=self.summary.damaged_chunks())
         jobs = GaugeMetricFamily("rdr_job_last_success_timestamp_seconds",
                                  "Last successful maintenance job", labels=["kind"])
         for kind in JOB_KINDS:
-            t = idx.last_finished(kind)
+            t = self.history.last_finished(kind)
             if t is not None:
                 jobs.add_metric([kind], t)
         yield jobs
-        yield restore_histogram(idx.restores())
+        yield restore_histogram(self.ledger.since())
 
 
 def system_metrics(disks: dict[str, tuple[bool, int]]) -> Iterator[Metric]:

@@ -1,29 +1,30 @@
-"""`rdr status`: the appliance's health for a person at the console, from the same sources
-as /metrics (the index and what the running daemon last published)."""
+"""`rdr status`: the appliance's health for a person at the console, from the same summary
+as the page's overview and /metrics (health/summary.py) plus what the running daemon last
+published."""
 
 from __future__ import annotations
 
-import json
 import time
 
-from .. import __version__, wiring
 from ..config import Config
-from ..replication.status import replication_status
-from ..store.datastore import Datastore
+from ..jobs.history import JobHistory
 from ..store.lock import is_held
+from .published import PublishedHealth
+from .summary import ApplianceSummary
 
 
-def gather(cfg: Config, store: Datastore) -> dict:
+def gather(cfg: Config, summary: ApplianceSummary) -> dict:
+    store = summary.store
     idx = store.index
-    cap = wiring.capacity(cfg, store)
-    report = cap.report()
+    report = summary.billing()
     running = is_held(cfg.data_dir / "daemon.lock")
-    raw = idx.kv_get("health.live")
-    live = json.loads(raw) if raw else None
+    history = JobHistory(idx, store.root / "maintenance.lock")
+    live = PublishedHealth(idx).latest()
     stale = live is None or time.time() - live["at"] > 60
     hosts = {h["host"]: h for h in report["hosts"]}
     return {
-        "version": __version__, "serial": cfg.appliance.serial, "data_dir": str(cfg.data_dir),
+        "version": summary.identity()["version"], "serial": summary.serial,
+        "data_dir": str(cfg.data_dir),
         "daemon": {"running": running, "published_at": live["at"] if live else None,
                    "addresses": live["addresses"] if live else [],
                    "fingerprint": live["fingerprint"] if live else None},
@@ -36,12 +37,12 @@ def gather(cfg: Config, store: Datastore) -> dict:
                    "last_backup": h["last_backup"],
                    "window_success_rate": hosts.get(h["name"], {}).get("success_rate"),
                    "missed_days": hosts.get(h["name"], {}).get("missed_days", [])}
-                  for h in idx.hosts()],
-        "replication": replication_status(store, cfg) if cfg.replication.enabled else None,
+                  for h in summary.host_records()],
+        "replication": summary.replication(),
         "hardware": {"disks": (live or {}).get("disks", {}), "links": (live or {}).get(
             "links", {}), "tunnel_up": (live or {}).get("tunnel_up")} if live else None,
         "jobs": {j["kind"]: {"state": j["state"], "finished_at": j["finished_at"],
                              "message": j["message"]}
-                 for j in reversed(store.jobs(limit=50))},
-        "damaged_chunks": len(idx.damaged()),
+                 for j in reversed(history.recent(limit=50))},
+        "damaged_chunks": summary.damaged_chunks(),
     }

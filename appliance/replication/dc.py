@@ -17,6 +17,7 @@ from rdr_format.objects import DecryptError, ObjectCipher, chunk_name, snapshot_
 
 from ..store import extsort
 from ..store.datastore import Datastore
+from .state import ReplicationState
 from .targets import NotFoundAtTarget, Target
 
 
@@ -39,8 +40,9 @@ class DcVerifyResult:
         return {**asdict(self), "ok": self.ok}
 
 
-async def dc_verify(store: Datastore, target: Target, cipher: ObjectCipher,
-                    deep: bool = False, sort_run: int = extsort.RUN) -> DcVerifyResult:
+async def dc_verify(store: Datastore, state: ReplicationState, target: Target,
+                    cipher: ObjectCipher, deep: bool = False,
+                    sort_run: int = extsort.RUN) -> DcVerifyResult:
     """Compare the data center with the local store: every snapshot replicated here has a
     matching checkpoint and manifest there, and every chunk recorded as sent is there (with
     `deep`, downloaded, decrypted and hash-checked too).
@@ -73,7 +75,7 @@ async def dc_verify(store: Datastore, target: Target, cipher: ObjectCipher,
                 or hashlib.sha256(idx).hexdigest() != cp["index_sha256"]):
             res.bad_snapshots.append(label)
     expected = await asyncio.to_thread(extsort.sorted_lines, (
-        f"{chunk_name(cipher, cid)} {cid}" for cid in store.index.iter_dc_chunk_ids()),
+        f"{chunk_name(cipher, cid)} {cid}" for cid in state.iter_dc_chunk_ids()),
         store.chunks.tmp, sort_run)
     listing = aiter(target.list("c/"))
     there = await anext(listing, None)

@@ -32,26 +32,18 @@ from rdr_format.fsutil import atomic_write
 from rdr_format.objects import OVERHEAD, ObjectCipher, chunk_name, snapshot_names
 
 from ..aiotasks import gather_all
-from ..seed import pending as seed_pending
+from ..capacity.samples import Samples
+from ..dcobjects import build_checkpoint
+from ..pools import run_in
 from ..store.datastore import Datastore
 from ..store.errors import Conflict, NotFound
 from ..store.gc import merged_ids, sorted_difference
 from ..store.lock import HeldLock
+from .pending_seed import PendingSeed
+from .state import ReplicationState
 from .targets import NotFoundAtTarget, Target, TargetError, in_span, parse_schedule
 
 log = logging.getLogger("rdr.replication")
-
-
-def build_checkpoint(host: str, snap: str, manifest: bytes, idx_bytes: bytes,
-                     chunk_count: int, **extra: object) -> bytes:
-    """The checkpoint object's plaintext: what the DR tools start from."""
-    m = json.loads(manifest)
-    return json.dumps({
-        "format": 1, "host": host, "snapshot": snap, "received_at": m["received_at"],
-        "logical_size": m["logical_size"], "file_count": m["file_count"],
-        "chunk_count": chunk_count, "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-        "index_sha256": hashlib.sha256(idx_bytes).hexdigest(),
-        "replicated_at": time.time(), **extra}, sort_keys=True).encode()
 
 
 @dataclass(slots=True)
@@ -86,19 +78,21 @@ class PassResult:
 
 #: Why a pass did not run: another one holds the lock.
 BUSY = "another replication pass is running"
-#: Index counter of passes requested while another ran (see Replicator.run_pass).
-REQUESTS_KEY = "replication.requests"
-
 
 class Paused(Exception):
     """Replication must wait (window closed, tunnel down); progress so far is kept."""
 
 
 class Replicator:
-    def __init__(self, store: Datastore, target: Target, cipher: ObjectCipher, pool: Executor,
+    def __init__(self, store: Datastore, state: ReplicationState, samples: Samples,
+                 seed: PendingSeed, target: Target, cipher: ObjectCipher, pool: Executor,
                  *, concurrency: int = 4, window: str = "", timezone: str = "UTC",
-                 tunnel_up: Callable[[], bool] | None = None) -> None:
+                 tunnel_up: Callable[[], bool] | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.store = store
+        self.state = state
+        self.samples = samples
+        self.seed = seed
         self.target = target
         self.cipher = cipher
         self.pool = pool
@@ -111,16 +105,13 @@ class Replicator:
         self.last_error: str | None = None
         self._current: asyncio.Task | None = None
         #: Told whenever what the data center holds changed (a snapshot replicated, objects
-        #: removed there): the composition root points it at whatever reports replication's
-        #: lag (/metrics), so that never shows a change late.
-        self.on_change: Callable[[], None] | None = None
+        #: removed there): the composition root passes whatever reports replication's lag
+        #: (/metrics), so that never shows a change late.
+        self.on_change = on_change
 
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
-
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     # --- preconditions ---
     def blocked(self) -> str | None:
@@ -144,8 +135,8 @@ class Replicator:
 
         Without WAIT, a pass already running elsewhere (the daemon's, another `rdr
         replicate`) is not waited for; a follow-up is *requested* instead (a counter in the
-        index) and the result says ``queued``. Whoever holds the pass lock looks at that
-        counter after releasing it and, if it moved since its own pass began, runs one more
+        replication state) and the result says ``queued``. Whoever holds the pass lock looks
+        at that counter after releasing it and, if it moved since its own pass began, runs one more
         pass (any number of requests during a pass coalesce into that one). So a snapshot
         committed before the request is in a pass that starts after it -- the running one
         may have listed what to send before that snapshot existed.
@@ -156,13 +147,13 @@ class Replicator:
         """
         held = await self._lock(wait)
         if held is None:
-            await self._run(self.store.index.kv_increment, REQUESTS_KEY)
+            await run_in(self.pool, self.state.request_pass)
             held = await self._lock(False)
             if held is None:
                 return PassResult(paused=BUSY, queued=True)
         total: PassResult | None = None
         while True:
-            seen = await self._run(self.store.index.kv_get, REQUESTS_KEY)
+            seen = await run_in(self.pool, self.state.requests)
             try:
                 res = await self._pass()
             finally:
@@ -170,7 +161,7 @@ class Replicator:
             total = res if total is None else total.merge(res)
             if res.paused:  # the next pass replicates everything pending anyway
                 return total
-            if await self._run(self.store.index.kv_get, REQUESTS_KEY) == seen:
+            if await run_in(self.pool, self.state.requests) == seen:
                 return total
             held = await self._lock(False)
             if held is None:  # a pass that began after the request holds it: it covers it
@@ -180,22 +171,23 @@ class Replicator:
     async def _lock(self, wait: bool) -> HeldLock | None:
         """The pass lock, or None when another pass holds it (and WAIT is false)."""
         try:
-            return await self._run(HeldLock, self.store.root / "replication.lock", BUSY, wait)
+            return await run_in(self.pool, HeldLock, self.store.root / "replication.lock",
+                                BUSY, wait)
         except Conflict:
             return None
 
     async def _settle_inflight(self) -> None:
         """Uploads a previous run started but did not record: ask the data center."""
         st = self.store
-        for cid in await self._run(st.index.dc_inflight):
+        for cid in await run_in(self.pool, self.state.dc_inflight):
             if await self.target.exists(chunk_name(self.cipher, cid)):
                 try:
-                    size = await self._run(st.chunks.size_of, cid) + OVERHEAD
+                    size = await run_in(self.pool, st.chunks.size_of, cid) + OVERHEAD
                 except FileNotFoundError:
                     size = 0  # a deletion at the DC a kill interrupted; GC took it here
-                await self._run(st.index.dc_add, cid, size)
+                await run_in(self.pool, self.state.dc_add, cid, size)
             else:
-                await self._run(st.index.dc_abandon, cid)
+                await run_in(self.pool, self.state.dc_abandon, cid)
 
     async def _pass(self) -> PassResult:
         res = PassResult()
@@ -206,18 +198,19 @@ class Replicator:
             await self._settle_inflight()
             # Rows without a directory and half-done removals are settled before the pass
             # decides what the data center may delete (idempotent, safe beside a prune).
-            await self._run(self.store.finish_removals)
+            await run_in(self.pool, self.store.finish_removals)
             held = await self.adopt_seed(res)
-            pending = [r for r in await self._run(self.store.index.snapshots)
+            pending = [r for r in await run_in(self.pool, self.store.index.snapshots)
                        if r.replicated_at is None and r.host not in held]
             pending.sort(key=lambda r: (r.received_at, r.host, r.snapshot))
             for row in pending:
-                if not await self._run(self.store.snapshots.dir(row.host, row.snapshot).exists):
+                sdir = self.store.snapshots.dir(row.host, row.snapshot)
+                if not await run_in(self.pool, sdir.exists):
                     continue  # pruned meanwhile
                 try:
                     done = await self.replicate_snapshot(row.host, row.snapshot, res)
                 except (FileNotFoundError, NotFound):
-                    if await self._run(self.store.index.snapshot, row.host, row.snapshot):
+                    if await run_in(self.pool, self.store.index.snapshot, row.host, row.snapshot):
                         raise  # still there: a file of a live snapshot is missing
                     done = False  # pruned (forced) while it was being sent
                 if done:
@@ -238,8 +231,7 @@ class Replicator:
         finally:
             self._changed()  # uploads and removals change what is pending, even paused
         res.seconds = round(time.monotonic() - started, 3)
-        await self._run(self.store.index.kv_set, "replication.last_pass",
-                        json.dumps({"at": time.time(), **res.to_json()}))
+        await run_in(self.pool, self.state.record_pass, time.time(), res.to_json())
         return res
 
     async def replicate_snapshot(self, host: str, snap: str, res: PassResult) -> bool:
@@ -248,9 +240,9 @@ class Replicator:
         snapshot's objects there if it is pruned or this process dies before the index says
         replicated. False if it was pruned meanwhile."""
         st = self.store
-        idx = await self._run(st.snapshots.chunk_index, host, snap)
-        ids = await self._run(lambda: list(idx))
-        todo = await self._run(st.index.dc_missing, ids)
+        idx = await run_in(self.pool, st.snapshots.chunk_index, host, snap)
+        ids = await run_in(self.pool, lambda: list(idx))
+        todo = await run_in(self.pool, self.state.dc_missing, ids)
         res.objects_skipped += len(ids) - len(todo)
         started, sent_before = time.monotonic(), res.bytes_sent
         slots = asyncio.Semaphore(self.concurrency)
@@ -258,10 +250,10 @@ class Replicator:
         async def one(cid: str) -> None:
             async with slots:
                 self._check()
-                blob = await self._run(self._sealed_chunk, cid)
-                await self._run(st.index.dc_begin, cid)
+                blob = await run_in(self.pool, self._sealed_chunk, cid)
+                await run_in(self.pool, self.state.dc_begin, cid)
                 await self.target.put(chunk_name(self.cipher, cid), blob)
-                await self._run(st.index.dc_add, cid, len(blob))
+                await run_in(self.pool, self.state.dc_add, cid, len(blob))
                 res.objects_sent += 1
                 res.bytes_sent += len(blob)
                 self.sent_objects += 1
@@ -269,14 +261,15 @@ class Replicator:
 
         await gather_all(one(c) for c in todo)
         self._check()
-        manifest = await self._run((st.snapshots.dir(host, snap) / "manifest.json").read_bytes)
-        idx_bytes = await self._run((st.snapshots.dir(host, snap) / "chunks.idx").read_bytes)
+        sdir = st.snapshots.dir(host, snap)
+        manifest = await run_in(self.pool, (sdir / "manifest.json").read_bytes)
+        idx_bytes = await run_in(self.pool, (sdir / "chunks.idx").read_bytes)
         m_name, i_name, k_name = snapshot_names(self.cipher, host, snap)
-        await self._run(st.index.dc_checkpoint_begin, host, snap)
+        await run_in(self.pool, self.state.dc_checkpoint_begin, host, snap)
         for name, data in ((m_name, manifest), (i_name, idx_bytes)):
-            await self.target.put(name, await self._run(self.cipher.seal, name, data))
+            await self.target.put(name, await run_in(self.pool, self.cipher.seal, name, data))
         checkpoint = build_checkpoint(host, snap, manifest, idx_bytes, len(ids))
-        await self.target.put(k_name, await self._run(self.cipher.seal, k_name, checkpoint))
+        await self.target.put(k_name, await run_in(self.pool, self.cipher.seal, k_name, checkpoint))
         # Verify what the data center now holds before calling the snapshot replicated.
         back = self.cipher.open(k_name, await self.target.get(k_name))
         if back != checkpoint:
@@ -289,23 +282,24 @@ class Replicator:
         elapsed = time.monotonic() - started
         sent = res.bytes_sent - sent_before
         if sent >= 1_000_000 and elapsed > 0:  # a transfer long enough to say something
-            await self._run(st.index.add_link_sample, "throughput_kbps",
+            await run_in(self.pool, self.samples.add_link_sample, "throughput_kbps",
                             sent * 8 / 1000 / elapsed)
         log.info("replicated %s/%s: %d objects sent, %d already there", host, snap, len(todo),
                  len(ids) - len(todo))
         return True
 
     async def _mark_replicated(self, host: str, snap: str, now: float) -> bool:
-        """The index first (the truth), then the marker file `rebuild-index` reads."""
+        """The one mark-replicated sequence (a pass's upload and a seed's adoption): the
+        index first (the truth), then the marker file `rebuild-index` reads, then the last
+        checkpoint `rdr replication status` shows."""
         st = self.store
-        if not await self._run(st.index.set_replicated, host, snap, now):
+        if not await run_in(self.pool, self.state.set_replicated, host, snap, now):
             return False
         self._changed()
         with contextlib.suppress(FileNotFoundError):  # pruned since: its row went first
-            await self._run(atomic_write, st.snapshots.dir(host, snap) / "replicated",
+            await run_in(self.pool, atomic_write, st.snapshots.dir(host, snap) / "replicated",
                             str(now).encode())
-        await self._run(st.index.kv_set, "replication.last_checkpoint",
-                        json.dumps({"at": now, "host": host, "snapshot": snap}))
+        await run_in(self.pool, self.state.record_checkpoint, now, host, snap)
         return True
 
     # --- Rapid Protect: snapshots that reached the data center on a disk ---
@@ -314,7 +308,7 @@ class Replicator:
         whose checkpoint the data center now holds are marked replicated with all their
         chunks; when none is left the hold ends."""
         st = self.store
-        seed = await self._run(seed_pending.get, st.index)
+        seed = await run_in(self.pool, self.seed.get)
         if not seed:
             return set()
         if seed["state"] == "exporting":
@@ -322,7 +316,7 @@ class Replicator:
             return set(seed["hosts"])
         left = 0
         for s in seed["snapshots"]:
-            row = await self._run(st.index.snapshot, s["host"], s["snapshot"])
+            row = await run_in(self.pool, st.index.snapshot, s["host"], s["snapshot"])
             if row is None or row.replicated_at is not None:
                 continue  # already adopted, or removed by a forced prune
             if await self._adopt(s["host"], s["snapshot"]):
@@ -332,7 +326,7 @@ class Replicator:
         if left:
             res.held_for_seed = seed["hosts"]
             return set(seed["hosts"])
-        await self._run(seed_pending.clear, st.index)
+        await run_in(self.pool, self.seed.clear)
         log.info("seed of %s imported at the data center: replication resumes for them",
                  ", ".join(seed["hosts"]))
         return set()
@@ -344,7 +338,8 @@ class Replicator:
             cp = json.loads(self.cipher.open(k_name, await self.target.get(k_name)))
         except NotFoundAtTarget:
             return False
-        manifest = await self._run((st.snapshots.dir(host, snap) / "manifest.json").read_bytes)
+        manifest = await run_in(self.pool,
+                                (st.snapshots.dir(host, snap) / "manifest.json").read_bytes)
         if cp.get("manifest_sha256") != hashlib.sha256(manifest).hexdigest():
             log.warning("checkpoint of %s/%s at the data center does not match this "
                         "snapshot; it will be replicated over the link", host, snap)
@@ -354,7 +349,7 @@ class Replicator:
             return [(cid, st.chunks.size_of(cid) + OVERHEAD)
                     for cid in st.snapshots.chunk_index(host, snap)]
 
-        await self._run(lambda: st.index.dc_add_many(sizes()))
+        await run_in(self.pool, lambda: self.state.dc_add_many(sizes()))
         if not await self._mark_replicated(host, snap, time.time()):
             return False
         log.info("%s/%s arrived at the data center on a seed disk", host, snap)
@@ -375,33 +370,33 @@ class Replicator:
         # it has its dc_deletes entry already (written with its row's removal), so its
         # checkpoint goes below before any of its chunks do. The DC never keeps a
         # checkpoint whose chunks it deleted.
-        indexes = await self._run(self._live_indexes)
-        for host, snap in await self._run(st.index.dc_deletes):
+        indexes = await run_in(self.pool, self._live_indexes)
+        for host, snap in await run_in(self.pool, self.state.dc_deletes):
             self._check()
-            if await self._run(st.index.snapshot, host, snap) is not None:
+            if await run_in(self.pool, st.index.snapshot, host, snap) is not None:
                 continue  # a checkpoint upload a kill interrupted: the snapshot is pending
             m_name, i_name, k_name = snapshot_names(self.cipher, host, snap)
             for name in (k_name, m_name, i_name):  # checkpoint first: DR never sees a half
                 await self.target.delete(name)
-            await self._run(st.index.dc_deleted, host, snap)
+            await run_in(self.pool, self.state.dc_deleted, host, snap)
             res.snapshots_removed_at_dc += 1
         # Chunks: what the data center holds (as recorded here) minus what any local
         # snapshot references; a commit that reuses one later uploads it again.
         # Both sides are sorted streams (chunk indexes, the dc_chunks table): a merge finds
         # the dead ones in constant memory, a batch at a time.
-        dead_ids = sorted_difference(st.index.iter_dc_chunk_ids(),
+        dead_ids = sorted_difference(self.state.iter_dc_chunk_ids(),
                                      merged_ids(iter(ix) for ix in indexes))
         while True:
-            dead = await self._run(lambda: list(itertools.islice(dead_ids, 1000)))
+            dead = await run_in(self.pool, lambda: list(itertools.islice(dead_ids, 1000)))
             if not dead:
                 break
             # Forgotten first (write-ahead): a kill mid-batch leaves them in flight, which
             # the next pass settles by asking the data center.
-            await self._run(st.index.dc_forget, dead)
+            await run_in(self.pool, self.state.dc_forget, dead)
             for cid in dead:
                 self._check()
                 await self.target.delete(chunk_name(self.cipher, cid))
-            await self._run(st.index.dc_forgotten, dead)
+            await run_in(self.pool, self.state.dc_forgotten, dead)
             res.chunks_removed_at_dc += len(dead)
 
     def _live_indexes(self) -> list:
@@ -420,7 +415,7 @@ class Replicator:
         """The chunk file as the data center holds it, decrypted and verified."""
         name = chunk_name(self.cipher, cid)
         data = self.cipher.open(name, await self.target.get(name))
-        await self._run(ChunkDecoder().decode, data, cid)
+        await run_in(self.pool, ChunkDecoder().decode, data, cid)
         return data
 
     # --- the service loop ---
@@ -451,5 +446,4 @@ class Replicator:
                     log.warning("replication pass failed: %s", exc)
                 else:  # the appliance's own fault (disk, store, a bug): worth its traceback
                     log.error("replication pass failed: %s", exc, exc_info=True)
-                await self._run(self.store.index.kv_set, "replication.last_error",
-                                json.dumps({"at": time.time(), "error": str(exc)}))
+                await run_in(self.pool, self.state.record_error, time.time(), str(exc))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from ..config import Config
 from ..store.datastore import Datastore
+from .state import ReplicationState
 from .tunnel import sa_summary
 
 
-def replication_status(store: Datastore, cfg: Config) -> dict:
+def replication_status(store: Datastore, state: ReplicationState, cfg: Config) -> dict:
     idx = store.index
     pending = [r for r in idx.snapshots() if r.replicated_at is None]
     oldest = min((r.received_at for r in pending), default=None)
@@ -18,7 +18,7 @@ def replication_status(store: Datastore, cfg: Config) -> dict:
     todo: set[str] = set()
     for r in pending:
         ids = list(store.snapshots.chunk_index(r.host, r.snapshot))
-        todo.update(idx.dc_missing(ids))
+        todo.update(state.dc_missing(ids))
     pending_bytes = 0
     for cid in todo:
         try:
@@ -26,13 +26,10 @@ def replication_status(store: Datastore, cfg: Config) -> dict:
         except FileNotFoundError:
             continue
     now = time.time()
-    events = idx.tunnel_events(now - 86400)
-    last = idx.tunnel_events()[-1:] if cfg.replication.tunnel_subnet else []
-    n, size = idx.dc_stats()
-
-    def kv(key: str) -> dict | None:
-        raw = idx.kv_get(key)
-        return json.loads(raw) if raw else None
+    events = state.tunnel_events(now - 86400)
+    last = state.tunnel_events()[-1:] if cfg.replication.tunnel_subnet else []
+    n, size = state.dc_stats()
+    last_of = state.last()
 
     r = cfg.replication
     return {
@@ -41,9 +38,9 @@ def replication_status(store: Datastore, cfg: Config) -> dict:
         "lag": {"snapshots": len(pending), "bytes": pending_bytes,
                 "seconds": None if oldest is None else now - oldest,
                 "oldest_received_at": oldest},
-        "last_checkpoint": kv("replication.last_checkpoint"),
-        "last_pass": kv("replication.last_pass"),
-        "last_error": kv("replication.last_error"),
+        "last_checkpoint": last_of["last_checkpoint"],
+        "last_pass": last_of["last_pass"],
+        "last_error": last_of["last_error"],
         "data_center": {"chunks": n, "bytes": size},
         "tunnel": {"watched": bool(r.tunnel_subnet),
                    "state": "not watched" if not r.tunnel_subnet else

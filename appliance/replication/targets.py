@@ -17,41 +17,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from rdr_agent.util.ratelimit import Pacer
 from rdr_format.fsutil import fsync_dir, write_durable
-from rdr_format.objects import ObjectMissing
 
-from ..errors import Unavailable
+from ..dcobjects import NotFoundAtTarget, Target, TargetError
+from ..timeofday import in_span, parse_schedule
 
 log = logging.getLogger("rdr.replication")
-
-
-class TargetError(Unavailable):
-    """The data center refused or could not be reached; `transient` says whether to retry.
-    To the appliance's callers the data center's work cannot be done now (Unavailable)."""
-
-    def __init__(self, message: str, transient: bool) -> None:
-        super().__init__("datacenter_unreachable" if transient else "datacenter_refused",
-                         message)
-        self.transient = transient
-
-
-class NotFoundAtTarget(TargetError, ObjectMissing):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"object {name} is not at the data center", False)
-
-
-class Target(Protocol):
-    async def prepare(self) -> None: ...
-    async def put(self, name: str, data: bytes) -> None: ...
-    async def get(self, name: str) -> bytes: ...
-    async def exists(self, name: str) -> bool: ...
-    def list(self, prefix: str) -> AsyncIterator[str]: ...
-    async def delete(self, name: str) -> None: ...
-    async def close(self) -> None: ...
 
 
 class DirTarget:
@@ -261,31 +235,6 @@ class RetryingTarget:
 
     async def close(self) -> None:
         await self.inner.close()
-
-
-def parse_schedule(entries: list[str]) -> list[tuple[int, int, float]]:
-    """["08:00-18:00=2000", "18:00-08:00=0"] -> [(start min, end min, kbit/s)]; 0 =
-    unlimited. Ranges may wrap midnight."""
-    out = []
-    for e in entries:
-        try:
-            span, rate = e.split("=")
-            a, b = span.split("-")
-            ha, ma = (int(x) for x in a.split(":"))
-            hb, mb = (int(x) for x in b.split(":"))
-            kbps = float(rate)
-            if not (0 <= ha < 24 and 0 <= ma < 60 and 0 <= hb < 24 and 0 <= mb < 60
-                    and kbps >= 0):
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"bad bandwidth schedule entry {e!r}: use HH:MM-HH:MM=KBITS"
-                             ) from None
-        out.append((ha * 60 + ma, hb * 60 + mb, kbps))
-    return out
-
-
-def in_span(minute: int, start: int, end: int) -> bool:
-    return start <= minute < end if start < end else (minute >= start or minute < end)
 
 
 class RateLimitedTarget:

@@ -31,7 +31,7 @@ from rdr_restore.errors import SeedError
 from rdr_restore.objects import load_snapshot
 
 from ..aiotasks import gather_all
-from ..replication.targets import Target
+from ..dcobjects import Target
 from .disk import ObjectWriter
 
 #: Upload order: a snapshot's checkpoint -- what makes it "replicated" -- goes last.

@@ -4,8 +4,8 @@ The disk receives exactly the objects a replication pass would send for the chos
 unreplicated snapshots (chunks the data center lacks, then each snapshot's manifest, chunk list
 and checkpoint), journaled so a pulled disk resumes where it stopped. From the start of the
 export until the data center has imported the disk, replication holds those hosts back (see
-:mod:`appliance.seed.pending`): sending the same terabytes over the WAN meanwhile would defeat
-the disk.
+:mod:`appliance.replication.pending_seed`): sending the same terabytes over the WAN
+meanwhile would defeat the disk.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from rdr_format.objects import ObjectCipher, chunk_name, snapshot_names
 from rdr_restore.disk import FORMAT, OBJECTS, PROTECT, DiskLayout, Progress, Reporter, key_id
 from rdr_restore.errors import SeedError
 
-from ..replication.engine import build_checkpoint
+from ..dcobjects import build_checkpoint
+from ..replication.pending_seed import PendingSeed
+from ..replication.state import ReplicationState
 from ..store.datastore import Datastore
 from ..store.gc import merged_ids, sorted_difference
-from . import pending
 from .disk import ObjectWriter
 
 REPORT_EVERY = 0.5  # seconds between progress reports
@@ -43,12 +44,12 @@ def plan(store: Datastore, hosts: list[str] | None) -> list[dict]:
     return [{"host": r.host, "snapshot": r.snapshot} for r in rows]
 
 
-def _todo_chunks(store: Datastore, snaps: list[dict]) -> Iterator[str]:
+def _todo_chunks(store: Datastore, state: ReplicationState, snaps: list[dict]) -> Iterator[str]:
     """Chunks of the snapshots the data center lacks, sorted (two sorted streams merged:
     constant memory at millions of chunks)."""
     indexes = [store.snapshots.chunk_index(s["host"], s["snapshot"]) for s in snaps]
     return sorted_difference(merged_ids(iter(ix) for ix in indexes),
-                             store.index.iter_dc_chunk_ids())
+                             state.iter_dc_chunk_ids())
 
 
 def _open_header(layout: DiskLayout, cipher: ObjectCipher, serial: str,
@@ -79,7 +80,8 @@ def _open_header(layout: DiskLayout, cipher: ObjectCipher, serial: str,
     return h
 
 
-def export_seed(store: Datastore, cipher: ObjectCipher, layout: DiskLayout, serial: str,
+def export_seed(store: Datastore, state: ReplicationState, pending: PendingSeed,
+                cipher: ObjectCipher, layout: DiskLayout, serial: str,
                 hosts: list[str] | None, progress: Progress, report: Reporter | None = None,
                 stop: threading.Event | None = None) -> dict:
     """Write (or resume) a seed on the disk mounted at `layout.root`; blocking."""
@@ -89,12 +91,12 @@ def export_seed(store: Datastore, cipher: ObjectCipher, layout: DiskLayout, seri
         if not store.snapshots.dir(s["host"], s["snapshot"]).exists():
             raise SeedError(f"snapshot {s['host']}/{s['snapshot']} of this seed no longer "
                             "exists here (pruned?): reformat the disk and export again")
-    pending.begin(store.index, h)
+    pending.begin(h)
     writer = ObjectWriter(layout)
     # Totals first (a stat per chunk), so the page can show a percentage and a resumed
     # export starts at the right place.
     total_objects, total_bytes = 0, 0
-    for cid in _todo_chunks(store, snaps):
+    for cid in _todo_chunks(store, state, snaps):
         total_objects += 1
         total_bytes += store.chunks.size_of(cid) + 33
     progress.total_objects = total_objects + 3 * len(snaps)
@@ -110,7 +112,7 @@ def export_seed(store: Datastore, cipher: ObjectCipher, layout: DiskLayout, seri
             last = time.monotonic()
             report(progress)
 
-    for cid in _todo_chunks(store, snaps):
+    for cid in _todo_chunks(store, state, snaps):
         name = chunk_name(cipher, cid)
         if writer.has(name):
             tick(store.chunks.size_of(cid) + 33)
@@ -131,7 +133,7 @@ def export_seed(store: Datastore, cipher: ObjectCipher, layout: DiskLayout, seri
                 writer.write(name, cipher.seal(name, data))
             tick(0)
     h = writer.finish(dict(h, bytes=progress.done_bytes))
-    pending.begin(store.index, h)  # now "shipped": waiting for the data center's import
+    pending.begin(h)  # now "shipped": waiting for the data center's import
     progress.state, progress.message = "done", (
         f"seed complete: {len(snaps)} snapshots, {h['objects']} objects; ship the disk")
     if report is not None:

@@ -22,7 +22,7 @@ from rdr_format.fsutil import syncfs
 from rdr_restore.disk import KIND_OF_LABEL, LABEL_OF_KIND
 from rdr_restore.errors import SeedError
 
-from ..health.disks import mounts
+from ..mountinfo import mounts
 
 _OPTIONS = "nosuid,nodev,noexec"
 

@@ -18,12 +18,13 @@ from rdr_format.objects import OVERHEAD, ObjectCipher, chunk_name, snapshot_name
 from rdr_restore.disk import RECOVER, DiskLayout, Progress, Reporter, index_ids, verify_disk
 from rdr_restore.errors import SeedError
 
+from ..replication.state import ReplicationState
 from ..store.datastore import Datastore
 from ..store.lock import exclusive
 
 
-def import_recovery(store: Datastore, cipher: ObjectCipher, layout: DiskLayout,
-                    progress: Progress, report: Reporter | None = None,
+def import_recovery(store: Datastore, state: ReplicationState, cipher: ObjectCipher,
+                    layout: DiskLayout, progress: Progress, report: Reporter | None = None,
                     stop: threading.Event | None = None) -> list[str]:
     """Check the whole disk, then put its snapshots into the store (blocking). Returns the
     snapshots imported as "host/snapshot". The maintenance lock is held throughout, so GC
@@ -62,7 +63,7 @@ def import_recovery(store: Datastore, cipher: ObjectCipher, layout: DiskLayout,
             # It came from the data center: it is replicated, and so are its chunks.
             store.adopt_snapshot(Manifest.from_json(raw), set(ids),
                                  cp.get("replicated_at") or time.time())
-            store.index.dc_add_many([(c, store.chunks.size_of(c) + OVERHEAD) for c in ids])
+            state.dc_add_many([(c, store.chunks.size_of(c) + OVERHEAD) for c in ids])
             done.append(f"{host}/{snap}")
     progress.state = "done"
     progress.message = (f"imported {', '.join(done)}" if done

@@ -25,10 +25,12 @@ from rdr_format.objects import ObjectCipher
 from rdr_restore.disk import PROTECT, RECOVER, DamagedDisk, DiskLayout, Progress
 from rdr_restore.errors import SeedError
 
+from ..pools import run_in
+from ..replication.pending_seed import PendingSeed
+from ..replication.state import ReplicationState
 from ..store.datastore import Datastore
 from ..store.errors import Conflict, NotFound, Unprocessable
 from . import mounts
-from . import pending as seed_pending
 from .disk import one_operation
 from .export import export_seed
 from .recover import import_recovery
@@ -68,9 +70,12 @@ class _Running:
 
 
 class SeedDisks:
-    def __init__(self, store: Datastore, cipher: Callable[[], ObjectCipher], pool: Executor,
-                 serial: str, mount_root: Path) -> None:
+    def __init__(self, store: Datastore, state: ReplicationState, pending: PendingSeed,
+                 cipher: Callable[[], ObjectCipher], pool: Executor, serial: str,
+                 mount_root: Path) -> None:
         self.store = store
+        self.state = state
+        self.pending = pending
         self._cipher = cipher
         self.pool = pool
         self.serial = serial
@@ -80,9 +85,6 @@ class SeedDisks:
         self.last: dict | None = None  # the last operation's outcome, after its disk is gone
         self._events: list[asyncio.Task] = []
         self._event_lock = asyncio.Lock()
-
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     # --- watcher events (on the loop) ---
     def on_event(self, action: str, info: dict) -> None:
@@ -105,18 +107,18 @@ class SeedDisks:
         if name in self.disks and self.disks[name].state != "gone":
             return
         try:
-            p = await self._run(mounts.probe, name)
+            p = await run_in(self.pool, mounts.probe, name)
         except SeedError as exc:
             log.info("removable disk %s: %s", name, exc)
             return
         if p.kind is None:
             log.info("removable disk %s (label %r) is not a seed/recovery disk", name, p.label)
             return
-        where = await self._run(mounts.mount_point, p.devnode)
+        where = await run_in(self.pool, mounts.mount_point, p.devnode)
         if where is None:
             where = self.mount_root / name
             try:
-                await self._run(lambda: mounts.mount(p, where, readonly=True))
+                await run_in(self.pool, lambda: mounts.mount(p, where, readonly=True))
             except SeedError as exc:
                 self.disks[name] = SeedDisk(name, p.devnode, p.kind, p.label, where,
                                             state="gone", error=str(exc))
@@ -129,9 +131,9 @@ class SeedDisks:
     async def _refresh(self, disk: SeedDisk) -> None:
         layout = DiskLayout(disk.mount)
         try:
-            disk.header = await self._run(layout.header)
+            disk.header = await run_in(self.pool, layout.header)
             if disk.progress is None:  # an export's counters, from the disk itself
-                disk.progress = await self._run(layout.progress)
+                disk.progress = await run_in(self.pool, layout.progress)
         except (SeedError, OSError) as exc:
             disk.error = str(exc)
 
@@ -146,7 +148,7 @@ class SeedDisks:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.shield(run.task)
         if disk.state != "gone":
-            await self._run(mounts.release, disk.mount)
+            await run_in(self.pool, mounts.release, disk.mount)
         self.disks.pop(name, None)
         log.warning("%s disk %s removed", disk.kind, name)
 
@@ -154,7 +156,7 @@ class SeedDisks:
     def status(self) -> dict:
         return {"disks": [d.to_json() for d in self.disks.values()],
                 "last_operation": self.last,
-                "pending_seed": seed_pending.get(self.store.index)}
+                "pending_seed": self.pending.get()}
 
     async def arm(self, name: str, op: str, hosts: list[str] | None = None) -> dict:
         """Start `op` on disk `name`; returns at once (progress in status())."""
@@ -188,8 +190,8 @@ class SeedDisks:
             with one_operation(self.store.root):
                 mounts.remount(disk.mount, readonly=False)
                 try:
-                    export_seed(self.store, self._cipher(), layout, self.serial, hosts,
-                                progress, report, run.stop)
+                    export_seed(self.store, self.state, self.pending, self._cipher(), layout,
+                                self.serial, hosts, progress, report, run.stop)
                 finally:
                     with contextlib.suppress(SeedError, OSError):
                         syncfs(disk.mount)
@@ -197,10 +199,11 @@ class SeedDisks:
 
         def import_() -> None:
             with one_operation(self.store.root):
-                import_recovery(self.store, self._cipher(), layout, progress, report, run.stop)
+                import_recovery(self.store, self.state, self._cipher(), layout, progress,
+                                report, run.stop)
 
         try:
-            await self._run(export if progress.op == "export" else import_)
+            await run_in(self.pool, export if progress.op == "export" else import_)
         except DamagedDisk as exc:
             progress.state, progress.message = "failed", str(exc)
             progress.damaged = [list(d) for d in exc.damaged]
@@ -209,7 +212,7 @@ class SeedDisks:
         except OSError as exc:
             # A dead disk: release its mount now (a USB disk's device is gone already; a
             # failing one must not stay mounted), and let the admin insert it again.
-            await self._run(mounts.release, disk.mount)
+            await run_in(self.pool, mounts.release, disk.mount)
             disk.state = "gone"
             progress.state = "interrupted"
             progress.message = (f"the disk failed or was removed ({exc.strerror or exc}); "
@@ -242,5 +245,5 @@ class SeedDisks:
         for t in list(self._events):
             t.cancel()
         for d in list(self.disks.values()):
-            await self._run(mounts.release, d.mount)
+            await run_in(self.pool, mounts.release, d.mount)
         self.disks.clear()

@@ -27,12 +27,10 @@ from rdr_format.chunkfile import ChunkError, is_chunk_id, possession_proof
 from rdr_format.fsutil import atomic_write, fsync_dir
 from rdr_format.manifest import ChunkIndex, Manifest, StreamRef
 
-from .backup_plans import BackupPlans
-from .backup_runs import BackupRuns
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
 from .index import Index, SessionRow, SnapshotRow
-from .lock import exclusive, is_held
+from .lock import exclusive
 from .ownership import Ownership
 from .retention import Policy
 from .snapshots import SnapshotStore, next_snapshot_id
@@ -106,9 +104,6 @@ class Datastore:
         self.index = Index(root / "index.sqlite")
         self.hosts_dir = root / "hosts"
         self.hosts_dir.mkdir(mode=0o700, exist_ok=True)
-        # Backup plans (mirrored into the host files) and the scheduled-backup queue.
-        self.plans = BackupPlans(self.index, self._write_host_file)
-        self.runs = BackupRuns(self.index)
         self.reserve = Reserve(root / "reserve", reserve_bytes)
         self.session_lease = session_lease
         #: Sessions in use at once (0 = no limit); more get Unavailable("busy").
@@ -670,13 +665,6 @@ class Datastore:
             return []
         idx = self.snapshots.chunk_index(host, snap)
         return sorted(c for c in damaged if c in idx)
-
-    def jobs(self, kind: str | None = None, limit: int = 50) -> list[dict]:
-        """Job history; rows left 'running' by a process that died are marked interrupted
-        first (a job only runs while its process holds the maintenance lock)."""
-        if not is_held(self.root / "maintenance.lock"):
-            self.index.mark_interrupted()
-        return self.index.jobs(kind, limit)
 
     # --- reading --------------------------------------------------------------------------
     def resolve_snapshot(self, host: str, snap: str) -> SnapshotRow:

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 
 from rdr_format.chunkfile import is_chunk_id
 
-from .jobs import Job
 from .lock import exclusive
+from .progress import Progress
 
 
 @dataclass(slots=True)
@@ -90,7 +90,7 @@ class GarbageCollector:
         self.grace = grace
         self.stale_session_age = stale_session_age
 
-    def run(self, job: Job, dry_run: bool = False) -> GcResult:
+    def run(self, progress: Progress, dry_run: bool = False) -> GcResult:
         st = self.store
         started = time.time()
         aborted = 0
@@ -123,7 +123,7 @@ class GarbageCollector:
             if len(doomed) >= self.BATCH or i == len(shards) - 1:
                 self._sweep(doomed, res)
                 doomed = []
-            job.progress((i + 1) / max(len(shards), 1),
+            progress((i + 1) / max(len(shards), 1),
                          f"{res.chunks_scanned} chunks scanned, {res.chunks_removed} removed")
         if doomed:
             self._sweep(doomed, res)

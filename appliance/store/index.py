@@ -69,27 +69,6 @@ CREATE TABLE IF NOT EXISTS backup_ledger (
     PRIMARY KEY (host, snapshot)
 );
 CREATE INDEX IF NOT EXISTS backup_ledger_time ON backup_ledger(received_at);
-CREATE TABLE IF NOT EXISTS restores (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    host TEXT NOT NULL,
-    snapshot TEXT NOT NULL,
-    via TEXT NOT NULL,
-    requested_at REAL NOT NULL,
-    first_byte_at REAL,
-    account TEXT,
-    request_key TEXT
-);
-CREATE TABLE IF NOT EXISTS usage_samples (
-    day TEXT PRIMARY KEY,
-    taken_at REAL NOT NULL,
-    sample TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS link_samples (
-    taken_at REAL NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('rtt_ms', 'throughput_kbps')),
-    value REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS link_samples_time ON link_samples(kind, taken_at);
 CREATE TABLE IF NOT EXISTS api_tokens (
     name TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -97,22 +76,6 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     token_hash BLOB NOT NULL,
     scope TEXT NOT NULL DEFAULT 'metrics'
 );
-CREATE TABLE IF NOT EXISTS plan_audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    host TEXT NOT NULL,
-    at REAL NOT NULL,
-    who TEXT NOT NULL,
-    field TEXT NOT NULL,
-    old TEXT,
-    new TEXT
-);
-CREATE INDEX IF NOT EXISTS plan_audit_host ON plan_audit(host, id);
-CREATE TABLE IF NOT EXISTS dc_chunks (
-    id TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    uploaded_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dc_inflight (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS dc_deletes (
     host TEXT NOT NULL,
     snapshot TEXT NOT NULL,
@@ -123,112 +86,11 @@ CREATE TABLE IF NOT EXISTS local_deletes (
     snapshot TEXT NOT NULL,
     PRIMARY KEY (host, snapshot)
 );
-CREATE TABLE IF NOT EXISTS tunnel_events (
-    at REAL NOT NULL,
-    up INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS damaged_chunks (
     id TEXT PRIMARY KEY,
     found_at REAL NOT NULL,
     reason TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'interrupted')),
-    progress REAL NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    result TEXT
-);
-CREATE TABLE IF NOT EXISTS accounts (
-    name TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    password_hash TEXT NOT NULL,
-    unlocked_at REAL
-);
-CREATE TABLE IF NOT EXISTS web_sessions (
-    id_hash BLOB PRIMARY KEY,
-    account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
-    created_at REAL NOT NULL,
-    last_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS restore_jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    source_host TEXT NOT NULL,
-    snapshot TEXT NOT NULL,
-    paths TEXT NOT NULL,
-    target_host TEXT NOT NULL,
-    target_dir TEXT NOT NULL,
-    state TEXT NOT NULL
-        CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
-    requested_by TEXT NOT NULL,
-    requested_at REAL NOT NULL,
-    picked_up_at REAL,
-    updated_at REAL,
-    finished_at REAL,
-    files INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0,
-    total_bytes INTEGER,
-    errors INTEGER NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    restore_id INTEGER
-);
-CREATE INDEX IF NOT EXISTS restore_jobs_target ON restore_jobs(target_host, state);
-CREATE TABLE IF NOT EXISTS host_plans (
-    host TEXT PRIMARY KEY REFERENCES hosts(name) ON DELETE CASCADE,
-    paths TEXT NOT NULL DEFAULT '[]',
-    excludes TEXT NOT NULL DEFAULT '[]',
-    one_file_system INTEGER NOT NULL DEFAULT 0,
-    bandwidth_kbps INTEGER NOT NULL DEFAULT 0,
-    dump_command TEXT,
-    dump_name TEXT,
-    timezone TEXT,
-    paused INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL
-);
-CREATE TABLE IF NOT EXISTS agents (
-    host TEXT PRIMARY KEY,
-    last_seen REAL NOT NULL,
-    version TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS backup_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    host TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('scheduled', 'manual')),
-    window_day TEXT,
-    window_start REAL,
-    window_end REAL,
-    due_at REAL NOT NULL,
-    state TEXT NOT NULL CHECK (state IN
-        ('queued', 'running', 'paused', 'done', 'partial', 'failed', 'missed')),
-    requested_by TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    updated_at REAL,
-    finished_at REAL,
-    files INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0,
-    snapshot TEXT,
-    in_window INTEGER,
-    missed INTEGER NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    not_backed_up INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS backup_runs_window
-    ON backup_runs(host, window_day) WHERE kind = 'scheduled';
-CREATE INDEX IF NOT EXISTS backup_runs_state ON backup_runs(host, state);
-CREATE TABLE IF NOT EXISTS coverage_gaps (
-    host TEXT NOT NULL,
-    run_id INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS coverage_gaps_run ON coverage_gaps(run_id);
 CREATE TABLE IF NOT EXISTS snapshots (
     host TEXT NOT NULL,
     snapshot TEXT NOT NULL,
@@ -247,9 +109,26 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 """
 
-#: The plan columns mirrored into the host files (see Datastore._write_host_file).
-PLAN_COLS = ("host, paths, excludes, one_file_system, bandwidth_kbps, dump_command, "
-              "dump_name, timezone, paused, updated_at")
+#: Keys of the old `kv` table (releases before issue 21) that no feature has moved out yet.
+#: Every key now has a typed home (accounts, replication, seed, health); each repository
+#: takes its own keys with `take_legacy_kv`, and whichever empties the table drops it.
+KV_KEYS_NOT_MOVED: tuple[str, ...] = ()
+
+
+def take_legacy_kv(db: sqlite3.Connection, keys: tuple[str, ...]) -> dict[str, str]:
+    """Inside a feature repository's transaction: the values a release before issue 21 kept
+    under KEYS in the string-keyed `kv` table, removed from it, so the caller's typed copy
+    and their removal commit together. Runs at every start and finds nothing after the
+    first; an index without the table (new, or already migrated) gives {}."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
+                  ).fetchone() is None:
+        return {}
+    marks = ",".join("?" * len(keys))
+    found = dict(db.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", keys))
+    db.execute(f"DELETE FROM kv WHERE key IN ({marks})", keys)
+    if not KV_KEYS_NOT_MOVED and db.execute("SELECT 1 FROM kv LIMIT 1").fetchone() is None:
+        db.execute("DROP TABLE kv")
+    return found
 
 
 def validate_host_name(name: str) -> str:
@@ -325,6 +204,7 @@ class Index:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._generation = 0
+        self._owned: set[tuple[str, tuple]] = set()  # own_tables scripts already run
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -346,31 +226,34 @@ class Index:
             self._db.execute("ALTER TABLE hosts ADD COLUMN policy TEXT")
         if version < 3:
             self._db.execute("ALTER TABLE hosts ADD COLUMN window_start TEXT")
-        # version 6 (scheduled backups) only adds tables, which _SCHEMA creates.
+        # version 6 (scheduled backups) only added feature tables.
         # version 7 (issue 20): token scopes -- tokens made before scopes existed were made
         # for Prometheus and become `metrics` only (the safe reading: a tool that needs more
-        # gets `rdr tokens scope NAME read`); console unlocks; the restore ledger's account
-        # and de-duplication key. Columns are added only where missing, so an index that
-        # already has them (another branch's migration) upgrades too.
+        # gets `rdr tokens scope NAME read`). Columns are added only where missing, so an
+        # index that already has them (another branch's migration) upgrades too. The
+        # features' own columns of that version (console unlocks, the restore ledger's
+        # account and de-duplication key) are added by their repositories (`own_tables`).
         self._add_column("api_tokens", "scope", "TEXT NOT NULL DEFAULT 'metrics'")
-        self._add_column("accounts", "unlocked_at", "REAL")
-        self._add_column("restores", "account", "TEXT")
-        self._add_column("restores", "request_key", "TEXT")
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
 
     def own_tables(self, ddl: str, columns: tuple[tuple[str, str, str], ...] = ()) -> None:
         """Create a feature's tables in this database (and the columns later releases added).
 
-        Features (accounts, plans, runs, restore jobs, replication state, samples) own their
-        tables and typed repositories in their own packages; the index only lends them its
+        Features (accounts, plans, runs, restores, job history, replication state, samples)
+        own their tables and typed repositories in their own packages; the index lends them its
         file, its write lock and its readers, so one SQLite file keeps one WAL and one fsync
-        per transaction. Idempotent: every repository calls it when it is built.
+        per transaction. Idempotent: every repository calls it when it is built, and a script
+        this index already ran is not run again (readers build repositories per request).
         """
+        key = (ddl, columns)
+        if key in self._owned:
+            return
         with self._lock:
             self._db.executescript(ddl)
             for table, column, decl in columns:
                 self._add_column(table, column, decl)
+            self._owned.add(key)
 
     def _add_column(self, table: str, column: str, decl: str) -> None:
         cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
@@ -436,7 +319,8 @@ class Index:
                 return self._db.execute(sql, args).fetchall()
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        """A read for the store's other parts (accounts, restore jobs) that own their tables."""
+        """A read for the feature repositories (accounts, plans, runs, restores, jobs) that
+        own their tables in this file."""
         return self._q(sql, args)
 
     # --- hosts and tokens ---
@@ -471,12 +355,13 @@ class Index:
                 raise NotFound("no_such_host", f"no host named {name!r}")
 
     def host_settings(self) -> list[dict]:
-        """Per-host contract settings (NULL = the appliance default: policy, window start,
-        the window's time zone from the backup plan) and registration time."""
-        rows = self._q("SELECT h.name, h.created_at, h.policy, h.window_start, p.timezone "
-                       "FROM hosts h LEFT JOIN host_plans p ON p.host = h.name ORDER BY name")
-        return [{"name": n, "created_at": c, "policy": p, "window_start": w, "timezone": z}
-                for n, c, p, w, z in rows]
+        """Per-host contract settings (NULL = the appliance default: policy, window start)
+        and registration time. The window's time zone is the backup plan's
+        (`BackupPlans.host_settings`)."""
+        rows = self._q("SELECT name, created_at, policy, window_start FROM hosts "
+                       "ORDER BY name")
+        return [{"name": n, "created_at": c, "policy": p, "window_start": w}
+                for n, c, p, w in rows]
 
     def host_record(self, name: str) -> dict:
         """Everything about a host that cannot be derived from its snapshots (for the
@@ -486,11 +371,8 @@ class Index:
         if not rows:
             raise NotFound("no_such_host", f"no host named {name!r}")
         n, created, tid, thash, policy, window = rows[0]
-        plan = self._q(f"SELECT {PLAN_COLS} FROM host_plans WHERE host = ?", (name,))
         return {"name": n, "created_at": created, "token_id": tid, "token_hash": thash.hex(),
-                "policy": policy, "window_start": window,
-                "plan": dict(zip(PLAN_COLS.split(", "), plan[0], strict=True)) if plan
-                else None}
+                "policy": policy, "window_start": window}
 
     def restore_host(self, rec: dict) -> None:
         with self.tx() as db:
@@ -499,11 +381,6 @@ class Index:
                        (rec["name"], rec["created_at"], rec["token_id"],
                         bytes.fromhex(rec["token_hash"]), rec.get("policy"),
                         rec.get("window_start")))
-            plan = rec.get("plan")
-            if isinstance(plan, dict):
-                cols = PLAN_COLS.split(", ")
-                db.execute(f"INSERT OR REPLACE INTO host_plans ({PLAN_COLS}) VALUES "
-                           f"({', '.join('?' * len(cols))})", [plan.get(c) for c in cols])
 
     def set_policy(self, name: str, policy: str | None) -> None:
         with self.tx() as db:
@@ -716,7 +593,7 @@ class Index:
                        (host, snapshot))
         return SnapshotRow(*rows[0]) if rows else None
 
-    # --- ledger: backups, restores, usage and link samples ---
+    # --- ledger: backups ---
     def ledger(self, since: float, until: float, host: str | None = None) -> list[dict]:
         sql = ("SELECT host, snapshot, received_at, started_at, logical_size, file_count, "
                "new_bytes FROM backup_ledger WHERE received_at >= ? AND received_at < ?")
@@ -729,124 +606,8 @@ class Index:
         return [dict(zip(keys, r, strict=True)) for r in self._q(sql + " ORDER BY received_at",
                                                                  args)]
 
-    def start_restore(self, host: str, snapshot: str, via: str,
-                      requested_at: float | None = None, *, account: str | None = None,
-                      key: str | None = None, same_within: float = 0.0) -> int:
-        """A restore was asked for (at `requested_at`, default now) by `account`; its first
-        byte, or the pickup of a push job, is recorded later with `restore_first_byte`.
-
-        With `key` (what was asked for, by whom), a request for the same `key` made within
-        `same_within` seconds of an earlier one is that same restore: its id is returned and
-        no row is added (a download fetched again, resumed with Range, or re-clicked)."""
-        now = requested_at or time.time()
-        with self.tx() as db:
-            if key is not None and same_within > 0:
-                row = db.execute("SELECT id FROM restores WHERE request_key = ? AND "
-                                 "requested_at >= ? ORDER BY id DESC LIMIT 1",
-                                 (key, now - same_within)).fetchone()
-                if row is not None:
-                    return int(row[0])
-            return int(db.execute(
-                "INSERT INTO restores (host, snapshot, via, requested_at, account, "
-                "request_key) VALUES (?, ?, ?, ?, ?, ?)",
-                (host, snapshot, via, now, account, key)).lastrowid)
-
-    def restore_first_byte(self, rid: int, host: str) -> float | None:
-        """Record the first byte of a restore once; returns its start latency (seconds)."""
-        with self.tx() as db:
-            row = db.execute("SELECT requested_at, first_byte_at FROM restores "
-                             "WHERE id = ? AND host = ?", (rid, host)).fetchone()
-            if row is None or row[1] is not None:
-                return None
-            now = time.time()
-            db.execute("UPDATE restores SET first_byte_at = ? WHERE id = ?", (now, rid))
-            return now - row[0]
-
-    def restores(self, since: float = 0.0) -> list[dict]:
-        keys = ("id", "host", "snapshot", "via", "requested_at", "first_byte_at", "account")
-        return [dict(zip(keys, r, strict=True)) for r in self._q(
-            "SELECT id, host, snapshot, via, requested_at, first_byte_at, account "
-            "FROM restores WHERE requested_at >= ? ORDER BY id", (since,))]
-
-    def put_usage_sample(self, day: str, sample: str) -> None:
-        with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO usage_samples VALUES (?, ?, ?)",
-                       (day, time.time(), sample))
-
-    def trim_usage_samples(self, before_day: str) -> None:
-        with self.tx() as db:
-            db.execute("DELETE FROM usage_samples WHERE day < ?", (before_day,))
-
-    def usage_samples(self, since_day: str = "") -> list[tuple[str, str]]:
-        return [(d, s) for d, s in self._q(
-            "SELECT day, sample FROM usage_samples WHERE day >= ? ORDER BY day", (since_day,))]
-
-    def add_link_sample(self, kind: str, value: float) -> None:
-        with self.tx() as db:
-            db.execute("INSERT INTO link_samples VALUES (?, ?, ?)", (time.time(), kind, value))
-
-    def link_samples(self, kind: str, since: float) -> list[float]:
-        return [v for (v,) in self._q("SELECT value FROM link_samples WHERE kind = ? AND "
-                                      "taken_at >= ? ORDER BY taken_at", (kind, since))]
-
-    # --- replication state ---
-    def dc_missing(self, ids: list[str]) -> list[str]:
-        """Which of `ids` the data center does not hold yet (as far as this index knows)."""
-        have: set[str] = set()
-        for i in range(0, len(ids), 500):
-            part = ids[i:i + 500]
-            marks = ",".join("?" * len(part))
-            have.update(r[0] for r in self._q(
-                f"SELECT id FROM dc_chunks WHERE id IN ({marks})", tuple(part)))
-        return [c for c in ids if c not in have]
-
-    def dc_add(self, cid: str, size: int) -> None:
-        with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO dc_chunks VALUES (?, ?, ?)",
-                       (cid, size, time.time()))
-            db.execute("DELETE FROM dc_inflight WHERE id = ?", (cid,))
-
-    def dc_add_many(self, rows: list[tuple[str, int]]) -> None:
-        """Chunks that reached the data center another way (a seed disk): one transaction."""
-        now = time.time()
-        with self.tx() as db:
-            db.executemany("INSERT OR REPLACE INTO dc_chunks VALUES (?, ?, ?)",
-                           [(cid, size, now) for cid, size in rows])
-
-    def dc_begin(self, cid: str) -> None:
-        """An upload starts: if the process dies before dc_add, the next pass asks the data
-        center whether it arrived instead of sending it again."""
-        with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO dc_inflight VALUES (?)", (cid,))
-
-    def dc_inflight(self) -> list[str]:
-        return [r[0] for r in self._q("SELECT id FROM dc_inflight")]
-
-    def dc_abandon(self, cid: str) -> None:
-        with self.tx() as db:
-            db.execute("DELETE FROM dc_inflight WHERE id = ?", (cid,))
-
-    def dc_remove(self, ids: list[str]) -> None:
-        with self.tx() as db:
-            db.executemany("DELETE FROM dc_chunks WHERE id = ?", [(c,) for c in ids])
-
-    def iter_dc_chunk_ids(self, page: int = 10_000) -> Iterator[str]:
-        """The ids the data center holds, sorted, a page at a time: at ten million chunks the
-        whole list would take gigabytes. Rows deleted behind the cursor are fine."""
-        last = ""
-        while True:
-            rows = self._q("SELECT id FROM dc_chunks WHERE id > ? ORDER BY id LIMIT ?",
-                           (last, page))
-            for (cid,) in rows:
-                yield cid
-            if len(rows) < page:
-                return
-            last = rows[-1][0]
-
-    def dc_stats(self) -> tuple[int, int]:
-        n, size = self._q("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM dc_chunks")[0]
-        return n, size
-
+    # --- snapshots at the data center: with the rows they belong to (the rest of the
+    # replication state is replication/state.py's) ---
     def set_replicated(self, host: str, snapshot: str, at: float | None) -> bool:
         """Mark a snapshot replicated (its checkpoint verified at the data center) and drop
         the upload's write-ahead entry in one transaction. False if the row is gone (pruned
@@ -859,41 +620,22 @@ class Index:
                            (host, snapshot))
             return bool(cur.rowcount)
 
-    def dc_forget(self, ids: list[str]) -> None:
-        """Write-ahead for deleting chunks at the data center: they stop counting as held
-        there (a commit reusing one uploads it again) and are marked in flight, so a kill
-        before the deletions ends with the next pass asking the data center."""
-        with self.tx() as db:
-            db.executemany("DELETE FROM dc_chunks WHERE id = ?", [(c,) for c in ids])
-            db.executemany("INSERT OR IGNORE INTO dc_inflight VALUES (?)", [(c,) for c in ids])
+    def ping(self) -> None:
+        """A cheap real read of the database (readiness probe, watchdog): raises when the
+        file cannot be read."""
+        self._q("SELECT value FROM meta WHERE key = 'schema_version'")
 
-    def dc_forgotten(self, ids: list[str]) -> None:
-        with self.tx() as db:
-            db.executemany("DELETE FROM dc_inflight WHERE id = ?", [(c,) for c in ids])
-
-    def add_tunnel_event(self, up: bool) -> None:
-        with self.tx() as db:
-            db.execute("INSERT INTO tunnel_events VALUES (?, ?)", (time.time(), int(up)))
-
-    def tunnel_events(self, since: float = 0.0) -> list[tuple[float, bool]]:
-        return [(a, bool(u)) for a, u in self._q(
-            "SELECT at, up FROM tunnel_events WHERE at >= ? ORDER BY at", (since,))]
-
-    def kv_set(self, key: str, value: str) -> None:
-        with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
-
-    def kv_increment(self, key: str) -> int:
-        """Add one to the counter KEY (0 when absent), atomically across processes; returns
-        the new value."""
-        with self.tx() as db:
-            db.execute("INSERT INTO kv VALUES (?, '1') ON CONFLICT(key) DO UPDATE SET "
-                       "value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)", (key,))
-            return int(db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()[0])
-
-    def kv_get(self, key: str) -> str | None:
-        rows = self._q("SELECT value FROM kv WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
+    def has_legacy_kv(self, keys: tuple[str, ...]) -> bool:
+        """Whether `take_legacy_kv` has anything to do for KEYS (one of them is in the old
+        `kv` table, or the table is empty and may go): a read, so a repository built on an
+        upgraded index takes the write lock only while there is something to move."""
+        marks = ",".join("?" * len(keys))
+        try:
+            if self._q(f"SELECT 1 FROM kv WHERE key IN ({marks}) LIMIT 1", keys):
+                return True
+            return not KV_KEYS_NOT_MOVED and not self._q("SELECT 1 FROM kv LIMIT 1")
+        except sqlite3.OperationalError:  # no such table: new, or fully migrated
+            return False
 
     # --- damaged chunks (quarantined by verify until uploaded again) ---
     def add_damaged(self, cid: str, reason: str) -> None:
@@ -909,44 +651,3 @@ class Index:
 
     def damaged(self) -> set[str]:
         return {r[0] for r in self._q("SELECT id FROM damaged_chunks")}
-
-    # --- job history ---
-    def start_job(self, kind: str) -> int:
-        with self.tx() as db:
-            cur = db.execute("INSERT INTO jobs (kind, started_at, state) VALUES (?, ?, 'running')",
-                             (kind, time.time()))
-            return int(cur.lastrowid)
-
-    def mark_interrupted(self) -> int:
-        """Jobs still 'running' whose process died; call only when none can be running."""
-        with self.tx() as db:
-            return db.execute("UPDATE jobs SET state = 'interrupted', finished_at = ? "
-                              "WHERE state = 'running'", (time.time(),)).rowcount
-
-    def job_progress(self, job: int, progress: float, message: str) -> None:
-        with self.tx() as db:
-            db.execute("UPDATE jobs SET progress = ?, message = ? WHERE id = ?",
-                       (progress, message, job))
-
-    def finish_job(self, job: int, state: str, message: str, result: str | None) -> None:
-        with self.tx() as db:
-            db.execute("UPDATE jobs SET state = ?, finished_at = ?, message = ?, result = ?, "
-                       "progress = CASE WHEN ? = 'done' THEN 1.0 ELSE progress END WHERE id = ?",
-                       (state, time.time(), message, result, state, job))
-
-    def jobs(self, kind: str | None = None, limit: int = 50) -> list[dict]:
-        sql = "SELECT id, kind, started_at, finished_at, state, progress, message, result " \
-              "FROM jobs"
-        args: tuple = ()
-        if kind is not None:
-            sql += " WHERE kind = ?"
-            args = (kind,)
-        rows = self._q(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
-        keys = ("id", "kind", "started_at", "finished_at", "state", "progress", "message",
-                "result")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
-
-    def last_finished(self, kind: str) -> float | None:
-        rows = self._q("SELECT MAX(finished_at) FROM jobs WHERE kind = ? AND state = 'done'",
-                       (kind,))
-        return rows[0][0]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from .index import SnapshotRow
-from .jobs import Job
+from .progress import Progress
 from .retention import REMOVE, Policy, plan
 
 
@@ -81,7 +81,7 @@ class Pruner:
                           replication_required=self.replication_required, force=force)
         return out
 
-    def run(self, job: Job, hosts: list[str] | None = None, dry_run: bool = False,
+    def run(self, progress: Progress, hosts: list[str] | None = None, dry_run: bool = False,
             force: bool = False) -> list[Decision]:
         if not dry_run:
             self.store.finish_removals()  # what a killed prune left half done
@@ -90,7 +90,7 @@ class Pruner:
         if not dry_run:
             for i, d in enumerate(doomed):
                 if self.store.remove_snapshot(d.host, d.snapshot, keep_protected=True):
-                    job.progress((i + 1) / len(doomed), f"removed {d.host}/{d.snapshot}")
+                    progress((i + 1) / len(doomed), f"removed {d.host}/{d.snapshot}")
                 elif self.store.index.snapshot(d.host, d.snapshot) is not None:
                     # Protected since the plan was made: the row's delete re-checks it.
                     d.keep, d.reason = True, "protected by an admin while prune ran"

@@ -2,7 +2,9 @@
 
 Hosts come back from ``hosts/*.json`` (with their token hashes, so agents keep working),
 snapshots from their manifests, protection from the ``protected`` markers. Sessions and the
-job history are not backups and start empty; the old index is kept beside, renamed.
+job history are not backups and start empty; the old index is kept beside, renamed. Features'
+tables are not the storage engine's: whoever calls this puts theirs back (backup plans from
+their mirror files: `appliance.jobs.maintenance.rebuild`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from rdr_format.chunkfile import is_chunk_id
 
 from .datastore import Datastore
 from .errors import Conflict
-from .jobs import Job, Progress
 from .lock import exclusive, is_held
+from .progress import Progress, ignore
 
 
-def rebuild_index(root: Path, echo: Progress | None = None) -> dict:
+def rebuild_index(root: Path, progress: Progress = ignore) -> dict:
     if is_held(root / "daemon.lock"):
         raise Conflict("daemon_running", "stop the appliance daemon before rebuilding its index")
     with exclusive(root / "maintenance.lock", wait=False,
@@ -34,26 +36,24 @@ def rebuild_index(root: Path, echo: Progress | None = None) -> dict:
                     os.replace(p, backup / p.name)
         store = Datastore(root)
         try:
-            with Job(store.index, "rebuild-index", echo) as job:
-                hosts = store.host_files()
-                for rec in hosts:
-                    store.index.restore_host(rec)
-                job.progress(0.05, f"{len(hosts)} hosts restored")
-                on_disk_hosts = {h for h, _ in store.snapshots.scan()}
-                orphans = sorted(on_disk_hosts - {r["name"] for r in hosts})
-                for name in orphans:  # snapshots survive; the host needs a new token
-                    store.add_host(name)
-                added, _ = store.reconcile(clean=True, progress=lambda f, m: job.progress(
-                    0.05 + 0.9 * f, m))
-                quarantined = sorted(p.name for p in store.chunks.quarantine.glob("*")
-                                     if is_chunk_id(p.name)) \
-                    if store.chunks.quarantine.exists() else []
-                for cid in quarantined:  # so agents are told to re-send them
-                    store.index.add_damaged(cid, "quarantined before the index was rebuilt")
-                result = {"hosts": len(hosts), "hosts_without_record": orphans,
-                          "snapshots": added, "damaged_chunks": len(quarantined),
-                          "old_index": str(backup) if backup else None}
-                job.done(result, f"{len(hosts)} hosts and {added} snapshots re-indexed")
+            hosts = store.host_files()
+            for rec in hosts:
+                store.index.restore_host(rec)
+            progress(0.05, f"{len(hosts)} hosts restored")
+            on_disk_hosts = {h for h, _ in store.snapshots.scan()}
+            orphans = sorted(on_disk_hosts - {r["name"] for r in hosts})
+            for name in orphans:  # snapshots survive; the host needs a new token
+                store.add_host(name)
+            added, _ = store.reconcile(clean=True, progress=lambda f, m: progress(
+                0.05 + 0.9 * f, m))
+            quarantined = sorted(p.name for p in store.chunks.quarantine.glob("*")
+                                 if is_chunk_id(p.name)) \
+                if store.chunks.quarantine.exists() else []
+            for cid in quarantined:  # so agents are told to re-send them
+                store.index.add_damaged(cid, "quarantined before the index was rebuilt")
+            result = {"hosts": len(hosts), "hosts_without_record": orphans,
+                      "snapshots": added, "damaged_chunks": len(quarantined),
+                      "old_index": str(backup) if backup else None}
             return result
         finally:
             store.close()

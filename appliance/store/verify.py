@@ -22,7 +22,7 @@ from rdr_format.catalog import CatalogError, validate
 from rdr_format.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
 
 from .gc import merged_ids, shard_dirs
-from .jobs import Job
+from .progress import Progress
 
 log = logging.getLogger("rdr.verify")
 
@@ -53,14 +53,16 @@ class Verifier:
         #: Fetches a good copy of a chunk file (from the data center) for self-healing.
         self.heal = heal
 
-    def run(self, job: Job, sample_percent: float = 100.0, rate_mb: float | None = None,
+    def run(self, progress: Progress, sample_percent: float = 100.0,
+            rate_mb: float | None = None,
             seed: int | None = None) -> VerifyResult:
         res = VerifyResult(sample_percent=sample_percent)
-        self._chunks(job, res, sample_percent / 100.0, rate_mb, random.Random(seed))
-        self._snapshots(job, res)
+        self._chunks(progress, res, sample_percent / 100.0, rate_mb, random.Random(seed))
+        self._snapshots(progress, res)
         return res
 
-    def _chunks(self, job: Job, res: VerifyResult, share: float, rate_mb: float | None,
+    def _chunks(self, progress: Progress, res: VerifyResult, share: float,
+                rate_mb: float | None,
                 rng: random.Random) -> None:
         chunks = self.store.chunks
         dec = ChunkDecoder()
@@ -91,7 +93,7 @@ class Verifier:
                     ahead = res.bytes_checked / (rate_mb * 1e6) - (time.monotonic() - start)
                     if ahead > 0:
                         time.sleep(ahead)
-            job.progress(0.8 * (i + 1) / max(len(shards), 1),
+            progress(0.8 * (i + 1) / max(len(shards), 1),
                          f"{res.chunks_checked} chunks checked, {len(res.damaged)} damaged")
 
     def _healed(self, cid: str) -> bool:
@@ -109,7 +111,7 @@ class Verifier:
         self.store.index.clear_damaged(cid)
         return True
 
-    def _snapshots(self, job: Job, res: VerifyResult) -> None:
+    def _snapshots(self, progress: Progress, res: VerifyResult) -> None:
         st = self.store
         snaps = list(st.snapshots.scan())
         indexes = {}
@@ -139,5 +141,5 @@ class Verifier:
                 except (CatalogError, ChunkError, ValueError, KeyError, TypeError) as exc:
                     res.affected.append({"host": host, "snapshot": snap,
                                          "reason": f"catalog invalid: {exc}"})
-            job.progress(0.8 + 0.2 * (n + 1) / max(len(indexes), 1),
+            progress(0.8 + 0.2 * (n + 1) / max(len(indexes), 1),
                          f"{res.snapshots_checked} snapshots checked")

@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from appliance import wiring
 from appliance.daemon import Daemon
-from appliance.store.backup_runs import BackupRun
+from appliance.runs.repository import BackupRun
 
 from ..conftest import Appliance, agent_cmd, make_config
 from ..treeutil import assert_same_tree, restored_root
@@ -70,7 +71,7 @@ async def wait_run(app: Appliance, rid: int, states: tuple[str, ...],
                    timeout: float = 60.0) -> BackupRun:
     deadline = time.monotonic() + timeout
     while True:
-        run = app.store.runs.get(rid)
+        run = wiring.runs(app.store).get(rid)
         if run.state in states:
             return run
         assert time.monotonic() < deadline, f"run {rid} stayed {run.state}: {run.message}"
@@ -79,10 +80,10 @@ async def wait_run(app: Appliance, rid: int, states: tuple[str, ...],
 
 async def wait_first_run(app: Appliance, host: str, timeout: float = 30.0) -> BackupRun:
     deadline = time.monotonic() + timeout
-    while not app.store.runs.list(host):
+    while not wiring.runs(app.store).list(host):
         assert time.monotonic() < deadline, f"no run was scheduled for {host}"
         await asyncio.sleep(0.2)
-    return app.store.runs.list(host)[-1]
+    return wiring.runs(app.store).list(host)[-1]
 
 
 async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore(
@@ -100,8 +101,8 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
     window = local_hhmm(timedelta(minutes=-1))  # both windows opened a minute ago
     for name in ("host-a", "host-b"):
         app.store.set_window(name, window)
-    app.store.plans.update("host-a", paths=[str(src_a)], excludes=["*.tmp", "*.db"])
-    app.store.plans.update("host-b", paths=[str(src_b)],
+    wiring.plans(app.store).update("host-a", paths=[str(src_a)], excludes=["*.tmp", "*.db"])
+    wiring.plans(app.store).update("host-b", paths=[str(src_b)],
                            dump_command="printf 'CREATE TABLE t (x int);\\n'",
                            dump_name="db.sql")
     agent_a = await start_agent(app, ta, tmp_path / "state-a")
@@ -115,7 +116,7 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
             assert run.window_start <= run.due_at <= run.window_start + 2
             assert run.snapshot is not None
         # The premier check lists what the excludes kept out of host-a's backup.
-        gaps = app.store.runs.gaps("host-a")
+        gaps = wiring.runs(app.store).gaps("host-a")
         assert gaps["snapshot"] == run_a.snapshot and gaps["count"] == 2
         assert {(f["path"], f["reason"]) for f in gaps["files"]} == {
             (str(src_a / "cache.tmp"), "excluded"), (str(src_a / "ledger.db"), "excluded")}
@@ -124,7 +125,7 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
         dump_dir = os.fsencode(tmp_path / "state-b" / "dumps").lstrip(b"/")
         names = {e.name for e in tree.listdir(dump_dir)}
         assert names == {b"db.sql"}
-        assert app.store.runs.gaps("host-b")["count"] == 0
+        assert wiring.runs(app.store).gaps("host-b")["count"] == 0
         assert not (tmp_path / "state-b" / "dumps" / "db.sql").exists()  # spool removed
 
         # --- the plan is edited on the appliance; "back up now" from the page's API,
@@ -153,7 +154,7 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
             assert now_run["kind"] == "manual"
             running = await wait_run(app, now_run["id"], ("running",))
             deadline = time.monotonic() + 30
-            while app.store.runs.get(running.id).bytes == 0:
+            while wiring.runs(app.store).get(running.id).bytes == 0:
                 assert time.monotonic() < deadline, "no progress reported"
                 await asyncio.sleep(0.2)
             resp = await s.post("/api/v1/hosts/host-a/pause")
@@ -197,15 +198,15 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
         # to the queue and the restarted agent resumes its session
         for i in range(6):
             (src_a / f"more{i}.bin").write_bytes(os.urandom(200_000))
-        again = app.store.runs.request_now("host-a", "test", time.time(), None)
+        again = wiring.runs(app.store).request_now("host-a", "test", time.time(), None)
         jobs_api(app).wake("host-a")
         await wait_run(app, again.id, ("running",))
         deadline = time.monotonic() + 30
-        while app.store.runs.get(again.id).bytes == 0:
+        while wiring.runs(app.store).get(again.id).bytes == 0:
             assert time.monotonic() < deadline, "no progress reported"
             await asyncio.sleep(0.2)
         lines_first, err_first = await stop_agent(agent_a)
-        requeued = app.store.runs.get(again.id)
+        requeued = wiring.runs(app.store).get(again.id)
         assert requeued.state == "queued" and "resumes at its next start" in requeued.message
         agent_a = await start_agent(app, ta, tmp_path / "state-a")
         resumed = await wait_run(app, again.id, ("done",), timeout=60)
@@ -228,7 +229,7 @@ async def test_host_whose_agent_is_offline_is_flagged_when_its_window_ends(
     with app.store.index.tx() as db:
         db.execute("UPDATE hosts SET created_at = created_at - 2 * 86400")
     app.store.set_window("offline", local_hhmm(-timedelta(hours=12, minutes=2)))
-    app.store.plans.update("offline", paths=["/srv/data"])
+    wiring.plans(app.store).update("offline", paths=["/srv/data"])
     admin = app.store.index.add_api_token("dashboard", "read")
     async with http(app, admin) as s:
         resp = await s.get("/api/v1/overview")
@@ -249,7 +250,7 @@ async def test_host_whose_agent_is_offline_is_flagged_when_its_window_ends(
         db.execute("UPDATE backup_runs SET window_end = ? WHERE id = ?",
                    (time.time() - 1, run.id))
     deadline = time.monotonic() + 10
-    while not app.store.runs.get(run.id).missed:
+    while not wiring.runs(app.store).get(run.id).missed:
         assert time.monotonic() < deadline, "the missed window was not flagged"
         await asyncio.sleep(0.2)
 
@@ -258,8 +259,8 @@ async def test_agent_channel_refuses_bad_reports(app: Appliance, tmp_path: Path)
     token = app.add_host("pc1")
     other = app.add_host("pc2")
     app.store.set_window("pc1", local_hhmm(timedelta(hours=6)))  # no scheduled run now
-    app.store.plans.update("pc1", paths=[str(tmp_path)])
-    run = app.store.runs.request_now("pc1", "test", time.time(), None)
+    wiring.plans(app.store).update("pc1", paths=[str(tmp_path)])
+    run = wiring.runs(app.store).request_now("pc1", "test", time.time(), None)
     async with http(app, token) as s, http(app, other) as s2:
         resp = await s.get("/api/v1/agent/jobs/next?wait=0&backups=2")
         assert resp.status == 400
@@ -292,9 +293,9 @@ async def test_agent_channel_refuses_bad_reports(app: Appliance, tmp_path: Path)
         assert resp.status == 403  # a host does not choose its own plan
         resp = await s.get("/api/v1/agent/plan")
         assert (await resp.json())["plan"]["paths"] == [str(tmp_path)]
-    assert app.store.runs.get(run.id).state == "failed"
-    assert "pc1" in app.store.plans.agents()  # its poll was its heartbeat
-    app.store.plans.update("pc1", dump_command="pg_dump shop", dump_name="shop.sql")
+    assert wiring.runs(app.store).get(run.id).state == "failed"
+    assert "pc1" in wiring.plans(app.store).agents()  # its poll was its heartbeat
+    wiring.plans(app.store).update("pc1", dump_command="pg_dump shop", dump_name="shop.sql")
     rc, out, err = await run_cmd(agent_cmd() + ["plan"], app.env(token, tmp_path / "state"))
     assert rc == 0, err
     assert f"paths: {tmp_path}" in out
@@ -314,9 +315,9 @@ async def test_a_long_dump_reports_signs_of_life_and_a_pause_kills_it(
     # agent would take before the test's own (the default window may be open right now).
     app.store.set_window("db1", local_hhmm(timedelta(hours=6)))
     # The dump prints its shell's pid (the process group) and then sleeps "for an hour".
-    app.store.plans.update("db1", paths=[str(src)], dump_name="db.sql",
+    wiring.plans(app.store).update("db1", paths=[str(src)], dump_name="db.sql",
                            dump_command=f"echo $$ > {marker}; sleep 3600; echo done")
-    run = app.store.runs.request_now("db1", "test", time.time(), None)
+    run = wiring.runs(app.store).request_now("db1", "test", time.time(), None)
     agent = await start_agent(app, token, tmp_path / "state", RDR_ALLOW_DUMP_COMMANDS="yes")
     try:
         await wait_run(app, run.id, ("running",))
@@ -325,9 +326,9 @@ async def test_a_long_dump_reports_signs_of_life_and_a_pause_kills_it(
             assert time.monotonic() < deadline, "the dump did not start"
             await asyncio.sleep(0.1)
         pid = int(marker.read_text())
-        first = app.store.runs.get(run.id).updated_at
+        first = wiring.runs(app.store).get(run.id).updated_at
         await asyncio.sleep(5)  # the dump runs; progress reports keep arriving
-        later = app.store.runs.get(run.id)
+        later = wiring.runs(app.store).get(run.id)
         assert later.state == "running" and later.updated_at > first
         app.daemon.backups.pause("db1")  # type: ignore[union-attr]
         paused = await wait_run(app, run.id, ("paused",), timeout=20)

@@ -12,9 +12,11 @@ from urllib.parse import quote
 
 import aiohttp
 
+from appliance.accounts import Accounts
 from appliance.capacity.network import LinkProbe
 from appliance.capacity.report import monthly_report
-from appliance.store.accounts import Accounts
+from appliance.capacity.samples import Samples
+from appliance.restores.ledger import RestoreLedger
 from appliance.store.datastore import Datastore
 
 from ..conftest import Appliance, agent_cmd
@@ -58,7 +60,7 @@ async def test_restore_start_latency_is_recorded(appliance: Appliance, tmp_path:
     rc, _, err = await run(agent_cmd() + ["restore", "latest", "--to", str(tmp_path / "o")], env)
     assert rc == 0, err
     # A host's own restore is not the service's to measure (it chooses when to fetch).
-    assert appliance.store.index.restores() == []
+    assert RestoreLedger(appliance.store.index).since() == []
     # An account's download on the page is: request to first byte.
     Accounts(appliance.store.index).add("alice", "a long password here")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False),
@@ -71,7 +73,7 @@ async def test_restore_start_latency_is_recorded(appliance: Appliance, tmp_path:
                             f"?path={q}") as r:
             assert r.status == 200 and len(await r.read()) == 100_000
     for _ in range(50):  # recorded just after the first piece is written: may trail it
-        rows = appliance.store.index.restores()
+        rows = RestoreLedger(appliance.store.index).since()
         if rows and rows[0]["first_byte_at"] is not None:
             break
         await asyncio.sleep(0.05)
@@ -88,21 +90,22 @@ async def test_rtt_probe_and_link_requirement(tmp_path: Path) -> None:
     try:
         server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        probe = LinkProbe("127.0.0.1", port, 60, st.index.add_link_sample)
+        probe = LinkProbe("127.0.0.1", port, 60, Samples(st.index).add_link_sample)
         rtt = await probe.probe_once()
         assert rtt is not None and rtt < 200
         server.close()
         await server.wait_closed()
         assert await LinkProbe("127.0.0.1", free_port(), 60,
-                               st.index.add_link_sample).probe_once() is None
+                               Samples(st.index).add_link_sample).probe_once() is None
         register(st, "web01", datetime.now(UTC) - timedelta(days=40))
         record(st, "web01", datetime.now(UTC) - timedelta(hours=1), 100 * GB)
-        rep = monthly_report(st.index, settings(), now=datetime.now(UTC))
+        rep = monthly_report(st.index, Samples(st.index), settings(), now=datetime.now(UTC))
         net = rep["network"]
         assert net["required_kbps"] == 1500.0 and net["meets_latency"] is True
         assert net["meets_throughput"] is None  # no replication transfer measured yet
-        st.index.add_link_sample("throughput_kbps", 900.0)  # as replication will record
-        net = monthly_report(st.index, settings(), now=datetime.now(UTC))["network"]
+        Samples(st.index).add_link_sample("throughput_kbps", 900.0)  # as replication will record
+        net = monthly_report(st.index, Samples(st.index), settings(),
+                             now=datetime.now(UTC))["network"]
         assert net["meets_throughput"] is False and net["ok"] is False
     finally:
         st.close()

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from appliance import cli
+from appliance import cli, wiring
 from appliance.api.tls import fingerprint
 from appliance.cli import maintenance as cli_maintenance
 from appliance.config import ConfigError
@@ -423,7 +423,8 @@ async def test_snapshot_force_pruned_while_it_is_sent_leaves_no_checkpoint(tmp_p
 
     target = PruningTarget(tmp_path / "dc")
     with ThreadPoolExecutor(2) as pool:
-        rep = Replicator(st, target, ObjectCipher(bytes(range(32))), pool)
+        rep = Replicator(st, wiring.replication_state(st), wiring.samples(st),
+                         wiring.pending_seed(st), target, ObjectCipher(bytes(range(32))), pool)
         res = await rep.run_pass()
         assert st.index.snapshot("h1", first) is None
         assert res.snapshots_replicated == 1  # the second; the first was pruned under it

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import requests
 
-from appliance.store.accounts import Accounts
+from appliance.accounts import Accounts
 from rdr_format.catalog import (
     DIR,
     FILE,

@@ -7,8 +7,9 @@ import asyncio
 import random
 from pathlib import Path
 
+from appliance import wiring
+from appliance.jobs.maintenance import Maintenance, MaintenanceSettings
 from appliance.store.datastore import Datastore
-from appliance.store.maintenance import Maintenance, MaintenanceSettings
 from rdr_format.catalog import FILE, iter_blocks
 
 from ..conftest import Appliance, rdr_cmd
@@ -70,7 +71,7 @@ async def test_next_backup_heals_a_damaged_chunk(appliance: Appliance, tmp_path:
     store = appliance.store
     bad = data_chunk_of(store, "web01", first["snapshot"], b"big.bin")
     flip_byte(store.chunks.path(bad), 8 + 4096)
-    m = Maintenance(store, MaintenanceSettings())
+    m = Maintenance(store, wiring.job_history(store), MaintenanceSettings())
 
     res = await asyncio.to_thread(m.verify)
     assert res.damaged == [bad]

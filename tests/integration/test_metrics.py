@@ -23,6 +23,7 @@ from appliance import wiring
 from appliance.config import ReplicationConfig
 from appliance.daemon import Daemon
 from appliance.replication.engine import Replicator
+from appliance.restores.ledger import RestoreLedger
 from appliance.store.lock import HeldLock
 
 from ..conftest import Appliance, agent_cmd, make_config, rdr_cmd
@@ -64,8 +65,8 @@ async def test_metrics_need_an_admin_token_and_reflect_the_store(appliance: Appl
     snap = await backup_something(appliance, tmp_path)
     # The agent's own restore (in backup_something) is not in the restore ledger; a restore
     # an account asked for on the page is.
-    rid = appliance.store.index.start_restore("web01", snap, "page", account="alice")
-    appliance.store.index.restore_first_byte(rid, "web01")
+    rid = RestoreLedger(appliance.store.index).start("web01", snap, "page", account="alice")
+    RestoreLedger(appliance.store.index).first_byte(rid, "web01")
     assert (await scrape(appliance, None))[0] == 401
     host_token = appliance.store.index.add_api_token("not-a-host")  # an admin token works
     status, text = await scrape(appliance, host_token)
@@ -174,7 +175,9 @@ async def test_replication_lag_is_current_after_commits_and_passes(tmp_path: Pat
         finally:
             held.release()
         with ThreadPoolExecutor(2) as pool:
-            res = await Replicator(app.store, wiring.replication_target(cfg),
+            st = app.store
+            res = await Replicator(st, wiring.replication_state(st), wiring.samples(st),
+                                   wiring.pending_seed(st), wiring.replication_target(cfg),
                                    wiring.replication_cipher(cfg), pool).run_pass()
         assert res.snapshots_replicated == 1
         assert samples((await scrape(app, token))[1])[key] == 0

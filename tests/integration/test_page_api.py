@@ -18,8 +18,9 @@ import aiohttp
 import pytest
 import zstandard
 
+from appliance.accounts import Accounts
 from appliance.api.page.ui import STATIC
-from appliance.store.accounts import Accounts
+from appliance.restores.ledger import RestoreLedger
 
 from ..conftest import Appliance, agent_cmd
 from ..treeutil import make_tree, run
@@ -324,7 +325,7 @@ async def test_download_streams_a_file_with_ranges_and_its_real_name(page: Page,
     assert resp.status == 200 and await resp.read() == b""
     # Each file an account downloads is one restore in the service-level ledger, with its
     # start latency: big.bin's six fetches (whole, ranges, resumes) are one restore.
-    rows = [r for r in page.app.store.index.restores() if r["via"] == "page"]
+    rows = [r for r in RestoreLedger(page.app.store.index).since() if r["via"] == "page"]
     assert len(rows) == 5 and all(r["first_byte_at"] is not None for r in rows)
     assert all(0 <= r["first_byte_at"] - r["requested_at"] < 5 for r in rows)
 
@@ -446,7 +447,7 @@ async def test_push_restore_from_the_page_to_another_hosts_agent(page: Page,
     listed = await (await page.get("/api/v1/restore-jobs?host=db01")).json()
     assert [j["id"] for j in listed["jobs"]] == [job["id"]]
     # The ledger: a push restore whose start latency is the pickup.
-    rows = [r for r in page.app.store.index.restores() if r["via"] == "push"]
+    rows = [r for r in RestoreLedger(page.app.store.index).since() if r["via"] == "push"]
     assert len(rows) == 1 and rows[0]["first_byte_at"] is not None
     # A second job is cancelled before any agent takes it: gone from the ledger too.
     resp = await page.post(base, {**body, "paths": []})
@@ -455,5 +456,5 @@ async def test_push_restore_from_the_page_to_another_hosts_agent(page: Page,
     assert (await cancelled.json())["job"]["state"] == "cancelled"
     again = await page.post(f"/api/v1/restore-jobs/{second['id']}/cancel")
     assert (await error_of(again))[0] == 409
-    assert len([r for r in page.app.store.index.restores() if r["via"] == "push"]) == 1
+    assert len([r for r in RestoreLedger(page.app.store.index).since() if r["via"] == "push"]) == 1
     assert (await error_of(await page.get("/api/v1/restore-jobs/999")))[0] == 404

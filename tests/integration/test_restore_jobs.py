@@ -19,13 +19,14 @@ import pytest
 
 from appliance.api.ingest.jobs import AgentJobsApi
 from appliance.daemon import Daemon
-from appliance.store.datastore import CommitRequest
-from appliance.store.errors import Conflict, NotFound, StoreError
-from appliance.store.restore_jobs import (
+from appliance.restores.jobs import (
     STALLED_MESSAGE,
     UNCLAIMED_MESSAGE,
     RestoreJobs,
 )
+from appliance.restores.ledger import RestoreLedger
+from appliance.store.datastore import CommitRequest
+from appliance.store.errors import Conflict, NotFound, StoreError
 from rdr_format.catalog import (
     CHARDEV,
     DIR,
@@ -154,7 +155,8 @@ async def test_selection_of_a_snapshot_is_restored_by_another_host(appliance: Ap
     assert done.message.startswith(f"restored {names} files")
     # The start latency is request -> pickup, in the job and in the restore ledger.
     assert done.picked_up_at is not None and done.finished_at is not None
-    (ledger,) = [r for r in appliance.store.index.restores() if r["id"] == done.restore_id]
+    (ledger,) = [r for r in RestoreLedger(appliance.store.index).since()
+                 if r["id"] == done.restore_id]
     assert (ledger["host"], ledger["snapshot"], ledger["via"]) == ("host-a", snap, "push")
     assert ledger["requested_at"] == done.requested_at
     assert ledger["first_byte_at"] is not None
@@ -441,7 +443,7 @@ async def test_agent_service_survives_an_appliance_restart_and_stops_on_sigterm(
         app.daemon = second
         job = await jobs_api(app).create("host-a", snap, [cat(src)], "host-b",
                                          str(tmp_path / "t"), "admin")
-        jobs = RestoreJobs(second.store.index)  # type: ignore[union-attr]
+        jobs = RestoreJobs(second.store.index, RestoreLedger(second.store.index))  # type: ignore[union-attr]
         deadline = time.monotonic() + 60
         while jobs.get(job.id).state in ("queued", "running"):
             assert time.monotonic() < deadline, "the agent did not come back"
@@ -510,7 +512,8 @@ async def test_create_validates_everything_before_queueing(appliance: Appliance,
         with pytest.raises(cls) as exc:
             await api.create(*args)  # type: ignore[arg-type]
         assert exc.value.code == code, (args[:2], exc.value.message)
-    assert appliance.store.index.restores() == []  # refused requests leave no ledger rows
+    # refused requests leave no ledger rows
+    assert RestoreLedger(appliance.store.index).since() == []
     assert await api.list() == []
     # The longest allowed target directory and a non-UTF-8 path round-trip exactly.
     longest = "/" + "x" * 4095
@@ -525,7 +528,7 @@ async def test_list_and_expiry_of_stale_jobs(appliance: Appliance, tmp_path: Pat
     appliance.add_host("host-b")
     appliance.add_host("host-c")
     snap = await backup(appliance, ta, tmp_path / "sa", small_tree(tmp_path / "a", "a"))
-    jobs = RestoreJobs(appliance.store.index)
+    jobs = RestoreJobs(appliance.store.index, RestoreLedger(appliance.store.index))
     queued = jobs.create("host-a", snap, [b""], "host-b", "/r1", "admin")
     running = jobs.create("host-a", snap, [b""], "host-c", "/r2", "admin")
     later = jobs.create("host-a", snap, [b""], "host-b", "/r3", "admin")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from appliance.browse.paths import to_q
+from appliance.restores.paths import to_q
 from benchmarks.tools import Server, clean_env, wait_https
 from rdr_format.catalog import FILE, CatalogWriter, Entry, Range, iter_blocks, join_path
 from rdr_format.chunkfile import (

@@ -26,7 +26,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from appliance.browse.archive import NOTES_NAME
+from appliance.restores.archive import NOTES_NAME
 
 from ..live import Live, start_live
 from ..unit.test_security_auth import _extract_all, _names

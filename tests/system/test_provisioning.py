@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.store.accounts import Accounts
+from appliance.accounts import Accounts
 from appliance.store.index import Index
 from provisioning import layout as L
 

@@ -38,7 +38,10 @@ def replicated(db: Path) -> tuple[int, int, int]:
         done = conn.execute("SELECT COUNT(*) FROM snapshots WHERE replicated_at IS NOT NULL"
                             ).fetchone()[0]
         total = conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0]
-        chunks = conn.execute("SELECT COUNT(*) FROM dc_chunks").fetchone()[0]
+        try:  # replication's table, made when the daemon builds its state
+            chunks = conn.execute("SELECT COUNT(*) FROM dc_chunks").fetchone()[0]
+        except sqlite3.OperationalError:
+            chunks = 0
     return done, total, chunks
 
 

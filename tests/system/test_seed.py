@@ -22,11 +22,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from appliance import wiring
+from appliance.accounts import Accounts
 from appliance.daemon import Daemon
 from appliance.replication.engine import Replicator
 from appliance.replication.targets import DirTarget
 from appliance.seed import disk as disk_mod
-from appliance.store.accounts import Accounts
 from appliance.store.datastore import Datastore
 from hil.disk import remove_loop
 from hil.swift import SwiftServer
@@ -266,7 +267,9 @@ async def test_recovery_disk_is_checked_in_full_before_anything_is_written(
     snap = commit_files(src, "web01", files).snapshot
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(2) as pool:
-        res = await Replicator(src, DirTarget(tmp_path / "dc"), cipher, pool).run_pass()
+        res = await Replicator(src, wiring.replication_state(src), wiring.samples(src),
+                               wiring.pending_seed(src), DirTarget(tmp_path / "dc"), cipher,
+                               pool).run_pass()
     assert res.snapshots_replicated == 1
     src.close()
     # The replacement appliance: an empty store, the escrowed key.
@@ -375,7 +378,8 @@ async def test_page_imports_an_inserted_recovery_disk(tmp_path: Path) -> None:
     snap = commit_files(src, "web01", content(6, 4)).snapshot
     dc = DirTarget(tmp_path / "dc")
     with ThreadPoolExecutor(2) as pool:
-        await Replicator(src, dc, cipher, pool).run_pass()
+        await Replicator(src, wiring.replication_state(src), wiring.samples(src),
+                         wiring.pending_seed(src), dc, cipher, pool).run_pass()
     src.close()
     img = disk_image(tmp_path / "recover.img", 64 << 20)
     mnt = tmp_path / "dc-mnt"
@@ -477,14 +481,16 @@ async def test_recovery_disk_dying_mid_import_leaves_the_store_untouched(
     mnt.mkdir()
     store = Datastore(tmp_path / "new", reserve_bytes=0)
     with ThreadPoolExecutor(2) as pool, fresh_loop(mnt) as index:
-        await Replicator(src, dc, cipher, pool).run_pass()
+        await Replicator(src, wiring.replication_state(src), wiring.samples(src),
+                         wiring.pending_seed(src), dc, cipher, pool).run_pass()
         name = f"loop{index}"
         sh("losetup", f"/dev/{name}", str(img))
         sh("mkfs.ext4", "-q", "-L", "RDR-RECOVER", f"/dev/{name}")
         mount(f"/dev/{name}", mnt)
         await export_recover(dc, cipher, "web01", "latest", DiskLayout(mnt))
         sh("umount", str(mnt))
-        seeds = SeedDisks(store, lambda: SlowCipher(key), pool, "RDR-TEST", tmp_path / "disks")
+        seeds = SeedDisks(store, wiring.replication_state(store), wiring.pending_seed(store),
+                          lambda: SlowCipher(key), pool, "RDR-TEST", tmp_path / "disks")
         try:
             await seeds.added(name)
             where = seeds.disks[name].mount

@@ -35,7 +35,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from appliance.store.accounts import Accounts
+from appliance import wiring
+from appliance.accounts import Accounts
 
 from ..conftest import Appliance, agent_cmd
 from ..integration.test_agent_service import local_hhmm
@@ -283,13 +284,13 @@ async def test_restore_a_file_and_a_folder_through_the_page(appliance: Appliance
         shutil.rmtree(profile, ignore_errors=True)
 
     # What the host page's plan form and "Back up now" did, as the appliance recorded it.
-    plan = appliance.store.plans.get("web01")
+    plan = wiring.plans(appliance.store).get("web01")
     assert (plan.paths, plan.timezone, plan.one_file_system) == (["/srv/www"], "Europe/Paris",
                                                                  True)
-    assert [(a["who"], a["new"]) for a in appliance.store.plans.audit("web01")] == [
+    assert [(a["who"], a["new"]) for a in wiring.plans(appliance.store).audit("web01")] == [
         ("account:alice", "pg_dump shop")]
     assert appliance.store.index.host_policy("web01") == "30-0-0"
-    (now_run,) = appliance.store.runs.list("web01")
+    (now_run,) = wiring.runs(appliance.store).list("web01")
     assert (now_run.kind, now_run.state, now_run.requested_by) == ("manual", "queued",
                                                                    "page:alice")
     for shot in sorted(shots.iterdir()):

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from appliance.browse import archive
-from appliance.browse.archive import ArchiveWriter, TarZstStream, ZipStream, writer_for
+from appliance.restores import archive
+from appliance.restores.archive import ArchiveWriter, TarZstStream, ZipStream, writer_for
 
 NS = 1_000_000_000
 BASE_MTIME = 1_700_000_001 * NS + 123_456_789  # odd second, sub-second part

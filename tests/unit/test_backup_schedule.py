@@ -5,6 +5,7 @@ the window, missed windows. Real SQLite store; no daemon, no agent
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance import wiring
 from appliance.backup_schedule import (
     MAX_ATTEMPTS,
     RETRY_DELAY,
@@ -21,7 +23,9 @@ from appliance.backup_schedule import (
 )
 from appliance.capacity.hosts import host_summaries
 from appliance.capacity.report import ReportSettings, monthly_report
-from appliance.store.backup_runs import STALLED_MESSAGE, SUPERSEDED_MESSAGE
+from appliance.capacity.samples import Samples
+from appliance.jobs.maintenance import rebuild
+from appliance.runs.repository import STALLED_MESSAGE, SUPERSEDED_MESSAGE
 from appliance.store.datastore import Datastore
 from appliance.store.errors import Conflict, NotFound, StoreError
 from appliance.store.index import SnapshotRow
@@ -55,8 +59,9 @@ def store(tmp_path: Path) -> Datastore:
 
 
 def scheduler(store: Datastore, clock: Clock, jitter: int = 600) -> BackupScheduler:
-    return BackupScheduler(store, timezone=TZ, default_window="17:00", seed="RDR-TEST-1",
-                           max_jitter=jitter, clock=clock)
+    return BackupScheduler(store, wiring.plans(store), wiring.runs(store), timezone=TZ,
+                           default_window="17:00", seed="RDR-TEST-1", max_jitter=jitter,
+                           clock=clock)
 
 
 def host(store: Datastore, name: str, window: str | None = None, **plan: object) -> None:
@@ -67,7 +72,7 @@ def host(store: Datastore, name: str, window: str | None = None, **plan: object)
                    (datetime(2026, 1, 1, tzinfo=UTC).timestamp(), name))
     if window:
         store.set_window(name, window)
-    store.plans.update(name, paths=plan.pop("paths", ["/srv/data"]), **plan)
+    wiring.plans(store).update(name, paths=plan.pop("paths", ["/srv/data"]), **plan)
 
 
 def pc1_window_opened(store: Datastore) -> tuple[Clock, BackupScheduler]:
@@ -114,7 +119,7 @@ def test_run_is_queued_at_the_window_start_and_due_after_its_jitter(store: Datas
     host(store, "pc1")
     clock.set("2026-11-20 16:59:59")
     assert sch.tick() == []
-    assert store.runs.claim("pc1", clock.ts()) is None
+    assert wiring.runs(store).claim("pc1", clock.ts()) is None
 
     opens = clock.set("2026-11-20 17:00:00")
     (run,) = sch.tick()
@@ -126,10 +131,10 @@ def test_run_is_queued_at_the_window_start_and_due_after_its_jitter(store: Datas
     assert sch.tick() == []  # one run per window, however often the scheduler ticks
 
     if jitter:  # not due before its delay
-        assert store.runs.claim("pc1", opens.timestamp() + jitter - 1) is None
-    claimed = store.runs.claim("pc1", opens.timestamp() + jitter)
+        assert wiring.runs(store).claim("pc1", opens.timestamp() + jitter - 1) is None
+    claimed = wiring.runs(store).claim("pc1", opens.timestamp() + jitter)
     assert claimed is not None and (claimed.id, claimed.state) == (run.id, "running")
-    assert store.runs.claim("pc1", opens.timestamp() + jitter) is None  # only once
+    assert wiring.runs(store).claim("pc1", opens.timestamp() + jitter) is None  # only once
 
     # The next evening: the next window's run.
     clock.set("2026-11-21 17:00:00")
@@ -206,30 +211,31 @@ def test_open_window_matches_the_ledger_around_midnight() -> None:
 
 def test_pause_stops_the_running_backup_and_resume_continues_it(store: Datastore) -> None:
     clock, sch = pc1_window_opened(store)
-    run = store.runs.claim("pc1", clock.ts())
+    run = wiring.runs(store).claim("pc1", clock.ts())
     assert run is not None and run.attempts == 1
-    assert store.runs.progress("pc1", run.id, 10, 1000, clock.ts()) is False
+    assert wiring.runs(store).progress("pc1", run.id, 10, 1000, clock.ts()) is False
     sch.pause("pc1")
-    assert store.runs.progress("pc1", run.id, 12, 2000, clock.ts()) is True  # stop now
-    paused = store.runs.finish("pc1", run.id, "paused", snapshot=None, files=12, nbytes=2000,
-                               message="paused", gaps=[], gap_count=0, now=clock.ts())
+    assert wiring.runs(store).progress("pc1", run.id, 12, 2000, clock.ts()) is True  # stop now
+    paused = wiring.runs(store).finish("pc1", run.id, "paused", snapshot=None, files=12,
+                                       nbytes=2000, message="paused", gaps=[], gap_count=0,
+                                       now=clock.ts())
     assert paused.state == "paused" and paused.finished_at is None
     clock.now += timedelta(hours=1)
-    assert store.runs.claim("pc1", clock.ts()) is None  # paused: nothing starts
+    assert wiring.runs(store).claim("pc1", clock.ts()) is None  # paused: nothing starts
     with pytest.raises(Conflict):
         sch.request_now("pc1", "admin")  # resume it instead
 
     res = sch.resume("pc1")
     assert res == {"host": "pc1", "paused": False, "resumed_runs": 1}
-    again = store.runs.claim("pc1", clock.ts())
+    again = wiring.runs(store).claim("pc1", clock.ts())
     assert again is not None and again.id == run.id and again.attempts == 2
     assert again.started_at == run.started_at  # the same run, continued
     snap = snapshot(store, "pc1", clock.now)
-    done = store.runs.finish("pc1", run.id, "done", snapshot=snap, files=20, nbytes=3000,
+    done = wiring.runs(store).finish("pc1", run.id, "done", snapshot=snap, files=20, nbytes=3000,
                              message="ok", gaps=[("/srv/data/x.tmp", "excluded", "")],
                              gap_count=1, now=clock.ts())
     assert (done.state, done.in_window, done.not_backed_up) == ("done", True, 1)
-    assert store.runs.gaps("pc1")["files"] == [
+    assert wiring.runs(store).gaps("pc1")["files"] == [
         {"path": "/srv/data/x.tmp", "reason": "excluded", "detail": ""}]
 
 
@@ -240,9 +246,9 @@ def test_pause_of_a_queued_run_keeps_it_waiting(store: Datastore) -> None:
     sch.pause("pc1")
     clock.set("2026-11-20 17:00")
     (run,) = sch.tick()  # queued anyway, so a resume inside the window can still make it
-    assert store.runs.claim("pc1", clock.ts()) is None
+    assert wiring.runs(store).claim("pc1", clock.ts()) is None
     sch.resume("pc1")
-    assert store.runs.claim("pc1", clock.ts()).id == run.id
+    assert wiring.runs(store).claim("pc1", clock.ts()).id == run.id
 
 
 def test_back_up_now_brings_the_queued_run_forward_or_queues_one(store: Datastore) -> None:
@@ -252,12 +258,12 @@ def test_back_up_now_brings_the_queued_run_forward_or_queues_one(store: Datastor
     clock.set("2026-11-20 12:00")  # outside the window
     manual = sch.request_now("pc1", "cli:root")
     assert (manual.kind, manual.window_day, manual.due_at) == ("manual", None, clock.ts())
-    run = store.runs.claim("pc1", clock.ts())
+    run = wiring.runs(store).claim("pc1", clock.ts())
     assert run.id == manual.id
     with pytest.raises(Conflict):
         sch.request_now("pc1", "cli:root")  # one backup at a time
     snap = snapshot(store, "pc1", clock.now)
-    done = store.runs.finish("pc1", run.id, "done", snapshot=snap, files=1, nbytes=1,
+    done = wiring.runs(store).finish("pc1", run.id, "done", snapshot=snap, files=1, nbytes=1,
                              message="", gaps=[], gap_count=0, now=clock.ts())
     assert done.in_window is None  # a manual run outside any window is not in the ledger
 
@@ -278,24 +284,24 @@ def test_a_backup_may_run_past_its_window_and_is_then_out_of_window(store: Datas
     host(store, "big")
     opens = clock.set("2026-11-20 17:00")
     sch.tick()
-    run = store.runs.claim("big", clock.ts())
+    run = wiring.runs(store).claim("big", clock.ts())
     # progress all night, past the end (05:00)
     for hours in range(1, 14):
         clock.now = opens + timedelta(hours=hours)
-        assert store.runs.progress("big", run.id, hours, hours * 10**9, clock.ts()) is False
+        assert wiring.runs(store).progress("big", run.id, hours, hours * 10**9, clock.ts()) is False
         sch.tick()
-    assert store.runs.get(run.id).state == "running"  # never stopped by the window's end
-    assert store.runs.get(run.id).missed  # but the window is flagged missed at its end
+    assert wiring.runs(store).get(run.id).state == "running"  # never stopped by the window's end
+    assert wiring.runs(store).get(run.id).missed  # but the window is flagged missed at its end
     summary = {h["name"]: h for h in host_summaries(store.index, TZ, "17:00",
                                                     now=clock.now)}["big"]
     assert summary["missed_window"] and summary["backup"]["state"] == "running"
     snap = snapshot(store, "big", clock.now)
-    done = store.runs.finish("big", run.id, "done", snapshot=snap, files=13, nbytes=1,
+    done = wiring.runs(store).finish("big", run.id, "done", snapshot=snap, files=13, nbytes=1,
                              message="", gaps=[], gap_count=0, now=clock.ts())
     assert (done.state, done.in_window, done.missed) == ("done", False, True)
     # The service-level ledger: the day's window is missed, the backup counted as late.
-    rep = monthly_report(store.index, ReportSettings(100.0, TZ, "17:00", 12), "2026-11",
-                         now=clock.now)
+    rep = monthly_report(store.index, Samples(store.index),
+                         ReportSettings(100.0, TZ, "17:00", 12), "2026-11", now=clock.now)
     (big,) = rep["hosts"]
     assert "2026-11-20" in big["missed_days"] and big["out_of_window_backups"] == 1
 
@@ -308,18 +314,18 @@ def test_offline_agent_window_is_flagged_at_its_end_and_replaced_next_day(
     host(store, "on")
     clock.set("2026-11-20 17:00")
     sch.tick()
-    run_on = store.runs.claim("on", clock.ts())
+    run_on = wiring.runs(store).claim("on", clock.ts())
     clock.set("2026-11-20 18:00")
-    store.plans.seen("on", "rdr-agent/test", clock.ts())
-    store.runs.finish("on", run_on.id, "done", snapshot=snapshot(store, "on", clock.now),
+    wiring.plans(store).seen("on", "rdr-agent/test", clock.ts())
+    wiring.runs(store).finish("on", run_on.id, "done", snapshot=snapshot(store, "on", clock.now),
                       files=1, nbytes=1, message="", gaps=[], gap_count=0, now=clock.ts())
     clock.set("2026-11-21 04:59")
     sch.tick()
-    assert not any(r.missed for r in store.runs.list())
+    assert not any(r.missed for r in wiring.runs(store).list())
     clock.set("2026-11-21 05:00")  # the window closes
-    flagged = store.runs.flag_missed(clock.ts())
+    flagged = wiring.runs(store).flag_missed(clock.ts())
     assert [(r.host, r.state) for r in flagged] == [("off", "queued")]
-    assert store.runs.flag_missed(clock.ts()) == []  # flagged once
+    assert wiring.runs(store).flag_missed(clock.ts()) == []  # flagged once
     hosts = {h["name"]: h for h in host_summaries(store.index, TZ, "17:00", now=clock.now)}
     assert hosts["off"]["missed_window"] and not hosts["on"]["missed_window"]
     assert "its agent is offline" in hosts["off"]["warning"]
@@ -327,45 +333,45 @@ def test_offline_agent_window_is_flagged_at_its_end_and_replaced_next_day(
     # The agent is still welcome to catch up later; the next window replaces the old run.
     clock.set("2026-11-21 17:00")
     (new,) = [r for r in sch.tick() if r.host == "off"]
-    old = next(r for r in store.runs.list("off") if r.id != new.id)
+    old = next(r for r in wiring.runs(store).list("off") if r.id != new.id)
     assert (old.state, old.message) == ("missed", SUPERSEDED_MESSAGE)
 
 
 def test_silent_agent_fails_the_run(store: Datastore) -> None:
     clock, sch = pc1_window_opened(store)
-    run = store.runs.claim("pc1", clock.ts())
+    run = wiring.runs(store).claim("pc1", clock.ts())
     clock.now += timedelta(minutes=11)
     sch.tick()
-    failed = store.runs.get(run.id)
+    failed = wiring.runs(store).get(run.id)
     assert (failed.state, failed.message) == ("failed", STALLED_MESSAGE)
     with pytest.raises(Conflict):  # a late report changes nothing
-        store.runs.finish("pc1", run.id, "failed", snapshot=None, files=0, nbytes=0,
+        wiring.runs(store).finish("pc1", run.id, "failed", snapshot=None, files=0, nbytes=0,
                           message="late", gaps=[], gap_count=0, now=clock.ts())
-    assert store.runs.get(run.id).message == STALLED_MESSAGE
+    assert wiring.runs(store).get(run.id).message == STALLED_MESSAGE
 
 
 def test_agent_interrupted_requeues_the_run(store: Datastore) -> None:
     clock, sch = pc1_window_opened(store)
-    run = store.runs.claim("pc1", clock.ts())
-    back = store.runs.finish("pc1", run.id, "interrupted", snapshot=None, files=3, nbytes=9,
+    run = wiring.runs(store).claim("pc1", clock.ts())
+    back = wiring.runs(store).finish("pc1", run.id, "interrupted", snapshot=None, files=3, nbytes=9,
                              message="stopped", gaps=[], gap_count=0, now=clock.ts())
     assert back.state == "queued"
-    assert store.runs.claim("pc1", clock.ts()).attempts == 2
+    assert wiring.runs(store).claim("pc1", clock.ts()).attempts == 2
 
 
 def test_a_failed_run_is_retried_in_its_window_a_few_times(store: Datastore) -> None:
     clock, sch = pc1_window_opened(store)
 
     def fail(message: str) -> int:
-        run = store.runs.claim("pc1", clock.ts())
+        run = wiring.runs(store).claim("pc1", clock.ts())
         assert run is not None
-        store.runs.finish("pc1", run.id, "failed", snapshot=None, files=0, nbytes=0,
+        wiring.runs(store).finish("pc1", run.id, "failed", snapshot=None, files=0, nbytes=0,
                           message=message, gaps=[], gap_count=0, now=clock.ts())
         return run.id
 
     rid = fail("appliance disk full")
     clock.now += timedelta(minutes=RETRY_DELAY // 60 - 1)
-    assert sch.tick() == [] and store.runs.get(rid).state == "failed"  # not yet
+    assert sch.tick() == [] and wiring.runs(store).get(rid).state == "failed"  # not yet
     clock.now += timedelta(minutes=1)
     (again,) = sch.tick()  # returned, so the daemon wakes the host's poll
     assert (again.id, again.state, again.due_at) == (rid, "queued", clock.ts())
@@ -376,29 +382,29 @@ def test_a_failed_run_is_retried_in_its_window_a_few_times(store: Datastore) -> 
         clock.now += timedelta(seconds=RETRY_DELAY)
         sch.tick()
     # MAX_ATTEMPTS claims: it stays failed, and the window is flagged at its end
-    final = store.runs.get(rid)
+    final = wiring.runs(store).get(rid)
     assert (final.state, final.attempts) == ("failed", MAX_ATTEMPTS)
     clock.set("2026-11-21 05:00")
     sch.tick()
-    assert store.runs.get(rid).missed
+    assert wiring.runs(store).get(rid).missed
 
 
 def test_late_failures_and_manual_runs_are_not_retried(store: Datastore) -> None:
     clock, sch = pc1_window_opened(store)
-    run = store.runs.claim("pc1", clock.ts())
+    run = wiring.runs(store).claim("pc1", clock.ts())
     clock.set("2026-11-21 04:45")
-    store.runs.finish("pc1", run.id, "failed", snapshot=None, files=0, nbytes=0,
+    wiring.runs(store).finish("pc1", run.id, "failed", snapshot=None, files=0, nbytes=0,
                       message="agent crashed", gaps=[], gap_count=0, now=clock.ts())
     clock.now += timedelta(seconds=RETRY_DELAY)
     sch.tick()
-    assert store.runs.get(run.id).state == "failed"  # too little window left to try again
+    assert wiring.runs(store).get(run.id).state == "failed"  # too little window left to try again
     # "back up now" is the administrator's own try: its failure is theirs to repeat
-    manual = store.runs.request_now("pc1", "ops", clock.ts(), None)
-    assert store.runs.claim("pc1", clock.ts()).id == manual.id
-    store.runs.finish("pc1", manual.id, "failed", snapshot=None, files=0, nbytes=0,
+    manual = wiring.runs(store).request_now("pc1", "ops", clock.ts(), None)
+    assert wiring.runs(store).claim("pc1", clock.ts()).id == manual.id
+    wiring.runs(store).finish("pc1", manual.id, "failed", snapshot=None, files=0, nbytes=0,
                       message="no network", gaps=[], gap_count=0, now=clock.ts())
     clock.now += timedelta(seconds=RETRY_DELAY)
-    assert sch.tick() == [] and store.runs.get(manual.id).state == "failed"
+    assert sch.tick() == [] and wiring.runs(store).get(manual.id).state == "failed"
 
 
 # --- plans ------------------------------------------------------------------------------------
@@ -412,23 +418,31 @@ def test_late_failures_and_manual_runs_are_not_retried(store: Datastore) -> None
 ])
 def test_bad_plans_are_refused_and_change_nothing(store: Datastore, change: dict) -> None:
     host(store, "pc1", excludes=["*.tmp"])
-    before = store.plans.get("pc1")
+    before = wiring.plans(store).get("pc1")
     with pytest.raises(StoreError):
-        store.plans.update("pc1", **change)
-    assert store.plans.get("pc1") == before
+        wiring.plans(store).update("pc1", **change)
+    assert wiring.plans(store).get("pc1") == before
 
 
-def test_plan_survives_an_index_rebuild_through_the_host_file(store: Datastore) -> None:
+def test_plan_survives_an_index_rebuild_through_its_mirror_file(store: Datastore) -> None:
+    """A written plan is mirrored to plans/HOST.json; `rdr store rebuild-index` (the jobs
+    package's rebuild) puts it back into the new index."""
     host(store, "pc1", excludes=["*.tmp"], bandwidth_kbps=5000, dump_command="pg_dump db",
          dump_name="db.sql")
-    rec = store.host_files()[0]
-    assert rec["plan"]["dump_command"] == "pg_dump db"
-    with store.index.tx() as db:
-        db.execute("DELETE FROM host_plans")
-    store.index.restore_host(rec)
-    plan = store.plans.get("pc1")
-    assert (plan.paths, plan.excludes, plan.bandwidth_kbps, plan.dump_name) == (
-        ["/srv/data"], ["*.tmp"], 5000, "db.sql")
+    rec = json.loads((store.root / "plans" / "pc1.json").read_bytes())
+    assert rec["dump_command"] == "pg_dump db"
+    root = store.root
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        (root / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    assert rebuild(root)["plans"] == 1
+    st = Datastore(root)
+    try:
+        plan = wiring.plans(st).get("pc1")
+        assert (plan.paths, plan.excludes, plan.bandwidth_kbps, plan.dump_name) == (
+            ["/srv/data"], ["*.tmp"], 5000, "db.sql")
+    finally:
+        st.close()
 
 
 async def test_a_tick_failing_the_same_way_is_logged_once(store: Datastore, caplog) -> None:

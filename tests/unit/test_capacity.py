@@ -13,6 +13,7 @@ import pytest
 
 from appliance import wiring
 from appliance.capacity.report import ReportSettings, monthly_report
+from appliance.capacity.samples import Samples
 from appliance.capacity.watermarks import Admission, Watermarks
 from appliance.config import CapacityConfig, Config, StoreConfig
 from appliance.store.datastore import Datastore
@@ -46,6 +47,10 @@ def register(store: Datastore, name: str, since: datetime, window: str | None = 
     store.index.restore_host({**rec, "created_at": since.timestamp(), "window_start": window})
 
 
+def report_of(store: Datastore, *args: object, **kw: object) -> dict:
+    return monthly_report(store.index, Samples(store.index), *args, **kw)  # type: ignore[arg-type]
+
+
 def settings(capacity_gb: float = 900.0) -> ReportSettings:
     return ReportSettings(capacity_gb=capacity_gb, timezone="America/New_York",
                           default_window="17:00", commitment_months=12)
@@ -66,7 +71,7 @@ def test_seed_example_bills_the_floor(store: Datastore) -> None:
     record(store, "web01", at(2026, 11, 9), 200 * GB)  # the month's highest counts
     record(store, "web01", at(2026, 11, 20), 150 * GB)
     record(store, "db01", at(2026, 11, 5), 100 * GB)
-    rep = monthly_report(store.index, settings(), "2026-11", now=at(2026, 12, 2))
+    rep = report_of(store, settings(), "2026-11", now=at(2026, 12, 2))
     assert rep["protected_gb"] == 300.0
     assert (rep["billable_gb"], rep["minimum_use_applied"], rep["tier"]) == (450.0, True,
                                                                               "0-500")
@@ -82,25 +87,25 @@ def test_highest_in_the_month_uses_local_month_boundaries(store: Datastore) -> N
     record(store, "web01", at(2026, 11, 30, 23, 59), 700 * GB)
     record(store, "web01", at(2026, 12, 1, 0, 1), 900 * GB)
     now = at(2026, 12, 2)
-    assert monthly_report(store.index, settings(), "2026-10", now=now)["protected_gb"] == 800
-    nov = monthly_report(store.index, settings(), "2026-11", now=now)
+    assert report_of(store, settings(), "2026-10", now=now)["protected_gb"] == 800
+    nov = report_of(store, settings(), "2026-11", now=now)
     assert nov["protected_gb"] == 700.0 and not nov["minimum_use_applied"]
     assert nov["tier"] == "500-1500"
     # The same moments in UTC months would give October 600 + ... : the time zone matters.
     utc = ReportSettings(capacity_gb=900, timezone="UTC", default_window="17:00",
                          commitment_months=12)
-    assert monthly_report(store.index, utc, "2026-11", now=now)["protected_gb"] == 800
+    assert report_of(store, utc, "2026-11", now=now)["protected_gb"] == 800
 
 
 def test_at_least_one_gb_and_pruning_does_not_change_the_past(store: Datastore) -> None:
     register(store, "pc01", at(2026, 10, 1))
-    rep = monthly_report(store.index, settings(capacity_gb=1), "2026-11", now=at(2026, 12, 2))
+    rep = report_of(store, settings(capacity_gb=1), "2026-11", now=at(2026, 12, 2))
     assert rep["protected_gb"] == 1.0
     record(store, "pc01", at(2026, 11, 10), 5 * GB)
     store.index.remove_snapshot("pc01", at(2026, 11, 10).astimezone(UTC)
                                 .strftime("%Y-%m-%dT%H-%M-%SZ"))
     assert store.index.snapshots("pc01") == []
-    rep = monthly_report(store.index, settings(capacity_gb=1), "2026-11", now=at(2026, 12, 2))
+    rep = report_of(store, settings(capacity_gb=1), "2026-11", now=at(2026, 12, 2))
     assert rep["protected_gb"] == 5.0  # the ledger outlives the pruned snapshot
 
 
@@ -109,9 +114,9 @@ def test_early_termination_flag_in_the_report(store: Datastore) -> None:
     for month, gb in ((8, 1000), (9, 900), (10, 350)):
         record(store, "web01", at(2026, month, 15), gb * GB)
     now = at(2026, 11, 2)
-    assert not monthly_report(store.index, settings(), "2026-09", now=now)[
+    assert not report_of(store, settings(), "2026-09", now=now)[
         "early_termination_flag"]
-    oct_ = monthly_report(store.index, settings(), "2026-10", now=now)
+    oct_ = report_of(store, settings(), "2026-10", now=now)
     assert oct_["early_termination_flag"]  # 350 < 40 % of 1000 within 3 months
     assert oct_["protected_gb_history"]["2026-08"] == 1000
 
@@ -133,7 +138,7 @@ def test_window_ledger_across_the_dst_change(store: Datastore) -> None:
         else:
             when = at(2026, 11, day, 17, 0) + timedelta(hours=11, minutes=30)  # 04:30 next
         record(store, "web01", when, GB)
-    rep = monthly_report(store.index, settings(), "2026-11", now=at(2026, 12, 3))
+    rep = report_of(store, settings(), "2026-11", now=at(2026, 12, 3))
     hosts = {h["host"]: h for h in rep["hosts"]}
     web = hosts["web01"]
     assert web["scheduled_backups"] == 30
@@ -152,7 +157,7 @@ def test_a_host_registered_mid_month_and_an_open_window(store: Datastore) -> Non
     for day in range(10, 16):
         record(store, "new01", at(2026, 11, day, 18), GB)
     # On Nov 16 at 20:00 the 16th's window is still open: it is not scheduled yet.
-    rep = monthly_report(store.index, settings(), "2026-11", now=at(2026, 11, 16, 20))
+    rep = report_of(store, settings(), "2026-11", now=at(2026, 11, 16, 20))
     h = rep["hosts"][0]
     assert (h["scheduled_backups"], h["successful_backups"], h["success_rate"]) == (6, 6, 1.0)
 
@@ -169,7 +174,8 @@ def test_usage_sample_and_ratios(tmp_path: Path) -> None:
             st.add_host(h)
             commit_files(st, h, {b"log": text})
         cap = wiring.capacity(Config(store=StoreConfig(path=str(tmp_path / "data")),
-                                     capacity=CapacityConfig(installed_gb=900)), st)
+                                     capacity=CapacityConfig(installed_gb=900)), st,
+                              wiring.samples(st))
         sample = cap.take_sample()
         assert sample["logical_all"] == 2 * len(text)
         assert 1.9 < sample["dedup_ratio"] < 2.1
@@ -180,12 +186,12 @@ def test_usage_sample_and_ratios(tmp_path: Path) -> None:
                           if p.is_file() and len(p.name) == 64)
         assert sample["stored_bytes"] == chunk_bytes
         assert [s["day"] for s in cap.samples()] == [datetime.now(NY).date().isoformat()]
-        st.index.put_usage_sample("2021-01-01", "{}")  # older than the 36 months kept
-        st.index.put_usage_sample("2025-01-01", "{}")  # 23 months old: kept
+        cap.sample_log.put_usage_sample("2021-01-01", "{}")  # older than the 36 months kept
+        cap.sample_log.put_usage_sample("2025-01-01", "{}")  # 23 months old: kept
         cap.take_sample()
         days = [s["day"] for s in cap.samples()]
         assert "2021-01-01" not in days and "2025-01-01" in days
-        assert st.index.jobs()[0]["kind"] == "usage-sample"
+        assert cap.history.list()[0]["kind"] == "usage-sample"
     finally:
         st.close()
 

@@ -29,10 +29,10 @@ from types import SimpleNamespace
 import pytest
 
 from appliance import config, wiring
-from appliance.browse.archive import ZipStream
-from appliance.browse.tree import DirIndex, PlainCache, SnapshotTree, _Listings
 from appliance.config import ConfigError
 from appliance.pools import HeavyGate, TooManyRequests
+from appliance.restores.archive import ZipStream
+from appliance.restores.tree import DirIndex, PlainCache, SnapshotTree, _Listings
 from appliance.store.datastore import CatalogLimits, Datastore
 from appliance.store.errors import NotFound, StoreError, Unavailable
 from rdr_format.catalog import (

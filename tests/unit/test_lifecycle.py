@@ -23,15 +23,15 @@ import pytest
 
 from appliance import wiring
 from appliance.config import Config, MaintenanceConfig
+from appliance.jobs.job import Job
+from appliance.jobs.maintenance import Maintenance, MaintenanceSettings
+from appliance.jobs.maintenance import rebuild as rebuild_index
 from appliance.scheduler import Scheduler
 from appliance.store import prune, snapshots
 from appliance.store.datastore import CommitRequest, Datastore
 from appliance.store.errors import Conflict, NotFound, StoreError
 from appliance.store.gc import GarbageCollector, GcResult
-from appliance.store.jobs import Job
 from appliance.store.lock import HeldLock, exclusive
-from appliance.store.maintenance import Maintenance, MaintenanceSettings
-from appliance.store.rebuild import rebuild_index
 from appliance.store.retention import REMOVE, plan
 from appliance.store.verify import Verifier
 from appliance.wiring import periodic_jobs
@@ -160,12 +160,12 @@ def flip_byte(path: Path, offset: int) -> None:
 
 
 def maint(store: Datastore, **settings: object) -> Maintenance:
-    return Maintenance(store, MaintenanceSettings(**settings))
+    return Maintenance(store, wiring.job_history(store), MaintenanceSettings(**settings))
 
 
 def run_gc(gc: GarbageCollector, store: Datastore, dry_run: bool = False) -> GcResult:
-    with Job(store.index, "gc") as job:
-        return gc.run(job, dry_run)
+    with Job(wiring.job_history(store), "gc") as job:
+        return gc.run(job.progress, dry_run)
 
 
 def write_config(tmp_path: Path, data_dir: Path, policy: str = "8-5-4") -> Path:
@@ -653,8 +653,8 @@ def test_verify_clean_store_and_sample(store: Datastore, clock: FakeClock) -> No
     res = maint(store).verify()
     assert res.ok and res.chunks_checked == res.chunks_total == total
     assert res.snapshots_checked == 1
-    with Job(store.index, "verify") as job:
-        sample = Verifier(store).run(job, sample_percent=50, seed=7)
+    with Job(wiring.job_history(store), "verify") as job:
+        sample = Verifier(store).run(job.progress, sample_percent=50, seed=7)
     assert sample.ok and 0 < sample.chunks_checked < total == sample.chunks_total
 
 
@@ -775,11 +775,11 @@ def test_job_history(tmp_path: Path, store: Datastore, clock: FakeClock) -> None
     m.prune()
     m.gc()
     m.verify()
-    with pytest.raises(RuntimeError), Job(store.index, "test"):
+    with pytest.raises(RuntimeError), Job(wiring.job_history(store), "test"):
         raise RuntimeError("the disk caught fire")
-    left = store.index.start_job("gc")  # as if the process died here
+    left = wiring.job_history(store).start("gc")  # as if the process died here
 
-    rows = {j["id"]: j for j in store.index.jobs()}
+    rows = {j["id"]: j for j in wiring.job_history(store).list()}
     by_kind = {j["kind"]: j for j in rows.values() if j["id"] != left}
     for kind in ("prune", "gc", "verify"):
         j = by_kind[kind]
@@ -793,7 +793,7 @@ def test_job_history(tmp_path: Path, store: Datastore, clock: FakeClock) -> None
     assert rows[left]["state"] == "running"
 
     # Nobody holds the maintenance lock, so the 'running' row belongs to a dead process.
-    again = {j["id"]: j for j in store.jobs()}
+    again = {j["id"]: j for j in wiring.job_history(store).recent()}
     assert again[left]["state"] == "interrupted" and again[left]["finished_at"]
 
     res = rdr(write_config(tmp_path, store.root), "jobs", "--json")
@@ -806,7 +806,8 @@ def test_rdr_jobs_shows_a_running_job_as_running(tmp_path: Path, store: Datastor
     """Looking at the history while a job runs (the reason to look) shows it running."""
     cfg = write_config(tmp_path, store.root)
     # Jobs run under the maintenance lock (Maintenance._job), as here.
-    with exclusive(store.root / "maintenance.lock"), Job(store.index, "verify") as job:
+    history = wiring.job_history(store)
+    with exclusive(store.root / "maintenance.lock"), Job(history, "verify") as job:
         res = rdr(cfg, "jobs", "--json")
         assert res.returncode == 0, res.stderr
         listed = {j["id"]: j["state"] for j in json.loads(res.stdout)}
@@ -827,7 +828,7 @@ def test_maintenance_jobs_exclude_each_other(store: Datastore, clock: FakeClock)
                 call()
             assert err.value.code == "busy"
             assert "another prune, gc, verify or rebuild is running" in err.value.message
-    assert store.index.jobs() == []
+    assert wiring.job_history(store).list() == []
     assert m.gc().snapshots == 2  # free again
 
 
@@ -849,13 +850,13 @@ async def test_scheduler_runs_due_jobs(tmp_path: Path) -> None:
                 commit_files(st, "web01", {b"f": data(50)})
                 m = maint(st)
                 jobs = [j for j in periodic_jobs(Config(maintenance=cfg), m,
-                                                 wiring.capacity(Config(), st))
+                                                 wiring.capacity(Config(), st, wiring.samples(st)))
                         if j.kind != "usage-sample"]
-                sched = Scheduler(st.index, jobs, pool)
+                sched = Scheduler(wiring.job_history(st), jobs, pool)
                 assert await sched.run_due() == first, name
                 assert await sched.run_due() == [], name
-                assert sorted(j["kind"] for j in st.index.jobs()) == sorted(first)
-                assert all(j["state"] == "done" for j in st.index.jobs())
+                assert sorted(j["kind"] for j in wiring.job_history(st).list()) == sorted(first)
+                assert all(j["state"] == "done" for j in wiring.job_history(st).list())
             finally:
                 st.close()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from appliance import wiring
 from appliance.health.metrics import ApplianceCollector, Figures, LiveState
+from appliance.restores.ledger import RestoreLedger
 from appliance.store.datastore import Datastore
 
 from ..conftest import make_config
@@ -65,8 +66,11 @@ async def test_metrics_without_figures_ever_read_leave_them_out(tmp_path: Path) 
     st = Datastore(tmp_path / "data", reserve_bytes=0)
     try:
         st.add_host("web01")
-        collector = ApplianceCollector(st, wiring.capacity(make_config(tmp_path / "data"), st),
-                                       LiveState(degraded={"data_disk": "gone"}))
+        collector = ApplianceCollector(wiring.summary(make_config(tmp_path / "data"), st),
+                                       LiveState(degraded={"data_disk": "gone"}),
+                                       history=wiring.job_history(st),
+                                       ledger=RestoreLedger(st.index),
+                                       plans=wiring.plans(st))
 
         def unreadable(*args: object) -> list:
             raise sqlite3.OperationalError("disk I/O error")

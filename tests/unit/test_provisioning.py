@@ -16,8 +16,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from appliance.accounts import Accounts
 from appliance.config import load as load_config
-from appliance.store.accounts import Accounts
 from appliance.store.index import Index
 from provisioning import burnin, escrow
 from provisioning import layout as L

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance import wiring
+from appliance.jobs.maintenance import Maintenance, MaintenanceSettings
 from appliance.replication.dc import dc_verify
 from appliance.replication.engine import Replicator
 from appliance.replication.targets import DirTarget, RateLimitedTarget, TargetError
 from appliance.store.datastore import Datastore
-from appliance.store.maintenance import Maintenance, MaintenanceSettings
 from rdr_format.objects import DecryptError, ObjectCipher, chunk_name, load_or_create_key
 from rdr_restore.objects import checkpoints, dc_restore
 
@@ -64,7 +65,8 @@ def files(n: int, seed: int, size: int = 300_000) -> dict[bytes, bytes]:
 
 
 def replicator(store: Datastore, target, pool, **kw) -> Replicator:
-    return Replicator(store, target, ObjectCipher(KEY), pool, **kw)
+    return Replicator(store, wiring.replication_state(store), wiring.samples(store),
+                      wiring.pending_seed(store), target, ObjectCipher(KEY), pool, **kw)
 
 
 async def test_incremental_second_pass_sends_only_new_objects(store, pool, tmp_path) -> None:
@@ -76,7 +78,7 @@ async def test_incremental_second_pass_sends_only_new_objects(store, pool, tmp_p
     assert (store.snapshots.dir("web01", store.index.snapshots()[0].snapshot)
             / "replicated").exists()
     # A transfer of over 1 MB leaves a throughput sample for the link requirement.
-    assert len(store.index.link_samples("throughput_kbps", 0)) == 1
+    assert len(wiring.samples(store).link_samples("throughput_kbps", 0)) == 1
     target.puts.clear()
     again = files(5, 1)
     again[b"f0"] = b"changed" * 1000
@@ -87,6 +89,20 @@ async def test_incremental_second_pass_sends_only_new_objects(store, pool, tmp_p
     chunk_puts = [n for n in target.puts if n.startswith("c/")]
     assert len(chunk_puts) == 3
     assert (await replicator(store, target, pool).run_pass()).objects_sent == 0
+
+
+async def test_whoever_reports_the_lag_is_told_of_each_change(store, pool, tmp_path) -> None:
+    """on_change, given at construction (the daemon passes /metrics' invalidation), hears of
+    every pass, and of each snapshot that reached the data center within it."""
+    changes: list[int] = []
+    rep = replicator(store, CountingTarget(tmp_path / "dc"), pool,
+                     on_change=lambda: changes.append(1))
+    assert (await rep.run_pass()).objects_sent == 0
+    assert len(changes) == 1  # the pass itself, even with nothing to send
+    commit_files(store, "web01", files(2, 3))
+    commit_files(store, "web01", files(2, 4))
+    assert (await rep.run_pass()).snapshots_replicated == 2
+    assert len(changes) == 1 + 2 + 1  # each replicated snapshot, then the pass
 
 
 async def test_nothing_readable_leaves_the_appliance(store, pool, tmp_path) -> None:
@@ -153,7 +169,7 @@ async def test_prune_propagates_and_dc_collects_dead_chunks(store, pool, tmp_pat
     res = await replicator(store, dc, pool).run_pass()
     assert res.snapshots_removed_at_dc == 1 and res.chunks_removed_at_dc >= 1
     assert [c["snapshot"] for c in await checkpoints(dc, cipher)] == [second]
-    ok = await dc_verify(store, dc, cipher, deep=True)
+    ok = await dc_verify(store, wiring.replication_state(store), dc, cipher, deep=True)
     assert ok.ok and ok.chunks_checked == ok.chunks_expected
 
 
@@ -165,7 +181,7 @@ async def test_dc_verify_names_missing_and_damaged_chunks(store, pool, tmp_path)
     dc = DirTarget(tmp_path / "dc")
     await replicator(store, dc, pool).run_pass()
     cipher = ObjectCipher(KEY)
-    ids = list(store.index.iter_dc_chunk_ids())
+    ids = list(wiring.replication_state(store).iter_dc_chunk_ids())
     assert len(ids) >= 6
     gone, bad = ids[1], ids[-2]
     (tmp_path / "dc" / chunk_name(cipher, gone)).unlink()
@@ -174,7 +190,8 @@ async def test_dc_verify_names_missing_and_damaged_chunks(store, pool, tmp_path)
     raw[-1] ^= 1
     obj.write_bytes(bytes(raw))
 
-    res = await dc_verify(store, dc, cipher, deep=True, sort_run=2)
+    res = await dc_verify(store, wiring.replication_state(store), dc, cipher, deep=True,
+                          sort_run=2)
 
     assert res.missing_chunks == [gone] and res.bad_chunks == [bad] and not res.ok
     assert res.chunks_expected == len(ids) and res.chunks_checked == len(ids) - 1
@@ -201,11 +218,11 @@ async def test_prune_guard_keeps_unreplicated_snapshots(store, pool, tmp_path) -
     for i in range(3):
         commit_files(store, "web01", {b"f": bytes([i]) * 1000})
     settings = MaintenanceSettings(default_policy="1-0-0", replication_required=True)
-    decisions = Maintenance(store, settings).prune(dry_run=True)
+    decisions = Maintenance(store, wiring.job_history(store), settings).prune(dry_run=True)
     assert [d.keep for d in decisions] == [True, True, True]
     assert "not replicated" in decisions[0].reason
     await replicator(store, DirTarget(tmp_path / "dc"), pool).run_pass()
-    decisions = Maintenance(store, settings).prune()
+    decisions = Maintenance(store, wiring.job_history(store), settings).prune()
     assert [d.keep for d in decisions] == [False, False, True]
 
 
@@ -298,7 +315,7 @@ async def test_a_pass_asked_for_while_another_runs_is_queued_and_run(store, pool
     asked = [await replicator(store, DirTarget(tmp_path / "dc"), pool).run_pass()
              for _ in range(3)]  # `rdr replicate` without --wait, three times
     assert all(a.queued and a.paused == "another replication pass is running" for a in asked)
-    assert store.index.kv_get("replication.requests") == "3"
+    assert wiring.replication_state(store).requests() == 3
     target.gate.set()
     res = await asyncio.wait_for(running, 60)
     assert res.passes == 2 and res.snapshots_replicated == 2 and not res.queued
@@ -316,14 +333,14 @@ async def test_a_request_made_as_the_pass_ends_is_not_lost(store, pool, tmp_path
     commit_files(store, "web01", files(1, 13))
     held = HeldLock(store.root / "replication.lock", "busy")
     rep = replicator(store, DirTarget(tmp_path / "dc"), pool)
-    real_increment = store.index.kv_increment
+    real_request = rep.state.request_pass
 
-    def increment_then_release(key: str) -> int:
-        n = real_increment(key)
+    def request_then_release() -> int:
+        n = real_request()
         held.release()  # the holder ends exactly between the two attempts
         return n
 
-    store.index.kv_increment = increment_then_release  # type: ignore[method-assign]
+    rep.state.request_pass = request_then_release  # type: ignore[method-assign]
     res = await rep.run_pass()
     assert not res.queued and res.snapshots_replicated == 1
 
@@ -345,7 +362,7 @@ async def test_cli_replicate_queues_behind_a_running_pass(tmp_path: Path) -> Non
         assert "follow-up pass is queued" in out and "--wait" in out
         rc, out, err = await run(rdr_cmd() + ["replicate", "--json", "--config", str(cfg)])
         assert rc == 4 and json.loads(out)["queued"] is True
-        assert st.index.kv_get("replication.requests") == "2"
+        assert wiring.replication_state(st).requests() == 2
     finally:
         held.release()
     rc, out, err = await run(rdr_cmd() + ["replicate", "--json", "--config", str(cfg)])
@@ -368,7 +385,8 @@ async def test_self_healing_from_the_data_center(store, pool, tmp_path) -> None:
     def heal(cid: str) -> bytes:
         return asyncio.run_coroutine_threadsafe(rep.fetch_chunk(cid), loop).result()
 
-    res = await asyncio.to_thread(Maintenance(store, MaintenanceSettings()).verify, heal=heal)
+    m = Maintenance(store, wiring.job_history(store), MaintenanceSettings())
+    res = await asyncio.to_thread(m.verify, heal=heal)
     assert res.healed == [data_chunk] and res.ok
     assert store.chunks.read_plain(data_chunk)  # intact again
     assert store.damaged_in("web01", store.index.snapshots()[0].snapshot) == []
@@ -467,7 +485,7 @@ async def test_route_check_works_inside_a_running_event_loop() -> None:
 
 async def test_rebuilt_index_remembers_what_was_replicated(store, pool, tmp_path) -> None:
     """The replicated marker lets rebuild-index restore the prune guard's knowledge."""
-    from appliance.store.rebuild import rebuild_index
+    from appliance.jobs.maintenance import rebuild as rebuild_index
 
     commit_files(store, "web01", {b"f": b"x" * 1000})
     await replicator(store, DirTarget(tmp_path / "dc"), pool).run_pass()
@@ -484,9 +502,11 @@ async def test_rebuilt_index_remembers_what_was_replicated(store, pool, tmp_path
 
 def test_dc_chunk_ids_page_through_the_whole_table(tmp_path: Path) -> None:
     """The data-center prune streams dc_chunks a page at a time (millions of rows)."""
+    from appliance.replication.state import ReplicationState
     from appliance.store.index import Index
 
-    idx = Index(tmp_path / "index.sqlite")
+    index = Index(tmp_path / "index.sqlite")
+    idx = ReplicationState(index)
     try:
         ids = sorted(f"{i:064x}" for i in range(251))
         for cid in ids:
@@ -498,4 +518,4 @@ def test_dc_chunk_ids_page_through_the_whole_table(tmp_path: Path) -> None:
             idx.dc_remove([cid])
         assert got == ids and list(idx.iter_dc_chunk_ids()) == []
     finally:
-        idx.close()
+        index.close()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.capacity.windows import (
+from appliance.windows import (
     WINDOW,
     month_bounds,
     month_ledger,

@@ -21,9 +21,12 @@ from rdr_format.manifest import StreamRef
 
 from ... import __version__
 from ...errors import BadRequest, NotFound, PayloadTooLarge
+from ...plans.repository import BackupPlans
 from ...pools import run_in
+from ...restores.jobs import RestoreJobs
+from ...restores.ledger import RestoreLedger
+from ...runs.repository import BackupRuns
 from ...store.datastore import CommitRequest, Datastore
-from ...store.restore_jobs import RestoreJobs
 from ...store.snapshots import is_snapshot_id
 from ..auth import ACCOUNT, ADMIN, HOST, require_host
 from ..budget import ByteBudget
@@ -50,8 +53,12 @@ class IngestApi:
         self.uploads = ByteBudget(upload_budget)
         self.downloads = ByteBudget(upload_budget)
         # push-restore jobs for agents (store is None only when a test lists the routes)
-        index = store.index if store is not None else None
-        self.jobs = AgentJobsApi(store, RestoreJobs(index), pool,  # type: ignore[arg-type]
+        restore_jobs = RestoreJobs(store.index, RestoreLedger(store.index)) \
+            if store is not None else None
+        plans = BackupPlans(store.index, store.root / "plans") if store is not None else None
+        runs = BackupRuns(store.index) if store is not None else None
+        self.jobs = AgentJobsApi(store, restore_jobs, pool,  # type: ignore[arg-type]
+                                 plans=plans, runs=runs,
                                  heavy=heavy_pool, downloads=self.downloads)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -8,7 +8,7 @@ and it re-reads the queue every few seconds anyway (jobs created by another proc
 lost wake-up can stall it).
 
 While a job runs, its target host may read, through the job, the selected paths of the
-source snapshot and nothing else (store/job_view.py): a catalog holding only the selected
+source snapshot and nothing else (restores/job_view.py): a catalog holding only the selected
 entries (and the directories leading to them), and of each chunk a selected file uses only
 the bytes it uses, the rest zeroed. Before pickup, after the result, for another host's job,
 or for a chunk no selected file uses, the answer is 404.
@@ -39,12 +39,13 @@ from rdr_format.catalog import iter_blocks
 from rdr_format.chunkfile import MAX_FILE_SIZE, ChunkError
 
 from ...errors import BadRequest, Gone, NotFound
+from ...plans.repository import BackupPlans
 from ...pools import run_in
-from ...store.backup_runs import MAX_MESSAGE as RUN_MAX_MESSAGE
-from ...store.backup_runs import BackupRun, check_gaps
+from ...restores.job_view import JobView, JobViews, build_view
+from ...restores.jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
+from ...runs.repository import MAX_MESSAGE as RUN_MAX_MESSAGE
+from ...runs.repository import BackupRun, BackupRuns, check_gaps
 from ...store.datastore import Datastore
-from ...store.job_view import JobView, JobViews, build_view
-from ...store.restore_jobs import MAX_COUNT, MAX_MESSAGE, RestoreJob, RestoreJobs
 from ..auth import require_host
 from ..budget import ByteBudget
 from ..jsonbody import read_json
@@ -69,12 +70,15 @@ MASKED_HELD = 3
 
 class AgentJobsApi:
     def __init__(self, store: Datastore, jobs: RestoreJobs, pool: Executor,
-                 heavy: Executor | None = None, downloads: ByteBudget | None = None) -> None:
+                 heavy: Executor | None = None, downloads: ByteBudget | None = None, *,
+                 plans: BackupPlans | None = None, runs: BackupRuns | None = None) -> None:
         """`pool` runs the small calls; `heavy` builds job views (a scan of the source
         catalog) and masks chunks; `downloads` bounds the masked chunks held in memory at
         once (shared with the other downloads)."""
         self.store = store
         self.jobs = jobs
+        self.plans = plans  # None (with store) only when a test lists the routes
+        self.runs = runs
         self.pool = pool
         self.heavy = heavy or pool
         self.downloads = downloads or ByteBudget(MASKED_HELD * MAX_FILE_SIZE)
@@ -133,7 +137,7 @@ class AgentJobsApi:
             return
         self._seen[host] = now
         version = request.headers.get("X-RDR-Agent", "")
-        await self.run(self.store.plans.seen, host, version)
+        await self.run(self.plans.seen, host, version)
 
     def _wake(self, host: str) -> None:
         for event in self._waiters.get(host, ()):
@@ -185,7 +189,7 @@ class AgentJobsApi:
                     log.info("restore job %d picked up by %s", job.id, host)
                     return web.json_response({"job": job.to_agent_json()})
                 if backups == "1":
-                    run = await self.run(self.store.runs.claim, host, time.time())
+                    run = await self.run(self.runs.claim, host, time.time())
                     if run is not None:
                         return web.json_response({"backup": await self._run_json(run)})
                 left = deadline - loop.time()
@@ -289,7 +293,7 @@ class AgentJobsApi:
 
 
     async def _run_json(self, run: BackupRun) -> dict:
-        plan = await self.run(self.store.plans.get, run.host)
+        plan = await self.run(self.plans.get, run.host)
         log.info("backup run %d (%s) of %s picked up%s", run.id, run.kind, run.host,
                  " to resume" if run.attempts > 1 else "")
         return {"id": run.id, "kind": run.kind, "window_day": run.window_day,
@@ -298,14 +302,14 @@ class AgentJobsApi:
     async def get_plan(self, request: web.Request) -> web.Response:
         """This host's plan, as the appliance holds it (for `rdr-agent plan`)."""
         host = require_host(request)
-        plan = await self.run(self.store.plans.get, host)
+        plan = await self.run(self.plans.get, host)
         return web.json_response({"host": host, "plan": plan.to_agent_json(),
                                   "paused": plan.paused})
 
     async def backup_progress(self, request: web.Request) -> web.Response:
         host, rid = require_host(request), run_id(request)
         body = await self._body(request, {"files", "bytes"})
-        paused = await self.run(self.store.runs.progress, host, rid, _count(body, "files"),
+        paused = await self.run(self.runs.progress, host, rid, _count(body, "files"),
                                 _count(body, "bytes"), time.time())
         return web.json_response({"pause": paused})
 
@@ -329,7 +333,7 @@ class AgentJobsApi:
             raise BadRequest("bad_field", "field 'not_backed_up_count' must be an integer "
                              "at least the length of 'not_backed_up'")
         run = await self.run(functools.partial(
-            self.store.runs.finish, host, rid, outcome, snapshot=snapshot,
+            self.runs.finish, host, rid, outcome, snapshot=snapshot,
             files=_count(body, "files"), nbytes=_count(body, "bytes"), message=message,
             gaps=gaps, gap_count=count, now=time.time()))
         level = logging.WARNING if run.state in ("failed", "partial") else logging.INFO

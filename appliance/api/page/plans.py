@@ -18,10 +18,11 @@ from aiohttp import web
 
 from ...backup_schedule import BackupScheduler
 from ...errors import BadRequest, NotFound
-from ...host_settings import edit_host, window_start
+from ...plans.edit import edit_host
 from ...pools import run_in
 from ...store.datastore import Datastore
 from ...store.retention import Policy
+from ...windows import window_start
 from ..auth import require_change, require_overview
 from ..jsonbody import read_json
 
@@ -57,14 +58,14 @@ class BackupsApi:
 
     def _plan_json(self, host: str) -> dict:
         rec = self.store.index.host_record(host)
-        plan = self.store.plans.get(host)
+        plan = self.scheduler.plans.get(host)
         win = self.scheduler.window_of(host)
         return {"host": host, "plan": plan.to_json(), "window_start": win.start,
                 "window_start_default": rec["window_start"] is None,
                 "timezone": win.timezone, "timezone_default": self.scheduler.timezone,
                 "policy": rec["policy"], "policy_default": self.default_policy,
-                "agent": self.store.plans.agents().get(host),
-                "plan_audit": self.store.plans.audit(host)}
+                "agent": self.scheduler.plans.agents().get(host),
+                "plan_audit": self.scheduler.plans.audit(host)}
 
     async def get_plan(self, request: web.Request) -> web.Response:
         require_overview(request)
@@ -94,7 +95,7 @@ class BackupsApi:
                 raise BadRequest("bad_policy", str(exc)) from None
 
         def apply() -> dict:
-            edit_host(self.store, host, who, body, policy, window)
+            edit_host(self.store, self.scheduler.plans, host, who, body, policy, window)
             return self._plan_json(host)
 
         try:
@@ -139,7 +140,7 @@ class BackupsApi:
         def read() -> list[dict]:
             if not self.store.index.host_exists(host):
                 raise NotFound("no_such_host", f"no host named {host!r}")
-            return [r.to_json() for r in self.store.runs.list(host, int(raw))]
+            return [r.to_json() for r in self.scheduler.runs.list(host, int(raw))]
 
         runs = await self.run(read)
         return web.json_response({"host": host, "runs": runs})
@@ -149,7 +150,7 @@ class BackupsApi:
         host = request.match_info["host"]
 
         def read() -> dict:
-            self.store.plans.get(host)  # 404 for an unknown host
-            return self.store.runs.gaps(host)
+            self.scheduler.plans.get(host)  # 404 for an unknown host
+            return self.scheduler.runs.gaps(host)
 
         return web.json_response(await self.run(read))

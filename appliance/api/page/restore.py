@@ -32,14 +32,15 @@ from aiohttp import web
 from rdr_format.catalog import DIR, FILE, HARDLINK, SYMLINK, Entry, join_path
 from rdr_format.chunkfile import ChunkError
 
-from ...browse.archive import MemberNames, writer_for
-from ...browse.paths import display, from_q, to_q
-from ...browse.tree import TYPE_NAMES, Browser, SnapshotTree
 from ...errors import BadRequest, Conflict, NotFound, RangeNotSatisfiable
 from ...pools import HeavyGate, run_in
+from ...restores.archive import MemberNames, writer_for
+from ...restores.jobs import RestoreJob
+from ...restores.ledger import RestoreLedger
+from ...restores.paths import display, from_q, to_q
+from ...restores.tree import TYPE_NAMES, Browser, SnapshotTree
 from ...store.datastore import Datastore
 from ...store.errors import StoreError
-from ...store.restore_jobs import RestoreJob
 from ...store.snapshots import is_snapshot_id
 from ..auth import ACCOUNT, ADMIN, HOST, require_account, require_host_access
 from ..jsonbody import read_json
@@ -71,15 +72,17 @@ class RestoreQueue(Protocol):
 class RestoreApi:
     def __init__(self, store: Datastore, pool: Executor, browser: Browser,
                  jobs: RestoreQueue, heavy: Executor | None = None,
-                 gate: HeavyGate | None = None) -> None:
+                 gate: HeavyGate | None = None, ledger: RestoreLedger | None = None) -> None:
         """`heavy` runs listings, searches and downloads (`pool` when not given: tests);
-        `gate` admits heavy operations per principal."""
+        `gate` admits heavy operations per principal; `ledger` records account restores
+        (None only when a test lists the routes)."""
         self.store = store
         self.pool = pool  # light: small calls
         self.heavy = heavy or pool
         self.gate = gate or HeavyGate(0, 0)
         self.browser = browser
         self.jobs = jobs
+        self.ledger = ledger
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in(self.pool, fn, *args)
@@ -211,7 +214,7 @@ class RestoreApi:
         rid = await self._ledger(request, tree, "file", [path], requested)
         reader = _ChunkLru(self.store.chunks.read_plain, 4)
         if end == start and rid is not None:  # the headers are the whole response
-            await self.run(self.store.index.restore_first_byte, rid, tree.host)
+            await self.run(self.ledger.first_byte, rid, tree.host)
         await resp.prepare(request)
         await self._pump(request, resp, tree.file_pieces(data, start, end, reader.get),
                          rid, tree.host)
@@ -265,7 +268,7 @@ class RestoreApi:
         for p in sorted(paths):
             h.update(b"\0" + p)
         return await self.run(functools.partial(
-            self.store.index.start_restore, tree.host, tree.snapshot, "page", requested,
+            self.ledger.start, tree.host, tree.snapshot, "page", requested,
             account=account, key=h.hexdigest(), same_within=RESTORE_SAME_WITHIN))
 
     async def _pump(self, request: web.Request, resp: web.StreamResponse,
@@ -282,9 +285,9 @@ class RestoreApi:
                 if first:
                     first = False
                     if rid is not None:
-                        await self.run(self.store.index.restore_first_byte, rid, host)
+                        await self.run(self.ledger.first_byte, rid, host)
             if first and rid is not None:
-                await self.run(self.store.index.restore_first_byte, rid, host)
+                await self.run(self.ledger.first_byte, rid, host)
             await resp.write_eof()
         except (ChunkError, StoreError, OSError, ValueError) as exc:
             log.error("download from %s aborted: %s", host, exc)

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ...accounts import DEVICE_SECONDS, Accounts, WebSession
 from ...errors import BadRequest, TooManyRequests, Unauthorized, UnsupportedMediaType
 from ...pools import run_in
-from ...store.accounts import DEVICE_SECONDS, Accounts, WebSession
 from ..auth import SESSION, SESSION_COOKIE, require_account
 from ..jsonbody import read_json
 from ..throttle import SignInThrottle

@@ -4,7 +4,8 @@ write in the same order: everything is checked before anything is written, and a
 edit changes nothing.
 
 Each caller parses its own input (flags, JSON) and reports a refusal in its own words; what
-they share is the normal form of a window start and the order of the writes.
+they share is the order of the writes (the normal form of a window start is
+`appliance.windows.window_start`).
 """
 
 from __future__ import annotations
@@ -12,21 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .capacity.windows import parse_window_start
-from .store.errors import StoreError
-from .store.retention import Policy
+from ..store.errors import StoreError
+from ..store.retention import Policy
+from .repository import BackupPlans
 
 if TYPE_CHECKING:
-    from .store.datastore import Datastore
+    from ..store.datastore import Datastore
 
 
-def window_start(text: str) -> str:
-    """A window start as stored, "HH:MM"; "" (back to the appliance default) stays "".
-    ValueError names what is wrong with `text`."""
-    return parse_window_start(text).strftime("%H:%M") if text else ""
-
-
-def edit_host(store: Datastore, host: str, actor: str, plan: Mapping[str, object],
+def edit_host(store: Datastore, plans: BackupPlans, host: str, actor: str,
+              plan: Mapping[str, object],
               policy: str | None = None, window: str | None = None) -> None:
     """Apply one edit of `host`: `plan` the changed plan fields (checked whole), `policy` a
     retention D-W-M and `window` a start from `window_start` -- None leaves either as it is,
@@ -40,9 +36,9 @@ def edit_host(store: Datastore, host: str, actor: str, plan: Mapping[str, object
         except ValueError as exc:
             raise StoreError("bad_policy", str(exc)) from None
     if plan:
-        store.plans.update(host, actor=actor, **plan)
+        plans.update(host, actor=actor, **plan)
     else:
-        store.plans.get(host)  # NotFound for an unknown host
+        plans.get(host)  # NotFound for an unknown host
     if policy is not None:
         store.set_policy(host, policy or None)
     if window is not None:

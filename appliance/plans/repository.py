@@ -7,24 +7,63 @@ already read them.
 The agent gets the plan with each backup run it claims, so an edit takes effect at the next
 run without touching the host. Agents' signs of life (their polls) are kept here too: they
 say whether a host that missed its window had its agent running at all.
+
+This package owns its tables (`host_plans`, `plan_audit`, `agents`; `Index.own_tables`) and
+mirrors each plan to a file of its own (``plans/HOST.json`` under the data directory), so
+`rebuild-index` restores plans too; nothing else writes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import NotFound, StoreError
-from .index import PLAN_COLS as _COLS
-from .index import Index
+from rdr_format.fsutil import atomic_write
+
+from ..store.errors import NotFound, StoreError
+from ..store.index import Index
 
 MAX_PATHS = 100
 MAX_PATH_BYTES = 4096
 MAX_COMMAND = 4096
 MAX_BANDWIDTH_KBPS = 100_000_000  # 100 Gbit/s: anything above is a typo
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS host_plans (
+    host TEXT PRIMARY KEY REFERENCES hosts(name) ON DELETE CASCADE,
+    paths TEXT NOT NULL DEFAULT '[]',
+    excludes TEXT NOT NULL DEFAULT '[]',
+    one_file_system INTEGER NOT NULL DEFAULT 0,
+    bandwidth_kbps INTEGER NOT NULL DEFAULT 0,
+    dump_command TEXT,
+    dump_name TEXT,
+    timezone TEXT,
+    paused INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL
+);
+CREATE TABLE IF NOT EXISTS plan_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    at REAL NOT NULL,
+    who TEXT NOT NULL,
+    field TEXT NOT NULL,
+    old TEXT,
+    new TEXT
+);
+CREATE INDEX IF NOT EXISTS plan_audit_host ON plan_audit(host, id);
+CREATE TABLE IF NOT EXISTS agents (
+    host TEXT PRIMARY KEY,
+    last_seen REAL NOT NULL,
+    version TEXT NOT NULL DEFAULT ''
+);
+"""
+#: The plan columns, also the keys of a plan's mirror file.
+_COLS = ("host, paths, excludes, one_file_system, bandwidth_kbps, dump_command, "
+         "dump_name, timezone, paused, updated_at")
 
 
 @dataclass(slots=True)
@@ -107,11 +146,13 @@ def check_plan(plan: HostPlan) -> HostPlan:
 class BackupPlans:
     """Plans and agents' signs of life, on the appliance's index."""
 
-    def __init__(self, index: Index, on_change: Callable[[str], None] | None = None) -> None:
-        """`on_change(host)` runs after a plan is written (the datastore mirrors it into
-        the host's file, so `rebuild-index` restores plans too)."""
+    def __init__(self, index: Index, mirror_dir: Path | None = None) -> None:
+        """`mirror_dir`: where each written plan is mirrored as ``HOST.json`` (the data
+        directory's ``plans``), so `rebuild-index` restores plans too; None only for readers
+        that never write a plan."""
         self.index = index
-        self.on_change = on_change
+        self.mirror_dir = mirror_dir
+        index.own_tables(_DDL)
 
     @staticmethod
     def _row(r: tuple) -> HostPlan:
@@ -175,8 +216,42 @@ class BackupPlans:
                        (p.host, json.dumps(p.paths), json.dumps(p.excludes),
                         int(p.one_file_system), p.bandwidth_kbps, p.dump_command, p.dump_name,
                         p.timezone, int(p.paused), p.updated_at))
-        if self.on_change is not None:
-            self.on_change(p.host)
+        self._mirror(p)
+
+    def _mirror(self, p: HostPlan) -> None:
+        if self.mirror_dir is None:
+            return
+        rec = {"host": p.host, "paths": json.dumps(p.paths), "excludes": json.dumps(p.excludes),
+               "one_file_system": int(p.one_file_system), "bandwidth_kbps": p.bandwidth_kbps,
+               "dump_command": p.dump_command, "dump_name": p.dump_name,
+               "timezone": p.timezone, "paused": int(p.paused), "updated_at": p.updated_at}
+        self.mirror_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.mirror_dir / f"{p.host}.json", json.dumps(rec).encode(), 0o600)
+
+    def restore_mirrors(self, host_records: list[dict]) -> int:
+        """After `rebuild-index`: put back the plans of the hosts in `host_records` (the
+        store's host files) from their mirror files -- or, for a plan last written by a
+        release before issue 21, from the host file's own ``plan`` entry. Returns how many."""
+        cols = _COLS.split(", ")
+        n = 0
+        for rec in host_records:
+            plan = rec.get("plan")
+            if self.mirror_dir is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    plan = json.loads((self.mirror_dir / f"{rec['name']}.json").read_bytes())
+            if not isinstance(plan, dict) or plan.get("host") != rec["name"]:
+                continue
+            with self.index.tx() as db:
+                db.execute(f"INSERT OR REPLACE INTO host_plans ({_COLS}) VALUES "
+                           f"({', '.join('?' * len(cols))})", [plan.get(c) for c in cols])
+            n += 1
+        return n
+
+    def host_settings(self) -> list[dict]:
+        """The index's per-host settings (`Index.host_settings`) with each host's window
+        time zone from its plan (None: the appliance's)."""
+        zones = dict(self.index.query("SELECT host, timezone FROM host_plans"))
+        return [{**h, "timezone": zones.get(h["name"])} for h in self.index.host_settings()]
 
     # --- agents' signs of life ----------------------------------------------------------
     def seen(self, host: str, version: str, now: float | None = None) -> None:

@@ -4,6 +4,9 @@ Passwords are kept as scrypt hashes (memory-hard: a stolen index does not give u
 passwords cheaply). Session tokens carry 256 random bits and only their SHA-256 is stored, so
 the index never holds a usable credential. The CSRF token is derived from the session token
 with HMAC, so it needs no storage and dies with the session.
+
+This package owns its tables (`accounts`, `web_sessions`, `signin_key`) in the index's SQLite
+file (`Index.own_tables`); nothing else writes them.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from .errors import Conflict, NotFound, StoreError
-from .index import Index
+from ..store.errors import Conflict, NotFound, StoreError
+from ..store.index import Index, take_legacy_kv
 
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,62}\Z")
 MIN_PASSWORD = 10
@@ -29,6 +32,29 @@ DEVICE_SECONDS = 90 * 86400
 IDLE_SECONDS = 30 * 60
 MAX_AGE_SECONDS = 12 * 3600
 _TOUCH_EVERY = 60.0
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS accounts (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    password_hash TEXT NOT NULL,
+    unlocked_at REAL
+);
+CREATE TABLE IF NOT EXISTS web_sessions (
+    id_hash BLOB PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+    created_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS signin_key (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    device_key TEXT NOT NULL
+);
+"""
+#: Columns later releases added to these tables (schema 7, issue 20: console unlocks).
+_COLUMNS = (("accounts", "unlocked_at", "REAL"),)
+#: Where releases before issue 21 kept the device key: a row of the string-keyed `kv` table.
+_OLD_KEY = "signin.device_key"
 
 
 def hash_password(password: str) -> str:
@@ -78,6 +104,18 @@ class WebSession:
 class Accounts:
     def __init__(self, index: Index) -> None:
         self.index = index
+        index.own_tables(_DDL, _COLUMNS)
+        self._adopt_old_key()
+
+    def _adopt_old_key(self) -> None:
+        """Move a device key an older release kept in `kv` into `signin_key`, once: device
+        cookies issued before the upgrade stay valid."""
+        if not self.index.has_legacy_kv((_OLD_KEY,)):
+            return
+        with self.index.tx() as db:
+            value = take_legacy_kv(db, (_OLD_KEY,)).get(_OLD_KEY)
+            if value is not None:
+                db.execute("INSERT OR IGNORE INTO signin_key VALUES (1, ?)", (value,))
 
     def add(self, name: str, password: str) -> None:
         if not NAME_RE.match(name):
@@ -136,14 +174,13 @@ class Accounts:
 
     def _device_key(self) -> bytes:
         """The appliance's key for signing device cookies (made once, kept in the index)."""
-        key = self.index.kv_get("signin.device_key")
-        if key is None:
+        rows = self.index.query("SELECT device_key FROM signin_key WHERE id = 1")
+        if not rows:
             with self.index.tx() as db:
-                db.execute("INSERT OR IGNORE INTO kv VALUES ('signin.device_key', ?)",
+                db.execute("INSERT OR IGNORE INTO signin_key VALUES (1, ?)",
                            (secrets.token_hex(32),))
-            key = self.index.kv_get("signin.device_key")
-            assert key is not None
-        return bytes.fromhex(key)
+            rows = self.index.query("SELECT device_key FROM signin_key WHERE id = 1")
+        return bytes.fromhex(rows[0][0])
 
     def issue_device(self, name: str) -> str:
         """A device cookie for the browser `name` just signed in on: an id, its issue time

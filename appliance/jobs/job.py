@@ -1,7 +1,7 @@
 """Long jobs (prune, gc, verify, rebuild) report progress and leave a record in the history.
 
 A job is a context manager around the work: the row says 'running' while it runs, 'done' or
-'failed' with its result after, and 'interrupted' if the process died (the index marks those
+'failed' with its result after, and 'interrupted' if the process died (the history marks those
 at the next start), so an operator can always tell what happened to last night's GC.
 """
 
@@ -10,22 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from types import TracebackType
 
-from .index import Index
+from ..store.progress import Progress
+from .history import JobHistory
 
 log = logging.getLogger("rdr.jobs")
 
-Progress = Callable[[float, str], None]
-
 
 class Job:
-    #: Progress is written to the index at most this often (seconds).
+    #: Progress is written to the history at most this often (seconds).
     WRITE_EVERY = 1.0
 
-    def __init__(self, index: Index, kind: str, echo: Progress | None = None) -> None:
-        self.index = index
+    def __init__(self, history: JobHistory, kind: str, echo: Progress | None = None) -> None:
+        self.history = history
         self.kind = kind
         self.echo = echo
         self.id = 0
@@ -34,7 +32,7 @@ class Job:
         self._last_write = 0.0
 
     def __enter__(self) -> Job:
-        self.id = self.index.start_job(self.kind)
+        self.id = self.history.start(self.kind)
         log.info("%s job %d started", self.kind, self.id)
         return self
 
@@ -44,7 +42,7 @@ class Job:
         now = time.monotonic()
         if now - self._last_write >= self.WRITE_EVERY:
             self._last_write = now
-            self.index.job_progress(self.id, round(min(max(fraction, 0.0), 1.0), 4), message)
+            self.history.progress(self.id, round(min(max(fraction, 0.0), 1.0), 4), message)
 
     def done(self, result: dict, message: str) -> None:
         self.result, self.message = result, message
@@ -52,10 +50,10 @@ class Job:
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if exc is None:
-            self.index.finish_job(self.id, "done", self.message,
+            self.history.finish(self.id, "done", self.message,
                                   json.dumps(self.result) if self.result is not None else None)
             log.info("%s job %d done: %s", self.kind, self.id, self.message)
         else:
             msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            self.index.finish_job(self.id, "failed", msg, None)
+            self.history.finish(self.id, "failed", msg, None)
             log.warning("%s job %d failed: %s", self.kind, self.id, msg)

@@ -52,6 +52,12 @@ def parse_window_start(text: str) -> time:
     return time(int(m[1]), int(m[2]))
 
 
+def window_start(text: str) -> str:
+    """A window start as stored, "HH:MM"; "" (back to the appliance default) stays "".
+    ValueError names what is wrong with `text`."""
+    return parse_window_start(text).strftime("%H:%M") if text else ""
+
+
 def window_bounds(day: date, start: time, tz: str) -> tuple[datetime, datetime]:
     """(start, end) of `day`'s window as aware UTC datetimes; end is 12 real hours later."""
     opens = _local_to_utc(day, start, _zone(tz))

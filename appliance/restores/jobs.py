@@ -20,7 +20,6 @@ No web framework here: errors are the store's classes, mapped to statuses by the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import time
@@ -29,8 +28,9 @@ from datetime import UTC, datetime
 
 from rdr_format.catalog import CatalogError, dec_bytes, enc_bytes, split_path
 
-from .errors import Conflict, NotFound, StoreError
-from .index import Index
+from ..store.errors import Conflict, NotFound, StoreError
+from ..store.index import Index
+from .ledger import RestoreLedger
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 #: A running job with no progress report for this long has lost its agent.
@@ -45,6 +45,34 @@ MAX_COUNT = (1 << 63) - 1  # SQLite INTEGER
 
 STALLED_MESSAGE = "the agent stopped reporting"
 UNCLAIMED_MESSAGE = "no agent picked the job up within 24 hours"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS restore_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_host TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    target_host TEXT NOT NULL,
+    target_dir TEXT NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    requested_by TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    picked_up_at REAL,
+    updated_at REAL,
+    finished_at REAL,
+    files INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER,
+    errors INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    restore_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS restore_jobs_target ON restore_jobs(target_host, state);
+"""
+#: Columns later releases added: `allow_special` (a column with a default: jobs queued
+#: before it existed read as "not allowed").
+_COLUMNS = (("restore_jobs", "allow_special", "INTEGER NOT NULL DEFAULT 0"),)
 
 _COLS = ("id, source_host, snapshot, paths, target_host, target_dir, state, requested_by, "
          "requested_at, picked_up_at, updated_at, finished_at, files, bytes, total_bytes, "
@@ -171,10 +199,11 @@ def check_paths(paths: object) -> list[bytes]:
 class RestoreJobs:
     """The push-restore queue, on the appliance's SQLite index (thread-safe through it)."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, ledger: RestoreLedger) -> None:
+        """`ledger`: where each job is also a restore (via "push"), in the same file."""
         self.index = index
-        if index is not None:
-            _add_allow_special(index)
+        self.ledger = ledger
+        index.own_tables(_DDL, _COLUMNS)
 
     # --- the restore page's side --------------------------------------------------------
     def create(self, source_host: str, snapshot: str, paths: list[bytes], target_host: str,
@@ -194,10 +223,9 @@ class RestoreJobs:
             raise StoreError("bad_field", "field 'allow_special' must be true or false")
         if not isinstance(target_host, str) or not self.index.host_exists(target_host):
             raise NotFound("no_such_host", f"no host named {target_host!r}")
-        rid = self.index.start_restore(source_host, snapshot, "push", account=requested_by)
+        rid = self.ledger.start(source_host, snapshot, "push", account=requested_by)
         # The job's request time is the ledger's, so both report the same start latency.
-        (requested_at,) = self.index.query("SELECT requested_at FROM restores WHERE id = ?",
-                                           (rid,))[0]
+        requested_at = self.ledger.requested_at(rid)
         encoded = json.dumps([enc_bytes(p) for p in paths])
         with self.index.tx() as db:
             jid = int(db.execute(
@@ -280,7 +308,7 @@ class RestoreJobs:
                        "updated_at = ? WHERE id = ?", (now, now, jid))
         job = self.get(jid)
         if job.restore_id is not None:
-            self.index.restore_first_byte(job.restore_id, job.source_host)
+            self.ledger.first_byte(job.restore_id, job.source_host)
         return job
 
     def running_job(self, target_host: str, jid: int) -> RestoreJob:
@@ -350,14 +378,3 @@ class RestoreJobs:
         if row is None:
             raise NotFound("no_such_job", f"no restore job {jid} for host {target_host!r}")
         raise Conflict("job_not_running", f"restore job {jid} is {row[0]}, not running")
-
-
-def _add_allow_special(index: Index) -> None:
-    """The `allow_special` column, added to an index written before it existed (a column
-    with a default: old rows read as "not allowed")."""
-    cols = {r[1] for r in index.query("PRAGMA table_info(restore_jobs)")}
-    if "allow_special" in cols:
-        return
-    with contextlib.suppress(sqlite3.OperationalError), index.tx() as db:  # a racing add
-        db.execute("ALTER TABLE restore_jobs ADD COLUMN allow_special INTEGER NOT NULL "
-                   "DEFAULT 0")

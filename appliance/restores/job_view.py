@@ -30,7 +30,7 @@ from pathlib import Path
 from rdr_format.catalog import DIR, FILE, HARDLINK, CatalogWriter, join_path
 from rdr_format.chunkfile import ChunkEncoder
 
-from .chunkstore import ChunkStore
+from ..store.chunkstore import ChunkStore
 
 
 @dataclasses.dataclass(slots=True)

@@ -19,6 +19,8 @@ backup committed inside it: the service-level miss, whether the agent was offlin
 failed, or it is still running past the window (it may finish later, out of the window).
 
 No web framework here: errors are the store's classes, mapped to statuses by the HTTP layer.
+This package owns its tables (`backup_runs`, `coverage_gaps`; `Index.own_tables`); nothing
+else writes them.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .errors import Conflict, NotFound, StoreError
-from .index import Index
+from ..store.errors import Conflict, NotFound, StoreError
+from ..store.index import Index
 
 STALL_SECONDS = 10 * 60
 MAX_MESSAGE = 2000
@@ -37,6 +39,44 @@ OUTCOMES = ("done", "partial", "failed", "paused", "interrupted")
 GAP_REASONS = ("unreadable", "excluded", "changed", "new", "missing", "dump")
 STALLED_MESSAGE = "the agent stopped reporting"
 SUPERSEDED_MESSAGE = "no agent took this run before the next window opened"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS backup_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('scheduled', 'manual')),
+    window_day TEXT,
+    window_start REAL,
+    window_end REAL,
+    due_at REAL NOT NULL,
+    state TEXT NOT NULL CHECK (state IN
+        ('queued', 'running', 'paused', 'done', 'partial', 'failed', 'missed')),
+    requested_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    updated_at REAL,
+    finished_at REAL,
+    files INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    snapshot TEXT,
+    in_window INTEGER,
+    missed INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    not_backed_up INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS backup_runs_window
+    ON backup_runs(host, window_day) WHERE kind = 'scheduled';
+CREATE INDEX IF NOT EXISTS backup_runs_state ON backup_runs(host, state);
+CREATE TABLE IF NOT EXISTS coverage_gaps (
+    host TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS coverage_gaps_run ON coverage_gaps(run_id);
+"""
 
 _COLS = ("id, host, kind, window_day, window_start, window_end, due_at, state, requested_by, "
          "created_at, started_at, updated_at, finished_at, files, bytes, snapshot, in_window, "
@@ -116,6 +156,7 @@ class BackupRuns:
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        index.own_tables(_DDL)
 
     # --- creating runs ------------------------------------------------------------------
     def schedule(self, host: str, day: str, opens: float, closes: float, due_at: float,
@@ -178,6 +219,12 @@ class BackupRuns:
         return [BackupRun.from_row(r) for r in self.index.query(
             f"SELECT {_COLS} FROM backup_runs {where}ORDER BY id DESC LIMIT ?",
             (*args, limit))]
+
+    def late_by_host(self, since: float, until: float) -> dict[str, int]:
+        """host -> runs finished in [since, until) that committed outside their window."""
+        return dict(self.index.query(
+            "SELECT host, COUNT(*) FROM backup_runs WHERE in_window = 0 AND finished_at >= ? "
+            "AND finished_at < ? GROUP BY host", (since, until)))
 
     def active(self) -> dict[str, BackupRun]:
         """host -> its queued, running or paused run."""

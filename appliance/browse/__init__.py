@@ -1,1 +1,0 @@
-"""Reading committed snapshots for the LAN restore page: tree, search, downloads."""
