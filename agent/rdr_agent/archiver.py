@@ -32,6 +32,7 @@ from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.chunker import SMALL_FILE, Bundle, StreamCutter, new_cdc
 from rdr_agent.client import ApplianceClient, ApplianceError
 from rdr_agent.statefiles import private_dir, write_private
+from rdr_agent.uploader import Cancelled, ChunkUploader
 from rdr_agent.walker import Child, Walker
 from rdr_format import __version__
 from rdr_format.catalog import (
@@ -61,10 +62,6 @@ REBUNDLE_BELOW = 0.5
 MAX_PASSES = 3
 WARM_MAX = 8 * 2**20  # bigger files are read sequentially with the kernel's own readahead
 MAX_UNREADABLE_SENT = 1000
-
-
-class Cancelled(Exception):
-    """The upload side failed or was interrupted; the producer stops."""
 
 
 @dataclass(slots=True)
@@ -576,19 +573,10 @@ class Archiver:
         """Walk, read, chunk and upload once; returns the catalog's and index's chunks."""
         loop = asyncio.get_running_loop()
         stop = threading.Event()
-        queue: asyncio.Queue[tuple[EncodedChunk, str] | None] = asyncio.Queue(maxsize=24)
-
-        def emit(chunk: EncodedChunk, proof: str) -> None:
-            fut = asyncio.run_coroutine_threadsafe(queue.put((chunk, proof)), loop)
-            while True:
-                try:
-                    fut.result(timeout=0.5)
-                    return
-                except TimeoutError:
-                    if stop.is_set():
-                        fut.cancel()
-                        raise Cancelled from None
-
+        uploader = ChunkUploader(self.client, sid, self.stats, stop, uploads=self.uploads,
+                                 with_proofs=self.proof_key is not None,
+                                 on_progress=self._progress)
+        emit = uploader.emit
         pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
         prefetch = ThreadPoolExecutor(1, thread_name_prefix="rdr-prefetch")
 
@@ -610,7 +598,6 @@ class Archiver:
                 producer.run_tree(walker)
             return producer.finish()
 
-        uploader = asyncio.create_task(self._upload(sid, queue))
         try:
             produced = loop.run_in_executor(None, produce)
             try:
@@ -619,19 +606,21 @@ class Archiver:
                 stop.set()
                 with contextlib.suppress(BaseException):
                     await produced
+                if uploader.failure is not None:  # the producer stopped because of it
+                    raise uploader.failure from None
                 raise
-            await queue.put(None)
-            await uploader
+            await uploader.finish()
         except BaseException:
-            stop.set()
-            uploader.cancel()
-            with contextlib.suppress(BaseException):
-                await uploader
+            await uploader.abort()
             raise
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             prefetch.shutdown(wait=False, cancel_futures=True)
         return cat, idx
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
 
     @staticmethod
     def _refresh_cache(cache: CatalogCache, chunks: list[EncodedChunk],
@@ -688,65 +677,3 @@ class Archiver:
             await asyncio.sleep(max(1.0, self.lease / 4))
             with contextlib.suppress(Exception):
                 await self.client.heartbeat(sid)
-
-    async def _upload(self, sid: str,
-                      queue: asyncio.Queue[tuple[EncodedChunk, str] | None]) -> None:
-        """Ask which chunks the appliance lacks, in batches, and upload those, several at once."""
-        seen: set[str] = set()
-        slots = asyncio.Semaphore(self.uploads)
-        tasks: set[asyncio.Task] = set()
-        failure: list[BaseException] = []
-
-        async def put(chunk: EncodedChunk) -> None:
-            try:
-                if await self.client.put_chunk(sid, chunk.id, chunk.data):
-                    self.stats.chunks_new += 1
-                    self.stats.bytes_new += len(chunk.data)
-                else:
-                    self.stats.chunks_known += 1
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                slots.release()
-
-        done = False
-        while not done:
-            if failure:
-                raise failure[0]
-            item = await queue.get()
-            batch: list[EncodedChunk] = []
-            proofs: list[str] = []
-            while True:
-                if item is None:
-                    done = True
-                    break
-                chunk, proof = item
-                if chunk.id not in seen:
-                    seen.add(chunk.id)
-                    batch.append(chunk)
-                    proofs.append(proof)
-                if len(batch) >= 256 or queue.empty():
-                    break
-                item = queue.get_nowait()
-            if batch:
-                # One query per batch, ids with their proofs: no extra round trip.
-                missing = set(await self.client.known_missing(
-                    sid, [c.id for c in batch],
-                    proofs if self.proof_key is not None else None))
-                for chunk in batch:
-                    if chunk.id not in missing:
-                        self.stats.chunks_known += 1
-                        continue
-                    await slots.acquire()
-                    if failure:
-                        slots.release()
-                        raise failure[0]
-                    t = asyncio.create_task(put(chunk))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
-            if self.on_progress is not None:
-                self.on_progress(self.stats)
-        if tasks:
-            await asyncio.gather(*tasks)
-        if failure:
-            raise failure[0]
