@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rdr_agent.catalog_cache import CatalogCache
-from rdr_agent.chunker import SMALL_FILE, Bundle, StreamCutter, new_cdc
+from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, cut_stream, new_cdc
 from rdr_agent.client import ApplianceClient, ApplianceError
 from rdr_agent.statefiles import private_dir, write_private
 from rdr_agent.uploader import Cancelled, ChunkUploader
@@ -168,7 +168,7 @@ class Producer:
     """Runs in one thread: walk, read, chunk, write the catalog. Chunks go out via `emit`."""
 
     MAX_PENDING_BLOCKS = 512
-    MAX_ENCODES_IN_FLIGHT = 8
+    MAX_ENCODES_IN_FLIGHT = 4
 
     def __init__(self, stats: BackupStats, emit: Callable[[EncodedChunk, str], None],
                  encoders: ThreadPoolExecutor, parent: ParentCatalog, low_use: set[str],
@@ -192,6 +192,7 @@ class Producer:
                                    list[tuple[Entry, Entry]]]] = deque()
         self._links: dict[tuple[int, int], tuple[bytes, Entry]] = {}
         self._cdc = new_cdc()
+        self._slabs = SlabPool()
         self.catalog_futures: list[Future] = []
         self.index_futures: list[Future] = []
         self._cat_cut = StreamCutter()
@@ -199,7 +200,8 @@ class Producer:
         self._writer = CatalogWriter(self._cat_sink, self._idx_sink)
 
     # --- encoding ---
-    def _encode_job(self, plain: bytes, keep: bool) -> EncodedChunk | ChunkRef:
+    def _encode_job(self, plain: bytes | bytearray | memoryview, keep: bool,
+                    slab: Slab | None) -> EncodedChunk | ChunkRef:
         try:
             enc = getattr(self._enc_local, "enc", None)
             if enc is None:
@@ -213,14 +215,26 @@ class Producer:
             # id only, so the chunk's bytes are freed once uploaded.
             return chunk if keep else ChunkRef(chunk.id, chunk.plain_size)
         finally:
+            if slab is not None:  # the plaintext was a view into it: done with it
+                self._slabs.release(slab)
             self._slots.release()
 
-    def _submit(self, plain: bytes, keep: bool = False) -> Future:
-        """Encode in the pool; `keep` for catalog chunks, whose bytes the cache wants."""
+    def _submit(self, plain: bytes | bytearray | memoryview, keep: bool = False,
+                slab: Slab | None = None) -> Future:
+        """Encode in the pool; `keep` for catalog chunks, whose bytes the cache wants;
+        `slab` is the pooled read buffer `plain` is a view of (released once encoded)."""
         while not self._slots.acquire(timeout=0.5):
             if self.stop.is_set():
+                if slab is not None:
+                    self._slabs.release(slab)
                 raise Cancelled
-        return self.encoders.submit(self._encode_job, plain, keep)
+        try:
+            return self.encoders.submit(self._encode_job, plain, keep, slab)
+        except BaseException:
+            if slab is not None:
+                self._slabs.release(slab)
+            self._slots.release()
+            raise
 
     def _cat_sink(self, data: bytes) -> None:
         for piece in self._cat_cut.feed(data):
@@ -368,11 +382,11 @@ class Producer:
 
     def _read_stream(self, stream: io.RawIOBase | io.BufferedIOBase, pend: list) -> int:
         total = 0
-        for c in self._cdc.cut_stream(stream):
-            plain = bytes(c.data)  # the cutter reuses its buffer; the encoder runs in parallel
-            pend.append(_Pending(self._submit(plain), 0, len(plain), len(plain)))
-            total += len(plain)
-            self.stats.bytes_read += len(plain)
+        for plain, slab in cut_stream(self._cdc, stream, self._slabs):
+            n = len(plain)
+            pend.append(_Pending(self._submit(plain, slab=slab), 0, n, n))
+            total += n
+            self.stats.bytes_read += n
             if self.stop.is_set():
                 raise Cancelled
         return total
@@ -382,7 +396,7 @@ class Producer:
         if b.sealed or not b.buf:
             return
         b.sealed = True
-        b.future = self._submit(bytes(b.buf))
+        b.future = self._submit(b.buf)  # no copy: the buffer is not written to again
         b.buf = bytearray()
         self._bundle = Bundle()
 

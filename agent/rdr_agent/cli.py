@@ -25,7 +25,7 @@ from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.client import ApplianceClient, ApplianceError, ConnectError
 from rdr_agent.progress import ProgressBar
 from rdr_agent.settings import AgentSettings, SettingsError, resolve
-from rdr_agent.util.memory import tune_malloc
+from rdr_agent.util.memory import tune_agent_malloc
 from rdr_agent.util.textfmt import human_bytes as human
 from rdr_agent.walker import Walker
 from rdr_format import __version__
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    tune_malloc()
+    tune_agent_malloc()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="rdr-agent: %(levelname)s: %(message)s", stream=sys.stderr)
     try:

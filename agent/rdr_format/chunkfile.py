@@ -94,9 +94,10 @@ class ChunkEncoder:
             raise ChunkError(f"chunk plaintext of {size} bytes exceeds {MAX_PLAIN_SIZE}")
         cid = blake3.blake3(plain).hexdigest()
         packed = self._cctx.compress(plain)
+        # join: one copy of the payload (`+` after bytes() of a view made two)
         if len(packed) <= size * (1 - self.MIN_SAVING):
-            return EncodedChunk(cid, size, _header(FLAG_ZSTD) + packed)
-        return EncodedChunk(cid, size, _header(0) + bytes(plain))
+            return EncodedChunk(cid, size, b"".join((_header(FLAG_ZSTD), packed)))
+        return EncodedChunk(cid, size, b"".join((_header(0), plain)))
 
 
 class ChunkDecoder:
