@@ -28,6 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rdr_agent import bundle_use
+from rdr_agent.bundle_use import ChunkUse, low_use_bundles
 from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, cut_stream, new_cdc
 from rdr_agent.client import ApplianceClient, ApplianceError
@@ -54,8 +56,6 @@ from rdr_format.chunkfile import ChunkEncoder, EncodedChunk, possession_key, pos
 
 log = logging.getLogger("rdr.agent.backup")
 
-#: Re-bundle the live small files of a bundle whose parent-snapshot use fell below this share.
-REBUNDLE_BELOW = 0.5
 #: Backup passes in one session: a commit refused for unproven chunks (an unchanged file's
 #: range whose snapshot was force-pruned meanwhile) re-reads the files that use them, and
 #: the last pass reads everything.
@@ -129,21 +129,6 @@ class ParentCatalog:
         return {}
 
 
-def low_use_bundles(blocks: Iterator[tuple[bytes, list[Entry]]]) -> set[str]:
-    """Chunks of the parent whose bytes are mostly no longer referenced (deleted or changed
-    small files): their surviving files get re-bundled so dead bytes can be collected."""
-    used: dict[str, int] = {}
-    size: dict[str, int] = {}
-    for _, entries in blocks:
-        for e in entries:
-            if e.type != FILE:
-                continue
-            for r in e.ranges:
-                used[r.chunk] = used.get(r.chunk, 0) + r.length
-                size[r.chunk] = r.chunk_size
-    return {c for c, u in used.items() if u < size[c] * REBUNDLE_BELOW}
-
-
 # --- producer --------------------------------------------------------------------------------
 
 
@@ -198,6 +183,8 @@ class Producer:
         self._cat_cut = StreamCutter()
         self._idx_cut = StreamCutter()
         self._writer = CatalogWriter(self._cat_sink, self._idx_sink)
+        #: What the new catalog's files use of each chunk (saved for the next backup).
+        self.use = ChunkUse()
 
     # --- encoding ---
     def _encode_job(self, plain: bytes | bytearray | memoryview, keep: bool,
@@ -429,6 +416,7 @@ class Producer:
                 return
             for e, pend in pendings:
                 e.ranges = [self._resolve(p) for p in pend]
+                self.use.add(e)
             for e, first in links:
                 e.ranges, e.size = first.ranges, first.size
             self._writer.add_block(path, entries)
@@ -544,8 +532,9 @@ class Archiver:
                 if attempt > 1:  # counted afresh, in place (a progress reporter holds it)
                     for f in dataclasses.fields(BackupStats):
                         setattr(self.stats, f.name, getattr(BackupStats(), f.name))
-                cat, idx = await self._pass(sid, cache, parent, damaged | refused, sources,
-                                            excludes, one_file_system, stdin_name, stdin)
+                cat, idx, low_use = await self._pass(
+                    sid, cache, self._use_file(host), parent, damaged | refused, sources,
+                    excludes, one_file_system, stdin_name, stdin)
                 unreadable = self.stats.unreadable
                 body = {
                     "catalog": {"chunks": [[c.id, c.plain_size] for c in cat]},
@@ -575,16 +564,18 @@ class Archiver:
             beat.cancel()
         self._session_file(host).unlink(missing_ok=True)
         await loop.run_in_executor(None, self._refresh_cache, cache, cat + idx, cat)
+        await loop.run_in_executor(None, self._save_use, host, cat, low_use)
         return BackupResult(result["snapshot"], host, self.stats, time.monotonic() - started,
                             resumed)
 
-    async def _pass(self, sid: str, cache: CatalogCache,
+    async def _pass(self, sid: str, cache: CatalogCache, use_file: Path,
                     parent_chunks: list[tuple[str, int]] | None, damaged: set[str],
                     sources: list[bytes] | None, excludes: list[str] | None,
                     one_file_system: bool, stdin_name: bytes | None,
                     stdin: io.RawIOBase | io.BufferedIOBase | None,
-                    ) -> tuple[list[EncodedChunk], list[EncodedChunk]]:
-        """Walk, read, chunk and upload once; returns the catalog's and index's chunks."""
+                    ) -> tuple[list[EncodedChunk], list[EncodedChunk], set[str]]:
+        """Walk, read, chunk and upload once; returns the catalog's and index's chunks and
+        the new catalog's mostly dead chunks (for the next backup)."""
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         uploader = ChunkUploader(self.client, sid, self.stats, stop, uploads=self.uploads,
@@ -594,12 +585,15 @@ class Archiver:
         pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
         prefetch = ThreadPoolExecutor(1, thread_name_prefix="rdr-prefetch")
 
-        def produce() -> tuple[list[EncodedChunk], list[EncodedChunk]]:
+        def produce() -> tuple[list[EncodedChunk], list[EncodedChunk], set[str]]:
             # Files whose parent ranges use a damaged or mostly dead chunk are read again.
             low_use: set[str] = set(damaged)
             parent_blocks = None
             if parent_chunks is not None:
-                low_use |= low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
+                saved = bundle_use.load(use_file, parent_chunks)
+                if saved is None:  # not the catalog our last backup wrote: read it all first
+                    saved = low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
+                low_use |= saved
                 parent_blocks = iter_blocks(cache.pieces(parent_chunks))
             producer = Producer(self.stats, emit, pool, ParentCatalog(parent_blocks), low_use,
                                 stop, prefetch, self.proof_key)
@@ -610,12 +604,13 @@ class Archiver:
                                 on_error=lambda p, m: self.stats.unreadable.append(
                                     (os.fsdecode(p), m)))
                 producer.run_tree(walker)
-            return producer.finish()
+            cat, idx = producer.finish()
+            return cat, idx, producer.use.low()
 
         try:
             produced = loop.run_in_executor(None, produce)
             try:
-                cat, idx = await asyncio.shield(produced)
+                cat, idx, low_use = await asyncio.shield(produced)
             except BaseException:
                 stop.set()
                 with contextlib.suppress(BaseException):
@@ -630,11 +625,22 @@ class Archiver:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             prefetch.shutdown(wait=False, cancel_futures=True)
-        return cat, idx
+        return cat, idx, low_use
 
     def _progress(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.stats)
+
+    def _use_file(self, host: str) -> Path:
+        return self.state_dir / f"chunk-use-{host}.json"
+
+    def _save_use(self, host: str, catalog: list[EncodedChunk], low_use: set[str]) -> None:
+        """After the commit, like the cache: a failure costs the next backup a scan."""
+        try:
+            bundle_use.save(self._use_file(host), [(c.id, c.plain_size) for c in catalog],
+                            low_use)
+        except OSError as exc:
+            log.warning("chunk use not saved (%s); the next backup reads its parent twice", exc)
 
     @staticmethod
     def _refresh_cache(cache: CatalogCache, chunks: list[EncodedChunk],

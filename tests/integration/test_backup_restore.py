@@ -284,10 +284,14 @@ async def test_killed_agent_leaves_no_partial_snapshot(appliance: Appliance,
                .iterdir())
 
 
+@pytest.mark.parametrize("use_saved", [True, False], ids=["use-saved", "use-scanned"])
 async def test_bundles_with_mostly_dead_bytes_are_rebuilt(appliance: Appliance,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path,
+                                                          use_saved: bool) -> None:
     """After most small files of a bundle are deleted, the survivors are re-read into a new
-    bundle (one backup later), so the old bundle's dead bytes can be collected."""
+    bundle (one backup later), so the old bundle's dead bytes can be collected. Each backup
+    saves its catalog's chunk use for the next one (which then parses its parent once);
+    without that file (`use-scanned`) the parent is scanned first, with the same result."""
     src = tmp_path / "src"
     src.mkdir()
     rng = random.Random(9)
@@ -297,13 +301,23 @@ async def test_bundles_with_mostly_dead_bytes_are_rebuilt(appliance: Appliance,
     state = tmp_path / "state"
     rc, first, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0 and first["files_read"] == 100, err
+    use_file = state / "chunk-use-web01.json"
+    assert use_file.exists()
+
+    def forget() -> None:
+        if not use_saved:
+            use_file.unlink()
+
     for i in range(20, 100):
         (src / f"f{i:03d}").unlink()
+    forget()
     rc, second, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0 and second["files_read"] == 0, err  # the parent still used its bundle fully
+    forget()
     rc, third, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0, err
     assert third["files_read"] == 20 and third["files_unchanged"] == 0
+    forget()
     rc, fourth, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0 and fourth["files_read"] == 0, err  # the new bundle is fully used
     rc, _, err = await agent(appliance, token, state, "restore", "latest", "--to",
