@@ -10,12 +10,15 @@ import os
 import random
 import signal
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from rdr_agent.archiver import Archiver
+from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.client import ApplianceClient
+from rdr_agent.restore import restore_snapshot
 
 from ..conftest import Appliance, agent_cmd
 from ..treeutil import assert_same_tree, make_tree, restored_root, run
@@ -141,6 +144,51 @@ async def test_interrupted_backup_resumes_without_resending(appliance: Appliance
                                str(tmp_path / "out"))
     assert rc == 0, err
     assert_same_tree(src, restored_root(tmp_path / "out", src))
+
+
+class LosingClient(ApplianceClient):
+    """Loses the appliance after `limit` chunk downloads (a restore cut off half way)."""
+
+    def __init__(self, *args, limit: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.limit = limit
+        self.gets = 0
+
+    async def get_chunk(self, snap: str, cid: str) -> bytes:
+        if self.gets >= self.limit:
+            raise ConnectionResetError("simulated loss of the appliance")
+        self.gets += 1
+        return await super().get_chunk(snap, cid)
+
+
+async def test_restore_interrupted_half_way_and_run_again_ends_identical(
+        appliance: Appliance, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", big_mb=3)
+    rng = random.Random(11)
+    for d in range(6):  # enough chunks that the cut falls in the middle of the restore
+        (src / f"many{d}").mkdir()
+        for i in range(30):
+            (src / f"many{d}" / f"f{i:02d}.bin").write_bytes(rng.randbytes(300_000))
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, res, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    out = tmp_path / "out"
+    pool = ThreadPoolExecutor(2)
+    try:
+        async with LosingClient(appliance.endpoint(token), retries=0, limit=60) as c:
+            cache = CatalogCache(state / "catalog-cache" / "web01")
+            with pytest.raises(ConnectionResetError):
+                await restore_snapshot(c, res["snapshot"], out, None, cache, pool)
+    finally:
+        pool.shutdown(wait=True)
+    restored = restored_root(out, src)
+    written = [p for p in restored.rglob("*.bin") if p.stat().st_size == 300_000]
+    assert 0 < len(written) < 180  # cut off half way: some files there, not all
+    rc, _, err = await agent(appliance, token, state, "restore", res["snapshot"], "--to",
+                             str(out))
+    assert rc == 0, err
+    assert_same_tree(src, restored)
 
 
 async def test_database_dump_from_stdin(appliance: Appliance, tmp_path: Path) -> None:
