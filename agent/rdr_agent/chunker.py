@@ -90,7 +90,8 @@ SLAB_SIZE = 2 * CDC_MAX
 
 
 class Slab:
-    """One read buffer; `refs` counts the reader and the chunks still being encoded."""
+    """One read buffer; `refs` counts the pool (while it is the current slab) and the
+    chunks cut from it that are still being encoded."""
 
     __slots__ = ("buf", "refs")
 
@@ -104,21 +105,40 @@ class SlabPool:
 
     A new 8 MiB buffer per file (what pyfastcdc's stream cutter allocates), a copy of every
     chunk out of it, and a fresh mapping for each copy cost the agent more CPU in page faults
-    and zeroing than hashing its data did. Here a chunk is a view into the slab it was read
-    into, the slab goes back to the pool when the last chunk cut from it has been encoded, and
-    only `keep` idle slabs are kept (memory stays flat: the producer bounds the chunks being
-    encoded). `release` is called from encoder threads."""
+    and zeroing than hashing its data did. Here files are read one after another into the
+    current slab (a file starts in it while CDC_MAX bytes are free, so files of a few MiB
+    share one), each chunk is a view into it, and a slab goes back to the pool when the pool
+    has moved on and the last chunk cut from it has been encoded. Only `keep` idle slabs are
+    kept, and the producer bounds the chunks being encoded, so memory stays flat. The
+    producer thread reads; `release` is also called from encoder threads."""
 
-    def __init__(self, keep: int = 2) -> None:
+    def __init__(self, keep: int = 1) -> None:
         self._keep = keep
         self._free: list[Slab] = []
         self._lock = threading.Lock()
+        self._cur: Slab | None = None
+        self._pos = 0
 
-    def get(self) -> Slab:
+    def space(self) -> tuple[Slab, int]:
+        """The slab to read the next file into, and where its free space starts."""
+        if self._cur is None or SLAB_SIZE - self._pos < CDC_MAX:
+            return self.fresh(), 0
+        return self._cur, self._pos
+
+    def fresh(self) -> Slab:
+        """Make an empty slab the current one (the old one goes when its chunks are done)."""
         with self._lock:
             slab = self._free.pop() if self._free else Slab()
             slab.refs = 1
-            return slab
+            old, self._cur, self._pos = self._cur, slab, 0
+        if old is not None:
+            self.release(old)
+        return slab
+
+    def consumed(self, slab: Slab, pos: int) -> None:
+        """A file's bytes end at `pos` of `slab`, the current slab."""
+        if slab is self._cur:
+            self._pos = pos
 
     def hold(self, slab: Slab) -> None:
         with self._lock:
@@ -140,8 +160,8 @@ def cut_stream(cdc: FastCDC, stream: io.RawIOBase | io.BufferedIOBase, pool: Sla
     past the chunk's start, or at the end of the stream), so chunks deduplicate against
     snapshots made before."""
     readinto = getattr(stream, "readinto", None)
-    slab = pool.get()
-    fill = start = 0
+    slab, start = pool.space()
+    fill = start
     eof = False
     try:
         while True:
@@ -167,12 +187,11 @@ def cut_stream(cdc: FastCDC, stream: io.RawIOBase | io.BufferedIOBase, pool: Sla
                 return
             # The tail moves to a fresh slab (the old one stays with its chunks' encoders).
             tail = fill - start
-            nxt = pool.get()
+            nxt = pool.fresh()
             nxt.buf[:tail] = whole[start:fill]
-            pool.release(slab)
             slab, start, fill = nxt, 0, tail
     finally:
-        pool.release(slab)
+        pool.consumed(slab, fill)
 
 
 def _read_into(stream: io.RawIOBase | io.BufferedIOBase, readinto: object,

@@ -50,7 +50,8 @@ def test_cuts_match_pyfastcdc_and_every_slab_comes_back(size: int, step: int | N
         pool.release(slab)
     assert got == want
     assert b"".join(got) == data
-    assert all(s.refs == 0 for s in pool._free)
+    assert all(s.refs == 0 for s in pool._free)  # every chunk's hold was given back
+    assert pool._cur is None or pool._cur.refs == 1  # only the pool's own on its current
     assert len(pool._free) <= 2
 
 
@@ -66,3 +67,20 @@ def test_a_slab_is_reused_only_after_its_last_chunk_is_released() -> None:
     for _, _, slab in held:
         pool.release(slab)
     assert 1 <= len(pool._free) <= 4
+
+
+def test_files_share_a_slab_while_a_maximal_chunk_fits() -> None:
+    pool = SlabPool()
+    files = [sample(n, n) for n in (300_000, 1_000_000, 2_500_000, 3_000_000, 700_000)]
+    used = []
+    for data in files:
+        got = []
+        for view, slab in cut_stream(new_cdc(), io.BytesIO(data), pool):
+            got.append(bytes(view))
+            used.append(slab)
+            pool.release(slab)
+        assert got == [bytes(c.data) for c in new_cdc().cut_stream(io.BytesIO(data))]
+    # 300 KB + 1 MB + 2.5 MB end at 3.8 MB, with 4.59 MB (more than a maximal chunk) free:
+    # the fourth file goes there too; after it 1.59 MB are free, so the fifth takes a fresh one
+    assert used[0] is used[1] is used[2] is used[3]
+    assert used[4] is not used[3]

@@ -12,11 +12,12 @@ The agent makes the opposite trade (`AGENT`): every chunk-sized buffer comes fro
 heap and is reused by the next chunk. A fresh mapping per buffer cost it more CPU in page
 faults and zeroing than hashing the data did (issue 23, a 1 GiB initial backup measured
 back to back under load: 1.10 million minor faults and 6.1-6.4 CPU-s with the daemon's
-setting, 0.17 million and 4.3-4.5 CPU-s with this one). The price is a heap that holds freed
-chunk buffers: peak RSS 161-164 MiB instead of 136-137 in the same runs. What bounds it is
-that the big buffers are few and reused (read slabs, the upload budget), one arena (no
-per-thread heaps to fragment), and a fixed threshold just above the largest chunk file, so
-nothing larger than a chunk lingers in the heap.
+setting, 0.17 million and 4.3-4.5 CPU-s with this one, 63-76 thousand once files share
+read slabs). What keeps its memory flat is that the big buffers are few and reused (read
+slabs shared by consecutive files, the upload budget), one arena (no per-thread heaps to
+fragment), and a fixed threshold just above the largest chunk file, so nothing larger than
+a chunk lingers in the heap: peak RSS 144-145 MiB in the last runs, 136-137 with the
+daemon's setting and no slabs.
 """
 
 from __future__ import annotations
