@@ -37,7 +37,7 @@ MAX_BATCH = 256
 #: (fewer wait: each round trip costs the appliance a request, and the uploads hide the wait).
 BATCH_TARGET = 32
 #: Encoded bytes handed to the uploader and not yet settled (known or uploaded).
-HANDOFF_BYTES = 16 * 2**20
+HANDOFF_BYTES = 8 * 2**20
 
 
 class Counters(Protocol):
