@@ -183,8 +183,11 @@ async def test_restore_interrupted_half_way_and_run_again_ends_identical(
     finally:
         pool.shutdown(wait=True)
     restored = restored_root(out, src)
-    written = [p for p in restored.rglob("*.bin") if p.stat().st_size == 300_000]
-    assert 0 < len(written) < 180  # cut off half way: some files there, not all
+
+    def files(root: Path) -> int:
+        return sum(1 for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+    assert 0 < files(restored) < files(src)  # cut off half way: some files there, not all
     rc, _, err = await agent(appliance, token, state, "restore", res["snapshot"], "--to",
                              str(out))
     assert rc == 0, err
