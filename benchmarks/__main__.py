@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: python -m benchmarks run [--quick] [--data PATH] [--runs N] [--tools A,B,..]
+USAGE = """usage: python -m benchmarks run [--quick] [--size 10G] [--data PATH] [--runs N]
+                                [--tools A,B,..]
        python -m benchmarks scale [--chunks N]
        python -m benchmarks replication [--mb N] [--runs N]
        python -m benchmarks browse [--files N] [--per-dir N] [--runs N]

@@ -1,6 +1,6 @@
 """The appliance against restic and borg on the same data, in the same run, side by side.
 
-`python -m benchmarks run [--quick] [--data PATH] [--runs N] [--tools appliance,restic,borg]`
+`python -m benchmarks run [--quick] [--size 10G] [--data PATH] [--runs N] [--tools ...]`
 
 Users pick a backup system by how fast it backs up, how little it re-sends and how fast it
 restores, so for every tool, on a fresh repository each repetition, this measures:
@@ -353,8 +353,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, help="repetitions (default 3; --quick 1)")
     ap.add_argument("--tools", help="comma-separated, from: " + ", ".join(TOOLS) +
                     " (default appliance,restic,borg, plus restic-rest if rclone is present)")
-    ap.add_argument("--size-mb", type=float,
-                    help="generated dataset size (default 1024; --quick 44)")
+    ap.add_argument("--size", type=parse_size, dest="size_mb", metavar="SIZE",
+                    help="generated dataset size, e.g. 10G or 300M (default 1G; --quick 44M); "
+                    "the file count scales with it (~30,000 per GiB: 10G is ~300,000 files) "
+                    "and the JSON goes to run-SIZE.json unless --out says otherwise")
+    ap.add_argument("--size-mb", type=float, dest="size_mb", help=argparse.SUPPRESS)
     ap.add_argument("--agents", type=int, help="concurrent agents (default 20; --quick 4; "
                     "0 skips)")
     ap.add_argument("--warm", action="store_true",
@@ -381,8 +384,39 @@ def parse(argv: list[str]) -> argparse.Namespace:
         ap.error(f"unknown tool(s) {unknown}; choose from {', '.join(TOOLS)}")
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    args.out = args.out or RESULTS / ("run-quick.json" if args.quick else "run.json")
+    if args.size_mb <= 0:
+        ap.error("--size must be above zero")
+    default_size = args.size_mb == (44 if args.quick else 1024)
+    name = "run-quick" if args.quick else "run"
+    if not default_size:
+        name += f"-{size_label(args.size_mb)}"
+    args.out = args.out or RESULTS / f"{name}.json"
     return args
+
+
+_UNITS = {"": 1.0, "M": 1.0, "MB": 1.0, "MIB": 1.0, "G": 1024.0, "GB": 1024.0, "GIB": 1024.0,
+          "T": 1024.0**2, "TB": 1024.0**2, "TIB": 1024.0**2}
+
+
+def parse_size(text: str) -> float:
+    """'10G', '1.5G', '300M' or '512' (MiB) -> MiB (binary units whatever the spelling)."""
+    t = text.strip().upper()
+    num = t.rstrip("BIGMT")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10G, 300M)") from None
+    if unit not in _UNITS or value <= 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10G, 300M)")
+    return value * _UNITS[unit]
+
+
+def size_label(mib: float) -> str:
+    """A file-name label for a size: 10240 -> '10G', 300 -> '300M'."""
+    if mib >= 1024 and mib % 1024 == 0:
+        return f"{int(mib // 1024)}G"
+    return f"{mib:g}M"
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -28,10 +28,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rdr_agent import bundle_use
+from rdr_agent.bundle_use import ChunkUse, low_use_bundles
 from rdr_agent.catalog_cache import CatalogCache
-from rdr_agent.chunker import SMALL_FILE, Bundle, StreamCutter, new_cdc
+from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, cut_stream, new_cdc
 from rdr_agent.client import ApplianceClient, ApplianceError
 from rdr_agent.statefiles import private_dir, write_private
+from rdr_agent.uploader import Cancelled, ChunkUploader
 from rdr_agent.walker import Child, Walker
 from rdr_format import __version__
 from rdr_format.catalog import (
@@ -53,18 +56,12 @@ from rdr_format.chunkfile import ChunkEncoder, EncodedChunk, possession_key, pos
 
 log = logging.getLogger("rdr.agent.backup")
 
-#: Re-bundle the live small files of a bundle whose parent-snapshot use fell below this share.
-REBUNDLE_BELOW = 0.5
 #: Backup passes in one session: a commit refused for unproven chunks (an unchanged file's
 #: range whose snapshot was force-pruned meanwhile) re-reads the files that use them, and
 #: the last pass reads everything.
 MAX_PASSES = 3
 WARM_MAX = 8 * 2**20  # bigger files are read sequentially with the kernel's own readahead
 MAX_UNREADABLE_SENT = 1000
-
-
-class Cancelled(Exception):
-    """The upload side failed or was interrupted; the producer stops."""
 
 
 @dataclass(slots=True)
@@ -132,21 +129,6 @@ class ParentCatalog:
         return {}
 
 
-def low_use_bundles(blocks: Iterator[tuple[bytes, list[Entry]]]) -> set[str]:
-    """Chunks of the parent whose bytes are mostly no longer referenced (deleted or changed
-    small files): their surviving files get re-bundled so dead bytes can be collected."""
-    used: dict[str, int] = {}
-    size: dict[str, int] = {}
-    for _, entries in blocks:
-        for e in entries:
-            if e.type != FILE:
-                continue
-            for r in e.ranges:
-                used[r.chunk] = used.get(r.chunk, 0) + r.length
-                size[r.chunk] = r.chunk_size
-    return {c for c, u in used.items() if u < size[c] * REBUNDLE_BELOW}
-
-
 # --- producer --------------------------------------------------------------------------------
 
 
@@ -171,7 +153,7 @@ class Producer:
     """Runs in one thread: walk, read, chunk, write the catalog. Chunks go out via `emit`."""
 
     MAX_PENDING_BLOCKS = 512
-    MAX_ENCODES_IN_FLIGHT = 8
+    MAX_ENCODES_IN_FLIGHT = 4
 
     def __init__(self, stats: BackupStats, emit: Callable[[EncodedChunk, str], None],
                  encoders: ThreadPoolExecutor, parent: ParentCatalog, low_use: set[str],
@@ -195,14 +177,18 @@ class Producer:
                                    list[tuple[Entry, Entry]]]] = deque()
         self._links: dict[tuple[int, int], tuple[bytes, Entry]] = {}
         self._cdc = new_cdc()
+        self._slabs = SlabPool()
         self.catalog_futures: list[Future] = []
         self.index_futures: list[Future] = []
         self._cat_cut = StreamCutter()
         self._idx_cut = StreamCutter()
         self._writer = CatalogWriter(self._cat_sink, self._idx_sink)
+        #: What the new catalog's files use of each chunk (saved for the next backup).
+        self.use = ChunkUse()
 
     # --- encoding ---
-    def _encode_job(self, plain: bytes, keep: bool) -> EncodedChunk | ChunkRef:
+    def _encode_job(self, plain: bytes | bytearray | memoryview, keep: bool,
+                    slab: Slab | None) -> EncodedChunk | ChunkRef:
         try:
             enc = getattr(self._enc_local, "enc", None)
             if enc is None:
@@ -216,14 +202,26 @@ class Producer:
             # id only, so the chunk's bytes are freed once uploaded.
             return chunk if keep else ChunkRef(chunk.id, chunk.plain_size)
         finally:
+            if slab is not None:  # the plaintext was a view into it: done with it
+                self._slabs.release(slab)
             self._slots.release()
 
-    def _submit(self, plain: bytes, keep: bool = False) -> Future:
-        """Encode in the pool; `keep` for catalog chunks, whose bytes the cache wants."""
+    def _submit(self, plain: bytes | bytearray | memoryview, keep: bool = False,
+                slab: Slab | None = None) -> Future:
+        """Encode in the pool; `keep` for catalog chunks, whose bytes the cache wants;
+        `slab` is the pooled read buffer `plain` is a view of (released once encoded)."""
         while not self._slots.acquire(timeout=0.5):
             if self.stop.is_set():
+                if slab is not None:
+                    self._slabs.release(slab)
                 raise Cancelled
-        return self.encoders.submit(self._encode_job, plain, keep)
+        try:
+            return self.encoders.submit(self._encode_job, plain, keep, slab)
+        except BaseException:
+            if slab is not None:
+                self._slabs.release(slab)
+            self._slots.release()
+            raise
 
     def _cat_sink(self, data: bytes) -> None:
         for piece in self._cat_cut.feed(data):
@@ -371,11 +369,11 @@ class Producer:
 
     def _read_stream(self, stream: io.RawIOBase | io.BufferedIOBase, pend: list) -> int:
         total = 0
-        for c in self._cdc.cut_stream(stream):
-            plain = bytes(c.data)  # the cutter reuses its buffer; the encoder runs in parallel
-            pend.append(_Pending(self._submit(plain), 0, len(plain), len(plain)))
-            total += len(plain)
-            self.stats.bytes_read += len(plain)
+        for plain, slab in cut_stream(self._cdc, stream, self._slabs):
+            n = len(plain)
+            pend.append(_Pending(self._submit(plain, slab=slab), 0, n, n))
+            total += n
+            self.stats.bytes_read += n
             if self.stop.is_set():
                 raise Cancelled
         return total
@@ -385,7 +383,7 @@ class Producer:
         if b.sealed or not b.buf:
             return
         b.sealed = True
-        b.future = self._submit(bytes(b.buf))
+        b.future = self._submit(b.buf)  # no copy: the buffer is not written to again
         b.buf = bytearray()
         self._bundle = Bundle()
 
@@ -418,6 +416,7 @@ class Producer:
                 return
             for e, pend in pendings:
                 e.ranges = [self._resolve(p) for p in pend]
+                self.use.add(e)
             for e, first in links:
                 e.ranges, e.size = first.ranges, first.size
             self._writer.add_block(path, entries)
@@ -533,8 +532,9 @@ class Archiver:
                 if attempt > 1:  # counted afresh, in place (a progress reporter holds it)
                     for f in dataclasses.fields(BackupStats):
                         setattr(self.stats, f.name, getattr(BackupStats(), f.name))
-                cat, idx = await self._pass(sid, cache, parent, damaged | refused, sources,
-                                            excludes, one_file_system, stdin_name, stdin)
+                cat, idx, low_use = await self._pass(
+                    sid, cache, self._use_file(host), parent, damaged | refused, sources,
+                    excludes, one_file_system, stdin_name, stdin)
                 unreadable = self.stats.unreadable
                 body = {
                     "catalog": {"chunks": [[c.id, c.plain_size] for c in cat]},
@@ -564,40 +564,36 @@ class Archiver:
             beat.cancel()
         self._session_file(host).unlink(missing_ok=True)
         await loop.run_in_executor(None, self._refresh_cache, cache, cat + idx, cat)
+        await loop.run_in_executor(None, self._save_use, host, cat, low_use)
         return BackupResult(result["snapshot"], host, self.stats, time.monotonic() - started,
                             resumed)
 
-    async def _pass(self, sid: str, cache: CatalogCache,
+    async def _pass(self, sid: str, cache: CatalogCache, use_file: Path,
                     parent_chunks: list[tuple[str, int]] | None, damaged: set[str],
                     sources: list[bytes] | None, excludes: list[str] | None,
                     one_file_system: bool, stdin_name: bytes | None,
                     stdin: io.RawIOBase | io.BufferedIOBase | None,
-                    ) -> tuple[list[EncodedChunk], list[EncodedChunk]]:
-        """Walk, read, chunk and upload once; returns the catalog's and index's chunks."""
+                    ) -> tuple[list[EncodedChunk], list[EncodedChunk], set[str]]:
+        """Walk, read, chunk and upload once; returns the catalog's and index's chunks and
+        the new catalog's mostly dead chunks (for the next backup)."""
         loop = asyncio.get_running_loop()
         stop = threading.Event()
-        queue: asyncio.Queue[tuple[EncodedChunk, str] | None] = asyncio.Queue(maxsize=24)
-
-        def emit(chunk: EncodedChunk, proof: str) -> None:
-            fut = asyncio.run_coroutine_threadsafe(queue.put((chunk, proof)), loop)
-            while True:
-                try:
-                    fut.result(timeout=0.5)
-                    return
-                except TimeoutError:
-                    if stop.is_set():
-                        fut.cancel()
-                        raise Cancelled from None
-
+        uploader = ChunkUploader(self.client, sid, self.stats, stop, uploads=self.uploads,
+                                 with_proofs=self.proof_key is not None,
+                                 on_progress=self._progress)
+        emit = uploader.emit
         pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
         prefetch = ThreadPoolExecutor(1, thread_name_prefix="rdr-prefetch")
 
-        def produce() -> tuple[list[EncodedChunk], list[EncodedChunk]]:
+        def produce() -> tuple[list[EncodedChunk], list[EncodedChunk], set[str]]:
             # Files whose parent ranges use a damaged or mostly dead chunk are read again.
             low_use: set[str] = set(damaged)
             parent_blocks = None
             if parent_chunks is not None:
-                low_use |= low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
+                saved = bundle_use.load(use_file, parent_chunks)
+                if saved is None:  # not the catalog our last backup wrote: read it all first
+                    saved = low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
+                low_use |= saved
                 parent_blocks = iter_blocks(cache.pieces(parent_chunks))
             producer = Producer(self.stats, emit, pool, ParentCatalog(parent_blocks), low_use,
                                 stop, prefetch, self.proof_key)
@@ -608,30 +604,43 @@ class Archiver:
                                 on_error=lambda p, m: self.stats.unreadable.append(
                                     (os.fsdecode(p), m)))
                 producer.run_tree(walker)
-            return producer.finish()
+            cat, idx = producer.finish()
+            return cat, idx, producer.use.low()
 
-        uploader = asyncio.create_task(self._upload(sid, queue))
         try:
             produced = loop.run_in_executor(None, produce)
             try:
-                cat, idx = await asyncio.shield(produced)
+                cat, idx, low_use = await asyncio.shield(produced)
             except BaseException:
                 stop.set()
                 with contextlib.suppress(BaseException):
                     await produced
+                if uploader.failure is not None:  # the producer stopped because of it
+                    raise uploader.failure from None
                 raise
-            await queue.put(None)
-            await uploader
+            await uploader.finish()
         except BaseException:
-            stop.set()
-            uploader.cancel()
-            with contextlib.suppress(BaseException):
-                await uploader
+            await uploader.abort()
             raise
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             prefetch.shutdown(wait=False, cancel_futures=True)
-        return cat, idx
+        return cat, idx, low_use
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
+
+    def _use_file(self, host: str) -> Path:
+        return self.state_dir / f"chunk-use-{host}.json"
+
+    def _save_use(self, host: str, catalog: list[EncodedChunk], low_use: set[str]) -> None:
+        """After the commit, like the cache: a failure costs the next backup a scan."""
+        try:
+            bundle_use.save(self._use_file(host), [(c.id, c.plain_size) for c in catalog],
+                            low_use)
+        except OSError as exc:
+            log.warning("chunk use not saved (%s); the next backup reads its parent twice", exc)
 
     @staticmethod
     def _refresh_cache(cache: CatalogCache, chunks: list[EncodedChunk],
@@ -688,65 +697,3 @@ class Archiver:
             await asyncio.sleep(max(1.0, self.lease / 4))
             with contextlib.suppress(Exception):
                 await self.client.heartbeat(sid)
-
-    async def _upload(self, sid: str,
-                      queue: asyncio.Queue[tuple[EncodedChunk, str] | None]) -> None:
-        """Ask which chunks the appliance lacks, in batches, and upload those, several at once."""
-        seen: set[str] = set()
-        slots = asyncio.Semaphore(self.uploads)
-        tasks: set[asyncio.Task] = set()
-        failure: list[BaseException] = []
-
-        async def put(chunk: EncodedChunk) -> None:
-            try:
-                if await self.client.put_chunk(sid, chunk.id, chunk.data):
-                    self.stats.chunks_new += 1
-                    self.stats.bytes_new += len(chunk.data)
-                else:
-                    self.stats.chunks_known += 1
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                slots.release()
-
-        done = False
-        while not done:
-            if failure:
-                raise failure[0]
-            item = await queue.get()
-            batch: list[EncodedChunk] = []
-            proofs: list[str] = []
-            while True:
-                if item is None:
-                    done = True
-                    break
-                chunk, proof = item
-                if chunk.id not in seen:
-                    seen.add(chunk.id)
-                    batch.append(chunk)
-                    proofs.append(proof)
-                if len(batch) >= 256 or queue.empty():
-                    break
-                item = queue.get_nowait()
-            if batch:
-                # One query per batch, ids with their proofs: no extra round trip.
-                missing = set(await self.client.known_missing(
-                    sid, [c.id for c in batch],
-                    proofs if self.proof_key is not None else None))
-                for chunk in batch:
-                    if chunk.id not in missing:
-                        self.stats.chunks_known += 1
-                        continue
-                    await slots.acquire()
-                    if failure:
-                        slots.release()
-                        raise failure[0]
-                    t = asyncio.create_task(put(chunk))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
-            if self.on_progress is not None:
-                self.on_progress(self.stats)
-        if tasks:
-            await asyncio.gather(*tasks)
-        if failure:
-            raise failure[0]

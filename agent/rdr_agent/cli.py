@@ -11,27 +11,20 @@ next run resumes it).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import logging
 import os
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rdr_agent.archiver import Archiver, BackupResult, BackupStats
-from rdr_agent.catalog_cache import CatalogCache
-from rdr_agent.client import ApplianceClient, ApplianceError, ConnectError
-from rdr_agent.progress import ProgressBar
-from rdr_agent.settings import AgentSettings, SettingsError, resolve
-from rdr_agent.util.memory import tune_malloc
-from rdr_agent.util.textfmt import human_bytes as human
-from rdr_agent.walker import Walker
 from rdr_format import __version__
-from rdr_format.catalog import CatalogError
-from rdr_format.chunkfile import ChunkError
-from rdr_restore.errors import DcError, SeedError
+
+if TYPE_CHECKING:  # imported where used: start-up pays only for the command it runs
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rdr_agent.archiver import BackupResult
+    from rdr_agent.progress import ProgressBar
+    from rdr_agent.settings import AgentSettings
+    from rdr_restore.engine import RestoreSummary
 
 EXIT_PARTIAL = 3
 
@@ -40,6 +33,8 @@ def _scan_total(sources: list[bytes], excludes: list[str], one_fs: bool,
                 bar: ProgressBar) -> None:
     """Count the bytes to back up, in the background, so the bar can show a percentage."""
     import stat
+
+    from rdr_agent.walker import Walker
 
     total = 0
     for _, children in Walker(sources, excludes, one_fs).blocks():
@@ -50,6 +45,8 @@ def _scan_total(sources: list[bytes], excludes: list[str], one_fs: bool,
 
 
 def print_backup_summary(res: BackupResult) -> None:
+    from rdr_agent.util.textfmt import human_bytes as human
+
     s = res.stats
     print(f"snapshot {res.snapshot} of {res.host} committed"
           f"{' (resumed an interrupted session)' if res.resumed else ''}")
@@ -68,6 +65,15 @@ def print_backup_summary(res: BackupResult) -> None:
 
 
 async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
+    import json
+    import threading
+
+    from rdr_agent.archiver import Archiver, BackupStats
+    from rdr_agent.client import ApplianceClient
+    from rdr_agent.progress import ProgressBar
+    from rdr_agent.settings import SettingsError
+    from rdr_agent.util.textfmt import human_bytes as human
+
     if args.stdin:
         if not args.name or args.paths:
             raise SettingsError("--stdin needs --name NAME and no paths")
@@ -108,6 +114,11 @@ async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
 
 
 async def cmd_snapshots(args: argparse.Namespace, st: AgentSettings) -> int:
+    import json
+
+    from rdr_agent.client import ApplianceClient
+    from rdr_agent.util.textfmt import human_bytes as human
+
     async with ApplianceClient(st.endpoint) as client:
         snaps = await client.snapshots()
     if args.json:
@@ -121,6 +132,12 @@ async def cmd_snapshots(args: argparse.Namespace, st: AgentSettings) -> int:
 
 
 async def cmd_restore(args: argparse.Namespace, st: AgentSettings | None) -> int:
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rdr_agent.progress import ProgressBar
+    from rdr_agent.util.textfmt import human_bytes as human
+
     target = Path(args.to)
     target.mkdir(parents=True, exist_ok=True)
     include = [os.fsencode(os.path.normpath(p)).lstrip(b"/") for p in args.paths] or None
@@ -151,9 +168,11 @@ async def cmd_restore(args: argparse.Namespace, st: AgentSettings | None) -> int
 
 async def _restore_from_disk(args: argparse.Namespace, target: Path,
                              include: list[bytes] | None, pool: ThreadPoolExecutor,
-                             bar: ProgressBar):
+                             bar: ProgressBar) -> RestoreSummary:
     """Rapid Recover with the disk plugged into this server: every object on it is checked
     before a file is written; needs the appliance's data key."""
+    from rdr_agent.settings import SettingsError
+    from rdr_agent.util.textfmt import human_bytes as human
     from rdr_format.objects import ObjectCipher, load_or_create_key
     from rdr_restore.disk import RECOVER, DiskLayout, restore_from_disk
 
@@ -172,8 +191,11 @@ async def _restore_from_disk(args: argparse.Namespace, target: Path,
 
 async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, target: Path,
                                   include: list[bytes] | None, pool: ThreadPoolExecutor,
-                                  bar: ProgressBar):
+                                  bar: ProgressBar) -> RestoreSummary:
+    from rdr_agent.catalog_cache import CatalogCache
+    from rdr_agent.client import ApplianceClient
     from rdr_agent.restore import restore_snapshot
+    from rdr_agent.util.textfmt import human_bytes as human
 
     async with ApplianceClient(st.endpoint) as client:
         me = await client.whoami()
@@ -186,6 +208,7 @@ async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, t
 
 async def cmd_run(args: argparse.Namespace, st: AgentSettings) -> int:
     from rdr_agent.jobs import MAX_POLL_SECONDS, run_service
+    from rdr_agent.settings import SettingsError
 
     if args.once:
         wait = 0 if args.wait is None else args.wait
@@ -200,6 +223,10 @@ async def cmd_run(args: argparse.Namespace, st: AgentSettings) -> int:
 
 
 async def cmd_plan(args: argparse.Namespace, st: AgentSettings) -> int:
+    import json
+
+    from rdr_agent.client import ApplianceClient
+
     async with ApplianceClient(st.endpoint) as client:
         res = await client.plan()
     if args.json:
@@ -292,8 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    tune_malloc()
+    args = build_parser().parse_args(argv)  # --help, --version, usage errors: end here
+    import asyncio
+    import logging
+
+    from rdr_agent.errors import ApplianceError, ConnectError
+    from rdr_agent.settings import SettingsError, resolve
+    from rdr_agent.util.memory import tune_agent_malloc
+    from rdr_restore.errors import DcError, SeedError
+
+    tune_agent_malloc()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="rdr-agent: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
@@ -309,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     except ApplianceError as exc:
         print(f"rdr-agent: error: the appliance refused: {exc.message} ({exc.status} "
               f"{exc.code})", file=sys.stderr)
-    except (SettingsError, ConnectError, CatalogError, ChunkError, ValueError, SeedError,
-            DcError) as exc:
+    # (CatalogError and ChunkError are ValueErrors: their modules load only with a command)
+    except (SettingsError, ConnectError, ValueError, SeedError, DcError) as exc:
         print(f"rdr-agent: error: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"rdr-agent: error: {exc.strerror or exc}"

@@ -11,29 +11,18 @@ import os
 import random
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
 
+from rdr_agent.errors import ApplianceError, ConnectError, Endpoint
 from rdr_agent.util.ratelimit import Pacer
 from rdr_format import __version__
-from rdr_restore.errors import SourceError
+
+__all__ = ["ApplianceClient", "ApplianceError", "ConnectError", "Endpoint", "describe"]
 
 log = logging.getLogger("rdr.agent.client")
 T = TypeVar("T")
-
-
-class ApplianceError(SourceError):
-    """The appliance refused a request; `code` is its machine-readable reason."""
-
-    def __init__(self, status: int, code: str, message: str, body: dict | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.body = status, code, message, body or {}
-
-
-class ConnectError(Exception):
-    """The appliance could not be reached (after retries)."""
 
 
 def describe(exc: BaseException) -> str:
@@ -45,14 +34,6 @@ def describe(exc: BaseException) -> str:
         return f"{exc.strerror}{where}"
     text = str(exc)
     return text if text else type(exc).__name__
-
-
-@dataclass(slots=True)
-class Endpoint:
-    url: str
-    token: str
-    fingerprint: str | None = None  # SHA-256 of the server certificate, hex (colons allowed)
-    ca_file: str | None = None
 
 
 def ssl_for(ep: Endpoint) -> ssl.SSLContext | aiohttp.Fingerprint | bool:

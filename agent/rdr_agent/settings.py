@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rdr_agent.client import Endpoint
+from rdr_agent.errors import Endpoint
 from rdr_agent.util.tomlfile import read_toml
 
 KEYS = ("url", "token", "token_file", "fingerprint", "ca", "state_dir", "restore_roots",

@@ -10,12 +10,15 @@ import os
 import random
 import signal
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from rdr_agent.archiver import Archiver
+from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.client import ApplianceClient
+from rdr_agent.restore import restore_snapshot
 
 from ..conftest import Appliance, agent_cmd
 from ..treeutil import assert_same_tree, make_tree, restored_root, run
@@ -141,6 +144,54 @@ async def test_interrupted_backup_resumes_without_resending(appliance: Appliance
                                str(tmp_path / "out"))
     assert rc == 0, err
     assert_same_tree(src, restored_root(tmp_path / "out", src))
+
+
+class LosingClient(ApplianceClient):
+    """Loses the appliance after `limit` chunk downloads (a restore cut off half way)."""
+
+    def __init__(self, *args, limit: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.limit = limit
+        self.gets = 0
+
+    async def get_chunk(self, snap: str, cid: str) -> bytes:
+        if self.gets >= self.limit:
+            raise ConnectionResetError("simulated loss of the appliance")
+        self.gets += 1
+        return await super().get_chunk(snap, cid)
+
+
+async def test_restore_interrupted_half_way_and_run_again_ends_identical(
+        appliance: Appliance, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", big_mb=3)
+    rng = random.Random(11)
+    for d in range(6):  # enough chunks that the cut falls in the middle of the restore
+        (src / f"many{d}").mkdir()
+        for i in range(30):
+            (src / f"many{d}" / f"f{i:02d}.bin").write_bytes(rng.randbytes(300_000))
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, res, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    out = tmp_path / "out"
+    pool = ThreadPoolExecutor(2)
+    try:
+        async with LosingClient(appliance.endpoint(token), retries=0, limit=60) as c:
+            cache = CatalogCache(state / "catalog-cache" / "web01")
+            with pytest.raises(ConnectionResetError):
+                await restore_snapshot(c, res["snapshot"], out, None, cache, pool)
+    finally:
+        pool.shutdown(wait=True)
+    restored = restored_root(out, src)
+
+    def files(root: Path) -> int:
+        return sum(1 for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+    assert 0 < files(restored) < files(src)  # cut off half way: some files there, not all
+    rc, _, err = await agent(appliance, token, state, "restore", res["snapshot"], "--to",
+                             str(out))
+    assert rc == 0, err
+    assert_same_tree(src, restored)
 
 
 async def test_database_dump_from_stdin(appliance: Appliance, tmp_path: Path) -> None:
@@ -284,10 +335,14 @@ async def test_killed_agent_leaves_no_partial_snapshot(appliance: Appliance,
                .iterdir())
 
 
+@pytest.mark.parametrize("use_saved", [True, False], ids=["use-saved", "use-scanned"])
 async def test_bundles_with_mostly_dead_bytes_are_rebuilt(appliance: Appliance,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path,
+                                                          use_saved: bool) -> None:
     """After most small files of a bundle are deleted, the survivors are re-read into a new
-    bundle (one backup later), so the old bundle's dead bytes can be collected."""
+    bundle (one backup later), so the old bundle's dead bytes can be collected. Each backup
+    saves its catalog's chunk use for the next one (which then parses its parent once);
+    without that file (`use-scanned`) the parent is scanned first, with the same result."""
     src = tmp_path / "src"
     src.mkdir()
     rng = random.Random(9)
@@ -297,13 +352,23 @@ async def test_bundles_with_mostly_dead_bytes_are_rebuilt(appliance: Appliance,
     state = tmp_path / "state"
     rc, first, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0 and first["files_read"] == 100, err
+    use_file = state / "chunk-use-web01.json"
+    assert use_file.exists()
+
+    def forget() -> None:
+        if not use_saved:
+            use_file.unlink()
+
     for i in range(20, 100):
         (src / f"f{i:03d}").unlink()
+    forget()
     rc, second, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0 and second["files_read"] == 0, err  # the parent still used its bundle fully
+    forget()
     rc, third, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0, err
     assert third["files_read"] == 20 and third["files_unchanged"] == 0
+    forget()
     rc, fourth, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0 and fourth["files_read"] == 0, err  # the new bundle is fully used
     rc, _, err = await agent(appliance, token, state, "restore", "latest", "--to",
