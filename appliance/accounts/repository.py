@@ -16,11 +16,12 @@ import hashlib
 import hmac
 import re
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 
 from ..store.errors import Conflict, NotFound, StoreError
-from ..store.index import Index, take_legacy_kv
+from ..store.index import Index
 
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._@-]{0,62}\Z")
 MIN_PASSWORD = 10
@@ -110,12 +111,11 @@ class Accounts:
     def _adopt_old_key(self) -> None:
         """Move a device key an older release kept in `kv` into `signin_key`, once: device
         cookies issued before the upgrade stay valid."""
-        if not self.index.has_legacy_kv((_OLD_KEY,)):
-            return
-        with self.index.tx() as db:
-            value = take_legacy_kv(db, (_OLD_KEY,)).get(_OLD_KEY)
-            if value is not None:
+        def adopt(db: sqlite3.Connection, old: dict[str, str]) -> None:
+            if (value := old.get(_OLD_KEY)) is not None:
                 db.execute("INSERT OR IGNORE INTO signin_key VALUES (1, ?)", (value,))
+
+        self.index.adopt_legacy_kv((_OLD_KEY,), adopt)
 
     def add(self, name: str, password: str) -> None:
         if not NAME_RE.match(name):

@@ -37,20 +37,13 @@ def host_summaries(index: Index, tz: str, default_window: str,
     agents = BackupPlans(index).agents()
     runs = BackupRuns(index)
     active = runs.active()
-    last_runs: dict[str, dict] = {}
-    for rid, host in index.query("SELECT MAX(id), host FROM backup_runs WHERE state IN "
-                                 "('done', 'partial', 'failed', 'missed') GROUP BY host"):
-        last_runs[host] = runs.get(rid).to_json()
-    checked = dict(index.query(
-        "SELECT host, not_backed_up FROM backup_runs r WHERE id = (SELECT MAX(id) FROM "
-        "backup_runs WHERE host = r.host AND state IN ('done', 'partial'))"))
+    last_runs = {host: run.to_json() for host, run in runs.last_finished().items()}
+    checked = runs.last_checked()
     snaps: dict[str, list] = {}
     for row in index.snapshots():
         snaps.setdefault(row.host, []).append(row)
     # The latest session per host says whether a backup is running or the last one failed.
-    last_session = {h: (state, closed, created) for h, state, closed, created in index.query(
-        "SELECT host, state, closed_at, created_at FROM sessions s WHERE created_at = "
-        "(SELECT MAX(created_at) FROM sessions WHERE host = s.host)")}
+    last_session = index.latest_sessions()
     out = []
     for h in BackupPlans(index).host_settings():
         name = h["name"]

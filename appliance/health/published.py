@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from ..store.index import Index, take_legacy_kv
+from ..store.index import Index
 
 DDL = """
 CREATE TABLE IF NOT EXISTS health_published (
@@ -31,14 +31,14 @@ class PublishedHealth:
     def __init__(self, index: Index) -> None:
         self.index = index
         index.own_tables(DDL)
-        if index.has_legacy_kv((LEGACY_KEY,)):
-            with index.tx() as db:
-                raw = take_legacy_kv(db, (LEGACY_KEY,)).get(LEGACY_KEY)
-                if raw:
-                    old = json.loads(raw)
-                    self._write(db, old["at"], old["pid"], old["degraded"], old["disks"],
-                                old["links"], old["tunnel_up"], old["addresses"],
-                                old["fingerprint"])
+        index.adopt_legacy_kv((LEGACY_KEY,), self._adopt_legacy)
+
+    @classmethod
+    def _adopt_legacy(cls, db: sqlite3.Connection, old: dict[str, str]) -> None:
+        if raw := old.get(LEGACY_KEY):
+            v = json.loads(raw)
+            cls._write(db, v["at"], v["pid"], v["degraded"], v["disks"], v["links"],
+                       v["tunnel_up"], v["addresses"], v["fingerprint"])
 
     @staticmethod
     def _write(db: sqlite3.Connection, at: float, pid: int, degraded: dict[str, str],

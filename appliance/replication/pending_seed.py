@@ -14,7 +14,7 @@ import json
 import sqlite3
 import time
 
-from ..store.index import Index, take_legacy_kv
+from ..store.index import Index
 
 DDL = """
 CREATE TABLE IF NOT EXISTS seed_pending (
@@ -37,12 +37,13 @@ class PendingSeed:
     def __init__(self, index: Index) -> None:
         self.index = index
         index.own_tables(DDL)
-        if index.has_legacy_kv((LEGACY_KEY,)):
-            with index.tx() as db:
-                raw = take_legacy_kv(db, (LEGACY_KEY,)).get(LEGACY_KEY)
-                if raw:  # "" was an older release's "none pending"
-                    old = json.loads(raw)
-                    self._write(db, old["state"], old["since"], old["snapshots"])
+        index.adopt_legacy_kv((LEGACY_KEY,), self._adopt_legacy)
+
+    @classmethod
+    def _adopt_legacy(cls, db: sqlite3.Connection, old: dict[str, str]) -> None:
+        if raw := old.get(LEGACY_KEY):  # "" was an older release's "none pending"
+            v = json.loads(raw)
+            cls._write(db, v["state"], v["since"], v["snapshots"])
 
     @staticmethod
     def _write(db: sqlite3.Connection, state: str, since: float,

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 
-from ..store.index import Index, take_legacy_kv
+from ..store.index import Index
 
 DDL = """
 CREATE TABLE IF NOT EXISTS dc_chunks (
@@ -56,9 +56,7 @@ class ReplicationState:
     def __init__(self, index: Index) -> None:
         self.index = index
         index.own_tables(DDL)
-        if index.has_legacy_kv(LEGACY_KEYS):
-            with index.tx() as db:
-                self._adopt_legacy(db, take_legacy_kv(db, LEGACY_KEYS))
+        index.adopt_legacy_kv(LEGACY_KEYS, self._adopt_legacy)
 
     @staticmethod
     def _adopt_legacy(db: sqlite3.Connection, old: dict[str, str]) -> None:

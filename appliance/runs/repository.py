@@ -226,6 +226,19 @@ class BackupRuns:
             "SELECT host, COUNT(*) FROM backup_runs WHERE in_window = 0 AND finished_at >= ? "
             "AND finished_at < ? GROUP BY host", (since, until)))
 
+    def last_finished(self) -> dict[str, BackupRun]:
+        """host -> its latest run that ended (done, partial, failed or missed)."""
+        return {r.host: r for r in (BackupRun.from_row(x) for x in self.index.query(
+            f"SELECT {_COLS} FROM backup_runs WHERE id IN (SELECT MAX(id) FROM backup_runs "
+            "WHERE state IN ('done', 'partial', 'failed', 'missed') GROUP BY host)"))}
+
+    def last_checked(self) -> dict[str, int | None]:
+        """host -> files not backed up by its latest run that committed (the premier
+        check's count; None when that run was not checked)."""
+        return dict(self.index.query(
+            "SELECT host, not_backed_up FROM backup_runs r WHERE id = (SELECT MAX(id) FROM "
+            "backup_runs WHERE host = r.host AND state IN ('done', 'partial'))"))
+
     def active(self) -> dict[str, BackupRun]:
         """host -> its queued, running or paused run."""
         return {r.host: r for r in (BackupRun.from_row(x) for x in self.index.query(

@@ -20,7 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -514,6 +514,13 @@ class Index:
                        (row.host, row.snapshot, row.received_at, row.started_at,
                         row.logical_size, row.file_count, row.new_bytes))
 
+    def latest_sessions(self) -> dict[str, tuple[str, float | None, float]]:
+        """host -> (state, closed_at, created_at) of its latest backup session: whether a
+        backup is running or the last one failed."""
+        return {h: (state, closed, created) for h, state, closed, created in self._q(
+            "SELECT host, state, closed_at, created_at FROM sessions s WHERE created_at = "
+            "(SELECT MAX(created_at) FROM sessions WHERE host = s.host)")}
+
     def session_counts(self) -> list[tuple[str, str, int]]:
         """(host, result, count) of closed sessions: committed or aborted."""
         return [(h, st, n) for h, st, n in self._q(
@@ -624,6 +631,17 @@ class Index:
         """A cheap real read of the database (readiness probe, watchdog): raises when the
         file cannot be read."""
         self._q("SELECT value FROM meta WHERE key = 'schema_version'")
+
+    def adopt_legacy_kv(self, keys: tuple[str, ...],
+                        adopt: Callable[[sqlite3.Connection, dict[str, str]], None]) -> None:
+        """A feature repository's one-time upgrade from the string-keyed `kv` table of
+        releases before issue 21: ADOPT gets the values found under KEYS inside the same
+        transaction that removes them (a crash leaves each value in one place or the other).
+        Only a read when there is nothing to move, so building a repository on an upgraded
+        index takes no write lock."""
+        if self.has_legacy_kv(keys):
+            with self.tx() as db:
+                adopt(db, take_legacy_kv(db, keys))
 
     def has_legacy_kv(self, keys: tuple[str, ...]) -> bool:
         """Whether `take_legacy_kv` has anything to do for KEYS (one of them is in the old
