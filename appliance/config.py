@@ -43,9 +43,22 @@ class ServerConfig:
     header_timeout_seconds: float = 20.0
 
 
+def default_data_dir() -> str:
+    """The embedded default's data directory: absolute, and the same from every working
+    directory, so `rdr` finds the store `rdr serve` uses wherever the admin stands
+    (`/var/lib/rdr` as root; otherwise `$XDG_STATE_HOME/rdr`, `~/.local/state/rdr` when
+    that is unset or not absolute, per the XDG base directory spec)."""
+    if os.geteuid() == 0:
+        return "/var/lib/rdr"
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return str(base / "rdr")
+
+
 @dataclass(slots=True)
 class StoreConfig:
-    path: str = "./rdr-data"
+    #: The data directory; a relative path in a file is taken from the file's directory.
+    path: str = field(default_factory=default_data_dir)
     #: An open session unused this long may be taken over by a new backup of its host.
     session_lease_seconds: float = 60.0
     #: Threads for disk and CPU work (hashing, zstd, fsync) off the event loop.

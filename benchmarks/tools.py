@@ -420,6 +420,8 @@ class Appliance(Tool):
             "gc_interval_hours = 0\nverify_interval_hours = 0\n[capacity]\n"
             "sample_interval_hours = 0\n[health]\nwatch_disks = false\n" + self.extra_config)
         env = clean_env(("RDR_",))
+        run_measured([self.cmd("rdr"), "init", "--config", str(self.cfg)], env=env,
+                     what="rdr init")
         for i in range(self.hosts):
             res = run_measured([self.cmd("rdr"), "hosts", "add", f"bench{i:02d}", "--config",
                                 str(self.cfg)], env=env, what="rdr hosts add")

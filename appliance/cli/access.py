@@ -15,7 +15,7 @@ _SCOPE_TEXT = {"metrics": "/metrics only", "read": "/metrics and appliance-wide 
 # --- admin API tokens ---
 def tokens_add(ctx: Context) -> int:
     a = ctx.args
-    with ctx.stored(create=True) as store:
+    with ctx.stored() as store:
         token = store.index.add_api_token(a.name, a.scope)
     print(f"admin API token {a.name}, scope {a.scope} ({_SCOPE_TEXT[a.scope]}; no host data), "
           "shown once:")
@@ -71,7 +71,7 @@ def admin_add(ctx: Context) -> int:
     from ..accounts import Accounts
 
     pw = new_password(ctx)
-    with ctx.stored(create=True) as store:
+    with ctx.stored() as store:
         Accounts(store.index).add(ctx.args.name, pw)
     print(f"admin account {ctx.args.name} created; sign in at https://<appliance>/")
     return 0

@@ -12,7 +12,7 @@ from . import access, dc, hosts, maintenance, replication, seed, serve, status, 
 from .core import COMMON_EXITS, EXIT_PROBLEMS, EXIT_QUEUED, exit_epilog, run
 
 #: The top-level commands in the order `rdr --help` lists them.
-COMMANDS = ("serve", "hosts", "snapshots", "protect", "prune", "gc", "verify", "store",
+COMMANDS = ("serve", "init", "hosts", "snapshots", "protect", "prune", "gc", "verify", "store",
             "status", "usage", "replicate", "replication", "dc", "seed", "tokens", "admin",
             "jobs")
 
@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"rdr {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="appliance TOML config (default: embedded default, "
-                        "or $RDR_CONFIG)")
+    common.add_argument("--config", help="appliance TOML config (default: $RDR_CONFIG, or "
+                        "the embedded default: store in /var/lib/rdr as root, else "
+                        "$XDG_STATE_HOME/rdr)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     adders = {name: add for group in GROUPS for name, add in group.PARSERS.items()}
     assert sorted(adders) == sorted(COMMANDS), "every command group listed in COMMANDS"

@@ -148,12 +148,34 @@ class Context:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.cfg: Config = load(args.config or os.environ.get("RDR_CONFIG") or None)
+        #: The config file the command runs with (None: the embedded default).
+        self.config_path: str | None = args.config or os.environ.get("RDR_CONFIG") or None
+        self.cfg: Config = load(self.config_path)
+
+    def store_source(self) -> str:
+        """Where the data directory came from, for the error that says where `rdr` looked."""
+        if self.config_path is None:
+            return "the embedded default's store.path"
+        via = "--config" if self.args.config else "$RDR_CONFIG"
+        return f"store.path of {self.config_path} ({via})"
+
+    def require_store(self, marker: str = "index.sqlite") -> None:
+        """Fail with one line naming where `rdr` looked when there is no store there: only
+        `rdr serve` and `rdr init` create one, so a command run with the wrong config (or
+        as another user) never makes a second, empty store the daemon does not know."""
+        if not (self.cfg.data_dir / marker).exists():
+            raise ConfigError(f"no appliance store at {self.cfg.data_dir} "
+                              f"({self.store_source()}); pass the appliance's --config, or "
+                              "create a store with 'rdr init' or 'rdr serve'",
+                              code="no_store")
 
     def open_store(self, create: bool = False) -> Datastore:
-        if not create and not (self.cfg.data_dir / "index.sqlite").exists():
-            raise ConfigError(f"no appliance data at {self.cfg.data_dir}; run 'rdr serve' or "
-                              "'rdr hosts add' first, or pass --config")
+        """The store at the configured data directory; it must exist unless CREATE
+        (`rdr init`), and only then is the directory made."""
+        if create:
+            self.cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            self.require_store()
         from .. import wiring
 
         return wiring.open_store(self.cfg)

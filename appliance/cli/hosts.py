@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def add(ctx: Context) -> int:
-    with ctx.stored(create=True) as store:
+    with ctx.stored() as store:
         token = store.add_host(ctx.args.name)
     print(f"host {ctx.args.name} added; its token (shown once, store it on the host):")
     print(token)

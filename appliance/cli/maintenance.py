@@ -101,6 +101,7 @@ def verify(ctx: Context) -> int:
 def rebuild_index(ctx: Context) -> int:
     from ..jobs.maintenance import rebuild
 
+    ctx.require_store("chunks")
     try:
         res = rebuild(ctx.cfg.data_dir, ctx.echo("rebuild-index"))
     finally:

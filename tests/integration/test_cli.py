@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import ssl
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,8 @@ def one_line_error(rc: int, err: str) -> str:
 async def test_hosts_and_snapshots_commands(tmp_path: Path) -> None:
     cfg = tmp_path / "a.toml"
     cfg.write_text(f"[store]\npath = '{tmp_path / 'data'}'\n")
+    rc, out, err = await run(rdr_cmd() + ["init", "--config", str(cfg)])
+    assert rc == 0 and out.strip() == f"appliance store created at {tmp_path / 'data'}", err
     rc, out, err = await run(rdr_cmd() + ["hosts", "add", "web01", "--config", str(cfg)])
     assert rc == 0, err
     token = out.strip().splitlines()[-1]
@@ -86,6 +91,7 @@ async def test_serve_stops_cleanly_and_sessions_stay_resumable(tmp_path: Path, s
     port = free_port()
     cfg = tmp_path / "a.toml"
     cfg.write_text(f"[server]\nlisten = '127.0.0.1:{port}'\n[store]\npath = 'data'\n")
+    assert (await run(rdr_cmd() + ["init", "--config", str(cfg)]))[0] == 0
     rc, out, _ = await run(rdr_cmd() + ["hosts", "add", "web01", "--config", str(cfg)])
     token = out.strip().splitlines()[-1]
     proc = await start_serve(cfg, port)
@@ -188,3 +194,128 @@ async def test_agent_reads_its_config_file(appliance: Appliance, tmp_path: Path)
     conf.write_text('url = "https://x"\ntokn = "typo"\n')
     rc, _, err = await run(agent_cmd() + ["snapshots"], env)
     assert "tokn" in one_line_error(rc, err)
+
+
+async def rdr_in(cwd: Path, *args: str, env: dict[str, str] | None = None,
+                 as_user: bool = False) -> tuple[int, str, str]:
+    """`rdr ARGS` run from CWD; AS_USER runs it as an unprivileged user (nobody when the
+    tests run as root), so the embedded default points at a per-user store under the test's
+    HOME and never at /var/lib/rdr, where a real appliance may be running."""
+    prefix = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+              if as_user and os.geteuid() == 0 else [])
+    proc = await asyncio.create_subprocess_exec(
+        *prefix, *rdr_cmd(), *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def user_dir() -> Iterator[Path]:
+    """A directory the unprivileged user of `rdr_in` can reach (pytest's own tmp_path is
+    root's, 0700, when the tests run as root)."""
+    d = Path(tempfile.mkdtemp(prefix="rdr-cli-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def user_home(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A HOME the unprivileged user of `rdr_in` may write, and the environment pointing at
+    it (no RDR_CONFIG, no XDG_STATE_HOME: the embedded default's own rule)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    if os.geteuid() == 0:
+        os.chown(home, 65534, 65534)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RDR_CONFIG", "XDG_STATE_HOME")}
+    env["HOME"] = str(home)
+    return home, env
+
+
+def nothing_created(*dirs: Path) -> None:
+    for d in dirs:
+        assert not any(d.iterdir()), list(d.iterdir())
+
+
+async def test_embedded_default_store_found_from_any_directory(user_dir: Path) -> None:
+    """The embedded default's store is one absolute place (the per-user XDG state directory
+    when not root): created by `rdr init`, found by every command wherever it runs."""
+    tmp_path = user_dir
+    home, env = user_home(tmp_path)
+    here, there = tmp_path / "here", tmp_path / "there"
+    for d in (here, there):
+        d.mkdir()
+        d.chmod(0o777)
+    store = home / ".local" / "state" / "rdr"
+    # A missing store: one line naming where rdr looked, not suggesting 'hosts add'; nothing
+    # made in the working directory or at the store's place.
+    for args in (["hosts", "add", "web02"], ["snapshots"], ["status"], ["prune"], ["gc"],
+                 ["admin", "list"], ["tokens", "add", "x"], ["store", "rebuild-index"]):
+        rc, _, err = await rdr_in(there, *args, env=env, as_user=True)
+        line = one_line_error(rc, err)
+        assert rc == 1 and f"no appliance store at {store} " in line, line
+        assert "embedded default" in line and "hosts add" not in line, line
+        assert not store.exists() and not (home / ".local").exists()
+        nothing_created(there)
+    rc, out, err = await rdr_in(here, "init", env=env, as_user=True)
+    assert rc == 0 and out.strip() == f"appliance store created at {store}", err
+    assert (store / "index.sqlite").exists()
+    nothing_created(here)
+    rc, out, err = await rdr_in(there, "hosts", "add", "web02", env=env, as_user=True)
+    assert rc == 0, err
+    rc, out, err = await rdr_in(tmp_path, "hosts", "list", env=env, as_user=True)
+    assert rc == 0 and "web02" in out, err
+    nothing_created(there)
+    rc, out, err = await rdr_in(there, "init", env=env, as_user=True)
+    assert rc == 0 and out.strip() == f"appliance store already at {store}", err
+
+
+async def test_missing_store_from_a_config_is_an_error_that_creates_nothing(
+        tmp_path: Path) -> None:
+    cfg = tmp_path / "a.toml"
+    cfg.write_text("[store]\npath = 'data'\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, RDR_CONFIG=str(cfg))
+    for args, via in ((["hosts", "add", "web02", "--config", str(cfg)], "--config"),
+                      (["snapshots"], "$RDR_CONFIG")):
+        rc, _, err = await rdr_in(elsewhere, *args, env=env)
+        line = one_line_error(rc, err)
+        assert line == (f"rdr: error: no appliance store at {tmp_path / 'data'} (store.path "
+                        f"of {cfg} ({via})); pass the appliance's --config, or create a "
+                        "store with 'rdr init' or 'rdr serve'"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.toml", "elsewhere"]
+    nothing_created(elsewhere)
+
+
+async def test_serve_creates_the_store_every_command_finds(tmp_path: Path) -> None:
+    """`rdr serve` makes its store; admin commands from another directory (the config given
+    by $RDR_CONFIG) use that store: the token they print is one the running daemon knows."""
+    port = free_port()
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[server]\nlisten = '127.0.0.1:{port}'\n[store]\npath = 'data'\n"
+                   "[health]\nwatch_disks = false\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = await start_serve(cfg, port)
+    try:
+        assert (tmp_path / "data" / "index.sqlite").exists()
+        env = dict(os.environ, RDR_CONFIG=str(cfg))
+        rc, out, err = await rdr_in(elsewhere, "hosts", "add", "web02", env=env)
+        assert rc == 0, err
+        token = out.strip().splitlines()[-1]
+        from appliance.api.tls import fingerprint
+
+        fp = fingerprint(tmp_path / "data" / "tls" / "cert.pem")
+        async with ApplianceClient(Endpoint(f"https://127.0.0.1:{port}", token, fp)) as c:
+            assert (await c.open_session())["session"]
+        rc, out, err = await rdr_in(elsewhere, "status", env=env)
+        assert rc == 0 and f"data in {tmp_path / 'data'}" in out, err
+        nothing_created(elsewhere)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await proc.communicate()

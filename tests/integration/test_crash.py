@@ -50,6 +50,7 @@ async def test_sigkill_during_backup_commit_prune_and_gc(tmp_path: Path) -> None
     port = free_port()
     cfg = tmp_path / "appliance.toml"
     cfg.write_text(quiet_toml(port, "data", extra='[retention]\npolicy = "1-0-0"\n'))
+    assert (await run(rdr_cmd() + ["init", "--config", str(cfg)]))[0] == 0
     rc, out, err = await run(rdr_cmd() + ["hosts", "add", "web01", "--config", str(cfg)])
     assert rc == 0, err
     token = out.strip().splitlines()[-1]

@@ -287,6 +287,7 @@ async def test_rdr_status_summarises_health(tmp_path: Path) -> None:
                    "[replication]\ndirectory = 'dc'\n[appliance]\nserial = 'RDR-42'\n")
     from .test_cli import start_serve
 
+    assert (await run(rdr_cmd() + ["init", "--config", str(cfg)]))[0] == 0
     rc, out, _ = await run(rdr_cmd() + ["hosts", "add", "web01", "--config", str(cfg)])
     daemon = await start_serve(cfg, port)
     try:

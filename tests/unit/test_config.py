@@ -15,10 +15,23 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_embedded_default() -> None:
+def test_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded default's data directory is absolute and the same from any working
+    directory: /var/lib/rdr as root, the XDG state directory otherwise."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
     cfg = load(None)
     assert cfg.server.listen == ["127.0.0.1:8443"]
-    assert cfg.data_dir == (Path.cwd() / "rdr-data").resolve()
+    assert cfg.data_dir == tmp_path / "home" / ".local" / "state" / "rdr"
+    monkeypatch.chdir(tmp_path)
+    assert load(None).data_dir == cfg.data_dir
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert load(None).data_dir == tmp_path / "state" / "rdr"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # not absolute: ignored (XDG)
+    assert load(None).data_dir == cfg.data_dir
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert load(None).data_dir == Path("/var/lib/rdr").resolve()
 
 
 def test_full_file_and_relative_store_path(tmp_path: Path) -> None:
