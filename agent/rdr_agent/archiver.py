@@ -37,6 +37,7 @@ from rdr_agent.statefiles import private_dir, write_private
 from rdr_agent.uploader import Cancelled, ChunkUploader
 from rdr_agent.walker import Child, Walker
 from rdr_format import __version__
+from rdr_format import sources as sources_rule
 from rdr_format.catalog import (
     BLOCKDEV,
     CHARDEV,
@@ -502,7 +503,8 @@ class Archiver:
 
     async def backup(self, sources: list[bytes] | None = None, *, excludes: list[str] | None = None,
                      one_file_system: bool = False, stdin_name: bytes | None = None,
-                     stdin: io.RawIOBase | io.BufferedIOBase | None = None) -> BackupResult:
+                     stdin: io.RawIOBase | io.BufferedIOBase | None = None,
+                     source: str | None = None) -> BackupResult:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         me = await self.client.whoami()
@@ -542,6 +544,9 @@ class Archiver:
                     "agent_version": __version__,
                     "source": [os.fsdecode(s) for s in (sources or [])] or
                               ([f"stdin:{os.fsdecode(stdin_name)}"] if stdin_name else []),
+                    "source_name": source or (
+                        sources_rule.of_stdin(os.fsdecode(stdin_name)) if stdin_name
+                        else sources_rule.of_paths([os.fsdecode(s) for s in sources or []])),
                     "unreadable": [{"path": p, "error": e}
                                    for p, e in unreadable[:MAX_UNREADABLE_SENT]],
                     "unreadable_count": len(unreadable),

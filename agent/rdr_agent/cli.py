@@ -82,6 +82,12 @@ async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
             raise SettingsError("--name must be a plain file name")
     elif not args.paths:
         raise SettingsError("give at least one path to back up (or --stdin --name NAME)")
+    if args.source is not None:
+        from rdr_format.sources import SourceError, check_explicit
+        try:
+            check_explicit(args.source)
+        except SourceError as exc:
+            raise SettingsError(str(exc)) from None
     sources = [os.fsencode(os.path.abspath(p)) for p in args.paths]
     for src in sources:
         if not os.path.lexists(src):
@@ -100,10 +106,11 @@ async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
         archiver = Archiver(client, st.state_dir, on_progress=progress)
         try:
             if args.stdin:
-                res = await archiver.backup(stdin_name=name)
+                res = await archiver.backup(stdin_name=name, source=args.source)
             else:
                 res = await archiver.backup(sources, excludes=args.exclude,
-                                            one_file_system=args.one_file_system)
+                                            one_file_system=args.one_file_system,
+                                            source=args.source)
         finally:
             bar.close()
     if args.json:
@@ -280,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not cross into other mounted filesystems")
     b.add_argument("--stdin", action="store_true", help="back up standard input as one file")
     b.add_argument("--name", help="file name for --stdin, e.g. db.sql")
+    b.add_argument("--source", help="name the backup source (retention and 'latest' work per "
+                   "source; default: the paths, or stdin:NAME)")
     b.set_defaults(run=cmd_backup)
 
     s = sub.add_parser("snapshots", parents=[common], help="list this host's snapshots")

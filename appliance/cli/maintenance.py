@@ -53,8 +53,14 @@ def prune(ctx: Context) -> int:
         print_json([d.to_json() for d in decisions])
         return 0
     verb = "would remove" if a.dry_run else "removed"
+    groups: dict[tuple[str, str], list] = {}
     for d in decisions:
-        print(f"{'keep  ' if d.keep else 'REMOVE'} {d.host:20} {d.snapshot:22} {d.reason}")
+        groups.setdefault((d.host, d.source), []).append(d)
+    for (host, source), of_source in groups.items():
+        kept = sum(d.keep for d in of_source)
+        print(f"{host} source {source or '(none)'}: keeps {kept} of {len(of_source)}")
+        for d in of_source:
+            print(f"  {'keep  ' if d.keep else 'REMOVE'} {d.host:20} {d.snapshot:22} {d.reason}")
     gone = sum(not d.keep for d in decisions)
     print(f"{verb} {gone} of {len(decisions)} snapshots")
     return 0

@@ -26,6 +26,7 @@ from rdr_format.catalog import CatalogError, CatalogSummary, CatalogTooLarge, va
 from rdr_format.chunkfile import ChunkError, is_chunk_id, possession_proof
 from rdr_format.fsutil import atomic_write, fsync_dir
 from rdr_format.manifest import ChunkIndex, Manifest, StreamRef
+from rdr_format.sources import of_manifest_source
 
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
@@ -49,6 +50,8 @@ class CommitRequest:
     dirindex: StreamRef
     agent_version: str = ""
     source: list[str] = field(default_factory=list)
+    #: The backup source (rdr_format.sources); "" derives it from `source`.
+    source_name: str = ""
     unreadable: list[dict] = field(default_factory=list)
     unreadable_count: int = 0
 
@@ -116,6 +119,22 @@ class Datastore:
         self._commit_lock = root / "commit.lock"
         #: What each open session has proven it holds (see ownership.py).
         self.ownership = Ownership(root / "sessions")
+        self.fill_sources()
+
+    def fill_sources(self) -> int:
+        """Give the snapshots of a store from before backup sources (schema < 8) theirs,
+        from their manifests (`rdr_format.sources.of_manifest_source`): prune must never
+        see a host's snapshots as one source again. Runs at every open; once all rows have
+        a source it is one query. Returns how many rows were filled."""
+        filled = 0
+        for row in self.index.snapshots_without_source():
+            try:
+                m = self.snapshots.manifest(row.host, row.snapshot)
+            except (OSError, ValueError, StoreError):
+                continue  # reconcile drops a row whose directory is gone
+            self.index.set_source(row.host, row.snapshot, _source_of(m))
+            filled += 1
+        return filled
 
     def close(self) -> None:
         self.index.close()
@@ -548,6 +567,7 @@ class Datastore:
             file_count=summary.files, dir_count=summary.dirs, entry_count=summary.entries,
             chunk_count=len(all_ids), new_bytes=live.bytes_new + row.bytes_new,
             agent_version=req.agent_version, session=row.id, source=req.source,
+            source_name=req.source_name or of_manifest_source(req.source),
             unreadable=req.unreadable[:MAX_UNREADABLE_LISTED],
             unreadable_count=max(req.unreadable_count, len(req.unreadable)))
         self.snapshots.write(manifest, all_ids)
@@ -693,7 +713,12 @@ def _row_from_manifest(m: Manifest) -> SnapshotRow:
         started_at=datetime.fromisoformat(m.started_at).timestamp(),
         logical_size=m.logical_size, file_count=m.file_count, dir_count=m.dir_count,
         chunk_count=m.chunk_count, new_bytes=m.new_bytes, unreadable_count=m.unreadable_count,
-        agent_version=m.agent_version, replicated_at=None, protected=False)
+        agent_version=m.agent_version, replicated_at=None, protected=False,
+        source=_source_of(m))
+
+
+def _source_of(m: Manifest) -> str:
+    return m.source_name or of_manifest_source(m.source)
 
 
 SLOW_COMMIT_SECONDS = 5.0
