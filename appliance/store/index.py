@@ -111,7 +111,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     agent_version TEXT NOT NULL,
     replicated_at REAL,
     protected INTEGER NOT NULL DEFAULT 0,
-    source TEXT NOT NULL DEFAULT '',
+    source TEXT,
     PRIMARY KEY (host, snapshot)
 );
 """
@@ -172,8 +172,8 @@ class SnapshotRow:
     replicated_at: float | None
     protected: bool
     #: The backup source (rdr_format.sources): retention and "latest" work per source.
-    #: "" only between the schema 8 upgrade and `Datastore.fill_sources` at open.
-    source: str = ""
+    #: None only between the schema 8 upgrade and `Datastore.fill_sources` at open.
+    source: str | None = None
 
     def to_json(self) -> dict:
         from datetime import UTC, datetime
@@ -246,7 +246,7 @@ class Index:
         self._add_column("api_tokens", "scope", "TEXT NOT NULL DEFAULT 'metrics'")
         # version 8 (issue 22): backup sources; rows of older stores get theirs from their
         # manifests (`Datastore.fill_sources`), which the index cannot read.
-        self._add_column("snapshots", "source", "TEXT NOT NULL DEFAULT ''")
+        self._add_column("snapshots", "source", "TEXT")
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
 
@@ -607,7 +607,7 @@ class Index:
     def snapshots_without_source(self) -> list[SnapshotRow]:
         """Rows an index before schema 8 recorded (see `Datastore.fill_sources`)."""
         return [SnapshotRow(*r) for r in self._q(
-            f"SELECT {_SNAP_COLS} FROM snapshots WHERE source = '' ORDER BY host, snapshot")]
+            f"SELECT {_SNAP_COLS} FROM snapshots WHERE source IS NULL ORDER BY host, snapshot")]
 
     def set_source(self, host: str, snapshot: str, source: str) -> None:
         with self.tx() as db:

@@ -40,7 +40,7 @@ def decide(rows: list[SnapshotRow], policy: Policy, tz: str, *, replication_requ
     """Decisions for one host's snapshots: per source, each oldest first."""
     by_source: dict[str, list[SnapshotRow]] = {}
     for r in rows:
-        by_source.setdefault(r.source, []).append(r)
+        by_source.setdefault(r.source or "", []).append(r)
     out: list[Decision] = []
     for source in sorted(by_source):
         out += _decide_source(by_source[source], policy, tz,
@@ -71,7 +71,7 @@ def _decide_source(rows: list[SnapshotRow], policy: Policy, tz: str, *,
                                    "of --force")
         else:
             keep, reason = False, f"outside {policy}"
-        out.append(Decision(r.host, r.snapshot, when, keep, rule, reason, r.source))
+        out.append(Decision(r.host, r.snapshot, when, keep, rule, reason, r.source or ""))
     return out
 
 

@@ -85,9 +85,10 @@ def data(seed: int, size: int = 5000) -> bytes:
 
 def commit_files(store: Datastore, host: str, files: dict[bytes, bytes],
                  sid: str | None = None, reuse: frozenset[bytes] = frozenset(),
-                 source: tuple[str, ...] = ()) -> Manifest:
+                 source: tuple[str, ...] = ("/srv",)) -> Manifest:
     """Commit a one-directory snapshot holding `files` through the public Datastore API, as an
-    agent would: data chunks, then the catalog and directory-index chunks, then commit. The
+    agent would: data chunks, then the catalog and directory-index chunks, then commit (with
+    the paths it backed up: `source`, one backup source by default). The
     files named in `reuse` are not uploaded (an agent's unchanged files: their chunks come
     from the parent's catalog)."""
     if sid is None:

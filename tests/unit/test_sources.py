@@ -91,7 +91,8 @@ def test_store_prunes_per_source_and_upgrades_an_old_store(tmp_path: Path) -> No
     db.sql dump on stdin the first day. A per-host 8-5-4 removed the dump; per source it stays,
     and `rdr prune` reports each source. Then the store is made to look like one from before
     sources (no column values, no `source_name` in the manifests) and reopened: every row gets
-    its source from its manifest's recorded paths or stdin name."""
+    its source from its manifest's recorded paths or stdin name, or else from its catalog's
+    top-level paths."""
     clock = FakeClock(START)
     root = tmp_path / "data"
     store = Datastore(root, reserve_bytes=0, clock=clock)
@@ -102,13 +103,18 @@ def test_store_prunes_per_source_and_upgrades_an_old_store(tmp_path: Path) -> No
                             source=("stdin:db.sql",)).snapshot
         paths = [commit_at(store, clock, START + timedelta(days=i), "web01",
                            {b"day": f"day {i}".encode()}) for i in range(2, 60, 2)]
-        for s in paths:  # committed without a source list: one (empty-named) source
-            assert store.index.snapshot("web01", s).source == ""
+        for s in paths:
+            assert store.index.snapshot("web01", s).source == "/srv"
+        clock.now = START + timedelta(days=61)
+        # An agent that records no paths: the catalog's top-level entries name the source.
+        bare = commit_files(store, "web01", {b"day": b"x"}, source=()).snapshot
+        assert store.index.snapshot("web01", bare).source == "/day"
         assert store.index.snapshot("web01", dump).source == "stdin:db.sql"
         decisions = maint(store, default_policy="8-5-4").prune()
         by = {d.snapshot: d for d in decisions}
         assert by[dump].keep and by[dump].source == "stdin:db.sql"
         assert any(not by[s].keep for s in paths)
+        assert by[bare].keep and by[bare].reason.startswith("kept by the daily rule")
         assert dump in snapshot_ids(store, "web01")
     finally:
         store.close()
@@ -119,18 +125,21 @@ def test_store_prunes_per_source_and_upgrades_an_old_store(tmp_path: Path) -> No
         f = root / "snapshots" / "web01" / snap / "manifest.json"
         m = json.loads(f.read_bytes())
         m.pop("source_name", None)
-        if snap != dump:
+        if snap == paths[-1]:
+            m["source"] = []  # an agent that recorded none: the catalog's top level counts
+        elif snap != dump:
             m["source"] = ["/srv", "/etc"]
         f.write_text(json.dumps(m))
     con = sqlite3.connect(root / "index.sqlite")
-    con.execute("UPDATE snapshots SET source = ''")
+    con.execute("UPDATE snapshots SET source = NULL")
     con.commit()
     con.close()
     store = Datastore(root, reserve_bytes=0, clock=clock)
     try:
         got = {r.snapshot: r.source for r in store.index.snapshots("web01")}
         assert got[dump] == "stdin:db.sql"
-        assert {got[s] for s in kept if s != dump} == {"/etc /srv"}
+        assert {got[s] for s in kept if s not in (dump, paths[-1])} == {"/etc /srv"}
+        assert got[paths[-1]] == "/day"
         assert store.index.snapshots_without_source() == []
     finally:
         store.close()
