@@ -57,11 +57,15 @@ def of_manifest_source(source: list[str]) -> str:
 
 
 def holds(source: str, path: str) -> bool:
-    """Whether a snapshot of `source` may hold the absolute `path` (a paths source only)."""
-    if source.startswith(STDIN_PREFIX) or not source.startswith("/"):
+    """Whether a snapshot of `source` may hold the absolute `path`: below one of a paths
+    source's paths, or the one file of a stdin source (restored as ``/NAME``); an explicit
+    name says nothing about paths."""
+    path = os.path.normpath(path)
+    if source.startswith(STDIN_PREFIX):
+        return path == "/" + source[len(STDIN_PREFIX):]
+    if not source.startswith("/"):
         return False
     roots = split_paths(source)
-    path = os.path.normpath(path)
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 

@@ -22,11 +22,13 @@ def snapshots(ctx: Context) -> int:
     if ctx.args.json:
         print_json([r.to_json() for r in rows])
         return 0
-    print(f"{'HOST':20} {'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10} {'NEW':>10}  REPLICATED")
+    print(f"{'HOST':20} {'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10} {'NEW':>10}  "
+          f"{'REPLICATED':19}  SOURCE")
     for r in rows:
+        state = ("yes" if r.replicated_at else "no") + ("  protected" if r.protected else "")
         print(f"{r.host:20} {r.snapshot:22} {r.file_count:>9} "
               f"{human_bytes(r.logical_size):>10} {human_bytes(r.new_bytes):>10}  "
-              f"{'yes' if r.replicated_at else 'no'}{'  protected' if r.protected else ''}")
+              f"{state:19}  {r.source or '-'}")
     return 0
 
 

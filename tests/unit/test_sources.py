@@ -31,7 +31,9 @@ def test_names_follow_the_rule() -> None:
             sources.check_explicit(bad)
     assert sources.holds("/etc /home", "/etc/hosts")
     assert not sources.holds("/etc /home", "/etcetera")
-    assert not sources.holds("stdin:db.sql", "/db.sql")
+    assert sources.holds("stdin:db.sql", "/db.sql")
+    assert not sources.holds("stdin:db.sql", "/etc")
+    assert not sources.holds("nightly", "/etc")
 
 
 def _row(snap: str, at: datetime, source: str) -> SnapshotRow:
@@ -148,3 +150,21 @@ def test_store_prunes_per_source_and_upgrades_an_old_store(tmp_path: Path) -> No
 def snapshot_ids_of(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "snapshots" / "web01").iterdir()
                   if not p.name.startswith("."))
+
+
+def test_latest_is_the_newest_of_a_source_or_holding_the_paths() -> None:
+    from rdr_agent import latest
+
+    rows = [{"snapshot": "s1", "received_at": "2026-12-05T10:00:00+00:00", "source": "/etc /srv"},
+            {"snapshot": "s2", "received_at": "2026-12-05T11:00:00+00:00",
+             "source": "stdin:db.sql"},
+            {"snapshot": "s3", "received_at": "2026-12-05T12:00:00+00:00", "source": "/srv"}]
+    assert latest.has_sources(rows) and not latest.has_sources([{"snapshot": "x"}])
+    assert latest.newest_of_source(rows, "stdin:db.sql")["snapshot"] == "s2"
+    assert latest.newest_of_source(rows, "/home") is None
+    assert latest.newest_holding(rows, ["etc/hosts"])["snapshot"] == "s1"
+    assert latest.newest_holding(rows, ["/srv/a", "/srv/b"])["snapshot"] == "s3"
+    assert latest.newest_holding(rows, ["srv/a", "etc"])["snapshot"] == "s1"
+    assert latest.newest_holding(rows, ["db.sql"])["snapshot"] == "s2"
+    assert latest.newest_holding(rows, [])["snapshot"] == "s3"
+    assert latest.newest_holding(rows, ["/home"]) is None
