@@ -55,14 +55,15 @@ def prune(ctx: Context) -> int:
         print_json([d.to_json() for d in decisions])
         return 0
     verb = "would remove" if a.dry_run else "removed"
-    groups: dict[tuple[str, str], list] = {}
+    from ..store.prune import per_source
+
+    lines: dict[tuple[str, str], list[str]] = {}
     for d in decisions:
-        groups.setdefault((d.host, d.source), []).append(d)
-    for (host, source), of_source in groups.items():
-        kept = sum(d.keep for d in of_source)
-        print(f"{host} source {source or '(none)'}: keeps {kept} of {len(of_source)}")
-        for d in of_source:
-            print(f"  {'keep  ' if d.keep else 'REMOVE'} {d.host:20} {d.snapshot:22} {d.reason}")
+        lines.setdefault((d.host, d.source), []).append(
+            f"  {'keep  ' if d.keep else 'REMOVE'} {d.host:20} {d.snapshot:22} {d.reason}")
+    for g in per_source(decisions):
+        print(f"{g['host']} source {g['source'] or '(none)'}: keeps {g['kept']} of {g['of']}")
+        print("\n".join(lines[g["host"], g["source"]]))
     gone = sum(not d.keep for d in decisions)
     print(f"{verb} {gone} of {len(decisions)} snapshots")
     return 0

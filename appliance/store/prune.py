@@ -75,6 +75,18 @@ def _decide_source(rows: list[SnapshotRow], policy: Policy, tz: str, *,
     return out
 
 
+def per_source(decisions: list[Decision]) -> list[dict]:
+    """What a prune keeps of each (host, source), in decision order: `rdr prune`'s headings
+    and the prune job's record (a scheduled prune says it too)."""
+    out: dict[tuple[str, str], dict] = {}
+    for d in decisions:
+        g = out.setdefault((d.host, d.source), {"host": d.host, "source": d.source,
+                                                 "kept": 0, "of": 0})
+        g["kept"] += d.keep
+        g["of"] += 1
+    return list(out.values())
+
+
 class Pruner:
     def __init__(self, store, *, default_policy: str, tz: str,
                  replication_required: bool) -> None:

@@ -387,9 +387,9 @@ class PruningClient(ApplianceClient):
         self.app, self.host = app, host
 
     async def snapshot(self, snap: str) -> dict:
+        # The backup asks for its parent (by id: the newest of its source) only once.
         info = await super().snapshot(snap)
-        if snap == "latest":
-            self.app.store.remove_snapshot(self.host, info["snapshot"]["snapshot"])
+        self.app.store.remove_snapshot(self.host, info["snapshot"]["snapshot"])
         return info
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance import wiring
 from appliance.store.datastore import Datastore
 from appliance.store.index import Index, SnapshotRow
-from appliance.store.prune import decide
+from appliance.store.prune import decide, per_source
 from appliance.store.retention import Policy
 from rdr_format import sources
 
@@ -118,6 +119,13 @@ def test_store_prunes_per_source_and_upgrades_an_old_store(tmp_path: Path) -> No
         assert any(not by[s].keep for s in paths)
         assert by[bare].keep and by[bare].reason.startswith("kept by the daily rule")
         assert dump in snapshot_ids(store, "web01")
+        # The prune job's record (what a scheduled prune leaves) says what each source kept.
+        (job,) = wiring.job_history(store).list("prune")
+        assert json.loads(job["result"])["sources"] == per_source(decisions) == [
+            {"host": "web01", "source": "/day", "kept": 1, "of": 1},
+            {"host": "web01", "source": "/srv", "kept": sum(by[s].keep for s in paths),
+             "of": len(paths)},
+            {"host": "web01", "source": "stdin:db.sql", "kept": 1, "of": 1}]
     finally:
         store.close()
 
