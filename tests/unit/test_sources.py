@@ -154,6 +154,19 @@ def test_store_prunes_per_source_and_upgrades_an_old_store(tmp_path: Path) -> No
     finally:
         store.close()
 
+    # An index that lost the rows (rebuild-index, a crash before the row): reconcile gives
+    # each re-indexed snapshot the same source.
+    con = sqlite3.connect(root / "index.sqlite")
+    con.execute("DELETE FROM snapshots")
+    con.commit()
+    con.close()
+    store = Datastore(root, reserve_bytes=0, clock=clock)
+    try:
+        assert store.recover()["snapshots_indexed"] == len(kept)
+        assert {r.snapshot: r.source for r in store.index.snapshots("web01")} == got
+    finally:
+        store.close()
+
 
 def snapshot_ids_of(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "snapshots" / "web01").iterdir()
