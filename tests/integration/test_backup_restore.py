@@ -463,3 +463,27 @@ async def test_sources_keep_the_dump_and_latest_means_the_paths_source(
         assert f"web01 source {src}: keeps 1 of 2" in out
     left = [s.snapshot for s in appliance.store.index.snapshots("web01")]
     assert left == [dump["snapshot"], paths2["snapshot"]]
+
+
+async def test_an_explicit_source_names_the_backup(appliance: Appliance, tmp_path: Path) -> None:
+    """`rdr-agent backup --source NAME` files the snapshot under NAME (retention and "latest"
+    per that name), and `restore latest --source NAME` finds it; a name that breaks the rule
+    (docs/FORMATS.md) is one readable line and a non-zero exit, before anything is sent."""
+    src = make_tree(tmp_path / "src")
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, res, err = await agent(appliance, token, state, "backup", str(src), "--source", "etc")
+    assert rc == 0, err
+    assert appliance.store.index.snapshot("web01", res["snapshot"]).source == "etc"
+    rc, out, err = await agent(appliance, token, state, "restore", "latest", "--source", "etc",
+                               "--to", str(tmp_path / "out"))
+    assert rc == 0, (out, err)
+    assert f"using snapshot {res['snapshot']} (source etc)" in err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))
+    rc, out, err = await agent(appliance, token, state, "backup", str(src), "--source", "/etc")
+    assert rc != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "source name" in err
+    rc, out, err = await agent(appliance, token, state, "restore", "latest", "--source", "db",
+                               "--to", str(tmp_path / "none"))
+    assert rc != 0 and "no snapshot of source 'db'" in err and "Traceback" not in err
+    assert len(appliance.store.index.snapshots("web01")) == 1
