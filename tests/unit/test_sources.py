@@ -189,3 +189,17 @@ def test_latest_is_the_newest_of_a_source_or_holding_the_paths() -> None:
     assert latest.newest_holding(rows, ["db.sql"])["snapshot"] == "s2"
     assert latest.newest_holding(rows, [])["snapshot"] == "s3"
     assert latest.newest_holding(rows, ["/home"]) is None
+
+
+def test_a_commit_names_its_source_by_the_rule_or_explicitly() -> None:
+    from appliance.api.ingest.backup import _parse_commit
+    from appliance.errors import BadRequest
+
+    stream = {"chunks": [["a" * 64, 10]]}
+    base = {"catalog": stream, "dirindex": stream, "source": ["/srv", "/etc"]}
+    assert _parse_commit({**base, "source_name": "/etc /srv"}).source_name == "/etc /srv"
+    assert _parse_commit({**base, "source_name": "nightly"}).source_name == "nightly"
+    assert _parse_commit(base).source_name == ""  # the store derives it from `source`
+    for bad in ("/home", "stdin:x", "a b", 7):
+        with pytest.raises(BadRequest):
+            _parse_commit({**base, "source_name": bad})
