@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rdr_agent import bundle_use
+from rdr_agent import bundle_use, latest
 from rdr_agent.bundle_use import ChunkUse, low_use_bundles
 from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, cut_stream, new_cdc
@@ -37,6 +37,7 @@ from rdr_agent.statefiles import private_dir, write_private
 from rdr_agent.uploader import Cancelled, ChunkUploader
 from rdr_agent.walker import Child, Walker
 from rdr_format import __version__
+from rdr_format import sources as sources_rule
 from rdr_format.catalog import (
     BLOCKDEV,
     CHARDEV,
@@ -502,7 +503,8 @@ class Archiver:
 
     async def backup(self, sources: list[bytes] | None = None, *, excludes: list[str] | None = None,
                      one_file_system: bool = False, stdin_name: bytes | None = None,
-                     stdin: io.RawIOBase | io.BufferedIOBase | None = None) -> BackupResult:
+                     stdin: io.RawIOBase | io.BufferedIOBase | None = None,
+                     source: str | None = None) -> BackupResult:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         me = await self.client.whoami()
@@ -510,11 +512,15 @@ class Archiver:
         private_dir(self.state_dir)
         cache = CatalogCache(self.state_dir / "catalog-cache" / host)
 
+        source = source or (
+            sources_rule.of_stdin(os.fsdecode(stdin_name)) if stdin_name
+            else sources_rule.of_paths([os.fsdecode(s) for s in sources or []]))
         parent_chunks: list[tuple[str, int]] | None = None
         damaged: set[str] = set()
-        if stdin_name is None:
+        parent_id = await self._parent_of(source) if stdin_name is None else None
+        if parent_id is not None:
             try:
-                parent = await self.client.snapshot("latest")
+                parent = await self.client.snapshot(parent_id)
                 parent_chunks = [(c, s) for c, s in parent["manifest"]["catalog"]["chunks"]]
                 damaged = set(parent.get("damaged_chunks", []))
                 await cache.fetch(self.client, parent["manifest"]["snapshot"], parent_chunks)
@@ -542,6 +548,7 @@ class Archiver:
                     "agent_version": __version__,
                     "source": [os.fsdecode(s) for s in (sources or [])] or
                               ([f"stdin:{os.fsdecode(stdin_name)}"] if stdin_name else []),
+                    "source_name": source,
                     "unreadable": [{"path": p, "error": e}
                                    for p, e in unreadable[:MAX_UNREADABLE_SENT]],
                     "unreadable_count": len(unreadable),
@@ -567,6 +574,16 @@ class Archiver:
         await loop.run_in_executor(None, self._save_use, host, cat, low_use)
         return BackupResult(result["snapshot"], host, self.stats, time.monotonic() - started,
                             resumed)
+
+    async def _parent_of(self, source: str) -> str | None:
+        """The snapshot this backup compares against: the newest of its own source (None:
+        the source has none yet); "latest" (the host's newest) on an appliance that lists
+        no sources."""
+        rows = await self.client.snapshots()
+        if not latest.has_sources(rows):
+            return "latest"
+        row = latest.newest_of_source(rows, source)
+        return row["snapshot"] if row is not None else None
 
     async def _pass(self, sid: str, cache: CatalogCache, use_file: Path,
                     parent_chunks: list[tuple[str, int]] | None, damaged: set[str],

@@ -82,6 +82,12 @@ async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
             raise SettingsError("--name must be a plain file name")
     elif not args.paths:
         raise SettingsError("give at least one path to back up (or --stdin --name NAME)")
+    if args.source is not None:
+        from rdr_format.sources import SourceError, check_explicit
+        try:
+            check_explicit(args.source)
+        except SourceError as exc:
+            raise SettingsError(str(exc)) from None
     sources = [os.fsencode(os.path.abspath(p)) for p in args.paths]
     for src in sources:
         if not os.path.lexists(src):
@@ -100,10 +106,11 @@ async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
         archiver = Archiver(client, st.state_dir, on_progress=progress)
         try:
             if args.stdin:
-                res = await archiver.backup(stdin_name=name)
+                res = await archiver.backup(stdin_name=name, source=args.source)
             else:
                 res = await archiver.backup(sources, excludes=args.exclude,
-                                            one_file_system=args.one_file_system)
+                                            one_file_system=args.one_file_system,
+                                            source=args.source)
         finally:
             bar.close()
     if args.json:
@@ -124,10 +131,10 @@ async def cmd_snapshots(args: argparse.Namespace, st: AgentSettings) -> int:
     if args.json:
         print(json.dumps(snaps, indent=1))
         return 0
-    print(f"{'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10}  REPLICATED")
+    print(f"{'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10}  {'REPLICATED':10}  SOURCE")
     for s in snaps:
         print(f"{s['snapshot']:22} {s['file_count']:>9} {human(s['logical_size']):>10}  "
-              f"{'yes' if s['replicated'] else 'no'}")
+              f"{'yes' if s['replicated'] else 'no':10}  {s.get('source') or '-'}")
     return 0
 
 
@@ -200,10 +207,41 @@ async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, t
     async with ApplianceClient(st.endpoint) as client:
         me = await client.whoami()
         cache = CatalogCache(st.state_dir / "catalog-cache" / me["host"])
+        snap = args.snapshot
+        if snap == "latest" or args.source is not None:
+            snap = await _pick_latest(client, args)
         return await restore_snapshot(
-            client, args.snapshot, target, include, cache, pool,
+            client, snap, target, include, cache, pool,
             on_progress=lambda files, nbytes: bar.update(
                 nbytes, lambda: f"{files} files, {human(nbytes)}"))
+
+
+async def _pick_latest(client, args: argparse.Namespace) -> str:
+    """The snapshot "latest" (or `--source`) means for this restore, said on stderr: the
+    newest of the given source, or the newest whose source holds every PATH."""
+    import sys
+
+    from rdr_agent import latest
+    from rdr_agent.settings import SettingsError
+
+    if args.snapshot != "latest":
+        raise SettingsError("--source picks the latest snapshot of a source: give 'latest', "
+                            "not a snapshot id")
+    rows = await client.snapshots()
+    if not latest.has_sources(rows):
+        return "latest"  # an appliance from before sources: the host's newest
+    if args.source is not None:
+        row = latest.newest_of_source(rows, args.source)
+        if row is None:
+            raise SettingsError(f"no snapshot of source {args.source!r} on the appliance")
+    else:
+        row = latest.newest_holding(rows, args.paths)
+        if row is None:
+            raise SettingsError("no snapshot's source holds " + ", ".join(args.paths)
+                                + " (see rdr-agent snapshots; or give --source or an id)")
+    print(f"using snapshot {row['snapshot']} (source {row['source']}), the latest of its "
+          "source", file=sys.stderr)
+    return row["snapshot"]
 
 
 async def cmd_run(args: argparse.Namespace, st: AgentSettings) -> int:
@@ -280,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not cross into other mounted filesystems")
     b.add_argument("--stdin", action="store_true", help="back up standard input as one file")
     b.add_argument("--name", help="file name for --stdin, e.g. db.sql")
+    b.add_argument("--source", help="name the backup source (retention and 'latest' work per "
+                   "source; default: the paths, or stdin:NAME)")
     b.set_defaults(run=cmd_backup)
 
     s = sub.add_parser("snapshots", parents=[common], help="list this host's snapshots")
@@ -289,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("snapshot", help="snapshot id, or 'latest'")
     r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these paths")
     r.add_argument("--to", required=True, metavar="DIR", help="directory to restore into")
+    r.add_argument("--source", help="with 'latest': the latest snapshot of this source "
+                   "(default: the latest whose source holds every PATH)")
     r.add_argument("--from-disk", metavar="DIR", help="restore from a Rapid Recover disk "
                    "mounted at DIR instead of the appliance")
     r.add_argument("--key-file", help="with --from-disk: the appliance's data key")

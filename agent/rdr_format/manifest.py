@@ -65,6 +65,9 @@ class Manifest:
     agent_version: str
     session: str
     source: list[str] = field(default_factory=list)
+    #: The backup source this snapshot belongs to (rdr_format.sources); "" in manifests
+    #: written before sources existed (their source is derived from `source`).
+    source_name: str = ""
     unreadable: list[dict] = field(default_factory=list)
     unreadable_count: int = 0
     format: int = FORMAT
@@ -103,9 +106,9 @@ _FIELD_TYPES: dict[str, type] = {
     "host": str, "snapshot": str, "received_at": str, "started_at": str, "catalog": dict,
     "dirindex": dict, "logical_size": int, "file_count": int, "dir_count": int,
     "entry_count": int, "chunk_count": int, "new_bytes": int, "agent_version": str,
-    "session": str, "source": list, "unreadable": list, "unreadable_count": int,
+    "session": str, "source": list, "source_name": str, "unreadable": list, "unreadable_count": int,
     "format": int}
-_OPTIONAL = frozenset(("source", "unreadable", "unreadable_count"))
+_OPTIONAL = frozenset(("source", "source_name", "unreadable", "unreadable_count"))
 
 
 def write_chunk_index(path: Path, ids: set[str]) -> None:

@@ -22,11 +22,13 @@ def snapshots(ctx: Context) -> int:
     if ctx.args.json:
         print_json([r.to_json() for r in rows])
         return 0
-    print(f"{'HOST':20} {'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10} {'NEW':>10}  REPLICATED")
+    print(f"{'HOST':20} {'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10} {'NEW':>10}  "
+          f"{'REPLICATED':19}  SOURCE")
     for r in rows:
+        state = ("yes" if r.replicated_at else "no") + ("  protected" if r.protected else "")
         print(f"{r.host:20} {r.snapshot:22} {r.file_count:>9} "
               f"{human_bytes(r.logical_size):>10} {human_bytes(r.new_bytes):>10}  "
-              f"{'yes' if r.replicated_at else 'no'}{'  protected' if r.protected else ''}")
+              f"{state:19}  {r.source or '-'}")
     return 0
 
 
@@ -53,8 +55,15 @@ def prune(ctx: Context) -> int:
         print_json([d.to_json() for d in decisions])
         return 0
     verb = "would remove" if a.dry_run else "removed"
+    from ..store.prune import per_source
+
+    lines: dict[tuple[str, str], list[str]] = {}
     for d in decisions:
-        print(f"{'keep  ' if d.keep else 'REMOVE'} {d.host:20} {d.snapshot:22} {d.reason}")
+        lines.setdefault((d.host, d.source), []).append(
+            f"  {'keep  ' if d.keep else 'REMOVE'} {d.host:20} {d.snapshot:22} {d.reason}")
+    for g in per_source(decisions):
+        print(f"{g['host']} source {g['source'] or '(none)'}: keeps {g['kept']} of {g['of']}")
+        print("\n".join(lines[g["host"], g["source"]]))
     gone = sum(not d.keep for d in decisions)
     print(f"{verb} {gone} of {len(decisions)} snapshots")
     return 0

@@ -25,7 +25,7 @@ from ..store.gc import GarbageCollector, GcResult
 from ..store.index import Index
 from ..store.lock import exclusive
 from ..store.progress import Progress
-from ..store.prune import Decision, Pruner
+from ..store.prune import Decision, Pruner, per_source
 from ..store.rebuild import rebuild_index
 from ..store.space import free_bytes
 from ..store.verify import Verifier, VerifyResult
@@ -81,7 +81,7 @@ class Maintenance:
             decisions = self.pruner().run(job.progress, hosts, dry_run=dry_run, force=force)
             removed = [d for d in decisions if not d.keep]
             job.done({"removed": [d.to_json() for d in removed], "kept": sum(
-                d.keep for d in decisions)},
+                d.keep for d in decisions), "sources": per_source(decisions)},
                 f"{'would remove' if dry_run else 'removed'} {len(removed)} of "
                 f"{len(decisions)} snapshots")
         return decisions

@@ -14,6 +14,7 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -22,10 +23,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rdr_format.catalog import CatalogError, CatalogSummary, CatalogTooLarge, validate
+from rdr_format.catalog import (
+    CatalogError,
+    CatalogSummary,
+    CatalogTooLarge,
+    iter_blocks,
+    validate,
+)
 from rdr_format.chunkfile import ChunkError, is_chunk_id, possession_proof
 from rdr_format.fsutil import atomic_write, fsync_dir
 from rdr_format.manifest import ChunkIndex, Manifest, StreamRef
+from rdr_format.sources import of_manifest_source, of_paths
 
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
@@ -49,6 +57,8 @@ class CommitRequest:
     dirindex: StreamRef
     agent_version: str = ""
     source: list[str] = field(default_factory=list)
+    #: The backup source (rdr_format.sources); "" derives it from `source`.
+    source_name: str = ""
     unreadable: list[dict] = field(default_factory=list)
     unreadable_count: int = 0
 
@@ -116,6 +126,40 @@ class Datastore:
         self._commit_lock = root / "commit.lock"
         #: What each open session has proven it holds (see ownership.py).
         self.ownership = Ownership(root / "sessions")
+        self.fill_sources()
+
+    def fill_sources(self) -> int:
+        """Give the snapshots of a store from before backup sources (schema < 8) theirs,
+        from their manifests (`rdr_format.sources.of_manifest_source`): prune must never
+        see a host's snapshots as one source again. Runs at every open; once all rows have
+        a source it is one query. Returns how many rows were filled."""
+        filled = 0
+        for row in self.index.snapshots_without_source():
+            try:
+                m = self.snapshots.manifest(row.host, row.snapshot)
+            except (OSError, ValueError, StoreError):
+                continue  # reconcile drops a row whose directory is gone
+            self.index.set_source(row.host, row.snapshot, self._source_of(m))
+            filled += 1
+        return filled
+
+    def _source_of(self, m: Manifest) -> str:
+        """A snapshot's source: the one its manifest names, or else the one its recorded
+        paths or stdin name give, or else its catalog's top-level paths."""
+        return m.source_name or of_manifest_source(m.source) or self._catalog_source(m.catalog)
+
+    def _catalog_source(self, catalog: StreamRef) -> str:
+        """The source of a catalog whose commit named none (an agent from before sources
+        recorded no paths): its top-level entries as absolute paths, read from the root block
+        (the catalog's first; only its first chunks are read)."""
+        try:
+            for path, entries in iter_blocks(self.stream(catalog)):
+                if path == b"":
+                    return of_paths(["/" + os.fsdecode(e.name) for e in entries])
+                break
+        except (OSError, CatalogError, StoreError):
+            pass
+        return ""
 
     def close(self) -> None:
         self.index.close()
@@ -149,7 +193,7 @@ class Datastore:
                 continue
             if not self.index.host_exists(host):
                 continue
-            row = _row_from_manifest(m)
+            row = _row_from_manifest(m, self._source_of(m))
             d = self.snapshots.dir(host, snap)
             marks: dict = {}
             if (d / "protected").exists():
@@ -548,10 +592,13 @@ class Datastore:
             file_count=summary.files, dir_count=summary.dirs, entry_count=summary.entries,
             chunk_count=len(all_ids), new_bytes=live.bytes_new + row.bytes_new,
             agent_version=req.agent_version, session=row.id, source=req.source,
+            source_name=req.source_name or of_manifest_source(req.source)
+            or self._catalog_source(req.catalog),
             unreadable=req.unreadable[:MAX_UNREADABLE_LISTED],
             unreadable_count=max(req.unreadable_count, len(req.unreadable)))
         self.snapshots.write(manifest, all_ids)
-        self.index.add_snapshot(_row_from_manifest(manifest), session=row.id)
+        self.index.add_snapshot(_row_from_manifest(manifest, manifest.source_name),
+                                session=row.id)
         with self._lock:
             self._live.pop(row.id, None)
         self.ownership.end(row.id)
@@ -574,7 +621,8 @@ class Datastore:
                                     missing=sorted(missing)[:1000])
             self.chunks.sync()
             self.snapshots.write(manifest, chunk_ids)
-            row = dataclasses.replace(_row_from_manifest(manifest), replicated_at=replicated_at)
+            row = dataclasses.replace(_row_from_manifest(manifest, self._source_of(manifest)),
+                                      replicated_at=replicated_at)
             self.index.add_snapshot(row)
         if replicated_at is not None:
             atomic_write(self.snapshots.dir(manifest.host, manifest.snapshot) / "replicated",
@@ -686,14 +734,15 @@ class Datastore:
         return self.chunks.path(cid)
 
 
-def _row_from_manifest(m: Manifest) -> SnapshotRow:
+def _row_from_manifest(m: Manifest, source: str) -> SnapshotRow:
     return SnapshotRow(
         host=m.host, snapshot=m.snapshot,
         received_at=datetime.fromisoformat(m.received_at).timestamp(),
         started_at=datetime.fromisoformat(m.started_at).timestamp(),
         logical_size=m.logical_size, file_count=m.file_count, dir_count=m.dir_count,
         chunk_count=m.chunk_count, new_bytes=m.new_bytes, unreadable_count=m.unreadable_count,
-        agent_version=m.agent_version, replicated_at=None, protected=False)
+        agent_version=m.agent_version, replicated_at=None, protected=False,
+        source=source)
 
 
 SLOW_COMMIT_SECONDS = 5.0

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .errors import Conflict, NotFound, StoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 HOST_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 TOKEN_PREFIX = "rdr_"
 ADMIN_TOKEN_PREFIX = "rdra_"
@@ -35,6 +35,12 @@ ADMIN_TOKEN_PREFIX = "rdra_"
 #: scrapes /metrics only; `read` also reads the appliance-wide API (overview, usage, plans,
 #: runs); `admin` may also change state (plans, "back up now", pause, resume).
 TOKEN_SCOPES = ("metrics", "read", "admin")
+
+#: The snapshots table's columns in SnapshotRow's order (named: an upgraded table may order
+#: them otherwise than a new one).
+_SNAP_COLS = ("host, snapshot, received_at, started_at, logical_size, file_count, dir_count, "
+              "chunk_count, new_bytes, unreadable_count, agent_version, replicated_at, "
+              "protected, source")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,6 +111,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     agent_version TEXT NOT NULL,
     replicated_at REAL,
     protected INTEGER NOT NULL DEFAULT 0,
+    source TEXT,
     PRIMARY KEY (host, snapshot)
 );
 """
@@ -164,6 +171,9 @@ class SnapshotRow:
     agent_version: str
     replicated_at: float | None
     protected: bool
+    #: The backup source (rdr_format.sources): retention and "latest" work per source.
+    #: None only between the schema 8 upgrade and `Datastore.fill_sources` at open.
+    source: str | None = None
 
     def to_json(self) -> dict:
         from datetime import UTC, datetime
@@ -234,6 +244,9 @@ class Index:
         # features' own columns of that version (console unlocks, the restore ledger's
         # account and de-duplication key) are added by their repositories (`own_tables`).
         self._add_column("api_tokens", "scope", "TEXT NOT NULL DEFAULT 'metrics'")
+        # version 8 (issue 22): backup sources; rows of older stores get theirs from their
+        # manifests (`Datastore.fill_sources`), which the index cannot read.
+        self._add_column("snapshots", "source", "TEXT")
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(SCHEMA_VERSION),))
 
@@ -500,12 +513,14 @@ class Index:
     # --- snapshots ---
     def add_snapshot(self, row: SnapshotRow, session: str | None = None) -> None:
         with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO snapshots VALUES "
-                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT OR REPLACE INTO snapshots (host, snapshot, received_at, "
+                       "started_at, logical_size, file_count, dir_count, chunk_count, "
+                       "new_bytes, unreadable_count, agent_version, replicated_at, protected, "
+                       "source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (row.host, row.snapshot, row.received_at, row.started_at,
                         row.logical_size, row.file_count, row.dir_count, row.chunk_count,
                         row.new_bytes, row.unreadable_count, row.agent_version,
-                        row.replicated_at, int(row.protected)))
+                        row.replicated_at, int(row.protected), row.source))
             if session is not None:
                 db.execute("UPDATE sessions SET state = 'committed', closed_at = ?, snapshot = ?"
                            " WHERE id = ?", (time.time(), row.snapshot, session))
@@ -583,10 +598,21 @@ class Index:
 
     def snapshots(self, host: str | None = None) -> list[SnapshotRow]:
         if host is None:
-            rows = self._q("SELECT * FROM snapshots ORDER BY host, snapshot")
+            rows = self._q(f"SELECT {_SNAP_COLS} FROM snapshots ORDER BY host, snapshot")
         else:
-            rows = self._q("SELECT * FROM snapshots WHERE host = ? ORDER BY snapshot", (host,))
+            rows = self._q(f"SELECT {_SNAP_COLS} FROM snapshots WHERE host = ? "
+                           "ORDER BY snapshot", (host,))
         return [SnapshotRow(*r) for r in rows]
+
+    def snapshots_without_source(self) -> list[SnapshotRow]:
+        """Rows an index before schema 8 recorded (see `Datastore.fill_sources`)."""
+        return [SnapshotRow(*r) for r in self._q(
+            f"SELECT {_SNAP_COLS} FROM snapshots WHERE source IS NULL ORDER BY host, snapshot")]
+
+    def set_source(self, host: str, snapshot: str, source: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE snapshots SET source = ? WHERE host = ? AND snapshot = ?",
+                       (source, host, snapshot))
 
     def snapshot_stamp(self) -> tuple:
         """Changes whenever a snapshot is committed, removed or marked replicated, by this
@@ -596,7 +622,7 @@ class Index:
                              "total(replicated_at) FROM snapshots")[0])
 
     def snapshot(self, host: str, snapshot: str) -> SnapshotRow | None:
-        rows = self._q("SELECT * FROM snapshots WHERE host = ? AND snapshot = ?",
+        rows = self._q(f"SELECT {_SNAP_COLS} FROM snapshots WHERE host = ? AND snapshot = ?",
                        (host, snapshot))
         return SnapshotRow(*rows[0]) if rows else None
 

@@ -1,10 +1,14 @@
-"""Prune: apply each host's retention plan, under guards that keep what must not go.
+"""Prune: apply each host's retention plan, per backup source, under guards that keep what
+must not go.
 
-The plan (retention.plan) says which snapshots the contract keeps; the guards only ever add
-keeps: a host's newest snapshot, snapshots an admin protected, and -- when replication is on --
-snapshots not yet replicated to the data center (``force`` overrides only that guard, with the
-reason saying so). Every decision carries its reason, because "why is last Tuesday gone?" is a
-question the provider must be able to answer.
+The policy counts per (host, source) (rdr_format.sources): a host that backs up its paths
+daily and a database dump weekly keeps D-W-M of each, so the frequent kind never pushes the
+rare kind out. The plan (retention.plan) says which snapshots the contract keeps; the guards
+only ever add keeps: the newest snapshot of each source, snapshots an admin protected, and --
+when replication is on -- snapshots not yet replicated to the data center (``force``
+overrides only that guard, with the reason saying so). Every decision carries its reason
+and its source, because "why is last Tuesday gone?" is a question the provider must be able
+to answer.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class Decision:
     keep: bool
     rule: str  # "daily" | "weekly" | "monthly" | "remove"
     reason: str
+    source: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -32,9 +37,20 @@ class Decision:
 
 def decide(rows: list[SnapshotRow], policy: Policy, tz: str, *, replication_required: bool,
            force: bool = False) -> list[Decision]:
-    """Decisions for one host's snapshots (oldest first)."""
-    if not rows:
-        return []
+    """Decisions for one host's snapshots: per source, each oldest first."""
+    by_source: dict[str, list[SnapshotRow]] = {}
+    for r in rows:
+        by_source.setdefault(r.source or "", []).append(r)
+    out: list[Decision] = []
+    for source in sorted(by_source):
+        out += _decide_source(by_source[source], policy, tz,
+                              replication_required=replication_required, force=force)
+    return out
+
+
+def _decide_source(rows: list[SnapshotRow], policy: Policy, tz: str, *,
+                   replication_required: bool, force: bool) -> list[Decision]:
+    """Decisions for the snapshots of one source of one host (oldest first)."""
     times = {r.snapshot: datetime.fromtimestamp(r.received_at, UTC) for r in rows}
     verdict = plan(list(times.values()), policy, tz)
     newest = max(rows, key=lambda r: (r.received_at, r.snapshot)).snapshot
@@ -43,23 +59,32 @@ def decide(rows: list[SnapshotRow], policy: Policy, tz: str, *, replication_requ
         rule = verdict[times[r.snapshot]]
         when = times[r.snapshot].isoformat()
         if rule != REMOVE:
-            d = Decision(r.host, r.snapshot, when, True, rule, f"kept by the {rule} rule of "
-                         f"{policy}")
+            keep, reason = True, f"kept by the {rule} rule of {policy}"
         elif r.snapshot == newest:
-            d = Decision(r.host, r.snapshot, when, True, rule,
-                         "the newest snapshot of a host is never removed")
+            keep, reason = True, "the newest snapshot of a source is never removed"
         elif r.protected:
-            d = Decision(r.host, r.snapshot, when, True, rule, "protected by an admin")
+            keep, reason = True, "protected by an admin"
         elif replication_required and r.replicated_at is None and not force:
-            d = Decision(r.host, r.snapshot, when, True, rule,
-                         "not replicated to the data center yet")
+            keep, reason = True, "not replicated to the data center yet"
         elif replication_required and r.replicated_at is None:
-            d = Decision(r.host, r.snapshot, when, False, rule,
-                         f"outside {policy}; NOT replicated yet, removed because of --force")
+            keep, reason = False, (f"outside {policy}; NOT replicated yet, removed because "
+                                   "of --force")
         else:
-            d = Decision(r.host, r.snapshot, when, False, rule, f"outside {policy}")
-        out.append(d)
+            keep, reason = False, f"outside {policy}"
+        out.append(Decision(r.host, r.snapshot, when, keep, rule, reason, r.source or ""))
     return out
+
+
+def per_source(decisions: list[Decision]) -> list[dict]:
+    """What a prune keeps of each (host, source), in decision order: `rdr prune`'s headings
+    and the prune job's record (a scheduled prune says it too)."""
+    out: dict[tuple[str, str], dict] = {}
+    for d in decisions:
+        g = out.setdefault((d.host, d.source), {"host": d.host, "source": d.source,
+                                                 "kept": 0, "of": 0})
+        g["kept"] += d.keep
+        g["of"] += 1
+    return list(out.values())
 
 
 class Pruner:

@@ -20,7 +20,7 @@ from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.client import ApplianceClient
 from rdr_agent.restore import restore_snapshot
 
-from ..conftest import Appliance, agent_cmd
+from ..conftest import Appliance, agent_cmd, rdr_cmd
 from ..treeutil import assert_same_tree, make_tree, restored_root, run
 
 
@@ -387,9 +387,9 @@ class PruningClient(ApplianceClient):
         self.app, self.host = app, host
 
     async def snapshot(self, snap: str) -> dict:
+        # The backup asks for its parent (by id: the newest of its source) only once.
         info = await super().snapshot(snap)
-        if snap == "latest":
-            self.app.store.remove_snapshot(self.host, info["snapshot"]["snapshot"])
+        self.app.store.remove_snapshot(self.host, info["snapshot"]["snapshot"])
         return info
 
 
@@ -412,3 +412,78 @@ async def test_commit_refused_for_unproven_chunks_rereads_those_files(
                              str(tmp_path / "out"))
     assert rc == 0, err
     assert_same_tree(src, restored_root(tmp_path / "out", src))
+
+
+async def test_sources_keep_the_dump_and_latest_means_the_paths_source(
+        appliance: Appliance, tmp_path: Path) -> None:
+    """Issue 22's newcomer run: a paths backup, then a db.sql dump on stdin. "latest /path"
+    restores from the paths snapshot and says so (it restored nothing from the dump before);
+    the next paths backup compares against the paths snapshot, not the dump (its files are
+    unchanged); and a prune keeps the dump, the newest of its source (per host, 1-0-0 kept
+    only the newest snapshot of the day and removed it)."""
+    src = make_tree(tmp_path / "src")
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, paths1, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    rc, dump, err = await agent(appliance, token, state, "backup", "--stdin", "--name",
+                                "db.sql", stdin=b"CREATE TABLE t (i int);\n")
+    assert rc == 0, err
+    one = sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())[0]
+    rc, out, err = await agent(appliance, token, state, "restore", "latest", str(one),
+                               "--to", str(tmp_path / "out"))
+    assert rc == 0, (out, err)
+    assert out["files"] == 1
+    assert f"using snapshot {paths1['snapshot']} (source {src})" in err
+    rc, out, err = await agent(appliance, token, state, "restore", "latest", "--source",
+                               "stdin:db.sql", "--to", str(tmp_path / "dump"))
+    assert rc == 0, (out, err)
+    assert (tmp_path / "dump" / "db.sql").read_bytes() == b"CREATE TABLE t (i int);\n"
+
+    rc, paths2, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    # Hard-link names (two in the tree) take their data from the first name, not the cache;
+    # with the dump as parent no file would be unchanged.
+    assert paths2["files_read"] == 0 and paths2["files_unchanged"] == paths2["files"] - 2
+
+    rc, listed, err = await agent(appliance, token, state, "snapshots")
+    assert rc == 0, err
+    assert [(s["snapshot"], s["source"]) for s in listed] == [
+        (paths1["snapshot"], str(src)), (dump["snapshot"], "stdin:db.sql"),
+        (paths2["snapshot"], str(src))]
+
+    cfg = tmp_path / "rdr.toml"
+    cfg.write_text(f"[store]\npath = '{appliance.data_dir}'\nreserve_mb = 0\n"
+                   "[retention]\npolicy = '1-0-0'\n[replication]\nenabled = false\n")
+    for dry in (["--dry-run"], []):
+        rc, out, err = await run(rdr_cmd() + ["prune", *dry, "--config", str(cfg)],
+                                 dict(os.environ))
+        assert rc == 0, err
+        assert "web01 source stdin:db.sql: keeps 1 of 1" in out
+        assert f"web01 source {src}: keeps 1 of 2" in out
+    left = [s.snapshot for s in appliance.store.index.snapshots("web01")]
+    assert left == [dump["snapshot"], paths2["snapshot"]]
+
+
+async def test_an_explicit_source_names_the_backup(appliance: Appliance, tmp_path: Path) -> None:
+    """`rdr-agent backup --source NAME` files the snapshot under NAME (retention and "latest"
+    per that name), and `restore latest --source NAME` finds it; a name that breaks the rule
+    (docs/FORMATS.md) is one readable line and a non-zero exit, before anything is sent."""
+    src = make_tree(tmp_path / "src")
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, res, err = await agent(appliance, token, state, "backup", str(src), "--source", "etc")
+    assert rc == 0, err
+    assert appliance.store.index.snapshot("web01", res["snapshot"]).source == "etc"
+    rc, out, err = await agent(appliance, token, state, "restore", "latest", "--source", "etc",
+                               "--to", str(tmp_path / "out"))
+    assert rc == 0, (out, err)
+    assert f"using snapshot {res['snapshot']} (source etc)" in err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))
+    rc, out, err = await agent(appliance, token, state, "backup", str(src), "--source", "/etc")
+    assert rc != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "source name" in err
+    rc, out, err = await agent(appliance, token, state, "restore", "latest", "--source", "db",
+                               "--to", str(tmp_path / "none"))
+    assert rc != 0 and "no snapshot of source 'db'" in err and "Traceback" not in err
+    assert len(appliance.store.index.snapshots("web01")) == 1

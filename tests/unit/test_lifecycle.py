@@ -84,9 +84,11 @@ def data(seed: int, size: int = 5000) -> bytes:
 
 
 def commit_files(store: Datastore, host: str, files: dict[bytes, bytes],
-                 sid: str | None = None, reuse: frozenset[bytes] = frozenset()) -> Manifest:
+                 sid: str | None = None, reuse: frozenset[bytes] = frozenset(),
+                 source: tuple[str, ...] = ("/srv",)) -> Manifest:
     """Commit a one-directory snapshot holding `files` through the public Datastore API, as an
-    agent would: data chunks, then the catalog and directory-index chunks, then commit. The
+    agent would: data chunks, then the catalog and directory-index chunks, then commit (with
+    the paths it backed up: `source`, one backup source by default). The
     files named in `reuse` are not uploaded (an agent's unchanged files: their chunks come
     from the parent's catalog)."""
     if sid is None:
@@ -106,7 +108,7 @@ def commit_files(store: Datastore, host: str, files: dict[bytes, bytes],
         store.put_chunk(host, sid, c.id, c.data)
     return store.commit(host, sid, CommitRequest(
         catalog=StreamRef([(cat_chunk.id, cat_chunk.plain_size)]),
-        dirindex=StreamRef([(idx_chunk.id, idx_chunk.plain_size)])))
+        dirindex=StreamRef([(idx_chunk.id, idx_chunk.plain_size)]), source=list(source)))
 
 
 def commit_at(store: Datastore, clock: FakeClock, when: datetime, host: str,
@@ -242,7 +244,7 @@ def test_protected_snapshot_is_kept_and_marked_on_disk(store: Datastore,
 def test_newest_snapshot_is_never_removed(store: Datastore, clock: FakeClock,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """With 1-0-0 and two snapshots on one local day the plan keeps the newer; and even a
-    plan that removes everything cannot take a host's newest snapshot."""
+    plan that removes everything cannot take the newest snapshot of a source."""
     store.add_host("web01")
     morning = commit_at(store, clock, START.replace(hour=8), "web01", {b"f": data(1)})
     evening = commit_at(store, clock, START.replace(hour=20), "web01", {b"f": data(2)})
@@ -252,7 +254,7 @@ def test_newest_snapshot_is_never_removed(store: Datastore, clock: FakeClock,
     monkeypatch.setattr(prune, "plan", lambda times, policy, tz: dict.fromkeys(times, REMOVE))
     decisions = maint(store, default_policy="1-0-0").prune()
     assert [(d.snapshot, d.keep) for d in decisions] == [(morning, False), (evening, True)]
-    assert decisions[1].reason == "the newest snapshot of a host is never removed"
+    assert decisions[1].reason == "the newest snapshot of a source is never removed"
     assert snapshot_ids(store, "web01") == [evening]
 
 

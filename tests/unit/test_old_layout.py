@@ -327,7 +327,7 @@ def test_an_old_layout_index_opens_with_all_its_data(tmp_path: Path) -> None:
         assert history.last_finished("gc") == T0 + 9
         assert [j["kind"] for j in history.list()] == ["gc"]
         # the storage engine's own migration still ran
-        assert idx.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
+        assert idx.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("8",)]
     finally:
         store.close()
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from rdr_format import sources
 from rdr_format.catalog import CatalogError
 from rdr_format.chunkfile import MAX_FILE_SIZE, is_chunk_id
 from rdr_format.manifest import StreamRef
@@ -259,7 +260,7 @@ def _parse_commit(body: dict) -> CommitRequest:
         except CatalogError as exc:
             raise BadRequest("bad_field", f"field {exc}") from None
 
-    allowed = {"catalog", "dirindex", "agent_version", "source", "unreadable",
+    allowed = {"catalog", "dirindex", "agent_version", "source", "source_name", "unreadable",
                "unreadable_count"}
     extra = set(body) - allowed
     if extra:
@@ -270,6 +271,15 @@ def _parse_commit(body: dict) -> CommitRequest:
     source = body.get("source", [])
     if not (isinstance(source, list) and all(isinstance(s, str) for s in source)):
         raise BadRequest("bad_field", "field 'source' must be a list of strings")
+    source_name = body.get("source_name", "")
+    if not isinstance(source_name, str):
+        raise BadRequest("bad_field", "field 'source_name' must be a string")
+    if source_name and source_name != sources.of_manifest_source(source):
+        # Not the derived name: it must be an explicit one (--source NAME).
+        try:
+            sources.check_explicit(source_name)
+        except sources.SourceError as exc:
+            raise BadRequest("bad_field", f"field 'source_name': {exc}") from None
     unreadable = body.get("unreadable", [])
     if not (isinstance(unreadable, list) and all(
             isinstance(u, dict) and isinstance(u.get("path"), str)
@@ -281,5 +291,6 @@ def _parse_commit(body: dict) -> CommitRequest:
     if type(count) is not int or count < 0:
         raise BadRequest("bad_field", "field 'unreadable_count' must be a non-negative int")
     return CommitRequest(catalog=stream("catalog"), dirindex=stream("dirindex"),
-                         agent_version=version, source=source, unreadable=unreadable,
+                         agent_version=version, source=source, source_name=source_name,
+                         unreadable=unreadable,
                          unreadable_count=count)

@@ -339,7 +339,7 @@ class RestoreApi:
 
 
 _SNAP_KEYS = ("snapshot", "received_at", "logical_size", "file_count", "dir_count",
-              "unreadable_count", "replicated", "protected", "new_bytes")
+              "unreadable_count", "replicated", "protected", "new_bytes", "source")
 
 
 def _close(gen: Iterator) -> None:

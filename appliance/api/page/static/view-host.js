@@ -30,6 +30,7 @@ export async function viewHost(seq, host) {
         h("th", { scope: "row" }, h("a", {
           href: href.dir(host, s.snapshot, ""), class: "snap-link", data: { snapshot: s.snapshot },
         }, fmtTime(s.received_at)), h("span", { class: "muted rel" }, ` ${ago(s.received_at)}`)),
+        h("td", { class: "mono" }, s.source || "–"),
         h("td", { class: "num" }, fmtBytes(s.logical_size)),
         h("td", { class: "num" }, fmtBytes(s.new_bytes)),
         h("td", { class: "num" }, fmtNum(s.file_count)),
@@ -41,8 +42,8 @@ export async function viewHost(seq, host) {
         h("td", { class: "mono muted" }, s.snapshot)));
     }
     body = gridTable({ id: "snapshots-table", "aria-label": `Backups of ${host}` },
-      ["Taken", "Size", "New data", "Files", "Folders", "Unreadable", "Replicated", "Protected",
-        "Snapshot id"], [1, 2, 3, 4, 5], tbody);
+      ["Taken", "Source", "Size", "New data", "Files", "Folders", "Unreadable", "Replicated",
+        "Protected", "Snapshot id"], [2, 3, 4, 5, 6], tbody);
   }
   const schedule = await scheduleSection(host);
   if (seq !== state.seq) return null;
