@@ -1,0 +1,203 @@
+"""Issue 22, error text: each case runs the real `rdr` / `rdr-agent` command and checks the
+exact line it prints and its exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ..conftest import Appliance, agent_cmd, rdr_cmd
+from ..treeutil import run
+
+
+def only_line(rc: int, err: str, code: int = 1) -> str:
+    """The one line on stderr of a command that failed with `code`."""
+    assert rc == code, (rc, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_tree(root: Path) -> Path:
+    """One file, one directory, one symlink: the counts the summaries print."""
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "a.txt").write_text("alpha\n")
+    (root / "d" / "link").symlink_to("a.txt")
+    return root
+
+
+async def test_a_wrong_fingerprint_is_one_readable_line(appliance: Appliance,
+                                                        tmp_path: Path) -> None:
+    env = appliance.env(appliance.add_host("web01"), tmp_path / "state")
+    wrong = ":".join(["AB"] * 32)
+    rc, _, err = await run(agent_cmd() + ["snapshots", "--fingerprint", wrong], env)
+    assert only_line(rc, err) == (
+        f"rdr-agent: error: the appliance at {appliance.url} presented a certificate with "
+        f"fingerprint {appliance.fingerprint}, not the pinned {wrong} (check --fingerprint)")
+
+
+async def test_no_fingerprint_does_not_blame_the_fingerprint(appliance: Appliance,
+                                                             tmp_path: Path) -> None:
+    env = appliance.env(appliance.add_host("web01"), tmp_path / "state")
+    del env["RDR_FINGERPRINT"]
+    rc, _, err = await run(agent_cmd() + ["snapshots"], env)
+    line = only_line(rc, err)
+    assert line == (
+        f"rdr-agent: error: the appliance at {appliance.url} failed TLS verification: "
+        "self-signed certificate (pin its certificate with --fingerprint (the appliance logs "
+        "it at start) or give its CA with --ca)")
+    assert "wrong --fingerprint" not in line
+
+
+async def test_a_wrong_port_fails_at_once_without_retry_warnings(appliance: Appliance,
+                                                                 tmp_path: Path) -> None:
+    env = appliance.env(appliance.add_host("web01"), tmp_path / "state")
+    url = f"https://127.0.0.1:{free_port()}"
+    env["RDR_URL"] = url
+    started = time.monotonic()
+    rc, _, err = await run(agent_cmd() + ["snapshots"], env)
+    took = time.monotonic() - started
+    assert only_line(rc, err) == (
+        f"rdr-agent: error: cannot reach the appliance at {url}: connection refused (is the "
+        "URL and port right, and is the appliance running?)")
+    assert took < 5, took  # was five retry warnings over 14 s
+
+
+def _into_closed_pipe(cmd: list[str], env: dict[str, str] | None = None,
+                      ) -> subprocess.CompletedProcess:
+    """Run `cmd` with its stdout a pipe nobody reads any more (`| head` after it quit)."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run(cmd, stdout=w, stderr=subprocess.PIPE, env=env, timeout=120,
+                              text=True, check=False)
+    finally:
+        os.close(w)
+
+
+async def test_a_closed_pipe_ends_both_commands_quietly(appliance: Appliance,
+                                                        tmp_path: Path) -> None:
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[store]\npath = '{tmp_path / 'data'}'\n")
+    rc, _, err = await run(rdr_cmd() + ["hosts", "add", "web01", "--config", str(cfg)])
+    assert rc == 0, err
+    res = await asyncio.to_thread(_into_closed_pipe,
+                                  rdr_cmd() + ["hosts", "list", "--json", "--config", str(cfg)])
+    assert (res.returncode, res.stderr) == (141, "")
+    env = appliance.env(appliance.add_host("web02"), tmp_path / "state")
+    res = await asyncio.to_thread(_into_closed_pipe, agent_cmd() + ["snapshots", "--json"], env)
+    assert (res.returncode, res.stderr) == (141, "")
+
+
+async def _backup(appliance: Appliance, env: dict[str, str], src: Path) -> str:
+    rc, out, err = await run(agent_cmd() + ["backup", str(src)], env)
+    assert rc == 0, err
+    return out
+
+
+async def test_backup_and_restore_summaries_count_in_words(appliance: Appliance,
+                                                           tmp_path: Path) -> None:
+    env = appliance.env(appliance.add_host("web01"), tmp_path / "state")
+    src = small_tree(tmp_path / "src")
+    out = await _backup(appliance, env, src / "d")
+    lines = out.splitlines()
+    dirs = len((src / "d").parts) - 1  # the path's directories are in the snapshot too
+    assert lines[1] == f"  1 file, {dirs} dirs, 1 symlink, 6 B in all", out
+    assert lines[2] == "  read 6 B from 1 file, 0 files unchanged (not read)", out
+    rc, out, err = await run(agent_cmd() + ["restore", "latest", "--to",
+                                            str(tmp_path / "o")], env)
+    assert rc == 0, err
+    assert out.startswith(f"restored 1 file, {dirs} dirs, 1 symlink, 6 B to "), out
+
+
+async def test_restore_into_a_read_only_directory_is_exit_1(appliance: Appliance,
+                                                            tmp_path: Path) -> None:
+    env = appliance.env(appliance.add_host("web01"), tmp_path / "state")
+    await _backup(appliance, env, small_tree(tmp_path / "src"))
+    target = tmp_path / "ro"
+    target.mkdir()
+    cmd = agent_cmd() + ["restore", "latest", "--to", str(target)]
+    if os.geteuid() == 0:  # root writes through any mode: make the filesystem read-only
+        if shutil.which("unshare") is None:
+            pytest.skip("needs unshare to mount a read-only filesystem as root")
+        cmd = ["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o ro none "{target}" && '
+               'exec "$@"', "sh", *cmd]
+        why = "Read-only file system"
+    else:
+        target.chmod(0o555)
+        why = "Permission denied"
+    rc, out, err = await run(cmd, env)
+    assert only_line(rc, err) == f"rdr-agent: error: cannot write the restore target " \
+                                 f"{target}: {why}"
+    assert out == ""
+
+
+async def test_restore_keeps_existing_files_unless_told(appliance: Appliance,
+                                                        tmp_path: Path) -> None:
+    env = appliance.env(appliance.add_host("web01"), tmp_path / "state")
+    src = small_tree(tmp_path / "src")
+    await _backup(appliance, env, src / "d")
+    target = tmp_path / "o"
+    restore = agent_cmd() + ["restore", "latest", "--to", str(target)]
+    rc, _, err = await run(restore, env)
+    assert rc == 0, err
+    here = target / str(src / "d").lstrip("/")
+    (here / "a.txt").write_text("changed since\n")
+    rc, out, err = await run(restore, env)  # default: never
+    assert rc == 5, (out, err)
+    lines = out.splitlines()
+    dirs = len((src / "d").parts) - 1
+    assert lines[0].startswith(f"restored 0 files, {dirs} dirs, 0 symlinks, 0 B to "), out
+    assert lines[1:] == ["  2 existing entries kept, not overwritten (--overwrite if-changed "
+                         "or always replaces them):",
+                         f"    {str(src / 'd' / 'a.txt').lstrip('/')}",
+                         f"    {str(src / 'd' / 'link').lstrip('/')}"]
+    assert (here / "a.txt").read_text() == "changed since\n"
+    rc, out, err = await run(restore + ["--overwrite", "if-changed"], env)
+    assert rc == 0, err
+    assert out.splitlines()[1:] == ["  1 entry already as in the snapshot (not rewritten)"]
+    assert out.startswith(f"restored 1 file, {dirs} dirs, 0 symlinks, 6 B to "), out
+    assert (here / "a.txt").read_text() == "alpha\n"
+    rc, out, err = await run(restore + ["--overwrite", "always"], env)
+    assert rc == 0, err
+    assert out.startswith(f"restored 1 file, {dirs} dirs, 1 symlink, 6 B to "), out
+    assert len(out.splitlines()) == 1
+
+
+async def test_every_agent_command_lists_its_exit_codes() -> None:
+    for command in ("backup", "snapshots", "restore", "run", "plan"):
+        rc, out, err = await run(agent_cmd() + [command, "--help"])
+        assert rc == 0, err
+        codes = out.split("exit codes:\n", 1)[1]
+        for code in ("0", "1", "2", "130", "141"):
+            assert f"\n  {code} " in "\n" + codes, (command, codes)
+    rc, out, _ = await run(agent_cmd() + ["restore", "--help"])
+    assert "\n  5    finished, but existing entries were kept" in out
+    assert "'never' (the default" in " ".join(out.split())
+    rc, out, _ = await run(rdr_cmd() + ["hosts", "list", "--help"])
+    assert "\n  141  the reader of its output went away" in out
+
+
+async def test_admin_add_prints_the_page_address(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[server]\nlisten = ['127.0.0.1:{port}']\n"
+                   f"[store]\npath = '{tmp_path / 'data'}'\n")
+    rc, out, err = await run(rdr_cmd() + ["admin", "add", "alice", "--password-stdin",
+                                          "--config", str(cfg)],
+                             stdin=b"a long enough pass phrase 42\n")
+    assert rc == 0, err
+    assert out.strip() == f"admin account alice created; sign in at https://127.0.0.1:{port}/"
