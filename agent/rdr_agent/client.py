@@ -129,8 +129,9 @@ class ApplianceClient:
         and the hint names only the option actually in use."""
         where = f"the appliance at {self.ep.url}"
         if isinstance(exc, aiohttp.ServerFingerprintMismatch):
-            return (f"{where} presented a certificate with fingerprint {_hex(exc.got)}, not "
-                    f"the pinned {_hex(exc.expected)} (check --fingerprint)")
+            return (f"{where} failed TLS verification: its certificate's fingerprint is "
+                    f"{_hex(exc.got)}, not the pinned {_hex(exc.expected)} (check "
+                    "--fingerprint)")
         if self.ep.ca_file:
             hint = "check --ca"
         else:

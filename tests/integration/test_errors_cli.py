@@ -45,8 +45,9 @@ async def test_a_wrong_fingerprint_is_one_readable_line(appliance: Appliance,
     wrong = ":".join(["AB"] * 32)
     rc, _, err = await run(agent_cmd() + ["snapshots", "--fingerprint", wrong], env)
     assert only_line(rc, err) == (
-        f"rdr-agent: error: the appliance at {appliance.url} presented a certificate with "
-        f"fingerprint {appliance.fingerprint}, not the pinned {wrong} (check --fingerprint)")
+        f"rdr-agent: error: the appliance at {appliance.url} failed TLS verification: its "
+        f"certificate's fingerprint is {appliance.fingerprint}, not the pinned {wrong} "
+        "(check --fingerprint)")
 
 
 async def test_no_fingerprint_does_not_blame_the_fingerprint(appliance: Appliance,
@@ -201,3 +202,39 @@ async def test_admin_add_prints_the_page_address(tmp_path: Path) -> None:
                              stdin=b"a long enough pass phrase 42\n")
     assert rc == 0, err
     assert out.strip() == f"admin account alice created; sign in at https://127.0.0.1:{port}/"
+
+
+async def test_hosts_remove_keeps_snapshots_and_purge_asks(appliance: Appliance,
+                                                           tmp_path: Path) -> None:
+    token = appliance.add_host("web01")
+    env = appliance.env(token, tmp_path / "state")
+    await _backup(appliance, env, small_tree(tmp_path / "src"))
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[store]\npath = '{appliance.data_dir}'\n")
+
+    async def rdr(*args: str) -> tuple[int, str, str]:
+        return await run(rdr_cmd() + [*args, "--config", str(cfg)], stdin=b"")
+
+    rc, out, err = await rdr("hosts", "remove", "web01")
+    assert rc == 0, err
+    assert out.strip() == ("host web01 removed: its token no longer works; its 1 snapshot "
+                           "stays until pruned (the newest is kept; 'rdr hosts remove web01 "
+                           "--purge' deletes them)")
+    rc, out, _ = await rdr("hosts", "list")
+    assert "web01" not in out
+    assert len(appliance.store.index.snapshots("web01")) == 1
+    rc, _, err = await run(agent_cmd() + ["snapshots"], env)
+    assert "401" in only_line(rc, err)
+    rc, _, err = await rdr("hosts", "remove", "web01", "--purge")  # stdin is no terminal
+    assert only_line(rc, err) == ("rdr: error: --purge deletes every snapshot of web01; "
+                                  "confirm on a terminal or add --yes")
+    assert len(appliance.store.index.snapshots("web01")) == 1
+    rc, out, err = await rdr("hosts", "remove", "web01", "--purge", "--yes")
+    assert rc == 0, err
+    assert out.strip() == ("host web01 removed with its 1 snapshot (their chunks are freed "
+                           "by the next 'rdr gc')")
+    assert appliance.store.index.snapshots("web01") == []
+    rc, _, err = await rdr("hosts", "remove", "web01")
+    assert only_line(rc, err) == "rdr: error: no host named 'web01'"
+    rc, out, _ = await rdr("hosts", "remove", "--help")
+    assert "\n  0    removed\n" in out and "--purge" in out
