@@ -51,8 +51,11 @@ def remove(ctx: Context) -> int:
             if not sys.stdin.isatty():
                 raise StoreError("not_confirmed", "--purge deletes every snapshot of "
                                  f"{a.name}; confirm on a terminal or add --yes")
-            answer = input(f"delete host {a.name} and its {plural(count, 'snapshot')} for "
-                           "good? type the host's name to confirm: ")
+            # The question on stderr: stdout carries only the result.
+            sys.stderr.write(f"delete host {a.name} and its {plural(count, 'snapshot')} for "
+                             "good? type the host's name to confirm: ")
+            sys.stderr.flush()
+            answer = sys.stdin.readline()
             if answer.strip() != a.name:
                 raise StoreError("not_confirmed", f"not confirmed; host {a.name} kept")
         removed = store.remove_host(a.name, purge=a.purge)

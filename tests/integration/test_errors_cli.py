@@ -238,3 +238,40 @@ async def test_hosts_remove_keeps_snapshots_and_purge_asks(appliance: Appliance,
     assert only_line(rc, err) == "rdr: error: no host named 'web01'"
     rc, out, _ = await rdr("hosts", "remove", "--help")
     assert "\n  0    removed\n" in out and "--purge" in out
+
+
+def _typed(cmd: list[str], typed: bytes) -> tuple[int, str]:
+    """Run `cmd` with a terminal as stdin on which `typed` is entered; (exit code, stdout)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(cmd, stdin=slave, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        os.write(master, typed)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return proc.returncode, out.decode()
+
+
+async def test_hosts_remove_purge_confirmed_on_a_terminal(tmp_path: Path) -> None:
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[store]\npath = '{tmp_path / 'data'}'\n")
+    for name in ("web01", "web02"):
+        rc, _, err = await run(rdr_cmd() + ["hosts", "add", name, "--config", str(cfg)])
+        assert rc == 0, err
+    purge = ["--purge", "--config", str(cfg)]
+    ask = ("delete host web01 and its 0 snapshots for good? type the host's name to "
+           "confirm: ")  # (the answer's echo goes to the terminal, not to this pipe)
+    remove = rdr_cmd() + ["hosts", "remove", "web01", *purge]
+    rc, out = await asyncio.to_thread(_typed, remove, b"web02\n")
+    assert rc == 1, out
+    assert out == ask + "rdr: error: not confirmed; host web01 kept\n"
+    rc, out = await asyncio.to_thread(_typed, remove, b"web01\n")
+    assert rc == 0, out
+    assert out == ask + ("host web01 removed with its 0 snapshots (their chunks are freed by "
+                         "the next 'rdr gc')\n")
+    rc, out, _ = await run(rdr_cmd() + ["hosts", "list", "--config", str(cfg)])
+    assert "web01" not in out and "web02" in out
