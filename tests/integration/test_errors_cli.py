@@ -4,6 +4,7 @@ exact line it prints and its exit code."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -225,6 +226,10 @@ async def test_hosts_remove_keeps_snapshots_and_purge_asks(appliance: Appliance,
     assert len(appliance.store.index.snapshots("web01")) == 1
     rc, _, err = await run(agent_cmd() + ["snapshots"], env)
     assert "401" in only_line(rc, err)
+    # Prune still sees the removed host's snapshots (and keeps the newest).
+    rc, out, err = await rdr("prune", "--dry-run", "--json")
+    assert rc == 0, err
+    assert [(d["host"], d["keep"]) for d in json.loads(out)] == [("web01", True)]
     rc, _, err = await rdr("hosts", "remove", "web01", "--purge")  # stdin is no terminal
     assert only_line(rc, err) == ("rdr: error: --purge deletes every snapshot of web01; "
                                   "confirm on a terminal or add --yes")
