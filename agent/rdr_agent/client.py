@@ -56,9 +56,11 @@ def _hex(digest: bytes) -> str:
 
 
 def _refused(exc: BaseException) -> bool:
-    """Did the connection attempt end in ECONNREFUSED (no listener at that port)?"""
-    return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
-        exc.os_error, ConnectionRefusedError)
+    """Did the connection attempt end in ECONNREFUSED (no listener at that port) or fail to
+    resolve the name: what waiting does not change while the URL is wrong?"""
+    return isinstance(exc, aiohttp.ClientConnectorDNSError) or (
+        isinstance(exc, aiohttp.ClientConnectorError)
+        and isinstance(exc.os_error, ConnectionRefusedError))
 
 
 _TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError, asyncio.TimeoutError)
@@ -111,9 +113,11 @@ class ApplianceClient:
                     # Nothing listens there (a wrong URL or port, or the daemon is not
                     # running): waiting does not make it listen, so say so at once. Once the
                     # appliance has answered, a refusal is a restart and worth the retries.
-                    raise ConnectError(f"cannot reach the appliance at {self.ep.url}: "
-                                       "connection refused (is the URL and port right, and "
-                                       "is the appliance running?)") from None
+                    why = "unknown host name" if isinstance(
+                        exc, aiohttp.ClientConnectorDNSError) else "connection refused"
+                    raise ConnectError(f"cannot reach the appliance at {self.ep.url}: {why} "
+                                       "(is the URL and port right, and is the appliance "
+                                       "running?)") from None
                 if attempt == self.retries:
                     raise ConnectError(f"cannot reach the appliance at {self.ep.url}: "
                                        f"{exc or type(exc).__name__}") from None

@@ -280,3 +280,14 @@ async def test_hosts_remove_purge_confirmed_on_a_terminal(tmp_path: Path) -> Non
                          "the next 'rdr gc')\n")
     rc, out, _ = await run(rdr_cmd() + ["hosts", "list", "--config", str(cfg)])
     assert "web01" not in out and "web02" in out
+
+
+async def test_an_unknown_host_name_fails_at_once(appliance: Appliance, tmp_path: Path) -> None:
+    env = appliance.env(appliance.add_host("web01"), tmp_path / "state")
+    env["RDR_URL"] = url = "https://no-such-appliance.invalid:8443"
+    started = time.monotonic()
+    rc, _, err = await run(agent_cmd() + ["snapshots"], env)
+    assert only_line(rc, err) == (
+        f"rdr-agent: error: cannot reach the appliance at {url}: unknown host name (is the "
+        "URL and port right, and is the appliance running?)")
+    assert time.monotonic() - started < 10
