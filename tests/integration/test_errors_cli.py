@@ -291,3 +291,34 @@ async def test_an_unknown_host_name_fails_at_once(appliance: Appliance, tmp_path
         f"rdr-agent: error: cannot reach the appliance at {url}: unknown host name (is the "
         "URL and port right, and is the appliance running?)")
     assert time.monotonic() - started < 10
+
+
+async def test_a_refusal_after_the_appliance_answered_is_retried(caplog) -> None:
+    """Refused before any answer: a wrong address, no retry. Refused after one: the
+    appliance restarting, worth the retries (each one logged)."""
+    from aiohttp import web
+
+    from rdr_agent.client import ApplianceClient, ConnectError, Endpoint
+
+    async def whoami(request: web.Request) -> web.Response:
+        return web.json_response({"host": "web01"})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/whoami", whoami)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    url = f"http://127.0.0.1:{port}"
+    async with ApplianceClient(Endpoint(url, "rdr_x"), retries=2) as client:
+        assert (await client.whoami())["host"] == "web01"
+        await runner.cleanup()
+        with pytest.raises(ConnectError, match="cannot reach the appliance"):
+            await client.whoami()
+    assert sum("retrying" in r.getMessage() for r in caplog.records) == 2
+    caplog.clear()
+    async with ApplianceClient(Endpoint(url, "rdr_x"), retries=2) as client:
+        with pytest.raises(ConnectError, match="connection refused"):
+            await client.whoami()
+    assert not any("retrying" in r.getMessage() for r in caplog.records)
