@@ -226,6 +226,8 @@ async def test_hosts_remove_keeps_snapshots_and_purge_asks(appliance: Appliance,
     assert len(appliance.store.index.snapshots("web01")) == 1
     rc, _, err = await run(agent_cmd() + ["snapshots"], env)
     assert "401" in only_line(rc, err)
+    rc, out, err = await rdr("snapshots", "web01", "--json")
+    assert rc == 0 and len(json.loads(out)) == 1, err
     # Prune still sees the removed host's snapshots (and keeps the newest).
     rc, out, err = await rdr("prune", "--dry-run", "--json")
     assert rc == 0, err
