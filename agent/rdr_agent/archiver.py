@@ -72,7 +72,8 @@ class BackupStats:
 
     files: int = 0
     dirs: int = 0
-    other: int = 0
+    symlinks: int = 0
+    other: int = 0  # fifos and device nodes
     files_read: int = 0
     files_unchanged: int = 0
     bytes_total: int = 0
@@ -96,7 +97,7 @@ class BackupResult:
     def to_json(self) -> dict:
         s = self.stats
         return {"snapshot": self.snapshot, "host": self.host, "files": s.files, "dirs": s.dirs,
-                "other": s.other, "files_read": s.files_read,
+                "symlinks": s.symlinks, "other": s.other, "files_read": s.files_read,
                 "files_unchanged": s.files_unchanged, "bytes_total": s.bytes_total,
                 "bytes_read": s.bytes_read, "bytes_new": s.bytes_new,
                 "chunks_new": s.chunks_new, "chunks_known": s.chunks_known,
@@ -295,7 +296,7 @@ class Producer:
             except OSError as exc:
                 self._unreadable(child.path, exc)
                 return None
-            self.stats.other += 1
+            self.stats.symlinks += 1
         elif stat.S_ISFIFO(mode):
             e.type = FIFO
             self.stats.other += 1

@@ -2,10 +2,12 @@
 plan the appliance holds for it, and `run` as a service that carries out the backups the
 appliance schedules and the restores pushed from its page.
 
-Exit codes: 0 success; 1 error (one line on stderr); 3 finished, but some files could not be
-read (backup) or written (restore) -- they are listed in the summary; 4 `run --once` found no
-job within --wait; 130 interrupted (the backup session stays open on the appliance and the
-next run resumes it).
+Exit codes (each command's `--help` lists its own, from `exit_table`): 0 success; 1 error
+(one line on stderr); 2 bad arguments; 3 finished, but some files could not be read (backup)
+or written (restore) -- they are listed in the summary; 4 `run --once` found no job within
+--wait; 5 `restore` kept existing entries it was not allowed to overwrite; 130 interrupted
+(the backup session stays open on the appliance and the next run resumes it); 141 the reader
+of the output went away (`| head`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,52 @@ if TYPE_CHECKING:  # imported where used: start-up pays only for the command it 
     from rdr_agent.settings import AgentSettings
     from rdr_restore.engine import RestoreSummary
 
+#: `restore --overwrite` (rdr_restore.engine.OVERWRITE_CHOICES, named here so `--help` does
+#: not load the engine).
+OVERWRITE_CHOICES = ("always", "if-changed", "never")
+
+EXIT_ERROR = 1
 EXIT_PARTIAL = 3
+EXIT_NO_JOB = 4
+#: `restore`: existing entries were kept, not overwritten (--overwrite never, the default).
+EXIT_KEPT = 5
+EXIT_INTERRUPTED = 130
+#: The reader of standard output went away: 128 + SIGPIPE, as a shell reports `cat`.
+EXIT_BROKEN_PIPE = 141
+
+#: The codes every command can end with.
+COMMON_EXITS = {0: "done", EXIT_ERROR: "error, one line on stderr (bad settings, appliance "
+                "unreachable or refusing, TLS verification failed)",
+                2: "bad arguments",
+                EXIT_INTERRUPTED: "interrupted",
+                EXIT_BROKEN_PIPE: "the reader of its output went away (e.g. '| head'): "
+                                  "stopped quietly"}
+
+
+def exit_table(own: dict[int, str]) -> str:
+    """The `--help` epilog of one command: the common codes with its own over them."""
+    import textwrap
+
+    table = dict(sorted({**COMMON_EXITS, **own}.items()))
+    rows = (textwrap.fill(text, 79, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+            for code, text in table.items())
+    return "exit codes:\n" + "\n".join(rows)
+
+
+BACKUP_EXITS = {EXIT_PARTIAL: "committed, but some files could not be read and are not in "
+                              "the backup (listed)",
+                EXIT_INTERRUPTED: "interrupted: the session stays open on the appliance and "
+                                  "the next backup resumes it"}
+RESTORE_EXITS = {EXIT_ERROR: "error, one line on stderr, nothing restored (the target "
+                             "directory cannot be written, appliance unreachable or "
+                             "refusing, no such snapshot)",
+                 EXIT_PARTIAL: "finished, but some entries could not be restored (listed)",
+                 EXIT_KEPT: "finished, but existing entries were kept, not overwritten "
+                            "(listed; see --overwrite)"}
+RUN_EXITS = {0: "stopped (SIGTERM), or with --once: the job succeeded",
+             EXIT_ERROR: "error, one line on stderr; with --once: the job failed",
+             EXIT_PARTIAL: "with --once: the job finished, some entries failed",
+             EXIT_NO_JOB: "with --once: no job came within --wait"}
 
 
 def _scan_total(sources: list[bytes], excludes: list[str], one_fs: bool,
@@ -46,18 +93,23 @@ def _scan_total(sources: list[bytes], excludes: list[str], one_fs: bool,
 
 def print_backup_summary(res: BackupResult) -> None:
     from rdr_agent.util.textfmt import human_bytes as human
+    from rdr_agent.util.textfmt import plural
 
     s = res.stats
     print(f"snapshot {res.snapshot} of {res.host} committed"
           f"{' (resumed an interrupted session)' if res.resumed else ''}")
-    print(f"  files {s.files}, dirs {s.dirs}, other {s.other}, {human(s.bytes_total)} in all")
-    print(f"  read {human(s.bytes_read)} from {s.files_read} files, "
-          f"{s.files_unchanged} files unchanged (not read)")
-    print(f"  new {human(s.bytes_new)} in {s.chunks_new} chunks, "
-          f"{s.chunks_known} chunks already on the appliance")
+    kinds = [plural(s.files, "file"), plural(s.dirs, "dir"), plural(s.symlinks, "symlink")]
+    if s.other:
+        kinds.append(f"{plural(s.other, 'special file')} (fifos, devices)")
+    print(f"  {', '.join(kinds)}, {human(s.bytes_total)} in all")
+    print(f"  read {human(s.bytes_read)} from {plural(s.files_read, 'file')}, "
+          f"{plural(s.files_unchanged, 'file')} unchanged (not read)")
+    print(f"  new {human(s.bytes_new)} in {plural(s.chunks_new, 'chunk')}, "
+          f"{plural(s.chunks_known, 'chunk')} already on the appliance")
     print(f"  duration {res.duration:.1f} s")
     if s.unreadable:
-        print(f"  {len(s.unreadable)} files could not be read and are NOT in this backup:")
+        print(f"  {plural(len(s.unreadable), 'file')} could not be read and "
+              f"{'is' if len(s.unreadable) == 1 else 'are'} NOT in this backup:")
         for path, err in s.unreadable[:50]:
             print(f"    {path}: {err}")
         if len(s.unreadable) > 50:
@@ -73,6 +125,7 @@ async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
     from rdr_agent.progress import ProgressBar
     from rdr_agent.settings import SettingsError
     from rdr_agent.util.textfmt import human_bytes as human
+    from rdr_agent.util.textfmt import plural
 
     if args.stdin:
         if not args.name or args.paths:
@@ -100,7 +153,8 @@ async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
 
     def progress(s: BackupStats) -> None:
         bar.update(s.bytes_read + s.bytes_unchanged, lambda: (
-            f"{s.files} files, {human(s.bytes_read)} read, {human(s.bytes_new)} new"))
+            f"{plural(s.files, 'file')}, {human(s.bytes_read)} read, "
+            f"{human(s.bytes_new)} new"))
 
     async with ApplianceClient(st.endpoint) as client:
         archiver = Archiver(client, st.state_dir, on_progress=progress)
@@ -138,15 +192,64 @@ async def cmd_snapshots(args: argparse.Namespace, st: AgentSettings) -> int:
     return 0
 
 
+def _writable_target(to: str) -> Path:
+    """The restore's target directory, made if missing; TargetError when it cannot take files
+    (permissions, a read-only filesystem): one error before anything is fetched, not one per
+    entry."""
+    import errno
+
+    from rdr_agent.errors import TargetError
+
+    target = Path(to)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TargetError(f"cannot create the restore target {target}: "
+                          f"{exc.strerror or exc}") from None
+    if not target.is_dir():
+        raise TargetError(f"the restore target {target} is not a directory")
+    if not os.access(target, os.W_OK | os.X_OK):
+        why = os.strerror(errno.EROFS if _read_only_fs(target) else errno.EACCES)
+        raise TargetError(f"cannot write the restore target {target}: {why}")
+    return target
+
+
+def _read_only_fs(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def print_restore_summary(summary: RestoreSummary, target: Path) -> None:
+    from rdr_agent.util.textfmt import human_bytes as human
+    from rdr_agent.util.textfmt import plural
+
+    print(f"restored {plural(summary.files, 'file')}, {plural(summary.dirs, 'dir')}, "
+          f"{plural(summary.symlinks, 'symlink')}, {human(summary.bytes_written)} to "
+          f"{target} in {summary.duration:.1f} s")
+    if summary.unchanged:
+        print(f"  {plural(summary.unchanged, 'entry', 'entries')} already as in the snapshot "
+              "(not rewritten)")
+    if summary.kept:
+        print(f"  {plural(len(summary.kept), 'existing entry', 'existing entries')} kept, not "
+              "overwritten (--overwrite if-changed or always replaces them):")
+        for path in summary.kept[:50]:
+            print(f"    {path}")
+        if len(summary.kept) > 50:
+            print(f"    ... and {len(summary.kept) - 50} more (see --json)")
+    if summary.errors:
+        print(f"  {plural(len(summary.errors), 'entry', 'entries')} could not be restored:")
+        for path, err in summary.errors[:50]:
+            print(f"    {path}: {err}")
+        if len(summary.errors) > 50:
+            print(f"    ... and {len(summary.errors) - 50} more (see --json)")
+
+
 async def cmd_restore(args: argparse.Namespace, st: AgentSettings | None) -> int:
     import json
     from concurrent.futures import ThreadPoolExecutor
 
     from rdr_agent.progress import ProgressBar
-    from rdr_agent.util.textfmt import human_bytes as human
 
-    target = Path(args.to)
-    target.mkdir(parents=True, exist_ok=True)
+    target = _writable_target(args.to)
     include = [os.fsencode(os.path.normpath(p)).lstrip(b"/") for p in args.paths] or None
     if include and any(p in (b"", b".") for p in include):
         include = None
@@ -163,14 +266,10 @@ async def cmd_restore(args: argparse.Namespace, st: AgentSettings | None) -> int
     if args.json:
         print(json.dumps(summary.to_json(), indent=1))
     else:
-        print(f"restored {summary.files} files, {summary.dirs} dirs, {summary.symlinks} "
-              f"symlinks, {human(summary.bytes_written)} to {target} in "
-              f"{summary.duration:.1f} s")
-        if summary.errors:
-            print(f"  {len(summary.errors)} entries could not be restored:")
-            for path, err in summary.errors[:50]:
-                print(f"    {path}: {err}")
-    return EXIT_PARTIAL if summary.errors else 0
+        print_restore_summary(summary, target)
+    if summary.errors:
+        return EXIT_PARTIAL
+    return EXIT_KEPT if summary.kept else 0
 
 
 async def _restore_from_disk(args: argparse.Namespace, target: Path,
@@ -180,6 +279,7 @@ async def _restore_from_disk(args: argparse.Namespace, target: Path,
     before a file is written; needs the appliance's data key."""
     from rdr_agent.settings import SettingsError
     from rdr_agent.util.textfmt import human_bytes as human
+    from rdr_agent.util.textfmt import plural
     from rdr_format.objects import ObjectCipher, load_or_create_key
     from rdr_restore.disk import RECOVER, DiskLayout, restore_from_disk
 
@@ -192,7 +292,8 @@ async def _restore_from_disk(args: argparse.Namespace, target: Path,
     _, summary = await restore_from_disk(
         root, cipher, host, args.snapshot, target, include, pool,
         on_progress=lambda files, nbytes: bar.update(
-            nbytes, lambda: f"{files} files, {human(nbytes)}"))
+            nbytes, lambda: f"{plural(files, 'file')}, {human(nbytes)}"),
+        overwrite=args.overwrite)
     return summary
 
 
@@ -203,6 +304,7 @@ async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, t
     from rdr_agent.client import ApplianceClient
     from rdr_agent.restore import restore_snapshot
     from rdr_agent.util.textfmt import human_bytes as human
+    from rdr_agent.util.textfmt import plural
 
     async with ApplianceClient(st.endpoint) as client:
         me = await client.whoami()
@@ -213,7 +315,8 @@ async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, t
         return await restore_snapshot(
             client, snap, target, include, cache, pool,
             on_progress=lambda files, nbytes: bar.update(
-                nbytes, lambda: f"{files} files, {human(nbytes)}"))
+                nbytes, lambda: f"{plural(files, 'file')}, {human(nbytes)}"),
+            overwrite=args.overwrite)
 
 
 async def _pick_latest(client, args: argparse.Namespace) -> str:
@@ -288,8 +391,13 @@ async def cmd_plan(args: argparse.Namespace, st: AgentSettings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rdr-agent", description="Back up this host to the RDR "
-                                "appliance and restore from it")
+    p = argparse.ArgumentParser(
+        prog="rdr-agent", description="Back up this host to the RDR appliance and restore "
+        "from it", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=exit_table({EXIT_PARTIAL: "backup, restore: some files could not be read or "
+                                         "written (see COMMAND --help)",
+                           EXIT_NO_JOB: "run --once: no job came",
+                           EXIT_KEPT: "restore: existing entries were kept"}))
     p.add_argument("--version", action="version", version=f"rdr-agent {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("appliance")
@@ -310,7 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("backup", parents=[common], help="back up paths or stdin")
+    def command(name: str, exits: dict[int, str], **kw: str) -> argparse.ArgumentParser:
+        """A command whose `--help` ends with its exit codes, one a line (so the help is
+        raw text: a description is wrapped here)."""
+        import textwrap
+
+        if "description" in kw:
+            kw["description"] = textwrap.fill(kw["description"], 79)
+        return sub.add_parser(name, parents=[common], epilog=exit_table(exits),
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    b = command("backup", BACKUP_EXITS, help="back up paths or stdin")
     b.add_argument("paths", nargs="*", metavar="PATH")
     b.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="skip names (or, with a '/', absolute paths) matching GLOB; repeatable")
@@ -322,30 +440,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "source; default: the paths, or stdin:NAME)")
     b.set_defaults(run=cmd_backup)
 
-    s = sub.add_parser("snapshots", parents=[common], help="list this host's snapshots")
+    s = command("snapshots", {}, help="list this host's snapshots")
     s.set_defaults(run=cmd_snapshots)
 
-    r = sub.add_parser("restore", parents=[common], help="restore a snapshot")
+    r = command("restore", RESTORE_EXITS, help="restore a snapshot")
     r.add_argument("snapshot", help="snapshot id, or 'latest'")
     r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these paths")
     r.add_argument("--to", required=True, metavar="DIR", help="directory to restore into")
     r.add_argument("--source", help="with 'latest': the latest snapshot of this source "
                    "(default: the latest whose source holds every PATH)")
+    r.add_argument("--overwrite", choices=OVERWRITE_CHOICES, default="never",
+                   help="what to do with an entry already in the target: 'never' (the "
+                   "default: a restore cannot destroy a file that may be newer than the "
+                   "backup; the entries kept are listed and the exit code is 5), "
+                   "'if-changed' (replace those whose size or modification time differ "
+                   "from the snapshot's; a symlink, its target), 'always' (replace all)")
     r.add_argument("--from-disk", metavar="DIR", help="restore from a Rapid Recover disk "
                    "mounted at DIR instead of the appliance")
     r.add_argument("--key-file", help="with --from-disk: the appliance's data key")
     r.add_argument("--host", help="with --from-disk: whose snapshot (default: the disk's)")
     r.set_defaults(run=cmd_restore)
 
-    j = sub.add_parser("run", parents=[common], help="the agent service: scheduled backups "
-                       "and pushed restores from the appliance (polls it; stops on SIGTERM)",
-                       description="Poll the appliance for this host's backup runs (its "
-                       "daily window, 'back up now') and restore jobs, and carry them out. "
-                       "The plan (paths, excludes, LAN limit, dump command) comes from the "
-                       "appliance; a dump command runs only with allow_dump_commands = yes "
-                       "($RDR_ALLOW_DUMP_COMMANDS). Pushed restores write only below "
-                       "absolute directories, and only below restore_roots "
-                       "($RDR_RESTORE_ROOTS) when that is set.")
+    j = command("run", RUN_EXITS, help="the agent service: scheduled backups and pushed "
+                "restores from the appliance (polls it; stops on SIGTERM)",
+                description="Poll the appliance for this host's backup runs (its daily "
+                "window, 'back up now') and restore jobs, and carry them out. The plan "
+                "(paths, excludes, LAN limit, dump command) comes from the appliance; a dump "
+                "command runs only with allow_dump_commands = yes "
+                "($RDR_ALLOW_DUMP_COMMANDS). Pushed restores write only below absolute "
+                "directories, and only below restore_roots ($RDR_RESTORE_ROOTS) when that is "
+                "set.")
     j.add_argument("--once", action="store_true",
                    help="handle at most one job, then exit: 0 restored, 3 some entries "
                    "failed, 1 failed, 4 no job came")
@@ -354,20 +478,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "length of one poll (default 25, at most 60)")
     j.set_defaults(run=cmd_run)
 
-    pl = sub.add_parser("plan", parents=[common], help="show the backup plan the appliance "
-                        "holds for this host")
+    pl = command("plan", {}, help="show the backup plan the appliance holds for this "
+                 "host")
     pl.set_defaults(run=cmd_plan)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: every failure is one line on stderr and an exit code of its table;
+    a reader of the output that went away ends it quietly (EXIT_BROKEN_PIPE)."""
+    from rdr_agent.util.pipes import flushed
+
+    return flushed(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)  # --help, --version, usage errors: end here
     import asyncio
     import logging
 
-    from rdr_agent.errors import ApplianceError, ConnectError
+    from rdr_agent.errors import ApplianceError, ConnectError, TargetError
     from rdr_agent.settings import SettingsError, resolve
     from rdr_agent.util.memory import tune_agent_malloc
+    from rdr_agent.util.pipes import silence_stdout
     from rdr_restore.errors import DcError, SeedError
 
     tune_agent_malloc()
@@ -387,16 +520,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rdr-agent: error: the appliance refused: {exc.message} ({exc.status} "
               f"{exc.code})", file=sys.stderr)
     # (CatalogError and ChunkError are ValueErrors: their modules load only with a command)
-    except (SettingsError, ConnectError, ValueError, SeedError, DcError) as exc:
+    except (SettingsError, ConnectError, TargetError, ValueError, SeedError, DcError) as exc:
         print(f"rdr-agent: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        return silence_stdout()
     except OSError as exc:
         print(f"rdr-agent: error: {exc.strerror or exc}"
               f"{': ' + os.fsdecode(exc.filename) if exc.filename else ''}", file=sys.stderr)
     except KeyboardInterrupt:
         print("rdr-agent: interrupted; the next backup resumes where this one stopped",
               file=sys.stderr)
-        return 130
-    return 1
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

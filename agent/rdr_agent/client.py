@@ -50,6 +50,19 @@ def ssl_for(ep: Endpoint) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
 
 _TLS_FAILURES = (aiohttp.ServerFingerprintMismatch, aiohttp.ClientConnectorCertificateError,
                  aiohttp.ClientSSLError)
+def _hex(digest: bytes) -> str:
+    """A SHA-256 digest as `rdr status` and the page show it: hex pairs joined by colons."""
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Did the connection attempt end in ECONNREFUSED (no listener at that port) or fail to
+    resolve the name: what waiting does not change while the URL is wrong?"""
+    return isinstance(exc, aiohttp.ClientConnectorDNSError) or (
+        isinstance(exc, aiohttp.ClientConnectorError)
+        and isinstance(exc.os_error, ConnectionRefusedError))
+
+
 _TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError, asyncio.TimeoutError)
 
 
@@ -62,6 +75,8 @@ class ApplianceClient:
         #: Upload limit on the LAN (kbit/s, 0 = none), from the host's plan.
         self.upload_kbps = 0
         self._pacer = Pacer()
+        #: The appliance has answered once: a refused connection after that is a restart.
+        self._reached = False
         self._ssl = ssl_for(ep)
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, ssl=self._ssl),
@@ -83,16 +98,26 @@ class ApplianceClient:
         delay = 0.5
         for attempt in range(self.retries + 1):
             try:
-                return await fn()
+                result = await fn()
+                self._reached = True
+                return result
             except ApplianceError as exc:
                 if not idempotent or exc.status < 500 or exc.status == 507 \
                         or exc.code == "busy" or attempt == self.retries:
                     raise  # (a busy appliance: the caller waits for its slot)
                 log.warning("appliance answered %s (%s); retrying", exc.status, exc.code)
             except _TLS_FAILURES as exc:
-                raise ConnectError(f"the appliance at {self.ep.url} failed TLS verification "
-                                   f"(wrong --fingerprint or --ca?): {exc}") from None
+                raise ConnectError(self._tls_failure(exc)) from None
             except _TRANSIENT as exc:
+                if _refused(exc) and not self._reached:
+                    # Nothing listens there (a wrong URL or port, or the daemon is not
+                    # running): waiting does not make it listen, so say so at once. Once the
+                    # appliance has answered, a refusal is a restart and worth the retries.
+                    why = "unknown host name" if isinstance(
+                        exc, aiohttp.ClientConnectorDNSError) else "connection refused"
+                    raise ConnectError(f"cannot reach the appliance at {self.ep.url}: {why} "
+                                       "(is the URL and port right, and is the appliance "
+                                       "running?)") from None
                 if attempt == self.retries:
                     raise ConnectError(f"cannot reach the appliance at {self.ep.url}: "
                                        f"{exc or type(exc).__name__}") from None
@@ -102,6 +127,25 @@ class ApplianceClient:
             await asyncio.sleep(delay * (0.75 + random.random() / 2))
             delay = min(delay * 2, 15)
         raise AssertionError("unreachable")
+
+    def _tls_failure(self, exc: BaseException) -> str:
+        """One readable line: aiohttp's fingerprint mismatch prints as a tuple of raw bytes,
+        and the hint names only the option actually in use."""
+        where = f"the appliance at {self.ep.url}"
+        if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+            return (f"{where} failed TLS verification: its certificate's fingerprint is "
+                    f"{_hex(exc.got)}, not the pinned {_hex(exc.expected)} (check "
+                    "--fingerprint)")
+        if self.ep.ca_file:
+            hint = "check --ca"
+        else:
+            hint = ("pin its certificate with --fingerprint (the appliance logs it at start) "
+                    "or give its CA with --ca")
+        reason = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) \
+            or exc
+        text = getattr(reason, "verify_message", None) or getattr(reason, "reason", None) \
+            or str(reason)
+        return f"{where} failed TLS verification: {text} ({hint})"
 
     @staticmethod
     async def _check(resp: aiohttp.ClientResponse) -> None:

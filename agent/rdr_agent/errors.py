@@ -17,6 +17,10 @@ class ApplianceError(SourceError):
         self.status, self.code, self.message, self.body = status, code, message, body or {}
 
 
+class TargetError(Exception):
+    """A restore's target directory cannot be written (nothing was restored)."""
+
+
 class ConnectError(Exception):
     """The appliance could not be reached (after retries)."""
 

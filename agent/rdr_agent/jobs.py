@@ -40,6 +40,7 @@ from rdr_agent.scheduled import BackupRunner, RunOutcome
 from rdr_agent.settings import AgentSettings
 from rdr_agent.statefiles import private_dir
 from rdr_agent.util.textfmt import human_bytes as human
+from rdr_agent.util.textfmt import plural
 from rdr_format import catalog
 from rdr_format.catalog import CatalogError, dec_bytes
 from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks, selected_bytes
@@ -374,12 +375,14 @@ def _fresh_dir(path: Path) -> None:
 
 
 def _summary_message(summary: RestoreSummary, target: Path) -> str:
-    msg = (f"restored {summary.files} files, {summary.dirs} dirs, "
-           f"{human(summary.bytes_written)} to {target}")
+    msg = (f"restored {plural(summary.files, 'file')}, {plural(summary.dirs, 'dir')}, "
+           f"{plural(summary.symlinks, 'symlink')}, {human(summary.bytes_written)} to "
+           f"{target}")
     if summary.errors:
         shown = "; ".join(f"{p}: {e}" for p, e in summary.errors[:ERRORS_IN_MESSAGE])
         more = len(summary.errors) - ERRORS_IN_MESSAGE
-        msg += (f"; {len(summary.errors)} entries could not be restored: {shown}"
+        msg += (f"; {plural(len(summary.errors), 'entry', 'entries')} could not be "
+                f"restored: {shown}"
                 + (f"; and {more} more" if more > 0 else ""))
     return _clip(msg)
 

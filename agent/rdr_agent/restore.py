@@ -8,7 +8,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from rdr_format import catalog
-from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks
+from rdr_restore.engine import OVERWRITE_ALWAYS, RemoteChunks, RestoreSummary, restore_blocks
 
 from .catalog_cache import CatalogCache
 from .client import ApplianceClient
@@ -17,7 +17,7 @@ from .client import ApplianceClient
 async def restore_snapshot(client: ApplianceClient, snap: str, target: Path,
                            include: list[bytes] | None, cache: CatalogCache, pool: Executor,
                            on_progress: Callable[[int, int], None] | None = None,
-                           ) -> RestoreSummary:
+                           overwrite: str = OVERWRITE_ALWAYS) -> RestoreSummary:
     """Restore snapshot `snap` (an id or "latest") from the appliance below `target`."""
     # Announce the restore first: the appliance measures request-to-first-byte from here.
     real_id = (await client.start_restore(snap))["snapshot"]
@@ -26,4 +26,5 @@ async def restore_snapshot(client: ApplianceClient, snap: str, target: Path,
     await cache.fetch(client, real_id, chunks)
     blocks = catalog.iter_blocks(cache.pieces(chunks))
     source = RemoteChunks(client, real_id, pool)
-    return await restore_blocks(blocks, source, target, include, pool, on_progress)
+    return await restore_blocks(blocks, source, target, include, pool, on_progress,
+                                overwrite=overwrite)

@@ -37,6 +37,7 @@ from rdr_agent.coverage import Coverage, check_coverage
 from rdr_agent.settings import AgentSettings
 from rdr_agent.statefiles import private_dir
 from rdr_agent.util.textfmt import human_bytes as human
+from rdr_agent.util.textfmt import plural
 from rdr_format.catalog import iter_blocks
 
 log = logging.getLogger("rdr.agent.scheduled")
@@ -149,11 +150,12 @@ class BackupRunner:
                 None, _check, cache, chunks, res,
                 sources + [os.fsencode(d) for d in dump], excludes, one_fs, cov)
             s = res.stats
-            msg = (f"snapshot {res.snapshot}: {s.files} files, {human(s.bytes_total)}, "
+            msg = (f"snapshot {res.snapshot}: {plural(s.files, 'file')}, "
+                   f"{plural(s.symlinks, 'symlink')}, {human(s.bytes_total)}, "
                    f"{human(s.bytes_new)} new, in {time.monotonic() - started:.0f} s"
                    f"{' (resumed)' if res.resumed else ''}")
             if cov.count:
-                msg += f"; {cov.count} files not backed up ({_reasons(cov)})"
+                msg += f"; {plural(cov.count, 'file')} not backed up ({_reasons(cov)})"
             if notes:
                 msg += "; " + "; ".join(notes)
             partial = bool(s.unreadable) or bool(notes)

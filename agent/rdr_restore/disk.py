@@ -40,7 +40,7 @@ from rdr_format.fsutil import atomic_write
 from rdr_format.manifest import IDX_MAGIC
 from rdr_format.objects import DecryptError, ObjectCipher, ObjectMissing
 
-from .engine import RestoreSummary
+from .engine import OVERWRITE_ALWAYS, RestoreSummary
 from .errors import SeedError
 from .objects import dc_restore
 
@@ -276,9 +276,9 @@ class DiskObjects:
 async def restore_from_disk(root: Path, cipher: ObjectCipher, host: str, snapshot: str,
                             to: Path, include: list[bytes] | None, pool: Executor,
                             on_progress: Callable[[int, int], None] | None = None,
-                            ) -> tuple[dict, RestoreSummary]:
+                            overwrite: str = OVERWRITE_ALWAYS) -> tuple[dict, RestoreSummary]:
     """Restore files from a recovery disk mounted at `root`, checked in full first."""
     layout = DiskLayout(root)
     await asyncio.to_thread(verify_disk, layout, cipher, RECOVER, Progress("verify"))
     return await dc_restore(DiskObjects(layout), cipher, host, snapshot, to, include,
-                            pool, on_progress)
+                            pool, on_progress, overwrite)

@@ -73,6 +73,12 @@ _PRIVILEGED_XATTRS = (b"trusted.", b"security.")
 #: What a strange entry can make the os functions raise (bad values, not bad luck).
 _ENTRY_ERRORS = (OSError, ValueError, OverflowError)
 
+#: What to do with an entry that already exists where one is restored (restic's choices):
+#: replace it; replace it only when it differs (a file's size or mtime, a symlink's target);
+#: keep it.
+OVERWRITE_ALWAYS, OVERWRITE_IF_CHANGED, OVERWRITE_NEVER = "always", "if-changed", "never"
+OVERWRITE_CHOICES = (OVERWRITE_ALWAYS, OVERWRITE_IF_CHANGED, OVERWRITE_NEVER)
+
 
 @dataclass
 class RestoreSummary:
@@ -84,13 +90,19 @@ class RestoreSummary:
     special: int = 0  # fifos, device nodes
     bytes_written: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    #: Entries that were already there and kept (overwrite "never"), by path.
+    kept: list[str] = field(default_factory=list)
+    #: Entries already there and equal to the snapshot's (overwrite "if-changed").
+    unchanged: int = 0
     duration: float = 0.0
 
     def to_json(self) -> dict:
         return {"files": self.files, "dirs": self.dirs, "symlinks": self.symlinks,
                 "special": self.special, "bytes_written": self.bytes_written,
                 "errors": [{"path": p, "error": m} for p, m in self.errors],
-                "error_count": len(self.errors), "duration": round(self.duration, 3)}
+                "error_count": len(self.errors), "kept": self.kept,
+                "kept_count": len(self.kept), "unchanged": self.unchanged,
+                "duration": round(self.duration, 3)}
 
 
 def _show(path: bytes) -> str:
@@ -483,8 +495,11 @@ class _Writer:
 
     def __init__(self, root_fd: int, summary: RestoreSummary, jobs: Iterator[int],
                  bad_dirs: set[bytes], on_progress: Callable[[int, int], None] | None,
-                 allow_special: bool = True) -> None:
+                 allow_special: bool = True, overwrite: str = OVERWRITE_ALWAYS) -> None:
+        if overwrite not in OVERWRITE_CHOICES:
+            raise ValueError(f"overwrite must be one of {', '.join(OVERWRITE_CHOICES)}")
         self.summary = summary
+        self.overwrite = overwrite
         #: Setuid/setgid bits, file capabilities and device nodes are restored (see
         #: restore_blocks); otherwise stripped or skipped, each one reported.
         self.allow_special = allow_special
@@ -562,7 +577,8 @@ class _Writer:
             st = os.fstat(fd)
             if st.st_mode & 0o700 != 0o700 and st.st_uid == os.geteuid():
                 os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
-        self.dir_meta.append((full, e))
+        if not (existed and self.overwrite == OVERWRITE_NEVER):
+            self.dir_meta.append((full, e))  # an existing directory kept keeps its metadata
         self.summary.dirs += 1
 
     def _file(self, op: _Op, plains: dict[str, bytes | BaseException]) -> None:
@@ -588,6 +604,9 @@ class _Writer:
             pfd = self._parent(op)
             if pfd is None:
                 self._fail(op, None)
+                return
+            if not self._may_replace(pfd, e, full):
+                self._skip(op)
                 return
             try:
                 try:
@@ -621,6 +640,35 @@ class _Writer:
             if fd >= 0:
                 os.close(fd)
 
+    def _may_replace(self, pfd: int, e: Entry, full: bytes) -> bool:
+        """May entry `e` be written where something may already lie? False notes why not:
+        kept (overwrite "never") or equal to the snapshot's (overwrite "if-changed")."""
+        if self.overwrite == OVERWRITE_ALWAYS:
+            return True
+        try:
+            st = os.stat(e.name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        if stat.S_ISDIR(st.st_mode):
+            return True  # creating over a directory fails and is reported as it was
+        if self.overwrite == OVERWRITE_NEVER:
+            self.summary.kept.append(_show(full))
+            return False
+        if e.type == SYMLINK:
+            same = stat.S_ISLNK(st.st_mode) and os.readlink(e.name, dir_fd=pfd) == e.link
+        else:
+            same = (stat.S_ISREG(st.st_mode) and st.st_size == e.size
+                    and st.st_mtime_ns == e.mtime_ns)
+        if same:
+            self.summary.unchanged += 1
+        return not same
+
+    def _skip(self, op: _Op) -> None:
+        """Leave a file that is not to be replaced, and the later slices of its data."""
+        self.failed_files.add(op.path)  # a later hard link to it must not link to it
+        if not op.last:
+            self.failed_jobs.add(op.job)
+
     def _fail(self, op: _Op, message: str | None) -> None:
         if message is not None:
             if not op.first:
@@ -637,6 +685,8 @@ class _Writer:
         e, src = op.entry, op.entry.link or b""
         sparent, _, sname = src.rpartition(b"/")
         if src not in self.failed_files and sparent not in self.bad_dirs:
+            if not self._may_replace(pfd, e, op.path):
+                return
             try:
                 sfd = self.dirs.get(sparent, create=False)
                 self._replacing(pfd, e.name, lambda: os.link(
@@ -654,11 +704,15 @@ class _Writer:
         if not e.link or b"\0" in e.link:
             raise OSError(errno.EINVAL, "invalid symlink target")
         link = e.link
+        if not self._may_replace(pfd, e, full):
+            return
         self._replacing(pfd, e.name, lambda: os.symlink(link, e.name, dir_fd=pfd))
         self.summary.symlinks += 1
         self._meta_nofollow(pfd, e, full, chmod=False)
 
     def _special(self, pfd: int, e: Entry, full: bytes) -> None:
+        if self.overwrite != OVERWRITE_ALWAYS and not self._may_replace(pfd, e, full):
+            return
         if e.type == FIFO:
             self._replacing(pfd, e.name, lambda: os.mkfifo(e.name, 0o600, dir_fd=pfd))
         else:
@@ -859,12 +913,16 @@ def _open_target(target: Path) -> int:
 async def restore_blocks(blocks: Iterator[tuple[bytes, list[Entry]]], source: ChunkSource,
                          target: Path, include: list[bytes] | None, pool: Executor,
                          on_progress: Callable[[int, int], None] | None = None,
-                         allow_special: bool = True) -> RestoreSummary:
+                         allow_special: bool = True,
+                         overwrite: str = OVERWRITE_ALWAYS) -> RestoreSummary:
     """Restore catalog `blocks` below `target` (catalog paths kept in full).
 
     `allow_special` False (pushed restores, unless the job and this agent allow them):
     setuid/setgid bits and file capabilities are stripped and device nodes skipped, each
     reported as an error of its entry.
+
+    `overwrite` (OVERWRITE_CHOICES): what happens to an entry already in the target; kept
+    ones are listed in `kept`, equal ones counted in `unchanged`.
 
     Per-entry problems become `errors` in the summary; only fatal ones raise (the target
     cannot be opened, the appliance cannot be reached).
@@ -877,7 +935,7 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, list[Entry]]], source: Ch
     bad_dirs: set[bytes] = set()
     flt = _Filter(include, summary.errors)
     planner = _Planner(iter(blocks), flt, summary.errors, jobs, bad_dirs)
-    writer = _Writer(root_fd, summary, jobs, bad_dirs, on_progress, allow_special)
+    writer = _Writer(root_fd, summary, jobs, bad_dirs, on_progress, allow_special, overwrite)
     try:
         await _pipeline(_Batcher(planner.ops()), writer, source, pool)
         if writer.fallback:

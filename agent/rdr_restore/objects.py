@@ -20,7 +20,7 @@ from rdr_format.chunkfile import ChunkDecoder, ChunkError
 from rdr_format.manifest import Manifest
 from rdr_format.objects import DecryptError, ObjectCipher, ObjectMissing, chunk_name, snapshot_names
 
-from .engine import RemoteChunks, RestoreSummary, restore_blocks
+from .engine import OVERWRITE_ALWAYS, RemoteChunks, RestoreSummary, restore_blocks
 from .errors import DcError
 
 
@@ -75,7 +75,7 @@ async def load_snapshot(target: ObjectReader, cipher: ObjectCipher, host: str, s
 async def dc_restore(target: ObjectReader, cipher: ObjectCipher, host: str, snapshot: str,
                      to: Path, include: list[bytes] | None, pool: Executor,
                      on_progress: Callable[[int, int], None] | None = None,
-                     ) -> tuple[dict, RestoreSummary]:
+                     overwrite: str = OVERWRITE_ALWAYS) -> tuple[dict, RestoreSummary]:
     """Restore `host`'s `snapshot` from the objects below `to` with the restore engine."""
     cp, manifest = await load_snapshot(target, cipher, host, snapshot)
     fetch = partial(object_chunk, target, cipher)
@@ -88,5 +88,6 @@ async def dc_restore(target: ObjectReader, cipher: ObjectCipher, host: str, snap
         pieces.append(plain)
     blocks = catalog.iter_blocks(pieces)
     source = RemoteChunks(None, cp["snapshot"], pool, fetch=fetch)
-    summary = await restore_blocks(blocks, source, to, include, pool, on_progress)
+    summary = await restore_blocks(blocks, source, to, include, pool, on_progress,
+                                   overwrite=overwrite)
     return cp, summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from ..config import Config
 from ..store.index import TOKEN_SCOPES
 from .core import Context, Parents, Subparsers, command, group, ts
 
@@ -73,8 +74,21 @@ def admin_add(ctx: Context) -> int:
     pw = new_password(ctx)
     with ctx.stored() as store:
         Accounts(store.index).add(ctx.args.name, pw)
-    print(f"admin account {ctx.args.name} created; sign in at https://<appliance>/")
+    print(f"admin account {ctx.args.name} created; sign in at {page_url(ctx.cfg)}")
     return 0
+
+
+def page_url(cfg: Config) -> str:
+    """The restore page's address as the configuration's first listener serves it (a
+    wildcard listener answers on this machine's name)."""
+    import socket
+
+    from ..config import parse_listen
+
+    host, port = parse_listen(cfg.server.listen[0])
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"https://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
 def admin_passwd(ctx: Context) -> int:

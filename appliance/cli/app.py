@@ -7,6 +7,8 @@ import argparse
 import logging
 import sys
 
+from rdr_agent.util import pipes
+
 from .. import __version__
 from . import access, dc, hosts, maintenance, replication, seed, serve, status, usage
 from .core import COMMON_EXITS, EXIT_PROBLEMS, EXIT_QUEUED, exit_epilog, run
@@ -49,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    return run(args)
+    return pipes.flushed(lambda: run(args))

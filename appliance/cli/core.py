@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from rdr_agent.util import pipes
+
 from ..config import Config, ConfigError, load
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ EXIT_PROBLEMS = 3
 EXIT_QUEUED = 4
 #: Interrupted (Ctrl-C).
 EXIT_INTERRUPTED = 130
+#: The reader of standard output went away (`rdr ... | head`): stopped quietly, as `cat`.
+EXIT_BROKEN_PIPE = pipes.EXIT_BROKEN_PIPE
 
 #: What a command's exit code means, by code: each command has one table (the `exits` of
 #: `command`), shown in its `--help`.
@@ -51,6 +55,7 @@ COMMON_EXITS: ExitTable = {
                 "disk error)",
     EXIT_USAGE: "bad arguments",
     EXIT_INTERRUPTED: "interrupted",
+    EXIT_BROKEN_PIPE: "the reader of its output went away (e.g. '| head'): stopped quietly",
 }
 
 #: A command: runs in its context, returns its exit code.
@@ -135,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         return fn(Context(args))
     except (Exception, KeyboardInterrupt) as exc:
+        if pipes.is_broken_pipe(exc):
+            return pipes.silence_stdout()
         code = exit_code_of(exc)
         if code is None:
             raise

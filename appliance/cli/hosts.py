@@ -6,8 +6,21 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from rdr_agent.util.textfmt import plural
+
 from ..config import Config, ConfigError
-from .core import Context, Parents, Run, Subparsers, command, group, print_json, ts, user
+from .core import (
+    EXIT_ERROR,
+    Context,
+    Parents,
+    Run,
+    Subparsers,
+    command,
+    group,
+    print_json,
+    ts,
+    user,
+)
 
 if TYPE_CHECKING:
     from ..backup_schedule import BackupScheduler
@@ -20,6 +33,41 @@ def add(ctx: Context) -> int:
         token = store.add_host(ctx.args.name)
     print(f"host {ctx.args.name} added; its token (shown once, store it on the host):")
     print(token)
+    return 0
+
+
+def remove(ctx: Context) -> int:
+    """Forget a host; its snapshots stay until pruned, or go with --purge once confirmed
+    (on a terminal: the host's name typed again; in a script: --yes)."""
+    import sys
+
+    from .. import wiring
+    from ..store.errors import StoreError
+
+    a = ctx.args
+    with ctx.stored() as store:
+        count = len(store.index.snapshots(a.name))
+        if a.purge and not a.yes:
+            if not sys.stdin.isatty():
+                raise StoreError("not_confirmed", "--purge deletes every snapshot of "
+                                 f"{a.name}; confirm on a terminal or add --yes")
+            # The question on stderr: stdout carries only the result.
+            sys.stderr.write(f"delete host {a.name} and its {plural(count, 'snapshot')} for "
+                             "good? type the host's name to confirm: ")
+            sys.stderr.flush()
+            answer = sys.stdin.readline()
+            if answer.strip() != a.name:
+                raise StoreError("not_confirmed", f"not confirmed; host {a.name} kept")
+        removed = store.remove_host(a.name, purge=a.purge)
+        wiring.plans(store).forget(a.name)
+    if a.purge:
+        print(f"host {a.name} removed with its {plural(removed, 'snapshot')} (their chunks "
+              "are freed by the next 'rdr gc')")
+    else:
+        print(f"host {a.name} removed: its token no longer works; its "
+              f"{plural(count, 'snapshot')} {'stays' if count == 1 else 'stay'} until pruned "
+              "(the newest is kept; "
+              f"'rdr hosts remove {a.name} --purge' deletes them)")
     return 0
 
 
@@ -213,6 +261,14 @@ def add_hosts(sub: Subparsers, common: Parents) -> None:
     for action, fn, text, done in actions:
         hp = command(hsub, action, fn, text, common, {0: done})
         hp.add_argument("name")
+    hr = command(hsub, "remove", remove, "forget a host: its token stops working, its "
+                 "snapshots stay until pruned (or go with --purge)", common,
+                 {0: "removed", EXIT_ERROR: "error, one line on stderr (no such host; --purge "
+                  "not confirmed)"})
+    hr.add_argument("name")
+    hr.add_argument("--purge", action="store_true", help="delete all its snapshots too "
+                    "(asks for its name on a terminal)")
+    hr.add_argument("--yes", action="store_true", help="with --purge: do not ask (scripts)")
     ht = command(hsub, "token", token, "issue a new token (revokes the old)", common)
     ht.add_argument("name")
     lst = command(hsub, "list", list_, "list hosts", common)

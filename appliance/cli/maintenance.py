@@ -16,9 +16,10 @@ def snapshots(ctx: Context) -> int:
 
     host = ctx.args.host
     with ctx.stored() as store:
-        if host and not store.index.host_exists(host):
-            raise StoreError("no_such_host", f"no host named {host!r}")
         rows = store.index.snapshots(host)
+        # (a removed host's snapshots are still listed until pruned or purged)
+        if host and not rows and not store.index.host_exists(host):
+            raise StoreError("no_such_host", f"no host named {host!r}")
     if ctx.args.json:
         print_json([r.to_json() for r in rows])
         return 0

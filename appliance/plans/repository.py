@@ -199,6 +199,15 @@ class BackupPlans:
             "SELECT at, who, field, old, new FROM plan_audit WHERE host = ? "
             "ORDER BY id DESC LIMIT ?", (host, limit))]
 
+    def forget(self, host: str) -> None:
+        """A removed host's plan and sign of life go (no more scheduled backups); its
+        audit stays, the record of who changed its dump command."""
+        with self.index.tx() as db:
+            db.execute("DELETE FROM host_plans WHERE host = ?", (host,))
+            db.execute("DELETE FROM agents WHERE host = ?", (host,))
+        if self.mirror_dir is not None:
+            (self.mirror_dir / f"{host}.json").unlink(missing_ok=True)
+
     def set_paused(self, host: str, paused: bool) -> HostPlan:
         plan = self.get(host)
         plan.paused = paused

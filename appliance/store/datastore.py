@@ -234,6 +234,25 @@ class Datastore:
         self.index.set_policy(name, policy)
         self._write_host_file(name)
 
+    def remove_host(self, name: str, purge: bool = False) -> int:
+        """Forget host `name` (its token stops working); with `purge`, remove every one of
+        its snapshots first, protected ones included. Returns how many snapshots were
+        removed. Without `purge` its snapshots stay, pruned by the default retention; a
+        removed host's name with `purge` removes what stayed."""
+        exists = self.index.host_exists(name)
+        rows = self.index.snapshots(name)
+        if not exists and not (purge and rows):
+            raise NotFound("no_such_host", f"no host named {name!r}")
+        removed = 0
+        if purge:
+            for row in rows:
+                removed += self.remove_snapshot(name, row.snapshot)
+        if exists:
+            self.index.remove_host(name)
+        (self.hosts_dir / f"{name}.json").unlink(missing_ok=True)
+        fsync_dir(self.hosts_dir)
+        return removed
+
     def _write_host_file(self, name: str) -> None:
         """Mirror what only the index knows about a host (token hash, policy) to a file, so
         `rebuild-index` can restore hosts without issuing new tokens."""

@@ -361,6 +361,15 @@ class Index:
                 raise NotFound("no_such_host", f"no host named {name!r}")
         return f"{TOKEN_PREFIX}{token_id}_{secret}"
 
+    def remove_host(self, name: str) -> None:
+        """Forget a host: its token stops working at once. Its snapshot rows are not touched
+        (`Datastore.remove_host`); its backup sessions go (they name the host), an open one
+        included: its uploaded chunks become garbage for GC."""
+        with self.tx() as db:
+            db.execute("DELETE FROM sessions WHERE host = ?", (name,))
+            if db.execute("DELETE FROM hosts WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFound("no_such_host", f"no host named {name!r}")
+
     def set_window(self, name: str, start: str | None) -> None:
         with self.tx() as db:
             cur = db.execute("UPDATE hosts SET window_start = ? WHERE name = ?", (start, name))

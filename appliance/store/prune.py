@@ -96,12 +96,17 @@ class Pruner:
         self.replication_required = replication_required
 
     def policy_for(self, host: str) -> Policy:
-        return Policy.parse(self.store.index.host_policy(host) or self.default_policy)
+        """The host's retention; a removed host's snapshots (`rdr hosts remove`) the
+        default's."""
+        idx = self.store.index
+        own = idx.host_policy(host) if idx.host_exists(host) else None
+        return Policy.parse(own or self.default_policy)
 
     def plan(self, hosts: list[str] | None = None, force: bool = False) -> list[Decision]:
         idx = self.store.index
         out: list[Decision] = []
-        for host in hosts if hosts is not None else idx.host_names():
+        every = sorted({*idx.host_names(), *(r.host for r in idx.snapshots())})
+        for host in hosts if hosts is not None else every:
             out += decide(idx.snapshots(host), self.policy_for(host), self.tz,
                           replication_required=self.replication_required, force=force)
         return out

@@ -10,3 +10,8 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """"1 file", "2 files": the count and its noun (`words` when the plural is not word+s)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
