@@ -157,8 +157,8 @@ class Datastore:
                 if path == b"":
                     return of_paths(["/" + os.fsdecode(e.name) for e in entries])
                 break
-        except (OSError, CatalogError, StoreError):
-            pass
+        except (OSError, ValueError, StoreError):
+            pass  # a damaged catalog (CatalogError, ChunkError) names no source: "" below
         return ""
 
     def close(self) -> None:

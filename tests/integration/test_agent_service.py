@@ -132,7 +132,7 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
         # slowed by the LAN limit so that it can be paused and resumed while it runs
         admin = app.store.index.add_api_token("ops", "admin")
         for i in range(6):
-            (src_a / f"data{i}.bin").write_bytes(os.urandom(200_000))
+            (src_a / f"data{i}.bin").write_bytes(os.urandom(1_000_000))
         async with http(app, admin) as s:
             resp = await s.put("/api/v1/hosts/host-a/plan",
                                json={"excludes": ["*.tmp"], "bandwidth_kbps": 1200})

@@ -18,6 +18,12 @@ from ..conftest import Appliance, agent_cmd, rdr_cmd
 from ..treeutil import run
 
 
+async def init_store(cfg: Path) -> None:
+    """Only `rdr init` (or `rdr serve`) creates a store; the other commands refuse to."""
+    rc, _, err = await run(rdr_cmd() + ["init", "--config", str(cfg)])
+    assert rc == 0, err
+
+
 def only_line(rc: int, err: str, code: int = 1) -> str:
     """The one line on stderr of a command that failed with `code`."""
     assert rc == code, (rc, err)
@@ -94,6 +100,7 @@ async def test_a_closed_pipe_ends_both_commands_quietly(appliance: Appliance,
                                                         tmp_path: Path) -> None:
     cfg = tmp_path / "a.toml"
     cfg.write_text(f"[store]\npath = '{tmp_path / 'data'}'\n")
+    await init_store(cfg)
     rc, _, err = await run(rdr_cmd() + ["hosts", "add", "web01", "--config", str(cfg)])
     assert rc == 0, err
     res = await asyncio.to_thread(_into_closed_pipe,
@@ -198,6 +205,7 @@ async def test_admin_add_prints_the_page_address(tmp_path: Path) -> None:
     cfg = tmp_path / "a.toml"
     cfg.write_text(f"[server]\nlisten = ['127.0.0.1:{port}']\n"
                    f"[store]\npath = '{tmp_path / 'data'}'\n")
+    await init_store(cfg)
     rc, out, err = await run(rdr_cmd() + ["admin", "add", "alice", "--password-stdin",
                                           "--config", str(cfg)],
                              stdin=b"a long enough pass phrase 42\n")
@@ -266,6 +274,7 @@ def _typed(cmd: list[str], typed: bytes) -> tuple[int, str]:
 async def test_hosts_remove_purge_confirmed_on_a_terminal(tmp_path: Path) -> None:
     cfg = tmp_path / "a.toml"
     cfg.write_text(f"[store]\npath = '{tmp_path / 'data'}'\n")
+    await init_store(cfg)
     for name in ("web01", "web02"):
         rc, _, err = await run(rdr_cmd() + ["hosts", "add", name, "--config", str(cfg)])
         assert rc == 0, err
