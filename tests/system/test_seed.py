@@ -90,7 +90,8 @@ async def unplug(index: int) -> None:
     """Detach and remove the loop device (kernel "remove" uevent), in a thread: the daemon
     under test shares this event loop."""
     sh("losetup", "-d", f"/dev/loop{index}")
-    assert await asyncio.to_thread(remove_loop, index), "the loop device stayed busy"
+    # (30 s: it stayed busy past 10 s once on a machine loaded by other test runs)
+    assert await asyncio.to_thread(remove_loop, index, 30.0), "the loop device stayed busy"
 
 
 @pytest.fixture(scope="module")
