@@ -1,5 +1,5 @@
-"""`python -m benchmarks COMMAND`: run | scale | replication | browse | load (each has
---help)."""
+"""`python -m benchmarks COMMAND`: run | scale | replication | browse | load | commitsync
+(each has --help)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ USAGE = """usage: python -m benchmarks run [--quick] [--size 10G] [--data PATH] 
        python -m benchmarks scale [--chunks N]
        python -m benchmarks replication [--mb N] [--runs N]
        python -m benchmarks browse [--files N] [--per-dir N] [--runs N]
-       python -m benchmarks load [--agents N] [--restores N] [--size-mb N]"""
+       python -m benchmarks load [--agents N] [--restores N] [--size-mb N]
+       python -m benchmarks commitsync [--mb N] [--rate MBPS] [--runs N] [--work DIR]"""
 
 
 def main() -> int:
@@ -32,6 +33,10 @@ def main() -> int:
         from . import load
 
         return load.main(argv)
+    if cmd == "commitsync":
+        from . import commitsync
+
+        return commitsync.main(argv)
     if cmd == "replication":
         from . import replication_tunnel
 

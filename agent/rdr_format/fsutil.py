@@ -10,6 +10,23 @@ from pathlib import Path
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing FD's dirty pages now, without waiting for them.
+
+    Only a hint, never a durability step: a commit's `syncfs` still makes the data durable.
+    Chunks written seconds before the commit are then mostly on disk already, so that sync
+    waits for what is new since, not for the whole upload (the page cache otherwise holds
+    the data until its own writeback timer or the sync)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a failure leaves it to the sync
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -82,6 +82,19 @@ def test_oversized_plaintext_is_refused_by_encoder_and_decoder() -> None:
         ChunkDecoder().decode(header(0) + b"\0" * (MAX_PLAIN_SIZE + 1))
 
 
+@pytest.mark.parametrize("writeback", [False, True])
+def test_chunk_store_stores_the_same_bytes_with_or_without_early_writeback(
+        tmp_path: Path, writeback: bool) -> None:
+    """Starting a chunk's write-out early is only a hint to the kernel: the file holds the
+    chunk exactly, the sync still covers it, and the dirty marker goes only after it."""
+    store = ChunkStore(tmp_path / "chunks", writeback=writeback)
+    c = ChunkEncoder().encode(os.urandom(300_000))
+    assert store.put(c.id, c.data) and (tmp_path / "chunks" / ".dirty").exists()
+    assert store.read(c.id) == c.data and store.read_plain(c.id) == ChunkDecoder().decode(c.data)
+    store.sync()
+    assert store.durable({c.id}) and not (tmp_path / "chunks" / ".dirty").exists()
+
+
 def test_chunk_store_knows_which_chunks_a_sync_has_covered(tmp_path: Path) -> None:
     """A commit syncs before taking the commit lock and again under it only if a chunk it
     references was written after that sync began: `durable` tells which."""
