@@ -253,12 +253,12 @@ class BackupPlans:
         return diff
 
     def audit(self, host: str, limit: int = 20) -> list[dict]:
-        """The latest audited plan changes of `host`, newest first, one row per changed
-        field (the fields of one edit share `at` and `who`)."""
+        """The latest audited plan changes of `host`, newest edit first, one row per changed
+        field (the fields of one edit share `at` and `who`, in the form's order)."""
         keys = ("at", "who", "field", "old", "new")
         return [dict(zip(keys, r, strict=True)) for r in self.index.query(
             "SELECT at, who, field, old, new FROM plan_audit WHERE host = ? "
-            "ORDER BY id DESC LIMIT ?", (host, limit))]
+            "ORDER BY at DESC, id LIMIT ?", (host, limit))]
 
     def forget(self, host: str) -> None:
         """A removed host's plan and sign of life go (no more scheduled backups); its

@@ -58,9 +58,9 @@ def test_the_audit_lists_only_what_changed_from_what_to_what(store: Datastore) -
     assert edit_host(store, plans, "pc1", "account:carol", {"paths": ["/etc"]}) == []
     audit = plans.audit("pc1")
     assert [(a["who"], a["field"]) for a in audit] == [
-        ("account:bob", "window_start"), ("account:bob", "dump_name"),
-        ("account:bob", "dump_command"), ("account:alice", "policy"),
-        ("account:alice", "one_file_system"), ("account:alice", "paths")]
+        ("account:bob", "dump_command"), ("account:bob", "dump_name"),
+        ("account:bob", "window_start"), ("account:alice", "paths"),
+        ("account:alice", "one_file_system"), ("account:alice", "policy")]
     assert len({a["at"] for a in audit if a["who"] == "account:bob"}) == 1  # one edit
 
 

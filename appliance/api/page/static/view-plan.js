@@ -136,7 +136,7 @@ function auditList(rows) {
   return h("div", { class: "audit" }, h("h3", {}, "Changes"),
     h("ul", { id: "plan-audit", "aria-label": "Changes of the plan" },
       edits.slice(0, 5).map((e) => h("li", {}, timeEl(e.at), ` by ${e.who}: `,
-        changeList([...e.changes].reverse())))));
+        changeList(e.changes)))));
 }
 
 function planSummary(pv) {
