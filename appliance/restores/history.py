@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rdr_format.catalog import Entry, join_path
+from rdr_format.catalog import CatalogError, Entry, join_path
+from rdr_format.chunkfile import ChunkError
 
 from ..store.errors import NotFound, StoreError
 from ..store.index import SnapshotRow
@@ -38,6 +39,7 @@ class HistorySearch:
     found: int = 0
     scanned: int = 0  # catalog entries read
     searched: int = 0  # snapshots searched
+    unreadable: int = 0  # snapshots gone (pruned meanwhile) or damaged: skipped, counted
     truncated: bool = False
     _seen: dict[str, set[bytes]] = field(default_factory=dict)
 
@@ -48,17 +50,18 @@ class HistorySearch:
     def snapshot(self, row: SnapshotRow) -> list[Found]:
         """The new matches of one snapshot: paths this search has not reported for its host
         yet, at most what is left of `limit`. A snapshot that vanished (pruned meanwhile)
-        or cannot be read is skipped."""
+        or cannot be read is skipped and counted in `unreadable`."""
         if self.full:
             return []
         seen = self._seen.setdefault(row.host, set())
         want = self.limit - self.found
         try:
-            tree = self.browser.tree(row.host, row.snapshot)
             # Paths already reported may come first in catalog order: ask for enough more
             # that every new one within the limit is among the answers.
-            matches, cut, scanned = tree.search(self.needle, want + len(seen))
-        except (NotFound, StoreError):
+            matches, cut, scanned = self.browser.search(row.host, row.snapshot, self.needle,
+                                                        want + len(seen))
+        except (NotFound, StoreError, ChunkError, CatalogError, OSError):
+            self.unreadable += 1
             return []
         self.searched += 1
         self.scanned += scanned

@@ -103,7 +103,8 @@ class HistorySearchApi:
             truncated = search.truncated or (search.full and left > 0) \
                 or len(chosen) < len(order)
             tail = {"truncated": truncated, "scanned": search.scanned,
-                    "snapshots_searched": search.searched, "snapshots_total": len(order)}
+                    "snapshots_searched": search.searched, "snapshots_total": len(order),
+                    "snapshots_unreadable": search.unreadable}
             await resp.write(b"], " + json.dumps(tail)[1:].encode())
             await resp.write_eof()
         return resp
