@@ -131,6 +131,8 @@ def host_page_script(url: str, old_snapshot: str, src: Path, logs: list) -> None
         assert find("#plan-paths").get_attribute("aria-invalid") == "true"
         assert "3 fields need a change" in find("#plan-error").text
         assert not find("#err-policy").text
+        d.execute_script("document.getElementById('plan').scrollIntoView()")
+        assert d.save_screenshot(str(SHOTS / "plan-errors-1400.png"))
         paths.clear()
         paths.send_keys("/srv/www")
         win.clear()
@@ -146,6 +148,8 @@ def host_page_script(url: str, old_snapshot: str, src: Path, logs: list) -> None
         audit = find("#plan-audit").text
         assert "by account:alice" in audit and "→" in audit, audit
         assert "daily at 17:00 Europe/Paris" in find("#plan-summary").text
+        d.execute_script("document.getElementById('plan').scrollIntoView()")
+        assert d.save_screenshot(str(SHOTS / "plan-saved-1400.png"))
         assert "(daily at 17:00 Europe/Paris)" in find("#host-view .status-line").text
 
         # --- search every backup: a file deleted since the older backup is found ----------
@@ -189,6 +193,22 @@ def host_page_script(url: str, old_snapshot: str, src: Path, logs: list) -> None
             if len(name) < 20:
                 assert height < 30 and width > 4 * len(name), (name, width, height)
         assert d.save_screenshot(str(SHOTS / "browse-400.png"))
+        # ... and the other views, the plan form and the restore dialog, at 400 px too
+        for address, ready in (("/#/", "#hosts-table"), ("/#/jobs", "#view h1"),
+                               ("/#/search?text=readme&host=web01", "#history-results")):
+            d.get(url + address)
+            find(ready)
+            assert overflow(d) <= 0, (address, too_wide(d))
+        host_page()
+        find("#plan-summary").click()
+        visible("#plan-paths")
+        assert overflow(d) <= 0, too_wide(d)
+        find("#history-search-input").send_keys("readme.txt", Keys.ENTER)
+        find("#history-results button").click()
+        visible("#restore-offline")
+        assert d.execute_script(
+            "const b = document.getElementById('restore-dialog').getBoundingClientRect();"
+            "return b.left >= 0 && b.right <= window.innerWidth")
         logs.extend(d.get_log("browser"))
     finally:
         d.quit()
@@ -225,7 +245,8 @@ async def test_the_host_page_is_restore_first_and_works_at_400_px(appliance: App
             host_page_script, appliance.url, old_snapshot, src, logs), 180)
     except WebDriverException as exc:
         raise AssertionError(f"browser session failed: {exc.msg}") from exc
-    for name in ("host-1400.png", "host-400.png", "browse-400.png", "restore-offline.png"):
+    for name in ("host-1400.png", "host-400.png", "browse-400.png", "restore-offline.png",
+                 "plan-errors-1400.png", "plan-saved-1400.png"):
         png = (SHOTS / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n", name
         width = int.from_bytes(png[16:20], "big")

@@ -158,7 +158,10 @@ export function planSection(host, { pv }) {
   };
   const paths = h("textarea", { id: "plan-paths", rows: "3", spellcheck: "false" }, plan.paths.join("\n"));
   const excludes = h("textarea", { id: "plan-excludes", rows: "3", spellcheck: "false" }, plan.excludes.join("\n"));
-  const windowStart = h("input", { id: "plan-window", type: "text", value: pv.window_start, size: "5" });
+  // Empty follows the appliance's default window (shown as the placeholder), so saving an
+  // untouched form does not pin today's default to the host.
+  const windowStart = h("input", { id: "plan-window", type: "text", size: "5",
+    value: pv.window_start_default ? "" : pv.window_start, placeholder: pv.window_start });
   const zone = h("input", { id: "plan-timezone", type: "text", spellcheck: "false", value: plan.timezone || "",
     placeholder: pv.timezone_default, autocomplete: "off" });
   // The three policies of the service description, the appliance's own, and a host's custom one.
@@ -184,7 +187,7 @@ export function planSection(host, { pv }) {
     savedNote, error,
     field("paths", "Paths (one per line)", paths),
     field("excludes", "Excludes (one per line)", excludes, "a name pattern, or an absolute path pattern"),
-    field("window_start", `Window start (${pv.timezone})`, windowStart, `12 hours from this time, daily, in ${pv.timezone}`),
+    field("window_start", `Window start (${pv.timezone})`, windowStart, `12 hours from this time, daily, in ${pv.timezone}; empty = the appliance's default${pv.window_start_default ? ` (${pv.window_start})` : ""}`),
     field("timezone", "Time zone of the window", zone, `e.g. Europe/Paris; empty = the appliance's (${pv.timezone_default})`),
     field("policy", "Keep", policy, "restore points kept by prune, per backup source"),
     h("label", { class: "field field-check", data: { field: "one_file_system" } }, oneFs, h("span", {}, "Stay on each path's file system"),
