@@ -262,7 +262,7 @@ class BackupPlans:
 
     def forget(self, host: str) -> None:
         """A removed host's plan and sign of life go (no more scheduled backups); its
-        audit stays, the record of who changed its dump command."""
+        audit stays, the record of who changed its plan (its dump command above all)."""
         with self.index.tx() as db:
             db.execute("DELETE FROM host_plans WHERE host = ?", (host,))
             db.execute("DELETE FROM agents WHERE host = ?", (host,))

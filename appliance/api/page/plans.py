@@ -3,8 +3,8 @@
 not backed up. Mounted in ``/api/v1`` with the page's other routes; a signed-in account (with the
 CSRF header for changes) or an admin API token may use it -- reads with scope `read`,
 changes with scope `admin` only, since a plan's dump command runs on the host -- and a host
-token may not (a host does not choose its own plan: the appliance does). Changes of the dump
-command are audited (`plan_audit` in the plan's JSON).
+token may not (a host does not choose its own plan: the appliance does). Every changed
+field is audited from its old to its new value (`plan_audit` in the plan's JSON).
 """
 
 from __future__ import annotations
