@@ -152,6 +152,18 @@ def host_page_script(url: str, old_snapshot: str, src: Path, logs: list) -> None
         assert d.save_screenshot(str(SHOTS / "plan-saved-1400.png"))
         assert "(daily at 17:00 Europe/Paris)" in find("#host-view .status-line").text
 
+        # --- the overview labels each time with its zone ------------------------------------
+        d.get(url + "/#/")
+        row = find('#hosts-table tr[data-host="web01"]')
+        assert "daily at 17:00 Europe/Paris" in row.text, row.text
+        status = find("#appliance-status").text
+        assert "Time zone America/New_York" in status
+        assert d.execute_script(  # the appliance's clock in its own zone, named
+            "return /E[SD]T/.test(document.querySelector('#appliance-status time')"
+            ".textContent)"), status
+        assert d.save_screenshot(str(SHOTS / "overview-1400.png"))
+        host_page()
+
         # --- search every backup: a file deleted since the older backup is found ----------
         find("#history-search-input").send_keys("gone-since", Keys.ENTER)
         row = find("#history-results tbody tr")
@@ -246,7 +258,7 @@ async def test_the_host_page_is_restore_first_and_works_at_400_px(appliance: App
     except WebDriverException as exc:
         raise AssertionError(f"browser session failed: {exc.msg}") from exc
     for name in ("host-1400.png", "host-400.png", "browse-400.png", "restore-offline.png",
-                 "plan-errors-1400.png", "plan-saved-1400.png"):
+                 "plan-errors-1400.png", "plan-saved-1400.png", "overview-1400.png"):
         png = (SHOTS / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n", name
         width = int.from_bytes(png[16:20], "big")
