@@ -185,7 +185,9 @@ def host_page_script(url: str, old_snapshot: str, src: Path, logs: list) -> None
         assert "never connected" in warning, warning
         find("#restore-dir").send_keys("/var/tmp/restore")
         assert d.save_screenshot(str(SHOTS / "restore-offline.png"))
-        find("#restore-cancel").click()
+        find("#restore-submit").click()  # queued all the same: it waits for the agent
+        w.until(lambda d: d.current_url.endswith("#/jobs"))
+        assert "db01 restores into /var/tmp/restore" in find("#status-text").text
 
         # --- 400 px: nothing overflows sideways, names stay readable ----------------------
         viewport(d, 400, 1400)
@@ -263,6 +265,11 @@ async def test_the_host_page_is_restore_first_and_works_at_400_px(appliance: App
         assert png[:8] == b"\x89PNG\r\n\x1a\n", name
         width = int.from_bytes(png[16:20], "big")
         assert width == (400 if name.endswith("-400.png") else 1400), (name, width)
+    # "Restore this version" queued the older backup's file for db01.
+    (job,) = appliance.store.index.query(
+        "SELECT source_host, snapshot, paths, target_host, target_dir FROM restore_jobs")
+    assert job[:2] == ("web01", old_snapshot) and job[3:] == ("db01", "/var/tmp/restore")
+    assert "gone-since.txt" in job[2]
     problems = [e["message"] for e in logs
                 if "Content Security Policy" in e["message"]
                 or (e["level"] == "SEVERE" and e.get("source") != "network")]
