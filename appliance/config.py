@@ -16,6 +16,7 @@ from pathlib import Path
 from rdr_agent.util.tomlfile import read_toml
 
 from .errors import ApplianceError
+from .timeofday import machine_zone
 
 
 class ConfigError(ApplianceError, ValueError):
@@ -124,7 +125,9 @@ class MaintenanceConfig:
 @dataclass(slots=True)
 class ApplianceConfig:
     serial: str = "unprovisioned"
-    timezone: str = "America/New_York"
+    #: The zone of the windows, retention's days and the page's times (IANA name);
+    #: "" or unset = the machine's own (TZ, /etc/localtime; UTC when neither says).
+    timezone: str = field(default_factory=machine_zone)
 
 
 @dataclass(slots=True)
@@ -358,6 +361,8 @@ def validate(cfg: Config) -> Config:
         except ValueError:
             raise ConfigError("replication.tunnel_subnet: not a network like 10.2.0.0/16"
                               ) from None
+    if not cfg.appliance.timezone:
+        cfg.appliance.timezone = machine_zone()
     try:
         from zoneinfo import ZoneInfo
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import (
+    ApplianceConfig,
     CapacityConfig,
     Config,
     HealthConfig,
@@ -163,7 +164,10 @@ def make_config(data_dir: Path, **store: object) -> Config:
                                                 verify_interval_hours=0),
                   replication=ReplicationConfig(enabled=False),
                   capacity=CapacityConfig(sample_interval_hours=0),
-                  health=HealthConfig(watch_disks=False))
+                  health=HealthConfig(watch_disks=False),
+                  # a fixed zone (the default is the machine's): the tests' windows are set
+                  # in it (test_agent_service.TZ)
+                  appliance=ApplianceConfig(timezone="America/New_York"))
 
 
 @pytest.fixture

@@ -152,7 +152,7 @@ def show(ctx: Context) -> int:
         return 0
     print_plan(rec, plan, ctx.cfg)
     for a in audit:
-        print(f"  dump command changed {ts(a['at'])} by {a['who']}: "
+        print(f"  {a['field']} changed {ts(a['at'])} by {a['who']}: "
               f"{a['old'] or '(none)'} -> {a['new'] or '(none)'}")
     seen = "never seen" if agent is None else \
         f"last seen {ts(agent['last_seen'])} ({agent['version']})"

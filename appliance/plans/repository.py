@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -93,54 +94,97 @@ class HostPlan:
                 "dump_name": self.dump_name}
 
 
+class PlanErrors(StoreError):
+    """Every wrong field of one edit at once, so a form can show each beside its field:
+    `fields` is [{"field", "message"}] in the form's order (an HTTP error body carries it)."""
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        super().__init__("bad_plan", "; ".join(f"{f}: {m}" for f, m in fields),
+                         fields=[{"field": f, "message": m} for f, m in fields])
+        self.fields = fields
+
+
 def _str_list(name: str, value: object, absolute: bool) -> list[str]:
+    """The list checked and without duplicates; ValueError says what is wrong."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise StoreError("bad_plan", f"{name} must be a list of strings")
+        raise ValueError("must be a list of strings")
     if len(value) > MAX_PATHS:
-        raise StoreError("bad_plan", f"at most {MAX_PATHS} {name}")
+        raise ValueError(f"at most {MAX_PATHS} {name}")
     out = []
     for v in value:
         if not v or "\0" in v or len(v.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
-            raise StoreError("bad_plan", f"{name}: {v!r} is empty, too long or contains NUL")
+            raise ValueError(f"{v!r} is empty, too long or contains NUL")
         if absolute and (not v.startswith("/") or ".." in v.split("/")):
-            raise StoreError("bad_plan", f"{name}: {v!r} must be an absolute path "
-                             "without '..'")
+            raise ValueError(f"{v!r} must be an absolute path without '..'")
         out.append(v)
     return list(dict.fromkeys(out))
 
 
-def check_plan(plan: HostPlan) -> HostPlan:
-    """The plan, checked so an agent never receives one it cannot carry out."""
-    plan.paths = _str_list("paths", plan.paths, absolute=True)
-    plan.excludes = _str_list("excludes", plan.excludes, absolute=False)
+def _dump(cmd: object, name: object) -> tuple[str | None, str | None]:
+    """(command, file name) of a dump; ValueError("field: why") names the wrong one."""
+    cmd, name = cmd or None, name or None
+    if cmd is None:
+        return None, None
+    if not isinstance(cmd, str) or "\0" in cmd or len(cmd) > MAX_COMMAND:
+        raise ValueError(f"dump_command: must be a command line of at most {MAX_COMMAND} "
+                         "characters")
+    name = name or "dump.out"
+    if not isinstance(name, str) or "/" in name or name in (".", "..") or "\0" in name \
+            or len(name) > 255:
+        raise ValueError("dump_name: must be a plain file name, e.g. db.sql")
+    return cmd, name
+
+
+def plan_errors(plan: HostPlan) -> list[tuple[str, str]]:
+    """Check `plan` whole, normalising it in place; returns every wrong field with why
+    (empty: the agent can carry it out), not only the first, so a form shows them all."""
+    errors: list[tuple[str, str]] = []
+    for name, absolute in (("paths", True), ("excludes", False)):
+        try:
+            setattr(plan, name, _str_list(name, getattr(plan, name), absolute))
+        except ValueError as exc:
+            errors.append((name, str(exc)))
     if not isinstance(plan.one_file_system, bool):
-        raise StoreError("bad_plan", "one_file_system must be true or false")
+        errors.append(("one_file_system", "must be true or false"))
     bw = plan.bandwidth_kbps
     if type(bw) is not int or not 0 <= bw <= MAX_BANDWIDTH_KBPS:
-        raise StoreError("bad_plan", "bandwidth_kbps must be a whole number of kbit/s "
-                         "(0 = unlimited)")
-    cmd, name = plan.dump_command or None, plan.dump_name or None
-    if cmd is not None:
-        if not isinstance(cmd, str) or "\0" in cmd or len(cmd) > MAX_COMMAND:
-            raise StoreError("bad_plan", f"dump_command must be a command line of at most "
-                             f"{MAX_COMMAND} characters")
-        name = name or "dump.out"
-        if not isinstance(name, str) or "/" in name or name in (".", "..") or "\0" in name \
-                or len(name) > 255:
-            raise StoreError("bad_plan", "dump_name must be a plain file name, e.g. db.sql")
-    else:
-        name = None
-    plan.dump_command, plan.dump_name = cmd, name
+        errors.append(("bandwidth_kbps", "must be a whole number of kbit/s (0 = unlimited)"))
+    try:
+        plan.dump_command, plan.dump_name = _dump(plan.dump_command, plan.dump_name)
+    except ValueError as exc:
+        field, _, why = str(exc).partition(": ")
+        errors.append((field, why))
     if plan.timezone:
         try:
+            if not isinstance(plan.timezone, str):
+                raise ValueError
             ZoneInfo(plan.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise StoreError("bad_plan", f"unknown time zone {plan.timezone!r}") from None
+            errors.append(("timezone", f"unknown time zone {plan.timezone!r}"))
     else:
         plan.timezone = None
+    return errors
+
+
+def check_plan(plan: HostPlan) -> HostPlan:
+    """The plan, checked so an agent never receives one it cannot carry out (PlanErrors
+    names every wrong field)."""
+    errors = plan_errors(plan)
+    if errors:
+        raise PlanErrors(errors)
     return plan
 
 
+def audit_text(value: object) -> str | None:
+    """A plan value as the audit keeps it: text as it is, lists and flags as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+#: The fields an edit may change, in the order they are audited and reported.
+EDITABLE = ("paths", "excludes", "one_file_system", "bandwidth_kbps", "dump_command",
+            "dump_name", "timezone")
 
 
 class BackupPlans:
@@ -171,37 +215,54 @@ class BackupPlans:
         return [self._row(r) for r in self.index.query(
             f"SELECT {_COLS} FROM host_plans ORDER BY host")]
 
-    def update(self, host: str, actor: str = "unknown", **changes: object) -> HostPlan:
-        """Change some fields of the plan (the others keep their values), checked whole.
-
-        A change of the dump command -- a command the host's agent runs as root where its
-        owner allowed dump commands -- is audited in the same transaction: who (`actor`,
-        e.g. ``account:alice``, ``token:ops``, ``cli:root``), when, the old and new value."""
+    def prepare(self, host: str, changes: Mapping[str, object]
+                ) -> tuple[HostPlan, list[tuple[str, str | None, str | None]]]:
+        """The plan with `changes` applied and checked whole, and what changed (field, old,
+        new as audit text), without writing it. NotFound for an unknown host; PlanErrors
+        names every wrong field, unknown ones included."""
         plan = self.get(host)
-        old_command = plan.dump_command
+        old = HostPlan(**asdict(plan))
+        errors = [(key, "not a plan field") for key in changes if key not in EDITABLE]
         for key, value in changes.items():
-            if key not in HostPlan.__slots__ or key in ("host", "updated_at", "paused"):
-                raise StoreError("bad_plan", f"unknown plan field {key!r}")
-            setattr(plan, key, value)
-        check_plan(plan)
+            if key in EDITABLE:
+                setattr(plan, key, value)
+        errors += plan_errors(plan)
+        if errors:
+            raise PlanErrors(errors)
+        diff = [(key, audit_text(getattr(old, key)), audit_text(getattr(plan, key)))
+                for key in EDITABLE if getattr(old, key) != getattr(plan, key)]
+        return plan, diff
+
+    def update(self, host: str, actor: str = "unknown", *,
+               extra: list[tuple[str, str | None, str | None]] = (), **changes: object
+               ) -> list[tuple[str, str | None, str | None]]:
+        """Change some fields of the plan (the others keep their values), checked whole;
+        returns what changed, (field, old, new).
+
+        Every changed field is audited in the same transaction -- the dump command above
+        all, a command the host's agent runs as root where its owner allowed it: who
+        (`actor`, e.g. ``account:alice``, ``token:ops``, ``cli:root``), when, the old and
+        new value. `extra` adds changes kept elsewhere (retention, window) to the same
+        audit entry. A field given with its current value is no change and not audited."""
+        plan, diff = self.prepare(host, changes)
+        diff = diff + list(extra)
+        if not diff:
+            return []
         plan.updated_at = time.time()
-        audit = None
-        if plan.dump_command != old_command:
-            audit = (host, plan.updated_at, actor[:200], "dump_command", old_command,
-                     plan.dump_command)
-        self._put(plan, audit)
-        return plan
+        self._put(plan, [(host, plan.updated_at, actor[:200], f, o, n) for f, o, n in diff])
+        return diff
 
     def audit(self, host: str, limit: int = 20) -> list[dict]:
-        """The latest audited plan changes of `host`, newest first."""
+        """The latest audited plan changes of `host`, newest edit first, one row per changed
+        field (the fields of one edit share `at` and `who`, in the form's order)."""
         keys = ("at", "who", "field", "old", "new")
         return [dict(zip(keys, r, strict=True)) for r in self.index.query(
             "SELECT at, who, field, old, new FROM plan_audit WHERE host = ? "
-            "ORDER BY id DESC LIMIT ?", (host, limit))]
+            "ORDER BY at DESC, id LIMIT ?", (host, limit))]
 
     def forget(self, host: str) -> None:
         """A removed host's plan and sign of life go (no more scheduled backups); its
-        audit stays, the record of who changed its dump command."""
+        audit stays, the record of who changed its plan (its dump command above all)."""
         with self.index.tx() as db:
             db.execute("DELETE FROM host_plans WHERE host = ?", (host,))
             db.execute("DELETE FROM agents WHERE host = ?", (host,))
@@ -215,10 +276,9 @@ class BackupPlans:
         self._put(plan)
         return plan
 
-    def _put(self, p: HostPlan, audit: tuple | None = None) -> None:
+    def _put(self, p: HostPlan, audit: list[tuple] = ()) -> None:
         with self.index.tx() as db:
-            if audit is not None:
-                db.execute("INSERT INTO plan_audit (host, at, who, field, old, new) "
+            db.executemany("INSERT INTO plan_audit (host, at, who, field, old, new) "
                            "VALUES (?, ?, ?, ?, ?, ?)", audit)
             db.execute(f"INSERT OR REPLACE INTO host_plans ({_COLS}) VALUES "
                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -293,44 +293,8 @@ class SnapshotTree:
             yield block.path, block.entries()
 
     def search(self, needle: str, limit: int) -> tuple[list[Match], bool, int]:
-        """Entries whose name contains `needle` (case-insensitive), in catalog order.
-
-        Returns (matches, truncated, entries scanned). A chunk of the catalog whose bytes do
-        not contain the needle is skipped after one C-speed scan, so JSON is decoded only
-        around candidates and for block headers.
-        """
-        want = needle.casefold()
-        probe = needle.lower().encode("utf-8")
-        matches: list[Match] = []
-        scanned = 0
-        cur = b""
-        rest = b""
-        for cid, _ in self.manifest.catalog.chunks:
-            piece = self._cache.get(cid, keep=False)
-            buf = rest + piece if rest else piece
-            cut = buf.rfind(b"\n") + 1
-            body, rest = buf[:cut], buf[cut:]
-            if probe not in body.lower():
-                headers = body.count(b"\n" + _HEADER) + body.startswith(_HEADER)
-                scanned += body.count(b"\n") - headers
-                h = body.rfind(b"\n" + _HEADER)
-                start = h + 1 if h >= 0 else (0 if body.startswith(_HEADER) else -1)
-                if start >= 0:
-                    cur = _header_path(body[start:body.index(b"\n", start)])
-                continue
-            for line in body.split(b"\n")[:-1]:
-                if line.startswith(_HEADER):
-                    cur = _header_path(line)
-                    continue
-                scanned += 1
-                if probe not in line.lower():
-                    continue
-                e = decode_entry(_loads(line))
-                if want in e.name.decode("utf-8", "replace").casefold():
-                    matches.append(Match(cur, e))
-                    if len(matches) >= limit:
-                        return matches, True, scanned
-        return matches, False, scanned
+        """Entries whose name contains `needle` (case-insensitive): `search_catalog`."""
+        return search_catalog(self.manifest, self._cache, needle, limit)
 
     def file_pieces(self, e: Entry, start: int, end: int,
                     read: Callable[[str], bytes]) -> Iterator[memoryview]:
@@ -396,6 +360,48 @@ class _Listings:
                 self.used -= gone
 
 
+def search_catalog(manifest: Manifest, cache: PlainCache, needle: str,
+               limit: int) -> tuple[list[Match], bool, int]:
+    """Entries whose name contains `needle` (case-insensitive), in catalog order.
+
+    Returns (matches, truncated, entries scanned). A chunk of the catalog whose bytes do
+    not contain the needle is skipped after one C-speed scan, so JSON is decoded only
+    around candidates and for block headers.
+    """
+    want = needle.casefold()
+    probe = needle.lower().encode("utf-8")
+    matches: list[Match] = []
+    scanned = 0
+    cur = b""
+    rest = b""
+    for cid, _ in manifest.catalog.chunks:
+        piece = cache.get(cid, keep=False)
+        buf = rest + piece if rest else piece
+        cut = buf.rfind(b"\n") + 1
+        body, rest = buf[:cut], buf[cut:]
+        if probe not in body.lower():
+            headers = body.count(b"\n" + _HEADER) + body.startswith(_HEADER)
+            scanned += body.count(b"\n") - headers
+            h = body.rfind(b"\n" + _HEADER)
+            start = h + 1 if h >= 0 else (0 if body.startswith(_HEADER) else -1)
+            if start >= 0:
+                cur = _header_path(body[start:body.index(b"\n", start)])
+            continue
+        for line in body.split(b"\n")[:-1]:
+            if line.startswith(_HEADER):
+                cur = _header_path(line)
+                continue
+            scanned += 1
+            if probe not in line.lower():
+                continue
+            e = decode_entry(_loads(line))
+            if want in e.name.decode("utf-8", "replace").casefold():
+                matches.append(Match(cur, e))
+                if len(matches) >= limit:
+                    return matches, True, scanned
+    return matches, False, scanned
+
+
 def _header_path(line: bytes) -> bytes:
     head = _loads(line)
     if not isinstance(head, dict) or "d" not in head:
@@ -441,6 +447,13 @@ class Browser:
                    or sum(x.dirs.nbytes for x in self._trees.values()) > self._trees_budget):
                 self._trees.popitem(last=False)
         return t
+
+    def search(self, host: str, snap: str, needle: str, limit: int
+               ) -> tuple[list[Match], bool, int]:
+        """`search_catalog` of one snapshot, reading its manifest and catalog only: a search
+        across hundreds of snapshots builds none of their directory indexes."""
+        manifest = self.store.snapshots.manifest(host, snap)
+        return search_catalog(manifest, self.cache, needle, limit)
 
     def versions(self, host: str, path: bytes, current: Entry) -> list[dict]:
         """Every snapshot of `host` holding `path`, newest first, and whether its content is

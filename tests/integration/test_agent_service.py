@@ -143,7 +143,9 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
             # A bad policy is refused before anything is written: the plan's edit is not kept.
             resp = await s.put("/api/v1/hosts/host-a/plan",
                                json={"excludes": ["*.x"], "policy": "8-5"})
-            assert resp.status == 400 and (await resp.json())["error"] == "bad_policy"
+            body = await resp.json()
+            assert resp.status == 400 and body["error"] == "bad_plan"
+            assert [f["field"] for f in body["fields"]] == ["policy"]
             resp = await s.get("/api/v1/hosts/host-a/plan")
             view = await resp.json()
             assert view["plan"]["excludes"] == ["*.tmp"]

@@ -265,6 +265,110 @@ async def test_search_by_name_within_a_snapshot(page: Page, tmp_path: Path) -> N
     assert res["matches"] == []
 
 
+async def test_search_across_every_backup_of_a_host_finds_a_deleted_file(
+        page: Page, tmp_path: Path) -> None:
+    first = await backup(page.app, tmp_path)
+    (first.src / "docs/gone-since.txt").write_bytes(b"only in the second backup\n")
+    second = await backup(page.app, tmp_path, token=first.token, src=first.src)
+    (first.src / "docs/gone-since.txt").unlink()
+    third = await backup(page.app, tmp_path, token=first.token, src=first.src)
+    await backup(page.app, tmp_path, "db01")
+    await page.login()
+    # The newest backup's search cannot find it any more; the host's history search does.
+    res = await (await page.get(f"/api/v1/hosts/web01/snapshots/{third.snapshot}/search"
+                                "?q=gone-since")).json()
+    assert res["matches"] == []
+    res = await (await page.get("/api/v1/hosts/web01/search?q=gone-since")).json()
+    assert [(m["host"], m["snapshot"], m["name"]) for m in res["matches"]] == [
+        ("web01", second.snapshot, "gone-since.txt")]
+    assert res["snapshots_searched"] == 3 and res["truncated"] is False
+    # A file in every backup is reported once, from the newest backup holding it.
+    res = await (await page.get("/api/v1/hosts/web01/search?q=readme.txt")).json()
+    assert [(m["snapshot"], m["name"]) for m in res["matches"]] == [
+        (third.snapshot, "readme.txt")]
+    # The limit bounds the answer and says so; `snapshots` bounds the backups read.
+    res = await (await page.get("/api/v1/hosts/web01/search?q=f1&limit=7")).json()
+    assert len(res["matches"]) == 7 and res["truncated"] is True
+    res = await (await page.get("/api/v1/hosts/web01/search?q=gone-since&snapshots=1")).json()
+    assert res["matches"] == [] and res["truncated"] is True
+    assert (res["snapshots_searched"], res["snapshots_total"]) == (1, 3)
+    # An account searches every host at once.
+    res = await (await page.get("/api/v1/search?q=secret")).json()
+    assert sorted(m["host"] for m in res["matches"]) == ["db01", "web01"]
+    assert res["host"] is None
+    for bad in ("q=", "q=x&limit=0", "q=x&limit=1001", "q=x&snapshots=0"):
+        assert await error_of(await page.get(f"/api/v1/hosts/web01/search?{bad}")) == (
+            400, "bad_field"), bad
+    assert await error_of(await page.get("/api/v1/hosts/nobody/search?q=x")) == (
+        404, "no_such_host")
+
+
+async def test_a_host_token_cannot_search_another_hosts_backups(page: Page,
+                                                                tmp_path: Path) -> None:
+    """The attack: web01's token (a compromised web server) looks for db01's files by
+    name, through the host search and the all-hosts search; it learns nothing, not even
+    that db01 exists, and its own search still works."""
+    mine = await backup(page.app, tmp_path)
+    await backup(page.app, tmp_path, "db01")
+    admin_token = page.app.store.index.add_api_token("provider", "read")
+    me = {"Authorization": f"Bearer {mine.token}"}
+    resp = await page.get("/api/v1/hosts/db01/search?q=secret", headers=me)
+    assert await error_of(resp) == (404, "no_such_host")
+    resp = await page.get("/api/v1/hosts/no-such-host/search?q=secret", headers=me)
+    assert await error_of(resp) == (404, "no_such_host")  # the same answer: nothing leaks
+    assert await error_of(await page.get("/api/v1/search?q=secret", headers=me)) == (
+        403, "forbidden")
+    res = await (await page.get("/api/v1/hosts/web01/search?q=secret", headers=me)).json()
+    assert {m["host"] for m in res["matches"]} == {"web01"}
+    # Admin API tokens see no host's files; nobody unsigned sees anything.
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    for path in ("/api/v1/hosts/web01/search?q=secret", "/api/v1/search?q=secret"):
+        assert await error_of(await page.get(path, headers=admin)) == (403, "forbidden")
+        assert await error_of(await page.get(path)) == (401, "unauthorized")
+
+
+async def test_plan_errors_come_all_at_once_and_the_audit_lists_only_changes(
+        page: Page, tmp_path: Path) -> None:
+    page.app.add_host("web01")
+    await page.login()
+    url = page.url("/api/v1/hosts/web01/plan")
+    hdr = {"X-CSRF-Token": page.csrf}
+    before = await (await page.get("/api/v1/hosts/web01/plan")).json()
+    bad = {"paths": ["relative"], "excludes": [], "window_start": "25:00",
+           "timezone": "Mars/Olympus", "policy": "lots", "bandwidth_kbps": -5,
+           "one_file_system": False, "dump_command": "pg_dump", "dump_name": "../x"}
+    resp = await page.http.put(url, json=bad, headers=hdr)
+    body = await resp.json()
+    assert resp.status == 400 and body["error"] == "bad_plan"
+    assert [f["field"] for f in body["fields"]] == [
+        "paths", "bandwidth_kbps", "dump_name", "timezone", "policy", "window_start"]
+    assert all(f["message"] for f in body["fields"])
+    assert "paths:" in body["message"] and "window_start:" in body["message"]
+    # A refused edit changed nothing, not even the fields that were right.
+    assert await (await page.get("/api/v1/hosts/web01/plan")).json() == before
+    good = {**bad, "paths": ["/srv/www", "/etc"], "window_start": "18:30",
+            "timezone": "Europe/Paris", "policy": "30-0-0", "bandwidth_kbps": 0,
+            "dump_command": None, "dump_name": None}
+    resp = await page.http.put(url, json=good, headers=hdr)
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["changed"] == [
+        {"field": "paths", "old": "[]", "new": '["/srv/www", "/etc"]'},
+        {"field": "timezone", "old": None, "new": "Europe/Paris"},
+        {"field": "policy", "old": None, "new": "30-0-0"},
+        {"field": "window_start", "old": None, "new": "18:30"}]
+    # The same form sent again changes nothing and audits nothing.
+    resp = await page.http.put(url, json=good, headers=hdr)
+    body = await resp.json()
+    assert body["changed"] == [] and len(body["plan_audit"]) == 4
+    resp = await page.http.put(url, json={**good, "paths": ["/srv/www"]}, headers=hdr)
+    body = await resp.json()
+    assert body["changed"] == [{"field": "paths", "old": '["/srv/www", "/etc"]',
+                                "new": '["/srv/www"]'}]
+    assert body["plan_audit"][0]["who"] == "account:alice"
+    assert body["window_start"] == "18:30" and body["timezone"] == "Europe/Paris"
+
+
 async def test_file_details_list_the_versions_in_other_snapshots(page: Page,
                                                                  tmp_path: Path) -> None:
     first = await backup(page.app, tmp_path)

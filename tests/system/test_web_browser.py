@@ -172,12 +172,13 @@ def browse_script(url: str, snapshot: str, src: Path, downloads: Path, profile: 
 
         # --- host: its backups; Enter on the one to open --------------------------------
         find("#snapshots-table")
-        find("#runs-table")
+        find("#schedule")
         assert d.save_screenshot(str(shots / "host.png"))
 
         # --- scheduled backups on the host page: save a plan, then "Back up now" --------
         assert "Agent never seen" in find("#schedule-status").text
-        paths = find("#plan-paths")
+        find("#plan-summary").click()  # the plan is collapsed below the backups
+        paths = visible("#plan-paths")
         paths.clear()
         paths.send_keys("/srv/www")
         assert "8-5-4" in Select(find("#plan-policy")).first_selected_option.text  # default
@@ -186,15 +187,17 @@ def browse_script(url: str, snapshot: str, src: Path, downloads: Path, profile: 
         zone.send_keys("Mars/Olympus")
         find("#plan-one-fs").click()
         d.find_element(By.ID, "plan-save").click()
-        # A refused plan says why on the form and is not saved (nothing half applied).
-        w.until(lambda d: "unknown time zone" in find("#plan-error").text)
+        # A refused plan says why beside the field and is not saved (nothing half applied).
+        w.until(lambda d: "unknown time zone" in find("#err-timezone").text)
+        assert "Not saved" in find("#plan-error").text
         zone.clear()
         zone.send_keys("Europe/Paris")
         find("#plan-dump").send_keys("pg_dump shop")
         d.find_element(By.ID, "plan-save").click()
         w.until(EC.staleness_of(paths))  # saved: the view is drawn again from the appliance
-        # The dump command's change is audited and shown under its field.
-        audit = find("#dump-audit").text
+        # Saved, and the change is audited: each field from what to what.
+        assert "Saved" in visible("#plan-saved").text
+        audit = find("#plan-audit").text
         assert "by account:alice" in audit and "pg_dump shop" in audit, audit
         assert find("#plan-paths").get_attribute("value") == "/srv/www"
         assert Select(find("#plan-policy")).first_selected_option.get_attribute("value") \
@@ -287,8 +290,10 @@ async def test_restore_a_file_and_a_folder_through_the_page(appliance: Appliance
     plan = wiring.plans(appliance.store).get("web01")
     assert (plan.paths, plan.timezone, plan.one_file_system) == (["/srv/www"], "Europe/Paris",
                                                                  True)
-    assert [(a["who"], a["new"]) for a in wiring.plans(appliance.store).audit("web01")] == [
-        ("account:alice", "pg_dump shop")]
+    audit = wiring.plans(appliance.store).audit("web01")
+    assert {a["who"] for a in audit} == {"account:alice"}
+    assert ("dump_command", None, "pg_dump shop") in [(a["field"], a["old"], a["new"])
+                                                      for a in audit]
     assert appliance.store.index.host_policy("web01") == "30-0-0"
     (now_run,) = wiring.runs(appliance.store).list("web01")
     assert (now_run.kind, now_run.state, now_run.requested_by) == ("manual", "queued",

@@ -15,7 +15,7 @@ from appliance import wiring
 from appliance.capacity.report import ReportSettings, monthly_report
 from appliance.capacity.samples import Samples
 from appliance.capacity.watermarks import Admission, Watermarks
-from appliance.config import CapacityConfig, Config, StoreConfig
+from appliance.config import ApplianceConfig, CapacityConfig, Config, StoreConfig
 from appliance.store.datastore import Datastore
 from appliance.store.errors import InsufficientStorage
 from appliance.store.index import SnapshotRow
@@ -174,7 +174,8 @@ def test_usage_sample_and_ratios(tmp_path: Path) -> None:
             st.add_host(h)
             commit_files(st, h, {b"log": text})
         cap = wiring.capacity(Config(store=StoreConfig(path=str(tmp_path / "data")),
-                                     capacity=CapacityConfig(installed_gb=900)), st,
+                                     capacity=CapacityConfig(installed_gb=900),
+                                     appliance=ApplianceConfig(timezone=NY.key)), st,
                               wiring.samples(st))
         sample = cap.take_sample()
         assert sample["logical_all"] == 2 * len(text)

@@ -45,6 +45,7 @@ from ...store.snapshots import is_snapshot_id
 from ..auth import ACCOUNT, ADMIN, HOST, require_account, require_host_access
 from ..jsonbody import read_json
 from ..params import int_query, job_id
+from .history_search import HistorySearchApi
 
 log = logging.getLogger("rdr.page")
 T = TypeVar("T")
@@ -111,6 +112,8 @@ class RestoreApi:
         r.add_get(base + "/archive", self.archive)
         r.add_post(base + "/restore-jobs", self.create_job)
         r.add_get("/restore-jobs", self.list_jobs)
+        HistorySearchApi(self.store, self.browser, self.run, self.run_heavy, self._heavy_op,
+                         entry_json).add_routes(r)
         r.add_get("/restore-jobs/{id}", self.get_job)
         r.add_post("/restore-jobs/{id}/cancel", self.cancel_job)
 

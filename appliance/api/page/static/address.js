@@ -18,6 +18,8 @@ export const href = {
     `#/host/${enc(host)}/${enc(snap)}/dir?q=${dirQ || ""}&file=${q}`,
   search: (host, snap, text, q) =>
     `#/host/${enc(host)}/${enc(snap)}/search?text=${enc(text)}${q ? `&q=${q}` : ""}`,
+  // every backup of a host, or of every host (host "")
+  history: (host, text) => `#/search?text=${enc(text)}${host ? `&host=${enc(host)}` : ""}`,
 };
 
 export function snapApi(host, snap) {

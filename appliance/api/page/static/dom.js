@@ -39,10 +39,11 @@ export function badge(text, kind) {
 }
 
 /** A data table in its scrolling wrapper: `heads` are the column titles, `num` the indexes of
- * the right-aligned number columns; `attrs` (id, aria-label...) go on the table. */
-export function gridTable(attrs, heads, num, tbody) {
+ * the right-aligned number columns, `opt` those a narrow screen leaves out (their cells carry
+ * class "opt" too); `attrs` (id, aria-label...) go on the table. */
+export function gridTable(attrs, heads, num, tbody, opt = []) {
   return h("div", { class: "table-wrap" }, h("table", { class: "grid", ...attrs },
     h("thead", {}, h("tr", {}, heads.map((t, i) =>
-      h("th", { scope: "col", class: num.includes(i) ? "num" : null }, t)))),
+      h("th", { scope: "col", class: [num.includes(i) ? "num" : "", opt.includes(i) ? "opt" : ""].join(" ").trim() || null }, t)))),
     tbody));
 }

@@ -1,11 +1,56 @@
 // How figures, times and paths read on the page: decimal byte units, the browser's locale for
 // dates and numbers, snapshot ids as dates.
+//
+// Times: an instant is shown in the zone it belongs to, and always says which. By default
+// that is the appliance's configured zone (its retention days, reports and windows count
+// there; the header names it), a window's opening the zone of its plan; the browser's own
+// zone is named as such wherever it is used (tooltips, "your time").
 
 import { h } from "./dom.js";
+import { state } from "./state.js";
 
-const dateFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
-const dateSecFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
 const numFmt = new Intl.NumberFormat();
+const fmts = new Map();
+
+/** The browser's own zone (what "local time" would silently mean). */
+export const browserZone = () => Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+
+/** The appliance's configured zone, from /overview; the browser's until it is known. */
+export function applianceZone() {
+  const a = state.overview && state.overview.appliance;
+  return (a && a.timezone) || browserZone();
+}
+
+function formatter(zone, seconds) {
+  const key = `${zone}|${seconds}`;
+  let f = fmts.get(key);
+  if (!f) {
+    try {
+      f = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: seconds ? "long" : "short", timeZone: zone });
+    } catch {
+      f = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: seconds ? "long" : "short", timeZone: "UTC" });
+    }
+    // timeStyle "short" has no zone: add its short name, so every time says its zone
+    if (!seconds) {
+      const base = f;
+      const name = zoneName(zone);
+      f = { format: (d) => `${base.format(d)} ${name(d)}` };
+    }
+    fmts.set(key, f);
+  }
+  return f;
+}
+
+/** A zone's short name at an instant ("CET", "GMT+1", "UTC"). */
+function zoneName(zone) {
+  let f;
+  try {
+    f = new Intl.DateTimeFormat("en-US", { timeZone: zone, timeZoneName: "short" });
+  } catch {
+    return () => zone;
+  }
+  return (d) => (f.formatToParts(d).find((p) => p.type === "timeZoneName") || { value: zone }).value;
+}
 
 /** Decimal units, as the contract and the appliance's console count (1 GB = 10^9 bytes). */
 export function fmtBytes(n) {
@@ -28,9 +73,10 @@ function toDate(v) {
   return Number.isNaN(d.getTime()) ? null : d;
 }
 
-export function fmtTime(v, seconds = false) {
+/** An instant in `zone` (the appliance's by default), with the zone's name. */
+export function fmtTime(v, seconds = false, zone = null) {
   const d = toDate(v);
-  return d ? (seconds ? dateSecFmt : dateFmt).format(d) : "–";
+  return d ? formatter(zone || applianceZone(), seconds).format(d) : "–";
 }
 
 export function fmtDuration(sec) {
@@ -49,11 +95,15 @@ export function ago(v) {
   return sec > 0 ? `${fmtDuration(sec)} ago` : `in ${fmtDuration(sec)}`;
 }
 
-/** A <time> with the local time, and the exact instant in its tooltip. */
-export function timeEl(v, { rel = false, seconds = false } = {}) {
+/** A <time> in `zone` (the appliance's by default), labelled with the zone; its tooltip
+ * names the zone and gives the same instant on the browser's clock. */
+export function timeEl(v, { rel = false, seconds = false, zone = null } = {}) {
   const d = toDate(v);
   if (!d) return h("span", { class: "muted" }, "–");
-  return h("time", { datetime: d.toISOString(), title: d.toString() }, fmtTime(d, seconds),
+  const z = zone || applianceZone();
+  const title = `${fmtTime(d, true, z)} (${z})` +
+    (z === browserZone() ? "" : ` = ${fmtTime(d, true, browserZone())} on this browser's clock (${browserZone()})`);
+  return h("time", { datetime: d.toISOString(), title }, fmtTime(d, seconds, z),
     rel ? h("span", { class: "muted rel" }, ` (${ago(d)})`) : null);
 }
 
@@ -65,7 +115,7 @@ export function snapDate(id) {
 
 export function snapLabel(id) {
   const d = snapDate(id);
-  return d ? dateFmt.format(d) : id;
+  return d ? fmtTime(d) : id;
 }
 
 export const TYPE_LABEL = {

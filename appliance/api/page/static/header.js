@@ -1,4 +1,5 @@
-// The top bar's appliance summary (its serial, marked when degraded), from /overview. The
+// The top bar's appliance summary (its serial, marked when degraded; the zone the page's
+// times are shown in), from /overview. The
 // answer is remembered: the restore dialog lists its hosts, the host page its status.
 
 import { api } from "./api.js";
@@ -27,4 +28,5 @@ export function setOverview(ov) {
   const serial = $("appliance-serial");
   serial.textContent = a.serial ? `Serial ${a.serial}` : "";
   serial.classList.toggle("serial-warn", Boolean(a.degraded && Object.keys(a.degraded).length));
+  $("appliance-zone").textContent = a.timezone ? `Times in ${a.timezone}` : "";
 }

@@ -11,7 +11,7 @@ import { state, stopPolling } from "./state.js";
 
 let views = null;
 
-/** The views {overview, jobs, host, browse, search}, each (seq, ...) -> node, or null when
+/** The views {overview, jobs, host, browse, search, history}, each (seq, ...) -> node, or null when
  * stale; and openDetails(host, snap, q, pushed) for the `file` overlay. */
 export function useViews(v) {
   views = v;
@@ -71,6 +71,8 @@ export async function route(first = false) {
     if (segs.length === 0) {
       nav = "overview";
       node = await views.overview(seq);
+    } else if (segs[0] === "search" && segs.length === 1) {
+      node = await views.history(seq, params.host ? safeDecode(params.host) : "", safeDecode(params.text || ""));
     } else if (segs[0] === "jobs" && segs.length === 1) {
       nav = "jobs";
       node = await views.jobs(seq, params.host ? safeDecode(params.host) : "");

@@ -16,6 +16,7 @@ export const state = {
   detailsPushed: false, // the details dialog was opened by a navigation from its view
   quietClose: false, // the router closes the details dialog: leave the address alone
   flash: null, // a message to show after the next navigation
+  planSaved: null, // {host, at, changed}: the plan just saved, for the host page drawn next
 };
 
 /** At most one view polls at a time: a new view, or sign-out, ends the previous poll. */

@@ -63,8 +63,8 @@ export async function viewBrowse(seq, host, snap, q) {
       h("th", { scope: "col", class: "col-check" }, selectAll),
       h("th", { scope: "col" }, "Name"),
       h("th", { scope: "col", class: "num" }, "Size"),
-      h("th", { scope: "col" }, "Modified"),
-      h("th", { scope: "col" }, "Mode"),
+      h("th", { scope: "col", class: "opt" }, "Modified"),
+      h("th", { scope: "col", class: "opt" }, "Mode"),
       h("th", { scope: "col", class: "actions" }, h("span", { class: "sr-only" }, "Actions")))),
     tbody);
 
@@ -142,8 +142,8 @@ function entryRow(host, snap, dirQ, e) {
     h("td", { class: "col-check" }, check),
     h("td", { class: "name" }, nameCell, extra),
     h("td", { class: "num" }, e.size === null || e.size === undefined ? "" : fmtBytes(e.size)),
-    h("td", {}, timeEl(e.mtime)),
-    h("td", { class: "mono" }, e.mode_text || ""),
+    h("td", { class: "opt" }, timeEl(e.mtime)),
+    h("td", { class: "mono opt" }, e.mode_text || ""),
     h("td", { class: "actions" }, entryAction(host, snap, e, true)));
 }
 

@@ -77,7 +77,11 @@ function renderDetails(host, snap, q, res) {
       h("td", {}, v.same ? badge("same content", "muted") : badge("different", "warn")),
       h("td", { class: "actions" }, vData && !here
         ? h("a", { href: downloadUrl(host, v.snapshot, q), download: "", "aria-label": `Download the version of ${fmtTime(v.received_at)}` }, "Download")
-        : null)));
+        : null, " ",
+      h("button", { type: "button", class: "btn btn-small version-restore", data: { snapshot: v.snapshot },
+        "aria-label": `Restore the version of ${fmtTime(v.received_at)} to a host`,
+        onclick: () => { closeDetails(); openRestore(host, v.snapshot, [{ q, name: e.name }], e.name); } },
+      "Restore…"))));
   }
   append(body, [
     h("p", { class: "mono path", id: "details-path" }, res.entry && e.name ? pathOf(q) : ""),

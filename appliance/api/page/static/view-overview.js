@@ -118,9 +118,9 @@ function hostsTable(hosts) {
         ? [timeEl(x.last_success), h("div", { class: "sub" }, ago(x.last_success))]
         : h("span", { class: "muted" }, "never")),
       h("td", { title: x.last_result_detail || "", class: "nowrap" }, result),
-      h("td", {}, timeEl(x.next_window),
-        h("div", { class: "sub", title: "The backup window opens daily at this time on the appliance's clock" },
-          `daily at ${x.window_start} appliance time`)),
+      h("td", {}, timeEl(x.next_window, { zone: x.timezone }),
+        h("div", { class: "sub", title: "The backup window opens daily at this time in this zone (the plan's, or the appliance's)" },
+          `daily at ${x.window_start} ${x.timezone || ""}`)),
       h("td", { class: "num" }, fmtBytes(x.size)),
       h("td", { class: "num" }, fmtNum(x.files)),
       h("td", { class: "num" }, fmtNum(x.snapshots)),

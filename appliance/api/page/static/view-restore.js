@@ -1,10 +1,11 @@
 // The restore dialog: a push restore of entries of a backup to a host (its own or another),
-// queued as a job that the host's agent picks up on its next poll.
+// queued as a job that the host's agent picks up on its next poll; the dialog warns when the
+// target's agent is not online (the job would wait for it).
 
 import { api } from "./api.js";
 import { snapApi } from "./address.js";
 import { $, clear, h } from "./dom.js";
-import { fmtNum, pathOf, snapLabel } from "./format.js";
+import { fmtNum, pathOf, snapLabel, timeEl } from "./format.js";
 import { loadOverview } from "./header.js";
 import { reload } from "./router.js";
 import { state } from "./state.js";
@@ -24,14 +25,12 @@ export async function openRestore(host, snap, items, what) {
   if (n > 8) list.append(h("li", { class: "muted" }, `… and ${fmtNum(n - 8)} more`));
   list.hidden = n === 0;
   const sel = clear($("restore-host"));
-  let hosts = state.overview && state.overview.hosts;
-  if (!hosts) {
-    try {
-      hosts = (await loadOverview()).hosts;
-    } catch (e) {
-      if (e.handled) return;
-      hosts = [];
-    }
+  let hosts;
+  try {
+    hosts = (await loadOverview()).hosts; // fresh: whether each agent polls now
+  } catch (e) {
+    if (e.handled) return;
+    hosts = (state.overview && state.overview.hosts) || [];
   }
   const names = hosts.map((x) => x.name);
   if (!names.includes(host)) names.unshift(host);
@@ -39,11 +38,35 @@ export async function openRestore(host, snap, items, what) {
     sel.append(h("option", { value: name, selected: name === host }, name === host ? `${name} (its own host)` : name));
   }
   sel.value = host;
+  sel.onchange = () => offlineWarning(hosts, sel.value);
+  offlineWarning(hosts, host);
   $("restore-special").checked = false;
   $("restore-submit").disabled = false;
   dlg.dataset.what = what || "";
   if (!dlg.open) dlg.showModal();
   $("restore-dir").focus();
+}
+
+/** Warn when the target's agent is not polling: the job would wait, perhaps for ever. */
+function offlineWarning(hosts, target) {
+  const box = clear($("restore-offline"));
+  const info = hosts.find((x) => x.name === target);
+  const agent = info && info.agent;
+  const online = agent && (agent.online === true || agent.state === "online");
+  if (online) {
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  const lead = h("strong", {}, `The agent of ${target} is not online. `);
+  if (!info) {
+    box.append(lead, "The appliance knows nothing of this host's agent; the restore starts only when an agent (rdr-agent run) polls from it.");
+  } else if (!agent || !agent.last_seen) {
+    box.append(lead, "It has never connected to the appliance: the restore waits until the agent service (rdr-agent run) is started on that host.");
+  } else {
+    box.append(lead, "It was last seen ", timeEl(agent.last_seen, { rel: true }),
+      ": the restore starts when it polls again.");
+  }
 }
 
 export async function onRestoreSubmit(ev) {

@@ -97,8 +97,8 @@ export function startSession(res, fromForm = false) {
   $("account-box").hidden = false;
   $("account-name").textContent = res.account;
   $("view").hidden = false;
-  loadHeader();
-  route(!fromForm);
+  // The views show times in the appliance's zone, which /overview names: header first.
+  loadHeader().then(() => route(!fromForm));
 }
 
 export async function onLogout() {
