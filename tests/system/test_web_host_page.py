@@ -8,13 +8,16 @@ field at once and say "saved", find the deleted file by searching every backup, 
 target's agent is not online; at 400 px nothing overflows the page sideways.
 
 Screenshots of the host page at 1400 and 400 px, the browse view at 400 px and the restore
-dialog with its warning are written to docs/screenshots/ (committed, for people to look at).
+dialog with its warning are written to $RDR_SCREENSHOTS (`RDR_SCREENSHOTS=docs/screenshots`
+refreshes the committed ones, for people to look at), else to a directory under the system's
+temporary directory: a test run leaves the checkout as it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -35,7 +38,8 @@ from ..conftest import Appliance, agent_cmd
 from ..treeutil import make_tree, run
 from .test_web_browser import PASSWORD, WAIT, chrome, pytestmark  # noqa: F401 (skip rule)
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("RDR_SCREENSHOTS")
+             or Path(tempfile.gettempdir()) / "rdr-screenshots")
 LONG_MESSAGE = ("the dump command failed: pg_dump: error: connection to server on socket "
                 "/var/run/postgresql/.s.PGSQL.5432 failed: FATAL: role "
                 "backup_operator_with_a_very_long_name_indeed does not exist; "
