@@ -76,7 +76,9 @@ def server_credit(levels: ServerLevels) -> ServerCredit:
         host=levels.host, fee_cents=fee, backup_met=met,
         backup_cents=div_half_up(fee, BACKUP_CREDIT_DIVISOR) if met is False else 0,
         restore_cents=levels.late_restores * div_half_up(fee * RESTORE_CREDIT_PERCENT, 100),
-        retention_cents=levels.failed_retention * div_half_up(fee, RETENTION_CREDIT_DIVISOR))
+        # "for each server" where data was not restored: once per server and month
+        retention_cents=div_half_up(fee, RETENTION_CREDIT_DIVISOR)
+        if levels.failed_retention else 0)
 
 
 @dataclass(frozen=True, slots=True)
