@@ -148,6 +148,11 @@ class ContractConfig:
     schedule_jitter_seconds: int = 600
     #: How often the backup scheduler looks for opened and closed windows.
     schedule_tick_seconds: float = 30.0
+    #: The provisioned contract file ([terms] and [rate_card], provisioning/
+    #: contract.example.toml); empty = no monthly statement (issue 24).
+    terms_file: str = ""
+    #: The provider allows retentions other than the contract's 8-5-4, 30-0-0 and 7-0-0.
+    allow_custom_retention: bool = False
 
 
 @dataclass(slots=True)
@@ -401,6 +406,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     base = Path(path).resolve().parent
     if not Path(cfg.store.path).expanduser().is_absolute():
         cfg.store.path = str(base / cfg.store.path)
+    if cfg.contract.terms_file and not Path(cfg.contract.terms_file).expanduser().is_absolute():
+        cfg.contract.terms_file = str(base / cfg.contract.terms_file)
     if not Path(cfg.replication.directory).expanduser().is_absolute():
         cfg.replication.directory = str(base / cfg.replication.directory)
     return validate(cfg)

@@ -208,7 +208,7 @@ class Daemon:
                            heavy=self.pools.heavy, gate=self.heavy_gate, ledger=ledger),
                 SeedDisksApi(self.pool, self.seeds),
                 BackupsApi(store, self.pool, self.backups, ingest.jobs.wake,
-                           cfg.retention.policy)]
+                           cfg.retention.policy, cfg.contract.allow_custom_retention)]
         await self._start_watchers()
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)  # process_* : the daemon's CPU, RSS, fds

@@ -10,6 +10,8 @@ from pathlib import Path
 from rdr_format.objects import ObjectCipher, load_or_create_key
 
 from .backup_schedule import BackupScheduler
+from .capacity.billing_service import BillingService
+from .capacity.contract import load_contract
 from .capacity.samples import Samples
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
@@ -103,6 +105,16 @@ def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService
                            marks=watermarks(cfg), timezone=cfg.appliance.timezone,
                            default_window=cfg.contract.default_window,
                            commitment_months=cfg.contract.commitment_months)
+
+
+def billing(cfg: Config, store: Datastore) -> BillingService | None:
+    """The monthly statement's service, when a contract file is provisioned (ContractError
+    names what is wrong with it)."""
+    if not cfg.contract.terms_file:
+        return None
+    return BillingService(store.index, load_contract(cfg.contract.terms_file),
+                          timezone=cfg.appliance.timezone,
+                          default_window=cfg.contract.default_window)
 
 
 def replication_cipher(cfg: Config) -> ObjectCipher:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..store.errors import StoreError
 from ..store.retention import Policy
+from .kinds import check_contract_policy
 from .repository import BackupPlans
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 
 def edit_host(store: Datastore, plans: BackupPlans, host: str, actor: str,
               plan: Mapping[str, object],
-              policy: str | None = None, window: str | None = None) -> None:
+              policy: str | None = None, window: str | None = None, *,
+              allow_custom_retention: bool = False) -> None:
     """Apply one edit of `host`: `plan` the changed plan fields (checked whole), `policy` a
     retention D-W-M and `window` a start from `window_start` -- None leaves either as it is,
     "" returns it to the appliance default. `actor` is recorded in the plan's audit.
@@ -32,9 +34,10 @@ def edit_host(store: Datastore, plans: BackupPlans, host: str, actor: str,
     both cases before anything is written."""
     if policy:
         try:
-            Policy.parse(policy)
+            parsed = str(Policy.parse(policy))
         except ValueError as exc:
             raise StoreError("bad_policy", str(exc)) from None
+        check_contract_policy(parsed, allow_custom_retention)  # 8-5-4, 30-0-0, 7-0-0 only
     if plan:
         plans.update(host, actor=actor, **plan)
     else:

@@ -35,7 +35,8 @@ PLAN_FIELDS = {"paths", "excludes", "one_file_system", "bandwidth_kbps", "dump_c
 
 class BackupsApi:
     def __init__(self, store: Datastore, pool: Executor, scheduler: BackupScheduler,
-                 wake: Callable[[str], None], default_policy: str) -> None:
+                 wake: Callable[[str], None], default_policy: str,
+                 allow_custom_retention: bool = False) -> None:
         """`wake(host)` makes the host's waiting poll look at once (the agent job channel's wake);
         `default_policy` is the appliance's retention, shown beside a host's own."""
         self.store = store
@@ -43,6 +44,7 @@ class BackupsApi:
         self.scheduler = scheduler
         self.wake = wake
         self.default_policy = default_policy
+        self.allow_custom_retention = allow_custom_retention  # contract options only (#24)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in(self.pool, fn, *args)
@@ -95,7 +97,8 @@ class BackupsApi:
                 raise BadRequest("bad_policy", str(exc)) from None
 
         def apply() -> dict:
-            edit_host(self.store, self.scheduler.plans, host, who, body, policy, window)
+            edit_host(self.store, self.scheduler.plans, host, who, body, policy, window,
+                      allow_custom_retention=self.allow_custom_retention)
             return self._plan_json(host)
 
         try:
