@@ -37,6 +37,7 @@ from .api.page.plans import BackupsApi
 from .api.page.restore import RestoreApi
 from .api.page.seed import SeedDisksApi
 from .api.page.signin import SignInApi
+from .api.page.statements import StatementsApi
 from .backup_schedule import BackupScheduler
 from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
@@ -148,6 +149,7 @@ class Daemon:
             self.pool, lambda: (wiring.samples(store), wiring.replication_state(store),
                                 wiring.pending_seed(store), wiring.published_health(store)))
         self.capacity = wiring.capacity(cfg, store, samples)
+        billing = await run_in(self.pool, wiring.billing, cfg, store)
         heal = None
         if cfg.replication.enabled:
             rcfg = cfg.replication
@@ -207,6 +209,7 @@ class Daemon:
                 RestoreApi(store, self.pool, self.browser, ingest.jobs,
                            heavy=self.pools.heavy, gate=self.heavy_gate, ledger=ledger),
                 SeedDisksApi(self.pool, self.seeds),
+                StatementsApi(self.pool, billing.statement_bytes if billing else None),
                 BackupsApi(store, self.pool, self.backups, ingest.jobs.wake,
                            cfg.retention.policy, cfg.contract.allow_custom_retention)]
         await self._start_watchers()

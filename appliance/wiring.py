@@ -11,11 +11,11 @@ from rdr_format.objects import ObjectCipher, load_or_create_key
 
 from .backup_schedule import BackupScheduler
 from .capacity.billing_service import BillingService
-from .capacity.contract import load_contract
+from .capacity.contract import ContractError, load_contract
 from .capacity.samples import Samples
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
-from .config import Config
+from .config import Config, ConfigError
 from .health.admission import RefuseWhileDegraded
 from .health.published import PublishedHealth
 from .health.summary import ApplianceSummary
@@ -112,7 +112,11 @@ def billing(cfg: Config, store: Datastore) -> BillingService | None:
     names what is wrong with it)."""
     if not cfg.contract.terms_file:
         return None
-    return BillingService(store.index, load_contract(cfg.contract.terms_file),
+    try:
+        contract = load_contract(cfg.contract.terms_file)
+    except ContractError as exc:
+        raise ConfigError(f"contract.terms_file: {exc}") from None
+    return BillingService(store.index, contract,
                           timezone=cfg.appliance.timezone,
                           default_window=cfg.contract.default_window)
 

@@ -20,12 +20,8 @@ if TYPE_CHECKING:
 
 def _billing(ctx: Context, store: Datastore) -> BillingService | None:
     from .. import wiring
-    from ..capacity.contract import ContractError
 
-    try:
-        return wiring.billing(ctx.cfg, store)
-    except ContractError as exc:
-        raise ConfigError(f"contract.terms_file: {exc}") from None
+    return wiring.billing(ctx.cfg, store)  # ConfigError for a bad contract file
 
 
 def _statement(billing: BillingService, month: str | None) -> dict:
