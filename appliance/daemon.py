@@ -186,7 +186,8 @@ class Daemon:
         self._metrics_tokens = RememberedTokens(store.index.admin_for_token)
         self.scheduler = Scheduler(
             maintenance.history, wiring.periodic_jobs(cfg, maintenance, self.capacity, heal,
-                                                      on_prune=self.collector.snapshots_changed),
+                                                      on_prune=self.collector.snapshots_changed,
+                                                      billing=billing),
             self.pools.heavy)
         if cfg.datacenter.probe:
             host, port = parse_listen(cfg.datacenter.probe, "datacenter.probe")

@@ -171,7 +171,8 @@ def summary(cfg: Config, store: Datastore, cap: CapacityService | None = None,
 
 def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
                   heal: Callable[[str], bytes | None] | None = None,
-                  on_prune: Callable[[], None] | None = None) -> list[Periodic]:
+                  on_prune: Callable[[], None] | None = None,
+                  billing: BillingService | None = None) -> list[Periodic]:
     """The daemon's maintenance jobs; ON_PRUNE hears of every prune run (snapshots gone:
     figures computed from them, such as /metrics', are out of date)."""
     m = cfg.maintenance
@@ -189,6 +190,8 @@ def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
         Periodic("verify", m.verify_interval_hours * 3600,
                  lambda: maint.verify(m.verify_sample_percent, m.verify_rate_mb, heal=heal)),
         Periodic("usage-sample", cfg.capacity.sample_interval_hours * 3600, cap.take_sample),
+        *([Periodic("statement-close", 6 * 3600,
+                    lambda: billing.close_previous(maint.history))] if billing else []),
     ]
 
 

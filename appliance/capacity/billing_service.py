@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime
 
+from ..jobs.history import JobHistory
+from ..jobs.job import Job
 from ..store.index import Index
 from .book import StatementBook
 from .contract import Contract
@@ -64,6 +66,23 @@ class BillingService:
 
             month = month_of(now, self.timezone)
         return self.book().get(month, now)
+
+    def close_previous(self, history: JobHistory, now: datetime | None = None) -> str | None:
+        """Store last month's statement once it is closed (the daemon's periodic job), so
+        the month is frozen even if nobody reads it; returns the month stored, if any."""
+        from .report import month_of, previous_months
+        from .statement import is_closed
+
+        now = now or datetime.now(UTC)
+        month = previous_months(month_of(now, self.timezone), 2)[0]
+        with Job(history, "statement-close") as job:
+            book = self.book()
+            if book.stored(month) is not None or not is_closed(month, self.timezone, now):
+                job.done({"month": month, "stored": False}, f"{month}: nothing to store")
+                return None
+            book.get(month, now)
+            job.done({"month": month, "stored": True}, f"statement of {month} stored")
+        return month
 
     def statement(self, month: str | None = None, now: datetime | None = None) -> dict:
         import json

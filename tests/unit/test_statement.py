@@ -212,3 +212,37 @@ def test_contract_policies_only() -> None:
     check_contract_policy("3-2-1", True)
     with pytest.raises(StoreError, match="3-2-1 is not one of the contract's options"):
         check_contract_policy("3-2-1", False)
+
+
+def test_the_old_report_counts_each_day_against_its_runs_window(store: Datastore) -> None:
+    """`rdr usage`'s report (no contract needed) shows the same 30 of 30 after the move."""
+    from appliance.capacity.report import ReportSettings, monthly_report
+    from appliance.capacity.samples import Samples
+
+    register(store, "web01", at(2026, 8, 1), "17:00")
+    for d in range(1, 31):
+        backed_up_in_window(store, "web01", 2026, 11, d, 17)
+    store.set_window("web01", "01:00")
+    settings = ReportSettings(capacity_gb=900.0, timezone=TZ, default_window="17:00",
+                              commitment_months=12)
+    rep = monthly_report(store.index, Samples(store.index), settings, "2026-11",
+                         now=at(2026, 12, 10))
+    host = rep["hosts"][0]
+    assert (host["scheduled_backups"], host["successful_backups"],
+            host["meets_service_level"]) == (30, 30, True)
+
+
+def test_the_daemon_job_stores_last_month_once(store: Datastore) -> None:
+    from appliance import wiring
+    from appliance.capacity.billing_service import BillingService
+
+    register(store, "web01", at(2026, 8, 1), "17:00")
+    record(store, "web01", at(2026, 11, 5), 700 * GB)
+    billing = BillingService(store.index, load_contract(EXAMPLE), timezone=TZ,
+                             default_window="17:00")
+    history = wiring.job_history(store)
+    assert billing.close_previous(history, at(2026, 12, 1, 12)) is None  # not closed yet
+    assert billing.close_previous(history, at(2026, 12, 2, 12)) == "2026-11"
+    assert billing.close_previous(history, at(2026, 12, 3, 12)) is None  # already stored
+    assert billing.book().stored("2026-11") == billing.statement_bytes("2026-11",
+                                                                        at(2027, 1, 1))
