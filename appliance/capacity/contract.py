@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,10 +39,15 @@ def parse_contract(raw: dict, source: str = "<contract>") -> Contract:
 
 
 def load_contract(path: str | Path) -> Contract:
+    """A contract file: TOML, or JSON of the same shape when its name ends in .json (what
+    provisioning writes from the order)."""
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        text = Path(path).read_text()
+        raw = json.loads(text) if str(path).endswith(".json") else tomllib.loads(text)
     except OSError as exc:
         raise ContractError(f"contract file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ContractError(f"contract file {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ContractError(f"contract file {path}: expected a table")
     return parse_contract(raw, str(path))

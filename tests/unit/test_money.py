@@ -222,3 +222,39 @@ def test_rate_card_refuses_bad_prices() -> None:
     raw["terms"]["commitment_months"] = 24
     with pytest.raises(ContractError, match="commitment_months: must be 12 or 36"):
         parse_contract(raw)
+
+
+def test_the_order_carries_the_contract_to_the_appliance(tmp_path: Path) -> None:
+    """The example order's [terms] and [rate_card] become /etc/rdr/contract.json, named by
+    the rendered config; the order's capacity, retention and commitment are the terms'."""
+    import json
+
+    from provisioning import appconfig, layout
+    from provisioning.order import OrderError, load, parse
+
+    path = Path(provisioning.__file__).parent / "order.example.toml"
+    order = load(path)
+    text = appconfig.render_contract(order)
+    assert text is not None and text == appconfig.render_contract(load(path))  # same bytes
+    (tmp_path / "contract.json").write_text(text)
+    contract = load_contract(tmp_path / "contract.json")
+    terms = contract.terms()
+    assert (terms.capacity_gb, terms.retention, terms.commitment_months,
+            terms.committed_tier) == (2000, "8-5-4", 12, "500-1500")
+    assert server_charge(contract.card, "8-5-4", 12, "500-1500", 700).amount_cents == 367500
+    assert f'terms_file = "{layout.CONTRACT}"' in appconfig.render(order)
+    raw = tomllib.loads(path.read_text())
+    raw["terms"]["retention"] = "7-0-0"
+    with pytest.raises(OrderError, match=r"terms\.retention: '7-0-0' disagrees"):
+        parse(raw)
+    raw = tomllib.loads(path.read_text())
+    del raw["rate_card"]
+    with pytest.raises(OrderError, match=r"\[terms\] and \[rate_card\]"):
+        parse(raw)
+    raw = tomllib.loads(path.read_text())
+    raw["rate_card"]["nrc"]["alternate_client_restore"] = -1
+    with pytest.raises(OrderError, match=r"rate_card\.nrc\.alternate_client_restore"):
+        parse(raw)
+    del raw["terms"], raw["rate_card"]
+    assert parse(raw).contract is None and "terms_file" not in appconfig.render(parse(raw))
+    assert json.loads(text)["terms"]["commitment_start"] == "2026-07-01"
