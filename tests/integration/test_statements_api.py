@@ -62,3 +62,22 @@ async def test_statement_api_without_a_contract(appliance: Appliance) -> None:
             http.get(f"{appliance.url}/api/v1/statements/2026-11",
                      headers={"Authorization": f"Bearer {admin}"}) as r:
         assert r.status == 404 and "no contract" in (await r.json())["message"]
+
+
+async def test_page_plan_refuses_retentions_outside_the_contract(appliance: Appliance) -> None:
+    """IV.1.1.1 C: the plan form's API takes 8-5-4, 30-0-0 and 7-0-0 only (the default
+    config does not allow custom retentions); a refused edit writes nothing."""
+    from .test_restore_jobs import http
+
+    appliance.add_host("web01")
+    admin = appliance.store.index.add_api_token("ops", "admin")
+    async with http(appliance, admin) as s:
+        resp = await s.put("/api/v1/hosts/web01/plan",
+                           json={"excludes": ["*.x"], "policy": "3-2-1"})
+        body = await resp.json()
+        assert resp.status == 400 and body["error"] == "bad_policy"
+        assert "8-5-4, 30-0-0, 7-0-0" in body["message"]
+        resp = await s.put("/api/v1/hosts/web01/plan", json={"policy": "7-0-0"})
+        assert resp.status == 200 and (await resp.json())["policy"] == "7-0-0"
+        view = await (await s.get("/api/v1/hosts/web01/plan")).json()
+        assert view["plan"]["excludes"] == []
