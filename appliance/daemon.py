@@ -34,12 +34,14 @@ from .api.ingest.backup import IngestApi
 from .api.ops import Ops
 from .api.page.overview import OverviewApi
 from .api.page.plans import BackupsApi
+from .api.page.reports import ReportsApi
 from .api.page.restore import RestoreApi
 from .api.page.seed import SeedDisksApi
 from .api.page.signin import SignInApi
 from .api.page.statements import StatementsApi
 from .backup_schedule import BackupScheduler
 from .capacity.network import LinkProbe
+from .capacity.reports import page_report
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
 from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
@@ -211,6 +213,7 @@ class Daemon:
                            heavy=self.pools.heavy, gate=self.heavy_gate, ledger=ledger),
                 SeedDisksApi(self.pool, self.seeds),
                 StatementsApi(self.pool, billing.statement_bytes if billing else None),
+                ReportsApi(self.pool, partial(page_report, self.capacity, billing)),
                 BackupsApi(store, self.pool, self.backups, ingest.jobs.wake,
                            cfg.retention.policy, cfg.contract.allow_custom_retention)]
         await self._start_watchers()
