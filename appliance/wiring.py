@@ -190,7 +190,7 @@ def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
         Periodic("verify", m.verify_interval_hours * 3600,
                  lambda: maint.verify(m.verify_sample_percent, m.verify_rate_mb, heal=heal)),
         Periodic("usage-sample", cfg.capacity.sample_interval_hours * 3600, cap.take_sample),
-        *([Periodic("statement-close", 6 * 3600,
+        *([Periodic("statement-close", cfg.contract.statement_close_hours * 3600,
                     lambda: billing.close_previous(maint.history))] if billing else []),
     ]
 

@@ -20,7 +20,9 @@ EXAMPLE = Path(provisioning.__file__).parent / "contract.example.toml"
 
 async def test_statement_api(tmp_path: Path) -> None:
     cfg = make_config(tmp_path / "data")
-    cfg = replace(cfg, contract=ContractConfig(terms_file=str(EXAMPLE)))
+    # no statement-close job: the month is stored by the first read, after the history
+    cfg = replace(cfg, contract=ContractConfig(terms_file=str(EXAMPLE),
+                                               statement_close_hours=0))
     daemon = Daemon(cfg)
     await daemon.start()
     try:
