@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ratecard import RateCard, RateCardError, parse_rate_card
-from .terms import TermsError, TierChange, parse_terms
+from .terms import Terms, TermsError, TierChange, parse_terms
 
 
 class ContractError(ValueError):
@@ -22,7 +22,8 @@ class Contract:
     card: RateCard
     raw_terms: dict
 
-    def terms(self, changes: Iterable[TierChange] = ()):
+    def terms(self, changes: Iterable[TierChange] = ()) -> Terms:
+        """The terms with the recorded Change Orders (the file holds the order's tier)."""
         return parse_terms(self.raw_terms, self.card, changes)
 
 
