@@ -68,7 +68,8 @@ async def test_statement_api_without_a_contract(appliance: Appliance) -> None:
 
 async def test_page_plan_refuses_retentions_outside_the_contract(appliance: Appliance) -> None:
     """IV.1.1.1 C: the plan form's API takes 8-5-4, 30-0-0 and 7-0-0 only (the default
-    config does not allow custom retentions); a refused edit writes nothing."""
+    config does not allow custom retentions); a refused edit writes nothing. The host's kind
+    (server or PC) is a field of the plan's API."""
     from .test_restore_jobs import http
 
     appliance.add_host("web01")
@@ -82,4 +83,9 @@ async def test_page_plan_refuses_retentions_outside_the_contract(appliance: Appl
         resp = await s.put("/api/v1/hosts/web01/plan", json={"policy": "7-0-0"})
         assert resp.status == 200 and (await resp.json())["policy"] == "7-0-0"
         view = await (await s.get("/api/v1/hosts/web01/plan")).json()
-        assert view["plan"]["excludes"] == []
+        assert view["plan"]["excludes"] == [] and view["kind"] == "server"
+        # the host's kind is the plan form's field too
+        resp = await s.put("/api/v1/hosts/web01/plan", json={"kind": "laptop"})
+        assert resp.status == 400 and "'kind'" in (await resp.json())["message"]
+        resp = await s.put("/api/v1/hosts/web01/plan", json={"kind": "pc"})
+        assert resp.status == 200 and (await resp.json())["kind"] == "pc"

@@ -19,6 +19,7 @@ from aiohttp import web
 from ...backup_schedule import BackupScheduler
 from ...errors import BadRequest, NotFound
 from ...plans.edit import edit_host
+from ...plans.kinds import KINDS, HostKinds
 from ...pools import run_in
 from ...store.datastore import Datastore
 from ...store.retention import Policy
@@ -66,6 +67,7 @@ class BackupsApi:
                 "window_start_default": rec["window_start"] is None,
                 "timezone": win.timezone, "timezone_default": self.scheduler.timezone,
                 "policy": rec["policy"], "policy_default": self.default_policy,
+                "kind": HostKinds(self.store.index).kind(host),
                 "agent": self.scheduler.plans.agents().get(host),
                 "plan_audit": self.scheduler.plans.audit(host)}
 
@@ -77,7 +79,10 @@ class BackupsApi:
         who = require_change(request)
         host = request.match_info["host"]
         body = await read_json(request, 256 * 1024, required=True,
-                               allowed=PLAN_FIELDS | {"window_start", "policy"})
+                               allowed=PLAN_FIELDS | {"window_start", "policy", "kind"})
+        kind = body.pop("kind", None)
+        if kind is not None and kind not in KINDS:  # billing (issue 24)
+            raise BadRequest("bad_field", "'kind' must be 'server' or 'pc'")
         window = body.pop("window_start", None)
         policy = body.pop("policy", None)
         if window is not None:
@@ -99,6 +104,8 @@ class BackupsApi:
         def apply() -> dict:
             edit_host(self.store, self.scheduler.plans, host, who, body, policy, window,
                       allow_custom_retention=self.allow_custom_retention)
+            if kind is not None:
+                HostKinds(self.store.index).set(host, kind)
             return self._plan_json(host)
 
         try:
