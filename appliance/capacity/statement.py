@@ -99,13 +99,15 @@ class StatementBuilder:
         return best
 
     def _hosts(self, month: str) -> list[dict]:
-        """Hosts registered before the month ended, plus any that committed in it."""
+        """Hosts registered before the month ended, plus any that committed in it and have
+        been removed since (`removed`: charged for what they held, no service levels)."""
         _, end = month_bounds(month, self.tz)
         hosts = {h["name"]: h for h in self.plans.host_settings()
                  if h["created_at"] < end.timestamp()}
         for name in self.max_bytes(month):
-            hosts.setdefault(name, {"name": name, "created_at": 0.0, "policy": None,
-                                    "window_start": None, "timezone": None})
+            hosts.setdefault(name, {"name": name, "created_at": end.timestamp(),
+                                    "policy": None, "window_start": None, "timezone": None,
+                                    "removed": True})
         return [hosts[n] for n in sorted(hosts)]
 
     # --- charges ------------------------------------------------------------------------
@@ -200,6 +202,7 @@ class StatementBuilder:
         charges = self.charges(month, hosts)
         effective = self._effective_from(hosts, kinds)
         maintenance = [(a.timestamp(), b.timestamp()) for a, b in self.terms.maintenance]
+        maxima = self.max_bytes(month)
         portal = self.ledger.portal_requests(start.timestamp(), end.timestamp())
         restores = restore_results(portal, now.timestamp(), effective)
         retention = retention_failures(portal)
@@ -229,7 +232,8 @@ class StatementBuilder:
                 "host": name, "kind": kind, "timezone": tz,
                 "protected_gb": (charges["server_gb"] if kind == "server"
                                  else charges["pc_gb"]).get(name, 0),
-                "max_logical_bytes": self.max_bytes(month).get(name, 0),
+                "max_logical_bytes": maxima.get(name, 0),
+                "removed": bool(h.get("removed")),
                 "service_levels_from": datetime.fromtimestamp(effective[name], UTC).isoformat(),
                 "backups": {
                     "scheduled": len(counted), "in_window": in_window,

@@ -246,3 +246,17 @@ def test_the_daemon_job_stores_last_month_once(store: Datastore) -> None:
     assert billing.close_previous(history, at(2026, 12, 3, 12)) is None  # already stored
     assert billing.book().stored("2026-11") == billing.statement_bytes("2026-11",
                                                                         at(2027, 1, 1))
+
+
+def test_a_removed_host_is_charged_for_its_month_without_service_levels(
+        store: Datastore) -> None:
+    register(store, "web01", at(2026, 8, 1), "17:00")
+    register(store, "old01", at(2026, 8, 1), "17:00")
+    record(store, "web01", at(2026, 11, 3), 650 * GB)
+    record(store, "old01", at(2026, 11, 3), 100 * GB)
+    store.remove_host("old01")
+    stmt = builder(store).build("2026-11", at(2026, 12, 5))
+    assert stmt["charges"]["server_gb"] == {"old01": 100, "web01": 650}
+    old = next(h for h in stmt["hosts"] if h["host"] == "old01")
+    assert old["removed"] and old["days"] == [] and old["backups"]["met"] is None
+    assert old["credit"]["total_cents"] == 0
