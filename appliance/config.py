@@ -151,6 +151,13 @@ class ContractConfig:
     schedule_jitter_seconds: int = 600
     #: How often the backup scheduler looks for opened and closed windows.
     schedule_tick_seconds: float = 30.0
+    #: The provisioned contract file ([terms] and [rate_card], provisioning/
+    #: contract.example.toml); empty = no monthly statement (issue 24).
+    terms_file: str = ""
+    #: The provider allows retentions other than the contract's 8-5-4, 30-0-0 and 7-0-0.
+    allow_custom_retention: bool = False
+    #: Hours between the daemon's looks for a closed month to store (0: only when read).
+    statement_close_hours: float = 6.0
 
 
 @dataclass(slots=True)
@@ -316,6 +323,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("contract.schedule_jitter_seconds: must be 0 to 3600")
     if not 0.1 <= cfg.contract.schedule_tick_seconds <= 600:
         raise ConfigError("contract.schedule_tick_seconds: must be 0.1 to 600")
+    if cfg.contract.statement_close_hours < 0:
+        raise ConfigError("contract.statement_close_hours: must not be negative")
     if cfg.contract.commitment_months not in (12, 36):
         raise ConfigError("contract.commitment_months: must be 12 or 36")
     from .windows import parse_window_start
@@ -406,6 +415,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     base = Path(path).resolve().parent
     if not Path(cfg.store.path).expanduser().is_absolute():
         cfg.store.path = str(base / cfg.store.path)
+    if cfg.contract.terms_file and not Path(cfg.contract.terms_file).expanduser().is_absolute():
+        cfg.contract.terms_file = str(base / cfg.contract.terms_file)
     if not Path(cfg.replication.directory).expanduser().is_absolute():
         cfg.replication.directory = str(base / cfg.replication.directory)
     return validate(cfg)

@@ -34,11 +34,14 @@ from .api.ingest.backup import IngestApi
 from .api.ops import Ops
 from .api.page.overview import OverviewApi
 from .api.page.plans import BackupsApi
+from .api.page.reports import ReportsApi
 from .api.page.restore import RestoreApi
 from .api.page.seed import SeedDisksApi
 from .api.page.signin import SignInApi
+from .api.page.statements import StatementsApi
 from .backup_schedule import BackupScheduler
 from .capacity.network import LinkProbe
+from .capacity.reports import page_report
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
 from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
@@ -148,6 +151,7 @@ class Daemon:
             self.pool, lambda: (wiring.samples(store), wiring.replication_state(store),
                                 wiring.pending_seed(store), wiring.published_health(store)))
         self.capacity = wiring.capacity(cfg, store, samples)
+        billing = await run_in(self.pool, wiring.billing, cfg, store)
         heal = None
         if cfg.replication.enabled:
             rcfg = cfg.replication
@@ -184,7 +188,8 @@ class Daemon:
         self._metrics_tokens = RememberedTokens(store.index.admin_for_token)
         self.scheduler = Scheduler(
             maintenance.history, wiring.periodic_jobs(cfg, maintenance, self.capacity, heal,
-                                                      on_prune=self.collector.snapshots_changed),
+                                                      on_prune=self.collector.snapshots_changed,
+                                                      billing=billing),
             self.pools.heavy)
         if cfg.datacenter.probe:
             host, port = parse_listen(cfg.datacenter.probe, "datacenter.probe")
@@ -207,8 +212,10 @@ class Daemon:
                 RestoreApi(store, self.pool, self.browser, ingest.jobs,
                            heavy=self.pools.heavy, gate=self.heavy_gate, ledger=ledger),
                 SeedDisksApi(self.pool, self.seeds),
+                StatementsApi(self.pool, billing.statement_bytes if billing else None),
+                ReportsApi(self.pool, partial(page_report, self.capacity, billing)),
                 BackupsApi(store, self.pool, self.backups, ingest.jobs.wake,
-                           cfg.retention.policy)]
+                           cfg.retention.policy, cfg.contract.allow_custom_retention)]
         await self._start_watchers()
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)  # process_* : the daemon's CPU, RSS, fds

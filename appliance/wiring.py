@@ -10,10 +10,12 @@ from pathlib import Path
 from rdr_format.objects import ObjectCipher, load_or_create_key
 
 from .backup_schedule import BackupScheduler
+from .capacity.billing_service import BillingService
+from .capacity.contract import ContractError, load_contract
 from .capacity.samples import Samples
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
-from .config import Config
+from .config import Config, ConfigError
 from .health.admission import RefuseWhileDegraded
 from .health.published import PublishedHealth
 from .health.summary import ApplianceSummary
@@ -105,6 +107,20 @@ def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService
                            commitment_months=cfg.contract.commitment_months)
 
 
+def billing(cfg: Config, store: Datastore) -> BillingService | None:
+    """The monthly statement's service, when a contract file is provisioned (ContractError
+    names what is wrong with it)."""
+    if not cfg.contract.terms_file:
+        return None
+    try:
+        contract = load_contract(cfg.contract.terms_file)
+    except ContractError as exc:
+        raise ConfigError(f"contract.terms_file: {exc}") from None
+    return BillingService(store.index, contract,
+                          timezone=cfg.appliance.timezone,
+                          default_window=cfg.contract.default_window)
+
+
 def replication_cipher(cfg: Config) -> ObjectCipher:
     """The data key: provisioned (key_file, must exist) or, on the embedded default, made
     at first start under the data directory (0600)."""
@@ -155,7 +171,8 @@ def summary(cfg: Config, store: Datastore, cap: CapacityService | None = None,
 
 def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
                   heal: Callable[[str], bytes | None] | None = None,
-                  on_prune: Callable[[], None] | None = None) -> list[Periodic]:
+                  on_prune: Callable[[], None] | None = None,
+                  billing: BillingService | None = None) -> list[Periodic]:
     """The daemon's maintenance jobs; ON_PRUNE hears of every prune run (snapshots gone:
     figures computed from them, such as /metrics', are out of date)."""
     m = cfg.maintenance
@@ -173,6 +190,8 @@ def periodic_jobs(cfg: Config, maint: Maintenance, cap: CapacityService,
         Periodic("verify", m.verify_interval_hours * 3600,
                  lambda: maint.verify(m.verify_sample_percent, m.verify_rate_mb, heal=heal)),
         Periodic("usage-sample", cfg.capacity.sample_interval_hours * 3600, cap.take_sample),
+        *([Periodic("statement-close", cfg.contract.statement_close_hours * 3600,
+                    lambda: billing.close_previous(maint.history))] if billing else []),
     ]
 
 

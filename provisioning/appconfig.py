@@ -42,7 +42,8 @@ def render(order: Order) -> str:
         "retention": {"policy": order.retention},
         "capacity": {"installed_gb": float(order.capacity_gb)},
         "contract": {"commitment_months": order.commitment_months,
-                     "default_window": order.default_window},
+                     "default_window": order.default_window,
+                     **({"terms_file": str(layout.CONTRACT)} if order.contract else {})},
         "datacenter": {"probe": order.probe},
         "replication": {"enabled": True, "target": "s3", "endpoint": order.s3_endpoint,
                         "bucket": order.bucket, "access_key": order.access_key,
@@ -54,6 +55,13 @@ def render(order: Order) -> str:
             "provisioning.\n# Holds the S3 secret: keep it 0600. Re-run provisioning with "
             "--force to regenerate.\n")
     return head + "\n".join(_section(k, v) for k, v in sections.items())
+
+
+def render_contract(order: Order) -> str | None:
+    """The contract file (JSON, sorted keys: same order, same bytes), or None without one."""
+    if order.contract is None:
+        return None
+    return json.dumps(order.contract, sort_keys=True, indent=1) + "\n"
 
 
 def check(text: str) -> None:

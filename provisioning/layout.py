@@ -26,6 +26,8 @@ SERVICE_USER = "rdr"
 ETC_RDR = PurePosixPath("/etc/rdr")
 CONFIG = ETC_RDR / "appliance.toml"
 RECORD = ETC_RDR / "provisioning.json"
+#: The order's commercial terms and rate card (issue 24), read by the monthly statement.
+CONTRACT = ETC_RDR / "contract.json"
 ESCROW = ETC_RDR / "escrow.json"
 REPLICATION_KEY = ETC_RDR / "replication.key"
 TUNNEL_ENV = ETC_RDR / "tunnel.env"

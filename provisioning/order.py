@@ -86,6 +86,9 @@ class Order:
     wan_dns: list[str] = field(default_factory=list)
     #: The provider's maintenance keys: OpenSSH public keys allowed to log in as root.
     ssh_keys: list[str] = field(default_factory=list)
+    #: The commercial terms and rate card ({"terms", "rate_card"}, checked); None: the order
+    #: has none, and the appliance makes no statement.
+    contract: dict | None = None
 
     @property
     def identity(self) -> str:
@@ -104,7 +107,8 @@ class Order:
 
 
 _TOP = {"serial", "customer_id", "capacity_gb", "retention", "commitment_months", "timezone",
-        "windows", "datacenter", "tunnel", "s3", "listen", "lan", "wan", "maintenance"}
+        "windows", "datacenter", "tunnel", "s3", "listen", "lan", "wan", "maintenance",
+        "terms", "rate_card"}
 _SECTIONS = {
     "windows": {"default", "hosts"},
     "datacenter": {"gateway", "identity", "s3_endpoint", "probe"},
@@ -250,7 +254,36 @@ def parse(raw: dict) -> Order:
                  bucket=bucket, access_key=access, secret_key=secret, region=region,
                  listen=list(listen), lan_address=lan_address, lan_gateway=lan_gateway,
                  lan_dns=lan_dns, wan_interface=wan_interface, wan_address=wan_address,
-                 wan_gateway=wan_gateway, wan_dns=wan_dns, ssh_keys=_ssh_keys(raw))
+                 wan_gateway=wan_gateway, wan_dns=wan_dns, ssh_keys=_ssh_keys(raw),
+                 contract=_contract(raw, capacity, retention, commitment))
+
+
+def _contract(raw: dict, capacity: int, retention: str, commitment: int) -> dict | None:
+    """The optional [terms] and [rate_card] (provisioning/contract.example.toml shows both):
+    the order's capacity, retention and commitment are the terms' unless [terms] repeats
+    them, which must then agree; checked with the appliance's own contract reader."""
+    from datetime import date
+
+    from appliance.capacity.contract import ContractError, parse_contract
+
+    if "terms" not in raw and "rate_card" not in raw:
+        return None
+    if not isinstance(raw.get("terms"), dict) or not isinstance(raw.get("rate_card"), dict):
+        raise OrderError("[terms] and [rate_card]: an order with one needs both tables")
+    terms = dict(raw["terms"])
+    for key, value in (("capacity_gb", capacity), ("retention", retention),
+                       ("commitment_months", commitment)):
+        if terms.setdefault(key, value) != value:
+            raise OrderError(f"terms.{key}: {terms[key]!r} disagrees with the order's "
+                             f"{key} {value!r}")
+    # TOML dates become strings: the contract file is JSON
+    terms = {k: v.isoformat() if isinstance(v, date) else v for k, v in terms.items()}
+    contract = {"terms": terms, "rate_card": raw["rate_card"]}
+    try:
+        parse_contract(contract, "order")
+    except ContractError as exc:
+        raise OrderError(str(exc).removeprefix("order: ")) from None
+    return contract
 
 
 #: An OpenSSH public key line: type, base64 body, optional comment.

@@ -253,9 +253,13 @@ def appliance_config(ctx: Context) -> StepResult:
     except appconfig.ConfigError as exc:
         raise ProvisionError(f"the order gives an invalid appliance config: {exc}") from None
     status = put(ctx, L.CONFIG, text.encode(), 0o600, ctx.owner)
+    contract = appconfig.render_contract(ctx.order)
+    if contract is not None:  # prices and terms, no secret: readable by the daemon's group
+        status = combine(status, put(ctx, L.CONTRACT, contract.encode(), 0o640, ctx.owner))
     return StepResult(status, f"{L.CONFIG}: retention {ctx.order.retention}, "
                       f"{ctx.order.capacity_gb} GB, {ctx.order.commitment_months}-month, "
-                      f"bucket {ctx.order.bucket}")
+                      f"bucket {ctx.order.bucket}"
+                      + (f"; contract {L.CONTRACT}" if contract is not None else ""))
 
 
 # --- 7. LAN and WAN ports -------------------------------------------------------------------

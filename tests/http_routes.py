@@ -11,9 +11,11 @@ from appliance.api.app import api_v1
 from appliance.api.ingest.backup import IngestApi
 from appliance.api.page.overview import OverviewApi
 from appliance.api.page.plans import BackupsApi
+from appliance.api.page.reports import ReportsApi
 from appliance.api.page.restore import RestoreApi
 from appliance.api.page.seed import SeedDisksApi
 from appliance.api.page.signin import SignInApi
+from appliance.api.page.statements import StatementsApi
 
 
 async def _nobody(token: str) -> None:
@@ -28,6 +30,8 @@ def api_routes() -> web.Application:
             OverviewApi(pool, dict),
             RestoreApi(None, pool, None, ingest.jobs),  # type: ignore[arg-type]
             SeedDisksApi(pool),
+            StatementsApi(pool, None),
+            ReportsApi(pool, dict),
             BackupsApi(None, pool, None, print, "8-5-4")]  # type: ignore[arg-type]
     return api_v1(ingest=[ingest], page=page, tokens=_nobody, sessions=None,
                   max_json_bytes=1 << 20)

@@ -10,18 +10,19 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ..plans.repository import BackupPlans
+from ..restores.jobs import RestoreJobs
 from ..restores.ledger import RestoreLedger
 from ..runs.repository import BackupRuns
 from ..store.index import Index
-from ..windows import month_bounds, month_ledger, parse_month, parse_window_start
+from ..windows import month_bounds, parse_month, parse_window_start
 from .billing import compute_bill, early_termination_flag, network_requirement
 from .samples import Samples
+from .sla import IN_WINDOW, RunRecord, backup_days, restore_results
 
 GB = 1e9
-RESTORE_START_LIMIT = 30 * 60.0  # seconds: the contract's restore service level
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,30 +78,40 @@ def monthly_report(index: Index, samples: Samples, settings: ReportSettings,
     hosts = []
     scheduled = successful = 0
     # Backups that ran past (or outside) their window: committed, but not counted above.
-    late = BackupRuns(index).late_by_host(start.timestamp(), end.timestamp())
+    runs = BackupRuns(index)
+    late = runs.late_by_host(start.timestamp(), end.timestamp())
+    clock = min(now, end + timedelta(days=1))
     for h in BackupPlans(index).host_settings():
-        window = parse_window_start(h["window_start"] or settings.default_window)
-        commits = [datetime.fromtimestamp(r["received_at"], UTC)
-                   for r in index.ledger(start.timestamp() - 86400, end.timestamp() + 86400,
-                                         h["name"])]
-        # The window is in the host's own time zone when its plan sets one.
-        led = month_ledger(month, commits, window, h.get("timezone") or tz,
-                           active_from=datetime.fromtimestamp(h["created_at"], UTC), now=now)
-        scheduled += led.scheduled
-        successful += led.successful
+        current = parse_window_start(h["window_start"] or settings.default_window)
+        commits = [r["received_at"] for r in index.ledger(
+            start.timestamp() - 86400, end.timestamp() + 86400, h["name"])]
+        recorded = [RunRecord(r.window_day, r.window_start, r.window_end, r.state, r.message,
+                              r.in_window) for r in runs.scheduled_windows(h["name"])
+                    if r.window_day and r.window_start is not None and r.window_end is not None]
+        # Each day against the window its run was scheduled in (not today's window), in the
+        # host's own time zone when its plan sets one.
+        days = backup_days(month, recorded, commits, current, h.get("timezone") or tz,
+                           active_from=h["created_at"], effective_from=0.0,
+                           now=clock.timestamp())
+        ok = sum(d.status == IN_WINDOW for d in days)
+        host_rate = ok / len(days) if days else None
+        scheduled += len(days)
+        successful += ok
         hosts.append({
             "host": h["name"], "max_logical_bytes": round(by_host.get(h["name"], 0.0) * GB),
             "protected_gb": round(by_host.get(h["name"], 0.0), 3),
-            "window_start": window.strftime("%H:%M"), "scheduled_backups": led.scheduled,
-            "successful_backups": led.successful, "success_rate": led.rate,
-            "meets_service_level": led.meets(settings.sla_level),
-            "missed_days": [d.isoformat() for d in led.missed],
+            "window_start": current.strftime("%H:%M"), "scheduled_backups": len(days),
+            "successful_backups": ok, "success_rate": host_rate,
+            "meets_service_level": None if host_rate is None
+            else host_rate >= settings.sla_level,
+            "missed_days": [d.day for d in days if d.status != IN_WINDOW],
             "out_of_window_backups": late.get(h["name"], 0)})
 
-    restores = [r for r in RestoreLedger(index).since(start.timestamp())
-                if r["requested_at"] < end.timestamp()]
-    latencies = [r["first_byte_at"] - r["requested_at"] for r in restores
-                 if r["first_byte_at"] is not None]
+    ledger = RestoreLedger(index)
+    RestoreJobs(index, ledger)  # the push jobs' table, joined by portal_requests
+    restores = restore_results(ledger.portal_requests(start.timestamp(), end.timestamp()),
+                               clock.timestamp(), {})
+    latencies = [r.start_seconds for r in restores if r.start_seconds is not None]
     day_ago = time.time() - 86400
     net = network_requirement(bill.protected_gb,
                               _median(samples.link_samples("throughput_kbps", day_ago)),
@@ -122,7 +133,8 @@ def monthly_report(index: Index, samples: Samples, settings: ReportSettings,
         "restores": {"count": len(restores), "started": len(latencies),
                      "max_start_seconds": max(latencies) if latencies else None,
                      "median_start_seconds": _median(latencies),
-                     "over_30_minutes": sum(lat > RESTORE_START_LIMIT for lat in latencies)},
+                     # a request never started counts once its 30 minutes have passed
+                     "over_30_minutes": sum(r.late for r in restores if r.counted)},
         "network": {"required_kbps": net.required_kbps, "throughput_kbps": net.throughput_kbps,
                     "rtt_ms": net.rtt_ms, "meets_throughput": net.meets_throughput,
                     "meets_latency": net.meets_latency, "ok": net.ok},

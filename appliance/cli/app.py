@@ -15,8 +15,8 @@ from .core import COMMON_EXITS, EXIT_PROBLEMS, EXIT_QUEUED, exit_epilog, run
 
 #: The top-level commands in the order `rdr --help` lists them.
 COMMANDS = ("serve", "init", "hosts", "snapshots", "protect", "prune", "gc", "verify", "store",
-            "status", "usage", "replicate", "replication", "dc", "seed", "tokens", "admin",
-            "jobs")
+            "status", "usage", "statement", "tier", "replicate", "replication", "dc", "seed",
+            "tokens", "admin", "jobs")
 
 #: The command groups, each a module with a PARSERS table: command name -> adder.
 GROUPS = (serve, hosts, maintenance, status, usage, replication, dc, seed, access)

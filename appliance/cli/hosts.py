@@ -29,9 +29,15 @@ if TYPE_CHECKING:
 
 
 def add(ctx: Context) -> int:
+    from ..plans.kinds import PC_POLICY, HostKinds
+
     with ctx.stored() as store:
         token = store.add_host(ctx.args.name)
-    print(f"host {ctx.args.name} added; its token (shown once, store it on the host):")
+        HostKinds(store.index).set(ctx.args.name, ctx.args.kind)
+        if ctx.args.kind == "pc":  # PCs are sold with 30-0-0 retention (IV.1.1.2)
+            store.set_policy(ctx.args.name, PC_POLICY)
+    print(f"host {ctx.args.name} added ({ctx.args.kind}); its token (shown once, store it on "
+          "the host):")
     print(token)
     return 0
 
@@ -105,7 +111,8 @@ def set_(ctx: Context) -> int:
             raise ConfigError(f"--window: {exc}") from None
     with ctx.stored() as store:
         plans = wiring.plans(store)
-        edit_host(store, plans, a.name, f"cli:{user()}", plan_changes(a), a.policy, window)
+        edit_host(store, plans, a.name, f"cli:{user()}", plan_changes(a), a.policy, window,
+                  allow_custom_retention=ctx.cfg.contract.allow_custom_retention)
         rec = store.index.host_record(a.name)
         plan = plans.get(a.name)
     print_plan(rec, plan, ctx.cfg)
@@ -231,6 +238,8 @@ def add_hosts(sub: Subparsers, common: Parents) -> None:
     hsub = group(sub, "hosts", "manage backed-up hosts")
     a = command(hsub, "add", add, "register a host and print its token", common)
     a.add_argument("name")
+    a.add_argument("--kind", choices=("server", "pc"), default="server",
+                   help="billed as a server or a PC (a PC gets 30-0-0 retention)")
     hs = command(hsub, "set", set_, "change a host's settings", common,
                  {0: "changed; the host's settings printed"})
     hs.add_argument("name")

@@ -1,12 +1,34 @@
-"""`rdr usage`: the monthly usage, billing and service-level report, as text, JSON or CSV."""
+"""`rdr usage`: the monthly usage, billing and service-level report, as text, JSON or CSV,
+with the month's statement when a contract is provisioned; `rdr statement`: the statement
+as a document (HTML that prints well) or JSON; `rdr tier`: record a tier Change Order."""
 
 from __future__ import annotations
 
 import csv
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..capacity import render
 from ..config import ConfigError
-from .core import Context, Parents, Subparsers, command, print_json
+from .core import Context, Parents, Subparsers, command, print_json, user
+
+if TYPE_CHECKING:
+    from ..capacity.billing_service import BillingService
+    from ..store.datastore import Datastore
+
+
+def _billing(ctx: Context, store: Datastore) -> BillingService | None:
+    from .. import wiring
+
+    return wiring.billing(ctx.cfg, store)  # ConfigError for a bad contract file
+
+
+def _statement(billing: BillingService, month: str | None) -> dict:
+    try:
+        return billing.statement(month)
+    except ValueError as exc:
+        raise ConfigError(f"--month: {exc}") from None
 
 
 def usage(ctx: Context) -> int:
@@ -17,12 +39,68 @@ def usage(ctx: Context) -> int:
             rep = wiring.capacity(ctx.cfg, store, wiring.samples(store)).report(ctx.args.month)
         except ValueError as exc:
             raise ConfigError(f"--month: {exc}") from None
+        billing = _billing(ctx, store)
+        statement = _statement(billing, rep["month"]) if billing is not None else None
     if ctx.args.json:
-        print_json(rep)
+        print_json({**rep, "statement": statement})
     elif ctx.args.csv:
         write_csv(rep)
+        if statement is not None:
+            sys.stdout.write(render.csv_text(statement))
     else:
         print_usage(rep)
+        if statement is not None:
+            print("\n".join(render.text(statement)))
+        else:
+            print("  no contract provisioned (contract.terms_file): no statement")
+    return 0
+
+
+def statement(ctx: Context) -> int:
+    """The month's statement as a document a provider can send, or as JSON."""
+    a = ctx.args
+    with ctx.stored() as store:
+        billing = _billing(ctx, store)
+        if billing is None:
+            raise ConfigError("contract.terms_file: no contract is provisioned, so there is "
+                              "no statement")
+        st = _statement(billing, a.month)
+    if a.html:
+        from rdr_format.fsutil import atomic_write
+
+        atomic_write(Path(a.html), render.html(st, ctx.cfg.appliance.serial).encode())
+        print(f"statement for {st['month']} written to {a.html}")
+    elif a.json:
+        print_json(st)
+    else:
+        print("\n".join(render.text(st)))
+    return 0
+
+
+def tier(ctx: Context) -> int:
+    """Record a Change Order of the committed tier (at most two per 12 months)."""
+    from datetime import date
+
+    from ..capacity.ratecard import RateCardError
+    from ..capacity.terms import TierChangeRefused
+
+    a = ctx.args
+    try:
+        received = date.fromisoformat(a.received) if a.received else date.today()
+    except ValueError:
+        raise ConfigError(f"--received: expected YYYY-MM-DD, got {a.received!r}") from None
+    with ctx.stored() as store:
+        billing = _billing(ctx, store)
+        if billing is None:
+            raise ConfigError("contract.terms_file: no contract is provisioned")
+        try:
+            billing.change_tier(a.tier, received, f"cli:{user()}")
+        except (TierChangeRefused, RateCardError) as exc:
+            raise ConfigError(f"tier change: {exc}", code="tier_change_refused") from None
+    from ..capacity.terms import TierChange
+
+    print(f"tier change to {a.tier} recorded (received {received}); effective "
+          f"{TierChange(received, a.tier).effective}")
     return 0
 
 
@@ -87,5 +165,23 @@ def add_usage(sub: Subparsers, common: Parents) -> None:
     fmt.add_argument("--csv", action="store_true")
 
 
+def add_statement(sub: Subparsers, common: Parents) -> None:
+    st = command(sub, "statement", statement, "the month's statement (charges, service "
+                 "levels, credits) as a document", common,
+                 {0: "the statement was printed or written"})
+    st.add_argument("--month", help="YYYY-MM (default: this month)")
+    fmt = st.add_mutually_exclusive_group()
+    fmt.add_argument("--html", metavar="FILE", help="write an HTML document that prints well")
+    fmt.add_argument("--json", action="store_true")
+
+
+def add_tier(sub: Subparsers, common: Parents) -> None:
+    t = command(sub, "tier", tier, "record a Change Order of the committed tier", common,
+                {0: "recorded", 1: "refused (a third change in 12 months, unknown tier)"})
+    t.add_argument("tier", help="a tier name of the rate card (e.g. 500-1500)")
+    t.add_argument("--received", metavar="YYYY-MM-DD", help="the day the Change Order was "
+                   "received (default: today); effective the 1st of the following month")
+
+
 #: The top-level commands this module adds, by name.
-PARSERS = {"usage": add_usage}
+PARSERS = {"usage": add_usage, "statement": add_statement, "tier": add_tier}

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ..store.errors import StoreError
 from ..store.retention import Policy
 from ..windows import window_start
+from .kinds import check_contract_policy
 from .repository import BackupPlans, PlanErrors
 
 if TYPE_CHECKING:
@@ -25,12 +27,15 @@ Change = tuple[str, str | None, str | None]  # (field, old, new), as the audit k
 
 def edit_host(store: Datastore, plans: BackupPlans, host: str, actor: str,
               plan: Mapping[str, object],
-              policy: object = None, window: object = None) -> list[Change]:
+              policy: object = None, window: object = None, *,
+              allow_custom_retention: bool = False) -> list[Change]:
     """Apply one edit of `host`: `plan` the plan fields to set (checked whole), `policy` a
     retention D-W-M and `window` a window start "HH:MM" -- None leaves either as it is,
     "" returns it to the appliance default. Every changed field, of the plan, the retention
     and the window alike, is audited as one entry by `actor`; a field set to its current
-    value is no change. Returns the changes (field, old, new), in the form's order.
+    value is no change; a retention outside the contract's options (8-5-4, 30-0-0,
+    7-0-0) is refused unless `allow_custom_retention`. Returns the changes (field, old,
+    new), in the form's order.
 
     Raises NotFound for an unknown host and PlanErrors naming every wrong field, in both
     cases before anything is written."""
@@ -40,8 +45,11 @@ def edit_host(store: Datastore, plans: BackupPlans, host: str, actor: str,
             if not isinstance(policy, str):
                 raise ValueError("must be D-W-M (e.g. 8-5-4) or '' for the default")
             policy = str(Policy.parse(policy)) if policy else ""
+            check_contract_policy(policy, allow_custom_retention)
         except ValueError as exc:
             errors.append(("policy", str(exc)))
+        except StoreError as exc:
+            errors.append(("policy", exc.message))
     if window is not None:
         try:
             if not isinstance(window, str):

@@ -73,3 +73,14 @@ class RestoreLedger:
         return [dict(zip(_KEYS, r, strict=True)) for r in self.index.query(
             f"SELECT {', '.join(_KEYS)} FROM restores WHERE requested_at >= ? ORDER BY id",
             (since,))]
+
+    def portal_requests(self, since: float, until: float) -> list[dict]:
+        """Restores asked for through the portal (the page or its API: an account asked) in
+        [since, until), with their push job's state, target and message when they have one:
+        what the restore service level counts (issue 24)."""
+        keys = (*_KEYS, "job_state", "target_host", "job_message", "job_finished_at")
+        return [dict(zip(keys, r, strict=True)) for r in self.index.query(
+            f"SELECT {', '.join('r.' + k for k in _KEYS)}, j.state, j.target_host, j.message, "
+            "j.finished_at FROM restores r LEFT JOIN restore_jobs j ON j.restore_id = r.id "
+            "WHERE r.account IS NOT NULL AND r.via IN ('page', 'push') AND "
+            "r.requested_at >= ? AND r.requested_at < ? ORDER BY r.id", (since, until))]

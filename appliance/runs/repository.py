@@ -226,6 +226,13 @@ class BackupRuns:
             "SELECT host, COUNT(*) FROM backup_runs WHERE in_window = 0 AND finished_at >= ? "
             "AND finished_at < ? GROUP BY host", (since, until)))
 
+    def scheduled_windows(self, host: str) -> list[BackupRun]:
+        """The host's scheduled runs, by window day: each keeps the window it was scheduled
+        in, so a month's service level is counted against the windows then in force."""
+        return [BackupRun.from_row(r) for r in self.index.query(
+            f"SELECT {_COLS} FROM backup_runs WHERE host = ? AND kind = 'scheduled' "
+            "ORDER BY window_day, id", (host,))]
+
     def last_finished(self) -> dict[str, BackupRun]:
         """host -> its latest run that ended (done, partial, failed or missed)."""
         return {r.host: r for r in (BackupRun.from_row(x) for x in self.index.query(

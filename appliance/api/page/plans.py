@@ -19,6 +19,7 @@ from aiohttp import web
 from ...backup_schedule import BackupScheduler
 from ...errors import BadRequest, NotFound
 from ...plans.edit import edit_host
+from ...plans.kinds import KINDS, HostKinds
 from ...pools import run_in
 from ...store.datastore import Datastore
 from ..auth import require_change, require_overview
@@ -33,7 +34,8 @@ PLAN_FIELDS = {"paths", "excludes", "one_file_system", "bandwidth_kbps", "dump_c
 
 class BackupsApi:
     def __init__(self, store: Datastore, pool: Executor, scheduler: BackupScheduler,
-                 wake: Callable[[str], None], default_policy: str) -> None:
+                 wake: Callable[[str], None], default_policy: str,
+                 allow_custom_retention: bool = False) -> None:
         """`wake(host)` makes the host's waiting poll look at once (the agent job channel's wake);
         `default_policy` is the appliance's retention, shown beside a host's own."""
         self.store = store
@@ -41,6 +43,7 @@ class BackupsApi:
         self.scheduler = scheduler
         self.wake = wake
         self.default_policy = default_policy
+        self.allow_custom_retention = allow_custom_retention  # contract options only (#24)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in(self.pool, fn, *args)
@@ -62,6 +65,7 @@ class BackupsApi:
                 "window_start_default": rec["window_start"] is None,
                 "timezone": win.timezone, "timezone_default": self.scheduler.timezone,
                 "policy": rec["policy"], "policy_default": self.default_policy,
+                "kind": HostKinds(self.store.index).kind(host),
                 "agent": self.scheduler.plans.agents().get(host),
                 "plan_audit": self.scheduler.plans.audit(host)}
 
@@ -76,13 +80,18 @@ class BackupsApi:
         who = require_change(request)
         host = request.match_info["host"]
         body = await read_json(request, 256 * 1024, required=True,
-                               allowed=PLAN_FIELDS | {"window_start", "policy"})
+                               allowed=PLAN_FIELDS | {"window_start", "policy", "kind"})
+        kind = body.pop("kind", None)
+        if kind is not None and kind not in KINDS:  # billing (issue 24)
+            raise BadRequest("bad_field", "'kind' must be 'server' or 'pc'")
         window = body.pop("window_start", None)
         policy = body.pop("policy", None)
 
         def apply() -> dict:
             changes = edit_host(self.store, self.scheduler.plans, host, who, body, policy,
-                                window)
+                                window, allow_custom_retention=self.allow_custom_retention)
+            if kind is not None:
+                HostKinds(self.store.index).set(host, kind)
             return {**self._plan_json(host), "changed": [
                 {"field": f, "old": o, "new": n} for f, o, n in changes]}
 

@@ -23,13 +23,14 @@ import { closeDetails, onDetailsClosed, openDetails } from "./view-details.js";
 import { viewHost } from "./view-host.js";
 import { viewJobs } from "./view-jobs.js";
 import { viewOverview } from "./view-overview.js";
+import { viewReports } from "./view-reports.js";
 import { onRestoreSubmit } from "./view-restore.js";
 import { viewHistorySearch, viewSearch } from "./view-search.js";
 import { onLogin, onLogout, showLogin, startSession } from "./view-signin.js";
 
 function wire() {
   useViews({ overview: viewOverview, jobs: viewJobs, host: viewHost, browse: viewBrowse,
-    search: viewSearch, history: viewHistorySearch, openDetails });
+    search: viewSearch, history: viewHistorySearch, reports: viewReports, openDetails });
   whenSessionEnds(() => showLogin("Your session has ended. Please sign in again."));
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", onLogout);

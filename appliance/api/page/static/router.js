@@ -76,6 +76,9 @@ export async function route(first = false) {
     } else if (segs[0] === "jobs" && segs.length === 1) {
       nav = "jobs";
       node = await views.jobs(seq, params.host ? safeDecode(params.host) : "");
+    } else if (segs[0] === "reports" && segs.length === 1) {
+      nav = "reports";
+      node = await views.reports(seq, params.month || "");
     } else if (segs[0] === "host" && segs.length === 2) {
       node = await views.host(seq, segs[1]);
     } else if (segs[0] === "host" && segs.length === 3) {
