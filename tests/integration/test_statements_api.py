@@ -78,8 +78,9 @@ async def test_page_plan_refuses_retentions_outside_the_contract(appliance: Appl
         resp = await s.put("/api/v1/hosts/web01/plan",
                            json={"excludes": ["*.x"], "policy": "3-2-1"})
         body = await resp.json()
-        assert resp.status == 400 and body["error"] == "bad_policy"
-        assert "8-5-4, 30-0-0, 7-0-0" in body["message"]
+        assert resp.status == 400 and body["error"] == "bad_plan"
+        (wrong,) = body["fields"]  # beside its field, like every wrong plan field
+        assert wrong["field"] == "policy" and "8-5-4, 30-0-0, 7-0-0" in wrong["message"]
         resp = await s.put("/api/v1/hosts/web01/plan", json={"policy": "7-0-0"})
         assert resp.status == 200 and (await resp.json())["policy"] == "7-0-0"
         view = await (await s.get("/api/v1/hosts/web01/plan")).json()
