@@ -273,3 +273,32 @@ class BackupPlans:
         """host -> {"last_seen", "version"} of every agent that ever polled."""
         return {h: {"last_seen": t, "version": v} for h, t, v in self.index.query(
             "SELECT host, last_seen, version FROM agents")}
+
+
+#: An agent service that has not polled for this long is offline (it polls every 25 s or so).
+AGENT_OFFLINE_AFTER = 120.0
+
+#: The agent states, in the words the page and `rdr status` show.
+AGENT_STATES = {
+    "never": "never used: no backup has arrived and the agent service never polled",
+    "cli": "used from the command line only: backups arrived, the agent service never polled",
+    "online": "the agent service is polling",
+    "offline": "the agent service stopped polling",
+}
+
+
+def agent_status(agent: dict | None, last_backup: float | None, now: float) -> dict:
+    """What a host's agent is, from its service's last poll (`agent`, a row of
+    `BackupPlans.agents`) and the newest backup that arrived from the host (`last_backup`).
+
+    A poll is the only sign of the service: backups arrive from `rdr-agent backup` as well,
+    so a host whose backups all came from its command line is "cli", not "never" -- the page
+    used to say "never seen" after four backups from a host's shell."""
+    if agent is not None:
+        state = "online" if now - agent["last_seen"] < AGENT_OFFLINE_AFTER else "offline"
+    else:
+        state = "cli" if last_backup is not None else "never"
+    return {"state": state, "online": state == "online", "describe": AGENT_STATES[state],
+            "last_seen": agent["last_seen"] if agent else None,
+            "version": agent["version"] if agent else None,
+            "last_backup": last_backup}

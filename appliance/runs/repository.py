@@ -232,6 +232,19 @@ class BackupRuns:
             f"SELECT {_COLS} FROM backup_runs WHERE id IN (SELECT MAX(id) FROM backup_runs "
             "WHERE state IN ('done', 'partial', 'failed', 'missed') GROUP BY host)"))}
 
+    def ended_since(self, since: float) -> dict[str, list[BackupRun]]:
+        """host -> its runs that ended (done, partial, failed, missed) at or after `since`
+        or whose window opened then, oldest first: what a host's last result is judged on
+        (the worst of its last window's runs, health/hosts.py)."""
+        out: dict[str, list[BackupRun]] = {}
+        for r in self.index.query(
+                f"SELECT {_COLS} FROM backup_runs WHERE state IN ('done', 'partial', "
+                "'failed', 'missed') AND (finished_at >= ? OR window_start >= ?) ORDER BY id",
+                (since, since)):
+            run = BackupRun.from_row(r)
+            out.setdefault(run.host, []).append(run)
+        return out
+
     def last_checked(self) -> dict[str, int | None]:
         """host -> files not backed up by its latest run that committed (the premier
         check's count; None when that run was not checked)."""
