@@ -86,6 +86,8 @@ def plan_changes(a: argparse.Namespace) -> dict[str, object]:
         changes["dump_name"] = a.dump_name or None
     if a.timezone is not None:
         changes["timezone"] = a.timezone or None
+    if a.source is not None:
+        changes["source"] = a.source or None
     if a.one_file_system is not None:
         changes["one_file_system"] = a.one_file_system == "yes"
     return changes
@@ -121,7 +123,8 @@ def print_plan(rec: dict, plan: HostPlan, cfg: Config) -> None:
     if not plan.paths:
         print("  no scheduled backups (no paths in the plan; set them with --paths)")
         return
-    print(f"  paths: {' '.join(plan.paths)}")
+    print(f"  paths: {' '.join(plan.paths)}"
+          f"{f' (backup source {plan.source})' if plan.source else ''}")
     if plan.excludes:
         print(f"  excludes: {' '.join(plan.excludes)}")
     bw = f"{plan.bandwidth_kbps} kbit/s" if plan.bandwidth_kbps else "unlimited"
@@ -248,6 +251,9 @@ def add_hosts(sub: Subparsers, common: Parents) -> None:
     hs.add_argument("--dump-name", metavar="NAME", help="file name of the dump (db.sql)")
     hs.add_argument("--timezone", metavar="ZONE", help="the window's time zone (default: "
                     "the appliance's); '' = default")
+    hs.add_argument("--source", metavar="NAME", help="the backup source the scheduled "
+                    "backups are filed under (retention and 'latest' per source); '' = the "
+                    "name derived from the paths")
     hs.add_argument("--one-file-system", choices=("yes", "no"),
                     help="do not cross into other mounted filesystems")
     hw = command(hsub, "show", show, "a host's plan, agent, recent runs and the files its "

@@ -23,6 +23,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rdr_format.fsutil import atomic_write
+from rdr_format.sources import SourceError, check_explicit
 
 from ..store.errors import NotFound, StoreError
 from ..store.index import Index
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS host_plans (
     dump_name TEXT,
     timezone TEXT,
     paused INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL
+    updated_at REAL,
+    source TEXT
 );
 CREATE TABLE IF NOT EXISTS plan_audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,9 +63,11 @@ CREATE TABLE IF NOT EXISTS agents (
     version TEXT NOT NULL DEFAULT ''
 );
 """
+#: Columns later releases added to the plan table: (table, column, declaration).
+_ADDED = (("host_plans", "source", "TEXT"),)
 #: The plan columns, also the keys of a plan's mirror file.
 _COLS = ("host, paths, excludes, one_file_system, bandwidth_kbps, dump_command, "
-         "dump_name, timezone, paused, updated_at")
+         "dump_name, timezone, paused, updated_at, source")
 
 
 @dataclass(slots=True)
@@ -81,6 +85,9 @@ class HostPlan:
     timezone: str | None = None  # None = the appliance's
     paused: bool = False
     updated_at: float | None = None
+    #: The backup source its scheduled backups are filed under (rdr_format.sources: an
+    #: explicit name); None: the name derived from the paths.
+    source: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -90,7 +97,7 @@ class HostPlan:
         return {"paths": self.paths, "excludes": self.excludes,
                 "one_file_system": self.one_file_system,
                 "bandwidth_kbps": self.bandwidth_kbps, "dump_command": self.dump_command,
-                "dump_name": self.dump_name}
+                "dump_name": self.dump_name, "source": self.source}
 
 
 def _str_list(name: str, value: object, absolute: bool) -> list[str]:
@@ -138,6 +145,15 @@ def check_plan(plan: HostPlan) -> HostPlan:
             raise StoreError("bad_plan", f"unknown time zone {plan.timezone!r}") from None
     else:
         plan.timezone = None
+    if plan.source:
+        if not isinstance(plan.source, str):
+            raise StoreError("bad_plan", "source must be a name")
+        try:
+            check_explicit(plan.source)
+        except SourceError as exc:
+            raise StoreError("bad_plan", f"source: {exc}") from None
+    else:
+        plan.source = None
     return plan
 
 
@@ -152,12 +168,12 @@ class BackupPlans:
         that never write a plan."""
         self.index = index
         self.mirror_dir = mirror_dir
-        index.own_tables(_DDL)
+        index.own_tables(_DDL, _ADDED)
 
     @staticmethod
     def _row(r: tuple) -> HostPlan:
         return HostPlan(r[0], json.loads(r[1]), json.loads(r[2]), bool(r[3]), r[4], r[5],
-                        r[6], r[7], bool(r[8]), r[9])
+                        r[6], r[7], bool(r[8]), r[9], r[10])
 
     def get(self, host: str) -> HostPlan:
         """The host's plan (an empty one if it never had one)."""
@@ -221,10 +237,10 @@ class BackupPlans:
                 db.execute("INSERT INTO plan_audit (host, at, who, field, old, new) "
                            "VALUES (?, ?, ?, ?, ?, ?)", audit)
             db.execute(f"INSERT OR REPLACE INTO host_plans ({_COLS}) VALUES "
-                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (p.host, json.dumps(p.paths), json.dumps(p.excludes),
                         int(p.one_file_system), p.bandwidth_kbps, p.dump_command, p.dump_name,
-                        p.timezone, int(p.paused), p.updated_at))
+                        p.timezone, int(p.paused), p.updated_at, p.source))
         self._mirror(p)
 
     def _mirror(self, p: HostPlan) -> None:
@@ -233,7 +249,8 @@ class BackupPlans:
         rec = {"host": p.host, "paths": json.dumps(p.paths), "excludes": json.dumps(p.excludes),
                "one_file_system": int(p.one_file_system), "bandwidth_kbps": p.bandwidth_kbps,
                "dump_command": p.dump_command, "dump_name": p.dump_name,
-               "timezone": p.timezone, "paused": int(p.paused), "updated_at": p.updated_at}
+               "timezone": p.timezone, "paused": int(p.paused), "updated_at": p.updated_at,
+               "source": p.source}
         self.mirror_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.mirror_dir / f"{p.host}.json", json.dumps(rec).encode(), 0o600)
 
