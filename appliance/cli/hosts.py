@@ -136,7 +136,10 @@ def print_plan(rec: dict, plan: HostPlan, cfg: Config) -> None:
 
 
 def show(ctx: Context) -> int:
+    import time
+
     from .. import wiring
+    from ..plans.repository import agent_status
 
     name = ctx.args.name
     with ctx.stored() as store:
@@ -147,9 +150,13 @@ def show(ctx: Context) -> int:
         gaps = history.gaps(name)
         agent = plans.agents().get(name)
         audit = plans.audit(name, 5)
+        snaps = store.index.snapshots(name)
+    # the service's last poll, or the backups that came from the host's command line
+    state = agent_status(agent, snaps[-1].received_at if snaps else None, time.time())
     if ctx.args.json:
         rec.pop("token_hash", None)
         print_json({"host": rec, "plan": plan.to_json(), "agent": agent,
+                    "agent_state": state["state"],
                     "runs": [r.to_json() for r in runs], "not_backed_up": gaps,
                     "plan_audit": audit})
         return 0
@@ -157,8 +164,8 @@ def show(ctx: Context) -> int:
     for a in audit:
         print(f"  dump command changed {ts(a['at'])} by {a['who']}: "
               f"{a['old'] or '(none)'} -> {a['new'] or '(none)'}")
-    seen = "never seen" if agent is None else \
-        f"last seen {ts(agent['last_seen'])} ({agent['version']})"
+    seen = state["describe"] if agent is None else \
+        f"{state['describe']}, last poll {ts(agent['last_seen'])} ({agent['version']})"
     print(f"  agent: {seen}")
     print("  recent runs:")
     for r in runs:
@@ -166,12 +173,14 @@ def show(ctx: Context) -> int:
         print(f"    {r.id:>5} {r.kind:9} {r.state:8} {ts(r.created_at)}{where}"
               f"{', MISSED window ' + (r.window_day or '') if r.missed else ''}"
               f"{': ' + r.message if r.message else ''}")
-    if gaps["run"] is not None:
-        print(f"  premier check of {gaps['snapshot']}: {gaps['count']} files not backed up")
-        for f in gaps["files"][:50]:
+    for g in gaps["sources"]:  # the premier check, per backup source
+        source = f" (source {g['source']})" if g["source"] else ""
+        print(f"  premier check of {g['snapshot']}{source}: "
+              f"{plural(g['count'], 'file')} not backed up")
+        for f in g["files"][:50]:
             print(f"    {f['reason']:10} {f['path']}  {f['detail']}")
-        if gaps["count"] > 50:
-            print(f"    ... and {gaps['count'] - 50} more (--json)")
+        if g["count"] > 50:
+            print(f"    ... and {g['count'] - 50} more (--json)")
     return 0
 
 

@@ -284,6 +284,9 @@ def test_the_readme_runs_in_order_and_prunes_nothing_backed_up(newcomer: Newcome
     # --- what the newcomer saw along the way ---------------------------------------------
     restored = next(s for s in steps if "restore latest /etc/hosts" in s.line)
     assert "using snapshot" in restored.err  # it says which snapshot "latest" was
+    # before the agent service ran, the host's backups came from its command line
+    show = next(s for s in steps if re.search(r"rdr hosts show web01\b", s.line))
+    assert "agent: used from the command line only" in show.out, show.out
     status = next(s for s in steps if re.search(r"rdr status\b", s.line))
     assert "last result" in status.out and "agent service online" in status.out, status.out
     pruned = [s for s in steps if re.search(r"rdr prune\b(?! --dry-run)", s.line)]
