@@ -120,9 +120,24 @@ function resultCell(x) {
   if (x.backup) result.append(" ", badge(`backup ${x.backup.state}`, x.backup.state === "paused" ? "warn" : "info"));
   const runs = (x.last_window && x.last_window.outcomes) || [];
   // The worst of the last window's runs, with its reason on the page, not only in a tooltip.
-  const sub = runs.length > 1 || x.last_result === "partial" || x.last_result === "failed"
+  const sub = runs.length > 1
     ? h("div", { class: "sub result-detail" }, `worst of ${runs.length} in the last window`) : null;
   return h("td", { title: x.last_result_detail || "", class: "nowrap" }, result, sub);
+}
+
+// Three sizes, each saying what it is: the latest backup (the newest snapshot of each
+// source), what the host's snapshots hold on the data disk, and this month's GB protected.
+function sizeCell(x) {
+  const stored = x.stored_bytes === null || x.stored_bytes === undefined
+    ? h("span", { title: "measured by the daily usage sample; none yet" }, "stored –")
+    : h("span", { title: `chunk files its snapshots reference (shared ones counted for each host), measured ${x.stored_measured}` },
+      `stored ${fmtBytes(x.stored_bytes)}`);
+  const protectedGb = x.protected_gb === null || x.protected_gb === undefined ? "–" : `${x.protected_gb.toFixed(x.protected_gb < 1 ? 3 : 2)} GB`;
+  return h("td", { class: "num nowrap", data: { sizes: x.name } },
+    h("span", { title: `the newest snapshot of each of ${x.sources} backup source(s): ${fmtNum(x.latest_files)} files` },
+      `latest ${fmtBytes(x.latest_bytes)}`),
+    h("div", { class: "sub" }, stored),
+    h("div", { class: "sub", title: "this month's largest backup, as billed" }, `protected ${protectedGb}`));
 }
 
 function hostsTable(hosts) {
@@ -133,9 +148,6 @@ function hostsTable(hosts) {
   const tbody = h("tbody");
   for (const x of hosts) {
     const warn = needsAttention(x);
-    const stored = x.stored_bytes === null || x.stored_bytes === undefined
-      ? h("span", { class: "muted", title: "measured by the daily usage sample; none yet" }, "–")
-      : h("span", { title: `chunks its snapshots reference, measured ${x.stored_measured}` }, fmtBytes(x.stored_bytes));
     tbody.append(h("tr", { class: warn ? "row-warn" : null, data: { host: x.name } },
       h("th", { scope: "row" }, h("a", { href: href.host(x.name), class: "host-link", data: { host: x.name } }, x.name)),
       h("td", {}, x.last_success
@@ -146,11 +158,7 @@ function hostsTable(hosts) {
       h("td", {}, timeEl(x.next_window),
         h("div", { class: "sub", title: `The backup window opens daily at this time in ${x.timezone}` },
           `daily at ${x.window_start} ${x.timezone}`)),
-      h("td", { class: "num", title: `the newest snapshot of each of ${x.sources} backup source(s), ${fmtNum(x.latest_files)} files` },
-        fmtBytes(x.latest_bytes)),
-      h("td", { class: "num" }, stored),
-      h("td", { class: "num", title: "this month's largest backup, as billed" },
-        x.protected_gb === null || x.protected_gb === undefined ? "–" : `${x.protected_gb.toFixed(2)} GB`),
+      sizeCell(x),
       h("td", { class: "num" }, fmtNum(x.snapshots)),
       h("td", {}, x.snapshots ? (x.replicated ? "yes" : "no") : "–"),
       h("td", { class: "actions" }, x.last_snapshot
@@ -161,11 +169,11 @@ function hostsTable(hosts) {
       const more = x.warning && x.last_result_detail && (x.last_result === "partial" || x.last_result === "failed")
         ? `; last result ${x.last_result}: ${x.last_result_detail}` : "";
       tbody.append(h("tr", { class: "warn-row" },
-        h("td", { colspan: "11" }, h("span", { class: "warn-mark", "aria-hidden": "true" }, "!"), " ",
+        h("td", { colspan: "9" }, h("span", { class: "warn-mark", "aria-hidden": "true" }, "!"), " ",
           h("strong", {}, `${x.name}: `), text + more)));
     }
   }
   return gridTable({ id: "hosts-table", "aria-labelledby": "hosts-title" },
-    ["Host", "Last success", "Last result", "Agent", "Next window", "Latest backup",
-      "Stored", "Protected", "Snapshots", "Replicated", ""], [5, 6, 7, 8], tbody);
+    ["Host", "Last success", "Last result", "Agent", "Next window", "Size", "Snapshots",
+      "Replicated", ""], [5, 6], tbody);
 }
