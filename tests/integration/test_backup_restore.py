@@ -535,3 +535,19 @@ async def test_a_new_agent_backs_up_to_an_appliance_older_than_sources(
                                str(tmp_path / "out"))
     assert rc == 0, err
     assert_same_tree(src, restored_root(tmp_path / "out", src))
+
+
+async def test_an_empty_stdin_is_refused_not_stored_as_a_dump(appliance: Appliance,
+                                                              tmp_path: Path) -> None:
+    """`pg_dump db | rdr-agent backup --stdin --name db.sql` whose pg_dump failed (no server,
+    no database) sends nothing: one line and exit 1, not an empty db.sql that looks backed up
+    (the README runs that line: tests/system/test_readme.py)."""
+    token = appliance.add_host("web01")
+    rc, out, err = await agent(appliance, token, tmp_path / "state", "backup", "--stdin",
+                               "--name", "db.sql", stdin=b"")
+    assert rc == 1 and "standard input is empty" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert appliance.store.index.snapshots("web01") == []
+    rc, res, err = await agent(appliance, token, tmp_path / "state", "backup", "--stdin",
+                               "--name", "db.sql", stdin=b"x")
+    assert rc == 0 and res["files"] == 1, err
