@@ -383,7 +383,8 @@ async def cmd_plan(args: argparse.Namespace, st: AgentSettings) -> int:
     if not plan["paths"]:
         print("  no scheduled backups (the appliance has no paths for this host)")
         return 0
-    print(f"  paths: {' '.join(plan['paths'])}")
+    print(f"  paths: {' '.join(plan['paths'])}"
+          f"{' (backup source ' + plan['source'] + ')' if plan.get('source') else ''}")
     if plan["excludes"]:
         print(f"  excludes: {' '.join(plan['excludes'])}")
     if plan["bandwidth_kbps"]:

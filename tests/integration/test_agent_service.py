@@ -301,10 +301,11 @@ async def test_agent_channel_refuses_bad_reports(app: Appliance, tmp_path: Path)
         assert (await resp.json())["plan"]["paths"] == [str(tmp_path)]
     assert wiring.runs(app.store).get(run.id).state == "failed"
     assert "pc1" in wiring.plans(app.store).agents()  # its poll was its heartbeat
-    wiring.plans(app.store).update("pc1", dump_command="pg_dump shop", dump_name="shop.sql")
+    wiring.plans(app.store).update("pc1", dump_command="pg_dump shop", dump_name="shop.sql",
+                                   source="nightly")
     rc, out, err = await run_cmd(agent_cmd() + ["plan"], app.env(token, tmp_path / "state"))
     assert rc == 0, err
-    assert f"paths: {tmp_path}" in out
+    assert f"paths: {tmp_path} (backup source nightly)" in out
     assert "pg_dump shop > shop.sql (NOT run here: allow_dump_commands is off)" in out
 
 
