@@ -54,7 +54,7 @@ class Outcome:
 
     at: float  # when it counts (a scheduled run: its window's opening)
     result: str  # ok | partial | failed | running
-    kind: str  # scheduled | manual | command line | session
+    kind: str  # scheduled | manual | command line | backup (older than the runs read) | session
     detail: str
     run: int | None = None
     snapshot: str | None = None
@@ -65,10 +65,12 @@ class Outcome:
 
 
 def outcomes(rows: list[SnapshotRow], runs: list[BackupRun],
-             session: tuple[str, float | None, float] | None) -> list[Outcome]:
+             session: tuple[str, float | None, float] | None,
+             runs_since: float = 0.0) -> list[Outcome]:
     """Every outcome known for one host, oldest first. A snapshot a run committed is that
-    run's outcome (its message says more than the snapshot); the others came from the
-    host's command line."""
+    run's outcome (its message says more than the snapshot); the others since `runs_since`
+    (from when `runs` were read) came from the host's command line; older ones are just
+    backups (their runs were not read)."""
     out: list[Outcome] = []
     by_run = {r.snapshot for r in runs if r.snapshot}
     for r in runs:
@@ -86,13 +88,14 @@ def outcomes(rows: list[SnapshotRow], runs: list[BackupRun],
         if s.snapshot in by_run:
             continue
         what = f"backup {s.snapshot}" + (f" of {s.source}" if s.source else "")
+        kind = "command line" if s.received_at >= runs_since else "backup"
         if s.unreadable_count:
-            out.append(Outcome(s.received_at, "partial", "command line",
+            out.append(Outcome(s.received_at, "partial", kind,
                                f"{what}: {s.unreadable_count} "
                                f"file{'s' if s.unreadable_count != 1 else ''} could not be read",
                                snapshot=s.snapshot))
         else:
-            out.append(Outcome(s.received_at, "ok", "command line", f"{what} completed",
+            out.append(Outcome(s.received_at, "ok", kind, f"{what} completed",
                                snapshot=s.snapshot))
     if session is not None:
         state, closed, created = session
@@ -151,7 +154,8 @@ def host_summaries(index: Index, tz: str, default_window: str,
     runs = BackupRuns(index)
     active = runs.active()
     last_runs = {host: run.to_json() for host, run in runs.last_finished().items()}
-    ended = runs.ended_since(now.timestamp() - LOOKBACK)
+    since = now.timestamp() - LOOKBACK
+    ended = runs.ended_since(since)
     checked = runs.last_checked()
     snaps: dict[str, list[SnapshotRow]] = {}
     for row in index.snapshots():
@@ -176,7 +180,7 @@ def host_summaries(index: Index, tz: str, default_window: str,
             registered = datetime.fromtimestamp(h["created_at"], UTC)
             if registered <= o:
                 missed = not any(o.timestamp() <= r.received_at < c.timestamp() for r in rows)
-        found = outcomes(rows, ended.get(name, []), last_session.get(name))
+        found = outcomes(rows, ended.get(name, []), last_session.get(name), since)
         if found:
             opened, window = last_window(found, start, tz)
             result, detail = judge(window)

@@ -186,3 +186,13 @@ def test_the_summary_reads_stored_from_the_newest_usage_sample(tmp_path: Path) -
     assert web["stored_bytes"] > 0 and web["stored_measured"] is not None
     assert web["protected_gb"] == round(1000 / GB, 3)
     assert web["latest_bytes"] == 1000 and web["agent"]["state"] == "cli"
+
+
+def test_a_host_silent_for_long_is_judged_on_what_it_last_sent(store: Datastore) -> None:
+    """Runs are read for the last 8 days; an older backup still gives the last result,
+    named a backup (whether a run sent it was not read)."""
+    _host(store, "old01")
+    _backup(store, "old01", OPENS, {b"a": b"1"})
+    row = _status(store, OPENS + timedelta(days=10))["old01"]
+    assert row["last_result"] == "ok"
+    assert [o["kind"] for o in row["last_window"]["outcomes"]] == ["backup"]
