@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rdr_agent import bundle_use, latest
+from rdr_agent import bundle_use, compat, latest
 from rdr_agent.bundle_use import ChunkUse, low_use_bundles
 from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, cut_stream, new_cdc
@@ -555,7 +555,7 @@ class Archiver:
                     "unreadable_count": len(unreadable),
                 }
                 try:
-                    result = await self.client.commit(sid, body)
+                    result = await compat.commit(self.client, sid, body)
                     break
                 except ApplianceError as exc:
                     if exc.code != "unproven_chunks" or attempt == MAX_PASSES \

@@ -133,6 +133,11 @@ async def cmd_backup(args: argparse.Namespace, st: AgentSettings) -> int:
         name = os.fsencode(args.name)
         if b"/" in name or name in (b".", b".."):
             raise SettingsError("--name must be a plain file name")
+        # `pg_dump db | rdr-agent backup --stdin`: a dump that failed sends nothing, and an
+        # empty backup would look like a good one (peek keeps the bytes for the backup).
+        if not sys.stdin.buffer.peek(1):
+            raise SettingsError("standard input is empty: nothing backed up (did the command "
+                                "before '|' fail?)")
     elif not args.paths:
         raise SettingsError("give at least one path to back up (or --stdin --name NAME)")
     if args.source is not None:
@@ -378,7 +383,8 @@ async def cmd_plan(args: argparse.Namespace, st: AgentSettings) -> int:
     if not plan["paths"]:
         print("  no scheduled backups (the appliance has no paths for this host)")
         return 0
-    print(f"  paths: {' '.join(plan['paths'])}")
+    print(f"  paths: {' '.join(plan['paths'])}"
+          f"{' (backup source ' + plan['source'] + ')' if plan.get('source') else ''}")
     if plan["excludes"]:
         print(f"  excludes: {' '.join(plan['excludes'])}")
     if plan["bandwidth_kbps"]:

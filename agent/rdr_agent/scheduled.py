@@ -130,8 +130,10 @@ class BackupRunner:
                     return None
                 archiver = Archiver(self.client, self.settings.state_dir)
                 stats = archiver.stats
+                # The plan's source name, if it gives one (an older appliance sends none).
                 return await archiver.backup(present, excludes=excludes,
-                                             one_file_system=one_fs)
+                                             one_file_system=one_fs,
+                                             source=plan.get("source") or None)
 
             res = await self._supervised(rid, work(), lambda: stats, stop)
             if res is None:

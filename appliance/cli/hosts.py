@@ -92,6 +92,8 @@ def plan_changes(a: argparse.Namespace) -> dict[str, object]:
         changes["dump_name"] = a.dump_name or None
     if a.timezone is not None:
         changes["timezone"] = a.timezone or None
+    if a.source is not None:
+        changes["source"] = a.source or None
     if a.one_file_system is not None:
         changes["one_file_system"] = a.one_file_system == "yes"
     return changes
@@ -128,7 +130,8 @@ def print_plan(rec: dict, plan: HostPlan, cfg: Config) -> None:
     if not plan.paths:
         print("  no scheduled backups (no paths in the plan; set them with --paths)")
         return
-    print(f"  paths: {' '.join(plan.paths)}")
+    print(f"  paths: {' '.join(plan.paths)}"
+          f"{f' (backup source {plan.source})' if plan.source else ''}")
     if plan.excludes:
         print(f"  excludes: {' '.join(plan.excludes)}")
     bw = f"{plan.bandwidth_kbps} kbit/s" if plan.bandwidth_kbps else "unlimited"
@@ -140,7 +143,10 @@ def print_plan(rec: dict, plan: HostPlan, cfg: Config) -> None:
 
 
 def show(ctx: Context) -> int:
+    import time
+
     from .. import wiring
+    from ..plans.repository import agent_status
 
     name = ctx.args.name
     with ctx.stored() as store:
@@ -151,9 +157,13 @@ def show(ctx: Context) -> int:
         gaps = history.gaps(name)
         agent = plans.agents().get(name)
         audit = plans.audit(name, 5)
+        snaps = store.index.snapshots(name)
+    # the service's last poll, or the backups that came from the host's command line
+    state = agent_status(agent, snaps[-1].received_at if snaps else None, time.time())
     if ctx.args.json:
         rec.pop("token_hash", None)
         print_json({"host": rec, "plan": plan.to_json(), "agent": agent,
+                    "agent_state": state["state"],
                     "runs": [r.to_json() for r in runs], "not_backed_up": gaps,
                     "plan_audit": audit})
         return 0
@@ -161,8 +171,8 @@ def show(ctx: Context) -> int:
     for a in audit:
         print(f"  {a['field']} changed {ts(a['at'])} by {a['who']}: "
               f"{a['old'] or '(none)'} -> {a['new'] or '(none)'}")
-    seen = "never seen" if agent is None else \
-        f"last seen {ts(agent['last_seen'])} ({agent['version']})"
+    seen = state["describe"] if agent is None else \
+        f"{state['describe']}, last poll {ts(agent['last_seen'])} ({agent['version']})"
     print(f"  agent: {seen}")
     print("  recent runs:")
     for r in runs:
@@ -170,12 +180,14 @@ def show(ctx: Context) -> int:
         print(f"    {r.id:>5} {r.kind:9} {r.state:8} {ts(r.created_at)}{where}"
               f"{', MISSED window ' + (r.window_day or '') if r.missed else ''}"
               f"{': ' + r.message if r.message else ''}")
-    if gaps["run"] is not None:
-        print(f"  premier check of {gaps['snapshot']}: {gaps['count']} files not backed up")
-        for f in gaps["files"][:50]:
+    for g in gaps["sources"]:  # the premier check, per backup source
+        source = f" (source {g['source']})" if g["source"] else ""
+        print(f"  premier check of {g['snapshot']}{source}: "
+              f"{plural(g['count'], 'file')} not backed up")
+        for f in g["files"][:50]:
             print(f"    {f['reason']:10} {f['path']}  {f['detail']}")
-        if gaps["count"] > 50:
-            print(f"    ... and {gaps['count'] - 50} more (--json)")
+        if g["count"] > 50:
+            print(f"    ... and {g['count'] - 50} more (--json)")
     return 0
 
 
@@ -257,6 +269,9 @@ def add_hosts(sub: Subparsers, common: Parents) -> None:
     hs.add_argument("--dump-name", metavar="NAME", help="file name of the dump (db.sql)")
     hs.add_argument("--timezone", metavar="ZONE", help="the window's time zone (default: "
                     "the appliance's); '' = default")
+    hs.add_argument("--source", metavar="NAME", help="the backup source the scheduled "
+                    "backups are filed under (retention and 'latest' per source); '' = the "
+                    "name derived from the paths")
     hs.add_argument("--one-file-system", choices=("yes", "no"),
                     help="do not cross into other mounted filesystems")
     hw = command(hsub, "show", show, "a host's plan, agent, recent runs and the files its "

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from rdr_agent.util.textfmt import human_bytes
+
 from .core import Context, Parents, Subparsers, command, print_json, ts
+
+#: Results whose reason `rdr status` prints (the worst of the host's last window).
+BAD = ("partial", "failed")
+AGENT_WORDS = {"never": "never used", "cli": "used from the command line only",
+               "online": "service online", "offline": "service OFFLINE"}
 
 
 def status(ctx: Context) -> int:
@@ -31,6 +38,11 @@ def status(ctx: Context) -> int:
             f"{h['window_success_rate'] * 100:.0f}%"
         print(f"  host {h['host']:20} last backup {ts(h['last_backup'])}, windows {rate}"
               f"{', missed ' + ', '.join(h['missed_days']) if h['missed_days'] else ''}")
+        stored = "-" if h["stored_bytes"] is None else human_bytes(h["stored_bytes"])
+        print(f"       last result {h['last_result']}"
+              f"{': ' + h['last_result_detail'] if h['last_result'] in BAD else ''}; "
+              f"agent {AGENT_WORDS[h['agent']]}; latest {human_bytes(h['latest_bytes'])}, "
+              f"stored {stored}, protected {h['protected_gb'] or 0:.2f} GB")
     r = st["replication"]
     if r is not None:
         behind = "-" if r["lag"]["seconds"] is None else f"{r['lag']['seconds']:.0f} s"

@@ -22,6 +22,7 @@ def gather(cfg: Config, summary: ApplianceSummary) -> dict:
     live = PublishedHealth(idx).latest()
     stale = live is None or time.time() - live["at"] > 60
     hosts = {h["host"]: h for h in report["hosts"]}
+    status = {h["name"]: h for h in summary.hosts()}
     return {
         "version": summary.identity()["version"], "serial": summary.serial,
         "data_dir": str(cfg.data_dir),
@@ -35,9 +36,15 @@ def gather(cfg: Config, summary: ApplianceSummary) -> dict:
                                            "early_termination_flag")},
         "hosts": [{"host": h["name"], "snapshots": h["snapshots"],
                    "last_backup": h["last_backup"],
+                   "last_result": status[h["name"]]["last_result"],
+                   "last_result_detail": status[h["name"]]["last_result_detail"],
+                   "agent": status[h["name"]]["agent"]["state"],
+                   "latest_bytes": status[h["name"]]["latest_bytes"],
+                   "stored_bytes": status[h["name"]]["stored_bytes"],
+                   "protected_gb": status[h["name"]]["protected_gb"],
                    "window_success_rate": hosts.get(h["name"], {}).get("success_rate"),
                    "missed_days": hosts.get(h["name"], {}).get("missed_days", [])}
-                  for h in summary.host_records()],
+                  for h in summary.host_records() if h["name"] in status],
         "replication": summary.replication(),
         "hardware": {"disks": (live or {}).get("disks", {}), "links": (live or {}).get(
             "links", {}), "tunnel_up": (live or {}).get("tunnel_up")} if live else None,

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 
 from .. import __version__
-from ..capacity.hosts import host_summaries
+from ..capacity.report import max_protected_by_host, month_of
 from ..capacity.service import CapacityService
 from ..store.datastore import Datastore
+from .hosts import host_summaries
+
+#: The newest usage sample older than this is not shown as the hosts' stored bytes.
+STORED_SAMPLE_DAYS = 7
 
 
 class ApplianceSummary:
@@ -60,8 +65,26 @@ class ApplianceSummary:
         return self._capacity.report()
 
     def hosts(self) -> list[dict]:
-        """Each host's schedule, agent and last run (what a missed window is judged on)."""
-        return host_summaries(self.store.index, self.timezone, self.default_window)
+        """Each host's last result (the worst of its last window), sizes (latest, stored,
+        protected), agent state, schedule and runs (health/hosts.py)."""
+        now = datetime.now(UTC)
+        return host_summaries(
+            self.store.index, self.timezone, self.default_window, now,
+            stored=self.stored_by_host(now),
+            protected_gb=max_protected_by_host(self.store.index,
+                                               month_of(now, self.timezone), self.timezone))
+
+    def stored_by_host(self, now: datetime) -> tuple[str, dict[str, int]] | None:
+        """(day, host -> bytes of the chunk files its snapshots reference) from the newest
+        daily usage sample of the last week; None when there is none. The scan reads every
+        chunk, so the summary shows the daily figure with its day rather than scanning."""
+        since = (now - timedelta(days=STORED_SAMPLE_DAYS)).date().isoformat()
+        samples = self._capacity.samples(since)
+        if not samples:
+            return None
+        last = samples[-1]
+        return last["day"], {h: int(u.get("stored_referenced", 0))
+                             for h, u in (last.get("hosts") or {}).items()}
 
     def host_records(self) -> list[dict]:
         """Each host's stored snapshots and newest receive time."""

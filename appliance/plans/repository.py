@@ -24,6 +24,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rdr_format.fsutil import atomic_write
+from rdr_format.sources import SourceError, check_explicit
 
 from ..store.errors import NotFound, StoreError
 from ..store.index import Index
@@ -44,7 +45,8 @@ CREATE TABLE IF NOT EXISTS host_plans (
     dump_name TEXT,
     timezone TEXT,
     paused INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL
+    updated_at REAL,
+    source TEXT
 );
 CREATE TABLE IF NOT EXISTS plan_audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,9 +64,11 @@ CREATE TABLE IF NOT EXISTS agents (
     version TEXT NOT NULL DEFAULT ''
 );
 """
+#: Columns later releases added to the plan table: (table, column, declaration).
+_ADDED = (("host_plans", "source", "TEXT"),)
 #: The plan columns, also the keys of a plan's mirror file.
 _COLS = ("host, paths, excludes, one_file_system, bandwidth_kbps, dump_command, "
-         "dump_name, timezone, paused, updated_at")
+         "dump_name, timezone, paused, updated_at, source")
 
 
 @dataclass(slots=True)
@@ -82,6 +86,9 @@ class HostPlan:
     timezone: str | None = None  # None = the appliance's
     paused: bool = False
     updated_at: float | None = None
+    #: The backup source its scheduled backups are filed under (rdr_format.sources: an
+    #: explicit name); None: the name derived from the paths.
+    source: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -91,7 +98,7 @@ class HostPlan:
         return {"paths": self.paths, "excludes": self.excludes,
                 "one_file_system": self.one_file_system,
                 "bandwidth_kbps": self.bandwidth_kbps, "dump_command": self.dump_command,
-                "dump_name": self.dump_name}
+                "dump_name": self.dump_name, "source": self.source}
 
 
 class PlanErrors(StoreError):
@@ -163,6 +170,15 @@ def plan_errors(plan: HostPlan) -> list[tuple[str, str]]:
             errors.append(("timezone", f"unknown time zone {plan.timezone!r}"))
     else:
         plan.timezone = None
+    if plan.source:
+        try:
+            if not isinstance(plan.source, str):
+                raise SourceError("must be a name")
+            check_explicit(plan.source)
+        except SourceError as exc:
+            errors.append(("source", str(exc)))
+    else:
+        plan.source = None
     return errors
 
 
@@ -184,7 +200,7 @@ def audit_text(value: object) -> str | None:
 
 #: The fields an edit may change, in the order they are audited and reported.
 EDITABLE = ("paths", "excludes", "one_file_system", "bandwidth_kbps", "dump_command",
-            "dump_name", "timezone")
+            "dump_name", "timezone", "source")
 
 
 class BackupPlans:
@@ -196,12 +212,12 @@ class BackupPlans:
         that never write a plan."""
         self.index = index
         self.mirror_dir = mirror_dir
-        index.own_tables(_DDL)
+        index.own_tables(_DDL, _ADDED)
 
     @staticmethod
     def _row(r: tuple) -> HostPlan:
         return HostPlan(r[0], json.loads(r[1]), json.loads(r[2]), bool(r[3]), r[4], r[5],
-                        r[6], r[7], bool(r[8]), r[9])
+                        r[6], r[7], bool(r[8]), r[9], r[10])
 
     def get(self, host: str) -> HostPlan:
         """The host's plan (an empty one if it never had one)."""
@@ -281,10 +297,10 @@ class BackupPlans:
             db.executemany("INSERT INTO plan_audit (host, at, who, field, old, new) "
                            "VALUES (?, ?, ?, ?, ?, ?)", audit)
             db.execute(f"INSERT OR REPLACE INTO host_plans ({_COLS}) VALUES "
-                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (p.host, json.dumps(p.paths), json.dumps(p.excludes),
                         int(p.one_file_system), p.bandwidth_kbps, p.dump_command, p.dump_name,
-                        p.timezone, int(p.paused), p.updated_at))
+                        p.timezone, int(p.paused), p.updated_at, p.source))
         self._mirror(p)
 
     def _mirror(self, p: HostPlan) -> None:
@@ -293,7 +309,8 @@ class BackupPlans:
         rec = {"host": p.host, "paths": json.dumps(p.paths), "excludes": json.dumps(p.excludes),
                "one_file_system": int(p.one_file_system), "bandwidth_kbps": p.bandwidth_kbps,
                "dump_command": p.dump_command, "dump_name": p.dump_name,
-               "timezone": p.timezone, "paused": int(p.paused), "updated_at": p.updated_at}
+               "timezone": p.timezone, "paused": int(p.paused), "updated_at": p.updated_at,
+               "source": p.source}
         self.mirror_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.mirror_dir / f"{p.host}.json", json.dumps(rec).encode(), 0o600)
 
@@ -333,3 +350,32 @@ class BackupPlans:
         """host -> {"last_seen", "version"} of every agent that ever polled."""
         return {h: {"last_seen": t, "version": v} for h, t, v in self.index.query(
             "SELECT host, last_seen, version FROM agents")}
+
+
+#: An agent service that has not polled for this long is offline (it polls every 25 s or so).
+AGENT_OFFLINE_AFTER = 120.0
+
+#: The agent states, in the words the page and `rdr status` show.
+AGENT_STATES = {
+    "never": "never used: no backup has arrived and the agent service never polled",
+    "cli": "used from the command line only: backups arrived, the agent service never polled",
+    "online": "the agent service is polling",
+    "offline": "the agent service stopped polling",
+}
+
+
+def agent_status(agent: dict | None, last_backup: float | None, now: float) -> dict:
+    """What a host's agent is, from its service's last poll (`agent`, a row of
+    `BackupPlans.agents`) and the newest backup that arrived from the host (`last_backup`).
+
+    A poll is the only sign of the service: backups arrive from `rdr-agent backup` as well,
+    so a host whose backups all came from its command line is "cli", not "never" -- the page
+    used to say "never seen" after four backups from a host's shell."""
+    if agent is not None:
+        state = "online" if now - agent["last_seen"] < AGENT_OFFLINE_AFTER else "offline"
+    else:
+        state = "cli" if last_backup is not None else "never"
+    return {"state": state, "online": state == "online", "describe": AGENT_STATES[state],
+            "last_seen": agent["last_seen"] if agent else None,
+            "version": agent["version"] if agent else None,
+            "last_backup": last_backup}

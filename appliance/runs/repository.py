@@ -19,6 +19,9 @@ backup committed inside it: the service-level miss, whether the agent was offlin
 failed, or it is still running past the window (it may finish later, out of the window).
 
 No web framework here: errors are the store's classes, mapped to statuses by the HTTP layer.
+The premier check's list is kept per backup source (a run is filed under its snapshot's
+source): a backup of one source does not clear what another's check found.
+
 This package owns its tables (`backup_runs`, `coverage_gaps`; `Index.own_tables`); nothing
 else writes them.
 """
@@ -77,6 +80,10 @@ CREATE TABLE IF NOT EXISTS coverage_gaps (
 );
 CREATE INDEX IF NOT EXISTS coverage_gaps_run ON coverage_gaps(run_id);
 """
+#: Columns later releases added: (table, column, declaration). A run's `source` is its
+#: snapshot's backup source, kept with the run so its premier check stays filed under it
+#: after retention removed the snapshot.
+_ADDED = (("backup_runs", "source", "TEXT"),)
 
 _COLS = ("id, host, kind, window_day, window_start, window_end, due_at, state, requested_by, "
          "created_at, started_at, updated_at, finished_at, files, bytes, snapshot, in_window, "
@@ -156,7 +163,7 @@ class BackupRuns:
 
     def __init__(self, index: Index) -> None:
         self.index = index
-        index.own_tables(_DDL)
+        index.own_tables(_DDL, _ADDED)
 
     # --- creating runs ------------------------------------------------------------------
     def schedule(self, host: str, day: str, opens: float, closes: float, due_at: float,
@@ -239,12 +246,29 @@ class BackupRuns:
             f"SELECT {_COLS} FROM backup_runs WHERE id IN (SELECT MAX(id) FROM backup_runs "
             "WHERE state IN ('done', 'partial', 'failed', 'missed') GROUP BY host)"))}
 
-    def last_checked(self) -> dict[str, int | None]:
-        """host -> files not backed up by its latest run that committed (the premier
-        check's count; None when that run was not checked)."""
-        return dict(self.index.query(
-            "SELECT host, not_backed_up FROM backup_runs r WHERE id = (SELECT MAX(id) FROM "
-            "backup_runs WHERE host = r.host AND state IN ('done', 'partial'))"))
+    def ended_since(self, since: float) -> dict[str, list[BackupRun]]:
+        """host -> its runs that ended (done, partial, failed, missed) at or after `since`
+        or whose window opened then, oldest first: what a host's last result is judged on
+        (the worst of its last window's runs, health/hosts.py)."""
+        out: dict[str, list[BackupRun]] = {}
+        for r in self.index.query(
+                f"SELECT {_COLS} FROM backup_runs WHERE state IN ('done', 'partial', "
+                "'failed', 'missed') AND (finished_at >= ? OR window_start >= ?) ORDER BY id",
+                (since, since)):
+            run = BackupRun.from_row(r)
+            out.setdefault(run.host, []).append(run)
+        return out
+
+    def last_checked(self) -> dict[str, int]:
+        """host -> files not backed up by the latest checked run of each of its backup
+        sources, summed (the premier check's count)."""
+        out: dict[str, int] = {}
+        for host, count in self.index.query(
+                "SELECT host, not_backed_up FROM backup_runs WHERE id IN (SELECT MAX(id) "
+                "FROM backup_runs WHERE state IN ('done', 'partial') AND snapshot IS NOT NULL "
+                "GROUP BY host, COALESCE(source, ''))"):
+            out[host] = out.get(host, 0) + count
+        return out
 
     def active(self) -> dict[str, BackupRun]:
         """host -> its queued, running or paused run."""
@@ -253,20 +277,30 @@ class BackupRuns:
             "ORDER BY id DESC"))}
 
     def gaps(self, host: str) -> dict:
-        """The premier check of the host's latest checked backup: the files not in it."""
+        """The premier check per backup source: for each source, the files its latest
+        checked backup did not hold (`sources`, newest first); at the top, all of them
+        together with the newest check's run, snapshot and time. Each source keeps its own
+        list: a backup of one source does not clear what another's check found."""
         rows = self.index.query(
-            "SELECT id, snapshot, finished_at, not_backed_up FROM backup_runs WHERE host = ? "
-            "AND state IN ('done', 'partial') AND snapshot IS NOT NULL ORDER BY id DESC "
-            "LIMIT 1", (host,))
+            "SELECT id, snapshot, finished_at, not_backed_up, source FROM backup_runs "
+            "WHERE id IN (SELECT MAX(id) FROM backup_runs WHERE host = ? AND state IN "
+            "('done', 'partial') AND snapshot IS NOT NULL GROUP BY COALESCE(source, '')) "
+            "ORDER BY id DESC", (host,))
         if not rows:
             return {"host": host, "run": None, "snapshot": None, "checked_at": None,
-                    "count": 0, "files": []}
-        rid, snap, at, count = rows[0]
-        files = [{"path": p, "reason": r, "detail": d} for p, r, d in self.index.query(
-            "SELECT path, reason, detail FROM coverage_gaps WHERE run_id = ? ORDER BY path",
-            (rid,))]
-        return {"host": host, "run": rid, "snapshot": snap, "checked_at": _iso(at),
-                "count": count, "files": files}
+                    "count": 0, "files": [], "sources": []}
+        sources = []
+        for rid, snap, at, count, source in rows:
+            files = [{"path": p, "reason": r, "detail": d} for p, r, d in self.index.query(
+                "SELECT path, reason, detail FROM coverage_gaps WHERE run_id = ? ORDER BY "
+                "path", (rid,))]
+            sources.append({"source": source, "run": rid, "snapshot": snap,
+                            "checked_at": _iso(at), "count": count, "files": files})
+        first = sources[0]
+        return {"host": host, "run": first["run"], "snapshot": first["snapshot"],
+                "checked_at": first["checked_at"], "count": sum(s["count"] for s in sources),
+                "files": [f for s in sources for f in s["files"]][:MAX_GAPS],
+                "sources": sources}
 
     # --- the agent's side ---------------------------------------------------------------
     def claim(self, host: str, now: float) -> BackupRun | None:
@@ -324,23 +358,29 @@ class BackupRuns:
             if row is None or row[0] != "running":
                 self._not_running(db, host, rid)
             in_window = None
+            source = None
             if snapshot is not None:
-                snap = db.execute("SELECT received_at FROM snapshots WHERE host = ? AND "
-                                  "snapshot = ?", (host, snapshot)).fetchone()
+                snap = db.execute("SELECT received_at, source FROM snapshots WHERE host = ? "
+                                  "AND snapshot = ?", (host, snapshot)).fetchone()
                 if snap is None:
                     raise NotFound("no_such_snapshot",
                                    f"host {host!r} has no snapshot {snapshot!r}")
                 if row[1] is not None:
                     in_window = int(row[1] <= snap[0] < row[2])
+                source = snap[1]
             state = {"interrupted": "queued"}.get(outcome, outcome)
             final = state in ("done", "partial", "failed")
             db.execute("UPDATE backup_runs SET state = ?, files = ?, bytes = ?, snapshot = ?, "
                        "in_window = ?, message = ?, updated_at = ?, finished_at = ?, "
-                       "not_backed_up = ? WHERE id = ?",
+                       "not_backed_up = ?, source = ? WHERE id = ?",
                        (state, files, nbytes, snapshot, in_window, message, now,
-                        now if final else None, gap_count if snapshot else 0, rid))
+                        now if final else None, gap_count if snapshot else 0, source, rid))
             if snapshot is not None:
-                db.execute("DELETE FROM coverage_gaps WHERE host = ?", (host,))
+                # This source's earlier list goes (and a list from before sources, filed
+                # under none); other sources keep theirs.
+                db.execute("DELETE FROM coverage_gaps WHERE host = ? AND run_id IN (SELECT id "
+                           "FROM backup_runs WHERE host = ? AND (source IS ? OR source IS "
+                           "NULL))", (host, host, source))
                 db.executemany("INSERT INTO coverage_gaps (host, run_id, path, reason, detail)"
                                " VALUES (?, ?, ?, ?, ?)",
                                [(host, rid, p, r, d) for p, r, d in gaps])

@@ -104,7 +104,7 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
     wiring.plans(app.store).update("host-a", paths=[str(src_a)], excludes=["*.tmp", "*.db"])
     wiring.plans(app.store).update("host-b", paths=[str(src_b)],
                            dump_command="printf 'CREATE TABLE t (x int);\\n'",
-                           dump_name="db.sql")
+                           dump_name="db.sql", source="nightly")
     agent_a = await start_agent(app, ta, tmp_path / "state-a")
     agent_b = await start_agent(app, tb, tmp_path / "state-b", RDR_ALLOW_DUMP_COMMANDS="yes")
     try:
@@ -127,6 +127,10 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
         assert names == {b"db.sql"}
         assert wiring.runs(app.store).gaps("host-b")["count"] == 0
         assert not (tmp_path / "state-b" / "dumps" / "db.sql").exists()  # spool removed
+        # host-b's plan names its backup source; host-a's is derived from its paths.
+        assert app.store.index.snapshot("host-b", run_b.snapshot).source == "nightly"
+        assert app.store.index.snapshot("host-a", run_a.snapshot).source == str(src_a)
+        assert wiring.runs(app.store).gaps("host-a")["sources"][0]["source"] == str(src_a)
 
         # --- the plan is edited on the appliance; "back up now" from the page's API,
         # slowed by the LAN limit so that it can be paused and resumed while it runs
@@ -167,6 +171,7 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
             hosts = {h["name"]: h for h in (await resp.json())["hosts"]}
             assert hosts["host-a"]["paused"] and hosts["host-a"]["backup"]["state"] == "paused"
             assert hosts["host-a"]["agent"]["online"] and hosts["host-b"]["agent"]["online"]
+            assert hosts["host-a"]["agent"]["state"] == "online"
             resp = await s.post("/api/v1/hosts/host-a/resume")
             assert (await resp.json())["resumed_runs"] == 1
             done = await wait_run(app, running.id, ("done",), timeout=60)
@@ -237,6 +242,7 @@ async def test_host_whose_agent_is_offline_is_flagged_when_its_window_ends(
         resp = await s.get("/api/v1/overview")
         (h,) = (await resp.json())["hosts"]
         assert h["missed_window"] is True and h["agent"]["online"] is False
+        assert h["agent"]["state"] == "never"  # nothing ever came from it
         assert "its agent is offline" in h["warning"]
         resp = await s.get("/metrics")
         text = await resp.text()
@@ -297,10 +303,11 @@ async def test_agent_channel_refuses_bad_reports(app: Appliance, tmp_path: Path)
         assert (await resp.json())["plan"]["paths"] == [str(tmp_path)]
     assert wiring.runs(app.store).get(run.id).state == "failed"
     assert "pc1" in wiring.plans(app.store).agents()  # its poll was its heartbeat
-    wiring.plans(app.store).update("pc1", dump_command="pg_dump shop", dump_name="shop.sql")
+    wiring.plans(app.store).update("pc1", dump_command="pg_dump shop", dump_name="shop.sql",
+                                   source="nightly")
     rc, out, err = await run_cmd(agent_cmd() + ["plan"], app.env(token, tmp_path / "state"))
     assert rc == 0, err
-    assert f"paths: {tmp_path}" in out
+    assert f"paths: {tmp_path} (backup source nightly)" in out
     assert "pg_dump shop > shop.sql (NOT run here: allow_dump_commands is off)" in out
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from rdr_agent.archiver import Archiver
 from rdr_agent.catalog_cache import CatalogCache
-from rdr_agent.client import ApplianceClient
+from rdr_agent.client import ApplianceClient, ApplianceError
 from rdr_agent.restore import restore_snapshot
 
 from ..conftest import Appliance, agent_cmd, rdr_cmd
@@ -488,3 +488,66 @@ async def test_an_explicit_source_names_the_backup(appliance: Appliance, tmp_pat
                                "--to", str(tmp_path / "none"))
     assert rc != 0 and "no snapshot of source 'db'" in err and "Traceback" not in err
     assert len(appliance.store.index.snapshots("web01")) == 1
+
+
+class OlderApplianceClient(ApplianceClient):
+    """The appliance of the release before backup sources, as an agent sees it: its commit
+    handler refused every field it did not know with 400 bad_field and the message
+    ``unknown field 'NAME'`` (appliance/api/ingest/backup.py before issue 22, checked before
+    anything is written), and its snapshot lists had no ``source``."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)
+        self.refused = 0
+
+    async def commit(self, sid: str, body: dict) -> dict:
+        extra = set(body) - {"catalog", "dirindex", "agent_version", "source", "unreadable",
+                             "unreadable_count"}
+        if extra:
+            self.refused += 1
+            raise ApplianceError(400, "bad_field", f"unknown field {sorted(extra)[0]!r}",
+                                 {"error": "bad_field",
+                                  "message": f"unknown field {sorted(extra)[0]!r}"})
+        return await super().commit(sid, body)
+
+    async def snapshots(self) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "source"} for r in await super().snapshots()]
+
+
+async def test_a_new_agent_backs_up_to_an_appliance_older_than_sources(
+        appliance: Appliance, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The older appliance refuses the commit's `source_name`: the agent commits again
+    without it (the session stays open across the refusal) and says what that loses."""
+    src = make_tree(tmp_path / "src")
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    for round_ in (1, 2):  # the second backup finds its parent on the "older" appliance too
+        (src / "round.txt").write_text(f"round {round_}\n")
+        async with OlderApplianceClient(appliance.endpoint(token)) as c:
+            res = await Archiver(c, state).backup([os.fsencode(src)], source="nightly")
+            assert c.refused == 1
+        assert "predates backup sources" in caplog.text
+        assert len(appliance.store.index.snapshots("web01")) == round_
+    # Committed without its name: the (here newer) store derives the source from the paths.
+    assert appliance.store.index.snapshot("web01", res.snapshot).source == str(src)
+    assert res.stats.files_unchanged > 0
+    rc, out, err = await agent(appliance, token, state, "restore", res.snapshot, "--to",
+                               str(tmp_path / "out"))
+    assert rc == 0, err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))
+
+
+async def test_an_empty_stdin_is_refused_not_stored_as_a_dump(appliance: Appliance,
+                                                              tmp_path: Path) -> None:
+    """`pg_dump db | rdr-agent backup --stdin --name db.sql` whose pg_dump failed (no server,
+    no database) sends nothing: one line and exit 1, not an empty db.sql that looks backed up
+    (the README runs that line: tests/system/test_readme.py)."""
+    token = appliance.add_host("web01")
+    rc, out, err = await agent(appliance, token, tmp_path / "state", "backup", "--stdin",
+                               "--name", "db.sql", stdin=b"")
+    assert rc == 1 and "standard input is empty" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert appliance.store.index.snapshots("web01") == []
+    rc, res, err = await agent(appliance, token, tmp_path / "state", "backup", "--stdin",
+                               "--name", "db.sql", stdin=b"x")
+    assert rc == 0 and res["files"] == 1, err

@@ -192,7 +192,8 @@ async def test_overview_shows_each_host_capacity_and_replication(page: Page,
     hosts = {h["name"]: h for h in ov["hosts"]}
     web = hosts["web01"]
     assert web["last_snapshot"] == b.snapshot and web["last_result"] == "ok"
-    assert web["size"] > 5 * 2**20 and web["snapshots"] == 1 and web["next_window"]
+    assert web["latest_bytes"] > 5 * 2**20 and web["snapshots"] == 1 and web["next_window"]
+    assert web["agent"]["state"] == "cli" and hosts["idle01"]["agent"]["state"] == "never"
     assert web["missed_window"] is False  # registered after the last window opened
     assert hosts["idle01"]["last_result"] == "never" and hosts["idle01"]["last_success"] is None
     assert 0 <= ov["capacity"]["used_percent"] <= 100 and ov["capacity"]["level"]

@@ -21,9 +21,9 @@ from appliance.backup_schedule import (
     jitter_seconds,
     open_window,
 )
-from appliance.capacity.hosts import host_summaries
 from appliance.capacity.report import ReportSettings, monthly_report
 from appliance.capacity.samples import Samples
+from appliance.health.hosts import host_summaries
 from appliance.jobs.maintenance import rebuild
 from appliance.runs.repository import STALLED_MESSAGE, SUPERSEDED_MESSAGE
 from appliance.store.datastore import Datastore

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.capacity.hosts import host_summaries
+from appliance.health.hosts import host_summaries
 from appliance.store.datastore import Datastore
 
 from .test_lifecycle import commit_files

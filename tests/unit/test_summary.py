@@ -35,7 +35,10 @@ class PinnedSummary(ApplianceSummary):
                          for h in bill["hosts"]]
         hosts = copy.deepcopy(real.hosts())
         for h in hosts:
-            h["missed_window"] = True
+            h.update(missed_window=True, last_result="partial",
+                     last_result_detail="pinned reason", latest_bytes=5555,
+                     stored_bytes=4444, protected_gb=3.5)
+            h["agent"]["state"] = "offline"
         records = [{**h, "last_backup": 1_700_000_000.0, "snapshots": 11}
                    for h in real.host_records()]
         rep = copy.deepcopy(real.replication())
@@ -108,6 +111,9 @@ def test_overview_status_and_metrics_show_the_summary_figures(tmp_path: Path) ->
         assert s["disk"] == pinned["billing"]["disk"]
         assert s["billing"]["protected_gb"] == 7.25 and s["billing"]["tier"] == "pinned"
         assert s["hosts"] == [{"host": "web01", "snapshots": 11, "last_backup": 1_700_000_000.0,
+                               "last_result": "partial", "last_result_detail": "pinned reason",
+                               "agent": "offline", "latest_bytes": 5555, "stored_bytes": 4444,
+                               "protected_gb": 3.5,
                                "window_success_rate": 0.625, "missed_days": ["2026-12-01"]}]
         assert s["replication"] == pinned["replication"]
         assert s["damaged_chunks"] == 7

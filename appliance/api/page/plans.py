@@ -29,7 +29,7 @@ log = logging.getLogger("rdr.page.backups")
 T = TypeVar("T")
 
 PLAN_FIELDS = {"paths", "excludes", "one_file_system", "bandwidth_kbps", "dump_command",
-               "dump_name", "timezone"}
+               "dump_name", "timezone", "source"}
 
 
 class BackupsApi:

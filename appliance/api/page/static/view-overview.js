@@ -100,6 +100,46 @@ function replicationCard(r) {
       ": ", String(r.last_error.error || "")) : null);
 }
 
+// What each agent state shows; the state's sentence (agent.describe) is its title.
+const AGENT_LABEL = {
+  never: ["never used", "muted"], cli: ["command line only", "info"],
+  online: ["service online", "ok"], offline: ["service offline", "warn"],
+};
+
+function agentCell(a) {
+  const [label, kind] = AGENT_LABEL[a.state] || [a.state || "unknown", "muted"];
+  const when = a.state === "cli" ? a.last_backup : a.last_seen;
+  return h("td", { title: a.describe || "", class: "nowrap", data: { agent: a.state || "" } },
+    badge(label, kind),
+    when ? h("div", { class: "sub" }, a.state === "cli" ? "last backup " : "last poll ", ago(when)) : null);
+}
+
+function resultCell(x) {
+  const result = h("span", {}, badge(x.last_result, RESULT_KIND[x.last_result] || "muted"));
+  if (x.missed_window) result.append(" ", badge("missed window", "warn"));
+  if (x.backup) result.append(" ", badge(`backup ${x.backup.state}`, x.backup.state === "paused" ? "warn" : "info"));
+  const runs = (x.last_window && x.last_window.outcomes) || [];
+  // The worst of the last window's runs, with its reason on the page, not only in a tooltip.
+  const sub = runs.length > 1
+    ? h("div", { class: "sub result-detail" }, `worst of ${runs.length} in the last window`) : null;
+  return h("td", { title: x.last_result_detail || "", class: "nowrap" }, result, sub);
+}
+
+// Three sizes, each saying what it is: the latest backup (the newest snapshot of each
+// source), what the host's snapshots hold on the data disk, and this month's GB protected.
+function sizeCell(x) {
+  const stored = x.stored_bytes === null || x.stored_bytes === undefined
+    ? h("span", { title: "measured by the daily usage sample; none yet" }, "stored –")
+    : h("span", { title: `chunk files its snapshots reference (shared ones counted for each host), measured ${x.stored_measured}` },
+      `stored ${fmtBytes(x.stored_bytes)}`);
+  const protectedGb = x.protected_gb === null || x.protected_gb === undefined ? "–" : `${x.protected_gb.toFixed(x.protected_gb < 1 ? 3 : 2)} GB`;
+  return h("td", { class: "num nowrap", data: { sizes: x.name } },
+    h("span", { title: `the newest snapshot of each of ${x.sources} backup source(s): ${fmtNum(x.latest_files)} files` },
+      `latest ${fmtBytes(x.latest_bytes)}`),
+    h("div", { class: "sub" }, stored),
+    h("div", { class: "sub", title: "this month's largest backup, as billed" }, `protected ${protectedGb}`));
+}
+
 function hostsTable(hosts) {
   if (!hosts.length) {
     return h("p", { class: "empty", id: "hosts-empty" },
@@ -108,21 +148,17 @@ function hostsTable(hosts) {
   const tbody = h("tbody");
   for (const x of hosts) {
     const warn = needsAttention(x);
-    const result = h("span", {}, badge(x.last_result, RESULT_KIND[x.last_result] || "muted"));
-    if (x.missed_window) result.append(" ", badge("missed window", "warn"));
-    if (x.backup) result.append(" ", badge(`backup ${x.backup.state}`, x.backup.state === "paused" ? "warn" : "info"));
-    if (x.scheduled && x.agent && !x.agent.online) result.append(" ", badge("agent offline", "warn"));
     tbody.append(h("tr", { class: warn ? "row-warn" : null, data: { host: x.name } },
       h("th", { scope: "row" }, h("a", { href: href.host(x.name), class: "host-link", data: { host: x.name } }, x.name)),
       h("td", {}, x.last_success
         ? [timeEl(x.last_success), h("div", { class: "sub" }, ago(x.last_success))]
         : h("span", { class: "muted" }, "never")),
-      h("td", { title: x.last_result_detail || "", class: "nowrap" }, result),
+      resultCell(x),
+      agentCell(x.agent || {}),
       h("td", {}, timeEl(x.next_window, { zone: x.timezone }),
         h("div", { class: "sub", title: "The backup window opens daily at this time in this zone (the plan's, or the appliance's)" },
           `daily at ${x.window_start} ${x.timezone || ""}`)),
-      h("td", { class: "num" }, fmtBytes(x.size)),
-      h("td", { class: "num" }, fmtNum(x.files)),
+      sizeCell(x),
       h("td", { class: "num" }, fmtNum(x.snapshots)),
       h("td", {}, x.snapshots ? (x.replicated ? "yes" : "no") : "–"),
       h("td", { class: "actions" }, x.last_snapshot
@@ -130,12 +166,14 @@ function hostsTable(hosts) {
         : null)));
     if (warn) {
       const text = x.warning || x.last_result_detail || "";
+      const more = x.warning && x.last_result_detail && (x.last_result === "partial" || x.last_result === "failed")
+        ? `; last result ${x.last_result}: ${x.last_result_detail}` : "";
       tbody.append(h("tr", { class: "warn-row" },
         h("td", { colspan: "9" }, h("span", { class: "warn-mark", "aria-hidden": "true" }, "!"), " ",
-          h("strong", {}, `${x.name}: `), text)));
+          h("strong", {}, `${x.name}: `), text + more)));
     }
   }
   return gridTable({ id: "hosts-table", "aria-labelledby": "hosts-title" },
-    ["Host", "Last success", "Last result", "Next window", "Size", "Files", "Snapshots",
-      "Replicated", ""], [4, 5, 6], tbody);
+    ["Host", "Last success", "Last result", "Agent", "Next window", "Size", "Snapshots",
+      "Replicated", ""], [5, 6], tbody);
 }
