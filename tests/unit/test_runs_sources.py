@@ -57,11 +57,12 @@ def test_the_premier_check_is_kept_per_source(store: Datastore) -> None:
 
 def test_a_plan_names_its_source_and_the_agent_gets_it(store: Datastore) -> None:
     plans = wiring.plans(store)
-    plan = plans.update("pc1", paths=["/etc", "/srv"], source="nightly")
+    changed = plans.update("pc1", paths=["/etc", "/srv"], source="nightly")
+    assert ("source", None, "nightly") in changed  # audited like every plan field
     assert plans.get("pc1").source == "nightly"
-    assert plan.to_agent_json()["source"] == "nightly"
+    assert plans.get("pc1").to_agent_json()["source"] == "nightly"
     # '' goes back to the name derived from the paths
-    assert plans.update("pc1", source="").source is None
+    assert plans.update("pc1", source="") == [("source", "nightly", None)]
     assert plans.get("pc1").to_agent_json()["source"] is None
     for bad in ("/etc", "stdin:db.sql", "two words", "x" * 65):
         with pytest.raises(StoreError, match="source"):
