@@ -9,6 +9,8 @@ field is audited from its old to its new value (`plan_audit` in the plan's JSON)
 
 from __future__ import annotations
 
+import time
+
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -20,6 +22,7 @@ from ...backup_schedule import BackupScheduler
 from ...errors import BadRequest, NotFound
 from ...plans.edit import edit_host
 from ...plans.kinds import KINDS, HostKinds
+from ...plans.repository import agent_status
 from ...pools import run_in
 from ...store.datastore import Datastore
 from ..auth import require_change, require_overview
@@ -61,12 +64,16 @@ class BackupsApi:
         rec = self.store.index.host_record(host)
         plan = self.scheduler.plans.get(host)
         win = self.scheduler.window_of(host)
+        agent = self.scheduler.plans.agents().get(host)
+        snaps = self.store.index.snapshots(host)
         return {"host": host, "plan": plan.to_json(), "window_start": win.start,
                 "window_start_default": rec["window_start"] is None,
                 "timezone": win.timezone, "timezone_default": self.scheduler.timezone,
                 "policy": rec["policy"], "policy_default": self.default_policy,
                 "kind": HostKinds(self.store.index).kind(host),
-                "agent": self.scheduler.plans.agents().get(host),
+                "agent": agent,
+                "agent_status": agent_status(agent, snaps[-1].received_at if snaps else None,
+                                             time.time()),
                 "plan_audit": self.scheduler.plans.audit(host)}
 
     async def get_plan(self, request: web.Request) -> web.Response:

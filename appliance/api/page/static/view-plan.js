@@ -41,13 +41,21 @@ export async function loadSchedule(host) {
   return { pv, runs: runs.runs || [], gaps };
 }
 
-function agentOnline(agent) {
-  return Boolean(agent) && Date.now() / 1000 - agent.last_seen < 120;
+// The agent's state as the appliance judges it (plans.repository.agent_status): a host
+// whose backups all came from its command line is "command line only", not "never seen".
+const AGENT_BADGE = {
+  online: ["online", "ok"], offline: ["offline", "warn"],
+  cli: ["command line only", "muted"], never: ["never used", "warn"],
+};
+
+function agentLine(st) {
+  const [text, kind] = AGENT_BADGE[st.state] || [st.state, "warn"];
+  return h("span", { title: st.describe || "" }, "Agent ", badge(text, kind),
+    st.last_seen ? [" last seen ", timeEl(st.last_seen, { rel: true })] : null);
 }
 
 export function runsSection(host, { pv, runs }) {
   const plan = pv.plan;
-  const agent = pv.agent;
   const act = async (path, done) => {
     try {
       await api("POST", `/hosts/${enc(host)}/${path}`);
@@ -59,10 +67,7 @@ export function runsSection(host, { pv, runs }) {
   };
   const active = runs.find((r) => ["queued", "running", "paused"].includes(r.state));
   const status = h("p", { class: "status-line", id: "schedule-status" },
-    h("span", {}, "Agent ", agent
-      ? [badge(agentOnline(agent) ? "online" : "offline", agentOnline(agent) ? "ok" : "warn"),
-        " last seen ", timeEl(agent.last_seen, { rel: true })]
-      : badge("never seen", "warn")),
+    agentLine(pv.agent_status || {}),
     plan.paused ? badge("paused", "warn") : null,
     active ? h("span", {}, "Backup ", badge(active.state, RUN_KIND[active.state]),
       active.state === "running" ? ` ${fmtNum(active.files)} files, ${fmtBytes(active.bytes)}` : "") : null);
