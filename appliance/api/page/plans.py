@@ -9,9 +9,8 @@ field is audited from its old to its new value (`plan_audit` in the plan's JSON)
 
 from __future__ import annotations
 
-import time
-
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
