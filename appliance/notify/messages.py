@@ -209,7 +209,8 @@ def email_bytes(r: Rendered, sender: str, to: Sequence[str], msgid: str) -> byte
     m.add_alternative(r.html, subtype="html")
     for name, data in r.attachments:
         m.add_attachment(data, maintype="text", subtype="csv", filename=name)
-    return m.as_bytes()
+    # CRLF line ends: smtplib sends bytes as they are, and SMTP's DATA is CRLF-delimited
+    return m.as_bytes(policy=m.policy.clone(linesep="\r\n"))
 
 
 def webhook_bytes(r: Rendered, cls: str, serial: str, msgid: str, at: float) -> bytes:
