@@ -22,6 +22,7 @@ import { viewBrowse } from "./view-browse.js";
 import { closeDetails, onDetailsClosed, openDetails } from "./view-details.js";
 import { viewHost } from "./view-host.js";
 import { viewJobs } from "./view-jobs.js";
+import { viewNotify } from "./view-notify.js";
 import { viewOverview } from "./view-overview.js";
 import { onRestoreSubmit } from "./view-restore.js";
 import { viewSearch } from "./view-search.js";
@@ -29,7 +30,7 @@ import { onLogin, onLogout, showLogin, startSession } from "./view-signin.js";
 
 function wire() {
   useViews({ overview: viewOverview, jobs: viewJobs, host: viewHost, browse: viewBrowse,
-    search: viewSearch, openDetails });
+    search: viewSearch, notify: viewNotify, openDetails });
   whenSessionEnds(() => showLogin("Your session has ended. Please sign in again."));
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", onLogout);

@@ -74,6 +74,9 @@ export async function route(first = false) {
     } else if (segs[0] === "jobs" && segs.length === 1) {
       nav = "jobs";
       node = await views.jobs(seq, params.host ? safeDecode(params.host) : "");
+    } else if (segs[0] === "notify" && segs.length === 1) {
+      nav = "notify";
+      node = await views.notify(seq);
     } else if (segs[0] === "host" && segs.length === 2) {
       node = await views.host(seq, segs[1]);
     } else if (segs[0] === "host" && segs.length === 3) {
