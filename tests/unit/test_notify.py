@@ -246,3 +246,112 @@ def test_runs_are_noticed_from_the_first_tick_on(index: Index) -> None:
     assert (e.cls, e.key, e.data["lines"][1]) == ("backup", f"run:{new.id}:failed:1",
                                                   "disk full")
     assert box.add_events(events, 130.0) == 1 and box.add_events(events, 140.0) == 0
+
+
+# --- the summary's conditions, the seed disks, the clock ----------------------------------------
+class FakeSummary:
+    """The few sections of `health.summary.ApplianceSummary` the conditions read."""
+
+    def __init__(self, pct: float = 50.0, degraded: dict | None = None,
+                 hosts: list[dict] | None = None, replication: dict | None = None) -> None:
+        self.pct, self._degraded = pct, degraded or {}
+        self._hosts, self._replication = hosts or [], replication
+
+    def capacity(self) -> dict:
+        return {"used_percent": self.pct, "level": "ok", "warn_percent": [80.0, 90.0],
+                "hard_percent": 95.0, "disk_free_bytes": 10**9}
+
+    def degraded(self) -> dict:
+        return self._degraded
+
+    def hosts(self) -> list[dict]:
+        return self._hosts
+
+    def replication(self) -> dict | None:
+        return self._replication
+
+
+def test_the_summary_s_conditions() -> None:
+    from appliance.notify.sources import summary_conditions
+
+    c = cfg()
+    host = {"name": "pc1", "scheduled": True, "paused": False,
+            "agent": {"online": False, "last_seen": None}}
+    rep = {"lag": {"seconds": 40 * 3600.0, "snapshots": 3}, "tunnel": {"state": "down",
+                                                                       "outages_24h": 2},
+           "last_error": {"at": 20.0, "error": "403 AccessDenied"}, "last_pass": {"at": 10.0}}
+    got = summary_conditions(FakeSummary(91.0, {"data_disk": "the data disk sdb is missing"},
+                                         [host], rep), c, None)
+    assert {(x.key, x.cls, x.hold_seconds) for x in got} == {
+        ("disk:80", "disk", 0.0), ("disk:90", "disk", 0.0),
+        ("degraded:data_disk", "disk", 0.0), ("agent:pc1", "agent", 3600.0),
+        ("replication:lag", "replication", 0.0),
+        ("replication:tunnel", "replication", 1800.0),
+        ("replication:refused", "replication", 0.0)}
+    calm = {**rep, "lag": {"seconds": 60.0, "snapshots": 1}, "tunnel": {"state": "up"},
+            "last_pass": {"at": 30.0}}
+    assert summary_conditions(FakeSummary(10.0, {}, [{**host, "paused": True}], calm), c,
+                              None) == []
+    seed = {"disks": [{"device": "sdc1", "kind": "rapid-recover", "label": "RDR-RECOVER",
+                       "state": "ready", "disk": {"state": "full"}}]}
+    [disk] = summary_conditions(FakeSummary(), c, seed)
+    assert (disk.key, disk.cls) == ("seed:sdc1", "seed")
+
+
+def test_a_finished_export_or_import_is_one_event() -> None:
+    from appliance.notify.sources import seed_operation_events
+
+    last = {"device": "sdc1", "op": "import", "state": "failed", "message": "object damaged",
+            "updated_at": 123.0, "done_objects": 4, "done_bytes": 4096}
+    [e] = seed_operation_events({"last_operation": last})
+    assert e.key == "seed:sdc1:import:123.0" and "FAILED" in e.data["title"]
+    assert seed_operation_events({"last_operation": {**last, "state": "running"}}) == []
+
+
+def test_the_daily_digest_once_a_day_after_its_time(index: Index) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from appliance.notify.sources import digest_event
+
+    box, runs = Outbox(index), BackupRuns(index)
+    c = cfg(digest_at="07:00")
+    tz = "America/New_York"
+    early = datetime(2026, 12, 6, 6, 59, tzinfo=ZoneInfo(tz)).timestamp()
+    at = datetime(2026, 12, 6, 7, 0, tzinfo=ZoneInfo(tz)).timestamp()
+    summary = FakeSummary(hosts=[{"name": "pc1"}])
+    assert digest_event(c, box, runs, summary, tz, early) == ([], {})
+    [e], marks = digest_event(c, box, runs, summary, tz, at)
+    assert e.key == "digest:2026-12-05" and marks == {"digest_day": "2026-12-06"}
+    assert e.data["hosts"] == [{"host": "pc1", "result": "none", "backups": 0,
+                                "not_backed_up": 0}]
+    box.add_events([e], at, marks)
+    assert digest_event(c, box, runs, summary, tz, at + 3600) == ([], {})
+
+
+def test_the_monthly_report_when_a_month_closes(index: Index) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from appliance.notify.sources import report_event
+
+    box, tz = Outbox(index), "UTC"
+    c = cfg(monthly_report=True)
+    asked = []
+
+    def report(month: str) -> dict:
+        asked.append(month)
+        return {"protected_gb": 1.5, "billable_gb": 2.0, "tier": 1,
+                "backup_windows": {"success_rate": 0.5, "successful": 1, "scheduled": 2},
+                "hosts": [{"host": "pc1", "protected_gb": 1.5, "successful_backups": 1,
+                           "scheduled_backups": 2, "missed_days": ["2026-11-03"]}]}
+
+    nov = datetime(2026, 11, 20, tzinfo=ZoneInfo(tz)).timestamp()
+    dec = datetime(2026, 12, 1, 0, 5, tzinfo=ZoneInfo(tz)).timestamp()
+    events, marks = report_event(c, box, report, tz, nov)
+    assert events == [] and marks == {"report_month": "2026-10"}  # from the next month on
+    box.add_events(events, nov, marks)
+    assert report_event(c, box, report, tz, nov + 60) == ([], {})
+    [e], marks = report_event(c, box, report, tz, dec)
+    assert asked == ["2026-11"] and e.key == "report:2026-11"
+    assert "pc1: 1.500 GB, 1/2 backups, missed 2026-11-03" in e.data["lines"]
