@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
 from urllib.parse import quote
 
 from .events import TITLES
@@ -191,10 +191,11 @@ def render(cls: str, events: Sequence[Pending], ctx: Context) -> Rendered:
 
 # --- the wire forms -------------------------------------------------------------------------
 def message_id(group: str, event_ids: Sequence[int], domain: str) -> str:
-    """Stable for these events: a resend after a crash carries the same Message-ID."""
+    """The same for the same events (and kept in the stored message): a resend after a crash
+    carries the same Message-ID, so a mailbox can tell it is the same message."""
     tag = hashlib.blake2b(f"{group}:{','.join(map(str, event_ids))}".encode(),
-                          digest_size=8).hexdigest()
-    return make_msgid(idstring=tag, domain=domain)
+                          digest_size=12).hexdigest()
+    return f"<rdr.{tag}@{domain}>"
 
 
 def email_bytes(r: Rendered, sender: str, to: Sequence[str], msgid: str) -> bytes:

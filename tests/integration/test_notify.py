@@ -80,6 +80,8 @@ def appliance_cfg(data: Path, notify: dict) -> Config:
     cfg.contract.schedule_tick_seconds = 0.3
     cfg.contract.schedule_jitter_seconds = 1
     cfg.appliance.timezone = TZ
+    # a test machine's disk may well be 80 % full: no watermark mail in these tests
+    cfg.capacity.warn_percent, cfg.capacity.hard_percent = [99.0], 99.9
     cfg.notify = parse_notify(notify)
     return cfg
 
@@ -355,3 +357,21 @@ async def test_webhook_is_signed_and_a_wrong_key_is_refused(
         assert key not in json.dumps(call) and wrong not in json.dumps(call)
     finally:
         await receiver.stop()
+
+
+# --- a condition read from the appliance's summary ----------------------------------------------
+async def test_a_disk_watermark_crossed_is_mailed_once(
+        tmp_path: Path, mail: MailServer, password: str, started: list[Appliance]) -> None:
+    data = tmp_path / "appliance"
+    cfg = appliance_cfg(data, notify_cfg(smtp=[smtp_target(mail, tmp_path, password)]))
+    cfg.capacity.warn_percent = [0.001]  # any data disk is past it
+    app = await start(cfg, data)
+    started.append(app)
+    await until(lambda: mail.received, why="no watermark mail")
+    await asyncio.sleep(1.5)
+    [got] = mail.received
+    msg = got.message
+    assert "the data disk is past 0.001 %" in msg["Subject"]
+    assert f"{PAGE}/#/" in msg.get_body(("plain",)).get_content()
+    [row] = outbox(app).log()
+    assert (row["class"], row["state"]) == ("disk", "sent")
