@@ -8,6 +8,8 @@ wait and go together in the next). Test messages go at once.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from .messages import Context, email_bytes, message_id, render, webhook_bytes
 from .outbox import NewMessage, Outbox, Pending
 from .settings import NotifyConfig, SmtpTarget, Target
@@ -62,4 +64,8 @@ def _message(t: Target, cls: str, grp: str, r, msgid: str, serial: str,
         body = email_bytes(r, t.sender, to, msgid)
     else:
         body = webhook_bytes(r, cls, serial, msgid, now)
+        # the log shows where it went, not the URL's path and query (a webhook URL often
+        # carries a token of its own)
+        u = urlsplit(t.url)
+        to = (f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}",)
     return NewMessage(t.name, t.kind, cls, grp, r.subject, to, body)

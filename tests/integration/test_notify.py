@@ -354,6 +354,7 @@ async def test_webhook_is_signed_and_a_wrong_key_is_refused(
         assert log["provider"]["state"] == "sent"
         assert log["stale"]["state"] == "undeliverable"
         assert log["stale"]["last_error"] == "HTTP 401"
+        assert log["provider"]["recipients"] == [f"https://127.0.0.1:{receiver.port}"]
         assert key not in json.dumps(call) and wrong not in json.dumps(call)
     finally:
         await receiver.stop()
