@@ -35,9 +35,6 @@ from .sources import (
 )
 
 log = logging.getLogger("rdr.notify")
-#: The conditions are read at most this often: replication's status counts the bytes not yet
-#: sent, which is not free on an appliance that is far behind.
-CONDITION_SECONDS = 60.0
 
 
 class Notifications:
@@ -75,7 +72,8 @@ class Notifications:
         """The sources' new events into the outbox (in the pool); returns how many."""
         events, marks = run_events(self.runs, self.outbox, now)
         n = self.outbox.add_events(events, now, marks)
-        due = self._conditions_at is None or now - self._conditions_at >= CONDITION_SECONDS
+        due = (self._conditions_at is None
+               or now - self._conditions_at >= self.cfg.conditions_seconds)
         if self.summary is not None and due:
             self._conditions_at = now
             condition_changes(self.outbox, summary_conditions(self.summary, self.cfg, seed),

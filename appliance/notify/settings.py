@@ -95,6 +95,9 @@ class NotifyConfig:
     page_url: str = ""
     #: How often the daemon looks for events and sends what is due.
     poll_seconds: float = 15.0
+    #: How often the conditions (disk, agents, replication, seed disks) are read: the
+    #: replication status they include counts the bytes not yet sent, which is not free.
+    conditions_seconds: float = 60.0
     #: An event waits this long for others of its group before its message is made.
     group_seconds: float = 60.0
     throttle_minutes: dict[str, float] = field(
@@ -261,8 +264,8 @@ def _webhook(raw: object, prefix: str, base: Path | None, seen: set[str]) -> Web
                              f"{prefix}.timeout_seconds"))
 
 
-_FLOATS = ("poll_seconds", "group_seconds", "retry_first_seconds", "retry_max_seconds",
-           "give_up_hours", "replication_lag_hours", "tunnel_down_minutes",
+_FLOATS = ("poll_seconds", "conditions_seconds", "group_seconds", "retry_first_seconds",
+           "retry_max_seconds", "give_up_hours", "replication_lag_hours", "tunnel_down_minutes",
            "agent_offline_minutes")
 
 

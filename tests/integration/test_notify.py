@@ -23,6 +23,7 @@ import pytest
 from appliance import wiring
 from appliance.config import Config
 from appliance.daemon import Daemon
+from appliance.health.disks import DiskState
 from appliance.notify.outbox import Outbox
 from appliance.notify.settings import parse_notify
 
@@ -65,7 +66,8 @@ def smtp_target(server: MailServer, tmp_path: Path, password: str, *, name: str 
 
 
 def notify_cfg(**raw: object) -> dict:
-    return {"page_url": PAGE, "poll_seconds": 0.2, "group_seconds": 0.5,
+    return {"page_url": PAGE, "poll_seconds": 0.2, "conditions_seconds": 0.2,
+            "group_seconds": 0.5,
             "retry_first_seconds": 0.3, "retry_max_seconds": 1.0, **raw}
 
 
@@ -376,3 +378,28 @@ async def test_a_disk_watermark_crossed_is_mailed_once(
     assert f"{PAGE}/#/" in msg.get_body(("plain",)).get_content()
     [row] = outbox(app).log()
     assert (row["class"], row["state"]) == ("disk", "sent")
+
+
+async def test_the_data_disk_lost_then_back_is_one_mail_and_one_resolved(
+        tmp_path: Path, mail: MailServer, password: str, started: list[Appliance]) -> None:
+    data = tmp_path / "appliance"
+    cfg = appliance_cfg(data, notify_cfg(smtp=[smtp_target(mail, tmp_path, password)],
+                                         throttle_minutes={"disk": 0}))
+    app = await start(cfg, data)
+    started.append(app)
+    await until(lambda: outbox(app).mark("runs_since"), why="notifications never ticked")
+    # what the daemon's data-disk watcher reports when the disk goes, then comes back
+    app.daemon._disk_changed(DiskState("sdz", False, 3))
+    await until(lambda: mail.received, why="no mail for the lost disk")
+    await asyncio.sleep(1.0)  # more ticks: still one
+    assert len(mail.received) == 1
+    lost = mail.received[0].message["Subject"]
+    assert "the appliance is degraded: the data disk sdz is missing or failing" in lost
+    assert not lost.startswith("resolved")
+    app.daemon._disk_changed(DiskState("sdz", True, 3))
+    await until(lambda: len(mail.received) == 2, why="no resolved mail")
+    await asyncio.sleep(1.0)
+    assert len(mail.received) == 2
+    back = mail.received[1].message
+    assert "] resolved: the appliance is degraded: the data disk sdz" in back["Subject"]
+    assert "RESOLVED" in back.get_body(("plain",)).get_content()
