@@ -3,7 +3,9 @@
 A group's events wait `group_seconds` from the oldest one for others to join (fifty hosts
 missing the same window's end arrive within a scheduler tick or two: one message); a class
 sends at most one message per `throttle_minutes` to a target (events arriving meanwhile
-wait and go together in the next). Test messages go at once.
+wait and go together in the next). A test message is made at once, only by whoever asked for
+it (`rdr notify test`, the page), which sends it and waits for the answer; the daemon's
+composer leaves it alone, so the two never race for it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from .messages import Context, email_bytes, message_id, render, webhook_bytes
 from .outbox import NewMessage, Outbox, Pending
 from .settings import NotifyConfig, SmtpTarget, Target
 
-#: Classes that never wait for a group or a throttle.
+#: Classes that never wait for a group or a throttle (and that the daemon does not compose).
 IMMEDIATE = ("test",)
 
 
@@ -29,9 +31,11 @@ def compose(outbox: Outbox, cfg: NotifyConfig, serial: str, now: float,
     ctx = Context(serial, cfg.page_url, cfg.attach_after)
     made: list[int] = []
     for grp, events in pending.items():
+        cls = events[0].cls
         if groups is not None and grp not in groups:
             continue
-        cls = events[0].cls
+        if groups is None and cls in IMMEDIATE:
+            continue  # a test is made and sent by whoever asked for it (rdr notify, page)
         immediate = cls in IMMEDIATE
         if not immediate and now - events[0].at < cfg.group_seconds:
             continue
@@ -44,7 +48,7 @@ def compose(outbox: Outbox, cfg: NotifyConfig, serial: str, now: float,
         domain = f"{serial}.rdr.invalid"
         msgid = message_id(grp, ids, domain)
         messages = [_message(t, cls, grp, rendered, msgid, serial, now) for t in targets]
-        made += outbox.take(ids, messages, now)
+        made += outbox.take(ids, messages, now) or []
     return made
 
 

@@ -110,6 +110,10 @@ class NewMessage:
     body: bytes
 
 
+class _TakenBefore(Exception):
+    """Some of a group's events were taken by another process (the transaction rolls back)."""
+
+
 class Outbox:
     """The queue on the appliance's index (thread-safe through it; call from the pool)."""
 
@@ -144,24 +148,29 @@ class Outbox:
                                 "target = ?", (cls, target))
         return rows[0][0] if rows else None
 
-    def take(self, event_ids: list[int], messages: list[NewMessage], now: float) -> list[int]:
+    def take(self, event_ids: list[int], messages: list[NewMessage], now: float
+             ) -> list[int] | None:
         """The events of one group become MESSAGES (none: no target wants the class) in
-        one transaction; returns the new messages' ids."""
+        one transaction; returns the new messages' ids (None, and nothing written, when
+        another process took some of the events first)."""
         ids = []
-        with self.index.tx() as db:
-            marks = ",".join("?" * len(event_ids))
-            taken = db.execute(f"UPDATE notify_events SET taken = 1 WHERE taken = 0 AND "
-                               f"id IN ({marks})", event_ids).rowcount
-            if taken != len(event_ids):
-                raise RuntimeError("notification events taken twice")  # another composer
-            for m in messages:
-                ids.append(int(db.execute(
-                    "INSERT INTO notify_outbox (target, kind, cls, grp, subject, recipients, "
-                    "body, events, state, created_at, next_at) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                    (m.target, m.kind, m.cls, m.grp, m.subject, json.dumps(m.recipients),
-                     m.body, len(event_ids), now, now)).lastrowid))
-            self._count(db, "queued_total", len(messages))
+        try:
+            with self.index.tx() as db:
+                marks = ",".join("?" * len(event_ids))
+                taken = db.execute(f"UPDATE notify_events SET taken = 1 WHERE taken = 0 AND "
+                                   f"id IN ({marks})", event_ids).rowcount
+                if taken != len(event_ids):
+                    raise _TakenBefore  # rolls the transaction back
+                for m in messages:
+                    ids.append(int(db.execute(
+                        "INSERT INTO notify_outbox (target, kind, cls, grp, subject, "
+                        "recipients, body, events, state, created_at, next_at) VALUES "
+                        "(?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                        (m.target, m.kind, m.cls, m.grp, m.subject, json.dumps(m.recipients),
+                         m.body, len(event_ids), now, now)).lastrowid))
+                self._count(db, "queued_total", len(messages))
+        except _TakenBefore:
+            return None
         return ids
 
     # --- marks and conditions ------------------------------------------------------------

@@ -163,6 +163,17 @@ def test_a_long_premier_list_goes_whole_into_a_csv(index: Index) -> None:
                                                  "the backup")
 
 
+def test_events_are_taken_once_and_a_test_is_left_to_whoever_asked(index: Index) -> None:
+    box, c = Outbox(index), cfg()
+    box.add_events([window_event(1)], now=0.0)
+    [e] = box.pending()
+    assert box.take([e.id], [], now=1.0) == []  # no target wants it: taken, nothing made
+    assert box.take([e.id], [], now=2.0) is None  # taken before (another process)
+    box.add_events([Event("test", "test:1", "test:1", {"title": "t", "target": None})], 3.0)
+    assert compose(box, c, "SN1", now=100.0) == []  # the daemon leaves it
+    assert len(compose(box, c, "SN1", now=100.0, groups={"test:1"})) == 1
+
+
 # --- claims and back-off ----------------------------------------------------------------------
 def test_a_claimed_message_is_not_taken_again_until_its_lease_ends(index: Index) -> None:
     box = Outbox(index)
