@@ -5,6 +5,7 @@ command, so the answer is the server's), and is kept in the log like every messa
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 from .core import EXIT_PROBLEMS, Context, Parents, Subparsers, command, group, print_json, ts
@@ -49,6 +50,12 @@ def notify_log(ctx: Context) -> int:
     return 0
 
 
+def _limit(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 1000")
+    return int(raw)
+
+
 def _user() -> str:
     from .core import user
 
@@ -64,8 +71,8 @@ def add_notify(sub: Subparsers, common: Parents) -> None:
     t.add_argument("--target", help="only this target (its name in [[notify.*]])")
     lg = command(g, "log", notify_log, "what was sent, to whom, when, and what failed",
                  common, {0: "the log was printed"})
-    lg.add_argument("--limit", type=int, default=50, choices=range(1, 1001),
-                    metavar="N", help="the latest N messages (1-1000, default 50)")
+    lg.add_argument("--limit", type=_limit, default=50, metavar="N",
+                    help="the latest N messages (1-1000, default 50)")
     lg.add_argument("--json", action="store_true")
 
 

@@ -11,7 +11,9 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -112,8 +114,14 @@ async def started(tmp_path: Path) -> AsyncIterator[list[Appliance]]:
 # --- the premier mail after a real backup --------------------------------------------------
 @pytest.mark.system  # root: the agent runs as an unprivileged user, so a file is unreadable
 async def test_premier_mail_after_a_backup_with_an_unreadable_and_a_changing_file(
-        tmp_path: Path, mail: MailServer, password: str, started: list[Appliance]) -> None:
-    src = tmp_path / "src"
+        tmp_path: Path, mail: MailServer, password: str, started: list[Appliance],
+        request: pytest.FixtureRequest) -> None:
+    # Outside pytest's own 0700 base directories, which other pytest sessions of the same
+    # user may set back to 0700 at any time: the agent runs as nobody.
+    base = Path(tempfile.mkdtemp(prefix="rdr-premier-", dir="/tmp"))
+    base.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    src = base / "src"
     (src / "docs").mkdir(parents=True)
     for i in range(3):
         (src / "docs" / f"report{i}.txt").write_text(f"report {i}\n")
@@ -121,11 +129,9 @@ async def test_premier_mail_after_a_backup_with_an_unreadable_and_a_changing_fil
     (src / "payroll.xlsx").chmod(0o000)  # the agent (nobody) cannot read it
     busy = src / "busy.log"
     busy.write_text("start\n")
-    state = tmp_path / "state"
+    state = base / "state"
     state.mkdir()
-    for p in (tmp_path.parent.parent, tmp_path.parent):  # pytest's own 0700 base dirs
-        p.chmod(0o755)
-    for p in (tmp_path, src, src / "docs", state):
+    for p in (src, src / "docs", state):
         p.chmod(0o777)
     busy.chmod(0o666)
     data = tmp_path / "appliance"
@@ -307,6 +313,9 @@ async def test_rdr_notify_test_trusts_only_the_configured_ca(
     assert states == [("office", "sent"), ("office", "sent"), ("strict", "undeliverable")]
     assert "not trusted" in next(m["last_error"] for m in view["messages"]
                                  if m["target"] == "strict")
+    rc, _, bad = await run_cmd(rdr_cmd() + ["notify", "log", "--limit", "0"], env)
+    assert rc == 2 and bad.splitlines()[-1] == ("rdr notify log: error: argument --limit: "
+                                                "must be a whole number from 1 to 1000")
     rc, table, _ = await run_cmd(rdr_cmd() + ["notify", "log"], env)
     assert rc == 0 and "undeliverable" in table and "ops@customer.test" in table
     for text in (out, err, out2, err2, out3, err3, logged, table):
