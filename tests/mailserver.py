@@ -110,6 +110,8 @@ class MailServer:
 
     pki: Pki
     password: str
+    #: Implicit TLS (SMTPS, port 465 style) instead of STARTTLS.
+    implicit_tls: bool = False
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     auth_failures: int = 0
@@ -135,10 +137,11 @@ class MailServer:
     def start(self) -> None:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.pki.cert, self.pki.key)
+        tls = {"ssl_context": ctx, "auth_require_tls": False} if self.implicit_tls else \
+            {"tls_context": ctx, "require_starttls": True, "auth_require_tls": True}
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port,
-                                      tls_context=ctx, require_starttls=True,
                                       authenticator=self._authenticate, auth_required=True,
-                                      auth_require_tls=True, ready_timeout=10)
+                                      ready_timeout=10, **tls)
         self._controller.start()
 
     def stop(self) -> None:

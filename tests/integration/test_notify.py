@@ -412,3 +412,22 @@ async def test_the_data_disk_lost_then_back_is_one_mail_and_one_resolved(
     back = mail.received[1].message
     assert "] resolved: the appliance is degraded: the data disk sdz" in back["Subject"]
     assert "RESOLVED" in back.get_body(("plain",)).get_content()
+
+
+# aiosmtpd cannot tell that an implicit-TLS connection is encrypted: AUTH is allowed on it
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+async def test_implicit_tls_with_auth(tmp_path: Path, pki: Pki, password: str,
+                                      started: list[Appliance]) -> None:
+    server = MailServer(pki, password, implicit_tls=True)
+    server.start()
+    try:
+        data = tmp_path / "appliance"
+        target = {**smtp_target(server, tmp_path, password), "security": "tls"}
+        app = await start(appliance_cfg(data, notify_cfg(smtp=[target])), data)
+        started.append(app)
+        [res] = await app.daemon.notify.send_test("office", "test")  # type: ignore[union-attr]
+        assert res["delivered"], res
+        [got] = server.received
+        assert "test message" in got.message["Subject"]
+    finally:
+        server.stop()
