@@ -431,3 +431,27 @@ async def test_implicit_tls_with_auth(tmp_path: Path, pki: Pki, password: str,
         assert "test message" in got.message["Subject"]
     finally:
         server.stop()
+
+
+async def test_the_data_center_refusing_is_mailed_then_resolved_by_a_good_pass(
+        tmp_path: Path, mail: MailServer, password: str, started: list[Appliance]) -> None:
+    data = tmp_path / "appliance"
+    cfg = appliance_cfg(data, notify_cfg(smtp=[smtp_target(mail, tmp_path, password)],
+                                         throttle_minutes={"replication": 0}))
+    cfg.replication.enabled = True
+    cfg.replication.directory = str(tmp_path / "dc")
+    app = await start(cfg, data)
+    started.append(app)
+    state = wiring.replication_state(app.store)
+    await until(lambda: state.last()["last_pass"], why="no first replication pass")
+    # what the engine records when the data center answers a pass with an error
+    state.record_error(time.time(), "AccessDenied: the bucket refuses this appliance")
+    await until(lambda: mail.received, why="no mail for the refusing data center")
+    refused = mail.received[0].message
+    assert "the data center is refusing replication" in refused["Subject"]
+    assert "AccessDenied" in refused.get_body(("plain",)).get_content()
+    app.daemon.replicate_now.set()  # a pass that succeeds
+    await until(lambda: len(mail.received) == 2, why="no resolved mail")
+    assert "resolved: the data center is refusing" in mail.received[1].message["Subject"]
+    await asyncio.sleep(1.0)
+    assert len(mail.received) == 2
