@@ -210,10 +210,13 @@ class Outbox:
                     f"SELECT id FROM notify_outbox WHERE id IN ({marks}) AND (state = 'queued' "
                     "OR (state = 'sending' AND claimed_until < ?))", (*ids, now)).fetchall()
             else:
+                # A fresh test message is its maker's to send (it waits for the answer);
+                # one left behind by a maker that died goes after the lease.
                 rows = db.execute(
-                    "SELECT id FROM notify_outbox WHERE (state = 'queued' AND next_at <= ?) "
-                    "OR (state = 'sending' AND claimed_until < ?) ORDER BY id LIMIT ?",
-                    (now, now, limit)).fetchall()
+                    "SELECT id FROM notify_outbox WHERE ((state = 'queued' AND next_at <= ?) "
+                    "OR (state = 'sending' AND claimed_until < ?)) AND NOT (cls = 'test' "
+                    "AND created_at > ?) ORDER BY id LIMIT ?",
+                    (now, now, now - LEASE_SECONDS, limit)).fetchall()
             out = []
             for (mid,) in rows:
                 db.execute("UPDATE notify_outbox SET state = 'sending', claimed_until = ? "

@@ -171,7 +171,13 @@ def test_events_are_taken_once_and_a_test_is_left_to_whoever_asked(index: Index)
     assert box.take([e.id], [], now=2.0) is None  # taken before (another process)
     box.add_events([Event("test", "test:1", "test:1", {"title": "t", "target": None})], 3.0)
     assert compose(box, c, "SN1", now=100.0) == []  # the daemon leaves it
-    assert len(compose(box, c, "SN1", now=100.0, groups={"test:1"})) == 1
+    [mid] = compose(box, c, "SN1", now=100.0, groups={"test:1"})
+    assert box.claim(now=101.0) == []  # its maker sends it...
+    assert [m.id for m in box.claim(now=101.0, ids=[mid])] == [mid]
+    box.failed(mid, "x", next_at=None)
+    box.add_events([Event("test", "test:2", "test:2", {"title": "t", "target": None})], 3.0)
+    [left] = compose(box, c, "SN1", now=200.0, groups={"test:2"})
+    assert [m.id for m in box.claim(now=200.0 + LEASE_SECONDS + 1)] == [left]  # maker died
 
 
 # --- claims and back-off ----------------------------------------------------------------------
