@@ -16,6 +16,7 @@ from pathlib import Path
 from rdr_agent.util.tomlfile import read_toml
 
 from .errors import ApplianceError
+from .notify.settings import NotifyConfig, parse_notify
 from .timeofday import machine_zone
 
 
@@ -228,6 +229,8 @@ class Config:
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     seed: SeedConfig = field(default_factory=SeedConfig)
+    #: Notification targets and timings (lists of tables: parsed by appliance/notify).
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -410,7 +413,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     for key, value in raw.items():
         if key not in sections:
             raise ConfigError(f"unknown section [{key}]")
-        kwargs[key] = _load_section(hints[key], value, key)
+        kwargs[key] = parse_notify(value, Path(path).resolve().parent) if key == "notify" \
+            else _load_section(hints[key], value, key)
     cfg = Config(**kwargs)
     base = Path(path).resolve().parent
     if not Path(cfg.store.path).expanduser().is_absolute():

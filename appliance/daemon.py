@@ -32,6 +32,7 @@ from .api.app import api_v1, build_app
 from .api.auth import RememberedTokens, TokenLookup
 from .api.ingest.backup import IngestApi
 from .api.ops import Ops
+from .api.page.notify import NotifyApi
 from .api.page.overview import OverviewApi
 from .api.page.plans import BackupsApi
 from .api.page.reports import ReportsApi
@@ -51,6 +52,8 @@ from .health.metrics import ApplianceCollector, LiveState
 from .health.published import PublishedHealth
 from .health.summary import ApplianceSummary
 from .health.systemd import Notifier
+from .notify.metrics import NotifyCollector
+from .notify.service import Notifications
 from .pools import HeavyGate, Pools, run_in
 from .replication.engine import Replicator
 from .replication.tunnel import TunnelWatch
@@ -127,6 +130,7 @@ class Daemon:
         self.backups: BackupScheduler | None = None
         self.seeds: SeedDisks | None = None
         self._cipher: ObjectCipher | None = None
+        self.notify: Notifications | None = None
 
     async def start(self) -> None:
         """Build the services in dependency order, each given what it needs at construction,
@@ -206,6 +210,10 @@ class Daemon:
         self.seeds = SeedDisks(store, repl_state, pending_seed, self._seed_cipher,
                                self.pools.heavy, cfg.appliance.serial,
                                Path(cfg.seed.mount_root))
+        # e-mail and webhook notifications: SMTP conversations in the heavy pool
+        self.notify = await run_in(self.pool, lambda: wiring.notifications(
+            cfg, store, self.pools.heavy, self.summary, self.capacity.report,
+            self.seeds.status))
         signin = SignInApi(Accounts(store.index), self.pool, self.signin_pool)
         page = [signin,
                 OverviewApi(self.pool, self.summary.overview, self.capacity.report),
@@ -215,11 +223,13 @@ class Daemon:
                 StatementsApi(self.pool, billing.statement_bytes if billing else None),
                 ReportsApi(self.pool, partial(page_report, self.capacity, billing)),
                 BackupsApi(store, self.pool, self.backups, ingest.jobs.wake,
-                           cfg.retention.policy, cfg.contract.allow_custom_retention)]
+                           cfg.retention.policy, cfg.contract.allow_custom_retention),
+                NotifyApi(self.pool, self.notify)]
         await self._start_watchers()
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)  # process_* : the daemon's CPU, RSS, fds
         self.registry.register(self.collector)
+        self.registry.register(NotifyCollector(self.notify.outbox))
 
         timer = RequestTimer(self.registry)
         # /metrics checks remembered tokens: Prometheus keeps its view while the data disk
@@ -250,6 +260,8 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self.backups.run(
             self.pool, ingest.jobs.wake, self.cfg.contract.schedule_tick_seconds),
             name="backup-scheduler"))
+        if self.notify.enabled:
+            self._tasks.append(asyncio.create_task(self.notify.run(), name="notify"))
         if self.notifier.enabled:
             self.notifier.ready(f"serving on {len(self.addresses)} address(es)")
             if self.notifier.watchdog_interval:

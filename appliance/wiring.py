@@ -21,6 +21,8 @@ from .health.published import PublishedHealth
 from .health.summary import ApplianceSummary
 from .jobs.history import JobHistory
 from .jobs.maintenance import Maintenance, MaintenanceSettings
+from .notify.outbox import Outbox
+from .notify.service import Notifications
 from .plans.repository import BackupPlans
 from .replication.engine import Replicator
 from .replication.pending_seed import PendingSeed
@@ -212,3 +214,14 @@ def backup_scheduler(cfg: Config, store: Datastore, plans: BackupPlans,
     return BackupScheduler(store, plans, runs, timezone=cfg.appliance.timezone,
                            default_window=c.default_window, seed=cfg.appliance.serial,
                            max_jitter=c.schedule_jitter_seconds)
+
+
+def notifications(cfg: Config, store: Datastore, pool: Executor | None,
+                  summary: ApplianceSummary | None = None,
+                  report: Callable[[str], dict] | None = None,
+                  seed_status: Callable[[], dict] | None = None) -> Notifications:
+    """E-mail and webhook notifications (the daemon's loop, `rdr notify`); builds the
+    outbox's tables (SQLite: call it in the pool)."""
+    return Notifications(cfg.notify, Outbox(store.index), runs(store),
+                         serial=cfg.appliance.serial, timezone=cfg.appliance.timezone,
+                         pool=pool, summary=summary, report=report, seed_status=seed_status)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from appliance.api.app import api_v1
 from appliance.api.ingest.backup import IngestApi
+from appliance.api.page.notify import NotifyApi
 from appliance.api.page.overview import OverviewApi
 from appliance.api.page.plans import BackupsApi
 from appliance.api.page.reports import ReportsApi
@@ -32,6 +33,7 @@ def api_routes() -> web.Application:
             SeedDisksApi(pool),
             StatementsApi(pool, None),
             ReportsApi(pool, dict),
-            BackupsApi(None, pool, None, print, "8-5-4")]  # type: ignore[arg-type]
+            BackupsApi(None, pool, None, print, "8-5-4"),  # type: ignore[arg-type]
+            NotifyApi(pool, None)]  # type: ignore[arg-type]
     return api_v1(ingest=[ingest], page=page, tokens=_nobody, sessions=None,
                   max_json_bytes=1 << 20)

@@ -22,6 +22,7 @@ import { viewBrowse } from "./view-browse.js";
 import { closeDetails, onDetailsClosed, openDetails } from "./view-details.js";
 import { viewHost } from "./view-host.js";
 import { viewJobs } from "./view-jobs.js";
+import { viewNotify } from "./view-notify.js";
 import { viewOverview } from "./view-overview.js";
 import { viewReports } from "./view-reports.js";
 import { onRestoreSubmit } from "./view-restore.js";
@@ -30,7 +31,8 @@ import { onLogin, onLogout, showLogin, startSession } from "./view-signin.js";
 
 function wire() {
   useViews({ overview: viewOverview, jobs: viewJobs, host: viewHost, browse: viewBrowse,
-    search: viewSearch, history: viewHistorySearch, reports: viewReports, openDetails });
+    search: viewSearch, history: viewHistorySearch, reports: viewReports, notify: viewNotify,
+    openDetails });
   whenSessionEnds(() => showLogin("Your session has ended. Please sign in again."));
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", onLogout);

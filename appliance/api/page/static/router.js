@@ -79,6 +79,9 @@ export async function route(first = false) {
     } else if (segs[0] === "reports" && segs.length === 1) {
       nav = "reports";
       node = await views.reports(seq, params.month || "");
+    } else if (segs[0] === "notify" && segs.length === 1) {
+      nav = "notify";
+      node = await views.notify(seq);
     } else if (segs[0] === "host" && segs.length === 2) {
       node = await views.host(seq, segs[1]);
     } else if (segs[0] === "host" && segs.length === 3) {
