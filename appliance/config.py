@@ -205,6 +205,25 @@ class SeedConfig:
 
 
 @dataclass(slots=True)
+class DetectionConfig:
+    """Ransomware detection at ingest (appliance/detect/rules.py says what each means;
+    docs/RANSOMWARE.md the false-positive figures behind the defaults)."""
+
+    enabled: bool = True
+    #: Clean snapshots of a source kept before a suspicious one until an admin lifts the hold.
+    hold_clean: int = 3
+    min_files: int = 20
+    changed_share: float = 0.5
+    rewritten_share: float = 0.3
+    extension_min_files: int = 20
+    extension_share: float = 0.1
+    entropy_jump: float = 0.25
+    entropy_min_bytes: int = 1024 * 1024
+    notes_min: int = 1
+    min_signals: int = 2
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -218,6 +237,7 @@ class Config:
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     seed: SeedConfig = field(default_factory=SeedConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -284,6 +304,9 @@ def validate(cfg: Config) -> Config:
     if cfg.store.reserve_mb < 0:
         raise ConfigError("store.reserve_mb: must not be negative")
     _validate_limits(cfg.limits)
+    d = cfg.detection
+    if d.hold_clean < 1 or d.min_signals < 1 or d.min_files < 0 or d.notes_min < 1:
+        raise ConfigError("detection: hold_clean, min_signals and notes_min must be at least 1")
     from .store.retention import Policy
 
     try:

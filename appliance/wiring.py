@@ -14,6 +14,9 @@ from .capacity.samples import Samples
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
+from .detect.repository import Verdicts
+from .detect.rules import Thresholds
+from .detect.service import Detector, Suspicion
 from .health.admission import RefuseWhileDegraded
 from .health.published import PublishedHealth
 from .health.summary import ApplianceSummary
@@ -94,7 +97,17 @@ def published_health(store: Datastore) -> PublishedHealth:
 
 
 def maintenance(cfg: Config, store: Datastore) -> Maintenance:
-    return Maintenance(store, job_history(store), maintenance_settings(cfg))
+    """Prune keeps what detection holds (the clean snapshots before a suspicious one)."""
+    return Maintenance(store, job_history(store), maintenance_settings(cfg),
+                       held=detector(cfg, store).held)
+
+
+def detector(cfg: Config, store: Datastore, pool: Executor | None = None,
+             on_suspicious: Callable[[Suspicion], None] | None = None) -> Detector:
+    d = cfg.detection
+    fields = {k: getattr(d, k) for k in Thresholds.__dataclass_fields__}
+    return Detector(store, Verdicts(store.index), Thresholds(**fields),
+                    hold_clean=d.hold_clean, pool=pool, on_suspicious=on_suspicious)
 
 
 def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService:

@@ -54,6 +54,7 @@ from rdr_format.catalog import (
     path_key,
 )
 from rdr_format.chunkfile import ChunkEncoder, EncodedChunk, possession_key, possession_proof
+from rdr_format.compression import Tally
 
 log = logging.getLogger("rdr.agent.backup")
 
@@ -149,6 +150,7 @@ class ChunkRef:
 
     id: str
     plain_size: int
+    stored_size: int = 0
 
 
 class Producer:
@@ -187,6 +189,8 @@ class Producer:
         self._writer = CatalogWriter(self._cat_sink, self._idx_sink)
         #: What the new catalog's files use of each chunk (saved for the next backup).
         self.use = ChunkUse()
+        #: How compressible the files read were, per class (sent with the commit).
+        self.compression = Tally()
 
     # --- encoding ---
     def _encode_job(self, plain: bytes | bytearray | memoryview, keep: bool,
@@ -202,7 +206,7 @@ class Producer:
             # A data chunk's future lives as long as the catalog block that needs its id,
             # which can be hundreds of blocks behind a bundle still filling: it keeps the
             # id only, so the chunk's bytes are freed once uploaded.
-            return chunk if keep else ChunkRef(chunk.id, chunk.plain_size)
+            return chunk if keep else ChunkRef(chunk.id, chunk.plain_size, len(chunk.data))
         finally:
             if slab is not None:  # the plaintext was a view into it: done with it
                 self._slabs.release(slab)
@@ -417,18 +421,25 @@ class Producer:
             if not self._ready(pendings, force):
                 return
             for e, pend in pendings:
-                e.ranges = [self._resolve(p) for p in pend]
+                stored = [0]
+                e.ranges = [self._resolve(p, stored) for p in pend]
+                if any(isinstance(p, _Pending) for p in pend):  # read by this backup
+                    self.compression.add(e.name, e.size, stored[0])
                 self.use.add(e)
             for e, first in links:
                 e.ranges, e.size = first.ranges, first.size
             self._writer.add_block(path, entries)
             self._pending.popleft()
 
-    def _resolve(self, p: _Pending | Range) -> Range:
+    def _resolve(self, p: _Pending | Range, stored: list[int]) -> Range:
+        """The range; adds to `stored[0]` the compressed bytes its share of a chunk read
+        now takes (its length's part of the chunk file)."""
         if isinstance(p, Range):
             return p
         src = p.src
         chunk = (src.future if isinstance(src, Bundle) else src).result()
+        size = chunk.stored_size if isinstance(chunk, ChunkRef) else len(chunk.data)
+        stored[0] += size * p.length // max(chunk.plain_size, 1)
         return Range(chunk.id, p.offset, p.length, chunk.plain_size)
 
     def finish(self) -> tuple[list[EncodedChunk], list[EncodedChunk]]:
@@ -498,6 +509,8 @@ class Archiver:
         #: Possession-proof key of the open session (None: an appliance without proofs).
         self.proof_key: bytes | None = None
         self.lease = 60.0
+        #: The last pass's compression summary (rdr_format.compression), sent with the commit.
+        self.compression: dict[str, list[int]] = {}
 
     def _session_file(self, host: str) -> Path:
         return self.state_dir / f"session-{host}.json"
@@ -553,9 +566,10 @@ class Archiver:
                     "unreadable": [{"path": p, "error": e}
                                    for p, e in unreadable[:MAX_UNREADABLE_SENT]],
                     "unreadable_count": len(unreadable),
+                    "compression": self.compression,
                 }
                 try:
-                    result = await self.client.commit(sid, body)
+                    result = await self._commit(sid, body)
                     break
                 except ApplianceError as exc:
                     if exc.code != "unproven_chunks" or attempt == MAX_PASSES \
@@ -575,6 +589,18 @@ class Archiver:
         await loop.run_in_executor(None, self._save_use, host, cat, low_use)
         return BackupResult(result["snapshot"], host, self.stats, time.monotonic() - started,
                             resumed)
+
+    async def _commit(self, sid: str, body: dict) -> dict:
+        """Commit; an appliance from before compression summaries refuses the field by name
+        (400 bad_field, before any work): commit again without it."""
+        try:
+            return await self.client.commit(sid, body)
+        except ApplianceError as exc:
+            if exc.status != 400 or exc.code != "bad_field" or "'compression'" not in exc.message:
+                raise
+        log.info("the appliance takes no compression summary: committing without it")
+        return await self.client.commit(sid, {k: v for k, v in body.items()
+                                              if k != "compression"})
 
     async def _parent_of(self, source: str) -> str | None:
         """The snapshot this backup compares against: the newest of its own source (None:
@@ -623,6 +649,7 @@ class Archiver:
                                     (os.fsdecode(p), m)))
                 producer.run_tree(walker)
             cat, idx = producer.finish()
+            self.compression = producer.compression.summary()
             return cat, idx, producer.use.low()
 
         try:
