@@ -9,6 +9,7 @@ from aiohttp import web
 
 from appliance.api.app import api_v1
 from appliance.api.ingest.backup import IngestApi
+from appliance.api.page.holds import HoldsApi
 from appliance.api.page.overview import OverviewApi
 from appliance.api.page.plans import BackupsApi
 from appliance.api.page.restore import RestoreApi
@@ -28,6 +29,7 @@ def api_routes() -> web.Application:
             OverviewApi(pool, dict),
             RestoreApi(None, pool, None, ingest.jobs),  # type: ignore[arg-type]
             SeedDisksApi(pool),
-            BackupsApi(None, pool, None, print, "8-5-4")]  # type: ignore[arg-type]
+            BackupsApi(None, pool, None, print, "8-5-4"),  # type: ignore[arg-type]
+            HoldsApi(None, pool)]  # type: ignore[arg-type]
     return api_v1(ingest=[ingest], page=page, tokens=_nobody, sessions=None,
                   max_json_bytes=1 << 20)

@@ -142,8 +142,9 @@ class Detector:
         return out
 
     def held(self, hosts: Collection[str] | None = None) -> set[tuple[str, str]]:
-        """(host, snapshot) of the last `hold_clean` clean snapshots of a source before each
-        of its unreviewed suspicious snapshots: prune keeps them (store.prune's held input)."""
+        """(host, snapshot) of each unreviewed suspicious snapshot (the evidence) and the
+        last `hold_clean` clean snapshots of its source before it: prune keeps them
+        (store.prune's held input)."""
         out: set[tuple[str, str]] = set()
         flagged = self.verdicts.suspicious(unreviewed=True)
         if hosts is not None:
@@ -156,10 +157,13 @@ class Detector:
             suspicious = {v.snapshot for v in self.verdicts.suspicious(host)}
             for v in vs:
                 me = next((r for r in rows if r.snapshot == v.snapshot), None)
-                if me is None:
-                    continue
+                if me is not None:
+                    out.add((host, v.snapshot))
+                # (ids sort by receive time: the order holds if it was removed anyway)
                 clean = [r for r in rows if (r.source or "") == v.source
-                         and _order(r) < _order(me) and r.snapshot not in suspicious]
+                         and (_order(r) < _order(me) if me is not None
+                              else r.snapshot < v.snapshot)
+                         and r.snapshot not in suspicious]
                 out |= {(host, r.snapshot) for r in clean[-self.hold_clean:]}
         return out
 
@@ -169,7 +173,7 @@ class Detector:
         for v in self.verdicts.suspicious(unreviewed=True):
             if self.store.index.snapshot(v.host, v.snapshot) is None:
                 continue
-            held = sorted(s for h, s in self.held([v.host]) if h == v.host)
+            held = sorted(s for h, s in self.held([v.host]) if h == v.host and s != v.snapshot)
             out.append({"host": v.host, "snapshot": v.snapshot, "source": v.source,
                         "signals": v.signals, "judged_at": v.judged_at, "holds": held,
                         "evidence": v.evidence})

@@ -70,8 +70,8 @@ def _decide_source(rows: list[SnapshotRow], policy: Policy, tz: str, *,
         elif r.protected:
             keep, reason = True, "protected by an admin"
         elif (r.host, r.snapshot) in held:
-            keep, reason = True, ("held: a clean snapshot before a suspicious one, until "
-                                  "an admin lifts the hold")
+            keep, reason = True, ("held until an admin lifts the hold (a suspicious "
+                                  "snapshot, or a clean one before it)")
         elif replication_required and r.replicated_at is None and not force:
             keep, reason = True, "not replicated to the data center yet"
         elif replication_required and r.replicated_at is None:
