@@ -10,7 +10,8 @@ USAGE = """usage: python -m benchmarks run [--quick] [--size 10G] [--data PATH] 
        python -m benchmarks scale [--chunks N]
        python -m benchmarks replication [--mb N] [--runs N]
        python -m benchmarks browse [--files N] [--per-dir N] [--runs N]
-       python -m benchmarks load [--agents N] [--restores N] [--size-mb N]"""
+       python -m benchmarks load [--agents N] [--restores N] [--size-mb N]
+       python -m benchmarks ransomware [--size-mb N] [--chroot-before D --chroot-after D]"""
 
 
 def main() -> int:
@@ -32,6 +33,10 @@ def main() -> int:
         from . import load
 
         return load.main(argv)
+    if cmd == "ransomware":
+        from . import ransomware
+
+        return ransomware.main(argv)
     if cmd == "replication":
         from . import replication_tunnel
 

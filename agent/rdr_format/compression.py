@@ -28,8 +28,8 @@ Summary = dict[str, list[int]]
 
 
 def file_class(name: bytes) -> str:
-    """The class of a file name: its last extension, lowercased, or "" (none, or too long
-    or not text to be one: a hash-named file is not a type)."""
+    """The class of a file name: its last extension, lowercased, or "" (none, or too long,
+    not alphanumeric or only digits to be one: a hash-named file is not a type)."""
     stem, dot, ext = name.rpartition(b".")
     if not dot or not stem or not ext or len(ext) > MAX_CLASS_LEN:
         return ""
@@ -37,7 +37,8 @@ def file_class(name: bytes) -> str:
         text = ext.decode("ascii").lower()
     except UnicodeDecodeError:
         return ""
-    return text if text.isalnum() else ""
+    # digits are a version or a rotation ("libc.so.6", "syslog.1"), not a type
+    return text if text.isalnum() and not text.isdigit() else ""
 
 
 class Tally:
