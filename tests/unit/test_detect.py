@@ -344,3 +344,48 @@ def test_manifest_keeps_the_summary_and_reads_without_it(store: Datastore) -> No
     m.compression = {}
     assert b"compression" not in m.to_json()  # as an older appliance wrote it
     assert Manifest.from_json(m.to_json()).compression == {}
+
+
+def test_the_commit_body_takes_a_summary_and_refuses_a_bad_one() -> None:
+    from appliance.api.ingest.backup import _parse_commit
+    from appliance.errors import BadRequest
+
+    ref = {"chunks": [["a" * 64, 10]]}
+    req = _parse_commit({"catalog": ref, "dirindex": ref, "compression": {"txt": [1, 10, 4]}})
+    assert req.compression == {"txt": [1, 10, 4]}
+    assert _parse_commit({"catalog": ref, "dirindex": ref}).compression == {}  # older agents
+    with pytest.raises(BadRequest, match="compression"):
+        _parse_commit({"catalog": ref, "dirindex": ref, "compression": {"txt": "x"}})
+
+
+async def test_a_new_agent_commits_to_an_older_appliance_without_the_summary(
+        tmp_path: Path) -> None:
+    """An appliance from before summaries refuses the unknown field by name (400, before any
+    work): the agent commits again without it."""
+    from rdr_agent.archiver import Archiver
+    from rdr_agent.errors import ApplianceError
+
+    class OldAppliance:
+        def __init__(self) -> None:
+            self.bodies: list[dict] = []
+
+        async def commit(self, sid: str, body: dict) -> dict:
+            self.bodies.append(body)
+            extra = set(body) - {"catalog", "dirindex", "agent_version", "source",
+                                 "source_name", "unreadable", "unreadable_count"}
+            if extra:
+                raise ApplianceError(400, "bad_field", f"unknown field {sorted(extra)[0]!r}")
+            return {"snapshot": "s"}
+
+    old = OldAppliance()
+    arch = Archiver(old, tmp_path)  # type: ignore[arg-type]
+    assert await arch._commit("sid", {"catalog": {}, "compression": {"txt": [1, 2, 3]}}) == {
+        "snapshot": "s"}
+    assert [sorted(b) for b in old.bodies] == [["catalog", "compression"], ["catalog"]]
+
+    class Refusing(OldAppliance):
+        async def commit(self, sid: str, body: dict) -> dict:
+            raise ApplianceError(400, "bad_field", "field 'source' must be a list of strings")
+
+    with pytest.raises(ApplianceError):  # any other refusal stands
+        await Archiver(Refusing(), tmp_path)._commit("sid", {"compression": {}})  # type: ignore[arg-type]
