@@ -569,7 +569,7 @@ def ransomware(ctx: Context, res: Result) -> None:
     seen = wait_metric_labeled(ctx, "rdr_host_suspicious", 1, 30, host=host.name)
     expect(seen is not None, "rdr_host_suspicious did not say 1")
     res.measures["metric_s"] = round(seen or 0, 1)
-    target = f"{rig.agent_scratch()}/clean-{host.name}-{time.time_ns()}"
+    target = str(Path(rig.agent_scratch) / f"clean-{host.name}-{time.time_ns()}")
     proc = rig.agent(host, "restore", "clean-latest", "--to", target)
     expect(proc.returncode == 0, f"restore clean-latest failed: {proc.stderr.strip()[-300:]}")
     expect(f"using snapshot {clean}" in proc.stderr, f"clean-latest was not {clean}: "
