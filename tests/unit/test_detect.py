@@ -389,3 +389,18 @@ async def test_a_new_agent_commits_to_an_older_appliance_without_the_summary(
 
     with pytest.raises(ApplianceError):  # any other refusal stands
         await Archiver(Refusing(), tmp_path)._commit("sid", {"compression": {}})  # type: ignore[arg-type]
+
+
+def test_catch_up_judges_what_a_stop_left_unjudged_only(store: Datastore, clock: Clock) -> None:
+    tree = office()
+    old = commit_tree(store, tree).snapshot  # from before detection: stays unjudged
+    clock.now += timedelta(days=1)
+    det = detector(store)
+    first = commit_tree(store, tree).snapshot
+    det.judge("web01", first)
+    clock.now += timedelta(days=1)
+    missed = commit_tree(store, encrypt(tree)).snapshot  # the daemon stopped before judging
+    assert det.catch_up() == 1
+    assert det.verdicts.get("web01", old) is None
+    assert det.verdicts.get("web01", missed).suspicious
+    assert det.catch_up() == 0
