@@ -11,7 +11,7 @@ USAGE = """usage: python -m benchmarks run [--quick] [--size 10G] [--data PATH] 
        python -m benchmarks replication [--mb N] [--runs N]
        python -m benchmarks browse [--files N] [--per-dir N] [--runs N]
        python -m benchmarks load [--agents N] [--restores N] [--size-mb N]
-       python -m benchmarks ransomware [--size-mb N] [--chroot-before D --chroot-after D]"""
+       python -m benchmarks ransomware [--size-mb N] [--chroot NAME BEFORE AFTER]"""
 
 
 def main() -> int:

@@ -4,11 +4,13 @@ control), each backed up twice by the real agent to a real daemon on loopback (a
 scenario, so each source has its own parent and baseline).
 
 Scenarios: the benchmark dataset with its 1 % change (benchmarks/dataset.py), a daily log
-rotation (logrotate's compress + delaycompress), a database dump (a SQL dump taken again
-with 2 % of its rows changed), a package upgrade (a real Debian chroot before and after its
-upgrade when --chroot-before/--chroot-after are given, else a simulation: a /usr tree whose
-packages are replaced by new versions), and a ransomware encryption of an office tree
-(random bytes over every file, renamed with a new extension, a ransom note per folder).
+rotation (logrotate's compress + delaycompress), a database dump (a SQL dump taken again with
+2 % of its rows changed), a database's files (a PostgreSQL-like data directory: 3 % of pages
+rewritten in place, tables grown, WAL segments recycled), a package upgrade (simulated: a /usr
+tree whose packages are replaced by new versions), a real Debian chroot before and after a
+package upgrade (--chroot NAME BEFORE AFTER, repeatable), and a ransomware encryption of an
+office tree (random bytes over every file, renamed with a new extension, a ransom note per
+folder).
 
 The tree builders and the encryptor are reused by tests/integration/test_ransomware.py.
 """
@@ -151,6 +153,57 @@ def dump_rows(seed: int, rows: int, changed: float = 0.0, added: int = 0) -> byt
         out.append(f"{i}\t{cust}\t{item}\t{qty}\t{price / 100:.2f}\t{note}\n")
     out.append("\\.\n")
     return "".join(out).encode()
+
+
+def pg_tree(root: Path, relations: int = 40, seed: int = 6) -> Path:
+    """A PostgreSQL data directory: relation files of 8 KiB pages of rows (numbered files, no
+    extension) and a few 4 MiB WAL segments."""
+    rng = random.Random(seed)
+    base = root / "base" / "16384"
+    base.mkdir(parents=True)
+    for r in range(relations):
+        pages = _size(rng, 4, 600)
+        (base / f"{16400 + r}").write_bytes(b"".join(_page(rng) for _ in range(pages)))
+    wal = root / "pg_wal"
+    wal.mkdir()
+    for k in range(4):
+        (wal / f"0000000100000000000000{k:02X}").write_bytes(_wal(rng))
+    return root
+
+
+def _page(rng: random.Random) -> bytes:
+    head = rng.randbytes(24)
+    rows = prose(rng, 8192 - 24)
+    return head + rows
+
+
+def _wal(rng: random.Random, size: int = 4 * MiB) -> bytes:
+    """WAL: records of changed rows (text) with binary headers, zero-padded at the end."""
+    out = bytearray()
+    while len(out) < size * 3 // 4:
+        out += rng.randbytes(24) + prose(rng, rng.randrange(100, 2000))
+    return bytes(out[:size]) + bytes(max(0, size - len(out)))
+
+
+def pg_day(root: Path, seed: int = 7) -> None:
+    """A day of a database: 3 % of pages rewritten in place, tables grown, the WAL segments
+    recycled (old ones removed, new ones written)."""
+    rng = random.Random(seed)
+    for rel in sorted((root / "base" / "16384").iterdir()):
+        data = bytearray(rel.read_bytes())
+        for i in range(len(data) // 8192):
+            if rng.random() < 0.03:
+                data[i * 8192:(i + 1) * 8192] = _page(rng)
+        if rng.random() < 0.3:
+            data += b"".join(_page(rng) for _ in range(rng.randrange(1, 20)))
+        rel.write_bytes(bytes(data))
+    wal = root / "pg_wal"
+    names = sorted(wal.iterdir())
+    last = int(names[-1].name, 16)
+    for old in names:
+        old.unlink()
+    for k in range(1, 5):
+        (wal / f"{last + k:024X}").write_bytes(_wal(rng))
 
 
 def usr_tree(root: Path, packages: int = 60, seed: int = 4) -> Path:
@@ -312,13 +365,13 @@ async def run(args: argparse.Namespace) -> list[dict]:
         plan: list[tuple] = [
             ("dataset-1pct", ds_before, ds_after),
             ("log-rotation", log_tree, rotate_logs),
+            ("database-files", pg_tree, pg_day),
             ("database-dump", None, None,
              (lambda: dump_rows(1, args.dump_rows), lambda: dump_rows(1, args.dump_rows,
                                                                       0.02, 500))),
         ]
-        if args.chroot_before and args.chroot_after:
-            plan.append(("debian-upgrade", _copy_tree(Path(args.chroot_before)),
-                         _copy_tree(Path(args.chroot_after))))
+        for name, before, after in args.chroot or []:
+            plan.append((name, _copy_tree(Path(before)), _copy_tree(Path(after))))
         plan.append(("usr-upgrade-simulated", usr_tree, upgrade_packages))
         plan.append(("ransomware", lambda r: office_tree(r, files=args.office_files),
                      encrypt_in_place))
@@ -357,8 +410,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--work", default=None, help="scratch directory (default: $TMPDIR)")
     ap.add_argument("--dump-rows", type=int, default=200_000)
     ap.add_argument("--office-files", type=int, default=300)
-    ap.add_argument("--chroot-before", help="a Debian chroot before its package upgrade")
-    ap.add_argument("--chroot-after", help="the same chroot after the upgrade")
+    ap.add_argument("--chroot", nargs=3, action="append", metavar=("NAME", "BEFORE", "AFTER"),
+                    help="a scenario NAME: a Debian chroot BEFORE and AFTER its package "
+                    "upgrade (repeatable)")
     ap.add_argument("--only", help="comma-separated scenario names")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
