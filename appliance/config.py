@@ -307,6 +307,9 @@ def validate(cfg: Config) -> Config:
     d = cfg.detection
     if d.hold_clean < 1 or d.min_signals < 1 or d.min_files < 0 or d.notes_min < 1:
         raise ConfigError("detection: hold_clean, min_signals and notes_min must be at least 1")
+    for key in ("changed_share", "rewritten_share", "extension_share", "entropy_jump"):
+        if not 0 < getattr(d, key) <= 1:
+            raise ConfigError(f"detection.{key}: must be in (0, 1]")
     from .store.retention import Policy
 
     try:

@@ -404,3 +404,19 @@ def test_catch_up_judges_what_a_stop_left_unjudged_only(store: Datastore, clock:
     assert det.verdicts.get("web01", old) is None
     assert det.verdicts.get("web01", missed).suspicious
     assert det.catch_up() == 0
+
+
+def test_detection_settings_are_checked(tmp_path: Path) -> None:
+    from appliance.config import ConfigError, load
+
+    good = tmp_path / "good.toml"
+    good.write_text("[detection]\nentropy_jump = 0.4\nmin_signals = 3\nhold_clean = 5\n")
+    cfg = load(good)
+    assert (cfg.detection.entropy_jump, cfg.detection.min_signals,
+            cfg.detection.hold_clean) == (0.4, 3, 5)
+    for bad, key in (("changed_share = 1.5", "detection.changed_share"),
+                     ("hold_clean = 0", "hold_clean"), ("min_signal = 2", "min_signal")):
+        path = tmp_path / "bad.toml"
+        path.write_text(f"[detection]\n{bad}\n")
+        with pytest.raises(ConfigError, match=key):
+            load(path)
