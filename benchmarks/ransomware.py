@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import filecmp
 import gzip
 import json
 import math
@@ -336,13 +337,49 @@ async def scenario(daemon, name: str, work: Path, before: Step, after: Step,
             "suspicious": v.suspicious, "seconds": round(time.monotonic() - t0, 1)}
 
 
-def _copy_tree(src: Path) -> Step:
+SKIP = {"dev", "proc", "sys"}
+
+
+def _sync_tree(src: Path) -> Step:
+    """Make ROOT hold what SRC holds, touching only what differs (as dpkg does in place: an
+    unchanged file keeps its inode and times, so the agent does not read it again)."""
     def step(root: Path) -> None:
-        shutil.rmtree(root)
-        # symlinks kept as links; special files (a chroot's /dev) skipped by the walker anyway
-        shutil.copytree(src, root, symlinks=True, ignore_dangling_symlinks=True,
-                        ignore=shutil.ignore_patterns("dev", "proc", "sys"))
+        root.mkdir(exist_ok=True)
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames[:] = [d for d in dirnames if not (Path(dirpath) == src and d in SKIP)]
+            rel = Path(dirpath).relative_to(src)
+            dest = root / rel
+            dest.mkdir(exist_ok=True)
+            for name in dirnames + filenames:
+                _sync_entry(Path(dirpath) / name, dest / name)
+        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+            rel = Path(dirpath).relative_to(root)
+            for name in filenames + dirnames:
+                if not os.path.lexists(src / rel / name):
+                    p = Path(dirpath) / name
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
     return step
+
+
+def _sync_entry(s: Path, d: Path) -> None:
+    if s.is_symlink():
+        if d.is_symlink() and os.readlink(d) == os.readlink(s):
+            return
+        if os.path.lexists(d):
+            shutil.rmtree(d) if d.is_dir() and not d.is_symlink() else d.unlink()
+        d.symlink_to(os.readlink(s))
+    elif s.is_dir():
+        if os.path.lexists(d) and (d.is_symlink() or not d.is_dir()):
+            d.unlink()
+    elif s.is_file():
+        if d.is_file() and not d.is_symlink() and filecmp.cmp(s, d, shallow=False):
+            return
+        if os.path.lexists(d):
+            shutil.rmtree(d) if d.is_dir() and not d.is_symlink() else d.unlink()
+        shutil.copy2(s, d)
 
 
 async def run(args: argparse.Namespace) -> list[dict]:
@@ -371,7 +408,7 @@ async def run(args: argparse.Namespace) -> list[dict]:
                                                                       0.02, 500))),
         ]
         for name, before, after in args.chroot or []:
-            plan.append((name, _copy_tree(Path(before)), _copy_tree(Path(after))))
+            plan.append((name, _sync_tree(Path(before)), _sync_tree(Path(after))))
         plan.append(("usr-upgrade-simulated", usr_tree, upgrade_packages))
         plan.append(("ransomware", lambda r: office_tree(r, files=args.office_files),
                      encrypt_in_place))
