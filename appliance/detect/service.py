@@ -8,6 +8,7 @@ is stored."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Collection
 from concurrent.futures import Executor
@@ -43,7 +44,8 @@ class Detector:
     def __init__(self, store: Datastore, verdicts: Verdicts, thresholds: Thresholds, *,
                  hold_clean: int = 3, pool: Executor | None = None,
                  notes: NoteNames | None = None,
-                 on_suspicious: Callable[[Suspicion], None] | None = None) -> None:
+                 on_suspicious: Callable[[Suspicion], None] | None = None,
+                 answer_within: float = 20.0) -> None:
         self.store = store
         self.verdicts = verdicts
         self.thresholds = thresholds
@@ -52,15 +54,26 @@ class Detector:
         self.pool = pool
         self.notes = notes or NoteNames.load()
         self.on_suspicious = on_suspicious
+        self.answer_within = answer_within
+        self._running: set[asyncio.Task] = set()  # verdicts still being reached
 
     # --- judging ---
     async def after_commit(self, manifest: Manifest) -> None:
-        """The ingest API's post-commit hook: judge in the pool; a failure is logged (the
-        snapshot is committed whatever the detector thinks of it)."""
+        """The ingest API's post-commit hook: judge in the pool, waiting at most
+        `answer_within` seconds (the agent's commit answer waits with it; a catalog of
+        millions of files is judged on after the answer: about 43 s per million files,
+        docs/RANSOMWARE.md). A failure is logged: the snapshot is committed whatever the
+        detector thinks of it."""
+        task = asyncio.ensure_future(self._judge_async(manifest.host, manifest.snapshot))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        await asyncio.wait({task}, timeout=self.answer_within)
+
+    async def _judge_async(self, host: str, snapshot: str) -> None:
         try:
-            found = await run_in(self.pool, self.judge, manifest.host, manifest.snapshot)
+            found = await run_in(self.pool, self.judge, host, snapshot)
         except Exception:
-            log.exception("detection failed for %s/%s", manifest.host, manifest.snapshot)
+            log.exception("detection failed for %s/%s", host, snapshot)
             return
         if found is not None and found.suspicious and self.on_suspicious is not None:
             self.on_suspicious(Suspicion(found.host, found.snapshot, found.source,

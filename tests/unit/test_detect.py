@@ -420,3 +420,45 @@ def test_detection_settings_are_checked(tmp_path: Path) -> None:
         path.write_text(f"[detection]\n{bad}\n")
         with pytest.raises(ConfigError, match=key):
             load(path)
+
+
+async def test_after_commit_answers_in_time_and_tells_of_a_suspicious_snapshot(
+        store: Datastore, clock: Clock) -> None:
+    """The commit's answer waits at most `answer_within` (a huge catalog is judged on
+    after it), a failing detector never fails the commit, and `on_suspicious` hears of each
+    suspicious snapshot once its verdict is stored."""
+    import asyncio
+    import threading
+    import time as _time
+
+    heard: list = []
+    det = detector(store, answer_within=0.05, on_suspicious=heard.append)
+    tree = office()
+    first = commit_tree(store, tree)
+    await det.after_commit(first)  # judged within the wait
+    assert det.verdicts.get("web01", first.snapshot) is not None
+    clock.now += timedelta(days=1)
+    bad = commit_tree(store, encrypt(tree))
+    gate = threading.Event()
+    judge = det.judge
+
+    def slow(host: str, snap: str):
+        gate.wait(5)
+        return judge(host, snap)
+
+    det.judge = slow  # type: ignore[method-assign]
+    t0 = _time.monotonic()
+    await det.after_commit(bad)
+    assert _time.monotonic() - t0 < 1 and det.verdicts.get("web01", bad.snapshot) is None
+    gate.set()
+    for _ in range(100):
+        if heard:
+            break
+        await asyncio.sleep(0.05)
+    assert [(s.snapshot, "ransom_notes" in s.signals) for s in heard] == [(bad.snapshot, True)]
+
+    def broken(host: str, snap: str):
+        raise OSError("disk gone")
+
+    det.judge = broken  # type: ignore[method-assign]
+    await det.after_commit(bad)  # logged, not raised
