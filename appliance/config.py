@@ -212,6 +212,8 @@ class DetectionConfig:
     enabled: bool = True
     #: Clean snapshots of a source kept before a suspicious one until an admin lifts the hold.
     hold_clean: int = 3
+    #: The agent's commit answer waits at most this long for the verdict (judging goes on).
+    answer_within_seconds: float = 20.0
     min_files: int = 20
     changed_share: float = 0.5
     rewritten_share: float = 0.3

@@ -107,7 +107,8 @@ def detector(cfg: Config, store: Datastore, pool: Executor | None = None,
     d = cfg.detection
     fields = {k: getattr(d, k) for k in Thresholds.__dataclass_fields__}
     return Detector(store, Verdicts(store.index), Thresholds(**fields),
-                    hold_clean=d.hold_clean, pool=pool, on_suspicious=on_suspicious)
+                    hold_clean=d.hold_clean, pool=pool, on_suspicious=on_suspicious,
+                    answer_within=d.answer_within_seconds)
 
 
 def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService:
