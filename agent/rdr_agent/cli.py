@@ -187,8 +187,11 @@ async def cmd_snapshots(args: argparse.Namespace, st: AgentSettings) -> int:
         return 0
     print(f"{'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10}  {'REPLICATED':10}  SOURCE")
     for s in snaps:
+        # the appliance's ransomware marks (absent from an older appliance)
+        mark = ("  SUSPICIOUS" if s.get("suspicious") else
+                "  not clean" if s.get("clean") is False else "")
         print(f"{s['snapshot']:22} {s['file_count']:>9} {human(s['logical_size']):>10}  "
-              f"{'yes' if s['replicated'] else 'no':10}  {s.get('source') or '-'}")
+              f"{'yes' if s['replicated'] else 'no':10}  {s.get('source') or '-'}{mark}")
     return 0
 
 

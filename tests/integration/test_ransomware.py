@@ -101,6 +101,12 @@ async def test_encryption_is_flagged_held_and_restored_from_the_clean_point(
     assert set(clean) | {bad} | set(later[-7:]) == left
     assert decisions[clean[0]].keep and "held" in decisions[clean[0]].reason
 
+    rc, listing, err = await run(agent_cmd() + ["snapshots"], appliance.env(token, state))
+    assert rc == 0, err
+    marks = {line.split()[0]: line for line in listing.splitlines()[1:]}
+    assert marks[bad].endswith("SUSPICIOUS") and marks[later[-1]].endswith("not clean")
+    assert not marks[clean[-1]].endswith(("SUSPICIOUS", "not clean"))
+
     # the clean point, by name
     out = tmp_path / "out"
     rc, _, err = await run(agent_cmd() + ["restore", "clean-latest", "--to", str(out)],

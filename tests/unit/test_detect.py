@@ -462,3 +462,34 @@ async def test_after_commit_answers_in_time_and_tells_of_a_suspicious_snapshot(
 
     det.judge = broken  # type: ignore[method-assign]
     await det.after_commit(bad)  # logged, not raised
+
+
+def test_rdr_snapshots_and_holds_show_the_marks(tmp_path: Path, clock: Clock,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance.cli.app import main
+
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f"[store]\npath = '{tmp_path / 'data'}'\nreserve_mb = 0\n")
+    st = Datastore(tmp_path / "data", reserve_bytes=0, clock=clock)
+    st.add_host("web01")
+    tree = office()
+    det = detector(st)
+    first = commit_tree(st, tree).snapshot
+    det.judge("web01", first)
+    clock.now += timedelta(days=1)
+    bad = commit_tree(st, encrypt(tree)).snapshot
+    det.judge("web01", bad)
+    st.close()
+    assert main(["snapshots", "web01", "--config", str(cfg)]) == 0
+    lines = {ln.split()[1]: ln for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert "SUSPICIOUS" in lines[bad] and "held" in lines[bad]
+    assert "held" in lines[first] and "SUSPICIOUS" not in lines[first]
+    assert main(["holds", "list", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"web01/{bad}" in out and f"holds: {first}" in out and "extension changes" in out
+    assert main(["holds", "lift", "web01", bad, "--config", str(cfg)]) == 0
+    assert "hold lifted by cli:" in capsys.readouterr().out
+    assert main(["holds", "lift", "web01", bad, "--config", str(cfg)]) == 1  # one line, no trace
+    assert "lifted already" in capsys.readouterr().err
+    assert main(["holds", "list", "--config", str(cfg)]) == 0
+    assert "no holds" in capsys.readouterr().out
