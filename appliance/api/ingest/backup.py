@@ -159,10 +159,10 @@ class IngestApi:
         # A repeat of a recent identical commit returns the snapshot it repeats (made by
         # another session): 200, and no new snapshot to replicate.
         repeated = manifest.session != sid
-        if self.after_commit is not None and not repeated:
-            await self.after_commit(manifest)
         if self.on_commit is not None and not repeated:
             self.on_commit()  # e.g. replicate the new snapshot now
+        if self.after_commit is not None and not repeated:
+            await self.after_commit(manifest)  # e.g. detection, before the answer
         return web.json_response({
             "repeated": repeated,
             "snapshot": manifest.snapshot, "host": manifest.host,
