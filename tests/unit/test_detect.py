@@ -152,7 +152,8 @@ def test_note_patterns_match_known_notes_only() -> None:
     for name in (b"HOW_TO_DECRYPT_FILES.txt", b"README_TO_DECRYPT.txt", b"restore-my-files.txt",
                  b"!!!READ_ME!!!.txt", b"YOUR_FILES_ARE_ENCRYPTED.html"):
         assert NOTES.match(name), name
-    for name in (b"README.md", b"readme.txt", b"decrypt.py", b"notes.txt", b"restore.sh"):
+    for name in (b"README.md", b"readme.txt", b"decrypt.py", b"notes.txt", b"restore.sh",
+                 b"transom_window.txt", b"install_readme_first.txt", b"restore_db.md"):
         assert not NOTES.match(name), name
 
 
