@@ -143,7 +143,11 @@ class Daemon:
         if cfg.store.reserve_mb and not await run_in(self.pool, store.reserve.ensure):
             log.warning("data disk too full to keep %d MiB in reserve", cfg.store.reserve_mb)
         log.info("store at %s ready: %s", cfg.data_dir, recovered)
-        maintenance = wiring.maintenance(cfg, store)
+        # ransomware detection; a suspicious snapshot changes /metrics (the notifications
+        # channel hooks in here); prune keeps what it holds
+        detector = await run_in(self.pool, wiring.detector, cfg, store, self.pools.heavy,
+                                lambda _s: self.collector and self.collector.snapshots_changed())
+        maintenance = wiring.maintenance(cfg, store, detector)
         # the features' repositories (their tables made, kv moved: SQLite, so in the pool)
         samples, repl_state, pending_seed, self.published = await run_in(
             self.pool, lambda: (wiring.samples(store), wiring.replication_state(store),
@@ -178,9 +182,6 @@ class Daemon:
         ledger, plans, runs = await run_in(
             self.pool, lambda: (RestoreLedger(store.index), wiring.plans(store),
                                 wiring.runs(store)))
-        # a suspicious snapshot changes /metrics (the notifications channel hooks in here)
-        detector = await run_in(self.pool, wiring.detector, cfg, store, self.pools.heavy,
-                                lambda _s: self.collector and self.collector.snapshots_changed())
         self.collector = ApplianceCollector(
             self.summary, live, history=maintenance.history, ledger=ledger, plans=plans,
             sent_bytes=(lambda: rep.sent_bytes) if rep else None,

@@ -96,10 +96,11 @@ def published_health(store: Datastore) -> PublishedHealth:
     return PublishedHealth(store.index)
 
 
-def maintenance(cfg: Config, store: Datastore) -> Maintenance:
-    """Prune keeps what detection holds (the clean snapshots before a suspicious one)."""
+def maintenance(cfg: Config, store: Datastore, det: Detector | None = None) -> Maintenance:
+    """Prune keeps what detection (DET, or one built here) holds: the clean snapshots before
+    a suspicious one."""
     return Maintenance(store, job_history(store), maintenance_settings(cfg),
-                       held=detector(cfg, store).held)
+                       held=(det or detector(cfg, store)).held)
 
 
 def detector(cfg: Config, store: Datastore, pool: Executor | None = None,
