@@ -216,6 +216,27 @@ class SeedConfig:
 
 
 @dataclass(slots=True)
+class DetectionConfig:
+    """Ransomware detection at ingest (appliance/detect/rules.py says what each means;
+    docs/RANSOMWARE.md the false-positive figures behind the defaults)."""
+
+    enabled: bool = True
+    #: Clean snapshots of a source kept before a suspicious one until an admin lifts the hold.
+    hold_clean: int = 3
+    #: The agent's commit answer waits at most this long for the verdict (judging goes on).
+    answer_within_seconds: float = 20.0
+    min_files: int = 20
+    changed_share: float = 0.5
+    rewritten_share: float = 0.3
+    extension_min_files: int = 20
+    extension_share: float = 0.1
+    entropy_jump: float = 0.25
+    entropy_min_bytes: int = 1024 * 1024
+    notes_min: int = 1
+    min_signals: int = 2
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -231,6 +252,7 @@ class Config:
     seed: SeedConfig = field(default_factory=SeedConfig)
     #: Notification targets and timings (lists of tables: parsed by appliance/notify).
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -297,6 +319,12 @@ def validate(cfg: Config) -> Config:
     if cfg.store.reserve_mb < 0:
         raise ConfigError("store.reserve_mb: must not be negative")
     _validate_limits(cfg.limits)
+    d = cfg.detection
+    if d.hold_clean < 1 or d.min_signals < 1 or d.min_files < 0 or d.notes_min < 1:
+        raise ConfigError("detection: hold_clean, min_signals and notes_min must be at least 1")
+    for key in ("changed_share", "rewritten_share", "extension_share", "entropy_jump"):
+        if not 0 < getattr(d, key) <= 1:
+            raise ConfigError(f"detection.{key}: must be in (0, 1]")
     from .store.retention import Policy
 
     try:

@@ -32,6 +32,7 @@ from .api.app import api_v1, build_app
 from .api.auth import RememberedTokens, TokenLookup
 from .api.ingest.backup import IngestApi
 from .api.ops import Ops
+from .api.page.holds import HoldsApi
 from .api.page.notify import NotifyApi
 from .api.page.overview import OverviewApi
 from .api.page.plans import BackupsApi
@@ -149,7 +150,11 @@ class Daemon:
         if cfg.store.reserve_mb and not await run_in(self.pool, store.reserve.ensure):
             log.warning("data disk too full to keep %d MiB in reserve", cfg.store.reserve_mb)
         log.info("store at %s ready: %s", cfg.data_dir, recovered)
-        maintenance = wiring.maintenance(cfg, store)
+        # ransomware detection; a suspicious snapshot changes /metrics (the notifications
+        # channel hooks in here); prune keeps what it holds
+        detector = await run_in(self.pool, wiring.detector, cfg, store, self.pools.heavy,
+                                lambda _s: self.collector and self.collector.snapshots_changed())
+        maintenance = wiring.maintenance(cfg, store, detector)
         # the features' repositories (their tables made, kv moved: SQLite, so in the pool)
         samples, repl_state, pending_seed, self.published = await run_in(
             self.pool, lambda: (wiring.samples(store), wiring.replication_state(store),
@@ -188,7 +193,7 @@ class Daemon:
         self.collector = ApplianceCollector(
             self.summary, live, history=maintenance.history, ledger=ledger, plans=plans,
             sent_bytes=(lambda: rep.sent_bytes) if rep else None,
-            tunnel_up=(lambda: tun.up) if tun else None)
+            tunnel_up=(lambda: tun.up) if tun else None, suspicious=detector.suspicious_counts)
         self._metrics_tokens = RememberedTokens(store.index.admin_for_token)
         self.scheduler = Scheduler(
             maintenance.history, wiring.periodic_jobs(cfg, maintenance, self.capacity, heal,
@@ -204,7 +209,9 @@ class Daemon:
                            appliance_serial=cfg.appliance.serial,
                            on_commit=self._committed,
                            upload_budget=(cfg.store.workers + 2) * 2 * MAX_FILE_SIZE,
-                           commit_pool=self.commit_pool, heavy_pool=self.pools.heavy)
+                           commit_pool=self.commit_pool, heavy_pool=self.pools.heavy,
+                           after_commit=detector.after_commit if cfg.detection.enabled else None,
+                           marks=detector.marks)
         self.browser = Browser(store, listing_bytes=cfg.limits.listing_cache_mb * 2**20)
         self.backups = wiring.backup_scheduler(cfg, store, plans, runs)
         self.seeds = SeedDisks(store, repl_state, pending_seed, self._seed_cipher,
@@ -218,7 +225,9 @@ class Daemon:
         page = [signin,
                 OverviewApi(self.pool, self.summary.overview, self.capacity.report),
                 RestoreApi(store, self.pool, self.browser, ingest.jobs,
-                           heavy=self.pools.heavy, gate=self.heavy_gate, ledger=ledger),
+                           heavy=self.pools.heavy, gate=self.heavy_gate, ledger=ledger,
+                           marks=detector.marks),
+                HoldsApi(detector, self.pool),
                 SeedDisksApi(self.pool, self.seeds),
                 StatementsApi(self.pool, billing.statement_bytes if billing else None),
                 ReportsApi(self.pool, partial(page_report, self.capacity, billing)),
@@ -256,6 +265,9 @@ class Daemon:
         log.info("rdr %s serving on %s", __version__,
                  ", ".join(f"https://{h}:{p}" for h, p in self.addresses))
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        if cfg.detection.enabled:  # snapshots a stop left unjudged
+            self._tasks.append(asyncio.create_task(
+                run_in(self.pools.heavy, detector.catch_up), name="detect-catch-up"))
         self._tasks.append(asyncio.create_task(self._publish_health(), name="health"))
         self._tasks.append(asyncio.create_task(self.backups.run(
             self.pool, ingest.jobs.wake, self.cfg.contract.schedule_tick_seconds),

@@ -16,6 +16,9 @@ from .capacity.samples import Samples
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config, ConfigError
+from .detect.repository import Verdicts
+from .detect.rules import Thresholds
+from .detect.service import Detector, Suspicion
 from .health.admission import RefuseWhileDegraded
 from .health.published import PublishedHealth
 from .health.summary import ApplianceSummary
@@ -97,8 +100,20 @@ def published_health(store: Datastore) -> PublishedHealth:
     return PublishedHealth(store.index)
 
 
-def maintenance(cfg: Config, store: Datastore) -> Maintenance:
-    return Maintenance(store, job_history(store), maintenance_settings(cfg))
+def maintenance(cfg: Config, store: Datastore, det: Detector | None = None) -> Maintenance:
+    """Prune keeps what detection (DET, or one built here) holds: the clean snapshots before
+    a suspicious one."""
+    return Maintenance(store, job_history(store), maintenance_settings(cfg),
+                       held=(det or detector(cfg, store)).held)
+
+
+def detector(cfg: Config, store: Datastore, pool: Executor | None = None,
+             on_suspicious: Callable[[Suspicion], None] | None = None) -> Detector:
+    d = cfg.detection
+    fields = {k: getattr(d, k) for k in Thresholds.__dataclass_fields__}
+    return Detector(store, Verdicts(store.index), Thresholds(**fields),
+                    hold_clean=d.hold_clean, pool=pool, on_suspicious=on_suspicious,
+                    answer_within=d.answer_within_seconds)
 
 
 def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService:

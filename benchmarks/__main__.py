@@ -11,7 +11,8 @@ USAGE = """usage: python -m benchmarks run [--quick] [--size 10G] [--data PATH] 
        python -m benchmarks replication [--mb N] [--runs N]
        python -m benchmarks browse [--files N] [--per-dir N] [--runs N]
        python -m benchmarks load [--agents N] [--restores N] [--size-mb N]
-       python -m benchmarks commitsync [--mb N] [--rate MBPS] [--runs N] [--work DIR]"""
+       python -m benchmarks commitsync [--mb N] [--rate MBPS] [--runs N] [--work DIR]
+       python -m benchmarks ransomware [--size-mb N] [--chroot NAME BEFORE AFTER]"""
 
 
 def main() -> int:
@@ -37,6 +38,10 @@ def main() -> int:
         from . import commitsync
 
         return commitsync.main(argv)
+    if cmd == "ransomware":
+        from . import ransomware
+
+        return ransomware.main(argv)
     if cmd == "replication":
         from . import replication_tunnel
 

@@ -31,6 +31,7 @@ from hil.verify import (
     listed,
     metric,
     parse_metrics,
+    relative_to_source,
     replicate,
     source_hashes,
     verify_everything,
@@ -538,6 +539,66 @@ def rekey(ctx: Context, res: Result) -> None:
     finish(ctx, res)
 
 
+def ransomware(ctx: Context, res: Result) -> None:
+    """A host's share encrypted in place between two backups (random bytes over its files,
+    renamed .locked, a note per folder): the backup is flagged with its evidence, prune holds
+    the clean snapshot, `/metrics` says so, `rdr-agent restore clean-latest` gives the clean
+    files back, and the hold is lifted by the admin. The share then goes (backed up again)."""
+    import shutil
+
+    from benchmarks.ransomware import encrypt_in_place, office_tree
+
+    rig = ctx.rig
+    host = rig.hosts[0]
+    share = host.source / "share"
+    shutil.rmtree(share, ignore_errors=True)
+    office_tree(share, files=120 if ctx.quick else 400, seed=ctx.rng.randrange(1 << 30))
+    clean = backup(ctx, host)["snapshot"]
+    encrypt_in_place(share, seed=ctx.rng.randrange(1 << 30))
+    t0 = time.monotonic()
+    bad = backup(ctx, host)["snapshot"]
+    res.measures["flagged_backup_s"] = round(time.monotonic() - t0, 1)
+    rows = {r["snapshot"]: r for r in rig.admin_json("snapshots", host.name)}  # type: ignore
+    expect(rows[bad].get("suspicious"), f"{host.name}/{bad} (encrypted) not marked suspicious")
+    expect(rows[clean].get("clean") and rows[clean].get("held"),
+           f"{host.name}/{clean} not clean and held: {rows[clean]}")
+    res.notes.append(f"{host.name}/{bad} flagged: {', '.join(rows[bad]['signals'])}")
+    holds = [h for h in rig.admin_json("holds", "list")  # type: ignore[union-attr]
+             if h["snapshot"] == bad]
+    expect(holds and clean in holds[0]["holds"], f"no hold of {clean} for {bad}: {holds}")
+    seen = wait_metric_labeled(ctx, "rdr_host_suspicious", 1, 30, host=host.name)
+    expect(seen is not None, "rdr_host_suspicious did not say 1")
+    res.measures["metric_s"] = round(seen or 0, 1)
+    target = str(Path(rig.agent_scratch) / f"clean-{host.name}-{time.time_ns()}")
+    proc = rig.agent(host, "restore", "clean-latest", "--to", target)
+    expect(proc.returncode == 0, f"restore clean-latest failed: {proc.stderr.strip()[-300:]}")
+    expect(f"using snapshot {clean}" in proc.stderr, f"clean-latest was not {clean}: "
+           f"{proc.stderr.strip()[-200:]}")
+    got = relative_to_source(rig.agent_tree_hashes(target), host.source)
+    expect(got == ctx.ledger.trees[(host.name, clean)], "clean-latest restore differs from "
+           f"{clean}: {sorted(set(got) ^ set(ctx.ledger.trees[(host.name, clean)]))[:3]}")
+    proc = rig.admin("holds", "lift", host.name, bad)
+    expect(proc.returncode == 0, f"rdr holds lift failed: {proc.stderr.strip()[-300:]}")
+    expect(wait_metric_labeled(ctx, "rdr_host_suspicious", 0, 30, host=host.name) is not None,
+           "rdr_host_suspicious still 1 after the lift")
+    res.notes.append(f"clean-latest restored {clean}; hold lifted")
+    shutil.rmtree(share)
+    backup(ctx, host)
+    finish(ctx, res)
+
+
+def wait_metric_labeled(ctx: Context, name: str, want: float, timeout: float,
+                        **labels: str) -> float | None:
+    """Seconds until metric NAME{LABELS} equals WANT, or None after TIMEOUT."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with contextlib.suppress(OSError, RigError):
+            if metric(parse_metrics(ctx.rig.metrics()), name, **labels) == want:
+                return time.monotonic() - t0
+        time.sleep(0.5)
+    return None
+
+
 def final_verify(ctx: Context, res: Result) -> None:
     """Every snapshot committed during the run, restored from both sides and compared."""
     ctx.final = True
@@ -554,6 +615,7 @@ SCENARIOS: dict[str, Callable[[Context, Result], None]] = {
     "disk-full": disk_full,
     "rekey": rekey,
     "agent-killed": agent_killed,
+    "ransomware": ransomware,
     "disk-removed": disk_removed,
     "final-verify": final_verify,
 }

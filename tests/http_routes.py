@@ -9,6 +9,7 @@ from aiohttp import web
 
 from appliance.api.app import api_v1
 from appliance.api.ingest.backup import IngestApi
+from appliance.api.page.holds import HoldsApi
 from appliance.api.page.notify import NotifyApi
 from appliance.api.page.overview import OverviewApi
 from appliance.api.page.plans import BackupsApi
@@ -34,6 +35,7 @@ def api_routes() -> web.Application:
             StatementsApi(pool, None),
             ReportsApi(pool, dict),
             BackupsApi(None, pool, None, print, "8-5-4"),  # type: ignore[arg-type]
-            NotifyApi(pool, None)]  # type: ignore[arg-type]
+            NotifyApi(pool, None),  # type: ignore[arg-type]
+            HoldsApi(None, pool)]  # type: ignore[arg-type]
     return api_v1(ingest=[ingest], page=page, tokens=_nobody, sessions=None,
                   max_json_bytes=1 << 20)

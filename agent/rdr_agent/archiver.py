@@ -54,6 +54,7 @@ from rdr_format.catalog import (
     path_key,
 )
 from rdr_format.chunkfile import ChunkEncoder, EncodedChunk, possession_key, possession_proof
+from rdr_format.compression import Tally
 
 log = logging.getLogger("rdr.agent.backup")
 
@@ -149,6 +150,7 @@ class ChunkRef:
 
     id: str
     plain_size: int
+    stored_size: int = 0
 
 
 class Producer:
@@ -187,6 +189,8 @@ class Producer:
         self._writer = CatalogWriter(self._cat_sink, self._idx_sink)
         #: What the new catalog's files use of each chunk (saved for the next backup).
         self.use = ChunkUse()
+        #: How compressible the files read were, per class (sent with the commit).
+        self.compression = Tally()
 
     # --- encoding ---
     def _encode_job(self, plain: bytes | bytearray | memoryview, keep: bool,
@@ -202,7 +206,7 @@ class Producer:
             # A data chunk's future lives as long as the catalog block that needs its id,
             # which can be hundreds of blocks behind a bundle still filling: it keeps the
             # id only, so the chunk's bytes are freed once uploaded.
-            return chunk if keep else ChunkRef(chunk.id, chunk.plain_size)
+            return chunk if keep else ChunkRef(chunk.id, chunk.plain_size, len(chunk.data))
         finally:
             if slab is not None:  # the plaintext was a view into it: done with it
                 self._slabs.release(slab)
@@ -417,18 +421,25 @@ class Producer:
             if not self._ready(pendings, force):
                 return
             for e, pend in pendings:
-                e.ranges = [self._resolve(p) for p in pend]
+                stored = [0]
+                e.ranges = [self._resolve(p, stored) for p in pend]
+                if any(isinstance(p, _Pending) for p in pend):  # read by this backup
+                    self.compression.add(e.name, e.size, stored[0])
                 self.use.add(e)
             for e, first in links:
                 e.ranges, e.size = first.ranges, first.size
             self._writer.add_block(path, entries)
             self._pending.popleft()
 
-    def _resolve(self, p: _Pending | Range) -> Range:
+    def _resolve(self, p: _Pending | Range, stored: list[int]) -> Range:
+        """The range; adds to `stored[0]` the compressed bytes its share of a chunk read
+        now takes (its length's part of the chunk file)."""
         if isinstance(p, Range):
             return p
         src = p.src
         chunk = (src.future if isinstance(src, Bundle) else src).result()
+        size = chunk.stored_size if isinstance(chunk, ChunkRef) else len(chunk.data)
+        stored[0] += size * p.length // max(chunk.plain_size, 1)
         return Range(chunk.id, p.offset, p.length, chunk.plain_size)
 
     def finish(self) -> tuple[list[EncodedChunk], list[EncodedChunk]]:
@@ -498,6 +509,8 @@ class Archiver:
         #: Possession-proof key of the open session (None: an appliance without proofs).
         self.proof_key: bytes | None = None
         self.lease = 60.0
+        #: The last pass's compression summary (rdr_format.compression), sent with the commit.
+        self.compression: dict[str, list[int]] = {}
 
     def _session_file(self, host: str) -> Path:
         return self.state_dir / f"session-{host}.json"
@@ -553,6 +566,7 @@ class Archiver:
                     "unreadable": [{"path": p, "error": e}
                                    for p, e in unreadable[:MAX_UNREADABLE_SENT]],
                     "unreadable_count": len(unreadable),
+                    "compression": self.compression,
                 }
                 try:
                     result = await compat.commit(self.client, sid, body)
@@ -623,6 +637,7 @@ class Archiver:
                                     (os.fsdecode(p), m)))
                 producer.run_tree(walker)
             cat, idx = producer.finish()
+            self.compression = producer.compression.summary()
             return cat, idx, producer.use.low()
 
         try:

@@ -192,8 +192,11 @@ async def cmd_snapshots(args: argparse.Namespace, st: AgentSettings) -> int:
         return 0
     print(f"{'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10}  {'REPLICATED':10}  SOURCE")
     for s in snaps:
+        # the appliance's ransomware marks (absent from an older appliance)
+        mark = ("  SUSPICIOUS" if s.get("suspicious") else
+                "  not clean" if s.get("clean") is False else "")
         print(f"{s['snapshot']:22} {s['file_count']:>9} {human(s['logical_size']):>10}  "
-              f"{'yes' if s['replicated'] else 'no':10}  {s.get('source') or '-'}")
+              f"{'yes' if s['replicated'] else 'no':10}  {s.get('source') or '-'}{mark}")
     return 0
 
 
@@ -290,6 +293,8 @@ async def _restore_from_disk(args: argparse.Namespace, target: Path,
 
     if not args.key_file:
         raise SettingsError("--from-disk needs --key-file (the appliance's data key)")
+    if args.clean or args.snapshot == "clean-latest":
+        raise SettingsError("a disk holds no ransomware verdicts: give a snapshot id")
     root = Path(args.from_disk)
     header = DiskLayout(root).need(RECOVER, complete=True)
     host = args.host or header["hosts"][0]
@@ -315,7 +320,7 @@ async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, t
         me = await client.whoami()
         cache = CatalogCache(st.state_dir / "catalog-cache" / me["host"])
         snap = args.snapshot
-        if snap == "latest" or args.source is not None:
+        if snap in ("latest", "clean-latest") or args.source is not None or args.clean:
             snap = await _pick_latest(client, args)
         return await restore_snapshot(
             client, snap, target, include, cache, pool,
@@ -332,11 +337,17 @@ async def _pick_latest(client, args: argparse.Namespace) -> str:
     from rdr_agent import latest
     from rdr_agent.settings import SettingsError
 
-    if args.snapshot != "latest":
-        raise SettingsError("--source picks the latest snapshot of a source: give 'latest', "
+    clean = args.clean or args.snapshot == "clean-latest"
+    if args.snapshot not in ("latest", "clean-latest"):
+        raise SettingsError("--source and --clean pick the latest snapshot: give 'latest', "
                             "not a snapshot id")
     rows = await client.snapshots()
-    if not latest.has_sources(rows):
+    if clean:
+        if not latest.has_marks(rows):
+            raise SettingsError("this appliance does not judge snapshots for ransomware "
+                                "signs: give a snapshot id (see rdr-agent snapshots)")
+        rows = latest.clean(rows)
+    if not latest.has_sources(rows) and not clean:
         return "latest"  # an appliance from before sources: the host's newest
     if args.source is not None:
         row = latest.newest_of_source(rows, args.source)
@@ -347,8 +358,8 @@ async def _pick_latest(client, args: argparse.Namespace) -> str:
         if row is None:
             raise SettingsError("no snapshot's source holds " + ", ".join(args.paths)
                                 + " (see rdr-agent snapshots; or give --source or an id)")
-    print(f"using snapshot {row['snapshot']} (source {row['source']}), the latest of its "
-          "source", file=sys.stderr)
+    print(f"using snapshot {row['snapshot']} (source {row['source']}), the latest "
+          f"{'clean one ' if clean else ''}of its source", file=sys.stderr)
     return row["snapshot"]
 
 
@@ -450,11 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_snapshots)
 
     r = command("restore", RESTORE_EXITS, help="restore a snapshot")
-    r.add_argument("snapshot", help="snapshot id, or 'latest'")
+    r.add_argument("snapshot", help="snapshot id, 'latest', or 'clean-latest' (the latest "
+                   "snapshot the appliance found no ransomware signs in, nor after an "
+                   "unreviewed suspicious one)")
     r.add_argument("paths", nargs="*", metavar="PATH", help="restore only these paths")
     r.add_argument("--to", required=True, metavar="DIR", help="directory to restore into")
     r.add_argument("--source", help="with 'latest': the latest snapshot of this source "
                    "(default: the latest whose source holds every PATH)")
+    r.add_argument("--clean", action="store_true", help="with 'latest': the latest clean "
+                   "snapshot (as 'clean-latest')")
     r.add_argument("--overwrite", choices=OVERWRITE_CHOICES, default="never",
                    help="what to do with an entry already in the target: 'never' (the "
                    "default: a restore cannot destroy a file that may be newer than the "

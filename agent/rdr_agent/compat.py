@@ -19,10 +19,13 @@ log = logging.getLogger("rdr.agent.backup")
 #: Commit fields newer than some appliances, with what is lost when one is dropped. The
 #: appliance before backup sources (issue 22) refuses ``source_name``; it derives nothing,
 #: so the snapshot is kept with its paths only (the appliance's later upgrade gives it a
-#: source from them: docs/FORMATS.md, "Backup sources").
+#: source from them: docs/FORMATS.md, "Backup sources"). The appliance before ransomware
+#: detection (issue 26) refuses ``compression``, the per-extension compression summary.
 OPTIONAL_COMMIT_FIELDS = {
     "source_name": "the appliance predates backup sources: the snapshot is kept without "
                    "its source name (retention and 'latest' there are per host)",
+    "compression": "the appliance takes no compression summary: committing without it "
+                   "(its ransomware check, if any, goes without the compression signal)",
 }
 
 

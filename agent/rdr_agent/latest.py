@@ -18,6 +18,17 @@ def has_sources(rows: list[dict]) -> bool:
     return all("source" in r for r in rows)
 
 
+def has_marks(rows: list[dict]) -> bool:
+    """The appliance judges snapshots for ransomware signs (it lists `clean`)."""
+    return all("clean" in r for r in rows)
+
+
+def clean(rows: list[dict]) -> list[dict]:
+    """The rows the appliance calls clean: not suspicious, and not after a suspicious
+    snapshot of their source no admin has reviewed ("clean-latest" picks among these)."""
+    return [r for r in rows if r.get("clean")]
+
+
 def newest_of_source(rows: list[dict], source: str) -> dict | None:
     """The newest snapshot row of `source`, or None."""
     mine = [r for r in rows if r.get("source") == source]

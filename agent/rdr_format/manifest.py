@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rdr_format import compression
 from rdr_format.catalog import CatalogError
 from rdr_format.chunkfile import MAX_PLAIN_SIZE, is_chunk_id
 
@@ -70,12 +71,17 @@ class Manifest:
     source_name: str = ""
     unreadable: list[dict] = field(default_factory=list)
     unreadable_count: int = 0
+    #: How compressible the files this backup read were, per class (rdr_format.compression);
+    #: empty from agents before it, and then left out of the JSON.
+    compression: dict[str, list[int]] = field(default_factory=dict)
     format: int = FORMAT
 
     def to_json(self) -> bytes:
         d = asdict(self)
         d["catalog"] = self.catalog.to_json()
         d["dirindex"] = self.dirindex.to_json()
+        if not self.compression:
+            del d["compression"]  # a manifest without it reads as before
         return json.dumps(d, indent=1, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -99,6 +105,8 @@ class Manifest:
                 raise CatalogError(f"manifest field {key!r} has the wrong type")
         d["catalog"] = StreamRef.from_json(d["catalog"], "catalog")
         d["dirindex"] = StreamRef.from_json(d["dirindex"], "dirindex")
+        if "compression" in d:
+            d["compression"] = compression.check(d["compression"])
         return cls(**d)
 
 
@@ -107,8 +115,9 @@ _FIELD_TYPES: dict[str, type] = {
     "dirindex": dict, "logical_size": int, "file_count": int, "dir_count": int,
     "entry_count": int, "chunk_count": int, "new_bytes": int, "agent_version": str,
     "session": str, "source": list, "source_name": str, "unreadable": list, "unreadable_count": int,
-    "format": int}
-_OPTIONAL = frozenset(("source", "source_name", "unreadable", "unreadable_count"))
+    "compression": dict, "format": int}
+_OPTIONAL = frozenset(("source", "source_name", "unreadable", "unreadable_count",
+                       "compression"))
 
 
 def write_chunk_index(path: Path, ids: set[str]) -> None:

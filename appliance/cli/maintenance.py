@@ -12,6 +12,7 @@ from .core import EXIT_PROBLEMS, Context, Parents, Subparsers, command, group, p
 
 
 def snapshots(ctx: Context) -> int:
+    from .. import wiring
     from ..store.errors import StoreError
 
     host = ctx.args.host
@@ -20,16 +21,22 @@ def snapshots(ctx: Context) -> int:
         # (a removed host's snapshots are still listed until pruned or purged)
         if host and not rows and not store.index.host_exists(host):
             raise StoreError("no_such_host", f"no host named {host!r}")
+        detector = wiring.detector(ctx.cfg, store)  # suspicious, held (ransomware signs)
+        marks = {(h, s): m for h in {r.host for r in rows}
+                 for s, m in detector.marks(h, [r for r in rows if r.host == h]).items()}
     if ctx.args.json:
-        print_json([r.to_json() for r in rows])
+        print_json([{**r.to_json(), **marks.get((r.host, r.snapshot), {})} for r in rows])
         return 0
     print(f"{'HOST':20} {'SNAPSHOT':22} {'FILES':>9} {'SIZE':>10} {'NEW':>10}  "
-          f"{'REPLICATED':19}  SOURCE")
+          f"{'REPLICATED':30}  SOURCE")
     for r in rows:
-        state = ("yes" if r.replicated_at else "no") + ("  protected" if r.protected else "")
+        m = marks.get((r.host, r.snapshot), {})
+        state = ("yes" if r.replicated_at else "no") + ("  protected" if r.protected else "") \
+            + ("  SUSPICIOUS" if m.get("suspicious") else "  not clean"
+               if m and not m["clean"] else "") + ("  held" if m.get("held") else "")
         print(f"{r.host:20} {r.snapshot:22} {r.file_count:>9} "
               f"{human_bytes(r.logical_size):>10} {human_bytes(r.new_bytes):>10}  "
-              f"{state:19}  {r.source or '-'}")
+              f"{state:30}  {r.source or '-'}")
     return 0
 
 

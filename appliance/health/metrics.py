@@ -111,8 +111,11 @@ class ApplianceCollector(Collector):
                  history: JobHistory, ledger: RestoreLedger, plans: BackupPlans,
                  sent_bytes: Callable[[], int] | None = None,
                  tunnel_up: Callable[[], bool | None] | None = None,
+                 suspicious: Callable[[], dict[str, int]] | None = None,
                  ttl: float = 30.0) -> None:
+        """SUSPICIOUS: per host, its suspicious snapshots no admin has looked at (detection)."""
         self.summary = summary
+        self.suspicious = suspicious
         self.store = summary.store
         self.plans = plans
         self.history = history
@@ -273,6 +276,14 @@ class ApplianceCollector(Collector):
             if h["last_backup"] is not None:
                 last.add_metric([h["name"]], h["last_backup"])
         yield last
+        if self.suspicious is not None:
+            flagged = self.suspicious()
+            sus = GaugeMetricFamily("rdr_host_suspicious", "Suspicious snapshots of the host "
+                                    "(ransomware signs) whose hold no admin has lifted",
+                                    labels=["host"])
+            for h in self.summary.host_records():
+                sus.add_metric([h["name"]], flagged.get(h["name"], 0))
+            yield sus
         yield from self._scheduled(idx)
         backups = CounterMetricFamily("rdr_backups", "Backup sessions by result",
                                       labels=["host", "result"])

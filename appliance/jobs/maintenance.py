@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +44,13 @@ class MaintenanceSettings:
 
 class Maintenance:
     def __init__(self, store: Datastore, history: JobHistory,
-                 settings: MaintenanceSettings) -> None:
+                 settings: MaintenanceSettings,
+                 held: Callable[[], Collection[tuple[str, str]]] | None = None) -> None:
+        """`held`: asked at each prune for the snapshots it must keep (detection's holds)."""
         self.store = store
         self.history = history
         self.settings = settings
+        self.held = held
 
     @contextmanager
     def _job(self, kind: str, echo: Progress | None, frees_space: bool = False,
@@ -70,7 +73,8 @@ class Maintenance:
     def pruner(self) -> Pruner:
         s = self.settings
         return Pruner(self.store, default_policy=s.default_policy, tz=s.timezone,
-                      replication_required=s.replication_required)
+                      replication_required=s.replication_required,
+                      held=self.held() if self.held is not None else frozenset())
 
     def prune(self, hosts: list[str] | None = None, dry_run: bool = False, force: bool = False,
               echo: Progress | None = None) -> list[Decision]:

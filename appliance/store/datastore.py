@@ -61,6 +61,8 @@ class CommitRequest:
     source_name: str = ""
     unreadable: list[dict] = field(default_factory=list)
     unreadable_count: int = 0
+    #: Per file class, how compressible the files read were (rdr_format.compression).
+    compression: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,7 +616,8 @@ class Datastore:
             source_name=req.source_name or of_manifest_source(req.source)
             or self._catalog_source(req.catalog),
             unreadable=req.unreadable[:MAX_UNREADABLE_LISTED],
-            unreadable_count=max(req.unreadable_count, len(req.unreadable)))
+            unreadable_count=max(req.unreadable_count, len(req.unreadable)),
+            compression=req.compression)
         self.snapshots.write(manifest, all_ids)
         self.index.add_snapshot(_row_from_manifest(manifest, manifest.source_name),
                                 session=row.id)

@@ -4,7 +4,9 @@ must not go.
 The policy counts per (host, source) (rdr_format.sources): a host that backs up its paths
 daily and a database dump weekly keeps D-W-M of each, so the frequent kind never pushes the
 rare kind out. The plan (retention.plan) says which snapshots the contract keeps; the guards
-only ever add keeps: the newest snapshot of each source, snapshots an admin protected, and --
+only ever add keeps: the newest snapshot of each source, snapshots an admin protected,
+snapshots the caller holds (``held``: a feature's reason, such as the clean snapshots before
+a suspicious one; ``force`` does not override it), and --
 when replication is on -- snapshots not yet replicated to the data center (``force``
 overrides only that guard, with the reason saying so). Every decision carries its reason
 and its source, because "why is last Tuesday gone?" is a question the provider must be able
@@ -13,6 +15,7 @@ to answer.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -36,7 +39,7 @@ class Decision:
 
 
 def decide(rows: list[SnapshotRow], policy: Policy, tz: str, *, replication_required: bool,
-           force: bool = False) -> list[Decision]:
+           force: bool = False, held: Collection[tuple[str, str]] = ()) -> list[Decision]:
     """Decisions for one host's snapshots: per source, each oldest first."""
     by_source: dict[str, list[SnapshotRow]] = {}
     for r in rows:
@@ -44,12 +47,14 @@ def decide(rows: list[SnapshotRow], policy: Policy, tz: str, *, replication_requ
     out: list[Decision] = []
     for source in sorted(by_source):
         out += _decide_source(by_source[source], policy, tz,
-                              replication_required=replication_required, force=force)
+                              replication_required=replication_required, force=force,
+                              held=held)
     return out
 
 
 def _decide_source(rows: list[SnapshotRow], policy: Policy, tz: str, *,
-                   replication_required: bool, force: bool) -> list[Decision]:
+                   replication_required: bool, force: bool,
+                   held: Collection[tuple[str, str]] = ()) -> list[Decision]:
     """Decisions for the snapshots of one source of one host (oldest first)."""
     times = {r.snapshot: datetime.fromtimestamp(r.received_at, UTC) for r in rows}
     verdict = plan(list(times.values()), policy, tz)
@@ -64,6 +69,9 @@ def _decide_source(rows: list[SnapshotRow], policy: Policy, tz: str, *,
             keep, reason = True, "the newest snapshot of a source is never removed"
         elif r.protected:
             keep, reason = True, "protected by an admin"
+        elif (r.host, r.snapshot) in held:
+            keep, reason = True, ("held until an admin lifts the hold (a suspicious "
+                                  "snapshot, or a clean one before it)")
         elif replication_required and r.replicated_at is None and not force:
             keep, reason = True, "not replicated to the data center yet"
         elif replication_required and r.replicated_at is None:
@@ -89,8 +97,12 @@ def per_source(decisions: list[Decision]) -> list[dict]:
 
 class Pruner:
     def __init__(self, store, *, default_policy: str, tz: str,
-                 replication_required: bool) -> None:
+                 replication_required: bool,
+                 held: Collection[tuple[str, str]] = frozenset()) -> None:
+        """`held`: (host, snapshot) ids kept whatever the policy says (the caller's
+        feature decides which; the engine only keeps them)."""
         self.store = store
+        self.held = held
         self.default_policy = default_policy
         self.tz = tz
         self.replication_required = replication_required
@@ -108,7 +120,8 @@ class Pruner:
         every = sorted({*idx.host_names(), *(r.host for r in idx.snapshots())})
         for host in hosts if hosts is not None else every:
             out += decide(idx.snapshots(host), self.policy_for(host), self.tz,
-                          replication_required=self.replication_required, force=force)
+                          replication_required=self.replication_required, force=force,
+                          held=self.held)
         return out
 
     def run(self, progress: Progress, hosts: list[str] | None = None, dry_run: bool = False,

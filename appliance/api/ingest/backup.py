@@ -9,16 +9,16 @@ bounded thread pool so the event loop keeps serving the other agents.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from rdr_format import sources
+from rdr_format import compression, sources
 from rdr_format.catalog import CatalogError
 from rdr_format.chunkfile import MAX_FILE_SIZE, is_chunk_id
-from rdr_format.manifest import StreamRef
+from rdr_format.manifest import Manifest, StreamRef
 
 from ... import __version__
 from ...errors import BadRequest, NotFound, PayloadTooLarge
@@ -28,6 +28,7 @@ from ...restores.jobs import RestoreJobs
 from ...restores.ledger import RestoreLedger
 from ...runs.repository import BackupRuns
 from ...store.datastore import CommitRequest, Datastore
+from ...store.index import SnapshotRow
 from ...store.snapshots import is_snapshot_id
 from ..auth import ACCOUNT, ADMIN, HOST, require_host
 from ..budget import ByteBudget
@@ -43,8 +44,16 @@ class IngestApi:
                  appliance_serial: str,
                  on_commit: Callable[[], None] | None = None,
                  upload_budget: int = 64 * 2**20, commit_pool: Executor | None = None,
-                 heavy_pool: Executor | None = None) -> None:
+                 heavy_pool: Executor | None = None,
+                 after_commit: Callable[[Manifest], Awaitable[None]] | None = None,
+                 marks: Callable[[str, list[SnapshotRow]], dict[str, dict]] | None = None,
+                 ) -> None:
+        """`after_commit` is awaited with each new snapshot's manifest before the answer
+        (detection); `marks(host, rows)` adds per-snapshot fields to the listing (run in
+        the pool: e.g. suspicious, clean)."""
         self.store = store
+        self.after_commit = after_commit
+        self.marks = marks
         self.pool = pool
         self.commit_pool = commit_pool or pool
         self.max_json_bytes = max_json_bytes
@@ -152,6 +161,8 @@ class IngestApi:
         repeated = manifest.session != sid
         if self.on_commit is not None and not repeated:
             self.on_commit()  # e.g. replicate the new snapshot now
+        if self.after_commit is not None and not repeated:
+            await self.after_commit(manifest)  # e.g. detection, before the answer
         return web.json_response({
             "repeated": repeated,
             "snapshot": manifest.snapshot, "host": manifest.host,
@@ -165,9 +176,11 @@ class IngestApi:
         return web.Response(status=204)
 
     async def list_snapshots(self, request: web.Request) -> web.Response:
-        rows = await self.run(self.store.index.snapshots, require_host(request))
-        return web.json_response({"host": require_host(request),
-                                  "snapshots": [r.to_json() for r in rows]})
+        host = require_host(request)
+        rows = await self.run(self.store.index.snapshots, host)
+        marks = await self.run(self.marks, host, rows) if self.marks is not None else {}
+        return web.json_response({"host": host, "snapshots": [
+            {**r.to_json(), **marks.get(r.snapshot, {})} for r in rows]})
 
     def _snap(self, request: web.Request) -> str:
         snap = request.match_info["snap"]
@@ -261,7 +274,7 @@ def _parse_commit(body: dict) -> CommitRequest:
             raise BadRequest("bad_field", f"field {exc}") from None
 
     allowed = {"catalog", "dirindex", "agent_version", "source", "source_name", "unreadable",
-               "unreadable_count"}
+               "unreadable_count", "compression"}
     extra = set(body) - allowed
     if extra:
         raise BadRequest("bad_field", f"unknown field {sorted(extra)[0]!r}")
@@ -290,7 +303,11 @@ def _parse_commit(body: dict) -> CommitRequest:
     count = body.get("unreadable_count", len(unreadable))
     if type(count) is not int or count < 0:
         raise BadRequest("bad_field", "field 'unreadable_count' must be a non-negative int")
+    try:
+        ratios = compression.check(body.get("compression", {}))
+    except CatalogError as exc:
+        raise BadRequest("bad_field", f"field {exc}") from None
     return CommitRequest(catalog=stream("catalog"), dirindex=stream("dirindex"),
                          agent_version=version, source=source, source_name=source_name,
                          unreadable=unreadable,
-                         unreadable_count=count)
+                         unreadable_count=count, compression=ratios)

@@ -73,11 +73,14 @@ class RestoreQueue(Protocol):
 class RestoreApi:
     def __init__(self, store: Datastore, pool: Executor, browser: Browser,
                  jobs: RestoreQueue, heavy: Executor | None = None,
-                 gate: HeavyGate | None = None, ledger: RestoreLedger | None = None) -> None:
+                 gate: HeavyGate | None = None, ledger: RestoreLedger | None = None,
+                 marks: Callable[[str, list], dict[str, dict]] | None = None) -> None:
         """`heavy` runs listings, searches and downloads (`pool` when not given: tests);
         `gate` admits heavy operations per principal; `ledger` records account restores
-        (None only when a test lists the routes)."""
+        (None only when a test lists the routes); `marks(host, rows)` adds fields to the
+        snapshot list (detection: suspicious, clean, confirm_restore)."""
         self.store = store
+        self.marks = marks
         self.pool = pool  # light: small calls
         self.heavy = heavy or pool
         self.gate = gate or HeavyGate(0, 0)
@@ -135,9 +138,10 @@ class RestoreApi:
         rows = await self.run(self.store.index.snapshots, host)
         if not rows and request[ACCOUNT] is not None:
             await self.run(self.store.index.host_record, host)  # 404 for an unknown host
+        marks = await self.run(self.marks, host, rows) if self.marks is not None else {}
         return web.json_response({"host": host, "snapshots": [
-            {k: v for k, v in r.to_json().items() if k in _SNAP_KEYS}
-            for r in reversed(rows)]})
+            {**{k: v for k, v in r.to_json().items() if k in _SNAP_KEYS},
+             **marks.get(r.snapshot, {})} for r in reversed(rows)]})
 
     async def listdir(self, request: web.Request) -> web.Response:
         path = _path_param(request)

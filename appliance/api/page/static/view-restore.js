@@ -12,6 +12,15 @@ import { state } from "./state.js";
 
 let restoreCtx = null;
 
+/** The snapshot's row (with the appliance's ransomware marks: suspicious, clean,
+ * confirm_restore) and the newest clean snapshot of its source, from the snapshots API. */
+async function cleanPoint(host, snap) {
+  const rows = (await api("GET", `/hosts/${encodeURIComponent(host)}/snapshots`)).snapshots || [];
+  const row = rows.find((r) => r.snapshot === snap) || null;
+  const clean = row && rows.find((r) => r.clean && r.source === row.source) || null;
+  return { row, clean };
+}
+
 export async function openRestore(host, snap, items, what) {
   restoreCtx = { host, snap, items };
   const dlg = $("restore-dialog");
@@ -24,6 +33,18 @@ export async function openRestore(host, snap, items, what) {
   for (const it of items.slice(0, 8)) list.append(h("li", { class: "mono" }, pathOf(it.q)));
   if (n > 8) list.append(h("li", { class: "muted" }, `… and ${fmtNum(n - 8)} more`));
   list.hidden = n === 0;
+  try {
+    restoreCtx.marks = await cleanPoint(host, snap);
+  } catch (e) {
+    restoreCtx.marks = { row: null, clean: null };
+  }
+  const { row, clean } = restoreCtx.marks;
+  if (row && row.confirm_restore) {
+    $("restore-summary").textContent += row.suspicious
+      ? " This backup shows signs of ransomware."
+      : " This backup follows one that shows signs of ransomware.";
+    if (clean) $("restore-summary").textContent += ` The last clean backup of its source was taken ${snapLabel(clean.snapshot)} (${clean.snapshot}).`;
+  }
   const sel = clear($("restore-host"));
   let hosts;
   try {
@@ -79,6 +100,8 @@ export async function onRestoreSubmit(ev) {
     return;
   }
   const ctx = restoreCtx;
+  const row = ctx.marks && ctx.marks.row;
+  if (row && row.confirm_restore && !confirm(`This backup of ${ctx.host} ${row.suspicious ? "shows" : "follows one that shows"} signs of ransomware: its files may be encrypted. Restore it anyway?`)) return;
   const target = $("restore-host").value;
   const btn = $("restore-submit");
   btn.disabled = true;
