@@ -45,7 +45,6 @@ async def commit(client: ApplianceClient, sid: str, body: dict) -> dict:
     older than the agent), commit again without it, saying once what that loses. The first
     refusal changed nothing on the appliance (the body is checked before anything is
     written), so the session is still open for the second commit."""
-    body = dict(body)
     while True:
         try:
             return await client.commit(sid, body)
@@ -54,4 +53,4 @@ async def commit(client: ApplianceClient, sid: str, body: dict) -> dict:
             if name is None or name not in body:
                 raise
             log.warning("%s", OPTIONAL_COMMIT_FIELDS[name])
-            del body[name]
+            body = {k: v for k, v in body.items() if k != name}

@@ -359,11 +359,10 @@ def test_the_commit_body_takes_a_summary_and_refuses_a_bad_one() -> None:
         _parse_commit({"catalog": ref, "dirindex": ref, "compression": {"txt": "x"}})
 
 
-async def test_a_new_agent_commits_to_an_older_appliance_without_the_summary(
-        tmp_path: Path) -> None:
+async def test_a_new_agent_commits_to_an_older_appliance_without_the_summary() -> None:
     """An appliance from before summaries refuses the unknown field by name (400, before any
-    work): the agent commits again without it."""
-    from rdr_agent.archiver import Archiver
+    work): the agent commits again without it (rdr_agent.compat, shared with source_name)."""
+    from rdr_agent import compat
     from rdr_agent.errors import ApplianceError
 
     class OldAppliance:
@@ -379,9 +378,8 @@ async def test_a_new_agent_commits_to_an_older_appliance_without_the_summary(
             return {"snapshot": "s"}
 
     old = OldAppliance()
-    arch = Archiver(old, tmp_path)  # type: ignore[arg-type]
-    assert await arch._commit("sid", {"catalog": {}, "compression": {"txt": [1, 2, 3]}}) == {
-        "snapshot": "s"}
+    assert await compat.commit(old, "sid", {  # type: ignore[arg-type]
+        "catalog": {}, "compression": {"txt": [1, 2, 3]}}) == {"snapshot": "s"}
     assert [sorted(b) for b in old.bodies] == [["catalog", "compression"], ["catalog"]]
 
     class Refusing(OldAppliance):
@@ -389,7 +387,7 @@ async def test_a_new_agent_commits_to_an_older_appliance_without_the_summary(
             raise ApplianceError(400, "bad_field", "field 'source' must be a list of strings")
 
     with pytest.raises(ApplianceError):  # any other refusal stands
-        await Archiver(Refusing(), tmp_path)._commit("sid", {"compression": {}})  # type: ignore[arg-type]
+        await compat.commit(Refusing(), "sid", {"compression": {}})  # type: ignore[arg-type]
 
 
 def test_catch_up_judges_what_a_stop_left_unjudged_only(store: Datastore, clock: Clock) -> None:
