@@ -150,8 +150,8 @@ class Daemon:
         if cfg.store.reserve_mb and not await run_in(self.pool, store.reserve.ensure):
             log.warning("data disk too full to keep %d MiB in reserve", cfg.store.reserve_mb)
         log.info("store at %s ready: %s", cfg.data_dir, recovered)
-        # ransomware detection; a suspicious snapshot changes /metrics (the notifications
-        # channel hooks in here); prune keeps what it holds
+        # ransomware detection; a suspicious snapshot changes /metrics and is a notification
+        # condition (raised until its hold is lifted); prune keeps what it holds
         detector = await run_in(self.pool, wiring.detector, cfg, store, self.pools.heavy,
                                 lambda _s: self.collector and self.collector.snapshots_changed())
         maintenance = wiring.maintenance(cfg, store, detector)
@@ -220,7 +220,7 @@ class Daemon:
         # e-mail and webhook notifications: SMTP conversations in the heavy pool
         self.notify = await run_in(self.pool, lambda: wiring.notifications(
             cfg, store, self.pools.heavy, self.summary, self.capacity.report,
-            self.seeds.status))
+            self.seeds.status, detector.suspicious_counts))
         signin = SignInApi(Accounts(store.index), self.pool, self.signin_pool)
         page = [signin,
                 OverviewApi(self.pool, self.summary.overview, self.capacity.report),

@@ -234,9 +234,11 @@ def backup_scheduler(cfg: Config, store: Datastore, plans: BackupPlans,
 def notifications(cfg: Config, store: Datastore, pool: Executor | None,
                   summary: ApplianceSummary | None = None,
                   report: Callable[[str], dict] | None = None,
-                  seed_status: Callable[[], dict] | None = None) -> Notifications:
+                  seed_status: Callable[[], dict] | None = None,
+                  suspicious: Callable[[], dict[str, int]] | None = None) -> Notifications:
     """E-mail and webhook notifications (the daemon's loop, `rdr notify`); builds the
     outbox's tables (SQLite: call it in the pool)."""
     return Notifications(cfg.notify, Outbox(store.index), runs(store),
                          serial=cfg.appliance.serial, timezone=cfg.appliance.timezone,
-                         pool=pool, summary=summary, report=report, seed_status=seed_status)
+                         pool=pool, summary=summary, report=report, seed_status=seed_status,
+                         suspicious=suspicious)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 #: The event classes: what a recipient subscribes to and what a throttle counts.
 CLASSES = ("premier", "backup", "window", "agent", "disk", "replication", "seed",
-           "digest", "report", "test")
+           "ransomware", "digest", "report", "test")
 
 #: What each class means, for the docs, the page and the subjects.
 TITLES = {
@@ -23,6 +23,7 @@ TITLES = {
     "disk": "data disk",
     "replication": "replication",
     "seed": "shipped disk",
+    "ransomware": "backup looks like ransomware",
     "digest": "daily digest",
     "report": "monthly report",
     "test": "test message",

@@ -32,6 +32,7 @@ from .sources import (
     run_events,
     seed_operation_events,
     summary_conditions,
+    suspicious_conditions,
 )
 
 log = logging.getLogger("rdr.notify")
@@ -42,13 +43,15 @@ class Notifications:
     imports this package's settings, and health imports the config) gives the conditions
     (None: only runs and the clock), REPORT the month's
     capacity report (None: no monthly report), SEED_STATUS the seed service's status (called
-    on the loop; None outside the daemon)."""
+    on the loop; None outside the daemon), SUSPICIOUS the ransomware detector's unreviewed
+    suspicious snapshots per host (in the pool; None: no detector)."""
 
     def __init__(self, cfg: NotifyConfig, outbox: Outbox, runs: BackupRuns, *, serial: str,
                  timezone: str, pool: Executor | None,
                  summary: Any = None,
                  report: Callable[[str], dict] | None = None,
                  seed_status: Callable[[], dict] | None = None,
+                 suspicious: Callable[[], dict[str, int]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.outbox = outbox
@@ -59,6 +62,7 @@ class Notifications:
         self.summary = summary
         self.report = report
         self.seed_status = seed_status
+        self.suspicious = suspicious
         self.clock = clock
         self.wake = asyncio.Event()
         self._conditions_at: float | None = None
@@ -76,8 +80,10 @@ class Notifications:
                or now - self._conditions_at >= self.cfg.conditions_seconds)
         if self.summary is not None and due:
             self._conditions_at = now
-            condition_changes(self.outbox, summary_conditions(self.summary, self.cfg, seed),
-                              now)
+            holding = summary_conditions(self.summary, self.cfg, seed)
+            if self.suspicious is not None:
+                holding += suspicious_conditions(self.suspicious())
+            condition_changes(self.outbox, holding, now)
             more, marks = digest_event(self.cfg, self.outbox, self.runs, self.summary,
                                        self.timezone, now)
             n += self.outbox.add_events(more, now, marks)

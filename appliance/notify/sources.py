@@ -143,6 +143,19 @@ def summary_conditions(summary, cfg: NotifyConfig, seed_status: dict | None
     return out
 
 
+def suspicious_conditions(counts: dict[str, int]) -> list[Condition]:
+    """A host with a backup that looks like ransomware (appliance/detect), raised at once and
+    resolved when an admin has lifted its hold: COUNTS is host -> suspicious snapshots not
+    yet reviewed."""
+    return [Condition(f"ransomware:{host}", "ransomware", 0.0, {
+        "title": f"a backup of {host} looks like ransomware at work",
+        "lines": [f"{n} suspicious snapshot(s) not yet reviewed; prune holds the clean "
+                  "snapshots before them until an admin lifts the hold",
+                  "the evidence: rdr holds list; the last clean files: "
+                  "rdr-agent restore clean-latest"],
+        "host": host, "link": _host_link(host)}) for host, n in sorted(counts.items()) if n]
+
+
 def condition_changes(outbox: Outbox, holding: Iterable[Condition], now: float) -> None:
     """Raise what has held long enough, resolve what was raised and is gone: one
     transaction with the events."""

@@ -317,6 +317,21 @@ def test_the_summary_s_conditions() -> None:
     assert (disk.key, disk.cls) == ("seed:sdc1", "seed")
 
 
+def test_a_suspicious_backup_is_raised_at_once_and_resolved_when_its_hold_is_lifted(
+        index: Index) -> None:
+    from appliance.notify.sources import suspicious_conditions
+
+    box = Outbox(index)
+    condition_changes(box, suspicious_conditions({"web01": 1, "db01": 0}), now=10.0)
+    [raised] = box.pending()
+    assert (raised.cls, raised.state, raised.data["host"]) == ("ransomware", "raised", "web01")
+    assert "ransomware" in raised.data["title"] and raised.data["link"].endswith("web01")
+    condition_changes(box, suspicious_conditions({"web01": 2}), now=70.0)  # still held
+    assert len(box.pending()) == 1
+    condition_changes(box, suspicious_conditions({}), now=130.0)  # the admin lifted it
+    assert [e.state for e in box.pending()] == ["raised", "resolved"]
+
+
 def test_a_finished_export_or_import_is_one_event() -> None:
     from appliance.notify.sources import seed_operation_events
 
