@@ -491,10 +491,10 @@ async def test_an_explicit_source_names_the_backup(appliance: Appliance, tmp_pat
 
 
 class OlderApplianceClient(ApplianceClient):
-    """The appliance of the release before backup sources, as an agent sees it: its commit
-    handler refused every field it did not know with 400 bad_field and the message
-    ``unknown field 'NAME'`` (appliance/api/ingest/backup.py before issue 22, checked before
-    anything is written), and its snapshot lists had no ``source``."""
+    """The appliance of the release before backup sources (and ransomware detection), as an
+    agent sees it: its commit handler refused every field it did not know with 400 bad_field
+    and the message ``unknown field 'NAME'`` (appliance/api/ingest/backup.py before issue 22,
+    checked before anything is written), and its snapshot lists had no ``source``."""
 
     def __init__(self, *args: object, **kw: object) -> None:
         super().__init__(*args, **kw)
@@ -525,7 +525,9 @@ async def test_a_new_agent_backs_up_to_an_appliance_older_than_sources(
         (src / "round.txt").write_text(f"round {round_}\n")
         async with OlderApplianceClient(appliance.endpoint(token)) as c:
             res = await Archiver(c, state).backup([os.fsencode(src)], source="nightly")
-            assert c.refused == 1
+            # one refusal per field newer than that release: the ransomware check's
+            # compression summary, then the source name
+            assert c.refused == 2
         assert "predates backup sources" in caplog.text
         assert len(appliance.store.index.snapshots("web01")) == round_
     # Committed without its name: the (here newer) store derives the source from the paths.
