@@ -205,6 +205,17 @@ class SeedConfig:
 
 
 @dataclass(slots=True)
+class EnrolConfig:
+    #: The agent's wheelhouse, collected when the image is built (image/wheelhouse.py):
+    #: served to enrolling hosts, which need no internet (docs/ENROLMENT.md).
+    wheelhouse: str = "/usr/share/rdr/wheelhouse"
+    #: How customers' hosts reach the appliance ("https://10.0.0.5:8443"), used in the
+    #: enrolment command `rdr hosts add` prints. Empty: the page uses the address its browser
+    #: used, and `rdr` the first listener.
+    url: str = ""
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -218,6 +229,7 @@ class Config:
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     seed: SeedConfig = field(default_factory=SeedConfig)
+    enrol: EnrolConfig = field(default_factory=EnrolConfig)
 
     @property
     def data_dir(self) -> Path:

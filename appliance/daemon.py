@@ -31,7 +31,9 @@ from .api import tls
 from .api.app import api_v1, build_app
 from .api.auth import RememberedTokens, TokenLookup
 from .api.ingest.backup import IngestApi
+from .api.ingest.enrol import EnrolApi
 from .api.ops import Ops
+from .api.page.enrol import EnrolPageApi
 from .api.page.overview import OverviewApi
 from .api.page.plans import BackupsApi
 from .api.page.restore import RestoreApi
@@ -41,6 +43,7 @@ from .backup_schedule import BackupScheduler
 from .capacity.network import LinkProbe
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
+from .enrol.installer import Pins, Wheelhouse, spki_pin
 from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
 from .health.http_metrics import RequestTimer
 from .health.links import LinkWatcher
@@ -202,13 +205,20 @@ class Daemon:
                                self.pools.heavy, cfg.appliance.serial,
                                Path(cfg.seed.mount_root))
         signin = SignInApi(Accounts(store.index), self.pool, self.signin_pool)
+        # enrolment: the installer and the code exchange pin this certificate's key
+        enrolment = await run_in(self.pool, wiring.enrolment, store)
+        pins = Pins(spki_pin(await run_in(self.pool, self.tls.cert.read_bytes)),
+                    self.tls.fingerprint)
+        enrol = EnrolApi(enrolment, self.pool, Wheelhouse(Path(cfg.enrol.wheelhouse)), pins,
+                         cfg.appliance.serial, cfg.enrol.url)
         page = [signin,
                 OverviewApi(self.pool, self.summary.overview, self.capacity.report),
                 RestoreApi(store, self.pool, self.browser, ingest.jobs,
                            heavy=self.pools.heavy, gate=self.heavy_gate, ledger=ledger),
                 SeedDisksApi(self.pool, self.seeds),
                 BackupsApi(store, self.pool, self.backups, ingest.jobs.wake,
-                           cfg.retention.policy)]
+                           cfg.retention.policy),
+                EnrolPageApi(enrolment, self.pool, pins, cfg.enrol.url)]
         await self._start_watchers()
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)  # process_* : the daemon's CPU, RSS, fds
@@ -219,7 +229,8 @@ class Daemon:
         # is gone
         ops = Ops(self.pool, self._readiness, self.registry,
                   self._metrics_tokens.check if self.cfg.health.metrics_require_token else None)
-        api = api_v1(ingest=[ingest], page=page, tokens=TokenLookup(self.store.index, self.pool),
+        api = api_v1(ingest=[ingest, enrol], page=page,
+                     tokens=TokenLookup(self.store.index, self.pool),
                      sessions=signin.session_for, max_json_bytes=self.cfg.server.max_json_bytes)
         app = build_app(api, ops, outer=[timer.middleware])
 

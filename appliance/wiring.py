@@ -14,6 +14,7 @@ from .capacity.samples import Samples
 from .capacity.service import CapacityService
 from .capacity.watermarks import Admission, Watermarks
 from .config import Config
+from .enrol.service import Enrolment
 from .health.admission import RefuseWhileDegraded
 from .health.published import PublishedHealth
 from .health.summary import ApplianceSummary
@@ -91,6 +92,15 @@ def pending_seed(store: Datastore) -> PendingSeed:
 
 def published_health(store: Datastore) -> PublishedHealth:
     return PublishedHealth(store.index)
+
+
+def enrolment(store: Datastore) -> Enrolment:
+    """Enrolment codes, host reports and RTOs; the RTO estimate reads push-restore speeds."""
+    from .restores.jobs import RestoreJobs
+    from .restores.ledger import RestoreLedger
+
+    jobs = RestoreJobs(store.index, RestoreLedger(store.index))
+    return Enrolment(store, plans(store), jobs.throughput)
 
 
 def maintenance(cfg: Config, store: Datastore) -> Maintenance:

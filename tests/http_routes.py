@@ -9,11 +9,14 @@ from aiohttp import web
 
 from appliance.api.app import api_v1
 from appliance.api.ingest.backup import IngestApi
+from appliance.api.ingest.enrol import EnrolApi
+from appliance.api.page.enrol import EnrolPageApi
 from appliance.api.page.overview import OverviewApi
 from appliance.api.page.plans import BackupsApi
 from appliance.api.page.restore import RestoreApi
 from appliance.api.page.seed import SeedDisksApi
 from appliance.api.page.signin import SignInApi
+from appliance.enrol.installer import Pins
 
 
 async def _nobody(token: str) -> None:
@@ -28,6 +31,8 @@ def api_routes() -> web.Application:
             OverviewApi(pool, dict),
             RestoreApi(None, pool, None, ingest.jobs),  # type: ignore[arg-type]
             SeedDisksApi(pool),
-            BackupsApi(None, pool, None, print, "8-5-4")]  # type: ignore[arg-type]
-    return api_v1(ingest=[ingest], page=page, tokens=_nobody, sessions=None,
+            BackupsApi(None, pool, None, print, "8-5-4"),  # type: ignore[arg-type]
+            EnrolPageApi(None, pool, Pins("", ""))]  # type: ignore[arg-type]
+    enrol = EnrolApi(None, pool, None, Pins("", ""), "t")  # type: ignore[arg-type]
+    return api_v1(ingest=[ingest, enrol], page=page, tokens=_nobody, sessions=None,
                   max_json_bytes=1 << 20)
