@@ -103,17 +103,20 @@ def render_install_script(url: str, pins: Pins, version: str, serial: str) -> st
 
 def enrol_command(url: str, pins: Pins, code: str) -> str:
     """The line the page and `rdr hosts add` show. The code is single-use and expires; the
-    host's token it is exchanged for never appears on a command line (docs/ENROLMENT.md)."""
-    return (f"curl -fsS --insecure --pinnedpubkey '{pins.pubkey}' "
-            f"'{url}/api/v1/enrol/install.sh' | sudo sh -s -- '{code}'")
+    host's token it is exchanged for never appears on a command line (docs/ENROLMENT.md).
+    The script is fetched whole before it runs (no half-downloaded script runs), and a
+    failed fetch -- a wrong pin, an unreachable appliance -- exits 1, not 0 as `curl | sh`
+    would with its empty input."""
+    return (f"sudo sh -c \"$(curl -fsS --insecure --pinnedpubkey '{pins.pubkey}' "
+            f"'{url}/api/v1/enrol/install.sh' || echo exit 1)\" rdr-install '{code}'")
 
 
 # `--insecure` lets curl accept the appliance's self-signed certificate; the public-key pin
 # is still checked (curl aborts on a mismatch), so only this appliance is trusted.
 INSTALL_SH = r"""#!/bin/sh
 # RDR agent installer, served by appliance @SERIAL@ (agent @VERSION@).
-# Usage: curl ... | sudo sh -s -- [CODE]      enrol this host (no CODE: asked for on the tty)
-#        curl ... | sudo sh -s -- --upgrade   install the appliance's agent, keep the enrolment
+# Usage: sudo sh -c "$(curl ...)" rdr-install [CODE]   enrol (no CODE: asked on the tty)
+#        sudo sh -c "$(curl ...)" rdr-install --upgrade  the appliance's agent, same enrolment
 # Installs the agent into a venv at $RDR_PREFIX (/opt/rdr-agent) from the appliance alone,
 # verified by SHA-256, exchanges the one-time code for the host's token (written only into
 # /etc/rdr-agent/agent.toml, 0600) and enables the rdr-agent service.
@@ -138,10 +141,10 @@ case "${1:-}" in
   *) code="$1" ;;
 esac
 if [ "${RDR_INSTALL_AS_USER:-no}" != yes ] && [ "$(id -u)" != 0 ]; then
-  die "run as root (curl ... | sudo sh -s -- CODE)"
+  die "run as root (sudo sh -c ...)"
 fi
 if [ "$upgrade" = no ] && [ -z "$code" ]; then
-  [ -r /dev/tty ] || die "no enrolment code: pass it after 'sh -s --'"
+  [ -r /dev/tty ] || die "no enrolment code: pass it after 'rdr-install'"
   printf 'Enrolment code (from the appliance page): ' >/dev/tty
   stty -echo </dev/tty 2>/dev/null || true
   IFS= read -r code </dev/tty || true

@@ -246,7 +246,8 @@ def test_installer_and_command_pin_the_certificate(tmp_path: Path) -> None:
     assert "printf '%s\\n' \"$code\" | \"$PREFIX/bin/rdr-agent\" enrol" in script
     assert "sha256sum -c" in script
     cmd = enrol_command("https://10.0.0.5:8443", pins, "rdre_x")
-    assert f"--pinnedpubkey '{pins.pubkey}'" in cmd and cmd.endswith("sh -s -- 'rdre_x'")
+    assert f"--pinnedpubkey '{pins.pubkey}'" in cmd and cmd.startswith('sudo sh -c "$(curl ')
+    assert cmd.endswith(" || echo exit 1)\" rdr-install 'rdre_x'")
 
 
 def test_agent_writes_its_config_0600_and_keeps_other_settings(tmp_path: Path) -> None:
