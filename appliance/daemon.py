@@ -180,8 +180,10 @@ class Daemon:
         ledger, plans, runs = await run_in(
             self.pool, lambda: (RestoreLedger(store.index), wiring.plans(store),
                                 wiring.runs(store)))
+        enrolment = await run_in(self.pool, wiring.enrolment, store)
         self.collector = ApplianceCollector(
             self.summary, live, history=maintenance.history, ledger=ledger, plans=plans,
+            rto=enrolment.estimates,
             sent_bytes=(lambda: rep.sent_bytes) if rep else None,
             tunnel_up=(lambda: tun.up) if tun else None)
         self._metrics_tokens = RememberedTokens(store.index.admin_for_token)
@@ -206,7 +208,6 @@ class Daemon:
                                Path(cfg.seed.mount_root))
         signin = SignInApi(Accounts(store.index), self.pool, self.signin_pool)
         # enrolment: the installer and the code exchange pin this certificate's key
-        enrolment = await run_in(self.pool, wiring.enrolment, store)
         pins = Pins(spki_pin(await run_in(self.pool, self.tls.cert.read_bytes)),
                     self.tls.fingerprint)
         enrol = EnrolApi(enrolment, self.pool, Wheelhouse(Path(cfg.enrol.wheelhouse)), pins,

@@ -27,7 +27,7 @@ EXPECTED_ALERTS = {
     "ApplianceDown", "DataDiskMissing", "ApplianceDegraded", "CapacityHigh",
     "CapacityCritical", "BackupMissed", "ServiceLevelAtRisk", "ReplicationLagging",
     "TunnelDown", "DataDiskIOErrors", "VerifyFoundDamage", "RestoreStartSlow",
-    "BackupWindowMissed",
+    "BackupWindowMissed", "RtoAtRisk",
 }
 
 # What may appear in an expression besides metric names.

@@ -296,3 +296,18 @@ def test_host_report_finds_what_it_can(tmp_path: Path) -> None:
     report = hostreport.collect([str(data)], [], walk_seconds=5)
     assert report["kernel"] and report["python"] and "plan" in report
     assert check_report(report)  # what the agent sends, the appliance keeps
+
+
+def test_rto_metrics() -> None:
+    from types import SimpleNamespace
+
+    from appliance.health.metrics import ApplianceCollector
+
+    ests = {"big": estimate("big", 60.0, 10 << 30, None, (100 << 20, 1.0)),
+            "small": estimate("small", 3600.0, 1 << 30, None, (100 << 20, 1.0)),
+            "new": estimate("new", None, 1 << 30, None, None)}
+    fams = {f.name: {s.labels["host"]: s.value for s in f.samples}
+            for f in ApplianceCollector._rto(SimpleNamespace(rto=lambda: ests))}
+    assert fams["rdr_host_rto_at_risk"] == {"big": 1, "small": 0}
+    assert fams["rdr_host_rto_seconds"] == {"big": 60.0, "small": 3600.0}
+    assert fams["rdr_host_restore_estimate_seconds"] == {"big": 102.4, "small": 10.24}
