@@ -51,7 +51,8 @@ export async function viewHost(seq, host) {
     crumbsNav([["Overview", href.overview()], [host, null]]),
     heading(host, h("div", { class: "head-actions" },
       snaps.length ? h("a", { class: "btn", href: href.dir(host, snaps[0].snapshot, "") }, "Browse latest") : null,
-      h("a", { class: "btn", href: href.jobs(host) }, "Restore jobs"))),
+      h("a", { class: "btn", href: href.jobs(host) }, "Restore jobs"),
+      h("a", { class: "btn", href: href.hostReport(host), id: "host-report-link" }, "Host report"))),
     summary, warn, schedule,
     h("h2", {}, `Backups (${snaps.length})`), body);
 }
