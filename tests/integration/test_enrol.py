@@ -151,6 +151,12 @@ def test_enrol_from_the_appliance_alone(appliance: Appliance, tmp_path: Path) ->
                env=env)
     assert old.returncode != 0 and "401" in old.stderr
 
+    # an upgrade: the same line with --upgrade instead of a code keeps the enrolment
+    enrolled_cfg = cfg.read_bytes()
+    upgrade = _run(["sh", "-c", re.sub(r"'rdre_[^']+'$", "--upgrade", command)], env=env)
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    assert "installed in" in upgrade.stdout and cfg.read_bytes() == enrolled_cfg
+
 
 def test_a_wrong_pin_fails_before_anything_runs(appliance: Appliance, tmp_path: Path) -> None:
     res = _rdr(appliance, "hosts", "add", "web02")
@@ -179,3 +185,14 @@ def test_failed_codes_are_throttled_per_address(appliance: Appliance) -> None:
             err = json.loads(exc.read())
             assert set(err) >= {"error", "message"}
     assert statuses[:10] == [401] * 10 and statuses[-1] == 429, statuses
+
+
+PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
+
+
+@pytest.mark.skipif(not PY38.exists(), reason="needs a Python 3.8 (pyenv) to refuse")
+def test_a_too_old_python_is_refused(appliance: Appliance, tmp_path: Path) -> None:
+    command = _command(_rdr(appliance, "hosts", "add", "old01").stdout)
+    out = _run(["sh", "-c", command], env={**_host_env(tmp_path), "RDR_PYTHON": str(PY38)})
+    assert out.returncode == 1
+    assert "Python 3.8 is too old: the agent needs 3.9 or later" in out.stderr

@@ -311,3 +311,14 @@ def test_rto_metrics() -> None:
     assert fams["rdr_host_rto_at_risk"] == {"big": 1, "small": 0}
     assert fams["rdr_host_rto_seconds"] == {"big": 60.0, "small": 3600.0}
     assert fams["rdr_host_restore_estimate_seconds"] == {"big": 102.4, "small": 10.24}
+
+
+def test_download_budget_per_address() -> None:
+    from appliance.api.ingest.enrol import RequestBudget
+
+    now = [0.0]
+    budget = RequestBudget(limit=3, window=600.0, clock=lambda: now[0])
+    assert [budget.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert budget.take("a") == 600.0 and budget.take("b") == 0.0
+    now[0] = 600.0
+    assert budget.take("a") == 0.0
