@@ -179,7 +179,13 @@ if [ ! -x "$PREFIX/bin/python" ]; then
   "$PY" -m venv --without-pip "$PREFIX" || die "could not create the venv $PREFIX"
 fi
 pipwheel=$(ls "$tmp/files"/pip-*.whl | head -n 1)
-"$PREFIX/bin/python" "$pipwheel/pip" install -q --disable-pip-version-check --no-index \
+# sysconfig, not distutils, for the install paths (pip's switch for distributors): Debian
+# 11's python3 has no distutils without python3-distutils (tests/system/test_enrol_debian.py)
+"$PREFIX/bin/python" -c 'import runpy, sys, sysconfig
+sysconfig._PIP_USE_SYSCONFIG = True
+sys.path.insert(0, sys.argv[1])
+sys.argv = ["pip"] + sys.argv[2:]
+runpy.run_module("pip", run_name="__main__", alter_sys=True)' "$pipwheel" install -q --disable-pip-version-check --no-index \
   --find-links "$tmp/files" --upgrade "rdr-agent==$VERSION" || die "pip could not install the agent"
 echo "rdr-agent install: agent $VERSION installed in $PREFIX"
 
