@@ -185,8 +185,9 @@ pipwheel=$(ls "$tmp/files"/pip-*.whl | head -n 1)
 sysconfig._PIP_USE_SYSCONFIG = True
 sys.path.insert(0, sys.argv[1])
 sys.argv = ["pip"] + sys.argv[2:]
-runpy.run_module("pip", run_name="__main__", alter_sys=True)' "$pipwheel" install -q --disable-pip-version-check --no-index \
-  --find-links "$tmp/files" --upgrade "rdr-agent==$VERSION" || die "pip could not install the agent"
+runpy.run_module("pip", run_name="__main__", alter_sys=True)' "$pipwheel" \
+  install -q --disable-pip-version-check --no-index --find-links "$tmp/files" --upgrade \
+  "rdr-agent==$VERSION" || die "pip could not install the agent"
 echo "rdr-agent install: agent $VERSION installed in $PREFIX"
 
 if [ "$upgrade" = no ]; then

@@ -12,6 +12,7 @@ line run again fails cleanly on the used code.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -193,10 +194,8 @@ class Container:
 
     def stop(self) -> None:
         self.run("systemctl poweroff", check=False, timeout=30)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
         self._kill()
 
 
