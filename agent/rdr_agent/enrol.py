@@ -127,11 +127,8 @@ async def send_report(st: AgentSettings, as_json: bool = False) -> dict:
         plan = (await client.plan()).get("plan") or {}
         report = await asyncio.get_running_loop().run_in_executor(
             None, lambda: collect(plan.get("paths") or [], plan.get("excludes") or []))
-        await client._json("PUT", "/agent/report", report)
-        try:
-            offered = (await client._json("GET", "/enrol/version")).get("version")
-        except ApplianceError:
-            offered = None  # an appliance without a wheelhouse offers nothing
+        await client.put_report(report)
+        offered = await client.offered_version()
     if offered and offered != __version__:
         log.warning("the appliance offers agent %s (this is %s): re-run the installer with "
                     "--upgrade (docs/ENROLMENT.md)", offered, __version__)

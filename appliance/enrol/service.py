@@ -53,12 +53,12 @@ class Enrolment:
         self.reports.forget(host)
         self.rto.forget(host)
 
-    def estimates(self) -> dict[str, RtoEstimate]:
-        """Every host's restore time estimate (with or without an RTO)."""
+    def estimates(self, hosts: list[str] | None = None) -> dict[str, RtoEstimate]:
+        """Each host's restore time estimate (with or without an RTO): all, or `hosts`."""
         rtos = self.rto.all()
         overall = self.throughput(None)
         out = {}
-        for name in self.store.index.host_names():
+        for name in self.store.index.host_names() if hosts is None else hosts:
             size = host_size(self.store.index.snapshots(name))
             own = self.throughput(name)
             out[name] = estimate(name, rtos.get(name), size, own, overall)
@@ -74,7 +74,7 @@ class Enrolment:
         enrolled = self.codes.enrolments()
         agents = self.plans.agents()
         reports = self.reports.all()
-        ests = self.estimates()
+        ests = self.estimates(None if host is None else [host])
         out = []
         for name, s in settings.items():
             agent = agents.get(name)
