@@ -17,6 +17,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -196,3 +197,43 @@ def test_a_too_old_python_is_refused(appliance: Appliance, tmp_path: Path) -> No
     out = _run(["sh", "-c", command], env={**_host_env(tmp_path), "RDR_PYTHON": str(PY38)})
     assert out.returncode == 1
     assert "Python 3.8 is too old: the agent needs 3.9 or later" in out.stderr
+
+
+def test_page_routes_add_a_host_report_and_rto(appliance: Appliance) -> None:
+    """The page's routes with admin API tokens: `admin` adds a host (201 with the code and the
+    line), `read` reads the report and the export but may not add; a host token gets 403."""
+    import requests
+
+    admin = _rdr(appliance, "tokens", "add", "tool", "--scope", "admin").stdout.split()[-1]
+    reader = _rdr(appliance, "tokens", "add", "viewer", "--scope", "read").stdout.split()[-1]
+    base = f"https://127.0.0.1:{appliance.port}/api/v1"
+
+    def call(method: str, path: str, token: str, **kw) -> requests.Response:
+        return requests.request(method, base + path, verify=False, timeout=30,
+                                headers={"Authorization": f"Bearer {token}"}, **kw)
+
+    r = call("POST", "/hosts", admin, json={"name": "nas01"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["host"] == "nas01" and body["code"].startswith("rdre_")
+    assert body["command"].startswith("sudo sh -c") and body["code"] in body["command"]
+    assert call("POST", "/hosts", admin, json={"name": "nas01"}).status_code == 409
+    assert call("POST", "/hosts", reader, json={"name": "x1"}).status_code == 403
+    status = call("GET", "/hosts/nas01/enrolment", reader).json()
+    assert not status["enrolled"] and status["code_pending"]["expires_at"] > time.time()
+    r = call("PUT", "/hosts/nas01/rto", admin, json={"rto": "4h"})
+    assert r.status_code == 200 and r.json()["rto_seconds"] == 14400
+    bad = call("PUT", "/hosts/nas01/rto", admin, json={"rto": "soon"})
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_rto"
+    assert call("GET", "/hosts/nobody/enrolment", reader).status_code == 404
+    csv_text = call("GET", "/hosts-report?format=csv", reader).text
+    assert csv_text.splitlines()[1].startswith("nas01,,no,")
+    assert call("GET", "/hosts-report?format=xml", reader).status_code == 400
+    # the host's own token may not use the page's routes
+    host_token = call("POST", "/enrol/exchange", "", json={"code": body["code"]}).json()
+    assert host_token["host"] == "nas01"
+    assert call("GET", "/hosts-report", host_token["token"]).status_code == 403
+    assert call("PUT", "/agent/report", host_token["token"],
+                json={"kernel": "6.1"}).status_code == 204
+    again = call("POST", "/enrol/exchange", "", json={"code": body["code"]})
+    assert again.status_code == 410 and again.json()["error"] == "code_used"

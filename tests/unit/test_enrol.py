@@ -322,3 +322,24 @@ def test_download_budget_per_address() -> None:
     assert budget.take("a") == 600.0 and budget.take("b") == 0.0
     now[0] = 600.0
     assert budget.take("a") == 0.0
+
+
+def test_measured_restore_throughput(store: Datastore) -> None:
+    from appliance.restores.jobs import RestoreJobs
+    from appliance.restores.ledger import RestoreLedger
+
+    jobs = RestoreJobs(store.index, RestoreLedger(store.index))
+    assert jobs.throughput() is None
+    rows = [("web01", "done", 0.0, 10.0, 500 << 20),   # 50 MiB/s to web01
+            ("pc02", "done", 0.0, 2.0, 400 << 20),     # 200 MiB/s to pc02
+            ("web01", "failed", 0.0, 1.0, 900 << 20),  # failed: not a measurement
+            ("web01", "done", 0.0, 1.0, 1000)]         # too small to measure
+    with store.index.tx() as db:
+        for target, state, picked, finished, size in rows:
+            db.execute("INSERT INTO restore_jobs (source_host, snapshot, paths, target_host, "
+                       "target_dir, state, requested_by, requested_at, picked_up_at, "
+                       "finished_at, bytes) VALUES ('web01', 's', '[]', ?, '/r', ?, 'a', 0, "
+                       "?, ?, ?)", (target, state, picked, finished, size))
+    assert jobs.throughput("web01") == (500 << 20, 10.0)
+    assert jobs.throughput() == (900 << 20, 12.0)
+    assert jobs.throughput("nobody") is None
