@@ -117,6 +117,12 @@ def test_enrol_from_the_appliance_alone(appliance: Appliance, tmp_path: Path) ->
     (src / "app.sqlite").write_bytes(b"SQLite format 3\x00" + b"\0" * 4080)
     backup = _run([str(agent), "backup", str(src), "--config", str(cfg), "--json"], env=env)
     assert backup.returncode == 0, backup.stderr
+    restored = tmp_path / "restored"
+    restore = _run([str(agent), "restore", "latest", "--to", str(restored), "--config",
+                    str(cfg)], env=env)
+    assert restore.returncode == 0, restore.stderr
+    assert (restored / str(src).lstrip("/") / "app.sqlite").read_bytes() == \
+        (src / "app.sqlite").read_bytes()
     assert _rdr(appliance, "hosts", "set", "web01", "--paths", str(src)).returncode == 0
     sent = _run([str(agent), "report", "--config", str(cfg)], env=env)
     assert sent.returncode == 0, sent.stderr
