@@ -142,7 +142,7 @@ async def report_forever(st: AgentSettings, every: float = REPORT_EVERY) -> None
     while True:
         try:
             await send_report(st)
-        except (ApplianceError, ConnectError, OSError) as exc:
+        except Exception as exc:  # a report never stops the service: next turn
             log.warning("host report not sent: %s", exc)
         await asyncio.sleep(every)
 

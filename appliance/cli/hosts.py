@@ -77,9 +77,10 @@ def enrol_url(cfg: Config) -> str:
     import socket
 
     from ..config import parse_listen
+    from ..enrol.installer import check_base_url
 
     if cfg.enrol.url:
-        return cfg.enrol.url.rstrip("/")
+        return check_base_url(cfg.enrol.url)
     host, port = parse_listen(cfg.server.listen[0])
     if host in ("0.0.0.0", "::", ""):
         host = socket.getfqdn()

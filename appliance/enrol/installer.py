@@ -25,12 +25,26 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..config import ConfigError
 from ..errors import NotFound, Unavailable
 
 TARGET_RE = re.compile(r"\Acp3(9|1[0-9])-(x86_64|aarch64)\Z")
 FILE_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\Z")
 #: What may stand in the appliance address put into the script (no shell syntax).
 ADDRESS_RE = re.compile(r"\A[A-Za-z0-9.:\[\]-]{1,255}\Z")
+
+
+#: `enrol.url`: written into a shell script, so an address and nothing else.
+BASE_URL_RE = re.compile(r"\Ahttps://[A-Za-z0-9.:\[\]-]{1,255}\Z")
+
+
+def check_base_url(url: str) -> str:
+    """`enrol.url` without a trailing slash ('' stays ''): https://HOST:PORT, nothing more."""
+    url = url.rstrip("/")
+    if url and not BASE_URL_RE.match(url):
+        raise ConfigError(f"enrol.url: {url!r} must be https://HOST:PORT (how hosts reach "
+                          "the appliance)")
+    return url
 
 
 def spki_pin(cert_pem: bytes) -> str:

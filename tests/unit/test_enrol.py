@@ -343,3 +343,14 @@ def test_measured_restore_throughput(store: Datastore) -> None:
     assert jobs.throughput("web01") == (500 << 20, 10.0)
     assert jobs.throughput() == (900 << 20, 12.0)
     assert jobs.throughput("nobody") is None
+
+
+def test_enrol_url_is_an_address_only() -> None:
+    from appliance.config import ConfigError
+    from appliance.enrol.installer import check_base_url
+
+    assert check_base_url("https://10.0.0.5:8443/") == "https://10.0.0.5:8443"
+    assert check_base_url("") == ""
+    for bad in ("http://10.0.0.5", "https://a'b", "https://x/$(id)", "https://x y"):
+        with pytest.raises(ConfigError):
+            check_base_url(bad)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from ...enrol.installer import ADDRESS_RE, Pins, Wheelhouse, render_install_script
+from ...enrol.installer import ADDRESS_RE, Pins, Wheelhouse, check_base_url, render_install_script
 from ...enrol.service import Enrolment
 from ...errors import BadRequest, TooManyRequests
 from ...pools import run_in
@@ -69,7 +69,7 @@ class EnrolApi:
         self.wheelhouse = wheelhouse
         self.pins = pins
         self.serial = serial
-        self.url = url.rstrip("/")
+        self.url = check_base_url(url)
         self.throttle = throttle or SignInThrottle(free=10, window=900.0, base=30.0)
         self.downloads = downloads or RequestBudget()
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from ...enrol.codes import IssuedCode
-from ...enrol.installer import ADDRESS_RE, Pins, enrol_command
+from ...enrol.installer import ADDRESS_RE, Pins, check_base_url, enrol_command
 from ...enrol.reports import to_csv
 from ...enrol.rto import parse_duration
 from ...enrol.service import Enrolment
@@ -35,7 +35,7 @@ class EnrolPageApi:
         self.enrolment = enrolment
         self.pool = pool
         self.pins = pins
-        self.url = url.rstrip("/")
+        self.url = check_base_url(url)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in(self.pool, fn, *args)
