@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..config import ConfigError
-from ..errors import NotFound, Unavailable
+from ..errors import NotFound
 
 TARGET_RE = re.compile(r"\Acp3(9|1[0-9])-(x86_64|aarch64)\Z")
 FILE_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\Z")
@@ -73,7 +73,7 @@ class Wheelhouse:
         try:
             return (self.root / "VERSION").read_text().strip()
         except OSError:
-            raise Unavailable("no_wheelhouse", "this appliance holds no agent wheelhouse "
+            raise NotFound("no_wheelhouse", "this appliance holds no agent wheelhouse "
                               f"({self.root}); the image build collects it "
                               "(image/wheelhouse.py)") from None
 
