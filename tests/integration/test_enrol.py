@@ -131,6 +131,17 @@ def test_enrol_from_the_appliance_alone(appliance: Appliance, tmp_path: Path) ->
     assert header.startswith("host,enrolled,online") and row.startswith("web01,")
     assert "sqlite (file header: " in row and ",4096," in row
 
+    # the console's table and RTO (no restore measured yet: no estimate, not flagged)
+    table = _rdr(appliance, "hosts", "report").stdout.splitlines()
+    assert table[0].split()[:3] == ["HOST", "ENROLLED", "ONLINE"]
+    assert table[1].startswith("web01") and " yes " in table[1]
+    rto = _rdr(appliance, "hosts", "rto", "web01", "4h")
+    assert rto.stdout.strip() == ("host web01: RTO 4.0 h; no restore measured yet, so no "
+                                  "estimate")
+    bad = _rdr(appliance, "hosts", "rto", "web01", "soon")
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    assert "invalid RTO 'soon'" in bad.stderr
+
     # the same command again: the used code fails cleanly, nothing changes
     before_cfg = cfg.read_bytes()
     again = _run(["sh", "-c", command], env=env)
