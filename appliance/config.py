@@ -237,6 +237,17 @@ class DetectionConfig:
 
 
 @dataclass(slots=True)
+class EnrolConfig:
+    #: The agent's wheelhouse, collected when the image is built (image/wheelhouse.py):
+    #: served to enrolling hosts, which need no internet (docs/ENROLMENT.md).
+    wheelhouse: str = "/usr/share/rdr/wheelhouse"
+    #: How customers' hosts reach the appliance ("https://10.0.0.5:8443"), used in the
+    #: enrolment command `rdr hosts add` prints. Empty: the page uses the address its browser
+    #: used, and `rdr` the first listener.
+    url: str = ""
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -253,6 +264,7 @@ class Config:
     #: Notification targets and timings (lists of tables: parsed by appliance/notify).
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    enrol: EnrolConfig = field(default_factory=EnrolConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -31,7 +31,9 @@ from .api import tls
 from .api.app import api_v1, build_app
 from .api.auth import RememberedTokens, TokenLookup
 from .api.ingest.backup import IngestApi
+from .api.ingest.enrol import EnrolApi
 from .api.ops import Ops
+from .api.page.enrol import EnrolPageApi
 from .api.page.holds import HoldsApi
 from .api.page.notify import NotifyApi
 from .api.page.overview import OverviewApi
@@ -46,6 +48,7 @@ from .capacity.network import LinkProbe
 from .capacity.reports import page_report
 from .capacity.service import CapacityService
 from .config import Config, parse_listen
+from .enrol.installer import Pins, Wheelhouse, spki_pin
 from .health.disks import DataDiskWatcher, DiskState, RemovableDiskWatcher
 from .health.http_metrics import RequestTimer
 from .health.links import LinkWatcher
@@ -190,8 +193,10 @@ class Daemon:
         ledger, plans, runs = await run_in(
             self.pool, lambda: (RestoreLedger(store.index), wiring.plans(store),
                                 wiring.runs(store)))
+        enrolment = await run_in(self.pool, wiring.enrolment, store)
         self.collector = ApplianceCollector(
             self.summary, live, history=maintenance.history, ledger=ledger, plans=plans,
+            rto=enrolment.estimates,
             sent_bytes=(lambda: rep.sent_bytes) if rep else None,
             tunnel_up=(lambda: tun.up) if tun else None, suspicious=detector.suspicious_counts)
         self._metrics_tokens = RememberedTokens(store.index.admin_for_token)
@@ -222,6 +227,11 @@ class Daemon:
             cfg, store, self.pools.heavy, self.summary, self.capacity.report,
             self.seeds.status, detector.suspicious_counts))
         signin = SignInApi(Accounts(store.index), self.pool, self.signin_pool)
+        # enrolment: the installer and the code exchange pin this certificate's key
+        pins = Pins(spki_pin(await run_in(self.pool, self.tls.cert.read_bytes)),
+                    self.tls.fingerprint)
+        enrol = EnrolApi(enrolment, self.pool, Wheelhouse(Path(cfg.enrol.wheelhouse)), pins,
+                         cfg.appliance.serial, cfg.enrol.url)
         page = [signin,
                 OverviewApi(self.pool, self.summary.overview, self.capacity.report),
                 RestoreApi(store, self.pool, self.browser, ingest.jobs,
@@ -233,7 +243,8 @@ class Daemon:
                 ReportsApi(self.pool, partial(page_report, self.capacity, billing)),
                 BackupsApi(store, self.pool, self.backups, ingest.jobs.wake,
                            cfg.retention.policy, cfg.contract.allow_custom_retention),
-                NotifyApi(self.pool, self.notify)]
+                NotifyApi(self.pool, self.notify),
+                EnrolPageApi(enrolment, self.pool, pins, cfg.enrol.url)]
         await self._start_watchers()
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)  # process_* : the daemon's CPU, RSS, fds
@@ -245,7 +256,8 @@ class Daemon:
         # is gone
         ops = Ops(self.pool, self._readiness, self.registry,
                   self._metrics_tokens.check if self.cfg.health.metrics_require_token else None)
-        api = api_v1(ingest=[ingest], page=page, tokens=TokenLookup(self.store.index, self.pool),
+        api = api_v1(ingest=[ingest, enrol], page=page,
+                     tokens=TokenLookup(self.store.index, self.pool),
                      sessions=signin.session_for, max_json_bytes=self.cfg.server.max_json_bytes)
         app = build_app(api, ops, outer=[timer.middleware])
 

@@ -19,6 +19,7 @@ from .config import Config, ConfigError
 from .detect.repository import Verdicts
 from .detect.rules import Thresholds
 from .detect.service import Detector, Suspicion
+from .enrol.service import Enrolment
 from .health.admission import RefuseWhileDegraded
 from .health.published import PublishedHealth
 from .health.summary import ApplianceSummary
@@ -98,6 +99,15 @@ def pending_seed(store: Datastore) -> PendingSeed:
 
 def published_health(store: Datastore) -> PublishedHealth:
     return PublishedHealth(store.index)
+
+
+def enrolment(store: Datastore) -> Enrolment:
+    """Enrolment codes, host reports and RTOs; the RTO estimate reads push-restore speeds."""
+    from .restores.jobs import RestoreJobs
+    from .restores.ledger import RestoreLedger
+
+    jobs = RestoreJobs(store.index, RestoreLedger(store.index))
+    return Enrolment(store, plans(store), jobs.throughput)
 
 
 def maintenance(cfg: Config, store: Datastore, det: Detector | None = None) -> Maintenance:

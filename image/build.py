@@ -20,7 +20,10 @@ Steps, each timed on stderr:
    ``systemctl --root`` and ``systemd-analyze verify --root`` must pass with no warnings.
    sshd (the provider's maintenance access) takes root by key only; the image holds no
    host keys, each unit makes its own on first boot.
-5. **Output.** The tree at ``OUT/rootfs`` and, per ``--format``, ``OUT/rootfs.squashfs``
+5. **The agent's wheelhouse** (image/wheelhouse.py) at /usr/share/rdr/wheelhouse: the
+   agent and its dependencies for CPython 3.9-3.13 on x86_64 and aarch64, with SHA-256
+   lists, served to enrolling hosts (docs/ENROLMENT.md).
+6. **Output.** The tree at ``OUT/rootfs`` and, per ``--format``, ``OUT/rootfs.squashfs``
    (mksquashfs, zstd) or ``OUT/rootfs.ext4`` (``mkfs.ext4 -d``).
 
 Commands that need /proc or /dev inside the chroot run in a private mount namespace
@@ -45,6 +48,8 @@ RECIPE = Path(__file__).resolve().parent / "recipe.toml"
 FILES = Path(__file__).resolve().parent / "files"
 SYSTEMD = REPO / "systemd"
 VENV = "/opt/rdr"
+#: The agent's wheelhouse the appliance serves to enrolling hosts (config enrol.wheelhouse).
+WHEELHOUSE = "usr/share/rdr/wheelhouse"
 UNIT_DIR = "lib/systemd/system"
 #: Units of ``systemd/`` for the customer's hosts (the agent service), not the appliance.
 HOST_UNITS = {"rdr-agent.service"}
@@ -263,6 +268,11 @@ def build(out: Path, fmt: str = "squashfs", cache: Path | None = None,
         debian(recipe, cache, work)
     with Step(f"rdr-appliance in {VENV}"):
         install_package(work, wheel_dir)
+    with Step("the agent's wheelhouse for enrolling hosts (CPython 3.9-3.13, x86_64 and "
+              "aarch64)"):
+        from .wheelhouse import collect
+
+        collect(work / WHEELHOUSE)
     with Step("systemd units, rdr user, network"):
         install_units(recipe, work)
         verify_units(work)

@@ -39,8 +39,9 @@ from .factory import Bench, make_bench
 
 BIN = Path(sys.executable).parent
 
-#: What a host or admin API token looks like (``rdr_<id>_<secret>``, ``rdra_...``).
-TOKEN_SHAPE = re.compile(r"rdra?_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}")
+#: What a host or admin API token (``rdr_<id>_<secret>``, ``rdra_...``) or a one-time
+#: enrolment code (``rdre_...``) looks like.
+TOKEN_SHAPE = re.compile(r"rdr[ae]?_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}")
 
 
 class SecretScan(logging.Handler):

@@ -9,6 +9,8 @@ from aiohttp import web
 
 from appliance.api.app import api_v1
 from appliance.api.ingest.backup import IngestApi
+from appliance.api.ingest.enrol import EnrolApi
+from appliance.api.page.enrol import EnrolPageApi
 from appliance.api.page.holds import HoldsApi
 from appliance.api.page.notify import NotifyApi
 from appliance.api.page.overview import OverviewApi
@@ -18,6 +20,7 @@ from appliance.api.page.restore import RestoreApi
 from appliance.api.page.seed import SeedDisksApi
 from appliance.api.page.signin import SignInApi
 from appliance.api.page.statements import StatementsApi
+from appliance.enrol.installer import Pins
 
 
 async def _nobody(token: str) -> None:
@@ -36,6 +39,8 @@ def api_routes() -> web.Application:
             ReportsApi(pool, dict),
             BackupsApi(None, pool, None, print, "8-5-4"),  # type: ignore[arg-type]
             NotifyApi(pool, None),  # type: ignore[arg-type]
-            HoldsApi(None, pool)]  # type: ignore[arg-type]
-    return api_v1(ingest=[ingest], page=page, tokens=_nobody, sessions=None,
+            HoldsApi(None, pool),  # type: ignore[arg-type]
+            EnrolPageApi(None, pool, Pins("", ""))]  # type: ignore[arg-type]
+    enrol = EnrolApi(None, pool, None, Pins("", ""), "t")  # type: ignore[arg-type]
+    return api_v1(ingest=[ingest, enrol], page=page, tokens=_nobody, sessions=None,
                   max_json_bytes=1 << 20)

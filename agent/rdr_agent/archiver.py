@@ -54,6 +54,7 @@ from rdr_format.catalog import (
     path_key,
 )
 from rdr_format.chunkfile import ChunkEncoder, EncodedChunk, possession_key, possession_proof
+from rdr_format.compat import SLOTS
 from rdr_format.compression import Tally
 
 log = logging.getLogger("rdr.agent.backup")
@@ -66,7 +67,7 @@ WARM_MAX = 8 * 2**20  # bigger files are read sequentially with the kernel's own
 MAX_UNREADABLE_SENT = 1000
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class BackupStats:
     """Counters shared by the producer thread, the encoders and the uploader (GIL-atomic
     increments are enough for progress figures)."""
@@ -87,7 +88,7 @@ class BackupStats:
     excluded: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class BackupResult:
     snapshot: str
     host: str
@@ -144,7 +145,7 @@ class _Pending:
         self.src, self.offset, self.length, self.size = src, offset, length, size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class ChunkRef:
     """What a catalog range needs of an encoded chunk."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from rdr_agent.client import ApplianceClient
 from rdr_agent.statefiles import private_dir, write_private
 from rdr_format.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
+from rdr_format.compat import zip_strict
 
 log = logging.getLogger("rdr.agent")
 
@@ -59,8 +60,8 @@ class CatalogCache:
         damaged (stored as received, verified before use)."""
         loop = asyncio.get_running_loop()
         wanted = [cid for cid, _ in dict.fromkeys(map(tuple, chunks))]
-        todo = [cid for cid, ok in zip(wanted, await loop.run_in_executor(
-            None, lambda: [self.usable(c) for c in wanted]), strict=True) if not ok]
+        todo = [cid for cid, ok in zip_strict(wanted, await loop.run_in_executor(
+            None, lambda: [self.usable(c) for c in wanted])) if not ok]
         sem = asyncio.Semaphore(concurrency)
 
         async def one(cid: str) -> None:

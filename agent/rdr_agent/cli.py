@@ -376,7 +376,16 @@ async def cmd_run(args: argparse.Namespace, st: AgentSettings) -> int:
         if not 1 <= wait <= MAX_POLL_SECONDS:
             raise SettingsError(f"--wait must be 1 to {MAX_POLL_SECONDS} seconds (the "
                                 "length of one poll)")
-    return await run_service(st, once=args.once, wait=wait, as_json=args.json)
+    import asyncio
+
+    from rdr_agent.enrol import report_forever
+
+    reporter = None if args.once else asyncio.ensure_future(report_forever(st))
+    try:
+        return await run_service(st, once=args.once, wait=wait, as_json=args.json)
+    finally:
+        if reporter is not None:
+            reporter.cancel()
 
 
 async def cmd_plan(args: argparse.Namespace, st: AgentSettings) -> int:
@@ -502,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = command("plan", {}, help="show the backup plan the appliance holds for this "
                  "host")
     pl.set_defaults(run=cmd_plan)
+    from rdr_agent.enrol import add_commands  # enrol, report (issue 27)
+    add_commands(command)
     return p
 
 
@@ -528,7 +539,8 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="rdr-agent: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        if getattr(args, "from_disk", None):  # no appliance involved
+        # no appliance involved (a disk), or no settings yet (enrol writes them)
+        if getattr(args, "from_disk", None) or getattr(args, "without_settings", False):
             return asyncio.run(args.run(args, None))
         if args.token is not None:
             raise SettingsError("--token would show the token to every user of this host "

@@ -173,6 +173,19 @@ class ApplianceClient:
     async def whoami(self) -> dict:
         return await self._json("GET", "/whoami")
 
+    async def put_report(self, report: dict) -> None:
+        """This host's report (rdr_agent/hostreport.py)."""
+        await self._json("PUT", "/agent/report", report)
+
+    async def offered_version(self) -> str | None:
+        """The agent version the appliance offers (None: it holds no wheelhouse)."""
+        try:
+            return (await self._json("GET", "/enrol/version")).get("version")
+        except ApplianceError as exc:
+            if exc.status == 503:
+                return None
+            raise
+
     async def open_session(self, resume: str | None = None) -> dict:
         return await self._json("POST", "/sessions", {"resume": resume} if resume else {},
                                 idempotent=False)

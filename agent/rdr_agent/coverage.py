@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from rdr_agent.archiver import ParentCatalog
 from rdr_agent.walker import Walker
 from rdr_format.catalog import FILE, Entry, join_path
+from rdr_format.compat import SLOTS
 
 LIMIT = 1000
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Coverage:
     """Files not in the backup: up to `limit` listed, all counted."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rdr_format.compat import SLOTS
 from rdr_restore.errors import SourceError
 
 
@@ -25,7 +26,7 @@ class ConnectError(Exception):
     """The appliance could not be reached (after retries)."""
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Endpoint:
     url: str
     token: str

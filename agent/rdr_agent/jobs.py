@@ -43,6 +43,7 @@ from rdr_agent.util.textfmt import human_bytes as human
 from rdr_agent.util.textfmt import plural
 from rdr_format import catalog
 from rdr_format.catalog import CatalogError, dec_bytes
+from rdr_format.compat import SLOTS
 from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks, selected_bytes
 
 log = logging.getLogger("rdr.agent.jobs")
@@ -79,7 +80,7 @@ class _Stopped(Exception):
     """SIGTERM/SIGINT arrived while waiting."""
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class JobOutcome:
     """What became of one job, as reported to the appliance (and printed)."""
 

@@ -39,6 +39,7 @@ from rdr_agent.statefiles import private_dir
 from rdr_agent.util.textfmt import human_bytes as human
 from rdr_agent.util.textfmt import plural
 from rdr_format.catalog import iter_blocks
+from rdr_format.compat import SLOTS
 
 log = logging.getLogger("rdr.agent.scheduled")
 T = TypeVar("T")
@@ -49,7 +50,7 @@ MAX_MESSAGE = 2000
 DUMP_STDERR_TAIL = 400
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class RunOutcome:
     """What is reported to the appliance for one run (and printed)."""
 

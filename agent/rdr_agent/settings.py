@@ -29,6 +29,7 @@ from pathlib import Path
 
 from rdr_agent.errors import Endpoint
 from rdr_agent.util.tomlfile import read_toml
+from rdr_format.compat import SLOTS
 
 KEYS = ("url", "token", "token_file", "fingerprint", "ca", "state_dir", "restore_roots",
         "allow_dump_commands", "allow_special_files")
@@ -41,7 +42,7 @@ class SettingsError(ValueError):
     pass
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class AgentSettings:
     endpoint: Endpoint
     state_dir: Path

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from rdr_format.catalog import join_path
+from rdr_format.compat import SLOTS
 
 FULL = None  # selection marker: the whole subtree below this node
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Child:
     name: bytes
     path: bytes  # absolute filesystem path

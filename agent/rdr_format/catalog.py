@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from rdr_format.chunkfile import MAX_PLAIN_SIZE, is_chunk_id
+from rdr_format.compat import SLOTS
 
 # Entry types.
 FILE = "f"
@@ -45,7 +46,7 @@ class CatalogError(ValueError):
     """The catalog is malformed; the message says where."""
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Range:
     """`length` bytes at `offset` of the plaintext of chunk `chunk` (whose size is `chunk_size`)."""
 
@@ -55,7 +56,7 @@ class Range:
     chunk_size: int
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Entry:
     name: bytes
     type: str
@@ -350,7 +351,7 @@ def decode_block(data: bytes) -> tuple[bytes, list[Entry]]:
     return blocks[0]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class IndexRecord:
     path: bytes
     offset: int
@@ -369,7 +370,7 @@ def iter_index(pieces: Iterable[bytes]) -> Iterator[IndexRecord]:
         yield IndexRecord(path, rec[1], rec[2], rec[3])
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class CatalogSummary:
     """What the appliance learns from validating a catalog at commit."""
 

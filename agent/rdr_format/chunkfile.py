@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import blake3
 import zstandard
 
+from rdr_format.compat import SLOTS
+
 MAGIC = b"RDRC"
 VERSION = 1
 HEADER_SIZE = 8
@@ -68,7 +70,7 @@ def _header(flags: int) -> bytes:
     return MAGIC + bytes((VERSION, flags, 0, 0))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class EncodedChunk:
     id: str
     plain_size: int

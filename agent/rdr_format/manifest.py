@@ -18,12 +18,13 @@ from pathlib import Path
 from rdr_format import compression
 from rdr_format.catalog import CatalogError
 from rdr_format.chunkfile import MAX_PLAIN_SIZE, is_chunk_id
+from rdr_format.compat import SLOTS
 
 FORMAT = 1
 IDX_MAGIC = b"RDRI\x01\x00\x00\x00"
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class StreamRef:
     chunks: list[tuple[str, int]]
 
@@ -49,7 +50,7 @@ class StreamRef:
         return cls(out)
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Manifest:
     host: str
     snapshot: str

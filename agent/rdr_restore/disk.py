@@ -36,6 +36,7 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rdr_format.compat import SLOTS
 from rdr_format.fsutil import atomic_write
 from rdr_format.manifest import IDX_MAGIC
 from rdr_format.objects import DecryptError, ObjectCipher, ObjectMissing
@@ -75,7 +76,7 @@ def key_id(cipher: ObjectCipher) -> str:
     return cipher.name("key-id", "rdr shipped disk")[2:18]
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Progress:
     """One operation on a disk, as the page and the CLI show it."""
 

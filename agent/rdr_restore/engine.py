@@ -50,6 +50,7 @@ from rdr_format.catalog import (
     split_path,
 )
 from rdr_format.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
+from rdr_format.compat import SLOTS, zip_strict
 
 from .errors import CHUNK_STATUSES, SourceError
 
@@ -207,7 +208,7 @@ class RemoteChunks:
 # --- operations and batches ---------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class _Op:
     """One thing to create. File data comes as slices (`ranges` from file offset `offset`)."""
 
@@ -845,7 +846,7 @@ async def _fetch(source: ChunkSource, cids: list[str]) -> dict[str, bytes | Base
             t.cancel()
         await _settle(*tasks)
         raise
-    return dict(zip(cids, results, strict=True))
+    return dict(zip_strict(cids, results))
 
 
 async def _settle(*futs: asyncio.Future | None) -> None:

@@ -24,11 +24,14 @@ from .core import (
 
 if TYPE_CHECKING:
     from ..backup_schedule import BackupScheduler
+    from ..enrol.codes import IssuedCode
+    from ..enrol.installer import Pins
     from ..plans.repository import HostPlan
     from ..store.datastore import Datastore
 
 
 def add(ctx: Context) -> int:
+    from .. import wiring
     from ..plans.kinds import PC_POLICY, HostKinds
 
     with ctx.stored() as store:
@@ -36,9 +39,125 @@ def add(ctx: Context) -> int:
         HostKinds(store.index).set(ctx.args.name, ctx.args.kind)
         if ctx.args.kind == "pc":  # PCs are sold with 30-0-0 retention (IV.1.1.2)
             store.set_policy(ctx.args.name, PC_POLICY)
-    print(f"host {ctx.args.name} added ({ctx.args.kind}); its token (shown once, store it on "
-          "the host):")
+        issued = wiring.enrolment(store).new_code(ctx.args.name)
+    print(f"host {ctx.args.name} added ({ctx.args.kind}).")
+    print_enrol_command(ctx.cfg, issued)
+    print("or, to set the agent up by hand, its token (shown once; enrolling with the code "
+          "above replaces it):")
     print(token)
+    return 0
+
+
+def print_enrol_command(cfg: Config, issued: IssuedCode) -> None:
+    """The one-time code and the line that installs and enrols the agent (enrol/)."""
+    from ..enrol.installer import enrol_command
+
+    when = ts(issued.expires_at)
+    pins = enrol_pins(cfg)
+    if pins is None:
+        print(f"enrolment code (once, until {when}): {issued.code}")
+        print("  (no certificate yet: start the appliance, then 'rdr hosts enrol "
+              f"{issued.host}' prints the command)")
+        return
+    print(f"on the host, as root (the code works once, until {when}):")
+    print("  " + enrol_command(enrol_url(cfg), pins, issued.code))
+
+
+def enrol_pins(cfg: Config) -> Pins | None:
+    from pathlib import Path
+
+    from ..api.tls import fingerprint
+    from ..enrol.installer import Pins, spki_pin
+
+    cert = Path(cfg.server.tls_cert) if cfg.server.tls_cert else cfg.data_dir / "tls/cert.pem"
+    if not cert.exists():
+        return None
+    return Pins(spki_pin(cert.read_bytes()), fingerprint(cert))
+
+
+def enrol_url(cfg: Config) -> str:
+    """How hosts reach the appliance: enrol.url, else the first listener (a wildcard
+    listener by this machine's name)."""
+    import socket
+
+    from ..config import parse_listen
+    from ..enrol.installer import check_base_url
+
+    if cfg.enrol.url:
+        return check_base_url(cfg.enrol.url)
+    host, port = parse_listen(cfg.server.listen[0])
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"https://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def enrol(ctx: Context) -> int:
+    """A new one-time code for a host (re-enrol: its token rotates when the code is used)."""
+    from .. import wiring
+
+    with ctx.stored() as store:
+        issued = wiring.enrolment(store).new_code(ctx.args.name)
+    print(f"new enrolment code for {ctx.args.name} (earlier codes no longer work).")
+    print_enrol_command(ctx.cfg, issued)
+    return 0
+
+
+def report(ctx: Context) -> int:
+    """Every host's server report (V.2.1): enrolment, agent, OS, patches, file systems,
+    databases, plan size, RTO."""
+    import sys
+
+    from .. import wiring
+    from ..enrol.reports import to_csv
+
+    with ctx.stored() as store:
+        entries = wiring.enrolment(store).status()
+    if ctx.args.csv:
+        sys.stdout.write(to_csv(entries))
+        return 0
+    if ctx.args.json:
+        print_json({"hosts": entries})
+        return 0
+    print(f"{'HOST':20} {'ENROLLED':8} {'ONLINE':6} {'OS':28} {'PENDING':>7} {'RTO':>8} "
+          "RESTORE EST.")
+    for e in entries:
+        rep = e["report"] or {}
+        osname = (rep.get("os") or {}).get("pretty_name", "-")[:28]
+        pend = (rep.get("patches") or {}).get("pending", "-")
+        rto = e["rto"]
+        est = "-" if rto["estimate_seconds"] is None else _hours(rto["estimate_seconds"])
+        print(f"{e['host']:20} {'yes' if e['enrolled'] else 'no':8} "
+              f"{'yes' if e['online'] else 'no':6} {osname:28} {pend!s:>7} "
+              f"{_hours(rto['rto_seconds']) if rto['rto_seconds'] else '-':>8} {est}"
+              f"{'  CANNOT MEET RTO' if rto['at_risk'] else ''}")
+    return 0
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def rto(ctx: Context) -> int:
+    from .. import wiring
+    from ..enrol.rto import parse_duration
+
+    a = ctx.args
+    seconds = None if a.rto in ("none", "") else parse_duration(a.rto)
+    with ctx.stored() as store:
+        enrolment = wiring.enrolment(store)
+        enrolment.rto.set(a.name, seconds)
+        est = enrolment.estimates()[a.name]
+    if seconds is None:
+        print(f"host {a.name}: no RTO")
+        return 0
+    if est.estimate_seconds is None:
+        print(f"host {a.name}: RTO {_hours(seconds)}; no restore measured yet, so no "
+              "estimate")
+    else:
+        verdict = "CANNOT be met" if est.at_risk else "met"
+        print(f"host {a.name}: RTO {_hours(seconds)}, full restore estimated at "
+              f"{_hours(est.estimate_seconds)} ({est.size_bytes / 2**30:.1f} GiB at "
+              f"{est.throughput / 2**20:.0f} MiB/s): {verdict}")
     return 0
 
 
@@ -66,6 +185,7 @@ def remove(ctx: Context) -> int:
                 raise StoreError("not_confirmed", f"not confirmed; host {a.name} kept")
         removed = store.remove_host(a.name, purge=a.purge)
         wiring.plans(store).forget(a.name)
+        wiring.enrolment(store).forget(a.name)
     if a.purge:
         print(f"host {a.name} removed with its {plural(removed, 'snapshot')} (their chunks "
               "are freed by the next 'rdr gc')")
@@ -248,10 +368,23 @@ def list_(ctx: Context) -> int:
 
 def add_hosts(sub: Subparsers, common: Parents) -> None:
     hsub = group(sub, "hosts", "manage backed-up hosts")
-    a = command(hsub, "add", add, "register a host and print its token", common)
+    a = command(hsub, "add", add, "register a host and print its enrolment command (and "
+                "token)", common)
     a.add_argument("name")
     a.add_argument("--kind", choices=("server", "pc"), default="server",
                    help="billed as a server or a PC (a PC gets 30-0-0 retention)")
+    he = command(hsub, "enrol", enrol, "a new one-time enrolment code and command for a "
+                 "host (re-enrol: its token rotates)", common)
+    he.add_argument("name")
+    hrep = command(hsub, "report", report, "every host's server report (OS, patches, file "
+                   "systems, databases, RTO)", common)
+    fmt = hrep.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true")
+    hrto = command(hsub, "rto", rto, "give a host a restore time objective and show the "
+                   "estimate", common)
+    hrto.add_argument("name")
+    hrto.add_argument("rto", help="a duration (4h, 90m, 1d), or 'none'")
     hs = command(hsub, "set", set_, "change a host's settings", common,
                  {0: "changed; the host's settings printed"})
     hs.add_argument("name")

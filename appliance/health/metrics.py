@@ -22,7 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import psutil
@@ -35,6 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from ..enrol.rto import RtoEstimate
 from ..jobs.history import JobHistory
 from ..plans.repository import BackupPlans
 from ..restores.ledger import RestoreLedger
@@ -112,10 +113,13 @@ class ApplianceCollector(Collector):
                  sent_bytes: Callable[[], int] | None = None,
                  tunnel_up: Callable[[], bool | None] | None = None,
                  suspicious: Callable[[], dict[str, int]] | None = None,
+                 rto: Callable[[], Mapping[str, RtoEstimate]] | None = None,
                  ttl: float = 30.0) -> None:
-        """SUSPICIOUS: per host, its suspicious snapshots no admin has looked at (detection)."""
+        """SUSPICIOUS: per host, its suspicious snapshots no admin has looked at (detection).
+        `rto`: each host's restore time estimate (enrol/rto.py), computed at a scrape."""
         self.summary = summary
         self.suspicious = suspicious
+        self.rto = rto
         self.store = summary.store
         self.plans = plans
         self.history = history
@@ -184,6 +188,8 @@ class ApplianceCollector(Collector):
                     ("hosts", self._hosts), ("jobs", self._jobs)]
         if self._repl is not None:
             sections.append(("replication", self._replication))
+        if self.rto is not None:
+            sections.append(("rto", self._rto))
         for name, section in sections:
             fams, fresh = self._read(name, section)
             yield from fams
@@ -232,6 +238,25 @@ class ApplianceCollector(Collector):
             return (last[1] if last else []), False
         self._last[name] = (time.time(), fams)
         return fams, True
+
+    def _rto(self) -> Iterator[Metric]:
+        """Restore time objectives: the RTO, the full-restore estimate from measured LAN
+        restore throughput, and whether the estimate exceeds the RTO (alert RtoAtRisk)."""
+        assert self.rto is not None
+        rto = GaugeMetricFamily("rdr_host_rto_seconds", "The host's restore time objective",
+                                labels=["host"])
+        est = GaugeMetricFamily("rdr_host_restore_estimate_seconds", "Estimated full restore "
+                                "of the host at the measured LAN restore throughput",
+                                labels=["host"])
+        risk = GaugeMetricFamily("rdr_host_rto_at_risk", "1 when the estimated full restore "
+                                 "takes longer than the host's RTO", labels=["host"])
+        for host, e in sorted(self.rto().items()):
+            if e.estimate_seconds is not None:
+                est.add_metric([host], e.estimate_seconds)
+            if e.rto_seconds is not None:
+                rto.add_metric([host], e.rto_seconds)
+                risk.add_metric([host], 1 if e.at_risk else 0)
+        yield from (rto, est, risk)
 
     def _capacity(self) -> Iterator[Metric]:
         status = self.summary.capacity()

@@ -275,6 +275,22 @@ class RestoreJobs:
                                     (host, host, limit))
         return [RestoreJob.from_row(r) for r in rows]
 
+    def throughput(self, host: str | None = None, last: int = 20,
+                   min_bytes: int = 1 << 20) -> tuple[int, float] | None:
+        """(bytes, seconds) of the last `last` finished push restores to `host` (any host:
+        None) of at least `min_bytes`, from pickup to finish: the measured LAN restore
+        throughput a restore time estimate uses (enrol/rto.py). None: nothing measured."""
+        where = "state = 'done' AND bytes >= ? AND finished_at > picked_up_at"
+        args: tuple = (min_bytes,)
+        if host is not None:
+            where += " AND target_host = ?"
+            args += (host,)
+        rows = self.index.query(f"SELECT bytes, finished_at - picked_up_at FROM restore_jobs "
+                                f"WHERE {where} ORDER BY id DESC LIMIT ?", (*args, last))
+        if not rows:
+            return None
+        return sum(r[0] for r in rows), sum(r[1] for r in rows)
+
     def expire(self, now: float | None = None) -> int:
         """Fail jobs whose agent went silent or never came; returns how many failed."""
         now = time.time() if now is None else now

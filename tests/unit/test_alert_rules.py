@@ -28,6 +28,7 @@ EXPECTED_ALERTS = {
     "CapacityCritical", "BackupMissed", "ServiceLevelAtRisk", "ReplicationLagging",
     "TunnelDown", "DataDiskIOErrors", "VerifyFoundDamage", "RestoreStartSlow",
     "BackupWindowMissed", "NotificationsNotDraining", "FilesNotBackedUp", "SnapshotSuspicious",
+    "RtoAtRisk",
 }
 
 # What may appear in an expression besides metric names.

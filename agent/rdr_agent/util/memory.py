@@ -27,6 +27,8 @@ import ctypes.util
 import logging
 from dataclasses import dataclass
 
+from rdr_format.compat import SLOTS
+
 log = logging.getLogger("rdr.memory")
 
 M_TRIM_THRESHOLD = -1
@@ -34,7 +36,7 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class MallocSettings:
     mmap_threshold: int
     arenas: int

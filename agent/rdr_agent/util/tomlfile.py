@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.9 and 3.10: the same parser as a package (agent/pyproject.toml)
+    import tomli as tomllib
 
 
 def read_toml(path: str | os.PathLike[str], what: str, error: type[Exception]) -> dict:

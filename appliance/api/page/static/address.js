@@ -13,6 +13,8 @@ export const href = {
   overview: () => "#/",
   jobs: (host) => (host ? `#/jobs?host=${enc(host)}` : "#/jobs"),
   host: (host) => `#/host/${enc(host)}`,
+  hostReport: (host) => `#/host/${enc(host)}/report`,
+  addHost: () => "#/add-host",
   dir: (host, snap, q) => `#/host/${enc(host)}/${enc(snap)}/dir${q ? `?q=${q}` : ""}`,
   file: (host, snap, dirQ, q) =>
     `#/host/${enc(host)}/${enc(snap)}/dir?q=${dirQ || ""}&file=${q}`,

@@ -20,6 +20,7 @@ import { $ } from "./dom.js";
 import { reload, route, useViews } from "./router.js";
 import { viewBrowse } from "./view-browse.js";
 import { closeDetails, onDetailsClosed, openDetails } from "./view-details.js";
+import { viewAddHost, viewHostReport } from "./view-enrol.js";
 import { viewHost } from "./view-host.js";
 import { viewJobs } from "./view-jobs.js";
 import { viewNotify } from "./view-notify.js";
@@ -32,7 +33,7 @@ import { onLogin, onLogout, showLogin, startSession } from "./view-signin.js";
 function wire() {
   useViews({ overview: viewOverview, jobs: viewJobs, host: viewHost, browse: viewBrowse,
     search: viewSearch, history: viewHistorySearch, reports: viewReports, notify: viewNotify,
-    openDetails });
+    openDetails, addHost: viewAddHost, hostReport: viewHostReport });
   whenSessionEnds(() => showLogin("Your session has ended. Please sign in again."));
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", onLogout);

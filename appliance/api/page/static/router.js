@@ -84,6 +84,11 @@ export async function route(first = false) {
       node = await views.notify(seq);
     } else if (segs[0] === "host" && segs.length === 2) {
       node = await views.host(seq, segs[1]);
+    } else if (segs[0] === "add-host" && segs.length === 1) {
+      nav = "add-host";
+      node = await views.addHost(seq);
+    } else if (segs[0] === "host" && segs.length === 3 && segs[2] === "report") {
+      node = await views.hostReport(seq, segs[1]);
     } else if (segs[0] === "host" && segs.length === 3) {
       location.replace(href.dir(segs[1], segs[2], ""));
       return;
