@@ -1,7 +1,7 @@
 """The page's enrolment line in fresh Debian 11, 12 and 13 hosts (issue 27).
 
-Each Debian root is made once with debootstrap (minbase with python3, curl, systemd; cached
-under /var/cache/rdr-enrol-roots, or $RDR_ENROL_ROOTS, between runs) and booted with
+Each Debian root is made once with debootstrap (tests/system/debian_roots.py: cached under
+/var/cache/rdr-enrol-roots, or $RDR_ENROL_ROOTS, between runs) and booted with
 systemd-nspawn (`--volatile=overlay`: the cached root stays untouched) in a network
 namespace whose only link is a veth to the appliance: no default route, so the host reaches
 the appliance and nothing else. Inside, the line `rdr hosts add` prints runs as root: the
@@ -13,7 +13,6 @@ line run again fails cleanly on the used code.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -31,12 +30,9 @@ import pytest
 from benchmarks.tools import Server, clean_env, free_port, wait_https
 
 from ..conftest import rdr_cmd
+from . import debian_roots
+from .debian_roots import SUITES
 
-ROOTS = Path(os.environ.get("RDR_ENROL_ROOTS", "/var/cache/rdr-enrol-roots"))
-#: suite -> (VERSION_ID, its python3)
-SUITES = {"bullseye": ("11", "3.9"), "bookworm": ("12", "3.11"), "trixie": ("13", "3.13")}
-PACKAGES = "python3,curl,ca-certificates,systemd,systemd-sysv,dbus,iproute2"
-MIRROR = os.environ.get("RDR_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETNS = f"rdr-enrol-{os.getpid()}"
 HOST_IF, GUEST_IF = f"re{os.getpid() % 100000}h", f"re{os.getpid() % 100000}g"
@@ -57,26 +53,11 @@ def _sh(*cmd: str, check: bool = True, timeout: float = 600,
 
 
 def debian_root(suite: str) -> Path:
-    """The cached root of `suite`, made once (under a lock: parallel runs wait)."""
-    root = ROOTS / suite
-    if root.is_dir():
-        return root
-    if not shutil.which("debootstrap"):
-        pytest.skip(f"no cached Debian {suite} root at {root} and no debootstrap to make "
-                    "one (Debian: debootstrap)")
-    ROOTS.mkdir(parents=True, exist_ok=True)
-    with open(ROOTS / f".{suite}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not root.is_dir():
-            partial = ROOTS / f"{suite}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            res = _sh("debootstrap", "--variant=minbase", f"--include={PACKAGES}", suite,
-                      str(partial), MIRROR, check=False, timeout=1800)
-            if res.returncode != 0:
-                pytest.skip(f"debootstrap {suite} failed (no Debian mirror?): "
-                            f"{res.stderr.strip()[-300:]}")
-            partial.rename(root)
-    return root
+    """The cached root of `suite` (made now if `.ci/run` has not made it yet)."""
+    try:
+        return debian_roots.debian_root(suite)
+    except debian_roots.NoRoot as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
