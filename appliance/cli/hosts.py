@@ -32,13 +32,11 @@ if TYPE_CHECKING:
 
 def add(ctx: Context) -> int:
     from .. import wiring
-    from ..plans.kinds import PC_POLICY, HostKinds
+    from ..plans.kinds import register_kind
 
     with ctx.stored() as store:
         token = store.add_host(ctx.args.name)
-        HostKinds(store.index).set(ctx.args.name, ctx.args.kind)
-        if ctx.args.kind == "pc":  # PCs are sold with 30-0-0 retention (IV.1.1.2)
-            store.set_policy(ctx.args.name, PC_POLICY)
+        register_kind(store, ctx.args.name, ctx.args.kind)  # a PC gets 30-0-0 (IV.1.1.2)
         issued = wiring.enrolment(store).new_code(ctx.args.name)
     print(f"host {ctx.args.name} added ({ctx.args.kind}).")
     print_enrol_command(ctx.cfg, issued)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ..plans.kinds import check_kind, register_kind
 from ..plans.repository import BackupPlans
 from ..store.datastore import Datastore
 from .codes import EnrolCodes, IssuedCode
@@ -29,10 +30,13 @@ class Enrolment:
         self.reports = HostReports(store.index)
         self.rto = HostRto(store.index)
 
-    def add_host(self, name: str) -> IssuedCode:
-        """Register a host and give it its first code. The token `add_host` makes is not
-        shown to anyone: the host gets a fresh one when it exchanges the code."""
+    def add_host(self, name: str, kind: str = "server") -> IssuedCode:
+        """Register a host of `kind` (server or PC: billing, and a PC's 30-0-0 retention)
+        and give it its first code. The token `add_host` makes is not shown to anyone: the
+        host gets a fresh one when it exchanges the code."""
+        check_kind(kind)  # before the host exists: a refused kind adds nothing
         self.store.add_host(name)
+        register_kind(self.store, name, kind)
         return self.codes.issue(name)
 
     def new_code(self, host: str) -> IssuedCode:

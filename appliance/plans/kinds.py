@@ -8,9 +8,13 @@ without a row is a server (every host registered before kinds existed was billed
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from ..store.errors import StoreError
 from ..store.index import Index
+
+if TYPE_CHECKING:
+    from ..store.datastore import Datastore
 
 KINDS = ("server", "pc")
 #: PCs are sold with 30-0-0 retention only (IV.1.1.2, "Backup Charges-PC (30-0-0 Retention)").
@@ -60,3 +64,12 @@ class HostKinds:
     def all(self) -> dict[str, str]:
         """host -> kind, for the hosts that have one set (others are servers)."""
         return dict(self.index.query("SELECT host, kind FROM host_kinds"))
+
+
+def register_kind(store: Datastore, host: str, kind: str) -> None:
+    """A new host's kind, and the retention its kind is sold with: a PC gets 30-0-0
+    (IV.1.1.2), a server the appliance's default. The one place `rdr hosts add` and the
+    page's "Add a host" set both."""
+    HostKinds(store.index).set(host, check_kind(kind))
+    if kind == "pc":
+        store.set_policy(host, PC_POLICY)

@@ -236,6 +236,13 @@ def test_page_routes_add_a_host_report_and_rto(appliance: Appliance) -> None:
     assert body["command"].startswith("sudo sh -c") and body["code"] in body["command"]
     assert call("POST", "/hosts", admin, json={"name": "nas01"}).status_code == 409
     assert call("POST", "/hosts", reader, json={"name": "x1"}).status_code == 403
+    # a PC: billed as one, with the 30-0-0 retention PCs are sold with; a bad kind adds nothing
+    assert call("POST", "/hosts", admin, json={"name": "pc7", "kind": "pc"}).status_code == 201
+    plan = call("GET", "/hosts/pc7/plan", admin).json()
+    assert (plan["kind"], plan["policy"]) == ("pc", "30-0-0")
+    bad_kind = call("POST", "/hosts", admin, json={"name": "x2", "kind": "laptop"})
+    assert bad_kind.status_code == 400 and "'kind'" in bad_kind.json()["message"]
+    assert call("GET", "/hosts/x2/plan", admin).status_code == 404
     status = call("GET", "/hosts/nas01/enrolment", reader).json()
     assert not status["enrolled"] and status["code_pending"]["expires_at"] > time.time()
     r = call("PUT", "/hosts/nas01/rto", admin, json={"rto": "4h"})

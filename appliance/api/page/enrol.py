@@ -20,6 +20,7 @@ from ...enrol.reports import to_csv
 from ...enrol.rto import parse_duration
 from ...enrol.service import Enrolment
 from ...errors import BadRequest
+from ...plans.kinds import KINDS
 from ...pools import run_in
 from ..auth import require_change, require_overview
 from ..jsonbody import read_json
@@ -61,12 +62,14 @@ class EnrolPageApi:
 
     async def add_host(self, request: web.Request) -> web.Response:
         who = require_change(request)
-        body = await read_json(request, 4096, required=True, allowed={"name"})
-        name = body.get("name")
+        body = await read_json(request, 4096, required=True, allowed={"name", "kind"})
+        name, kind = body.get("name"), body.get("kind", "server")
         if not isinstance(name, str) or not name:
             raise BadRequest("bad_field", "field 'name' must be the host's name")
-        issued = await self.run(self.enrolment.add_host, name)
-        log.info("host %s added by %s (enrolment code issued)", name, who)
+        if kind not in KINDS:
+            raise BadRequest("bad_field", "field 'kind' must be 'server' or 'pc'")
+        issued = await self.run(self.enrolment.add_host, name, kind)
+        log.info("host %s (%s) added by %s (enrolment code issued)", name, kind, who)
         resp = self._issued(request, issued)
         resp.set_status(201)
         return resp

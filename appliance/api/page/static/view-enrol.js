@@ -66,6 +66,9 @@ export async function viewAddHost(seq) {
   const error = h("p", { class: "form-error", role: "alert", id: "add-host-error" });
   const name = h("input", { id: "add-host-name", name: "name", required: true,
     autocomplete: "off", pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]{0,62}", maxlength: "63" });
+  const kind = h("select", { id: "add-host-kind", name: "kind" },
+    h("option", { value: "server" }, "Server"),
+    h("option", { value: "pc" }, "PC (30-0-0 retention)"));
   const submit = h("button", { type: "submit", class: "btn btn-primary", id: "add-host-submit" },
     "Add host");
   const form = h("form", {
@@ -75,7 +78,7 @@ export async function viewAddHost(seq) {
       error.textContent = "";
       submit.disabled = true;
       try {
-        const res = await api("POST", "/hosts", { name: name.value.trim() });
+        const res = await api("POST", "/hosts", { name: name.value.trim(), kind: kind.value });
         stopPolling();
         const status = h("p", { class: "status-line", id: "enrol-status" });
         result.replaceChildren(h("h2", {}, `Enrol ${res.host}`), commandBox(res), status);
@@ -89,6 +92,8 @@ export async function viewAddHost(seq) {
   },
   h("div", { class: "field" }, h("label", { for: "add-host-name" }, "Host name"),
     name, h("p", { class: "form-note" }, "Letters, digits, '.', '_' or '-', e.g. web01.")),
+  h("div", { class: "field" }, h("label", { for: "add-host-kind" }, "Kind"), kind,
+    h("p", { class: "form-note" }, "Billed as a server or a PC (the contract's rates).")),
   error, submit);
   return h("section", { id: "add-host-view" },
     crumbsNav([["Overview", href.overview()], ["Add a host", null]]),
