@@ -185,6 +185,13 @@ class ReplicationConfig:
     #: Watch the IPsec tunnel: its remote subnet's route in table 220 must exist to send.
     tunnel_subnet: str = ""
     vici_socket: str = ""
+    #: Object Lock (a bucket created with it, `rdr dc create-bucket`): each object is locked
+    #: in compliance mode until its generation's end + the retention horizon + this margin;
+    #: objects written within one generation share their date and are extended together
+    #: (docs/IMMUTABILITY.md). Horizon 0 = from the retention policies in use.
+    lock_margin_days: float = 30.0
+    lock_generation_days: float = 10.0
+    lock_horizon_days: float = 0.0
 
 
 @dataclass(slots=True)
@@ -334,6 +341,9 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"replication.{key}: required when replication.target = 's3'")
         if not r.endpoint.startswith(("http://", "https://")):
             raise ConfigError("replication.endpoint: must be an http:// or https:// URL")
+    if r.lock_margin_days < 0 or r.lock_horizon_days < 0 or r.lock_generation_days <= 0:
+        raise ConfigError("replication.lock_*_days: margin and horizon must not be negative, "
+                          "the generation must be positive")
     if not 1 <= r.concurrency <= 64:
         raise ConfigError("replication.concurrency: must be between 1 and 64")
     if not 1 <= r.retries <= 20:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rdr_format.objects import ObjectCipher, load_or_create_key
 
+from .audit.log import AuditLog
 from .backup_schedule import BackupScheduler
 from .capacity.samples import Samples
 from .capacity.service import CapacityService
@@ -21,6 +22,7 @@ from .jobs.history import JobHistory
 from .jobs.maintenance import Maintenance, MaintenanceSettings
 from .plans.repository import BackupPlans
 from .replication.engine import Replicator
+from .replication.locks import LockBook, settings_for
 from .replication.pending_seed import PendingSeed
 from .replication.state import ReplicationState
 from .replication.status import replication_status
@@ -135,7 +137,13 @@ def replicator(cfg: Config, store: Datastore, state: ReplicationState, samples: 
     return Replicator(store, state, samples, seed, target, replication_cipher(cfg), pool,
                       concurrency=r.concurrency, window=r.window,
                       timezone=cfg.appliance.timezone, tunnel_up=tunnel_up,
-                      on_change=on_change)
+                      on_change=on_change, locks=LockBook(store.index),
+                      lock_settings=lambda: settings_for(r, cfg.retention.policy, store.index),
+                      audit=audit_log(store))
+
+
+def audit_log(store: Datastore) -> AuditLog:
+    return AuditLog(store.index)
 
 
 def summary(cfg: Config, store: Datastore, cap: CapacityService | None = None,
