@@ -96,7 +96,7 @@ def published_health(store: Datastore) -> PublishedHealth:
 
 
 def maintenance(cfg: Config, store: Datastore) -> Maintenance:
-    return Maintenance(store, job_history(store), maintenance_settings(cfg))
+    return Maintenance(store, job_history(store), maintenance_settings(cfg), audit_log(store))
 
 
 def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from rdr_agent.util.textfmt import plural
 
 from ..config import Config, ConfigError
+from .audit import audited
 from .core import (
     EXIT_ERROR,
     Context,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 def add(ctx: Context) -> int:
     with ctx.stored() as store:
         token = store.add_host(ctx.args.name)
+        audited(store, "credential", {"host": ctx.args.name, "action": "add"})
     print(f"host {ctx.args.name} added; its token (shown once, store it on the host):")
     print(token)
     return 0
@@ -209,6 +211,7 @@ def resume(ctx: Context) -> int:
 def token(ctx: Context) -> int:
     with ctx.stored() as store:
         new = store.rotate_token(ctx.args.name)
+        audited(store, "credential", {"host": ctx.args.name, "action": "rotate token"})
     print(f"new token for {ctx.args.name} (the old one no longer works):")
     print(new)
     return 0
