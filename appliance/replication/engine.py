@@ -5,7 +5,10 @@ encrypted and uploaded, several at a time, each recorded as soon as it is stored
 an outage resumes without sending a finished object again); then the manifest and chunk list;
 then a checkpoint object, read back and checked -- only then is the snapshot "replicated",
 which is what lets prune remove it. Snapshots pruned locally are removed at the data center,
-and chunks no local snapshot references any more are deleted there too.
+and chunks no local snapshot references any more are deleted there too -- unless the bucket
+locks objects (S3 Object Lock): then every object is written locked, locks of what is still
+referenced are extended a generation at a time (`locks.py`), and pruned snapshots get a
+tombstone instead; the data center's `rdr dc expire` removes them once their locks end.
 
 Data-center layout (all objects encrypted, names keyed hashes):
 ``c/…`` chunk files, ``m/…`` manifests, ``i/…`` chunk lists, ``k/…`` checkpoints (JSON naming

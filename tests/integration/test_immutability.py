@@ -9,6 +9,7 @@ import asyncio
 import json
 import random
 import shutil
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from appliance.cli.core import EXIT_PROBLEMS
 from appliance.cli.dc import appliance_policy
 from appliance.store.datastore import Datastore
 from hil.radosgw import RadosGateway, RadosS3, S3User
@@ -271,6 +273,12 @@ async def test_audit_log_is_chained_and_locked_at_the_data_center(rgw, bucket,
         == "AccessDenied"
     # Nothing new: nothing sent again.
     assert (await replicate(cfg))["audit_records_sent"] == 0
+    # Someone rewrites the appliance's log (triggers dropped): its chain shows it.
+    with sqlite3.connect(tmp_path / "data" / "index.sqlite") as db:
+        db.execute("DROP TRIGGER audit_log_no_update")
+        db.execute("UPDATE audit_log SET actor = 'nobody' WHERE seq = 4")
+    rc, out, _ = await rdr("audit", "log", *c, ok=False)
+    assert rc == EXIT_PROBLEMS and "CHAIN BROKEN: record 4 does not match" in out
     key_file = tmp_path / "escrowed.key"
     shutil.copy(tmp_path / "data" / "replication.key", key_file)
     shutil.rmtree(tmp_path / "data")
