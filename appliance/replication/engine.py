@@ -134,6 +134,7 @@ class Replicator:
         #: Whether the last pass found the data center locking objects.
         self.immutable = False
         self._settings: LockSettings | None = None
+        self._generation: tuple[int, float] | None = None  # the current one and its date
         #: The audit log whose records each pass copies to the data center (locked).
         self.audit = audit
 
@@ -273,6 +274,7 @@ class Replicator:
         locking = self.lock_settings is not None and self.locks is not None \
             and await self.target.object_lock()
         self._settings = await run_in(self.pool, self.lock_settings) if locking else None
+        self._generation = None
         self.immutable = res.immutable = bool(locking)
         await run_in(self.pool, self.state.record_immutable, self.immutable)
 
@@ -283,7 +285,10 @@ class Replicator:
         if self._settings is None or self.locks is None:
             await self.target.put(name, data)
             return
-        gen, until = await run_in(self.pool, self.locks.current, self._settings)
+        gen = self._settings.generation(time.time())
+        if self._generation is None or self._generation[0] != gen:  # once per generation
+            self._generation = await run_in(self.pool, self.locks.current, self._settings)
+        gen, until = self._generation
         await run_in(self.pool, self.locks.record, [(name, ref)], gen)
         await self.target.put(name, data, retain_until=until)
 

@@ -264,7 +264,8 @@ class S3Target:
             return False
 
     async def prepare(self) -> None:
-        """Check credentials and the bucket (created if the provider has not yet)."""
+        """Check credentials and the bucket (created if the provider has not yet: with
+        Object Lock where the store has it, which can only be chosen at creation)."""
         from botocore.exceptions import ClientError
 
         async def fn(c):
@@ -274,7 +275,10 @@ class S3Target:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if status != 404:
                     raise
-                await c.create_bucket(Bucket=self.bucket)
+                try:
+                    await c.create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True)
+                except ClientError:  # a store without Object Lock: a plain bucket
+                    await c.create_bucket(Bucket=self.bucket)
 
         await self._call(self.bucket, fn)
 

@@ -314,3 +314,21 @@ async def test_bucket_without_object_lock_still_replicates_and_says_so(rgw, tmp_
         assert rc != 0 and json.loads(out)["unlocked"] == ["the bucket has no Object Lock"]
     finally:
         server.purge_bucket(name)
+
+
+async def test_a_bucket_the_appliance_creates_itself_locks_objects(rgw, tmp_path) -> None:
+    """No bucket yet: the appliance's first pass creates it with Object Lock (it cannot be
+    turned on later), so even then the copy is immutable."""
+    server, s3 = rgw
+    name = "made-by-the-appliance"
+    try:
+        cfg = write_config(tmp_path, s3, name)
+        commit(tmp_path, files(2, 7))
+        res = await replicate(cfg)
+        assert res["snapshots_replicated"] == 1 and res["immutable"] is True
+        app = s3.client(s3.appliance)
+        key = app.list_objects_v2(Bucket=name)["Contents"][0]["Key"]
+        assert app.get_object_retention(Bucket=name, Key=key)["Retention"]["Mode"] \
+            == "COMPLIANCE"
+    finally:
+        server.purge_bucket(name)
