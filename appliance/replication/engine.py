@@ -482,7 +482,15 @@ class Replicator:
             return [(cid, st.chunks.size_of(cid) + OVERHEAD)
                     for cid in st.snapshots.chunk_index(host, snap)]
 
-        await run_in(self.pool, lambda: self.state.dc_add_many(sizes()))
+        rows = await run_in(self.pool, sizes)
+        await run_in(self.pool, self.state.dc_add_many, rows)
+        if self._settings is not None and self.locks is not None:
+            # Written at the data center under the bucket's default retention: the next
+            # extension gives them this appliance's dates.
+            names = snapshot_names(self.cipher, host, snap)
+            await run_in(self.pool, self.locks.adopt,
+                         [(chunk_name(self.cipher, cid), "c:" + cid) for cid, _ in rows]
+                         + [(n, f"s:{host}/{snap}") for n in names])
         if not await self._mark_replicated(host, snap, time.time()):
             return False
         log.info("%s/%s arrived at the data center on a seed disk", host, snap)

@@ -109,6 +109,14 @@ class LockBook:
             db.executemany("INSERT OR REPLACE INTO dc_locks VALUES (?, ?, ?)",
                            [(n, r, generation) for n, r in rows])
 
+    def adopt(self, rows: list[tuple[str, str]]) -> None:
+        """(name, ref) objects that reached the data center another way (a seed disk,
+        written there under the bucket's default retention): in a generation already due
+        (-1, dated 0), so the next extension locks them like the rest."""
+        with self.index.tx() as db:
+            db.execute("INSERT OR IGNORE INTO dc_lock_generations VALUES (-1, 0)")
+            db.executemany("INSERT OR IGNORE INTO dc_locks VALUES (?, ?, -1)", rows)
+
     def due(self, before: float) -> list[tuple[int, float]]:
         return [(g, u) for g, u in self.index.query(
             "SELECT generation, retain_until FROM dc_lock_generations "

@@ -60,6 +60,9 @@ def test_lock_book_generations(tmp_path: Path) -> None:
         assert book.members(100) == [] and book.members(101) == [("c/a", "c:1")]
         book.forget_empty_generations(101)
         assert book.due(1e12) == []  # 100 is gone; 101 has no date row yet
+        # Objects a seed disk brought: due at once, so the next pass extends them.
+        book.adopt([("c/s", "c:3")])
+        assert book.due(0.5) == [(-1, 0.0)] and book.members(-1) == [("c/s", "c:3")]
     finally:
         st.close()
 
