@@ -134,7 +134,11 @@ def replicator(cfg: Config, store: Datastore, state: ReplicationState, samples: 
                tunnel_up: Callable[[], bool] | None = None,
                on_change: Callable[[], None] | None = None) -> Replicator:
     r = cfg.replication
-    return Replicator(store, state, samples, seed, target, replication_cipher(cfg), pool,
+    new_key = not r.key_file and not (cfg.data_dir / "replication.key").exists()
+    cipher = replication_cipher(cfg)
+    if new_key:  # the embedded default's data key, made now: worth a record
+        audit_log(store).record("key", "appliance", {"replication_key": "created"})
+    return Replicator(store, state, samples, seed, target, cipher, pool,
                       concurrency=r.concurrency, window=r.window,
                       timezone=cfg.appliance.timezone, tunnel_up=tunnel_up,
                       on_change=on_change, locks=LockBook(store.index),

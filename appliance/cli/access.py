@@ -79,6 +79,7 @@ def admin_add(ctx: Context) -> int:
     pw = new_password(ctx)
     with ctx.stored() as store:
         Accounts(store.index).add(ctx.args.name, pw)
+        audited(store, "credential", {"account": ctx.args.name, "action": "add"})
     print(f"admin account {ctx.args.name} created; sign in at {page_url(ctx.cfg)}")
     return 0
 
@@ -112,6 +113,7 @@ def admin_remove(ctx: Context) -> int:
 
     with ctx.stored() as store:
         Accounts(store.index).remove(ctx.args.name)
+        audited(store, "credential", {"account": ctx.args.name, "action": "remove"})
     print(f"admin account {ctx.args.name} removed")
     return 0
 

@@ -141,6 +141,10 @@ async def test_a_directory_is_not_immutable_and_metrics_say_so(tmp_path: Path) -
         with ThreadPoolExecutor(2) as pool:
             res = await replicator(st, DirTarget(tmp_path / "dc"), pool).run_pass()
         assert res.immutable is False and res.snapshots_replicated == 1
+        # The embedded default made its data key: that is in the audit log.
+        [rec] = wiring.audit_log(st).records()
+        assert (rec.kind, rec.actor, rec.detail) == ("key", "appliance",
+                                                     {"replication_key": "created"})
         state = wiring.replication_state(st)
         assert state.immutable() is False
         collector = ApplianceCollector(wiring.summary(cfg, st, state=state), LiveState(),
