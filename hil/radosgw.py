@@ -71,11 +71,18 @@ def _free_port() -> int:
 
 
 class RadosGateway:
-    def __init__(self, workdir: Path) -> None:
+    """With NETNS, every daemon and command runs inside that network namespace (the
+    monitor on its 127.0.0.1), and the gateway listens on HOST:PORT there (PORT 0: a free
+    one) -- a data center's object store for the HIL rig."""
+
+    def __init__(self, workdir: Path, *, host: str = "127.0.0.1", port: int = 0,
+                 netns: str | None = None) -> None:
         self.dir = workdir
         self.conf = workdir / "ceph.conf"
         self.keyring = workdir / "keyring"
-        self.port = 0
+        self.host = host
+        self.port = port
+        self.netns = netns
         self._rgw: subprocess.Popen | None = None
 
     @staticmethod
@@ -91,14 +98,17 @@ class RadosGateway:
     # --- running commands against this cluster ---
     def _run(self, *argv: str, timeout: float = 60.0) -> str:
         try:
-            p = subprocess.run([argv[0], "-c", str(self.conf), *argv[1:]], capture_output=True,
-                               text=True, timeout=timeout, check=False)
+            p = subprocess.run([*self._prefix(), argv[0], "-c", str(self.conf), *argv[1:]],
+                               capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise RadosGatewayError(f"{' '.join(argv[:3])} timed out") from None
         if p.returncode != 0:
             raise RadosGatewayError(f"{' '.join(argv[:4])} failed ({p.returncode}): "
                                     f"{p.stderr.strip()[-800:]}")
         return p.stdout
+
+    def _prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     def admin(self, *args: str) -> str:
         """`radosgw-admin ARGS` on this cluster."""
@@ -112,7 +122,8 @@ class RadosGateway:
         d = self.dir
         for sub in ("run", "log", "mon", "osd/ceph-0", "rgw"):
             (d / sub).mkdir(parents=True, exist_ok=True)
-        v2, v1, self.port = _free_port(), _free_port(), _free_port()
+        v2, v1 = _free_port(), _free_port()
+        self.port = self.port or _free_port()
         fsid = str(uuid.uuid4())
         addr = f"[v2:127.0.0.1:{v2},v1:127.0.0.1:{v1}]"
         self.conf.write_text(f"""[global]
@@ -142,7 +153,7 @@ auth allow insecure global id reclaim = false
 osd objectstore = memstore
 memstore device bytes = 2147483648
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:{self.port}
+rgw frontends = beast endpoint={self.host}:{self.port}
 rgw data = {d}/rgw
 rgw lc debug interval = 10
 """)
@@ -168,28 +179,56 @@ rgw lc debug interval = 10
             if time.monotonic() > deadline:
                 raise RadosGatewayError("osd.0 did not come up:\n" + self.log_tail("osd.0"))
             time.sleep(0.1)
+        self.up(deadline - time.monotonic())
+        admin = self.user("dcadmin", "data center administrator")
+        appliance = self.user("appliance", "appliance replication (put and extend only)")
+        return RadosS3(f"http://{self.host}:{self.port}", "us-east-1", admin, appliance)
+
+    def up(self, timeout: float = 30.0) -> None:
+        """Start the gateway (again); returns once it accepts connections."""
+        deadline = time.monotonic() + timeout
         self._rgw = subprocess.Popen(
-            ["radosgw", "-c", str(self.conf), "-n", "client.rgw.a", "-f"],
+            [*self._prefix(), "radosgw", "-c", str(self.conf), "-n", "client.rgw.a", "-f"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5):
-                break
+            if self._connects():
+                return
             if self._rgw.poll() is not None or time.monotonic() > deadline:
                 raise RadosGatewayError("radosgw did not start:\n" +
                                         self.log_tail("client.rgw.a"))
             time.sleep(0.1)
-        admin = self.user("dcadmin", "data center administrator")
-        appliance = self.user("appliance", "appliance replication (put and extend only)")
-        return RadosS3(f"http://127.0.0.1:{self.port}", "us-east-1", admin, appliance)
+
+    def _connects(self) -> bool:
+        from hil import netns
+
+        sock = netns.socket_in(self.netns) if self.netns else socket.socket()
+        with sock:
+            sock.settimeout(0.5)
+            try:
+                sock.connect((self.host, self.port))
+                return True
+            except OSError:
+                return False
+
+    def down(self) -> None:
+        """Stop the gateway only (the cluster stays): the object store stops answering."""
+        if self._rgw is not None and self._rgw.poll() is None:
+            self._rgw.terminate()
+            try:
+                self._rgw.wait(10)
+            except subprocess.TimeoutExpired:
+                self._rgw.kill()
+                self._rgw.wait()
 
     def _tool(self, *argv: str) -> None:
         p = subprocess.run(argv, capture_output=True, text=True, check=False)
         if p.returncode != 0:
             raise RadosGatewayError(f"{argv[0]} failed: {p.stderr.strip()}")
 
-    def user(self, uid: str, name: str) -> S3User:
-        access, secret = uid.upper() + uuid.uuid4().hex[:12].upper(), uuid.uuid4().hex
+    def user(self, uid: str, name: str, access: str = "", secret: str = "") -> S3User:
+        """A new S3 user (keys made up unless given: a unit's order carries its own)."""
+        access = access or uid.upper() + uuid.uuid4().hex[:12].upper()
+        secret = secret or uuid.uuid4().hex
         self.admin("user", "create", "--uid", uid, "--display-name", name,
                    "--access-key", access, "--secret-key", secret)
         return S3User(uid, access, secret)
@@ -207,13 +246,7 @@ rgw lc debug interval = 10
         return "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self._rgw is not None and self._rgw.poll() is None:
-            self._rgw.terminate()
-            try:
-                self._rgw.wait(10)
-            except subprocess.TimeoutExpired:
-                self._rgw.kill()
-                self._rgw.wait()
+        self.down()
         for name in ("osd.0", "mon.a"):
             pidfile = self.dir / "run" / f"{name}.pid"
             with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
