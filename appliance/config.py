@@ -341,9 +341,10 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"replication.{key}: required when replication.target = 's3'")
         if not r.endpoint.startswith(("http://", "https://")):
             raise ConfigError("replication.endpoint: must be an http:// or https:// URL")
-    if r.lock_margin_days < 0 or r.lock_horizon_days < 0 or r.lock_generation_days <= 0:
-        raise ConfigError("replication.lock_*_days: margin and horizon must not be negative, "
-                          "the generation must be positive")
+    if r.lock_horizon_days < 0 or not 0 < r.lock_generation_days <= r.lock_margin_days:
+        raise ConfigError("replication.lock_*_days: the horizon must not be negative, the "
+                          "generation must be positive and no longer than the margin (an "
+                          "extension must never ask for an earlier date)")
     if not 1 <= r.concurrency <= 64:
         raise ConfigError("replication.concurrency: must be between 1 and 64")
     if not 1 <= r.retries <= 20:

@@ -321,8 +321,8 @@ class Replicator:
                 done = await asyncio.gather(*(one(n) for n in live))
                 moved = [n for n, ok in zip(live, done, strict=True) if ok]
                 await run_in(self.pool, book.move, moved, gen)
-                await run_in(self.pool, book.drop,
-                             [n for n, _ in rows if n not in set(moved)])
+                kept = set(moved)
+                await run_in(self.pool, book.drop, [n for n, _ in rows if n not in kept])
                 res.locks_extended += len(moved)
             log.info("locks of generation %d extended to %s", old,
                      time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until)))
@@ -355,7 +355,7 @@ class Replicator:
         batch = await run_in(self.pool, self.audit.unsent)
         if not batch:
             return
-        name, plain = self.audit.object_for(batch, self.cipher)
+        name, plain = await run_in(self.pool, self.audit.object_for, batch, self.cipher)
         blob = await run_in(self.pool, self.cipher.seal, name, plain)
         if self._settings is not None:
             await self.target.put(name, blob,

@@ -71,7 +71,9 @@ class LockSettings:
             + self.margin_seconds
 
     def due_before(self, now: float) -> float:
-        """Generations locked until before this date are extended now."""
+        """Generations locked until before this date are extended now. The new date, the
+        current generation's, is at least now + horizon + margin: later, since the config
+        keeps the generation no longer than the margin (compliance locks only lengthen)."""
         return now + self.horizon_seconds + self.generation_seconds
 
 

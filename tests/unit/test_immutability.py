@@ -186,3 +186,16 @@ def test_audit_log_is_append_only_and_chained(tmp_path: Path) -> None:
         assert verify_chain(records[1:]) == "record 1 is missing (next is 2)"
     finally:
         st.close()
+
+
+def test_lock_settings_are_checked(tmp_path: Path) -> None:
+    """A generation longer than the margin could make an extension ask for an earlier date,
+    which a compliance lock refuses: the config says so at load."""
+    from appliance.config import ConfigError, load
+
+    p = tmp_path / "a.toml"
+    p.write_text("[replication]\nlock_generation_days = 10.0\nlock_margin_days = 5.0\n")
+    with pytest.raises(ConfigError, match="no longer than the margin"):
+        load(p)
+    p.write_text("[replication]\nlock_horizon_days = 7.0\n")
+    assert load(p).replication.lock_horizon_days == 7.0
