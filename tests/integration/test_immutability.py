@@ -135,7 +135,10 @@ async def test_locked_copy_cannot_be_deleted_or_shortened_and_restores(rgw, buck
     res = await replicate(cfg)
     assert res["snapshots_replicated"] == 1 and res["immutable"] is True
     now = datetime.now(UTC)
-    locks = retentions(s3, bucket, "")
+    everything = retentions(s3, bucket, "")
+    # the audit log: one record, the data key made at this first replication
+    assert len([k for k in everything if k.startswith("a/")]) == 1
+    locks = {k: u for k, u in everything.items() if not k.startswith("a/")}
     assert len(locks) == 6 + 2 + 3  # chunks, catalog and dir index, m/ i/ k/
     for until in locks.values():
         # generation end + 167 + 30 days: between 197 and 207 days ahead
@@ -259,11 +262,12 @@ async def test_audit_log_is_chained_and_locked_at_the_data_center(rgw, bucket,
     commit(tmp_path, files(2, 5))
     await rdr("prune", "--force", *c)
     res = await replicate(cfg)
-    assert res["audit_records_sent"] == 4
+    assert res["audit_records_sent"] == 5
     local = json.loads((await rdr("audit", "log", "--json", *c))[1])
     assert local["chain_ok"]
     kinds = [r["kind"] for r in local["records"]]
-    assert kinds == ["protection", "protection", "credential", "prune_forced"]
+    # the last: the data key, made by this first replication
+    assert kinds == ["protection", "protection", "credential", "prune_forced", "key"]
     assert local["records"][3]["detail"]["removed"] == [f"web01/{first}"]
     objs = retentions(s3, bucket, "a/")
     assert len(objs) == 1
@@ -286,7 +290,7 @@ async def test_audit_log_is_chained_and_locked_at_the_data_center(rgw, bucket,
     bare.write_text(f"[store]\npath = '{tmp_path / 'nowhere'}'\n")
     dc = json.loads((await rdr("dc", "audit", "--json", "--key-file", str(key_file),
                                "--config", str(bare), *access(s3, s3.admin, bucket)))[1])
-    assert dc["chain_ok"] and [r["seq"] for r in dc["records"]] == [1, 2, 3, 4]
+    assert dc["chain_ok"] and [r["seq"] for r in dc["records"]] == [1, 2, 3, 4, 5]
     assert dc["records"] == local["records"]
 
 
