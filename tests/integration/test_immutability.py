@@ -184,10 +184,11 @@ async def test_locked_copy_cannot_be_deleted_or_shortened_and_restores(rgw, buck
         assert (out_dir / name.decode()).read_bytes() == data
 
 
-#: Locks of seconds, so a test sees them end: generations of 6 s, horizon 14 s, margin 6 s
-#: (an object is locked 20-26 s ahead when written, and extended once its generation ended).
+#: Locks of seconds, so a test sees them end: generations of 6 s, horizon 30 s, margin 6 s
+#: (an object is locked 36-42 s ahead when written -- room for a slow machine between the
+#: first upload and the early `rdr dc expire` -- and extended once its generation ended).
 GENERATION = 6.0
-SHORT = {"lock_generation_days": str(GENERATION / 86400), "lock_horizon_days": str(14 / 86400),
+SHORT = {"lock_generation_days": str(GENERATION / 86400), "lock_horizon_days": str(30 / 86400),
          "lock_margin_days": str(GENERATION / 86400)}
 
 
