@@ -196,6 +196,13 @@ class ReplicationConfig:
     #: Watch the IPsec tunnel: its remote subnet's route in table 220 must exist to send.
     tunnel_subnet: str = ""
     vici_socket: str = ""
+    #: Object Lock (a bucket created with it, `rdr dc create-bucket`): each object is locked
+    #: in compliance mode until its generation's end + the retention horizon + this margin;
+    #: objects written within one generation share their date and are extended together
+    #: (docs/IMMUTABILITY.md). Horizon 0 = from the retention policies in use.
+    lock_margin_days: float = 30.0
+    lock_generation_days: float = 10.0
+    lock_horizon_days: float = 0.0
 
 
 @dataclass(slots=True)
@@ -389,6 +396,10 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"replication.{key}: required when replication.target = 's3'")
         if not r.endpoint.startswith(("http://", "https://")):
             raise ConfigError("replication.endpoint: must be an http:// or https:// URL")
+    if r.lock_horizon_days < 0 or not 0 < r.lock_generation_days <= r.lock_margin_days:
+        raise ConfigError("replication.lock_*_days: the horizon must not be negative, the "
+                          "generation must be positive and no longer than the margin (an "
+                          "extension must never ask for an earlier date)")
     if not 1 <= r.concurrency <= 64:
         raise ConfigError("replication.concurrency: must be between 1 and 64")
     if not 1 <= r.retries <= 20:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from rdr_format.objects import ObjectMissing
@@ -36,12 +37,36 @@ class NotFoundAtTarget(TargetError, ObjectMissing):
 
 class Target(Protocol):
     async def prepare(self) -> None: ...
-    async def put(self, name: str, data: bytes) -> None: ...
+    async def put(self, name: str, data: bytes, retain_until: float | None = None) -> None:
+        """Store NAME; with RETAIN_UNTIL (epoch seconds), locked in compliance mode until
+        then (only on a target whose `object_lock` is true)."""
     async def get(self, name: str) -> bytes: ...
     async def exists(self, name: str) -> bool: ...
     def list(self, prefix: str) -> AsyncIterator[str]: ...
     async def delete(self, name: str) -> None: ...
+    async def object_lock(self) -> bool:
+        """Whether the store locks objects (S3 Object Lock enabled on the bucket)."""
+    async def extend(self, name: str, retain_until: float) -> None:
+        """Move NAME's compliance lock to RETAIN_UNTIL (never earlier: the store refuses)."""
+    async def retained_until(self, name: str) -> float | None:
+        """When NAME's lock ends (epoch seconds), or None when it has none."""
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    """One stored version of an object, as the data center's own tools see the bucket."""
+
+    name: str
+    version: str | None  # None: the store keeps no versions (a directory)
+    latest: bool
+
+
+def tombstone_name(checkpoint_name: str) -> str:
+    """The marker the appliance writes (never deletes) when a locked snapshot is pruned:
+    ``t/`` + the checkpoint's keyed hash. The data center's `rdr dc expire` releases the
+    snapshot's objects once their locks have ended."""
+    return "t/" + checkpoint_name.split("/", 1)[1]
 
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rdr_format.objects import ObjectCipher, load_or_create_key
 
+from .audit.log import AuditLog
 from .backup_schedule import BackupScheduler
 from .capacity.billing_service import BillingService
 from .capacity.contract import ContractError, load_contract
@@ -29,6 +30,7 @@ from .notify.outbox import Outbox
 from .notify.service import Notifications
 from .plans.repository import BackupPlans
 from .replication.engine import Replicator
+from .replication.locks import LockBook, settings_for
 from .replication.pending_seed import PendingSeed
 from .replication.state import ReplicationState
 from .replication.status import replication_status
@@ -114,7 +116,7 @@ def maintenance(cfg: Config, store: Datastore, det: Detector | None = None) -> M
     """Prune keeps what detection (DET, or one built here) holds: the clean snapshots before
     a suspicious one."""
     return Maintenance(store, job_history(store), maintenance_settings(cfg),
-                       held=(det or detector(cfg, store)).held)
+                       held=(det or detector(cfg, store)).held, audit=audit_log(store))
 
 
 def detector(cfg: Config, store: Datastore, pool: Executor | None = None,
@@ -123,7 +125,7 @@ def detector(cfg: Config, store: Datastore, pool: Executor | None = None,
     fields = {k: getattr(d, k) for k in Thresholds.__dataclass_fields__}
     return Detector(store, Verdicts(store.index), Thresholds(**fields),
                     hold_clean=d.hold_clean, pool=pool, on_suspicious=on_suspicious,
-                    answer_within=d.answer_within_seconds)
+                    answer_within=d.answer_within_seconds, audit=audit_log(store))
 
 
 def capacity(cfg: Config, store: Datastore, samples: Samples) -> CapacityService:
@@ -175,10 +177,20 @@ def replicator(cfg: Config, store: Datastore, state: ReplicationState, samples: 
                tunnel_up: Callable[[], bool] | None = None,
                on_change: Callable[[], None] | None = None) -> Replicator:
     r = cfg.replication
-    return Replicator(store, state, samples, seed, target, replication_cipher(cfg), pool,
+    new_key = not r.key_file and not (cfg.data_dir / "replication.key").exists()
+    cipher = replication_cipher(cfg)
+    if new_key:  # the embedded default's data key, made now: worth a record
+        audit_log(store).record("key", "appliance", {"replication_key": "created"})
+    return Replicator(store, state, samples, seed, target, cipher, pool,
                       concurrency=r.concurrency, window=r.window,
                       timezone=cfg.appliance.timezone, tunnel_up=tunnel_up,
-                      on_change=on_change)
+                      on_change=on_change, locks=LockBook(store.index),
+                      lock_settings=lambda: settings_for(r, cfg.retention.policy, store.index),
+                      audit=audit_log(store))
+
+
+def audit_log(store: Datastore) -> AuditLog:
+    return AuditLog(store.index)
 
 
 def summary(cfg: Config, store: Datastore, cap: CapacityService | None = None,

@@ -7,6 +7,7 @@ import sys
 
 from ..config import Config
 from ..store.index import TOKEN_SCOPES
+from .audit import audited
 from .core import Context, Parents, Subparsers, command, group, ts
 
 _SCOPE_TEXT = {"metrics": "/metrics only", "read": "/metrics and appliance-wide reads",
@@ -18,6 +19,7 @@ def tokens_add(ctx: Context) -> int:
     a = ctx.args
     with ctx.stored() as store:
         token = store.index.add_api_token(a.name, a.scope)
+        audited(store, "credential", {"api_token": a.name, "action": "add", "scope": a.scope})
     print(f"admin API token {a.name}, scope {a.scope} ({_SCOPE_TEXT[a.scope]}; no host data), "
           "shown once:")
     print(token)
@@ -28,6 +30,8 @@ def tokens_scope(ctx: Context) -> int:
     a = ctx.args
     with ctx.stored() as store:
         store.index.set_api_token_scope(a.name, a.scope)
+        audited(store, "credential", {"api_token": a.name, "action": "scope",
+                                      "scope": a.scope})
     print(f"admin API token {a.name} now has scope {a.scope} ({_SCOPE_TEXT[a.scope]})")
     return 0
 
@@ -43,6 +47,7 @@ def tokens_list(ctx: Context) -> int:
 def tokens_revoke(ctx: Context) -> int:
     with ctx.stored() as store:
         store.index.revoke_api_token(ctx.args.name)
+        audited(store, "credential", {"api_token": ctx.args.name, "action": "revoke"})
     print(f"admin API token {ctx.args.name} revoked")
     return 0
 
@@ -74,6 +79,7 @@ def admin_add(ctx: Context) -> int:
     pw = new_password(ctx)
     with ctx.stored() as store:
         Accounts(store.index).add(ctx.args.name, pw)
+        audited(store, "credential", {"account": ctx.args.name, "action": "add"})
     print(f"admin account {ctx.args.name} created; sign in at {page_url(ctx.cfg)}")
     return 0
 
@@ -97,6 +103,7 @@ def admin_passwd(ctx: Context) -> int:
     pw = new_password(ctx)
     with ctx.stored() as store:
         Accounts(store.index).set_password(ctx.args.name, pw)
+        audited(store, "credential", {"account": ctx.args.name, "action": "password"})
     print(f"password of {ctx.args.name} changed; its sessions were signed out")
     return 0
 
@@ -106,6 +113,7 @@ def admin_remove(ctx: Context) -> int:
 
     with ctx.stored() as store:
         Accounts(store.index).remove(ctx.args.name)
+        audited(store, "credential", {"account": ctx.args.name, "action": "remove"})
     print(f"admin account {ctx.args.name} removed")
     return 0
 

@@ -10,16 +10,30 @@ import sys
 from rdr_agent.util import pipes
 
 from .. import __version__
-from . import access, dc, holds, hosts, maintenance, notify, replication, seed, serve, status, usage
+from . import (
+    access,
+    audit,
+    dc,
+    holds,
+    hosts,
+    maintenance,
+    notify,
+    replication,
+    seed,
+    serve,
+    status,
+    usage,
+)
 from .core import COMMON_EXITS, EXIT_PROBLEMS, EXIT_QUEUED, exit_epilog, run
 
 #: The top-level commands in the order `rdr --help` lists them.
 COMMANDS = ("serve", "init", "hosts", "snapshots", "holds", "protect", "prune", "gc", "verify",
             "store", "status", "usage", "statement", "tier", "replicate", "replication", "dc",
-            "seed", "tokens", "admin", "jobs", "notify")
+            "seed", "tokens", "admin", "jobs", "notify", "audit")
 
 #: The command groups, each a module with a PARSERS table: command name -> adder.
-GROUPS = (serve, hosts, maintenance, holds, status, usage, replication, dc, seed, access, notify)
+GROUPS = (serve, hosts, maintenance, holds, status, usage, replication, dc, seed, access, notify,
+          audit)
 
 #: `rdr --help`'s table: the codes every command shares, and where the others are told.
 TOP_EXITS = {**COMMON_EXITS,

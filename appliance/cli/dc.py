@@ -27,6 +27,17 @@ def access(ctx: Context) -> tuple[Target, ObjectCipher]:
     """Target and cipher from the config or flags: all the DC tools need."""
     from .. import wiring
 
+    target = bucket_access(ctx)
+    r = ctx.cfg.replication
+    if not r.key_file and not (ctx.cfg.data_dir / "replication.key").exists():
+        raise ConfigError("the data key is needed: --key-file (the escrowed key)")
+    return target, wiring.replication_cipher(ctx.cfg)
+
+
+def bucket_access(ctx: Context) -> Target:
+    """The target alone, from the config or flags (`create-bucket` needs no data key)."""
+    from .. import wiring
+
     a, r = ctx.args, ctx.cfg.replication
     for flag in ("endpoint", "bucket", "access_key", "secret_key"):
         v = getattr(a, flag, None)
@@ -40,10 +51,7 @@ def access(ctx: Context) -> tuple[Target, ObjectCipher]:
     if r.target == "s3" and not (r.endpoint and r.bucket and r.access_key and r.secret_key):
         raise ConfigError("data center access needs --endpoint, --bucket, --access-key and "
                           "--secret-key (or a config with [replication] target = 's3')")
-    if not r.key_file and not (ctx.cfg.data_dir / "replication.key").exists():
-        raise ConfigError("the data key is needed: --key-file (the escrowed key)")
-    return wiring.replication_target(ctx.cfg, limited=False), \
-        wiring.replication_cipher(ctx.cfg)
+    return wiring.replication_target(ctx.cfg, limited=False)
 
 
 def at_dc(target: Target, work: Callable[[], Awaitable[T]]) -> T:
@@ -83,7 +91,8 @@ def verify(ctx: Context) -> int:
     store = ctx.open_store()
     try:
         state = wiring.replication_state(store)
-        res = at_dc(target, lambda: dc_verify(store, state, target, cipher, ctx.args.deep))
+        res = at_dc(target, lambda: dc_verify(store, state, target, cipher, ctx.args.deep,
+                                              locks=ctx.args.locks))
     finally:
         store.close()
     if ctx.args.json:
@@ -91,16 +100,92 @@ def verify(ctx: Context) -> int:
     else:
         print(f"data center: {res.snapshots_checked} replicated snapshots and "
               f"{res.chunks_expected} chunks checked"
-              f"{f' ({res.chunks_checked} downloaded and verified)' if ctx.args.deep else ''}")
+              f"{f' ({res.chunks_checked} downloaded and verified)' if ctx.args.deep else ''}"
+              f"{f'; {res.locks_checked} locks read' if ctx.args.locks else ''}")
         for label, items in (("missing snapshot", res.missing_snapshots),
                              ("damaged snapshot", res.bad_snapshots),
                              ("missing chunk", res.missing_chunks),
-                             ("damaged chunk", res.bad_chunks)):
+                             ("damaged chunk", res.bad_chunks),
+                             ("not locked", res.unlocked)):
             for item in items[:50]:
                 print(f"  {label}: {item}")
         print("OK: the data center holds everything replicated" if res.ok else
               "PROBLEMS FOUND at the data center")
     return 0 if res.ok else EXIT_PROBLEMS
+
+
+def appliance_policy(bucket: str, appliance_user: str, admin_user: str | None) -> str:
+    """The bucket policy: the appliance may put, read, list and extend locks, never delete,
+    bypass governance, or change the bucket's policy or lock; the data center's
+    administrator (owner of the bucket, but not of the appliance's objects) may do all."""
+    import json
+
+    res = [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+    who = {"AWS": [f"arn:aws:iam:::user/{appliance_user}"]}
+    statements = [
+        {"Sid": "ApplianceWritesAndExtends", "Effect": "Allow", "Principal": who,
+         "Action": ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation",
+                    "s3:PutObjectRetention", "s3:GetObjectRetention",
+                    "s3:GetBucketObjectLockConfiguration"], "Resource": res},
+        {"Sid": "ApplianceNeverDeletes", "Effect": "Deny", "Principal": who,
+         "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion",
+                    "s3:BypassGovernanceRetention", "s3:PutObjectLegalHold",
+                    "s3:PutBucketPolicy", "s3:DeleteBucketPolicy",
+                    "s3:PutBucketObjectLockConfiguration", "s3:DeleteBucket",
+                    "s3:PutLifecycleConfiguration"], "Resource": res}]
+    if admin_user:
+        statements.append({"Sid": "DataCenterAdmin", "Effect": "Allow",
+                           "Principal": {"AWS": [f"arn:aws:iam:::user/{admin_user}"]},
+                           "Action": ["s3:*"], "Resource": res})
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def create_bucket(ctx: Context) -> int:
+    a = ctx.args
+    if not 1 <= a.retention_days <= 36500:
+        raise ConfigError("--retention-days: between 1 and 36500")
+    target = bucket_access(ctx)
+    bucket = ctx.cfg.replication.bucket
+    if not hasattr(target, "create_locked_bucket") or ctx.cfg.replication.target != "s3":
+        raise ConfigError("create-bucket needs an S3 data center (--endpoint ...)")
+    policy = appliance_policy(bucket, a.appliance_user, a.admin_user) \
+        if a.appliance_user else None
+    at_dc(target, lambda: target.create_locked_bucket(a.retention_days, policy))
+    print(f"bucket {bucket} created with Object Lock, default retention {a.retention_days} "
+          f"days (compliance)" + (f"; {a.appliance_user} may put and extend, never delete"
+                                  if policy else ""))
+    return 0
+
+
+def expire(ctx: Context) -> int:
+    from ..replication.expire import dc_expire
+
+    target, cipher = access(ctx)
+    res = at_dc(target, lambda: dc_expire(target, cipher, ctx.args.dry_run))
+    if ctx.args.json:
+        print_json(res.to_json())
+    else:
+        print(f"{'would remove' if res.dry_run else 'removed'} {res.removed} object versions "
+              f"released by the appliance; {res.still_locked} released but still locked; "
+              f"{res.snapshots_kept} snapshots kept ({res.kept_newest} tombstoned but their "
+              f"host's newest), {res.snapshots_released} released")
+    return 0
+
+
+def audit(ctx: Context) -> int:
+    from ..audit.dcside import read_audit
+
+    target, cipher = access(ctx)
+    records, problem = at_dc(target, lambda: read_audit(target, cipher))
+    if ctx.args.json:
+        print_json({"records": [r.to_json() for r in records], "chain_ok": problem is None,
+                    "problem": problem})
+    else:
+        from .audit import print_records
+
+        print_records(records)
+        print("chain OK" if problem is None else f"CHAIN BROKEN: {problem}")
+    return 0 if problem is None else EXIT_PROBLEMS
 
 
 def restore(ctx: Context) -> int:
@@ -201,6 +286,9 @@ def add_dc(sub: Subparsers, common: Parents) -> None:
                   EXIT_PROBLEMS: "problems found: missing or damaged snapshots or chunks at "
                                  "the data center, listed"})
     dv.add_argument("--deep", action="store_true", help="download and check every chunk")
+    dv.add_argument("--locks", action="store_true",
+                    help="the bucket must lock objects, and every object of a replicated "
+                         "snapshot must be locked past now (a request per object)")
     dv.add_argument("--json", action="store_true")
     dr = command(dcsub, "restore", restore, "restore a snapshot from the data center alone",
                  parents, {0: "every file restored",
@@ -216,6 +304,26 @@ def add_dc(sub: Subparsers, common: Parents) -> None:
                   **DAMAGED_DISK_EXITS})
     di.add_argument("dir", metavar="DIR")
     di.add_argument("--json", action="store_true")
+    dcb = command(dcsub, "create-bucket", create_bucket,
+                  "create the bucket with Object Lock and a default retention "
+                  "(the data center's administrator credentials)", parents,
+                  {0: "created"})
+    dcb.add_argument("--retention-days", dest="retention_days", type=int, default=30,
+                     help="default compliance retention of objects written without one")
+    dcb.add_argument("--appliance-user", dest="appliance_user",
+                     help="the appliance's S3 user: allowed to put and extend, never delete")
+    dcb.add_argument("--admin-user", dest="admin_user",
+                     help="the data center's administrator user (reads and expires)")
+    dx = command(dcsub, "expire", expire,
+                 "remove what the appliance released once its lock has ended "
+                 "(the data center's administrator credentials)", parents,
+                 {0: "done (what is still locked is left for a later run)"})
+    dx.add_argument("--dry-run", dest="dry_run", action="store_true")
+    dx.add_argument("--json", action="store_true")
+    da = command(dcsub, "audit", audit, "the appliance's audit log as the data center holds it",
+                 parents, {0: "the hash chain verifies",
+                           EXIT_PROBLEMS: "the chain is broken (a record changed or missing)"})
+    da.add_argument("--json", action="store_true")
     de = command(dcsub, "export-recover", export_recover,
                  "write a Rapid Recover disk (mounted at DIR) for one snapshot", parents,
                  {0: "the recovery disk is written"})

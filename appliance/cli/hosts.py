@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from rdr_agent.util.textfmt import plural
 
 from ..config import Config, ConfigError
+from .audit import audited
 from .core import (
     EXIT_ERROR,
     Context,
@@ -38,6 +39,7 @@ def add(ctx: Context) -> int:
         token = store.add_host(ctx.args.name)
         register_kind(store, ctx.args.name, ctx.args.kind)  # a PC gets 30-0-0 (IV.1.1.2)
         issued = wiring.enrolment(store).new_code(ctx.args.name)
+        audited(store, "credential", {"host": ctx.args.name, "action": "add"})
     print(f"host {ctx.args.name} added ({ctx.args.kind}).")
     print_enrol_command(ctx.cfg, issued)
     print("or, to set the agent up by hand, its token (shown once; enrolling with the code "
@@ -346,6 +348,7 @@ def resume(ctx: Context) -> int:
 def token(ctx: Context) -> int:
     with ctx.stored() as store:
         new = store.rotate_token(ctx.args.name)
+        audited(store, "credential", {"host": ctx.args.name, "action": "rotate token"})
     print(f"new token for {ctx.args.name} (the old one no longer works):")
     print(new)
     return 0

@@ -8,6 +8,7 @@ import sys
 
 from rdr_agent.util.textfmt import human_bytes
 
+from .audit import audited, cli_actor
 from .core import EXIT_PROBLEMS, Context, Parents, Subparsers, command, group, print_json, ts
 
 
@@ -44,6 +45,8 @@ def protect(ctx: Context) -> int:
     a = ctx.args
     with ctx.stored() as store:
         store.protect(a.host, a.snapshot, not a.off)
+        audited(store, "protection", {"host": a.host, "snapshot": a.snapshot,
+                                      "protected": not a.off})
     print(f"{a.host}/{a.snapshot}: {'no longer protected' if a.off else 'protected from prune'}")
     return 0
 
@@ -53,7 +56,8 @@ def prune(ctx: Context) -> int:
     with ctx.stored() as store:
         try:
             decisions = ctx.maintenance(store).prune(
-                [a.host] if a.host else None, a.dry_run, a.force, ctx.echo("prune"))
+                [a.host] if a.host else None, a.dry_run, a.force, ctx.echo("prune"),
+                actor=cli_actor())
         finally:
             ctx.end_echo()
     if a.force:

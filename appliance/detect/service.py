@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Collection
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rdr_format.catalog import CatalogError, iter_blocks
 from rdr_format.manifest import Manifest
@@ -25,6 +26,9 @@ from .compare import compare
 from .notes import NoteNames
 from .repository import VerdictRow, Verdicts
 from .rules import Thresholds, judge
+
+if TYPE_CHECKING:
+    from ..audit.log import AuditLog
 
 log = logging.getLogger("rdr.detect")
 
@@ -45,7 +49,9 @@ class Detector:
                  hold_clean: int = 3, pool: Executor | None = None,
                  notes: NoteNames | None = None,
                  on_suspicious: Callable[[Suspicion], None] | None = None,
-                 answer_within: float = 20.0) -> None:
+                 answer_within: float = 20.0, audit: AuditLog | None = None) -> None:
+        """`audit`: where each hold lift is recorded (the tamper-evident log replicated to
+        the data center under Object Lock)."""
         self.store = store
         self.verdicts = verdicts
         self.thresholds = thresholds
@@ -55,6 +61,7 @@ class Detector:
         self.notes = notes or NoteNames.load()
         self.on_suspicious = on_suspicious
         self.answer_within = answer_within
+        self.audit = audit
         self._running: set[asyncio.Task] = set()  # verdicts still being reached
 
     # --- judging ---
@@ -202,11 +209,13 @@ class Detector:
         return out
 
     def lift(self, host: str, snapshot: str, actor: str) -> VerdictRow:
-        """The admin has looked: the hold goes (logged with `actor`). Where the appliance's
-        audit log exists (issue 26's tamper evidence), this is where a lift is recorded."""
+        """The admin has looked: the hold goes (logged with `actor` here and in the audit
+        log, which the data center keeps)."""
         if self.store.index.snapshot(host, snapshot) is None:
             raise NotFound("no_such_snapshot", f"host {host!r} has no snapshot {snapshot!r}")
         row = self.verdicts.lift(host, snapshot, actor)
+        if self.audit is not None:
+            self.audit.record("hold_lift", actor, {"host": host, "snapshot": snapshot})
         log.warning("hold of %s/%s lifted by %s", host, snapshot, actor)
         return row
 

@@ -328,6 +328,9 @@ class ApplianceCollector(Collector):
         yield GaugeMetricFamily("rdr_replication_lag_seconds",
                                 "Age of the oldest unreplicated snapshot",
                                 value=0 if oldest is None else max(0.0, time.time() - oldest))
+        yield GaugeMetricFamily("rdr_replication_immutable",  # 0 also before a pass asked
+                                "The data center locks the copy (S3 Object Lock)",
+                                value=int(bool(rs.get("immutable"))))
         cp = rs["last_checkpoint"]
         if cp is not None:
             yield GaugeMetricFamily("rdr_replication_last_checkpoint_timestamp_seconds",

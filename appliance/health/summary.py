@@ -107,7 +107,8 @@ class ApplianceSummary:
             "capacity": self.capacity(),
             "replication": {"enabled": True, "lag": rep["lag"],
                             "last_pass": rep["last_pass"], "last_error": rep["last_error"],
-                            "tunnel": rep["tunnel"]["state"]} if rep is not None
+                            "tunnel": rep["tunnel"]["state"],
+                            "immutable": rep["immutable"]} if rep is not None
             else {"enabled": False},
             "hosts": self.hosts(),
         }

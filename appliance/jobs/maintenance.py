@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..audit.log import AuditLog
 from ..plans.repository import BackupPlans
 from ..store.datastore import Datastore
 from ..store.errors import NotFound
@@ -45,12 +46,15 @@ class MaintenanceSettings:
 class Maintenance:
     def __init__(self, store: Datastore, history: JobHistory,
                  settings: MaintenanceSettings,
-                 held: Callable[[], Collection[tuple[str, str]]] | None = None) -> None:
-        """`held`: asked at each prune for the snapshots it must keep (detection's holds)."""
+                 held: Callable[[], Collection[tuple[str, str]]] | None = None,
+                 audit: AuditLog | None = None) -> None:
+        """`held`: asked at each prune for the snapshots it must keep (detection's holds);
+        `audit`: every prune that removed something is recorded there."""
         self.store = store
         self.history = history
         self.settings = settings
         self.held = held
+        self.audit = audit
 
     @contextmanager
     def _job(self, kind: str, echo: Progress | None, frees_space: bool = False,
@@ -77,7 +81,7 @@ class Maintenance:
                       held=self.held() if self.held is not None else frozenset())
 
     def prune(self, hosts: list[str] | None = None, dry_run: bool = False, force: bool = False,
-              echo: Progress | None = None) -> list[Decision]:
+              echo: Progress | None = None, actor: str = "scheduler") -> list[Decision]:
         for h in hosts or []:
             if not self.store.index.host_exists(h):
                 raise NotFound("no_such_host", f"no host named {h!r}")
@@ -88,6 +92,10 @@ class Maintenance:
                 d.keep for d in decisions), "sources": per_source(decisions)},
                 f"{'would remove' if dry_run else 'removed'} {len(removed)} of "
                 f"{len(decisions)} snapshots")
+            if removed and not dry_run and self.audit is not None:
+                self.audit.record("prune_forced" if force else "prune", actor, {
+                    "removed": [f"{d.host}/{d.snapshot}" for d in removed][:1000],
+                    "count": len(removed)})
         return decisions
 
     def gc(self, dry_run: bool = False, echo: Progress | None = None) -> GcResult:

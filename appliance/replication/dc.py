@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import time
 from dataclasses import asdict, dataclass, field
 
 from rdr_format.chunkfile import ChunkDecoder, ChunkError
@@ -30,11 +31,16 @@ class DcVerifyResult:
     bad_snapshots: list[str] = field(default_factory=list)
     missing_chunks: list[str] = field(default_factory=list)
     bad_chunks: list[str] = field(default_factory=list)
+    #: With `locks`: whether the bucket locks objects, how many objects' locks were read,
+    #: and the objects of replicated snapshots whose lock is missing or already ended.
+    immutable: bool | None = None
+    locks_checked: int = 0
+    unlocked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.missing_snapshots or self.bad_snapshots or self.missing_chunks
-                    or self.bad_chunks)
+                    or self.bad_chunks or self.unlocked)
 
     def to_json(self) -> dict:
         return {**asdict(self), "ok": self.ok}
@@ -42,14 +48,31 @@ class DcVerifyResult:
 
 async def dc_verify(store: Datastore, state: ReplicationState, target: Target,
                     cipher: ObjectCipher, deep: bool = False,
-                    sort_run: int = extsort.RUN) -> DcVerifyResult:
+                    sort_run: int = extsort.RUN, locks: bool = False) -> DcVerifyResult:
     """Compare the data center with the local store: every snapshot replicated here has a
     matching checkpoint and manifest there, and every chunk recorded as sent is there (with
-    `deep`, downloaded, decrypted and hash-checked too).
+    `deep`, downloaded, decrypted and hash-checked too). With `locks`, the bucket must lock
+    objects and every object of a replicated snapshot (checkpoint, manifest, chunk list and
+    its chunks) must be locked past now: one retention request per object.
 
     Chunks are compared in constant memory: the recorded ids, turned into object names and
     sorted on disk, are merged with the bucket listing (S3 lists in name order)."""
     res = DcVerifyResult()
+    now = time.time()
+
+    async def check_lock(name: str, label: str) -> None:
+        res.locks_checked += 1
+        try:
+            until = await target.retained_until(name)
+        except NotFoundAtTarget:
+            return  # counted as missing elsewhere
+        if until is None or until <= now:
+            res.unlocked.append(label)
+
+    if locks:
+        res.immutable = await target.object_lock()
+        if not res.immutable:
+            res.unlocked.append("the bucket has no Object Lock")
     for row in await asyncio.to_thread(store.index.snapshots):
         if row.replicated_at is None:
             continue
@@ -74,6 +97,9 @@ async def dc_verify(store: Datastore, state: ReplicationState, target: Target,
         if (hashlib.sha256(raw).hexdigest() != cp["manifest_sha256"] or raw != local
                 or hashlib.sha256(idx).hexdigest() != cp["index_sha256"]):
             res.bad_snapshots.append(label)
+        if res.immutable:
+            for name in (k_name, m_name, i_name):
+                await check_lock(name, f"{label} ({name[0]}/)")
     expected = await asyncio.to_thread(extsort.sorted_lines, (
         f"{chunk_name(cipher, cid)} {cid}" for cid in state.iter_dc_chunk_ids()),
         store.chunks.tmp, sort_run)
@@ -89,6 +115,8 @@ async def dc_verify(store: Datastore, state: ReplicationState, target: Target,
             if there != name:
                 res.missing_chunks.append(cid)
                 continue
+            if res.immutable:
+                await check_lock(name, f"chunk {cid}")
             if deep:
                 res.chunks_checked += 1
                 try:

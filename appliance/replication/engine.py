@@ -5,7 +5,10 @@ encrypted and uploaded, several at a time, each recorded as soon as it is stored
 an outage resumes without sending a finished object again); then the manifest and chunk list;
 then a checkpoint object, read back and checked -- only then is the snapshot "replicated",
 which is what lets prune remove it. Snapshots pruned locally are removed at the data center,
-and chunks no local snapshot references any more are deleted there too.
+and chunks no local snapshot references any more are deleted there too -- unless the bucket
+locks objects (S3 Object Lock): then every object is written locked, locks of what is still
+referenced are extended a generation at a time (`locks.py`), and pruned snapshots get a
+tombstone instead; the data center's `rdr dc expire` removes them once their locks end.
 
 Data-center layout (all objects encrypted, names keyed hashes):
 ``c/…`` chunk files, ``m/…`` manifests, ``i/…`` chunk lists, ``k/…`` checkpoints (JSON naming
@@ -32,13 +35,15 @@ from rdr_format.fsutil import atomic_write
 from rdr_format.objects import OVERHEAD, ObjectCipher, chunk_name, snapshot_names
 
 from ..aiotasks import gather_all
+from ..audit.log import AuditLog
 from ..capacity.samples import Samples
-from ..dcobjects import build_checkpoint
+from ..dcobjects import build_checkpoint, tombstone_name
 from ..pools import run_in
 from ..store.datastore import Datastore
 from ..store.errors import Conflict, NotFound
 from ..store.gc import merged_ids, sorted_difference
 from ..store.lock import HeldLock
+from .locks import LockBook, LockSettings
 from .pending_seed import PendingSeed
 from .state import ReplicationState
 from .targets import NotFoundAtTarget, Target, TargetError, in_span, parse_schedule
@@ -55,6 +60,14 @@ class PassResult:
     snapshots_removed_at_dc: int = 0
     chunks_removed_at_dc: int = 0
     snapshots_seeded: int = 0  # found at the data center, imported there from a seed disk
+    #: With Object Lock: locks of referenced objects moved forward; snapshots and chunks
+    #: pruned here left to expire there (a tombstone for each snapshot, nothing deleted).
+    locks_extended: int = 0
+    snapshots_released_at_dc: int = 0
+    chunks_released_at_dc: int = 0
+    audit_records_sent: int = 0
+    #: Whether the data center locks what this pass wrote (None: not asked, paused first).
+    immutable: bool | None = None
     held_for_seed: list[str] = field(default_factory=list)  # hosts whose data is on a disk
     paused: str | None = None
     seconds: float = 0.0  # wall time of the pass
@@ -69,10 +82,13 @@ class PassResult:
         """This pass and a follow-up as one result (counts added, the later's outcome)."""
         for name in ("snapshots_replicated", "objects_sent", "bytes_sent", "objects_skipped",
                      "snapshots_removed_at_dc", "chunks_removed_at_dc", "snapshots_seeded",
-                     "seconds", "passes"):
+                     "locks_extended", "snapshots_released_at_dc", "chunks_released_at_dc",
+                     "audit_records_sent", "seconds", "passes"):
             setattr(self, name, getattr(self, name) + getattr(later, name))
         self.held_for_seed = later.held_for_seed
         self.paused = later.paused
+        if later.immutable is not None:
+            self.immutable = later.immutable
         return self
 
 
@@ -88,7 +104,10 @@ class Replicator:
                  seed: PendingSeed, target: Target, cipher: ObjectCipher, pool: Executor,
                  *, concurrency: int = 4, window: str = "", timezone: str = "UTC",
                  tunnel_up: Callable[[], bool] | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 locks: LockBook | None = None,
+                 lock_settings: Callable[[], LockSettings] | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.store = store
         self.state = state
         self.samples = samples
@@ -108,6 +127,16 @@ class Replicator:
         #: removed there): the composition root passes whatever reports replication's lag
         #: (/metrics), so that never shows a change late.
         self.on_change = on_change
+        #: Object Lock: the lock book and how long to lock (from the retention policies in
+        #: use, asked each pass); both None = never lock (tests' doubles, `rdr dc` tools).
+        self.locks = locks
+        self.lock_settings = lock_settings
+        #: Whether the last pass found the data center locking objects.
+        self.immutable = False
+        self._settings: LockSettings | None = None
+        self._generation: tuple[int, float] | None = None  # the current one and its date
+        #: The audit log whose records each pass copies to the data center (locked).
+        self.audit = audit
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -195,6 +224,7 @@ class Replicator:
         try:
             self._check()
             await self.target.prepare()
+            await self._detect_lock(res)
             await self._settle_inflight()
             # Rows without a directory and half-done removals are settled before the pass
             # decides what the data center may delete (idempotent, safe beside a prune).
@@ -216,6 +246,9 @@ class Replicator:
                 if done:
                     res.snapshots_replicated += 1
             await self.propagate_removals(res)
+            if self._settings is not None:
+                await self.extend_locks(res)
+            await self.send_audit(res)
             self.last_error = None
         except Paused as p:
             res.paused = str(p)
@@ -233,6 +266,104 @@ class Replicator:
         res.seconds = round(time.monotonic() - started, 3)
         await run_in(self.pool, self.state.record_pass, time.time(), res.to_json())
         return res
+
+    # --- Object Lock ---
+    async def _detect_lock(self, res: PassResult) -> None:
+        """Ask the data center whether it locks objects (each pass: a bucket re-created
+        without Object Lock shows at once on the page and in /metrics)."""
+        locking = self.lock_settings is not None and self.locks is not None \
+            and await self.target.object_lock()
+        self._settings = await run_in(self.pool, self.lock_settings) if locking else None
+        self._generation = None
+        self.immutable = res.immutable = bool(locking)
+        await run_in(self.pool, self.state.record_immutable, self.immutable)
+
+    async def _put(self, name: str, data: bytes, ref: str) -> None:
+        """Upload NAME; on a locking data center, locked until its generation's date, the
+        lock recorded first (a kill leaves a row whose object never arrived, which the
+        extension finds missing and drops)."""
+        if self._settings is None or self.locks is None:
+            await self.target.put(name, data)
+            return
+        gen = self._settings.generation(time.time())
+        if self._generation is None or self._generation[0] != gen:  # once per generation
+            self._generation = await run_in(self.pool, self.locks.current, self._settings)
+        gen, until = self._generation
+        await run_in(self.pool, self.locks.record, [(name, ref)], gen)
+        await self.target.put(name, data, retain_until=until)
+
+    async def extend_locks(self, res: PassResult) -> None:
+        """Generations whose date comes within a horizon and a generation of now: their
+        objects still referenced move, together, to the current generation's date."""
+        settings, book = self._settings, self.locks
+        assert settings is not None and book is not None
+        now = time.time()
+        due = await run_in(self.pool, book.due, settings.due_before(now))
+        if not due:
+            return
+        gen, until = await run_in(self.pool, book.current, settings, now)
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def one(name: str) -> bool:
+            async with slots:
+                self._check()
+                try:
+                    await self.target.extend(name, until)
+                    return True
+                except NotFoundAtTarget:  # recorded before an upload that never arrived
+                    return False
+
+        for old, _ in due:
+            after = ""
+            while rows := await run_in(self.pool, book.members, old, after):
+                after = rows[-1][0]
+                live = await run_in(self.pool, self._referenced, rows)
+                done = await asyncio.gather(*(one(n) for n in live))
+                moved = [n for n, ok in zip(live, done, strict=True) if ok]
+                await run_in(self.pool, book.move, moved, gen)
+                kept = set(moved)
+                await run_in(self.pool, book.drop, [n for n, _ in rows if n not in kept])
+                res.locks_extended += len(moved)
+            log.info("locks of generation %d extended to %s", old,
+                     time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until)))
+        await run_in(self.pool, book.forget_empty_generations, gen)
+
+    def _referenced(self, rows: list[tuple[str, str]]) -> list[str]:
+        """Which of (name, ref) objects a live snapshot still needs: a chunk the data
+        center is recorded holding (dc_chunks drops what nothing references), a snapshot's
+        objects while it is replicated here."""
+        chunks = [r[2:] for _, r in rows if r.startswith("c:")]
+        held = set(chunks) - set(self.state.dc_missing(chunks))
+        out = []
+        for name, ref in rows:
+            if ref.startswith("c:"):
+                if ref[2:] in held:
+                    out.append(name)
+            elif ref.startswith("s:"):
+                host, _, snap = ref[2:].partition("/")
+                row = self.store.index.snapshot(host, snap)
+                if row is not None and row.replicated_at is not None:
+                    out.append(name)
+        return out
+
+    # --- tamper evidence ---
+    async def send_audit(self, res: PassResult) -> None:
+        """The audit records not yet at the data center, as one object (locked for the
+        audit log's own retention on a locking data center)."""
+        if self.audit is None:
+            return
+        batch = await run_in(self.pool, self.audit.unsent)
+        if not batch:
+            return
+        name, plain = await run_in(self.pool, self.audit.object_for, batch, self.cipher)
+        blob = await run_in(self.pool, self.cipher.seal, name, plain)
+        if self._settings is not None:
+            await self.target.put(name, blob,
+                                  retain_until=time.time() + self.audit.retain_seconds)
+        else:
+            await self.target.put(name, blob)
+        await run_in(self.pool, self.audit.mark_sent, batch[-1].seq)
+        res.audit_records_sent += len(batch)
 
     async def replicate_snapshot(self, host: str, snap: str, res: PassResult) -> bool:
         """Send one snapshot: chunks, manifest, chunk list, then its checkpoint, after a
@@ -252,7 +383,7 @@ class Replicator:
                 self._check()
                 blob = await run_in(self.pool, self._sealed_chunk, cid)
                 await run_in(self.pool, self.state.dc_begin, cid)
-                await self.target.put(chunk_name(self.cipher, cid), blob)
+                await self._put(chunk_name(self.cipher, cid), blob, "c:" + cid)
                 await run_in(self.pool, self.state.dc_add, cid, len(blob))
                 res.objects_sent += 1
                 res.bytes_sent += len(blob)
@@ -266,10 +397,12 @@ class Replicator:
         idx_bytes = await run_in(self.pool, (sdir / "chunks.idx").read_bytes)
         m_name, i_name, k_name = snapshot_names(self.cipher, host, snap)
         await run_in(self.pool, self.state.dc_checkpoint_begin, host, snap)
+        ref = f"s:{host}/{snap}"
         for name, data in ((m_name, manifest), (i_name, idx_bytes)):
-            await self.target.put(name, await run_in(self.pool, self.cipher.seal, name, data))
+            await self._put(name, await run_in(self.pool, self.cipher.seal, name, data), ref)
         checkpoint = build_checkpoint(host, snap, manifest, idx_bytes, len(ids))
-        await self.target.put(k_name, await run_in(self.pool, self.cipher.seal, k_name, checkpoint))
+        await self._put(k_name, await run_in(self.pool, self.cipher.seal, k_name, checkpoint),
+                        ref)
         # Verify what the data center now holds before calling the snapshot replicated.
         back = self.cipher.open(k_name, await self.target.get(k_name))
         if back != checkpoint:
@@ -349,7 +482,15 @@ class Replicator:
             return [(cid, st.chunks.size_of(cid) + OVERHEAD)
                     for cid in st.snapshots.chunk_index(host, snap)]
 
-        await run_in(self.pool, lambda: self.state.dc_add_many(sizes()))
+        rows = await run_in(self.pool, sizes)
+        await run_in(self.pool, self.state.dc_add_many, rows)
+        if self._settings is not None and self.locks is not None:
+            # Written at the data center under the bucket's default retention: the next
+            # extension gives them this appliance's dates.
+            names = snapshot_names(self.cipher, host, snap)
+            await run_in(self.pool, self.locks.adopt,
+                         [(chunk_name(self.cipher, cid), "c:" + cid) for cid, _ in rows]
+                         + [(n, f"s:{host}/{snap}") for n in names])
         if not await self._mark_replicated(host, snap, time.time()):
             return False
         log.info("%s/%s arrived at the data center on a seed disk", host, snap)
@@ -371,11 +512,27 @@ class Replicator:
         # checkpoint goes below before any of its chunks do. The DC never keeps a
         # checkpoint whose chunks it deleted.
         indexes = await run_in(self.pool, self._live_indexes)
+        locked = self._settings is not None and self.locks is not None
         for host, snap in await run_in(self.pool, self.state.dc_deletes):
             self._check()
             if await run_in(self.pool, st.index.snapshot, host, snap) is not None:
                 continue  # a checkpoint upload a kill interrupted: the snapshot is pending
             m_name, i_name, k_name = snapshot_names(self.cipher, host, snap)
+            if locked:
+                # Nothing is deleted with the appliance's credentials: a tombstone tells the
+                # data center's `rdr dc expire` the snapshot is released, and its locks are
+                # no longer extended.
+                t_name = tombstone_name(k_name)
+                stone = json.dumps({"host": host, "snapshot": snap,
+                                    "released_at": time.time()}).encode()
+                await self._put(t_name, await run_in(self.pool, self.cipher.seal, t_name,
+                                                     stone), f"t:{host}/{snap}")
+                assert self.locks is not None
+                await run_in(self.pool, self.locks.drop_refs,
+                             [f"s:{host}/{snap}", f"t:{host}/{snap}"])
+                await run_in(self.pool, self.state.dc_deleted, host, snap)
+                res.snapshots_released_at_dc += 1
+                continue
             for name in (k_name, m_name, i_name):  # checkpoint first: DR never sees a half
                 await self.target.delete(name)
             await run_in(self.pool, self.state.dc_deleted, host, snap)
@@ -390,6 +547,15 @@ class Replicator:
             dead = await run_in(self.pool, lambda: list(itertools.islice(dead_ids, 1000)))
             if not dead:
                 break
+            if locked:
+                # Released, not deleted: no longer held here (a commit reusing one uploads
+                # it again, a new locked version), no longer extended; `rdr dc expire`
+                # removes them there once their lock has ended.
+                assert self.locks is not None
+                await run_in(self.pool, self.state.dc_remove, dead)
+                await run_in(self.pool, self.locks.drop_refs, [f"c:{c}" for c in dead])
+                res.chunks_released_at_dc += len(dead)
+                continue
             # Forgotten first (write-ahead): a kill mid-batch leaves them in flight, which
             # the next pass settles by asking the data center.
             await run_in(self.pool, self.state.dc_forget, dead)

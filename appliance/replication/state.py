@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS replication_state (
 INSERT OR IGNORE INTO replication_state (id) VALUES (1);
 """
 
+#: Columns later releases added: whether the last pass found the bucket locking objects
+#: (Object Lock, issue 26; NULL until a pass has asked).
+COLUMNS = (("replication_state", "immutable", "INTEGER"),)
+
 #: Where releases before issue 21 kept this state (the string-keyed `kv` table).
 LEGACY_KEYS = ("replication.requests", "replication.last_pass",
                "replication.last_checkpoint", "replication.last_error")
@@ -55,7 +59,7 @@ LEGACY_KEYS = ("replication.requests", "replication.last_pass",
 class ReplicationState:
     def __init__(self, index: Index) -> None:
         self.index = index
-        index.own_tables(DDL)
+        index.own_tables(DDL, COLUMNS)
         index.adopt_legacy_kv(LEGACY_KEYS, self._adopt_legacy)
 
     @staticmethod
@@ -200,6 +204,16 @@ class ReplicationState:
         with self.index.tx() as db:
             db.execute("UPDATE replication_state SET last_error_at = ?, last_error = ? "
                        "WHERE id = 1", (at, error))
+
+    def record_immutable(self, immutable: bool) -> None:
+        with self.index.tx() as db:
+            db.execute("UPDATE replication_state SET immutable = ? WHERE id = 1",
+                       (int(immutable),))
+
+    def immutable(self) -> bool | None:
+        """Whether the data center locks the copy (None: no pass has asked yet)."""
+        v = self.index.query("SELECT immutable FROM replication_state WHERE id = 1")[0][0]
+        return None if v is None else bool(v)
 
     def last(self) -> dict[str, dict | None]:
         """The last pass, checkpoint and error, as `rdr replication status` shows them."""

@@ -6,6 +6,7 @@ import time
 
 from ..config import Config
 from ..store.datastore import Datastore
+from .locks import LockBook
 from .state import ReplicationState
 from .tunnel import sa_summary
 
@@ -42,6 +43,10 @@ def replication_status(store: Datastore, state: ReplicationState, cfg: Config) -
         "last_pass": last_of["last_pass"],
         "last_error": last_of["last_error"],
         "data_center": {"chunks": n, "bytes": size},
+        # Object Lock: whether the data center locks the copy (None until a pass asked);
+        # what this appliance keeps locked and the earliest lock date among it.
+        "immutable": state.immutable(),
+        "locks": LockBook(idx).stats(),
         "tunnel": {"watched": bool(r.tunnel_subnet),
                    "state": "not watched" if not r.tunnel_subnet else
                    ("unknown" if not last else ("up" if last[0][1] else "down")),

@@ -15,14 +15,14 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from rdr_agent.util.ratelimit import Pacer
 from rdr_format.fsutil import fsync_dir, write_durable
 
-from ..dcobjects import NotFoundAtTarget, Target, TargetError
+from ..dcobjects import NotFoundAtTarget, ObjectVersion, Target, TargetError
 from ..timeofday import in_span, parse_schedule
 
 log = logging.getLogger("rdr.replication")
@@ -43,7 +43,10 @@ class DirTarget:
             raise TargetError(f"bad object name {name!r}", False)
         return self.root / name
 
-    async def put(self, name: str, data: bytes) -> None:
+    async def put(self, name: str, data: bytes, retain_until: float | None = None) -> None:
+        if retain_until is not None:
+            raise TargetError("a directory cannot lock objects", False)
+
         def write() -> None:
             p = self._path(name)
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +79,26 @@ class DirTarget:
 
     async def delete(self, name: str) -> None:
         await asyncio.to_thread(lambda: self._path(name).unlink(missing_ok=True))
+
+    async def object_lock(self) -> bool:
+        return False
+
+    async def extend(self, name: str, retain_until: float) -> None:
+        raise TargetError("a directory cannot lock objects", False)
+
+    async def retained_until(self, name: str) -> float | None:
+        return None
+
+    # --- the data center's own side (`rdr dc expire`): a directory keeps no versions ---
+    async def versions(self, prefix: str) -> AsyncIterator[ObjectVersion]:
+        async for n in self.list(prefix):
+            yield ObjectVersion(n, None, True)
+
+    async def version_retained_until(self, v: ObjectVersion) -> float | None:
+        return None
+
+    async def delete_version(self, v: ObjectVersion) -> None:
+        await self.delete(v.name)
 
     async def close(self) -> None:
         return None
@@ -140,8 +163,90 @@ class S3Target:
         except Exception as exc:  # botocore raises many unrelated types
             raise self._error(exc, name) from None
 
-    async def put(self, name: str, data: bytes) -> None:
-        await self._call(name, lambda c: c.put_object(Bucket=self.bucket, Key=name, Body=data))
+    async def put(self, name: str, data: bytes, retain_until: float | None = None) -> None:
+        lock = {} if retain_until is None else {
+            "ObjectLockMode": "COMPLIANCE",
+            "ObjectLockRetainUntilDate": datetime.fromtimestamp(retain_until, UTC)}
+        await self._call(name, lambda c: c.put_object(Bucket=self.bucket, Key=name, Body=data,
+                                                      **lock))
+
+    async def object_lock(self) -> bool:
+        """Object Lock enabled on the bucket. Anything else -- no lock configuration, a
+        store without the call (Swift's s3api), a policy that does not let us read it --
+        counts as not locked: the page then says the off-site copy is not immutable."""
+        from botocore.exceptions import ClientError
+
+        async def fn(c):
+            try:
+                cfg = await c.get_object_lock_configuration(Bucket=self.bucket)
+            except ClientError as exc:
+                log.info("data center bucket %s: no Object Lock (%s)", self.bucket,
+                         exc.response.get("Error", {}).get("Code", "?"))
+                return False
+            return cfg.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+        return await self._call(self.bucket, fn)
+
+    async def extend(self, name: str, retain_until: float) -> None:
+        until = datetime.fromtimestamp(retain_until, UTC)
+        await self._call(name, lambda c: c.put_object_retention(
+            Bucket=self.bucket, Key=name,
+            Retention={"Mode": "COMPLIANCE", "RetainUntilDate": until}))
+
+    async def retained_until(self, name: str) -> float | None:
+        return await self._retention(name, None)
+
+    async def _retention(self, name: str, version: str | None) -> float | None:
+        from botocore.exceptions import ClientError
+
+        async def fn(c):
+            try:
+                r = await c.get_object_retention(Bucket=self.bucket, Key=name,
+                                                 **({"VersionId": version} if version else {}))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in (
+                        "NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"):
+                    return None
+                raise
+            until = r.get("Retention", {}).get("RetainUntilDate")
+            return until.timestamp() if until is not None else None
+
+        return await self._call(name, fn)
+
+    # --- the data center's own side (`rdr dc create-bucket`, `rdr dc expire`), run with
+    # the data center's administrator credentials, never the appliance's ---
+    async def versions(self, prefix: str) -> AsyncIterator[ObjectVersion]:
+        client = await self._c()
+        paginator = client.get_paginator("list_object_versions")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Versions", []):
+                    yield ObjectVersion(item["Key"], item.get("VersionId"),
+                                        bool(item.get("IsLatest")))
+        except Exception as exc:
+            raise self._error(exc, prefix) from None
+
+    async def version_retained_until(self, v: ObjectVersion) -> float | None:
+        return await self._retention(v.name, v.version)
+
+    async def delete_version(self, v: ObjectVersion) -> None:
+        await self._call(v.name, lambda c: c.delete_object(
+            Bucket=self.bucket, Key=v.name, **({"VersionId": v.version} if v.version else {})))
+
+    async def create_locked_bucket(self, default_days: int, policy: str | None) -> None:
+        """The bucket with Object Lock (it cannot be enabled later), a default compliance
+        retention for anything written without its own, and POLICY (JSON) if given."""
+        async def fn(c):
+            await c.create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True)
+            await c.put_object_lock_configuration(
+                Bucket=self.bucket, ObjectLockConfiguration={
+                    "ObjectLockEnabled": "Enabled",
+                    "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE",
+                                                  "Days": default_days}}})
+            if policy:
+                await c.put_bucket_policy(Bucket=self.bucket, Policy=policy)
+
+        await self._call(self.bucket, fn)
 
     async def get(self, name: str) -> bytes:
         async def fn(c):
@@ -159,7 +264,8 @@ class S3Target:
             return False
 
     async def prepare(self) -> None:
-        """Check credentials and the bucket (created if the provider has not yet)."""
+        """Check credentials and the bucket (created if the provider has not yet: with
+        Object Lock where the store has it, which can only be chosen at creation)."""
         from botocore.exceptions import ClientError
 
         async def fn(c):
@@ -169,7 +275,10 @@ class S3Target:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if status != 404:
                     raise
-                await c.create_bucket(Bucket=self.bucket)
+                try:
+                    await c.create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True)
+                except ClientError:  # a store without Object Lock: a plain bucket
+                    await c.create_bucket(Bucket=self.bucket)
 
         await self._call(self.bucket, fn)
 
@@ -217,8 +326,33 @@ class RetryingTarget:
             delay = min(delay * 2, self.max_delay)
         raise AssertionError("unreachable")
 
-    async def put(self, name: str, data: bytes) -> None:
-        await self._retry(lambda: self.inner.put(name, data))
+    async def put(self, name: str, data: bytes, retain_until: float | None = None) -> None:
+        if retain_until is None:  # test doubles take no lock argument
+            await self._retry(lambda: self.inner.put(name, data))
+        else:
+            await self._retry(lambda: self.inner.put(name, data, retain_until))
+
+    async def object_lock(self) -> bool:
+        return await self._retry(self.inner.object_lock)
+
+    async def extend(self, name: str, retain_until: float) -> None:
+        await self._retry(lambda: self.inner.extend(name, retain_until))
+
+    async def retained_until(self, name: str) -> float | None:
+        return await self._retry(lambda: self.inner.retained_until(name))
+
+    async def versions(self, prefix: str) -> AsyncIterator[ObjectVersion]:
+        async for v in self.inner.versions(prefix):
+            yield v
+
+    async def version_retained_until(self, v: ObjectVersion) -> float | None:
+        return await self._retry(lambda: self.inner.version_retained_until(v))
+
+    async def delete_version(self, v: ObjectVersion) -> None:
+        await self._retry(lambda: self.inner.delete_version(v))
+
+    async def create_locked_bucket(self, default_days: int, policy: str | None) -> None:
+        await self.inner.create_locked_bucket(default_days, policy)
 
     async def get(self, name: str) -> bytes:
         return await self._retry(lambda: self.inner.get(name))
@@ -266,9 +400,21 @@ class RateLimitedTarget:
     async def _pace(self, nbytes: int) -> None:
         await self._pacer.pace(nbytes, self.current_kbps())
 
-    async def put(self, name: str, data: bytes) -> None:
+    async def put(self, name: str, data: bytes, retain_until: float | None = None) -> None:
         await self._pace(len(data))
-        await self.inner.put(name, data)
+        if retain_until is None:
+            await self.inner.put(name, data)
+        else:
+            await self.inner.put(name, data, retain_until)
+
+    async def object_lock(self) -> bool:
+        return await self.inner.object_lock()
+
+    async def extend(self, name: str, retain_until: float) -> None:
+        await self.inner.extend(name, retain_until)
+
+    async def retained_until(self, name: str) -> float | None:
+        return await self.inner.retained_until(name)
 
     async def get(self, name: str) -> bytes:
         return await self.inner.get(name)

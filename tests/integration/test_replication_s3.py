@@ -79,6 +79,11 @@ async def test_incremental_then_disaster_recovery(swift, tmp_path: Path) -> None
     first_content = make_store(tmp_path, 20, 1)
     first = await replicate(cfg)
     assert first["snapshots_replicated"] == 1 and first["objects_sent"] == 22
+    # Swift's s3api has no Object Lock: replication works, and says the copy can be deleted.
+    assert first["immutable"] is False
+    rc, out, err = await run(rdr_cmd() + ["replication", "status", "--json", "--config",
+                                          str(cfg)])
+    assert rc == 0 and json.loads(out)["immutable"] is False, err
     assert len(chunk_puts(server, "incremental")) == 22
     # Second snapshot: two files changed, one added.
     second_content = dict(first_content)

@@ -241,7 +241,10 @@ def daily(store: Datastore, clock: Clock, tree: Tree, days: int) -> list[str]:
 
 def test_hold_keeps_the_clean_snapshots_through_prune_until_lifted(store: Datastore,
                                                                    clock: Clock) -> None:
-    det = detector(store, hold_clean=2)
+    from appliance.audit.log import AuditLog
+
+    audit = AuditLog(store.index)
+    det = detector(store, hold_clean=2, audit=audit)
     tree = office()
     clean = [commit_tree(store, tree).snapshot]
     clean += daily(store, clock, tree, 2)
@@ -278,6 +281,10 @@ def test_hold_keeps_the_clean_snapshots_through_prune_until_lifted(store: Datast
         det.lift("web01", bad, "account:alice")
     assert det.verdicts.hold_log()[0] | {"at": 0} == {
         "at": 0, "host": "web01", "snapshot": bad, "actor": "account:alice", "action": "lift"}
+    # and in the tamper-evident audit log the data center keeps (one record: the refused
+    # lifts above wrote none)
+    [lifted] = [r for r in audit.records() if r.kind == "hold_lift"]
+    assert (lifted.actor, lifted.detail) == ("account:alice", {"host": "web01", "snapshot": bad})
     assert det.held() == set()
     left = prune()
     assert not set(clean) & left and bad not in left

@@ -95,6 +95,11 @@ function replicationCard(r) {
   return h("section", { class: `card${warn ? " card-warn" : ""}`, id: "replication", "aria-labelledby": "rep-title" },
     h("h2", { id: "rep-title" }, "Replication ", badge(`Tunnel ${tunnel}`, tunnelKind)),
     h("p", { class: "card-figures" }, behind),
+    r.immutable === false
+      ? h("p", { class: "warn-text", id: "rep-not-immutable" },
+        "The off-site copy is not immutable: the data center's bucket has no Object Lock, " +
+        "so it can be deleted with the appliance's credentials.")
+      : r.immutable ? h("p", { class: "muted", id: "rep-immutable" }, "Off-site copy locked (Object Lock)") : null,
     r.last_pass ? h("p", { class: "muted" }, "Last pass ", timeEl(r.last_pass.at, { rel: true })) : null,
     r.last_error ? h("p", { class: "warn-text" }, "Last error ", timeEl(r.last_error.at, { rel: true }),
       ": ", String(r.last_error.error || "")) : null);
