@@ -45,6 +45,12 @@ def log(ctx: Context) -> int:
         audit = wiring.audit_log(store)
         records = audit.records(ctx.args.since)
         problem = audit.verify()
+    return report_chain(ctx, records, problem)
+
+
+def report_chain(ctx: Context, records: list, problem: str | None) -> int:
+    """Print audit records and whether their chain holds (as JSON with --json); exit 3 when
+    it does not. The appliance's log and the data center's copy are reported alike."""
     if ctx.args.json:
         print_json({"records": [r.to_json() for r in records], "chain_ok": problem is None,
                     "problem": problem})

@@ -177,15 +177,9 @@ def audit(ctx: Context) -> int:
 
     target, cipher = access(ctx)
     records, problem = at_dc(target, lambda: read_audit(target, cipher))
-    if ctx.args.json:
-        print_json({"records": [r.to_json() for r in records], "chain_ok": problem is None,
-                    "problem": problem})
-    else:
-        from .audit import print_records
+    from .audit import report_chain
 
-        print_records(records)
-        print("chain OK" if problem is None else f"CHAIN BROKEN: {problem}")
-    return 0 if problem is None else EXIT_PROBLEMS
+    return report_chain(ctx, records, problem)
 
 
 def restore(ctx: Context) -> int:
