@@ -57,13 +57,18 @@ async def read_verified(target: ObjectReader, name: str, check: Callable[[bytes]
     get_version = getattr(target, "get_version", None)
     if versions is None or get_version is None:
         raise first
-    async for v in versions(name):
-        if v.name != name or v.latest or v.version is None:
-            continue  # another key with this prefix, or the one already read
-        try:
-            return check(await get_version(v))
-        except UNVERIFIED:
-            continue
+    try:
+        async for v in versions(name):
+            if v.name != name or v.latest or v.version is None:
+                continue  # another key with this prefix, or the one already read
+            try:
+                return check(await get_version(v))
+            except UNVERIFIED:
+                continue
+    except ObjectMissing:
+        pass  # gone meanwhile: the latest's failure is the answer
+    except Exception as exc:  # a store that cannot list versions: the latest's failure
+        raise first from exc
     raise first
 
 
