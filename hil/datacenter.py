@@ -13,18 +13,26 @@ Layout, all in one namespace ``<prefix>-dc`` (nothing is reachable from outside 
 * strongSwan as a pure responder, its certificate issued by the same factory CA that signed
   the unit's, for the order's ``[datacenter] identity``; the unit's tunnel address is
   ``prohibit``-routed so nothing reaches it in plaintext;
-* Swift with s3api at the order's S3 endpoint (an address of the order's remote subnet, on
-  ``lo``), with the access key tempauth gives (``test:tester``: an order for this data center
-  carries it).
+* the object store at the order's S3 endpoint (an address of the order's remote subnet, on
+  ``lo``): Ceph's RADOS Gateway (hil/radosgw.py) with two S3 users, the data center's
+  administrator and the appliance (the order's keys); the order's bucket is made by the
+  administrator with ``rdr dc create-bucket``: Object Lock, a default compliance retention
+  (:data:`DEFAULT_RETENTION_DAYS`) and the policy that lets the appliance put, read and
+  extend locks but never delete. Only where Ceph is not installed does Swift with s3api
+  stand in (no Object Lock: the copy is not immutable, and :attr:`DataCenter.store` says
+  ``swift``); the access key is then tempauth's (``test:tester``).
 
 The data center's own tools read a unit's replicas with nothing of the unit but its escrowed
 data key: :func:`escrow_open` recovers that key from the provisioning record as the provider
 would, and :func:`write_access` writes the config ``rdr dc`` commands run with (endpoint,
-bucket, credentials, key file).
+bucket, credentials, key file): the administrator's credentials on radosgw
+(:attr:`DataCenter.dc_keys`), so ``rdr dc expire`` can remove what has expired, which the
+appliance's keys never can.
 
 ``python -m hil.datacenter ctl --control SOCK OP`` drives a running data center's faults from
 another process (the ssh rig's ``--dc-down-cmd``, ``--dc-up-cmd`` and ``--wan-shape-cmd``):
-``swift-down``, ``swift-up``, ``shape --rtt-ms N --rate-kbit N``. The process holding the
+``storage-down``, ``storage-up`` (``swift-down``, ``swift-up``: the same, their old
+names), ``shape --rtt-ms N --rate-kbit N``. The process holding the
 :class:`DataCenter` serves them with :meth:`DataCenter.serve_control`.
 """
 
@@ -47,12 +55,18 @@ from urllib.parse import urlsplit
 
 from hil import netns
 from hil.factory import Bench
+from hil.radosgw import RadosGateway, S3User
 from hil.rig import RigError
 from hil.swift import SwiftServer
 from hil.tunnel import TunnelPlan
 from hil.unit import REPO, ProvisionedTunnel
 from provisioning.order import Order
 
+#: The bucket's default compliance retention (what the appliance writes carries its own).
+DEFAULT_RETENTION_DAYS = 30
+#: Control operations and their old names (the ssh rig's commands may still use those).
+STORAGE_OPS = {"storage-down": "storage-down", "storage-up": "storage-up",
+               "swift-down": "storage-down", "swift-up": "storage-up"}
 DC_IKE_PORTS = (1500, 14500)  # the DC's charon (the relay has 500/4500)
 #: The virtual appliance's WAN (a unit with a WAN port of its own takes its order's).
 VIRTUAL_WAN = ("198.18.0.1/30", "198.18.0.2/30")
@@ -144,7 +158,10 @@ class DataCenter:
             unit_identity=order.identity, before_charon=self._before_charon,
             unit_ns=unit_ns, unit_wan_if=unit_wan_if)
         self.relay: Relay | None = None
+        self.rgw: RadosGateway | None = None
         self.swift: SwiftServer | None = None
+        #: The administrator's S3 user on radosgw (None on the Swift fallback).
+        self.admin_user: S3User | None = None
         self._control: socketserver.UnixStreamServer | None = None
         self._lock = threading.Lock()
 
@@ -156,11 +173,26 @@ class DataCenter:
     def s3_endpoint(self) -> str:
         return self.order.s3_endpoint
 
+    @property
+    def store(self) -> str:
+        """Which object store this data center runs: ``radosgw`` (Object Lock) whenever
+        Ceph is installed, else ``swift``."""
+        return "radosgw" if RadosGateway.available() else "swift"
+
+    @property
+    def dc_keys(self) -> tuple[str, str]:
+        """(access, secret) the data center's own tools use: the administrator's on
+        radosgw, the order's (the only user) on Swift."""
+        if self.admin_user is not None:
+            return self.admin_user.access_key, self.admin_user.secret_key
+        return self.order.access_key, self.order.secret_key
+
     def start(self, timeout: float = 60.0, wait: bool = True) -> None:
         """Build it all; with WAIT, until the tunnel carries traffic (the virtual appliance
         initiates it at once; a unit that is not booted yet will when it boots)."""
-        if not SwiftServer.available():
-            raise DataCenterError("OpenStack Swift is not installed (.ci/swift-packages)")
+        if self.store == "swift" and not SwiftServer.available():
+            raise DataCenterError(f"no object store: {RadosGateway.missing()}, and OpenStack "
+                                  "Swift is not installed (.ci/swift-packages)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self.tunnel.up(timeout=timeout, wait=wait)
@@ -185,14 +217,40 @@ class DataCenter:
                         .replace("port_nat_t = 4500\n", f"port_nat_t = {DC_IKE_PORTS[1]}\n"))
         self.relay = Relay(dc, gateway, source, self.plan.wan_dc.split("/")[0], self.workdir)
         self.relay.start()
-        self.swift = SwiftServer(self.workdir / "swift", host=self.plan.dc_inner.split("/")[0],
-                                 port=self.s3_port, netns=dc)
-        self.swift.start()
+        host = self.plan.dc_inner.split("/")[0]
+        if self.store == "radosgw":
+            self.rgw = RadosGateway(self.workdir / "rgw", host=host, port=self.s3_port,
+                                    netns=dc)
+            s3 = self.rgw.start(appliance_keys=(self.order.access_key, self.order.secret_key))
+            self.admin_user = s3.admin
+            self._create_bucket(s3.appliance.uid)
+        else:
+            self.swift = SwiftServer(self.workdir / "swift", host=host, port=self.s3_port,
+                                     netns=dc)
+            self.swift.start()
+
+    def _create_bucket(self, appliance_uid: str) -> None:
+        """The order's bucket, made as a data center opens a unit's account: by the
+        administrator, with ``rdr dc create-bucket`` (its config file holds the secret, not
+        the command line)."""
+        assert self.admin_user is not None
+        conf = write_access(self.workdir / "admin.toml", self.order, None,
+                            keys=self.dc_keys)
+        proc = subprocess.run(
+            netns.exec_argv(self.ns, [str(Path(sys.executable).parent / "rdr"), "dc",
+                                      "create-bucket", "--config", str(conf),
+                                      "--retention-days", str(DEFAULT_RETENTION_DAYS),
+                                      "--appliance-user", appliance_uid,
+                                      "--admin-user", self.admin_user.uid]),
+            capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+        if proc.returncode != 0:
+            raise DataCenterError(f"rdr dc create-bucket: {proc.stderr.strip()[-500:]}")
 
     def stop(self) -> None:
         """Tear everything down, each step whatever the previous ones did; idempotent."""
         errors = []
-        for step in (self._stop_control, self._stop_swift, self._stop_relay, self.tunnel.down):
+        for step in (self._stop_control, self._stop_store, self._stop_relay,
+                     self.tunnel.down):
             try:
                 step()
             except Exception as exc:  # keep tearing down; report at the end
@@ -200,7 +258,9 @@ class DataCenter:
         if errors:
             raise DataCenterError("teardown: " + "; ".join(errors))
 
-    def _stop_swift(self) -> None:
+    def _stop_store(self) -> None:
+        if self.rgw is not None:
+            self.rgw.stop()
         if self.swift is not None:
             self.swift.stop()
 
@@ -209,15 +269,25 @@ class DataCenter:
             self.relay.stop()
 
     # -- faults ----------------------------------------------------------------------------
-    def swift_down(self) -> None:
-        """The object store stops answering (its processes end; the gateway stays up)."""
-        assert self.swift is not None
-        self.swift.stop()
+    def storage_down(self) -> None:
+        """The object store stops answering (radosgw ends, its cluster stays; Swift's
+        processes end; the IKE gateway stays up)."""
+        if self.rgw is not None:
+            self.rgw.down()
+        else:
+            assert self.swift is not None
+            self.swift.stop()
 
-    def swift_up(self) -> None:
-        """The object store is back (returns once it answers S3 requests)."""
-        assert self.swift is not None
-        self.swift.start()
+    def storage_up(self) -> None:
+        """The object store is back (returns once it accepts connections)."""
+        if self.rgw is not None:
+            self.rgw.up()
+        else:
+            assert self.swift is not None
+            self.swift.start()
+
+    swift_down = storage_down  # the old names
+    swift_up = storage_up
 
     def shape(self, rtt_ms: float = 0.0, rate_kbit: int = 0) -> None:
         """RTT_MS of round trip on every WAN datagram (the relay), and the WAN capped at
@@ -243,10 +313,10 @@ class DataCenter:
         """Carry out one control request ({"op": ..., ...}); raises on failure."""
         op = request.get("op")
         with self._lock:  # one fault at a time
-            if op == "swift-down":
-                self.swift_down()
-            elif op == "swift-up":
-                self.swift_up()
+            if STORAGE_OPS.get(str(op)) == "storage-down":
+                self.storage_down()
+            elif STORAGE_OPS.get(str(op)) == "storage-up":
+                self.storage_up()
             elif op == "shape":
                 self.shape(float(request.get("rtt_ms", 0)), int(request.get("rate_kbit", 0)))
             else:
@@ -298,13 +368,17 @@ def escrow_open(record: Path, dc_private_key: Path, out: Path) -> Path:
     return out
 
 
-def write_access(path: Path, order: Order, key_file: Path) -> Path:
+def write_access(path: Path, order: Order, key_file: Path | None, *,
+                 keys: tuple[str, str] | None = None) -> Path:
     """The config the data center's ``rdr dc`` tools run with for ORDER's unit: its bucket at
-    the S3 endpoint, the credentials, and the data key from escrow -- nothing else of the
-    unit (0600: it holds the S3 secret)."""
+    the S3 endpoint, the credentials (KEYS, the data center's own: the administrator's; the
+    order's when not given), and the data key from escrow (KEY_FILE; none for
+    ``create-bucket``) -- nothing else of the unit (0600: it holds the S3 secret)."""
+    access, secret = keys or (order.access_key, order.secret_key)
     values = {"target": "s3", "endpoint": order.s3_endpoint, "bucket": order.bucket,
-              "access_key": order.access_key, "secret_key": order.secret_key,
-              "region": order.region, "key_file": str(key_file)}
+              "access_key": access, "secret_key": secret, "region": order.region}
+    if key_file is not None:
+        values["key_file"] = str(key_file)
     text = "[replication]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -330,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("ctl", help="one request to the data center serving --control")
     c.add_argument("--control", type=Path, required=True, help="its control socket")
     ops = c.add_subparsers(dest="op", required=True)
-    ops.add_parser("swift-down", help="stop the object store")
-    ops.add_parser("swift-up", help="start it again (returns once it answers)")
+    ops.add_parser("storage-down", aliases=["swift-down"], help="stop the object store")
+    ops.add_parser("storage-up", aliases=["swift-up"],
+                   help="start it again (returns once it answers)")
     sh = ops.add_parser("shape", help="WAN round-trip time and rate cap (0 0: none)")
     sh.add_argument("--rtt-ms", type=float, default=0.0)
     sh.add_argument("--rate-kbit", type=int, default=0)

@@ -115,7 +115,10 @@ class RadosGateway:
         return self._run("radosgw-admin", *args)
 
     # --- start / stop ---
-    def start(self, timeout: float = 60.0) -> RadosS3:
+    def start(self, timeout: float = 60.0, appliance_keys: tuple[str, str] = ("", "")
+              ) -> RadosS3:
+        """Make and start the cluster; APPLIANCE_KEYS (access, secret) are the appliance
+        user's (a unit's order carries them; made up when empty)."""
         if not self.available():
             raise RadosGatewayError(self.missing())
         deadline = time.monotonic() + timeout
@@ -181,7 +184,8 @@ rgw lc debug interval = 10
             time.sleep(0.1)
         self.up(deadline - time.monotonic())
         admin = self.user("dcadmin", "data center administrator")
-        appliance = self.user("appliance", "appliance replication (put and extend only)")
+        appliance = self.user("appliance", "appliance replication (put and extend only)",
+                              *appliance_keys)
         return RadosS3(f"http://{self.host}:{self.port}", "us-east-1", admin, appliance)
 
     def up(self, timeout: float = 30.0) -> None:

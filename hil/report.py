@@ -47,6 +47,15 @@ def markdown(results: list[Result], *, rig: str, quick: bool, setup_s: float) ->
         f"- result: **{ok} of {len(results) - skipped} scenarios passed**"
         + (f" ({skipped} skipped)" if skipped else "") + f"; rig setup {setup_s:.0f} s, "
         f"scenarios {sum(r.seconds for r in results):.0f} s",
+    ]
+    said = [r.measures["offsite_immutable"] for r in results if "offsite_immutable" in r.measures]
+    if said:
+        lines.append("- off-site copy: " + (
+            "**immutable** (the data center's bucket has S3 Object Lock; every object written "
+            "in compliance mode, `immutable: true` in `rdr replication status`)"
+            if all(v == "yes" for v in said) else
+            f"**not immutable** (`rdr replication status` said {', '.join(sorted(set(said)))})"))
+    lines += [
         "",
         "Throughputs include each command's start-up (a few hundred ms of Python per agent "
         "or `rdr` run); recovery times run from the end of the fault to the appliance (or "

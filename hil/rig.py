@@ -114,6 +114,9 @@ class Rig(Faults):
     #: center, no tunnel or pending-replication checks -- and say so in their notes; the
     #: scenarios that are about the WAN or the data center are skipped.
     has_dc: bool = True
+    #: Whether the data center's bucket has Object Lock, so the appliance must report its
+    #: off-site copy immutable (None: the rig does not know its data center's store).
+    dc_object_lock: bool | None = None
     #: Where ``rdr dc snapshots|restore`` run: None, on the appliance with its config.
     dc_access: DcAccess | None = None
 

@@ -217,8 +217,24 @@ def day_cycle(ctx: Context, res: Result) -> None:
                                                    1)
         else:
             res.notes.append("the daemon had replicated each snapshot right after its commit")
+        offsite_immutable(ctx, res)
     restore_through_page(ctx, res)
     finish(ctx, res)
+
+
+def offsite_immutable(ctx: Context, res: Result) -> None:
+    """What the appliance says of its off-site copy after a pass (``rdr replication status``'s
+    ``immutable``), reported; on a data center whose bucket has Object Lock it must be
+    immutable."""
+    st = ctx.rig.admin_json("replication", "status")
+    immutable = st.get("immutable")  # type: ignore[union-attr]
+    locks = st.get("locks") or {}  # type: ignore[union-attr]
+    res.measures["offsite_immutable"] = {True: "yes", False: "no"}.get(immutable, "unknown")
+    res.notes.append(f"off-site copy immutable: {immutable} (rdr replication status); "
+                     f"locks: {json.dumps(locks, sort_keys=True)}")
+    if ctx.rig.dc_object_lock:
+        expect(immutable is True, "the data center's bucket has Object Lock but the appliance "
+               f"says its off-site copy is immutable = {immutable}")
 
 
 def restore_through_page(ctx: Context, res: Result) -> None:
@@ -365,7 +381,8 @@ def wan_down(seconds: float) -> Callable[[Context, Result], None]:
 
 
 def dc_down(ctx: Context, res: Result) -> None:
-    """The data center's object store (Swift) is stopped, then back."""
+    """The data center's object store (radosgw, or Swift where Ceph is absent) is stopped,
+    then back."""
     rig = ctx.rig
     host = rig.hosts[2]
     rig.dc_down()

@@ -3,10 +3,10 @@
 TESTED AGAINST THE APPLIANCE IMAGE, NOT AGAINST HARDWARE: tests/system/test_hil_ssh.py builds the
 image (``python -m image``), boots it with systemd-nspawn in a network namespace with a veth
 LAN, a veth WAN port to a data center (hil/datacenter.py: strongSwan responder, delay relay,
-Swift) and a loop-device data disk bound in at its data pool, provisions it as the factory
-does (with the test's SSH key as the provider's maintenance key), and runs the scenarios
-through this rig with the real ``ssh`` client against the unit's own sshd; power and the
-data disk are hil/pdu.py. No real unit has been reachable. What it does:
+radosgw with Object Lock) and a loop-device data disk bound in at its data pool, provisions
+it as the factory does (with the test's SSH key as the provider's maintenance key), and
+runs the scenarios through this rig with the real ``ssh`` client against the unit's own
+sshd; power and the data disk are hil/pdu.py. No real unit has been reachable. What it does:
 
 * the machine running the harness is the LAN host: its agents (``--host NAME=TOKEN=SOURCE``)
   back up local directories to the unit's LAN API (``--api``, certificate ``--pin``), and

@@ -185,7 +185,7 @@ class ProvisionedTunnel(Tunnel):
     the unit's own strongSwan initiates the tunnel. ROOT is then unused.
 
     ``before_charon`` runs after the namespaces and the WAN exist and before either charon
-    starts (the data center's relay and Swift go there, the virtual rig's LAN too)."""
+    starts (the data center's relay and object store go there, the virtual rig's LAN too)."""
 
     def __init__(self, workdir: Path, plan: TunnelPlan, root: Path | None, bench: Bench, *,
                  dc_identity: str = "dc.rdr.test", unit_identity: str = "rdr-0001",

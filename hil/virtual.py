@@ -9,15 +9,16 @@ Layout (every name carries a random prefix; nothing is reachable from outside th
        |                          on a loop device (hil.disk.LoopDisk); strongSwan with the
        |  WAN veth (tbf)          provisioned swanctl directory
         <p>-dc                    the data center (hil.datacenter): UDP delay relay at the
-                                  order's gateway address, strongSwan responder, Swift +
-                                  s3api on 10.200.2.1:8080
+                                  order's gateway address, strongSwan responder, radosgw
+                                  (Object Lock; Swift + s3api where Ceph is absent) on
+                                  10.200.2.1:8080
 
 The appliance side of the tunnel is provisioning's own output (device certificate from the
 factory CA, connection, tunnel guard); the data center's certificate comes from the same
 factory CA. WAN latency is the relay's (it delays every IKE and ESP-in-UDP datagram);
 bandwidth caps are tbf on both WAN veth ends. The data center's tools (``rdr dc snapshots``,
-``rdr dc restore``) run in its namespace with the bucket and the unit's data key from escrow
-alone (hil.rig.DcAccess).
+``rdr dc restore``) run in its namespace with the bucket, the data center administrator's
+credentials and the unit's data key from escrow alone (hil.rig.DcAccess).
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ class VirtualRig(Rig):
         self._scratch = self.workdir / "scratch"
         self.log = self.workdir / "logs"
 
+    @property
+    def dc_object_lock(self) -> bool | None:  # type: ignore[override]
+        return None if self.dc is None else self.dc.store == "radosgw"
+
     # -- setup ---------------------------------------------------------------------------
     def start(self) -> None:
         if not netns.usable():
@@ -140,7 +145,7 @@ class VirtualRig(Rig):
             key = escrow_open(L.Layout(self.root)(L.RECORD), self.bench.dc_private,
                               self.workdir / "dc" / "unit-data.key")
             self.dc_access = DcAccess(write_access(self.workdir / "dc" / "access.toml",
-                                                   order, key),
+                                                   order, key, keys=self.dc.dc_keys),
                                       self.workdir / "dc-restores", self.dc.ns)
             self._start_daemon()
             proc = self.admin("tokens", "add", "hil-metrics")
@@ -385,11 +390,11 @@ class VirtualRig(Rig):
 
     def dc_down(self) -> None:
         assert self.dc is not None
-        self.dc.swift_down()
+        self.dc.storage_down()
 
     def dc_up(self) -> None:
         assert self.dc is not None
-        self.dc.swift_up()
+        self.dc.storage_up()
 
     def shape_wan(self, rtt_ms: float = 0.0, rate_kbit: int = 0) -> None:
         assert self.dc is not None

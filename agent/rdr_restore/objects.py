@@ -3,6 +3,14 @@
 Needs only a reader of the objects and the escrowed data key -- no appliance, no local store:
 checkpoints name the snapshots, the manifest names the catalog, the catalog names the chunks,
 and every object is decrypted and hash-checked before use.
+
+A locked bucket keeps every version of an object, and whoever holds the appliance's
+credentials may still put a new version over a locked one (the lock keeps the original, not
+the key's latest). So when an object's latest version fails verification (it does not
+decrypt under the data key with its name, or a manifest does not match its checkpoint's
+hash), the older versions are tried, newest first, and the first that verifies is used
+(:func:`read_verified`; a reader without versions -- a directory, a disk -- has only the
+latest).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from rdr_format import catalog
 from rdr_format.chunkfile import ChunkDecoder, ChunkError
@@ -23,12 +31,45 @@ from rdr_format.objects import DecryptError, ObjectCipher, ObjectMissing, chunk_
 from .engine import OVERWRITE_ALWAYS, RemoteChunks, RestoreSummary, restore_blocks
 from .errors import DcError
 
+T = TypeVar("T")
+#: What a failed verification of one object raises.
+UNVERIFIED = (DecryptError, ValueError, ChunkError, DcError)
+
 
 class ObjectReader(Protocol):
-    """Where the objects are read from; a missing object raises ObjectMissing."""
+    """Where the objects are read from; a missing object raises ObjectMissing. A reader of
+    a versioned bucket also has ``versions(prefix)`` (each stored version: ``name``,
+    ``version``, ``latest``, newest first per name) and ``get_version(v)``."""
 
     async def get(self, name: str) -> bytes: ...
     def list(self, prefix: str) -> AsyncIterator[str]: ...
+
+
+async def read_verified(target: ObjectReader, name: str, check: Callable[[bytes], T]) -> T:
+    """CHECK(the bytes of NAME): its latest version, or, when that fails verification
+    (CHECK raises one of UNVERIFIED), the newest older version that passes; the latest's
+    failure is raised when none does."""
+    try:
+        return check(await target.get(name))
+    except UNVERIFIED as exc:
+        first = exc
+    versions = getattr(target, "versions", None)
+    get_version = getattr(target, "get_version", None)
+    if versions is None or get_version is None:
+        raise first
+    try:
+        async for v in versions(name):
+            if v.name != name or v.latest or v.version is None:
+                continue  # another key with this prefix, or the one already read
+            try:
+                return check(await get_version(v))
+            except UNVERIFIED:
+                continue
+    except ObjectMissing:
+        pass  # gone meanwhile: the latest's failure is the answer
+    except Exception as exc:  # a store that cannot list versions: the latest's failure
+        raise first from exc
+    raise first
 
 
 async def checkpoints(target: ObjectReader, cipher: ObjectCipher) -> list[dict]:
@@ -36,8 +77,9 @@ async def checkpoints(target: ObjectReader, cipher: ObjectCipher) -> list[dict]:
     out = []
     async for name in target.list("k/"):
         try:
-            out.append(json.loads(cipher.open(name, await target.get(name))))
-        except (DecryptError, ValueError):
+            out.append(await read_verified(
+                target, name, lambda blob, n=name: json.loads(cipher.open(n, blob))))
+        except UNVERIFIED:
             continue  # not ours, or under another key
     out.sort(key=lambda c: (c["received_at"], c["host"], c["snapshot"]))
     return out
@@ -48,7 +90,7 @@ async def object_chunk(target: ObjectReader, cipher: ObjectCipher, cid: str) -> 
     need it, not the whole restore."""
     name = chunk_name(cipher, cid)
     try:
-        return cipher.open(name, await target.get(name))
+        return await read_verified(target, name, partial(cipher.open, name))
     except ObjectMissing:
         raise ChunkError(f"chunk {cid} is missing at the data center") from None
     except DecryptError as exc:
@@ -66,10 +108,14 @@ async def load_snapshot(target: ObjectReader, cipher: ObjectCipher, host: str, s
     if cp is None:
         raise DcError(f"the data center holds no snapshot {snapshot!r} of {host!r}")
     m_name, _, _ = snapshot_names(cipher, host, cp["snapshot"])
-    raw = cipher.open(m_name, await target.get(m_name))
-    if hashlib.sha256(raw).hexdigest() != cp["manifest_sha256"]:
-        raise DcError(f"manifest of {host}/{cp['snapshot']} does not match its checkpoint")
-    return cp, Manifest.from_json(raw)
+
+    def check(blob: bytes) -> bytes:
+        raw = cipher.open(m_name, blob)
+        if hashlib.sha256(raw).hexdigest() != cp["manifest_sha256"]:
+            raise DcError(f"manifest of {host}/{cp['snapshot']} does not match its checkpoint")
+        return raw
+
+    return cp, Manifest.from_json(await read_verified(target, m_name, check))
 
 
 async def dc_restore(target: ObjectReader, cipher: ObjectCipher, host: str, snapshot: str,

@@ -100,6 +100,9 @@ class DirTarget:
     async def delete_version(self, v: ObjectVersion) -> None:
         await self.delete(v.name)
 
+    async def get_version(self, v: ObjectVersion) -> bytes:
+        return await self.get(v.name)
+
     async def close(self) -> None:
         return None
 
@@ -233,6 +236,17 @@ class S3Target:
         await self._call(v.name, lambda c: c.delete_object(
             Bucket=self.bucket, Key=v.name, **({"VersionId": v.version} if v.version else {})))
 
+    async def get_version(self, v: ObjectVersion) -> bytes:
+        """One stored version's bytes (`rdr dc restore` falls back to older versions when
+        the latest one fails verification: a version put over a locked object)."""
+        async def fn(c):
+            resp = await c.get_object(Bucket=self.bucket, Key=v.name,
+                                      **({"VersionId": v.version} if v.version else {}))
+            async with resp["Body"] as body:
+                return await body.read()
+
+        return await self._call(v.name, fn)
+
     async def create_locked_bucket(self, default_days: int, policy: str | None) -> None:
         """The bucket with Object Lock (it cannot be enabled later), a default compliance
         retention for anything written without its own, and POLICY (JSON) if given."""
@@ -350,6 +364,9 @@ class RetryingTarget:
 
     async def delete_version(self, v: ObjectVersion) -> None:
         await self._retry(lambda: self.inner.delete_version(v))
+
+    async def get_version(self, v: ObjectVersion) -> bytes:
+        return await self._retry(lambda: self.inner.get_version(v))
 
     async def create_locked_bucket(self, default_days: int, policy: str | None) -> None:
         await self.inner.create_locked_bucket(default_days, policy)

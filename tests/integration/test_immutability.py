@@ -337,3 +337,41 @@ async def test_a_bucket_the_appliance_creates_itself_locks_objects(rgw, tmp_path
             == "COMPLIANCE"
     finally:
         server.purge_bucket(name)
+
+
+async def test_restore_reads_the_locked_version_under_an_overwrite(rgw, bucket,
+                                                                   tmp_path) -> None:
+    """Whoever holds the appliance's credentials can put a new version over a locked
+    object (the lock keeps the original version, not the key): every object of a snapshot
+    -- chunks, catalog, manifest, index, checkpoint -- overwritten with garbage that way,
+    `rdr dc restore` still restores it exactly, from the locked older versions."""
+    _, s3 = rgw
+    await create_bucket(s3, bucket, tmp_path)
+    cfg = write_config(tmp_path, s3, bucket)
+    content = files(4, 7)
+    commit(tmp_path, content)
+    assert (await replicate(cfg))["immutable"] is True
+    app = s3.client(s3.appliance)
+    keys = [k for k in retentions(s3, bucket, "") if not k.startswith("a/")]
+    assert len(keys) == 4 + 2 + 3  # chunks, catalog and dir index, m/ i/ k/
+    rng = random.Random(3)
+    for key in keys:
+        app.put_object(Bucket=bucket, Key=key, Body=rng.randbytes(300))
+    admin = s3.client(s3.admin)
+    for key in keys:  # the garbage is the latest version, the locked original is still there
+        versions = [v for v in admin.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
+                    if v["Key"] == key]
+        assert len(versions) == 2
+        assert len(admin.get_object(Bucket=bucket, Key=key)["Body"].read()) == 300
+    key_file = tmp_path / "escrowed.key"
+    shutil.copy(tmp_path / "data" / "replication.key", key_file)
+    bare = tmp_path / "bare.toml"
+    bare.write_text(f"[store]\npath = '{tmp_path / 'nowhere'}'\n")
+    dc = ["--key-file", str(key_file), "--config", str(bare), *access(s3, s3.admin, bucket)]
+    listed = json.loads((await rdr("dc", "snapshots", "--json", *dc))[1])
+    assert [s["host"] for s in listed] == ["web01"]
+    out_dir = tmp_path / "restored"
+    await rdr("dc", "restore", "--host", "web01", "--to", str(out_dir), *dc)
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(n.decode() for n in content)
+    for name, data in content.items():
+        assert (out_dir / name.decode()).read_bytes() == data

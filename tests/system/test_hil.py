@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 
 from hil import netns
+from hil.radosgw import RadosGateway
 from hil.swift import SwiftServer
 from hil.tunnel import charon_installed
 
 REPO = Path(__file__).resolve().parents[2]  # the repository (tests/<kind>/ is two down)
 rig_ok = pytest.mark.skipif(
-    not netns.usable() or not charon_installed() or not SwiftServer.available(),
-    reason="needs root, strongSwan and Swift (.ci/run installs them)")
+    not netns.usable() or not charon_installed()
+    or not (RadosGateway.available() or SwiftServer.available()),
+    reason="needs root, strongSwan and Ceph's radosgw or Swift (.ci/run installs them)")
 
 
 @rig_ok
@@ -49,6 +51,11 @@ def test_quick_suite_on_the_virtual_rig(tmp_path: Path) -> None:
     # the data center's own tools restored what it holds, with the bucket and the key alone
     assert "and 0 from the data center" not in report
     assert report.count("from the data center (") == 5
+    # the data center is radosgw with an Object Lock bucket: the appliance says its off-site
+    # copy is immutable (day-cycle fails otherwise); Swift, the fallback, has no Object Lock
+    if RadosGateway.available():
+        assert "- off-site copy: **immutable**" in report
+        assert "offsite_immutable yes" in report
     # nothing of the rig is left behind: namespaces, mounts
     assert not [n for n in set(netns.list_netns()) - before if n.startswith("hl")]
     assert str(tmp_path / "rig") not in Path("/proc/mounts").read_text()

@@ -124,7 +124,8 @@ def run_rig(tmp_path: Path, ext4: Path, bench: Bench, order: Path, key: Path, un
     control = tmp_path / "dc.sock"
     dc.serve_control(control)
     data_key = escrow_open(record, bench.dc_private, tmp_path / "unit-data.key")
-    access = write_access(tmp_path / "dc-access.toml", load_order(order), data_key)
+    access = write_access(tmp_path / "dc-access.toml", load_order(order), data_key,
+                          keys=dc.dc_keys)  # the DC administrator's on radosgw
 
     # --- the harness, on the customer's LAN
     sources = {}
@@ -161,7 +162,8 @@ def run_rig(tmp_path: Path, ext4: Path, bench: Bench, order: Path, key: Path, un
             "--ssh-identity", str(key), "--ssh-known-hosts", str(known),
             "--power-cut-cmd", power_cut, "--power-on-cmd", power_on,
             "--admin-password-file", str(pw), "--wan-if", WAN_IF, "--lan-if", "eth0",
-            "--dc-down-cmd", f"{ctl} swift-down", "--dc-up-cmd", f"{ctl} swift-up",
+            "--dc-down-cmd", f"{ctl} storage-down", "--dc-up-cmd",
+            f"{ctl} storage-up",
             "--wan-shape-cmd", f"{ctl} shape --rtt-ms {{rtt_ms}} --rate-kbit {{rate_kbit}}",
             "--disk-remove-cmd", f"{py} -m hil.pdu disk-remove --state {state}",
             "--disk-return-cmd", f"{py} -m hil.pdu disk-return --state {state}",
