@@ -258,7 +258,9 @@ async def test_fifty_missed_windows_make_one_mail_and_an_outage_loses_nothing(
         assert float(failed[0].split()[1]) >= 2
         view = await (await s.get("/api/v1/notify")).json()
         assert view["counts"]["waiting"] == 1
-        assert view["targets"] == [{"name": "office", "kind": "smtp"}]
+        [office] = view["targets"]  # the TOML's target: listed, its password only "set"
+        assert (office["name"], office["kind"], office["source"]) == ("office", "smtp", "config")
+        assert office["password_set"] is True and "password_file" not in office
         assert password not in json.dumps(view)
 
     # --- the daemon restarts with the mail still queued, and the server comes back
