@@ -227,22 +227,23 @@ class TargetBook:
 
     def add(self, body: dict, by: str) -> dict:
         spec, secret = check_spec(body, adding=True, has_secret=False)
-        name = spec["name"]
+        name, kind = spec["name"], spec["kind"]
         self._not_provisioned(name)
-        if self._stored(name) is not None:
-            raise Conflict("target_exists", f"a target named {name!r} exists already")
-        if secret:
-            self._write_secret(self._secret_path(name, spec["kind"]), secret)
-        try:
-            with self.index.tx() as db:
+        # the check, the secret file and the row under one transaction (the index's lock):
+        # two adds of one name cannot overwrite each other's secret
+        with self.index.tx() as db:
+            if db.execute("SELECT 1 FROM notify_targets WHERE name = ?", (name,)).fetchone():
+                raise Conflict("target_exists", f"a target named {name!r} exists already")
+            try:
+                if secret:
+                    self._write_secret(self._secret_path(name, kind), secret)
                 db.execute("INSERT INTO notify_targets (name, kind, spec, updated_at, "
                            "updated_by) VALUES (?, ?, ?, ?, ?)",
-                           (name, spec["kind"], json.dumps(spec), time.time(), by))
-        except Exception:
-            if secret:
-                self._remove_secret(name, spec["kind"])
-            raise
-        return describe(self._target(name, spec["kind"], spec), "page")
+                           (name, kind, json.dumps(spec), time.time(), by))
+            except BaseException:
+                self._remove_secret(name, kind)
+                raise
+        return describe(self._target(name, kind, spec), "page")
 
     def change(self, name: str, body: dict, by: str) -> dict:
         """Replace the settings of the page's target NAME; its secret is kept unless a new
@@ -256,25 +257,30 @@ class TargetBook:
         if body["kind"] != kind or body["name"] != name:
             raise TargetErrors([("kind" if body["kind"] != kind else "name",
                                  "cannot change; remove the target and add another")])
-        has = self._secret_path(name, kind).exists()
-        spec, secret = check_spec(body, adding=False, has_secret=has)
-        if secret:
-            self._write_secret(self._secret_path(name, kind), secret)
-        elif secret == "" and has:
-            self._remove_secret(name, kind)
+        spec, secret = check_spec(body, adding=False,
+                                  has_secret=self._secret_path(name, kind).exists())
         with self.index.tx() as db:
-            db.execute("UPDATE notify_targets SET spec = ?, updated_at = ?, updated_by = ? "
-                       "WHERE name = ?", (json.dumps(spec), time.time(), by, name))
+            if db.execute("UPDATE notify_targets SET spec = ?, updated_at = ?, updated_by = ? "
+                          "WHERE name = ?", (json.dumps(spec), time.time(), by, name)
+                          ).rowcount != 1:
+                raise NotFound("no_such_target", f"no target named {name!r} (removed "
+                               "meanwhile)")
+            if secret:
+                self._write_secret(self._secret_path(name, kind), secret)
+            elif secret == "":
+                self._remove_secret(name, kind)
         return describe(self._target(name, kind, spec), "page")
 
     def remove(self, name: str) -> None:
         self._not_provisioned(name)
-        stored = self._stored(name)
-        if stored is None:
-            raise NotFound("no_such_target", f"no target named {name!r} was added on the page")
         with self.index.tx() as db:
+            row = db.execute("SELECT kind FROM notify_targets WHERE name = ?",
+                             (name,)).fetchone()
+            if row is None:
+                raise NotFound("no_such_target",
+                               f"no target named {name!r} was added on the page")
             db.execute("DELETE FROM notify_targets WHERE name = ?", (name,))
-        self._remove_secret(name, stored[0])
+            self._remove_secret(name, row[0])
 
     # --- the secret files ---------------------------------------------------------------
     def _write_secret(self, path: Path, secret: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,28 @@ def test_the_service_sees_a_target_added_after_it_was_built(index: Index,
     ids = service.queue_test("page-mail", "account:admin")
     assert len(ids) == 1
     assert [t["name"] for t in service.view()["targets"]] == ["office", "page-mail"]
+
+
+def test_two_adds_of_one_name_keep_the_winners_secret(book: TargetBook) -> None:
+    """The check, the secret file and the row are one transaction: the loser of a race gets a
+    409 and neither overwrites nor deletes the winner's secret."""
+    results: list[str] = []
+    start = threading.Barrier(8)
+
+    def add(i: int) -> None:
+        start.wait()
+        try:
+            book.add(hook(secret=f"{KEY}-{i}"), f"token:t{i}")
+            results.append(f"ok-{i}")
+        except Conflict:
+            results.append("conflict")
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (won,) = [r for r in results if r.startswith("ok-")]
+    assert results.count("conflict") == 7
+    (w,) = book.page_targets()
+    assert isinstance(w, WebhookTarget) and read_secret(w.secret_file) == f"{KEY}-{won[3:]}"

@@ -162,7 +162,7 @@ function showForm(wrap, t) {
     field("username", "User name", username, "empty: no sign-in"),
     field("password", "Password", password, keep));
   const hookPart = h("div", { id: "notify-webhook-fields" },
-    field("url", "URL (https://)", url),
+    field("url", "URL (HTTPS only)", url),
     field("secret", "HMAC key", secret, keep || "the receiver checks the X-RDR-Signature header with it"),
     field("classes", "Classes", classes, "comma-separated; empty: every class"));
   const showKind = () => {
