@@ -13,7 +13,9 @@ Secrets (the SMTP password, the webhook's HMAC key) must be usable, so they cann
 each is a file of mode 0600 under ``notify-secrets/`` (0700) in the data directory, written
 atomically (a temporary file created 0600, fsynced, renamed), and read by the sender like the
 TOML's secret files (`settings.read_secret`). The table holds only the file's name. No
-method here returns a secret; the page's view says only whether one is set.
+method here returns a secret; the page's view says only whether one is set, and shows a
+webhook's URL by scheme and host only (its path often carries a token; a change without a
+URL keeps it).
 
 Every wrong field of an add or a change is named at once (`TargetErrors`, a 400 `bad_target`
 with ``fields`` [{field, message}]), the plan form's style.
@@ -27,6 +29,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..store.index import Index
@@ -254,6 +257,8 @@ class TargetBook:
             raise NotFound("no_such_target", f"no target named {name!r} was added on the page")
         kind = stored[0]
         body = {"kind": kind, "name": name, **body}
+        if kind == "webhook" and not body.get("url"):
+            body["url"] = stored[1]["url"]  # the page never sees it whole: kept
         if body["kind"] != kind or body["name"] != name:
             raise TargetErrors([("kind" if body["kind"] != kind else "name",
                                  "cannot change; remove the target and add another")])
@@ -318,5 +323,12 @@ def describe(t: Target, source: str) -> dict:
                 "from": t.sender, "username": t.username,
                 "recipients": {c: list(a) for c, a in t.recipients.items()},
                 "password_set": bool(t.password_file)}
-    return {**base, "url": t.url, "classes": list(t.classes),
+    return {**base, "url": url_shown(t.url), "classes": list(t.classes),
             "secret_set": bool(t.secret_file)}
+
+
+def url_shown(url: str) -> str:
+    """A webhook's URL as the page shows it: scheme, host and port (the path and query often
+    carry a token, like the log's recipients)."""
+    u = urlsplit(url)
+    return f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}/…"

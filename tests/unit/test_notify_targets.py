@@ -96,6 +96,14 @@ def test_add_change_remove_and_the_secret_files(book: TargetBook, tmp_path: Path
     book.add(hook(), "a")
     (w,) = [t for t in book.page_targets() if isinstance(t, WebhookTarget)]
     assert read_secret(w.secret_file) == KEY and w.to("disk") == ()
+    # the view shows a webhook's URL by scheme and host (its path may carry a token); a
+    # change without URL or key keeps both
+    hook_url = "https://noc.example/hook/t0ken-in-path"
+    changed = book.change("noc", {"url": hook_url, "classes": []}, "a")
+    assert changed["url"] == "https://noc.example/…" and "t0ken" not in json.dumps(changed)
+    assert book.change("noc", {"classes": ["disk"]}, "a")["classes"] == ["disk"]
+    (w,) = [t for t in book.page_targets() if isinstance(t, WebhookTarget)]
+    assert w.url == hook_url and read_secret(w.secret_file) == KEY and w.to("disk")
     view = book.view()
     assert [(v["name"], v["source"]) for v in view] == [
         ("office", "config"), ("noc", "page"), ("page-mail", "page")]

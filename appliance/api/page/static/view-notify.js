@@ -148,7 +148,9 @@ function showForm(wrap, t) {
   const recipients = h("textarea", { id: "notify-recipients", rows: "3", spellcheck: "false" }, recipientsText(v.recipients));
   const username = text("notify-username", v.username);
   const password = h("input", { id: "notify-password", type: "password", autocomplete: "new-password" });
-  const url = text("notify-url", v.url);
+  // the page gets a webhook's URL by scheme and host only: empty keeps the stored one
+  const url = text("notify-url", t ? "" : v.url);
+  if (t && t.url) url.placeholder = t.url;
   const secret = h("input", { id: "notify-secret", type: "password", autocomplete: "new-password" });
   const classes = text("notify-classes", (v.classes || []).join(", "));
   const caFile = text("notify-ca-file", v.ca_file);
@@ -162,7 +164,7 @@ function showForm(wrap, t) {
     field("username", "User name", username, "empty: no sign-in"),
     field("password", "Password", password, keep));
   const hookPart = h("div", { id: "notify-webhook-fields" },
-    field("url", "URL (HTTPS only)", url),
+    field("url", "URL (HTTPS only)", url, keep),
     field("secret", "HMAC key", secret, keep || "the receiver checks the X-RDR-Signature header with it"),
     field("classes", "Classes", classes, "comma-separated; empty: every class"));
   const showKind = () => {
@@ -191,7 +193,8 @@ function showForm(wrap, t) {
       ? { host: host.value.trim(), port: Number(port.value || 0), security: security.value,
         from: from.value.trim(), recipients: parseRecipients(recipients.value),
         username: username.value.trim() }
-      : { url: url.value.trim(), classes: classes.value.split(/[,\s]+/).filter((x) => x) };
+      : { classes: classes.value.split(/[,\s]+/).filter((x) => x) };
+    if (kind.value === "webhook" && (url.value.trim() || !t)) body.url = url.value.trim();
     if (kind.value === "smtp" && password.value) body.password = password.value;
     if (kind.value === "webhook" && secret.value) body.secret = secret.value;
     body.ca_file = caFile.value.trim();
