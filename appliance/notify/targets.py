@@ -91,6 +91,9 @@ def check_spec(body: dict, *, adding: bool, has_secret: bool
     allowed = SMTP_FIELDS if kind == "smtp" else WEBHOOK_FIELDS
     for key in sorted(set(body) - allowed):
         errors.append((key, f"not a field of a {kind} target"))
+    for key in sorted(k for k in allowed - {"password", "secret"}
+                      if isinstance(body.get(k), str) and "\0" in body[k]):
+        errors.append((key, "no NUL characters"))
     name = body.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         errors.append(("name", "a short name: a-z, 0-9, - and _, at most 40"))

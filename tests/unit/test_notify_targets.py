@@ -63,6 +63,9 @@ def test_every_wrong_field_is_named_at_once(book: TargetBook) -> None:
         book.add(hook(url="http://plain.example/", secret=None, classes=["nope"]), "a")
     assert {f for f, _ in err.value.fields} == {"url", "secret", "classes"}
     with pytest.raises(TargetErrors) as err:
+        book.add(hook(ca_file="/etc/\0ca.pem"), "a")
+    assert [f for f, _ in err.value.fields] == ["ca_file"]
+    with pytest.raises(TargetErrors) as err:
         book.add(smtp(security="none"), "a")  # a password is never sent in the clear
     assert [f for f, _ in err.value.fields] == ["security"]
     with pytest.raises(TargetErrors) as err:  # a bad secret is refused without echoing it
