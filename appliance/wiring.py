@@ -28,6 +28,7 @@ from .jobs.history import JobHistory
 from .jobs.maintenance import Maintenance, MaintenanceSettings
 from .notify.outbox import Outbox
 from .notify.service import Notifications
+from .notify.targets import TargetBook
 from .plans.repository import BackupPlans
 from .replication.engine import Replicator
 from .replication.locks import LockBook, settings_for
@@ -259,8 +260,10 @@ def notifications(cfg: Config, store: Datastore, pool: Executor | None,
                   seed_status: Callable[[], dict] | None = None,
                   suspicious: Callable[[], dict[str, int]] | None = None) -> Notifications:
     """E-mail and webhook notifications (the daemon's loop, `rdr notify`); builds the
-    outbox's tables (SQLite: call it in the pool)."""
-    return Notifications(cfg.notify, Outbox(store.index), runs(store),
+    outbox's tables (SQLite: call it in the pool). The page's targets are in the index, their
+    secrets in notify-secrets/ of the data directory (appliance/notify/targets.py)."""
+    book = TargetBook(store.index, cfg.data_dir / "notify-secrets", cfg.notify)
+    return Notifications(cfg.notify, Outbox(store.index), runs(store), book=book,
                          serial=cfg.appliance.serial, timezone=cfg.appliance.timezone,
                          pool=pool, summary=summary, report=report, seed_status=seed_status,
                          suspicious=suspicious)

@@ -9,6 +9,8 @@ The modules, one job each:
 
 * `settings`: the ``[notify]`` section of the appliance's TOML (targets, classes, timings),
   and the secrets read from 0600 files;
+* `targets`: the targets added on the page (a table in the index, secrets in 0600 files),
+  merged after the TOML's each tick;
 * `events`: what an event is (its class, its group, its payload) and the classes;
 * `outbox`: the durable queue in the index (`Index.own_tables`): events, messages per
   target, what was seen and which conditions are raised;

@@ -34,6 +34,7 @@ from .sources import (
     summary_conditions,
     suspicious_conditions,
 )
+from .targets import TargetBook, describe
 
 log = logging.getLogger("rdr.notify")
 
@@ -44,7 +45,9 @@ class Notifications:
     (None: only runs and the clock), REPORT the month's
     capacity report (None: no monthly report), SEED_STATUS the seed service's status (called
     on the loop; None outside the daemon), SUSPICIOUS the ransomware detector's unreviewed
-    suspicious snapshots per host (in the pool; None: no detector)."""
+    suspicious snapshots per host (in the pool; None: no detector). BOOK holds the targets
+    added on the page (None: only CFG's, from the TOML): it is read each tick and each test,
+    so the page's changes are used without a restart."""
 
     def __init__(self, cfg: NotifyConfig, outbox: Outbox, runs: BackupRuns, *, serial: str,
                  timezone: str, pool: Executor | None,
@@ -52,6 +55,7 @@ class Notifications:
                  report: Callable[[str], dict] | None = None,
                  seed_status: Callable[[], dict] | None = None,
                  suspicious: Callable[[], dict[str, int]] | None = None,
+                 book: TargetBook | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.outbox = outbox
@@ -63,13 +67,19 @@ class Notifications:
         self.report = report
         self.seed_status = seed_status
         self.suspicious = suspicious
+        self.book = book
         self.clock = clock
         self.wake = asyncio.Event()
         self._conditions_at: float | None = None
 
     @property
     def enabled(self) -> bool:
-        return bool(self.cfg.targets)
+        """Whether the daemon runs the loop: with a book, a target may be added any time."""
+        return bool(self.cfg.targets) or self.book is not None
+
+    def current(self) -> NotifyConfig:
+        """The TOML's config with the page's targets (in the pool: reads the index)."""
+        return self.book.config() if self.book is not None else self.cfg
 
     # --- one tick -----------------------------------------------------------------------
     def collect(self, now: float, seed: dict | None) -> int:
@@ -96,9 +106,10 @@ class Notifications:
     async def tick(self) -> dict[int, str | None]:
         seed = self.seed_status() if self.seed_status is not None else None
         now = self.clock()
+        cfg = await run_in(self.pool, self.current)
         await run_in(self.pool, self.collect, now, seed)
-        await run_in(self.pool, compose, self.outbox, self.cfg, self.serial, now)
-        return await deliver_due(self.outbox, self.cfg, self.pool)
+        await run_in(self.pool, compose, self.outbox, cfg, self.serial, now)
+        return await deliver_due(self.outbox, cfg, self.pool)
 
     async def run(self) -> None:
         """The daemon's loop; a failing tick (a lost data disk) is logged once, not per
@@ -120,13 +131,16 @@ class Notifications:
                 await asyncio.wait_for(self.wake.wait(), self.cfg.poll_seconds)
 
     # --- the test message ---------------------------------------------------------------------
-    def queue_test(self, target: str | None, by: str) -> list[int]:
+    def queue_test(self, target: str | None, by: str, cfg: NotifyConfig | None = None
+                   ) -> list[int]:
         """A test message to TARGET (None: every target), made now (in the pool)."""
-        if target is not None and self.cfg.target(target) is None:
+        cfg = cfg or self.current()
+        if target is not None and cfg.target(target) is None:
             raise NotFound("no_such_target", f"no notification target named {target!r}")
-        if not self.cfg.targets:
+        if not cfg.targets:
             raise NotFound("no_targets", "no notification target is configured "
-                           "([[notify.smtp]] or [[notify.webhook]] in the config)")
+                           "([[notify.smtp]] or [[notify.webhook]] in the config, or on "
+                           "the page)")
         now = self.clock()
         tag = secrets.token_hex(6)
         self.outbox.add_events([Event("test", f"test:{tag}", f"test:{tag}", {
@@ -134,12 +148,13 @@ class Notifications:
             "lines": [f"requested by {by}",
                       "if you read this, notifications of this target reach you"],
             "target": target, "link": "#/notify"})], now)
-        return compose(self.outbox, self.cfg, self.serial, now, groups={f"test:{tag}"})
+        return compose(self.outbox, cfg, self.serial, now, groups={f"test:{tag}"})
 
     async def send_test(self, target: str | None, by: str) -> list[dict]:
         """Queue and send a test now; each message's target, id and outcome."""
-        ids = await run_in(self.pool, self.queue_test, target, by)
-        results = await deliver_due(self.outbox, self.cfg, self.pool, ids=ids)
+        cfg = await run_in(self.pool, self.current)
+        ids = await run_in(self.pool, self.queue_test, target, by, cfg)
+        results = await deliver_due(self.outbox, cfg, self.pool, ids=ids)
         rows = {r["id"]: r for r in await run_in(self.pool, self.outbox.log, 100)}
         return [{"id": i, "target": rows[i]["target"] if i in rows else None,
                  "delivered": results.get(i) is None and i in results,
@@ -149,5 +164,7 @@ class Notifications:
     def view(self, limit: int = 50) -> dict:
         """What was sent, to whom, when, and what failed; the targets without their
         secrets (in the pool)."""
-        return {"targets": [{"name": t.name, "kind": t.kind} for t in self.cfg.targets],
+        targets = self.book.view() if self.book is not None else [
+            describe(t, "config") for t in self.cfg.targets]
+        return {"targets": targets, "editable": self.book is not None,
                 "counts": self.outbox.counts(), "messages": self.outbox.log(limit)}

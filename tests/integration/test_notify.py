@@ -20,9 +20,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import pytest
 
 from appliance import wiring
+from appliance.accounts import Accounts
 from appliance.config import Config
 from appliance.daemon import Daemon
 from appliance.health.disks import DiskState
@@ -36,6 +38,7 @@ from .test_restore_jobs import http
 
 TZ = "America/New_York"
 PAGE = "https://rdr.example.test:8443"
+ACCOUNT_PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
@@ -255,7 +258,9 @@ async def test_fifty_missed_windows_make_one_mail_and_an_outage_loses_nothing(
         assert float(failed[0].split()[1]) >= 2
         view = await (await s.get("/api/v1/notify")).json()
         assert view["counts"]["waiting"] == 1
-        assert view["targets"] == [{"name": "office", "kind": "smtp"}]
+        [office] = view["targets"]  # the TOML's target: listed, its password only "set"
+        assert (office["name"], office["kind"], office["source"]) == ("office", "smtp", "config")
+        assert office["password_set"] is True and "password_file" not in office
         assert password not in json.dumps(view)
 
     # --- the daemon restarts with the mail still queued, and the server comes back
@@ -455,3 +460,119 @@ async def test_the_data_center_refusing_is_mailed_then_resolved_by_a_good_pass(
     assert "resolved: the data center is refusing" in mail.received[1].message["Subject"]
     await asyncio.sleep(1.0)
     assert len(mail.received) == 2
+
+
+# --- targets added on the page ----------------------------------------------------------------
+async def test_a_target_added_on_the_page_delivers_without_a_restart(
+        tmp_path: Path, mail: MailServer, password: str, secret_scan: SecretScan,
+        started: list[Appliance]) -> None:
+    """Add, change, test and remove an SMTP target through the page's API (a signed-in
+    account with CSRF, and an admin token), against the real mail server, in one daemon:
+    the password is write-only (in a 0600 file, never in an answer or a log); a read-scope
+    token and a host token are refused (the attack); tests are rate-limited."""
+    data = tmp_path / "appliance"
+    app = await start(appliance_cfg(data, notify_cfg()), data)
+    started.append(app)
+    Accounts(app.store.index).add("alice", ACCOUNT_PASSWORD)
+    key = "hook-" + secrets.token_urlsafe(24)
+    secret_scan.watch(key)
+    answers: list[str] = []
+
+    async def call(s: aiohttp.ClientSession, method: str, path: str, body: object = None,
+                   headers: dict | None = None) -> tuple[int, dict, aiohttp.ClientResponse]:
+        resp = await s.request(method, app.url + path, json=body, headers=headers or {})
+        text = await resp.text()
+        answers.append(text)
+        return resp.status, json.loads(text), resp
+
+    target = {"kind": "smtp", "name": "page-mail", "host": "127.0.0.1", "port": mail.port,
+              "security": "starttls", "from": "rdr@appliance.test",
+              "recipients": {"all": ["ops@customer.test"]}, "username": USER,
+              "password": "wrong-" + password, "ca_file": str(mail.pki.ca)}
+    secret_scan.watch("wrong-" + password)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False),
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True)) as page:
+        status, body, _ = await call(page, "POST", "/api/v1/auth/login",
+                                     {"name": "alice", "password": ACCOUNT_PASSWORD})
+        assert status == 200, body
+        csrf = {"X-CSRF-Token": body["csrf"]}
+        # a change from the page needs the session's CSRF token
+        status, body, _ = await call(page, "POST", "/api/v1/notify/targets", target)
+        assert (status, body["error"]) == (403, "csrf")
+        # every wrong field at once
+        status, body, _ = await call(page, "POST", "/api/v1/notify/targets",
+                                     {**target, "port": 0, "from": "x", "name": "A B"}, csrf)
+        assert status == 400 and body["error"] == "bad_target", body
+        assert {f["field"] for f in body["fields"]} == {"port", "from", "name"}
+        status, body, _ = await call(page, "POST", "/api/v1/notify/targets", target, csrf)
+        assert status == 201 and body["target"]["password_set"] is True, body
+        files = list((data / "notify-secrets").iterdir())
+        assert len(files) == 1 and files[0].stat().st_mode & 0o777 == 0o600
+        # the wrong password: the real server refuses it
+        status, body, _ = await call(page, "POST", "/api/v1/notify/test",
+                                     {"target": "page-mail"}, csrf)
+        assert status == 200 and body["messages"][0]["delivered"] is False, body
+        assert "authentication failed" in body["messages"][0]["error"]
+        # changed to the right one, without a restart: delivered
+        change = {k: v for k, v in target.items() if k not in ("kind", "name")}
+        status, body, _ = await call(page, "PUT", "/api/v1/notify/targets/page-mail",
+                                     {**change, "password": password}, csrf)
+        assert status == 200, body
+        status, body, _ = await call(page, "POST", "/api/v1/notify/test",
+                                     {"target": "page-mail"}, csrf)
+        assert [(m["target"], m["delivered"]) for m in body["messages"]] == [
+            ("page-mail", True)], body
+        assert len(mail.received) == 1
+        assert mail.received[0].message["To"] == "ops@customer.test"
+        # a change that leaves the password out keeps it
+        status, body, _ = await call(page, "PUT", "/api/v1/notify/targets/page-mail",
+                                     {k: v for k, v in change.items() if k != "password"},
+                                     csrf)
+        assert status == 200 and body["target"]["password_set"] is True
+        status, body, _ = await call(page, "POST", "/api/v1/notify/test", {}, csrf)
+        assert [m["delivered"] for m in body["messages"]] == [True], body
+        assert len(mail.received) == 2
+        status, view, _ = await call(page, "GET", "/api/v1/notify")
+        (listed,) = view["targets"]
+        assert listed["source"] == "page" and listed["username"] == USER
+        assert "password" not in listed and "password_file" not in listed
+    # the attack: a read-scope token and a host token change nothing
+    read = app.store.index.add_api_token("viewer", "read")
+    host = app.add_host("web01")
+    for token in (read, host):
+        async with http(app, token) as s:
+            for method, path, body in (
+                    ("POST", "/api/v1/notify/targets", {**target, "name": "evil"}),
+                    ("PUT", "/api/v1/notify/targets/page-mail",
+                     {**change, "host": "evil.example"}),
+                    ("DELETE", "/api/v1/notify/targets/page-mail", None),
+                    ("POST", "/api/v1/notify/test", {})):
+                status, answer, _ = await call(s, method, path, body)
+                assert status == 403 and answer["error"] == "forbidden", (method, path, answer)
+    # an admin token: a webhook with its key, removed with its file; the TOML's are not here
+    async with http(app, app.store.index.add_api_token("ops", "admin")) as s:
+        status, body, _ = await call(s, "POST", "/api/v1/notify/targets", {
+            "kind": "webhook", "name": "noc", "url": "https://127.0.0.1:9/hook",
+            "secret": key})
+        assert status == 201 and body["target"]["secret_set"] is True, body
+        status, body, _ = await call(s, "DELETE", "/api/v1/notify/targets/noc")
+        assert status == 200 and body == {"removed": "noc"}
+        assert len(list((data / "notify-secrets").iterdir())) == 1
+        status, body, _ = await call(s, "DELETE", "/api/v1/notify/targets/page-mail")
+        assert status == 200
+        assert list((data / "notify-secrets").iterdir()) == []
+        status, body, _ = await call(s, "POST", "/api/v1/notify/test",
+                                     {"target": "page-mail"})
+        assert (status, body["error"]) == (404, "no_such_target")
+        # a test per principal: the budget, then 429 with Retry-After (this one spent one)
+        for _ in range(4):
+            status, body, _ = await call(s, "POST", "/api/v1/notify/test", {})
+            assert status == 404, body  # no target left: still counts
+        status, body, resp = await call(s, "POST", "/api/v1/notify/test", {})
+        assert status == 429 and body["error"] == "throttled", body
+        assert int(resp.headers["Retry-After"]) >= 1
+    assert mail.received and len(mail.received) == 2
+    for text in answers + [m.message.as_string() for m in mail.received]:
+        assert password not in text and key not in text
+    # the sentinel: the run-wide scan sees no log record holding either secret
+    assert not [h for h in secret_scan.hits if password in h or key in h]

@@ -84,7 +84,7 @@ def routes() -> list[tuple[str, str, str]]:
 def fill(pattern: str, live: Live) -> str:
     """A path with real ids in it, so a 401 is not a 404 in disguise."""
     values = {"host": "bench00", "snap": live.snapshot, "cid": live.chunks[0], "sid": "1",
-              "id": "1", "device": "loop0", "month": "2026-11"}
+              "id": "1", "device": "loop0", "month": "2026-11", "name": "office"}
     return "/api/v1" + re.sub(r"\{(\w+)\}", lambda m: values[m[1]], pattern)
 
 

@@ -96,3 +96,70 @@ async def test_send_a_test_from_the_page(setup: tuple[Appliance, MailServer, str
                 if "Content Security Policy" in e["message"]
                 or (e["level"] == "SEVERE" and e.get("source") != "network")]
     assert not problems, problems
+
+
+def add_target_script(url: str, profile: Path, downloads: Path, port: int, ca: str,
+                      smtp_password: str) -> tuple[list[dict], str, str]:
+    """Add an SMTP target through the form (a wrong field first: marked, nothing saved),
+    send it a test, then remove it."""
+    d = chrome(downloads, profile)
+    w = WebDriverWait(d, WAIT)
+    try:
+        d.get(url + "/")
+        w.until(EC.visibility_of_element_located((By.ID, "login-name"))).send_keys("alice")
+        d.find_element(By.ID, "login-password").send_keys(PASSWORD, Keys.ENTER)
+        w.until(EC.element_to_be_clickable((By.ID, "nav-notify"))).click()
+        w.until(EC.element_to_be_clickable((By.ID, "notify-add"))).click()
+        w.until(EC.visibility_of_element_located((By.ID, "notify-name"))).send_keys("page-mail")
+        d.find_element(By.ID, "notify-host").send_keys("127.0.0.1")
+        d.find_element(By.ID, "notify-port").clear()
+        d.find_element(By.ID, "notify-port").send_keys(str(port))
+        d.find_element(By.ID, "notify-from").send_keys("not-an-address")
+        d.find_element(By.ID, "notify-recipients").send_keys("page@customer.test")
+        d.find_element(By.ID, "notify-username").send_keys(USER)
+        d.find_element(By.ID, "notify-password").send_keys(smtp_password)
+        d.find_element(By.ID, "notify-ca-file").send_keys(ca)
+        d.find_element(By.ID, "notify-save").click()
+        w.until(lambda d: d.find_element(By.ID, "err-notify-from").text)
+        refused = d.find_element(By.ID, "notify-form-error").text
+        d.find_element(By.ID, "notify-from").clear()
+        d.find_element(By.ID, "notify-from").send_keys("rdr@appliance.test")
+        d.find_element(By.ID, "notify-save").click()
+        w.until(EC.element_to_be_clickable(
+            (By.CSS_SELECTOR, '#notify-targets button[data-target="page-mail"]'))).click()
+        w.until(lambda d: "Test delivered to page-mail." in d.find_element(By.ID, "status").text)
+        listed = d.find_element(By.ID, "notify-target-list").text
+        w.until(EC.element_to_be_clickable(
+            (By.CSS_SELECTOR, 'button[data-remove="page-mail"]'))).click()
+        w.until(EC.alert_is_present()).accept()
+        w.until(lambda d: "Target page-mail removed." in d.find_element(By.ID, "status").text)
+        return d.get_log("browser"), refused, listed
+    finally:
+        d.quit()
+
+
+async def test_add_a_target_on_the_page_and_send_it_a_test(
+        setup: tuple[Appliance, MailServer, str], tmp_path: Path) -> None:
+    app, mail, smtp_password = setup
+    Accounts(app.store.index).add("alice", PASSWORD)
+    profile = Path(tempfile.mkdtemp(prefix="rdr-chromium-"))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    try:
+        logs, refused, listed = await asyncio.wait_for(asyncio.to_thread(
+            add_target_script, app.url, profile, downloads, mail.port, str(mail.pki.ca),
+            smtp_password), 120)
+    except WebDriverException as exc:
+        raise AssertionError(f"browser session failed: {exc.msg}") from exc
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert refused.startswith("Not saved: 1 field needs a change"), refused
+    assert "page-mail" in listed and "this page" in listed and smtp_password not in listed
+    [got] = mail.received
+    assert got.message["To"] == "page@customer.test"
+    assert "test message" in got.message["Subject"]
+    assert app.store.index.query("SELECT name FROM notify_targets") == []
+    problems = [e["message"] for e in logs
+                if "Content Security Policy" in e["message"]
+                or (e["level"] == "SEVERE" and e.get("source") != "network")]
+    assert not problems, problems
