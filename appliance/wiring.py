@@ -262,7 +262,8 @@ def notifications(cfg: Config, store: Datastore, pool: Executor | None,
     """E-mail and webhook notifications (the daemon's loop, `rdr notify`); builds the
     outbox's tables (SQLite: call it in the pool). The page's targets are in the index, their
     secrets in notify-secrets/ of the data directory (appliance/notify/targets.py)."""
-    book = TargetBook(store.index, cfg.data_dir / "notify-secrets", cfg.notify)
+    book = TargetBook(store.index, cfg.data_dir / "notify-secrets", cfg.notify,
+                      audit=audit_log(store))
     return Notifications(cfg.notify, Outbox(store.index), runs(store), book=book,
                          serial=cfg.appliance.serial, timezone=cfg.appliance.timezone,
                          pool=pool, summary=summary, report=report, seed_status=seed_status,

@@ -29,12 +29,16 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..store.index import Index
 from .events import CLASSES
 from .settings import _ADDRESS, _NAME, SECURITY, NotifyConfig, SmtpTarget, Target, WebhookTarget
+
+if TYPE_CHECKING:
+    from ..audit.log import AuditLog
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS notify_targets (
@@ -174,11 +178,21 @@ class TargetBook:
     """The page's targets in the index and their secrets under SECRETS_DIR; PROVISIONED is
     the TOML's `[notify]` (its targets are listed, never changed here)."""
 
-    def __init__(self, index: Index, secrets_dir: Path, provisioned: NotifyConfig) -> None:
+    def __init__(self, index: Index, secrets_dir: Path, provisioned: NotifyConfig,
+                 audit: AuditLog | None = None) -> None:
+        """`audit`: where each add, change and removal is recorded (a target holds a
+        credential: a mail password or a webhook key) -- the tamper-evident log the data
+        center keeps."""
         self.index = index
         self.secrets_dir = secrets_dir
         self.provisioned = provisioned
+        self.audit = audit
         index.own_tables(_DDL)
+
+    def _audited(self, action: str, name: str, by: str, secret: bool) -> None:
+        if self.audit is not None:
+            self.audit.record("credential", by, {"notify_target": name, "action": action,
+                                                 "secret_changed": secret})
 
     # --- reading ------------------------------------------------------------------------
     def _rows(self) -> list[tuple[str, str, str]]:
@@ -249,6 +263,7 @@ class TargetBook:
             except BaseException:
                 self._remove_secret(name, kind)
                 raise
+        self._audited("add", name, by, bool(secret))
         return describe(self._target(name, kind, spec), "page")
 
     def change(self, name: str, body: dict, by: str) -> dict:
@@ -277,9 +292,10 @@ class TargetBook:
                 self._write_secret(self._secret_path(name, kind), secret)
             elif secret == "":
                 self._remove_secret(name, kind)
+        self._audited("change", name, by, secret is not None)
         return describe(self._target(name, kind, spec), "page")
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, by: str = "unknown") -> None:
         self._not_provisioned(name)
         with self.index.tx() as db:
             row = db.execute("SELECT kind FROM notify_targets WHERE name = ?",
@@ -289,6 +305,7 @@ class TargetBook:
                                f"no target named {name!r} was added on the page")
             db.execute("DELETE FROM notify_targets WHERE name = ?", (name,))
             self._remove_secret(name, row[0])
+        self._audited("remove", name, by, True)
 
     # --- the secret files ---------------------------------------------------------------
     def _write_secret(self, path: Path, secret: str) -> None:

@@ -169,3 +169,28 @@ def test_two_adds_of_one_name_keep_the_winners_secret(book: TargetBook) -> None:
     assert results.count("conflict") == 7
     (w,) = book.page_targets()
     assert isinstance(w, WebhookTarget) and read_secret(w.secret_file) == f"{KEY}-{won[3:]}"
+
+
+def test_each_change_of_a_target_is_in_the_audit_log_without_its_secret(
+        index: Index, tmp_path: Path) -> None:
+    """A target holds a credential: adding, changing and removing one is recorded in the
+    tamper-evident audit log (who, which target, whether its secret changed), never the
+    secret itself."""
+    from appliance.audit.log import AuditLog
+
+    audit = AuditLog(index)
+    book = TargetBook(index, tmp_path / "notify-secrets", TOML, audit=audit)
+    book.add(hook(name="siem", secret="k" * 40), "account:alice")
+    book.change("siem", {"url": "https://127.0.0.1:9/other", "classes": ["disk"]}, "token:ops")
+    book.remove("siem", "account:bob")
+    got = [(r.kind, r.actor, r.detail) for r in audit.records()
+           if r.detail.get("notify_target") == "siem"]
+    assert got == [
+        ("credential", "account:alice", {"notify_target": "siem", "action": "add",
+                                         "secret_changed": True}),
+        ("credential", "token:ops", {"notify_target": "siem", "action": "change",
+                                     "secret_changed": False}),
+        ("credential", "account:bob", {"notify_target": "siem", "action": "remove",
+                                       "secret_changed": True})]
+    assert "k" * 40 not in json.dumps([r.to_json() for r in audit.records()])
+    assert audit.verify() is None

@@ -107,6 +107,6 @@ class NotifyApi:
         who = require_change(request)
         name = request.match_info["name"]
         book = self._book()
-        await run_in(self.pool, book.remove, name)
+        await run_in(self.pool, book.remove, name, who)
         log.info("%s removed the notification target %s", who, name)
         return web.json_response({"removed": name})
