@@ -105,6 +105,8 @@ def exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
     one line on stderr; any other exception is a bug and keeps its traceback.
 
     Imported when an error is being mapped, not with the CLI: `rdr --help` loads none of it."""
+    import sqlite3
+
     from rdr_format.catalog import CatalogError
     from rdr_format.chunkfile import ChunkError
     from rdr_format.objects import DecryptError
@@ -117,7 +119,7 @@ def exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
             (ApplianceError, EXIT_ERROR),
             (DcError, EXIT_ERROR), (SeedError, EXIT_ERROR), (ReplicationKeyError, EXIT_ERROR),
             (DecryptError, EXIT_ERROR), (ChunkError, EXIT_ERROR), (CatalogError, EXIT_ERROR),
-            (OSError, EXIT_ERROR))
+            (OSError, EXIT_ERROR), (sqlite3.OperationalError, EXIT_ERROR))
 
 
 def exit_code_of(exc: BaseException) -> int | None:
@@ -130,6 +132,10 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return (f"rdr: error: {exc.strerror or exc}"
                 f"{': ' + str(exc.filename) if exc.filename else ''}")
+    import sqlite3
+
+    if isinstance(exc, sqlite3.OperationalError):  # e.g. a full data disk, a locked index
+        return f"rdr: error: the appliance's index: {exc}"
     return f"rdr: error: {exc}"
 
 

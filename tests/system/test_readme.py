@@ -12,8 +12,8 @@ rule below names the README text it applies to; nothing else is changed):
   /tmp and /srv, so the README's own paths (/tmp/restore, /srv/restore) are used as printed
   and nothing of this machine is touched, and a fresh HOME (root's holds this machine's
   Python). /etc and /home are this machine's, read only, as the README backs them up.
-- The install (`apt-get ... && python3 -m venv .venv && .venv/bin/pip install .`) is the
-  checkout's venv, linked as the fresh directory's `.venv`: it is this checkout installed,
+- The install (`apt-get ... && python3 -m venv .venv && .venv/bin/pip install .`) is the venv
+  running the tests, linked as the fresh directory's `.venv`: it is this checkout installed,
   and installing again needs the network and minutes (tests/integration/test_agent_dist.py
   installs the agent's distribution for real).
 - `rdr serve` "stays in the foreground, so use a second terminal": it runs in the background.
@@ -42,6 +42,7 @@ import select
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV = ROOT / ".venv"
+#: The venv running these tests (`.ci/run`'s `.ci/venv`, or a developer's `.venv`): this checkout
+#: installed, with its `rdr` and `rdr-agent`.
+VENV = Path(sys.prefix)
 WORK = "/mnt/readme"  # the fresh directory, inside the namespaces
 PASSWORD = "a newcomer's long password 1"
 DUMP = ("-- PostgreSQL database dump (a stand-in)\nCREATE TABLE t (x int);\n"
@@ -62,7 +65,8 @@ pytestmark = [
                        reason="needs root (namespaces; the README runs as root)"),
     pytest.mark.skipif(not all(shutil.which(t) for t in ("unshare", "nsenter", "ip")),
                        reason="needs unshare, nsenter and ip"),
-    pytest.mark.skipif(not (VENV / "bin" / "rdr").exists(), reason="needs the checkout's .venv"),
+    pytest.mark.skipif(not (VENV / "bin" / "rdr").exists(),
+                       reason="needs a venv with this checkout installed (its rdr)"),
 ]
 
 
