@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -442,7 +443,7 @@ def test_every_appliance_error_is_one_line_from_rdr(tmp_path, monkeypatch, capsy
     samples = [ConfigError("bad"), StoreError("code", "bad"), NotFound("code", "bad"),
                TargetError("bad", False), NotFoundAtTarget("c/x"), DcError("bad"),
                KeyError_("bad"), DecryptError("bad"), SeedError("bad"), ChunkError("bad"),
-               CatalogError("bad")]
+               CatalogError("bad"), sqlite3.OperationalError("database or disk is full")]
     mapped = {cls for cls, code in cli.exit_codes() if code == 1} - {OSError}
     assert all(any(isinstance(e, cls) for e in samples) for cls in mapped)
     cfg = tmp_path / "a.toml"
