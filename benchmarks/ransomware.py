@@ -428,12 +428,12 @@ async def run(args: argparse.Namespace) -> list[dict]:
 def compare_cost(files: int, per_dir: int = 1000, changed: float = 0.01) -> dict:
     """Seconds the detector's comparison takes on catalogs of FILES files (CHANGED of them
     rewritten), decoding included: two catalogs built in memory, then read the way the
-    detector reads them (rdr_format.catalog.iter_blocks over the bytes, then compare)."""
+    detector reads them (rdr_format.catalog.iter_raw_blocks over the bytes, then compare)."""
     import hashlib
 
     from appliance.detect.compare import compare
     from appliance.detect.notes import NoteNames
-    from rdr_format.catalog import DIR, FILE, CatalogWriter, Entry, Range, iter_blocks
+    from rdr_format.catalog import DIR, FILE, CatalogWriter, Entry, Range, iter_raw_blocks
 
     def catalog(version: int) -> bytes:
         cat = bytearray()
@@ -454,7 +454,7 @@ def compare_cost(files: int, per_dir: int = 1000, changed: float = 0.01) -> dict
     old, new = catalog(0), catalog(1)
     notes = NoteNames.load()
     t0 = time.monotonic()
-    ch = compare(iter_blocks(iter([old])), iter_blocks(iter([new])), notes)
+    ch = compare(iter_raw_blocks(iter([old])), iter_raw_blocks(iter([new])), notes)
     took = time.monotonic() - t0
     return {"files": ch.parent_files, "modified": ch.modified, "seconds": round(took, 2),
             "catalog_mib": round(len(new) / MiB, 1)}

@@ -64,6 +64,9 @@ log = logging.getLogger("rdr.agent.backup")
 #: the last pass reads everything.
 MAX_PASSES = 3
 WARM_MAX = 8 * 2**20  # bigger files are read sequentially with the kernel's own readahead
+#: Threads listing directories ahead of the walk (Walker's read_ahead): their lstat calls
+#: wait on the disk, not on the GIL.
+WALK_THREADS = 3
 MAX_UNREADABLE_SENT = 1000
 
 
@@ -271,6 +274,7 @@ class Producer:
                ) -> Entry | None:
         st = child.st
         mode = st.st_mode
+        same = False
         e = Entry(name=child.name, type=FILE, mode=stat.S_IMODE(mode), uid=st.st_uid,
                   gid=st.st_gid, mtime_ns=st.st_mtime_ns)
         if stat.S_ISREG(mode):
@@ -283,7 +287,8 @@ class Producer:
                 links.append((e, self._links[key][1]))
                 self.stats.files += 1
                 return e
-            pend = self._file_ranges(child, e, prev)
+            same = self._unchanged(prev, st)
+            pend = self._file_ranges(child, e, prev, same)
             if pend is None:
                 return None
             pendings.append((e, pend))
@@ -311,7 +316,9 @@ class Producer:
             self.stats.other += 1
         else:
             return None  # sockets and doors cannot be restored meaningfully
-        e.xattrs = _xattrs(child.path)
+        # Setting or removing an attribute changes the ctime: an unchanged file keeps its
+        # parent's, and the backup makes no listxattr call per file.
+        e.xattrs = prev.xattrs if same and prev is not None else _xattrs(child.path)
         return e
 
     def _unreadable(self, path: bytes, exc: OSError) -> None:
@@ -337,9 +344,11 @@ class Producer:
         if paths:
             self.prefetch.submit(_warm_files, paths)
 
-    def _file_ranges(self, child: Child, e: Entry, prev: Entry | None) -> list | None:
-        """Pending ranges of a regular file: the parent's when unchanged, else read now."""
-        if self._unchanged(prev, child.st):
+    def _file_ranges(self, child: Child, e: Entry, prev: Entry | None,
+                     same: bool) -> list | None:
+        """Pending ranges of a regular file: the parent's when unchanged (`same`), else read
+        now."""
+        if same and prev is not None:
             self.stats.files_unchanged += 1
             self.stats.bytes_unchanged += e.size
             return [r for r in prev.ranges]
@@ -617,6 +626,7 @@ class Archiver:
         emit = uploader.emit
         pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
         prefetch = ThreadPoolExecutor(1, thread_name_prefix="rdr-prefetch")
+        lister = ThreadPoolExecutor(WALK_THREADS, thread_name_prefix="rdr-walk")
 
         def produce() -> tuple[list[EncodedChunk], list[EncodedChunk], set[str]]:
             # Files whose parent ranges use a damaged or mostly dead chunk are read again.
@@ -635,7 +645,7 @@ class Archiver:
             else:
                 walker = Walker(sources or [], excludes, one_file_system,
                                 on_error=lambda p, m: self.stats.unreadable.append(
-                                    (os.fsdecode(p), m)))
+                                    (os.fsdecode(p), m)), read_ahead=lister)
                 producer.run_tree(walker)
             cat, idx = producer.finish()
             self.compression = producer.compression.summary()
@@ -659,6 +669,7 @@ class Archiver:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             prefetch.shutdown(wait=False, cancel_futures=True)
+            lister.shutdown(wait=False, cancel_futures=True)
         return cat, idx, low_use
 
     def _progress(self) -> None:

@@ -13,10 +13,11 @@ of the output went away (`| head`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from rdr_format import __version__
 
@@ -516,6 +517,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run() -> NoReturn:
+    """The `rdr-agent` command: `main`, then an exit without the interpreter's teardown.
+
+    Freeing a large backup's objects one by one (the parent catalog, the chunk heap) took
+    0.11-0.14 s after a 30,000-file backup (strace: no system call from the event loop's
+    close to the munmaps), as long as a one-file restore's whole transfer. Every file a
+    command writes is closed (and fsynced where it matters) before `main` returns; what
+    the teardown would still do, flushing the standard streams and the log handlers, is
+    done here."""
+    code = main()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command: every failure is one line on stderr and an exit code of its table;
     a reader of the output that went away ends it quietly (EXIT_BROKEN_PIPE)."""
@@ -568,4 +586,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from rdr_format.chunkfile import MAX_PLAIN_SIZE, is_chunk_id
@@ -329,6 +331,30 @@ def iter_block_streams(pieces: Iterable[bytes]) -> Iterator[BlockStream]:
         block.skip()
 
 
+def iter_raw_blocks(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[bytes]]]:
+    """Catalog blocks in order, undecoded: (directory path, its entry lines). Lets a reader
+    compare a block with another catalog's byte for byte and decode only those that differ
+    (`decode_lines`)."""
+    for block in iter_block_streams(pieces):
+        yield block.path, list(block.raw())
+
+
+def decode_lines(lines: Iterable[bytes]) -> list[Entry]:
+    return [decode_entry(_loads(line)) for line in lines]
+
+
+def block_digest(path: bytes, lines: Iterable[bytes]) -> bytes:
+    """What names a block's content: its path, its entry count and its entry lines."""
+    h = hashlib.blake2b(digest_size=32)
+    n = 0
+    for line in lines:
+        h.update(line)
+        h.update(b"\n")
+        n += 1
+    h.update(b"\0%d\0" % n + path)
+    return h.digest()
+
+
 def iter_blocks_sized(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[Entry], int]]:
     """Decode catalog blocks in order: (directory path, its entries, the block's byte length).
     Holds a whole block's entries: for the agent's walks; the appliance streams instead."""
@@ -381,6 +407,39 @@ class CatalogSummary:
     entries: int = 0
 
 
+@dataclass(frozen=True, **SLOTS)
+class BlockFacts:
+    """What checking one directory block on its own established.
+
+    A pure function of the block's path, count and entry lines, so a block byte-identical to
+    one checked before (a daily backup's unchanged directories) needs no decoding again: a
+    commit then costs time in proportion to the directories that changed. Chunk ids are
+    packed (32 bytes each) to keep a cached catalog's facts small."""
+
+    path: bytes
+    count: int
+    files: int
+    dirs: int
+    logical_size: int
+    subdirs: tuple[bytes, ...]  # names of the directories the block declares
+    chunks: bytes  # the distinct chunk ids its ranges use, 32 bytes each
+    links: tuple[bytes, ...]  # hardlink targets, checked against the catalog's files
+
+    def chunk_ids(self) -> Iterator[str]:
+        c = self.chunks
+        return (c[i:i + 32].hex() for i in range(0, len(c), 32))
+
+    def footprint(self) -> int:
+        """Roughly the bytes this record holds in memory (for a cache's budget)."""
+        return (200 + len(self.path) + len(self.chunks)
+                + sum(60 + len(n) for n in self.subdirs) + sum(60 + len(n) for n in self.links))
+
+
+# Blocks above this many bytes are decoded as they stream and never remembered: holding
+# one whole to hash it first would let a single directory of millions of files take memory.
+MAX_REMEMBERED_BLOCK = 4 << 20
+
+
 class CatalogTooLarge(CatalogError):
     """The catalog holds more entries than its host may commit (the message says why)."""
 
@@ -388,7 +447,9 @@ class CatalogTooLarge(CatalogError):
 def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
              max_entries: int | None = None,
              again: Callable[[], Iterable[bytes]] | None = None,
-             too_large: Callable[[int], str] | None = None) -> CatalogSummary:
+             too_large: Callable[[int], str] | None = None,
+             known: Mapping[bytes, BlockFacts] | None = None,
+             learned: dict[bytes, BlockFacts] | None = None) -> CatalogSummary:
     """Check a whole catalog and its directory index, collecting what a commit needs to know.
 
     Enforces the invariants readers rely on: blocks in depth-first sorted order, each block a
@@ -403,16 +464,22 @@ def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
     pieces is simply read again), made only when the catalog has hardlinks. Past
     `max_entries` entries the catalog is refused (CatalogTooLarge, message from
     `too_large(count)`) as soon as a block header says so, before its entries are decoded.
+
+    `known` maps a block's digest to the facts of a block checked before (the host's last
+    catalog): such a block is hashed, not decoded. `learned`, when given, receives the
+    digest and facts of every block of this catalog up to MAX_REMEMBERED_BLOCK bytes, for
+    the next commit's `known`.
     """
     if again is None and not isinstance(pieces, Iterator):
         source = pieces  # a collection: it can be read twice
 
         def again() -> Iterable[bytes]:
             return source
+    remember = known is not None or learned is not None
     summary = CatalogSummary()
     last: tuple[bytes, ...] | None = None
     pending_dirs: set[bytes] = set()
-    links: set[bytes] = set()  # hardlink targets, each checked to come earlier
+    links: set[bytes] = set()
     index = iter_index(index_pieces)
     offset = 0
     for block in iter_block_streams(pieces):
@@ -432,25 +499,15 @@ def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
                 raise CatalogError(f"block {path!r} is not a directory of its parent")
             pending_dirs.discard(path)
         last = key
-        prev: bytes | None = None
-        for e in block.entries():
-            if prev is not None and e.name <= prev:
-                raise CatalogError(f"entries of {path!r} are not sorted and unique")
-            prev = e.name
-            summary.entries += 1
-            if e.type == DIR:
-                pending_dirs.add(join_path(path, e.name))
-                summary.dirs += 1
-            elif e.type == FILE:
-                summary.files += 1
-                summary.logical_size += e.size
-            elif e.type == HARDLINK:
-                assert e.link is not None
-                _check_link_order(e.link, key, e.name, join_path(path, e.name))
-                links.add(e.link)
-                summary.files += 1
-            for r in e.ranges:
-                summary.chunks.add(r.chunk)
+        facts = (_remembered_facts(block, known or {}, learned) if remember
+                 else _block_facts(block, block.raw()))
+        summary.entries += facts.count
+        summary.files += facts.files
+        summary.dirs += facts.dirs
+        summary.logical_size += facts.logical_size
+        summary.chunks.update(facts.chunk_ids())
+        pending_dirs.update(join_path(path, name) for name in facts.subdirs)
+        links.update(facts.links)
         rec = next(index, None)
         if rec != IndexRecord(path, offset, block.nbytes, block.count):
             raise CatalogError(f"directory index does not match the catalog at {path!r}")
@@ -464,6 +521,58 @@ def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
     if links:
         _check_link_targets(links, again() if again is not None else None)
     return summary
+
+
+def _remembered_facts(block: BlockStream, known: Mapping[bytes, BlockFacts],
+                      learned: dict[bytes, BlockFacts] | None) -> BlockFacts:
+    """The block's facts from `known` when its digest is there, else decoded; either way
+    remembered in `learned`. A block over MAX_REMEMBERED_BLOCK is decoded as it streams."""
+    lines: list[bytes] = []
+    held = 0
+    raw = block.raw()
+    for line in raw:
+        lines.append(line)
+        held += len(line) + 1
+        if held > MAX_REMEMBERED_BLOCK:
+            return _block_facts(block, itertools.chain(lines, raw))
+    digest = block_digest(block.path, lines)
+    facts = known.get(digest)
+    if facts is None:
+        facts = _block_facts(block, iter(lines))
+    if learned is not None:
+        learned[digest] = facts
+    return facts
+
+
+def _block_facts(block: BlockStream, lines: Iterator[bytes]) -> BlockFacts:
+    """Decode one block's entry lines (in order) and check what needs no other block."""
+    path = block.path
+    key = path_key(path)
+    files = dirs = size = 0
+    subdirs: list[bytes] = []
+    found_links: list[bytes] = []
+    chunks: dict[str, None] = {}
+    prev: bytes | None = None
+    for line in lines:
+        e = decode_entry(_loads(line))
+        if prev is not None and e.name <= prev:
+            raise CatalogError(f"entries of {path!r} are not sorted and unique")
+        prev = e.name
+        if e.type == DIR:
+            subdirs.append(e.name)
+            dirs += 1
+        elif e.type == FILE:
+            files += 1
+            size += e.size
+        elif e.type == HARDLINK:
+            assert e.link is not None
+            _check_link_order(e.link, key, e.name, join_path(path, e.name))
+            found_links.append(e.link)
+            files += 1
+        for r in e.ranges:
+            chunks[r.chunk] = None
+    return BlockFacts(path, block.count, files, dirs, size, tuple(subdirs),
+                      b"".join(bytes.fromhex(c) for c in chunks), tuple(found_links))
 
 
 def _check_link_order(link: bytes, key: tuple[bytes, ...], name: bytes, full: bytes) -> None:

@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rdr_format.catalog import CatalogError, iter_blocks
+from rdr_format.catalog import CatalogError, block_digest, iter_raw_blocks
 from rdr_format.manifest import Manifest
 
 from ..pools import run_in
@@ -97,12 +97,18 @@ class Detector:
         before = [r for r in rows if (r.source or "") == source and _order(r) < _order(me)]
         parent = max(before, key=_order) if before else None
         m = self.store.snapshots.manifest(host, snapshot)
-        new_blocks = iter_blocks(self.store.stream(m.catalog))
+        new_blocks = iter_raw_blocks(self.store.stream(m.catalog))
         old_blocks = None
         if parent is not None:
             pm = self.store.snapshots.manifest(host, parent.snapshot)
-            old_blocks = iter_blocks(self.store.stream(pm.catalog))
-        changes = compare(old_blocks, new_blocks, self.notes)
+            old_blocks = iter_raw_blocks(self.store.stream(pm.catalog))
+        facts = self.store.catalog_facts.known(host)
+
+        def known_files(path: bytes, lines: list[bytes]) -> int | None:
+            f = facts.get(block_digest(path, lines))
+            return None if f is None else f.files
+
+        changes = compare(old_blocks, new_blocks, self.notes, known_files)
         verdict = judge(changes, m.compression, self.verdicts.baseline(host, source),
                         self.thresholds)
         if parent is None:  # a first backup is the baseline, not a change

@@ -35,6 +35,7 @@ from rdr_format.fsutil import atomic_write, fsync_dir
 from rdr_format.manifest import ChunkIndex, Manifest, StreamRef
 from rdr_format.sources import of_manifest_source, of_paths
 
+from .catalogfacts import CatalogFacts
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
 from .index import Index, SessionRow, SnapshotRow
@@ -103,8 +104,12 @@ class Datastore:
                  reserve_bytes: int = 64 * 1024 * 1024,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  admit: Callable[[], None] | None = None, max_active: int = 0,
-                 limits: CatalogLimits | None = None) -> None:
+                 limits: CatalogLimits | None = None,
+                 catalog_facts: CatalogFacts | None = None) -> None:
         self.root = root
+        #: What each host's last catalog check learned, so the next commit decodes only
+        #: the directory blocks that changed.
+        self.catalog_facts = catalog_facts or CatalogFacts()
         self.limits = limits or CatalogLimits()
         self.clock = clock  # receive times come from here (a fake clock in tests)
         #: Capacity policy for new sessions (the watermarks), wired by the daemon; raises
@@ -251,6 +256,7 @@ class Datastore:
                 removed += self.remove_snapshot(name, row.snapshot)
         if exists:
             self.index.remove_host(name)
+        self.catalog_facts.forget(name)
         (self.hosts_dir / f"{name}.json").unlink(missing_ok=True)
         fsync_dir(self.hosts_dir)
         return removed
@@ -539,8 +545,12 @@ class Datastore:
                     f"{self.limits.bytes_per_entry} bytes of the {uploaded:,} bytes it has "
                     f"uploaded, at most {self.limits.max_entries:,})")
 
-        return validate(self.stream(req.catalog), self.stream(req.dirindex), allowed,
-                        again=lambda: self.stream(req.catalog), too_large=too_large)
+        learned: dict = {}
+        summary = validate(self.stream(req.catalog), self.stream(req.dirindex), allowed,
+                           again=lambda: self.stream(req.catalog), too_large=too_large,
+                           known=self.catalog_facts.known(host), learned=learned)
+        self.catalog_facts.remember(host, learned)
+        return summary
 
     def _recent_same(self, host: str, req: CommitRequest) -> Manifest | None:
         """A snapshot of `host` received within the re-commit interval whose catalog,

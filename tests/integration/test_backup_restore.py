@@ -53,23 +53,27 @@ async def test_round_trip_of_every_kind_of_entry(appliance: Appliance, tmp_path:
 async def test_second_backup_reads_only_changed_files(appliance: Appliance,
                                                       tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", big_mb=12)
+    (src / "tagged.txt").write_bytes(b"same\n")
     token = appliance.add_host("web01")
     state = tmp_path / "state"
     rc, first, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0, err
-    # Change three files: one small, one new, and 64 KiB in the middle of the big one.
+    # Change three files: one small, one new, and 64 KiB in the middle of the big one; and
+    # tag a fourth with an extended attribute, its bytes unchanged (an unchanged file keeps
+    # its parent's attributes: this one's new ctime says it changed).
     (src / "docs/readme.txt").write_bytes(b"changed\n")
     (src / "new.txt").write_bytes(b"brand new\n")
     with open(src / "big.bin", "r+b") as f:
         f.seek(6 * 1024 * 1024)
         f.write(os.urandom(65536))
+    os.setxattr(src / "tagged.txt", b"user.tag", b"new")
     rc, second, err = await agent(appliance, token, state, "backup", str(src))
     assert rc == 0, err
-    assert second["files_read"] == 3
+    assert second["files_read"] == 4
     big = (src / "big.bin").stat().st_size
-    assert second["bytes_read"] == big + len(b"changed\n") + len(b"brand new\n")
+    assert second["bytes_read"] == big + len(b"changed\n") + len(b"brand new\n") + 5
     # Hard-link names (two in the tree) take their data from the first name, not the cache.
-    assert second["files_unchanged"] == second["files"] - 3 - 2
+    assert second["files_unchanged"] == second["files"] - 4 - 2
     # Only the chunks around the change are new: a few MiB at most of the 12 MiB file, plus
     # the small files' bundle and the catalog.
     assert second["bytes_new"] < 10 * 1024 * 1024

@@ -24,7 +24,15 @@ from appliance.store.datastore import CommitRequest, Datastore
 from appliance.store.errors import Conflict, NotFound
 from appliance.store.prune import Pruner
 from rdr_format import compression
-from rdr_format.catalog import FILE, CatalogError, CatalogWriter, Entry, Range, iter_blocks
+from rdr_format.catalog import (
+    FILE,
+    CatalogError,
+    CatalogWriter,
+    Entry,
+    Range,
+    block_digest,
+    iter_raw_blocks,
+)
 from rdr_format.chunkfile import ChunkEncoder
 from rdr_format.manifest import Manifest, StreamRef
 
@@ -120,14 +128,14 @@ def detector(store: Datastore, **kw: object) -> Detector:
 
 
 def blocks(store: Datastore, m: Manifest):
-    return iter_blocks(store.stream(m.catalog))
+    return iter_raw_blocks(store.stream(m.catalog))
 
 
 # --- the comparison ----------------------------------------------------------------------------
 
 
 def test_compare_counts_each_kind_of_change(store: Datastore, clock: Clock) -> None:
-    before = office()
+    before = office(n_dirs=8)  # d4..d7 stay as they were
     a = commit_tree(store, before)
     after = {d: dict(f) for d, f in before.items()}
     after[b"d0"][b"doc00.txt"] = text(999)                           # rewritten whole
@@ -138,14 +146,26 @@ def test_compare_counts_each_kind_of_change(store: Datastore, clock: Clock) -> N
     clock.now += timedelta(days=1)
     b = commit_tree(store, after)
     ch = compare(blocks(store, a), blocks(store, b), NOTES)
-    assert (ch.parent_files, ch.files) == (60, 60)
+    assert (ch.parent_files, ch.files) == (120, 120)
     assert ch.modified == ch.rewritten == 1
     assert ch.deleted == 3 and ch.added == 3  # doc01, doc02, doc03 went; 3 names came
     assert ch.renamed == 2  # moved.txt and doc02.txt.crypt hold a gone file's content
     assert ch.extension_changed == 1 and ch.new_extensions == {"crypt": 1}
     assert ch.notes == 1 and ch.note_dirs == 1
     assert ch.examples["ransom_notes"] == ["d3/README_TO_DECRYPT.txt"]
-    assert ch.unchanged == 56
+    assert ch.unchanged == 116
+    # The detector's way: the blocks that did not change (d4..d7, the root) are counted
+    # from the commit's facts, not decoded, and the answer is the same.
+    facts = store.catalog_facts.known("web01")
+    asked: list[bytes] = []
+
+    def known_files(path: bytes, lines: list[bytes]) -> int | None:
+        asked.append(path)
+        f = facts.get(block_digest(path, lines))
+        return None if f is None else f.files
+
+    assert compare(blocks(store, a), blocks(store, b), NOTES, known_files) == ch
+    assert sorted(asked) == [b"", b"d4", b"d5", b"d6", b"d7"]
 
 
 def test_note_patterns_match_known_notes_only() -> None:
