@@ -49,7 +49,9 @@ from rdr_format.catalog import (
     CatalogWriter,
     Entry,
     Range,
+    decode_lines,
     iter_blocks,
+    iter_raw_blocks,
     join_path,
     path_key,
 )
@@ -115,22 +117,25 @@ class BackupResult:
 
 
 class ParentCatalog:
-    """The parent snapshot's catalog, read forward in step with the walk."""
+    """The parent snapshot's catalog, read forward in step with the walk: each block decoded,
+    and its entry lines kept, so an unchanged file's line is written again as it was."""
 
-    def __init__(self, blocks: Iterator[tuple[bytes, list[Entry]]] | None) -> None:
+    def __init__(self, blocks: Iterator[tuple[bytes, list[bytes]]] | None) -> None:
         self._it = blocks
-        self._cur: tuple[bytes, list[Entry]] | None = None
+        self._cur: tuple[bytes, list[bytes]] | None = None
         self._advance()
 
     def _advance(self) -> None:
         self._cur = next(self._it, None) if self._it is not None else None
 
-    def lookup(self, path: bytes) -> dict[bytes, Entry]:
+    def lookup(self, path: bytes) -> dict[bytes, tuple[Entry, bytes]]:
+        """The parent's entries of directory `path` by name, each with its catalog line."""
         key = path_key(path)
         while self._cur is not None and path_key(self._cur[0]) < key:
             self._advance()
         if self._cur is not None and self._cur[0] == path:
-            entries = {e.name: e for e in self._cur[1]}
+            lines = self._cur[1]
+            entries = {e.name: (e, line) for e, line in zip(decode_lines(lines), lines)}
             self._advance()
             return entries
         return {}
@@ -180,9 +185,10 @@ class Producer:
         self._enc_local = threading.local()
         self._slots = threading.Semaphore(self.MAX_ENCODES_IN_FLIGHT)
         self._bundle = Bundle()
-        # Blocks waiting for their chunk ids: (path, entries, file ranges, hardlinks).
-        self._pending: deque[tuple[bytes, list[Entry], list[tuple[Entry, list]],
-                                   list[tuple[Entry, Entry]]]] = deque()
+        # Blocks waiting for their chunk ids: (path, entries, reused catalog lines, file
+        # ranges, hardlinks).
+        self._pending: deque[tuple[bytes, list[Entry], list[bytes | None],
+                                   list[tuple[Entry, list]], list[tuple[Entry, Entry]]]] = deque()
         self._links: dict[tuple[int, int], tuple[bytes, Entry]] = {}
         self._cdc = new_cdc()
         self._slabs = SlabPool()
@@ -249,13 +255,16 @@ class Producer:
             previous = self.parent.lookup(cpath)
             self._warm(children, previous)
             entries: list[Entry] = []
+            lines: list[bytes | None] = []  # the parent's line of an unchanged file
             pendings: list[tuple[Entry, list]] = []
             links: list[tuple[Entry, Entry]] = []
             for child in children:
-                e = self._entry(cpath, child, previous.get(child.name), pendings, links)
+                prev, prev_line = previous.get(child.name, (None, None))
+                e, line = self._entry(cpath, child, prev, prev_line, pendings, links)
                 if e is not None:
                     entries.append(e)
-            self._queue_block(cpath, entries, pendings, links)
+                    lines.append(line)
+            self._queue_block(cpath, entries, lines, pendings, links)
         self.stats.excluded = walker.excluded
 
     def run_stdin(self, name: bytes, stream: io.RawIOBase | io.BufferedIOBase) -> None:
@@ -267,11 +276,13 @@ class Producer:
         self.stats.files += 1
         self.stats.files_read += 1
         self.stats.bytes_total += e.size
-        self._queue_block(b"", [e], [(e, pend)], [])
+        self._queue_block(b"", [e], [None], [(e, pend)], [])
 
-    def _entry(self, cpath: bytes, child: Child, prev: Entry | None,
+    def _entry(self, cpath: bytes, child: Child, prev: Entry | None, prev_line: bytes | None,
                pendings: list[tuple[Entry, list]], links: list[tuple[Entry, Entry]],
-               ) -> Entry | None:
+               ) -> tuple[Entry | None, bytes | None]:
+        """The child's catalog entry, and the parent's catalog line when the entry is that
+        line's to the byte (an unchanged file: written again without encoding)."""
         st = child.st
         mode = st.st_mode
         same = False
@@ -286,11 +297,11 @@ class Producer:
                 e.type, e.link = HARDLINK, self._links[key][0]
                 links.append((e, self._links[key][1]))
                 self.stats.files += 1
-                return e
+                return e, None
             same = self._unchanged(prev, st)
             pend = self._file_ranges(child, e, prev, same)
             if pend is None:
-                return None
+                return None, None
             pendings.append((e, pend))
             if st.st_nlink > 1:
                 self._links[key] = (join_path(cpath, child.name), e)
@@ -305,7 +316,7 @@ class Producer:
                 e.link = os.readlink(child.path)
             except OSError as exc:
                 self._unreadable(child.path, exc)
-                return None
+                return None, None
             self.stats.symlinks += 1
         elif stat.S_ISFIFO(mode):
             e.type = FIFO
@@ -315,11 +326,16 @@ class Producer:
             e.rdev = st.st_rdev
             self.stats.other += 1
         else:
-            return None  # sockets and doors cannot be restored meaningfully
+            return None, None  # sockets and doors cannot be restored meaningfully
+        if not same or prev is None:
+            e.xattrs = _xattrs(child.path)
+            return e, None
         # Setting or removing an attribute changes the ctime: an unchanged file keeps its
-        # parent's, and the backup makes no listxattr call per file.
-        e.xattrs = prev.xattrs if same and prev is not None else _xattrs(child.path)
-        return e
+        # parent's, and the backup makes no listxattr call per file. So do its mode and
+        # owners (compared all the same: the line is reused only when it is this entry's).
+        e.xattrs = prev.xattrs
+        reuse = prev.type == FILE and (e.mode, e.uid, e.gid) == (prev.mode, prev.uid, prev.gid)
+        return e, prev_line if reuse else None
 
     def _unreadable(self, path: bytes, exc: OSError) -> None:
         self.stats.unreadable.append((os.fsdecode(path), exc.strerror or str(exc)))
@@ -330,7 +346,8 @@ class Producer:
                 and prev.ino == st.st_ino
                 and not any(r.chunk in self.low_use for r in prev.ranges))
 
-    def _warm(self, children: list[Child], previous: dict[bytes, Entry]) -> None:
+    def _warm(self, children: list[Child],
+              previous: dict[bytes, tuple[Entry, bytes]]) -> None:
         """Ask the kernel to start reading the files of this directory that will be read.
 
         Reading small files one after another from a cold disk waits on one I/O at a time;
@@ -340,7 +357,7 @@ class Producer:
             return
         paths = [c.path for c in children
                  if stat.S_ISREG(c.st.st_mode) and 0 < c.st.st_size <= WARM_MAX
-                 and not self._unchanged(previous.get(c.name), c.st)]
+                 and not self._unchanged(previous.get(c.name, (None,))[0], c.st)]
         if paths:
             self.prefetch.submit(_warm_files, paths)
 
@@ -404,10 +421,10 @@ class Producer:
         self._bundle = Bundle()
 
     # --- catalog blocks ---
-    def _queue_block(self, path: bytes, entries: list[Entry],
+    def _queue_block(self, path: bytes, entries: list[Entry], lines: list[bytes | None],
                      pendings: list[tuple[Entry, list]], links: list[tuple[Entry, Entry]],
                      ) -> None:
-        self._pending.append((path, entries, pendings, links))
+        self._pending.append((path, entries, lines, pendings, links))
         self._flush(force=len(self._pending) > self.MAX_PENDING_BLOCKS)
 
     def _ready(self, pendings: list[tuple[Entry, list]], force: bool) -> bool:
@@ -427,7 +444,7 @@ class Producer:
 
     def _flush(self, force: bool) -> None:
         while self._pending:
-            path, entries, pendings, links = self._pending[0]
+            path, entries, lines, pendings, links = self._pending[0]
             if not self._ready(pendings, force):
                 return
             for e, pend in pendings:
@@ -438,7 +455,7 @@ class Producer:
                 self.use.add(e)
             for e, first in links:
                 e.ranges, e.size = first.ranges, first.size
-            self._writer.add_block(path, entries)
+            self._writer.add_block(path, entries, lines)
             self._pending.popleft()
 
     def _resolve(self, p: _Pending | Range, stored: list[int]) -> Range:
@@ -637,7 +654,7 @@ class Archiver:
                 if saved is None:  # not the catalog our last backup wrote: read it all first
                     saved = low_use_bundles(iter_blocks(cache.pieces(parent_chunks)))
                 low_use |= saved
-                parent_blocks = iter_blocks(cache.pieces(parent_chunks))
+                parent_blocks = iter_raw_blocks(cache.pieces(parent_chunks))
             producer = Producer(self.stats, emit, pool, ParentCatalog(parent_blocks), low_use,
                                 stop, prefetch, self.proof_key)
             if stdin_name is not None:

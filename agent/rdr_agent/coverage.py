@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from rdr_agent.archiver import ParentCatalog
 from rdr_agent.walker import Walker
-from rdr_format.catalog import FILE, Entry, join_path
+from rdr_format.catalog import FILE, join_path
 from rdr_format.compat import SLOTS
 
 LIMIT = 1000
@@ -56,9 +56,10 @@ class Coverage:
 
 
 def check_coverage(sources: list[bytes], excludes: list[str], one_file_system: bool,
-                   catalog: Iterator[tuple[bytes, list[Entry]]],
+                   catalog: Iterator[tuple[bytes, list[bytes]]],
                    unreadable: Iterable[tuple[str, str]], limit: int = LIMIT) -> Coverage:
-    """Walk `sources` (as the backup did) against the backup's `catalog` blocks."""
+    """Walk `sources` (as the backup did) against the backup's `catalog` blocks (undecoded,
+    `rdr_format.catalog.iter_raw_blocks`)."""
     cov = Coverage(limit)
     unread = {os.fsencode(p): err for p, err in unreadable}
     for path, err in unread.items():
@@ -83,7 +84,7 @@ def check_coverage(sources: list[bytes], excludes: list[str], one_file_system: b
             mode = child.st.st_mode
             if stat.S_ISSOCK(mode) or child.path in unread:
                 continue
-            e = entries.get(child.name)
+            e = entries.get(child.name, (None,))[0]
             if e is None:
                 if stat.S_ISDIR(mode):
                     absent.add(join_path(cpath, child.name))

@@ -38,7 +38,7 @@ from rdr_agent.settings import AgentSettings
 from rdr_agent.statefiles import private_dir
 from rdr_agent.util.textfmt import human_bytes as human
 from rdr_agent.util.textfmt import plural
-from rdr_format.catalog import iter_blocks
+from rdr_format.catalog import iter_raw_blocks
 from rdr_format.compat import SLOTS
 
 log = logging.getLogger("rdr.agent.scheduled")
@@ -295,7 +295,7 @@ def _check(cache: CatalogCache, chunks: list[tuple[str, int]], res: BackupResult
            before: Coverage) -> Coverage:
     """The premier check against the backup's catalog; `before` holds notes found before
     the backup (the dump), listed first."""
-    found = check_coverage(sources, excludes, one_fs, iter_blocks(cache.pieces(chunks)),
+    found = check_coverage(sources, excludes, one_fs, iter_raw_blocks(cache.pieces(chunks)),
                            res.stats.unreadable)
     found.files[:0] = before.files
     found.count += before.count

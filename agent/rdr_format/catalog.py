@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from rdr_format.chunkfile import MAX_PLAIN_SIZE, is_chunk_id
-from rdr_format.compat import SLOTS
+from rdr_format.compat import SLOTS, zip_strict
 
 # Entry types.
 FILE = "f"
@@ -229,18 +229,21 @@ class CatalogWriter:
         self.entries = 0
         self.blocks = 0
 
-    def add_block(self, path: bytes, entries: list[Entry]) -> None:
+    def add_block(self, path: bytes, entries: list[Entry],
+                  lines: list[bytes | None] | None = None) -> None:
+        """`lines[i]`, when given, is entry i's catalog line already encoded (an unchanged
+        file's line in the parent catalog, without its newline): written as it is."""
         key = path_key(path)
         if self._last_key is not None and key <= self._last_key:
             raise CatalogError(f"directory {path!r} is out of order")
         self._last_key = key
         parts = [_dumps({"d": enc_bytes(path), "n": len(entries)})]
         prev: bytes | None = None
-        for e in entries:
+        for e, line in zip_strict(entries, lines or [None] * len(entries)):
             if prev is not None and e.name <= prev:
                 raise CatalogError(f"entries of {path!r} are not sorted and unique")
             prev = e.name
-            parts.append(_dumps(encode_entry(e)))
+            parts.append(line + b"\n" if line is not None else _dumps(encode_entry(e)))
         data = b"".join(parts)
         self._cat(data)
         self._idx(_dumps([enc_bytes(path), self._offset, len(data), len(entries)]))

@@ -512,6 +512,9 @@ class _Writer:
         self.failed_files: set[bytes] = set()
         self.bad_dirs = bad_dirs  # directories whose contents are not restored
         self.fallback: list[_Op] = []  # hardlinks that could not be linked: write their data
+        #: Directories this restore made: nothing can lie in them that it must not replace,
+        #: so their entries are created without looking first (a stat per file).
+        self.made: set[bytes] = set()
         self._jobs = jobs
         self._on_progress = on_progress
 
@@ -572,6 +575,8 @@ class _Writer:
             os.mkdir(e.name, 0o700, dir_fd=pfd)
         except FileExistsError:
             existed = True
+        else:
+            self.made.add(full)
         fd = self.dirs.get(full)
         if existed and not self.is_root:
             # a read-only directory left by an earlier restore must take children again
@@ -644,7 +649,7 @@ class _Writer:
     def _may_replace(self, pfd: int, e: Entry, full: bytes) -> bool:
         """May entry `e` be written where something may already lie? False notes why not:
         kept (overwrite "never") or equal to the snapshot's (overwrite "if-changed")."""
-        if self.overwrite == OVERWRITE_ALWAYS:
+        if self.overwrite == OVERWRITE_ALWAYS or full.rpartition(b"/")[0] in self.made:
             return True
         try:
             st = os.stat(e.name, dir_fd=pfd, follow_symlinks=False)

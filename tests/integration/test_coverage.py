@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rdr_agent.coverage import Coverage, check_coverage
+from rdr_format.catalog import iter_raw_blocks
 
 from ..conftest import Appliance, agent_cmd
 from ..treeutil import run
@@ -37,11 +38,14 @@ async def test_coverage_lists_exactly_what_is_not_in_the_backup(appliance: Appli
                              appliance.env(token, state))
     assert rc == 0, err
     snap = json.loads(out)["snapshot"]
-    tree = appliance.daemon.browser.tree("pc1", snap)  # type: ignore[union-attr]
+    manifest = appliance.store.snapshots.manifest("pc1", snap)
+
+    def catalog() -> Iterator[tuple[bytes, list[bytes]]]:
+        return iter_raw_blocks(appliance.store.stream(manifest.catalog))
 
     def check(unreadable: Iterable[tuple[str, str]] = ()) -> Coverage:
         return check_coverage([os.fsencode(src), os.fsencode(tmp_path / "gone")],
-                              env_excludes, False, tree.walk(b""), unreadable)
+                              env_excludes, False, catalog(), unreadable)
 
     cov = check()
     assert sorted((f["path"], f["reason"]) for f in cov.files) == sorted([
@@ -68,6 +72,6 @@ async def test_coverage_lists_exactly_what_is_not_in_the_backup(appliance: Appli
     unread = next(f for f in cov.files if f["reason"] == "unreadable")
     assert unread["detail"] == "Permission denied"
 
-    limited = check_coverage([os.fsencode(src)], [], False, tree.walk(b""), [], limit=2)
+    limited = check_coverage([os.fsencode(src)], [], False, catalog(), [], limit=2)
     assert len(limited.files) == 2 and limited.count > 2  # listed up to the limit, all counted
     sock.close()
