@@ -14,11 +14,12 @@ from rdr_format.catalog import (
     MAX_REMEMBERED_BLOCK,
     BlockFacts,
     CatalogError,
-    CatalogWriter,
     Entry,
     Range,
     validate,
 )
+
+from .test_catalog import write
 
 
 def cid(n: int) -> str:
@@ -38,14 +39,6 @@ def tree(changed: int | None = None, dirs: int = 20, files: int = 30) -> list:
                                  ranges=[Range(cid(n), 0, 10, 10)]))
         blocks.append((f"d{d:03}".encode(), entries))
     return blocks
-
-
-def write(blocks: list) -> tuple[bytes, bytes]:
-    cat, idx = bytearray(), bytearray()
-    w = CatalogWriter(cat.extend, idx.extend)
-    for path, entries in blocks:
-        w.add_block(path, entries)
-    return bytes(cat), bytes(idx)
 
 
 def pieces(data: bytes, n: int = 777) -> list[bytes]:
