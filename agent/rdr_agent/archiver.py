@@ -35,7 +35,7 @@ from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, 
 from rdr_agent.client import ApplianceClient, ApplianceError
 from rdr_agent.statefiles import private_dir, write_private
 from rdr_agent.uploader import Cancelled, ChunkUploader
-from rdr_agent.walker import Child, Walker
+from rdr_agent.walker import READ_AHEAD_THREADS, Child, Walker
 from rdr_format import __version__
 from rdr_format import sources as sources_rule
 from rdr_format.catalog import (
@@ -66,9 +66,6 @@ log = logging.getLogger("rdr.agent.backup")
 #: the last pass reads everything.
 MAX_PASSES = 3
 WARM_MAX = 8 * 2**20  # bigger files are read sequentially with the kernel's own readahead
-#: Threads listing directories ahead of the walk (Walker's read_ahead): their lstat calls
-#: wait on the disk, not on the GIL.
-WALK_THREADS = 3
 MAX_UNREADABLE_SENT = 1000
 
 
@@ -643,7 +640,7 @@ class Archiver:
         emit = uploader.emit
         pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
         prefetch = ThreadPoolExecutor(1, thread_name_prefix="rdr-prefetch")
-        lister = ThreadPoolExecutor(WALK_THREADS, thread_name_prefix="rdr-walk")
+        lister = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="rdr-walk")
 
         def produce() -> tuple[list[EncodedChunk], list[EncodedChunk], set[str]]:
             # Files whose parent ranges use a damaged or mostly dead chunk are read again.

@@ -1,11 +1,16 @@
-"""Listing directories ahead of the walk changes nothing the walk yields or reports."""
+"""Listing directories ahead of the walk changes nothing the walk yields or reports, and its
+threads end with the walk."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rdr_agent.walker import READ_AHEAD, Walker
+import pytest
+
+from rdr_agent import walker as walker_mod
+from rdr_agent.walker import Walker
 
 
 def walk(sources: list[Path], pool: ThreadPoolExecutor | None) -> tuple[list, list, list, int]:
@@ -19,23 +24,42 @@ def walk(sources: list[Path], pool: ThreadPoolExecutor | None) -> tuple[list, li
     return blocks, excluded, errors, w.excluded
 
 
-def test_read_ahead_yields_and_reports_exactly_what_a_plain_walk_does(tmp_path: Path) -> None:
-    root = tmp_path / "a"
-    dirs = READ_AHEAD * 3  # more directories than are ever listed ahead
+def make(root: Path, dirs: int = 30) -> None:
     for d in range(dirs):
-        sub = root / f"d{d:02}" / "inner"
+        sub = root / f"d{d:02}" / "inner" / "deeper"
         sub.mkdir(parents=True)
-        for f in range(5):
+        for f in range(3):
             (sub.parent / f"f{f}.txt").write_text(str(f))
             (sub / f"g{f}.tmp").write_text(str(f))  # excluded
+
+
+@pytest.mark.parametrize("limit", [1, 2, 64])  # 1: the walk lists most directories itself
+def test_read_ahead_yields_and_reports_exactly_what_a_plain_walk_does(
+        tmp_path: Path, limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(walker_mod, "READ_AHEAD", limit)
+    root = tmp_path / "a"
+    make(root)
     sources = [root, tmp_path / "gone"]  # the second cannot be read: one error
     plain = walk(sources, None)
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(walker_mod.READ_AHEAD_THREADS) as pool:
         ahead = walk(sources, pool)
     assert ahead == plain
     blocks, excluded, errors, count = plain
-    assert len(excluded) == count == dirs * 5
+    assert len(excluded) == count == 30 * 3
     assert [p for p, _ in errors] == [bytes(tmp_path / "gone")]
     paths = [p for p, _ in blocks]
     assert paths == sorted(paths, key=lambda p: p.split(b"/"))  # catalog order
-    assert len(set(paths)) == len(paths) == len(tmp_path.parts) + 1 + dirs * 2
+    assert len(set(paths)) == len(paths) == len(tmp_path.parts) + 1 + 30 * 3
+
+
+def test_the_listing_threads_end_when_the_walk_is_abandoned(tmp_path: Path) -> None:
+    make(tmp_path)
+    pool = ThreadPoolExecutor(walker_mod.READ_AHEAD_THREADS)
+    blocks = Walker([bytes(tmp_path)], read_ahead=pool).blocks()
+    for _ in range(5):
+        next(blocks)
+    blocks.close()  # a backup cancelled part way
+    done = threading.Thread(target=pool.shutdown)  # waits for the threads' loops to end
+    done.start()
+    done.join(10)
+    assert not done.is_alive()
