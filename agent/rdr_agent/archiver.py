@@ -34,7 +34,7 @@ from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, cut_stream, new_cdc
 from rdr_agent.client import ApplianceClient, ApplianceError
 from rdr_agent.statefiles import private_dir, write_private
-from rdr_agent.uploader import Cancelled, ChunkUploader
+from rdr_agent.uploader import Cancelled, ChunkUploader, LazyChunk
 from rdr_agent.walker import READ_AHEAD_THREADS, Child, Walker
 from rdr_format import __version__
 from rdr_format import sources as sources_rule
@@ -55,7 +55,13 @@ from rdr_format.catalog import (
     join_path,
     path_key,
 )
-from rdr_format.chunkfile import ChunkEncoder, EncodedChunk, possession_key, possession_proof
+from rdr_format.chunkfile import (
+    ChunkEncoder,
+    EncodedChunk,
+    chunk_id,
+    possession_key,
+    possession_proof,
+)
 from rdr_format.compat import SLOTS
 from rdr_format.compression import Tally
 
@@ -152,11 +158,31 @@ class _Pending:
 
 @dataclass(frozen=True, **SLOTS)
 class ChunkRef:
-    """What a catalog range needs of an encoded chunk."""
+    """What a catalog range needs of an encoded chunk. A `lazy` one (a large file's chunk,
+    compressed only if the appliance lacks it) has no stored size here: the uploader adds
+    what it sends to the compression tally itself."""
 
     id: str
     plain_size: int
     stored_size: int = 0
+    lazy: bool = False
+
+
+class ThreadEncoders:
+    """One ChunkEncoder per thread of the encoders' pool (its zstd context is reused), for
+    the producer's jobs and the uploader's compression of lazy chunks alike."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self) -> ChunkEncoder:
+        enc = getattr(self._local, "enc", None)
+        if enc is None:
+            enc = self._local.enc = ChunkEncoder()
+        return enc
+
+    def pack(self, chunk: LazyChunk) -> EncodedChunk:
+        return self.get().pack(chunk.id, chunk.data)
 
 
 class Producer:
@@ -165,12 +191,15 @@ class Producer:
     MAX_PENDING_BLOCKS = 512
     MAX_ENCODES_IN_FLIGHT = 4
 
-    def __init__(self, stats: BackupStats, emit: Callable[[EncodedChunk, str], None],
+    def __init__(self, stats: BackupStats,
+                 emit: Callable[[EncodedChunk | LazyChunk, str], None],
                  encoders: ThreadPoolExecutor, parent: ParentCatalog, low_use: set[str],
                  stop: threading.Event, prefetch: ThreadPoolExecutor | None = None,
-                 proof_key: bytes | None = None) -> None:
+                 proof_key: bytes | None = None, codecs: ThreadEncoders | None = None,
+                 compression: Tally | None = None) -> None:
         """`emit(chunk, proof)` gets every chunk with its possession proof under
-        `proof_key` (the session's; "" without one)."""
+        `proof_key` (the session's; "" without one): a large file's chunks as LazyChunk,
+        the rest compressed."""
         self.stats = stats
         self.emit = emit
         self.proof_key = proof_key
@@ -179,7 +208,7 @@ class Producer:
         self.low_use = low_use
         self.stop = stop
         self.prefetch = prefetch
-        self._enc_local = threading.local()
+        self._codecs = codecs or ThreadEncoders()
         self._slots = threading.Semaphore(self.MAX_ENCODES_IN_FLIGHT)
         self._bundle = Bundle()
         # Blocks waiting for their chunk ids: (path, entries, reused catalog lines, file
@@ -197,18 +226,20 @@ class Producer:
         #: What the new catalog's files use of each chunk (saved for the next backup).
         self.use = ChunkUse()
         #: How compressible the files read were, per class (sent with the commit).
-        self.compression = Tally()
+        self.compression = compression or Tally()
 
     # --- encoding ---
     def _encode_job(self, plain: bytes | bytearray | memoryview, keep: bool,
-                    slab: Slab | None) -> EncodedChunk | ChunkRef:
+                    slab: Slab | None, lazy: bytes | None) -> EncodedChunk | ChunkRef:
         try:
-            enc = getattr(self._enc_local, "enc", None)
-            if enc is None:
-                enc = self._enc_local.enc = ChunkEncoder()
-            chunk = enc.encode(plain)
             # The plaintext is at hand (and in cache) now: the proof costs one hash pass.
             key = self.proof_key
+            if lazy is not None:  # hashed now, compressed by the uploader if it is sent
+                cid = chunk_id(plain)
+                self.emit(LazyChunk(cid, bytes(plain), lazy),
+                          possession_proof(key, plain) if key is not None else "")
+                return ChunkRef(cid, len(plain), lazy=True)
+            chunk = self._codecs.get().encode(plain)
             self.emit(chunk, possession_proof(key, plain) if key is not None else "")
             # A data chunk's future lives as long as the catalog block that needs its id,
             # which can be hundreds of blocks behind a bundle still filling: it keeps the
@@ -220,16 +251,18 @@ class Producer:
             self._slots.release()
 
     def _submit(self, plain: bytes | bytearray | memoryview, keep: bool = False,
-                slab: Slab | None = None) -> Future:
+                slab: Slab | None = None, lazy: bytes | None = None) -> Future:
         """Encode in the pool; `keep` for catalog chunks, whose bytes the cache wants;
-        `slab` is the pooled read buffer `plain` is a view of (released once encoded)."""
+        `slab` is the pooled read buffer `plain` is a view of (released once encoded);
+        `lazy`, the name of the large file `plain` is a chunk of, to hash it only (the
+        uploader compresses it if the appliance lacks it)."""
         while not self._slots.acquire(timeout=0.5):
             if self.stop.is_set():
                 if slab is not None:
                     self._slabs.release(slab)
                 raise Cancelled
         try:
-            return self.encoders.submit(self._encode_job, plain, keep, slab)
+            return self.encoders.submit(self._encode_job, plain, keep, slab, lazy)
         except BaseException:
             if slab is not None:
                 self._slabs.release(slab)
@@ -246,7 +279,13 @@ class Producer:
 
     # --- the walk ---
     def run_tree(self, walker: Walker) -> None:
-        for cpath, children in walker.blocks():
+        # Closed however the loop ends: the walk's listing threads stop with it.
+        with contextlib.closing(walker.blocks()) as blocks:
+            self._run_blocks(blocks)
+        self.stats.excluded = walker.excluded
+
+    def _run_blocks(self, blocks: Iterator[tuple[bytes, list[Child]]]) -> None:
+        for cpath, children in blocks:
             if self.stop.is_set():
                 raise Cancelled
             previous = self.parent.lookup(cpath)
@@ -262,14 +301,13 @@ class Producer:
                     entries.append(e)
                     lines.append(line)
             self._queue_block(cpath, entries, lines, pendings, links)
-        self.stats.excluded = walker.excluded
 
     def run_stdin(self, name: bytes, stream: io.RawIOBase | io.BufferedIOBase) -> None:
         now = time.time_ns()
         e = Entry(name=name, type=FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(),
                   mtime_ns=now, ctime_ns=now)
         pend: list = []
-        e.size = self._read_stream(stream, pend)
+        e.size = self._read_stream(stream, pend, None)
         self.stats.files += 1
         self.stats.files_read += 1
         self.stats.bytes_total += e.size
@@ -390,18 +428,24 @@ class Producer:
                         self.stats.bytes_read += e.size
                         return pend
                     f.seek(0)  # it grew past the small-file limit while we looked
-                e.size = self._read_stream(f, pend)
+                # A file the parent snapshot held is read again for a change that is
+                # usually small: its chunks are compressed only if they turn out to be new.
+                # A new file's are nearly all new: compressed at once, as they are read.
+                e.size = self._read_stream(f, pend, e.name if prev is not None else None)
         except OSError as exc:
             self._unreadable(child.path, exc)
             return None
         self.stats.files_read += 1
         return pend
 
-    def _read_stream(self, stream: io.RawIOBase | io.BufferedIOBase, pend: list) -> int:
+    def _read_stream(self, stream: io.RawIOBase | io.BufferedIOBase, pend: list,
+                     lazy: bytes | None) -> int:
+        """Cut `stream` into chunks for the encoders; `lazy` names a file whose chunks are
+        to be hashed only (the uploader compresses those the appliance lacks)."""
         total = 0
         for plain, slab in cut_stream(self._cdc, stream, self._slabs):
             n = len(plain)
-            pend.append(_Pending(self._submit(plain, slab=slab), 0, n, n))
+            pend.append(_Pending(self._submit(plain, slab=slab, lazy=lazy), 0, n, n))
             total += n
             self.stats.bytes_read += n
             if self.stop.is_set():
@@ -445,25 +489,27 @@ class Producer:
             if not self._ready(pendings, force):
                 return
             for e, pend in pendings:
-                stored = [0]
-                e.ranges = [self._resolve(p, stored) for p in pend]
+                sizes = [0, 0]
+                e.ranges = [self._resolve(p, sizes) for p in pend]
                 if any(isinstance(p, _Pending) for p in pend):  # read by this backup
-                    self.compression.add(e.name, e.size, stored[0])
+                    self.compression.add(e.name, sizes[0], sizes[1])
                 self.use.add(e)
             for e, first in links:
                 e.ranges, e.size = first.ranges, first.size
             self._writer.add_block(path, entries, lines)
             self._pending.popleft()
 
-    def _resolve(self, p: _Pending | Range, stored: list[int]) -> Range:
-        """The range; adds to `stored[0]` the compressed bytes its share of a chunk read
-        now takes (its length's part of the chunk file)."""
+    def _resolve(self, p: _Pending | Range, sizes: list[int]) -> Range:
+        """The range; adds to `sizes` the raw bytes of a chunk compressed now and its share
+        of the chunk file (a lazy chunk's are added by the uploader, if it is sent)."""
         if isinstance(p, Range):
             return p
         src = p.src
         chunk = (src.future if isinstance(src, Bundle) else src).result()
-        size = chunk.stored_size if isinstance(chunk, ChunkRef) else len(chunk.data)
-        stored[0] += size * p.length // max(chunk.plain_size, 1)
+        if not (isinstance(chunk, ChunkRef) and chunk.lazy):
+            size = chunk.stored_size if isinstance(chunk, ChunkRef) else len(chunk.data)
+            sizes[0] += p.length
+            sizes[1] += size * p.length // max(chunk.plain_size, 1)
         return Range(chunk.id, p.offset, p.length, chunk.plain_size)
 
     def finish(self) -> tuple[list[EncodedChunk], list[EncodedChunk]]:
@@ -634,11 +680,17 @@ class Archiver:
         the new catalog's mostly dead chunks (for the next backup)."""
         loop = asyncio.get_running_loop()
         stop = threading.Event()
+        pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
+        # Its own threads: an encoder thread may wait for the byte budget, which only
+        # compressing and sending lazy chunks frees.
+        packer = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-pack")
+        codecs = ThreadEncoders()
+        tally = Tally()
         uploader = ChunkUploader(self.client, sid, self.stats, stop, uploads=self.uploads,
                                  with_proofs=self.proof_key is not None,
-                                 on_progress=self._progress)
+                                 on_progress=self._progress,
+                                 packing=(packer, codecs.pack, tally.add_bytes))
         emit = uploader.emit
-        pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
         prefetch = ThreadPoolExecutor(1, thread_name_prefix="rdr-prefetch")
         lister = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="rdr-walk")
 
@@ -653,7 +705,7 @@ class Archiver:
                 low_use |= saved
                 parent_blocks = iter_raw_blocks(cache.pieces(parent_chunks))
             producer = Producer(self.stats, emit, pool, ParentCatalog(parent_blocks), low_use,
-                                stop, prefetch, self.proof_key)
+                                stop, prefetch, self.proof_key, codecs, tally)
             if stdin_name is not None:
                 producer.run_stdin(stdin_name, stdin if stdin is not None else sys.stdin.buffer)
             else:
@@ -662,7 +714,6 @@ class Archiver:
                                     (os.fsdecode(p), m)), read_ahead=lister)
                 producer.run_tree(walker)
             cat, idx = producer.finish()
-            self.compression = producer.compression.summary()
             return cat, idx, producer.use.low()
 
         try:
@@ -677,11 +728,13 @@ class Archiver:
                     raise uploader.failure from None
                 raise
             await uploader.finish()
+            self.compression = tally.summary()
         except BaseException:
             await uploader.abort()
             raise
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            packer.shutdown(wait=False, cancel_futures=True)
             prefetch.shutdown(wait=False, cancel_futures=True)
             lister.shutdown(wait=False, cancel_futures=True)
         return cat, idx, low_use

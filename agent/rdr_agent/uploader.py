@@ -13,7 +13,13 @@ waits on a round trip it does not need:
   about to run dry, and up to `MAX_QUERIES` run at once, so a query never holds up the
   chunks behind it;
 * the chunks a query reports missing go to a queue that `uploads` workers drain, so uploads
-  of earlier batches are in flight while later batches are being asked about.
+  of earlier batches are in flight while later batches are being asked about;
+* a chunk of a large file the parent snapshot held arrives hashed but not compressed
+  (`LazyChunk`): it is compressed, in a pool of its own, only once a query has said the
+  appliance lacks it. A daily backup that reads a large file again for a small change (a
+  disk image, a database dump) pays hashing for all of it and compression only for the
+  changed chunks, as restic does. A new file's chunks are nearly all new: compressed at
+  once by the encoders, as before.
 
 The server API is unchanged (the known query takes a list); a resumed session answers
 "have" for what it already accepted, so nothing accepted is sent twice.
@@ -25,10 +31,13 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Protocol
 
 from rdr_agent.client import ApplianceClient
 from rdr_format.chunkfile import EncodedChunk
+from rdr_format.compat import SLOTS
 
 #: Queries in flight at once; a batch never exceeds MAX_BATCH ids.
 MAX_QUERIES = 2
@@ -38,6 +47,20 @@ MAX_BATCH = 256
 BATCH_TARGET = 32
 #: Encoded bytes handed to the uploader and not yet settled (known or uploaded).
 HANDOFF_BYTES = 8 * 2**20
+
+
+@dataclass(frozen=True, **SLOTS)
+class LazyChunk:
+    """A chunk of the large file `name`: its id and plaintext, compressed only if sent."""
+
+    id: str
+    data: bytes  # the plaintext (what the byte budget counts while it waits)
+    name: bytes
+
+
+Packer = Callable[[LazyChunk], EncodedChunk]
+#: Told of each large-file chunk compressed and sent: (file name, raw bytes, stored bytes).
+OnSent = Callable[[bytes, int, int], None]
 
 
 class Counters(Protocol):
@@ -92,22 +115,26 @@ class ChunkUploader:
     def __init__(self, client: ApplianceClient, sid: str, stats: Counters, stop: threading.Event,
                  *, uploads: int, with_proofs: bool,
                  on_progress: Callable[[], None] | None = None,
-                 budget_bytes: int = HANDOFF_BYTES) -> None:
+                 budget_bytes: int = HANDOFF_BYTES,
+                 packing: tuple[Executor, Packer, OnSent] | None = None) -> None:
+        """`packing` (the encoders' pool, the function that compresses a LazyChunk there,
+        and who hears of each one sent) is needed once a LazyChunk is emitted."""
         self._client = client
         self._sid = sid
         self._stats = stats
         self._stop = stop
         self._with_proofs = with_proofs
         self._on_progress = on_progress
+        self._packing = packing
         self._loop = asyncio.get_running_loop()
         self._budget = ByteBudget(budget_bytes, stop)
         self._seen: set[str] = set()
-        self._waiting: list[tuple[EncodedChunk, str]] = []
+        self._waiting: list[tuple[EncodedChunk | LazyChunk, str]] = []
         self._waiting_bytes = 0
         self._budget_bytes = budget_bytes
         self._queries: set[asyncio.Task] = set()
         self._closing = False
-        self._outbox: asyncio.Queue[EncodedChunk | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[EncodedChunk | LazyChunk | None] = asyncio.Queue()
         self._workers = [asyncio.create_task(self._worker()) for _ in range(max(1, uploads))]
         self.failure: BaseException | None = None
         #: How many known queries were made and how many ids they carried (for profiles).
@@ -115,7 +142,7 @@ class ChunkUploader:
         self.queried_ids = 0
 
     # --- encoder threads ---
-    def emit(self, chunk: EncodedChunk, proof: str) -> None:
+    def emit(self, chunk: EncodedChunk | LazyChunk, proof: str) -> None:
         """Hand a chunk over; returns at once unless the byte budget is spent."""
         if self._stop.is_set():
             raise Cancelled
@@ -127,7 +154,7 @@ class ChunkUploader:
             raise Cancelled from None
 
     # --- event loop ---
-    def _arrive(self, chunk: EncodedChunk, proof: str) -> None:
+    def _arrive(self, chunk: EncodedChunk | LazyChunk, proof: str) -> None:
         if self.failure is not None or chunk.id in self._seen:
             self._budget.release(len(chunk.data))
             return
@@ -161,7 +188,7 @@ class ChunkUploader:
             self._fail(task.exception())  # type: ignore[arg-type]
         self._ask()
 
-    async def _query(self, batch: list[tuple[EncodedChunk, str]]) -> None:
+    async def _query(self, batch: list[tuple[EncodedChunk | LazyChunk, str]]) -> None:
         self.queries += 1
         self.queried_ids += len(batch)
         try:
@@ -182,12 +209,13 @@ class ChunkUploader:
 
     async def _worker(self) -> None:
         while True:
-            chunk = await self._outbox.get()
-            if chunk is None:
+            item = await self._outbox.get()
+            if item is None:
                 return
             self._ask()  # the outbox shrank: waiting ids may be due now
             try:
                 if self.failure is None:
+                    chunk = await self._packed(item)
                     if await self._client.put_chunk(self._sid, chunk.id, chunk.data):
                         self._stats.chunks_new += 1
                         self._stats.bytes_new += len(chunk.data)
@@ -196,8 +224,18 @@ class ChunkUploader:
             except Exception as exc:
                 self._fail(exc)
             finally:
-                self._budget.release(len(chunk.data))
+                self._budget.release(len(item.data))
             self._progress()
+
+    async def _packed(self, item: EncodedChunk | LazyChunk) -> EncodedChunk:
+        if isinstance(item, EncodedChunk):
+            return item
+        if self._packing is None:
+            raise RuntimeError("a LazyChunk was emitted to an uploader without packing")
+        pool, pack, on_sent = self._packing
+        chunk = await self._loop.run_in_executor(pool, pack, item)
+        on_sent(item.name, len(item.data), len(chunk.data))
+        return chunk
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:

@@ -91,10 +91,13 @@ class ChunkEncoder:
         self._cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
 
     def encode(self, plain: bytes | bytearray | memoryview) -> EncodedChunk:
+        return self.pack(chunk_id(plain), plain)
+
+    def pack(self, cid: str, plain: bytes | bytearray | memoryview) -> EncodedChunk:
+        """The chunk file of `plain`, whose id `cid` the caller computed (`chunk_id`)."""
         size = len(plain)
         if size > MAX_PLAIN_SIZE:
             raise ChunkError(f"chunk plaintext of {size} bytes exceeds {MAX_PLAIN_SIZE}")
-        cid = blake3.blake3(plain).hexdigest()
         packed = self._cctx.compress(plain)
         # join: one copy of the payload (`+` after bytes() of a view made two)
         if len(packed) <= size * (1 - self.MIN_SAVING):

@@ -1,19 +1,24 @@
 """How compressible the files a backup read were, per file class: the agent's summary the
 appliance compares with the source's earlier backups (a jump in incompressibility of changed
 files is what in-place encryption looks like, at no extra read of the host's data: the agent
-compresses every chunk anyway).
+compresses every chunk it sends anyway).
 
 The summary is ``{CLASS: [files, raw_bytes, stored_bytes]}``: CLASS is the lowercased last
 extension of the file's name (``"docx"``; ``""`` for none), `stored_bytes` what the chunks
 holding the file's bytes take once compressed, in proportion to the file's share of each chunk
 (small files share bundle chunks). Only files read by this backup count (unchanged files are
-not read). It travels in the commit body as the optional field ``compression`` and is kept in
-the snapshot's manifest; an appliance that knows no such field refuses it by name before any
-work, and the agent then commits without it (`rdr_agent.archiver`).
+not read), and of a large file the parent snapshot held already (one cut into chunks of its
+own, read again because it changed) only the chunks the appliance did not hold: the agent
+compresses nothing else of it, and content the appliance held is not what an encryption in
+place writes. It travels in the commit body as the optional
+field ``compression`` and is kept in the snapshot's manifest; an appliance that knows no such
+field refuses it by name before any work, and the agent then commits without it
+(`rdr_agent.archiver`).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 from rdr_format.catalog import CatalogError
@@ -42,20 +47,29 @@ def file_class(name: bytes) -> str:
 
 
 class Tally:
-    """Sums per class while a backup runs (one producer thread adds)."""
+    """Sums per class while a backup runs: the producer adds each file read, the uploader
+    the bytes of the large files' chunks it compresses (those the appliance lacked)."""
 
     def __init__(self) -> None:
         self._by: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
 
-    def add(self, name: bytes, raw: int, stored: int) -> None:
-        row = self._by.setdefault(file_class(name), [0, 0, 0])
-        row[0] += 1
-        row[1] += raw
-        row[2] += stored
+    def add(self, name: bytes, raw: int, stored: int, files: int = 1) -> None:
+        with self._lock:
+            row = self._by.setdefault(file_class(name), [0, 0, 0])
+            row[0] += files
+            row[1] += raw
+            row[2] += stored
+
+    def add_bytes(self, name: bytes, raw: int, stored: int) -> None:
+        """Bytes of a file already counted (a chunk of it compressed later)."""
+        self.add(name, raw, stored, files=0)
 
     def summary(self) -> Summary:
         """The largest classes by raw bytes, the rest summed under OTHER."""
-        ranked = sorted(self._by.items(), key=lambda kv: (-kv[1][1], kv[0]))
+        with self._lock:
+            items = [(k, list(v)) for k, v in self._by.items()]
+        ranked = sorted(items, key=lambda kv: (-kv[1][1], kv[0]))
         out: Summary = {k: list(v) for k, v in ranked[:MAX_CLASSES - 1]}
         rest = ranked[MAX_CLASSES - 1:]
         if rest:

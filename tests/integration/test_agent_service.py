@@ -203,9 +203,11 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
         assert_same_tree(src_a / "docs", restored_root(target, src_a) / "docs")
 
         # --- the agent is stopped mid-backup (systemd stop, a reboot): the run goes back
-        # to the queue and the restarted agent resumes its session
+        # to the queue and the restarted agent resumes its session. 6 MB at the plan's
+        # 1200 kbit/s take 40 s: the run cannot end before the stop, however fast or
+        # loaded the machine (1.2 MB once did, on a CI machine running two suites).
         for i in range(6):
-            (src_a / f"more{i}.bin").write_bytes(os.urandom(200_000))
+            (src_a / f"more{i}.bin").write_bytes(os.urandom(1_000_000))
         again = wiring.runs(app.store).request_now("host-a", "test", time.time(), None)
         jobs_api(app).wake("host-a")
         await wait_run(app, again.id, ("running",))
@@ -216,6 +218,7 @@ async def test_two_agents_back_up_in_their_windows_pause_resume_and_push_restore
         lines_first, err_first = await stop_agent(agent_a)
         requeued = wiring.runs(app.store).get(again.id)
         assert requeued.state == "queued" and "resumes at its next start" in requeued.message
+        wiring.plans(app.store).update("host-a", bandwidth_kbps=0)  # the rest, unthrottled
         agent_a = await start_agent(app, ta, tmp_path / "state-a")
         resumed = await wait_run(app, again.id, ("done",), timeout=60)
         assert resumed.attempts == 2 and "(resumed)" in resumed.message

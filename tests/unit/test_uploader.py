@@ -140,3 +140,40 @@ def test_a_reservation_waiting_on_a_spent_budget_gives_up_on_stop() -> None:
     threading.Timer(0.1, stop.set).start()
     with pytest.raises(Cancelled):
         budget.reserve(1)
+
+
+async def test_a_large_files_chunks_are_compressed_only_if_the_appliance_lacks_them() -> None:
+    """A daily backup reads a changed disk image whole: its unchanged chunks are hashed, and
+    only those the appliance lacks are compressed (in the packing pool) and sent; the bytes
+    sent are what reaches the compression tally."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rdr_agent.archiver import ThreadEncoders
+    from rdr_agent.uploader import LazyChunk
+    from rdr_format.chunkfile import ChunkDecoder, chunk_id
+    from rdr_format.compression import Tally
+
+    plains = [bytes([i]) * 50_000 for i in range(6)]  # compressible
+    lazy = [LazyChunk(chunk_id(p), p, b"disk.img") for p in plains]
+    app = FakeAppliance(have={c.id for c in lazy[:4]})  # yesterday's image: all but two
+    codecs = ThreadEncoders()
+    packed: list[str] = []
+
+    def pack(c: LazyChunk) -> EncodedChunk:
+        packed.append(c.id)
+        return codecs.pack(c)
+
+    tally = Tally()
+    stats = Stats()
+    with ThreadPoolExecutor(2) as pool:
+        up = ChunkUploader(app, "s", stats, threading.Event(), uploads=2,  # type: ignore[arg-type]
+                           with_proofs=False, packing=(pool, pack, tally.add_bytes))
+        await emit_from_thread(up, lazy + lazy[5:])  # a repeated chunk: once
+        await up.finish()
+    assert sorted(packed) == sorted(app.puts) == sorted(c.id for c in lazy[4:])
+    assert (stats.chunks_new, stats.chunks_known) == (2, 4)
+    for c in lazy[4:]:  # what was sent is the chunk file of that plaintext
+        assert ChunkDecoder().decode(codecs.pack(c).data, c.id) == c.data
+    files, raw, stored = tally.summary()["img"]
+    assert (files, raw) == (0, 100_000) and 0 < stored < 2_000  # files: counted by the producer
+    assert stats.bytes_new == stored
