@@ -48,12 +48,15 @@ class StreamCutter:
         self._buf += data
         if len(self._buf) < 2 * CDC_MAX:
             return
-        consumed = 0
         chunks = list(self._cdc.cut_buf(self._buf))
-        for c in chunks[:-1]:
-            yield bytes(c.data)
-            consumed = c.offset + c.length
-        del self._buf[:consumed]
+        final = chunks[:-1]
+        consumed = final[-1].offset + final[-1].length if final else 0
+        pieces = [bytes(c.data) for c in final]
+        # A new buffer for the tail, not `del self._buf[:consumed]`: pyfastcdc's chunks may
+        # still hold views of the old one, and resizing a bytearray with views raises
+        # BufferError (a 10 GiB backup's 70 MB catalog hit it).
+        self._buf = self._buf[consumed:]
+        yield from pieces
 
     def finish(self) -> Iterator[bytes]:
         if self._buf:

@@ -84,3 +84,25 @@ def test_files_share_a_slab_while_a_maximal_chunk_fits() -> None:
     # the fourth file goes there too; after it 1.59 MB are free, so the fifth takes a fresh one
     assert used[0] is used[1] is used[2] is used[3]
     assert used[4] is not used[3]
+
+
+def test_a_long_stream_fed_piece_by_piece_cuts_as_one_buffer_would() -> None:
+    """A catalog of hundreds of thousands of files is fed block by block for tens of MB:
+    every piece comes out, in order, cut where one pass over the whole stream cuts (pyfastcdc
+    once still held views of the buffer the cutter shrank: BufferError)."""
+    import random
+
+    from rdr_agent.chunker import StreamCutter, new_cdc
+
+    rng = random.Random(3)
+    stream = b"".join(rng.randbytes(rng.randrange(1, 300_000)) for _ in range(200))
+    cutter = StreamCutter()
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(stream):
+        n = rng.randrange(1, 300_000)
+        out.extend(cutter.feed(stream[pos:pos + n]))
+        pos += n
+    out.extend(cutter.finish())
+    assert b"".join(out) == stream
+    assert [len(p) for p in out] == [c.length for c in new_cdc().cut_buf(stream)]
