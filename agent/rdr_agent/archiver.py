@@ -158,9 +158,9 @@ class _Pending:
 
 @dataclass(frozen=True, **SLOTS)
 class ChunkRef:
-    """What a catalog range needs of an encoded chunk. A `lazy` one (a large file's chunk,
-    compressed only if the appliance lacks it) has no stored size here: the uploader adds
-    what it sends to the compression tally itself."""
+    """What a catalog range needs of an encoded chunk. A `lazy` one (a chunk of a large file
+    the parent held, compressed only if the appliance lacks it) has no stored size here: the
+    uploader adds what it sends to the compression tally itself."""
 
     id: str
     plain_size: int
@@ -198,8 +198,8 @@ class Producer:
                  proof_key: bytes | None = None, codecs: ThreadEncoders | None = None,
                  compression: Tally | None = None) -> None:
         """`emit(chunk, proof)` gets every chunk with its possession proof under
-        `proof_key` (the session's; "" without one): a large file's chunks as LazyChunk,
-        the rest compressed."""
+        `proof_key` (the session's; "" without one): the chunks of a large file the parent
+        snapshot held as LazyChunk (compressed only if sent), the rest compressed."""
         self.stats = stats
         self.emit = emit
         self.proof_key = proof_key
