@@ -308,7 +308,7 @@ class JobRunner:
             # Setuid/setgid files and device nodes only when the job and this host allow.
             special = allow_special and self.settings.allow_special_files
             restore = asyncio.ensure_future(restore_blocks(
-                catalog.iter_blocks(_pieces(cat)), source, target, paths, self.pool,
+                catalog.iter_blocks_lazily(_pieces(cat)), source, target, paths, self.pool,
                 prog.update, allow_special=special))
             reporter = asyncio.ensure_future(self._report_progress(jid, prog, restore))
             try:

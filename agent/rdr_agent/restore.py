@@ -24,7 +24,7 @@ async def restore_snapshot(client: ApplianceClient, snap: str, target: Path,
     m = (await client.snapshot(real_id))["manifest"]
     chunks: list[tuple[str, int]] = [(c, s) for c, s in m["catalog"]["chunks"]]
     await cache.fetch(client, real_id, chunks)
-    blocks = catalog.iter_blocks(cache.pieces(chunks))
+    blocks = catalog.iter_blocks_lazily(cache.pieces(chunks))
     source = RemoteChunks(client, real_id, pool)
     return await restore_blocks(blocks, source, target, include, pool, on_progress,
                                 overwrite=overwrite)

@@ -346,6 +346,25 @@ def decode_lines(lines: Iterable[bytes]) -> list[Entry]:
     return [decode_entry(_loads(line)) for line in lines]
 
 
+class LazyEntries:
+    """A block's entries, decoded only when iterated: a reader that needs a few blocks of a
+    large catalog (a one-file restore) passes over the others undecoded."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+
+    def __iter__(self) -> Iterator[Entry]:
+        return (decode_entry(_loads(line)) for line in self.lines)
+
+
+def iter_blocks_lazily(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, LazyEntries]]:
+    """Catalog blocks in order, each's entries decoded when iterated (`LazyEntries`)."""
+    for path, lines in iter_raw_blocks(pieces):
+        yield path, LazyEntries(lines)
+
+
 def block_digest(path: bytes, lines: Iterable[bytes]) -> bytes:
     """What names a block's content: its path, its entry count and its entry lines."""
     h = hashlib.blake2b(digest_size=32)

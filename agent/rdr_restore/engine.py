@@ -339,7 +339,7 @@ def _earlier(src: bytes, parent: bytes, name: bytes) -> bool:
 class _Planner:
     """Turns the catalog blocks into ops (runs in pool threads: the blocks read local files)."""
 
-    def __init__(self, blocks: Iterator[tuple[bytes, list[Entry]]], flt: _Filter,
+    def __init__(self, blocks: Iterator[tuple[bytes, Iterable[Entry]]], flt: _Filter,
                  errors: list[tuple[str, str]], jobs: Iterator[int],
                  bad_dirs: set[bytes]) -> None:
         self._blocks = blocks
@@ -359,13 +359,18 @@ class _Planner:
                 break
             if block is None:
                 break
-            path, entries = block
+            path, lazy = block
             if path not in pending:
                 if flt.selected(path) or flt.ancestor(path):
                     if path.rpartition(b"/")[0] not in self._bad_dirs:
                         err((_show(path), "block is not a directory of the snapshot; skipped"))
                     self._bad_dirs.add(path)
-                continue
+                continue  # never decoded (`LazyEntries`): a one-file restore decodes its path
+            try:
+                entries = list(lazy)
+            except ValueError as exc:
+                err(("", f"catalog is unreadable, restore stopped early: {exc}"))
+                break
             pending.discard(path)
             whole = flt.selected(path)
             for e in entries:
@@ -916,12 +921,14 @@ def _open_target(target: Path) -> int:
     return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-async def restore_blocks(blocks: Iterator[tuple[bytes, list[Entry]]], source: ChunkSource,
+async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source: ChunkSource,
                          target: Path, include: list[bytes] | None, pool: Executor,
                          on_progress: Callable[[int, int], None] | None = None,
                          allow_special: bool = True,
                          overwrite: str = OVERWRITE_ALWAYS) -> RestoreSummary:
-    """Restore catalog `blocks` below `target` (catalog paths kept in full).
+    """Restore catalog `blocks` below `target` (catalog paths kept in full). A block's
+    entries may be `LazyEntries` (`iter_blocks_lazily`): a block outside `include` is then
+    never decoded.
 
     `allow_special` False (pushed restores, unless the job and this agent allow them):
     setuid/setgid bits and file capabilities are stripped and device nodes skipped, each

@@ -132,7 +132,7 @@ async def dc_restore(target: ObjectReader, cipher: ObjectCipher, host: str, snap
         if len(plain) != size:
             raise DcError(f"catalog chunk {cid} has the wrong size")
         pieces.append(plain)
-    blocks = catalog.iter_blocks(pieces)
+    blocks = catalog.iter_blocks_lazily(pieces)
     source = RemoteChunks(None, cp["snapshot"], pool, fetch=fetch)
     summary = await restore_blocks(blocks, source, to, include, pool, on_progress,
                                    overwrite=overwrite)
