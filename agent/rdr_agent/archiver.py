@@ -681,8 +681,6 @@ class Archiver:
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
-        # Its own threads: an encoder thread may wait for the byte budget, which only
-        # compressing and sending lazy chunks frees.
         packer = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-pack")
         codecs = ThreadEncoders()
         tally = Tally()

@@ -300,7 +300,7 @@ class JobRunner:
             await self.client.job_catalog(jid, cat)
             try:
                 prog.total = await loop.run_in_executor(
-                    self.pool, selected_bytes, catalog.iter_blocks(_pieces(cat)), paths)
+                    self.pool, selected_bytes, catalog.iter_blocks_lazily(_pieces(cat)), paths)
             except ValueError:  # unreadable catalog: the restore itself reports it
                 prog.total = None
             source = RemoteChunks(None, snap, self.pool, fetch=partial(self.client.job_chunk, jid),

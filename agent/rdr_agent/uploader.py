@@ -117,8 +117,10 @@ class ChunkUploader:
                  on_progress: Callable[[], None] | None = None,
                  budget_bytes: int = HANDOFF_BYTES,
                  packing: tuple[Executor, Packer, OnSent] | None = None) -> None:
-        """`packing` (the encoders' pool, the function that compresses a LazyChunk there,
-        and who hears of each one sent) is needed once a LazyChunk is emitted."""
+        """`packing` (a pool of its own, the function that compresses a LazyChunk there,
+        and who hears of each one sent) is needed once a LazyChunk is emitted. Not the
+        encoders' pool: an encoder thread may wait for the byte budget, which only
+        compressing and sending lazy chunks frees."""
         self._client = client
         self._sid = sid
         self._stats = stats

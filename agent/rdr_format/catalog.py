@@ -310,8 +310,7 @@ class BlockStream:
             yield line
 
     def entries(self) -> Iterator[Entry]:
-        for line in self.raw():
-            yield decode_entry(_loads(line))
+        return map(decode_line, self.raw())
 
     def skip(self) -> None:
         for _ in self.raw():
@@ -342,8 +341,13 @@ def iter_raw_blocks(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[bytes
         yield block.path, list(block.raw())
 
 
+def decode_line(line: bytes) -> Entry:
+    """One entry line of a block (without its newline), checked."""
+    return decode_entry(_loads(line))
+
+
 def decode_lines(lines: Iterable[bytes]) -> list[Entry]:
-    return [decode_entry(_loads(line)) for line in lines]
+    return list(map(decode_line, lines))
 
 
 class LazyEntries:
@@ -356,7 +360,7 @@ class LazyEntries:
         self.lines = lines
 
     def __iter__(self) -> Iterator[Entry]:
-        return (decode_entry(_loads(line)) for line in self.lines)
+        return map(decode_line, self.lines)
 
 
 def iter_blocks_lazily(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, LazyEntries]]:
@@ -575,8 +579,7 @@ def _block_facts(block: BlockStream, lines: Iterator[bytes]) -> BlockFacts:
     found_links: list[bytes] = []
     chunks: dict[str, None] = {}
     prev: bytes | None = None
-    for line in lines:
-        e = decode_entry(_loads(line))
+    for e in map(decode_line, lines):
         if prev is not None and e.name <= prev:
             raise CatalogError(f"entries of {path!r} are not sorted and unique")
         prev = e.name

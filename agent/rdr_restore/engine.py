@@ -306,12 +306,15 @@ class _Filter:
         return not self.all and any(i.startswith(prefix) for i in self.paths)
 
 
-def selected_bytes(blocks: Iterable[tuple[bytes, list[Entry]]], include: list[bytes]) -> int:
+def selected_bytes(blocks: Iterable[tuple[bytes, Iterable[Entry]]], include: list[bytes],
+                   ) -> int:
     """The data bytes restoring `include` writes (hard links to a file that is restored too
-    are links, not data), for the page's progress bar."""
+    are links, not data), for the page's progress bar. Only the blocks that can hold a
+    selected entry are iterated (with `LazyEntries`, the others are never decoded)."""
     incs = [p.strip(b"/") for p in include]
     everything = any(not p for p in incs)
     wanted = set(incs)
+    parents = {i.rpartition(b"/")[0] for i in incs}
 
     def under(path: bytes) -> bool:
         return everything or any(path == i or path.startswith(i + b"/") for i in incs)
@@ -319,6 +322,8 @@ def selected_bytes(blocks: Iterable[tuple[bytes, list[Entry]]], include: list[by
     total = 0
     for path, entries in blocks:
         whole = under(path)
+        if not whole and path not in parents:
+            continue
         for e in entries:
             if e.type not in (FILE, HARDLINK):
                 continue

@@ -75,4 +75,4 @@ class Job:
 
 def _disk_full(exc: sqlite3.OperationalError) -> bool:
     """SQLite's SQLITE_FULL ("database or disk is full")."""
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL

@@ -166,6 +166,10 @@ def test_compare_counts_each_kind_of_change(store: Datastore, clock: Clock) -> N
 
     assert compare(blocks(store, a), blocks(store, b), NOTES, known_files) == ch
     assert sorted(asked) == [b"", b"d4", b"d5", b"d6", b"d7"]
+    # The count it is told is what it uses for those blocks (they are not decoded): told
+    # 1,000 files each, the five identical blocks (60 files in all) count 5,000.
+    told = compare(blocks(store, a), blocks(store, b), NOTES, lambda p, lines: 1000)
+    assert told.unchanged == ch.unchanged - 60 + 5 * 1000
 
 
 def test_note_patterns_match_known_notes_only() -> None:

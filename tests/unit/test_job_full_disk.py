@@ -19,7 +19,9 @@ class FullHistory:
 
     def start(self, kind: str) -> int:
         self.calls.append("start")
-        raise sqlite3.OperationalError("database or disk is full")
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.sqlite_errorcode = sqlite3.SQLITE_FULL  # as sqlite3 sets it on a real one
+        raise exc
 
     def progress(self, job: int, progress: float, message: str) -> None:
         self.calls.append("progress")
@@ -39,7 +41,9 @@ def test_a_job_runs_unrecorded_when_the_index_is_full() -> None:
 def test_any_other_index_error_still_stops_the_job() -> None:
     class Locked(FullHistory):
         def start(self, kind: str) -> int:
-            raise sqlite3.OperationalError("database is locked")
+            exc = sqlite3.OperationalError("database is locked")
+            exc.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise exc
 
     with pytest.raises(sqlite3.OperationalError), Job(Locked(), "gc"):  # type: ignore[arg-type]
         pass

@@ -30,7 +30,7 @@ from rdr_format.catalog import (
 )
 from rdr_format.chunkfile import ChunkEncoder, ChunkError, chunk_id
 from rdr_restore import engine as restorer
-from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks
+from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks, selected_bytes
 
 ROOT = os.geteuid() == 0
 UID, GID = (1234, 5678) if ROOT else (os.getuid(), os.getgid())
@@ -587,6 +587,9 @@ async def test_a_one_file_restore_decodes_only_the_blocks_on_its_path(
     assert summary.errors == []
     assert (tmp_path / "one" / "a" / "wanted.txt").read_bytes() == b"the one file"
     assert not (tmp_path / "one" / "b").exists()
+    # The page's progress total reads the catalog the same way.
+    assert selected_bytes(iter_blocks_lazily([damaged]), [b"a/wanted.txt"]) == 12
+    assert selected_bytes(iter_blocks_lazily([damaged]), [b"/a"]) == 12
     summary = await restore_blocks(iter_blocks_lazily([damaged]), src, tmp_path / "all", None,
                                    pool)
     assert [m for _, m in summary.errors if "catalog is unreadable" in m]

@@ -4,6 +4,7 @@ threads end with the walk."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,14 +14,31 @@ from rdr_agent import walker as walker_mod
 from rdr_agent.walker import Walker
 
 
-def walk(sources: list[Path], pool: ThreadPoolExecutor | None) -> tuple[list, list, list, int]:
+class CountingWalker(Walker):
+    """Notes which thread lists each directory."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.listed_by: list[str] = []
+
+    def _list(self, cpath: bytes, sel: dict | None):  # type: ignore[no-untyped-def]
+        self.listed_by.append(threading.current_thread().name)
+        return super()._list(cpath, sel)
+
+
+def walk(sources: list[Path], pool: ThreadPoolExecutor | None,
+         walkers: list[CountingWalker] | None = None) -> tuple[list, list, list, int]:
     excluded: list[bytes] = []
     errors: list[tuple[bytes, str]] = []
-    w = Walker([bytes(s) for s in sources], ["*.tmp"],
-               on_error=lambda p, m: errors.append((p, m)), on_exclude=excluded.append,
-               read_ahead=pool)
-    blocks = [(path, [(c.name, c.st.st_ino) for c in children])
-              for path, children in w.blocks()]
+    w = CountingWalker([bytes(s) for s in sources], ["*.tmp"],
+                       on_error=lambda p, m: errors.append((p, m)),
+                       on_exclude=excluded.append, read_ahead=pool)
+    if walkers is not None:
+        walkers.append(w)
+    blocks = []
+    for path, children in w.blocks():
+        blocks.append((path, [(c.name, c.st.st_ino) for c in children]))
+        time.sleep(0.002)  # the backup's work on a directory, which the listing overlaps
     return blocks, excluded, errors, w.excluded
 
 
@@ -41,9 +59,14 @@ def test_read_ahead_yields_and_reports_exactly_what_a_plain_walk_does(
     make(root)
     sources = [root, tmp_path / "gone"]  # the second cannot be read: one error
     plain = walk(sources, None)
-    with ThreadPoolExecutor(walker_mod.READ_AHEAD_THREADS) as pool:
-        ahead = walk(sources, pool)
+    walkers: list[CountingWalker] = []
+    with ThreadPoolExecutor(walker_mod.READ_AHEAD_THREADS, thread_name_prefix="ahead") as pool:
+        ahead = walk(sources, pool, walkers)
     assert ahead == plain
+    listed_by = walkers[0].listed_by
+    assert len(listed_by) == len(plain[0])  # each directory listed once, by someone
+    if limit == 64:  # room to run ahead: the listing threads list nearly all of them
+        assert sum(t.startswith("ahead") for t in listed_by) >= len(listed_by) // 2
     blocks, excluded, errors, count = plain
     assert len(excluded) == count == 30 * 3
     assert [p for p, _ in errors] == [bytes(tmp_path / "gone")]
