@@ -448,14 +448,21 @@ class Daemon:
                 await run_in(self.pool, self.store.chunks.sync)
             except OSError as exc:  # a failed data disk must not stop the shutdown
                 log.error("could not flush the data disk on shutdown: %s", exc)
-            await run_in(self.pool, self.store.close)
+        # A cancelled task's call keeps running in its pool thread: every pool is drained
+        # before the index is closed under it (closing a SQLite connection another thread
+        # is querying crashed the process: a notification check was mid-query at a stop).
+        await asyncio.to_thread(self._drain_pools)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
             self.store = None
-        self.commit_pool.shutdown(wait=True)
-        self.signin_pool.shutdown(wait=True)
-        self.pools.shutdown()
         if self._claim is not None:
             self._claim.release()
         log.info("stopped cleanly")
+
+    def _drain_pools(self) -> None:
+        self.commit_pool.shutdown(wait=True)
+        self.signin_pool.shutdown(wait=True)
+        self.pools.shutdown()
 
 
 async def serve(cfg: Config) -> None:
