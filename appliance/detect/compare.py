@@ -87,8 +87,9 @@ def compare(parent: RawBlocks | None, new: RawBlocks, notes: NoteNames,
 
     A directory whose block is byte for byte the parent's holds only unchanged files: it is
     decoded once, or not at all when `known_files(path, lines)` can say how many files it
-    holds (the commit's block facts). A daily backup's catalog is mostly such blocks, so
-    the verdict the agent's commit waits for costs what changed, not the tree's size."""
+    holds (the commit's block facts); of a changed one only the lines that differ are
+    decoded (`_changed_lines`). A daily backup's catalog is mostly such blocks, so the
+    verdict the agent's commit waits for costs what changed, not the tree's size."""
     c = Changes()
     gone: Counter = Counter()
     came: Counter = Counter()
@@ -105,9 +106,9 @@ def compare(parent: RawBlocks | None, new: RawBlocks, notes: NoteNames,
                 n = known_files(path, lines)
                 if n is None:
                     n = len(_decoded(lines))
-                c.parent_files += n
-                c.files += n
-                c.unchanged += n
+                _same(c, n)
+                continue
+            if _changed_lines(c, path, old_lines, lines, known_files, gone, came, notes):
                 continue
             old = _decoded(old_lines)
         _block(c, path, old, _decoded(lines), gone, came, notes)
@@ -116,6 +117,37 @@ def compare(parent: RawBlocks | None, new: RawBlocks, notes: NoteNames,
         cur_p = next(parent, None) if parent is not None else None
     c.renamed = sum((gone & came).values())
     return c
+
+
+def _same(c: Changes, files: int) -> None:
+    c.parent_files += files
+    c.files += files
+    c.unchanged += files
+
+
+def _changed_lines(c: Changes, path: bytes, old_lines: list[bytes], lines: list[bytes],
+                   known_files: Callable[[bytes, list[bytes]], int | None], gone: Counter,
+                   came: Counter, notes: NoteNames) -> bool:
+    """A changed directory compared line by line: a line in both versions is the same entry
+    (a name appears once in a block), so only the lines that differ are decoded, and the
+    files among the shared ones are the block's file count (`known_files`) less the files
+    among its differing lines. False, having counted nothing, when that count is unknown.
+
+    The agent writes an unchanged file's line as the parent's, byte for byte: a directory
+    where one file of thirty changed costs two decoded lines, not sixty."""
+    old_set = set(old_lines)
+    new_only = [line for line in lines if line not in old_set]
+    if len(new_only) == len(lines):
+        return False  # nothing shared: the plain comparison decodes no more than this
+    total = known_files(path, lines)
+    if total is None:
+        return False
+    new_set = set(lines)
+    new = _decoded(new_only)
+    _same(c, total - len(new))
+    _block(c, path, _decoded([line for line in old_lines if line not in new_set]), new,
+           gone, came, notes)
+    return True
 
 
 def _decoded(lines: list[bytes]) -> dict[bytes, Entry]:

@@ -31,6 +31,8 @@ from rdr_format.catalog import (
     Entry,
     Range,
     block_digest,
+    decode_line,
+    decode_lines,
     iter_raw_blocks,
 )
 from rdr_format.chunkfile import ChunkEncoder
@@ -134,7 +136,8 @@ def blocks(store: Datastore, m: Manifest):
 # --- the comparison ----------------------------------------------------------------------------
 
 
-def test_compare_counts_each_kind_of_change(store: Datastore, clock: Clock) -> None:
+def test_compare_counts_each_kind_of_change(store: Datastore, clock: Clock,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     before = office(n_dirs=8)  # d4..d7 stay as they were
     a = commit_tree(store, before)
     after = {d: dict(f) for d, f in before.items()}
@@ -164,12 +167,30 @@ def test_compare_counts_each_kind_of_change(store: Datastore, clock: Clock) -> N
         f = facts.get(block_digest(path, lines))
         return None if f is None else f.files
 
+    decoded: list[bytes] = []
+
+    def counting(lines: list[bytes]) -> list[Entry]:
+        decoded.extend(lines)
+        return decode_lines(lines)
+
+    monkeypatch.setattr("appliance.detect.compare.decode_lines", counting)
     assert compare(blocks(store, a), blocks(store, b), NOTES, known_files) == ch
-    assert sorted(asked) == [b"", b"d4", b"d5", b"d6", b"d7"]
-    # The count it is told is what it uses for those blocks (they are not decoded): told
-    # 1,000 files each, the five identical blocks (60 files in all) count 5,000.
+    assert sorted(asked) == [b"", b"d0", b"d1", b"d2", b"d3", b"d4", b"d5", b"d6", b"d7"]
+    # Of the changed blocks only the lines that differ were decoded: d0 one line each
+    # side, d1 and d2 the name that went and the one that came, d3 doc03 and the note.
+    assert sorted(decode_line(line).name for line in decoded) == sorted([
+        b"doc00.txt", b"doc00.txt", b"doc01.txt", b"moved.txt", b"doc02.txt",
+        b"doc02.txt.crypt", b"doc03.txt", b"README_TO_DECRYPT.txt"])
+    # The count it is told is what it uses (the shared lines are not decoded): told 1,000
+    # files each, the five identical blocks (60 files) count 5,000, and each of the four
+    # changed ones 1,000 less the files among its differing new lines (1 each).
     told = compare(blocks(store, a), blocks(store, b), NOTES, lambda p, lines: 1000)
-    assert told.unchanged == ch.unchanged - 60 + 5 * 1000
+    assert told.unchanged == 5 * 1000 + 4 * (1000 - 1)
+    # Facts that do not know a changed block: it is decoded whole, with the same answer.
+    decoded.clear()
+    assert compare(blocks(store, a), blocks(store, b), NOTES,
+                   lambda p, lines: None if p == b"d0" else known_files(p, lines)) == ch
+    assert len(decoded) == 2 * 15 + 3 * 2  # d0 both sides whole, d1-d3 as before
 
 
 def test_note_patterns_match_known_notes_only() -> None:
