@@ -71,6 +71,8 @@ log = logging.getLogger("rdr.agent.backup")
 #: range whose snapshot was force-pruned meanwhile) re-reads the files that use them, and
 #: the last pass reads everything.
 MAX_PASSES = 3
+_NO_PARENT: tuple[None, None] = (None, None)
+_FILE_TYPES = (FILE, HARDLINK)
 WARM_MAX = 8 * 2**20  # bigger files are read sequentially with the kernel's own readahead
 MAX_UNREADABLE_SENT = 1000
 
@@ -289,14 +291,18 @@ class Producer:
             if self.stop.is_set():
                 raise Cancelled
             previous = self.parent.lookup(cpath)
-            self._warm(children, previous)
+            # Each child's parent entry and whether it is unchanged, once: the prefetch
+            # below and the entries after it both need them.
+            prevs = [previous.get(c.name, _NO_PARENT) for c in children]
+            unchanged = self._unchanged
+            sames = [unchanged(p[0], c.st) for c, p in zip(children, prevs)]
+            self._warm(children, sames)
             entries: list[Entry] = []
             lines: list[bytes | None] = []  # the parent's line of an unchanged file
             pendings: list[tuple[Entry, list]] = []
             links: list[tuple[Entry, Entry]] = []
-            for child in children:
-                prev, prev_line = previous.get(child.name, (None, None))
-                e, line = self._entry(cpath, child, prev, prev_line, pendings, links)
+            for child, (prev, prev_line), same in zip(children, prevs, sames):
+                e, line = self._entry(cpath, child, prev, prev_line, same, pendings, links)
                 if e is not None:
                     entries.append(e)
                     lines.append(line)
@@ -314,10 +320,11 @@ class Producer:
         self._queue_block(b"", [e], [None], [(e, pend)], [])
 
     def _entry(self, cpath: bytes, child: Child, prev: Entry | None, prev_line: bytes | None,
-               pendings: list[tuple[Entry, list]], links: list[tuple[Entry, Entry]],
-               ) -> tuple[Entry | None, bytes | None]:
+               unchanged: bool, pendings: list[tuple[Entry, list]],
+               links: list[tuple[Entry, Entry]]) -> tuple[Entry | None, bytes | None]:
         """The child's catalog entry, and the parent's catalog line when the entry is that
-        line's to the byte (an unchanged file: written again without encoding)."""
+        line's to the byte (an unchanged file: written again without encoding).
+        `unchanged`: `_unchanged(prev, child.st)`."""
         st = child.st
         mode = st.st_mode
         same = False
@@ -333,7 +340,7 @@ class Producer:
                 links.append((e, self._links[key][1]))
                 self.stats.files += 1
                 return e, None
-            same = self._unchanged(prev, st)
+            same = unchanged
             pend = self._file_ranges(child, e, prev, same)
             if pend is None:
                 return None, None
@@ -376,13 +383,15 @@ class Producer:
         self.stats.unreadable.append((os.fsdecode(path), exc.strerror or str(exc)))
 
     def _unchanged(self, prev: Entry | None, st: os.stat_result) -> bool:
-        return (prev is not None and prev.type in (FILE, HARDLINK) and prev.size == st.st_size
-                and prev.mtime_ns == st.st_mtime_ns and prev.ctime_ns == st.st_ctime_ns
-                and prev.ino == st.st_ino
-                and not any(r.chunk in self.low_use for r in prev.ranges))
+        """A regular file whose parent entry can stand (its data is not read again)."""
+        if (prev is None or prev.ino != st.st_ino or prev.mtime_ns != st.st_mtime_ns
+                or prev.ctime_ns != st.st_ctime_ns or prev.size != st.st_size
+                or prev.type not in _FILE_TYPES or not stat.S_ISREG(st.st_mode)):
+            return False
+        low = self.low_use  # usually empty: no per-range test then
+        return not low or low.isdisjoint([r.chunk for r in prev.ranges])
 
-    def _warm(self, children: list[Child],
-              previous: dict[bytes, tuple[Entry, bytes]]) -> None:
+    def _warm(self, children: list[Child], sames: list[bool]) -> None:
         """Ask the kernel to start reading the files of this directory that will be read.
 
         Reading small files one after another from a cold disk waits on one I/O at a time;
@@ -390,9 +399,8 @@ class Producer:
         follow mostly hit the page cache (restic gets the same from parallel readers)."""
         if self.prefetch is None:
             return
-        paths = [c.path for c in children
-                 if stat.S_ISREG(c.st.st_mode) and 0 < c.st.st_size <= WARM_MAX
-                 and not self._unchanged(previous.get(c.name, (None,))[0], c.st)]
+        paths = [c.path for c, same in zip(children, sames)
+                 if not same and stat.S_ISREG(c.st.st_mode) and 0 < c.st.st_size <= WARM_MAX]
         if paths:
             self.prefetch.submit(_warm_files, paths)
 

@@ -234,7 +234,7 @@ class Walker:
             try:
                 with os.scandir(fs_dir) as it:
                     for de in it:
-                        full = os.path.join(fs_dir, de.name)
+                        full = de.path  # fs_dir joined to the name, in C
                         if self.exclude(de.name, full):
                             out.excluded.append(full)
                             continue

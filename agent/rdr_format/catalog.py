@@ -152,35 +152,53 @@ def _int(d: dict, key: str, default: int | None = None, lo: int = 0, hi: int = (
     return v
 
 
+_U32 = 2**32 - 1
+_I64_LO, _I64_HI = -(2**63), (1 << 63) - 1
+
+
 def decode_entry(d: object) -> Entry:
+    """One entry, checked. Every catalog read decodes each entry it needs through here (the
+    agent its parent's, the appliance a commit's), so the common fields are tested inline
+    and `_int` runs only to name the field that is wrong."""
     if not isinstance(d, dict):
         raise CatalogError("entry is not an object")
-    name = dec_bytes(d.get("n"), "entry name")
+    get = d.get
+    name = dec_bytes(get("n"), "entry name")
     check_name(name)
-    typ = d.get("t")
+    typ = get("t")
     if typ not in TYPES:
         raise CatalogError(f"entry {name!r} has unknown type {typ!r}")
-    e = Entry(name=name, type=typ, mode=_int(d, "m", hi=0o7777), uid=_int(d, "u", hi=2**32 - 1),
-              gid=_int(d, "g", hi=2**32 - 1), mtime_ns=_int(d, "mt", lo=-(2**63)))
+    m, u, g, mt = get("m"), get("u"), get("g"), get("mt")
+    if not (type(m) is int and 0 <= m <= 0o7777 and type(u) is int and 0 <= u <= _U32
+            and type(g) is int and 0 <= g <= _U32 and type(mt) is int
+            and _I64_LO <= mt <= _I64_HI):
+        m, u, g = _int(d, "m", hi=0o7777), _int(d, "u", hi=_U32), _int(d, "g", hi=_U32)
+        mt = _int(d, "mt", lo=_I64_LO)
+    e = Entry(name, typ, m, u, g, mt)
     if typ in (FILE, HARDLINK):
-        e.size = _int(d, "s")
-        e.ino = _int(d, "ino", 0)
-        e.ctime_ns = _int(d, "ct", 0, lo=-(2**63))
-        raw = d.get("r")
+        size, ino, ct = get("s"), get("ino", 0), get("ct", 0)
+        if not (type(size) is int and 0 <= size <= _I64_HI and type(ino) is int
+                and 0 <= ino <= _I64_HI and type(ct) is int and _I64_LO <= ct <= _I64_HI):
+            size, ino, ct = _int(d, "s"), _int(d, "ino", 0), _int(d, "ct", 0, lo=_I64_LO)
+        e.size, e.ino, e.ctime_ns = size, ino, ct
+        raw = get("r")
         if not isinstance(raw, list):
             raise CatalogError(f"entry {name!r} has no ranges list")
         total = 0
+        ranges = e.ranges
         for r in raw:
-            if not (isinstance(r, list) and len(r) == 4 and is_chunk_id(r[0])
-                    and all(type(x) is int for x in r[1:])):
+            if not (isinstance(r, list) and len(r) == 4):
                 raise CatalogError(f"entry {name!r} has a malformed range")
-            _, off, length, csize = r
+            cid, off, length, csize = r
+            if not (type(off) is int and type(length) is int and type(csize) is int
+                    and is_chunk_id(cid)):
+                raise CatalogError(f"entry {name!r} has a malformed range")
             if not (off >= 0 and length > 0 and off + length <= csize <= MAX_PLAIN_SIZE):
                 raise CatalogError(f"entry {name!r} has a range outside its chunk")
-            e.ranges.append(Range(r[0], off, length, csize))
+            ranges.append(Range(cid, off, length, csize))
             total += length
-        if total != e.size:
-            raise CatalogError(f"entry {name!r}: ranges cover {total} bytes, size is {e.size}")
+        if total != size:
+            raise CatalogError(f"entry {name!r}: ranges cover {total} bytes, size is {size}")
     if "l" in d:
         e.link = dec_bytes(d["l"], "link target")
         if b"\0" in e.link or not e.link:

@@ -16,6 +16,7 @@ from rdr_format.catalog import (
     Entry,
     Range,
     decode_block,
+    decode_line,
     iter_blocks,
     iter_index,
     locate,
@@ -117,6 +118,40 @@ def test_hostile_entries_are_refused(line: bytes) -> None:
     cat = b'{"d":"","n":1}\n' + line + b"\n"
     with pytest.raises(CatalogError):
         list(iter_blocks([cat]))
+
+
+GOOD_FILE = {"n": "a", "t": "f", "m": 0o644, "u": 1000, "g": 1000, "mt": -5, "s": 5,
+             "ino": 7, "ct": 9, "r": [[CID, 0, 5, 5]]}
+
+
+@pytest.mark.parametrize(("key", "bad"), [
+    (k, v) for k in ("m", "u", "g", "mt", "s", "ino", "ct")
+    for v in (None, True, 1.5, "1", -(2**63) - 1 if k in ("mt", "ct") else -1, 2**63)
+] + [("m", 0o10000), ("u", 2**32), ("g", 2**32)])
+def test_each_bad_field_is_refused_by_name(key: str, bad: object) -> None:
+    """The decoder tests the common fields inline and names the wrong one: a missing, boolean,
+    fractional, textual or out-of-range value in any of them is refused as that field."""
+    assert decode_line(json.dumps(GOOD_FILE).encode()).size == 5
+    d = dict(GOOD_FILE)
+    if bad is None:
+        if key in ("ino", "ct"):  # optional: absent means 0
+            assert getattr(decode_line(json.dumps({k: v for k, v in d.items() if k != key})
+                                       .encode()), "ino" if key == "ino" else "ctime_ns") == 0
+            return
+        del d[key]
+    else:
+        d[key] = bad
+    with pytest.raises(CatalogError, match=f"'{key}'"):
+        decode_line(json.dumps(d).encode())
+
+
+@pytest.mark.parametrize("bad_range", [
+    [CID, 0, 5], [CID, 0, True, 5], [CID, 0.0, 5, 5], [CID.upper(), 0, 5, 5], [1, 0, 5, 5],
+    [CID, -1, 5, 5], [CID, 0, 0, 5], [CID, 1, 5, 5], "x"])
+def test_each_bad_range_is_refused(bad_range: object) -> None:
+    d = dict(GOOD_FILE, r=[bad_range])
+    with pytest.raises(CatalogError, match="range"):
+        decode_line(json.dumps(d).encode())
 
 
 def test_index_must_match_catalog() -> None:
