@@ -5,7 +5,7 @@ no internet (appliance/enrol/installer.py reads it, docs/ENROLMENT.md).
 
 For every CPython (3.9 to 3.13 by default) and architecture (x86_64, aarch64), ``pip
 download --only-binary=:all:`` fetches the agent's dependencies as manylinux wheels (pip
-evaluates the dependency markers for that target: tomli and the older aiohttp on 3.9) and
+evaluates the dependency markers for that target: tomli on 3.9 and 3.10) and
 pip itself (the installer runs pip from its wheel: Debian's python3 lacks ensurepip). The
 agent is built once as a pure-Python wheel. Layout:
 

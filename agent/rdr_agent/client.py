@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import random
@@ -13,9 +14,15 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import aiohttp
-
 from rdr_agent.errors import ApplianceError, ConnectError, Endpoint
+from rdr_agent.http import (
+    ConnectFailed,
+    ConnectionLost,
+    FingerprintMismatch,
+    HTTPPool,
+    Response,
+    TLSFailed,
+)
 from rdr_agent.util.ratelimit import Pacer
 from rdr_format import __version__
 
@@ -36,20 +43,20 @@ def describe(exc: BaseException) -> str:
     return text if text else type(exc).__name__
 
 
-def ssl_for(ep: Endpoint) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+def ssl_for(ep: Endpoint) -> ssl.SSLContext | bytes:
+    """The pinned certificate's SHA-256, or a context verifying against the CA given (else
+    the system's)."""
     if ep.fingerprint:
         digest = bytes.fromhex(ep.fingerprint.replace(":", "").strip())
         if len(digest) != hashlib.sha256().digest_size:
             raise ValueError("the certificate fingerprint must be a SHA-256 digest (64 hex)")
-        return aiohttp.Fingerprint(digest)
+        return digest
     ctx = ssl.create_default_context(cafile=ep.ca_file) if ep.ca_file else \
         ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
 
-_TLS_FAILURES = (aiohttp.ServerFingerprintMismatch, aiohttp.ClientConnectorCertificateError,
-                 aiohttp.ClientSSLError)
 def _hex(digest: bytes) -> str:
     """A SHA-256 digest as `rdr status` and the page show it: hex pairs joined by colons."""
     return ":".join(f"{b:02X}" for b in digest)
@@ -58,12 +65,14 @@ def _hex(digest: bytes) -> str:
 def _refused(exc: BaseException) -> bool:
     """Did the connection attempt end in ECONNREFUSED (no listener at that port) or fail to
     resolve the name: what waiting does not change while the URL is wrong?"""
-    return isinstance(exc, aiohttp.ClientConnectorDNSError) or (
-        isinstance(exc, aiohttp.ClientConnectorError)
-        and isinstance(exc.os_error, ConnectionRefusedError))
+    return isinstance(exc, ConnectFailed) and (exc.refused or exc.unresolved)
 
 
-_TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError, asyncio.TimeoutError)
+_TRANSIENT = (ConnectFailed, ConnectionLost, asyncio.TimeoutError)
+
+
+_JSON = {"Content-Type": "application/json"}
+_OCTETS = {"Content-Type": "application/octet-stream"}
 
 
 class ApplianceClient:
@@ -77,13 +86,11 @@ class ApplianceClient:
         self._pacer = Pacer()
         #: The appliance has answered once: a refused connection after that is a restart.
         self._reached = False
-        self._ssl = ssl_for(ep)
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=connections, ssl=self._ssl),
+        self._http = HTTPPool(
+            self.base, ssl_for(ep), limit=connections,
             headers={"Authorization": f"Bearer {ep.token}",
                      "X-RDR-Agent": f"rdr-agent/{__version__}"},
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=300),
-        )
+            connect_timeout=15, read_timeout=300)
 
     async def close(self) -> None:
         await self._http.close()
@@ -106,15 +113,15 @@ class ApplianceClient:
                         or exc.code == "busy" or attempt == self.retries:
                     raise  # (a busy appliance: the caller waits for its slot)
                 log.warning("appliance answered %s (%s); retrying", exc.status, exc.code)
-            except _TLS_FAILURES as exc:
+            except TLSFailed as exc:
                 raise ConnectError(self._tls_failure(exc)) from None
             except _TRANSIENT as exc:
                 if _refused(exc) and not self._reached:
                     # Nothing listens there (a wrong URL or port, or the daemon is not
                     # running): waiting does not make it listen, so say so at once. Once the
                     # appliance has answered, a refusal is a restart and worth the retries.
-                    why = "unknown host name" if isinstance(
-                        exc, aiohttp.ClientConnectorDNSError) else "connection refused"
+                    why = "unknown host name" if isinstance(exc, ConnectFailed) and \
+                        exc.unresolved else "connection refused"
                     raise ConnectError(f"cannot reach the appliance at {self.ep.url}: {why} "
                                        "(is the URL and port right, and is the appliance "
                                        "running?)") from None
@@ -128,11 +135,11 @@ class ApplianceClient:
             delay = min(delay * 2, 15)
         raise AssertionError("unreachable")
 
-    def _tls_failure(self, exc: BaseException) -> str:
-        """One readable line: aiohttp's fingerprint mismatch prints as a tuple of raw bytes,
-        and the hint names only the option actually in use."""
+    def _tls_failure(self, exc: TLSFailed) -> str:
+        """One readable line: the fingerprints as `rdr status` shows them, and the hint
+        names only the option actually in use."""
         where = f"the appliance at {self.ep.url}"
-        if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+        if isinstance(exc, FingerprintMismatch):
             return (f"{where} failed TLS verification: its certificate's fingerprint is "
                     f"{_hex(exc.got)}, not the pinned {_hex(exc.expected)} (check "
                     "--fingerprint)")
@@ -141,27 +148,26 @@ class ApplianceClient:
         else:
             hint = ("pin its certificate with --fingerprint (the appliance logs it at start) "
                     "or give its CA with --ca")
-        reason = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) \
-            or exc
-        text = getattr(reason, "verify_message", None) or getattr(reason, "reason", None) \
-            or str(reason)
-        return f"{where} failed TLS verification: {text} ({hint})"
+        return f"{where} failed TLS verification: {exc.reason} ({hint})"
 
     @staticmethod
-    async def _check(resp: aiohttp.ClientResponse) -> None:
+    async def _check(resp: Response) -> None:
         if resp.status < 400:
             return
         try:
-            body = await resp.json(content_type=None)
+            body = await resp.json()
             code, message = body.get("error", "error"), body.get("message", resp.reason)
-        except (ValueError, aiohttp.ContentTypeError, AttributeError):
+        except (ValueError, AttributeError):
             body, code, message = None, "http_error", f"HTTP {resp.status} {resp.reason}"
         raise ApplianceError(resp.status, code, message, body)
 
     async def _json(self, method: str, path: str, body: Any = None, *,
                     idempotent: bool = True) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = None if body is None else _JSON
+
         async def call() -> Any:
-            async with self._http.request(method, self.base + path, json=body) as resp:
+            async with self._http.request(method, path, data, headers) as resp:
                 await self._check(resp)
                 if resp.status == 204:
                     return None
@@ -202,9 +208,8 @@ class ApplianceClient:
     async def put_chunk(self, sid: str, cid: str, data: bytes) -> bool:
         async def call() -> bool:
             await self._pacer.pace(len(data), self.upload_kbps)
-            async with self._http.put(f"{self.base}/sessions/{sid}/chunks/{cid}", data=data,
-                                      headers={"Content-Type": "application/octet-stream"}
-                                      ) as resp:
+            async with self._http.request("PUT", f"/sessions/{sid}/chunks/{cid}", data,
+                                          _OCTETS) as resp:
                 await self._check(resp)
                 return resp.status == 201
 
@@ -236,8 +241,8 @@ class ApplianceClient:
         headers = {"X-RDR-Restore": str(self.restore_id)} if self.restore_id else None
 
         async def call() -> bytes:
-            async with self._http.get(f"{self.base}/snapshots/{snap}/chunks/{cid}",
-                                      headers=headers) as resp:
+            async with self._http.request("GET", f"/snapshots/{snap}/chunks/{cid}",
+                                          None, headers) as resp:
                 await self._check(resp)
                 return await resp.read()
 
@@ -258,12 +263,12 @@ class ApplianceClient:
         """Download a running job's catalog (the selected paths only) to `out`; returns
         its size. Written piece by piece: a whole-snapshot job's catalog can be large."""
         async def call() -> int:
-            async with self._http.get(f"{self.base}/agent/jobs/{int(jid)}/catalog") as resp:
+            async with self._http.request("GET", f"/agent/jobs/{int(jid)}/catalog") as resp:
                 await self._check(resp)
                 n = 0
                 f = await asyncio.to_thread(open, out, "wb")
                 try:
-                    async for piece in resp.content.iter_chunked(1 << 20):
+                    async for piece in resp.iter_chunked(1 << 20):
                         await asyncio.to_thread(f.write, piece)  # the loop never waits on disk
                         n += len(piece)
                 finally:
@@ -276,7 +281,8 @@ class ApplianceClient:
         """A chunk file of a running job: only the selected files' bytes of the chunk (the
         rest zeroed), so its plaintext does not hash to `cid`."""
         async def call() -> bytes:
-            async with self._http.get(f"{self.base}/agent/jobs/{int(jid)}/chunks/{cid}") as resp:
+            async with self._http.request("GET", f"/agent/jobs/{int(jid)}/chunks/{cid}"
+                                          ) as resp:
                 await self._check(resp)
                 return await resp.read()
 

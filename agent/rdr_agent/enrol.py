@@ -70,31 +70,35 @@ def write_config(path: Path, url: str, fingerprint: str, token: str) -> None:
 
 async def exchange(url: str, fingerprint: str, code: str, report: dict | None) -> dict:
     """POST the code (and the first report) to the appliance, pinned to `fingerprint`."""
-    import aiohttp
-
     from rdr_agent.client import ssl_for
+    from rdr_agent.http import FingerprintMismatch, HTTPError, HTTPPool
 
     ep = Endpoint(url, "", fingerprint)
-    timeout = aiohttp.ClientTimeout(total=120, sock_connect=15)
+    pool = HTTPPool(url.rstrip("/") + "/api/v1", ssl_for(ep), limit=1,
+                    headers={"X-RDR-Agent": f"rdr-agent/{__version__}"},
+                    connect_timeout=15, read_timeout=120)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as http, http.post(
-                url.rstrip("/") + "/api/v1/enrol/exchange", ssl=ssl_for(ep),
-                json={"code": code, "report": report},
-                headers={"X-RDR-Agent": f"rdr-agent/{__version__}"}) as resp:
-            body = await resp.json(content_type=None)
+        async with pool.request("POST", "/enrol/exchange", json.dumps(
+                {"code": code, "report": report}).encode(),
+                {"Content-Type": "application/json"}) as resp:
+            body = await resp.json()
             if resp.status >= 400:
+                if not isinstance(body, dict):
+                    body = {}
                 raise ApplianceError(resp.status, body.get("error", "error"),
                                      body.get("message", resp.reason or ""), body)
             return body
-    except aiohttp.ServerFingerprintMismatch:
+    except FingerprintMismatch:
         raise ConnectError(f"the appliance at {url} is not the one this command was made "
                            "for (its certificate does not match the pinned fingerprint)"
                            ) from None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+    except (HTTPError, ValueError) as exc:  # ValueError: an answer that is not JSON
         if isinstance(exc, ApplianceError):
             raise
         raise ConnectError(f"cannot reach the appliance at {url}: "
                            f"{exc or type(exc).__name__}") from None
+    finally:
+        await pool.close()
 
 
 async def cmd_enrol(args: argparse.Namespace, _: AgentSettings | None) -> int:

@@ -1,6 +1,6 @@
 """What the agent's connection to the appliance is and raises, apart from the HTTP client:
-the command line names these at start-up, and importing aiohttp costs ~0.1 s that `--help`,
-a usage error or a restore from a disk should not pay."""
+the command line names these at start-up, and `--help`, a usage error or a restore from a
+disk should not pay for loading the client, TLS and the HTTP code."""
 
 from __future__ import annotations
 
