@@ -21,13 +21,15 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-#: Longest status or header line, and most header lines, accepted from the appliance.
-MAX_LINE = 16 << 10
+#: Longest answer head (status and header lines), and most header lines, accepted.
+MAX_HEAD = 64 << 10
 MAX_HEADERS = 100
+T = TypeVar("T")
+
 #: An idle connection older than this is closed rather than reused (aiohttp's server closes
 #: them after 75 s; a reused connection the server has closed costs the call a retry).
 IDLE_SECONDS = 15.0
@@ -61,14 +63,40 @@ class FingerprintMismatch(TLSFailed):
 
 
 class _Conn:
-    __slots__ = ("idle_since", "reader", "writer")
+    __slots__ = ("expired", "idle_since", "reader", "timeout", "writer")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 timeout: float) -> None:
+        self.reader, self.writer, self.timeout = reader, writer, timeout
         self.idle_since = 0.0
+        self.expired = False
 
     def close(self) -> None:
         self.writer.close()
+
+    async def io(self, aw: Awaitable[T]) -> T:
+        """`aw` (a read or a drain), given up after `timeout` seconds.
+
+        A timer that aborts the connection, not `asyncio.wait_for`: that wraps each await
+        in a task of its own, and a backup makes a few awaits per chunk it sends."""
+        timer = asyncio.get_running_loop().call_later(self.timeout, self._expire)
+        try:
+            return await aw
+        except asyncio.IncompleteReadError:
+            raise ConnectionLost(self._why("the appliance closed the connection")) from None
+        except asyncio.LimitOverrunError:
+            raise ConnectionLost("an over-long answer head") from None
+        except OSError as exc:  # resets and TLS errors alike
+            raise ConnectionLost(self._why(f"connection lost: {exc}")) from None
+        finally:
+            timer.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.writer.transport.abort()  # the pending read or drain ends at once
+
+    def _why(self, what: str) -> str:
+        return f"no answer within {self.timeout:.0f} s" if self.expired else what
 
 
 class Response:
@@ -77,10 +105,9 @@ class Response:
     its end."""
 
     def __init__(self, conn: _Conn, status: int, reason: str, headers: dict[str, str],
-                 read_timeout: float, head_only: bool) -> None:
+                 head_only: bool) -> None:
         self._conn = conn
         self.status, self.reason, self.headers = status, reason, headers
-        self._timeout = read_timeout
         self.complete = False
         self.keep_alive = headers.get("connection", "").lower() != "close"
         self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
@@ -97,49 +124,42 @@ class Response:
         if self._left == 0:
             self.complete = True
 
-    async def _io(self, aw: Any) -> Any:
-        try:
-            return await asyncio.wait_for(aw, self._timeout)
-        except asyncio.TimeoutError:
-            raise ConnectionLost(f"no answer within {self._timeout:.0f} s") from None
-        except asyncio.IncompleteReadError:
-            raise ConnectionLost("the appliance closed the connection mid-answer") from None
-        except asyncio.LimitOverrunError:
-            raise ConnectionLost("an over-long line in the answer") from None
-        except OSError as exc:  # resets and TLS errors alike
-            raise ConnectionLost(f"connection lost: {exc}") from None
+    @property
+    def unread(self) -> int | None:
+        """Bytes of the body not read yet, when known (a Content-Length body)."""
+        return None if self._chunked else self._left
 
     async def iter_chunked(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The body in pieces of at most `size` bytes, as they arrive."""
         reader = self._conn.reader
         if self._chunked:
             while True:
-                line = await self._io(reader.readuntil(b"\r\n"))
+                line = await self._conn.io(reader.readuntil(b"\r\n"))
                 try:
                     n = int(line.split(b";", 1)[0].strip(), 16)
                 except ValueError:
                     raise ConnectionLost("malformed chunked body in the answer") from None
                 if n == 0:
-                    while (await self._io(reader.readuntil(b"\r\n"))) != b"\r\n":
+                    while (await self._conn.io(reader.readuntil(b"\r\n"))) != b"\r\n":
                         pass  # trailers
                     break
                 while n > 0:
-                    piece = await self._io(reader.read(min(n, size)))
+                    piece = await self._conn.io(reader.read(min(n, size)))
                     if not piece:
                         raise ConnectionLost("the appliance closed the connection mid-answer")
                     n -= len(piece)
                     yield piece
-                await self._io(reader.readexactly(2))
+                await self._conn.io(reader.readexactly(2))
         elif self._left is not None:
             while self._left > 0:
-                piece = await self._io(reader.read(min(self._left, size)))
+                piece = await self._conn.io(reader.read(min(self._left, size)))
                 if not piece:
                     raise ConnectionLost("the appliance closed the connection mid-answer")
                 self._left -= len(piece)
                 yield piece
         else:
             while True:
-                piece = await self._io(reader.read(size))
+                piece = await self._conn.io(reader.read(size))
                 if not piece:
                     break
                 yield piece
@@ -148,7 +168,7 @@ class Response:
     async def read(self) -> bytes:
         if self._left is not None and not self._chunked:
             if self._left:
-                data = await self._io(self._conn.reader.readexactly(self._left))
+                data = await self._conn.io(self._conn.reader.readexactly(self._left))
                 self._left = 0
             else:
                 data = b""
@@ -160,6 +180,11 @@ class Response:
         """The body as JSON; None when it is empty."""
         data = await self.read()
         return json.loads(data) if data.strip() else None
+
+
+#: An answer's body left unread up to this size is read off so its connection is reused
+#: (a chunk upload's answer is a short JSON object the client does not need).
+DRAIN_MAX = 64 << 10
 
 
 class HTTPPool:
@@ -212,7 +237,7 @@ class HTTPPool:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 self.host, self.port, ssl=self._ctx,
                 server_hostname=self.host if self._ctx is not None else None,
-                limit=MAX_LINE), self._connect_timeout)
+                limit=MAX_HEAD), self._connect_timeout)
         except asyncio.TimeoutError:
             raise ConnectFailed(f"no connection within {self._connect_timeout:.0f} s") from None
         except socket.gaierror as exc:
@@ -226,7 +251,7 @@ class HTTPPool:
             raise ConnectFailed("connection refused", refused=True) from None
         except OSError as exc:
             raise ConnectFailed(exc.strerror or str(exc)) from None
-        conn = _Conn(reader, writer)
+        conn = _Conn(reader, writer, self._read_timeout)
         if self._pin is not None:
             der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True) or b""
             got = hashlib.sha256(der).digest()
@@ -270,47 +295,33 @@ class HTTPPool:
             conn.writer.write("".join(head).encode("latin-1"))
             if body:
                 conn.writer.write(body)
-            await asyncio.wait_for(conn.writer.drain(), self._read_timeout)
+            await conn.io(conn.writer.drain())
             resp = await self._read_head(conn, method == "HEAD")
         except BaseException:
             conn.close()
             raise
         return conn, resp
 
-    async def _read_head(self, conn: _Conn, head_only: bool) -> Response:
-        async def line() -> bytes:
-            try:
-                got = await asyncio.wait_for(conn.reader.readuntil(b"\r\n"), self._read_timeout)
-            except asyncio.TimeoutError:
-                raise ConnectionLost(f"no answer within {self._read_timeout:.0f} s") from None
-            except asyncio.IncompleteReadError:
-                raise ConnectionLost("the appliance closed the connection") from None
-            except asyncio.LimitOverrunError:
-                raise ConnectionLost("an over-long header line in the answer") from None
-            except OSError as exc:
-                raise ConnectionLost(f"connection lost: {exc}") from None
-            return got[:-2]
-
+    @staticmethod
+    async def _read_head(conn: _Conn, head_only: bool) -> Response:
         while True:  # skip interim (1xx) answers
-            status_line = (await line()).decode("latin-1")
-            parts = status_line.split(" ", 2)
+            raw = await conn.io(conn.reader.readuntil(b"\r\n\r\n"))
+            lines = raw[:-4].decode("latin-1").split("\r\n")
+            if len(lines) > MAX_HEADERS + 1:
+                raise ConnectionLost("too many header lines in the answer")
+            parts = lines[0].split(" ", 2)
             if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                raise ConnectionLost(f"not an HTTP answer: {status_line[:80]!r}")
+                raise ConnectionLost(f"not an HTTP answer: {lines[0][:80]!r}")
             headers: dict[str, str] = {}
-            for _ in range(MAX_HEADERS + 1):
-                raw = await line()
-                if not raw:
-                    break
-                name, sep, value = raw.decode("latin-1").partition(":")
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
                 if not sep:
                     raise ConnectionLost("a malformed header line in the answer")
                 headers[name.strip().lower()] = value.strip()
-            else:
-                raise ConnectionLost("too many header lines in the answer")
             status = int(parts[1])
             if status >= 200 or status == 101:
                 return Response(conn, status, parts[2] if len(parts) > 2 else "", headers,
-                                self._read_timeout, head_only)
+                                head_only)
 
 
 class _Call:
@@ -333,5 +344,13 @@ class _Call:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._conn is not None
-        self.pool._give_back(self._conn, self._resp if exc[0] is None else None)
-        self.pool._slots.release()
+        resp = self._resp if exc[0] is None else None
+        try:
+            if resp is not None and not resp.complete and resp.keep_alive \
+                    and resp.unread is not None and resp.unread <= DRAIN_MAX:
+                await resp.read()
+        except HTTPError:
+            resp = None
+        finally:
+            self.pool._give_back(self._conn, resp)
+            self.pool._slots.release()

@@ -93,6 +93,9 @@ async def test_calls_share_connections_and_never_exceed_the_limit(server: Server
                 assert resp.status == 200
                 assert await resp.json() == {"method": "POST", "len": 3 * i,
                                              "auth": "Bearer t", "q": str(i)}
+        for _ in range(3):  # a short answer left unread is read off, the connection kept
+            async with pool.request("PUT", "/echo", b"x" * 100) as resp:
+                assert resp.status == 200
         assert len(server.peers) == 1  # one after the other: one connection
 
         async def one() -> bytes:
