@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 #: Longest answer head (status and header lines), and most header lines, accepted.
 MAX_HEAD = 64 << 10
 MAX_HEADERS = 100
+#: Largest body read whole (a chunk file is at most 4 MiB; a snapshot list is far smaller).
+MAX_BODY = 256 << 20
 T = TypeVar("T")
 
 #: An idle connection older than this is closed rather than reused (aiohttp's server closes
@@ -135,10 +137,10 @@ class Response:
         if self._chunked:
             while True:
                 line = await self._conn.io(reader.readuntil(b"\r\n"))
-                try:
-                    n = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise ConnectionLost("malformed chunked body in the answer") from None
+                field = line.split(b";", 1)[0].strip()
+                if not field or field.strip(b"0123456789abcdefABCDEF"):
+                    raise ConnectionLost("malformed chunked body in the answer")
+                n = int(field, 16)
                 if n == 0:
                     while (await self._conn.io(reader.readuntil(b"\r\n"))) != b"\r\n":
                         pass  # trailers
@@ -166,7 +168,10 @@ class Response:
         self.complete = True
 
     async def read(self) -> bytes:
+        """The whole body, at most MAX_BODY bytes (a larger one is streamed instead)."""
         if self._left is not None and not self._chunked:
+            if self._left > MAX_BODY:
+                raise ConnectionLost(f"an answer of {self._left} bytes, more than expected")
             if self._left:
                 data = await self._conn.io(self._conn.reader.readexactly(self._left))
                 self._left = 0
@@ -174,7 +179,13 @@ class Response:
                 data = b""
             self.complete = True
             return data
-        return b"".join([piece async for piece in self.iter_chunked()])
+        pieces, n = [], 0
+        async for piece in self.iter_chunked():
+            n += len(piece)
+            if n > MAX_BODY:
+                raise ConnectionLost(f"an answer of more than {MAX_BODY} bytes")
+            pieces.append(piece)
+        return b"".join(pieces)
 
     async def json(self) -> Any:
         """The body as JSON; None when it is empty."""

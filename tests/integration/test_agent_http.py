@@ -219,8 +219,19 @@ async def _bad_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     await writer.drain()
 
 
+async def _signed_chunk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nabc\r\n")
+    await writer.drain()
+
+
+async def _huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(5)  # refused at once, not buffered up to a terabyte
+
+
 @pytest.mark.parametrize("answer", [_silent, _short, _long_header, _many_headers, _not_http,
-                                    _bad_chunks])
+                                    _bad_chunks, _signed_chunk, _huge])
 async def test_a_bad_answer_is_a_lost_connection_not_a_hang(answer: Callable) -> None:
     srv, url = await raw_server(answer)
     pool = HTTPPool(url, None, read_timeout=0.5)
