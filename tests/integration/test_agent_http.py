@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -177,12 +177,14 @@ async def test_a_closed_port_is_refused_at_once(server: Server) -> None:
     await server.runner.setup()
 
 
-async def raw_server(answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                      Awaitable[None]]) -> tuple[asyncio.AbstractServer, str]:
+async def raw_server(answer: bytes) -> tuple[asyncio.AbstractServer, str]:
+    """A server that reads a request head, sends `answer`, then stays silent for 5 s."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         try:
-            await answer(reader, writer)
+            writer.write(answer)
+            await writer.drain()
+            await asyncio.sleep(5)
         finally:
             writer.close()
 
@@ -190,49 +192,22 @@ async def raw_server(answer: Callable[[asyncio.StreamReader, asyncio.StreamWrite
     return srv, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
 
 
-async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await asyncio.sleep(5)
+OK = b"HTTP/1.1 200 OK\r\n"
+BAD_ANSWERS = {
+    "silent": b"",
+    "short": OK + b"Content-Length: 100\r\n\r\n" + b"y" * 50,
+    "long header": OK + b"X-Big: " + b"a" * (64 << 10) + b"\r\n\r\n",
+    "many headers": OK + b"X-A: b\r\n" * 1000 + b"\r\n",
+    "not http": b"SSH-2.0-OpenSSH_9.2\r\n",
+    "bad chunk size": OK + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+    "signed chunk size": OK + b"Transfer-Encoding: chunked\r\n\r\n-5\r\nabc\r\n",
+    # refused at once, not buffered up to a terabyte
+    "huge": OK + b"Content-Length: 1000000000000\r\n\r\n",
+}
 
 
-async def _short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"y" * 50)
-    await writer.drain()
-
-
-async def _long_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (64 << 10) + b"\r\n\r\n")
-    await writer.drain()
-
-
-async def _many_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 1000 + b"\r\n")
-    await writer.drain()
-
-
-async def _not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
-    await writer.drain()
-
-
-async def _bad_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n")
-    await writer.drain()
-
-
-async def _signed_chunk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nabc\r\n")
-    await writer.drain()
-
-
-async def _huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
-    await writer.drain()
-    await asyncio.sleep(5)  # refused at once, not buffered up to a terabyte
-
-
-@pytest.mark.parametrize("answer", [_silent, _short, _long_header, _many_headers, _not_http,
-                                    _bad_chunks, _signed_chunk, _huge])
-async def test_a_bad_answer_is_a_lost_connection_not_a_hang(answer: Callable) -> None:
+@pytest.mark.parametrize("answer", BAD_ANSWERS.values(), ids=BAD_ANSWERS.keys())
+async def test_a_bad_answer_is_a_lost_connection_not_a_hang(answer: bytes) -> None:
     srv, url = await raw_server(answer)
     pool = HTTPPool(url, None, read_timeout=0.5)
     try:
