@@ -303,9 +303,12 @@ class HTTPPool:
             head.append(f"Content-Length: {len(body or b'')}\r\n")
         head.append("\r\n")
         try:
-            conn.writer.write("".join(head).encode("latin-1"))
-            if body:
-                conn.writer.write(body)
+            data = "".join(head).encode("latin-1")
+            # Head and body in one flush, and without joining them: sent alone, the head
+            # goes out as a segment of its own and the appliance starts on the request and
+            # reads its body in small pieces (10 GiB backup: daemon CPU 34 -> 43 s); joined,
+            # each upload allocates a fresh chunk-sized buffer (agent system time +6 s).
+            conn.writer.writelines((data, body) if body else (data,))
             await conn.io(conn.writer.drain())
             resp = await self._read_head(conn, method == "HEAD")
         except BaseException:
