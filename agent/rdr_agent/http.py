@@ -230,8 +230,10 @@ class HTTPPool:
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if parts.scheme == "https" else 80
         host_header = host if self.port == default else f"{host}:{self.port}"
-        self._head = "".join(f"{k}: {v}\r\n" for k, v in {
-            "Host": host_header, **(headers or {})}.items())
+        fixed = {"Host": host_header, **(headers or {})}
+        for k, v in fixed.items():
+            _plain(k + v)
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[_Conn] = []
@@ -295,6 +297,9 @@ class HTTPPool:
 
     async def _send(self, method: str, path: str, body: bytes | None,
                     headers: dict[str, str] | None) -> tuple[_Conn, Response]:
+        _plain(path, " ")
+        for k, v in (headers or {}).items():
+            _plain(k + v)
         conn = self._take_idle() or await self._connect()
         head = [f"{method} {path} HTTP/1.1\r\n", self._head]
         if headers:
@@ -336,6 +341,13 @@ class HTTPPool:
             if status >= 200 or status == 101:
                 return Response(conn, status, parts[2] if len(parts) > 2 else "", headers,
                                 head_only)
+
+
+def _plain(text: str, also: str = "") -> None:
+    """Refuse a path or header that would end its line early: a token or an id with a line
+    break in it must not add headers or a second request."""
+    if "\r" in text or "\n" in text or (also and also in text):
+        raise ValueError(f"a line break in an HTTP request line or header: {text[:40]!r}")
 
 
 class _Call:

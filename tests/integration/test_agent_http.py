@@ -164,6 +164,22 @@ async def test_another_certificate_than_the_pinned_one_is_refused(server: Server
             pass
 
 
+async def test_a_line_break_cannot_smuggle_a_header_or_a_request(server: Server) -> None:
+    with pytest.raises(ValueError):
+        HTTPPool(server.url(), server.pin, headers={"Authorization": "Bearer t\r\nX-Evil: 1"})
+    pool = HTTPPool(server.url(), server.pin)
+    try:
+        for path, headers in (("/echo HTTP/1.1\r\nX-Evil: 1\r\n\r\nGET /echo", None),
+                              ("/echo?q=a b", None),
+                              ("/echo", {"X-Id": "1\nX-Evil: 1"})):
+            with pytest.raises(ValueError):
+                async with pool.request("GET", path, headers=headers):
+                    pass
+        assert server.peers == set()  # nothing was sent
+    finally:
+        await pool.close()
+
+
 async def test_a_closed_port_is_refused_at_once(server: Server) -> None:
     port = server.port
     assert server.runner is not None
