@@ -320,14 +320,13 @@ class Producer:
         self._queue_block(b"", [e], [None], [(e, pend)], [])
 
     def _entry(self, cpath: bytes, child: Child, prev: Entry | None, prev_line: bytes | None,
-               unchanged: bool, pendings: list[tuple[Entry, list]],
+               same: bool, pendings: list[tuple[Entry, list]],
                links: list[tuple[Entry, Entry]]) -> tuple[Entry | None, bytes | None]:
         """The child's catalog entry, and the parent's catalog line when the entry is that
         line's to the byte (an unchanged file: written again without encoding).
-        `unchanged`: `_unchanged(prev, child.st)`."""
+        `same`: `_unchanged(prev, child.st)` (False for all but regular files)."""
         st = child.st
         mode = st.st_mode
-        same = False
         e = Entry(name=child.name, type=FILE, mode=stat.S_IMODE(mode), uid=st.st_uid,
                   gid=st.st_gid, mtime_ns=st.st_mtime_ns)
         if stat.S_ISREG(mode):
@@ -340,7 +339,6 @@ class Producer:
                 links.append((e, self._links[key][1]))
                 self.stats.files += 1
                 return e, None
-            same = unchanged
             pend = self._file_ranges(child, e, prev, same)
             if pend is None:
                 return None, None

@@ -68,7 +68,7 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(exc, ConnectFailed) and (exc.refused or exc.unresolved)
 
 
-_TRANSIENT = (ConnectFailed, ConnectionLost, asyncio.TimeoutError)
+_TRANSIENT = (ConnectFailed, ConnectionLost)
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -120,8 +120,8 @@ class ApplianceClient:
                     # Nothing listens there (a wrong URL or port, or the daemon is not
                     # running): waiting does not make it listen, so say so at once. Once the
                     # appliance has answered, a refusal is a restart and worth the retries.
-                    why = "unknown host name" if isinstance(exc, ConnectFailed) and \
-                        exc.unresolved else "connection refused"
+                    why = "unknown host name" if getattr(exc, "unresolved", False) \
+                        else "connection refused"
                     raise ConnectError(f"cannot reach the appliance at {self.ep.url}: {why} "
                                        "(is the URL and port right, and is the appliance "
                                        "running?)") from None

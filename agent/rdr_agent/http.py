@@ -107,7 +107,7 @@ class Response:
     its end."""
 
     def __init__(self, conn: _Conn, status: int, reason: str, headers: dict[str, str],
-                 head_only: bool) -> None:
+                 ) -> None:
         self._conn = conn
         self.status, self.reason, self.headers = status, reason, headers
         self.complete = False
@@ -115,10 +115,10 @@ class Response:
         self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         length = headers.get("content-length")
         self._left: int | None = None
-        if head_only or status in (204, 304) or 100 <= status < 200:
+        if status in (204, 304):
             self._left = 0
         elif not self._chunked and length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 raise ConnectionLost(f"bad Content-Length {length!r} in the answer")
             self._left = int(length)
         elif not self._chunked:
@@ -145,18 +145,11 @@ class Response:
                     while (await self._conn.io(reader.readuntil(b"\r\n"))) != b"\r\n":
                         pass  # trailers
                     break
-                while n > 0:
-                    piece = await self._conn.io(reader.read(min(n, size)))
-                    if not piece:
-                        raise ConnectionLost("the appliance closed the connection mid-answer")
-                    n -= len(piece)
+                async for piece in self._exactly(n, size):
                     yield piece
                 await self._conn.io(reader.readexactly(2))
         elif self._left is not None:
-            while self._left > 0:
-                piece = await self._conn.io(reader.read(min(self._left, size)))
-                if not piece:
-                    raise ConnectionLost("the appliance closed the connection mid-answer")
+            async for piece in self._exactly(self._left, size):
                 self._left -= len(piece)
                 yield piece
         else:
@@ -166,6 +159,15 @@ class Response:
                     break
                 yield piece
         self.complete = True
+
+    async def _exactly(self, n: int, size: int) -> AsyncIterator[bytes]:
+        """`n` bytes of the body in pieces of at most `size`, as they arrive."""
+        while n > 0:
+            piece = await self._conn.io(self._conn.reader.read(min(n, size)))
+            if not piece:
+                raise ConnectionLost("the appliance closed the connection mid-answer")
+            n -= len(piece)
+            yield piece
 
     async def read(self) -> bytes:
         """The whole body, at most MAX_BODY bytes (a larger one is streamed instead)."""
@@ -315,14 +317,14 @@ class HTTPPool:
             # each upload allocates a fresh chunk-sized buffer (agent system time +6 s).
             conn.writer.writelines((data, body) if body else (data,))
             await conn.io(conn.writer.drain())
-            resp = await self._read_head(conn, method == "HEAD")
+            resp = await self._read_head(conn)
         except BaseException:
             conn.close()
             raise
         return conn, resp
 
     @staticmethod
-    async def _read_head(conn: _Conn, head_only: bool) -> Response:
+    async def _read_head(conn: _Conn) -> Response:
         while True:  # skip interim (1xx) answers
             raw = await conn.io(conn.reader.readuntil(b"\r\n\r\n"))
             lines = raw[:-4].decode("latin-1").split("\r\n")
@@ -338,16 +340,16 @@ class HTTPPool:
                     raise ConnectionLost("a malformed header line in the answer")
                 headers[name.strip().lower()] = value.strip()
             status = int(parts[1])
-            if status >= 200 or status == 101:
-                return Response(conn, status, parts[2] if len(parts) > 2 else "", headers,
-                                head_only)
+            if status >= 200:
+                return Response(conn, status, parts[2] if len(parts) > 2 else "", headers)
 
 
 def _plain(text: str, also: str = "") -> None:
-    """Refuse a path or header that would end its line early: a token or an id with a line
-    break in it must not add headers or a second request."""
+    """Refuse a path or header that would end its line early (`also`: a space, in a path):
+    a token or an id with a line break in it must not add headers or a second request."""
     if "\r" in text or "\n" in text or (also and also in text):
-        raise ValueError(f"a line break in an HTTP request line or header: {text[:40]!r}")
+        raise ValueError(f"a line break or space in an HTTP request line or header: "
+                         f"{text[:40]!r}")
 
 
 class _Call:
