@@ -1,5 +1,5 @@
-"""`python -m benchmarks COMMAND`: run | scale | replication | browse | load | commitsync
-(each has --help)."""
+"""`python -m benchmarks COMMAND`: run | scale | replication | browse | load | commitsync |
+ransomware | startup (each has --help)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ USAGE = """usage: python -m benchmarks run [--quick] [--size 10G] [--data PATH] 
        python -m benchmarks browse [--files N] [--per-dir N] [--runs N]
        python -m benchmarks load [--agents N] [--restores N] [--size-mb N]
        python -m benchmarks commitsync [--mb N] [--rate MBPS] [--runs N] [--work DIR]
-       python -m benchmarks ransomware [--size-mb N] [--chroot NAME BEFORE AFTER]"""
+       python -m benchmarks ransomware [--size-mb N] [--chroot NAME BEFORE AFTER]
+       python -m benchmarks startup [--runs N]"""
 
 
 def main() -> int:
@@ -42,6 +43,10 @@ def main() -> int:
         from . import ransomware
 
         return ransomware.main(argv)
+    if cmd == "startup":
+        from . import startup
+
+        return startup.main(argv)
     if cmd == "replication":
         from . import replication_tunnel
 
