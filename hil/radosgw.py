@@ -151,6 +151,8 @@ paxos propose interval = 0.05
 paxos min wait = 0.01
 mon warn on insecure global id reclaim allowed = false
 mon allow pool delete = true
+mon data avail warn = 0
+mon data avail crit = 0
 auth allow insecure global id reclaim = false
 [osd]
 osd objectstore = memstore
