@@ -81,24 +81,33 @@ async def exchange(url: str, fingerprint: str, code: str, report: dict | None) -
         async with pool.request("POST", "/enrol/exchange", json.dumps(
                 {"code": code, "report": report}).encode(),
                 {"Content-Type": "application/json"}) as resp:
-            body = await resp.json()
-            if resp.status >= 400:
-                if not isinstance(body, dict):
-                    body = {}
-                raise ApplianceError(resp.status, body.get("error", "error"),
-                                     body.get("message", resp.reason or ""), body)
-            return body
+            status, reason, raw = resp.status, resp.reason, await resp.read()
     except FingerprintMismatch:
         raise ConnectError(f"the appliance at {url} is not the one this command was made "
                            "for (its certificate does not match the pinned fingerprint)"
                            ) from None
-    except (HTTPError, ValueError) as exc:  # ValueError: an answer that is not JSON
-        if isinstance(exc, ApplianceError):
-            raise
+    except HTTPError as exc:
         raise ConnectError(f"cannot reach the appliance at {url}: "
                            f"{exc or type(exc).__name__}") from None
     finally:
         await pool.close()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        body = None
+    if status >= 400:
+        if not isinstance(body, dict):
+            body = {}
+        raise ApplianceError(status, body.get("error", "error"),
+                             body.get("message", reason or ""), body)
+    # What a success must carry before anything is written: a proxy's page or a
+    # half answer would otherwise end in a traceback or a config without a token.
+    if not (isinstance(body, dict) and isinstance(body.get("token"), str) and body["token"]
+            and isinstance(body.get("host"), str)
+            and isinstance(body.get("fingerprint", ""), str)):
+        raise ConnectError(f"the appliance at {url} answered the enrolment (HTTP {status}) "
+                           "without a host and token; nothing was written")
+    return body
 
 
 async def cmd_enrol(args: argparse.Namespace, _: AgentSettings | None) -> int:

@@ -234,3 +234,45 @@ async def test_a_bad_answer_is_a_lost_connection_not_a_hang(answer: bytes) -> No
         await pool.close()
         srv.close()
         await srv.wait_closed()
+
+
+def _ok(body: bytes, kind: bytes = b"application/json") -> bytes:
+    return OK + b"Content-Type: " + kind + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+ENROL_ANSWERS = {
+    "a proxy's page": _ok(b"<html>hi</html>", b"text/html"),
+    "a list": _ok(b"[]"),
+    "no token": _ok(b'{"host": "a"}'),
+    "a number for a token": _ok(b'{"host": "a", "token": 7}'),
+    "nothing": _ok(b""),
+}
+
+
+@pytest.mark.parametrize("answer", ENROL_ANSWERS.values(), ids=ENROL_ANSWERS.keys())
+async def test_an_enrolment_success_without_settings_is_one_clear_error(
+        tmp_path: Path, answer: bytes) -> None:
+    """A 200 that is not the appliance's settings (a captive portal, a half answer) ends
+    in one readable error before any config is written, not a traceback."""
+    from rdr_agent.enrol import exchange
+    from rdr_agent.errors import ConnectError
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    create_self_signed(cert, key, "127.0.0.1")
+    pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0,
+                                     ssl=server_context(cert, key))
+    try:
+        url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        with pytest.raises(ConnectError, match="without a host and token; nothing was written"):
+            await exchange(url, pin, "ABCD-EFGH", None)
+    finally:
+        srv.close()
+        await srv.wait_closed()
