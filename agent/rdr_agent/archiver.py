@@ -149,6 +149,13 @@ class ParentCatalog:
 # --- producer --------------------------------------------------------------------------------
 
 
+#: A hard-linked file's first name once its block is written: its catalog path, its size
+#: and its ranges as (chunk, offset, length, chunk size).
+_LinkedFile = tuple[bytes, int, tuple[tuple[str, int, int, int], ...]]
+#: A further name's first name: (its path, its entry) when its block was still waiting.
+_FirstName = tuple[bytes, Entry] | _LinkedFile
+
+
 class _Pending:
     """A range whose chunk id is not known yet: a chunk being encoded, or an open bundle."""
 
@@ -214,10 +221,20 @@ class Producer:
         self._slots = threading.Semaphore(self.MAX_ENCODES_IN_FLIGHT)
         self._bundle = Bundle()
         # Blocks waiting for their chunk ids: (path, entries, reused catalog lines, file
-        # ranges, hardlinks).
+        # ranges, further names of hard-linked files with their first, the hard-linked
+        # files first named in the block).
         self._pending: deque[tuple[bytes, list[Entry], list[bytes | None],
-                                   list[tuple[Entry, list]], list[tuple[Entry, Entry]]]] = deque()
-        self._links: dict[tuple[int, int], tuple[bytes, Entry]] = {}
+                                   list[tuple[Entry, list]], list[tuple[Entry, _FirstName]],
+                                   list[tuple[int, int]]]] = deque()
+        # Hard-linked files by (device, inode): the first name's path and entry while its
+        # block waits (`_links_open`), then its path, size and ranges as plain tuples
+        # (`_links`, from `_flush` to the end of the backup). Kept as entries, a tree whose
+        # every file has two names (rsnapshot's, the benchmark's working copy) held four
+        # objects per file for the garbage collector to walk: 1.2 million at 300,000 files,
+        # 3.5 s of full collections in a 14 s backup. The collector stops tracking tuples
+        # of strings and numbers.
+        self._links_open: dict[tuple[int, int], tuple[bytes, Entry]] = {}
+        self._links: dict[tuple[int, int], _LinkedFile] = {}
         self._cdc = new_cdc()
         self._slabs = SlabPool()
         self.catalog_futures: list[Future] = []
@@ -300,13 +317,15 @@ class Producer:
             entries: list[Entry] = []
             lines: list[bytes | None] = []  # the parent's line of an unchanged file
             pendings: list[tuple[Entry, list]] = []
-            links: list[tuple[Entry, Entry]] = []
+            links: list[tuple[Entry, _FirstName]] = []
+            firsts: list[tuple[int, int]] = []
             for child, (prev, prev_line), same in zip(children, prevs, sames):
-                e, line = self._entry(cpath, child, prev, prev_line, same, pendings, links)
+                e, line = self._entry(cpath, child, prev, prev_line, same, pendings, links,
+                                      firsts)
                 if e is not None:
                     entries.append(e)
                     lines.append(line)
-            self._queue_block(cpath, entries, lines, pendings, links)
+            self._queue_block(cpath, entries, lines, pendings, links, firsts)
 
     def run_stdin(self, name: bytes, stream: io.RawIOBase | io.BufferedIOBase) -> None:
         now = time.time_ns()
@@ -317,14 +336,16 @@ class Producer:
         self.stats.files += 1
         self.stats.files_read += 1
         self.stats.bytes_total += e.size
-        self._queue_block(b"", [e], [None], [(e, pend)], [])
+        self._queue_block(b"", [e], [None], [(e, pend)], [], [])
 
     def _entry(self, cpath: bytes, child: Child, prev: Entry | None, prev_line: bytes | None,
                same: bool, pendings: list[tuple[Entry, list]],
-               links: list[tuple[Entry, Entry]]) -> tuple[Entry | None, bytes | None]:
+               links: list[tuple[Entry, _FirstName]], firsts: list[tuple[int, int]],
+               ) -> tuple[Entry | None, bytes | None]:
         """The child's catalog entry, and the parent's catalog line when the entry is that
         line's to the byte (an unchanged file: written again without encoding).
-        `same`: `_unchanged(prev, child.st)` (False for all but regular files)."""
+        `same`: `_unchanged(prev, child.st)` (False for all but regular files); a further
+        name of a hard-linked file goes to `links`, a first one's key to `firsts`."""
         st = child.st
         mode = st.st_mode
         e = Entry(name=child.name, type=FILE, mode=stat.S_IMODE(mode), uid=st.st_uid,
@@ -332,11 +353,14 @@ class Producer:
         if stat.S_ISREG(mode):
             e.size, e.ino, e.ctime_ns = st.st_size, st.st_ino, st.st_ctime_ns
             key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in self._links:
+            first: _FirstName | None = None
+            if st.st_nlink > 1:
+                first = self._links.get(key) or self._links_open.get(key)
+            if first is not None:
                 # A further name of a file stored earlier: its data comes from the first name
                 # (whose block is written before or together with this one).
-                e.type, e.link = HARDLINK, self._links[key][0]
-                links.append((e, self._links[key][1]))
+                e.type, e.link = HARDLINK, first[0]
+                links.append((e, first))
                 self.stats.files += 1
                 return e, None
             pend = self._file_ranges(child, e, prev, same)
@@ -344,7 +368,8 @@ class Producer:
                 return None, None
             pendings.append((e, pend))
             if st.st_nlink > 1:
-                self._links[key] = (join_path(cpath, child.name), e)
+                self._links_open[key] = (join_path(cpath, child.name), e)
+                firsts.append(key)
             self.stats.files += 1
             self.stats.bytes_total += e.size
         elif stat.S_ISDIR(mode):
@@ -469,9 +494,9 @@ class Producer:
 
     # --- catalog blocks ---
     def _queue_block(self, path: bytes, entries: list[Entry], lines: list[bytes | None],
-                     pendings: list[tuple[Entry, list]], links: list[tuple[Entry, Entry]],
-                     ) -> None:
-        self._pending.append((path, entries, lines, pendings, links))
+                     pendings: list[tuple[Entry, list]], links: list[tuple[Entry, _FirstName]],
+                     firsts: list[tuple[int, int]]) -> None:
+        self._pending.append((path, entries, lines, pendings, links, firsts))
         self._flush(force=len(self._pending) > self.MAX_PENDING_BLOCKS)
 
     def _ready(self, pendings: list[tuple[Entry, list]], force: bool) -> bool:
@@ -491,7 +516,7 @@ class Producer:
 
     def _flush(self, force: bool) -> None:
         while self._pending:
-            path, entries, lines, pendings, links = self._pending[0]
+            path, entries, lines, pendings, links, firsts = self._pending[0]
             if not self._ready(pendings, force):
                 return
             for e, pend in pendings:
@@ -500,8 +525,15 @@ class Producer:
                 if any(isinstance(p, _Pending) for p in pend):  # read by this backup
                     self.compression.add(e.name, sizes[0], sizes[1])
                 self.use.add(e)
-            for e, first in links:
-                e.ranges, e.size = first.ranges, first.size
+            for key in firsts:  # their ranges are known now: kept as plain tuples
+                name, first = self._links_open.pop(key)
+                self._links[key] = (name, first.size, tuple(
+                    [(r.chunk, r.offset, r.length, r.chunk_size) for r in first.ranges]))
+            for e, held in links:
+                if len(held) == 2:  # the first name's block was not written when it was met
+                    e.ranges, e.size = held[1].ranges, held[1].size
+                else:
+                    e.size, e.ranges = held[1], [Range(*r) for r in held[2]]
             self._writer.add_block(path, entries, lines)
             self._pending.popleft()
 
