@@ -1,5 +1,5 @@
 """`python -m benchmarks COMMAND`: run | scale | replication | browse | load | commitsync |
-ransomware | startup (each has --help)."""
+ransomware | startup | agentgc (each has --help)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ USAGE = """usage: python -m benchmarks run [--quick] [--size 10G] [--data PATH] 
        python -m benchmarks load [--agents N] [--restores N] [--size-mb N]
        python -m benchmarks commitsync [--mb N] [--rate MBPS] [--runs N] [--work DIR]
        python -m benchmarks ransomware [--size-mb N] [--chroot NAME BEFORE AFTER]
-       python -m benchmarks startup [--runs N]"""
+       python -m benchmarks startup [--runs N]
+       python -m benchmarks agentgc [--size 10G] [--thresholds 700,10000]"""
 
 
 def main() -> int:
@@ -47,6 +48,10 @@ def main() -> int:
         from . import startup
 
         return startup.main(argv)
+    if cmd == "agentgc":
+        from . import agentgc
+
+        return agentgc.main(argv)
     if cmd == "replication":
         from . import replication_tunnel
 
