@@ -8,8 +8,8 @@ fresh appliance and three backups: the initial one, the second after the harness
 change, and a third of the unchanged tree. The agent runs as `rdr-agent` does, in a
 wrapper that sets the threshold (`rdr_agent.util.memory.AGENT_GC_THRESHOLD`) and times
 every collection with `gc.callbacks`. Caches are dropped before each backup when run as
-root. Wall and CPU time, peak RSS, and the collections per generation with the seconds
-they took go to benchmarks/results/agentgc-SIZE.json.
+root (not with --warm). Wall and CPU time, peak RSS, and the collections per generation
+with the seconds they took go to benchmarks/results/agentgc-SIZE.json.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--work", type=Path,
                     default=Path(os.environ.get("RDR_BENCH_DIR", "/var/tmp/rdr-bench")))
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--warm", action="store_true",
+                    help="do not drop the page cache before each backup (the tests' setting)")
     args = ap.parse_args(argv)
     from .run import parse_size  # the harness's own reading of --size
 
@@ -78,7 +80,7 @@ def main(argv: list[str]) -> int:
                 for name in ("initial", "second (1 % changed)", "third (unchanged)"):
                     if name.startswith("second"):
                         dsm.apply_change(ds, src, 1)
-                    runs[name] = _backup(tool, src, threshold)
+                    runs[name] = _backup(tool, src, threshold, cold=not args.warm)
                     print(f"threshold {threshold:6d} {name:22} {_line(runs[name])}",
                           flush=True)
             finally:
@@ -94,11 +96,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _backup(tool: Appliance, src: Path, threshold: int) -> dict:
+def _backup(tool: Appliance, src: Path, threshold: int, cold: bool) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as stats:
         env = {**tool.agent_env(), "RDR_BENCH_GC_THRESHOLD": str(threshold),
                "RDR_BENCH_GC_OUT": stats.name}
-        dropped = drop_caches()
+        dropped = drop_caches() if cold else False
         proc = run_measured([sys.executable, "-c", WRAPPER, "backup", str(src), "--json"],
                             env=env, what="rdr-agent backup")
         gc_stats = json.loads(Path(stats.name).read_text())

@@ -104,3 +104,21 @@ def test_change_never_writes_into_the_cached_tree_and_bad_restores_fail(
     victim.unlink()
     with pytest.raises(dsm.RestoreMismatch, match="missing"):
         dsm.verify_tree(work2, expected)
+
+
+def test_agentgc_times_the_agents_collections_at_each_threshold(tmp_path: Path) -> None:
+    out = tmp_path / "agentgc.json"
+    res = bench("agentgc", "--size", "6M", "--thresholds", "700,10000", "--warm", "--work",
+                str(tmp_path / "work"), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["files"] > 100 and set(r["thresholds"]) == {"700", "10000"}
+    for runs in r["thresholds"].values():
+        assert list(runs) == ["initial", "second (1 % changed)", "third (unchanged)"]
+        for one in runs.values():
+            assert one["seconds"] > 0 and one["cpu_seconds"] > 0 and one["peak_rss_mib"] > 10
+            assert len(one["gc_collections"]) == 3 and len(one["gc_seconds"]) == 3
+    # The lower threshold collects the young generation more often over the same work.
+    young = {t: r["thresholds"][t]["initial"]["gc_collections"][0] for t in ("700", "10000")}
+    assert young["700"] > young["10000"]
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["datasets"]
