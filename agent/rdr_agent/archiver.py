@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 from rdr_agent import bundle_use, compat, latest
 from rdr_agent.bundle_use import ChunkUse, low_use_bundles
@@ -153,7 +154,8 @@ class ParentCatalog:
 #: and its ranges as (chunk, offset, length, chunk size).
 _LinkedFile = tuple[bytes, int, tuple[tuple[str, int, int, int], ...]]
 #: A further name's first name: (its path, its entry) when its block was still waiting.
-_FirstName = tuple[bytes, Entry] | _LinkedFile
+#: (`Union`: the agent runs on Python 3.9, where `|` between these fails at import.)
+_FirstName = Union[tuple[bytes, Entry], _LinkedFile]
 
 
 class _Pending:
