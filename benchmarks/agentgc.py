@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from . import dataset as dsm
+from .run import DEFAULT_WORK, RESULTS, parse_size
 from .tools import Appliance, drop_caches, run_measured
-
-RESULTS = Path(__file__).parent / "results"
 
 #: Runs the agent's command line with the threshold asked and the collections timed; the
 #: figures go to the file named by RDR_BENCH_GC_OUT.
@@ -55,14 +53,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--size", default="10G", help="generated dataset size (as `run --size`)")
     ap.add_argument("--thresholds", default="700,10000",
                     help="young-generation thresholds to compare, comma-separated")
-    ap.add_argument("--work", type=Path,
-                    default=Path(os.environ.get("RDR_BENCH_DIR", "/var/tmp/rdr-bench")))
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--warm", action="store_true",
                     help="do not drop the page cache before each backup (the tests' setting)")
     args = ap.parse_args(argv)
-    from .run import parse_size  # the harness's own reading of --size
-
     size_mb = parse_size(args.size)
     ds = dsm.build(args.work / "datasets", dsm.Params.for_size(size_mb, 1), log=print)
     scratch = args.work / "agentgc"
@@ -106,7 +101,8 @@ def _backup(tool: Appliance, src: Path, threshold: int, cold: bool) -> dict:
         gc_stats = json.loads(Path(stats.name).read_text())
     return {"seconds": proc.seconds, "cpu_seconds": proc.cpu,
             "peak_rss_mib": proc.maxrss / 2**20, "cold_cache": dropped,
-            "gc_collections": gc_stats["collections"], "gc_seconds": gc_stats["seconds"]}
+            "gc_threshold": gc_stats["threshold"], "gc_collections": gc_stats["collections"],
+            "gc_seconds": gc_stats["seconds"]}
 
 
 def _line(r: dict) -> str:

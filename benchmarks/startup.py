@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from . import dataset as dsm
+from .run import DEFAULT_WORK, RESULTS
 from .tools import Appliance
 
-RESULTS = Path(__file__).parent / "results"
-WORK = Path("/var/tmp/rdr-bench/startup")
+WORK = DEFAULT_WORK / "startup"
 
 
 def main(argv: list[str]) -> int:

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 from rdr_agent import bundle_use, compat, latest
 from rdr_agent.bundle_use import ChunkUse, low_use_bundles
@@ -150,12 +149,8 @@ class ParentCatalog:
 # --- producer --------------------------------------------------------------------------------
 
 
-#: A hard-linked file's first name once its block is written: its catalog path, its size
-#: and its ranges as (chunk, offset, length, chunk size).
-_LinkedFile = tuple[bytes, int, tuple[tuple[str, int, int, int], ...]]
-#: A further name's first name: (its path, its entry) when its block was still waiting.
-#: (`Union`: the agent runs on Python 3.9, where `|` between these fails at import.)
-_FirstName = Union[tuple[bytes, Entry], _LinkedFile]
+#: A file's (device, inode).
+_Inode = tuple[int, int]
 
 
 class _Pending:
@@ -223,20 +218,22 @@ class Producer:
         self._slots = threading.Semaphore(self.MAX_ENCODES_IN_FLIGHT)
         self._bundle = Bundle()
         # Blocks waiting for their chunk ids: (path, entries, reused catalog lines, file
-        # ranges, further names of hard-linked files with their first, the hard-linked
-        # files first named in the block).
+        # ranges, further names of hard-linked files with their inode keys, the first names
+        # with theirs).
         self._pending: deque[tuple[bytes, list[Entry], list[bytes | None],
-                                   list[tuple[Entry, list]], list[tuple[Entry, _FirstName]],
-                                   list[tuple[int, int]]]] = deque()
-        # Hard-linked files by (device, inode): the first name's path and entry while its
-        # block waits (`_links_open`), then its path, size and ranges as plain tuples
-        # (`_links`, from `_flush` to the end of the backup). Kept as entries, a tree whose
-        # every file has two names (rsnapshot's, the benchmark's working copy) held four
-        # objects per file for the garbage collector to walk: 1.2 million at 300,000 files,
-        # 3.8 s of collections in a 15 s backup (`python -m benchmarks agentgc`). The
-        # collector stops tracking tuples of strings and numbers.
-        self._links_open: dict[tuple[int, int], tuple[bytes, Entry]] = {}
-        self._links: dict[tuple[int, int], _LinkedFile] = {}
+                                   list[tuple[Entry, list]], list[tuple[Entry, _Inode]],
+                                   list[tuple[_Inode, Entry]]]] = deque()
+        # Hard-linked files by (device, inode), to the end of the backup: the first name's
+        # catalog path (from the walk), and its size and ranges as (chunk, offset, length,
+        # chunk size) once its block is written. A further name's block is written after
+        # its first's or with it, so its data is there by then. Kept as entries, a tree
+        # whose every file has two names (rsnapshot's, the benchmark's working copy) held
+        # four objects per file for the garbage collector to walk: 1.2 million at 300,000
+        # files, 3.8 s of collections in a 15 s backup (`python -m benchmarks agentgc`).
+        # The collector does not track bytes, and stops tracking tuples of strings and
+        # numbers.
+        self._link_paths: dict[_Inode, bytes] = {}
+        self._link_data: dict[_Inode, tuple[int, tuple[tuple[str, int, int, int], ...]]] = {}
         self._cdc = new_cdc()
         self._slabs = SlabPool()
         self.catalog_futures: list[Future] = []
@@ -319,8 +316,8 @@ class Producer:
             entries: list[Entry] = []
             lines: list[bytes | None] = []  # the parent's line of an unchanged file
             pendings: list[tuple[Entry, list]] = []
-            links: list[tuple[Entry, _FirstName]] = []
-            firsts: list[tuple[int, int]] = []
+            links: list[tuple[Entry, _Inode]] = []
+            firsts: list[tuple[_Inode, Entry]] = []
             for child, (prev, prev_line), same in zip(children, prevs, sames):
                 e, line = self._entry(cpath, child, prev, prev_line, same, pendings, links,
                                       firsts)
@@ -342,12 +339,12 @@ class Producer:
 
     def _entry(self, cpath: bytes, child: Child, prev: Entry | None, prev_line: bytes | None,
                same: bool, pendings: list[tuple[Entry, list]],
-               links: list[tuple[Entry, _FirstName]], firsts: list[tuple[int, int]],
+               links: list[tuple[Entry, _Inode]], firsts: list[tuple[_Inode, Entry]],
                ) -> tuple[Entry | None, bytes | None]:
         """The child's catalog entry, and the parent's catalog line when the entry is that
         line's to the byte (an unchanged file: written again without encoding).
         `same`: `_unchanged(prev, child.st)` (False for all but regular files); a further
-        name of a hard-linked file goes to `links`, a first one's key to `firsts`."""
+        name of a hard-linked file goes to `links`, a first one to `firsts`."""
         st = child.st
         mode = st.st_mode
         e = Entry(name=child.name, type=FILE, mode=stat.S_IMODE(mode), uid=st.st_uid,
@@ -355,14 +352,12 @@ class Producer:
         if stat.S_ISREG(mode):
             e.size, e.ino, e.ctime_ns = st.st_size, st.st_ino, st.st_ctime_ns
             key = (st.st_dev, st.st_ino)
-            first: _FirstName | None = None
-            if st.st_nlink > 1:
-                first = self._links.get(key) or self._links_open.get(key)
+            first = self._link_paths.get(key) if st.st_nlink > 1 else None
             if first is not None:
                 # A further name of a file stored earlier: its data comes from the first name
                 # (whose block is written before or together with this one).
-                e.type, e.link = HARDLINK, first[0]
-                links.append((e, first))
+                e.type, e.link = HARDLINK, first
+                links.append((e, key))
                 self.stats.files += 1
                 return e, None
             pend = self._file_ranges(child, e, prev, same)
@@ -370,8 +365,8 @@ class Producer:
                 return None, None
             pendings.append((e, pend))
             if st.st_nlink > 1:
-                self._links_open[key] = (join_path(cpath, child.name), e)
-                firsts.append(key)
+                self._link_paths[key] = join_path(cpath, child.name)
+                firsts.append((key, e))
             self.stats.files += 1
             self.stats.bytes_total += e.size
         elif stat.S_ISDIR(mode):
@@ -496,8 +491,8 @@ class Producer:
 
     # --- catalog blocks ---
     def _queue_block(self, path: bytes, entries: list[Entry], lines: list[bytes | None],
-                     pendings: list[tuple[Entry, list]], links: list[tuple[Entry, _FirstName]],
-                     firsts: list[tuple[int, int]]) -> None:
+                     pendings: list[tuple[Entry, list]], links: list[tuple[Entry, _Inode]],
+                     firsts: list[tuple[_Inode, Entry]]) -> None:
         self._pending.append((path, entries, lines, pendings, links, firsts))
         self._flush(force=len(self._pending) > self.MAX_PENDING_BLOCKS)
 
@@ -527,15 +522,13 @@ class Producer:
                 if any(isinstance(p, _Pending) for p in pend):  # read by this backup
                     self.compression.add(e.name, sizes[0], sizes[1])
                 self.use.add(e)
-            for key in firsts:  # their ranges are known now: kept as plain tuples
-                name, first = self._links_open.pop(key)
-                self._links[key] = (name, first.size, tuple(
+            data = self._link_data
+            for key, first in firsts:  # their ranges are known now
+                data[key] = (first.size, tuple(
                     [(r.chunk, r.offset, r.length, r.chunk_size) for r in first.ranges]))
-            for e, held in links:
-                if len(held) == 2:  # the first name's block was not written when it was met
-                    e.ranges, e.size = held[1].ranges, held[1].size
-                else:
-                    e.size, e.ranges = held[1], [Range(*r) for r in held[2]]
+            for e, key in links:
+                e.size, ranges = data[key]
+                e.ranges = [Range(*r) for r in ranges]
             self._writer.add_block(path, entries, lines)
             self._pending.popleft()
 

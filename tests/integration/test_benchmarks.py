@@ -113,11 +113,12 @@ def test_agentgc_times_the_agents_collections_at_each_threshold(tmp_path: Path) 
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["files"] > 100 and set(r["thresholds"]) == {"700", "10000"}
-    for runs in r["thresholds"].values():
+    for threshold, runs in r["thresholds"].items():
         assert list(runs) == ["initial", "second (1 % changed)", "third (unchanged)"]
         for one in runs.values():
             assert one["seconds"] > 0 and one["cpu_seconds"] > 0 and one["peak_rss_mib"] > 10
             assert len(one["gc_collections"]) == 3 and len(one["gc_seconds"]) == 3
+            assert one["gc_threshold"][0] == int(threshold)  # the agent ran with it
     # The lower threshold collects the young generation more often over the same work.
     young = {t: r["thresholds"][t]["initial"]["gc_collections"][0] for t in ("700", "10000")}
     assert young["700"] > young["10000"]

@@ -44,6 +44,9 @@ def test_further_names_carry_the_first_names_data(tmp_path: Path) -> None:
         first.write_bytes(os.urandom(64) + bytes([i % 251]) * (i * 700))  # some past 64 KiB
         os.link(first, root / "b" / f"f{i:03d}")
     os.link(root / "a" / "f007", root / "a" / "g007")  # a further name in the same block
+    for i in range(3):  # several chunks each: every range must reach the further name
+        (root / "a" / f"h{i}").write_bytes(os.urandom(9 << 20))
+        os.link(root / "a" / f"h{i}", root / "b" / f"h{i}")
     cpath = bytes(root).lstrip(b"/")
 
     # First backup: the chunks are being compressed while the walk goes on. Second, with
@@ -61,13 +64,18 @@ def test_further_names_carry_the_first_names_data(tmp_path: Path) -> None:
             assert further.link == cpath + b"/a/" + b"f%03d" % i
             assert (further.size, further.ranges) == (first.size, first.ranges)
             assert first.size == 64 + i * 700
+        for i in range(3):
+            first, further = got[cpath + b"/a/h%d" % i], got[cpath + b"/b/h%d" % i]
+            assert len(first.ranges) > 1 and first.size == 9 << 20
+            assert (further.type, further.size, further.ranges) == \
+                (HARDLINK, first.size, first.ranges)
         same_block = got[cpath + b"/a/g007"]
         assert same_block.type == HARDLINK and same_block.ranges == got[cpath + b"/a/f007"].ranges
-        assert producer.stats.files == 2 * N + 1
+        assert producer.stats.files == 2 * N + 1 + 6
 
         gc.collect()
         gc.collect()  # a tuple is untracked once what it holds is
-        assert not producer._links_open
-        assert len(producer._links) == N
-        assert not any(gc.is_tracked(v) for v in producer._links.values())
+        kept = [*producer._link_paths.values(), *producer._link_data.values()]
+        assert len(kept) == 2 * (N + 3)
+        assert not any(gc.is_tracked(v) for v in kept)
         parent = cat
