@@ -1,5 +1,5 @@
 """`python -m benchmarks COMMAND`: run | scale | replication | browse | load | commitsync |
-ransomware | startup | agentgc (each has --help)."""
+ransomware | startup | agentgc | restorefs (each has --help)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ USAGE = """usage: python -m benchmarks run [--quick] [--size 10G] [--data PATH] 
        python -m benchmarks commitsync [--mb N] [--rate MBPS] [--runs N] [--work DIR]
        python -m benchmarks ransomware [--size-mb N] [--chroot NAME BEFORE AFTER]
        python -m benchmarks startup [--runs N]
-       python -m benchmarks agentgc [--size 10G] [--thresholds 700,10000]"""
+       python -m benchmarks agentgc [--size 10G] [--thresholds 700,10000]
+       python -m benchmarks restorefs [--size 1G] [--runs 3] [--tools A,B,..]"""
 
 
 def main() -> int:
@@ -52,6 +53,10 @@ def main() -> int:
         from . import agentgc
 
         return agentgc.main(argv)
+    if cmd == "restorefs":
+        from . import restorefs
+
+        return restorefs.main(argv)
     if cmd == "replication":
         from . import replication_tunnel
 

@@ -123,3 +123,23 @@ def test_agentgc_times_the_agents_collections_at_each_threshold(tmp_path: Path) 
     young = {t: r["thresholds"][t]["initial"]["gc_collections"][0] for t in ("700", "10000")}
     assert young["700"] > young["10000"]
     assert [p.name for p in (tmp_path / "work").iterdir()] == ["datasets"]
+
+
+def test_restorefs_restores_into_each_fresh_filesystem_and_verifies(tmp_path: Path) -> None:
+    tools = ["appliance"] + (["restic"] if shutil.which("restic") else [])
+    out = tmp_path / "restorefs.json"
+    res = bench("restorefs", "--size", "6M", "--runs", "1", "--tools", ",".join(tools),
+                "--warm", "--work", str(tmp_path / "work"), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert list(r["states"]) == ["journal", "no-journal", "no-journal, after deletion"]
+    for per in r["states"].values():
+        assert list(per) == tools
+        for tool in tools:
+            (run,) = per[tool]["runs"]
+            assert run["verified_files"] == r["files"] > 100
+            assert run["seconds"] > 0 and per[tool]["median_seconds"] == run["seconds"]
+    assert "| journal | " in res.stdout
+    # the scratch tree, and with it every filesystem image, is gone; nothing stays mounted
+    assert not (tmp_path / "work" / "restorefs").exists()
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()
