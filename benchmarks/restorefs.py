@@ -53,12 +53,22 @@ class FreshFs:
         with open(image, "wb") as f:
             f.truncate(size)
         _sh("mkfs.ext4", "-q", "-F", "-m", "0", *mkfs_opts, str(image))
+        #: What the filesystem itself says, recorded with each restore.
+        self.journal = "has_journal" in _features(image)
         mnt.mkdir(parents=True, exist_ok=True)
         _sh("mount", "-o", "loop", str(image), str(mnt))
 
     def close(self) -> None:
         subprocess.run(["umount", str(self.mnt)], capture_output=True)
         self.image.unlink(missing_ok=True)
+
+
+def _features(image: Path) -> list[str]:
+    out = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("Filesystem features:"):
+            return line.split(":", 1)[1].split()
+    raise SystemExit(f"benchmark: dumpe2fs found no features in {image}")
 
 
 def _sh(*cmd: str) -> None:
@@ -118,7 +128,8 @@ def main(argv: list[str]) -> int:
                         fs.close()
                     times[state][name].append({
                         "seconds": r.seconds, "cpu_seconds": r.client_cpu + (r.server_cpu or 0),
-                        "verified_files": checked, "cold_cache": dropped})
+                        "verified_files": checked, "cold_cache": dropped,
+                        "journal": fs.journal})
                     print(f"run {rep + 1} {state:28} {name:10} {r.seconds:6.2f} s", flush=True)
     finally:
         for tool in tools.values():

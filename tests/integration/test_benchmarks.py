@@ -133,11 +133,12 @@ def test_restorefs_restores_into_each_fresh_filesystem_and_verifies(tmp_path: Pa
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert list(r["states"]) == ["journal", "no-journal", "no-journal, after deletion"]
-    for per in r["states"].values():
+    for state, per in r["states"].items():
         assert list(per) == tools
         for tool in tools:
             (run,) = per[tool]["runs"]
             assert run["verified_files"] == r["files"] > 100
+            assert run["journal"] is (state == "journal")  # as the filesystem itself says
             assert run["seconds"] > 0 and per[tool]["median_seconds"] == run["seconds"]
     assert "| journal | " in res.stdout
     # the scratch tree, and with it every filesystem image, is gone; nothing stays mounted
