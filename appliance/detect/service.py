@@ -22,7 +22,7 @@ from ..pools import run_in
 from ..store.datastore import Datastore
 from ..store.errors import NotFound, StoreError
 from ..store.index import SnapshotRow
-from .compare import compare
+from .compare import Changes, compare
 from .notes import NoteNames
 from .repository import VerdictRow, Verdicts
 from .rules import Thresholds, judge
@@ -97,24 +97,21 @@ class Detector:
         before = [r for r in rows if (r.source or "") == source and _order(r) < _order(me)]
         parent = max(before, key=_order) if before else None
         m = self.store.snapshots.manifest(host, snapshot)
-        new_blocks = iter_raw_blocks(self.store.stream(m.catalog))
-        old_blocks = None
-        if parent is not None:
-            pm = self.store.snapshots.manifest(host, parent.snapshot)
-            old_blocks = iter_raw_blocks(self.store.stream(pm.catalog))
-        facts = self.store.catalog_facts.known(host)
-
-        def known_files(path: bytes, lines: list[bytes]) -> int | None:
-            f = facts.get(block_digest(path, lines))
-            return None if f is None else f.files
-
-        changes = compare(old_blocks, new_blocks, self.notes, known_files)
+        if parent is None:
+            # A source's first snapshot is its baseline, never suspicious: there is nothing
+            # to compare it with, so its catalog is not read. (Decoding every line of it
+            # only to call each file "added" was ~0.5 s of a 30,000-file initial backup,
+            # and the agent's commit answer waits for the verdict.)
+            changes = Changes(files=m.file_count, added=m.file_count)
+        else:
+            changes = self._compare(host, parent, m)
         verdict = judge(changes, m.compression, self.verdicts.baseline(host, source),
                         self.thresholds)
         if parent is None:  # a first backup is the baseline, not a change
             verdict.suspicious, verdict.signals = False, []
             verdict.evidence["signals"] = []
             verdict.evidence["first_backup"] = True
+            verdict.evidence["changes"] = {"files": m.file_count, "added": m.file_count}
         self.verdicts.record(host, snapshot, source, parent.snapshot if parent else None,
                              verdict.suspicious, verdict.signals, verdict.evidence,
                              m.compression)
@@ -122,6 +119,18 @@ class Detector:
             log.warning("snapshot %s/%s (source %s) is suspicious: %s", host, snapshot,
                         source, ", ".join(verdict.signals))
         return self.verdicts.get(host, snapshot)
+
+    def _compare(self, host: str, parent: SnapshotRow, m: Manifest) -> Changes:
+        """The changes from `parent` to the snapshot of manifest `m`, both catalogs streamed."""
+        pm = self.store.snapshots.manifest(host, parent.snapshot)
+        facts = self.store.catalog_facts.known(host)
+
+        def known_files(path: bytes, lines: list[bytes]) -> int | None:
+            f = facts.get(block_digest(path, lines))
+            return None if f is None else f.files
+
+        return compare(iter_raw_blocks(self.store.stream(pm.catalog)),
+                       iter_raw_blocks(self.store.stream(m.catalog)), self.notes, known_files)
 
     def catch_up(self) -> int:
         """Judge the snapshots a stop between commit and verdict left unjudged, oldest

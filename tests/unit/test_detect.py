@@ -224,6 +224,32 @@ def test_encryption_in_place_is_suspicious_with_its_evidence(store: Datastore,
     assert ev["classes"]["locked"]["baseline"] < 0.5  # a new class: the source's overall
 
 
+def test_a_first_snapshot_is_the_baseline_without_reading_its_catalog(
+        store: Datastore, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to compare a source's first snapshot with: its verdict (clean, every file
+    added) comes from the manifest, not from decoding its catalog, which the agent's commit
+    answer would wait for. The next snapshot is compared, reading both catalogs."""
+    det = detector(store)
+    read: list[str] = []
+    stream = store.stream
+    monkeypatch.setattr(store, "stream", lambda ref: (read.append(ref.chunks[0][0]),
+                                                      stream(ref))[1])
+    tree = encrypt(office())  # ransom notes and all: a first backup is never suspicious
+    first = commit_tree(store, tree)
+    read.clear()
+    v = det.judge("web01", first.snapshot)
+    assert v is not None and not v.suspicious and v.signals == []
+    assert v.evidence["first_backup"] is True
+    assert v.evidence["changes"] == {"files": 64, "added": 64}
+    assert read == []
+    clock.now += timedelta(days=1)
+    second = commit_tree(store, office())
+    read.clear()
+    v = det.judge("web01", second.snapshot)
+    assert v is not None and v.evidence["changes"]["deleted"] == 64
+    assert {first.catalog.chunks[0][0], second.catalog.chunks[0][0]} <= set(read)
+
+
 def test_normal_churn_is_clean(store: Datastore, clock: Clock) -> None:
     det = detector(store)
     tree = office()
