@@ -497,20 +497,25 @@ class Datastore:
         same = self._recent_same(host, req)
         if same is not None:
             return self._recommitted(host, row, same)
-        try:
-            summary = self._validate(host, row, live, req)
-        except CatalogTooLarge as exc:
-            raise Unprocessable("catalog_too_large", f"catalog rejected: {exc}") from None
-        except (CatalogError, ChunkError) as exc:
-            raise Unprocessable("bad_catalog", f"catalog rejected: {exc}") from None
-        all_ids = summary.chunks | set(stream_ids)
-        mark("validate")
-        self._refuse_unowned(host, row.id, summary.chunks)
-        mark("own")
         # Durability first, outside the lock: every chunk this snapshot references was
-        # written before the commit began, so this sync covers them, and commits landing
-        # together sync side by side instead of queueing one syncfs each behind the lock.
-        self.chunks.sync()
+        # written before the commit began, so a sync started now covers them -- and it runs
+        # beside the catalog's validation (the disk writing while the CPU decodes: on an
+        # initial backup each took ~0.4 s, one after the other). Commits landing together
+        # sync side by side instead of queueing one syncfs each behind the lock.
+        syncing = _Background(self.chunks.sync)
+        try:
+            try:
+                summary = self._validate(host, row, live, req)
+            except CatalogTooLarge as exc:
+                raise Unprocessable("catalog_too_large", f"catalog rejected: {exc}") from None
+            except (CatalogError, ChunkError) as exc:
+                raise Unprocessable("bad_catalog", f"catalog rejected: {exc}") from None
+            all_ids = summary.chunks | set(stream_ids)
+            mark("validate")
+            self._refuse_unowned(host, row.id, summary.chunks)
+            mark("own")
+        finally:
+            syncing.join()  # also on a refusal: no sync left running behind the answer
         mark("sync")
         # From the final check until the snapshot is published, GC may not delete: GC deletes
         # only under this lock and re-checks mtimes there.
@@ -778,6 +783,27 @@ def _row_from_manifest(m: Manifest, source: str) -> SnapshotRow:
 
 
 SLOW_COMMIT_SECONDS = 5.0
+
+
+class _Background:
+    """`fn` run in a thread of its own from now; `join` waits for it and raises its error."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rdr-commit-sync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:  # handed to join()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _log_commit_time(host: str, marks: list[tuple[str, float]]) -> None:

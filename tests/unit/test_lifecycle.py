@@ -12,6 +12,7 @@ import json
 import os
 import random
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -702,6 +703,51 @@ def test_verify_running_during_a_commit_does_not_break_it(
     monkeypatch.undo()
     assert snapshot_ids(store, "web01") == [snap.snapshot]
     assert maint(store).verify().ok
+
+
+def test_the_commit_syncs_beside_the_catalog_check_and_publishes_after_both(
+        store: Datastore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit's sync needs no catalog (every chunk was written before the commit began),
+    so it starts with the catalog's validation instead of after it; the snapshot is
+    published only once both are done. Here the validation waits until the sync has
+    started: run one after the other, it would wait in vain."""
+    store.add_host("web01")
+    order: list[str] = []
+    sync_started, validating = threading.Event(), threading.Event()
+    sync, validate = store.chunks.sync, store._validate
+
+    def slow_sync() -> None:
+        order.append("sync start")
+        sync_started.set()
+        validating.wait(10)  # a disk still writing once the validation has begun
+        sync()
+        order.append("sync done")
+
+    def waiting_validate(*args: object):
+        order.append("validate start" if sync_started.wait(10) else "validate alone")
+        validating.set()
+        return validate(*args)
+
+    monkeypatch.setattr(store.chunks, "sync", slow_sync)
+    monkeypatch.setattr(store, "_validate", waiting_validate)
+    write_index = snapshots.write_chunk_index
+    monkeypatch.setattr(snapshots, "write_chunk_index",
+                        lambda path, ids: (order.append("publish"), write_index(path, ids)))
+    commit_files(store, "web01", {b"f": data(41)})
+    assert order == ["sync start", "validate start", "sync done", "publish"]
+
+
+def test_a_failed_sync_fails_the_commit_and_publishes_nothing(
+        store: Datastore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.add_host("web01")
+
+    def broken_sync() -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store.chunks, "sync", broken_sync)
+    with pytest.raises(OSError):
+        commit_files(store, "web01", {b"f": data(42)})
+    assert snapshot_ids(store, "web01") == []
 
 
 # --- index rebuild --------------------------------------------------------------------------------
