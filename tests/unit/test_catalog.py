@@ -120,6 +120,32 @@ def test_hostile_entries_are_refused(line: bytes) -> None:
         list(iter_blocks([cat]))
 
 
+PLAIN = b'{"n":"caf\xc3\xa9","t":"d","m":493,"u":0,"g":0,"mt":0}'
+
+
+@pytest.mark.parametrize("line", [
+    PLAIN,  # the writer's own: UTF-8, no whitespace (the scanned path)
+    b" \t" + PLAIN + b" \r",  # whitespace around the value, as json.loads allows
+    b"\xef\xbb\xbf" + PLAIN,  # a UTF-8 byte order mark
+    PLAIN.decode().encode("utf-16"),  # another encoding json.loads detects
+    PLAIN.decode().encode("utf-32-le"),
+])
+def test_a_line_reads_as_json_loads_reads_it(line: bytes) -> None:
+    """Lines are scanned directly when plain, and through json.loads otherwise: whatever
+    json.loads accepts reads the same, and what it refuses is refused."""
+    assert decode_line(line) == decode_line(PLAIN)
+    assert decode_line(line).name == "café".encode()
+
+
+@pytest.mark.parametrize("line", [PLAIN + b"x", PLAIN + b"{}", PLAIN[:-1], b"\xff" + PLAIN,
+                                  b'{"n":"a\x00","t":"d","m":0,"u":0,"g":0,"mt":0}'])
+def test_a_line_json_loads_refuses_is_refused(line: bytes) -> None:
+    with pytest.raises(ValueError):
+        json.loads(line)
+    with pytest.raises(CatalogError):
+        decode_line(line)
+
+
 GOOD_FILE = {"n": "a", "t": "f", "m": 0o644, "u": 1000, "g": 1000, "mt": -5, "s": 5,
              "ino": 7, "ct": 9, "r": [[CID, 0, 5, 5]]}
 
