@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,6 +134,8 @@ class Datastore:
         self._commit_lock = root / "commit.lock"
         #: What each open session has proven it holds (see ownership.py).
         self.ownership = Ownership(root / "sessions")
+        #: Commits' syncs, each beside its catalog check (threads start when first used).
+        self._syncs = ThreadPoolExecutor(4, thread_name_prefix="rdr-commit-sync")
         self.fill_sources()
 
     def fill_sources(self) -> int:
@@ -169,6 +172,7 @@ class Datastore:
         return ""
 
     def close(self) -> None:
+        self._syncs.shutdown(wait=True)
         self.index.close()
 
     # --- start-up -------------------------------------------------------------------------
@@ -502,7 +506,7 @@ class Datastore:
         # beside the catalog's validation (the disk writing while the CPU decodes: on an
         # initial backup each took ~0.4 s, one after the other). Commits landing together
         # sync side by side instead of queueing one syncfs each behind the lock.
-        syncing = _Background(self.chunks.sync)
+        syncing = self._syncs.submit(self.chunks.sync)
         try:
             try:
                 summary = self._validate(host, row, live, req)
@@ -515,8 +519,9 @@ class Datastore:
             self._refuse_unowned(host, row.id, summary.chunks)
             mark("own")
         finally:
-            syncing.join()  # also on a refusal: no sync left running behind the answer
-        mark("sync")
+            syncing.exception()  # waits, also on a refusal: no sync runs on behind the answer
+        syncing.result()  # a failed sync fails the commit
+        mark("sync wait")  # what was left of the sync once the catalog was checked
         # From the final check until the snapshot is published, GC may not delete: GC deletes
         # only under this lock and re-checks mtimes there.
         with exclusive(self._commit_lock):
@@ -783,27 +788,6 @@ def _row_from_manifest(m: Manifest, source: str) -> SnapshotRow:
 
 
 SLOW_COMMIT_SECONDS = 5.0
-
-
-class _Background:
-    """`fn` run in a thread of its own from now; `join` waits for it and raises its error."""
-
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self._fn = fn
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="rdr-commit-sync", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._fn()
-        except BaseException as exc:  # handed to join()
-            self._error = exc
-
-    def join(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 def _log_commit_time(host: str, marks: list[tuple[str, float]]) -> None:

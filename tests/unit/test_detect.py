@@ -230,10 +230,14 @@ def test_a_first_snapshot_is_the_baseline_without_reading_its_catalog(
     added) comes from the manifest, not from decoding its catalog, which the agent's commit
     answer would wait for. The next snapshot is compared, reading both catalogs."""
     det = detector(store)
-    read: list[str] = []
+    read: list[str] = []  # the first chunk of each stream read
     stream = store.stream
-    monkeypatch.setattr(store, "stream", lambda ref: (read.append(ref.chunks[0][0]),
-                                                      stream(ref))[1])
+
+    def recorded(ref: StreamRef):
+        read.append(ref.chunks[0][0])
+        return stream(ref)
+
+    monkeypatch.setattr(store, "stream", recorded)
     tree = encrypt(office())  # ransom notes and all: a first backup is never suspicious
     first = commit_tree(store, tree)
     read.clear()
