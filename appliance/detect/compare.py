@@ -79,11 +79,12 @@ def _stem(name: bytes) -> bytes:
     return stem if dot and stem else name
 
 
-def compare(parent: RawBlocks | None, new: RawBlocks, notes: NoteNames,
+def compare(parent: RawBlocks, new: RawBlocks, notes: NoteNames,
             known_files: Callable[[bytes, list[bytes]], int | None] = lambda p, lines: None,
             ) -> Changes:
-    """The changes from `parent` (None: no parent, everything is added) to `new`, both
-    undecoded blocks (`rdr_format.catalog.iter_raw_blocks`).
+    """The changes from `parent` to `new`, both undecoded blocks
+    (`rdr_format.catalog.iter_raw_blocks`; a first snapshot has no parent and is not
+    compared, `Detector.judge`).
 
     A directory whose block is byte for byte the parent's holds only unchanged files: it is
     decoded once, or not at all when `known_files(path, lines)` can say how many files it
@@ -93,15 +94,15 @@ def compare(parent: RawBlocks | None, new: RawBlocks, notes: NoteNames,
     c = Changes()
     gone: Counter = Counter()
     came: Counter = Counter()
-    cur_p = next(parent, None) if parent is not None else None
+    cur_p = next(parent, None)
     for path, lines in new:
         while cur_p is not None and path_key(cur_p[0]) < path_key(path):
             _block(c, cur_p[0], _decoded(cur_p[1]), {}, gone, came, notes)
-            cur_p = next(parent, None) if parent is not None else None
+            cur_p = next(parent, None)
         old: dict[bytes, Entry] = {}
         if cur_p is not None and cur_p[0] == path:
             old_lines = cur_p[1]
-            cur_p = next(parent, None) if parent is not None else None
+            cur_p = next(parent, None)
             if old_lines == lines:
                 n = known_files(path, lines)
                 if n is None:
@@ -114,7 +115,7 @@ def compare(parent: RawBlocks | None, new: RawBlocks, notes: NoteNames,
         _block(c, path, old, _decoded(lines), gone, came, notes)
     while cur_p is not None:
         _block(c, cur_p[0], _decoded(cur_p[1]), {}, gone, came, notes)
-        cur_p = next(parent, None) if parent is not None else None
+        cur_p = next(parent, None)
     c.renamed = sum((gone & came).values())
     return c
 
