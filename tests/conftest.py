@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -96,17 +97,44 @@ def kind_of(item: pytest.Item) -> str:
     return kind
 
 
+def _unique_ids(items: list[pytest.Item]) -> None:
+    """Gives each test a node id of its own: pytest-xdist's scheduler indexes tests by id and
+    runs only the first of a repeated one, silently. Under pytest 9 schemathesis gives the
+    tests it makes (one per API operation, named ``test[GET /whoami]``) their function's id,
+    so they get their names back (there is no public setter; a repeated id left over stops
+    the run instead of losing tests)."""
+    from _pytest.nodeid import NodeId
+
+    seen: set[str] = set()
+    for item in items:
+        if item.nodeid in seen and item.nodeid.rpartition("::")[2] != item.name:
+            item._id = NodeId.parse(f"{item.nodeid.rpartition('::')[0]}::{item.name}")
+        if item.nodeid in seen:
+            raise pytest.UsageError(f"{item.nodeid}: two tests have this id; pytest-xdist "
+                                    "would run only one of them")
+        seen.add(item.nodeid)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Marks each test with its kind, so `-m unit` selects by kind across folders too, and
-    skips system tests when not root (what they need: namespaces, loop devices, mounts)."""
+    skips system tests when not root (what they need: namespaces, loop devices, mounts).
+
+    For `.ci/run`'s parallel workers (`--dist loadfile`: each file's tests in file order on
+    one worker, as when run alone): the files holding the heaviest kind come first, so no
+    slow system file is left to start last while the other worker idles; and every test
+    has an id of its own."""
     root = os.geteuid() == 0
+    rank: dict[Path, int] = {}
     for item in items:
         kind = kind_of(item)
         item.add_marker(kind)
+        rank[item.path] = max(rank.get(item.path, 0), KINDS.index(kind))
         if kind == "system" and not root:
             item.add_marker(pytest.mark.skip(
                 reason="system test: needs root (network namespaces, loop devices, mounts); "
                        "run it as root, as .ci/run does"))
+    items.sort(key=lambda item: -rank[item.path])  # stable: a file keeps its order
+    _unique_ids(items)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -116,11 +144,26 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SECRET_SCAN] = scan
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """An xdist worker's log-scan hits (its `pytest_sessionfinish`), kept by the controller
+    to fail the run with its own."""
+    output = getattr(node, "workeroutput", None) or {}
+    scan = node.config.stash.get(SECRET_SCAN, None)  # type: ignore[attr-defined]
+    if scan is not None:
+        scan.records += output.get("secret_records", 0)
+        scan.hits.extend(output.get("secret_hits", []))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     scan = session.config.stash.get(SECRET_SCAN, None)
     if scan is None:
         return
     logging.getLogger().removeHandler(scan)
+    worker = getattr(session.config, "workeroutput", None)
+    if worker is not None:  # an xdist worker: the controller reports (pytest_testnodedown)
+        worker["secret_records"], worker["secret_hits"] = scan.records, scan.hits
+        return
     if scan.hits:
         sys.stderr.write(f"\nSECRET IN LOGS: {len(scan.hits)} of {scan.records} log records "
                          "hold a token:\n  " + "\n  ".join(scan.hits) + "\n")
@@ -224,13 +267,25 @@ def appliance_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     """(tree, ext4 image) of the appliance image, built for real once per test run and
     shared by the tests that boot it (test_image, test_hil_ssh): each boots its own copy of
     the ext4 file, since a booted unit writes to it. The debootstrap download is cached in
-    RDR_IMAGE_CACHE (default: this run's temp dir)."""
+    RDR_IMAGE_CACHE (default: this run's temp dir). Under pytest-xdist the workers share
+    one build: the first to need it builds it under a lock, the others wait for it."""
+    import fcntl
+
     from image.build import build
 
-    out = tmp_path_factory.mktemp("image")
-    cache = Path(os.environ.get("RDR_IMAGE_CACHE") or tmp_path_factory.mktemp("image-cache"))
-    tree = build(out, "ext4", cache)
-    return tree, out / "rootfs.ext4"
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's directory, above each worker's own
+    out, built = base / "appliance-image", base / "appliance-image.built"
+    cache = Path(os.environ.get("RDR_IMAGE_CACHE") or base / "appliance-image-cache")
+    with open(base / "appliance-image.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            shutil.rmtree(out, ignore_errors=True)  # what a failed build left
+            out.mkdir()
+            cache.mkdir(exist_ok=True)
+            built.write_text(str(build(out, "ext4", cache)))
+        return Path(built.read_text()), out / "rootfs.ext4"
 
 
 def copy_image(ext4: Path, dest: Path) -> Path:
