@@ -101,14 +101,15 @@ def _unique_ids(items: list[pytest.Item]) -> None:
     """Gives each test a node id of its own: pytest-xdist's scheduler indexes tests by id and
     runs only the first of a repeated one, silently. Under pytest 9 schemathesis gives the
     tests it makes (one per API operation, named ``test[GET /whoami]``) their function's id,
-    so they get their names back (there is no public setter; a repeated id left over stops
-    the run instead of losing tests)."""
+    so a test whose id does not end in its name gets its name back (there is no public
+    setter); a repeated id left over stops the run instead of losing tests."""
     from _pytest.nodeid import NodeId
 
     seen: set[str] = set()
     for item in items:
-        if item.nodeid in seen and item.nodeid.rpartition("::")[2] != item.name:
-            item._id = NodeId.parse(f"{item.nodeid.rpartition('::')[0]}::{item.name}")
+        parent, _, last = item.nodeid.rpartition("::")
+        if parent and last != item.name:
+            item._id = NodeId.parse(f"{parent}::{item.name}")
         if item.nodeid in seen:
             raise pytest.UsageError(f"{item.nodeid}: two tests have this id; pytest-xdist "
                                     "would run only one of them")
