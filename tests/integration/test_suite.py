@@ -30,7 +30,7 @@ def test_every_test_has_an_id_of_its_own() -> None:
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_token_in_a_log_fails_the_run(workers: str) -> None:
-    res = _pytest("-q", "-n", workers, "tests/unit/planted_secret.py")
+    res = _pytest("-q", "-n", workers, "tests/integration/planted_secret.py")
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
     assert "SECRET IN LOGS: 1 of" in res.stderr
     assert "1 passed" in res.stdout  # the test itself passed: the scan failed the run
