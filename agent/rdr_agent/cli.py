@@ -549,11 +549,11 @@ def _main(argv: list[str] | None) -> int:
 
     from rdr_agent.errors import ApplianceError, ConnectError, TargetError
     from rdr_agent.settings import SettingsError, resolve
-    from rdr_agent.util.memory import tune_agent_gc, tune_agent_malloc
+    from rdr_agent.util.memory import tune_agent_gc, tune_malloc
     from rdr_agent.util.pipes import silence_stdout
     from rdr_restore.errors import DcError, SeedError
 
-    tune_agent_malloc()
+    tune_malloc()
     tune_agent_gc()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="rdr-agent: %(levelname)s: %(message)s", stream=sys.stderr)

@@ -13,9 +13,8 @@ def serve(ctx: Context) -> int:
 
     from ..daemon import serve as run_daemon
 
-    # One arena: the daemon's workers hand buffers to the event loop and back, and with
-    # 20 agents a second arena only added fragmentation (peak RSS ~201 -> ~196 MiB).
-    tune_malloc(arenas=1)
+    # Chunk buffers from one arena's heap, reused (rdr_agent/util/memory.py says why).
+    tune_malloc()
     asyncio.run(run_daemon(ctx.cfg))
     return 0
 

@@ -1,24 +1,25 @@
-"""glibc malloc settings for a process that moves megabyte buffers through threads, and the
-agent's garbage collection threshold.
+"""glibc malloc settings for the processes that move megabyte buffers through threads (the
+agent and the daemon), and the agent's garbage collection threshold.
 
 Chunks (up to 4 MiB) are allocated and freed by worker threads all day. With glibc's defaults
 two things inflate the resident set without any leak: each thread gets its own arena, and the
 mmap threshold rises to the largest buffer freed so far (up to 32 MiB), after which buffers of
 every size share arena heaps that fragment and are rarely given back.
 
-The daemon (`rdr serve`) fixes the threshold at 512 KiB: every chunk-sized buffer goes to mmap
-and back to the kernel the moment it is freed (measured: peak RSS under 20 agents).
+Both processes use `CHUNK_HEAP`: every chunk-sized buffer comes from one arena's heap and is
+reused by the next chunk. A fresh mapping per buffer costs more CPU in page faults and zeroing
+than hashing the data does (issue 23, the agent's 1 GiB initial backup measured back to back
+under load: 1.10 million minor faults and 6.1-6.4 CPU-s with a 512 KiB threshold, 0.17
+million and 4.3-4.5 CPU-s with this setting; the daemon's share of an initial backup fell by
+about 0.5 CPU-s of 5-6, and of 20 agents at once, see docs/BENCHMARKS.md). What keeps memory
+flat is that the big buffers are few and reused (the agent's read slabs shared by consecutive
+files; the daemon's upload and download budgets, and chunks sent a piece at a time), one
+arena (no per-thread heaps to fragment), and a fixed threshold just above the largest chunk
+file, so nothing larger than a chunk lingers in the heap.
 
-The agent makes the opposite trade (`AGENT`): every chunk-sized buffer comes from one arena's
-heap and is reused by the next chunk. A fresh mapping per buffer cost it more CPU in page
-faults and zeroing than hashing the data did (issue 23, a 1 GiB initial backup measured
-back to back under load: 1.10 million minor faults and 6.1-6.4 CPU-s with the daemon's
-setting, 0.17 million and 4.3-4.5 CPU-s with this one, 63-76 thousand once files share
-read slabs). What keeps its memory flat is that the big buffers are few and reused (read
-slabs shared by consecutive files, the upload budget), one arena (no per-thread heaps to
-fragment), and a fixed threshold just above the largest chunk file, so nothing larger than
-a chunk lingers in the heap: peak RSS 144-145 MiB in the last runs, 136-137 with the
-daemon's setting and no slabs.
+The daemon used a 512 KiB threshold until then (every chunk buffer mapped and unmapped):
+that kept its peak RSS low while it sent each restored chunk whole, which held two more
+chunk-sized buffers per connection; sent in pieces, the heap setting peaks lower than that.
 
 The agent also collects its youngest generation less often (`tune_agent_gc`): a backup
 keeps objects for a while in bursts (directory blocks waiting for their chunks, the
@@ -51,16 +52,15 @@ class MallocSettings:
     trim_threshold: int | None = None
 
 
-#: The agent's: chunk buffers (a 4 MiB chunk file plus its header, with room) from the heap,
-#: reused; 8 MiB of free heap kept rather than given back and faulted in again.
-AGENT = MallocSettings(mmap_threshold=4 * 2**20 + 64 * 1024, arenas=1,
-                       trim_threshold=8 * 2**20)
+#: The agent's and the daemon's: chunk buffers (a 4 MiB chunk file plus its header, with
+#: room) from the heap, reused; 8 MiB of free heap kept rather than given back and faulted
+#: in again.
+CHUNK_HEAP = MallocSettings(mmap_threshold=4 * 2**20 + 64 * 1024, arenas=1,
+                            trim_threshold=8 * 2**20)
 
 
-def tune_malloc(mmap_threshold: int = 512 * 1024, arenas: int = 2,
-                trim_threshold: int | None = None) -> bool:
-    """Apply the settings (the defaults are the daemon's); False (and nothing changed) where
-    libc is not glibc."""
+def tune_malloc(settings: MallocSettings = CHUNK_HEAP) -> bool:
+    """Apply `settings`; False (and nothing changed) where libc is not glibc."""
     name = ctypes.util.find_library("c")
     if not name:
         return False
@@ -71,18 +71,13 @@ def tune_malloc(mmap_threshold: int = 512 * 1024, arenas: int = 2,
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    ok = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_ARENA_MAX, arenas))
-    if ok and trim_threshold is not None:
-        ok = bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    ok = bool(mallopt(M_MMAP_THRESHOLD, settings.mmap_threshold)) \
+        and bool(mallopt(M_ARENA_MAX, settings.arenas))
+    if ok and settings.trim_threshold is not None:
+        ok = bool(mallopt(M_TRIM_THRESHOLD, settings.trim_threshold))
     if not ok:
         log.debug("mallopt refused the settings")
     return ok
-
-
-def tune_agent_malloc() -> bool:
-    """The agent's settings (`AGENT`)."""
-    s = AGENT
-    return tune_malloc(s.mmap_threshold, s.arenas, s.trim_threshold)
 
 
 #: New tracked objects between collections of the youngest generation (CPython's: 700).

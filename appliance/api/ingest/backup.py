@@ -34,6 +34,7 @@ from ..auth import ACCOUNT, ADMIN, HOST, require_host
 from ..budget import ByteBudget
 from ..jsonbody import read_json
 from .jobs import AgentJobsApi
+from .sending import send_body
 
 T = TypeVar("T")
 MAX_KNOWN_BATCH = 10_000
@@ -210,9 +211,7 @@ class IngestApi:
             resp = web.StreamResponse(headers={
                 "Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
                 "Cache-Control": "private, max-age=31536000"})
-            await resp.prepare(request)
-            await resp.write(data)
-            await resp.write_eof()
+            await send_body(request, resp, data)
         return resp
 
     def _read_chunk(self, host: str, snap: str, cid: str) -> bytes:

@@ -50,6 +50,7 @@ from ..auth import require_host
 from ..budget import ByteBudget
 from ..jsonbody import read_json
 from ..params import job_id, run_id, whole_number
+from .sending import send_body
 
 log = logging.getLogger("rdr.jobs")
 T = TypeVar("T")
@@ -258,9 +259,7 @@ class AgentJobsApi:
             resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
                                                "Cache-Control": "private, no-store"})
             resp.content_length = len(data)
-            await resp.prepare(request)
-            await resp.write(data)
-            await resp.write_eof()
+            await send_body(request, resp, data)
             return resp
 
     async def progress(self, request: web.Request) -> web.Response:
