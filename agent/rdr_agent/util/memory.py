@@ -10,8 +10,8 @@ Both processes use `CHUNK_HEAP`: every chunk-sized buffer comes from one arena's
 reused by the next chunk. A fresh mapping per buffer costs more CPU in page faults and zeroing
 than hashing the data does (issue 23, the agent's 1 GiB initial backup measured back to back
 under load: 1.10 million minor faults and 6.1-6.4 CPU-s with a 512 KiB threshold, 0.17
-million and 4.3-4.5 CPU-s with this setting; the daemon's share of an initial backup fell by
-about 0.5 CPU-s of 5-6, and of 20 agents at once, see docs/BENCHMARKS.md). What keeps memory
+million and 4.3-4.5 CPU-s with this setting; the daemon's CPU per initial backup fell by
+about 0.5 of 5-6 s, docs/BENCHMARKS.md, seventh round). What keeps memory
 flat is that the big buffers are few and reused (the agent's read slabs shared by consecutive
 files; the daemon's upload and download budgets, and chunks sent a piece at a time), one
 arena (no per-thread heaps to fragment), and a fixed threshold just above the largest chunk
