@@ -48,8 +48,8 @@ M_ARENA_MAX = -8
 class MallocSettings:
     mmap_threshold: int
     arenas: int
-    #: Free bytes kept at the top of a heap before it is given back (None: glibc's default).
-    trim_threshold: int | None = None
+    #: Free bytes kept at the top of a heap before it is given back.
+    trim_threshold: int
 
 
 #: The agent's and the daemon's: chunk buffers (a 4 MiB chunk file plus its header, with
@@ -71,10 +71,9 @@ def tune_malloc(settings: MallocSettings = CHUNK_HEAP) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    ok = bool(mallopt(M_MMAP_THRESHOLD, settings.mmap_threshold)) \
-        and bool(mallopt(M_ARENA_MAX, settings.arenas))
-    if ok and settings.trim_threshold is not None:
-        ok = bool(mallopt(M_TRIM_THRESHOLD, settings.trim_threshold))
+    ok = all(mallopt(option, value) for option, value in (
+        (M_MMAP_THRESHOLD, settings.mmap_threshold), (M_ARENA_MAX, settings.arenas),
+        (M_TRIM_THRESHOLD, settings.trim_threshold)))
     if not ok:
         log.debug("mallopt refused the settings")
     return ok
