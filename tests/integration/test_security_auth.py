@@ -200,11 +200,17 @@ def test_a_sign_in_flood_does_not_starve_readyz(live: Live) -> None:
         stop.set()
         watcher.join()
     lat.sort()
-    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    print(f"/readyz during the flood: {len(lat)} probes, p50 {lat[len(lat) // 2] * 1000:.0f} "
-          f"ms, p99 {p99 * 1000:.0f} ms; answers {sorted(set(codes))}")
+    # About 40 probes: their "p99" was their slowest, and one probe slowed by the machine
+    # (1.009 s, p50 23 ms, a CI run beside another worker) failed the test, while scrypt run
+    # in the worker pool itself (the attack's success) gave p50 481 ms, p95 712 ms and passed
+    # it. The median tells the two apart (15-29 ms against 481); the 95th percentile and the
+    # appliance's 5 s latency target bound the rest.
+    p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.95))]
+    print(f"/readyz during the flood: {len(lat)} probes, p50 {p50 * 1000:.0f} "
+          f"ms, p95 {p95 * 1000:.0f} ms, slowest {lat[-1] * 1000:.0f} ms; answers "
+          f"{sorted(set(codes))}")
     assert set(codes) <= {401, 429} and len(lat) >= 5
-    assert p99 < 1.0
+    assert p50 < 0.2 and p95 < 1.0 and lat[-1] < 5.0
 
 
 # --- token scopes and the dump command's audit ------------------------------------------------
