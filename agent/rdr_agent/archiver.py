@@ -49,7 +49,7 @@ from rdr_format.catalog import (
     CatalogWriter,
     Entry,
     Range,
-    decode_lines,
+    decode_validated_line,
     iter_blocks,
     iter_raw_blocks,
     join_path,
@@ -123,7 +123,12 @@ class BackupResult:
 
 class ParentCatalog:
     """The parent snapshot's catalog, read forward in step with the walk: each block decoded,
-    and its entry lines kept, so an unchanged file's line is written again as it was."""
+    and its entry lines kept, so an unchanged file's line is written again as it was.
+
+    Its lines are read without re-checking each field (`decode_validated_line`): the
+    appliance checked them at that snapshot's commit, the cache checked their bytes against
+    the chunk ids, a name only ever meets the walk's own names here, and what is reused goes
+    into a catalog the appliance checks again."""
 
     def __init__(self, blocks: Iterator[tuple[bytes, list[bytes]]] | None) -> None:
         self._it = blocks
@@ -140,7 +145,8 @@ class ParentCatalog:
             self._advance()
         if self._cur is not None and self._cur[0] == path:
             lines = self._cur[1]
-            entries = {e.name: (e, line) for e, line in zip(decode_lines(lines), lines)}
+            entries = {e.name: (e, line) for e, line in zip(map(decode_validated_line, lines),
+                                                                 lines)}
             self._advance()
             return entries
         return {}

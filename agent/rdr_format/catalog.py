@@ -87,7 +87,10 @@ def enc_bytes(value: bytes) -> str | dict[str, str]:
 
 def dec_bytes(value: object, what: str) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8", "strict")
+        try:
+            return value.encode("utf-8", "strict")
+        except UnicodeEncodeError:  # a lone surrogate escaped in the JSON: no name is one
+            raise CatalogError(f"{what}: not a UTF-8 string") from None
     if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str):
         try:
             return base64.b64decode(value["b64"], validate=True)
@@ -383,6 +386,39 @@ def decode_line(line: bytes) -> Entry:
 
 def decode_lines(lines: Iterable[bytes]) -> list[Entry]:
     return list(map(decode_line, lines))
+
+
+def decode_validated_line(line: bytes) -> Entry:
+    """One entry line of a catalog the appliance validated when it was committed and whose
+    bytes were checked against their chunk ids since (the agent's parent catalog), read
+    without checking each field again: the daily backup decodes every line of its parent,
+    and the checks were a third of that (0.07 of 0.21 s for 30,000 files here).
+
+    Only the plain shapes are read this way -- a file, a directory or a symlink with a
+    UTF-8 name and no extended attributes, no device number; anything else, and any line
+    whose fields are not where they should be, goes through `decode_line` and its errors.
+    What a line read here gives the backup is compared with the file system, and reused
+    unchanged only into a catalog the appliance validates again at commit."""
+    d = _loads(line)
+    if type(d) is dict and "x" not in d and "rd" not in d:
+        name = d.get("n")
+        if type(name) is str:
+            try:
+                e = Entry(name.encode(), d["t"], d["m"], d["u"], d["g"], d["mt"])
+                t = e.type
+                if t == FILE and "l" not in d:
+                    e.size, e.ino, e.ctime_ns = d["s"], d.get("ino", 0), d.get("ct", 0)
+                    e.ranges = [Range(*r) for r in d["r"]]
+                    return e
+                if t == DIR and "l" not in d:
+                    return e
+                if t == SYMLINK and type(d.get("l")) is str and d["l"]:
+                    e.link = d["l"].encode()
+                    if b"\0" not in e.link:
+                        return e
+            except (KeyError, TypeError, UnicodeError):
+                pass
+    return decode_entry(d)
 
 
 class LazyEntries:

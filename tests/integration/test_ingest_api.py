@@ -187,10 +187,16 @@ async def test_commit_naming_an_unknown_chunk_commits_nothing(appliance: Applian
         assert res["logical_size"] == present.plain_size + absent.plain_size
 
 
-async def test_commit_with_garbage_catalog_is_422(appliance: Appliance) -> None:
+@pytest.mark.parametrize("junk_text", [
+    b"this is not a catalog\n",
+    # A name escaping a lone surrogate: once a UnicodeEncodeError, answered 500.
+    b'{"d":"","n":1}\n{"n":"\\udc80","t":"d","m":0,"u":0,"g":0,"mt":0}\n',
+])
+async def test_commit_with_garbage_catalog_is_422(appliance: Appliance,
+                                                  junk_text: bytes) -> None:
     token = appliance.add_host("web01")
     enc = ChunkEncoder()
-    junk = enc.encode(b"this is not a catalog\n")
+    junk = enc.encode(junk_text)
     async with appliance.client(token) as c:
         sid = (await c.open_session())["session"]
         await c.put_chunk(sid, junk.id, junk.data)

@@ -17,6 +17,7 @@ from rdr_format.catalog import (
     Range,
     decode_block,
     decode_line,
+    decode_validated_line,
     iter_blocks,
     iter_index,
     locate,
@@ -111,6 +112,7 @@ def test_validate_refuses_inconsistent_trees(blocks) -> None:
     b'{"n":"a","t":"f","m":99999,"u":0,"g":0,"mt":0,"s":0,"r":[]}',
     b'{"n":"a","t":"l","m":0,"u":0,"g":0,"mt":0}',
     b'{"n":{"b64":"!!"},"t":"d","m":0,"u":0,"g":0,"mt":0}',
+    b'{"n":"\\udc80","t":"d","m":0,"u":0,"g":0,"mt":0}',  # was a UnicodeEncodeError
     b'not json',
     b'[1,2]',
 ])
@@ -178,6 +180,50 @@ def test_each_bad_range_is_refused(bad_range: object) -> None:
     d = dict(GOOD_FILE, r=[bad_range])
     with pytest.raises(CatalogError, match="range"):
         decode_line(json.dumps(d).encode())
+
+
+def _every_shape() -> list[bytes]:
+    """Entry lines of every type and optional field the writer makes."""
+    entries = [e for _, es in sample() for e in es] + [
+        Entry(b"d", DIR, 0o700, 1, 2, 3),
+        Entry(b"f", FILE, 0o644, 1000, 1000, -5, size=15, ino=7, ctime_ns=9,
+              ranges=[Range(CID, 0, 10, 10), Range(CID2, 2, 5, 9)]),
+        Entry(b"e", FILE, 0o644, size=0),
+        Entry(b"s", SYMLINK, 0o777, link=b"target/x"),
+        Entry(b"\xff", FILE, 0o644, size=0),  # a name that is not UTF-8
+        Entry(b"p", "p", 0o600), Entry(b"c", "c", 0o600, rdev=0x0501),
+        Entry(b"bd", "b", 0o600, rdev=0x0801),
+        Entry(b"x", DIR, 0o755, xattrs=[(b"user.a", b"1")]),
+    ]
+    return [line for path, es in [(b"", entries)]
+            for line in write([(path, sorted(es, key=lambda e: e.name))])[0].splitlines()[1:]]
+
+
+def test_a_validated_line_reads_as_the_checked_decoder_reads_it() -> None:
+    """The parent catalog's lines are read without the field checks (`decode_validated_line`):
+    each shape the writer makes must come out exactly as `decode_line` gives it, whichever
+    path (the quick one or the checked one) it takes."""
+    lines = _every_shape()
+    assert len(lines) == 15
+    for line in lines:
+        assert decode_validated_line(line) == decode_line(line), line
+
+
+@pytest.mark.parametrize("line", [
+    b"not json", b"[1,2]", b'{"n":"a","m":0,"u":0,"g":0,"mt":0}',
+    b'{"n":"a","t":"f","m":0,"u":0,"g":0,"mt":0,"s":5}',
+    b'{"n":"a","t":"f","m":0,"u":0,"g":0,"mt":0,"s":5,"r":[["' + CID.encode() + b'",0,5]]}',
+    b'{"n":"a","t":"f","m":0,"u":0,"g":0,"mt":0,"s":5,"r":5}',
+    b'{"n":"a","t":"l","m":0,"u":0,"g":0,"mt":0}',
+    b'{"n":"\\udc80","t":"d","m":0,"u":0,"g":0,"mt":0}',
+    b'{"n":"a","t":"d","u":0,"g":0,"mt":0}',
+])
+def test_a_validated_line_of_the_wrong_shape_is_refused_as_before(line: bytes) -> None:
+    """Not rechecking the fields is no licence to crash: a line whose structure is wrong
+    (a damaged cache, an appliance gone wrong) falls to the checked decoder and its
+    CatalogError, never a KeyError or TypeError."""
+    with pytest.raises(CatalogError):
+        decode_validated_line(line)
 
 
 def test_index_must_match_catalog() -> None:
