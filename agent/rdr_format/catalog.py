@@ -407,13 +407,23 @@ def decode_validated_line(line: bytes) -> Entry:
                 e = Entry(name.encode(), d["t"], d["m"], d["u"], d["g"], d["mt"])
                 if e.type == FILE:
                     e.size, e.ino, e.ctime_ns = d["s"], d.get("ino", 0), d.get("ct", 0)
-                    e.ranges = [Range(*r) for r in d["r"]]
+                    e.ranges = [_plain_range(r) for r in d["r"]]
                     return e
                 if e.type == DIR:
                     return e
             except (KeyError, TypeError, UnicodeError):
                 pass
     return decode_entry(d)
+
+
+def _plain_range(r: object) -> Range:
+    """A range of the shape the writer makes, its values unchecked; TypeError otherwise. The
+    fields the backup only compares may be anything, but a range's numbers are added up."""
+    if type(r) is list and len(r) == 4:
+        c, o, n, s = r
+        if type(c) is str and type(o) is int and type(n) is int and type(s) is int:
+            return Range(c, o, n, s)
+    raise TypeError("not a plain range")
 
 
 class LazyEntries:
