@@ -14,8 +14,8 @@ from rdr_agent.util.memory import CHUNK_HEAP
 GLIBC = platform.libc_ver()[0] == "glibc"
 
 #: Run in a fresh interpreter: prints the bytes glibc holds in mmapped blocks (mallinfo2's
-#: hblkhd) gained by allocating a chunk-sized buffer under the settings given.
-_MAPPED_BY_A_CHUNK = """
+#: hblkhd) gained by allocating chunk-sized buffers under the settings given.
+_MAPPED_BY_CHUNKS = """
 import ctypes, sys
 from rdr_agent.util.memory import MallocSettings, tune_malloc
 class Info(ctypes.Structure):
@@ -35,7 +35,7 @@ print(mallinfo2().hblkhd - before)
 
 
 def _mapped_by_chunks(threshold: int, trim: int) -> int:
-    out = subprocess.run([sys.executable, "-c", _MAPPED_BY_A_CHUNK, str(threshold), str(trim)],
+    out = subprocess.run([sys.executable, "-c", _MAPPED_BY_CHUNKS, str(threshold), str(trim)],
                          capture_output=True, text=True, check=True).stdout
     return int(out)
 
