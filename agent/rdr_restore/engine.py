@@ -3,7 +3,8 @@
 Three stages overlap so neither the network nor the disk waits for the other: a planner walks
 the catalog (a synchronous stream read from local files) in a pool thread and cuts it into
 batches of operations; the event loop fetches each batch's chunks concurrently; a pool thread
-writes the whole batch in one call while the next batch is planned and fetched.
+writes the whole batch in one call while the next batch is planned and fetched. Within a
+batch, the new files are created by two threads at once (see `_Writer.apply`).
 
 Safety: the catalog is not trusted even though the appliance validated it. Every name is
 checked again and every filesystem call is relative to a directory fd that was opened with
@@ -27,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -64,6 +65,8 @@ BATCH_OPS = 1024
 FETCH_AHEAD = 2
 #: Open directory fds kept between operations.
 DIR_FDS = 128
+#: A batch's new files are written by two threads once it holds this many.
+SPLIT_FILES = 4
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a fifo that lies where a file goes fails (ENXIO) instead of hanging.
@@ -473,6 +476,10 @@ class _Dirs:
             os.mkdir(name, 0o700, dir_fd=parent)
         return os.open(name, _DIR_FLAGS, dir_fd=parent)
 
+    def evicted(self) -> int:
+        """Fds evicted and not yet closed."""
+        return len(self._evicted)
+
     def release(self) -> None:
         while self._evicted:
             os.close(self._evicted.pop())
@@ -502,11 +509,15 @@ def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
 
 
 class _Writer:
-    """Applies batches of ops in order; used by one pool thread at a time."""
+    """Applies batches of ops in order; used by one pool thread at a time, which hands half
+    of each batch's new files to the helper thread."""
 
     def __init__(self, root_fd: int, summary: RestoreSummary, jobs: Iterator[int],
                  bad_dirs: set[bytes], on_progress: Callable[[int, int], None] | None,
-                 allow_special: bool = True, overwrite: str = OVERWRITE_ALWAYS) -> None:
+                 helper: Executor, allow_special: bool = True,
+                 overwrite: str = OVERWRITE_ALWAYS) -> None:
+        """`helper`: a thread of its own (not the restore's pool, whose queue holds the
+        decodes) writing half of each batch's new files."""
         if overwrite not in OVERWRITE_CHOICES:
             raise ValueError(f"overwrite must be one of {', '.join(OVERWRITE_CHOICES)}")
         self.summary = summary
@@ -527,6 +538,7 @@ class _Writer:
         self.made: set[bytes] = set()
         self._jobs = jobs
         self._on_progress = on_progress
+        self._helper = helper
 
     def _error(self, path: bytes, message: str) -> None:
         self.summary.errors.append((_show(path), message))
@@ -534,13 +546,92 @@ class _Writer:
     # -- batches --
 
     def apply(self, ops: list[_Op], plains: dict[str, bytes | BaseException]) -> None:
-        for op in ops:
-            try:
-                self._apply(op, plains)
-            finally:
-                self.dirs.release()
+        """Apply a batch: every op in order, except that new files (whole in this batch, in a
+        directory this restore made or with overwrite "always") are held back and then
+        written by this thread and the `helper` at once.
+
+        Why: creating a file is mostly the kernel's work (on a journal-less ext4 that has
+        just lost a tree, a scan of the recently freed inodes), and one writer thread left a
+        core idle while the rest of the restore waited for it (docs/BENCHMARKS.md, ninth
+        round). Held-back files need nothing the later ops of the batch make (their
+        directory exists, and names are unique in a directory), except a hard link's target:
+        they are written before a hard link is made. Directory fds evicted from the cache
+        are closed only once no held-back file may need them (at most DIR_FDS wait)."""
+        new: list[tuple[int, _Op]] = []
+        try:
+            for op in ops:
+                if self._is_new_whole_file(op):
+                    pfd = self._parent(op)
+                    if pfd is None:
+                        self._fail(op, None)
+                    else:
+                        new.append((pfd, op))
+                else:
+                    if op.entry.type == HARDLINK and new:
+                        self._new_files(new, plains)
+                        new = []
+                    self._apply(op, plains)
+                if not new or self.dirs.evicted() > DIR_FDS:
+                    # held-back files may use evicted fds: write them before those close
+                    self._new_files(new, plains)
+                    new = []
+                    self.dirs.release()
+            self._new_files(new, plains)
+        finally:
+            self.dirs.release()
         if self._on_progress is not None:
             self._on_progress(self.summary.files, self.summary.bytes_written)
+
+    def _is_new_whole_file(self, op: _Op) -> bool:
+        """A regular file whose data all comes in this op and that replaces nothing to be
+        checked first (`_may_replace` is then true without a stat)."""
+        return (op.entry.type == FILE and op.first and op.last
+                and (self.overwrite == OVERWRITE_ALWAYS or op.parent in self.made))
+
+    def _new_files(self, new: list[tuple[int, _Op]],
+                   plains: dict[str, bytes | BaseException]) -> None:
+        """Write `new` (parent fd, op) in two halves at once, cut where the directory changes
+        near the middle: creating files in one directory takes that directory's lock."""
+        if not new:
+            return
+        if len(new) < SPLIT_FILES:
+            files, nbytes = self._write_new(new, plains)
+        else:
+            mid = len(new) // 2
+            cuts = [i for i in range(1, len(new)) if new[i][1].parent != new[i - 1][1].parent]
+            cut = min(cuts, key=lambda i: abs(i - mid), default=mid)
+            if abs(cut - mid) > len(new) // 4:
+                cut = mid
+            other = self._helper.submit(self._write_new, new[cut:], plains)
+            try:
+                files, nbytes = self._write_new(new[:cut], plains)
+            finally:
+                more_files, more_bytes = other.result()  # its fds stay open until it ends
+            files += more_files
+            nbytes += more_bytes
+        self.summary.files += files
+        self.summary.bytes_written += nbytes
+
+    def _write_new(self, new: list[tuple[int, _Op]],
+                   plains: dict[str, bytes | BaseException]) -> tuple[int, int]:
+        """Create and write whole files; (files, bytes) written. Runs in two threads at
+        once: it changes no writer state but the error lists (appends)."""
+        files = nbytes = 0
+        for pfd, op in new:
+            views = self._views(op, plains)
+            if views is None:
+                continue
+            fd = self._create(pfd, op)
+            if fd < 0:
+                continue
+            try:
+                n = self._write(fd, op, views)
+            finally:
+                os.close(fd)
+            if n >= 0:
+                files += 1
+                nbytes += n
+        return files, nbytes
 
     def _apply(self, op: _Op, plains: dict[str, bytes | BaseException]) -> None:
         t = op.entry.type
@@ -598,11 +689,42 @@ class _Writer:
         self.summary.dirs += 1
 
     def _file(self, op: _Op, plains: dict[str, bytes | BaseException]) -> None:
-        e, full = op.entry, op.path
         if op.job in self.failed_jobs:
             if op.last:
                 self.failed_jobs.discard(op.job)
             return
+        views = self._views(op, plains)
+        if views is None:
+            return
+        if op.first:
+            pfd = self._parent(op)
+            if pfd is None:
+                self._fail(op, None)
+                return
+            if not self._may_replace(pfd, op.entry, op.path):
+                self._skip(op)
+                return
+            fd = self._create(pfd, op)
+            if fd < 0:
+                return
+        else:
+            fd = self.open.pop(op.job)
+        try:
+            n = self._write(fd, op, views)
+        except BaseException:
+            os.close(fd)
+            raise
+        if n >= 0:
+            self.summary.bytes_written += n
+            if not op.last:
+                self.open[op.job] = fd  # its later slices come in later batches
+                return
+            self.summary.files += 1
+        os.close(fd)
+
+    def _views(self, op: _Op,
+               plains: dict[str, bytes | BaseException]) -> list[memoryview] | None:
+        """The plaintext slices `op` writes, or None (the file failed, reported)."""
         views = []
         for r in op.ranges:
             p = plains.get(r.chunk)
@@ -610,51 +732,50 @@ class _Writer:
                 p = ChunkError("not fetched")
             if isinstance(p, BaseException):
                 self._fail(op, f"chunk {r.chunk[:16]}: {_why(p)}")
-                return
+                return None
             if len(p) != r.chunk_size or r.offset + r.length > len(p):
                 self._fail(op, f"chunk {r.chunk[:16]} has {len(p)} bytes, catalog says "
                                f"{r.chunk_size}")
-                return
+                return None
             views.append(memoryview(p)[r.offset:r.offset + r.length])
-        if op.first:
-            pfd = self._parent(op)
-            if pfd is None:
-                self._fail(op, None)
-                return
-            if not self._may_replace(pfd, e, full):
-                self._skip(op)
-                return
-            try:
-                try:
-                    fd = os.open(e.name, _FILE_FLAGS, 0o600, dir_fd=pfd)
-                except PermissionError:
-                    # a read-only file (of an earlier restore, say): replace it instead
-                    os.unlink(e.name, dir_fd=pfd)
-                    fd = os.open(e.name, _FILE_FLAGS, 0o600, dir_fd=pfd)
-            except _ENTRY_ERRORS as exc:
-                self._fail(op, f"cannot create: {_why(exc)}")
-                return
-        else:
-            fd = self.open.pop(op.job)
+        return views
+
+    def _create(self, pfd: int, op: _Op) -> int:
+        """An fd of `op`'s file made empty in `pfd`, or -1 (the file failed, reported)."""
+        name = op.entry.name
         try:
-            if op.first and not stat.S_ISREG(os.fstat(fd).st_mode):
+            try:
+                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+            except PermissionError:
+                # a read-only file (of an earlier restore, say): replace it instead
+                os.unlink(name, dir_fd=pfd)
+                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        except _ENTRY_ERRORS as exc:
+            self._fail(op, f"cannot create: {_why(exc)}")
+            return -1
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EEXIST, "something other than a file is in the way")
-            pos = op.offset
+        except _ENTRY_ERRORS as exc:
+            os.close(fd)
+            self._fail(op, f"cannot write: {_why(exc)}")
+            return -1
+        return fd
+
+    def _write(self, fd: int, op: _Op, views: list[memoryview]) -> int:
+        """Write `op`'s slices, and after the file's last its metadata; the bytes written,
+        or -1 (the file failed, reported)."""
+        pos = op.offset
+        try:
             for v in views:
                 _pwrite_all(fd, v, pos)
                 pos += len(v)
-                self.summary.bytes_written += len(v)
-            if not op.last:
-                self.open[op.job] = fd
-                fd = -1
-                return
-            self.summary.files += 1
-            self._meta_fd(fd, e, full)
+            if op.last:
+                self._meta_fd(fd, op.entry, op.path)
         except _ENTRY_ERRORS as exc:
             self._fail(op, f"cannot write: {_why(exc)}")
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            return -1
+        return pos - op.offset
 
     def _may_replace(self, pfd: int, e: Entry, full: bytes) -> bool:
         """May entry `e` be written where something may already lie? False notes why not:
@@ -953,7 +1074,9 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source
     bad_dirs: set[bytes] = set()
     flt = _Filter(include, summary.errors)
     planner = _Planner(iter(blocks), flt, summary.errors, jobs, bad_dirs)
-    writer = _Writer(root_fd, summary, jobs, bad_dirs, on_progress, allow_special, overwrite)
+    helper = ThreadPoolExecutor(1, thread_name_prefix="rdr-create")
+    writer = _Writer(root_fd, summary, jobs, bad_dirs, on_progress, helper, allow_special,
+                     overwrite)
     try:
         await _pipeline(_Batcher(planner.ops()), writer, source, pool)
         if writer.fallback:
@@ -962,6 +1085,7 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source
         await loop.run_in_executor(pool, writer.finish)
     finally:
         await loop.run_in_executor(pool, writer.close)
+        helper.shutdown()
         os.close(root_fd)
     summary.duration = time.monotonic() - started
     if summary.errors:
