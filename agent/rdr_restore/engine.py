@@ -61,8 +61,10 @@ log = logging.getLogger("rdr.agent.restorer")
 BATCH_FILES = 64
 BATCH_BYTES = 16 * 2**20
 BATCH_OPS = 1024
-#: Batches being fetched (and decoded) ahead of the one being written.
-FETCH_AHEAD = 2
+#: Batches being fetched (and decoded) ahead of the one being written: at most FETCH_AHEAD,
+#: and no further once their chunks add up to FETCH_AHEAD_BYTES.
+FETCH_AHEAD = 8
+FETCH_AHEAD_BYTES = 2 * BATCH_BYTES
 #: Open directory fds kept between operations.
 DIR_FDS = 128
 #: A batch's new files are written by two threads once it holds this many.
@@ -242,7 +244,9 @@ class _Batcher:
         #: next_batch has returned None (set in the pool thread, read on the loop).
         self.exhausted = False
 
-    def next_batch(self) -> tuple[list[_Op], list[str]] | None:
+    def next_batch(self) -> tuple[list[_Op], list[str], int] | None:
+        """The next batch: its ops, the chunks they need and those chunks' size; None at
+        the end."""
         ops: list[_Op] = []
         chunks: dict[str, None] = {}
         nbytes = nfiles = 0
@@ -278,7 +282,7 @@ class _Batcher:
         if not ops:
             self.exhausted = True
             return None
-        return ops, list(chunks)
+        return ops, list(chunks), nbytes
 
 
 class _Filter:
@@ -997,49 +1001,60 @@ async def _settle(*futs: asyncio.Future | None) -> None:
 
 async def _pipeline(batcher: _Batcher, writer: _Writer, source: ChunkSource,
                     pool: Executor) -> None:
-    """Fetch up to FETCH_AHEAD batches ahead of the one being written.
+    """Fetch batches ahead of the one being written (FETCH_AHEAD, FETCH_AHEAD_BYTES).
 
     Measured on a fresh filesystem, the one-batch overlap this replaced left the writer
     waiting for its next batch's chunks for most of a restore (1.6 s of 2.6): batches are
     small (BATCH_FILES) and each one's fetch paid its round trips after the previous write
     was handed over. Now several batches' chunks are being fetched and decoded while one is
-    written. Memory: the plaintexts of FETCH_AHEAD + 1 batches (BATCH_BYTES each) and the
-    chunk cache; with the agent's malloc setting freed buffers stay in its heap, so both are
-    kept small (measured: FETCH_AHEAD 4 and a 64 MiB cache peaked at 151-155 MiB, 2 and
-    32 MiB at 114-118, with the same restore time)."""
+    written. Bounded by bytes as well as batches: a batch of small files needs a chunk or
+    two, one of large files up to BATCH_BYTES, and since the writer creates files in two
+    threads, two batches ahead left it waiting for small files' chunks (docs/BENCHMARKS.md,
+    ninth round). Memory: the plaintexts of the batches ahead (about FETCH_AHEAD_BYTES, as
+    with two full batches before) and the chunk cache; with the agent's malloc setting freed
+    buffers stay in its heap, so both are kept small (measured: four full batches and a
+    64 MiB cache peaked at 151-155 MiB, two and 32 MiB at 114-118, with the same restore
+    time)."""
     loop = asyncio.get_running_loop()
-    ahead: deque[tuple[list[_Op], asyncio.Future]] = deque()
+    ahead: deque[tuple[list[_Op], asyncio.Future, int]] = deque()
+    ahead_bytes = 0
+
+    def room(extra: int = 0) -> bool:
+        return len(ahead) < FETCH_AHEAD + extra and ahead_bytes < FETCH_AHEAD_BYTES
+
     planning: asyncio.Future | None = loop.run_in_executor(pool, batcher.next_batch)
     writing: asyncio.Future | None = None
     try:
         while True:
-            # Top the window up: plan and start fetching until FETCH_AHEAD are under way.
-            while planning is not None and (len(ahead) < FETCH_AHEAD or planning.done()):
+            # Top the window up: plan and start fetching until it is full.
+            while planning is not None and (room() or planning.done()):
                 batch = await planning
                 planning = None
                 if batch is None:
                     break
-                ops, cids = batch
-                ahead.append((ops, asyncio.ensure_future(_fetch(source, cids))))
-                if len(ahead) < FETCH_AHEAD + 1:
+                ops, cids, nbytes = batch
+                ahead.append((ops, asyncio.ensure_future(_fetch(source, cids)), nbytes))
+                ahead_bytes += nbytes
+                if room(1):
                     planning = loop.run_in_executor(pool, batcher.next_batch)
             if not ahead:
                 break
-            ops, fetching = ahead.popleft()
+            ops, fetching, nbytes = ahead.popleft()
+            ahead_bytes -= nbytes
             plains = await fetching
             if writing is not None:
                 w, writing = writing, None
                 await w
             writing = loop.run_in_executor(pool, writer.apply, ops, plains)
-            if planning is None and len(ahead) < FETCH_AHEAD and not batcher.exhausted:
+            if planning is None and room() and not batcher.exhausted:
                 planning = loop.run_in_executor(pool, batcher.next_batch)
         if writing is not None:
             w, writing = writing, None
             await w
     finally:
-        for _, f in ahead:
+        for _, f, _ in ahead:
             f.cancel()
-        await _settle(planning, writing, *(f for _, f in ahead))
+        await _settle(planning, writing, *(f for _, f, _ in ahead))
 
 
 def _open_target(target: Path) -> int:

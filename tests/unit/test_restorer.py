@@ -8,6 +8,7 @@ import os
 import resource
 import stat
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -382,6 +383,39 @@ async def test_held_back_files_keep_the_open_directories_bounded(
     assert s.errors == []
     assert (tmp_path / "t" / "a").read_bytes() == b"held back"
     assert s.dirs == 500 and len(os.listdir(tmp_path / "t")) == 501
+
+
+async def test_fetching_runs_ahead_of_the_writer_by_bytes(
+        tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches are fetched ahead of the one being written until their chunks add up to
+    FETCH_AHEAD_BYTES (or FETCH_AHEAD batches): small batches go further ahead than two,
+    and no number of them goes past the bytes. The writer is held in its first batch
+    until the fetching stops."""
+    monkeypatch.setattr(restorer, "BATCH_FILES", 1)
+    monkeypatch.setattr(restorer, "FETCH_AHEAD_BYTES", 4 * 100)
+    src = FakeSource()
+    blocks: list[Block] = [(b"", [filee(src, b"f%02d" % i, bytes([i]) * 100)
+                                  for i in range(20)])]
+    seen_while_held: list[int] = []
+
+    def hold_first_batch(files: int, _bytes: int) -> None:
+        if seen_while_held:
+            return
+        last, stable_since = -1, time.monotonic()
+        while time.monotonic() - stable_since < 1.0:  # no new fetch for a second
+            now = sum(src.calls.values())
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            time.sleep(0.01)
+        seen_while_held.append(last)
+
+    s = await restore_blocks(iter(blocks), src, tmp_path / "t", None, pool,
+                             on_progress=hold_first_batch)
+    assert s.errors == [] and s.files == 20
+    # the batch written, four ahead by bytes, and one more planned while it was full
+    assert 5 <= seen_while_held[0] <= 6
+    for i in range(20):
+        assert (tmp_path / "t" / f"f{i:02d}").read_bytes() == bytes([i]) * 100
 
 
 async def test_existing_content(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
