@@ -619,7 +619,9 @@ class _Writer:
     def _write_new(self, new: list[tuple[int, _Op]],
                    plains: dict[str, bytes | BaseException]) -> tuple[int, int]:
         """Create and write whole files; (files, bytes) written. Runs in two threads at
-        once: it changes no writer state but the error lists (appends)."""
+        once: of the writer's state it only appends to the summary's errors and adds to
+        `failed_files` (single, atomic operations); the counts are added by the caller.
+        The two halves' errors may therefore be listed in either order."""
         files = nbytes = 0
         for pfd, op in new:
             views = self._views(op, plains)
