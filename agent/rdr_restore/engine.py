@@ -571,14 +571,12 @@ class _Writer:
                     else:
                         new.append((pfd, op))
                 else:
-                    if op.entry.type == HARDLINK and new:
-                        self._new_files(new, plains)
-                        new = []
+                    if op.entry.type == HARDLINK:
+                        self._new_files(new, plains)  # its target may be among them
                     self._apply(op, plains)
-                if not new or self.dirs.evicted() > DIR_FDS:
-                    # held-back files may use evicted fds: write them before those close
-                    self._new_files(new, plains)
-                    new = []
+                if new and self.dirs.evicted() > DIR_FDS:
+                    self._new_files(new, plains)  # they may use evicted fds: write them first
+                if not new:
                     self.dirs.release()
             self._new_files(new, plains)
         finally:
@@ -590,12 +588,18 @@ class _Writer:
         """A regular file whose data all comes in this op and that replaces nothing to be
         checked first (`_may_replace` is then true without a stat)."""
         return (op.entry.type == FILE and op.first and op.last
-                and (self.overwrite == OVERWRITE_ALWAYS or op.parent in self.made))
+                and self._replaces_without_looking(op.parent))
+
+    def _replaces_without_looking(self, parent: bytes) -> bool:
+        """Whatever lies in `parent` may be replaced unseen: overwrite "always", or a
+        directory this restore made (nothing can lie in it that it must not replace)."""
+        return self.overwrite == OVERWRITE_ALWAYS or parent in self.made
 
     def _new_files(self, new: list[tuple[int, _Op]],
                    plains: dict[str, bytes | BaseException]) -> None:
         """Write `new` (parent fd, op) in two halves at once, cut where the directory changes
-        near the middle: creating files in one directory takes that directory's lock."""
+        near the middle (creating files in one directory takes that directory's lock), and
+        empty it."""
         if not new:
             return
         if len(new) < SPLIT_FILES:
@@ -613,6 +617,7 @@ class _Writer:
                 more_files, more_bytes = other.result()  # its fds stay open until it ends
             files += more_files
             nbytes += more_bytes
+        new.clear()
         self.summary.files += files
         self.summary.bytes_written += nbytes
 
@@ -786,7 +791,7 @@ class _Writer:
     def _may_replace(self, pfd: int, e: Entry, full: bytes) -> bool:
         """May entry `e` be written where something may already lie? False notes why not:
         kept (overwrite "never") or equal to the snapshot's (overwrite "if-changed")."""
-        if self.overwrite == OVERWRITE_ALWAYS or full.rpartition(b"/")[0] in self.made:
+        if self._replaces_without_looking(full.rpartition(b"/")[0]):
             return True
         try:
             st = os.stat(e.name, dir_fd=pfd, follow_symlinks=False)
