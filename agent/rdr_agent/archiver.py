@@ -33,6 +33,7 @@ from rdr_agent.bundle_use import ChunkUse, low_use_bundles
 from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, cut_stream, new_cdc
 from rdr_agent.client import ApplianceClient, ApplianceError
+from rdr_agent.smallreads import DirReads, SmallRead, open_for_read, xattrs_of
 from rdr_agent.statefiles import private_dir, write_private
 from rdr_agent.uploader import Cancelled, ChunkUploader, LazyChunk
 from rdr_agent.walker import READ_AHEAD_THREADS, Child, Walker
@@ -220,6 +221,7 @@ class Producer:
         self.low_use = low_use
         self.stop = stop
         self.prefetch = prefetch
+        self._ahead: DirReads | None = None  # the small files of the directory being walked
         self._codecs = codecs or ThreadEncoders()
         self._slots = threading.Semaphore(self.MAX_ENCODES_IN_FLIGHT)
         self._bundle = Bundle()
@@ -313,23 +315,28 @@ class Producer:
             if self.stop.is_set():
                 raise Cancelled
             previous = self.parent.lookup(cpath)
-            # Each child's parent entry and whether it is unchanged, once: the prefetch
+            # Each child's parent entry and whether it is unchanged, once: the reads ahead
             # below and the entries after it both need them.
             prevs = [previous.get(c.name, _NO_PARENT) for c in children]
             unchanged = self._unchanged
             sames = [unchanged(p[0], c.st) for c, p in zip(children, prevs)]
-            self._warm(children, sames)
+            self._ahead = self._read_ahead(children, sames)
             entries: list[Entry] = []
             lines: list[bytes | None] = []  # the parent's line of an unchanged file
             pendings: list[tuple[Entry, list]] = []
             links: list[tuple[Entry, _Inode]] = []
             firsts: list[tuple[_Inode, Entry]] = []
-            for child, (prev, prev_line), same in zip(children, prevs, sames):
-                e, line = self._entry(cpath, child, prev, prev_line, same, pendings, links,
-                                      firsts)
-                if e is not None:
-                    entries.append(e)
-                    lines.append(line)
+            try:
+                for child, (prev, prev_line), same in zip(children, prevs, sames):
+                    e, line = self._entry(cpath, child, prev, prev_line, same, pendings, links,
+                                          firsts)
+                    if e is not None:
+                        entries.append(e)
+                        lines.append(line)
+            finally:
+                if self._ahead is not None:
+                    self._ahead.close()
+                    self._ahead = None
             self._queue_block(cpath, entries, lines, pendings, links, firsts)
 
     def run_stdin(self, name: bytes, stream: io.RawIOBase | io.BufferedIOBase) -> None:
@@ -353,6 +360,7 @@ class Producer:
         name of a hard-linked file goes to `links`, a first one to `firsts`."""
         st = child.st
         mode = st.st_mode
+        got: SmallRead | None = None  # the file's bytes and xattrs, read ahead
         e = Entry(name=child.name, type=FILE, mode=stat.S_IMODE(mode), uid=st.st_uid,
                   gid=st.st_gid, mtime_ns=st.st_mtime_ns)
         if stat.S_ISREG(mode):
@@ -366,7 +374,9 @@ class Producer:
                 links.append((e, key))
                 self.stats.files += 1
                 return e, None
-            pend = self._file_ranges(child, e, prev, same)
+            if not same and self._ahead is not None:
+                got = self._ahead.take(child.path)
+            pend = self._file_ranges(child, e, prev, same, got)
             if pend is None:
                 return None, None
             pendings.append((e, pend))
@@ -396,7 +406,8 @@ class Producer:
         else:
             return None, None  # sockets and doors cannot be restored meaningfully
         if not same or prev is None:
-            e.xattrs = _xattrs(child.path)
+            e.xattrs = got.xattrs if got is not None and got.data is not None \
+                else xattrs_of(child.path)
             return e, None
         # Setting or removing an attribute changes the ctime: an unchanged file keeps its
         # parent's, and the backup makes no listxattr call per file. So do its mode and
@@ -417,29 +428,49 @@ class Producer:
         low = self.low_use  # usually empty: no per-range test then
         return not low or low.isdisjoint([r.chunk for r in prev.ranges])
 
-    def _warm(self, children: list[Child], sames: list[bool]) -> None:
-        """Ask the kernel to start reading the files of this directory that will be read.
+    def _read_ahead(self, children: list[Child], sames: list[bool]) -> DirReads | None:
+        """Have the prefetch thread read this directory's small files that will be read
+        (`smallreads`), and ask the kernel to start reading its larger ones up to WARM_MAX.
 
-        Reading small files one after another from a cold disk waits on one I/O at a time;
+        Reading files one after another from a cold disk waits on one I/O at a time;
         WILLNEED hints issued from another thread put them all in flight, so the reads that
         follow mostly hit the page cache (restic gets the same from parallel readers)."""
         if self.prefetch is None:
-            return
-        paths = [c.path for c, same in zip(children, sames)
-                 if not same and stat.S_ISREG(c.st.st_mode) and 0 < c.st.st_size <= WARM_MAX]
-        if paths:
-            self.prefetch.submit(_warm_files, paths)
+            return None
+        small: list[tuple[bytes, int]] = []
+        larger: list[bytes] = []
+        links = self._link_paths
+        for c, same in zip(children, sames):
+            st = c.st
+            if same or not stat.S_ISREG(st.st_mode) or (
+                    st.st_nlink > 1 and (st.st_dev, st.st_ino) in links):
+                continue  # not read: unchanged, or a further name of a file read before
+            if st.st_size < SMALL_FILE:
+                small.append((c.path, st.st_size))
+            elif st.st_size <= WARM_MAX:
+                larger.append(c.path)
+        ahead = DirReads(self.prefetch, small, SMALL_FILE) if small else None
+        if larger:
+            self.prefetch.submit(_warm_files, larger)
+        return ahead
 
     def _file_ranges(self, child: Child, e: Entry, prev: Entry | None,
-                     same: bool) -> list | None:
-        """Pending ranges of a regular file: the parent's when unchanged (`same`), else read
-        now."""
+                     same: bool, got: SmallRead | None = None) -> list | None:
+        """Pending ranges of a regular file: the parent's when unchanged (`same`), its
+        bytes read ahead (`got`), else read now."""
         if same and prev is not None:
             self.stats.files_unchanged += 1
             self.stats.bytes_unchanged += e.size
             return [r for r in prev.ranges]
+        if got is not None:
+            if got.error is not None:
+                self._unreadable(child.path, got.error)
+                return None
+            if got.data is not None:
+                return self._small(e, got.data)
+            # else it grew past the small-file limit: read below, as a stream
         try:
-            fd = _open_for_read(child.path)
+            fd = open_for_read(child.path)
         except OSError as exc:
             self._unreadable(child.path, exc)
             return None
@@ -452,15 +483,7 @@ class Producer:
                     data = f.read(SMALL_FILE)
                     extra = f.read(1) if len(data) == SMALL_FILE else b""
                     if not extra:
-                        if data:
-                            off = self._bundle.add(data)
-                            pend.append(_Pending(self._bundle, off, len(data), 0))
-                            if self._bundle.full:
-                                self._seal_bundle()
-                        e.size = len(data)
-                        self.stats.files_read += 1
-                        self.stats.bytes_read += e.size
-                        return pend
+                        return self._small(e, data)
                     f.seek(0)  # it grew past the small-file limit while we looked
                 # A file the parent snapshot held is read again for a change that is
                 # usually small: its chunks are compressed only if they turn out to be new.
@@ -470,6 +493,19 @@ class Producer:
             self._unreadable(child.path, exc)
             return None
         self.stats.files_read += 1
+        return pend
+
+    def _small(self, e: Entry, data: bytes) -> list:
+        """The pending range of a small file's bytes, packed into the open bundle."""
+        pend: list = []
+        if data:
+            off = self._bundle.add(data)
+            pend.append(_Pending(self._bundle, off, len(data), 0))
+            if self._bundle.full:
+                self._seal_bundle()
+        e.size = len(data)
+        self.stats.files_read += 1
+        self.stats.bytes_read += e.size
         return pend
 
     def _read_stream(self, stream: io.RawIOBase | io.BufferedIOBase, pend: list,
@@ -575,29 +611,6 @@ def _warm_files(paths: list[bytes]) -> None:
             pass
         finally:
             os.close(fd)
-
-
-def _open_for_read(path: bytes) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOATIME", 0)
-    try:
-        return os.open(path, flags)
-    except PermissionError:
-        if flags & getattr(os, "O_NOATIME", 0):  # O_NOATIME needs ownership; retry without
-            return os.open(path, flags & ~os.O_NOATIME)
-        raise
-
-
-def _xattrs(path: bytes) -> list[tuple[bytes, bytes]] | None:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return None
-    out = []
-    for name in sorted(names):
-        with contextlib.suppress(OSError):
-            out.append((name.encode("utf-8", "surrogateescape"),
-                        os.getxattr(path, name, follow_symlinks=False)))
-    return out or None
 
 
 # --- the async side --------------------------------------------------------------------------
