@@ -33,7 +33,7 @@ from rdr_agent.bundle_use import ChunkUse, low_use_bundles
 from rdr_agent.catalog_cache import CatalogCache
 from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, cut_stream, new_cdc
 from rdr_agent.client import ApplianceClient, ApplianceError
-from rdr_agent.smallreads import DirReads, SmallRead, open_for_read, xattrs_of
+from rdr_agent.smallreads import DirReads, SmallRead, hint_files, open_for_read, xattrs_of
 from rdr_agent.statefiles import private_dir, write_private
 from rdr_agent.uploader import Cancelled, ChunkUploader, LazyChunk
 from rdr_agent.walker import READ_AHEAD_THREADS, Child, Walker
@@ -451,7 +451,7 @@ class Producer:
                 larger.append(c.path)
         ahead = DirReads(self.prefetch, small, SMALL_FILE) if small else None
         if larger:
-            self.prefetch.submit(_warm_files, larger)
+            self.prefetch.submit(hint_files, larger)
         return ahead
 
     def _file_ranges(self, child: Child, e: Entry, prev: Entry | None,
@@ -597,20 +597,6 @@ class Producer:
             self.index_futures.append(self._submit(piece, keep=True))
         return ([f.result() for f in self.catalog_futures],
                 [f.result() for f in self.index_futures])
-
-
-def _warm_files(paths: list[bytes]) -> None:
-    for p in paths:
-        try:
-            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            continue  # the real read reports it
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 # --- the async side --------------------------------------------------------------------------

@@ -75,6 +75,27 @@ def xattrs_of(target: int | bytes) -> list[tuple[bytes, bytes]] | None:
     return out or None
 
 
+def _hint(fd: int) -> None:
+    try:  # noqa: SIM105 -- per file: a context manager costs more than the call
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+
+
+def hint_files(paths: list[bytes]) -> None:
+    """Ask the kernel to start reading these (larger) files, which the producer reads
+    itself: their reads are in flight while it works on the files before them."""
+    for path in paths:
+        try:
+            fd = open_for_read(path)
+        except OSError:
+            continue  # the real read reports it
+        try:
+            _hint(fd)
+        finally:
+            os.close(fd)
+
+
 def _read(fd: int | OSError, limit: int) -> SmallRead:
     if isinstance(fd, OSError):
         return SmallRead(None, None, fd)
@@ -101,10 +122,7 @@ def read_batch(paths: list[bytes], limit: int) -> list[SmallRead]:
                 fds.append(exc)
                 continue
             fds.append(fd)
-            try:  # noqa: SIM105 -- per file: a context manager costs more than the call
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
+            _hint(fd)
         return [_read(fd, limit) for fd in fds]
     finally:
         for fd in fds:

@@ -84,8 +84,11 @@ def test_only_a_few_batches_are_read_ahead_of_the_one_taken(tmp_path: Path) -> N
 def test_batches_are_cut_by_files_and_by_bytes(tmp_path: Path) -> None:
     pool = Recording()
     n = smallreads.BATCH_FILES * 3  # three batches by count...
-    reads = DirReads(pool, [(bytes(tmp_path / f"x{i}"), 1) for i in range(n)], 1024)
-    assert pool.asked == min(3, 1 + AHEAD)
+    files = [(bytes(tmp_path / f"x{i}"), 1) for i in range(n)]
+    reads = DirReads(pool, files, 1024)
+    got = reads.take(files[-1][0])  # the last batch's file (missing: an error, alone)
+    assert got is not None and isinstance(got.error, FileNotFoundError)
+    assert pool.asked == 3
     reads.close()
     pool.asked = 0
     # ... and one file per batch by bytes, however few files there are
