@@ -1,13 +1,13 @@
 """Small files read ahead of the producer, in a helper thread.
 
-A tree of small files cost the producer thread (the backup's critical path) six system calls
-per file -- open, fstat, read, close, listxattr -- each giving the GIL up and waiting to take
-it back, and the prefetch thread three more (open, a WILLNEED hint, close) so that the data
-was in the page cache by then. Here the helper opens a batch of a directory's small files,
-hints them all (their reads are in flight together, as the prefetch had them), then reads
-each with its extended attributes and closes it; the producer takes the results in its own
-order and only packs them. One open and one close per file fewer, and the producer keeps the
-GIL for its own work.
+A tree of small files cost the producer thread (the backup's critical path) five system
+calls per file -- open, fstat, read, close, listxattr -- each giving the GIL up and waiting
+to take it back (16,000-18,500 waits in a 30,000-file backup), and the prefetch thread three
+more (open, a WILLNEED hint, close) so that the data was in the page cache by then. Here the
+helper opens a batch of a directory's small files, hints them all (their reads are in flight
+together, as the prefetch had them), then reads each with its extended attributes and closes
+it; the producer takes the results in its own order and only packs them. One open and one
+close per file fewer, and the producer keeps the GIL for its own work.
 
 What a batch holds is bounded (files and bytes), and only `AHEAD` batches are asked for
 beyond the one the producer is in, so memory stays flat however large the directory.
