@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,7 +207,7 @@ class Producer:
     def __init__(self, stats: BackupStats,
                  emit: Callable[[EncodedChunk | LazyChunk, str], None],
                  encoders: ThreadPoolExecutor, parent: ParentCatalog, low_use: set[str],
-                 stop: threading.Event, prefetch: ThreadPoolExecutor | None = None,
+                 stop: threading.Event, prefetch: Executor | None = None,
                  proof_key: bytes | None = None, codecs: ThreadEncoders | None = None,
                  compression: Tally | None = None) -> None:
         """`emit(chunk, proof)` gets every chunk with its possession proof under

@@ -1,6 +1,7 @@
 """Small files read ahead of the producer: each file's bytes and extended attributes, or why
 not, one failure never spoiling its batch; only a bounded number of batches read ahead; and a
-backup with the reads ahead writing the same catalog as one without them."""
+backup taking what was read ahead (not reading the files again) and writing the same catalog
+as one without reads ahead."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def test_batches_are_cut_by_files_and_by_bytes(tmp_path: Path) -> None:
     pool.pool.shutdown()
 
 
-def backup(root: Path, prefetch: ThreadPoolExecutor | None) -> tuple[bytes, BackupStats]:
+def backup(root: Path, prefetch: Executor | None) -> tuple[bytes, BackupStats]:
     stats = BackupStats()
     with ThreadPoolExecutor(2) as pool:
         producer = Producer(stats, lambda c, proof: None, pool, ParentCatalog(None), set(),
@@ -110,7 +111,28 @@ def backup(root: Path, prefetch: ThreadPoolExecutor | None) -> tuple[bytes, Back
     return b"".join(dec.decode(c.data, c.id) for c in cat), stats
 
 
-def test_a_backup_with_reads_ahead_writes_the_catalog_one_without_writes(
+class SpoilingAfterRead(Executor):
+    """Runs each job at once; after a batch of small files is read, overwrites those files
+    (same size, other bytes): a producer that read a file again instead of taking what was
+    read ahead would back up the other bytes."""
+
+    def __init__(self) -> None:
+        self.read_ahead = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(*args, **kwargs))
+        if fn is read_batch:
+            for path in args[0]:
+                self.read_ahead += 1
+                st = os.lstat(path)
+                if st.st_nlink == 1 and st.st_size:  # a hard link's other name keeps its times
+                    with open(path, "r+b") as f:
+                        f.write(b"y" * st.st_size)
+        return fut
+
+
+def test_a_backup_takes_the_small_files_read_ahead_and_writes_the_same_catalog(
         tmp_path: Path) -> None:
     root = tmp_path / "src"
     for d in range(3):
@@ -121,11 +143,12 @@ def test_a_backup_with_reads_ahead_writes_the_catalog_one_without_writes(
     (root / "big").write_bytes(os.urandom(600_000))  # read as a stream
     os.link(root / "d0" / "f001", root / "d2" / "again")  # a further name: not read twice
 
-    with ThreadPoolExecutor(1) as prefetch:
-        ahead, ahead_stats = backup(root, prefetch)
     inline, inline_stats = backup(root, None)
+    prefetch = SpoilingAfterRead()
+    ahead, ahead_stats = backup(root, prefetch)
 
-    assert ahead == inline
+    assert prefetch.read_ahead == 3 * 150  # every small file, once; not the further name
+    assert ahead == inline  # the bytes read ahead, not the files' bytes now
     entries = {b"/" + path + b"/" + e.name: e for path, es in iter_blocks([ahead]) for e in es}
     assert entries[bytes(root / "d1" / "f007")].xattrs == [(b"user.tag", b"v")]
     assert entries[bytes(root / "d2" / "again")].type == HARDLINK
