@@ -280,6 +280,11 @@ class CatalogWriter:
 # --- reading ------------------------------------------------------------------------------------
 
 
+#: Bytes of a piece split into lines at once: splitting in C is a fraction of finding each
+#: newline from Python, and a window (not the whole piece, up to 8 MiB) bounds the lines held.
+SPLIT_WINDOW = 1 << 18
+
+
 def iter_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
     """Split a stream of byte pieces (chunk plaintexts) into lines without joining it whole."""
     rest = b""
@@ -287,13 +292,15 @@ def iter_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
         if not piece:
             continue
         buf = rest + piece if rest else piece
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            yield buf[start:nl]
-            start = nl + 1
+        start, size = 0, len(buf)
+        while start < size:
+            cut = buf.rfind(b"\n", start, start + SPLIT_WINDOW)
+            if cut < 0:  # a line longer than the window, or the piece's unfinished last one
+                cut = buf.find(b"\n", start + SPLIT_WINDOW)
+                if cut < 0:
+                    break
+            yield from buf[start:cut].split(b"\n")
+            start = cut + 1
         rest = buf[start:]
         if len(rest) > MAX_LINE:
             raise CatalogError("catalog line too long")
@@ -325,6 +332,10 @@ def _loads(line: bytes) -> object:
         raise CatalogError("catalog line is not valid JSON") from None
 
 
+#: Lines a bulk reader takes from a block at a time (`BlockStream.take`).
+TAKE_LINES = 1024
+
+
 class BlockStream:
     """One directory block being read: its path and declared count, its entries decoded one
     at a time (`entries`), and the bytes read so far (`nbytes`, the whole block's once its
@@ -335,6 +346,11 @@ class BlockStream:
     def __init__(self, path: bytes, count: int, nbytes: int, lines: Iterator[bytes]) -> None:
         self.path, self.count, self.nbytes = path, count, nbytes
         self._lines, self._left = lines, count
+
+    @property
+    def left(self) -> int:
+        """Entry lines not read yet."""
+        return self._left
 
     def raw(self) -> Iterator[bytes]:
         """The remaining entry lines, undecoded (a listing page skips lines this way)."""
@@ -347,12 +363,23 @@ class BlockStream:
             self.nbytes += len(line) + 1
             yield line
 
+    def take(self, limit: int) -> list[bytes]:
+        """The next `limit` entry lines (fewer if fewer are left), undecoded, in one call:
+        the readers that compare or hash whole blocks pay no generator step per line."""
+        n = min(limit, self._left)
+        got = list(itertools.islice(self._lines, n))
+        if len(got) < n:
+            raise CatalogError(f"block {self.path!r} is truncated")
+        self._left -= n
+        self.nbytes += sum(map(len, got)) + n
+        return got
+
     def entries(self) -> Iterator[Entry]:
         return map(decode_line, self.raw())
 
     def skip(self) -> None:
-        for _ in self.raw():
-            pass
+        while self._left > 0:
+            self.take(TAKE_LINES)
 
 
 def iter_block_streams(pieces: Iterable[bytes]) -> Iterator[BlockStream]:
@@ -376,7 +403,7 @@ def iter_raw_blocks(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[bytes
     compare a block with another catalog's byte for byte and decode only those that differ
     (`decode_lines`)."""
     for block in iter_block_streams(pieces):
-        yield block.path, list(block.raw())
+        yield block.path, block.take(block.count)
 
 
 def decode_line(line: bytes) -> Entry:
@@ -448,12 +475,11 @@ def iter_blocks_lazily(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, LazyEnt
 def block_digest(path: bytes, lines: Iterable[bytes]) -> bytes:
     """What names a block's content: its path, its entry count and its entry lines."""
     h = hashlib.blake2b(digest_size=32)
-    n = 0
-    for line in lines:
-        h.update(line)
+    lines = lines if isinstance(lines, list) else list(lines)
+    if lines:  # each line and its newline, hashed in one call
+        h.update(b"\n".join(lines))
         h.update(b"\n")
-        n += 1
-    h.update(b"\0%d\0" % n + path)
+    h.update(b"\0%d\0" % len(lines) + path)
     return h.digest()
 
 
@@ -630,13 +656,11 @@ def _remembered_facts(block: BlockStream, known: Mapping[bytes, BlockFacts],
     """The block's facts from `known` when its digest is there, else decoded; either way
     remembered in `learned`. A block over MAX_REMEMBERED_BLOCK is decoded as it streams."""
     lines: list[bytes] = []
-    held = 0
-    raw = block.raw()
-    for line in raw:
-        lines.append(line)
-        held += len(line) + 1
-        if held > MAX_REMEMBERED_BLOCK:
-            return _block_facts(block, itertools.chain(lines, raw))
+    start = block.nbytes
+    while block.left:
+        lines += block.take(TAKE_LINES)
+        if block.nbytes - start > MAX_REMEMBERED_BLOCK:
+            return _block_facts(block, itertools.chain(lines, block.raw()))
     digest = block_digest(block.path, lines)
     facts = known.get(digest)
     if facts is None:
