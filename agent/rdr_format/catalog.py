@@ -332,10 +332,6 @@ def _loads(line: bytes) -> object:
         raise CatalogError("catalog line is not valid JSON") from None
 
 
-#: Lines a bulk reader takes from a block at a time (`BlockStream.take`).
-TAKE_LINES = 1024
-
-
 class BlockStream:
     """One directory block being read: its path and declared count, its entries decoded one
     at a time (`entries`), and the bytes read so far (`nbytes`, the whole block's once its
@@ -363,23 +359,41 @@ class BlockStream:
             self.nbytes += len(line) + 1
             yield line
 
-    def take(self, limit: int) -> list[bytes]:
-        """The next `limit` entry lines (fewer if fewer are left), undecoded, in one call:
-        the readers that compare or hash whole blocks pay no generator step per line."""
-        n = min(limit, self._left)
+    def take(self) -> list[bytes]:
+        """All the remaining entry lines, undecoded, in one call (no generator step per
+        line): for the readers that hold whole blocks anyway."""
+        n = self._left
         got = list(itertools.islice(self._lines, n))
         if len(got) < n:
             raise CatalogError(f"block {self.path!r} is truncated")
-        self._left -= n
+        self._left = 0
         self.nbytes += sum(map(len, got)) + n
+        return got
+
+    def take_upto(self, max_bytes: int) -> list[bytes]:
+        """The remaining entry lines, undecoded, until they hold more than `max_bytes`
+        (`left` then says what remains): a block of a catalog not yet checked is never
+        held past the bound, however long its lines."""
+        got: list[bytes] = []
+        held = 0
+        for line in itertools.islice(self._lines, self._left):
+            got.append(line)
+            held += len(line) + 1
+            if held > max_bytes:
+                break
+        else:
+            if len(got) < self._left:
+                raise CatalogError(f"block {self.path!r} is truncated")
+        self._left -= len(got)
+        self.nbytes += held
         return got
 
     def entries(self) -> Iterator[Entry]:
         return map(decode_line, self.raw())
 
     def skip(self) -> None:
-        while self._left > 0:
-            self.take(TAKE_LINES)
+        for _ in self.raw():
+            pass
 
 
 def iter_block_streams(pieces: Iterable[bytes]) -> Iterator[BlockStream]:
@@ -403,7 +417,7 @@ def iter_raw_blocks(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[bytes
     compare a block with another catalog's byte for byte and decode only those that differ
     (`decode_lines`)."""
     for block in iter_block_streams(pieces):
-        yield block.path, block.take(block.count)
+        yield block.path, block.take()
 
 
 def decode_line(line: bytes) -> Entry:
@@ -655,12 +669,10 @@ def _remembered_facts(block: BlockStream, known: Mapping[bytes, BlockFacts],
                       learned: dict[bytes, BlockFacts] | None) -> BlockFacts:
     """The block's facts from `known` when its digest is there, else decoded; either way
     remembered in `learned`. A block over MAX_REMEMBERED_BLOCK is decoded as it streams."""
-    lines: list[bytes] = []
     start = block.nbytes
-    while block.left:
-        lines += block.take(TAKE_LINES)
-        if block.nbytes - start > MAX_REMEMBERED_BLOCK:
-            return _block_facts(block, itertools.chain(lines, block.raw()))
+    lines = block.take_upto(MAX_REMEMBERED_BLOCK)
+    if block.nbytes - start > MAX_REMEMBERED_BLOCK:
+        return _block_facts(block, itertools.chain(lines, block.raw()))
     digest = block_digest(block.path, lines)
     facts = known.get(digest)
     if facts is None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from rdr_format import catalog
 from rdr_format.catalog import (
     FILE,
+    BlockStream,
     CatalogError,
     CatalogWriter,
     Entry,
@@ -75,7 +76,7 @@ def test_raw_blocks_and_their_sizes_match_the_index() -> None:
     assert [p for p, _ in got] == [b""] + [b"d%03d" % d for d in range(5)]
     assert [len(lines) for _, lines in got] == [5] + [2500] * 5
     assert got[3][1][2499].startswith(b'{"n":"f2499"')
-    streams = list(iter_block_streams(pieces))  # each skipped (taken in slices) when passed
+    streams = list(iter_block_streams(pieces))  # each skipped when passed
     assert [b.nbytes for b in streams] == [r.length for r in iter_index([idx])]
     assert sum(b.nbytes for b in streams) == len(cat)
     validate(pieces, [idx])  # the same offsets and lengths, through the commit's reader
@@ -89,6 +90,26 @@ def test_a_block_short_of_its_declared_count_is_refused() -> None:
     with pytest.raises(CatalogError, match="truncated"):
         for b in iter_block_streams([short]):
             b.skip()
+    with pytest.raises(CatalogError, match="truncated"):
+        for b in iter_block_streams([short]):
+            b.take_upto(1 << 20)
+
+
+def test_a_block_of_long_lines_is_not_held_past_the_bound() -> None:
+    """The commit takes a block of a catalog not checked yet whole only up to its bound:
+    a client's block of huge lines is decoded as it streams instead (memory stays flat)."""
+    pulled = []
+
+    def lines():
+        for i in range(1000):
+            pulled.append(i)
+            yield b"x" * 100_000
+
+    block = BlockStream(b"d", 1000, 10, lines())
+    got = block.take_upto(1 << 20)
+    assert len(got) == len(pulled) == 11  # 11 lines pass 1 MiB: no line more was read
+    assert (block.left, block.nbytes) == (989, 10 + 11 * 100_001)
+    assert sum(1 for _ in block.raw()) == 989  # the rest streams, one line at a time
 
 
 @given(LINES, st.binary(max_size=10))
