@@ -3,12 +3,18 @@ HTTP, the files written by the shared restore engine (`rdr_restore.engine`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
 from rdr_format import catalog
-from rdr_restore.engine import OVERWRITE_ALWAYS, RemoteChunks, RestoreSummary, restore_blocks
+from rdr_restore.engine import (
+    OVERWRITE_ALWAYS,
+    RemoteChunks,
+    RestoreSummary,
+    block_filter,
+    restore_blocks,
+)
 
 from .catalog_cache import CatalogCache
 from .client import ApplianceClient
@@ -23,8 +29,50 @@ async def restore_snapshot(client: ApplianceClient, snap: str, target: Path,
     real_id = (await client.start_restore(snap))["snapshot"]
     m = (await client.snapshot(real_id))["manifest"]
     chunks: list[tuple[str, int]] = [(c, s) for c, s in m["catalog"]["chunks"]]
-    await cache.fetch(client, real_id, chunks)
-    blocks = catalog.iter_blocks_lazily(cache.pieces(chunks))
+    wanted = block_filter(include)
+    if wanted is None:
+        await cache.fetch(client, real_id, chunks)
+        blocks = catalog.iter_blocks_lazily(cache.pieces(chunks))
+    else:
+        index: list[tuple[str, int]] = [(c, s) for c, s in m["dirindex"]["chunks"]]
+        await cache.fetch(client, real_id, index)
+        records = [r for r in catalog.iter_index(cache.pieces(index)) if wanted(r.path)]
+        slices = [_locate(chunks, r) for r in records]
+        sizes = dict(chunks)
+        await cache.fetch(client, real_id,
+                          [(cid, sizes[cid]) for cid in dict.fromkeys(
+                              cid for sl in slices for cid, _, _ in sl)])
+        blocks = _indexed_blocks(cache, records, slices, sizes)
     source = RemoteChunks(client, real_id, pool)
     return await restore_blocks(blocks, source, target, include, pool, on_progress,
                                 overwrite=overwrite)
+
+
+def _locate(chunks: list[tuple[str, int]], rec: catalog.IndexRecord,
+            ) -> list[tuple[str, int, int]]:
+    try:
+        return catalog.locate(chunks, rec.offset, rec.length)
+    except catalog.CatalogError:
+        raise catalog.CatalogError(
+            f"the directory index places {rec.path!r} outside the catalog") from None
+
+
+def _indexed_blocks(cache: CatalogCache, records: list[catalog.IndexRecord],
+                    slices: list[list[tuple[str, int, int]]], sizes: dict[str, int],
+                    ) -> Iterator[tuple[bytes, catalog.LazyEntries]]:
+    """The blocks of `records` (in catalog order), each cut from the catalog chunks the
+    directory index places it in: a restore of a few paths reads those chunks, not the
+    whole catalog (70 MB for 300,000 files). Only the chunks of the current block are
+    held."""
+    held: dict[str, bytes] = {}
+    for rec, sl in zip(records, slices):
+        for cid in [c for c in held if c not in {c for c, _, _ in sl}]:
+            del held[cid]
+        for cid, _, _ in sl:
+            if cid not in held:
+                held[cid] = next(cache.pieces([(cid, sizes[cid])]))
+        got = list(catalog.iter_blocks_lazily([b"".join(held[c][a:b] for c, a, b in sl)]))
+        if len(got) != 1 or got[0][0] != rec.path:
+            raise catalog.CatalogError(
+                f"the directory index does not match the catalog at {rec.path!r}")
+        yield got[0]

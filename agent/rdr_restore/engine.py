@@ -313,6 +313,16 @@ class _Filter:
         return not self.all and any(i.startswith(prefix) for i in self.paths)
 
 
+def block_filter(include: list[bytes] | None) -> Callable[[bytes], bool] | None:
+    """Which catalog blocks a restore of `include` reads (the selected paths' and their
+    ancestors'); None when it reads them all (no include list, or one naming the root).
+    Invalid paths are left out here: the restore reports them."""
+    flt = _Filter(include, [])
+    if flt.all:
+        return None
+    return lambda path: flt.selected(path) or flt.ancestor(path)
+
+
 def selected_bytes(blocks: Iterable[tuple[bytes, Iterable[Entry]]], include: list[bytes],
                    ) -> int:
     """The data bytes restoring `include` writes (hard links to a file that is restored too

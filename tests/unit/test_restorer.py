@@ -4,6 +4,7 @@ malicious, makes it write outside the target."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import stat
@@ -27,11 +28,12 @@ from rdr_format.catalog import (
     FILE,
     HARDLINK,
     SYMLINK,
+    CatalogError,
     CatalogWriter,
     Entry,
     Range,
 )
-from rdr_format.chunkfile import ChunkEncoder, ChunkError, chunk_id
+from rdr_format.chunkfile import ChunkDecoder, ChunkEncoder, ChunkError, chunk_id
 from rdr_restore import engine as restorer
 from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks, selected_bytes
 
@@ -641,7 +643,8 @@ async def test_restore_snapshot_end_to_end(tmp_path: Path, pool: ThreadPoolExecu
     shared = b"0123456789"
     cid = client.put(shared)
     cat: list[bytes] = []
-    w = CatalogWriter(cat.append, lambda _: None)
+    idx: list[bytes] = []
+    w = CatalogWriter(cat.append, idx.append)
     w.add_block(b"", [
         ent(b"a", FILE, ranges=[Range(cid, 0, 4, 10)]),
         ent(b"b", FILE, ranges=[Range(cid, 4, 6, 10)]),
@@ -649,9 +652,10 @@ async def test_restore_snapshot_end_to_end(tmp_path: Path, pool: ThreadPoolExecu
         ent(b"s", DIR),
     ])
     w.add_block(b"s", [ent(b"h", HARDLINK, link=b"a", ranges=[Range(cid, 0, 4, 10)])])
-    plain = b"".join(cat)
+    plain, index = b"".join(cat), b"".join(idx)
     client.manifest = {"snapshot": "snap-1",
-                       "catalog": {"chunks": [[client.put(plain), len(plain)]]}}
+                       "catalog": {"chunks": [[client.put(plain), len(plain)]]},
+                       "dirindex": {"chunks": [[client.put(index), len(index)]]}}
     t = tmp_path / "t"
     s = await restore_snapshot(client, "latest", t, [b"a", b"b", b"s"],  # type: ignore[arg-type]
                                CatalogCache(tmp_path / "cache"), pool)
@@ -660,6 +664,82 @@ async def test_restore_snapshot_end_to_end(tmp_path: Path, pool: ThreadPoolExecu
     assert (t / "s/h").lstat().st_ino == (t / "a").lstat().st_ino
     assert not (t / "dev").exists()
     assert client.gets[cid] == 1
+
+
+def chunked_catalog(client: FakeClient, blocks: list[tuple[bytes, list[Entry]]],
+                    piece: int) -> dict:
+    """A manifest whose catalog is cut into `piece`-byte chunks (as a large one is)."""
+    cat, idx = bytearray(), bytearray()
+    w = CatalogWriter(cat.extend, idx.extend)
+    for path, entries in blocks:
+        w.add_block(path, entries)
+    pieces = [bytes(cat[i:i + piece]) for i in range(0, len(cat), piece)]
+    return {"snapshot": "snap-1",
+            "catalog": {"chunks": [[client.put(p), len(p)] for p in pieces]},
+            "dirindex": {"chunks": [[client.put(bytes(idx)), len(idx)]]}}
+
+
+async def test_a_path_restore_reads_only_the_catalog_chunks_of_its_blocks(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    """The directory index places the blocks a restore of a few paths needs (theirs and
+    their ancestors'): the other catalog chunks are neither fetched nor read (a one-file
+    restore from a 300,000-file snapshot read its whole 70 MB catalog: 0.8-2.4 s)."""
+    client = FakeClient()
+    data = client.put(b"the one file")
+    many = [ent(b"f%04d" % i, FILE, ranges=[Range(data, 0, 3, 12)]) for i in range(300)]
+    blocks = [(b"", [ent(b"a", DIR), ent(b"b", DIR), ent(b"c", DIR)]),
+              (b"a", [ent(b"in", DIR)]),
+              (b"a/in", [ent(b"wanted.txt", FILE, ranges=[Range(data, 0, 12, 12)])]),
+              (b"b", many), (b"c", many)]
+    client.manifest = chunked_catalog(client, blocks, 4096)
+    cat_ids = [c for c, _ in client.manifest["catalog"]["chunks"]]
+    assert len(cat_ids) > 10
+    t = tmp_path / "t"
+    s = await restore_snapshot(client, "latest", t, [b"/a/in/wanted.txt"],  # type: ignore[arg-type]
+                               CatalogCache(tmp_path / "cache"), pool)
+    assert s.errors == [] and s.files == 1
+    assert (t / "a/in/wanted.txt").read_bytes() == b"the one file"
+    assert sorted(os.listdir(t)) == ["a"]
+    assert [c for c in cat_ids if client.gets[c]] == cat_ids[:1]  # "", "a", "a/in" only
+    s = await restore_snapshot(client, "latest", tmp_path / "c", [b"c"],  # type: ignore[arg-type]
+                               CatalogCache(tmp_path / "cache"), pool)
+    assert s.errors == [] and s.files == 300
+    assert not client.gets[cat_ids[len(cat_ids) // 2 - 1]]  # in the middle of "b": not read
+
+
+async def test_a_path_restore_refuses_an_index_that_does_not_match_the_catalog(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    """An index line naming "b" but placing "a"'s block (or bytes that are no block at
+    all) stops the restore with the catalog unreadable: nothing of "a" lands under "b"."""
+    client = FakeClient()
+    data = client.put(b"abc")
+    blocks = [(b"", [ent(b"a", DIR), ent(b"b", DIR)]),
+              (b"a", [ent(b"y", FILE, ranges=[Range(data, 0, 3, 3)])]),
+              (b"b", [ent(b"y", FILE, ranges=[Range(data, 0, 3, 3)])])]
+    for bad in ("another block", "no block"):
+        client.manifest = chunked_catalog(client, blocks, 1 << 20)
+        (index_id, _), = client.manifest["dirindex"]["chunks"]
+        lines = ChunkDecoder().decode(client.files[index_id], index_id).splitlines()
+        recs = [json.loads(line) for line in lines]
+        if bad == "another block":
+            recs[2][1:] = recs[1][1:]  # "b" placed where "a" is
+        else:
+            recs[2][1] -= 1  # one byte early: not a block
+        index = b"".join(json.dumps(r).encode() + b"\n" for r in recs)
+        client.manifest["dirindex"] = {"chunks": [[client.put(index), len(index)]]}
+        t = tmp_path / bad
+        s = await restore_snapshot(client, "latest", t, [b"b/y"],  # type: ignore[arg-type]
+                                   CatalogCache(tmp_path / "cache"), pool)
+        assert [m for _, m in s.errors if "catalog is unreadable" in m], s.errors
+        if bad == "another block":
+            assert "does not match the catalog at b'b'" in s.errors[0][1]
+        assert not (t / "b" / "y").exists()
+    recs[2][1] += 2  # past the catalog's end
+    index = b"".join(json.dumps(r).encode() + b"\n" for r in recs)
+    client.manifest["dirindex"] = {"chunks": [[client.put(index), len(index)]]}
+    with pytest.raises(CatalogError, match="directory index places b'b' outside the catalog"):
+        await restore_snapshot(client, "latest", tmp_path / "past", [b"b/y"],  # type: ignore[arg-type]
+                               CatalogCache(tmp_path / "cache"), pool)
 
 
 async def test_a_one_file_restore_decodes_only_the_blocks_on_its_path(
