@@ -66,11 +66,8 @@ def _indexed_blocks(cache: CatalogCache, records: list[catalog.IndexRecord],
     held."""
     held: dict[str, bytes] = {}
     for rec, sl in zip(records, slices):
-        for cid in [c for c in held if c not in {c for c, _, _ in sl}]:
-            del held[cid]
-        for cid, _, _ in sl:
-            if cid not in held:
-                held[cid] = next(cache.pieces([(cid, sizes[cid])]))
+        held = {cid: held.get(cid) or next(cache.pieces([(cid, sizes[cid])]))
+                for cid, _, _ in sl}
         got = list(catalog.iter_blocks_lazily([b"".join(held[c][a:b] for c, a, b in sl)]))
         if len(got) != 1 or got[0][0] != rec.path:
             raise catalog.CatalogError(
