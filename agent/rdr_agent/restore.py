@@ -68,8 +68,5 @@ def _indexed_blocks(cache: CatalogCache, records: list[catalog.IndexRecord],
     for rec, sl in zip(records, slices):
         held = {cid: held.get(cid) or next(cache.pieces([(cid, sizes[cid])]))
                 for cid, _, _ in sl}
-        got = list(catalog.iter_blocks_lazily([b"".join(held[c][a:b] for c, a, b in sl)]))
-        if len(got) != 1 or got[0][0] != rec.path:
-            raise catalog.CatalogError(
-                f"the directory index does not match the catalog at {rec.path!r}")
-        yield got[0]
+        block = catalog.indexed_block([b"".join(held[c][a:b] for c, a, b in sl)], rec)
+        yield rec.path, catalog.LazyEntries(block.take())

@@ -343,11 +343,6 @@ class BlockStream:
         self.path, self.count, self.nbytes = path, count, nbytes
         self._lines, self._left = lines, count
 
-    @property
-    def left(self) -> int:
-        """Entry lines not read yet."""
-        return self._left
-
     def raw(self) -> Iterator[bytes]:
         """The remaining entry lines, undecoded (a listing page skips lines this way)."""
         while self._left > 0:
@@ -372,8 +367,8 @@ class BlockStream:
 
     def take_upto(self, max_bytes: int) -> list[bytes]:
         """The remaining entry lines, undecoded, until they hold more than `max_bytes`
-        (`left` then says what remains): a block of a catalog not yet checked is never
-        held past the bound, however long its lines."""
+        (the rest is then read through `raw`): a block of a catalog not yet checked is
+        never held past the bound, however long its lines."""
         got: list[bytes] = []
         held = 0
         for line in itertools.islice(self._lines, self._left):
@@ -410,6 +405,15 @@ def iter_block_streams(pieces: Iterable[bytes]) -> Iterator[BlockStream]:
         block = BlockStream(path, head["n"], len(line) + 1, lines)
         yield block
         block.skip()
+
+
+def indexed_block(pieces: Iterable[bytes], rec: IndexRecord) -> BlockStream:
+    """The block at a directory index record's range of the catalog (`pieces`: those bytes),
+    checked to be the block the record names: its path and its entry count."""
+    block = next(iter_block_streams(pieces), None)
+    if block is None or block.path != rec.path or block.count != rec.count:
+        raise CatalogError(f"the directory index does not match the catalog at {rec.path!r}")
+    return block
 
 
 def iter_raw_blocks(pieces: Iterable[bytes]) -> Iterator[tuple[bytes, list[bytes]]]:

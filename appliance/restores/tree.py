@@ -37,9 +37,9 @@ from rdr_format.catalog import (
     IndexRecord,
     _loads,
     dec_bytes,
-    decode_block,
     decode_entry,
     enc_bytes,
+    indexed_block,
     iter_block_streams,
     iter_index,
     locate,
@@ -215,10 +215,8 @@ class SnapshotTree:
         if hit is not None:
             return hit
         rec = self._dir(path)
-        data = b"".join(self._range(rec.offset, rec.length))
-        got, entries = decode_block(data)
-        if got != path:
-            raise CatalogError(f"directory index points {path!r} at the block of {got!r}")
+        entries = list(indexed_block([b"".join(self._range(rec.offset, rec.length))],
+                                     rec).entries())
         self._listings.put(key, entries, listing_bytes(rec))
         return entries
 
@@ -230,7 +228,7 @@ class SnapshotTree:
         if self._small(rec):
             return rec.count, self.listdir(path)[offset:offset + limit]
         out: list[Entry] = []
-        block = self._block(rec, path)
+        block = self._block(rec)
         for n, line in enumerate(block.raw()):
             if n >= offset + limit:
                 break
@@ -238,13 +236,9 @@ class SnapshotTree:
                 out.append(decode_entry(_loads(line)))
         return rec.count, out
 
-    def _block(self, rec: IndexRecord, path: bytes) -> BlockStream:
-        blocks = iter_block_streams(bytes(p) for p in self._range(rec.offset, rec.length,
-                                                                  keep=False))
-        block = next(blocks, None)
-        if block is None or block.path != path or block.count != rec.count:
-            raise CatalogError(f"directory index points {path!r} at another block")
-        return block
+    def _block(self, rec: IndexRecord) -> BlockStream:
+        return indexed_block((bytes(p) for p in self._range(rec.offset, rec.length,
+                                                             keep=False)), rec)
 
     def lookup(self, path: bytes) -> Entry:
         """The catalog entry at `path` (the root is a synthetic directory entry)."""
@@ -270,7 +264,7 @@ class SnapshotTree:
         (catalogs are written with compact separators and the name first)."""
         probe = b'{"n":' + json.dumps(enc_bytes(name), separators=(",", ":"),
                                       ensure_ascii=False).encode("utf-8") + b","
-        for line in self._block(rec, parent).raw():
+        for line in self._block(rec).raw():
             if line.startswith(probe):
                 e = decode_entry(_loads(line))
                 if e.name == name:

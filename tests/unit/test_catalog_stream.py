@@ -18,8 +18,10 @@ from rdr_format.catalog import (
     CatalogError,
     CatalogWriter,
     Entry,
+    IndexRecord,
     Range,
     block_digest,
+    indexed_block,
     iter_block_streams,
     iter_index,
     iter_lines,
@@ -108,7 +110,7 @@ def test_a_block_of_long_lines_is_not_held_past_the_bound() -> None:
     block = BlockStream(b"d", 1000, 10, lines())
     got = block.take_upto(1 << 20)
     assert len(got) == len(pulled) == 11  # 11 lines pass 1 MiB: no line more was read
-    assert (block.left, block.nbytes) == (989, 10 + 11 * 100_001)
+    assert block.nbytes == 10 + 11 * 100_001
     assert sum(1 for _ in block.raw()) == 989  # the rest streams, one line at a time
 
 
@@ -120,3 +122,20 @@ def test_a_block_digest_is_its_lines_each_with_its_newline_then_count_and_path(
         h.update(line + b"\n")
     h.update(b"\0%d\0" % len(lines) + path)
     assert block_digest(path, lines) == block_digest(path, iter(lines)) == h.digest()
+
+
+def test_an_index_record_gets_its_block_or_a_catalog_error() -> None:
+    """`indexed_block` (the agent's path restores, the LAN page's listings): the bytes at a
+    record's range must be the block it names, with its entry count."""
+    cat, idx = blocks(3, 4)
+    recs = list(iter_index([idx]))
+    for rec in recs:
+        part = cat[rec.offset:rec.offset + rec.length]
+        got = indexed_block([part], rec)
+        assert got.path == rec.path and len(got.take()) == rec.count
+    a, b = recs[1], recs[2]
+    for lie in (IndexRecord(b.path, a.offset, a.length, a.count),  # another block
+                IndexRecord(a.path, a.offset, a.length, a.count + 1),  # another count
+                IndexRecord(a.path, a.offset + 1, a.length, a.count)):  # no block there
+        with pytest.raises(CatalogError):
+            indexed_block([cat[lie.offset:lie.offset + lie.length]], lie)
