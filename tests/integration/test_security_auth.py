@@ -200,17 +200,19 @@ def test_a_sign_in_flood_does_not_starve_readyz(live: Live) -> None:
         stop.set()
         watcher.join()
     lat.sort()
-    # About 40 probes: their "p99" was their slowest, and one probe slowed by the machine
-    # (1.009 s, p50 23 ms, a CI run beside another worker) failed the test, while scrypt run
-    # in the worker pool itself (the attack's success) gave p50 481 ms, p95 712 ms and passed
-    # it. The median tells the two apart (15-29 ms against 481); the 95th percentile and the
-    # appliance's 5 s latency target bound the rest.
-    p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.95))]
-    print(f"/readyz during the flood: {len(lat)} probes, p50 {p50 * 1000:.0f} "
-          f"ms, p95 {p95 * 1000:.0f} ms, slowest {lat[-1] * 1000:.0f} ms; answers "
+    # Checked by breaking: scrypt run in the worker pool (the attack's success) gave p50
+    # 302-391 ms, and with the 16-deep queue bound gone too p50 115-719 ms with 2-3 of 10-16
+    # probes over 1 s; with scrypt in its own threads p50 is 12-29 ms. The tail is bounded by
+    # a share of the probes, not by a percentile: a flood that ends sooner leaves about 20
+    # probes, whose "p95" is their slowest, and one probe slowed by the machine (1.014 s beside
+    # p50 12 ms, a CI run beside other workers) failed a percentile bound twice.
+    p50 = lat[len(lat) // 2]
+    slow = sum(t >= 1.0 for t in lat)
+    print(f"/readyz during the flood: {len(lat)} probes, p50 {p50 * 1000:.0f} ms, "
+          f"{slow} of 1 s or more, slowest {lat[-1] * 1000:.0f} ms; answers "
           f"{sorted(set(codes))}")
     assert set(codes) <= {401, 429} and len(lat) >= 5
-    assert p50 < 0.2 and p95 < 1.0 and lat[-1] < 5.0
+    assert p50 < 0.2 and slow <= len(lat) // 10 and lat[-1] < 5.0
 
 
 # --- token scopes and the dump command's audit ------------------------------------------------
