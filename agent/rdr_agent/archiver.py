@@ -31,7 +31,17 @@ from pathlib import Path
 from rdr_agent import bundle_use, compat, latest
 from rdr_agent.bundle_use import ChunkUse, low_use_bundles
 from rdr_agent.catalog_cache import CatalogCache
-from rdr_agent.chunker import SMALL_FILE, Bundle, Slab, SlabPool, StreamCutter, cut_stream, new_cdc
+from rdr_agent.catalog_names import CatalogNamer
+from rdr_agent.chunker import (
+    CATALOG_CDC,
+    SMALL_FILE,
+    Bundle,
+    Slab,
+    SlabPool,
+    StreamCutter,
+    cut_stream,
+    new_cdc,
+)
 from rdr_agent.client import ApplianceClient, ApplianceError
 from rdr_agent.smallreads import DirReads, SmallRead, hint_files, open_for_read, xattrs_of
 from rdr_agent.statefiles import private_dir, write_private
@@ -209,10 +219,13 @@ class Producer:
                  encoders: ThreadPoolExecutor, parent: ParentCatalog, low_use: set[str],
                  stop: threading.Event, prefetch: Executor | None = None,
                  proof_key: bytes | None = None, codecs: ThreadEncoders | None = None,
-                 compression: Tally | None = None) -> None:
+                 compression: Tally | None = None,
+                 on_catalog_piece: Callable[[Future], None] | None = None) -> None:
         """`emit(chunk, proof)` gets every chunk with its possession proof under
         `proof_key` (the session's; "" without one): the chunks of a large file the parent
-        snapshot held as LazyChunk (compressed only if sent), the rest compressed."""
+        snapshot held as LazyChunk (compressed only if sent), the rest compressed.
+        `on_catalog_piece` gets each catalog piece's future, in order, as it is cut."""
+        self.on_catalog_piece = on_catalog_piece
         self.stats = stats
         self.emit = emit
         self.proof_key = proof_key
@@ -246,7 +259,7 @@ class Producer:
         self._slabs = SlabPool()
         self.catalog_futures: list[Future] = []
         self.index_futures: list[Future] = []
-        self._cat_cut = StreamCutter()
+        self._cat_cut = StreamCutter(CATALOG_CDC)
         self._idx_cut = StreamCutter()
         self._writer = CatalogWriter(self._cat_sink, self._idx_sink)
         #: What the new catalog's files use of each chunk (saved for the next backup).
@@ -297,7 +310,13 @@ class Producer:
 
     def _cat_sink(self, data: bytes) -> None:
         for piece in self._cat_cut.feed(data):
-            self.catalog_futures.append(self._submit(piece, keep=True))
+            self._catalog_piece(piece)
+
+    def _catalog_piece(self, piece: bytes) -> None:
+        fut = self._submit(piece, keep=True)
+        self.catalog_futures.append(fut)
+        if self.on_catalog_piece is not None:
+            self.on_catalog_piece(fut)
 
     def _idx_sink(self, data: bytes) -> None:
         for piece in self._idx_cut.feed(data):
@@ -592,7 +611,7 @@ class Producer:
         self._seal_bundle()
         self._flush(force=True)
         for piece in self._cat_cut.finish():
-            self.catalog_futures.append(self._submit(piece, keep=True))
+            self._catalog_piece(piece)
         for piece in self._idx_cut.finish():
             self.index_futures.append(self._submit(piece, keep=True))
         return ([f.result() for f in self.catalog_futures],
@@ -729,6 +748,7 @@ class Archiver:
         emit = uploader.emit
         prefetch = ThreadPoolExecutor(1, thread_name_prefix="rdr-prefetch")
         lister = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="rdr-walk")
+        namer = CatalogNamer(self.client, sid)
 
         def produce() -> tuple[list[EncodedChunk], list[EncodedChunk], set[str]]:
             # Files whose parent ranges use a damaged or mostly dead chunk are read again.
@@ -741,7 +761,8 @@ class Archiver:
                 low_use |= saved
                 parent_blocks = iter_raw_blocks(cache.pieces(parent_chunks))
             producer = Producer(self.stats, emit, pool, ParentCatalog(parent_blocks), low_use,
-                                stop, prefetch, self.proof_key, codecs, tally)
+                                stop, prefetch, self.proof_key, codecs, tally,
+                                on_catalog_piece=namer.add)
             if stdin_name is not None:
                 producer.run_stdin(stdin_name, stdin if stdin is not None else sys.stdin.buffer)
             else:
@@ -769,6 +790,7 @@ class Archiver:
             await uploader.abort()
             raise
         finally:
+            await namer.close()
             pool.shutdown(wait=False, cancel_futures=True)
             packer.shutdown(wait=False, cancel_futures=True)
             prefetch.shutdown(wait=False, cancel_futures=True)

@@ -26,27 +26,36 @@ SMALL_FILE = CDC_MIN
 BUNDLE_TARGET = 1024 * 1024
 
 
-def new_cdc() -> FastCDC:
-    """A chunker; not thread-safe, so each worker thread makes its own."""
+#: The catalog's pieces are smaller: the appliance checks each one as it is named (while
+#: the backup runs), so what is left for the commit is the stream's tail, which is held
+#: until at least twice the maximum has been written (or the stream ends).
+CATALOG_CDC = (64 * 1024, 256 * 1024, 1024 * 1024)
+
+
+def new_cdc(sizes: tuple[int, int, int] = (CDC_MIN, CDC_AVG, CDC_MAX)) -> FastCDC:
+    """A chunker cutting (minimum, average, maximum) sized chunks; not thread-safe, so each
+    worker thread makes its own."""
+    lo, avg, hi = sizes
     # pyfastcdc's average is avg_size + min_size (cut-point skipping), hence avg - min here.
-    return FastCDC(avg_size=CDC_AVG - CDC_MIN, min_size=CDC_MIN, max_size=CDC_MAX)
+    return FastCDC(avg_size=avg - lo, min_size=lo, max_size=hi)
 
 
 class StreamCutter:
     """Push-style content-defined chunking of a byte stream written piece by piece.
 
-    Cut points depend only on bytes from a chunk's start to at most CDC_MAX past it, so every
-    chunk but the last one found in the buffer is final once the buffer holds CDC_MAX bytes
-    beyond its start; the tail waits for more data or `finish`.
+    Cut points depend only on bytes from a chunk's start to at most the maximum size past
+    it, so every chunk but the last one found in the buffer is final; the buffer is cut once
+    it holds twice the maximum, and the tail waits for more data or `finish`.
     """
 
-    def __init__(self) -> None:
-        self._cdc = new_cdc()
+    def __init__(self, sizes: tuple[int, int, int] = (CDC_MIN, CDC_AVG, CDC_MAX)) -> None:
+        self._cdc = new_cdc(sizes)
+        self._hold = 2 * sizes[2]
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         self._buf += data
-        if len(self._buf) < 2 * CDC_MAX:
+        if len(self._buf) < self._hold:
             return
         chunks = list(self._cdc.cut_buf(self._buf))
         final = chunks[:-1]

@@ -215,6 +215,12 @@ class ApplianceClient:
 
         return await self._retry(call, True)
 
+    async def name_catalog(self, sid: str, start: int, pieces: list[tuple[str, int]]) -> int:
+        """Name catalog pieces `start`.. (see rdr_agent.catalog_names); returns how many
+        the appliance has been told of."""
+        body = {"start": start, "chunks": [[c, s] for c, s in pieces]}
+        return (await self._json("POST", f"/sessions/{sid}/catalog", body))["named"]
+
     async def heartbeat(self, sid: str) -> None:
         await self._json("POST", f"/sessions/{sid}/heartbeat")
 

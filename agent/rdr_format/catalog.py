@@ -542,6 +542,33 @@ def iter_index(pieces: Iterable[bytes]) -> Iterator[IndexRecord]:
         yield IndexRecord(path, rec[1], rec[2], rec[3])
 
 
+class IndexDigest:
+    """A running digest of directory index records, in order.
+
+    A catalog checked before its directory index exists (as its pieces arrive) records what
+    the index must say; the index, when it comes, is checked by digesting its records the
+    same way, instead of holding one record per directory until then."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.blake2b(digest_size=32)
+
+    def add(self, path: bytes, offset: int, length: int, count: int) -> None:
+        # Length-prefixed: no two record lists digest alike.
+        self._h.update(len(path).to_bytes(8, "little") + path + offset.to_bytes(8, "little")
+                       + length.to_bytes(8, "little") + count.to_bytes(8, "little"))
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+def index_digest(index_pieces: Iterable[bytes]) -> bytes:
+    """The digest of a directory index's records (each line checked as `iter_index` does)."""
+    d = IndexDigest()
+    for rec in iter_index(index_pieces):
+        d.add(rec.path, rec.offset, rec.length, rec.count)
+    return d.digest()
+
+
 @dataclass(**SLOTS)
 class CatalogSummary:
     """What the appliance learns from validating a catalog at commit."""
@@ -551,6 +578,9 @@ class CatalogSummary:
     files: int = 0
     dirs: int = 0
     entries: int = 0
+    #: The digest of the directory index this catalog needs (`index_digest`), when it was
+    #: validated without its index.
+    index_digest: bytes = b""
 
 
 @dataclass(frozen=True, **SLOTS)
@@ -590,7 +620,7 @@ class CatalogTooLarge(CatalogError):
     """The catalog holds more entries than its host may commit (the message says why)."""
 
 
-def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
+def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes] | None,
              max_entries: int | None = None,
              again: Callable[[], Iterable[bytes]] | None = None,
              too_large: Callable[[int], str] | None = None,
@@ -611,6 +641,9 @@ def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
     `max_entries` entries the catalog is refused (CatalogTooLarge, message from
     `too_large(count)`) as soon as a block header says so, before its entries are decoded.
 
+    With `index_pieces` None the index is not read: the summary's `index_digest` says what
+    it must hold, for a caller that checks the catalog before the index has arrived.
+
     `known` maps a block's digest to the facts of a block checked before (the host's last
     catalog): such a block is hashed, not decoded. `learned`, when given, receives the
     digest and facts of every block of this catalog up to MAX_REMEMBERED_BLOCK bytes, for
@@ -626,7 +659,8 @@ def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
     last: tuple[bytes, ...] | None = None
     pending_dirs: set[bytes] = set()
     links: set[bytes] = set()
-    index = iter_index(index_pieces)
+    index = iter_index(index_pieces) if index_pieces is not None else None
+    digest = IndexDigest() if index is None else None
     offset = 0
     for block in iter_block_streams(pieces):
         path = block.path
@@ -654,13 +688,16 @@ def validate(pieces: Iterable[bytes], index_pieces: Iterable[bytes],
         summary.chunks.update(facts.chunk_ids())
         pending_dirs.update(join_path(path, name) for name in facts.subdirs)
         links.update(facts.links)
-        rec = next(index, None)
-        if rec != IndexRecord(path, offset, block.nbytes, block.count):
+        if digest is not None:
+            digest.add(path, offset, block.nbytes, block.count)
+        elif next(index, None) != IndexRecord(path, offset, block.nbytes, block.count):
             raise CatalogError(f"directory index does not match the catalog at {path!r}")
         offset += block.nbytes
     if last is None:
         raise CatalogError("catalog has no root block")
-    if next(index, None) is not None:
+    if digest is not None:
+        summary.index_digest = digest.digest()
+    elif next(index, None) is not None:
         raise CatalogError("directory index has lines beyond the catalog")
     if pending_dirs:
         raise CatalogError(f"directory {min(pending_dirs)!r} has no block")

@@ -202,6 +202,10 @@ class ApplianceCollector(Collector):
                                   value=self.store.ingested_bytes)
         yield CounterMetricFamily("rdr_ingest_chunks", "Chunks newly stored since start",
                                   value=self.store.ingested_chunks)
+        yield CounterMetricFamily(
+            "rdr_commit_catalogs_checked_ahead",
+            "Commits whose catalog was validated as the agent named its pieces, since start",
+            value=self.store.catalogs_checked_ahead)
         yield GaugeMetricFamily("rdr_replication_enabled", "Replication is on",
                                 value=1 if self.summary.replicating else 0)
         if self._repl is not None:

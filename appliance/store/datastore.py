@@ -28,6 +28,7 @@ from rdr_format.catalog import (
     CatalogError,
     CatalogSummary,
     CatalogTooLarge,
+    index_digest,
     iter_blocks,
     validate,
 )
@@ -36,6 +37,7 @@ from rdr_format.fsutil import atomic_write, fsync_dir
 from rdr_format.manifest import ChunkIndex, Manifest, StreamRef
 from rdr_format.sources import of_manifest_source, of_paths
 
+from .catalogcheck import CatalogCheck, CatalogOrderError
 from .catalogfacts import CatalogFacts
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
@@ -98,6 +100,8 @@ class _Live:
     chunks_new: int = 0
     bytes_new: int = 0
     committing: bool = False
+    #: The catalog checked as the agent names its pieces (catalogcheck.py), if it does.
+    check: CatalogCheck | None = None
 
 
 class Datastore:
@@ -131,6 +135,8 @@ class Datastore:
         # Counters for the metrics: chunks newly stored by this process.
         self.ingested_chunks = 0
         self.ingested_bytes = 0
+        #: Commits whose catalog was checked as its pieces were named (catalogcheck.py).
+        self.catalogs_checked_ahead = 0
         self._commit_lock = root / "commit.lock"
         #: What each open session has proven it holds (see ownership.py).
         self.ownership = Ownership(root / "sessions")
@@ -450,18 +456,63 @@ class Datastore:
             busy = live is not None and time.monotonic() - live.last_seen < self.session_lease
             if now - s.created_at > age and not busy:
                 self.index.close_session(s.id, "aborted")
-                with self._lock:
-                    self._live.pop(s.id, None)
-                self.ownership.end(s.id)
+                self._end_live(s.id)
                 n += 1
         return n
+
+    def _end_live(self, sid: str, proofs: bool = True) -> None:
+        """Forget a closed session's in-memory state (its catalog check stops) and, with
+        `proofs`, its possession proofs."""
+        with self._lock:
+            live = self._live.pop(sid, None)
+        if live is not None and live.check is not None:
+            live.check.stop()
+        if proofs:
+            self.ownership.end(sid)
+
+    def name_catalog(self, host: str, sid: str, start: int,
+                     pieces: list[tuple[str, int]]) -> int:
+        """The agent names catalog pieces `start`.. in order as it cuts them; they are
+        checked as they arrive (catalogcheck.py), so the commit is left with the tail.
+        A list named from 0 again (a new pass of the backup) starts a new check. Returns
+        how many pieces are named."""
+        row, live = self._session(host, sid)
+        with self._lock:
+            check = None if live.committing else live.check
+        if live.committing:
+            raise Conflict("session_busy", "this session is committing")
+        if start == 0 and (check is None or not check.agrees(pieces)):
+            check, old = self._new_check(host, row, live), None
+            with self._lock:
+                busy = live.committing
+                if not busy:
+                    old, live.check = live.check, check
+            if busy:
+                check.stop()
+                raise Conflict("session_busy", "this session is committing")
+            if old is not None:
+                old.stop()
+        elif check is None:
+            raise Conflict("catalog_order", "name the catalog's pieces from piece 0")
+        try:
+            return check.name(start, pieces)
+        except CatalogOrderError as exc:
+            raise Conflict("catalog_order", str(exc)) from None
+
+    def _new_check(self, host: str, row: SessionRow, live: _Live) -> CatalogCheck:
+        proofs = self.ownership.get(row.id)
+        return CatalogCheck(
+            self.chunks.read_plain, proofs.__contains__,
+            lambda cid: not self._unowned(host, row.id, {cid}),
+            self.catalog_facts.known(host),
+            # The allowance it has now: past it the check stops, and the commit decides.
+            self.limits.allowed(self._uploaded(host, row, live)),
+            name=f"catalog-check-{row.id[:8]}")
 
     def abort_session(self, host: str, sid: str) -> None:
         self._session(host, sid)
         self.index.close_session(sid, "aborted")
-        with self._lock:
-            self._live.pop(sid, None)
-        self.ownership.end(sid)
+        self._end_live(sid)
 
     def commit(self, host: str, sid: str, req: CommitRequest) -> Manifest:
         """Validate the catalog, check every referenced chunk, make them durable, then publish
@@ -539,14 +590,20 @@ class Datastore:
             mark("publish")
             return manifest
 
-    def _validate(self, host: str, row: SessionRow, live: _Live,
-                  req: CommitRequest) -> CatalogSummary:
-        """The catalog checked, streamed, against the host's entry allowance."""
-        # The ledger outlives pruning: a host's first full backup keeps paying for its
-        # files after retention removed that snapshot.
+    def _uploaded(self, host: str, row: SessionRow, live: _Live) -> int:
+        """What the host has uploaded: its committed backups' (the ledger outlives pruning:
+        a host's first full backup keeps paying for its files after retention removed that
+        snapshot) and this session's."""
         ((before,),) = self.index.query(
             "SELECT COALESCE(SUM(new_bytes), 0) FROM backup_ledger WHERE host = ?", (host,))
-        uploaded = before + row.bytes_new + live.bytes_new
+        return before + row.bytes_new + live.bytes_new
+
+    def _validate(self, host: str, row: SessionRow, live: _Live,
+                  req: CommitRequest) -> CatalogSummary:
+        """The catalog checked, streamed, against the host's entry allowance: by the check
+        that ran as its pieces were named when that one checked exactly this catalog and
+        its index digests to what the check recorded, else here."""
+        uploaded = self._uploaded(host, row, live)
         allowed = self.limits.allowed(uploaded)
 
         def too_large(count: int) -> str:
@@ -555,6 +612,15 @@ class Datastore:
                     f"{self.limits.bytes_per_entry} bytes of the {uploaded:,} bytes it has "
                     f"uploaded, at most {self.limits.max_entries:,})")
 
+        with self._lock:
+            check, live.check = live.check, None
+        summary = check.finish(req.catalog.chunks) if check is not None else None
+        if summary is not None and summary.entries <= allowed \
+                and index_digest(self.stream(req.dirindex)) == summary.index_digest:
+            assert check is not None
+            self.catalog_facts.remember(host, check.learned)
+            self.catalogs_checked_ahead += 1
+            return summary
         learned: dict = {}
         summary = validate(self.stream(req.catalog), self.stream(req.dirindex), allowed,
                            again=lambda: self.stream(req.catalog), too_large=too_large,
@@ -585,8 +651,7 @@ class Datastore:
     def _recommitted(self, host: str, row: SessionRow, same: Manifest) -> Manifest:
         """Close the session on the snapshot it repeats: nothing new is published."""
         self.index.close_session(row.id, "committed", same.snapshot)
-        with self._lock:
-            self._live.pop(row.id, None)
+        self._end_live(row.id, proofs=False)
         log.info("commit of %s repeats snapshot %s: no new snapshot", host, same.snapshot)
         return same  # its session is the one that made it: the caller can tell
 
@@ -641,9 +706,7 @@ class Datastore:
         self.snapshots.write(manifest, all_ids)
         self.index.add_snapshot(_row_from_manifest(manifest, manifest.source_name),
                                 session=row.id)
-        with self._lock:
-            self._live.pop(row.id, None)
-        self.ownership.end(row.id)
+        self._end_live(row.id)
         return manifest
 
     def adopt_snapshot(self, manifest: Manifest, chunk_ids: set[str],

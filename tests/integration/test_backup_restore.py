@@ -576,3 +576,29 @@ async def test_an_empty_stdin_is_refused_not_stored_as_a_dump(appliance: Applian
     rc, res, err = await agent(appliance, token, tmp_path / "state", "backup", "--stdin",
                                "--name", "db.sql", stdin=b"x")
     assert rc == 0 and res["files"] == 1, err
+
+
+async def test_the_catalog_is_checked_while_the_backup_runs(appliance: Appliance,
+                                                           tmp_path: Path) -> None:
+    """The agent names the catalog's pieces as it cuts them; the appliance checks them as
+    they land, and the commit uses that check (rdr_commit_catalogs_checked_ahead_total).
+    The snapshot is the one a check at the commit gives: restored, it is the tree."""
+    src = tmp_path / "src"
+    for d in range(60):
+        sub = src / f"directory-{d:03}"
+        sub.mkdir(parents=True)
+        for f in range(250):  # 15,000 files: a catalog of about 2.5 MB
+            (sub / f"a-file-with-a-long-descriptive-name-{f:05}.txt").write_bytes(b"%d" % f)
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    async with ApplianceClient(appliance.endpoint(token)) as c:
+        first = await Archiver(c, state).backup([os.fsencode(src)])
+        (src / "directory-007" / "new.txt").write_bytes(b"new")
+        second = await Archiver(c, state).backup([os.fsencode(src)])
+    m = appliance.store.snapshots.manifest("web01", second.snapshot)
+    assert len(m.catalog.chunks) >= 3 and m.file_count == 15_001
+    assert appliance.store.catalogs_checked_ahead == 2, (first, second)
+    rc, _, err = await agent(appliance, token, state, "restore", second.snapshot, "--to",
+                             str(tmp_path / "out"))
+    assert rc == 0, err
+    assert_same_tree(src, restored_root(tmp_path / "out", src))

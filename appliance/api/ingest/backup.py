@@ -82,6 +82,7 @@ class IngestApi:
         r.add_post("/sessions/{sid}/known", self.known)
         r.add_put("/sessions/{sid}/chunks/{cid}", self.put_chunk)
         r.add_post("/sessions/{sid}/heartbeat", self.heartbeat)
+        r.add_post("/sessions/{sid}/catalog", self.name_catalog)
         r.add_post("/sessions/{sid}/commit", self.commit)
         r.add_delete("/sessions/{sid}", self.abort)
         r.add_get("/snapshots", self.list_snapshots)
@@ -146,6 +147,24 @@ class IngestApi:
                                      request.match_info["sid"], cid, buf)
             del buf
         return web.json_response({"stored": created}, status=201 if created else 200)
+
+    async def name_catalog(self, request: web.Request) -> web.Response:
+        """Catalog pieces named in order as the agent cuts them, checked while it works."""
+        body = await self._json(request)
+        start = body.get("start")
+        if type(start) is not int or start < 0:
+            raise BadRequest("bad_field", "field 'start' must be a piece number (0 or more)")
+        chunks = body.get("chunks")
+        if isinstance(chunks, list) and len(chunks) > MAX_KNOWN_BATCH:
+            raise PayloadTooLarge("payload_too_large",
+                                  f"field 'chunks' holds more than {MAX_KNOWN_BATCH} pieces")
+        try:
+            pieces = StreamRef.from_json({"chunks": chunks}, "chunks").chunks
+        except CatalogError as exc:
+            raise BadRequest("bad_field", str(exc)) from None
+        named = await self.run(self.store.name_catalog, require_host(request),
+                               request.match_info["sid"], start, pieces)
+        return web.json_response({"named": named})
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         await self.run(self.store.touch, require_host(request), request.match_info["sid"])
