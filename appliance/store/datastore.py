@@ -619,7 +619,8 @@ class Datastore:
                 and index_digest(self.stream(req.dirindex)) == summary.index_digest:
             assert check is not None
             self.catalog_facts.remember(host, check.learned)
-            self.catalogs_checked_ahead += 1
+            with self._lock:
+                self.catalogs_checked_ahead += 1
             return summary
         learned: dict = {}
         summary = validate(self.stream(req.catalog), self.stream(req.dirindex), allowed,
