@@ -38,6 +38,14 @@ MAX_PIECES = 100_000
 POLL_SECONDS = 0.02
 
 
+def stream_piece(read: Callable[[str], bytes], cid: str, size: int) -> bytes:
+    """A catalog or index chunk's plaintext, which must be as long as its stream says."""
+    plain = read(cid)
+    if len(plain) != size:
+        raise CatalogError(f"stream chunk {cid} holds {len(plain)} bytes, not {size}")
+    return plain
+
+
 class CatalogOrderError(ValueError):
     """Named pieces that do not continue the list named so far."""
 
@@ -201,7 +209,4 @@ class CatalogCheck:
             yield self._read_checked(cid, size)
 
     def _read_checked(self, cid: str, size: int) -> bytes:
-        plain = self._read(cid)
-        if len(plain) != size:
-            raise CatalogError(f"stream chunk {cid} holds {len(plain)} bytes, not {size}")
-        return plain
+        return stream_piece(self._read, cid, size)

@@ -37,7 +37,7 @@ from rdr_format.fsutil import atomic_write, fsync_dir
 from rdr_format.manifest import ChunkIndex, Manifest, StreamRef
 from rdr_format.sources import of_manifest_source, of_paths
 
-from .catalogcheck import CatalogCheck, CatalogOrderError
+from .catalogcheck import CatalogCheck, CatalogOrderError, stream_piece
 from .catalogfacts import CatalogFacts
 from .chunkstore import ChunkStore
 from .errors import Conflict, NotFound, StoreError, Unavailable, Unprocessable
@@ -178,6 +178,11 @@ class Datastore:
         return ""
 
     def close(self) -> None:
+        with self._lock:
+            checks = [live.check for live in self._live.values() if live.check is not None]
+        for check in checks:  # sessions left open: their checks stop with the store
+            check.stop()
+            check.join(5)
         self._syncs.shutdown(wait=True)
         self.index.close()
 
@@ -737,10 +742,7 @@ class Datastore:
 
     def stream(self, ref: StreamRef) -> Iterator[bytes]:
         for cid, size in ref.chunks:
-            plain = self.chunks.read_plain(cid)
-            if len(plain) != size:
-                raise CatalogError(f"stream chunk {cid} holds {len(plain)} bytes, not {size}")
-            yield plain
+            yield stream_piece(self.chunks.read_plain, cid, size)
 
     # --- maintenance ----------------------------------------------------------------------
     def remove_snapshot(self, host: str, snap: str, *, keep_protected: bool = False) -> bool:

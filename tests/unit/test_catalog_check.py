@@ -259,3 +259,15 @@ async def test_an_appliance_that_cannot_be_told_leaves_the_check_to_the_commit()
     await asyncio.sleep(0.05)
     await namer.close()  # no error raised: the backup goes on
     assert namer.sent == 0
+
+
+def test_the_checks_of_open_sessions_stop_when_the_store_closes(tmp_path: Path) -> None:
+    store = Datastore(tmp_path / "data", reserve_bytes=0)
+    store.add_host("a")
+    sid, _ = store.open_session("a")
+    pieces, _, _, _ = catalog(store, "a", sid)
+    store.name_catalog("a", sid, 0, refs(pieces))  # never uploaded: the check waits
+    check = store._live[sid].check
+    assert check is not None and not check.join(0.1)
+    store.close()
+    assert check.join(0)
