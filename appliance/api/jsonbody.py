@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from ..errors import BadRequest, PayloadTooLarge
 
@@ -48,6 +48,21 @@ def decode(raw: bytes) -> object:
         raise BadRequest("bad_json", "request body is not valid JSON") from None
 
 
+async def _read_upto(stream: StreamReader, n: int) -> bytes:
+    """The body up to its end or `n` bytes, whichever comes first. `StreamReader.read(n)`
+    gives only what has arrived so far: a body of more than one network read (a 750 kB
+    request) came out cut, and was refused as not JSON."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        part = await stream.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 async def read_json(request: web.Request, limit: int, *, required: bool = False,
                     allowed: set[str] | None = None) -> dict:
     """The body as a dict ({} when empty unless `required`), at most `limit` bytes read;
@@ -56,7 +71,7 @@ async def read_json(request: web.Request, limit: int, *, required: bool = False,
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     try:
-        raw = await request.content.read(limit + 1)
+        raw = await _read_upto(request.content, limit + 1)
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
     if len(raw) > limit:

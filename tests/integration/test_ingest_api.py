@@ -55,6 +55,7 @@ async def test_every_endpoint_needs_a_valid_token(appliance: Appliance) -> None:
     paths = [("GET", "/whoami"), ("POST", "/sessions"), ("GET", "/snapshots"),
              ("GET", "/snapshots/latest"), ("POST", "/sessions/x/known"),
              ("PUT", f"/sessions/x/chunks/{'a' * 64}"), ("POST", "/sessions/x/commit"),
+             ("POST", "/sessions/x/catalog"),
              ("DELETE", "/sessions/x"), ("GET", f"/snapshots/latest/chunks/{'a' * 64}")]
     bad_tokens = [None, "nonsense", token[:-1] + ("A" if token[-1] != "A" else "B"),
                   "rdr_0000000000000000_" + token.split("_", 2)[2]]
@@ -161,6 +162,40 @@ async def test_malformed_json_and_fields_are_400_naming_the_field(appliance: App
                              data=b" " * (33 * 1024 * 1024)) as resp:
             await expect_error(resp, 413)
     assert appliance.store.index.snapshots() == []
+
+
+async def test_naming_catalog_pieces_refuses_bad_input_and_other_hosts_sessions(
+        appliance: Appliance) -> None:
+    ta, tb = appliance.add_host("web01"), appliance.add_host("web02")
+    piece = ["a" * 64, 100]
+    async with raw_session(appliance, ta) as http, raw_session(appliance, tb) as other:
+        base = appliance.url + "/api/v1"
+        async with http.post(base + "/sessions", json={}) as resp:
+            sid = (await resp.json())["session"]
+        url = f"{base}/sessions/{sid}/catalog"
+        for body, field in [({"start": -1, "chunks": [piece]}, "start"),
+                            ({"start": "0", "chunks": [piece]}, "start"),
+                            ({"start": 0, "chunks": [["x", 1]]}, "chunks"),
+                            ({"start": 0, "chunks": [["a" * 64, 0]]}, "chunks"),
+                            ({"start": 0, "chunks": []}, "chunks")]:
+            async with http.post(url, json=body) as resp:
+                assert field in (await expect_error(resp, 400, "bad_field"))["message"]
+        # 750 kB: more than one network read (read_json once kept only the first and
+        # answered 400 bad_json; this is its regression test).
+        async with http.post(url, json={"start": 0, "chunks": [piece] * 10_001}) as resp:
+            assert "10000" in (await expect_error(resp, 413, "payload_too_large"))["message"]
+        async with http.post(url, json={"start": 1, "chunks": [piece]}) as resp:
+            await expect_error(resp, 409, "catalog_order")  # nothing named yet
+        async with http.post(url, json={"start": 0, "chunks": [piece]}) as resp:
+            assert resp.status == 200 and (await resp.json()) == {"named": 1}
+        async with http.post(url, json={"start": 3, "chunks": [piece]}) as resp:
+            await expect_error(resp, 409, "catalog_order")  # a gap
+        async with other.post(url, json={"start": 0, "chunks": [piece]}) as resp:
+            await expect_error(resp, 404, "no_such_session")  # web02 names in web01's
+        async with http.delete(f"{base}/sessions/{sid}") as resp:
+            assert resp.status == 204
+        async with http.post(url, json={"start": 1, "chunks": [piece]}) as resp:
+            await expect_error(resp, 409, "session_closed")
 
 
 async def test_commit_naming_an_unknown_chunk_commits_nothing(appliance: Appliance) -> None:
