@@ -26,13 +26,15 @@ SMALL_FILE = CDC_MIN
 BUNDLE_TARGET = 1024 * 1024
 
 
+#: (minimum, average, maximum) chunk sizes of file data and the directory index.
+DATA_CDC = (CDC_MIN, CDC_AVG, CDC_MAX)
 #: The catalog's pieces are smaller: the appliance checks each one as it is named (while
 #: the backup runs), so what is left for the commit is the stream's tail, which is held
 #: until at least twice the maximum has been written (or the stream ends).
 CATALOG_CDC = (64 * 1024, 256 * 1024, 1024 * 1024)
 
 
-def new_cdc(sizes: tuple[int, int, int] = (CDC_MIN, CDC_AVG, CDC_MAX)) -> FastCDC:
+def new_cdc(sizes: tuple[int, int, int] = DATA_CDC) -> FastCDC:
     """A chunker cutting (minimum, average, maximum) sized chunks; not thread-safe, so each
     worker thread makes its own."""
     lo, avg, hi = sizes
@@ -48,7 +50,7 @@ class StreamCutter:
     it holds twice the maximum, and the tail waits for more data or `finish`.
     """
 
-    def __init__(self, sizes: tuple[int, int, int] = (CDC_MIN, CDC_AVG, CDC_MAX)) -> None:
+    def __init__(self, sizes: tuple[int, int, int] = DATA_CDC) -> None:
         self._cdc = new_cdc(sizes)
         self._hold = 2 * sizes[2]
         self._buf = bytearray()

@@ -483,21 +483,14 @@ class Datastore:
         how many pieces are named."""
         row, live = self._session(host, sid)
         with self._lock:
-            check = None if live.committing else live.check
-        if live.committing:
-            raise Conflict("session_busy", "this session is committing")
-        if start == 0 and (check is None or not check.agrees(pieces)):
-            check, old = self._new_check(host, row, live), None
-            with self._lock:
-                busy = live.committing
-                if not busy:
-                    old, live.check = live.check, check
-            if busy:
-                check.stop()
+            if live.committing:
                 raise Conflict("session_busy", "this session is committing")
-            if old is not None:
-                old.stop()
-        elif check is None:
+            check = live.check
+            if start == 0 and (check is None or not check.agrees(pieces)):
+                if check is not None:
+                    check.stop()
+                check = live.check = self._new_check(host, row, live)
+        if check is None:
             raise Conflict("catalog_order", "name the catalog's pieces from piece 0")
         try:
             return check.name(start, pieces)

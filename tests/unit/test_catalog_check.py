@@ -213,9 +213,11 @@ class NamingClient:
     def __init__(self, refuse: bool = False) -> None:
         self.calls: list[tuple[int, list[tuple[str, int]]]] = []
         self.refuse = refuse
+        self.refused = 0
 
     async def name_catalog(self, sid: str, start: int, pieces: list[tuple[str, int]]) -> int:
         if self.refuse:
+            self.refused += 1
             raise ApplianceError(404, "not_found", "no such route")
         self.calls.append((start, pieces))
         return start + len(pieces)
@@ -258,7 +260,7 @@ async def test_an_appliance_that_cannot_be_told_leaves_the_check_to_the_commit()
     later.set_result(encoded(1))
     await asyncio.sleep(0.05)
     await namer.close()  # no error raised: the backup goes on
-    assert namer.sent == 0
+    assert namer.sent == 0 and client.refused == 1  # and it stopped asking
 
 
 def test_the_checks_of_open_sessions_stop_when_the_store_closes(tmp_path: Path) -> None:
