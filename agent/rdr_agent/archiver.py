@@ -831,27 +831,37 @@ class Archiver:
     async def _open_session(self, host: str) -> tuple[str, bool]:
         """Open a session, resuming the one an interrupted run of this agent left open."""
         import json
+        import secrets
 
         path = self._session_file(host)
-        resume = None
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            resume = json.loads(path.read_text())["session"]
-        info = await self._wait_for_slot(resume)
+        resume = key = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            saved = json.loads(path.read_text())
+            resume, key = saved.get("session"), saved.get("key")
+        resume = resume if isinstance(resume, str) else None
+        if not (isinstance(key, str) and len(key) == 32 and set(key) <= set("0123456789abcdef")):
+            # Saved before asking: killed between the appliance opening the session and the
+            # id being saved, the next run still resumes it (no 409 for the lease period).
+            key = secrets.token_hex(16)
+            write_private(path, json.dumps({"session": resume, "key": key,
+                                            "url": self.client.ep.url}).encode())
+        info = await self._wait_for_slot(resume, key)
         sid = info["session"]
-        write_private(path, json.dumps({"session": sid, "url": self.client.ep.url}).encode())
+        write_private(path, json.dumps({"session": sid, "key": key,
+                                        "url": self.client.ep.url}).encode())
         self.lease = float(info.get("lease_seconds", 60))
         nonce = info.get("nonce")
         self.proof_key = possession_key(bytes.fromhex(nonce)) if isinstance(nonce, str) \
             else None
         return sid, bool(info.get("resumed"))
 
-    async def _wait_for_slot(self, resume: str | None) -> dict:
+    async def _wait_for_slot(self, resume: str | None, key: str) -> dict:
         """Open the session, waiting while the appliance is taking its limit of backups at
         once (503 "busy"): at 5 pm a site's agents all start together and take turns."""
         waited = 0.0
         while True:
             try:
-                return await self.client.open_session(resume)
+                return await self.client.open_session(resume, key)
             except ApplianceError as exc:
                 if exc.code != "busy":
                     raise

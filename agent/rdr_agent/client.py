@@ -192,9 +192,12 @@ class ApplianceClient:
                 return None
             raise
 
-    async def open_session(self, resume: str | None = None) -> dict:
-        return await self._json("POST", "/sessions", {"resume": resume} if resume else {},
-                                idempotent=False)
+    async def open_session(self, resume: str | None = None, key: str | None = None) -> dict:
+        """`key` names this agent run's request: asked again with it, the appliance resumes
+        the session it opened then instead of refusing a second backup (an older appliance
+        ignores it, hence not retried here)."""
+        body = {k: v for k, v in (("resume", resume), ("key", key)) if v}
+        return await self._json("POST", "/sessions", body, idempotent=False)
 
     async def known_missing(self, sid: str, ids: list[str],
                             proofs: list[str] | None = None) -> list[str]:

@@ -97,6 +97,10 @@ class _Live:
     """In-memory state of an open session: when it was last used and what it added."""
 
     last_seen: float
+    #: What the agent that opened (or last resumed) the session calls its run: the same
+    #: agent asking again -- its answer lost, or killed before it saved the session id --
+    #: resumes the session instead of being refused as a second backup.
+    key: str | None = None
     chunks_new: int = 0
     bytes_new: int = 0
     committing: bool = False
@@ -292,12 +296,15 @@ class Datastore:
         return out
 
     # --- sessions -------------------------------------------------------------------------
-    def open_session(self, host: str, resume: str | None = None) -> tuple[str, bool]:
+    def open_session(self, host: str, resume: str | None = None,
+                     key: str | None = None) -> tuple[str, bool]:
         """Open a backup session for `host`, or resume its open one.
 
-        An open session is resumed when the caller names it, or when nobody has used it for
-        the lease period (its agent died); otherwise a second backup of the same host is a
-        conflict. Chunks a session already stored stay in the store either way.
+        An open session is resumed when the caller names it, or gives the `key` it was
+        opened with (the agent asked, then died or lost the answer before it saved the id),
+        or when nobody has used it for the lease period (its agent died); otherwise a second
+        backup of the same host is a conflict. Chunks a session already stored stay in the
+        store either way.
         """
         self.reserve.check_room("a new backup")
         with self._lock:
@@ -306,12 +313,16 @@ class Datastore:
             if existing is not None:
                 live = self._live.get(existing.id)
                 stale = live is None or now - live.last_seen > self.session_lease
-                if resume == existing.id or stale:
+                same_run = (key is not None and live is not None and live.key is not None
+                            and hmac.compare_digest(key, live.key))
+                if resume == existing.id or same_run or stale:
                     if live is None:
                         live = self._live[existing.id] = _Live(now)
                     if live.committing:
                         raise Conflict("session_busy", "the open session is committing")
                     live.last_seen = now
+                    if key is not None:
+                        live.key = key
                     return existing.id, True
                 raise Conflict("session_busy",
                                f"host {host!r} already has a backup running; wait for it, or"
@@ -329,7 +340,7 @@ class Datastore:
             sid = secrets.token_hex(16)
             self.ownership.start(sid)
             self.index.create_session(sid, host)
-            self._live[sid] = _Live(now)
+            self._live[sid] = _Live(now, key)
             return sid, False
 
     def _session(self, host: str, sid: str) -> tuple[SessionRow, _Live]:

@@ -359,6 +359,29 @@ async def test_killed_agent_leaves_no_partial_snapshot(appliance: Appliance,
                .iterdir())
 
 
+async def test_agent_killed_before_saving_its_session_resumes_it(appliance: Appliance,
+                                                                 tmp_path: Path) -> None:
+    """The kill lands after the appliance opened the session and before the agent saved
+    its id: the agent saved its key first, so the next run resumes that session rather
+    than being refused ("already has a backup running") until the lease runs out."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"hello\n" * 1000)
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    key = "5e" * 16
+    state.mkdir(mode=0o700)
+    (state / "session-web01.json").write_text(
+        json.dumps({"session": None, "key": key, "url": appliance.url}))
+    async with appliance.client(token) as c:  # what the appliance saw of the killed run
+        opened = (await c.open_session(key=key))["session"]
+    rc, res, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    assert res["resumed_session"] is True
+    assert appliance.store.index.session(opened).state == "committed"
+    assert not (state / "session-web01.json").exists()
+
+
 @pytest.mark.parametrize("use_saved", [True, False], ids=["use-saved", "use-scanned"])
 async def test_bundles_with_mostly_dead_bytes_are_rebuilt(appliance: Appliance,
                                                           tmp_path: Path,

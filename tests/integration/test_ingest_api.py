@@ -80,6 +80,34 @@ async def test_one_open_session_per_host(appliance: Appliance) -> None:
         assert again == {**first, "resumed": True}
 
 
+async def test_asking_again_with_the_same_key_resumes_the_open_session(
+        appliance: Appliance) -> None:
+    """An agent killed after the appliance opened its session but before it saved the id
+    asks again with the key it saved first: it resumes instead of a 409 for the lease
+    period. Another run (another key) is still refused, and another host's key is nothing
+    to this host's session."""
+    token = appliance.add_host("web01")
+    other = appliance.add_host("web02")
+    key = "ab" * 16
+    async with appliance.client(token) as c1, appliance.client(other) as c2:
+        first = await c1.open_session(key=key)
+        assert not first["resumed"]
+        with pytest.raises(ApplianceError) as err:
+            await c1.open_session(key="cd" * 16)
+        assert err.value.status == 409 and err.value.code == "session_busy"
+        with pytest.raises(ApplianceError) as err:
+            await c1.open_session()
+        assert err.value.status == 409
+        again = await c1.open_session(key=key)
+        assert again == {**first, "resumed": True}
+        theirs = await c2.open_session(key=key)
+        assert theirs["session"] != first["session"] and not theirs["resumed"]
+        for bad in ("ab", "AB" * 16, "é" * 32, 7, ["ab" * 16]):
+            with pytest.raises(ApplianceError) as err:
+                await c1._json("POST", "/sessions", {"key": bad}, idempotent=False)
+            assert err.value.status == 400 and err.value.code == "bad_field"
+
+
 async def test_stale_session_is_taken_over(tmp_path) -> None:
     from appliance.daemon import Daemon
 

@@ -9,6 +9,7 @@ bounded thread pool so the event loop keeps serving the other agents.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -38,6 +39,8 @@ from .sending import send_body
 
 T = TypeVar("T")
 MAX_KNOWN_BATCH = 10_000
+#: An agent run's name for the session it asks for (Datastore.open_session's `key`).
+RUN_KEY = re.compile(r"[0-9a-f]{16,64}")
 
 
 class IngestApi:
@@ -105,8 +108,11 @@ class IngestApi:
         resume = body.get("resume")
         if resume is not None and not isinstance(resume, str):
             raise BadRequest("bad_field", "field 'resume' must be a session id string")
+        key = body.get("key")
+        if key is not None and not (isinstance(key, str) and RUN_KEY.fullmatch(key)):
+            raise BadRequest("bad_field", "field 'key' must be 16 to 64 hex digits")
         host = require_host(request)
-        sid, resumed = await self.run(self.store.open_session, host, resume)
+        sid, resumed = await self.run(self.store.open_session, host, resume, key)
         nonce = await self.run(self.store.session_nonce, host, sid)
         return web.json_response({"session": sid, "resumed": resumed,
                                   "lease_seconds": self.store.session_lease,
