@@ -304,7 +304,7 @@ async def _restore_from_disk(args: argparse.Namespace, target: Path,
         root, cipher, host, args.snapshot, target, include, pool,
         on_progress=lambda files, nbytes: bar.update(
             nbytes, lambda: f"{plural(files, 'file')}, {human(nbytes)}"),
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, sparse=not args.no_sparse)
     return summary
 
 
@@ -327,7 +327,7 @@ async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, t
             client, snap, target, include, cache, pool,
             on_progress=lambda files, nbytes: bar.update(
                 nbytes, lambda: f"{plural(files, 'file')}, {human(nbytes)}"),
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, sparse=not args.no_sparse)
 
 
 async def _pick_latest(client, args: argparse.Namespace) -> str:
@@ -486,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "backup; the entries kept are listed and the exit code is 5), "
                    "'if-changed' (replace those whose size or modification time differ "
                    "from the snapshot's; a symlink, its target), 'always' (replace all)")
+    r.add_argument("--no-sparse", action="store_true", help="write runs of zeros as data: "
+                   "by default a file's all-zero chunks are left as holes, so a sparse file "
+                   "(a VM disk image) takes no more room than on its host; use this for a "
+                   "swap file or a file preallocated on purpose")
     r.add_argument("--from-disk", metavar="DIR", help="restore from a Rapid Recover disk "
                    "mounted at DIR instead of the appliance")
     r.add_argument("--key-file", help="with --from-disk: the appliance's data key")

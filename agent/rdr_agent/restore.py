@@ -23,7 +23,8 @@ from .client import ApplianceClient
 async def restore_snapshot(client: ApplianceClient, snap: str, target: Path,
                            include: list[bytes] | None, cache: CatalogCache, pool: Executor,
                            on_progress: Callable[[int, int], None] | None = None,
-                           overwrite: str = OVERWRITE_ALWAYS) -> RestoreSummary:
+                           overwrite: str = OVERWRITE_ALWAYS,
+                           sparse: bool = True) -> RestoreSummary:
     """Restore snapshot `snap` (an id or "latest") from the appliance below `target`."""
     # Announce the restore first: the appliance measures request-to-first-byte from here.
     real_id = (await client.start_restore(snap))["snapshot"]
@@ -45,7 +46,7 @@ async def restore_snapshot(client: ApplianceClient, snap: str, target: Path,
         blocks = _indexed_blocks(cache, records, slices, sizes)
     source = RemoteChunks(client, real_id, pool)
     return await restore_blocks(blocks, source, target, include, pool, on_progress,
-                                overwrite=overwrite)
+                                overwrite=overwrite, sparse=sparse)
 
 
 def _locate(chunks: list[tuple[str, int]], rec: catalog.IndexRecord,

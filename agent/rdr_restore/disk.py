@@ -277,9 +277,10 @@ class DiskObjects:
 async def restore_from_disk(root: Path, cipher: ObjectCipher, host: str, snapshot: str,
                             to: Path, include: list[bytes] | None, pool: Executor,
                             on_progress: Callable[[int, int], None] | None = None,
-                            overwrite: str = OVERWRITE_ALWAYS) -> tuple[dict, RestoreSummary]:
+                            overwrite: str = OVERWRITE_ALWAYS, sparse: bool = True,
+                            ) -> tuple[dict, RestoreSummary]:
     """Restore files from a recovery disk mounted at `root`, checked in full first."""
     layout = DiskLayout(root)
     await asyncio.to_thread(verify_disk, layout, cipher, RECOVER, Progress("verify"))
     return await dc_restore(DiskObjects(layout), cipher, host, snapshot, to, include,
-                            pool, on_progress, overwrite)
+                            pool, on_progress, overwrite, sparse)

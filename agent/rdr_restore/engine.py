@@ -30,7 +30,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Protocol
 
@@ -50,7 +50,7 @@ from rdr_format.catalog import (
     path_key,
     split_path,
 )
-from rdr_format.chunkfile import ChunkDecoder, ChunkError, is_chunk_id
+from rdr_format.chunkfile import MAX_PLAIN_SIZE, ChunkDecoder, ChunkError, is_chunk_id
 from rdr_format.compat import SLOTS, zip_strict
 
 from .errors import CHUNK_STATUSES, SourceError
@@ -522,6 +522,21 @@ def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
         pos += n
 
 
+@cache
+def _zero_chunk() -> bytes:
+    return bytes(MAX_PLAIN_SIZE)
+
+
+def _all_zero(plain: bytes) -> bool:
+    """Whether a chunk's plaintext is all zero bytes: a chunk cut from a run of zeros (a
+    sparse file's hole, a disk image's free space). Almost every other chunk is told apart
+    by its first or last byte; the rest by one memcmp against a zero buffer, made the first
+    time one is needed."""
+    if not plain or plain[0] or plain[-1] or len(plain) > MAX_PLAIN_SIZE:
+        return False
+    return _zero_chunk().startswith(plain)
+
+
 class _Writer:
     """Applies batches of ops in order; used by one pool thread at a time, which hands half
     of each batch's new files to the helper thread."""
@@ -529,9 +544,9 @@ class _Writer:
     def __init__(self, root_fd: int, summary: RestoreSummary, jobs: Iterator[int],
                  bad_dirs: set[bytes], on_progress: Callable[[int, int], None] | None,
                  helper: Executor, allow_special: bool = True,
-                 overwrite: str = OVERWRITE_ALWAYS) -> None:
+                 overwrite: str = OVERWRITE_ALWAYS, sparse: bool = True) -> None:
         """`helper`: a thread of its own (not the restore's pool, whose queue holds the
-        decodes) writing half of each batch's new files."""
+        decodes) writing half of each batch's new files. `sparse`: see restore_blocks."""
         if overwrite not in OVERWRITE_CHOICES:
             raise ValueError(f"overwrite must be one of {', '.join(OVERWRITE_CHOICES)}")
         self.summary = summary
@@ -539,6 +554,7 @@ class _Writer:
         #: Setuid/setgid bits, file capabilities and device nodes are restored (see
         #: restore_blocks); otherwise stripped or skipped, each one reported.
         self.allow_special = allow_special
+        self.sparse = sparse
         self.is_root = os.geteuid() == 0
         self.dirs = _Dirs(root_fd)
         self.dir_meta: list[tuple[bytes, Entry]] = []
@@ -744,9 +760,10 @@ class _Writer:
         os.close(fd)
 
     def _views(self, op: _Op,
-               plains: dict[str, bytes | BaseException]) -> list[memoryview] | None:
-        """The plaintext slices `op` writes, or None (the file failed, reported)."""
-        views = []
+               plains: dict[str, bytes | BaseException]) -> list[memoryview | int] | None:
+        """The plaintext slices `op` writes, or None (the file failed, reported); with
+        `sparse`, a slice of an all-zero chunk is its length instead (left a hole)."""
+        views: list[memoryview | int] = []
         for r in op.ranges:
             p = plains.get(r.chunk)
             if p is None:
@@ -758,7 +775,10 @@ class _Writer:
                 self._fail(op, f"chunk {r.chunk[:16]} has {len(p)} bytes, catalog says "
                                f"{r.chunk_size}")
                 return None
-            views.append(memoryview(p)[r.offset:r.offset + r.length])
+            if self.sparse and _all_zero(p):
+                views.append(r.length)
+            else:
+                views.append(memoryview(p)[r.offset:r.offset + r.length])
         return views
 
     def _create(self, pfd: int, op: _Op) -> int:
@@ -783,15 +803,22 @@ class _Writer:
             return -1
         return fd
 
-    def _write(self, fd: int, op: _Op, views: list[memoryview]) -> int:
-        """Write `op`'s slices, and after the file's last its metadata; the bytes written,
-        or -1 (the file failed, reported)."""
+    def _write(self, fd: int, op: _Op, views: list[memoryview | int]) -> int:
+        """Write `op`'s slices, and after the file's last its metadata; the bytes restored,
+        or -1 (the file failed, reported). A hole (an int) is skipped: the file was created
+        empty, so what is not written reads as zeros; a file ending in one is extended to
+        its size."""
         pos = op.offset
         try:
             for v in views:
-                _pwrite_all(fd, v, pos)
-                pos += len(v)
+                if isinstance(v, int):
+                    pos += v
+                else:
+                    _pwrite_all(fd, v, pos)
+                    pos += len(v)
             if op.last:
+                if views and isinstance(views[-1], int):
+                    os.ftruncate(fd, pos)
                 self._meta_fd(fd, op.entry, op.path)
         except _ENTRY_ERRORS as exc:
             self._fail(op, f"cannot write: {_why(exc)}")
@@ -1083,7 +1110,8 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source
                          target: Path, include: list[bytes] | None, pool: Executor,
                          on_progress: Callable[[int, int], None] | None = None,
                          allow_special: bool = True,
-                         overwrite: str = OVERWRITE_ALWAYS) -> RestoreSummary:
+                         overwrite: str = OVERWRITE_ALWAYS,
+                         sparse: bool = True) -> RestoreSummary:
     """Restore catalog `blocks` below `target` (catalog paths kept in full). A block's
     entries may be `LazyEntries` (`iter_blocks_lazily`): a block outside `include` is then
     never decoded.
@@ -1094,6 +1122,11 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source
 
     `overwrite` (OVERWRITE_CHOICES): what happens to an entry already in the target; kept
     ones are listed in `kept`, equal ones counted in `unchanged`.
+
+    `sparse` (the default): a file's slices of all-zero chunks are left as holes, so a
+    sparse file (a VM's disk image) takes as little room as it did on its host instead of
+    its full size -- a restore must fit where the data came from. False writes every byte
+    (a swap file, a file preallocated on purpose).
 
     Per-entry problems become `errors` in the summary; only fatal ones raise (the target
     cannot be opened, the appliance cannot be reached).
@@ -1108,7 +1141,7 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source
     planner = _Planner(iter(blocks), flt, summary.errors, jobs, bad_dirs)
     helper = ThreadPoolExecutor(1, thread_name_prefix="rdr-create")
     writer = _Writer(root_fd, summary, jobs, bad_dirs, on_progress, helper, allow_special,
-                     overwrite)
+                     overwrite, sparse)
     try:
         await _pipeline(_Batcher(planner.ops()), writer, source, pool)
         if writer.fallback:

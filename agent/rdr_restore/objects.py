@@ -121,7 +121,8 @@ async def load_snapshot(target: ObjectReader, cipher: ObjectCipher, host: str, s
 async def dc_restore(target: ObjectReader, cipher: ObjectCipher, host: str, snapshot: str,
                      to: Path, include: list[bytes] | None, pool: Executor,
                      on_progress: Callable[[int, int], None] | None = None,
-                     overwrite: str = OVERWRITE_ALWAYS) -> tuple[dict, RestoreSummary]:
+                     overwrite: str = OVERWRITE_ALWAYS, sparse: bool = True,
+                     ) -> tuple[dict, RestoreSummary]:
     """Restore `host`'s `snapshot` from the objects below `to` with the restore engine."""
     cp, manifest = await load_snapshot(target, cipher, host, snapshot)
     fetch = partial(object_chunk, target, cipher)
@@ -135,5 +136,5 @@ async def dc_restore(target: ObjectReader, cipher: ObjectCipher, host: str, snap
     blocks = catalog.iter_blocks_lazily(pieces)
     source = RemoteChunks(None, cp["snapshot"], pool, fetch=fetch)
     summary = await restore_blocks(blocks, source, to, include, pool, on_progress,
-                                   overwrite=overwrite)
+                                   overwrite=overwrite, sparse=sparse)
     return cp, summary

@@ -359,6 +359,34 @@ async def test_killed_agent_leaves_no_partial_snapshot(appliance: Appliance,
                .iterdir())
 
 
+async def test_a_sparse_file_restores_sparse_unless_told_not_to(appliance: Appliance,
+                                                                tmp_path: Path) -> None:
+    """A 64 MiB disk image holding 1 MiB of data restores taking a few MiB (its data and
+    the zeros sharing its chunks: 5 MiB here), not 64 -- the customer's disk must hold what
+    it held before -- identical byte for byte; with `--no-sparse` every byte is written."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = random.Random(3).randbytes(1 << 20)
+    with open(src / "vm.img", "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(20 << 20)
+        f.write(data)
+    assert (src / "vm.img").stat().st_blocks * 512 <= 2 << 20
+    token = appliance.add_host("web01")
+    state = tmp_path / "state"
+    rc, res, err = await agent(appliance, token, state, "backup", str(src))
+    assert rc == 0, err
+    for flags, most, least in (([], 6 << 20, 0), (["--no-sparse"], None, 64 << 20)):
+        out = tmp_path / f"out{len(flags)}"
+        rc, _, err = await agent(appliance, token, state, "restore", res["snapshot"], "--to",
+                                 str(out), *flags)
+        assert rc == 0, err
+        img = restored_root(out, src) / "vm.img"
+        assert img.read_bytes() == (src / "vm.img").read_bytes()
+        allocated = img.stat().st_blocks * 512
+        assert allocated >= least and (most is None or allocated <= most), allocated
+
+
 async def test_agent_killed_before_saving_its_session_resumes_it(appliance: Appliance,
                                                                  tmp_path: Path) -> None:
     """The kill lands after the appliance opened the session and before the agent saved

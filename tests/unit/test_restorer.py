@@ -257,6 +257,48 @@ async def test_large_file_sliced_across_batches(tmp_path: Path, pool: ThreadPool
     assert (tmp_path / "t/d").read_bytes() == b"after"
 
 
+@pytest.mark.parametrize("sliced", [False, True], ids=["one-batch", "across-batches"])
+async def test_all_zero_chunks_are_left_as_holes(tmp_path: Path, pool: ThreadPoolExecutor,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 sliced: bool) -> None:
+    """A sparse file (a VM's disk image) restores taking about the room it took on its
+    host, not its full size: slices of all-zero chunks are not written. What is not written
+    reads as zeros, a file ending in a hole gets its full size, and a chunk with anything
+    but zeros in it is written whole. `sparse=False` writes every byte."""
+    if sliced:
+        monkeypatch.setattr(restorer, "BATCH_BYTES", 1)  # one chunk per batch
+    src = FakeSource()
+    zero, data = bytes(1 << 20), os.urandom(64 << 10)
+    almost = bytes(1 << 20)[:-1] + b"x"  # zeros but for its last byte: data
+    image = [zero, data, zero, zero, data, zero, zero]  # ends in a hole
+    z, d, a = (src.ranges(p)[0] for p in (zero, data, almost))
+    part = Range(z.chunk, 4096, 100_000, z.chunk_size)  # a slice of the zero chunk
+    files = {
+        b"image": ([z, d, z, z, d, z, z], b"".join(image)),
+        b"holes-only": ([z, z], zero * 2),
+        b"slice": ([part, d], bytes(100_000) + data),
+        b"almost": ([a], almost),
+    }
+    blocks: list[Block] = [(b"", [ent(name, FILE, ranges=rs) for name, (rs, _) in
+                                  files.items()])]
+    for sparse in (True, False):
+        target = tmp_path / f"t-{sparse}"
+        s = await restore_blocks(iter(blocks), src, target, None, pool, sparse=sparse)
+        assert s.errors == [] and s.files == len(files)
+        for name, (_, content) in files.items():
+            st = (target / os.fsdecode(name)).lstat()
+            assert st.st_size == len(content) and st.st_mtime_ns == T0, name
+            assert (target / os.fsdecode(name)).read_bytes() == content, name
+        allocated = {n: (target / os.fsdecode(n)).lstat().st_blocks * 512 for n in files}
+        if sparse:
+            assert allocated[b"image"] <= 2 * len(data) + (64 << 10)  # its data, not 5 MiB
+            assert allocated[b"holes-only"] == 0
+        else:
+            assert allocated[b"image"] >= len(files[b"image"][1])
+            assert allocated[b"holes-only"] >= 2 * len(zero)
+        assert allocated[b"almost"] >= len(almost)  # not all zero: written
+
+
 async def test_include_selects_subtree_and_ancestors(tmp_path: Path,
                                                      pool: ThreadPoolExecutor) -> None:
     src = FakeSource()
