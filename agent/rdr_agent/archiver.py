@@ -43,6 +43,7 @@ from rdr_agent.chunker import (
     new_cdc,
 )
 from rdr_agent.client import ApplianceClient, ApplianceError
+from rdr_agent.holes import SparseReader, is_sparse
 from rdr_agent.smallreads import DirReads, SmallRead, hint_files, open_for_read, xattrs_of
 from rdr_agent.statefiles import private_dir, write_private
 from rdr_agent.uploader import Cancelled, ChunkUploader, LazyChunk
@@ -496,7 +497,8 @@ class Producer:
         pend: list = []
         try:
             with io.FileIO(fd, "rb", closefd=True) as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
                     raise OSError(0, "no longer a regular file")
                 if e.size < SMALL_FILE:
                     data = f.read(SMALL_FILE)
@@ -507,7 +509,8 @@ class Producer:
                 # A file the parent snapshot held is read again for a change that is
                 # usually small: its chunks are compressed only if they turn out to be new.
                 # A new file's are nearly all new: compressed at once, as they are read.
-                e.size = self._read_stream(f, pend, e.name if prev is not None else None)
+                e.size = self._read_stream(SparseReader(fd) if is_sparse(st) else f, pend,
+                                           e.name if prev is not None else None)
         except OSError as exc:
             self._unreadable(child.path, exc)
             return None
@@ -527,8 +530,8 @@ class Producer:
         self.stats.bytes_read += e.size
         return pend
 
-    def _read_stream(self, stream: io.RawIOBase | io.BufferedIOBase, pend: list,
-                     lazy: bytes | None) -> int:
+    def _read_stream(self, stream: io.RawIOBase | io.BufferedIOBase | SparseReader,
+                     pend: list, lazy: bytes | None) -> int:
         """Cut `stream` into chunks for the encoders; `lazy` names a file whose chunks are
         to be hashed only (the uploader compresses those the appliance lacks)."""
         total = 0

@@ -11,10 +11,14 @@ import io
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from pyfastcdc import FastCDC
 
 from rdr_format.chunkfile import MAX_PLAIN_SIZE
+
+if TYPE_CHECKING:
+    from rdr_agent.holes import SparseReader
 
 CDC_MIN = 256 * 1024
 CDC_AVG = 1024 * 1024
@@ -165,8 +169,8 @@ class SlabPool:
                 self._free.append(slab)
 
 
-def cut_stream(cdc: FastCDC, stream: io.RawIOBase | io.BufferedIOBase, pool: SlabPool,
-               ) -> Iterator[tuple[memoryview, Slab]]:
+def cut_stream(cdc: FastCDC, stream: io.RawIOBase | io.BufferedIOBase | SparseReader,
+               pool: SlabPool) -> Iterator[tuple[memoryview, Slab]]:
     """Content-defined chunks of `stream`, each a view into a pooled slab that the caller
     must `pool.release` once done with the view (the slab is held for it).
 
@@ -208,7 +212,7 @@ def cut_stream(cdc: FastCDC, stream: io.RawIOBase | io.BufferedIOBase, pool: Sla
         pool.consumed(slab, fill)
 
 
-def _read_into(stream: io.RawIOBase | io.BufferedIOBase, readinto: object,
+def _read_into(stream: io.RawIOBase | io.BufferedIOBase | SparseReader, readinto: object,
                view: memoryview) -> int:
     if readinto is not None:
         n = readinto(view)  # type: ignore[operator]

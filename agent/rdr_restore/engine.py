@@ -1154,5 +1154,6 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source
         os.close(root_fd)
     summary.duration = time.monotonic() - started
     if summary.errors:
-        log.warning("restore to %s finished with %d errors", target, len(summary.errors))
+        n = len(summary.errors)
+        log.warning("restore to %s finished with %d error%s", target, n, "" if n == 1 else "s")
     return summary
