@@ -87,6 +87,21 @@ _NO_PARENT: tuple[None, None] = (None, None)
 _FILE_TYPES = (FILE, HARDLINK)
 WARM_MAX = 8 * 2**20  # bigger files are read sequentially with the kernel's own readahead
 MAX_UNREADABLE_SENT = 1000
+#: A file read less than this after its last change is recorded with no ctime, so the next
+#: backup reads it again whatever its stat says. Why: timestamps move in ticks (1-10 ms on
+#: Linux), so a file read in the tick of its last change and changed again within that tick
+#: would keep its size, mtime and ctime -- and its new bytes would never be backed up
+#: ("racy" entries, as git calls them). A ctime of whole seconds is taken to come from a
+#: filesystem that keeps seconds (ext4 with small inodes, FAT's two): RACY_COARSE_NS then.
+RACY_NS = 20 * 10**6
+RACY_COARSE_NS = 2 * 10**9
+
+
+def is_racy(ctime_ns: int, seen_ns: int) -> bool:
+    """Whether a file seen (stat, then read) at `seen_ns` may change again unseen: its
+    last change is less than a timestamp tick older (RACY_NS, RACY_COARSE_NS)."""
+    margin = RACY_COARSE_NS if ctime_ns % 10**9 == 0 else RACY_NS
+    return seen_ns - ctime_ns < margin
 
 
 @dataclass(**SLOTS)
@@ -384,7 +399,8 @@ class Producer:
         e = Entry(name=child.name, type=FILE, mode=stat.S_IMODE(mode), uid=st.st_uid,
                   gid=st.st_gid, mtime_ns=st.st_mtime_ns)
         if stat.S_ISREG(mode):
-            e.size, e.ino, e.ctime_ns = st.st_size, st.st_ino, st.st_ctime_ns
+            e.size, e.ino = st.st_size, st.st_ino
+            e.ctime_ns = 0 if is_racy(st.st_ctime_ns, child.seen_ns) else st.st_ctime_ns
             key = (st.st_dev, st.st_ino)
             first = self._link_paths.get(key) if st.st_nlink > 1 else None
             if first is not None:

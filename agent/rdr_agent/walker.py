@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ class Child:
     name: bytes
     path: bytes  # absolute filesystem path
     st: os.stat_result
+    #: The wall clock (ns) just before `st` was taken: whatever reads the file reads it
+    #: after this (the archiver's test for "racy" timestamps).
+    seen_ns: int
 
 
 def build_selection(sources: list[bytes]) -> dict | None:
@@ -230,6 +234,7 @@ class Walker:
         """Read one directory (any thread): its children, sorted, and what went wrong."""
         fs_dir = b"/" + cpath
         out = _Listing([], [], [])
+        now = time.time_ns()  # one object for all the children
         if sel is FULL:
             try:
                 with os.scandir(fs_dir) as it:
@@ -240,7 +245,7 @@ class Walker:
                             continue
                         try:
                             out.children.append(
-                                Child(de.name, full, de.stat(follow_symlinks=False)))
+                                Child(de.name, full, de.stat(follow_symlinks=False), now))
                         except OSError as exc:
                             out.errors.append((full, exc.strerror or str(exc)))
             except OSError as exc:
@@ -249,7 +254,7 @@ class Walker:
             for name in sel:
                 full = os.path.join(fs_dir, name)
                 try:
-                    out.children.append(Child(name, full, os.lstat(full)))
+                    out.children.append(Child(name, full, os.lstat(full), now))
                 except OSError as exc:
                     out.errors.append((full, exc.strerror or str(exc)))
         out.children.sort(key=lambda c: c.name)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from rdr_agent import smallreads
-from rdr_agent.archiver import BackupStats, ParentCatalog, Producer
+from rdr_agent.archiver import RACY_NS, BackupStats, ParentCatalog, Producer
 from rdr_agent.smallreads import AHEAD, DirReads, read_batch
 from rdr_agent.walker import Walker
 from rdr_format.catalog import HARDLINK, iter_blocks
@@ -149,6 +150,8 @@ def test_a_backup_takes_the_small_files_read_ahead_and_writes_the_same_catalog(
     os.setxattr(root / "d1" / "f007", b"user.tag", b"v")
     (root / "big").write_bytes(os.urandom(600_000))  # read as a stream
     os.link(root / "d0" / "f001", root / "d2" / "again")  # a further name: not read twice
+    # Older than a timestamp tick (else both catalogs record no ctime, or one of them).
+    time.sleep(2 * RACY_NS / 1e9)
 
     inline, inline_stats = backup(root, None)
     prefetch = SpoilingAfterRead()
