@@ -13,8 +13,9 @@ from __future__ import annotations
 import errno
 import os
 
-#: Zeros copied into the reader's buffer for a hole, at most this much per call.
-_ZEROS = bytes(1 << 20)
+#: Zeros copied into the reader's buffer for a hole, at most this much per call (a view:
+#: slicing it copies nothing).
+_ZEROS = memoryview(bytes(1 << 20))
 #: Whether this platform can ask where a file's data is (Linux, the BSDs, Solaris).
 CAN_SEEK_DATA = hasattr(os, "SEEK_DATA") and hasattr(os, "SEEK_HOLE")
 
