@@ -821,7 +821,7 @@ class _Writer:
                     os.ftruncate(fd, pos)
                 self._meta_fd(fd, op.entry, op.path)
         except _ENTRY_ERRORS as exc:
-            self._fail(op, f"cannot write: {_why(exc)}")
+            self._fail(op, f"cannot write: {_why(exc)}", written=True)
             return -1
         return pos - op.offset
 
@@ -854,9 +854,11 @@ class _Writer:
         if not op.last:
             self.failed_jobs.add(op.job)
 
-    def _fail(self, op: _Op, message: str | None) -> None:
+    def _fail(self, op: _Op, message: str | None, written: bool = False) -> None:
+        """`written`: the file was created and some of it may be written (as is so when
+        a later slice fails): the error says it is left incomplete."""
         if message is not None:
-            if not op.first:
+            if written or not op.first:
                 message += " (file left incomplete)"
             self._error(op.path, message)
         self.failed_files.add(op.path)

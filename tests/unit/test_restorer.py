@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import stat
 import threading
 import time
@@ -460,6 +461,28 @@ async def test_fetching_runs_ahead_of_the_writer_by_bytes(
     assert 5 <= seen_while_held[0] <= 6
     for i in range(20):
         assert (tmp_path / "t" / f"f{i:02d}").read_bytes() == bytes([i]) * 100
+
+
+async def test_a_file_that_cannot_be_written_whole_is_said_to_be_left_incomplete(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    """A full disk (here a file-size limit: EFBIG instead of ENOSPC) stops a file part way:
+    the error says the file is left incomplete, so nobody takes it for restored; the files
+    that fit are restored."""
+    src = FakeSource()
+    blocks: list[Block] = [(b"", [filee(src, b"big", os.urandom(3 << 20)),
+                                  filee(src, b"small", b"fits")])]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        s = await run(blocks, src, tmp_path / "t", pool)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    errs = dict(s.errors)
+    assert list(errs) == ["big"] and errs["big"].endswith("(file left incomplete)"), errs
+    assert "File too large" in errs["big"]
+    assert (tmp_path / "t/small").read_bytes() == b"fits" and s.files == 1
 
 
 async def test_existing_content(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
