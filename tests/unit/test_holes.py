@@ -6,13 +6,17 @@ from __future__ import annotations
 import io
 import os
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from rdr_agent import holes
+from rdr_agent.archiver import BackupStats, ParentCatalog, Producer
 from rdr_agent.chunker import SlabPool, cut_stream, new_cdc
 from rdr_agent.holes import SparseReader, is_sparse
+from rdr_agent.walker import Walker
 
 MiB = 1 << 20
 
@@ -97,3 +101,30 @@ def test_a_file_cut_short_while_read_ends_where_it_ends(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert total == MiB + 100
+
+
+def test_the_backup_reads_a_sparse_file_through_the_reader(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring: a backup of a tree holding a sparse file asks the kernel for its data
+    extents only (a plain read would ask for all 40 MiB); its catalog records the file
+    whole."""
+    root = tmp_path / "src"
+    root.mkdir()
+    data_bytes = sparse_file(root / "vm.img", 40 * MiB, [(8 * MiB, 3 * MiB)])
+    read = []
+    real_preadv = os.preadv
+
+    def counting_preadv(fd: int, bufs: list, pos: int) -> int:
+        n = real_preadv(fd, bufs, pos)
+        read.append(n)
+        return n
+
+    monkeypatch.setattr(holes.os, "preadv", counting_preadv)
+    stats = BackupStats()
+    with ThreadPoolExecutor(2) as pool:
+        producer = Producer(stats, lambda c, proof: None, pool, ParentCatalog(None), set(),
+                            threading.Event())
+        producer.run_tree(Walker([bytes(root)]))
+        producer.finish()
+    assert 0 < sum(read) <= data_bytes + 2 * 4096
+    assert stats.bytes_read == 40 * MiB and stats.files_read == 1
