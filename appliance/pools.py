@@ -27,36 +27,26 @@ appliance is full), with a Retry-After, instead of queueing work that holds memo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Iterator
+
+from rdr_format.workers import WorkerPool, run_in
 
 from .errors import TooManyRequests
 from .store.errors import Unavailable
 
-T = TypeVar("T")
+__all__ = ["HEAVY_RETRY_SECONDS", "HeavyGate", "Pools", "run_in"]
 
 #: Seconds a refused heavy request is told to wait before trying again.
 HEAVY_RETRY_SECONDS = 5
-
-
-async def run_in(pool: Executor | None, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in `pool`, awaited: the one way async code calls blocking code (None: the
-    loop's default executor, for parts built without the daemon's pools, as in tests)."""
-    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
 
 
 class Pools:
     """The light and heavy executors (see the module docstring for what goes where)."""
 
     def __init__(self, light_workers: int, heavy_workers: int) -> None:
-        self.light = ThreadPoolExecutor(max_workers=light_workers,
-                                        thread_name_prefix="rdr-light")
-        self.heavy = ThreadPoolExecutor(max_workers=heavy_workers,
-                                        thread_name_prefix="rdr-heavy")
+        self.light = WorkerPool(light_workers, "rdr-light")
+        self.heavy = WorkerPool(heavy_workers, "rdr-heavy")
 
     def shutdown(self) -> None:
         self.heavy.shutdown(wait=True)

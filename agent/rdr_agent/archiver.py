@@ -76,6 +76,7 @@ from rdr_format.chunkfile import (
 )
 from rdr_format.compat import SLOTS
 from rdr_format.compression import Tally
+from rdr_format.workers import WorkerPool
 
 log = logging.getLogger("rdr.agent.backup")
 
@@ -757,7 +758,7 @@ class Archiver:
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         pool = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-encode")
-        packer = ThreadPoolExecutor(self.encoders, thread_name_prefix="rdr-pack")
+        packer = WorkerPool(self.encoders, "rdr-pack")
         codecs = ThreadEncoders()
         tally = Tally()
         uploader = ChunkUploader(self.client, sid, self.stats, stop, uploads=self.uploads,

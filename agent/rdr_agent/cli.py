@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, NoReturn
 from rdr_format import __version__
 
 if TYPE_CHECKING:  # imported where used: start-up pays only for the command it runs
-    from concurrent.futures import ThreadPoolExecutor
-
     from rdr_agent.archiver import BackupResult
     from rdr_agent.progress import ProgressBar
     from rdr_agent.settings import AgentSettings
+    from rdr_format.workers import WorkerPool
     from rdr_restore.engine import RestoreSummary
 
 #: `restore --overwrite` (rdr_restore.engine.OVERWRITE_CHOICES, named here so `--help` does
@@ -254,16 +253,16 @@ def print_restore_summary(summary: RestoreSummary, target: Path) -> None:
 
 async def cmd_restore(args: argparse.Namespace, st: AgentSettings | None) -> int:
     import json
-    from concurrent.futures import ThreadPoolExecutor
 
     from rdr_agent.progress import ProgressBar
+    from rdr_format.workers import WorkerPool
 
     target = _writable_target(args.to)
     include = [os.fsencode(os.path.normpath(p)).lstrip(b"/") for p in args.paths] or None
     if include and any(p in (b"", b".") for p in include):
         include = None
     bar = ProgressBar("restore", enabled=None if not args.json else False)
-    pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="rdr-restore")
+    pool = WorkerPool(max(2, os.cpu_count() or 2), "rdr-restore")
     try:
         if args.from_disk:
             summary = await _restore_from_disk(args, target, include, pool, bar)
@@ -282,7 +281,7 @@ async def cmd_restore(args: argparse.Namespace, st: AgentSettings | None) -> int
 
 
 async def _restore_from_disk(args: argparse.Namespace, target: Path,
-                             include: list[bytes] | None, pool: ThreadPoolExecutor,
+                             include: list[bytes] | None, pool: WorkerPool,
                              bar: ProgressBar) -> RestoreSummary:
     """Rapid Recover with the disk plugged into this server: every object on it is checked
     before a file is written; needs the appliance's data key."""
@@ -309,7 +308,7 @@ async def _restore_from_disk(args: argparse.Namespace, target: Path,
 
 
 async def _restore_from_appliance(args: argparse.Namespace, st: AgentSettings, target: Path,
-                                  include: list[bytes] | None, pool: ThreadPoolExecutor,
+                                  include: list[bytes] | None, pool: WorkerPool,
                                   bar: ProgressBar) -> RestoreSummary:
     from rdr_agent.catalog_cache import CatalogCache
     from rdr_agent.client import ApplianceClient

@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -44,6 +44,7 @@ from rdr_agent.util.textfmt import plural
 from rdr_format import catalog
 from rdr_format.catalog import CatalogError, dec_bytes
 from rdr_format.compat import SLOTS
+from rdr_format.workers import WorkerPool, run_in
 from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks, selected_bytes
 
 log = logging.getLogger("rdr.agent.jobs")
@@ -288,18 +289,17 @@ class JobRunner:
 
     async def _restore(self, jid: int, target: Path, paths: list[bytes],
                        prog: _Progress, allow_special: bool = False) -> RestoreSummary:
-        loop = asyncio.get_running_loop()
         info = await self.client.job_snapshot(jid)
         snap = info["snapshot"]["snapshot"]
         # The job's catalog (only the selected paths) is kept apart from this host's own
         # catalog cache and removed with the job.
         work = self.settings.state_dir / "jobs" / str(jid)
-        await loop.run_in_executor(self.pool, _fresh_dir, work)
+        await run_in(self.pool, _fresh_dir, work)
         try:
             cat = work / "catalog"
             await self.client.job_catalog(jid, cat)
             try:
-                prog.total = await loop.run_in_executor(
+                prog.total = await run_in(
                     self.pool, selected_bytes, catalog.iter_blocks_lazily(_pieces(cat)), paths)
             except ValueError:  # unreadable catalog: the restore itself reports it
                 prog.total = None
@@ -322,8 +322,7 @@ class JobRunner:
                 reporter.cancel()
                 await asyncio.gather(reporter, return_exceptions=True)
         finally:
-            await loop.run_in_executor(self.pool, partial(shutil.rmtree, work,
-                                                          ignore_errors=True))
+            await run_in(self.pool, partial(shutil.rmtree, work, ignore_errors=True))
 
     async def _report_progress(self, jid: int, prog: _Progress, restore: asyncio.Future,
                                ) -> None:
@@ -411,7 +410,7 @@ async def run_service(settings: AgentSettings, once: bool, wait: int, as_json: b
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="rdr-job")
+    pool = WorkerPool(max(2, os.cpu_count() or 2), "rdr-job")
     report = _printer(as_json)
     try:
         async with ApplianceClient(settings.endpoint) as client:

@@ -38,6 +38,7 @@ from typing import Protocol
 from rdr_agent.client import ApplianceClient
 from rdr_format.chunkfile import EncodedChunk
 from rdr_format.compat import SLOTS
+from rdr_format.workers import run_in
 
 #: Queries in flight at once; a batch never exceeds MAX_BATCH ids.
 MAX_QUERIES = 2
@@ -235,7 +236,7 @@ class ChunkUploader:
         if self._packing is None:
             raise RuntimeError("a LazyChunk was emitted to an uploader without packing")
         pool, pack, on_sent = self._packing
-        chunk = await self._loop.run_in_executor(pool, pack, item)
+        chunk = await run_in(pool, pack, item)
         on_sent(item.name, len(item.data), len(chunk.data))
         return chunk
 

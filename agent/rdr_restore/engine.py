@@ -52,6 +52,7 @@ from rdr_format.catalog import (
 )
 from rdr_format.chunkfile import MAX_PLAIN_SIZE, ChunkDecoder, ChunkError, is_chunk_id
 from rdr_format.compat import SLOTS, zip_strict
+from rdr_format.workers import run_in, start_in
 
 from .errors import CHUNK_STATUSES, SourceError
 
@@ -187,8 +188,7 @@ class RemoteChunks:
         async with self._sem:
             data = await self._fetch(cid)
         self.fetched += 1
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._decode, data, cid)
+        return await run_in(self._pool, self._decode, data, cid)
 
     def _decode(self, data: bytes, cid: str) -> bytes:
         dec = getattr(self._local, "dec", None)
@@ -1061,14 +1061,13 @@ async def _pipeline(batcher: _Batcher, writer: _Writer, source: ChunkSource,
     buffers stay in its heap, so both are kept small (measured: four full batches and a
     64 MiB cache peaked at 151-155 MiB, two and 32 MiB at 114-118, with the same restore
     time)."""
-    loop = asyncio.get_running_loop()
     ahead: deque[tuple[list[_Op], asyncio.Future, int]] = deque()
     ahead_bytes = 0
 
     def room(extra: int = 0) -> bool:
         return len(ahead) < FETCH_AHEAD + extra and ahead_bytes < FETCH_AHEAD_BYTES
 
-    planning: asyncio.Future | None = loop.run_in_executor(pool, batcher.next_batch)
+    planning: asyncio.Future | None = start_in(pool, batcher.next_batch)
     writing: asyncio.Future | None = None
     try:
         while True:
@@ -1082,7 +1081,7 @@ async def _pipeline(batcher: _Batcher, writer: _Writer, source: ChunkSource,
                 ahead.append((ops, asyncio.ensure_future(_fetch(source, cids)), nbytes))
                 ahead_bytes += nbytes
                 if room(1):
-                    planning = loop.run_in_executor(pool, batcher.next_batch)
+                    planning = start_in(pool, batcher.next_batch)
             if not ahead:
                 break
             ops, fetching, nbytes = ahead.popleft()
@@ -1091,9 +1090,9 @@ async def _pipeline(batcher: _Batcher, writer: _Writer, source: ChunkSource,
             if writing is not None:
                 w, writing = writing, None
                 await w
-            writing = loop.run_in_executor(pool, writer.apply, ops, plains)
+            writing = start_in(pool, writer.apply, ops, plains)
             if planning is None and room() and not batcher.exhausted:
-                planning = loop.run_in_executor(pool, batcher.next_batch)
+                planning = start_in(pool, batcher.next_batch)
         if writing is not None:
             w, writing = writing, None
             await w
@@ -1134,9 +1133,8 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source
     cannot be opened, the appliance cannot be reached).
     """
     started = time.monotonic()
-    loop = asyncio.get_running_loop()
     summary = RestoreSummary()
-    root_fd = await loop.run_in_executor(pool, _open_target, target)
+    root_fd = await run_in(pool, _open_target, target)
     jobs = itertools.count(1)  # thread-safe enough: next() on count is atomic in CPython
     bad_dirs: set[bytes] = set()
     flt = _Filter(include, summary.errors)
@@ -1149,9 +1147,9 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source
         if writer.fallback:
             fallback, writer.fallback = writer.fallback, []
             await _pipeline(_Batcher(iter(fallback)), writer, source, pool)
-        await loop.run_in_executor(pool, writer.finish)
+        await run_in(pool, writer.finish)
     finally:
-        await loop.run_in_executor(pool, writer.close)
+        await run_in(pool, writer.close)
         helper.shutdown()
         os.close(root_fd)
     summary.duration = time.monotonic() - started
