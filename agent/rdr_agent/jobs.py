@@ -43,7 +43,7 @@ from rdr_agent.util.textfmt import human_bytes as human
 from rdr_agent.util.textfmt import plural
 from rdr_format import catalog
 from rdr_format.catalog import CatalogError, dec_bytes
-from rdr_format.compat import SLOTS
+from rdr_format.compat import SLOTS, cancelling
 from rdr_format.workers import WorkerPool, run_in
 from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks, selected_bytes
 
@@ -314,8 +314,7 @@ class JobRunner:
             try:
                 return await restore
             except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if prog.lost is not None and not (me is not None and me.cancelling()):
+                if prog.lost is not None and not cancelling(asyncio.current_task()):
                     raise JobLost(prog.lost) from None
                 raise
             finally:
