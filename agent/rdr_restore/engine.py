@@ -1036,7 +1036,9 @@ async def _fetch(source: ChunkSource, cids: list[str]) -> dict[str, bytes | Base
 
 
 async def _settle(*futs: asyncio.Future | None) -> None:
-    """Wait for pool work still running (it may use fds about to be closed)."""
+    """Wait for pool work still running (it may use fds about to be closed). A pool call
+    is awaited through `asyncio.shield` wherever the writer may be closed after it: a
+    cancelled future is done at once, while its thread goes on with the call."""
     live = [f for f in futs if f is not None]
     if live:
         await asyncio.wait(live)
@@ -1073,7 +1075,7 @@ async def _pipeline(batcher: _Batcher, writer: _Writer, source: ChunkSource,
         while True:
             # Top the window up: plan and start fetching until it is full.
             while planning is not None and (room() or planning.done()):
-                batch = await planning
+                batch = await asyncio.shield(planning)  # cancelled, it is still awaited
                 planning = None
                 if batch is None:
                     break
@@ -1088,14 +1090,13 @@ async def _pipeline(batcher: _Batcher, writer: _Writer, source: ChunkSource,
             ahead_bytes -= nbytes
             plains = await fetching
             if writing is not None:
-                w, writing = writing, None
-                await w
+                await asyncio.shield(writing)
             writing = start_in(pool, writer.apply, ops, plains)
             if planning is None and room() and not batcher.exhausted:
                 planning = start_in(pool, batcher.next_batch)
         if writing is not None:
-            w, writing = writing, None
-            await w
+            await asyncio.shield(writing)
+            writing = None
     finally:
         for _, f, _ in ahead:
             f.cancel()
@@ -1142,13 +1143,16 @@ async def restore_blocks(blocks: Iterator[tuple[bytes, Iterable[Entry]]], source
     helper = ThreadPoolExecutor(1, thread_name_prefix="rdr-create")
     writer = _Writer(root_fd, summary, jobs, bad_dirs, on_progress, helper, allow_special,
                      overwrite, sparse)
+    finishing: asyncio.Future | None = None
     try:
         await _pipeline(_Batcher(planner.ops()), writer, source, pool)
         if writer.fallback:
             fallback, writer.fallback = writer.fallback, []
             await _pipeline(_Batcher(iter(fallback)), writer, source, pool)
-        await run_in(pool, writer.finish)
+        finishing = start_in(pool, writer.finish)
+        await asyncio.shield(finishing)
     finally:
+        await _settle(finishing)
         await run_in(pool, writer.close)
         helper.shutdown()
         os.close(root_fd)

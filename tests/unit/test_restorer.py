@@ -13,7 +13,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from rdr_format.catalog import (
     Range,
 )
 from rdr_format.chunkfile import ChunkDecoder, ChunkEncoder, ChunkError, chunk_id
+from rdr_format.workers import WorkerPool
 from rdr_restore import engine as restorer
 from rdr_restore.engine import RemoteChunks, RestoreSummary, restore_blocks, selected_bytes
 
@@ -85,9 +85,11 @@ def filee(src: FakeSource, name: bytes, data: bytes, **kw: object) -> Entry:
 
 
 @pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(4) as p:
-        yield p
+def pool() -> Iterator[WorkerPool]:
+    """The agent's own kind of pool (rdr-agent restore builds one)."""
+    p = WorkerPool(4, "test-restore")
+    yield p
+    p.shutdown(wait=True)
 
 
 @pytest.fixture
@@ -110,7 +112,7 @@ def listing(root: Path) -> dict[str, tuple[int, bytes | None]]:
     return out
 
 
-async def run(blocks: list[Block], src: FakeSource, target: Path, pool: ThreadPoolExecutor,
+async def run(blocks: list[Block], src: FakeSource, target: Path, pool: WorkerPool,
               include: list[bytes] | None = None) -> RestoreSummary:
     return await restore_blocks(iter(blocks), src, target, include, pool)
 
@@ -130,7 +132,7 @@ def xattrs_supported(d: Path) -> bool:
 # --- fidelity -----------------------------------------------------------------------------------
 
 
-async def test_every_entry_kind(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+async def test_every_entry_kind(tmp_path: Path, pool: WorkerPool) -> None:
     src = FakeSource()
     bundle = b"AAAA" + b"bbbbbbbb" + b"cc"
     bid = src.add(bundle)
@@ -234,7 +236,7 @@ async def test_every_entry_kind(tmp_path: Path, pool: ThreadPoolExecutor) -> Non
     assert summary.to_json()["files"] == 11
 
 
-async def test_large_file_sliced_across_batches(tmp_path: Path, pool: ThreadPoolExecutor,
+async def test_large_file_sliced_across_batches(tmp_path: Path, pool: WorkerPool,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(restorer, "BATCH_BYTES", 1)  # one chunk per batch
     monkeypatch.setattr(restorer, "BATCH_FILES", 2)
@@ -259,7 +261,7 @@ async def test_large_file_sliced_across_batches(tmp_path: Path, pool: ThreadPool
 
 
 @pytest.mark.parametrize("sliced", [False, True], ids=["one-batch", "across-batches"])
-async def test_all_zero_chunks_are_left_as_holes(tmp_path: Path, pool: ThreadPoolExecutor,
+async def test_all_zero_chunks_are_left_as_holes(tmp_path: Path, pool: WorkerPool,
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  sliced: bool) -> None:
     """A sparse file (a VM's disk image) restores taking about the room it took on its
@@ -301,7 +303,7 @@ async def test_all_zero_chunks_are_left_as_holes(tmp_path: Path, pool: ThreadPoo
 
 
 async def test_include_selects_subtree_and_ancestors(tmp_path: Path,
-                                                     pool: ThreadPoolExecutor) -> None:
+                                                     pool: WorkerPool) -> None:
     src = FakeSource()
     blocks: list[Block] = [
         (b"", [ent(b"etc", DIR), ent(b"home", DIR, 0o751, T0 + 1)]),
@@ -340,7 +342,7 @@ async def test_include_selects_subtree_and_ancestors(tmp_path: Path,
 # --- errors that must not stop the restore ------------------------------------------------------
 
 
-async def test_bad_chunk_fails_only_its_files(tmp_path: Path, pool: ThreadPoolExecutor,
+async def test_bad_chunk_fails_only_its_files(tmp_path: Path, pool: WorkerPool,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     src = FakeSource()
     good = filee(src, b"good", b"fine")
@@ -369,7 +371,7 @@ async def test_bad_chunk_fails_only_its_files(tmp_path: Path, pool: ThreadPoolEx
 
 
 async def test_a_batchs_new_files_are_written_by_two_threads(
-        tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Creating files is mostly the kernel's work, and one writer thread left a core idle
     (docs/BENCHMARKS.md, ninth round): half of a batch's new files go to a helper thread,
     cut between directories (a create takes its directory's lock). Every file still ends as
@@ -410,7 +412,7 @@ async def test_a_batchs_new_files_are_written_by_two_threads(
 
 
 async def test_held_back_files_keep_the_open_directories_bounded(
-        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+        tmp_path: Path, pool: WorkerPool) -> None:
     """A file held back for the two writer threads keeps its directory's fd open, so evicted
     directory fds wait to be closed; they must not pile up over a batch. Here a file is held
     back and then 500 directories are made in the same batch, under a file limit that leaves
@@ -431,7 +433,7 @@ async def test_held_back_files_keep_the_open_directories_bounded(
 
 
 async def test_fetching_runs_ahead_of_the_writer_by_bytes(
-        tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches are fetched ahead of the one being written until their chunks add up to
     FETCH_AHEAD_BYTES (or FETCH_AHEAD batches): small batches go further ahead than two,
     and no number of them goes past the bytes. The writer is held in its first batch
@@ -464,7 +466,7 @@ async def test_fetching_runs_ahead_of_the_writer_by_bytes(
 
 
 async def test_a_file_that_cannot_be_written_whole_is_said_to_be_left_incomplete(
-        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+        tmp_path: Path, pool: WorkerPool) -> None:
     """A full disk (here a file-size limit: EFBIG instead of ENOSPC) stops a file part way:
     the error says the file is left incomplete, so nobody takes it for restored; the files
     that fit are restored."""
@@ -485,7 +487,7 @@ async def test_a_file_that_cannot_be_written_whole_is_said_to_be_left_incomplete
     assert (tmp_path / "t/small").read_bytes() == b"fits" and s.files == 1
 
 
-async def test_existing_content(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+async def test_existing_content(tmp_path: Path, pool: WorkerPool) -> None:
     src = FakeSource()
     t = tmp_path / "t"
     (t / "dir_in_the_way").mkdir(parents=True)
@@ -505,7 +507,7 @@ async def test_existing_content(tmp_path: Path, pool: ThreadPoolExecutor) -> Non
     assert (t / "z").read_bytes() == b"z"
 
 
-async def test_restore_twice_into_same_target(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+async def test_restore_twice_into_same_target(tmp_path: Path, pool: WorkerPool) -> None:
     src = FakeSource()
     data = src.ranges(b"shared")
     blocks: list[Block] = [
@@ -528,7 +530,7 @@ async def test_restore_twice_into_same_target(tmp_path: Path, pool: ThreadPoolEx
     assert (t / "ro/sub/f").read_bytes() == b"inner"
 
 
-async def test_strange_values_are_entry_errors(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+async def test_strange_values_are_entry_errors(tmp_path: Path, pool: WorkerPool) -> None:
     src = FakeSource()
     blocks: list[Block] = [(b"", [
         filee(src, b"a", b"data", xattrs=[(b"user.bad\0name", b"v")]),
@@ -543,7 +545,7 @@ async def test_strange_values_are_entry_errors(tmp_path: Path, pool: ThreadPoolE
 
 
 async def test_unreachable_appliance_raises_and_closes_fds(tmp_path: Path,
-                                                           pool: ThreadPoolExecutor) -> None:
+                                                           pool: WorkerPool) -> None:
     class Down(FakeSource):
         async def plain(self, cid: str) -> bytes:
             raise ConnectError("cannot reach the appliance")
@@ -557,11 +559,46 @@ async def test_unreachable_appliance_raises_and_closes_fds(tmp_path: Path,
     assert sorted(os.listdir("/proc/self/fd")) == fds
 
 
+async def test_a_restore_cancelled_mid_batch_closes_its_files_only_after_the_batch(
+        tmp_path: Path, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push-restore job the appliance stops is cancelled while a pool thread may be
+    writing a batch: the writer's directories and files must stay open until that batch
+    has returned, or its later creates land in closed (or reused) descriptors."""
+    src = FakeSource()
+    blocks: list[Block] = [(b"", [ent(b"d", DIR)]),
+                           (b"d", [filee(src, b"f%d" % i, b"data %d" % i) for i in range(3)])]
+    entered, release = threading.Event(), threading.Event()
+    order: list[str] = []
+    real_open, real_close = os.open, restorer._Writer.close
+
+    def held_open(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        if flags & os.O_CREAT and not entered.is_set():
+            entered.set()
+            assert release.wait(10)
+            order.append("batch goes on")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    def recorded_close(self: restorer._Writer) -> None:
+        order.append("writer closes")
+        real_close(self)
+
+    monkeypatch.setattr(os, "open", held_open)
+    monkeypatch.setattr(restorer._Writer, "close", recorded_close)
+    task = asyncio.ensure_future(run(blocks, src, tmp_path / "t", pool))
+    assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0.2)  # room for a close that does not wait to run first
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert order == ["batch goes on", "writer closes"]
+
+
 # --- malicious catalogs -------------------------------------------------------------------------
 
 
 async def test_bad_names_write_nothing_outside(tmp_path: Path, outside: Path,
-                                               pool: ThreadPoolExecutor) -> None:
+                                               pool: WorkerPool) -> None:
     src = FakeSource()
     blocks: list[Block] = [
         (b"", [
@@ -587,7 +624,7 @@ async def test_bad_names_write_nothing_outside(tmp_path: Path, outside: Path,
 
 
 async def test_symlink_then_block_below_it(tmp_path: Path, outside: Path,
-                                           pool: ThreadPoolExecutor) -> None:
+                                           pool: WorkerPool) -> None:
     src = FakeSource()
     blocks: list[Block] = [
         (b"", [
@@ -609,7 +646,7 @@ async def test_symlink_then_block_below_it(tmp_path: Path, outside: Path,
 
 
 async def test_hardlinks_pointing_outside(tmp_path: Path, outside: Path,
-                                          pool: ThreadPoolExecutor) -> None:
+                                          pool: WorkerPool) -> None:
     src = FakeSource()
     victim = outside / "victim"
     data = src.ranges(b"hardlinked data")
@@ -631,7 +668,7 @@ async def test_hardlinks_pointing_outside(tmp_path: Path, outside: Path,
 
 
 async def test_planted_symlinks_in_target(tmp_path: Path, outside: Path,
-                                          pool: ThreadPoolExecutor) -> None:
+                                          pool: WorkerPool) -> None:
     src = FakeSource()
     t = tmp_path / "t"
     t.mkdir()
@@ -687,7 +724,7 @@ class FakeClient:
         return {"snapshot": {"id": "snap-1"}, "manifest": self.manifest}
 
 
-async def test_remote_chunks_dedup_cache_and_verify(pool: ThreadPoolExecutor) -> None:
+async def test_remote_chunks_dedup_cache_and_verify(pool: WorkerPool) -> None:
     client = FakeClient()
     a, b = client.put(b"a" * 1000), client.put(b"b" * 1000)
     rc = RemoteChunks(client, "snap-1", pool, cache_bytes=1500)  # type: ignore[arg-type]
@@ -703,7 +740,7 @@ async def test_remote_chunks_dedup_cache_and_verify(pool: ThreadPoolExecutor) ->
         await rc2.plain(b)
 
 
-async def test_restore_snapshot_end_to_end(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+async def test_restore_snapshot_end_to_end(tmp_path: Path, pool: WorkerPool) -> None:
     client = FakeClient()
     shared = b"0123456789"
     cid = client.put(shared)
@@ -745,7 +782,7 @@ def chunked_catalog(client: FakeClient, blocks: list[tuple[bytes, list[Entry]]],
 
 
 async def test_a_path_restore_reads_only_the_catalog_chunks_of_its_blocks(
-        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+        tmp_path: Path, pool: WorkerPool) -> None:
     """The directory index places the blocks a restore of a few paths needs (theirs and
     their ancestors'): the other catalog chunks are neither fetched nor read (a one-file
     restore from a 300,000-file snapshot read its whole 70 MB catalog: 0.8-2.4 s)."""
@@ -773,7 +810,7 @@ async def test_a_path_restore_reads_only_the_catalog_chunks_of_its_blocks(
 
 
 async def test_a_path_restore_refuses_an_index_that_does_not_match_the_catalog(
-        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+        tmp_path: Path, pool: WorkerPool) -> None:
     """An index line naming "b" but placing "a"'s block (or bytes that are no block at
     all) stops the restore with the catalog unreadable: nothing of "a" lands under "b"."""
     client = FakeClient()
@@ -808,7 +845,7 @@ async def test_a_path_restore_refuses_an_index_that_does_not_match_the_catalog(
 
 
 async def test_a_one_file_restore_decodes_only_the_blocks_on_its_path(
-        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+        tmp_path: Path, pool: WorkerPool) -> None:
     """Blocks read with iter_blocks_lazily: a selective restore never decodes a directory
     outside its paths (a 300,000-file catalog decoded whole took 1.7 s of a 2.2 s one-file
     restore), so even a damaged entry there does not stop it; a whole restore still finds
