@@ -68,6 +68,24 @@ def sign_in(s: requests.Session, live: Live, name: str, password: str) -> reques
                   timeout=60)
 
 
+def sign_in_in_a_crowd(s: requests.Session, live: Live, name: str, password: str,
+                       ) -> requests.Response:
+    """`sign_in` from one of many client threads, tried again when the daemon cut the
+    connection before answering: this module's daemon gives a TLS handshake, and a kept-alive
+    connection's next request, HEADER_TIMEOUT (3 s), which 64 client threads on a loaded
+    2-core machine overran now and then (a cut handshake failed CI at 73f4889, and 2-4 of
+    12 runs under load before and after it; a kept-alive connection closed as its next
+    request went out, 1 of 12). Such a request never reached the sign-in, and a retry can
+    only add attempts the daemon must throttle, so the counts checked stay what they
+    mean."""
+    for _ in range(2):
+        try:
+            return sign_in(s, live, name, password)
+        except requests.exceptions.ConnectionError:  # SSLError is one too
+            continue
+    return sign_in(s, live, name, password)
+
+
 def add_account(live: Live, name: str) -> None:
     live.rdr("admin", "add", name, "--password-stdin", stdin=PASSWORD2 + "\n")
 
@@ -88,7 +106,7 @@ def test_a_parallel_burst_gets_no_more_tries_than_a_serial_one(live: Live) -> No
     codes: list[int] = []
 
     def attempt(i: int) -> None:
-        r = sign_in(wrong[i % len(wrong)], live, "burst", f"wrong password {i}")
+        r = sign_in_in_a_crowd(wrong[i % len(wrong)], live, "burst", f"wrong password {i}")
         codes.append(r.status_code)
         if r.status_code == 429:  # the budget is spent (or held by pending attempts)
             first.set()
@@ -96,7 +114,7 @@ def test_a_parallel_burst_gets_no_more_tries_than_a_serial_one(live: Live) -> No
     with ThreadPoolExecutor(64) as pool:
         futures = [pool.submit(attempt, i) for i in range(200)]
         assert first.wait(60)
-        right = sign_in(client(live, "127.0.0.11"), live, "burst", PASSWORD2)
+        right = sign_in_in_a_crowd(client(live, "127.0.0.11"), live, "burst", PASSWORD2)
         for f in futures:
             f.result()
     assert right.status_code == 429, right.text
@@ -194,7 +212,8 @@ def test_a_sign_in_flood_does_not_starve_readyz(live: Live) -> None:
     try:
         with ThreadPoolExecutor(48) as pool:
             codes = list(pool.map(
-                lambda i: sign_in(sessions[i % 30], live, f"ghost{i}", "x" * 12).status_code,
+                lambda i: sign_in_in_a_crowd(sessions[i % 30], live, f"ghost{i}",
+                                             "x" * 12).status_code,
                 range(300)))
     finally:
         stop.set()
