@@ -1,5 +1,6 @@
-"""Worker threads for the blocking calls asyncio code makes, and `run_in`, the one way such
-code calls them (the daemon's pools, the agent's restore).
+"""Worker threads for the blocking calls asyncio code makes, and `run_in`, the way such code
+hands them to a pool (the daemon's light and heavy pools; the agent's restore, push-restore
+jobs and upload packing).
 
 Why not `loop.run_in_executor` with a `ThreadPoolExecutor`: each call there builds a
 `concurrent.futures.Future` with its condition variable, chains an asyncio future to it
